@@ -1,0 +1,25 @@
+// The gpt_fast op library: one schema per op, defined here and nowhere else.
+// Backend files (csrc/cpu/*.cpp, csrc/cuda/*.cpp) add kernels with TORCH_LIBRARY_IMPL(gpt_fast, <Key>, m).
+// Python fake (meta) kernels live in gpt_fast/ops/, one file per op.
+#include <Python.h>
+#include <torch/library.h>
+
+// Importing gpt_fast._C from Python runs the static registrations below; the module itself is empty.
+extern "C" PyObject* PyInit__C(void) {
+  static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", "gpt_fast custom ops (see torch.ops.gpt_fast)", -1, nullptr};
+  return PyModule_Create(&module);
+}
+
+TORCH_LIBRARY(gpt_fast, m) {
+  // layer_norm(x + residual [+ bias]) over the last dim; fp32 statistics. x, residual: (..., C); the rest (C,).
+  m.def("add_layernorm(Tensor x, Tensor residual, Tensor? bias, Tensor weight, Tensor ln_bias, float eps) -> Tensor");
+  // gelu_tanh(x + bias); x: (..., N), bias: (N,).
+  m.def("bias_gelu(Tensor x, Tensor bias) -> Tensor");
+  // Causal attention on the packed c_attn output. qkv: (B, T, 3C) holding q | k | v, each (B, T, H, D).
+  // key_padding_mask: (B, T) bool, true = attend; a query row with no key to attend gives zeros. Returns (B, T, C).
+  m.def("flash_attention(Tensor qkv, Tensor? key_padding_mask, int n_head) -> Tensor");
+  // Decode attention: qkv (B, S, 3C) for S new tokens per row; k_cache, v_cache (B, H, Tmax, D);
+  // cache_lengths (B,) int64 = tokens already cached per row. Writes the new keys/values at
+  // [len, len + S) and attends causally over [0, len + i]. Returns (B, S, C).
+  m.def("decode_attention(Tensor qkv, Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor cache_lengths, int n_head) -> Tensor");
+}

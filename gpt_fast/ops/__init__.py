@@ -1,0 +1,10 @@
+"""Thin Python wrappers over the torch.ops.gpt_fast kernels, each with its fake (meta) kernel.
+
+One module per op. `has_kernel(op, device_type)` says whether a compiled kernel exists; the layers use it to pick
+their backend once, and fall back to gpt_fast.reference where it says no.
+"""
+
+from gpt_fast.ops._library import extension_loaded, has_kernel, load_error
+from gpt_fast.ops.add_layernorm import add_layernorm
+
+__all__ = ["add_layernorm", "extension_loaded", "has_kernel", "load_error"]

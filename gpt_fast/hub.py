@@ -1,0 +1,37 @@
+"""Finds a model folder: a local directory, else huggingface_hub's cache when that package is installed.
+
+Kept thin on purpose: nothing here can be exercised without network access except the local-folder path and
+the error raised when huggingface_hub is missing.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def resolve_model_folder(name_or_path: str | os.PathLike, allow_patterns: list[str] | None = None) -> Path:
+    """Returns a local folder holding the files of `name_or_path`.
+
+    A local directory is returned as it is. Any other name is looked up with huggingface_hub.snapshot_download
+    (which uses its cache and honours HF_HUB_OFFLINE); without huggingface_hub a clear error says what to do.
+    """
+    if not isinstance(name_or_path, (str, os.PathLike)):
+        raise TypeError(f"expected a folder path or a model name, got {type(name_or_path).__name__}")
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise NotADirectoryError(f"{str(path)!r} is a file; pass the folder that holds config.json and the weights")
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise FileNotFoundError(
+            f"{str(name_or_path)!r} is not a local folder, and huggingface_hub is not installed to fetch it. "
+            "Either pass a folder with config.json and model.safetensors (or pytorch_model.bin), or "
+            "`pip install gpt_fast[hub]` (or `pip install huggingface_hub`) to download by name."
+        ) from None
+    try:
+        return Path(snapshot_download(str(name_or_path), allow_patterns=allow_patterns))
+    except Exception as error:  # the hub raises many kinds; name the model and keep the cause
+        raise FileNotFoundError(f"could not find or download {str(name_or_path)!r}: {error}") from error

@@ -1,0 +1,81 @@
+"""Causal self-attention backends on the packed c_attn output, and the choice between them.
+
+- "eager": transformers' reference math (scores, -1e4 causal masking, additive padding mask, softmax, dropout,
+  head mask); the only backend that can return the attention probabilities.
+- "sdpa":  torch.nn.functional.scaled_dot_product_attention.
+- "fused": gpt_fast's flash-attention kernel (gpt_fast::flash_attention), inference only.
+
+`resolve_attn_implementation` picks one backend per device type; a model calls it once per forward.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from gpt_fast import ops
+from gpt_fast.reference import merge_heads, split_heads
+
+ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "fused")
+
+
+def resolve_attn_implementation(requested: str | None, device_type: str) -> str:
+    """The backend to use on `device_type`: the requested one, or the fastest available when None/"auto"."""
+    if requested in (None, "auto"):
+        return "fused" if ops.has_kernel("flash_attention", device_type) else "sdpa"
+    if requested not in ATTN_IMPLEMENTATIONS:
+        raise ValueError(f"attn_implementation must be one of {ATTN_IMPLEMENTATIONS} or 'auto', got {requested!r}")
+    if requested == "fused" and not ops.has_kernel("flash_attention", device_type):
+        reason = ops.load_error() or f"it was built without {device_type} kernels"
+        raise RuntimeError(
+            f"attn_implementation='fused' needs gpt_fast's flash_attention kernel for {device_type}, and there is "
+            f"none ({reason}). Use 'sdpa' or 'eager', or rebuild gpt_fast with the kernels."
+        )
+    return requested
+
+
+def padding_to_additive(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(B, T) 1/0 mask -> (B, 1, 1, T) additive mask: 0 where attended, dtype's minimum where padded."""
+    mask = attention_mask[:, None, None, :].to(dtype)
+    return (1.0 - mask) * torch.finfo(dtype).min
+
+
+def eager_attention(qkv, attention_mask, n_head: int, dropout_p: float, head_mask=None):
+    """transformers' math. qkv: (B, T, 3C); attention_mask: (B, T) 1/0 or None; head_mask: (H,) or None.
+
+    Returns (out (B, T, C), probs (B, H, T, T)).
+    """
+    B, T, C3 = qkv.shape
+    q, k, v = (split_heads(part, n_head) for part in qkv.split(C3 // 3, dim=-1))  # (B, H, T, D) each
+    scores = (q @ k.transpose(-1, -2)) / math.sqrt(v.shape[-1])  # (B, H, T, T)
+    causal = torch.ones(T, T, dtype=scores.dtype, device=scores.device).tril()
+    scores = scores * causal + -1e4 * (1 - causal)
+    if attention_mask is not None:
+        scores = scores + padding_to_additive(attention_mask, scores.dtype)
+    probs = torch.softmax(scores, dim=-1)
+    probs = F.dropout(probs, p=dropout_p, training=dropout_p > 0)
+    if head_mask is not None:
+        probs = probs * head_mask.view(1, -1, 1, 1).to(probs.dtype)
+    return merge_heads(probs @ v), probs
+
+
+def sdpa_attention(qkv, attention_mask, n_head: int, dropout_p: float):
+    """torch SDPA. qkv: (B, T, 3C); attention_mask: (B, T) 1/0 or None. Returns (B, T, C)."""
+    B, T, C3 = qkv.shape
+    q, k, v = (split_heads(part, n_head) for part in qkv.split(C3 // 3, dim=-1))  # (B, H, T, D) each
+    if attention_mask is None:
+        out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+    else:
+        causal = torch.ones(T, T, dtype=torch.bool, device=qkv.device).tril()  # (T, T)
+        padding = padding_to_additive(attention_mask, q.dtype)  # (B, 1, 1, T)
+        bias = padding.masked_fill(~causal, float("-inf"))  # (B, 1, T, T); the diagonal is always finite
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p)
+    return merge_heads(out)
+
+
+def fused_attention(qkv, attention_mask, n_head: int):
+    """gpt_fast's kernel. qkv: (B, T, 3C); attention_mask: (B, T) 1/0 or None. Returns (B, T, C)."""
+    key_padding_mask = None if attention_mask is None else attention_mask.bool()
+    return ops.flash_attention(qkv, key_padding_mask, n_head)

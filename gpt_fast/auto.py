@@ -1,0 +1,61 @@
+"""AutoModel-style entry points that resolve an `openai-gpt` folder to gpt_fast's classes."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from gpt_fast.configuration import CONFIG_NAME, OpenAIGPTConfig
+from gpt_fast.heads import OpenAIGPTDoubleHeadsModel, OpenAIGPTForSequenceClassification, OpenAIGPTLMHeadModel
+from gpt_fast.hub import resolve_model_folder
+from gpt_fast.modeling import OpenAIGPTModel
+
+
+def _check_model_type(name_or_path) -> None:
+    folder = resolve_model_folder(name_or_path, allow_patterns=[CONFIG_NAME])
+    path = folder / CONFIG_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"no {CONFIG_NAME} in {str(folder)!r}")
+    model_type = json.loads(path.read_text()).get("model_type", OpenAIGPTConfig.model_type)
+    if model_type != OpenAIGPTConfig.model_type:
+        raise ValueError(f"{str(folder)!r} holds a {model_type!r} model; gpt_fast supports only "
+                         f"{OpenAIGPTConfig.model_type!r}")
+
+
+class _Auto:
+    model_class: type
+
+    def __init__(self):
+        raise TypeError(f"{type(self).__name__} is not instantiated; use {type(self).__name__}.from_pretrained")
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | os.PathLike, **kwargs):
+        _check_model_type(name_or_path)
+        return cls.model_class.from_pretrained(name_or_path, **kwargs)
+
+    @classmethod
+    def from_config(cls, config: OpenAIGPTConfig, **kwargs):
+        return cls.model_class(config, **kwargs)
+
+
+class AutoModel(_Auto):
+    model_class = OpenAIGPTModel
+
+
+class AutoModelForCausalLM(_Auto):
+    model_class = OpenAIGPTLMHeadModel
+
+
+class AutoModelForSequenceClassification(_Auto):
+    model_class = OpenAIGPTForSequenceClassification
+
+
+class AutoModelForMultipleChoice(_Auto):
+    model_class = OpenAIGPTDoubleHeadsModel
+
+
+class AutoConfig:
+    @staticmethod
+    def from_pretrained(name_or_path: str | os.PathLike, **kwargs) -> OpenAIGPTConfig:
+        _check_model_type(name_or_path)
+        return OpenAIGPTConfig.from_pretrained(name_or_path, **kwargs)

@@ -1,0 +1,201 @@
+"""Checkpoint folders in, checkpoint folders out.
+
+Loads `model.safetensors`, a sharded `model.safetensors.index.json`, or `pytorch_model.bin` (and its index),
+with keys with or without the `transformer.` prefix, ignoring old causal-mask buffers, tying the LM head from
+whichever of its two keys is present. The model is built on the meta device and every tensor is read straight
+into the target dtype and device. Saving writes config.json and model.safetensors that transformers loads.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from gpt_fast.configuration import CONFIG_NAME, OpenAIGPTConfig
+from gpt_fast.hub import resolve_model_folder
+from gpt_fast.tensor_files import iter_safetensors, iter_torch_bin
+
+logger = logging.getLogger("gpt_fast")
+
+SAFE_WEIGHTS = "model.safetensors"
+SAFE_INDEX = "model.safetensors.index.json"
+BIN_WEIGHTS = "pytorch_model.bin"
+BIN_INDEX = "pytorch_model.bin.index.json"
+IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")  # causal-mask buffers of old checkpoints
+TIED = ("lm_head.weight", "transformer.tokens_embed.weight")
+DTYPES = {"float32": torch.float32, "float": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+          "bf16": torch.bfloat16, "float16": torch.float16, "half": torch.float16, "fp16": torch.float16}
+
+
+@dataclass
+class LoadingInfo:
+    missing_keys: list[str] = field(default_factory=list)
+    unexpected_keys: list[str] = field(default_factory=list)
+    ignored_keys: list[str] = field(default_factory=list)
+
+
+def parse_dtype(dtype) -> torch.dtype | str | None:
+    if dtype is None or isinstance(dtype, torch.dtype) or dtype == "auto":
+        return dtype
+    if isinstance(dtype, str) and dtype.removeprefix("torch.") in DTYPES:
+        return DTYPES[dtype.removeprefix("torch.")]
+    raise ValueError(f"dtype must be a torch floating dtype, one of {sorted(DTYPES)} or 'auto', got {dtype!r}")
+
+
+def parse_device(device) -> torch.device:
+    if device is None:
+        return torch.device("cpu")
+    if isinstance(device, int):
+        return torch.device("cuda", device) if device >= 0 else torch.device("cpu")
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(f"device must be a torch.device, a string like 'cpu' or 'cuda:0', or an index: {error}") from None
+
+
+def weight_files(folder: Path) -> list[tuple[Path, str]]:
+    """[(file, kind)] for the checkpoint in folder, kind "safetensors" or "bin"."""
+    for name, index, kind in ((SAFE_WEIGHTS, SAFE_INDEX, "safetensors"), (BIN_WEIGHTS, BIN_INDEX, "bin")):
+        if (folder / name).is_file():
+            return [(folder / name, kind)]
+        if (folder / index).is_file():
+            try:
+                weight_map = json.loads((folder / index).read_text())["weight_map"]
+            except (json.JSONDecodeError, KeyError, TypeError) as error:
+                raise ValueError(f"{folder / index} is not a valid index file: {error!r}") from None
+            shards = [folder / shard for shard in sorted(set(weight_map.values()))]
+            missing = [str(s) for s in shards if not s.is_file()]
+            if missing:
+                raise FileNotFoundError(f"{folder / index} names shards that do not exist: {missing}")
+            return [(shard, kind) for shard in shards]
+    raise FileNotFoundError(f"no weights in {str(folder)!r}: looked for {SAFE_WEIGHTS}, {SAFE_INDEX}, "
+                            f"{BIN_WEIGHTS} and {BIN_INDEX}")
+
+
+def checkpoint_entries(folder: Path):
+    for path, kind in weight_files(folder):
+        yield from (iter_safetensors(path) if kind == "safetensors" else iter_torch_bin(path))
+
+
+def target_key(key: str, prefix: str, expected: dict) -> str | None:
+    """The model's name for a checkpoint key, adding or removing the base model's prefix as needed."""
+    if key in expected:
+        return key
+    if prefix and f"{prefix}.{key}" in expected:
+        return f"{prefix}.{key}"
+    if not prefix and key.startswith("transformer.") and key[len("transformer."):] in expected:
+        return key[len("transformer."):]
+    return None
+
+
+def load_pretrained(cls, name_or_path, *, dtype, device, attn_implementation, config, output_loading_info,
+                    config_overrides):
+    folder = resolve_model_folder(name_or_path)
+    if config is None:
+        if not (folder / CONFIG_NAME).is_file():
+            raise FileNotFoundError(f"no {CONFIG_NAME} in {str(folder)!r}")
+        config = OpenAIGPTConfig.from_json_file(folder / CONFIG_NAME, **config_overrides)
+    elif config_overrides:
+        raise ValueError("pass either config= or config keyword overrides, not both")
+    dtype, device = parse_dtype(dtype), parse_device(device)
+    with torch.device("meta"):
+        model = cls(config, attn_implementation=attn_implementation)
+    expected = model.state_dict()
+    prefix = cls.base_model_prefix
+    info, loaded = LoadingInfo(), {}
+    for key, shape, stored_dtype, load in checkpoint_entries(folder):
+        if dtype == "auto" and stored_dtype.is_floating_point:
+            dtype = stored_dtype
+        if key.endswith(IGNORED_SUFFIXES):
+            info.ignored_keys.append(key)
+            continue
+        name = target_key(key, prefix, expected)
+        if name is None:
+            info.unexpected_keys.append(key)
+            continue
+        if tuple(expected[name].shape) != shape:
+            raise ValueError(f"checkpoint weight {key!r} has shape {shape}, but the model's {name!r} needs "
+                             f"{tuple(expected[name].shape)} (does config.json match the weights?)")
+        loaded[name] = load(dtype if stored_dtype.is_floating_point and dtype != "auto" else None, device)
+    _tie_loaded(loaded, expected)
+    info.missing_keys = [k for k in expected if k not in loaded]
+    model.load_state_dict(loaded, strict=False, assign=True)
+    _materialize_missing(model, device, None if dtype == "auto" else dtype)
+    model.tie_weights()
+    model.eval()
+    if info.missing_keys:
+        logger.warning("Newly initialised (not in the checkpoint): %s", ", ".join(info.missing_keys))
+    if info.unexpected_keys:
+        logger.warning("Checkpoint keys the model does not use: %s", ", ".join(info.unexpected_keys))
+    return (model, info) if output_loading_info else model
+
+
+def _tie_loaded(loaded: dict, expected: dict) -> None:
+    """The LM head and the token embedding are one tensor: fill whichever key is absent from the other."""
+    lm, embed = TIED
+    if lm in expected and embed in expected:
+        if lm in loaded and embed not in loaded:
+            loaded[embed] = loaded[lm]
+        elif embed in loaded:
+            loaded[lm] = loaded[embed]
+
+
+def _materialize_missing(model, device, dtype) -> None:
+    """Allocates and initialises parameters the checkpoint lacked, and recreates non-persistent buffers."""
+    from gpt_fast.pretrained import initialize_parameter
+
+    dtype = dtype or next((p.dtype for p in model.parameters() if not p.is_meta), torch.float32)
+    for module_name, module in model.named_modules():
+        for name, param in list(module.named_parameters(recurse=False)):
+            if param.is_meta:
+                fresh = torch.nn.Parameter(torch.empty(param.shape, dtype=dtype, device=device))
+                initialize_parameter(f"{module_name}.{name}", fresh, model.config.initializer_range)
+                setattr(module, name, fresh)
+        if getattr(module, "position_ids", None) is not None and module.position_ids.is_meta:
+            module.position_ids = torch.arange(model.config.n_positions, device=device)
+
+
+def save_pretrained(model, save_directory) -> Path:
+    folder = Path(save_directory)
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(f"{str(folder)!r} exists and is not a folder")
+    folder.mkdir(parents=True, exist_ok=True)
+    config_dict = model.config.to_dict()
+    config_dict["architectures"] = [type(model).__name__]
+    config_dict["torch_dtype"] = str(model.dtype).removeprefix("torch.")
+    (folder / CONFIG_NAME).write_text(json.dumps(config_dict, indent=2, sort_keys=True) + "\n")
+    state, seen = {}, set()
+    for key, tensor in model.state_dict().items():
+        if tensor.data_ptr() in seen and key == TIED[0]:
+            continue  # the tied LM head is saved once, as the token embedding
+        seen.add(tensor.data_ptr())
+        state[key] = tensor.detach().to("cpu").contiguous()
+    save_file(state, str(folder / SAFE_WEIGHTS), metadata={"format": "pt"})
+    return folder
+
+
+def from_transformers(cls, hf_model, attn_implementation):
+    config = OpenAIGPTConfig.from_dict(hf_model.config.to_dict())
+    parameter = next(hf_model.parameters())
+    with torch.device("meta"):
+        model = cls(config, attn_implementation=attn_implementation)
+    expected = model.state_dict()
+    state = {}
+    for key, tensor in hf_model.state_dict().items():
+        name = target_key(key, cls.base_model_prefix, expected)
+        if name is not None and not key.endswith(IGNORED_SUFFIXES):
+            state[name] = tensor.detach().clone()
+    _tie_loaded(state, expected)
+    missing = [k for k in expected if k not in state]
+    if missing:
+        raise ValueError(f"the transformers model lacks weights {type(model).__name__} needs: {missing}")
+    model.load_state_dict(state, strict=True, assign=True)
+    _materialize_missing(model, parameter.device, parameter.dtype)
+    model.tie_weights()
+    return model.train(hf_model.training)

@@ -1,0 +1,188 @@
+"""OpenAIGPTConfig: the GPT-1 hyper-parameters, read from and written to config.json.
+
+Reads both the published legacy form (`n_ctx`, `n_special`, `predict_special_tokens`, `task_specific_params`) and
+the current transformers form, keeps every key it does not know so a round trip loses nothing, and answers to
+transformers' aliases (`hidden_size`, `num_attention_heads`, `num_hidden_layers`, `max_position_embeddings`).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+ACTIVATIONS = ("gelu", "relu", "silu", "swish")  # "gelu" is the tanh approximation, as in the reference
+SUMMARY_TYPES = ("last", "first", "mean", "cls_index")
+PROBLEM_TYPES = (None, "regression", "single_label_classification", "multi_label_classification")
+CONFIG_NAME = "config.json"
+
+ALIASES = {
+    "hidden_size": "n_embd",
+    "num_attention_heads": "n_head",
+    "num_hidden_layers": "n_layer",
+    "max_position_embeddings": "n_positions",
+}
+
+DEFAULTS: dict[str, Any] = {
+    "vocab_size": 40478,
+    "n_positions": 512,
+    "n_embd": 768,
+    "n_layer": 12,
+    "n_head": 12,
+    "afn": "gelu",
+    "resid_pdrop": 0.1,
+    "embd_pdrop": 0.1,
+    "attn_pdrop": 0.1,
+    "layer_norm_epsilon": 1e-5,
+    "initializer_range": 0.02,
+    "summary_type": "cls_index",
+    "summary_use_proj": True,
+    "summary_activation": None,
+    "summary_proj_to_labels": True,
+    "summary_first_dropout": 0.1,
+    "summary_last_dropout": 0.0,
+    "pad_token_id": None,
+    "bos_token_id": None,
+    "eos_token_id": None,
+    "tie_word_embeddings": True,
+    "problem_type": None,
+    "output_attentions": False,
+    "output_hidden_states": False,
+    "return_dict": True,
+}
+
+
+class OpenAIGPTConfig:
+    """GPT-1 configuration. Any keyword not listed in DEFAULTS is kept as an attribute and written back."""
+
+    model_type = "openai-gpt"
+
+    def __init__(self, **kwargs: Any):
+        for alias, name in ALIASES.items():
+            if alias in kwargs:
+                value = kwargs.pop(alias)
+                if name in kwargs and kwargs[name] != value:
+                    raise ValueError(f"config gives both {name}={kwargs[name]!r} and its alias {alias}={value!r}")
+                kwargs[name] = value
+        kwargs.pop("model_type", None)
+        id2label = kwargs.pop("id2label", None)
+        num_labels = kwargs.pop("num_labels", None)
+        kwargs.pop("label2id", None)  # derived from id2label
+        for name, default in DEFAULTS.items():
+            setattr(self, name, kwargs.pop(name, copy.deepcopy(default)))
+        self._extra_keys = sorted(kwargs)
+        for name, value in kwargs.items():
+            setattr(self, name, value)
+        if id2label is not None:
+            self.id2label = {int(k): v for k, v in id2label.items()}
+            if num_labels is not None and num_labels != len(self.id2label):
+                raise ValueError(f"num_labels={num_labels} disagrees with id2label, which has {len(self.id2label)}")
+        else:
+            self.num_labels = 2 if num_labels is None else num_labels
+        self.validate()
+
+    # -- aliases and labels ------------------------------------------------------------------------------------
+    def __getattr__(self, name: str) -> Any:  # only called when normal lookup fails
+        if name in ALIASES:
+            return getattr(self, ALIASES[name])
+        raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        super().__setattr__(ALIASES.get(name, name), value)
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.id2label)
+
+    @num_labels.setter
+    def num_labels(self, count: int) -> None:
+        if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+            raise ValueError(f"num_labels must be a non-negative int, got {count!r}")
+        self.id2label = {i: f"LABEL_{i}" for i in range(count)}
+
+    @property
+    def label2id(self) -> dict[str, int]:
+        return {label: i for i, label in self.id2label.items()}
+
+    # -- validation ------------------------------------------------------------------------------------------
+    def validate(self) -> None:
+        for name in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"config.{name} must be a positive int, got {value!r}")
+        if self.n_embd % self.n_head:
+            raise ValueError(f"config.n_embd ({self.n_embd}) must be divisible by config.n_head ({self.n_head})")
+        if self.afn not in ACTIVATIONS:
+            raise ValueError(f"config.afn must be one of {', '.join(ACTIVATIONS)}, got {self.afn!r}")
+        for name in ("resid_pdrop", "embd_pdrop", "attn_pdrop", "summary_first_dropout", "summary_last_dropout"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+                raise ValueError(f"config.{name} must be a probability in [0, 1), got {value!r}")
+        if not isinstance(self.layer_norm_epsilon, (int, float)) or not self.layer_norm_epsilon > 0:
+            raise ValueError(f"config.layer_norm_epsilon must be positive, got {self.layer_norm_epsilon!r}")
+        if self.summary_type not in SUMMARY_TYPES:
+            raise ValueError(f"config.summary_type must be one of {SUMMARY_TYPES}, got {self.summary_type!r}")
+        if self.problem_type not in PROBLEM_TYPES:
+            raise ValueError(f"config.problem_type must be one of {PROBLEM_TYPES}, got {self.problem_type!r}")
+        if self.pad_token_id is not None and not 0 <= self.pad_token_id < self.vocab_size:
+            raise ValueError(f"config.pad_token_id {self.pad_token_id} is outside the vocabulary of {self.vocab_size}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    # -- serialisation ---------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"model_type": self.model_type}
+        for name in list(DEFAULTS) + self._extra_keys:
+            out[name] = copy.deepcopy(getattr(self, name))
+        out["id2label"] = {str(i): label for i, label in self.id2label.items()}
+        out["label2id"] = self.label2id
+        return dict(sorted(out.items()))
+
+    def to_json_string(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    def save_pretrained(self, save_directory: str | os.PathLike) -> Path:
+        folder = Path(save_directory)
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / CONFIG_NAME
+        path.write_text(self.to_json_string())
+        return path
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], **overrides: Any) -> "OpenAIGPTConfig":
+        model_type = data.get("model_type", cls.model_type)
+        if model_type != cls.model_type:
+            raise ValueError(f"config has model_type {model_type!r}; gpt_fast supports only {cls.model_type!r}")
+        return cls(**{**data, **overrides})
+
+    @classmethod
+    def from_json_file(cls, path: str | os.PathLike, **overrides: Any) -> "OpenAIGPTConfig":
+        try:
+            data = json.loads(Path(path).read_text())
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path} is not valid JSON: {error}") from error
+        if not isinstance(data, dict):
+            raise ValueError(f"{path} must hold a JSON object, got {type(data).__name__}")
+        return cls.from_dict(data, **overrides)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | os.PathLike, **overrides: Any) -> "OpenAIGPTConfig":
+        from gpt_fast.hub import resolve_model_folder
+
+        folder = resolve_model_folder(name_or_path, allow_patterns=[CONFIG_NAME])
+        path = folder / CONFIG_NAME
+        if not path.is_file():
+            raise FileNotFoundError(f"no {CONFIG_NAME} in {str(folder)!r}")
+        return cls.from_json_file(path, **overrides)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, OpenAIGPTConfig) and self.to_dict() == other.to_dict()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__} {self.to_json_string()}"

@@ -1,0 +1,165 @@
+"""The task heads on top of OpenAIGPTModel, with transformers' arguments, outputs and losses."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from gpt_fast.configuration import OpenAIGPTConfig
+from gpt_fast.modeling import OpenAIGPTModel
+from gpt_fast.outputs import CausalLMOutput, OpenAIGPTDoubleHeadsModelOutput, SequenceClassifierOutput
+from gpt_fast.pretrained import OpenAIGPTPreTrainedModel
+from gpt_fast.validation import check_integer_tensor, check_same_shape
+
+BASE_ARGUMENTS = ("attention_mask", "token_type_ids", "position_ids", "head_mask", "inputs_embeds",
+                  "output_attentions", "output_hidden_states")
+
+
+def shifted_lm_loss(logits, labels, upcast: bool):
+    """Mean cross-entropy of token t+1 given tokens <= t, ignoring labels of -100. logits: (..., T, V)."""
+    check_same_shape("labels", labels, logits.shape[:-1], "the input")
+    check_integer_tensor("labels", labels)
+    shift_logits = logits[..., :-1, :].reshape(-1, logits.shape[-1])  # (N, V)
+    if upcast:
+        shift_logits = shift_logits.float()
+    return F.cross_entropy(shift_logits, labels[..., 1:].reshape(-1).to(logits.device), ignore_index=-100)
+
+
+def _finish(output, return_dict: bool):
+    return output if return_dict else output.to_tuple()
+
+
+class SequenceSummary(nn.Module):
+    """One vector per sequence (last, first, mean or a chosen token), optionally projected; as transformers'."""
+
+    def __init__(self, config: OpenAIGPTConfig):
+        super().__init__()
+        self.summary_type = config.summary_type
+        self.summary = nn.Identity()
+        if config.summary_use_proj:
+            to_labels = config.summary_proj_to_labels and config.num_labels > 0
+            self.summary = nn.Linear(config.n_embd, config.num_labels if to_labels else config.n_embd)
+        self.activation = nn.Tanh() if config.summary_activation == "tanh" else nn.Identity()
+        self.first_dropout = nn.Dropout(config.summary_first_dropout or 0.0)
+        self.last_dropout = nn.Dropout(config.summary_last_dropout or 0.0)
+
+    def forward(self, hidden, cls_index=None):  # hidden (B, C, T, E) -> (B, C, out)
+        if self.summary_type == "last":
+            output = hidden[..., -1, :]
+        elif self.summary_type == "first":
+            output = hidden[..., 0, :]
+        elif self.summary_type == "mean":
+            output = hidden.mean(dim=-2)
+        else:  # cls_index
+            T = hidden.shape[-2]
+            if cls_index is None:
+                cls_index = torch.full(hidden.shape[:-2], T - 1, dtype=torch.long, device=hidden.device)
+            check_integer_tensor("mc_token_ids", cls_index)
+            check_same_shape("mc_token_ids", cls_index, hidden.shape[:-2], "(batch, num_choices)")
+            if cls_index.numel() and (int(cls_index.min()) < 0 or int(cls_index.max()) >= T):
+                raise IndexError(f"mc_token_ids must lie in [0, {T}), got values {cls_index.min()}..{cls_index.max()}")
+            index = cls_index[..., None, None].expand(*cls_index.shape, 1, hidden.shape[-1])
+            output = hidden.gather(-2, index).squeeze(-2)
+        return self.last_dropout(self.activation(self.summary(self.first_dropout(output))))
+
+
+class OpenAIGPTLMHeadModel(OpenAIGPTPreTrainedModel):
+    def __init__(self, config: OpenAIGPTConfig, attn_implementation: str | None = None):
+        super().__init__(config, attn_implementation)
+        self.transformer = OpenAIGPTModel(config, attn_implementation)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.init_weights()
+
+    def forward(self, input_ids=None, labels=None, return_dict=None, logits_to_keep: int = 0, **kwargs):
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        out = self.transformer(input_ids, return_dict=True, **kwargs)
+        hidden = out.last_hidden_state if not logits_to_keep else out.last_hidden_state[..., -logits_to_keep:, :]
+        logits = self.lm_head(hidden)  # (B, T, V)
+        loss = None if labels is None else shifted_lm_loss(logits, labels, upcast=True)
+        return _finish(CausalLMOutput(loss, logits, out.hidden_states, out.attentions), return_dict)
+
+    def generate(self, input_ids=None, attention_mask=None, **kwargs):
+        from gpt_fast.generation import generate
+
+        return generate(self, input_ids, attention_mask=attention_mask, **kwargs)
+
+
+class OpenAIGPTDoubleHeadsModel(OpenAIGPTPreTrainedModel):
+    def __init__(self, config: OpenAIGPTConfig, attn_implementation: str | None = None):
+        config.num_labels = 1  # one score per choice, as transformers sets it
+        super().__init__(config, attn_implementation)
+        self.transformer = OpenAIGPTModel(config, attn_implementation)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.multiple_choice_head = SequenceSummary(config)
+        self.init_weights()
+
+    def forward(self, input_ids=None, mc_token_ids=None, labels=None, mc_labels=None, return_dict=None, **kwargs):
+        """input_ids: (B, num_choices, T). Returns LM logits (B, C, T, V) and choice scores (B, C)."""
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        out = self.transformer(input_ids, return_dict=True, **kwargs)
+        hidden = out.last_hidden_state  # (B, C, T, E)
+        lm_logits = self.lm_head(hidden)
+        mc_logits = self.multiple_choice_head(hidden, mc_token_ids).squeeze(-1)  # (B, C)
+        mc_loss = lm_loss = None
+        if mc_labels is not None:
+            check_integer_tensor("mc_labels", mc_labels)
+            check_same_shape("mc_labels", mc_labels, mc_logits.shape[:-1], "the batch (B,)")
+            mc_loss = F.cross_entropy(mc_logits.view(-1, mc_logits.shape[-1]), mc_labels.view(-1))
+        if labels is not None:
+            lm_loss = shifted_lm_loss(lm_logits, labels, upcast=False)
+        output = OpenAIGPTDoubleHeadsModelOutput(lm_loss, mc_loss, lm_logits, mc_logits, out.hidden_states,
+                                                 out.attentions)
+        return _finish(output, return_dict)
+
+
+class OpenAIGPTForSequenceClassification(OpenAIGPTPreTrainedModel):
+    def __init__(self, config: OpenAIGPTConfig, attn_implementation: str | None = None):
+        super().__init__(config, attn_implementation)
+        self.num_labels = config.num_labels
+        self.transformer = OpenAIGPTModel(config, attn_implementation)
+        self.score = nn.Linear(config.n_embd, self.num_labels, bias=False)
+        self.init_weights()
+
+    def forward(self, input_ids=None, labels=None, return_dict=None, **kwargs):
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        out = self.transformer(input_ids, return_dict=True, **kwargs)
+        logits = self.score(out.last_hidden_state)  # (B, T, num_labels)
+        batch = logits.shape[0]
+        pad = self.config.pad_token_id
+        if pad is None and batch != 1:
+            raise ValueError("Cannot handle batch sizes > 1 if no padding token is defined.")
+        if pad is None or input_ids is None:
+            last = torch.full((batch,), logits.shape[1] - 1, device=logits.device)
+        else:  # the rightmost token that is not padding (handles left and right padding)
+            positions = torch.arange(input_ids.shape[-1], device=logits.device, dtype=torch.int32)
+            last = (positions * (input_ids != pad).to(logits.device, torch.int32)).argmax(-1)
+        pooled = logits[torch.arange(batch, device=logits.device), last]  # (B, num_labels)
+        loss = None if labels is None else self._loss(pooled, labels)
+        return _finish(SequenceClassifierOutput(loss, pooled, out.hidden_states, out.attentions), return_dict)
+
+    def _loss(self, pooled, labels):
+        if not isinstance(labels, torch.Tensor):
+            raise TypeError(f"labels must be a torch.Tensor, got {type(labels).__name__}")
+        labels = labels.to(pooled.device)
+        problem = self.config.problem_type
+        if problem is None:
+            if self.num_labels == 1:
+                problem = "regression"
+            elif labels.dtype in (torch.long, torch.int):
+                problem = "single_label_classification"
+            else:
+                problem = "multi_label_classification"
+            self.config.problem_type = problem
+        if problem == "regression":
+            if self.num_labels == 1:
+                return F.mse_loss(pooled.squeeze(), labels.squeeze().to(pooled.dtype))
+            check_same_shape("labels", labels, pooled.shape, "the pooled logits")
+            return F.mse_loss(pooled, labels.to(pooled.dtype))
+        if problem == "single_label_classification":
+            check_integer_tensor("labels", labels)
+            if labels.numel() != pooled.shape[0]:
+                raise ValueError(f"labels must hold one class per row ({pooled.shape[0]}), got {tuple(labels.shape)}")
+            return F.cross_entropy(pooled.view(-1, self.num_labels), labels.view(-1))
+        check_same_shape("labels", labels, pooled.shape, "the pooled logits")
+        return F.binary_cross_entropy_with_logits(pooled, labels.to(pooled.dtype))

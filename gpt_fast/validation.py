@@ -1,0 +1,67 @@
+"""Checks on the arguments of the models' forward: each failure is a ValueError/TypeError naming the argument."""
+
+from __future__ import annotations
+
+import torch
+
+
+def check_integer_tensor(name: str, tensor: torch.Tensor | None) -> None:
+    if tensor is None:
+        return
+    if not isinstance(tensor, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
+    if tensor.is_floating_point() or tensor.is_complex() or tensor.dtype == torch.bool:
+        raise TypeError(f"{name} must hold integer ids (torch.long), got dtype {tensor.dtype}")
+
+
+def check_ids_in_range(name: str, ids: torch.Tensor | None, upper: int) -> None:
+    """ids must lie in [0, upper). One device-to-host sync; the generation loop skips it."""
+    if ids is None or ids.numel() == 0:
+        return
+    low, high = int(ids.min()), int(ids.max())
+    if low < 0 or high >= upper:
+        bad = low if low < 0 else high
+        raise IndexError(f"{name} holds {bad}, outside [0, {upper})")
+
+
+def check_same_shape(name: str, tensor: torch.Tensor | None, shape: torch.Size, what: str = "input_ids") -> None:
+    if tensor is not None and tuple(tensor.shape) != tuple(shape):
+        raise ValueError(f"{name} has shape {tuple(tensor.shape)} but {what} has shape {tuple(shape)}")
+
+
+def check_model_inputs(config, input_ids, inputs_embeds, attention_mask, token_type_ids, position_ids):
+    """Validates the inputs of OpenAIGPTModel.forward and returns the input shape (..., T)."""
+    if (input_ids is None) == (inputs_embeds is None):
+        raise ValueError("pass exactly one of input_ids and inputs_embeds" if input_ids is None else
+                         "You cannot specify both input_ids and inputs_embeds at the same time")
+    if input_ids is not None:
+        check_integer_tensor("input_ids", input_ids)
+        if input_ids.dim() < 1:
+            raise ValueError(f"input_ids must have at least one dimension (..., T), got shape {tuple(input_ids.shape)}")
+        check_ids_in_range("input_ids", input_ids, config.vocab_size)
+        shape = input_ids.shape
+    else:
+        if not isinstance(inputs_embeds, torch.Tensor) or not inputs_embeds.is_floating_point():
+            raise TypeError("inputs_embeds must be a floating-point tensor of shape (..., T, n_embd)")
+        if inputs_embeds.dim() < 2 or inputs_embeds.shape[-1] != config.n_embd:
+            raise ValueError(f"inputs_embeds must have shape (..., T, {config.n_embd}), got {tuple(inputs_embeds.shape)}")
+        shape = inputs_embeds.shape[:-1]
+    T = shape[-1]
+    if T > config.n_positions:
+        raise ValueError(f"sequence length {T} exceeds the model's maximum of n_positions={config.n_positions}")
+    if T == 0:
+        raise ValueError("the input sequence is empty (T = 0)")
+    if attention_mask is not None:
+        if not isinstance(attention_mask, torch.Tensor):
+            raise TypeError(f"attention_mask must be a torch.Tensor, got {type(attention_mask).__name__}")
+        check_same_shape("attention_mask", attention_mask, shape, "the input")
+    check_integer_tensor("token_type_ids", token_type_ids)
+    check_same_shape("token_type_ids", token_type_ids, shape, "the input")
+    check_ids_in_range("token_type_ids", token_type_ids, config.vocab_size)
+    check_integer_tensor("position_ids", position_ids)
+    if position_ids is not None:
+        if position_ids.shape[-1] != T or position_ids.numel() not in (T, shape.numel()):
+            raise ValueError(f"position_ids has shape {tuple(position_ids.shape)}; expected (T,), (1, T) or "
+                             f"the input's shape {tuple(shape)}")
+        check_ids_in_range("position_ids", position_ids, config.n_positions)
+    return shape

@@ -21,6 +21,17 @@ ROOT = Path(__file__).resolve().parent
 FLAGS = json.loads((ROOT / "csrc" / "build_flags.json").read_text())
 
 
+def _locate_cuda_home() -> None:
+    """torch guesses CUDA_HOME from `which nvcc`; where nvcc is a wrapper script that guess has no headers."""
+    if os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH") or not shutil.which("nvcc"):
+        return
+    guess = Path(shutil.which("nvcc")).resolve().parent.parent
+    for candidate in (guess, Path("/usr/local/cuda")):
+        if (candidate / "include" / "cuda_runtime.h").is_file():
+            os.environ["CUDA_HOME"] = str(candidate)
+            return
+
+
 def _cuda_wanted() -> bool:
     import torch
     from torch.utils.cpp_extension import CUDA_HOME
@@ -42,6 +53,7 @@ def _cuda_wanted() -> bool:
 
 
 def _extension():
+    _locate_cuda_home()
     from torch.utils.cpp_extension import CppExtension, CUDAExtension
 
     rel = lambda pattern: sorted(os.path.relpath(p, ROOT) for p in glob.glob(str(ROOT / pattern)))

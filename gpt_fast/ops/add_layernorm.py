@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from gpt_fast import reference
+from gpt_fast.ops._autograd import register_reference_backward
 from gpt_fast.ops._library import extension_loaded
 
 if extension_loaded():
@@ -12,6 +14,8 @@ if extension_loaded():
     def _(x, residual, bias, weight, ln_bias, eps):
         torch._check(residual.shape == x.shape, lambda: "add_layernorm: residual must have the shape of x")
         return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+    register_reference_backward("add_layernorm", reference.add_layernorm)
 
 
 def add_layernorm(x, residual, bias, weight, ln_bias, eps: float):

@@ -298,8 +298,8 @@ class OpenAIGPTTokenizerFast:
                              "`tokenizer.add_special_tokens({'pad_token': '<pad>'})` or `tokenizer.pad_token = ...`")
         return mode, truncate, max_length
 
-    def __call__(self, text: str | Sequence[str], padding: bool | str = False, truncation: bool | str | None = None,
-                 max_length: int | None = None, return_tensors: str | None = None,
+    def __call__(self, text: str | Sequence[str], *, padding: bool | str = False,
+                 truncation: bool | str | None = None, max_length: int | None = None, return_tensors: str | None = None,
                  return_attention_mask: bool | None = None, add_special_tokens: bool = True,
                  pad_to_multiple_of: int | None = None, padding_side: str | None = None) -> BatchEncoding:
         """Encodes a text (flat lists, or (1, T) tensors) or a list of texts (one row each, padded if asked).
@@ -337,7 +337,7 @@ class OpenAIGPTTokenizerFast:
             data = {key: value[0] for key, value in data.items()}
         return BatchEncoding(data)
 
-    def encode(self, text: str, add_special_tokens: bool = True, padding: bool | str = False,
+    def encode(self, text: str, *, add_special_tokens: bool = True, padding: bool | str = False,
                truncation: bool | str | None = None, max_length: int | None = None, return_tensors: str | None = None):
         """The ids of one text: a list of ints, or a (1, T) tensor with return_tensors="pt"."""
         _as_text_batch(text, allow_batch=False)

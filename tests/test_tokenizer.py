@@ -5,11 +5,13 @@ Parity with transformers on the real GPT-1 files is in test_tokenizer_parity.py.
 """
 
 import json
+import pickle
 import sys
 
 import pytest
 import torch
 
+import gpt_fast.tokenizer
 from gpt_fast.batch_encoding import BatchEncoding
 from gpt_fast.original_pretokenizer import standardize
 from gpt_fast.tokenizer import VERY_LARGE_INTEGER, OpenAIGPTTokenizer, OpenAIGPTTokenizerFast
@@ -172,6 +174,13 @@ def test_batch_encoding_access_and_to(padded):
         out.token_type_ids
 
 
+def test_pickle_round_trip(padded):
+    tok = pickle.loads(pickle.dumps(padded))
+    assert tok(["lower", "low low"], padding=True).input_ids == [[LOWER, PAD], [LOW, LOW]]
+    out = pickle.loads(pickle.dumps(padded(["low"], return_tensors="pt")))
+    assert out.input_ids.tolist() == [[LOW]]
+
+
 def test_alias_is_same_class():
     assert OpenAIGPTTokenizer is OpenAIGPTTokenizerFast
 
@@ -182,6 +191,19 @@ def test_constructors_from_files_and_memory(folder):
     from_files = OpenAIGPTTokenizerFast(folder / "vocab.json", folder / "merges.txt")
     from_memory = OpenAIGPTTokenizerFast(vocab=VOCAB, merges=MERGES)
     assert from_files.encode("lower low abc") == from_memory.encode("lower low abc") == [LOWER, LOW, 1, 2, 9]
+
+
+def test_model_names_go_through_the_hub_resolver(folder, monkeypatch):
+    asked = []
+
+    def fake_resolve(name, allow_patterns=None):
+        asked.append((name, allow_patterns))
+        return folder
+
+    monkeypatch.setattr(gpt_fast.tokenizer, "resolve_model_folder", fake_resolve)
+    tok = OpenAIGPTTokenizerFast.from_pretrained("openai-community/openai-gpt")
+    assert tok.encode("lower") == [LOWER] and tok.name_or_path == "openai-community/openai-gpt"
+    assert asked[0][0] == "openai-community/openai-gpt" and "tokenizer.json" in asked[0][1]
 
 
 def test_missing_files_error_names_folder_and_files(tmp_path):
@@ -245,6 +267,11 @@ def test_non_string_text(tok, text, message):
 def test_encode_takes_one_string(tok):
     with pytest.raises(TypeError, match="text must be a str, got list"):
         tok.encode(["low"])
+
+
+def test_options_are_keyword_only(tok):
+    with pytest.raises(TypeError, match="positional"):
+        tok("low", "lower")  # transformers' second positional argument is text_pair, which GPT-1 does not take
 
 
 def test_ragged_tensor_asks_for_padding(tok):

@@ -189,3 +189,11 @@ def test_original_pretokenization_on_real_vocabulary():
     assert tok.encode("a\nb")[1] == 40477 and 40477 not in bert.encode("a\nb")
     assert bert.tokenize("café") == ["cafe</w>"] and tok.tokenize("café") != ["cafe</w>"]
     assert tok.decode(tok.encode("The cat sat.")) == "the cat sat ."
+
+
+def test_folder_saved_by_transformers_loads(both_padded, tmp_path):
+    ours, theirs = both_padded
+    theirs.save_pretrained(tmp_path)
+    reloaded = OpenAIGPTTokenizerFast.from_pretrained(tmp_path)
+    assert reloaded.pad_token == "<pad>" and len(reloaded) == len(theirs)
+    assert reloaded(TEXTS, padding=True)["input_ids"] == theirs(TEXTS, padding=True)["input_ids"]

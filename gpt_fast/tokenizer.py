@@ -405,10 +405,11 @@ def _as_tensor(rows: list[list[int]], kind: str):
     if len({len(row) for row in rows}) > 1:
         raise ValueError("cannot make a tensor of rows with different lengths: pass padding=True "
                          "(with a pad token set) or truncation=True with max_length")
+    shape = (len(rows), len(rows[0]) if rows else 0)  # (B, T); explicit so that empty rows keep two dimensions
     if kind == "np":
         import numpy
 
-        return numpy.array(rows, dtype=numpy.int64).reshape(len(rows), -1)
+        return numpy.array(rows, dtype=numpy.int64).reshape(shape)
     import torch
 
-    return torch.tensor(rows, dtype=torch.long).reshape(len(rows), -1)
+    return torch.tensor(rows, dtype=torch.long).reshape(shape)

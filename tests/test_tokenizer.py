@@ -162,6 +162,7 @@ def test_return_tensors_shapes_and_no_mask(padded):
     empty = padded("", return_tensors="pt")
     assert empty.input_ids.shape == (1, 0)
     assert padded([], padding=True).input_ids == []
+    assert padded([], return_tensors="pt").input_ids.shape == (0, 0)
     assert padded.encode("lower low", return_tensors="pt").tolist() == [[LOWER, LOW]]
 
 

@@ -232,12 +232,13 @@ def test_save_pretrained_round_trip(padded, tmp_path):
 
 def test_saved_files_load_in_transformers(padded, tmp_path):
     transformers = pytest.importorskip("transformers")
+    padded.padding_side = "left"
     padded.save_pretrained(tmp_path)
     texts = ["Lower low <pad> xyz", "abc!", ""]
     for theirs in (transformers.AutoTokenizer.from_pretrained(tmp_path),
                    transformers.OpenAIGPTTokenizer.from_pretrained(tmp_path)):
         assert theirs(texts, padding=True)["input_ids"] == [
-            [LOWER, LOW, PAD, 0, 0, 0], [1, 2, 9, BANG, PAD, PAD], [PAD] * 6]
+            [LOWER, LOW, PAD, 0, 0, 0], [PAD, PAD, 1, 2, 9, BANG], [PAD] * 6]
         assert theirs.decode([LOW, PAD, LOWER]) == "low <pad>lower"
 
 

@@ -1,18 +1,20 @@
 """gpt_fast: OpenAI GPT (GPT-1) as a drop-in for transformers' OpenAIGPT* classes, with fused kernels."""
 
 from gpt_fast.auto import (AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForMultipleChoice,
-                           AutoModelForSequenceClassification)
+                           AutoModelForSequenceClassification, AutoTokenizer)
+from gpt_fast.batch_encoding import BatchEncoding
 from gpt_fast.configuration import OpenAIGPTConfig
 from gpt_fast.heads import OpenAIGPTDoubleHeadsModel, OpenAIGPTForSequenceClassification, OpenAIGPTLMHeadModel
 from gpt_fast.modeling import OpenAIGPTModel
 from gpt_fast.ops import extension_loaded
 from gpt_fast.pretrained import OpenAIGPTPreTrainedModel
+from gpt_fast.tokenizer import OpenAIGPTTokenizer, OpenAIGPTTokenizerFast
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AutoConfig", "AutoModel", "AutoModelForCausalLM", "AutoModelForMultipleChoice",
-    "AutoModelForSequenceClassification", "OpenAIGPTConfig", "OpenAIGPTDoubleHeadsModel",
+    "AutoModelForSequenceClassification", "AutoTokenizer", "BatchEncoding", "OpenAIGPTConfig", "OpenAIGPTDoubleHeadsModel",
     "OpenAIGPTForSequenceClassification", "OpenAIGPTLMHeadModel", "OpenAIGPTModel", "OpenAIGPTPreTrainedModel",
-    "extension_loaded",
+    "OpenAIGPTTokenizer", "OpenAIGPTTokenizerFast", "extension_loaded",
 ]

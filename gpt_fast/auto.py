@@ -9,6 +9,7 @@ from gpt_fast.configuration import CONFIG_NAME, OpenAIGPTConfig
 from gpt_fast.heads import OpenAIGPTDoubleHeadsModel, OpenAIGPTForSequenceClassification, OpenAIGPTLMHeadModel
 from gpt_fast.hub import resolve_model_folder
 from gpt_fast.modeling import OpenAIGPTModel
+from gpt_fast.tokenizer import OpenAIGPTTokenizerFast
 
 
 def _check_model_type(name_or_path) -> None:
@@ -59,3 +60,17 @@ class AutoConfig:
     def from_pretrained(name_or_path: str | os.PathLike, **kwargs) -> OpenAIGPTConfig:
         _check_model_type(name_or_path)
         return OpenAIGPTConfig.from_pretrained(name_or_path, **kwargs)
+
+
+class AutoTokenizer:
+    """Resolves a GPT-1 folder (vocab.json + merges.txt, or tokenizer.json) to OpenAIGPTTokenizerFast."""
+
+    def __init__(self):
+        raise TypeError("AutoTokenizer is not instantiated; use AutoTokenizer.from_pretrained")
+
+    @staticmethod
+    def from_pretrained(name_or_path: str | os.PathLike, **kwargs) -> OpenAIGPTTokenizerFast:
+        folder = resolve_model_folder(name_or_path)
+        if (folder / CONFIG_NAME).is_file():
+            _check_model_type(folder)
+        return OpenAIGPTTokenizerFast.from_pretrained(folder, **kwargs)

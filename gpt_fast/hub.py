@@ -28,7 +28,8 @@ def resolve_model_folder(name_or_path: str | os.PathLike, allow_patterns: list[s
     except ImportError:
         raise FileNotFoundError(
             f"{str(name_or_path)!r} is not a local folder, and huggingface_hub is not installed to fetch it. "
-            "Either pass a folder with config.json and model.safetensors (or pytorch_model.bin), or "
+            "Either pass a local folder that holds the files (config.json and model.safetensors or "
+            "pytorch_model.bin for a model; vocab.json and merges.txt or tokenizer.json for a tokenizer), or "
             "`pip install gpt_fast[hub]` (or `pip install huggingface_hub`) to download by name."
         ) from None
     try:

@@ -30,7 +30,7 @@ struct DecodeArgs {
 };
 
 template <typename T, int DP>
-__global__ void __launch_bounds__(kDecThreads) decode_attention_kernel(DecodeArgs<T> a) {
+__global__ void __launch_bounds__(kDecThreads, 4) decode_attention_kernel(DecodeArgs<T> a) {
   __shared__ float sQ[DP];
   __shared__ float sO[kDecWarps][DP];
   __shared__ float sML[kDecWarps][2];

@@ -135,3 +135,63 @@ def test_write_resource_table(gate):
         "| kernel | threads | registers sm_80 / sm_90a | static smem (B) | A100 blocks/SM | H100 blocks/SM |\n"
         "|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
     assert len(rows) == len({n for n, a in regs if a == "sm_90a"})
+
+
+# --- Machine code (SASS) of the gate's objects, read with cuobjdump from PyPI (nvidia-cuda-cuobjdump, 13.2+) ---
+
+
+def _nvidia_bin(tool: str) -> str | None:
+    if found := shutil.which(tool):
+        return found
+    try:
+        import nvidia  # namespace package of NVIDIA's PyPI wheels
+    except ImportError:
+        return None
+    for base in nvidia.__path__:
+        candidate = Path(base) / "cu13" / "bin" / tool
+        if candidate.exists():
+            return str(candidate)
+    return None
+
+
+CUOBJDUMP = _nvidia_bin("cuobjdump")
+needs_cuobjdump = pytest.mark.skipif(CUOBJDUMP is None or _nvidia_bin("nvdisasm") is None,
+                                     reason="needs cuobjdump and nvdisasm (pip install nvidia-cuda-cuobjdump "
+                                            "nvidia-cuda-nvdisasm)")
+
+
+def sass_by_function(obj: Path, arch: str) -> dict[str, str]:
+    """{mangled function: its SASS} for one architecture of an object file."""
+    env = {"PATH": f"{Path(_nvidia_bin('nvdisasm')).parent}:/usr/bin:/bin"}
+    res = subprocess.run([CUOBJDUMP, "-sass", "-arch", arch, str(obj)], capture_output=True, text=True, env=env)
+    assert res.returncode == 0, res.stderr
+    parts = re.split(r"\s+Function : (\w+)\n", res.stdout)
+    return dict(zip(parts[1::2], parts[2::2]))
+
+
+def gate_object(gate, name: str) -> Path:
+    found = list(gate["build"].rglob(f"{name}.cu.o"))
+    assert len(found) == 1, found
+    return found[0]
+
+
+@needs_cuobjdump
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90a"])
+def test_flash_attention_uses_tensor_cores(gate, arch):
+    functions = sass_by_function(gate_object(gate, "flash_attention"), arch)
+    mma = {name: code for name, code in functions.items() if "flash_attention_mma_kernel" in name}
+    assert len(mma) == 4, list(functions)
+    for name, code in mma.items():
+        kind = "HMMA.16816.F32.BF16" if "bfloat16" in name else "HMMA.16816.F32"
+        assert kind in code, f"{name} has no {kind}"
+        assert code.count("HMMA.16816") >= 16, name  # Q K^T and P V for a whole tile, not a stray instruction
+
+
+@needs_cuobjdump
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90a"])
+@pytest.mark.parametrize("source", ["flash_attention", "decode_attention", "add_layernorm", "bias_gelu"])
+def test_no_local_memory_instructions(gate, arch, source):
+    functions = sass_by_function(gate_object(gate, source), arch)
+    assert functions
+    for name, code in functions.items():
+        assert not re.search(r"\b(LDL|STL)\b", code), f"{name} touches local memory"

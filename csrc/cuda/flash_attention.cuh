@@ -30,8 +30,8 @@ template <typename T, int DP>
 __global__ void __launch_bounds__(kFaThreads) flash_attention_mma_kernel(AttentionArgs<T> a) {
   static_assert(DP % 16 == 0 && DP <= 128, "padded head size");
   constexpr int kPad = 8;  // row padding (16 bytes) against shared-memory bank conflicts
-  __shared__ alignas(16) T sK[kFaBlockN][DP + kPad];  // (keys, D)
-  __shared__ alignas(16) T sV[kFaBlockN][DP + kPad];  // (keys, D)
+  __shared__ __align__(16) T sK[kFaBlockN][DP + kPad];  // (keys, D)
+  __shared__ __align__(16) T sV[kFaBlockN][DP + kPad];  // (keys, D)
   __shared__ uint8_t sAllow[kFaBlockN];
 
   const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp, g = lane / 4, t = lane % 4;

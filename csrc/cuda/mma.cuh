@@ -61,23 +61,22 @@ __device__ inline void mma_16816(float c[4], const uint32_t a[4], const uint32_t
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
   }
 #else
-  // Scalar fallback: gather this lane's two rows of A (from the lanes with the same g) and two columns of B
-  // (from the lanes whose g is the column), then do the 16-term dot products in fp32.
+  // Scalar fallback (SIMT test layer only): gather the warp's fragments, then this lane's two rows of A (held by
+  // the lanes with the same g) times its two columns of B (held by the lanes whose g is the column), in fp32.
+  struct Frag {
+    uint32_t a[4], b[2];
+  };
+  Frag all[kWarp];
+  gf_simt::warp_gather(Frag{{a[0], a[1], a[2], a[3]}, {b[0], b[1]}}, all);
   const int lane = threadIdx.x % kWarp, g = lane / 4, t = lane % 4;
   float A[2][16], B[2][16];
   for (int s = 0; s < 4; ++s) {
     for (int r = 0; r < 4; ++r) {
-      const uint32_t v = __shfl_sync(kFullMask, a[r], g * 4 + s);
       const int k = 2 * s + (r >= 2 ? 8 : 0);
-      unpack2<T>(v, A[r & 1][k], A[r & 1][k + 1]);
+      unpack2<T>(all[g * 4 + s].a[r], A[r & 1][k], A[r & 1][k + 1]);
     }
-    for (int j = 0; j < 2; ++j) {
-      for (int r = 0; r < 2; ++r) {
-        const uint32_t v = __shfl_sync(kFullMask, b[r], (2 * t + j) * 4 + s);
-        const int k = 2 * s + 8 * r;
-        unpack2<T>(v, B[j][k], B[j][k + 1]);
-      }
-    }
+    for (int j = 0; j < 2; ++j)
+      for (int r = 0; r < 2; ++r) unpack2<T>(all[(2 * t + j) * 4 + s].b[r], B[j][2 * s + 8 * r], B[j][2 * s + 8 * r + 1]);
   }
   for (int row = 0; row < 2; ++row)
     for (int j = 0; j < 2; ++j) {

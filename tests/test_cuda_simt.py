@@ -124,21 +124,21 @@ def test_flash_attention(harness, tmp_path, dtype, B, T, H, D, masked):
         assert torch.equal(out[0, : T // 3], torch.zeros_like(out[0, : T // 3]))
 
 
-DECODE_SHAPES = [  # B, S, H, D, Tmax, lengths, sm_count (small sm_count forces flash-decoding splits)
-    (3, 1, 2, 64, 300, [0, 150, 299], 4),
-    (2, 3, 1, 48, 40, [5, 37], 132),
+DECODE_SHAPES = [  # B, S, H, D, Tmax, lengths, sm_count (few SMs force flash-decoding splits), expected splits
+    (3, 1, 2, 64, 300, [0, 150, 299], 4, 2),
+    (2, 3, 1, 48, 40, [5, 37], 132, 1),
 ]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("B, S, H, D, Tmax, lengths, sms", DECODE_SHAPES)
-def test_decode_attention(harness, tmp_path, dtype, B, S, H, D, Tmax, lengths, sms):
+@pytest.mark.parametrize("B, S, H, D, Tmax, lengths, sms, splits", DECODE_SHAPES)
+def test_decode_attention(harness, tmp_path, dtype, B, S, H, D, Tmax, lengths, sms, splits):
     qkv = gen(B, S, 3 * H * D, dtype=dtype, seed=9)
     k_cache, v_cache = gen(B, H, Tmax, D, dtype=dtype, seed=10), gen(B, H, Tmax, D, dtype=dtype, seed=11)
     lens = torch.tensor(lengths, dtype=torch.int64)
     save(tmp_path, qkv=qkv, k_cache=k_cache, v_cache=v_cache, lengths=lens)
     res = run(harness, tmp_path, "decode_attention", dtype, B, S, H, D, Tmax, sms)
-    assert ("splits=1" in res.stdout) == (sms > B * H), res.stdout  # the split path really ran where intended
+    assert f"splits={splits}" in res.stdout, res.stdout  # the split path really ran where intended
     out = load(tmp_path, "out", dtype, (B, S, H * D))
     k_out = load(tmp_path, "k_cache", dtype, (B, H, Tmax, D))
     v_out = load(tmp_path, "v_cache", dtype, (B, H, Tmax, D))
@@ -147,6 +147,26 @@ def test_decode_attention(harness, tmp_path, dtype, B, S, H, D, Tmax, lengths, s
     assert torch.equal(k_out, k_ref) and torch.equal(v_out, v_ref)  # new keys/values written, nothing else
     fn = lambda qkv, k, v: reference.decode_attention(qkv, k.clone(), v.clone(), lens, H)
     check_accuracy(out, fn, [qkv, k_cache, v_cache], dtype)
+
+
+@pytest.mark.parametrize("sms, splits", [(8, 3), (1, 1)])
+def test_decode_attention_out_of_range_row(harness, tmp_path, sms, splits):
+    """A row whose positions fall outside the cache (which the binding rejects, except under CUDA graph capture)
+    leaves its cache untouched and gets NaN outputs; the other rows are unaffected. With and without splits."""
+    B, S, H, D, Tmax = 2, 1, 2, 64, 260
+    dtype = torch.bfloat16
+    qkv = gen(B, S, 3 * H * D, dtype=dtype, seed=13)
+    k_cache, v_cache = gen(B, H, Tmax, D, dtype=dtype, seed=14), gen(B, H, Tmax, D, dtype=dtype, seed=15)
+    lens = torch.tensor([Tmax, 100], dtype=torch.int64)
+    save(tmp_path, qkv=qkv, k_cache=k_cache, v_cache=v_cache, lengths=lens)
+    res = run(harness, tmp_path, "decode_attention", dtype, B, S, H, D, Tmax, sms)
+    assert f"splits={splits}" in res.stdout, res.stdout
+    out = load(tmp_path, "out", dtype, (B, S, H * D))
+    assert torch.isnan(out[0]).all()
+    assert torch.equal(load(tmp_path, "k_cache", dtype, (B, H, Tmax, D))[0], k_cache[0])
+    assert torch.equal(load(tmp_path, "v_cache", dtype, (B, H, Tmax, D))[0], v_cache[0])
+    fn = lambda q, k, v: reference.decode_attention(q, k.clone(), v.clone(), lens[1:], H)
+    check_accuracy(out[1:], fn, [qkv[1:], k_cache[1:], v_cache[1:]], dtype)
 
 
 def test_layer_catches_a_missing_syncthreads(tmp_path):

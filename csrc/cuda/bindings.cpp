@@ -3,6 +3,7 @@
 // Registers TORCH_LIBRARY_IMPL(gpt_fast, CUDA, m) for add_layernorm, bias_gelu, flash_attention, decode_attention.
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGraphsC10Utils.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
@@ -81,6 +82,14 @@ at::Tensor bias_gelu_cuda(const at::Tensor& x, const at::Tensor& bias) {
   return out;
 }
 
+bool aligned16(const at::Tensor& t) { return reinterpret_cast<uintptr_t>(t.const_data_ptr()) % 16 == 0; }
+
+// The attention kernels read qkv with 128-bit loads: contiguous and 16-byte aligned (a copy when it is not).
+at::Tensor aligned_contiguous(const at::Tensor& t) {
+  auto c = t.contiguous();
+  return aligned16(c) ? c : c.clone();
+}
+
 // Shared checks of the packed qkv: (B, T, 3C) with C = n_head * D, D a multiple of 8 and at most 128.
 int64_t check_qkv(const at::Tensor& qkv, int64_t n_head, const char* op) {
   check_dim(qkv, 3, op, "qkv");
@@ -113,7 +122,7 @@ at::Tensor flash_attention_cuda(const at::Tensor& qkv, const std::optional<at::T
     mask = key_padding_mask->contiguous();
   }
   const c10::cuda::CUDAGuard guard(qkv.device());
-  auto qc = qkv.contiguous();
+  auto qc = aligned_contiguous(qkv);
   auto out = at::empty({B, T, n_head * D}, qc.options());  // (B, T, C)
   check_launch(cuda::launch_flash_attention(to_dtype(qkv), qc.const_data_ptr(),
                                             mask.defined() ? static_cast<const uint8_t*>(mask.const_data_ptr()) : nullptr,
@@ -154,12 +163,16 @@ at::Tensor decode_attention_cuda(const at::Tensor& qkv, at::Tensor& k_cache, at:
               cache_lengths.size(0));
   const c10::cuda::CUDAGuard guard(qkv.device());
   auto lengths = cache_lengths.contiguous();
-  if (B > 0 && S > 0) {  // one device-to-host sync: an out-of-range position must be an error, not a stray write
+  // One device-to-host sync: an out-of-range position is an error. Not possible while a CUDA graph is captured;
+  // the kernel then skips such rows itself (no cache write, NaN output).
+  const bool capturing = c10::cuda::currentStreamCaptureStatusMayInitCtx() != c10::cuda::CaptureStatus::None;
+  if (B > 0 && S > 0 && !capturing) {
     const bool in_range = ((lengths >= 0) & (lengths + S <= Tmax)).all().item<bool>();
     TORCH_CHECK_INDEX(in_range, op, ": cache positions [cache_lengths, cache_lengths + ", S,
                       ") fall outside the cache of ", Tmax, " (cache_lengths = ", lengths.cpu(), ")");
   }
-  auto qc = qkv.contiguous();
+  auto qc = aligned_contiguous(qkv);
+  TORCH_CHECK(aligned16(k_cache) && aligned16(v_cache), op, ": k_cache and v_cache must be 16-byte aligned");
   auto out = at::empty({B, S, n_head * D}, qc.options());  // (B, S, C)
   const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
   const auto plan = cuda::plan_decode_attention(static_cast<int>(B), static_cast<int>(S), static_cast<int>(n_head),

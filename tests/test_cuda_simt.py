@@ -98,7 +98,7 @@ def test_bias_gelu(harness, tmp_path, dtype, rows, N):
 FLASH_SHAPES = [  # B, T, H, D, mask
     (1, 7, 3, 64, False),
     (2, 70, 1, 48, True),   # two key tiles, ragged tail, left padding (fully masked query rows)
-    (1, 19, 2, 80, True),   # head size padded to 128
+    (1, 70, 1, 80, True),   # head size padded to 128 (single-buffered K/V), two key tiles
 ]
 
 
@@ -170,9 +170,9 @@ def test_decode_attention_out_of_range_row(harness, tmp_path, sms, splits):
 
 
 def test_layer_catches_a_missing_syncthreads(tmp_path):
-    """flash_attention built with the barrier before the next K/V tile load removed (GF_DROP_SYNC=2): the layer
-    must report the race (ThreadSanitizer) or give a wrong answer."""
-    broken = build(tmp_path / "run_kernels_nosync", "-DGF_DROP_SYNC=2")
+    """flash_attention built with the barrier at the top of its key-tile loop removed (GF_DROP_SYNC=1: tile
+    landed / previous buffer free): the layer must report the race (ThreadSanitizer) or give a wrong answer."""
+    broken = build(tmp_path / "run_kernels_nosync", "-DGF_DROP_SYNC=1")
     B, T, H, D = 1, 70, 1, 64
     qkv = gen(B, T, 3 * H * D, dtype=torch.bfloat16, seed=12)
     save(tmp_path, qkv=qkv)

@@ -185,6 +185,8 @@ def test_flash_attention_uses_tensor_cores(gate, arch):
         kind = "HMMA.16816.F32.BF16" if "bfloat16" in name else "HMMA.16816.F32"
         assert kind in code, f"{name} has no {kind}"
         assert code.count("HMMA.16816") >= 16, name  # Q K^T and P V for a whole tile, not a stray instruction
+        assert "LDSM.16.M88.4" in code and "LDSM.16.MT88.4" in code, f"{name}: no ldmatrix (plain and .trans)"
+        assert "LDGSTS" in code, f"{name}: no cp.async"
 
 
 @needs_cuobjdump

@@ -1,6 +1,6 @@
 """Benchmarks of the gpt_fast CUDA kernels at GPT-1 shapes against PyTorch's paths, measured in the same run.
 
-    python benchmarks/bench_cuda.py                  # table: time, TFLOP/s, GB/s, baseline time, speed-up
+    python benchmarks/bench_cuda.py [--write]        # table: time, TFLOP/s, GB/s, baseline time, speed-up
     python benchmarks/bench_cuda.py --roofline       # writes benchmarks/results/cuda_roofline.md (no GPU needed)
     pytest benchmarks/bench_cuda.py --benchmark-enable   # the same cases as pytest-benchmark tests
 
@@ -168,6 +168,7 @@ def test_bench(benchmark, op, which):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--roofline", action="store_true", help="write benchmarks/results/cuda_roofline.md and exit")
+    parser.add_argument("--write", action="store_true", help="also write benchmarks/results/cuda_bench.md")
     args = parser.parse_args()
     if args.roofline:
         out = Path(__file__).resolve().parent / "results" / "cuda_roofline.md"
@@ -178,7 +179,11 @@ def main():
         raise SystemExit("bench_cuda: needs a CUDA GPU (use --roofline for the model only)")
     import gpt_fast.ops  # noqa: F401  (loads the extension)
 
-    print(table())
+    result = table()
+    print(result)
+    if args.write:
+        out = Path(__file__).resolve().parent / "results" / "cuda_bench.md"
+        out.write_text("# CUDA kernels vs PyTorch (python benchmarks/bench_cuda.py --write)\n\n" + result + "\n")
 
 
 if __name__ == "__main__":

@@ -102,6 +102,35 @@ def test_decode_then_prefill_agree():
     check(lambda q: reference.causal_attention(q, None, H), [qkv], torch.float32, torch.cat(rows, 1))
 
 
+def test_decode_attention_in_a_cuda_graph():
+    """Captured in a CUDA graph (where the binding cannot check lengths on the host) and replayed, decode
+    attention gives what it gives eagerly."""
+    B, H, D, Tmax = 2, 12, 64, 128
+    qkv = gen(B, 1, 3 * H * D, dtype=torch.bfloat16, seed=5)
+    k, v = gen(B, H, Tmax, D, dtype=torch.bfloat16, seed=6), gen(B, H, Tmax, D, dtype=torch.bfloat16, seed=7)
+    lens = torch.tensor([3, 90], device=DEV)
+    k_eager, v_eager = k.clone(), v.clone()
+    expected = gpt_ops.decode_attention(qkv, k_eager, v_eager, lens, H)
+    gpt_ops.decode_attention(qkv, k.clone(), v.clone(), lens, H)  # warm up outside the capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = gpt_ops.decode_attention(qkv, k, v, lens, H)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(out, expected) and torch.equal(k, k_eager) and torch.equal(v, v_eager)
+
+
+@pytest.mark.parametrize("layout", ["strided", "misaligned"])
+def test_flash_attention_noncontiguous_and_misaligned_qkv(layout):
+    B, T, H, D = 2, 33, 3, 64
+    if layout == "strided":  # the first 3C columns of a wider tensor
+        qkv = gen(B, T, 4 * H * D, dtype=torch.bfloat16, seed=8)[..., : 3 * H * D]
+    else:  # contiguous, but 2 bytes past a 16-byte boundary
+        qkv = gen(B * T * 3 * H * D + 8, dtype=torch.bfloat16, seed=8)[1 : 1 + B * T * 3 * H * D].view(B, T, -1)
+    fn = lambda q: reference.causal_attention(q, None, H)
+    check(fn, [qkv], torch.bfloat16, gpt_ops.flash_attention(qkv, None, H))
+
+
 def test_opcheck():
     x = gen(3, 48, dtype=torch.bfloat16, seed=1)
     w = gen(48, dtype=torch.bfloat16, seed=2)

@@ -75,7 +75,9 @@ def check_accuracy(actual, fn, inputs, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("rows, C, has_bias", [(5, 768, True), (3, 100, False), (2, 2056, True)])
+# C = 768: register-cached rows (4 chunks per lane in bf16/fp16, 8 in fp32); 100: scalar path in bf16/fp16, 2
+# chunks in fp32; 1032: 8 chunks in bf16/fp16, scalar in fp32; 2056: scalar path everywhere.
+@pytest.mark.parametrize("rows, C, has_bias", [(5, 768, True), (3, 100, False), (2, 1032, True), (2, 2056, True)])
 def test_add_layernorm(harness, tmp_path, dtype, rows, C, has_bias):
     x, res, bias = gen(rows, C, dtype=dtype, seed=1), gen(rows, C, dtype=dtype, seed=2), gen(C, dtype=dtype, seed=3)
     w, b = 1 + 0.1 * gen(C, dtype=dtype, seed=4), gen(C, dtype=dtype, seed=5)
@@ -127,6 +129,7 @@ def test_flash_attention(harness, tmp_path, dtype, B, T, H, D, masked):
 DECODE_SHAPES = [  # B, S, H, D, Tmax, lengths, sm_count (few SMs force flash-decoding splits), expected splits
     (3, 1, 2, 64, 300, [0, 150, 299], 4, 2),
     (2, 3, 1, 48, 40, [5, 37], 132, 1),
+    (1, 2, 1, 80, 70, [30], 132, 1),  # head size padded to 128
 ]
 
 

@@ -25,7 +25,8 @@ cudaError_t launch_decode_attention(DType dtype, const DecodePlan& plan, const v
                                     void* v_cache, const int64_t* cache_lengths, void* out, void* workspace, int B,
                                     int S, int H, int D, int Tmax, cudaStream_t stream) {
   if (B == 0 || S == 0 || H == 0) return cudaSuccess;
-  const float scale_log2 = 1.4426950408889634f / std::sqrt(static_cast<float>(D));
+  // log2(e) / sqrt(D), rounded once
+  const float scale_log2 = static_cast<float>(1.4426950408889634 / std::sqrt(static_cast<double>(D)));
   return dispatch_dtype(dtype, [&](auto zero) {
     using T = decltype(zero);
     return dispatch_head_dim(D, [&](auto dp) {

@@ -78,13 +78,16 @@ __global__ void __launch_bounds__(kDecThreads, 4) decode_attention_kernel(Decode
       float score = -INFINITY;
       if (p < end) {
         const T* kr = key_row(p);
-        float dot = 0.f;
-        for (int c = 0; c < a.D; c += N) {
-          const Vec<T> kv = load_vec(kr + c);
+        float acc[8] = {};
+#pragma unroll 1
+        for (int c = 0; c < a.D; c += 8)  // D % 8 == 0; 8 / N vector loads per step
 #pragma unroll
-          for (int j = 0; j < N; ++j) dot += sQ[c + j] * to_float(kv.e[j]);
-        }
-        score = dot * a.scale_log2;
+          for (int u = 0; u < 8 / N; ++u) {
+            const Vec<T> kv = load_vec(kr + c + u * N);
+#pragma unroll
+            for (int j = 0; j < N; ++j) acc[u * N + j] = fmaf(sQ[c + u * N + j], to_float(kv.e[j]), acc[u * N + j]);
+          }
+        score = tree_sum8(acc) * a.scale_log2;
       }
       st.update(score, min(kWarp, end - t0), a.D, [&](int j, int d) { return to_float(val_row(t0 + j)[d]); });
     }

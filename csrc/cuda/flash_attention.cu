@@ -12,7 +12,8 @@ namespace gpt_fast::cuda {
 cudaError_t launch_flash_attention(DType dtype, const void* qkv, const uint8_t* key_padding_mask, void* out, int B,
                                    int T, int H, int D, cudaStream_t stream) {
   if (B == 0 || T == 0 || H == 0) return cudaSuccess;
-  const float scale_log2 = 1.4426950408889634f / std::sqrt(static_cast<float>(D));
+  // log2(e) / sqrt(D), rounded once
+  const float scale_log2 = static_cast<float>(1.4426950408889634 / std::sqrt(static_cast<double>(D)));
   return dispatch_dtype(dtype, [&](auto zero) {
     using T_ = decltype(zero);
     const AttentionArgs<T_> a{static_cast<const T_*>(qkv), key_padding_mask, static_cast<T_*>(out), B, T, H, D,

@@ -2,7 +2,7 @@
 // flash_attention.cuh (same arguments, masking and zero rows) on plain fp32 cores. One block of 4 warps per
 // (16-query tile, batch x head); 32-key tiles of K and V staged in shared memory; each warp owns 4 query rows,
 // lane j scores key j of the tile, the output row is spread over the lanes (WarpRowState).
-// Limits: D <= DP (64 or 128), contiguous tensors. No torch header.
+// Limits: D % 8 == 0, D <= DP (64 or 128), contiguous tensors. No torch header.
 #pragma once
 #include "flash_attention.cuh"
 #include "warp_softmax.cuh"
@@ -54,9 +54,11 @@ __global__ void __launch_bounds__(kFa32Threads) flash_attention_fp32_kernel(Atte
       const int r = warp * kRows + i, q = m0 + r, key = n0 + lane;
       float score = -INFINITY;
       if (key <= q && sAllow[lane]) {
-        float dot = 0.f;
-        for (int d = 0; d < a.D; ++d) dot += sQ[r][d] * sK[lane][d];
-        score = dot * a.scale_log2;
+        float acc[8] = {};
+        for (int d = 0; d < a.D; d += 8)  // D % 8 == 0
+#pragma unroll
+          for (int j = 0; j < 8; ++j) acc[j] = fmaf(sQ[r][d + j], sK[lane][d + j], acc[j]);
+        score = tree_sum8(acc) * a.scale_log2;
       }
       st[i].update(score, n_valid, a.D, [&](int j, int d) { return sV[j][d]; });
     }

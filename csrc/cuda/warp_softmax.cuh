@@ -32,7 +32,7 @@ struct WarpRowState {
 #pragma unroll
       for (int i = 0; i < DP / 32; ++i) {
         const int d = lane + 32 * i;
-        if (d < D) o[i] += pj * v_at(j, d);
+        if (d < D) o[i] = fmaf(pj, v_at(j, d), o[i]);  // explicit FMA: the same rounding on the GPU and in tests
       }
     }
   }

@@ -156,6 +156,7 @@ def qkv_args():
      "key_padding_mask must have shape"),
     (lambda: gpt_ops.flash_attention(qkv_args(), torch.ones(2, 9, dtype=torch.bool), 2), "key_padding_mask is on"),
     (lambda: gpt_ops.flash_attention(qkv_args(), torch.ones(2, 9, device=DEV), 2), "key_padding_mask must be bool"),
+    (lambda: gpt_ops.flash_attention(torch.zeros(1, 1, 3 * 8 * 65536, device=DEV), None, 65536), "at most 65535"),
     (lambda: gpt_ops.bias_gelu(qkv_args(), torch.zeros(5, device=DEV)), "bias must have 96"),
     (lambda: gpt_ops.add_layernorm(*(torch.zeros(2, 8, device=DEV),) * 2, None, torch.zeros(8, device=DEV),
                                    torch.zeros(8), 1e-5), "ln_bias is on"),

@@ -102,7 +102,10 @@ int64_t check_qkv(const at::Tensor& qkv, int64_t n_head, const char* op) {
   TORCH_CHECK(D > 0 && D % 8 == 0 && D <= cuda::kMaxHeadDim, op,
               ": head_dim (qkv last dimension / (3 * n_head)) must be a positive multiple of 8 up to ",
               cuda::kMaxHeadDim, " on CUDA, got ", D);
-  TORCH_CHECK(qkv.size(0) <= INT32_MAX / n_head && qkv.size(1) <= INT32_MAX, op, ": qkv is too large");
+  // The kernels put batch x head on gridDim.y (at most 65535 blocks).
+  TORCH_CHECK(qkv.size(0) * n_head <= 65535, op, ": batch * n_head must be at most 65535 on CUDA, got ",
+              qkv.size(0), " * ", n_head);
+  TORCH_CHECK(qkv.size(1) <= INT32_MAX / 2, op, ": qkv has too many positions");
   return D;
 }
 

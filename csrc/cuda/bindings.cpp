@@ -1,0 +1,205 @@
+// Torch bindings of the gpt_fast CUDA kernels: argument checks (each naming the op and argument), the device
+// guard, the current stream, then the torch-free launchers (launchers.h) and a launch-error check.
+// Registers TORCH_LIBRARY_IMPL(gpt_fast, CUDA, m) for add_layernorm, bias_gelu, flash_attention, decode_attention.
+#include <ATen/ATen.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGraphsC10Utils.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include <cmath>
+
+#include "checks.h"
+#include "cuda/launchers.h"
+
+namespace gpt_fast {
+namespace {
+
+cuda::DType to_dtype(const at::Tensor& t) {
+  switch (t.scalar_type()) {
+    case at::kBFloat16:
+      return cuda::DType::kBFloat16;
+    case at::kHalf:
+      return cuda::DType::kFloat16;
+    default:
+      return cuda::DType::kFloat32;
+  }
+}
+
+void check_cuda(const at::Tensor& t, const char* op, const char* name) {
+  TORCH_CHECK(t.is_cuda(), op, ": ", name, " must be a CUDA tensor, got device ", t.device());
+}
+
+void check_launch(cudaError_t err, const char* op) {
+  TORCH_CHECK(err == cudaSuccess, op, ": kernel launch failed: ", cudaGetErrorString(err));
+}
+
+at::Tensor add_layernorm_cuda(const at::Tensor& x, const at::Tensor& residual, const std::optional<at::Tensor>& bias,
+                              const at::Tensor& weight, const at::Tensor& ln_bias, double eps) {
+  constexpr const char* op = "gpt_fast::add_layernorm";
+  TORCH_CHECK(x.dim() >= 1, op, ": x must have at least one dimension");
+  check_cuda(x, op, "x");
+  check_float_dtype(x, op, "x");
+  TORCH_CHECK(residual.sizes() == x.sizes(), op, ": residual shape ", residual.sizes(), " must equal x shape ",
+              x.sizes());
+  check_same_device(residual, x, op, "residual");
+  check_same_dtype(residual, x, op, "residual");
+  const int64_t C = x.size(-1);
+  TORCH_CHECK(C > 0 && C <= INT32_MAX, op, ": x must have a non-empty last dimension that fits in int32, got ", C);
+  check_vector(weight, C, x, op, "weight");
+  check_vector(ln_bias, C, x, op, "ln_bias");
+  if (bias) check_vector(*bias, C, x, op, "bias");
+  TORCH_CHECK(eps >= 0 && std::isfinite(eps), op, ": eps must be a finite non-negative number, got ", eps);
+
+  const c10::cuda::CUDAGuard guard(x.device());
+  auto xc = x.contiguous(), rc = residual.contiguous(), wc = weight.contiguous(), bc = ln_bias.contiguous();
+  at::Tensor biasc = bias ? bias->contiguous() : at::Tensor();
+  auto out = at::empty_like(xc);
+  check_launch(cuda::launch_add_layernorm(to_dtype(x), xc.const_data_ptr(), rc.const_data_ptr(),
+                                          bias ? biasc.const_data_ptr() : nullptr, wc.const_data_ptr(),
+                                          bc.const_data_ptr(), out.mutable_data_ptr(), xc.numel() / C,
+                                          static_cast<int>(C), static_cast<float>(eps),
+                                          at::cuda::getCurrentCUDAStream()),
+               op);
+  return out;
+}
+
+at::Tensor bias_gelu_cuda(const at::Tensor& x, const at::Tensor& bias) {
+  constexpr const char* op = "gpt_fast::bias_gelu";
+  TORCH_CHECK(x.dim() >= 1, op, ": x must have at least one dimension");
+  check_cuda(x, op, "x");
+  check_float_dtype(x, op, "x");
+  const int64_t N = x.size(-1);
+  TORCH_CHECK(N > 0, op, ": x must have a non-empty last dimension");
+  check_vector(bias, N, x, op, "bias");
+
+  const c10::cuda::CUDAGuard guard(x.device());
+  auto xc = x.contiguous(), bc = bias.contiguous();
+  auto out = at::empty_like(xc);
+  check_launch(cuda::launch_bias_gelu(to_dtype(x), xc.const_data_ptr(), bc.const_data_ptr(), out.mutable_data_ptr(),
+                                      xc.numel(), N, at::cuda::getCurrentCUDAStream()),
+               op);
+  return out;
+}
+
+bool aligned16(const at::Tensor& t) { return reinterpret_cast<uintptr_t>(t.const_data_ptr()) % 16 == 0; }
+
+// The attention kernels read qkv with 128-bit loads: contiguous and 16-byte aligned (a copy when it is not).
+at::Tensor aligned_contiguous(const at::Tensor& t) {
+  auto c = t.contiguous();
+  return aligned16(c) ? c : c.clone();
+}
+
+// Shared checks of the packed qkv: (B, T, 3C) with C = n_head * D, D a multiple of 8 and at most 128.
+int64_t check_qkv(const at::Tensor& qkv, int64_t n_head, const char* op) {
+  check_dim(qkv, 3, op, "qkv");
+  check_cuda(qkv, op, "qkv");
+  check_float_dtype(qkv, op, "qkv");
+  TORCH_CHECK(n_head > 0, op, ": n_head must be positive, got ", n_head);
+  TORCH_CHECK(qkv.size(2) % (3 * n_head) == 0, op, ": qkv last dimension ", qkv.size(2),
+              " must be 3 * n_head * head_dim with n_head = ", n_head);
+  const int64_t D = qkv.size(2) / (3 * n_head);
+  TORCH_CHECK(D > 0 && D % 8 == 0 && D <= cuda::kMaxHeadDim, op,
+              ": head_dim (qkv last dimension / (3 * n_head)) must be a positive multiple of 8 up to ",
+              cuda::kMaxHeadDim, " on CUDA, got ", D);
+  // The kernels put batch x head on gridDim.y (at most 65535 blocks).
+  TORCH_CHECK(qkv.size(0) * n_head <= 65535, op, ": batch * n_head must be at most 65535 on CUDA, got ",
+              qkv.size(0), " * ", n_head);
+  TORCH_CHECK(qkv.size(1) <= INT32_MAX / 2, op, ": qkv has too many positions");
+  return D;
+}
+
+at::Tensor flash_attention_cuda(const at::Tensor& qkv, const std::optional<at::Tensor>& key_padding_mask,
+                                int64_t n_head) {
+  constexpr const char* op = "gpt_fast::flash_attention";
+  const int64_t D = check_qkv(qkv, n_head, op);
+  const int64_t B = qkv.size(0), T = qkv.size(1);
+  at::Tensor mask;
+  if (key_padding_mask) {
+    check_dim(*key_padding_mask, 2, op, "key_padding_mask");
+    check_same_device(*key_padding_mask, qkv, op, "key_padding_mask");
+    TORCH_CHECK(key_padding_mask->scalar_type() == at::kBool, op, ": key_padding_mask must be bool, got ",
+                key_padding_mask->scalar_type());
+    TORCH_CHECK(key_padding_mask->size(0) == B && key_padding_mask->size(1) == T, op,
+                ": key_padding_mask must have shape (B, T) = (", B, ", ", T, "), got ", key_padding_mask->sizes());
+    mask = key_padding_mask->contiguous();
+  }
+  const c10::cuda::CUDAGuard guard(qkv.device());
+  auto qc = aligned_contiguous(qkv);
+  auto out = at::empty({B, T, n_head * D}, qc.options());  // (B, T, C)
+  check_launch(cuda::launch_flash_attention(to_dtype(qkv), qc.const_data_ptr(),
+                                            mask.defined() ? static_cast<const uint8_t*>(mask.const_data_ptr()) : nullptr,
+                                            out.mutable_data_ptr(), static_cast<int>(B), static_cast<int>(T),
+                                            static_cast<int>(n_head), static_cast<int>(D),
+                                            at::cuda::getCurrentCUDAStream()),
+               op);
+  return out;
+}
+
+void check_cache(const at::Tensor& cache, const at::Tensor& qkv, int64_t B, int64_t H, int64_t D, const char* op,
+                 const char* name) {
+  check_dim(cache, 4, op, name);
+  check_same_device(cache, qkv, op, name);
+  check_same_dtype(cache, qkv, op, name);
+  TORCH_CHECK(cache.size(0) == B && cache.size(1) == H && cache.size(3) == D, op, ": ", name,
+              " must have shape (B, n_head, Tmax, head_dim) = (", B, ", ", H, ", Tmax, ", D, "), got ", cache.sizes());
+  TORCH_CHECK(cache.is_contiguous(), op, ": ", name, " must be contiguous (it is written in place), got strides ",
+              cache.strides());
+}
+
+at::Tensor decode_attention_cuda(const at::Tensor& qkv, at::Tensor& k_cache, at::Tensor& v_cache,
+                                 const at::Tensor& cache_lengths, int64_t n_head) {
+  constexpr const char* op = "gpt_fast::decode_attention";
+  const int64_t D = check_qkv(qkv, n_head, op);
+  const int64_t B = qkv.size(0), S = qkv.size(1);
+  check_cache(k_cache, qkv, B, n_head, D, op, "k_cache");
+  check_cache(v_cache, qkv, B, n_head, D, op, "v_cache");
+  TORCH_CHECK(v_cache.sizes() == k_cache.sizes(), op, ": v_cache shape ", v_cache.sizes(), " must equal k_cache shape ",
+              k_cache.sizes());
+  const int64_t Tmax = k_cache.size(2);
+  TORCH_CHECK(Tmax <= INT32_MAX, op, ": the cache is too long");
+  check_dim(cache_lengths, 1, op, "cache_lengths");
+  check_same_device(cache_lengths, qkv, op, "cache_lengths");
+  TORCH_CHECK(cache_lengths.scalar_type() == at::kLong, op, ": cache_lengths must be int64, got ",
+              cache_lengths.scalar_type());
+  TORCH_CHECK(cache_lengths.size(0) == B, op, ": cache_lengths must have B = ", B, " elements, got ",
+              cache_lengths.size(0));
+  const c10::cuda::CUDAGuard guard(qkv.device());
+  auto lengths = cache_lengths.contiguous();
+  // One device-to-host sync: an out-of-range position is an error. Not possible while a CUDA graph is captured;
+  // the kernel then skips such rows itself (no cache write, NaN output).
+  const bool capturing = c10::cuda::currentStreamCaptureStatusMayInitCtx() != c10::cuda::CaptureStatus::None;
+  if (B > 0 && S > 0 && !capturing) {
+    const bool in_range = ((lengths >= 0) & (lengths + S <= Tmax)).all().item<bool>();
+    TORCH_CHECK_INDEX(in_range, op, ": cache positions [cache_lengths, cache_lengths + ", S,
+                      ") fall outside the cache of ", Tmax, " (cache_lengths = ", lengths.cpu(), ")");
+  }
+  auto qc = aligned_contiguous(qkv);
+  TORCH_CHECK(aligned16(k_cache) && aligned16(v_cache), op, ": k_cache and v_cache must be 16-byte aligned");
+  auto out = at::empty({B, S, n_head * D}, qc.options());  // (B, S, C)
+  const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  const auto plan = cuda::plan_decode_attention(static_cast<int>(B), static_cast<int>(S), static_cast<int>(n_head),
+                                                static_cast<int>(D), static_cast<int>(Tmax), sms);
+  at::Tensor workspace;
+  if (plan.workspace_bytes > 0)
+    workspace = at::empty({static_cast<int64_t>(plan.workspace_bytes / sizeof(float))}, qc.options().dtype(at::kFloat));
+  check_launch(cuda::launch_decode_attention(to_dtype(qkv), plan, qc.const_data_ptr(), k_cache.mutable_data_ptr(),
+                                             v_cache.mutable_data_ptr(), lengths.const_data_ptr<int64_t>(),
+                                             out.mutable_data_ptr(), workspace.defined() ? workspace.mutable_data_ptr() : nullptr,
+                                             static_cast<int>(B), static_cast<int>(S), static_cast<int>(n_head),
+                                             static_cast<int>(D), static_cast<int>(Tmax),
+                                             at::cuda::getCurrentCUDAStream()),
+               op);
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(gpt_fast, CUDA, m) {
+  m.impl("add_layernorm", &add_layernorm_cuda);
+  m.impl("bias_gelu", &bias_gelu_cuda);
+  m.impl("flash_attention", &flash_attention_cuda);
+  m.impl("decode_attention", &decode_attention_cuda);
+}
+
+}  // namespace gpt_fast

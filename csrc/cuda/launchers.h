@@ -1,0 +1,47 @@
+// Torch-free host entry points of the gpt_fast CUDA kernels (implemented in csrc/cuda/*.cu).
+// Pointers are raw device pointers to contiguous tensors; each launcher enqueues on `stream` and returns the
+// launch error (cudaSuccess when the launch was accepted). Shape limits are checked by the caller
+// (csrc/cuda/bindings.cpp); the launchers only pick the kernel variant and the grid.
+#pragma once
+#include <cuda_runtime_api.h>
+
+#include <cstddef>
+#include <cstdint>
+
+namespace gpt_fast::cuda {
+
+// Which element type a launcher was called with (the launchers take this instead of c10 types).
+enum class DType { kFloat32, kBFloat16, kFloat16 };
+
+// x, residual, out: (rows, C); bias (nullable), weight, ln_bias: (C,).
+cudaError_t launch_add_layernorm(DType dtype, const void* x, const void* residual, const void* bias,
+                                 const void* weight, const void* ln_bias, void* out, int64_t rows, int C, float eps,
+                                 cudaStream_t stream);
+
+// x, out: (total / N, N); bias: (N,).
+cudaError_t launch_bias_gelu(DType dtype, const void* x, const void* bias, void* out, int64_t total, int64_t N,
+                             cudaStream_t stream);
+
+// Largest head size the attention kernels take; D must also be a multiple of 8.
+constexpr int kMaxHeadDim = 128;
+
+// qkv: (B, T, 3 * H * D); key_padding_mask: (B, T) bytes (nonzero = attend) or nullptr; out: (B, T, H * D).
+cudaError_t launch_flash_attention(DType dtype, const void* qkv, const uint8_t* key_padding_mask, void* out, int B,
+                                   int T, int H, int D, cudaStream_t stream);
+
+// How decode attention splits each row's cached keys over blocks (flash-decoding) so that B * H blocks that
+// cannot fill the GPU become B * H * splits; workspace_bytes of float scratch are needed when splits > 1.
+struct DecodePlan {
+  int splits;
+  int chunk;  // keys per split, a multiple of 32
+  size_t workspace_bytes;
+};
+DecodePlan plan_decode_attention(int B, int S, int H, int D, int Tmax, int sm_count);
+
+// qkv: (B, S, 3 * H * D); k_cache, v_cache: (B, H, Tmax, D), written at [len_b, len_b + S);
+// cache_lengths: (B,) int64 with 0 <= len_b and len_b + S <= Tmax; out: (B, S, H * D).
+cudaError_t launch_decode_attention(DType dtype, const DecodePlan& plan, const void* qkv, void* k_cache,
+                                    void* v_cache, const int64_t* cache_lengths, void* out, void* workspace, int B,
+                                    int S, int H, int D, int Tmax, cudaStream_t stream);
+
+}  // namespace gpt_fast::cuda

@@ -1,0 +1,121 @@
+// Test harness: runs the real gpt_fast CUDA launchers and kernels (csrc/cuda/*.cu, compiled as C++ on top of
+// simt.h) on CPU threads. Inputs and outputs are raw little-endian files in a folder, written and checked by
+// tests/test_cuda_simt.py against gpt_fast.reference:
+//   run_kernels add_layernorm    DTYPE DIR rows C has_bias eps     x residual [bias] weight ln_bias -> out
+//   run_kernels bias_gelu        DTYPE DIR total N                 x bias -> out
+//   run_kernels flash_attention  DTYPE DIR B T H D has_mask        qkv [mask] -> out
+//   run_kernels decode_attention DTYPE DIR B S H D Tmax sm_count   qkv k_cache v_cache lengths -> out k_cache v_cache
+// DTYPE is float32, bfloat16 or float16. Prints the decode split count it used.
+#include "simt.h"
+// The launchers, kernels included, exactly as nvcc builds them:
+#include "../../csrc/cuda/add_layernorm.cu"
+#include "../../csrc/cuda/bias_gelu.cu"
+#include "../../csrc/cuda/decode_attention.cu"
+#include "../../csrc/cuda/flash_attention.cu"
+
+#include <fstream>
+#include <string>
+
+namespace {
+
+using namespace gpt_fast::cuda;
+
+// 16-byte aligned bytes (the kernels' 128-bit loads need it).
+struct Buffer {
+  std::vector<uint4> words;
+  size_t bytes = 0;
+  void* data() { return words.data(); }
+};
+
+Buffer read_file(const std::string& dir, const std::string& name, size_t bytes) {
+  Buffer b;
+  b.bytes = bytes;
+  b.words.resize((bytes + 15) / 16 + 1);
+  std::ifstream in(dir + "/" + name, std::ios::binary);
+  if (!in.read(reinterpret_cast<char*>(b.data()), static_cast<std::streamsize>(bytes))) {
+    std::fprintf(stderr, "cannot read %zu bytes from %s/%s\n", bytes, dir.c_str(), name.c_str());
+    std::exit(2);
+  }
+  return b;
+}
+
+Buffer zeros(size_t bytes) {
+  Buffer b;
+  b.bytes = bytes;
+  b.words.assign((bytes + 15) / 16 + 1, make_uint4(0, 0, 0, 0));
+  return b;
+}
+
+void write_file(const std::string& dir, const std::string& name, Buffer& b) {
+  std::ofstream out(dir + "/" + name, std::ios::binary);
+  out.write(reinterpret_cast<const char*>(b.data()), static_cast<std::streamsize>(b.bytes));
+}
+
+void check(cudaError_t err) {
+  if (err != cudaSuccess) {
+    std::fprintf(stderr, "launch failed: %d\n", static_cast<int>(err));
+    std::exit(3);
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 4) {
+    std::fprintf(stderr, "usage: run_kernels OP DTYPE DIR ARGS...\n");
+    return 2;
+  }
+  const std::string op = argv[1], dt = argv[2], dir = argv[3];
+  const DType dtype = dt == "bfloat16" ? DType::kBFloat16 : dt == "float16" ? DType::kFloat16 : DType::kFloat32;
+  const size_t es = dtype == DType::kFloat32 ? 4 : 2;
+  auto arg = [&](int i) { return std::atoll(argv[4 + i]); };
+
+  if (op == "add_layernorm") {
+    const int64_t rows = arg(0);
+    const int C = static_cast<int>(arg(1));
+    const bool has_bias = arg(2) != 0;
+    const float eps = std::strtof(argv[7], nullptr);
+    Buffer x = read_file(dir, "x", rows * C * es), r = read_file(dir, "residual", rows * C * es);
+    Buffer bias = has_bias ? read_file(dir, "bias", C * es) : Buffer{};
+    Buffer w = read_file(dir, "weight", C * es), lb = read_file(dir, "ln_bias", C * es), out = zeros(rows * C * es);
+    check(launch_add_layernorm(dtype, x.data(), r.data(), has_bias ? bias.data() : nullptr, w.data(), lb.data(),
+                               out.data(), rows, C, eps, nullptr));
+    write_file(dir, "out", out);
+  } else if (op == "bias_gelu") {
+    const int64_t total = arg(0), N = arg(1);
+    Buffer x = read_file(dir, "x", total * es), bias = read_file(dir, "bias", N * es), out = zeros(total * es);
+    check(launch_bias_gelu(dtype, x.data(), bias.data(), out.data(), total, N, nullptr));
+    write_file(dir, "out", out);
+  } else if (op == "flash_attention") {
+    const int B = static_cast<int>(arg(0)), T = static_cast<int>(arg(1)), H = static_cast<int>(arg(2)),
+              D = static_cast<int>(arg(3));
+    const bool has_mask = arg(4) != 0;
+    Buffer qkv = read_file(dir, "qkv", size_t(B) * T * 3 * H * D * es);
+    Buffer mask = has_mask ? read_file(dir, "mask", size_t(B) * T) : Buffer{};
+    Buffer out = zeros(size_t(B) * T * H * D * es);
+    check(launch_flash_attention(dtype, qkv.data(), has_mask ? static_cast<const uint8_t*>(mask.data()) : nullptr,
+                                 out.data(), B, T, H, D, nullptr));
+    write_file(dir, "out", out);
+  } else if (op == "decode_attention") {
+    const int B = static_cast<int>(arg(0)), S = static_cast<int>(arg(1)), H = static_cast<int>(arg(2)),
+              D = static_cast<int>(arg(3)), Tmax = static_cast<int>(arg(4)), sms = static_cast<int>(arg(5));
+    const size_t cache = size_t(B) * H * Tmax * D * es;
+    Buffer qkv = read_file(dir, "qkv", size_t(B) * S * 3 * H * D * es);
+    Buffer kc = read_file(dir, "k_cache", cache), vc = read_file(dir, "v_cache", cache);
+    Buffer lengths = read_file(dir, "lengths", size_t(B) * 8);
+    Buffer out = zeros(size_t(B) * S * H * D * es);
+    const DecodePlan plan = plan_decode_attention(B, S, H, D, Tmax, sms);
+    Buffer work = zeros(plan.workspace_bytes);
+    check(launch_decode_attention(dtype, plan, qkv.data(), kc.data(), vc.data(),
+                                  static_cast<const int64_t*>(lengths.data()), out.data(), work.data(), B, S, H, D,
+                                  Tmax, nullptr));
+    write_file(dir, "out", out);
+    write_file(dir, "k_cache", kc);
+    write_file(dir, "v_cache", vc);
+    std::printf("splits=%d\n", plan.splits);
+  } else {
+    std::fprintf(stderr, "unknown op %s\n", op.c_str());
+    return 2;
+  }
+  return 0;
+}

@@ -1,0 +1,188 @@
+"""The real CUDA kernel source (csrc/cuda/*.cu and their headers) run on CPU threads through the SIMT test layer
+(tests/simt/simt.h), built with g++ under ThreadSanitizer and UBSan (-fsanitize=bounds-strict), checked against
+gpt_fast.reference with the accuracy criterion of tests/accuracy.py. Small shapes with ragged tails, padded rows
+and split KV caches; one test builds a copy with one __syncthreads() removed and expects the layer to catch it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from gpt_fast import reference
+from accuracy import assert_within_pytorch_error, upcast
+
+ROOT = Path(__file__).resolve().parents[1]
+CUDA_INCLUDE = Path(os.environ.get("CUDA_HOME", "/usr/local/cuda")) / "include"
+
+pytestmark = [
+    pytest.mark.simt,
+    pytest.mark.skipif(shutil.which("g++") is None or not (CUDA_INCLUDE / "cuda_bf16.h").exists(),
+                       reason="needs g++ and the CUDA headers (cuda_bf16.h)"),
+]
+
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+SANITIZERS = ["-fsanitize=thread,undefined,bounds-strict", "-fno-sanitize-recover=undefined,bounds-strict"]
+ENV = {**os.environ, "TSAN_OPTIONS": f"halt_on_error=1 exitcode=66 suppressions={ROOT / 'tests' / 'simt' / 'tsan.supp'}", "UBSAN_OPTIONS": "halt_on_error=1 print_stacktrace=1"}
+
+
+def build(out: Path, *defines: str) -> Path:
+    cmd = ["g++", "-std=c++20", "-O1", "-g", *SANITIZERS, f"-I{CUDA_INCLUDE}", f"-I{ROOT / 'csrc'}", *defines,
+           str(ROOT / "tests" / "simt" / "run_kernels.cpp"), "-o", str(out), "-pthread"]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-4000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def harness(tmp_path_factory):
+    return build(tmp_path_factory.mktemp("simt") / "run_kernels")
+
+
+def save(folder: Path, **tensors):
+    for name, t in tensors.items():
+        t.contiguous().view(-1).view(torch.uint8).numpy().tofile(folder / name)
+
+
+def load(folder: Path, name: str, dtype, shape):
+    raw = np.fromfile(folder / name, dtype=np.uint8)
+    return torch.from_numpy(raw).view(dtype).reshape(shape)
+
+
+def run(binary: Path, folder: Path, op: str, dtype, *args, check=True):
+    res = subprocess.run([str(binary), op, str(dtype).removeprefix("torch."), str(folder), *map(str, args)],
+                         capture_output=True, text=True, env=ENV, timeout=300)
+    if check:
+        assert res.returncode == 0, res.stdout + res.stderr[-6000:]
+    return res
+
+
+def gen(*shape, dtype, seed):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, generator=g).to(dtype)
+
+
+def check_accuracy(actual, fn, inputs, dtype):
+    """The accuracy criterion: kernel vs the reference on upcast inputs, bounded by PyTorch's own error."""
+    ref = fn(*upcast(*inputs, dtype=dtype))
+    same = fn(*inputs)
+    assert_within_pytorch_error(actual, ref, same)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+# C = 768: register-cached rows (4 chunks per lane in bf16/fp16, 8 in fp32); 100: scalar path in bf16/fp16, 2
+# chunks in fp32; 1032: 8 chunks in bf16/fp16, scalar in fp32; 2056: scalar path everywhere.
+@pytest.mark.parametrize("rows, C, has_bias", [(5, 768, True), (3, 100, False), (2, 1032, True), (2, 2056, True)])
+def test_add_layernorm(harness, tmp_path, dtype, rows, C, has_bias):
+    x, res, bias = gen(rows, C, dtype=dtype, seed=1), gen(rows, C, dtype=dtype, seed=2), gen(C, dtype=dtype, seed=3)
+    w, b = 1 + 0.1 * gen(C, dtype=dtype, seed=4), gen(C, dtype=dtype, seed=5)
+    save(tmp_path, x=x, residual=res, weight=w, ln_bias=b, **({"bias": bias} if has_bias else {}))
+    run(harness, tmp_path, "add_layernorm", dtype, rows, C, int(has_bias), 1e-5)
+    out = load(tmp_path, "out", dtype, (rows, C))
+    fn = lambda x, r, bi, w, b: reference.add_layernorm(x, r, bi, w, b, 1e-5)
+    check_accuracy(out, fn, [x, res, bias if has_bias else None, w, b], dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rows, N", [(4, 64), (3, 50), (1, 7)])
+def test_bias_gelu(harness, tmp_path, dtype, rows, N):
+    x, bias = 3 * gen(rows, N, dtype=dtype, seed=6), gen(N, dtype=dtype, seed=7)
+    save(tmp_path, x=x, bias=bias)
+    run(harness, tmp_path, "bias_gelu", dtype, rows * N, N)
+    check_accuracy(load(tmp_path, "out", dtype, (rows, N)), reference.bias_gelu, [x, bias], dtype)
+
+
+FLASH_SHAPES = [  # B, T, H, D, mask
+    (1, 7, 3, 64, False),
+    (2, 70, 1, 48, True),   # two key tiles, ragged tail, left padding (fully masked query rows)
+    (1, 70, 1, 80, True),   # head size padded to 128 (single-buffered K/V), two key tiles
+]
+
+
+def padding_mask(B, T):
+    mask = torch.ones(B, T, dtype=torch.bool)
+    mask[0, : T // 3] = False  # left padding: the first queries of row 0 see no key
+    if B > 1:
+        mask[1, T - 5 :] = False  # right padding
+    return mask
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("B, T, H, D, masked", FLASH_SHAPES)
+def test_flash_attention(harness, tmp_path, dtype, B, T, H, D, masked):
+    qkv = gen(B, T, 3 * H * D, dtype=dtype, seed=8)
+    mask = padding_mask(B, T) if masked else None
+    save(tmp_path, qkv=qkv, **({"mask": mask} if masked else {}))
+    run(harness, tmp_path, "flash_attention", dtype, B, T, H, D, int(masked))
+    out = load(tmp_path, "out", dtype, (B, T, H * D))
+    fn = lambda qkv, m: reference.causal_attention(qkv, m, H)
+    check_accuracy(out, fn, [qkv, mask], dtype)
+    if masked:  # query rows with no key to attend give exact zeros
+        assert torch.equal(out[0, : T // 3], torch.zeros_like(out[0, : T // 3]))
+
+
+DECODE_SHAPES = [  # B, S, H, D, Tmax, lengths, sm_count (few SMs force flash-decoding splits), expected splits
+    (3, 1, 2, 64, 300, [0, 150, 299], 4, 2),
+    (2, 3, 1, 48, 40, [5, 37], 132, 1),
+    (1, 2, 1, 80, 70, [30], 132, 1),  # head size padded to 128
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("B, S, H, D, Tmax, lengths, sms, splits", DECODE_SHAPES)
+def test_decode_attention(harness, tmp_path, dtype, B, S, H, D, Tmax, lengths, sms, splits):
+    qkv = gen(B, S, 3 * H * D, dtype=dtype, seed=9)
+    k_cache, v_cache = gen(B, H, Tmax, D, dtype=dtype, seed=10), gen(B, H, Tmax, D, dtype=dtype, seed=11)
+    lens = torch.tensor(lengths, dtype=torch.int64)
+    save(tmp_path, qkv=qkv, k_cache=k_cache, v_cache=v_cache, lengths=lens)
+    res = run(harness, tmp_path, "decode_attention", dtype, B, S, H, D, Tmax, sms)
+    assert f"splits={splits}" in res.stdout, res.stdout  # the split path really ran where intended
+    out = load(tmp_path, "out", dtype, (B, S, H * D))
+    k_out = load(tmp_path, "k_cache", dtype, (B, H, Tmax, D))
+    v_out = load(tmp_path, "v_cache", dtype, (B, H, Tmax, D))
+    k_ref, v_ref = k_cache.clone(), v_cache.clone()
+    reference.decode_attention(qkv, k_ref, v_ref, lens, H)
+    assert torch.equal(k_out, k_ref) and torch.equal(v_out, v_ref)  # new keys/values written, nothing else
+    fn = lambda qkv, k, v: reference.decode_attention(qkv, k.clone(), v.clone(), lens, H)
+    check_accuracy(out, fn, [qkv, k_cache, v_cache], dtype)
+
+
+@pytest.mark.parametrize("sms, splits", [(8, 3), (1, 1)])
+def test_decode_attention_out_of_range_row(harness, tmp_path, sms, splits):
+    """A row whose positions fall outside the cache (which the binding rejects, except under CUDA graph capture)
+    leaves its cache untouched and gets NaN outputs; the other rows are unaffected. With and without splits."""
+    B, S, H, D, Tmax = 2, 1, 2, 64, 260
+    dtype = torch.bfloat16
+    qkv = gen(B, S, 3 * H * D, dtype=dtype, seed=13)
+    k_cache, v_cache = gen(B, H, Tmax, D, dtype=dtype, seed=14), gen(B, H, Tmax, D, dtype=dtype, seed=15)
+    lens = torch.tensor([Tmax, 100], dtype=torch.int64)
+    save(tmp_path, qkv=qkv, k_cache=k_cache, v_cache=v_cache, lengths=lens)
+    res = run(harness, tmp_path, "decode_attention", dtype, B, S, H, D, Tmax, sms)
+    assert f"splits={splits}" in res.stdout, res.stdout
+    out = load(tmp_path, "out", dtype, (B, S, H * D))
+    assert torch.isnan(out[0]).all()
+    assert torch.equal(load(tmp_path, "k_cache", dtype, (B, H, Tmax, D))[0], k_cache[0])
+    assert torch.equal(load(tmp_path, "v_cache", dtype, (B, H, Tmax, D))[0], v_cache[0])
+    fn = lambda q, k, v: reference.decode_attention(q, k.clone(), v.clone(), lens[1:], H)
+    check_accuracy(out[1:], fn, [qkv[1:], k_cache[1:], v_cache[1:]], dtype)
+
+
+def test_layer_catches_a_missing_syncthreads(tmp_path):
+    """flash_attention built with the barrier at the top of its key-tile loop removed (GF_DROP_SYNC=1: tile
+    landed / previous buffer free): the layer must report the race (ThreadSanitizer) or give a wrong answer."""
+    broken = build(tmp_path / "run_kernels_nosync", "-DGF_DROP_SYNC=1")
+    B, T, H, D = 1, 70, 1, 64
+    qkv = gen(B, T, 3 * H * D, dtype=torch.bfloat16, seed=12)
+    save(tmp_path, qkv=qkv)
+    res = run(broken, tmp_path, "flash_attention", torch.bfloat16, B, T, H, D, 0, check=False)
+    if res.returncode == 0:
+        out = load(tmp_path, "out", torch.bfloat16, (B, T, H * D))
+        with pytest.raises(AssertionError):
+            check_accuracy(out, lambda q: reference.causal_attention(q, None, H), [qkv], torch.bfloat16)
+    else:
+        assert "ThreadSanitizer: data race" in res.stderr, res.stderr[-3000:]

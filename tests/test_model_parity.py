@@ -1,0 +1,317 @@
+"""The four gpt_fast heads against transformers' OpenAIGPT* classes, for every forward argument and backend.
+
+Each test builds a transformers model with seeded random weights, converts it (`from_transformers`) or round-trips
+it through a folder transformers wrote (`save_pretrained` -> gpt_fast `from_pretrained`), and compares outputs.
+"""
+
+import copy
+
+import pytest
+import torch
+import transformers
+
+from accuracy import assert_within_pytorch_error
+from conftest import HEADS, assert_outputs_close, gpt_fast_class, hf_model, random_ids
+from gpt_fast import ops
+
+DOUBLE = "OpenAIGPTDoubleHeadsModel"
+SEQ_CLS = "OpenAIGPTForSequenceClassification"
+FUSED = pytest.param("fused", marks=pytest.mark.skipif(not ops.has_kernel("flash_attention", "cpu"),
+                                                       reason="no CPU flash_attention kernel built"))
+BACKENDS = ["eager", "sdpa", FUSED]
+
+
+def load_pair(head, backend, loader="from_transformers", tmp_path=None, **overrides):
+    """(transformers model, gpt_fast model with the same weights), both in eval mode."""
+    hf = hf_model(head, **overrides)
+    cls = gpt_fast_class(head)
+    if loader == "from_transformers":
+        ours = cls.from_transformers(hf, attn_implementation=backend)
+    else:
+        hf.save_pretrained(tmp_path)
+        ours = cls.from_pretrained(tmp_path, attn_implementation=backend)
+    assert type(ours).__name__ == head
+    return hf, ours.eval()
+
+
+def shape_for(head, B=2, T=7):
+    return (B, 3, T) if head == DOUBLE else (B, T)
+
+
+def forward(model, *args, **kwargs):
+    with torch.no_grad():
+        return model(*args, **kwargs)
+
+
+@pytest.mark.parametrize("loader", ["from_transformers", "save_load"])
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("head", HEADS)
+def test_outputs_match_transformers(head, backend, loader, tmp_path):
+    hf, ours = load_pair(head, backend, loader, tmp_path)
+    ids = random_ids(shape_for(head))
+    assert_outputs_close(forward(ours, ids, return_dict=False), forward(hf, ids, return_dict=False))
+    everything = dict(output_hidden_states=True, output_attentions=True, return_dict=False)
+    theirs = forward(hf, ids, **everything)
+    ours_tuple = forward(ours, ids, **everything)
+    assert all(item is not None for item in ours_tuple)
+    assert len(theirs[-1]) == len(ours_tuple[-1]) == 2  # one attention map per layer
+    assert_outputs_close(ours_tuple, theirs)
+
+
+@pytest.mark.parametrize("head", HEADS)
+def test_outputs_readable_by_attribute_key_and_index(head):
+    hf, ours = load_pair(head, "sdpa")
+    ids = random_ids(shape_for(head))
+    theirs, mine = forward(hf, ids, output_hidden_states=True), forward(ours, ids, output_hidden_states=True)
+    assert list(mine.keys()) == list(theirs.keys())
+    assert "attentions" not in mine and "loss" not in mine and mine.attentions is None
+    for i, key in enumerate(theirs.keys()):
+        expected = theirs[key] if key != "hidden_states" else theirs[key][-1]
+        for value in (mine[key], getattr(mine, key), mine[i]):
+            torch.testing.assert_close(value if key != "hidden_states" else value[-1], expected, atol=1e-4, rtol=1e-4)
+    with pytest.raises(KeyError):
+        mine["attentions"]
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("head", [h for h in HEADS if h != DOUBLE])
+def test_padded_batches(head, backend, side):
+    hf, ours = load_pair(head, backend)
+    lengths, T = [9, 5, 2], 9
+    ids = random_ids((3, T))
+    mask = torch.zeros(3, T, dtype=torch.long)
+    for row, n in enumerate(lengths):
+        if side == "right":
+            mask[row, :n] = 1
+        else:
+            mask[row, T - n:] = 1
+    ids = ids * mask  # pad id 0 at the padded positions
+    theirs = forward(hf, ids, attention_mask=mask, output_hidden_states=True)
+    mine = forward(ours, ids, attention_mask=mask, output_hidden_states=True)
+    if head == SEQ_CLS:  # one score per row, read at the last real token
+        torch.testing.assert_close(mine.logits, theirs.logits, atol=1e-4, rtol=1e-4)
+    else:
+        real = mask.bool()
+        torch.testing.assert_close(mine[0][real], theirs[0][real], atol=1e-4, rtol=1e-4)
+    for a, b in zip(mine.hidden_states, theirs.hidden_states, strict=True):
+        torch.testing.assert_close(a[mask.bool()], b[mask.bool()], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_double_heads_padded_choices(backend):
+    """transformers cannot take a (B, C, T) mask; its own modules on the flattened batch are the reference."""
+    hf, ours = load_pair(DOUBLE, backend)
+    B, C, T = 2, 3, 8
+    ids = random_ids((B, C, T))
+    mask = (torch.arange(T) < torch.tensor([8, 5, 3, 1, 6, 7]).view(B, C, 1)).long()  # right padding
+    ids = ids * mask
+    mc_token_ids = mask.sum(-1) - 1  # the last real token of each choice
+    mine = forward(ours, ids, attention_mask=mask, mc_token_ids=mc_token_ids)
+    with torch.no_grad():
+        hidden = hf.transformer(ids.view(-1, T), attention_mask=mask.view(-1, T)).last_hidden_state  # (B*C, T, E)
+        hidden = hidden.view(B, C, T, -1)
+        expected_lm = hf.lm_head(hidden)
+        expected_mc = hf.multiple_choice_head(hidden, mc_token_ids).squeeze(-1)
+    real = mask.bool()
+    torch.testing.assert_close(mine.logits[real], expected_lm[real], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(mine.mc_logits, expected_mc, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("head", HEADS)
+def test_token_type_ids(head, backend):
+    hf, ours = load_pair(head, backend)
+    ids, types = random_ids(shape_for(head)), random_ids(shape_for(head), seed=7, low=0)
+    assert_outputs_close(forward(ours, ids, token_type_ids=types, return_dict=False),
+                         forward(hf, ids, token_type_ids=types, return_dict=False))
+
+
+@pytest.mark.parametrize("layout", ["(1, T)", "(B, T)"])
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("head", HEADS)
+def test_position_ids(head, backend, layout):
+    if head == DOUBLE and layout == "(B, T)":
+        pytest.skip("transformers' double-heads model cannot take per-choice position ids")
+    hf, ours = load_pair(head, backend)
+    ids = random_ids(shape_for(head))
+    T = ids.shape[-1]
+    positions = torch.arange(5, 5 + T)[None] if layout == "(1, T)" else random_ids((2, T), vocab=32, seed=3, low=0)
+    theirs = forward(hf, ids, position_ids=positions, return_dict=False)
+    assert_outputs_close(forward(ours, ids, position_ids=positions, return_dict=False), theirs)
+    # the positions really are used: the default ones give a different answer
+    assert not torch.allclose(forward(ours, ids, return_dict=False)[0], theirs[0], atol=1e-3)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("head", HEADS)
+def test_inputs_embeds(head, backend):
+    """Embeddings of the ids given directly give what transformers gives for the ids."""
+    hf, ours = load_pair(head, backend)
+    ids = random_ids(shape_for(head))
+    embeds = hf.get_input_embeddings()(ids).detach()
+    assert_outputs_close(forward(ours, inputs_embeds=embeds, return_dict=False),
+                         forward(hf, ids, return_dict=False))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_mc_token_ids(backend):
+    hf, ours = load_pair(DOUBLE, backend)
+    ids = random_ids((2, 3, 7))
+    mc_token_ids = torch.tensor([[0, 3, 6], [2, 2, 5]])
+    theirs = forward(hf, ids, mc_token_ids=mc_token_ids)
+    mine = forward(ours, ids, mc_token_ids=mc_token_ids)
+    torch.testing.assert_close(mine.mc_logits, theirs.mc_logits, atol=1e-4, rtol=1e-4)
+    assert mine.mc_logits.shape == (2, 3)
+    assert not torch.allclose(forward(ours, ids).mc_logits, theirs.mc_logits, atol=1e-3)
+
+
+def with_head_mask_hooks(hf, head_mask):
+    """transformers 4.x head masking on a 5.x model: multiply each layer's attention probabilities (after
+    dropout) by head_mask[layer] (H,), written as a forward hook on the attention dropout."""
+    handles = []
+    for layer, block in enumerate(hf.transformer.h if hasattr(hf, "transformer") else hf.h):
+        def hook(module, inputs, output, layer=layer):
+            return output * head_mask[layer].view(1, -1, 1, 1)
+        handles.append(block.attn.attn_dropout.register_forward_hook(hook))
+    return handles
+
+
+@pytest.mark.parametrize("layout", ["per layer", "shared"])
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("head", ["OpenAIGPTModel", "OpenAIGPTLMHeadModel"])
+def test_head_mask(head, backend, layout):
+    hf, ours = load_pair(head, backend)
+    ids = random_ids((2, 7))
+    per_layer = torch.tensor([[1.0, 0.0, 0.5, 1.0], [0.0, 1.0, 1.0, 0.25]])  # (n_layer, n_head)
+    given = per_layer if layout == "per layer" else per_layer[0]
+    handles = with_head_mask_hooks(hf, per_layer if layout == "per layer" else per_layer[0].expand(2, 4))
+    try:
+        theirs = forward(hf, ids, output_attentions=True, return_dict=False)
+    finally:
+        for handle in handles:
+            handle.remove()
+    mine = forward(ours, ids, head_mask=given, output_attentions=True, return_dict=False)
+    assert_outputs_close(mine, theirs)
+    assert torch.all(mine[-1][0][:, 1] == 0)  # a masked head's probabilities are zero
+    plain = forward(ours, ids, return_dict=False)
+    assert not torch.allclose(plain[0], mine[0], atol=1e-3)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_real_gpt1_shape_fp32(gpt1_folder, gpt1_hf, backend):
+    import gpt_fast
+
+    ours = gpt_fast.OpenAIGPTLMHeadModel.from_pretrained(gpt1_folder, attn_implementation=backend)
+    ids = random_ids((1, 64), vocab=40478)
+    theirs = forward(gpt1_hf, ids).logits
+    torch.testing.assert_close(forward(ours, ids).logits, theirs, atol=1e-4, rtol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def gpt1_hf(gpt1_folder):
+    return transformers.OpenAIGPTLMHeadModel.from_pretrained(gpt1_folder).eval()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("head", HEADS)
+def test_bf16_error_bounded_by_pytorch_bf16_error(head, backend):
+    """gpt_fast in bf16 is about as far from an fp64 run as transformers in bf16 is."""
+    hf = hf_model(head)
+    hf64, hf16 = copy.deepcopy(hf).double(), copy.deepcopy(hf).to(torch.bfloat16)
+    ours = gpt_fast_class(head).from_transformers(hf16, attn_implementation=backend).eval()
+    assert ours.dtype == torch.bfloat16
+    ids = random_ids(shape_for(head, B=2, T=16))
+    reference, pytorch_bf16, mine = (forward(m, ids, return_dict=False) for m in (hf64, hf16, ours))
+    for index in range(len(reference)):
+        assert mine[index].dtype == torch.bfloat16
+        assert_within_pytorch_error(mine[index], reference[index], pytorch_bf16[index])
+
+
+# -- tied head, dropout, initialisation, auto classes ------------------------------------------------------------
+@pytest.mark.parametrize("loader", ["from_transformers", "save_load"])
+@pytest.mark.parametrize("head", ["OpenAIGPTLMHeadModel", DOUBLE])
+def test_lm_head_is_tied_to_the_token_embedding(head, loader, tmp_path):
+    hf, ours = load_pair(head, "sdpa", loader, tmp_path)
+    embedding = ours.transformer.tokens_embed.weight
+    assert ours.lm_head.weight is embedding or ours.lm_head.weight.data_ptr() == embedding.data_ptr()
+    ids = random_ids(shape_for(head))
+    with torch.no_grad():  # the same change on both sides must show in both LM heads
+        for model in (hf, ours):
+            model.transformer.tokens_embed.weight[ids.flatten()[0]] += 0.5
+            model.transformer.tokens_embed.weight[3] *= -2.0
+    torch.testing.assert_close(ours.lm_head.weight[3], embedding[3])
+    assert_outputs_close(forward(ours, ids, return_dict=False), forward(hf, ids, return_dict=False))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("head", HEADS)
+def test_dropout_is_active_in_train_mode_only(head, backend):
+    _, ours = load_pair(head, backend)
+    ids = random_ids(shape_for(head))
+    ours.train()
+    torch.manual_seed(0)
+    first = forward(ours, ids, return_dict=False)[0]
+    second = forward(ours, ids, return_dict=False)[0]
+    assert not torch.allclose(first, second)
+    ours.eval()
+    torch.testing.assert_close(forward(ours, ids, return_dict=False)[0], forward(ours, ids, return_dict=False)[0],
+                               rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("head", HEADS)
+def test_train_mode_without_dropout_matches_eval(head, backend):
+    """With every dropout probability 0, train mode is the eval-mode function (nothing else changes)."""
+    zero = dict(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, summary_first_dropout=0.0)
+    hf, ours = load_pair(head, backend, **zero)
+    ids = random_ids(shape_for(head))
+    assert_outputs_close(forward(ours.train(), ids, return_dict=False), forward(hf, ids, return_dict=False))
+
+
+@pytest.mark.parametrize("head", HEADS)
+def test_initialisation_follows_initializer_range(head):
+    import gpt_fast
+
+    std = 0.05
+    config = gpt_fast.OpenAIGPTConfig(vocab_size=2000, n_positions=64, n_embd=128, n_layer=2, n_head=4,
+                                      initializer_range=std, num_labels=3)
+    model = gpt_fast_class(head)(config)
+    params = dict(model.named_parameters())
+    prefix = "" if head == "OpenAIGPTModel" else "transformer."
+    for name in ("tokens_embed.weight", "h.0.attn.c_attn.weight", "h.1.mlp.c_fc.weight", "h.1.mlp.c_proj.weight"):
+        weight = params[prefix + name]
+        assert abs(weight.std().item() - std) < 0.1 * std, name
+        assert abs(weight.mean().item()) < 0.1 * std, name
+    for name, param in params.items():
+        if ".ln_" in name and name.endswith("weight"):
+            assert torch.all(param == 1), name
+        elif name.endswith("bias"):
+            assert torch.all(param == 0), name
+        else:
+            assert param.std() > 0.5 * std, name  # every other weight is random, none left at zero
+
+
+@pytest.mark.parametrize("auto, expected", [
+    ("AutoModel", "OpenAIGPTModel"), ("AutoModelForCausalLM", "OpenAIGPTLMHeadModel"),
+    ("AutoModelForSequenceClassification", SEQ_CLS), ("AutoModelForMultipleChoice", DOUBLE),
+])
+def test_auto_classes_resolve_an_openai_gpt_folder(auto, expected, tmp_path):
+    import gpt_fast
+
+    hf = hf_model(expected)
+    hf.save_pretrained(tmp_path)
+    model = getattr(gpt_fast, auto).from_pretrained(tmp_path)
+    assert type(model) is gpt_fast_class(expected)
+    ids = random_ids(shape_for(expected))
+    assert_outputs_close(forward(model, ids, return_dict=False), forward(hf, ids, return_dict=False))
+
+
+@pytest.mark.parametrize("auto", ["AutoModel", "AutoModelForCausalLM", "AutoModelForSequenceClassification"])
+def test_auto_classes_refuse_another_model_type(auto, tmp_path):
+    import gpt_fast
+
+    transformers.GPT2LMHeadModel(transformers.GPT2Config(n_embd=16, n_layer=1, n_head=2, vocab_size=50,
+                                                         n_positions=16)).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="'gpt2'"):
+        getattr(gpt_fast, auto).from_pretrained(tmp_path)

@@ -41,7 +41,7 @@ class LoadingInfo:
 
 
 def parse_dtype(dtype) -> torch.dtype | str | None:
-    if dtype is None or isinstance(dtype, torch.dtype) or dtype == "auto":
+    if dtype is None or (isinstance(dtype, torch.dtype) and dtype.is_floating_point) or dtype == "auto":
         return dtype
     if isinstance(dtype, str) and dtype.removeprefix("torch.") in DTYPES:
         return DTYPES[dtype.removeprefix("torch.")]

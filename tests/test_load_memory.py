@@ -1,7 +1,8 @@
 """from_pretrained reads a GPT-1-sized checkpoint without a second copy of the model in memory.
 
-A fresh subprocess imports torch and gpt_fast, loads a tiny checkpoint once (warming up code paths), resets its peak-RSS counter (or records it when the kernel does not
-allow a reset), loads the ~470 MB fp32 checkpoint in fp32 or bf16, and reports the peak. The growth must stay within
+A fresh subprocess imports torch and gpt_fast, loads a tiny checkpoint once (warming up code paths), resets its
+peak-RSS counter (or records it when the kernel does not allow a reset), loads the ~470 MB fp32 checkpoint in fp32
+or bf16, and reports the peak. The growth must stay within
 1.3x the bytes of the loaded model: a loader that materialised an fp32 copy before converting, or kept the file
 contents around, would exceed it.
 """

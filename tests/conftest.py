@@ -19,17 +19,22 @@ HEADS = ("OpenAIGPTModel", "OpenAIGPTLMHeadModel", "OpenAIGPTDoubleHeadsModel", 
 
 
 def hf_config(**overrides):
-    """A transformers.OpenAIGPTConfig of the tiny shape (pad id 0 so sequence classification takes batches)."""
+    """A transformers.OpenAIGPTConfig of the tiny shape (pad id 0 so sequence classification takes batches).
+
+    Weights are drawn with std 0.2 rather than GPT-1's 0.02 so that, at width 32, activations reach the range
+    where small mistakes show (GELU's tanh form against erf, a mis-scaled softmax): pre-activations of order 1.
+    """
     import transformers
 
-    return transformers.OpenAIGPTConfig(**{**TINY, "pad_token_id": 0, **overrides})
+    return transformers.OpenAIGPTConfig(**{**TINY, "pad_token_id": 0, "initializer_range": 0.2, **overrides})
 
 
 def hf_model(head: str, seed: int = 0, **overrides):
     """A transformers reference model of the tiny shape, in eval mode, with seeded random weights.
 
-    The weights are perturbed away from transformers' initialisation (zero biases, unit LayerNorms) so that a bias
-    or LayerNorm parameter loaded into the wrong place changes the outputs.
+    Every weight is redrawn with std config.initializer_range (transformers leaves its Conv1D layers at 0.02), and
+    biases and LayerNorm parameters are moved away from 0 and 1, so that a bias or LayerNorm parameter loaded
+    into the wrong place changes the outputs.
     """
     import transformers
 
@@ -39,6 +44,8 @@ def hf_model(head: str, seed: int = 0, **overrides):
         for name, param in model.named_parameters():
             if name.endswith("bias") or ".ln_" in name:
                 param.add_(0.1 * torch.randn_like(param))
+            else:
+                param.normal_(0.0, model.config.initializer_range)
     return model.eval()
 
 

@@ -11,7 +11,7 @@ import torch
 import transformers
 
 from accuracy import assert_within_pytorch_error
-from conftest import HEADS, assert_outputs_close, gpt_fast_class, hf_model, random_ids
+from conftest import HEADS, TINY, assert_outputs_close, gpt_fast_class, hf_model, random_ids
 from gpt_fast import ops
 
 DOUBLE = "OpenAIGPTDoubleHeadsModel"
@@ -19,6 +19,7 @@ SEQ_CLS = "OpenAIGPTForSequenceClassification"
 FUSED = pytest.param("fused", marks=pytest.mark.skipif(not ops.has_kernel("flash_attention", "cpu"),
                                                        reason="no CPU flash_attention kernel built"))
 BACKENDS = ["eager", "sdpa", FUSED]
+TINY_VOCAB = TINY["vocab_size"]
 
 
 def load_pair(head, backend, loader="from_transformers", tmp_path=None, **overrides):
@@ -164,6 +165,31 @@ def test_mc_token_ids(backend):
     torch.testing.assert_close(mine.mc_logits, theirs.mc_logits, atol=1e-4, rtol=1e-4)
     assert mine.mc_logits.shape == (2, 3)
     assert not torch.allclose(forward(ours, ids).mc_logits, theirs.mc_logits, atol=1e-3)
+
+
+@pytest.mark.parametrize("afn", ["relu", "silu", "swish"])
+def test_other_activations(afn):
+    hf, ours = load_pair("OpenAIGPTLMHeadModel", "sdpa", afn=afn)
+    ids = random_ids((2, 7))
+    assert_outputs_close(forward(ours, ids, return_dict=False), forward(hf, ids, return_dict=False))
+
+
+@pytest.mark.parametrize("summary", [dict(summary_activation="tanh"), dict(summary_proj_to_labels=False),
+                                     dict(summary_use_proj=False), dict(summary_first_dropout=0.0)])
+def test_multiple_choice_summary_options(summary):
+    hf, ours = load_pair(DOUBLE, "sdpa", **summary)
+    ids, mc_token_ids = random_ids((2, 3, 7)), torch.tensor([[6, 2, 4], [0, 5, 6]])
+    theirs = forward(hf, ids, mc_token_ids=mc_token_ids, return_dict=False)
+    assert_outputs_close(forward(ours, ids, mc_token_ids=mc_token_ids, return_dict=False), theirs)
+
+
+@pytest.mark.parametrize("keep", [1, 3])
+def test_logits_to_keep(keep):
+    hf, ours = load_pair("OpenAIGPTLMHeadModel", "sdpa")
+    ids = random_ids((2, 7))
+    mine = forward(ours, ids, logits_to_keep=keep).logits
+    assert mine.shape == (2, keep, TINY_VOCAB)
+    torch.testing.assert_close(mine, forward(hf, ids, logits_to_keep=keep).logits, atol=1e-4, rtol=1e-4)
 
 
 def with_head_mask_hooks(hf, head_mask):

@@ -86,7 +86,8 @@ GPT1 = dict(vocab_size=40478, n_positions=512, n_embd=768, n_layer=12, n_head=12
 def gpt1_state_shapes(vocab_size, n_positions, n_embd, n_layer, n_head) -> dict[str, tuple[int, ...]]:
     """transformers' OpenAIGPTLMHeadModel checkpoint keys and shapes (the tied LM head is not stored)."""
     C = n_embd
-    shapes = {"transformer.tokens_embed.weight": (vocab_size, C), "transformer.positions_embed.weight": (n_positions, C)}
+    shapes = {"transformer.tokens_embed.weight": (vocab_size, C),
+              "transformer.positions_embed.weight": (n_positions, C)}
     for i in range(n_layer):
         p = f"transformer.h.{i}."
         shapes.update({

@@ -54,8 +54,8 @@ PROBE = textwrap.dedent("""
 def test_peak_memory_of_from_pretrained(gpt1_folder, dtype, tmp_path):
     hf_model("OpenAIGPTLMHeadModel").save_pretrained(tmp_path)  # the warm-up checkpoint
     repo = Path(__file__).resolve().parents[1]
-    result = subprocess.run([sys.executable, "-c", PROBE, str(gpt1_folder), dtype, str(tmp_path)], cwd=repo, capture_output=True,
-                            text=True, timeout=120)
+    result = subprocess.run([sys.executable, "-c", PROBE, str(gpt1_folder), dtype, str(tmp_path)], cwd=repo,
+                            capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["dtypes"] == [f"torch.{dtype}"]

@@ -144,6 +144,17 @@ def test_missing_and_unexpected_keys_are_reported(tmp_path, caplog):
     assert not isinstance(gpt_fast.OpenAIGPTLMHeadModel.from_pretrained(tmp_path), tuple)
 
 
+def test_classifier_from_a_language_model_folder_with_num_labels(tmp_path):
+    """The usual fine-tuning start: a classifier of 3 labels from a folder gpt_fast saved (which lists 2 labels)."""
+    hf = hf_model(LM)
+    gpt_fast.OpenAIGPTLMHeadModel.from_transformers(hf).save_pretrained(tmp_path)
+    model, info = gpt_fast.OpenAIGPTForSequenceClassification.from_pretrained(tmp_path, num_labels=3,
+                                                                              output_loading_info=True)
+    assert model.config.num_labels == 3 and tuple(model.score.weight.shape) == (3, 32)
+    assert info.missing_keys == ["score.weight"] and info.unexpected_keys == []  # the tied head is not saved
+    assert_same_function(model.transformer, hf.transformer)
+
+
 def test_weight_of_the_wrong_shape_names_key_and_shapes(tmp_path):
     hf = hf_model(LM)
     state = cloned_state(hf)

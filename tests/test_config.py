@@ -136,3 +136,15 @@ def test_malformed_config_files(tmp_path):
     (tmp_path / "config.json").unlink()
     with pytest.raises(FileNotFoundError, match="config.json"):
         OpenAIGPTConfig.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("override", [dict(num_labels=3), dict(id2label={0: "p", 1: "q", 2: "r"})])
+def test_label_overrides_replace_the_saved_labels(override, tmp_path):
+    """As in transformers: from_pretrained(folder, num_labels=3) on a config.json that lists two labels."""
+    (tmp_path / "config.json").write_text(json.dumps({
+        "model_type": "openai-gpt", "id2label": {"0": "neg", "1": "pos"}, "label2id": {"neg": 0, "pos": 1},
+        "num_labels": 2}))
+    theirs = transformers.OpenAIGPTConfig.from_pretrained(tmp_path, **override)
+    ours = OpenAIGPTConfig.from_pretrained(tmp_path, **override)
+    assert ours.num_labels == theirs.num_labels == 3
+    assert ours.id2label == theirs.id2label

@@ -142,7 +142,7 @@ def _tie_loaded(loaded: dict, expected: dict) -> None:
     if lm in expected and embed in expected:
         if lm in loaded and embed not in loaded:
             loaded[embed] = loaded[lm]
-        elif embed in loaded:
+        elif embed in loaded and lm not in loaded:  # an untied head of its own is kept
             loaded[lm] = loaded[embed]
 
 

@@ -180,6 +180,23 @@ def test_transformers_loads_what_gpt_fast_saved(head, tmp_path):
         assert reloaded.lm_head.weight.data_ptr() == reloaded.transformer.tokens_embed.weight.data_ptr()
 
 
+@pytest.mark.parametrize("head", [LM, "OpenAIGPTDoubleHeadsModel"])
+def test_untied_lm_head(head, tmp_path):
+    """tie_word_embeddings=False: the head keeps its own weights through conversion and both save directions."""
+    hf = hf_model(head, tie_word_embeddings=False)
+    assert hf.lm_head.weight.data_ptr() != hf.transformer.tokens_embed.weight.data_ptr()
+    shape = (2, 3, 7) if "Double" in head else (2, 7)
+    ours = gpt_fast_class(head).from_transformers(hf).eval()
+    assert ours.lm_head.weight.data_ptr() != ours.transformer.tokens_embed.weight.data_ptr()
+    assert_same_function(ours, hf, shape)
+    ours.save_pretrained(tmp_path / "ours")
+    assert_same_function(getattr(transformers, head).from_pretrained(tmp_path / "ours").eval(), hf, shape)
+    hf.save_pretrained(tmp_path / "theirs")
+    reloaded = gpt_fast_class(head).from_pretrained(tmp_path / "theirs")
+    assert reloaded.lm_head.weight.data_ptr() != reloaded.transformer.tokens_embed.weight.data_ptr()
+    assert_same_function(reloaded, hf, shape)
+
+
 # -- dtype and device --------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("argument", [dict(dtype=torch.bfloat16), dict(torch_dtype=torch.bfloat16),
                                       dict(dtype="bfloat16"), dict(torch_dtype="torch.bfloat16")])

@@ -100,6 +100,29 @@ def test_padded_batches(head, backend, side):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("head", ["OpenAIGPTModel", "OpenAIGPTLMHeadModel"])
+def test_fully_padded_row(head, backend):
+    """A row with no real token gives finite outputs and leaves the other rows as transformers computes them.
+    (Its own values are not compared: transformers spreads such a row's attention over future positions too.)"""
+    hf, ours = load_pair(head, backend)
+    ids, mask = random_ids((3, 6)), torch.ones(3, 6, dtype=torch.long)
+    ids[1], mask[1] = 0, 0
+    mine, theirs = forward(ours, ids, attention_mask=mask)[0], forward(hf, ids, attention_mask=mask)[0]
+    assert torch.isfinite(mine).all()
+    torch.testing.assert_close(mine[[0, 2]], theirs[[0, 2]], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("mask_dtype", [torch.bool, torch.float32, torch.int32])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_attention_mask_dtypes(backend, mask_dtype):
+    hf, ours = load_pair("OpenAIGPTModel", backend)
+    ids, mask = random_ids((2, 6)), torch.tensor([[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]])
+    real = mask.bool()
+    mine = forward(ours, ids, attention_mask=mask.to(mask_dtype))[0]
+    torch.testing.assert_close(mine[real], forward(hf, ids, attention_mask=mask)[0][real], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_double_heads_padded_choices(backend):
     """transformers cannot take a (B, C, T) mask; its own modules on the flattened batch are the reference."""
     hf, ours = load_pair(DOUBLE, backend)

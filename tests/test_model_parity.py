@@ -262,6 +262,28 @@ def gpt1_hf(gpt1_folder):
     return transformers.OpenAIGPTLMHeadModel.from_pretrained(gpt1_folder).eval()
 
 
+@pytest.fixture(scope="module")
+def gpt1_bf16_references(gpt1_hf):
+    """(ids, transformers' base model in fp64, the same in bf16): last hidden states, computed once."""
+    ids = random_ids((1, 64), vocab=40478)
+    outputs = []
+    for dtype in (torch.float64, torch.bfloat16):
+        model = copy.deepcopy(gpt1_hf.transformer).to(dtype)
+        outputs.append(forward(model, ids).last_hidden_state)
+        del model
+    return ids, *outputs
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_real_gpt1_shape_bf16(gpt1_folder, gpt1_bf16_references, backend):
+    """12 layers of bf16: gpt_fast loaded straight into bf16 is about as far from fp64 as transformers in bf16."""
+    import gpt_fast
+
+    ids, reference, pytorch_bf16 = gpt1_bf16_references
+    ours = gpt_fast.OpenAIGPTModel.from_pretrained(gpt1_folder, dtype=torch.bfloat16, attn_implementation=backend)
+    assert_within_pytorch_error(forward(ours, ids).last_hidden_state, reference, pytorch_bf16)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("head", HEADS)
 def test_bf16_error_bounded_by_pytorch_bf16_error(head, backend):

@@ -94,10 +94,11 @@ def legacy_state(hf) -> dict:
     return state
 
 
+@pytest.mark.parametrize("zipfile", [True, False], ids=["zip", "legacy-pickle"])
 @pytest.mark.parametrize("head", ["OpenAIGPTModel", LM])
-def test_legacy_published_layout(head, tmp_path):
+def test_legacy_published_layout(head, zipfile, tmp_path):
     hf = hf_model(LM)
-    torch.save(legacy_state(hf), tmp_path / "pytorch_model.bin")
+    torch.save(legacy_state(hf), tmp_path / "pytorch_model.bin", _use_new_zipfile_serialization=zipfile)
     write_config(hf, tmp_path)
     model, info = gpt_fast_class(head).from_pretrained(tmp_path, output_loading_info=True)
     assert info.missing_keys == [] and info.unexpected_keys == []

@@ -248,18 +248,23 @@ def test_head_mask(head, backend, layout):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_real_gpt1_shape_fp32(gpt1_folder, gpt1_hf, backend):
-    import gpt_fast
-
-    ours = gpt_fast.OpenAIGPTLMHeadModel.from_pretrained(gpt1_folder, attn_implementation=backend)
+def test_real_gpt1_shape_fp32(gpt1_ours, gpt1_hf, backend):
+    gpt1_ours.set_attn_implementation(backend)
     ids = random_ids((1, 64), vocab=40478)
     theirs = forward(gpt1_hf, ids).logits
-    torch.testing.assert_close(forward(ours, ids).logits, theirs, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(forward(gpt1_ours, ids).logits, theirs, atol=1e-4, rtol=1e-4)
 
 
 @pytest.fixture(scope="module")
 def gpt1_hf(gpt1_folder):
     return transformers.OpenAIGPTLMHeadModel.from_pretrained(gpt1_folder).eval()
+
+
+@pytest.fixture(scope="module")
+def gpt1_ours(gpt1_folder):
+    import gpt_fast
+
+    return gpt_fast.OpenAIGPTLMHeadModel.from_pretrained(gpt1_folder)
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ written out in the tests, never from gpt_fast itself.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -102,7 +103,7 @@ def gpt1_state_shapes(vocab_size, n_positions, n_embd, n_layer, n_head) -> dict[
 
 
 @pytest.fixture(scope="session")
-def gpt1_folder(tmp_path_factory) -> Path:
+def gpt1_folder(tmp_path_factory):
     """A GPT-1-shaped checkpoint (random fp32 weights, ~470 MB) in transformers' layout, written once per session."""
     from safetensors.torch import save_file
 
@@ -120,4 +121,5 @@ def gpt1_folder(tmp_path_factory) -> Path:
               "layer_norm_epsilon": 1e-5, "initializer_range": 0.02, "resid_pdrop": 0.1, "embd_pdrop": 0.1,
               "attn_pdrop": 0.1, "n_ctx": 512, **GPT1}
     (folder / "config.json").write_text(json.dumps(config))
-    return folder
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)  # pytest keeps its last temporary folders; this one is large

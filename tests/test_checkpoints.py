@@ -6,6 +6,7 @@ the transformers model the weights came from.
 
 import json
 import sys
+import types
 
 import pytest
 import torch
@@ -257,6 +258,36 @@ def test_name_without_huggingface_hub_is_a_clear_error(monkeypatch, tmp_path):
         gpt_fast.OpenAIGPTLMHeadModel.from_pretrained(str(tmp_path / "no-such-model"))
     with pytest.raises(FileNotFoundError, match="huggingface_hub"):
         gpt_fast.AutoModel.from_pretrained("openai-community/openai-gpt-not-a-folder")
+
+
+def test_hub_name_goes_through_snapshot_download(monkeypatch, tmp_path):
+    """A name that is not a folder is handed to huggingface_hub (replaced here by a stand-in: no network)."""
+    hf = hf_model(LM)
+    hf.save_pretrained(tmp_path)
+    calls = []
+
+    def snapshot_download(repo_id, allow_patterns=None):
+        calls.append(repo_id)
+        if repo_id != "someone/tiny-gpt":
+            raise OSError(f"404: {repo_id} not found")
+        return str(tmp_path)
+
+    monkeypatch.setitem(sys.modules, "huggingface_hub", types.SimpleNamespace(snapshot_download=snapshot_download))
+    assert_same_function(gpt_fast.OpenAIGPTLMHeadModel.from_pretrained("someone/tiny-gpt"), hf)
+    assert calls == ["someone/tiny-gpt"]
+    with pytest.raises(FileNotFoundError, match="someone/missing.*404"):
+        gpt_fast.OpenAIGPTLMHeadModel.from_pretrained("someone/missing")
+
+
+def test_config_overrides_at_load_time(tmp_path):
+    hf = hf_model(LM)
+    hf.save_pretrained(tmp_path)
+    model = gpt_fast.OpenAIGPTLMHeadModel.from_pretrained(tmp_path, resid_pdrop=0.0, attn_pdrop=0.0, embd_pdrop=0.0)
+    assert (model.config.resid_pdrop, model.config.attn_pdrop, model.config.embd_pdrop) == (0.0, 0.0, 0.0)
+    model.train()  # no dropout left: train mode computes the eval function
+    assert_same_function(model, hf)
+    with pytest.raises(ValueError, match="config"):
+        gpt_fast.OpenAIGPTLMHeadModel.from_pretrained(tmp_path, config=model.config, resid_pdrop=0.2)
 
 
 def test_a_file_instead_of_a_folder(tmp_path):

@@ -206,6 +206,19 @@ def test_multiple_choice_summary_options(summary):
     assert_outputs_close(forward(ours, ids, mc_token_ids=mc_token_ids, return_dict=False), theirs)
 
 
+@pytest.mark.parametrize("summary_type", ["first", "last", "mean"])
+def test_multiple_choice_summary_types_by_hand(summary_type):
+    """transformers' summary reads hidden[:, -1] etc., which for (B, C, T, E) picks a choice, not a token; gpt_fast
+    reads per choice (the meaning of the option), checked here by hand on transformers' hidden states."""
+    hf, ours = load_pair(DOUBLE, "sdpa", summary_type=summary_type)
+    ids = random_ids((2, 3, 7))
+    with torch.no_grad():
+        hidden = hf.transformer(ids).last_hidden_state  # (B, C, T, E)
+        pooled = {"first": hidden[..., 0, :], "last": hidden[..., -1, :], "mean": hidden.mean(dim=-2)}[summary_type]
+        expected = hf.multiple_choice_head.summary(pooled).squeeze(-1)  # (B, C)
+    torch.testing.assert_close(forward(ours, ids).mc_logits, expected, atol=1e-4, rtol=1e-4)
+
+
 @pytest.mark.parametrize("keep", [1, 3])
 def test_logits_to_keep(keep):
     hf, ours = load_pair("OpenAIGPTLMHeadModel", "sdpa")

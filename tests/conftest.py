@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from gpt_fast.ops import has_kernel
+
 SHARED_GPT = Path(__file__).resolve().parents[2] / "shared" / "openai-gpt"
 
 TINY = dict(vocab_size=99, n_positions=32, n_embd=32, n_layer=2, n_head=4)
@@ -78,6 +80,36 @@ def assert_outputs_close(ours, theirs, atol: float = 1e-4, rtol: float = 1e-4) -
             torch.testing.assert_close(a, b, atol=atol, rtol=rtol, msg=lambda m: f"output {i}: {m}")
         else:
             assert_outputs_close(tuple(a), tuple(b), atol, rtol)
+
+
+# -- pairs of models and how to run them ---------------------------------------------------------------------------
+DOUBLE = "OpenAIGPTDoubleHeadsModel"
+SEQ_CLS = "OpenAIGPTForSequenceClassification"
+FUSED = pytest.param("fused", marks=pytest.mark.skipif(not has_kernel("flash_attention", "cpu"),
+                                                       reason="no CPU flash_attention kernel built"))
+BACKENDS = ["eager", "sdpa", FUSED]
+
+
+def load_pair(head, backend, loader="from_transformers", tmp_path=None, **overrides):
+    """(transformers model, gpt_fast model with the same weights), both in eval mode."""
+    hf = hf_model(head, **overrides)
+    cls = gpt_fast_class(head)
+    if loader == "from_transformers":
+        ours = cls.from_transformers(hf, attn_implementation=backend)
+    else:
+        hf.save_pretrained(tmp_path)
+        ours = cls.from_pretrained(tmp_path, attn_implementation=backend)
+    assert type(ours).__name__ == head
+    return hf, ours.eval()
+
+
+def shape_for(head, B=2, T=7):
+    return (B, 3, T) if head == DOUBLE else (B, T)
+
+
+def forward(model, *args, **kwargs):
+    with torch.no_grad():
+        return model(*args, **kwargs)
 
 
 # -- a GPT-1-shaped checkpoint ------------------------------------------------------------------------------------

@@ -254,7 +254,7 @@ def gpt1_ours(gpt1_folder):
 @pytest.fixture(scope="module")
 def gpt1_bf16_references(gpt1_hf):
     """(ids, transformers' base model in fp64, the same in bf16): last hidden states, computed once."""
-    ids = random_ids((1, 64), vocab=40478)
+    ids = random_ids((1, 32), vocab=40478)
     outputs = []
     for dtype in (torch.float64, torch.bfloat16):
         model = copy.deepcopy(gpt1_hf.transformer).to(dtype)

@@ -322,7 +322,7 @@ def test_truncated_safetensors(saved_folder, keep):
     path = saved_folder / "model.safetensors"
     data = path.read_bytes()
     path.write_bytes(data[: int(len(data) * keep)])
-    with pytest.raises(ValueError, match="truncated"):
+    with pytest.raises(ValueError, match="is truncated or corrupt: tensor"):  # (the folder's name says truncated)
         gpt_fast.OpenAIGPTLMHeadModel.from_pretrained(saved_folder)
 
 
@@ -351,16 +351,16 @@ def test_safetensors_header_length_beyond_the_file(saved_folder):
 
 
 def test_safetensors_entry_with_wrong_byte_count(saved_folder):
-    """A header whose offsets disagree with the tensor's shape and dtype."""
+    """A header whose offsets disagree with the tensor's dtype (the shape is right, so only the byte count shows)."""
     path = saved_folder / "model.safetensors"
     data = path.read_bytes()
     n = int.from_bytes(data[:8], "little")
     header = json.loads(data[8:8 + n])
-    header["transformer.h.0.ln_1.bias"]["shape"] = [16]
+    header["transformer.h.0.ln_1.bias"]["dtype"] = "F16"
     text = json.dumps(header, separators=(",", ":")).encode().ljust(n)
     assert len(text) == n
     path.write_bytes(data[:8] + text + data[8 + n:])
-    with pytest.raises(ValueError, match=r"transformer\.h\.0\.ln_1\.bias"):
+    with pytest.raises(ValueError, match=r"transformer\.h\.0\.ln_1\.bias.*64 bytes for shape \[32\]"):
         gpt_fast.OpenAIGPTLMHeadModel.from_pretrained(saved_folder)
 
 

@@ -41,7 +41,7 @@ class LoadingInfo:
 
 
 def parse_dtype(dtype) -> torch.dtype | str | None:
-    if dtype is None or isinstance(dtype, torch.dtype) or dtype == "auto":
+    if dtype is None or (isinstance(dtype, torch.dtype) and dtype.is_floating_point) or dtype == "auto":
         return dtype
     if isinstance(dtype, str) and dtype.removeprefix("torch.") in DTYPES:
         return DTYPES[dtype.removeprefix("torch.")]
@@ -142,7 +142,7 @@ def _tie_loaded(loaded: dict, expected: dict) -> None:
     if lm in expected and embed in expected:
         if lm in loaded and embed not in loaded:
             loaded[embed] = loaded[lm]
-        elif embed in loaded:
+        elif embed in loaded and lm not in loaded:  # an untied head of its own is kept
             loaded[lm] = loaded[embed]
 
 

@@ -159,6 +159,10 @@ class OpenAIGPTConfig:
         model_type = data.get("model_type", cls.model_type)
         if model_type != cls.model_type:
             raise ValueError(f"config has model_type {model_type!r}; gpt_fast supports only {cls.model_type!r}")
+        data = dict(data)
+        if "num_labels" in overrides or "id2label" in overrides:  # labels given now replace the saved ones
+            for key in ("num_labels", "id2label", "label2id"):
+                data.pop(key, None)
         return cls(**{**data, **overrides})
 
     @classmethod

@@ -1,0 +1,157 @@
+"""Shared fixtures of the model tests: tiny configs, transformers reference models, a GPT-1-shaped checkpoint.
+
+Expected values in the model tests come from transformers (the reference implementation) or from computations
+written out in the tests, never from gpt_fast itself.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from gpt_fast.ops import has_kernel
+
+SHARED_GPT = Path(__file__).resolve().parents[2] / "shared" / "openai-gpt"
+
+TINY = dict(vocab_size=99, n_positions=32, n_embd=32, n_layer=2, n_head=4)
+HEADS = ("OpenAIGPTModel", "OpenAIGPTLMHeadModel", "OpenAIGPTDoubleHeadsModel", "OpenAIGPTForSequenceClassification")
+
+
+def hf_config(**overrides):
+    """A transformers.OpenAIGPTConfig of the tiny shape (pad id 0 so sequence classification takes batches).
+
+    Weights are drawn with std 0.2 rather than GPT-1's 0.02 so that, at width 32, activations reach the range
+    where small mistakes show (GELU's tanh form against erf, a mis-scaled softmax): pre-activations of order 1.
+    """
+    import transformers
+
+    return transformers.OpenAIGPTConfig(**{**TINY, "pad_token_id": 0, "initializer_range": 0.2, **overrides})
+
+
+def hf_model(head: str, seed: int = 0, **overrides):
+    """A transformers reference model of the tiny shape, in eval mode, with seeded random weights.
+
+    Every weight is redrawn with std config.initializer_range (transformers leaves its Conv1D layers at 0.02), and
+    biases and LayerNorm parameters are moved away from 0 and 1, so that a bias or LayerNorm parameter loaded
+    into the wrong place changes the outputs.
+    """
+    import transformers
+
+    torch.manual_seed(seed)
+    model = getattr(transformers, head)(hf_config(**overrides))
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("bias") or ".ln_" in name:
+                param.add_(0.1 * torch.randn_like(param))
+            else:
+                param.normal_(0.0, model.config.initializer_range)
+    return model.eval()
+
+
+def gpt_fast_class(head: str):
+    import gpt_fast
+
+    return getattr(gpt_fast, head)
+
+
+def random_ids(shape, vocab: int = TINY["vocab_size"], seed: int = 1, low: int = 1) -> torch.Tensor:
+    """Token ids in [low, vocab): id 0 is the tiny configs' pad token."""
+    return torch.randint(low, vocab, shape, generator=torch.Generator().manual_seed(seed))
+
+
+def flatten_outputs(value) -> list[torch.Tensor]:
+    """The tensors of a (possibly nested) tuple of outputs, in order."""
+    if isinstance(value, torch.Tensor):
+        return [value]
+    return [t for item in value for t in flatten_outputs(item)]
+
+
+def assert_outputs_close(ours, theirs, atol: float = 1e-4, rtol: float = 1e-4) -> None:
+    """Tuples of outputs (tensors or tuples of tensors) agree element by element, with the same structure."""
+    assert type(ours) is tuple and type(theirs) is tuple, (type(ours), type(theirs))
+    assert len(ours) == len(theirs), (len(ours), len(theirs))
+    for i, (a, b) in enumerate(zip(ours, theirs)):
+        if isinstance(b, torch.Tensor):
+            assert isinstance(a, torch.Tensor), f"output {i}: {type(a).__name__} instead of a tensor"
+            torch.testing.assert_close(a, b, atol=atol, rtol=rtol, msg=lambda m: f"output {i}: {m}")
+        else:
+            assert_outputs_close(tuple(a), tuple(b), atol, rtol)
+
+
+# -- pairs of models and how to run them ---------------------------------------------------------------------------
+DOUBLE = "OpenAIGPTDoubleHeadsModel"
+SEQ_CLS = "OpenAIGPTForSequenceClassification"
+FUSED = pytest.param("fused", marks=pytest.mark.skipif(not has_kernel("flash_attention", "cpu"),
+                                                       reason="no CPU flash_attention kernel built"))
+BACKENDS = ["eager", "sdpa", FUSED]
+
+
+def load_pair(head, backend, loader="from_transformers", tmp_path=None, **overrides):
+    """(transformers model, gpt_fast model with the same weights), both in eval mode."""
+    hf = hf_model(head, **overrides)
+    cls = gpt_fast_class(head)
+    if loader == "from_transformers":
+        ours = cls.from_transformers(hf, attn_implementation=backend)
+    else:
+        hf.save_pretrained(tmp_path)
+        ours = cls.from_pretrained(tmp_path, attn_implementation=backend)
+    assert type(ours).__name__ == head
+    return hf, ours.eval()
+
+
+def shape_for(head, B=2, T=7):
+    return (B, 3, T) if head == DOUBLE else (B, T)
+
+
+def forward(model, *args, **kwargs):
+    with torch.no_grad():
+        return model(*args, **kwargs)
+
+
+# -- a GPT-1-shaped checkpoint ------------------------------------------------------------------------------------
+GPT1 = dict(vocab_size=40478, n_positions=512, n_embd=768, n_layer=12, n_head=12)
+
+
+def gpt1_state_shapes(vocab_size, n_positions, n_embd, n_layer, n_head) -> dict[str, tuple[int, ...]]:
+    """transformers' OpenAIGPTLMHeadModel checkpoint keys and shapes (the tied LM head is not stored)."""
+    C = n_embd
+    shapes = {"transformer.tokens_embed.weight": (vocab_size, C),
+              "transformer.positions_embed.weight": (n_positions, C)}
+    for i in range(n_layer):
+        p = f"transformer.h.{i}."
+        shapes.update({
+            p + "attn.c_attn.weight": (C, 3 * C), p + "attn.c_attn.bias": (3 * C,),
+            p + "attn.c_proj.weight": (C, C), p + "attn.c_proj.bias": (C,),
+            p + "ln_1.weight": (C,), p + "ln_1.bias": (C,),
+            p + "mlp.c_fc.weight": (C, 4 * C), p + "mlp.c_fc.bias": (4 * C,),
+            p + "mlp.c_proj.weight": (4 * C, C), p + "mlp.c_proj.bias": (C,),
+            p + "ln_2.weight": (C,), p + "ln_2.bias": (C,),
+        })
+    return shapes
+
+
+@pytest.fixture(scope="session")
+def gpt1_folder(tmp_path_factory):
+    """A GPT-1-shaped checkpoint (random fp32 weights, ~470 MB) in transformers' layout, written once per session."""
+    from safetensors.torch import save_file
+
+    folder = tmp_path_factory.mktemp("gpt1_random")
+    g = torch.Generator().manual_seed(1234)
+    state = {}
+    for key, shape in gpt1_state_shapes(**GPT1).items():
+        if key.endswith("ln_1.weight") or key.endswith("ln_2.weight"):
+            state[key] = 1.0 + 0.1 * torch.randn(shape, generator=g)
+        else:
+            state[key] = 0.02 * torch.randn(shape, generator=g)
+    save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    del state
+    config = {"model_type": "openai-gpt", "architectures": ["OpenAIGPTLMHeadModel"], "afn": "gelu",
+              "layer_norm_epsilon": 1e-5, "initializer_range": 0.02, "resid_pdrop": 0.1, "embd_pdrop": 0.1,
+              "attn_pdrop": 0.1, "n_ctx": 512, **GPT1}
+    (folder / "config.json").write_text(json.dumps(config))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)  # pytest keeps its last temporary folders; this one is large

@@ -19,6 +19,7 @@
 #include <immintrin.h>
 // GCC 12 warns about the deliberately undefined source operand inside its own AVX-512 intrinsic headers.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 #define GPT_FAST_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma,f16c")))
 #else
 #define GPT_FAST_HAVE_X86 0

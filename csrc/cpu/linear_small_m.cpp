@@ -1,0 +1,191 @@
+// CPU kernel for gpt_fast::linear_small_m: out = [gelu_tanh](x @ W + bias) [+ residual] for few rows (decode).
+//
+// With M = 1..16 rows a linear layer is bound by reading W, so each weight element is read exactly once, from the
+// blocked layout of csrc/cpu/linear_layout.h: a task owns whole 16-column blocks (at::parallel_for over blocks),
+// streams a block's K x 16 weights once per tile of up to 8 rows, and keeps the 16-column sums of every row of the
+// tile in registers (two fp32 chains per row, folded every 64 k into a running total for accuracy). Bias, GELU and
+// the residual add happen on those registers before the only store. x is converted once to an fp32 (M, K) buffer, so any strides are accepted.
+// Limits: larger M works but re-reads each block once per 8 rows (use a GEMM for prefill); the residual is copied
+// when its last dim is not contiguous. AVX-512 when the CPU has it, else a portable scalar loop (same layout).
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <vector>
+
+#include "checks.h"
+#include "cpu/linear_layout.h"
+#include "cpu/vec.h"
+
+namespace gpt_fast {
+namespace {
+
+constexpr int64_t kBN = cpu::kLinearBlockN;
+constexpr int kRowTile = 8;
+constexpr int64_t kChunkK = 64;  // k per inner sum: keeps fp32 rounding error near a blocked GEMM's
+
+// Everything a task needs; pointers are to contiguous data except residual (row stride ld_residual).
+template <typename T>
+struct LinearArgs {
+  const float* x;      // (M, K) fp32 copy of the input
+  const T* w;          // (blocks, K, 16)
+  const T* bias;       // (N,) or nullptr
+  const T* residual;   // (M, N) rows ld_residual apart, or nullptr
+  T* out;              // (M, N)
+  int64_t M, K, N, ld_residual;
+  bool gelu;
+};
+
+template <typename T>
+void linear_blocks_scalar(const LinearArgs<T>& a, int64_t block_begin, int64_t block_end) {
+  for (int64_t b = block_begin; b < block_end; ++b) {
+    const T* wb = a.w + b * a.K * kBN;  // (K, 16)
+    const int64_t n0 = b * kBN, width = std::min(kBN, a.N - n0);
+    for (int64_t m = 0; m < a.M; ++m) {
+      float acc[kBN] = {};
+      const float* xr = a.x + m * a.K;
+      for (int64_t k0 = 0; k0 < a.K; k0 += kChunkK) {
+        float part[kBN] = {};
+        for (int64_t k = k0; k < std::min(a.K, k0 + kChunkK); ++k) {
+          for (int64_t j = 0; j < kBN; ++j) part[j] += static_cast<float>(wb[k * kBN + j]) * xr[k];
+        }
+        for (int64_t j = 0; j < kBN; ++j) acc[j] += part[j];
+      }
+      for (int64_t j = 0; j < width; ++j) {
+        float v = acc[j];
+        if (a.bias) v += static_cast<float>(a.bias[n0 + j]);
+        if (a.gelu) v = cpu::gelu_tanh_scalar(v);
+        if (a.residual) v += static_cast<float>(a.residual[m * a.ld_residual + n0 + j]);
+        a.out[m * a.N + n0 + j] = static_cast<T>(v);
+      }
+    }
+  }
+}
+
+#if GPT_FAST_HAVE_X86
+// Rows [m0, m0 + MR) of one 16-column block: the block's weights are streamed once, two k per step.
+template <typename T, int MR>
+GPT_FAST_AVX512 inline void linear_tile_avx512(const LinearArgs<T>& a, const T* wb, int64_t m0, int64_t n0) {
+  using V = cpu::Vec16<T>;
+  __m512 total[MR];
+  for (int m = 0; m < MR; ++m) total[m] = _mm512_setzero_ps();
+  const float* x = a.x + m0 * a.K;
+  const int64_t K = a.K;
+  for (int64_t k0 = 0; k0 < K; k0 += kChunkK) {  // two-level sum: chunks of kChunkK k, then the chunk sums
+    const int64_t k1 = std::min(K, k0 + kChunkK);
+    __m512 acc0[MR], acc1[MR];
+    for (int m = 0; m < MR; ++m) acc0[m] = acc1[m] = _mm512_setzero_ps();
+    int64_t k = k0;
+#pragma GCC unroll 2
+    for (; k + 2 <= k1; k += 2) {
+      const __m512 w0 = V::load(wb + k * kBN), w1 = V::load(wb + (k + 1) * kBN);
+      for (int m = 0; m < MR; ++m) {
+        acc0[m] = _mm512_fmadd_ps(w0, _mm512_set1_ps(x[m * K + k]), acc0[m]);
+        acc1[m] = _mm512_fmadd_ps(w1, _mm512_set1_ps(x[m * K + k + 1]), acc1[m]);
+      }
+    }
+    if (k < k1) {
+      const __m512 w0 = V::load(wb + k * kBN);
+      for (int m = 0; m < MR; ++m) acc0[m] = _mm512_fmadd_ps(w0, _mm512_set1_ps(x[m * K + k]), acc0[m]);
+    }
+    for (int m = 0; m < MR; ++m) total[m] = _mm512_add_ps(total[m], _mm512_add_ps(acc0[m], acc1[m]));
+  }
+  const __mmask16 lanes = cpu::first_lanes(a.N - n0);
+  const __m512 bias = a.bias ? V::load(a.bias + n0, lanes) : _mm512_setzero_ps();
+  for (int m = 0; m < MR; ++m) {
+    __m512 v = _mm512_add_ps(total[m], bias);
+    if (a.gelu) v = cpu::gelu_tanh_fp32(v);
+    if (a.residual) v = _mm512_add_ps(v, V::load(a.residual + (m0 + m) * a.ld_residual + n0, lanes));
+    V::store(a.out + (m0 + m) * a.N + n0, v, lanes);
+  }
+}
+
+template <typename T>
+GPT_FAST_AVX512 void linear_blocks_avx512(const LinearArgs<T>& a, int64_t block_begin, int64_t block_end) {
+  for (int64_t b = block_begin; b < block_end; ++b) {
+    const T* wb = a.w + b * a.K * kBN;
+    for (int64_t m0 = 0; m0 < a.M; m0 += kRowTile) {
+      switch (std::min<int64_t>(kRowTile, a.M - m0)) {
+        case 1: linear_tile_avx512<T, 1>(a, wb, m0, b * kBN); break;
+        case 2: linear_tile_avx512<T, 2>(a, wb, m0, b * kBN); break;
+        case 3: linear_tile_avx512<T, 3>(a, wb, m0, b * kBN); break;
+        case 4: linear_tile_avx512<T, 4>(a, wb, m0, b * kBN); break;
+        case 5: linear_tile_avx512<T, 5>(a, wb, m0, b * kBN); break;
+        case 6: linear_tile_avx512<T, 6>(a, wb, m0, b * kBN); break;
+        case 7: linear_tile_avx512<T, 7>(a, wb, m0, b * kBN); break;
+        default: linear_tile_avx512<T, 8>(a, wb, m0, b * kBN); break;
+      }
+    }
+  }
+}
+#endif
+
+at::Tensor linear_small_m_cpu(const at::Tensor& x, const at::Tensor& packed_weight, int64_t out_features,
+                              const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& residual,
+                              bool gelu) {
+  constexpr const char* op = "gpt_fast::linear_small_m";
+  TORCH_CHECK(x.dim() >= 1, op, ": x must have at least one dimension (..., K), got a scalar");
+  check_float_dtype(x, op, "x");
+  const int64_t K = x.size(-1);
+  TORCH_CHECK(K > 0, op, ": x must have a non-empty last dimension (K), got shape ", x.sizes());
+  TORCH_CHECK(out_features > 0, op, ": out_features must be positive, got ", out_features);
+  const int64_t N = out_features, blocks = cpu::linear_blocks(N);
+  check_dim(packed_weight, 3, op, "packed_weight");
+  check_same_device(packed_weight, x, op, "packed_weight");
+  check_same_dtype(packed_weight, x, op, "packed_weight");
+  TORCH_CHECK(packed_weight.size(2) == kBN && packed_weight.size(0) == blocks, op, ": packed_weight has shape ",
+              packed_weight.sizes(), " but out_features=", N, " needs (", blocks, ", K, ", kBN,
+              "); pack it with pack_linear_weight");
+  TORCH_CHECK(packed_weight.size(1) == K, op, ": x has K=", K, " input features but packed_weight was packed for ",
+              packed_weight.size(1));
+  TORCH_CHECK(packed_weight.is_contiguous(), op, ": packed_weight must be contiguous, got strides ",
+              packed_weight.strides());
+  if (bias) check_vector(*bias, N, x, op, "bias");
+  std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
+  out_shape.back() = N;
+  if (residual) {
+    TORCH_CHECK(residual->sizes() == at::IntArrayRef(out_shape), op, ": residual must have the output shape ",
+                at::IntArrayRef(out_shape), ", got ", residual->sizes());
+    check_same_device(*residual, x, op, "residual");
+    check_same_dtype(*residual, x, op, "residual");
+  }
+
+  const int64_t M = x.numel() / K;
+  auto out = at::empty(out_shape, x.options());
+  if (M == 0) return out;
+  at::Tensor x2 = x.reshape({M, K});
+  at::Tensor res2, bias_c = bias ? bias->contiguous() : at::Tensor();
+  if (residual) {
+    res2 = residual->reshape({M, N});
+    if (res2.stride(1) != 1) res2 = res2.contiguous();
+  }
+  std::vector<float> xf(M * K);  // (M, K) fp32 copy of x, whatever its strides
+  const bool vector = cpu::use_avx512();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "linear_small_m_cpu", [&] {
+    const scalar_t* xp = x2.const_data_ptr<scalar_t>();
+    const int64_t s0 = x2.stride(0), s1 = x2.stride(1);
+    for (int64_t m = 0; m < M; ++m)
+      for (int64_t k = 0; k < K; ++k) xf[m * K + k] = static_cast<float>(xp[m * s0 + k * s1]);
+    LinearArgs<scalar_t> a{xf.data(), packed_weight.const_data_ptr<scalar_t>(),
+                           bias ? bias_c.const_data_ptr<scalar_t>() : nullptr,
+                           residual ? res2.const_data_ptr<scalar_t>() : nullptr, out.mutable_data_ptr<scalar_t>(),
+                           M, K, N, residual ? res2.stride(0) : 0, gelu};
+    const int64_t grain = std::max<int64_t>(1, 32768 / (K * kBN));  // >= ~32K weights per task
+    at::parallel_for(0, blocks, grain, [&](int64_t begin, int64_t end) {
+#if GPT_FAST_HAVE_X86
+      if constexpr (!std::is_same_v<scalar_t, double>) {
+        if (vector) return linear_blocks_avx512<scalar_t>(a, begin, end);
+      }
+#endif
+      linear_blocks_scalar<scalar_t>(a, begin, end);
+    });
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(gpt_fast, CPU, m) { m.impl("linear_small_m", &linear_small_m_cpu); }
+
+}  // namespace gpt_fast

@@ -1,4 +1,4 @@
-"""gpt_fast::add_layernorm against the eager reference (placeholder coverage; the CPU kernel issue extends it)."""
+"""gpt_fast::add_layernorm (CPU) against the eager reference layer_norm(x + residual [+ bias])."""
 
 import pytest
 import torch
@@ -8,30 +8,80 @@ from gpt_fast import ops, reference
 
 pytestmark = pytest.mark.skipif(not ops.has_kernel("add_layernorm", "cpu"), reason="extension not built")
 
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("rows, width", [(1, 768), (7, 48), (97, 80), (3, 1)])
+
+def make(shape, dtype, seed, with_bias=True, offset=0.0):
+    g = torch.Generator().manual_seed(seed)
+    width = shape[-1]
+    x, res = ((torch.randn(*shape, generator=g) + offset).to(dtype) for _ in range(2))
+    bias, w, b = (torch.randn(width, generator=g).to(dtype) for _ in range(3))
+    return x, res, (bias if with_bias else None), w, b
+
+
+def check(x, res, bias, w, b, eps=1e-5):
+    expected = reference.add_layernorm(*upcast(x, res, bias, w, b, dtype=x.dtype), eps)
+    actual = ops.add_layernorm(x, res, bias, w, b, eps)
+    assert actual.dtype == x.dtype and actual.shape == x.shape
+    assert_within_pytorch_error(actual, expected, reference.add_layernorm(x, res, bias, w, b, eps))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rows, width", [(1, 768), (2, 13), (7, 48), (16, 80), (97, 80), (3, 1), (513, 768),
+                                         (5, 3072)])
 @pytest.mark.parametrize("with_bias", [True, False])
 def test_matches_reference(dtype, rows, width, with_bias):
-    g = torch.Generator().manual_seed(rows * width)
-    x, res = (torch.randn(rows, width, generator=g).to(dtype) for _ in range(2))
-    bias, w, b = (torch.randn(width, generator=g).to(dtype) for _ in range(3))
-    bias = bias if with_bias else None
-    expected = reference.add_layernorm(*upcast(x, res, bias, w, b, dtype=dtype), 1e-5)
-    assert_within_pytorch_error(ops.add_layernorm(x, res, bias, w, b, 1e-5), expected,
-                                reference.add_layernorm(x, res, bias, w, b, 1e-5))
+    check(*make((rows, width), dtype, rows * width, with_bias))
 
 
-def test_opcheck():
-    x, res = torch.randn(2, 5, 16), torch.randn(2, 5, 16)
-    torch.library.opcheck(torch.ops.gpt_fast.add_layernorm, (x, res, torch.randn(16), torch.randn(16), torch.randn(16), 1e-5))
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_large_mean_small_spread(dtype):
+    # The variance is taken around the mean, not as E[v^2] - E[v]^2, so a large offset costs no accuracy.
+    check(*make((9, 768), dtype, 1, offset=50.0))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_three_dims_and_non_contiguous(dtype):
+    x, res, bias, w, b = make((40, 3, 5), dtype, 2)
+    x, res = x.transpose(0, 2), res.transpose(0, 2)  # (5, 3, 40), strided
+    bias, w, b = make((5, 80), dtype, 3)[2:]
+    bias, w, b = bias[::2], w[::2], b[::2]  # (40,) each, stride 2
+    assert not (x.is_contiguous() or w.is_contiguous())
+    check(x, res, bias, w, b)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_portable_path_matches(dtype, monkeypatch):
+    x, res, bias, w, b = make((6, 100), dtype, 3)
+    vector = ops.add_layernorm(x, res, bias, w, b, 1e-5)
+    monkeypatch.setenv("GPT_FAST_CPU_SCALAR", "1")
+    check(x, res, bias, w, b)
+    portable = ops.add_layernorm(x, res, bias, w, b, 1e-5)
+    eps = torch.finfo(dtype).eps
+    torch.testing.assert_close(portable, vector, rtol=4 * eps, atol=4 * eps * vector.abs().max().item())
+
+
+def test_empty_rows():
+    out = ops.add_layernorm(torch.empty(0, 8), torch.empty(0, 8), None, torch.ones(8), torch.zeros(8), 1e-5)
+    assert out.shape == (0, 8)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_opcheck(dtype):
+    x, res, bias, w, b = make((2, 5, 16), dtype, 4)
+    torch.library.opcheck(torch.ops.gpt_fast.add_layernorm, (x, res, bias, w, b, 1e-5))
+    torch.library.opcheck(torch.ops.gpt_fast.add_layernorm, (x, res, None, w, b, 1e-5))
 
 
 @pytest.mark.parametrize("bad, message", [
     (dict(residual=torch.randn(2, 8)), "residual shape"),
+    (dict(residual=torch.randn(2, 16, dtype=torch.float64)), "residual has dtype"),
     (dict(weight=torch.randn(7)), "weight must have 16"),
+    (dict(weight=torch.randn(1, 16)), "weight must have 1 dimensions"),
     (dict(ln_bias=torch.randn(16, dtype=torch.float64)), "ln_bias has dtype"),
+    (dict(bias=torch.randn(15)), "bias must have 16"),
     (dict(x=torch.randint(0, 3, (2, 16)), residual=torch.randint(0, 3, (2, 16))), "x must be float32"),
+    (dict(x=torch.tensor(1.0), residual=torch.tensor(1.0)), "x must have at least one dimension"),
     (dict(eps=-1.0), "eps must be"),
 ])
 def test_bad_input(bad, message):

@@ -54,7 +54,7 @@ def test_three_dims_and_non_contiguous(dtype):
 def test_portable_path_matches(dtype, monkeypatch):
     x, res, bias, w, b = make((6, 100), dtype, 3)
     vector = ops.add_layernorm(x, res, bias, w, b, 1e-5)
-    monkeypatch.setenv("GPT_FAST_CPU_SCALAR", "1")
+    monkeypatch.setenv("GPT_FAST_CPU_ISA", "scalar")
     check(x, res, bias, w, b)
     portable = ops.add_layernorm(x, res, bias, w, b, 1e-5)
     eps = torch.finfo(dtype).eps

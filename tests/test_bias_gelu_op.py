@@ -51,7 +51,7 @@ def test_portable_path_matches(dtype, monkeypatch):
     x = (3 * torch.randn(5, 77, generator=g)).to(dtype)
     bias = torch.randn(77, generator=g).to(dtype)
     vector = ops.bias_gelu(x, bias)
-    monkeypatch.setenv("GPT_FAST_CPU_SCALAR", "1")
+    monkeypatch.setenv("GPT_FAST_CPU_ISA", "scalar")
     check(x, bias)
     portable = ops.bias_gelu(x, bias)
     # Both paths round the same fp32 value up to ~1 ulp apart: at most one step of the output dtype.

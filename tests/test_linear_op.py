@@ -85,15 +85,25 @@ def test_packed_layout(in_out_layout):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_portable_path_matches(dtype, monkeypatch):
-    x, w, b, r = make(5, 100, 37, dtype, True, 6, with_residual=True)
+@pytest.mark.parametrize("isa", ["scalar", "avx512"])
+@pytest.mark.parametrize("rows, K", [(5, 100), (11, 33)])
+def test_capped_isa_path_matches(dtype, isa, rows, K, monkeypatch):
+    # GPT_FAST_CPU_ISA caps the instruction set: "scalar" is the portable loop, "avx512" the AVX-512 path without
+    # the bf16 dot product. Each must match the reference and the default (best) path.
+    x, w, b, r = make(rows, K, 37, dtype, True, 6, with_residual=True)
     packed = ops.pack_linear_weight(w, True)
-    vector = ops.linear_small_m(x, packed, 37, b, r, True)
-    monkeypatch.setenv("GPT_FAST_CPU_SCALAR", "1")
+    best = ops.linear_small_m(x, packed, 37, b, r, True)
+    monkeypatch.setenv("GPT_FAST_CPU_ISA", isa)
     check(x, w, b, r, True, True)
-    portable = ops.linear_small_m(x, packed, 37, b, r, True)
+    capped = ops.linear_small_m(x, packed, 37, b, r, True)
     eps = torch.finfo(dtype).eps
-    torch.testing.assert_close(portable, vector, rtol=4 * eps, atol=4 * eps * vector.abs().max().item())
+    torch.testing.assert_close(capped, best, rtol=4 * eps, atol=4 * eps * best.abs().max().item())
+
+
+def test_rejects_unknown_isa(monkeypatch):
+    monkeypatch.setenv("GPT_FAST_CPU_ISA", "avx9000")
+    with pytest.raises(RuntimeError, match="GPT_FAST_CPU_ISA must be scalar, avx512 or avx512_bf16"):
+        ops.linear_small_m(**args())
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -12,6 +12,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <type_traits>
 #include <vector>
 
 #include "checks.h"
@@ -29,6 +30,7 @@ constexpr int64_t kChunkK = 64;  // k per inner sum: keeps fp32 rounding error n
 template <typename T>
 struct LinearArgs {
   const float* x;      // (M, K) fp32 copy of the input
+  const uint32_t* x_pairs;  // (M, K / 2) bf16 pairs (x[m, 2s], x[m, 2s + 1]) for the vdpbf16ps path, else nullptr
   const T* w;          // (blocks, K, 16)
   const T* bias;       // (N,) or nullptr
   const T* residual;   // (M, N) rows ld_residual apart, or nullptr
@@ -101,25 +103,92 @@ GPT_FAST_AVX512 inline void linear_tile_avx512(const LinearArgs<T>& a, const T* 
   }
 }
 
+// The same for bf16 with vdpbf16ps: one instruction multiplies 16 columns x 2 k and accumulates in fp32, half the
+// FMAs of the path above. Two consecutive k rows of a block (contiguous, 64 bytes) are interleaved into pairs
+// (w[k, j], w[k + 1, j]) with one vpermw; x's matching pair is a 32-bit broadcast. An odd last k goes the fp32 way.
+template <int MR>
+GPT_FAST_AVX512_BF16 inline void linear_tile_dpbf16(const LinearArgs<c10::BFloat16>& a, const c10::BFloat16* wb,
+                                                    int64_t m0, int64_t n0) {
+  using V = cpu::Vec16<c10::BFloat16>;
+  alignas(64) static constexpr uint16_t kInterleave[32] = {0, 16, 1, 17, 2,  18, 3,  19, 4,  20, 5,  21, 6,  22, 7,  23,
+                                                           8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
+  const __m512i interleave = _mm512_load_si512(kInterleave);
+  __m512 total[MR];
+  for (int m = 0; m < MR; ++m) total[m] = _mm512_setzero_ps();
+  const int64_t K = a.K, pairs = K / 2;
+  const uint32_t* xp = a.x_pairs + m0 * pairs;
+  for (int64_t s0 = 0; s0 < pairs; s0 += kChunkK / 2) {  // two-level sum as in linear_tile_avx512
+    const int64_t s1 = std::min(pairs, s0 + kChunkK / 2);
+    __m512 acc[MR];
+    for (int m = 0; m < MR; ++m) acc[m] = _mm512_setzero_ps();
+#pragma GCC unroll 2
+    for (int64_t s = s0; s < s1; ++s) {
+      const __m512bh w = (__m512bh)_mm512_permutexvar_epi16(interleave, _mm512_loadu_si512(wb + 2 * s * kBN));
+      for (int m = 0; m < MR; ++m) {
+        acc[m] = _mm512_dpbf16_ps(acc[m], w, (__m512bh)_mm512_set1_epi32(static_cast<int>(xp[m * pairs + s])));
+      }
+    }
+    for (int m = 0; m < MR; ++m) total[m] = _mm512_add_ps(total[m], acc[m]);
+  }
+  if (K % 2) {
+    const __m512 w = V::load(wb + (K - 1) * kBN);
+    for (int m = 0; m < MR; ++m) {
+      total[m] = _mm512_fmadd_ps(w, _mm512_set1_ps(a.x[(m0 + m) * K + K - 1]), total[m]);
+    }
+  }
+  const __mmask16 lanes = cpu::first_lanes(a.N - n0);
+  const __m512 bias = a.bias ? V::load(a.bias + n0, lanes) : _mm512_setzero_ps();
+  for (int m = 0; m < MR; ++m) {
+    __m512 v = _mm512_add_ps(total[m], bias);
+    if (a.gelu) v = cpu::gelu_tanh_fp32(v);
+    if (a.residual) v = _mm512_add_ps(v, V::load(a.residual + (m0 + m) * a.ld_residual + n0, lanes));
+    V::store(a.out + (m0 + m) * a.N + n0, v, lanes);
+  }
+}
+
+// Calls tile(std::integral_constant<int, MR>{}) with MR = rows (1..kRowTile) as a compile-time constant.
+template <typename Tile>
+void with_row_tile(int64_t rows, Tile&& tile) {
+  switch (rows) {
+    case 1: return tile(std::integral_constant<int, 1>{});
+    case 2: return tile(std::integral_constant<int, 2>{});
+    case 3: return tile(std::integral_constant<int, 3>{});
+    case 4: return tile(std::integral_constant<int, 4>{});
+    case 5: return tile(std::integral_constant<int, 5>{});
+    case 6: return tile(std::integral_constant<int, 6>{});
+    case 7: return tile(std::integral_constant<int, 7>{});
+    default: return tile(std::integral_constant<int, kRowTile>{});
+  }
+}
+
 template <typename T>
-GPT_FAST_AVX512 void linear_blocks_avx512(const LinearArgs<T>& a, int64_t block_begin, int64_t block_end) {
+void linear_blocks_avx512(const LinearArgs<T>& a, int64_t block_begin, int64_t block_end) {
   for (int64_t b = block_begin; b < block_end; ++b) {
     const T* wb = a.w + b * a.K * kBN;
     for (int64_t m0 = 0; m0 < a.M; m0 += kRowTile) {
-      switch (std::min<int64_t>(kRowTile, a.M - m0)) {
-        case 1: linear_tile_avx512<T, 1>(a, wb, m0, b * kBN); break;
-        case 2: linear_tile_avx512<T, 2>(a, wb, m0, b * kBN); break;
-        case 3: linear_tile_avx512<T, 3>(a, wb, m0, b * kBN); break;
-        case 4: linear_tile_avx512<T, 4>(a, wb, m0, b * kBN); break;
-        case 5: linear_tile_avx512<T, 5>(a, wb, m0, b * kBN); break;
-        case 6: linear_tile_avx512<T, 6>(a, wb, m0, b * kBN); break;
-        case 7: linear_tile_avx512<T, 7>(a, wb, m0, b * kBN); break;
-        default: linear_tile_avx512<T, 8>(a, wb, m0, b * kBN); break;
-      }
+      with_row_tile(std::min<int64_t>(kRowTile, a.M - m0), [&](auto mr) {
+        if constexpr (std::is_same_v<T, c10::BFloat16>) {
+          if (a.x_pairs) return linear_tile_dpbf16<decltype(mr)::value>(a, wb, m0, b * kBN);
+        }
+        linear_tile_avx512<T, decltype(mr)::value>(a, wb, m0, b * kBN);
+      });
     }
   }
 }
 #endif
+
+// (M, K / 2) pairs (x[m, 2s], x[m, 2s + 1]) of a bf16 x with strides (s0, s1), low half first.
+inline void bf16_pairs(const c10::BFloat16* x, int64_t M, int64_t K, int64_t s0, int64_t s1, std::vector<uint32_t>& pairs) {
+  const int64_t P = K / 2;
+  pairs.resize(M * P);
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t s = 0; s < P; ++s)
+      pairs[m * P + s] = uint32_t{x[m * s0 + 2 * s * s1].x} | uint32_t{x[m * s0 + (2 * s + 1) * s1].x} << 16;
+}
+template <typename T>
+void bf16_pairs(const T*, int64_t, int64_t, int64_t, int64_t, std::vector<uint32_t>&) {
+  TORCH_INTERNAL_ASSERT(false, "bf16_pairs on a non-bf16 input");
+}
 
 at::Tensor linear_small_m_cpu(const at::Tensor& x, const at::Tensor& packed_weight, int64_t out_features,
                               const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& residual,
@@ -161,13 +230,16 @@ at::Tensor linear_small_m_cpu(const at::Tensor& x, const at::Tensor& packed_weig
     if (res2.stride(1) != 1) res2 = res2.contiguous();
   }
   std::vector<float> xf(M * K);  // (M, K) fp32 copy of x, whatever its strides
+  std::vector<uint32_t> x_pairs;  // (M, K / 2) bf16 pairs, only for the vdpbf16ps path
   const bool vector = cpu::use_avx512();
+  const bool dpbf16 = x.scalar_type() == at::kBFloat16 && K >= 2 && cpu::use_avx512_bf16();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "linear_small_m_cpu", [&] {
     const scalar_t* xp = x2.const_data_ptr<scalar_t>();
     const int64_t s0 = x2.stride(0), s1 = x2.stride(1);
     for (int64_t m = 0; m < M; ++m)
       for (int64_t k = 0; k < K; ++k) xf[m * K + k] = static_cast<float>(xp[m * s0 + k * s1]);
-    LinearArgs<scalar_t> a{xf.data(), packed_weight.const_data_ptr<scalar_t>(),
+    if (dpbf16) bf16_pairs(xp, M, K, s0, s1, x_pairs);
+    LinearArgs<scalar_t> a{xf.data(), dpbf16 ? x_pairs.data() : nullptr, packed_weight.const_data_ptr<scalar_t>(),
                            bias ? bias_c.const_data_ptr<scalar_t>() : nullptr,
                            residual ? res2.const_data_ptr<scalar_t>() : nullptr, out.mutable_data_ptr<scalar_t>(),
                            M, K, N, residual ? res2.stride(0) : 0, gelu};

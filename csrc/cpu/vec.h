@@ -7,7 +7,10 @@
 // contain intrinsics itself.
 #pragma once
 #include <c10/util/BFloat16.h>
+#include <c10/util/Exception.h>
 #include <c10/util/Half.h>
+
+#include <algorithm>
 
 #include <cmath>
 #include <cstdint>
@@ -21,25 +24,47 @@
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #define GPT_FAST_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma,f16c")))
+// AVX-512 plus the BF16 dot-product instruction (vdpbf16ps); use only when use_avx512_bf16() is true.
+#define GPT_FAST_AVX512_BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma,f16c")))
 #else
 #define GPT_FAST_HAVE_X86 0
 #endif
 
 namespace gpt_fast::cpu {
 
-// True when the CPU has AVX-512 (F, BW, VL, DQ) and GPT_FAST_CPU_SCALAR is not set to a non-empty value other than
-// "0". The variable is read on every call so tests can compare both paths in one process.
-inline bool use_avx512() {
-  const char* force = std::getenv("GPT_FAST_CPU_SCALAR");
-  if (force != nullptr && force[0] != '\0' && std::strcmp(force, "0") != 0) return false;
+// Instruction sets the kernels may use, in increasing order.
+enum class Isa { kScalar = 0, kAvx512 = 1, kAvx512Bf16 = 2 };
+
+inline Isa detected_isa() {
 #if GPT_FAST_HAVE_X86
-  static const bool supported = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                                __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
-  return supported;
+  static const Isa isa = [] {
+    if (!(__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq")))
+      return Isa::kScalar;
+    return __builtin_cpu_supports("avx512bf16") ? Isa::kAvx512Bf16 : Isa::kAvx512;
+  }();
+  return isa;
 #else
-  return false;
+  return Isa::kScalar;
 #endif
 }
+
+// The ISA the kernels use: what the CPU has, capped by the environment variable GPT_FAST_CPU_ISA when set
+// ("scalar": the portable loops; "avx512": AVX-512 without the BF16 dot product; "avx512_bf16": everything).
+// It is read on every call so tests can compare the paths in one process.
+inline Isa cpu_isa() {
+  Isa cap = Isa::kAvx512Bf16;
+  if (const char* env = std::getenv("GPT_FAST_CPU_ISA"); env != nullptr && env[0] != '\0') {
+    if (std::strcmp(env, "scalar") == 0) cap = Isa::kScalar;
+    else if (std::strcmp(env, "avx512") == 0) cap = Isa::kAvx512;
+    else TORCH_CHECK(std::strcmp(env, "avx512_bf16") == 0,
+                     "GPT_FAST_CPU_ISA must be scalar, avx512 or avx512_bf16, got '", env, "'");
+  }
+  return std::min(cap, detected_isa());
+}
+
+inline bool use_avx512() { return cpu_isa() >= Isa::kAvx512; }
+inline bool use_avx512_bf16() { return cpu_isa() >= Isa::kAvx512Bf16; }
 
 // Scalar tanh-GELU in fp32, the portable path's definition: 0.5 v (1 + tanh(sqrt(2/pi) (v + 0.044715 v^3))).
 inline float gelu_tanh_scalar(float v) {

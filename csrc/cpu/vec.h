@@ -147,14 +147,17 @@ GPT_FAST_AVX512 inline __m512 exp_fp32(__m512 x) {
 }
 
 // tanh-GELU in fp32. 0.5 v (1 + tanh(u)) == v * sigmoid(2u) == v / (1 + exp(-2u)), u = sqrt(2/pi)(v + 0.044715 v^3);
-// this form needs one exp and one division and has no cancellation. Large |v| saturates correctly (v or -0).
+// this form needs one exp and one reciprocal and has no cancellation. Large |v| saturates correctly (v or -0).
 GPT_FAST_AVX512 inline __m512 gelu_tanh_fp32(__m512 v) {
   const __m512 v2 = _mm512_mul_ps(v, v);
   // -2u = v * (-2 sqrt(2/pi) - 2 sqrt(2/pi) 0.044715 v^2)
   const __m512 minus_2u = _mm512_mul_ps(
       v, _mm512_fmadd_ps(v2, _mm512_set1_ps(-2.f * 0.7978845608028654f * 0.044715f), _mm512_set1_ps(-2.f * 0.7978845608028654f)));
-  const __m512 denom = _mm512_add_ps(_mm512_set1_ps(1.f), exp_fp32(minus_2u));
-  return _mm512_div_ps(v, denom);
+  const __m512 denom = _mm512_add_ps(_mm512_set1_ps(1.f), exp_fp32(minus_2u));  // in [1, 1 + e^88]
+  // 1 / denom: 14-bit estimate refined by one Newton step (~1 ulp), far cheaper than a 512-bit division.
+  const __m512 r0 = _mm512_rcp14_ps(denom);
+  const __m512 r1 = _mm512_mul_ps(r0, _mm512_fnmadd_ps(denom, r0, _mm512_set1_ps(2.f)));
+  return _mm512_mul_ps(v, r1);
 }
 
 #endif  // GPT_FAST_HAVE_X86

@@ -90,11 +90,13 @@ def elementwise_cases(dtype):
     y = torch.randn(PREFILL_ROWS, HIDDEN, generator=g).to(dtype)
     b, ln_w, ln_b = (torch.randn(HIDDEN, generator=g).to(dtype) for _ in range(3))
     return [
-        ("bias_gelu (512, 3072)", "F.gelu(x + b)", lambda: reference.bias_gelu(h, b_fc), lambda: ops.bias_gelu(h, b_fc)),
+        ("bias_gelu (512, 3072)", "F.gelu(x + b)",
+         lambda: reference.bias_gelu(h, b_fc), lambda: ops.bias_gelu(h, b_fc)),
         ("mm + bias_gelu (512x768 @ 768x3072)", "addmm + F.gelu",
          lambda: F.gelu(torch.addmm(b_fc, x, w_fc), approximate="tanh"), lambda: ops.bias_gelu(x @ w_fc, b_fc)),
         ("add_layernorm (512, 768)", "layer_norm(x + y + b)",
-         lambda: reference.add_layernorm(x, y, b, ln_w, ln_b, 1e-5), lambda: ops.add_layernorm(x, y, b, ln_w, ln_b, 1e-5)),
+         lambda: reference.add_layernorm(x, y, b, ln_w, ln_b, 1e-5),
+         lambda: ops.add_layernorm(x, y, b, ln_w, ln_b, 1e-5)),
     ]
 
 
@@ -138,7 +140,8 @@ def run_table(dtypes, rows_list=(1, 8), repeats=7, working_set_mib=256) -> None:
                 rows.append(Row(case, base_name, b_s * 1e6, k_s * 1e6, nbytes / k_s / 1e9))
         bandwidth = max(bandwidth, read_bandwidth_gbs(working_set_mib))  # before and after: the better of the two
         print(f"\n{dtype}: read bandwidth (torch.sum, {working_set_mib} MiB) = {bandwidth:.1f} GB/s")
-        print(f"{'case':40s} {'baseline':22s} {'base us':>9s} {'ours us':>9s} {'speedup':>8s} {'GB/s':>6s} {'of bw':>6s}")
+        header = ["case", "baseline", "base us", "ours us", "speedup", "GB/s", "of bw"]
+        print("{:40s} {:22s} {:>9s} {:>9s} {:>8s} {:>6s} {:>6s}".format(*header))
         for r in rows:
             gbs = f"{r.weight_gbs:6.1f} {r.weight_gbs / bandwidth:6.0%}" if r.weight_gbs else ""
             print(f"{r.case:40s} {r.baseline:22s} {r.baseline_us:9.1f} {r.kernel_us:9.1f} {r.speedup:7.2f}x {gbs}")

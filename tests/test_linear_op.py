@@ -25,7 +25,8 @@ def check(x, weight, bias, residual, gelu, in_out_layout):
     N = weight.shape[1] if in_out_layout else weight.shape[0]
     packed = ops.pack_linear_weight(weight, in_out_layout)
     actual = ops.linear_small_m(x, packed, N, bias, residual, gelu)
-    expected = reference.linear(*upcast(x, weight, bias, residual, dtype=x.dtype), gelu=gelu, in_out_layout=in_out_layout)
+    upcast_args = upcast(x, weight, bias, residual, dtype=x.dtype)
+    expected = reference.linear(*upcast_args, gelu=gelu, in_out_layout=in_out_layout)
     same_dtype = reference.linear(x, weight, bias, residual, gelu=gelu, in_out_layout=in_out_layout)
     assert actual.dtype == x.dtype and actual.is_contiguous()
     assert_within_pytorch_error(actual, expected, same_dtype)

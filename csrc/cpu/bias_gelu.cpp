@@ -37,7 +37,8 @@ GPT_FAST_AVX512 void bias_gelu_avx512(const T* x, const T* bias, T* out, int64_t
       V::store(o + c, cpu::gelu_tanh_fp32(_mm512_add_ps(V::load(xr + c), V::load(bias + c))));
     }
     if (tail) {
-      V::store(o + full, cpu::gelu_tanh_fp32(_mm512_add_ps(V::load(xr + full, tail), V::load(bias + full, tail))), tail);
+      const __m512 v = _mm512_add_ps(V::load(xr + full, tail), V::load(bias + full, tail));
+      V::store(o + full, cpu::gelu_tanh_fp32(v), tail);
     }
   }
 }

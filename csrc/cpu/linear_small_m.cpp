@@ -4,9 +4,12 @@
 // blocked layout of csrc/cpu/linear_layout.h: a task owns whole 16-column blocks (at::parallel_for over blocks),
 // streams a block's K x 16 weights once per tile of up to 8 rows, and keeps the 16-column sums of every row of the
 // tile in registers (two fp32 chains per row, folded every 64 k into a running total for accuracy). Bias, GELU and
-// the residual add happen on those registers before the only store. x is converted once to an fp32 (M, K) buffer, so any strides are accepted.
-// Limits: larger M works but re-reads each block once per 8 rows (use a GEMM for prefill); the residual is copied
-// when its last dim is not contiguous. AVX-512 when the CPU has it, else a portable scalar loop (same layout).
+// the residual add happen on those registers before the only store. x is converted once to an fp32 (M, K) buffer
+// (and, for bf16, to bf16 k pairs), so any strides are accepted.
+// Paths, chosen at run time (csrc/cpu/vec.h, GPT_FAST_CPU_ISA): bf16 with AVX512_BF16 uses vdpbf16ps (2 k per
+// instruction); fp32/bf16/fp16 with AVX-512 convert to fp32 and FMA; elsewhere a portable scalar loop, same layout.
+// Limits: larger M works but re-reads each block once per 8 rows and is compute-bound from M ~ 8 (bf16) on; use a
+// GEMM for prefill. The residual is copied when its last dim is not contiguous.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -29,12 +32,12 @@ constexpr int64_t kChunkK = 64;  // k per inner sum: keeps fp32 rounding error n
 // Everything a task needs; pointers are to contiguous data except residual (row stride ld_residual).
 template <typename T>
 struct LinearArgs {
-  const float* x;      // (M, K) fp32 copy of the input
+  const float* x;           // (M, K) fp32 copy of the input
   const uint32_t* x_pairs;  // (M, K / 2) bf16 pairs (x[m, 2s], x[m, 2s + 1]) for the vdpbf16ps path, else nullptr
-  const T* w;          // (blocks, K, 16)
-  const T* bias;       // (N,) or nullptr
-  const T* residual;   // (M, N) rows ld_residual apart, or nullptr
-  T* out;              // (M, N)
+  const T* w;               // (blocks, K, 16)
+  const T* bias;            // (N,) or nullptr
+  const T* residual;        // (M, N) rows ld_residual apart, or nullptr
+  T* out;                   // (M, N)
   int64_t M, K, N, ld_residual;
   bool gelu;
 };
@@ -110,8 +113,9 @@ template <int MR>
 GPT_FAST_AVX512_BF16 inline void linear_tile_dpbf16(const LinearArgs<c10::BFloat16>& a, const c10::BFloat16* wb,
                                                     int64_t m0, int64_t n0) {
   using V = cpu::Vec16<c10::BFloat16>;
-  alignas(64) static constexpr uint16_t kInterleave[32] = {0, 16, 1, 17, 2,  18, 3,  19, 4,  20, 5,  21, 6,  22, 7,  23,
-                                                           8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
+  alignas(64) static constexpr uint16_t kInterleave[32] = {0, 16, 1, 17, 2,  18, 3,  19, 4,  20, 5,  21, 6,  22,
+                                                           7, 23, 8, 24, 9,  25, 10, 26, 11, 27, 12, 28, 13, 29,
+                                                           14, 30, 15, 31};
   const __m512i interleave = _mm512_load_si512(kInterleave);
   __m512 total[MR];
   for (int m = 0; m < MR; ++m) total[m] = _mm512_setzero_ps();
@@ -178,7 +182,8 @@ void linear_blocks_avx512(const LinearArgs<T>& a, int64_t block_begin, int64_t b
 #endif
 
 // (M, K / 2) pairs (x[m, 2s], x[m, 2s + 1]) of a bf16 x with strides (s0, s1), low half first.
-inline void bf16_pairs(const c10::BFloat16* x, int64_t M, int64_t K, int64_t s0, int64_t s1, std::vector<uint32_t>& pairs) {
+inline void bf16_pairs(const c10::BFloat16* x, int64_t M, int64_t K, int64_t s0, int64_t s1,
+                       std::vector<uint32_t>& pairs) {
   const int64_t P = K / 2;
   pairs.resize(M * P);
   for (int64_t m = 0; m < M; ++m)

@@ -107,7 +107,9 @@ struct Vec16<c10::BFloat16> {
     return bf16_bits_to_fp32(_mm256_maskz_loadu_epi16(m, p));
   }
   GPT_FAST_AVX512 static void store(T* p, __m512 v) { _mm256_storeu_si256((__m256i*)p, fp32_to_bf16_bits(v)); }
-  GPT_FAST_AVX512 static void store(T* p, __m512 v, __mmask16 m) { _mm256_mask_storeu_epi16(p, m, fp32_to_bf16_bits(v)); }
+  GPT_FAST_AVX512 static void store(T* p, __m512 v, __mmask16 m) {
+    _mm256_mask_storeu_epi16(p, m, fp32_to_bf16_bits(v));
+  }
 };
 
 template <>
@@ -115,7 +117,9 @@ struct Vec16<c10::Half> {
   using T = c10::Half;
   static constexpr int kRound = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
   GPT_FAST_AVX512 static __m512 load(const T* p) { return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)p)); }
-  GPT_FAST_AVX512 static __m512 load(const T* p, __mmask16 m) { return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, p)); }
+  GPT_FAST_AVX512 static __m512 load(const T* p, __mmask16 m) {
+    return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, p));
+  }
   GPT_FAST_AVX512 static void store(T* p, __m512 v) { _mm256_storeu_si256((__m256i*)p, _mm512_cvtps_ph(v, kRound)); }
   GPT_FAST_AVX512 static void store(T* p, __m512 v, __mmask16 m) {
     _mm256_mask_storeu_epi16(p, m, _mm512_cvtps_ph(v, kRound));
@@ -150,9 +154,10 @@ GPT_FAST_AVX512 inline __m512 exp_fp32(__m512 x) {
 // this form needs one exp and one reciprocal and has no cancellation. Large |v| saturates correctly (v or -0).
 GPT_FAST_AVX512 inline __m512 gelu_tanh_fp32(__m512 v) {
   const __m512 v2 = _mm512_mul_ps(v, v);
+  constexpr float kMinus2c = -2.f * 0.7978845608028654f;  // -2 sqrt(2/pi)
   // -2u = v * (-2 sqrt(2/pi) - 2 sqrt(2/pi) 0.044715 v^2)
-  const __m512 minus_2u = _mm512_mul_ps(
-      v, _mm512_fmadd_ps(v2, _mm512_set1_ps(-2.f * 0.7978845608028654f * 0.044715f), _mm512_set1_ps(-2.f * 0.7978845608028654f)));
+  const __m512 minus_2u =
+      _mm512_mul_ps(v, _mm512_fmadd_ps(v2, _mm512_set1_ps(kMinus2c * 0.044715f), _mm512_set1_ps(kMinus2c)));
   const __m512 denom = _mm512_add_ps(_mm512_set1_ps(1.f), exp_fp32(minus_2u));  // in [1, 1 + e^88]
   // 1 / denom: 14-bit estimate refined by one Newton step (~1 ulp), far cheaper than a 512-bit division.
   const __m512 r0 = _mm512_rcp14_ps(denom);

@@ -10,7 +10,8 @@ table gives the weight bytes read per second and, for scale, the machine's read 
 
 A decode step reads every layer's weights once (GPT-1: ~240 MB in bf16), so a benchmark that multiplied by one
 cache-resident weight would flatter both sides: by default each linear case cycles through copies of its weight
-totalling --working-set-mib (256 MiB), the baseline and the kernel alike. Note the CPU's L3 may be large (this
+totalling --working-set-mib (256 MiB), the baseline and the kernel alike. On a machine shared with other jobs,
+`--threads 1 --cpu-time` measures the per-core cost without the time spent descheduled. Note the CPU's L3 may be large (this
 VM reports 480 MiB shared with its host); pass a larger working set to measure DRAM rather than L3.
 """
 
@@ -40,6 +41,9 @@ LAYERS = [
 ]
 
 
+CLOCK = time.perf_counter  # main(--cpu-time) switches to time.process_time
+
+
 def best_of_interleaved(fns: list[Callable[[], object]], repeats: int = 7, min_seconds: float = 0.02) -> list[float]:
     """Seconds per call of each fn: calls per repeat sized to ~min_seconds, fns interleaved, best repeat kept."""
     for fn in fns:
@@ -53,10 +57,10 @@ def best_of_interleaved(fns: list[Callable[[], object]], repeats: int = 7, min_s
     best = [float("inf")] * len(fns)
     for _ in range(repeats):
         for i, fn in enumerate(fns):
-            start = time.perf_counter()
+            start = CLOCK()
             for _ in range(counts[i]):
                 fn()
-            best[i] = min(best[i], (time.perf_counter() - start) / counts[i])
+            best[i] = min(best[i], (CLOCK() - start) / counts[i])
     return best
 
 
@@ -125,7 +129,8 @@ def linear_case(name, K, N, in_out_layout, gelu, rows, dtype, working_set_mib=0)
 
 
 def run_table(dtypes, rows_list=(1, 8), repeats=7, working_set_mib=256) -> None:
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.machine()}, "
+    clock = "CPU time (process_time)" if CLOCK is time.process_time else "wall time"
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.machine()}, {clock}, "
           f"linear working set {working_set_mib} MiB per case")
     for dtype in dtypes:
         rows: list[Row] = []
@@ -180,10 +185,16 @@ def main() -> None:
     parser.add_argument("--rows", type=int, nargs="+", default=[1, 8], help="decode rows M for the linear cases")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--cpu-time", action="store_true",
+                        help="time with process_time: on a shared, oversubscribed machine use it with --threads 1, "
+                             "so time spent descheduled does not count")
     parser.add_argument("--working-set-mib", type=int, default=256, help="weight copies cycled per linear case")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.cpu_time:
+        global CLOCK
+        CLOCK = time.process_time
     dtypes = {"fp32": [torch.float32], "bf16": [torch.bfloat16], "both": [torch.float32, torch.bfloat16]}[args.dtype]
     run_table(dtypes, tuple(args.rows), args.repeats, args.working_set_mib)
 

@@ -13,7 +13,7 @@ DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 
 def make(rows, K, N, dtype, in_out_layout, seed, with_bias=True, with_residual=False, x_shape=None):
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(*(x_shape or (rows,)), K, generator=g).to(dtype)
+    x = torch.randn(*(x_shape if x_shape is not None else (rows,)), K, generator=g).to(dtype)
     weight = (torch.randn(K, N, generator=g) / K**0.5).to(dtype)  # (K, N)
     weight = weight if in_out_layout else weight.t().contiguous()  # (N, K) for nn.Linear layout
     bias = torch.randn(N, generator=g).to(dtype) if with_bias else None
@@ -58,6 +58,12 @@ def test_vocab_sized_lm_head(dtype):
 def test_three_dim_input_and_residual(dtype):
     x, w, b, r = make(None, 96, 50, dtype, True, 4, with_residual=True, x_shape=(3, 5))  # x (3, 5, 96)
     check(x, w, b, r, True, True)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_one_dim_input(dtype):
+    x, w, b, r = make(None, 40, 24, dtype, False, 8, with_residual=True, x_shape=())  # x (40,), residual (24,)
+    check(x, w, b, r, False, False)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

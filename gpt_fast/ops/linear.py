@@ -9,7 +9,15 @@ pack_linear_weight, and applies bias, tanh-GELU and a residual add in registers 
 Packed layout: W of logical shape (K, N) = (in_features, out_features) becomes a contiguous (ceil(N / 16), K, 16)
 tensor of W's dtype, zero-padded past N: block b holds columns [16 b, 16 b + 16) for every k
 (see csrc/cpu/linear_layout.h). Both ops take tensors and plain scalars only and have fake kernels, so they trace
-under torch.compile. Prefill (many rows) should use a GEMM (torch.mm / addmm) plus bias_gelu instead.
+under torch.compile.
+
+When to use it (measured on the 2-core Sapphire Rapids VM, see benchmarks/bench_linear.py): it is bound by the
+weight read for M = 1..4 rows. From M ~ 8 in bf16 it becomes compute-bound (vector FMAs / vdpbf16ps), while
+PyTorch's oneDNN matmul uses AMX there, so for bf16 prefer torch.addmm + bias_gelu once M >= 8; in fp32 it keeps
+up with or beats addmm up to M = 16. Prefill (many rows) should always use a GEMM plus bias_gelu.
+
+Kernel paths are chosen at run time: vdpbf16ps (bf16, CPUs with AVX512_BF16), AVX-512 FMA (fp32, bf16, fp16), or a
+portable scalar loop. The environment variable GPT_FAST_CPU_ISA=scalar|avx512|avx512_bf16 caps the choice (tests).
 """
 
 from __future__ import annotations

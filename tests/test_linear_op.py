@@ -41,7 +41,7 @@ EPILOGUES = [  # (bias, gelu, residual)
 @pytest.mark.parametrize("in_out_layout", [True, False])
 @pytest.mark.parametrize("epilogue", EPILOGUES, ids=lambda e: "bias%d-gelu%d-res%d" % e)
 @pytest.mark.parametrize("rows, K, N", [(1, 768, 2304), (2, 48, 80), (7, 80, 13), (16, 768, 768), (97, 13, 1),
-                                        (513, 40, 48), (3, 1, 17)])
+                                        (513, 40, 48), (3, 1, 17), (4, 64, 40), (20, 96, 33)])
 def test_matches_reference(dtype, in_out_layout, epilogue, rows, K, N):
     with_bias, gelu, with_residual = epilogue
     x, w, b, r = make(rows, K, N, dtype, in_out_layout, rows * 7 + K + N, with_bias, with_residual)
@@ -92,11 +92,12 @@ def test_packed_layout(in_out_layout):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("isa", ["scalar", "avx512"])
-@pytest.mark.parametrize("rows, K", [(5, 100), (11, 33)])
+@pytest.mark.parametrize("isa", ["scalar", "avx512", "avx512_bf16"])
+@pytest.mark.parametrize("rows, K", [(5, 100), (11, 33), (18, 64)])
 def test_capped_isa_path_matches(dtype, isa, rows, K, monkeypatch):
     # GPT_FAST_CPU_ISA caps the instruction set: "scalar" is the portable loop, "avx512" the AVX-512 path without
-    # the bf16 dot product. Each must match the reference and the default (best) path.
+    # the bf16 dot product, "avx512_bf16" without AMX. Each must match the reference and the default (best) path,
+    # which for bf16 with rows >= 4 and K % 32 == 0 is AMX where the CPU has it.
     x, w, b, r = make(rows, K, 37, dtype, True, 6, with_residual=True)
     packed = ops.pack_linear_weight(w, True)
     best = ops.linear_small_m(x, packed, 37, b, r, True)
@@ -109,7 +110,7 @@ def test_capped_isa_path_matches(dtype, isa, rows, K, monkeypatch):
 
 def test_rejects_unknown_isa(monkeypatch):
     monkeypatch.setenv("GPT_FAST_CPU_ISA", "avx9000")
-    with pytest.raises(RuntimeError, match="GPT_FAST_CPU_ISA must be scalar, avx512 or avx512_bf16"):
+    with pytest.raises(RuntimeError, match="GPT_FAST_CPU_ISA must be scalar, avx512, avx512_bf16 or amx"):
         ops.linear_small_m(**args())
 
 

@@ -30,7 +30,8 @@ constexpr int kRowTile = 8;
 // Software prefetch distance into the weight stream, in bytes. The hardware prefetcher stops at 4 KiB pages; 1 KiB
 // ahead measured best of {0, 512, 1024, 2048, 4096} here (up to ~1.3x at M = 4, a little at M = 1).
 constexpr int64_t kPrefetch = 1024;
-constexpr int64_t kChunkK = 64;  // k per inner sum: keeps fp32 rounding error near a blocked GEMM's
+constexpr int64_t kChunkK = 64;
+constexpr int64_t kAmxMinRows = 4;  // bf16 with AMX from this many rows on (below, vdpbf16ps keeps up with memory)  // k per inner sum: keeps fp32 rounding error near a blocked GEMM's
 
 // Everything a task needs; pointers are to contiguous data except residual (row stride ld_residual).
 template <typename T>
@@ -43,6 +44,7 @@ struct LinearArgs {
   T* out;                   // (M, N)
   int64_t M, K, N, ld_residual;
   bool gelu;
+  bool amx;  // bf16 only: take linear_blocks_amx (x_pairs then holds M rounded up to 16 rows)
 };
 
 template <typename T>
@@ -72,16 +74,21 @@ void linear_blocks_scalar(const LinearArgs<T>& a, int64_t block_begin, int64_t b
 }
 
 #if GPT_FAST_HAVE_X86
+// vpermw indices turning two k rows of a block (w[k, 0..15], w[k + 1, 0..15]) into pairs (w[k, j], w[k + 1, j]).
+alignas(64) constexpr uint16_t kInterleave[32] = {0, 16, 1, 17, 2,  18, 3,  19, 4,  20, 5,  21, 6,  22, 7,  23,
+                                                  8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
+
 // Independent accumulator chains per row: enough that MR * chains covers the FMA latency even for one row.
 constexpr int chains_for(int rows) { return rows == 1 ? 4 : rows == 2 ? 2 : 1; }
 
-// Bias, GELU, residual on the fp32 sums of rows [m0, m0 + MR), columns [n0, n0 + 16), then the only store.
-template <typename T, int MR>
-GPT_FAST_AVX512 inline void finish_tile(const LinearArgs<T>& a, const __m512* total, int64_t m0, int64_t n0) {
+// Bias, GELU, residual on the fp32 sums of rows [m0, m0 + rows), columns [n0, n0 + 16), then the only store.
+template <typename T>
+GPT_FAST_AVX512 inline void finish_tile(const LinearArgs<T>& a, const __m512* total, int rows, int64_t m0,
+                                        int64_t n0) {
   using V = cpu::Vec16<T>;
   const __mmask16 lanes = cpu::first_lanes(a.N - n0);
   const __m512 bias = a.bias ? V::load(a.bias + n0, lanes) : _mm512_setzero_ps();
-  for (int m = 0; m < MR; ++m) {
+  for (int m = 0; m < rows; ++m) {
     __m512 v = _mm512_add_ps(total[m], bias);
     if (a.gelu) v = cpu::gelu_tanh_fp32(v);
     if (a.residual) v = _mm512_add_ps(v, V::load(a.residual + (m0 + m) * a.ld_residual + n0, lanes));
@@ -120,7 +127,7 @@ GPT_FAST_AVX512 inline void linear_tile_avx512(const LinearArgs<T>& a, const T* 
     for (int c = 0; c < CH; ++c)
       for (int m = 0; m < MR; ++m) total[m] = _mm512_add_ps(total[m], acc[c][m]);
   }
-  finish_tile<T, MR>(a, total, m0, n0);
+  finish_tile<T>(a, total, MR, m0, n0);
 }
 
 // The same for bf16 with vdpbf16ps: one instruction multiplies 16 columns x 2 k and accumulates in fp32, half the
@@ -130,9 +137,6 @@ template <int MR>
 GPT_FAST_AVX512_BF16 inline void linear_tile_dpbf16(const LinearArgs<c10::BFloat16>& a, const c10::BFloat16* wb,
                                                     int64_t m0, int64_t n0) {
   constexpr int CH = chains_for(MR);
-  alignas(64) static constexpr uint16_t kInterleave[32] = {0, 16, 1, 17, 2,  18, 3,  19, 4,  20, 5,  21, 6,  22,
-                                                           7, 23, 8, 24, 9,  25, 10, 26, 11, 27, 12, 28, 13, 29,
-                                                           14, 30, 15, 31};
   const __m512i interleave = _mm512_load_si512(kInterleave);
   auto pair_step = [&](__m512* acc, const uint32_t* xp, int64_t pairs, int64_t s) GPT_FAST_AVX512_BF16 {
     _mm_prefetch(reinterpret_cast<const char*>(wb + 2 * s * kBN) + kPrefetch, _MM_HINT_T0);
@@ -163,7 +167,50 @@ GPT_FAST_AVX512_BF16 inline void linear_tile_dpbf16(const LinearArgs<c10::BFloat
       total[m] = _mm512_fmadd_ps(w, _mm512_set1_ps(a.x[(m0 + m) * K + K - 1]), total[m]);
     }
   }
-  finish_tile<c10::BFloat16, MR>(a, total, m0, n0);
+  finish_tile<c10::BFloat16>(a, total, MR, m0, n0);
+}
+
+// bf16 with AMX, for M >= kAmxMinRows and K % 32 == 0: per block and 16-row tile, C (16 x 16 fp32) += A (16 rows
+// x 32 k of x) . B (32 k x 16 columns) for every 32 k, with tdpbf16ps. B needs k pairs interleaved, so each 1 KiB
+// piece of the block is re-laid out through L1 with vpermw; x_pairs holds x as bf16 rows padded to 16 rows.
+struct AmxTileConfig {
+  uint8_t palette_id = 1, start_row = 0, reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+};
+constexpr int kAmxRows = 16, kAmxK = 32;
+
+GPT_FAST_AMX void linear_blocks_amx(const LinearArgs<c10::BFloat16>& a, int64_t block_begin, int64_t block_end) {
+  AmxTileConfig config;
+  for (int t = 0; t < 3; ++t) config.rows[t] = kAmxRows, config.colsb[t] = 64;  // tmm0 = A, tmm1 = B, tmm2 = C
+  _tile_loadconfig(&config);
+  alignas(64) uint16_t b_tile[kAmxK / 2 * 32];  // (16 k pairs, 16 columns x 2)
+  alignas(64) float c_tile[kAmxRows * kBN];     // (16 rows, 16 columns)
+  const __m512i interleave = _mm512_load_si512(kInterleave);
+  const int64_t K = a.K;
+  const auto* x = reinterpret_cast<const c10::BFloat16*>(a.x_pairs);  // (M rounded up to 16, K)
+  for (int64_t b = block_begin; b < block_end; ++b) {
+    const c10::BFloat16* wb = a.w + b * K * kBN;
+    for (int64_t m0 = 0; m0 < a.M; m0 += kAmxRows) {
+      _tile_zero(2);
+      for (int64_t k0 = 0; k0 < K; k0 += kAmxK) {
+        for (int p = 0; p < kAmxK / 2; ++p) {
+          const c10::BFloat16* rows = wb + (k0 + 2 * p) * kBN;
+          _mm_prefetch(reinterpret_cast<const char*>(rows) + kPrefetch, _MM_HINT_T0);
+          _mm512_store_si512(b_tile + p * 32, _mm512_permutexvar_epi16(interleave, _mm512_loadu_si512(rows)));
+        }
+        _tile_loadd(1, b_tile, 64);
+        _tile_loadd(0, x + m0 * K + k0, K * 2);
+        _tile_dpbf16ps(2, 0, 1);
+      }
+      _tile_stored(2, c_tile, kBN * 4);
+      const int rows = static_cast<int>(std::min<int64_t>(kAmxRows, a.M - m0));
+      __m512 total[kAmxRows];
+      for (int m = 0; m < rows; ++m) total[m] = _mm512_load_ps(c_tile + m * kBN);
+      finish_tile<c10::BFloat16>(a, total, rows, m0, b * kBN);
+    }
+  }
+  _tile_release();
 }
 
 // Calls tile(std::integral_constant<int, MR>{}) with MR = rows (1..kRowTile) as a compile-time constant.
@@ -183,6 +230,9 @@ void with_row_tile(int64_t rows, Tile&& tile) {
 
 template <typename T>
 void linear_blocks_avx512(const LinearArgs<T>& a, int64_t block_begin, int64_t block_end) {
+  if constexpr (std::is_same_v<T, c10::BFloat16>) {
+    if (a.amx) return linear_blocks_amx(a, block_begin, block_end);
+  }
   for (int64_t b = block_begin; b < block_end; ++b) {
     const T* wb = a.w + b * a.K * kBN;
     for (int64_t m0 = 0; m0 < a.M; m0 += kRowTile) {
@@ -197,17 +247,18 @@ void linear_blocks_avx512(const LinearArgs<T>& a, int64_t block_begin, int64_t b
 }
 #endif
 
-// (M, K / 2) pairs (x[m, 2s], x[m, 2s + 1]) of a bf16 x with strides (s0, s1), low half first.
-inline void bf16_pairs(const c10::BFloat16* x, int64_t M, int64_t K, int64_t s0, int64_t s1,
+// (rows, K / 2) pairs (x[m, 2s], x[m, 2s + 1]) of a bf16 x with strides (s0, s1), low half first; rows >= M, the
+// rows past M are zeros. For even K this is x as contiguous bf16 rows.
+inline void bf16_pairs(const c10::BFloat16* x, int64_t M, int64_t rows, int64_t K, int64_t s0, int64_t s1,
                        std::vector<uint32_t>& pairs) {
   const int64_t P = K / 2;
-  pairs.resize(M * P);
+  pairs.assign(rows * P, 0u);
   for (int64_t m = 0; m < M; ++m)
     for (int64_t s = 0; s < P; ++s)
       pairs[m * P + s] = uint32_t{x[m * s0 + 2 * s * s1].x} | uint32_t{x[m * s0 + (2 * s + 1) * s1].x} << 16;
 }
 template <typename T>
-void bf16_pairs(const T*, int64_t, int64_t, int64_t, int64_t, std::vector<uint32_t>&) {
+void bf16_pairs(const T*, int64_t, int64_t, int64_t, int64_t, int64_t, std::vector<uint32_t>&) {
   TORCH_INTERNAL_ASSERT(false, "bf16_pairs on a non-bf16 input");
 }
 
@@ -254,16 +305,17 @@ at::Tensor linear_small_m_cpu(const at::Tensor& x, const at::Tensor& packed_weig
   std::vector<uint32_t> x_pairs;  // (M, K / 2) bf16 pairs, only for the vdpbf16ps path
   const bool vector = cpu::use_avx512();
   const bool dpbf16 = x.scalar_type() == at::kBFloat16 && K >= 2 && cpu::use_avx512_bf16();
+  const bool amx = dpbf16 && M >= kAmxMinRows && K % kAmxK == 0 && cpu::use_amx();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "linear_small_m_cpu", [&] {
     const scalar_t* xp = x2.const_data_ptr<scalar_t>();
     const int64_t s0 = x2.stride(0), s1 = x2.stride(1);
     for (int64_t m = 0; m < M; ++m)
       for (int64_t k = 0; k < K; ++k) xf[m * K + k] = static_cast<float>(xp[m * s0 + k * s1]);
-    if (dpbf16) bf16_pairs(xp, M, K, s0, s1, x_pairs);
+    if (dpbf16) bf16_pairs(xp, M, amx ? (M + kAmxRows - 1) / kAmxRows * kAmxRows : M, K, s0, s1, x_pairs);
     LinearArgs<scalar_t> a{xf.data(), dpbf16 ? x_pairs.data() : nullptr, packed_weight.const_data_ptr<scalar_t>(),
                            bias ? bias_c.const_data_ptr<scalar_t>() : nullptr,
                            residual ? res2.const_data_ptr<scalar_t>() : nullptr, out.mutable_data_ptr<scalar_t>(),
-                           M, K, N, residual ? res2.stride(0) : 0, gelu};
+                           M, K, N, residual ? res2.stride(0) : 0, gelu, amx};
     const int64_t grain = std::max<int64_t>(1, 32768 / (K * kBN));  // >= ~32K weights per task
     at::parallel_for(0, blocks, grain, [&](int64_t begin, int64_t end) {
 #if GPT_FAST_HAVE_X86

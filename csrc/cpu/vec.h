@@ -26,6 +26,11 @@
 #define GPT_FAST_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma,f16c")))
 // AVX-512 plus the BF16 dot-product instruction (vdpbf16ps); use only when use_avx512_bf16() is true.
 #define GPT_FAST_AVX512_BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma,f16c")))
+// AVX-512 plus AMX tiles with bf16 (tdpbf16ps); use only when use_amx() is true.
+#define GPT_FAST_AMX \
+  __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma,f16c,amx-tile,amx-bf16")))
+#include <sys/syscall.h>
+#include <unistd.h>
 #else
 #define GPT_FAST_HAVE_X86 0
 #endif
@@ -33,7 +38,17 @@
 namespace gpt_fast::cpu {
 
 // Instruction sets the kernels may use, in increasing order.
-enum class Isa { kScalar = 0, kAvx512 = 1, kAvx512Bf16 = 2 };
+enum class Isa { kScalar = 0, kAvx512 = 1, kAvx512Bf16 = 2, kAmx = 3 };
+
+// Linux hands out AMX tile state only on request (arch_prctl ARCH_REQ_XCOMP_PERM for XFEATURE_XTILEDATA).
+inline bool request_amx_permission() {
+#if GPT_FAST_HAVE_X86 && defined(__linux__) && defined(SYS_arch_prctl)
+  constexpr int kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+  return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+#else
+  return false;
+#endif
+}
 
 inline Isa detected_isa() {
 #if GPT_FAST_HAVE_X86
@@ -41,7 +56,9 @@ inline Isa detected_isa() {
     if (!(__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq")))
       return Isa::kScalar;
-    return __builtin_cpu_supports("avx512bf16") ? Isa::kAvx512Bf16 : Isa::kAvx512;
+    if (!__builtin_cpu_supports("avx512bf16")) return Isa::kAvx512;
+    const bool amx = __builtin_cpu_supports("amx-tile") && __builtin_cpu_supports("amx-bf16");
+    return amx && request_amx_permission() ? Isa::kAmx : Isa::kAvx512Bf16;
   }();
   return isa;
 #else
@@ -50,21 +67,24 @@ inline Isa detected_isa() {
 }
 
 // The ISA the kernels use: what the CPU has, capped by the environment variable GPT_FAST_CPU_ISA when set
-// ("scalar": the portable loops; "avx512": AVX-512 without the BF16 dot product; "avx512_bf16": everything).
+// ("scalar": the portable loops; "avx512": AVX-512 without the BF16 dot product; "avx512_bf16": AVX-512 with it
+// but no AMX; "amx": everything).
 // It is read on every call so tests can compare the paths in one process.
 inline Isa cpu_isa() {
-  Isa cap = Isa::kAvx512Bf16;
+  Isa cap = Isa::kAmx;
   if (const char* env = std::getenv("GPT_FAST_CPU_ISA"); env != nullptr && env[0] != '\0') {
     if (std::strcmp(env, "scalar") == 0) cap = Isa::kScalar;
     else if (std::strcmp(env, "avx512") == 0) cap = Isa::kAvx512;
-    else TORCH_CHECK(std::strcmp(env, "avx512_bf16") == 0,
-                     "GPT_FAST_CPU_ISA must be scalar, avx512 or avx512_bf16, got '", env, "'");
+    else if (std::strcmp(env, "avx512_bf16") == 0) cap = Isa::kAvx512Bf16;
+    else TORCH_CHECK(std::strcmp(env, "amx") == 0,
+                     "GPT_FAST_CPU_ISA must be scalar, avx512, avx512_bf16 or amx, got '", env, "'");
   }
   return std::min(cap, detected_isa());
 }
 
 inline bool use_avx512() { return cpu_isa() >= Isa::kAvx512; }
 inline bool use_avx512_bf16() { return cpu_isa() >= Isa::kAvx512Bf16; }
+inline bool use_amx() { return cpu_isa() >= Isa::kAmx; }
 
 // Scalar tanh-GELU in fp32, the portable path's definition: 0.5 v (1 + tanh(sqrt(2/pi) (v + 0.044715 v^3))).
 inline float gelu_tanh_scalar(float v) {

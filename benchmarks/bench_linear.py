@@ -11,8 +11,8 @@ table gives the weight bytes read per second and, for scale, the machine's read 
 A decode step reads every layer's weights once (GPT-1: ~240 MB in bf16), so a benchmark that multiplied by one
 cache-resident weight would flatter both sides: by default each linear case cycles through copies of its weight
 totalling --working-set-mib (256 MiB), the baseline and the kernel alike. On a machine shared with other jobs,
-`--threads 1 --cpu-time` measures the per-core cost without the time spent descheduled. Note the CPU's L3 may be large (this
-VM reports 480 MiB shared with its host); pass a larger working set to measure DRAM rather than L3.
+`--threads 1 --cpu-time` measures the per-core cost without the time spent descheduled. Note the CPU's L3 may be
+large (this VM reports 480 MiB shared with its host); pass a larger working set to measure DRAM rather than L3.
 """
 
 from __future__ import annotations

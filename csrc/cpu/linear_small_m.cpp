@@ -6,10 +6,11 @@
 // tile in registers (two fp32 chains per row, folded every 64 k into a running total for accuracy). Bias, GELU and
 // the residual add happen on those registers before the only store. x is converted once to an fp32 (M, K) buffer
 // (and, for bf16, to bf16 k pairs), so any strides are accepted.
-// Paths, chosen at run time (csrc/cpu/vec.h, GPT_FAST_CPU_ISA): bf16 with AVX512_BF16 uses vdpbf16ps (2 k per
-// instruction); fp32/bf16/fp16 with AVX-512 convert to fp32 and FMA; elsewhere a portable scalar loop, same layout.
-// Limits: larger M works but re-reads each block once per 8 rows and is compute-bound from M ~ 8 (bf16) on; use a
-// GEMM for prefill. The residual is copied when its last dim is not contiguous.
+// Paths, chosen at run time (csrc/cpu/vec.h, GPT_FAST_CPU_ISA): bf16 with >= 4 rows, K % 32 == 0 and AMX uses
+// tdpbf16ps tiles (16 rows x 16 columns x 32 k); other bf16 with AVX512_BF16 uses vdpbf16ps (2 k per instruction);
+// fp32/bf16/fp16 with AVX-512 convert to fp32 and FMA; elsewhere a portable scalar loop reads the same layout.
+// Limits: larger M works but re-reads each block once per 8 (AMX: 16) rows; use a GEMM for prefill. The residual
+// is copied when its last dim is not contiguous.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -30,8 +31,8 @@ constexpr int kRowTile = 8;
 // Software prefetch distance into the weight stream, in bytes. The hardware prefetcher stops at 4 KiB pages; 1 KiB
 // ahead measured best of {0, 512, 1024, 2048, 4096} here (up to ~1.3x at M = 4, a little at M = 1).
 constexpr int64_t kPrefetch = 1024;
-constexpr int64_t kChunkK = 64;
-constexpr int64_t kAmxMinRows = 4;  // bf16 with AMX from this many rows on (below, vdpbf16ps keeps up with memory)  // k per inner sum: keeps fp32 rounding error near a blocked GEMM's
+constexpr int64_t kChunkK = 64;      // k per inner sum: keeps fp32 rounding error near a blocked GEMM's
+constexpr int64_t kAmxMinRows = 4;  // bf16 with AMX from this many rows on (below, vdpbf16ps keeps up with memory)
 
 // Everything a task needs; pointers are to contiguous data except residual (row stride ld_residual).
 template <typename T>

@@ -11,13 +11,14 @@ tensor of W's dtype, zero-padded past N: block b holds columns [16 b, 16 b + 16)
 (see csrc/cpu/linear_layout.h). Both ops take tensors and plain scalars only and have fake kernels, so they trace
 under torch.compile.
 
-When to use it (measured on the 2-core Sapphire Rapids VM, see benchmarks/bench_linear.py): it is bound by the
-weight read for M = 1..4 rows. From M ~ 8 in bf16 it becomes compute-bound (vector FMAs / vdpbf16ps), while
-PyTorch's oneDNN matmul uses AMX there, so for bf16 prefer torch.addmm + bias_gelu once M >= 8; in fp32 it keeps
-up with or beats addmm up to M = 16. Prefill (many rows) should always use a GEMM plus bias_gelu.
+When to use it (measured on the 2-core Sapphire Rapids VM, see benchmarks/bench_linear.py): decode, M = 1 to 16
+rows, where it is bound by the weight read (bf16 with AMX up to 16 rows; fp32 with AVX-512 FMAs drifts toward
+compute-bound from M ~ 8). Prefill (many rows) should use a GEMM (torch.addmm / mm) plus bias_gelu: larger M works
+but re-reads each weight block once per 8 (or, with AMX, 16) rows.
 
-Kernel paths are chosen at run time: vdpbf16ps (bf16, CPUs with AVX512_BF16), AVX-512 FMA (fp32, bf16, fp16), or a
-portable scalar loop. The environment variable GPT_FAST_CPU_ISA=scalar|avx512|avx512_bf16 caps the choice (tests).
+Kernel paths are chosen at run time: AMX tdpbf16ps (bf16, >= 4 rows, K % 32 == 0, CPUs with AMX), vdpbf16ps (bf16,
+AVX512_BF16), AVX-512 FMA (fp32, bf16, fp16), or a portable scalar loop. The environment variable
+GPT_FAST_CPU_ISA=scalar|avx512|avx512_bf16|amx caps the choice (the tests compare every path).
 """
 
 from __future__ import annotations

@@ -91,7 +91,7 @@ GPT_FAST_AVX512 void add_layernorm_avx512(const T* x, const T* res, const T* bia
 template <typename T>
 void add_layernorm_rows(const T* x, const T* res, const T* bias, const T* w, const T* b, T* out, int64_t rows,
                         int64_t C, float eps) {
-  const bool vector = cpu::use_avx512();
+  [[maybe_unused]] const bool vector = cpu::use_avx512();
   at::parallel_for(0, rows, std::max<int64_t>(1, 16384 / C), [&](int64_t begin, int64_t end) {
 #if GPT_FAST_HAVE_X86
     if constexpr (!std::is_same_v<T, double>) {

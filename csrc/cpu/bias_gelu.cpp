@@ -57,7 +57,7 @@ at::Tensor bias_gelu_cpu(const at::Tensor& x, const at::Tensor& bias) {
   if (xc.numel() == 0) return out;
   const int64_t rows = xc.numel() / N;
   const int64_t grain = std::max<int64_t>(1, 32768 / N);  // ~32K elements per task
-  const bool vector = cpu::use_avx512();
+  [[maybe_unused]] const bool vector = cpu::use_avx512();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "bias_gelu_cpu", [&] {
     const scalar_t* xp = xc.const_data_ptr<scalar_t>();
     const scalar_t* bp = bc.const_data_ptr<scalar_t>();

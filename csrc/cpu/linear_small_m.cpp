@@ -32,6 +32,7 @@ constexpr int kRowTile = 8;
 // ahead measured best of {0, 512, 1024, 2048, 4096} here (up to ~1.3x at M = 4, a little at M = 1).
 constexpr int64_t kPrefetch = 1024;
 constexpr int64_t kChunkK = 64;      // k per inner sum: keeps fp32 rounding error near a blocked GEMM's
+constexpr int kAmxRows = 16, kAmxK = 32;  // AMX tile: 16 rows of x, 32 k per tdpbf16ps
 constexpr int64_t kAmxMinRows = 4;  // bf16 with AMX from this many rows on (below, vdpbf16ps keeps up with memory)
 
 // Everything a task needs; pointers are to contiguous data except residual (row stride ld_residual).
@@ -179,7 +180,6 @@ struct AmxTileConfig {
   uint16_t colsb[16] = {};
   uint8_t rows[16] = {};
 };
-constexpr int kAmxRows = 16, kAmxK = 32;
 
 GPT_FAST_AMX void linear_blocks_amx(const LinearArgs<c10::BFloat16>& a, int64_t block_begin, int64_t block_end) {
   AmxTileConfig config;
@@ -304,7 +304,7 @@ at::Tensor linear_small_m_cpu(const at::Tensor& x, const at::Tensor& packed_weig
   }
   std::vector<float> xf(M * K);  // (M, K) fp32 copy of x, whatever its strides
   std::vector<uint32_t> x_pairs;  // (M, K / 2) bf16 pairs, only for the vdpbf16ps path
-  const bool vector = cpu::use_avx512();
+  [[maybe_unused]] const bool vector = cpu::use_avx512();
   const bool dpbf16 = x.scalar_type() == at::kBFloat16 && K >= 2 && cpu::use_avx512_bf16();
   const bool amx = dpbf16 && M >= kAmxMinRows && K % kAmxK == 0 && cpu::use_amx();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "linear_small_m_cpu", [&] {

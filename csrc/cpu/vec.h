@@ -17,7 +17,8 @@
 #include <cstdlib>
 #include <cstring>
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+// GPT_FAST_PORTABLE_ONLY builds the scalar paths alone (a check that they compile without x86 intrinsics).
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(GPT_FAST_PORTABLE_ONLY)
 #define GPT_FAST_HAVE_X86 1
 #include <immintrin.h>
 // GCC 12 warns about the deliberately undefined source operand inside its own AVX-512 intrinsic headers.

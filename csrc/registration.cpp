@@ -22,4 +22,11 @@ TORCH_LIBRARY(gpt_fast, m) {
   // cache_lengths (B,) int64 = tokens already cached per row. Writes the new keys/values at
   // [len, len + S) and attends causally over [0, len + i]. Returns (B, S, C).
   m.def("decode_attention(Tensor qkv, Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor cache_lengths, int n_head) -> Tensor");
+  // Repack a linear weight once for linear_small_m. weight: (K, N) if in_out_layout (Conv1D) else (N, K) (nn.Linear,
+  // tied LM head). Returns (ceil(N / 16), K, 16) in weight's dtype: 16-column blocks, each contiguous over K.
+  m.def("pack_linear_weight(Tensor weight, bool in_out_layout) -> Tensor");
+  // Few-row (decode) linear: x (..., K) @ W + bias, then optional gelu_tanh, then + residual (..., N); W given packed
+  // by pack_linear_weight, out_features = N. fp32 accumulation; returns (..., N) in x's dtype.
+  m.def("linear_small_m(Tensor x, Tensor packed_weight, int out_features, Tensor? bias, Tensor? residual, bool gelu) -> Tensor");
 }
+

@@ -24,6 +24,19 @@ def bias_gelu(x, bias):
     return F.gelu(x + bias, approximate="tanh")
 
 
+def linear(x, weight, bias=None, residual=None, gelu: bool = False, in_out_layout: bool = True):
+    """[gelu_tanh](x @ W + bias) [+ residual], the semantics of linear_small_m on the unpacked weight.
+
+    x: (..., K); weight: (K, N) if in_out_layout (Conv1D) else (N, K) (nn.Linear); bias: (N,) or None;
+    residual: (..., N) or None.
+    """
+    w = weight if in_out_layout else weight.t()  # (K, N)
+    out = x @ w if bias is None else torch.addmm(bias, x.reshape(-1, x.shape[-1]), w).view(*x.shape[:-1], w.shape[1])
+    if gelu:
+        out = F.gelu(out, approximate="tanh")
+    return out if residual is None else out + residual
+
+
 def split_heads(packed, n_head: int):
     """(B, T, C) -> (B, H, T, D)."""
     B, T, C = packed.shape

@@ -1,0 +1,337 @@
+// CPU kernel for gpt_fast::linear_small_m: out = [gelu_tanh](x @ W + bias) [+ residual] for few rows (decode).
+//
+// With M = 1..16 rows a linear layer is bound by reading W, so each weight element is read exactly once, from the
+// blocked layout of csrc/cpu/linear_layout.h: a task owns whole 16-column blocks (at::parallel_for over blocks),
+// streams a block's K x 16 weights once per tile of up to 8 rows, and keeps the 16-column sums of every row of the
+// tile in registers (two fp32 chains per row, folded every 64 k into a running total for accuracy). Bias, GELU and
+// the residual add happen on those registers before the only store. x is converted once to an fp32 (M, K) buffer
+// (and, for bf16, to bf16 k pairs), so any strides are accepted.
+// Paths, chosen at run time (csrc/cpu/vec.h, GPT_FAST_CPU_ISA): bf16 with >= 4 rows, K % 32 == 0 and AMX uses
+// tdpbf16ps tiles (16 rows x 16 columns x 32 k); other bf16 with AVX512_BF16 uses vdpbf16ps (2 k per instruction);
+// fp32/bf16/fp16 with AVX-512 convert to fp32 and FMA; elsewhere a portable scalar loop reads the same layout.
+// Limits: larger M works but re-reads each block once per 8 (AMX: 16) rows; use a GEMM for prefill. The residual
+// is copied when its last dim is not contiguous.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <type_traits>
+#include <vector>
+
+#include "checks.h"
+#include "cpu/linear_layout.h"
+#include "cpu/vec.h"
+
+namespace gpt_fast {
+namespace {
+
+constexpr int64_t kBN = cpu::kLinearBlockN;
+constexpr int kRowTile = 8;
+// Software prefetch distance into the weight stream, in bytes. The hardware prefetcher stops at 4 KiB pages; 1 KiB
+// ahead measured best of {0, 512, 1024, 2048, 4096} here (up to ~1.3x at M = 4, a little at M = 1).
+constexpr int64_t kPrefetch = 1024;
+constexpr int64_t kChunkK = 64;      // k per inner sum: keeps fp32 rounding error near a blocked GEMM's
+constexpr int kAmxRows = 16, kAmxK = 32;  // AMX tile: 16 rows of x, 32 k per tdpbf16ps
+constexpr int64_t kAmxMinRows = 4;  // bf16 with AMX from this many rows on (below, vdpbf16ps keeps up with memory)
+
+// Everything a task needs; pointers are to contiguous data except residual (row stride ld_residual).
+template <typename T>
+struct LinearArgs {
+  const float* x;           // (M, K) fp32 copy of the input
+  const uint32_t* x_pairs;  // (M, K / 2) bf16 pairs (x[m, 2s], x[m, 2s + 1]) for the vdpbf16ps path, else nullptr
+  const T* w;               // (blocks, K, 16)
+  const T* bias;            // (N,) or nullptr
+  const T* residual;        // (M, N) rows ld_residual apart, or nullptr
+  T* out;                   // (M, N)
+  int64_t M, K, N, ld_residual;
+  bool gelu;
+  bool amx;  // bf16 only: take linear_blocks_amx (x_pairs then holds M rounded up to 16 rows)
+};
+
+template <typename T>
+void linear_blocks_scalar(const LinearArgs<T>& a, int64_t block_begin, int64_t block_end) {
+  for (int64_t b = block_begin; b < block_end; ++b) {
+    const T* wb = a.w + b * a.K * kBN;  // (K, 16)
+    const int64_t n0 = b * kBN, width = std::min(kBN, a.N - n0);
+    for (int64_t m = 0; m < a.M; ++m) {
+      float acc[kBN] = {};
+      const float* xr = a.x + m * a.K;
+      for (int64_t k0 = 0; k0 < a.K; k0 += kChunkK) {
+        float part[kBN] = {};
+        for (int64_t k = k0; k < std::min(a.K, k0 + kChunkK); ++k) {
+          for (int64_t j = 0; j < kBN; ++j) part[j] += static_cast<float>(wb[k * kBN + j]) * xr[k];
+        }
+        for (int64_t j = 0; j < kBN; ++j) acc[j] += part[j];
+      }
+      for (int64_t j = 0; j < width; ++j) {
+        float v = acc[j];
+        if (a.bias) v += static_cast<float>(a.bias[n0 + j]);
+        if (a.gelu) v = cpu::gelu_tanh_scalar(v);
+        if (a.residual) v += static_cast<float>(a.residual[m * a.ld_residual + n0 + j]);
+        a.out[m * a.N + n0 + j] = static_cast<T>(v);
+      }
+    }
+  }
+}
+
+#if GPT_FAST_HAVE_X86
+// vpermw indices turning two k rows of a block (w[k, 0..15], w[k + 1, 0..15]) into pairs (w[k, j], w[k + 1, j]).
+alignas(64) constexpr uint16_t kInterleave[32] = {0, 16, 1, 17, 2,  18, 3,  19, 4,  20, 5,  21, 6,  22, 7,  23,
+                                                  8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
+
+// Independent accumulator chains per row: enough that MR * chains covers the FMA latency even for one row.
+constexpr int chains_for(int rows) { return rows == 1 ? 4 : rows == 2 ? 2 : 1; }
+
+// Bias, GELU, residual on the fp32 sums of rows [m0, m0 + rows), columns [n0, n0 + 16), then the only store.
+template <typename T>
+GPT_FAST_AVX512 inline void finish_tile(const LinearArgs<T>& a, const __m512* total, int rows, int64_t m0,
+                                        int64_t n0) {
+  using V = cpu::Vec16<T>;
+  const __mmask16 lanes = cpu::first_lanes(a.N - n0);
+  const __m512 bias = a.bias ? V::load(a.bias + n0, lanes) : _mm512_setzero_ps();
+  for (int m = 0; m < rows; ++m) {
+    __m512 v = _mm512_add_ps(total[m], bias);
+    if (a.gelu) v = cpu::gelu_tanh_fp32(v);
+    if (a.residual) v = _mm512_add_ps(v, V::load(a.residual + (m0 + m) * a.ld_residual + n0, lanes));
+    V::store(a.out + (m0 + m) * a.N + n0, v, lanes);
+  }
+}
+
+// Rows [m0, m0 + MR) of one 16-column block: the block's weights are streamed once, CH k per step (one chain each),
+// converted to fp32 and FMA'd with broadcast x values.
+template <typename T, int MR>
+GPT_FAST_AVX512 inline void linear_tile_avx512(const LinearArgs<T>& a, const T* wb, int64_t m0, int64_t n0) {
+  using V = cpu::Vec16<T>;
+  constexpr int CH = std::max(2, chains_for(MR));
+  __m512 total[MR];
+  for (int m = 0; m < MR; ++m) total[m] = _mm512_setzero_ps();
+  const float* x = a.x + m0 * a.K;
+  const int64_t K = a.K;
+  for (int64_t k0 = 0; k0 < K; k0 += kChunkK) {  // two-level sum: chunks of kChunkK k, then the chunk sums
+    const int64_t k1 = std::min(K, k0 + kChunkK);
+    __m512 acc[CH][MR];
+    for (int c = 0; c < CH; ++c)
+      for (int m = 0; m < MR; ++m) acc[c][m] = _mm512_setzero_ps();
+    int64_t k = k0;
+    for (; k + CH <= k1; k += CH) {
+      for (int c = 0; c < CH; ++c) {
+        if ((c * sizeof(T) * kBN) % 64 == 0)  // once per 64-byte line
+          _mm_prefetch(reinterpret_cast<const char*>(wb + (k + c) * kBN) + kPrefetch, _MM_HINT_T0);
+        const __m512 w = V::load(wb + (k + c) * kBN);
+        for (int m = 0; m < MR; ++m) acc[c][m] = _mm512_fmadd_ps(w, _mm512_set1_ps(x[m * K + k + c]), acc[c][m]);
+      }
+    }
+    for (; k < k1; ++k) {
+      const __m512 w = V::load(wb + k * kBN);
+      for (int m = 0; m < MR; ++m) acc[0][m] = _mm512_fmadd_ps(w, _mm512_set1_ps(x[m * K + k]), acc[0][m]);
+    }
+    for (int c = 0; c < CH; ++c)
+      for (int m = 0; m < MR; ++m) total[m] = _mm512_add_ps(total[m], acc[c][m]);
+  }
+  finish_tile<T>(a, total, MR, m0, n0);
+}
+
+// The same for bf16 with vdpbf16ps: one instruction multiplies 16 columns x 2 k and accumulates in fp32, half the
+// FMAs of the path above. Two consecutive k rows of a block (contiguous, 64 bytes) are interleaved into pairs
+// (w[k, j], w[k + 1, j]) with one vpermw; x's matching pair is a 32-bit broadcast. An odd last k goes the fp32 way.
+template <int MR>
+GPT_FAST_AVX512_BF16 inline void linear_tile_dpbf16(const LinearArgs<c10::BFloat16>& a, const c10::BFloat16* wb,
+                                                    int64_t m0, int64_t n0) {
+  constexpr int CH = chains_for(MR);
+  const __m512i interleave = _mm512_load_si512(kInterleave);
+  auto pair_step = [&](__m512* acc, const uint32_t* xp, int64_t pairs, int64_t s) GPT_FAST_AVX512_BF16 {
+    _mm_prefetch(reinterpret_cast<const char*>(wb + 2 * s * kBN) + kPrefetch, _MM_HINT_T0);
+    const __m512bh w = (__m512bh)_mm512_permutexvar_epi16(interleave, _mm512_loadu_si512(wb + 2 * s * kBN));
+    for (int m = 0; m < MR; ++m) {
+      acc[m] = _mm512_dpbf16_ps(acc[m], w, (__m512bh)_mm512_set1_epi32(static_cast<int>(xp[m * pairs + s])));
+    }
+  };
+  __m512 total[MR];
+  for (int m = 0; m < MR; ++m) total[m] = _mm512_setzero_ps();
+  const int64_t K = a.K, pairs = K / 2;
+  const uint32_t* xp = a.x_pairs + m0 * pairs;
+  for (int64_t s0 = 0; s0 < pairs; s0 += kChunkK / 2) {  // two-level sum as in linear_tile_avx512
+    const int64_t s1 = std::min(pairs, s0 + kChunkK / 2);
+    __m512 acc[CH][MR];
+    for (int c = 0; c < CH; ++c)
+      for (int m = 0; m < MR; ++m) acc[c][m] = _mm512_setzero_ps();
+    int64_t s = s0;
+    for (; s + CH <= s1; s += CH)
+      for (int c = 0; c < CH; ++c) pair_step(acc[c], xp, pairs, s + c);
+    for (; s < s1; ++s) pair_step(acc[0], xp, pairs, s);
+    for (int c = 0; c < CH; ++c)
+      for (int m = 0; m < MR; ++m) total[m] = _mm512_add_ps(total[m], acc[c][m]);
+  }
+  if (K % 2) {
+    const __m512 w = cpu::Vec16<c10::BFloat16>::load(wb + (K - 1) * kBN);
+    for (int m = 0; m < MR; ++m) {
+      total[m] = _mm512_fmadd_ps(w, _mm512_set1_ps(a.x[(m0 + m) * K + K - 1]), total[m]);
+    }
+  }
+  finish_tile<c10::BFloat16>(a, total, MR, m0, n0);
+}
+
+// bf16 with AMX, for M >= kAmxMinRows and K % 32 == 0: per block and 16-row tile, C (16 x 16 fp32) += A (16 rows
+// x 32 k of x) . B (32 k x 16 columns) for every 32 k, with tdpbf16ps. B needs k pairs interleaved, so each 1 KiB
+// piece of the block is re-laid out through L1 with vpermw; x_pairs holds x as bf16 rows padded to 16 rows.
+struct AmxTileConfig {
+  uint8_t palette_id = 1, start_row = 0, reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+};
+
+GPT_FAST_AMX void linear_blocks_amx(const LinearArgs<c10::BFloat16>& a, int64_t block_begin, int64_t block_end) {
+  AmxTileConfig config;
+  for (int t = 0; t < 3; ++t) config.rows[t] = kAmxRows, config.colsb[t] = 64;  // tmm0 = A, tmm1 = B, tmm2 = C
+  _tile_loadconfig(&config);
+  alignas(64) uint16_t b_tile[kAmxK / 2 * 32];  // (16 k pairs, 16 columns x 2)
+  alignas(64) float c_tile[kAmxRows * kBN];     // (16 rows, 16 columns)
+  const __m512i interleave = _mm512_load_si512(kInterleave);
+  const int64_t K = a.K;
+  const auto* x = reinterpret_cast<const c10::BFloat16*>(a.x_pairs);  // (M rounded up to 16, K)
+  for (int64_t b = block_begin; b < block_end; ++b) {
+    const c10::BFloat16* wb = a.w + b * K * kBN;
+    for (int64_t m0 = 0; m0 < a.M; m0 += kAmxRows) {
+      _tile_zero(2);
+      for (int64_t k0 = 0; k0 < K; k0 += kAmxK) {
+        for (int p = 0; p < kAmxK / 2; ++p) {
+          const c10::BFloat16* rows = wb + (k0 + 2 * p) * kBN;
+          _mm_prefetch(reinterpret_cast<const char*>(rows) + kPrefetch, _MM_HINT_T0);
+          _mm512_store_si512(b_tile + p * 32, _mm512_permutexvar_epi16(interleave, _mm512_loadu_si512(rows)));
+        }
+        _tile_loadd(1, b_tile, 64);
+        _tile_loadd(0, x + m0 * K + k0, K * 2);
+        _tile_dpbf16ps(2, 0, 1);
+      }
+      _tile_stored(2, c_tile, kBN * 4);
+      const int rows = static_cast<int>(std::min<int64_t>(kAmxRows, a.M - m0));
+      __m512 total[kAmxRows];
+      for (int m = 0; m < rows; ++m) total[m] = _mm512_load_ps(c_tile + m * kBN);
+      finish_tile<c10::BFloat16>(a, total, rows, m0, b * kBN);
+    }
+  }
+  _tile_release();
+}
+
+// Calls tile(std::integral_constant<int, MR>{}) with MR = rows (1..kRowTile) as a compile-time constant.
+template <typename Tile>
+void with_row_tile(int64_t rows, Tile&& tile) {
+  switch (rows) {
+    case 1: return tile(std::integral_constant<int, 1>{});
+    case 2: return tile(std::integral_constant<int, 2>{});
+    case 3: return tile(std::integral_constant<int, 3>{});
+    case 4: return tile(std::integral_constant<int, 4>{});
+    case 5: return tile(std::integral_constant<int, 5>{});
+    case 6: return tile(std::integral_constant<int, 6>{});
+    case 7: return tile(std::integral_constant<int, 7>{});
+    default: return tile(std::integral_constant<int, kRowTile>{});
+  }
+}
+
+template <typename T>
+void linear_blocks_avx512(const LinearArgs<T>& a, int64_t block_begin, int64_t block_end) {
+  if constexpr (std::is_same_v<T, c10::BFloat16>) {
+    if (a.amx) return linear_blocks_amx(a, block_begin, block_end);
+  }
+  for (int64_t b = block_begin; b < block_end; ++b) {
+    const T* wb = a.w + b * a.K * kBN;
+    for (int64_t m0 = 0; m0 < a.M; m0 += kRowTile) {
+      with_row_tile(std::min<int64_t>(kRowTile, a.M - m0), [&](auto mr) {
+        if constexpr (std::is_same_v<T, c10::BFloat16>) {
+          if (a.x_pairs) return linear_tile_dpbf16<decltype(mr)::value>(a, wb, m0, b * kBN);
+        }
+        linear_tile_avx512<T, decltype(mr)::value>(a, wb, m0, b * kBN);
+      });
+    }
+  }
+}
+#endif
+
+// (rows, K / 2) pairs (x[m, 2s], x[m, 2s + 1]) of a bf16 x with strides (s0, s1), low half first; rows >= M, the
+// rows past M are zeros. For even K this is x as contiguous bf16 rows.
+inline void bf16_pairs(const c10::BFloat16* x, int64_t M, int64_t rows, int64_t K, int64_t s0, int64_t s1,
+                       std::vector<uint32_t>& pairs) {
+  const int64_t P = K / 2;
+  pairs.assign(rows * P, 0u);
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t s = 0; s < P; ++s)
+      pairs[m * P + s] = uint32_t{x[m * s0 + 2 * s * s1].x} | uint32_t{x[m * s0 + (2 * s + 1) * s1].x} << 16;
+}
+template <typename T>
+void bf16_pairs(const T*, int64_t, int64_t, int64_t, int64_t, int64_t, std::vector<uint32_t>&) {
+  TORCH_INTERNAL_ASSERT(false, "bf16_pairs on a non-bf16 input");
+}
+
+at::Tensor linear_small_m_cpu(const at::Tensor& x, const at::Tensor& packed_weight, int64_t out_features,
+                              const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& residual,
+                              bool gelu) {
+  constexpr const char* op = "gpt_fast::linear_small_m";
+  TORCH_CHECK(x.dim() >= 1, op, ": x must have at least one dimension (..., K), got a scalar");
+  check_float_dtype(x, op, "x");
+  const int64_t K = x.size(-1);
+  TORCH_CHECK(K > 0, op, ": x must have a non-empty last dimension (K), got shape ", x.sizes());
+  TORCH_CHECK(out_features > 0, op, ": out_features must be positive, got ", out_features);
+  const int64_t N = out_features, blocks = cpu::linear_blocks(N);
+  check_dim(packed_weight, 3, op, "packed_weight");
+  check_same_device(packed_weight, x, op, "packed_weight");
+  check_same_dtype(packed_weight, x, op, "packed_weight");
+  TORCH_CHECK(packed_weight.size(2) == kBN && packed_weight.size(0) == blocks, op, ": packed_weight has shape ",
+              packed_weight.sizes(), " but out_features=", N, " needs (", blocks, ", K, ", kBN,
+              "); pack it with pack_linear_weight");
+  TORCH_CHECK(packed_weight.size(1) == K, op, ": x has K=", K, " input features but packed_weight was packed for ",
+              packed_weight.size(1));
+  TORCH_CHECK(packed_weight.is_contiguous(), op, ": packed_weight must be contiguous, got strides ",
+              packed_weight.strides());
+  if (bias) check_vector(*bias, N, x, op, "bias");
+  std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
+  out_shape.back() = N;
+  if (residual) {
+    TORCH_CHECK(residual->sizes() == at::IntArrayRef(out_shape), op, ": residual must have the output shape ",
+                at::IntArrayRef(out_shape), ", got ", residual->sizes());
+    check_same_device(*residual, x, op, "residual");
+    check_same_dtype(*residual, x, op, "residual");
+  }
+
+  const int64_t M = x.numel() / K;
+  auto out = at::empty(out_shape, x.options());
+  if (M == 0) return out;
+  at::Tensor x2 = x.reshape({M, K});
+  at::Tensor res2, bias_c = bias ? bias->contiguous() : at::Tensor();
+  if (residual) {
+    res2 = residual->reshape({M, N});
+    if (res2.stride(1) != 1) res2 = res2.contiguous();
+  }
+  std::vector<float> xf(M * K);  // (M, K) fp32 copy of x, whatever its strides
+  std::vector<uint32_t> x_pairs;  // (M, K / 2) bf16 pairs, only for the vdpbf16ps path
+  [[maybe_unused]] const bool vector = cpu::use_avx512();
+  const bool dpbf16 = x.scalar_type() == at::kBFloat16 && K >= 2 && cpu::use_avx512_bf16();
+  const bool amx = dpbf16 && M >= kAmxMinRows && K % kAmxK == 0 && cpu::use_amx();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "linear_small_m_cpu", [&] {
+    const scalar_t* xp = x2.const_data_ptr<scalar_t>();
+    const int64_t s0 = x2.stride(0), s1 = x2.stride(1);
+    for (int64_t m = 0; m < M; ++m)
+      for (int64_t k = 0; k < K; ++k) xf[m * K + k] = static_cast<float>(xp[m * s0 + k * s1]);
+    if (dpbf16) bf16_pairs(xp, M, amx ? (M + kAmxRows - 1) / kAmxRows * kAmxRows : M, K, s0, s1, x_pairs);
+    LinearArgs<scalar_t> a{xf.data(), dpbf16 ? x_pairs.data() : nullptr, packed_weight.const_data_ptr<scalar_t>(),
+                           bias ? bias_c.const_data_ptr<scalar_t>() : nullptr,
+                           residual ? res2.const_data_ptr<scalar_t>() : nullptr, out.mutable_data_ptr<scalar_t>(),
+                           M, K, N, residual ? res2.stride(0) : 0, gelu, amx};
+    const int64_t grain = std::max<int64_t>(1, 32768 / (K * kBN));  // >= ~32K weights per task
+    at::parallel_for(0, blocks, grain, [&](int64_t begin, int64_t end) {
+#if GPT_FAST_HAVE_X86
+      if constexpr (!std::is_same_v<scalar_t, double>) {
+        if (vector) return linear_blocks_avx512<scalar_t>(a, begin, end);
+      }
+#endif
+      linear_blocks_scalar<scalar_t>(a, begin, end);
+    });
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(gpt_fast, CPU, m) { m.impl("linear_small_m", &linear_small_m_cpu); }
+
+}  // namespace gpt_fast

@@ -1,0 +1,172 @@
+// Shared tile math of the CPU attention kernels (flash_attention.cpp, decode_attention.cpp).
+//
+// Everything is computed in fp32 on 16-lane vectors written with GCC/Clang vector extensions, so one source
+// compiles for every target: GPT_FAST_MULTIVERSION builds an AVX-512, an AVX2+FMA and a
+// portable copy of a kernel's entry point and picks one at run time from the CPU's features (x86-64 only;
+// elsewhere the portable copy is the only one and the compiler lowers the vectors to NEON or scalars).
+// The helpers below are always inlined into those entry points, so they are compiled once per instruction set.
+//
+// Scores are kept in base 2: the kernels fold log2(e) into the query scale and use exp2, so that
+// softmax(s) = exp2(s * log2e - max) / sum(...).
+#pragma once
+
+#include <c10/util/BFloat16.h>
+#include <c10/core/ScalarType.h>
+#include <c10/util/Half.h>
+
+#include <cstdint>
+#include <cstring>
+#include <limits>
+
+#pragma GCC diagnostic ignored "-Wpsabi"  // 64-byte vectors by value: only in always-inlined helpers
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#define GPT_FAST_TARGET_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma,f16c")))
+#define GPT_FAST_TARGET_AVX2 __attribute__((target("avx2,fma,f16c")))
+#else
+#define GPT_FAST_TARGET_AVX512
+#define GPT_FAST_TARGET_AVX2
+#endif
+#define GPT_FAST_INLINE inline __attribute__((always_inline))
+
+namespace gpt_fast::attention {
+
+// 2: AVX-512 (F, BW, VL, DQ) with FMA and F16C; 1: AVX2 with FMA and F16C; 0: portable code only.
+inline int cpu_isa() {
+#if defined(__x86_64__) && defined(__GNUC__)
+  static const int isa = [] {
+    __builtin_cpu_init();
+    const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+    const bool avx512 = avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+    return avx512 ? 2 : avx2 ? 1 : 0;
+  }();
+  return isa;
+#else
+  return 0;
+#endif
+}
+
+// Defines template <typename T> void NAME(args...) that runs IMPL<T>(args...) (an always-inline function
+// template) compiled for AVX-512, for AVX2 + FMA, or portably, whichever this CPU supports best.
+#define GPT_FAST_MULTIVERSION(NAME, IMPL)                                                                  \
+  template <typename T, typename... A>                                                                     \
+  GPT_FAST_TARGET_AVX512 void NAME##_avx512(A... a) { IMPL<T>(a...); }                                     \
+  template <typename T, typename... A>                                                                     \
+  GPT_FAST_TARGET_AVX2 void NAME##_avx2(A... a) { IMPL<T>(a...); }                                         \
+  template <typename T, typename... A>                                                                     \
+  void NAME##_portable(A... a) { IMPL<T>(a...); }                                                          \
+  template <typename T, typename... A>                                                                     \
+  void NAME(A... a) {                                                                                      \
+    switch (::gpt_fast::attention::cpu_isa()) {                                                            \
+      case 2: NAME##_avx512<T>(a...); break;                                                               \
+      case 1: NAME##_avx2<T>(a...); break;                                                                 \
+      default: NAME##_portable<T>(a...); break;                                                            \
+    }                                                                                                      \
+  }
+
+// Calls f(T{}) with T the storage type of dtype (fp32, bf16 or fp16; checked by the caller).
+template <typename F>
+void with_storage_type(c10::ScalarType dtype, F&& f) {
+  if (dtype == c10::kBFloat16) f(c10::BFloat16{});
+  else if (dtype == c10::kHalf) f(c10::Half{});
+  else f(float{});
+}
+
+constexpr int kLanes = 16;
+typedef float VF __attribute__((vector_size(64)));       // 16 x fp32
+typedef int32_t VI __attribute__((vector_size(64)));     // 16 x int32
+typedef uint16_t VU16 __attribute__((vector_size(32)));  // 16 x 16-bit storage (bf16 / fp16 bits)
+typedef uint32_t VU32 __attribute__((vector_size(64)));
+
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+GPT_FAST_INLINE VF splat(float x) { return VF{} + x; }
+
+GPT_FAST_INLINE VF load(const float* p) {
+  VF v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+GPT_FAST_INLINE void store(float* p, VF v) { std::memcpy(p, &v, sizeof(v)); }
+
+GPT_FAST_INLINE VF vmax(VF a, VF b) { return a > b ? a : b; }
+
+// 16 consecutive values of storage type T, as fp32.
+template <typename T>
+GPT_FAST_INLINE VF load_float(const T* p);
+
+template <>
+GPT_FAST_INLINE VF load_float<float>(const float* p) { return load(p); }
+
+template <>
+GPT_FAST_INLINE VF load_float<c10::BFloat16>(const c10::BFloat16* p) {
+  VU16 bits;
+  std::memcpy(&bits, p, sizeof(bits));
+  return (VF)(__builtin_convertvector(bits, VU32) << 16);  // bf16 is the top half of an fp32
+}
+
+#if defined(__FLT16_MAX__)
+typedef _Float16 VH __attribute__((vector_size(32)));
+template <>
+GPT_FAST_INLINE VF load_float<c10::Half>(const c10::Half* p) {
+  VH h;
+  std::memcpy(&h, p, sizeof(h));
+  return __builtin_convertvector(h, VF);
+}
+#else
+template <>
+GPT_FAST_INLINE VF load_float<c10::Half>(const c10::Half* p) {
+  float tmp[kLanes];
+  for (int i = 0; i < kLanes; ++i) tmp[i] = static_cast<float>(p[i]);
+  return load(tmp);
+}
+#endif
+
+// Converts n values of a row to fp32 (vectorised body, scalar tail).
+template <typename T>
+GPT_FAST_INLINE void row_to_float(const T* src, float* dst, int64_t n) {
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) store(dst + i, load_float(src + i));
+  for (; i < n; ++i) dst[i] = static_cast<float>(src[i]);
+}
+
+// 2^x for x <= 0 (any x, including -inf, which gives exactly 0; so does x < -126).
+// x = n + f with n an integer and |f| <= 1/2; 2^f = e^(f ln2) by a degree-7 Taylor polynomial
+// (relative error < 1e-8 on that interval), 2^n by building the exponent bits.
+GPT_FAST_INLINE VF exp2_nonpositive(VF x) {
+  const VF clamped = vmax(x, splat(-126.f));
+  const VF rounder = splat(12582912.f);  // 1.5 * 2^23: adding and subtracting it rounds to the nearest integer
+  const VF n = (clamped + rounder) - rounder;
+  const VF y = (clamped - n) * 0.6931471805599453f;
+  VF p = splat(1.f / 5040.f);
+  p = p * y + 1.f / 720.f;
+  p = p * y + 1.f / 120.f;
+  p = p * y + 1.f / 24.f;
+  p = p * y + 1.f / 6.f;
+  p = p * y + 0.5f;
+  p = p * y + 1.f;
+  p = p * y + 1.f;
+  const VI exponent = (__builtin_convertvector(n, VI) + 127) << 23;
+  const VF result = p * (VF)exponent;
+  return x < -126.f ? VF{} : result;
+}
+
+GPT_FAST_INLINE float reduce_add(VF v) {
+  float s = 0.f;
+  for (int i = 0; i < kLanes; ++i) s += v[i];
+  return s;
+}
+
+GPT_FAST_INLINE float reduce_max(VF v) {
+  float m = v[0];
+  for (int i = 1; i < kLanes; ++i) m = v[i] > m ? v[i] : m;
+  return m;
+}
+
+// Scalar 2^x for the few per-row statistics (the same polynomial, on lane 0).
+GPT_FAST_INLINE float exp2_scalar(float x) { return exp2_nonpositive(splat(x))[0]; }
+
+}  // namespace gpt_fast::attention

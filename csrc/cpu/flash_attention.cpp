@@ -1,0 +1,239 @@
+// CPU kernel for gpt_fast::flash_attention: causal self-attention on the packed c_attn output.
+//
+//   qkv (B, T, 3C) = q | k | v, each read in place as (B, T, H, D) through qkv's strides (no head-split copy);
+//   out (B, T, C)  = softmax(q k^T / sqrt(D) + causal and key-padding masks) v, heads merged, ready for c_proj.
+//
+// Flash attention: each task takes a block of 64 query rows of one (batch, head) and walks the key blocks up to
+// the diagonal with an online softmax (fp32 running max and sum per row), so no T x T matrix is ever formed; the
+// working set (Q^T, a 64 x 64 score tile, O^T: 48 KiB at D = 64) stays in L1/L2. Tiles are kept transposed
+// (query rows along the vector lanes): the score tile S^T[key][query] is built by broadcasting key elements
+// against Q^T, so the softmax statistics of a row are plain lane-wise maxima and sums, and P V accumulates into
+// O^T by broadcasting value elements. fp32 throughout; bf16/fp16 keys and values are converted to fp32 once.
+//
+// Limits: fp32, bf16, fp16; head size D <= 128 (any D, vectorised over queries); any T. key_padding_mask (B, T)
+// bool, true = attend; a query row with no key to attend gives zeros. qkv must have stride 1 in its last dim.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <memory>
+
+#include "checks.h"
+#include "cpu/attention_math.h"
+
+namespace gpt_fast {
+namespace {
+using namespace attention;
+
+constexpr int kBlockQ = 64;                 // query rows per task
+constexpr int kVecQ = kBlockQ / kLanes;     // vectors per query block
+constexpr int kBlockK = 64;                 // keys per score tile
+constexpr int kMaxHead = 128;
+constexpr int kMicro = 6;                   // keys (QK^T) or head dims (PV) per micro-kernel step
+
+struct Params {
+  int64_t B, T, H, D;
+  const void* q;           // element (b, t, h, d) at q + b*q_sb + t*q_st + h*D + d
+  int64_t q_sb, q_st;
+  const float* k;          // fp32 keys, same indexing with kv_sb, kv_st; values at v
+  const float* v;
+  int64_t kv_sb, kv_st;
+  const bool* mask;        // (B, T) contiguous, or null
+  void* out;               // (B, T, H*D) contiguous
+  float scale;             // log2(e) / sqrt(D)
+};
+
+struct Tiles {  // per-thread working set
+  alignas(64) float qt[kMaxHead][kBlockQ];  // Q^T, scaled
+  alignas(64) float st[kBlockK][kBlockQ];   // S^T, then P^T
+  alignas(64) float ot[kMaxHead][kBlockQ];  // O^T accumulator
+  VF m[kVecQ], l[kVecQ];                    // running max (base 2) and sum per query row
+};
+
+// S^T[j][:] = sum_d K[j][d] * Q^T[d][:] for NJ keys.
+template <int NJ>
+GPT_FAST_INLINE void qk_micro(const Tiles& t, const float* k, int64_t k_stride, int64_t D, float* st) {
+  VF acc[NJ][kVecQ] = {};
+  for (int64_t d = 0; d < D; ++d) {
+    VF q[kVecQ];
+    for (int v = 0; v < kVecQ; ++v) q[v] = load(&t.qt[d][v * kLanes]);
+    for (int j = 0; j < NJ; ++j) {
+      const float kb = k[j * k_stride + d];
+      for (int v = 0; v < kVecQ; ++v) acc[j][v] += q[v] * kb;
+    }
+  }
+  for (int j = 0; j < NJ; ++j)
+    for (int v = 0; v < kVecQ; ++v) store(st + j * kBlockQ + v * kLanes, acc[j][v]);
+}
+
+// O^T[d][:] += sum_j V[j][d] * P^T[j][:] for ND head dims.
+template <int ND>
+GPT_FAST_INLINE void pv_micro(Tiles& t, const float* v, int64_t v_stride, int64_t d0, int64_t nk) {
+  VF acc[ND][kVecQ];
+  for (int d = 0; d < ND; ++d)
+    for (int q = 0; q < kVecQ; ++q) acc[d][q] = load(&t.ot[d0 + d][q * kLanes]);
+  for (int64_t j = 0; j < nk; ++j) {
+    VF p[kVecQ];
+    for (int q = 0; q < kVecQ; ++q) p[q] = load(&t.st[j][q * kLanes]);
+    for (int d = 0; d < ND; ++d) {
+      const float vb = v[j * v_stride + d0 + d];
+      for (int q = 0; q < kVecQ; ++q) acc[d][q] += p[q] * vb;
+    }
+  }
+  for (int d = 0; d < ND; ++d)
+    for (int q = 0; q < kVecQ; ++q) store(&t.ot[d0 + d][q * kLanes], acc[d][q]);
+}
+
+// Runs F<N> for N = n (1..kMicro); the tails of the micro-kernel loops.
+template <template <int> class F, typename... Args>
+GPT_FAST_INLINE void with_width(int n, Args&&... args) {
+  switch (n) {
+    case 1: F<1>::run(args...); break;
+    case 2: F<2>::run(args...); break;
+    case 3: F<3>::run(args...); break;
+    case 4: F<4>::run(args...); break;
+    case 5: F<5>::run(args...); break;
+    default: F<6>::run(args...); break;
+  }
+}
+template <int N>
+struct QK {
+  GPT_FAST_INLINE static void run(const Tiles& t, const float* k, int64_t s, int64_t D, float* st) {
+    qk_micro<N>(t, k, s, D, st);
+  }
+};
+template <int N>
+struct PV {
+  GPT_FAST_INLINE static void run(Tiles& t, const float* v, int64_t s, int64_t d0, int64_t nk) {
+    pv_micro<N>(t, v, s, d0, nk);
+  }
+};
+
+// One key block [j0, j1) for the query block starting at i0 (nq valid rows): scores, masks, online softmax, P V.
+GPT_FAST_INLINE void key_block(const Params& p, Tiles& t, int64_t b, int64_t h, int64_t i0, int64_t j0, int64_t j1) {
+  const int64_t nk = j1 - j0;
+  const float* k = p.k + b * p.kv_sb + j0 * p.kv_st + h * p.D;
+  const float* v = p.v + b * p.kv_sb + j0 * p.kv_st + h * p.D;
+  for (int64_t j = 0; j < nk; j += kMicro)
+    with_width<QK>(static_cast<int>(std::min<int64_t>(kMicro, nk - j)), t, k + j * p.kv_st, p.kv_st, p.D,
+                   &t.st[j][0]);
+
+  // Masks: key j is hidden from query i when j > i (causal) or when the key is padding.
+  const bool* mask = p.mask ? p.mask + b * p.T + j0 : nullptr;
+  const bool diagonal = j1 - 1 > i0;
+  for (int64_t j = 0; j < nk; ++j) {
+    if (mask && !mask[j]) {
+      for (int q = 0; q < kVecQ; ++q) store(&t.st[j][q * kLanes], splat(kNegInf));
+    } else if (diagonal) {
+      for (int64_t i = 0; i < std::min<int64_t>(kBlockQ, j0 + j - i0); ++i) t.st[j][i] = kNegInf;  // i < key
+    }
+  }
+
+  // Online softmax, lane-wise over query rows.
+  VF alpha[kVecQ];
+  for (int q = 0; q < kVecQ; ++q) {
+    VF mx = t.m[q];
+    for (int64_t j = 0; j < nk; ++j) mx = vmax(mx, load(&t.st[j][q * kLanes]));
+    const VF base = mx == kNegInf ? VF{} : mx;  // rows with nothing to attend yet: keep everything at 0
+    alpha[q] = exp2_nonpositive(t.m[q] - base);
+    VF sum{};
+    for (int64_t j = 0; j < nk; ++j) {
+      const VF e = exp2_nonpositive(load(&t.st[j][q * kLanes]) - base);
+      store(&t.st[j][q * kLanes], e);
+      sum += e;
+    }
+    t.l[q] = t.l[q] * alpha[q] + sum;
+    t.m[q] = mx;
+  }
+  for (int64_t d = 0; d < p.D; ++d)
+    for (int q = 0; q < kVecQ; ++q) store(&t.ot[d][q * kLanes], load(&t.ot[d][q * kLanes]) * alpha[q]);
+  for (int64_t d = 0; d < p.D; d += kMicro)
+    with_width<PV>(static_cast<int>(std::min<int64_t>(kMicro, p.D - d)), t, v, p.kv_st, d, nk);
+}
+
+template <typename T>
+GPT_FAST_INLINE void query_block(const Params& p, Tiles& t, int64_t b, int64_t h, int64_t i0) {
+  const int64_t nq = std::min<int64_t>(kBlockQ, p.T - i0);
+  const T* q = static_cast<const T*>(p.q) + b * p.q_sb + i0 * p.q_st + h * p.D;
+  for (int64_t d = 0; d < p.D; ++d) {
+    for (int64_t i = 0; i < nq; ++i) t.qt[d][i] = static_cast<float>(q[i * p.q_st + d]) * p.scale;
+    for (int64_t i = nq; i < kBlockQ; ++i) t.qt[d][i] = 0.f;
+    for (int q = 0; q < kVecQ; ++q) store(&t.ot[d][q * kLanes], VF{});
+  }
+  for (int q = 0; q < kVecQ; ++q) t.m[q] = splat(kNegInf), t.l[q] = VF{};
+
+  const int64_t key_end = i0 + nq;  // causal: the block's last row sees keys [0, i0 + nq)
+  for (int64_t j0 = 0; j0 < key_end; j0 += kBlockK) key_block(p, t, b, h, i0, j0, std::min(key_end, j0 + kBlockK));
+
+  T* out = static_cast<T*>(p.out) + (b * p.T + i0) * p.H * p.D + h * p.D;
+  float inv[kBlockQ];  // 1 / row sum; 0 for rows that attend to nothing
+  for (int64_t i = 0; i < nq; ++i) {
+    const float l = t.l[i / kLanes][i % kLanes];
+    inv[i] = l > 0.f ? 1.f / l : 0.f;
+  }
+  for (int64_t i = 0; i < nq; ++i)
+    for (int64_t d = 0; d < p.D; ++d) out[i * p.H * p.D + d] = static_cast<T>(t.ot[d][i] * inv[i]);
+}
+
+// Task k -> (query block, batch, head). Query blocks are ordered 0, n-1, 1, n-2, ... so that any contiguous
+// range of tasks (what parallel_for hands a thread) has a balanced share of the causal triangle.
+template <typename T>
+GPT_FAST_INLINE void run_tasks(const Params& p, int64_t begin, int64_t end) {
+  auto tiles = std::make_unique<Tiles>();
+  const int64_t n_qb = (p.T + kBlockQ - 1) / kBlockQ;
+  for (int64_t k = begin; k < end; ++k) {
+    const int64_t z = k / (p.B * p.H), bh = k % (p.B * p.H);
+    const int64_t qb = z % 2 == 0 ? z / 2 : n_qb - 1 - z / 2;
+    query_block<T>(p, *tiles, bh / p.H, bh % p.H, qb * kBlockQ);
+  }
+}
+
+GPT_FAST_MULTIVERSION(run_tasks_best, run_tasks)
+
+at::Tensor flash_attention_cpu(const at::Tensor& qkv, const std::optional<at::Tensor>& key_padding_mask,
+                               int64_t n_head) {
+  constexpr const char* op = "gpt_fast::flash_attention";
+  check_dim(qkv, 3, op, "qkv");
+  check_float_dtype(qkv, op, "qkv");
+  check_last_dim_contiguous(qkv, op, "qkv");
+  const int64_t B = qkv.size(0), T = qkv.size(1), C3 = qkv.size(2);
+  TORCH_CHECK(C3 % 3 == 0, op, ": qkv's last dimension (", C3, ") must be 3 * C");
+  const int64_t C = C3 / 3;
+  TORCH_CHECK(n_head > 0 && C % n_head == 0, op, ": n_head (", n_head, ") must be positive and divide C = ", C);
+  const int64_t D = C / n_head;
+  TORCH_CHECK(D >= 1 && D <= kMaxHead, op, ": head size C / n_head = ", D, " must be in [1, ", kMaxHead, "]");
+  at::Tensor mask;
+  if (key_padding_mask) {
+    check_dim(*key_padding_mask, 2, op, "key_padding_mask");
+    TORCH_CHECK(key_padding_mask->scalar_type() == at::kBool, op, ": key_padding_mask must be bool, got ",
+                key_padding_mask->scalar_type());
+    TORCH_CHECK(key_padding_mask->size(0) == B && key_padding_mask->size(1) == T, op,
+                ": key_padding_mask must have shape (B, T) = (", B, ", ", T, "), got ", key_padding_mask->sizes());
+    check_same_device(*key_padding_mask, qkv, op, "key_padding_mask");
+    mask = key_padding_mask->contiguous();
+  }
+  auto out = at::empty({B, T, C}, qkv.options());
+  if (out.numel() == 0) return out;
+
+  // Keys and values in fp32: in place for fp32 input, else one conversion of the (B, T, 2C) k | v part.
+  at::Tensor kv = qkv.scalar_type() == at::kFloat ? qkv.narrow(2, C, 2 * C)
+                                                  : qkv.narrow(2, C, 2 * C).to(at::kFloat);  // (B, T, 2C)
+  Params p{B, T, n_head, D, qkv.const_data_ptr(), qkv.stride(0), qkv.stride(1),
+           kv.const_data_ptr<float>(), kv.const_data_ptr<float>() + C, kv.stride(0), kv.stride(1),
+           mask.defined() ? mask.const_data_ptr<bool>() : nullptr, out.mutable_data_ptr(),
+           kLog2e / std::sqrt(static_cast<float>(D))};
+  const int64_t tasks = (T + kBlockQ - 1) / kBlockQ * B * n_head;
+  with_storage_type(qkv.scalar_type(), [&](auto type) {
+    using T = decltype(type);
+    at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) { run_tasks_best<T>(p, begin, end); });
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(gpt_fast, CPU, m) { m.impl("flash_attention", &flash_attention_cpu); }
+
+}  // namespace gpt_fast

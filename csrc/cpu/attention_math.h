@@ -166,6 +166,22 @@ GPT_FAST_INLINE float reduce_max(VF v) {
   return m;
 }
 
+// {reduce_add(v[0]), ..., reduce_add(v[15])}: sixteen horizontal sums as one vector, by a tree of half-swaps.
+GPT_FAST_INLINE VF reduce_add_16(const VF* v) {
+  VF a[8], b[4], c[2];
+  for (int i = 0; i < 8; ++i)  // lanes: 8 partial sums of v[2i], then 8 of v[2i+1]
+    a[i] = __builtin_shufflevector(v[2 * i], v[2 * i + 1], 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23) +
+           __builtin_shufflevector(v[2 * i], v[2 * i + 1], 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
+  for (int i = 0; i < 4; ++i)  // 4 partial sums each of v[4i .. 4i+3]
+    b[i] = __builtin_shufflevector(a[2 * i], a[2 * i + 1], 0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27) +
+           __builtin_shufflevector(a[2 * i], a[2 * i + 1], 4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31);
+  for (int i = 0; i < 2; ++i)  // 2 partial sums each of v[8i .. 8i+7]
+    c[i] = __builtin_shufflevector(b[2 * i], b[2 * i + 1], 0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29) +
+           __builtin_shufflevector(b[2 * i], b[2 * i + 1], 2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23, 26, 27, 30, 31);
+  return __builtin_shufflevector(c[0], c[1], 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30) +
+         __builtin_shufflevector(c[0], c[1], 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+}
+
 // Scalar 2^x for the few per-row statistics (the same polynomial, on lane 0).
 GPT_FAST_INLINE float exp2_scalar(float x) { return exp2_nonpositive(splat(x))[0]; }
 

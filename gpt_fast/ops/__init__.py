@@ -6,6 +6,7 @@ their backend once, and fall back to gpt_fast.reference where it says no.
 
 from gpt_fast.ops._library import extension_loaded, has_kernel, load_error
 from gpt_fast.ops.add_layernorm import add_layernorm
+from gpt_fast.ops.decode_attention import decode_attention
 from gpt_fast.ops.flash_attention import flash_attention
 
-__all__ = ["add_layernorm", "flash_attention", "extension_loaded", "has_kernel", "load_error"]
+__all__ = ["add_layernorm", "decode_attention", "flash_attention", "extension_loaded", "has_kernel", "load_error"]

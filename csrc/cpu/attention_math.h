@@ -21,7 +21,7 @@
 #pragma GCC diagnostic ignored "-Wpsabi"  // 64-byte vectors by value: only in always-inlined helpers
 
 #if defined(__x86_64__) && defined(__GNUC__)
-#define GPT_FAST_TARGET_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma,f16c")))
+#define GPT_FAST_TARGET_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma,f16c,prefer-vector-width=512")))
 #define GPT_FAST_TARGET_AVX2 __attribute__((target("avx2,fma,f16c")))
 #else
 #define GPT_FAST_TARGET_AVX512
@@ -124,6 +124,37 @@ GPT_FAST_INLINE VF load_float<c10::Half>(const c10::Half* p) {
   return load(tmp);
 }
 #endif
+
+// 32 consecutive values of storage type T as two fp32 vectors, in an order private to T ("pair order"):
+// fp32 and fp16 give values 0..15 and 16..31; bf16 gives the even and the odd values, which costs one shift and
+// one mask instead of a widening conversion. Dot products and sums over a row do not care about the order, as
+// long as both operands are loaded alike; unpair() restores the natural order.
+template <typename T>
+GPT_FAST_INLINE void load_pair(const T* p, VF& a, VF& b) {
+  a = load_float(p);
+  b = load_float(p + kLanes);
+}
+
+template <>
+GPT_FAST_INLINE void load_pair<c10::BFloat16>(const c10::BFloat16* p, VF& a, VF& b) {
+  VU32 words;
+  std::memcpy(&words, p, sizeof(words));
+  a = (VF)(words << 16);
+  b = (VF)(words & 0xFFFF0000u);
+}
+
+// Writes the 32 values held in pair order by (a, b) to dst in natural order.
+template <typename T>
+GPT_FAST_INLINE void unpair(VF a, VF b, float* dst) {
+  store(dst, a);
+  store(dst + kLanes, b);
+}
+
+template <>
+GPT_FAST_INLINE void unpair<c10::BFloat16>(VF a, VF b, float* dst) {
+  store(dst, __builtin_shufflevector(a, b, 0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23));
+  store(dst + kLanes, __builtin_shufflevector(a, b, 8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31));
+}
 
 // Converts n values of a row to fp32 (vectorised body, scalar tail).
 template <typename T>

@@ -45,44 +45,77 @@ struct Params {
   float scale;            // log2(e) / sqrt(D)
 };
 
-// scores[j] = q . k_j for keys j in [0, n) (row stride ks); D = 16 NV + a scalar tail.
-template <int NV, typename T>
-GPT_FAST_INLINE void chunk_scores(const float* q, const T* k, int64_t ks, int64_t n, int64_t D, float* scores) {
-  VF qv[NV > 0 ? NV : 1];
-  for (int v = 0; v < NV; ++v) qv[v] = load(q + v * kLanes);
+// The query of one token, scaled: NP groups of 32 values in T's pair order (see load_pair), then the rest
+// (D - 32 NP values) in natural order.
+template <int NP>
+struct Query {
+  VF a[NP > 0 ? NP : 1], b[NP > 0 ? NP : 1];
+  alignas(64) float rest[2 * kLanes];
+};
+
+// Dot product of the query with one key row, as a 16-lane partial sum (the scalar tail goes to `tail`).
+template <int NP, typename T>
+GPT_FAST_INLINE VF key_dot(const Query<NP>& q, const T* k, int64_t D, float& tail) {
+  VF acc{};
+  for (int p = 0; p < NP; ++p) {
+    VF ka, kb;
+    load_pair(k + p * 2 * kLanes, ka, kb);
+    acc += q.a[p] * ka + q.b[p] * kb;
+  }
+  int64_t d = NP * 2 * kLanes;
+  if (d + kLanes <= D) acc += load(q.rest) * load_float(k + d), d += kLanes;
+  tail = 0.f;
+  for (; d < D; ++d) tail += q.rest[d - NP * 2 * kLanes] * static_cast<float>(k[d]);
+  return acc;
+}
+
+// scores[j] = q . k_j for keys j in [0, n) (row stride ks).
+template <int NP, typename T>
+GPT_FAST_INLINE void chunk_scores(const Query<NP>& q, const T* k, int64_t ks, int64_t n, int64_t D, float* scores) {
   int64_t j = 0;
   for (; j + kLanes <= n; j += kLanes) {  // 16 keys at a time, summed horizontally together
     VF part[kLanes];
-    for (int r = 0; r < kLanes; ++r) {
-      const T* kr = k + (j + r) * ks;
-      VF a{};
-      for (int v = 0; v < NV; ++v) a += qv[v] * load_float(kr + v * kLanes);
-      part[r] = a;
-    }
-    store(scores + j, reduce_add_16(part));
+    alignas(64) float tails[kLanes];
+    for (int r = 0; r < kLanes; ++r) part[r] = key_dot(q, k + (j + r) * ks, D, tails[r]);
+    store(scores + j, reduce_add_16(part) + load(tails));
   }
   for (; j < n; ++j) {
-    VF a{};
-    for (int v = 0; v < NV; ++v) a += qv[v] * load_float(k + j * ks + v * kLanes);
-    scores[j] = reduce_add(a);
+    float tail;
+    scores[j] = reduce_add(key_dot(q, k + j * ks, D, tail)) + tail;
   }
-  for (int64_t d = NV * kLanes; d < D; ++d)
-    for (j = 0; j < n; ++j) scores[j] += q[d] * static_cast<float>(k[j * ks + d]);
 }
 
-// acc[0:D] = sum_j probs[j] * v_j for keys j in [0, n).
-template <int NV, typename T>
+// acc[0:D] = sum_j probs[j] * v_j for keys j in [0, n), in natural order.
+template <int NP, typename T>
 GPT_FAST_INLINE void chunk_pv(const float* probs, const T* v, int64_t vs, int64_t n, int64_t D, float* acc) {
-  VF a0[NV > 0 ? NV : 1] = {}, a1[NV > 0 ? NV : 1] = {};  // even and odd keys: two dependency chains
+  constexpr int N = NP > 0 ? NP : 1;
+  VF a0[N] = {}, b0[N] = {}, a1[N] = {}, b1[N] = {};  // even and odd keys: two dependency chains
   int64_t j = 0;
   for (; j + 2 <= n; j += 2) {
-    for (int x = 0; x < NV; ++x) a0[x] += load_float(v + j * vs + x * kLanes) * probs[j];
-    for (int x = 0; x < NV; ++x) a1[x] += load_float(v + (j + 1) * vs + x * kLanes) * probs[j + 1];
+    for (int p = 0; p < NP; ++p) {
+      VF va, vb, wa, wb;
+      load_pair(v + j * vs + p * 2 * kLanes, va, vb);
+      load_pair(v + (j + 1) * vs + p * 2 * kLanes, wa, wb);
+      a0[p] += va * probs[j], b0[p] += vb * probs[j];
+      a1[p] += wa * probs[j + 1], b1[p] += wb * probs[j + 1];
+    }
   }
-  if (j < n)
-    for (int x = 0; x < NV; ++x) a0[x] += load_float(v + j * vs + x * kLanes) * probs[j];
-  for (int x = 0; x < NV; ++x) store(acc + x * kLanes, a0[x] + a1[x]);
-  for (int64_t d = NV * kLanes; d < D; ++d) {
+  if (j < n) {
+    for (int p = 0; p < NP; ++p) {
+      VF va, vb;
+      load_pair(v + j * vs + p * 2 * kLanes, va, vb);
+      a0[p] += va * probs[j], b0[p] += vb * probs[j];
+    }
+  }
+  for (int p = 0; p < NP; ++p) unpair<T>(a0[p] + a1[p], b0[p] + b1[p], acc + p * 2 * kLanes);
+  int64_t d = NP * 2 * kLanes;
+  if (d + kLanes <= D) {
+    VF r{};
+    for (j = 0; j < n; ++j) r += load_float(v + j * vs + d) * probs[j];
+    store(acc + d, r);
+    d += kLanes;
+  }
+  for (; d < D; ++d) {
     float s = 0.f;
     for (j = 0; j < n; ++j) s += probs[j] * static_cast<float>(v[j * vs + d]);
     acc[d] = s;
@@ -91,25 +124,31 @@ GPT_FAST_INLINE void chunk_pv(const float* probs, const T* v, int64_t vs, int64_
 
 // One task: row b, head h, keys [k0, k1) for every new token; writes (output, max, sum) per token, or the
 // normalised output when the chunk is the whole row.
-template <int NV, typename T>
+template <int NP, typename T>
 GPT_FAST_INLINE void chunk_task(const Params& p, int64_t b, int64_t h, int64_t split, std::vector<float>& scores) {
   const int64_t len = p.lengths[b], D = p.D;
   const int64_t k0 = split * p.chunk, k1 = std::min(k0 + p.chunk, len + p.S);
   const T* kc = static_cast<const T*>(p.k) + b * p.c_sb + h * p.c_sh + k0 * p.c_st;
   const T* vc = static_cast<const T*>(p.v) + b * p.c_sb + h * p.c_sh + k0 * p.c_st;
   scores.resize(std::max<int64_t>(0, k1 - k0) + kLanes);
-  alignas(64) float q[kMaxHead];
+  Query<NP> q;
   alignas(64) float acc[kMaxHead];
   for (int64_t i = 0; i < p.S; ++i) {
     const T* qi = static_cast<const T*>(p.qkv) + b * p.q_sb + i * p.q_ss + h * D;
-    for (int64_t d = 0; d < D; ++d) q[d] = static_cast<float>(qi[d]) * p.scale;
+    for (int g = 0; g < NP; ++g) {
+      load_pair(qi + g * 2 * kLanes, q.a[g], q.b[g]);
+      q.a[g] *= p.scale, q.b[g] *= p.scale;
+    }
+    for (int64_t d = NP * 2 * kLanes; d < D; ++d) q.rest[d - NP * 2 * kLanes] = static_cast<float>(qi[d]) * p.scale;
     const int64_t n = std::min(k1, len + i + 1) - k0;  // keys of this chunk token i may see
     float mx = kNegInf, sum = 0.f;
     std::fill(acc, acc + D, 0.f);
     if (n > 0) {
-      chunk_scores<NV>(q, kc, p.c_st, n, D, scores.data());
-      for (int64_t j = 0; j < n; ++j) mx = std::max(mx, scores[j]);
-      for (int64_t j = n; j < n + kLanes; ++j) scores[j] = kNegInf;  // pad so the exp loop needs no tail
+      chunk_scores<NP>(q, kc, p.c_st, n, D, scores.data());
+      for (int64_t j = n; j < n + kLanes; ++j) scores[j] = kNegInf;  // pad so the vector loops need no tail
+      VF mxv = splat(kNegInf);
+      for (int64_t j = 0; j < n; j += kLanes) mxv = vmax(mxv, load(&scores[j]));
+      mx = reduce_max(mxv);
       VF sums{};
       for (int64_t j = 0; j < n; j += kLanes) {
         const VF e = exp2_nonpositive(load(&scores[j]) - mx);
@@ -117,7 +156,7 @@ GPT_FAST_INLINE void chunk_task(const Params& p, int64_t b, int64_t h, int64_t s
         sums += e;
       }
       sum = reduce_add(sums);
-      chunk_pv<NV>(scores.data(), vc, p.c_st, n, D, acc);
+      chunk_pv<NP>(scores.data(), vc, p.c_st, n, D, acc);
     }
     if (p.splits == 1) {
       T* o = static_cast<T*>(p.out) + (b * p.S + i) * p.C + h * D;
@@ -132,28 +171,25 @@ GPT_FAST_INLINE void chunk_task(const Params& p, int64_t b, int64_t h, int64_t s
   }
 }
 
-template <int NV, typename T>
-GPT_FAST_INLINE void run_tasks_nv(const Params& p, int64_t begin, int64_t end) {
+template <int NP, typename T>
+GPT_FAST_INLINE void run_tasks_np(const Params& p, int64_t begin, int64_t end) {
   std::vector<float> scores;
   for (int64_t t = begin; t < end; ++t) {
     const int64_t split = t % p.splits, bh = t / p.splits;
-    chunk_task<NV, T>(p, bh / p.H, bh % p.H, split, scores);
+    chunk_task<NP, T>(p, bh / p.H, bh % p.H, split, scores);
   }
 }
 
-// The vector width of the head (D / 16, 0..8) as a template argument, so accumulators live in registers.
+// The number of 32-value groups of the head (D / 32, 0..4) as a template argument, so that the
+// accumulators live in registers.
 template <typename T>
 GPT_FAST_INLINE void run_tasks(const Params& p, int64_t begin, int64_t end) {
-  switch (p.D / kLanes) {
-    case 0: run_tasks_nv<0, T>(p, begin, end); break;
-    case 1: run_tasks_nv<1, T>(p, begin, end); break;
-    case 2: run_tasks_nv<2, T>(p, begin, end); break;
-    case 3: run_tasks_nv<3, T>(p, begin, end); break;
-    case 4: run_tasks_nv<4, T>(p, begin, end); break;
-    case 5: run_tasks_nv<5, T>(p, begin, end); break;
-    case 6: run_tasks_nv<6, T>(p, begin, end); break;
-    case 7: run_tasks_nv<7, T>(p, begin, end); break;
-    default: run_tasks_nv<8, T>(p, begin, end); break;
+  switch (p.D / (2 * kLanes)) {
+    case 0: run_tasks_np<0, T>(p, begin, end); break;
+    case 1: run_tasks_np<1, T>(p, begin, end); break;
+    case 2: run_tasks_np<2, T>(p, begin, end); break;
+    case 3: run_tasks_np<3, T>(p, begin, end); break;
+    default: run_tasks_np<4, T>(p, begin, end); break;
   }
 }
 

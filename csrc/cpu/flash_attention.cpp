@@ -21,43 +21,15 @@
 #include <cstring>
 #include <memory>
 
-#if defined(__x86_64__) && defined(__GNUC__)
-#include <immintrin.h>
-#endif
-
 #include "checks.h"
 #include "cpu/attention_math.h"
+#include "cpu/flash_amx.h"
+#include "cpu/flash_tiles.h"
 
 namespace gpt_fast {
 namespace {
 using namespace attention;
-
-constexpr int kBlockQ = 64;                 // query rows per task
-constexpr int kVecQ = kBlockQ / kLanes;     // vectors per query block
-constexpr int kBlockK = 64;                 // keys per score tile
-constexpr int kMaxHead = 128;
-constexpr int kMicro = 6;                   // keys (QK^T) or head dims (PV) per micro-kernel step
-
-struct Params {
-  int64_t B, T, H, D;
-  const void* q;           // element (b, t, h, d) at q + b*q_sb + t*q_st + h*D + d
-  int64_t q_sb, q_st;
-  const void* k;           // keys (Engine::Elem), same indexing with kv_sb, kv_st; values at v
-  const void* v;
-  int64_t kv_sb, kv_st;
-  const bool* mask;        // (B, T) contiguous, or null
-  void* out;               // (B, T, H*D) contiguous
-  float scale;             // log2(e) / sqrt(D)
-};
-
-struct Tiles {  // per-thread working set
-  alignas(64) float qt[kMaxHead][kBlockQ];  // Q^T, scaled (the bf16 engine keeps bf16 pairs here)
-  alignas(64) float st[kBlockK][kBlockQ];   // S^T, then P^T
-  alignas(64) float ot[kMaxHead][kBlockQ];  // O^T accumulator
-  VF m[kVecQ], l[kVecQ];                    // running max (base 2) and sum per query row
-  alignas(64) uint32_t p2[kBlockK / 2][kBlockQ];   // bf16 engine: P^T as bf16 pairs of consecutive keys
-  alignas(64) uint32_t v2[kBlockK / 2][kMaxHead];  // bf16 engine: V as bf16 pairs of consecutive keys
-};
+using namespace flash;
 
 // S^T[j][:] = sum_d K[j][d] * Q^T[d][:] for NJ keys.
 template <int NJ>
@@ -133,115 +105,12 @@ struct Fp32Engine {
       with_width<QK>(static_cast<int>(std::min<int64_t>(kMicro, nk - j)), t, k + j * p.kv_st, p.kv_st, p.D,
                      &t.st[j][0]);
   }
-  GPT_FAST_INLINE static void pv(const Params& p, Tiles& t, const float* v, int64_t nk) {
+  GPT_FAST_INLINE static void pv(const Params& p, Tiles& t, const float* v, int64_t nk, int64_t /*bh*/,
+                                 int64_t /*j0*/) {
     for (int64_t d = 0; d < p.D; d += kMicro)
       with_width<PV>(static_cast<int>(std::min<int64_t>(kMicro, p.D - d)), t, v, p.kv_st, d, nk);
   }
 };
-
-#if defined(__x86_64__) && defined(__GNUC__)
-#define GPT_FAST_HAVE_BF16_ENGINE 1
-#define GPT_FAST_TARGET_BF16 \
-  __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma,f16c,prefer-vector-width=512")))
-
-bool cpu_has_avx512_bf16() {
-  static const bool yes = cpu_isa() == 2 && __builtin_cpu_supports("avx512bf16");
-  return yes;
-}
-
-// The bf16 engine (AVX512-BF16, even D): bf16 pairs along the reduction dimension go through _mm512_dpbf16_ps
-// (fp32 accumulation). Keys are read in place, a (k[d], k[d+1]) pair broadcast per step; Q^T holds the query
-// pairs; P^T and V are repacked per key block into pairs of consecutive keys. Scores are scaled in fp32.
-template <int NJ>
-GPT_FAST_TARGET_BF16 GPT_FAST_INLINE void qk_bf16(const Tiles& t, const c10::BFloat16* k, int64_t ks, int64_t D,
-                                                  float scale, float* st) {
-  const auto* qt = reinterpret_cast<const uint32_t*>(&t.qt[0][0]);  // (D / 2, kBlockQ) pairs
-  __m512 acc[NJ][kVecQ];
-  for (int j = 0; j < NJ; ++j)
-    for (int v = 0; v < kVecQ; ++v) acc[j][v] = _mm512_setzero_ps();
-  for (int64_t dp = 0; dp < D / 2; ++dp) {
-    __m512bh q[kVecQ];
-    for (int v = 0; v < kVecQ; ++v) q[v] = (__m512bh)_mm512_load_si512(qt + dp * kBlockQ + v * kLanes);
-    for (int j = 0; j < NJ; ++j) {
-      int32_t pair;
-      std::memcpy(&pair, k + j * ks + 2 * dp, sizeof(pair));
-      const __m512bh kb = (__m512bh)_mm512_set1_epi32(pair);
-      for (int v = 0; v < kVecQ; ++v) acc[j][v] = _mm512_dpbf16_ps(acc[j][v], q[v], kb);
-    }
-  }
-  for (int j = 0; j < NJ; ++j)
-    for (int v = 0; v < kVecQ; ++v)
-      _mm512_store_ps(st + j * kBlockQ + v * kLanes, _mm512_mul_ps(acc[j][v], _mm512_set1_ps(scale)));
-}
-
-template <int ND>
-GPT_FAST_TARGET_BF16 GPT_FAST_INLINE void pv_bf16(Tiles& t, int64_t d0, int64_t pairs) {
-  __m512 acc[ND][kVecQ];
-  for (int d = 0; d < ND; ++d)
-    for (int v = 0; v < kVecQ; ++v) acc[d][v] = _mm512_load_ps(&t.ot[d0 + d][v * kLanes]);
-  for (int64_t jp = 0; jp < pairs; ++jp) {
-    __m512bh pr[kVecQ];
-    for (int v = 0; v < kVecQ; ++v) pr[v] = (__m512bh)_mm512_load_si512(&t.p2[jp][v * kLanes]);
-    for (int d = 0; d < ND; ++d) {
-      const __m512bh vb = (__m512bh)_mm512_set1_epi32(static_cast<int32_t>(t.v2[jp][d0 + d]));
-      for (int v = 0; v < kVecQ; ++v) acc[d][v] = _mm512_dpbf16_ps(acc[d][v], pr[v], vb);
-    }
-  }
-  for (int d = 0; d < ND; ++d)
-    for (int v = 0; v < kVecQ; ++v) _mm512_store_ps(&t.ot[d0 + d][v * kLanes], acc[d][v]);
-}
-
-struct Bf16Engine {
-  using Elem = c10::BFloat16;
-  template <typename T>
-  GPT_FAST_INLINE static void load_q(const Params& p, Tiles& t, const T* q, int64_t nq) {
-    auto* qt = reinterpret_cast<uint32_t*>(&t.qt[0][0]);
-    for (int64_t dp = 0; dp < p.D / 2; ++dp) {
-      for (int64_t i = 0; i < nq; ++i) std::memcpy(qt + dp * kBlockQ + i, q + i * p.q_st + 2 * dp, 4);
-      for (int64_t i = nq; i < kBlockQ; ++i) qt[dp * kBlockQ + i] = 0;
-    }
-  }
-  GPT_FAST_TARGET_BF16 static void scores(const Params& p, Tiles& t, const c10::BFloat16* k, int64_t nk) {
-    const float scale = p.scale;
-    int64_t j = 0;
-    for (; j + kMicro <= nk; j += kMicro) qk_bf16<kMicro>(t, k + j * p.kv_st, p.kv_st, p.D, scale, &t.st[j][0]);
-    for (; j < nk; ++j) qk_bf16<1>(t, k + j * p.kv_st, p.kv_st, p.D, scale, &t.st[j][0]);
-  }
-  GPT_FAST_TARGET_BF16 static void pv(const Params& p, Tiles& t, const c10::BFloat16* v, int64_t nk) {
-    const int64_t pairs = (nk + 1) / 2, D = p.D;
-    static const c10::BFloat16 zeros[kMaxHead] = {};
-    const __m512i lo = _mm512_set_epi16(47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9, 40, 8, 39, 7, 38, 6,
-                                        37, 5, 36, 4, 35, 3, 34, 2, 33, 1, 32, 0);
-    const __m512i hi = _mm512_add_epi16(lo, _mm512_set1_epi16(16));
-    const __m512i interleave = _mm512_sub_epi16(lo, _mm512_set_epi16(16, 0, 16, 0, 16, 0, 16, 0, 16, 0, 16, 0, 16, 0,
-                                                                     16, 0, 16, 0, 16, 0, 16, 0, 16, 0, 16, 0, 16,
-                                                                     0, 16, 0, 16, 0));  // 0, 16, 1, 17, ...
-    for (int64_t jp = 0; jp < pairs; ++jp) {
-      // P^T rows 2jp and 2jp+1 -> lane i holds (P[2jp][i], P[2jp+1][i]) as bf16.
-      for (int v = 0; v < kVecQ; ++v) {
-        const __m512 a = _mm512_load_ps(&t.st[2 * jp][v * kLanes]);
-        const __m512 b = 2 * jp + 1 < nk ? _mm512_load_ps(&t.st[2 * jp + 1][v * kLanes]) : _mm512_setzero_ps();
-        const __m512i both = (__m512i)_mm512_cvtne2ps_pbh(b, a);  // a0..a15, b0..b15
-        _mm512_store_si512(&t.p2[jp][v * kLanes], _mm512_permutexvar_epi16(interleave, both));
-      }
-      // V rows 2jp and 2jp+1 -> v2[jp][d] = (V[2jp][d], V[2jp+1][d]).
-      const c10::BFloat16* r0 = v + 2 * jp * p.kv_st;
-      const c10::BFloat16* r1 = 2 * jp + 1 < nk ? r0 + p.kv_st : zeros;
-      int64_t d = 0;
-      for (; d + 2 * kLanes <= D; d += 2 * kLanes) {
-        const __m512i x0 = _mm512_loadu_si512(r0 + d), x1 = _mm512_loadu_si512(r1 + d);
-        _mm512_store_si512(&t.v2[jp][d], _mm512_permutex2var_epi16(x0, lo, x1));
-        _mm512_store_si512(&t.v2[jp][d + kLanes], _mm512_permutex2var_epi16(x0, hi, x1));
-      }
-      for (; d < D; ++d) t.v2[jp][d] = uint32_t(r0[d].x) | uint32_t(r1[d].x) << 16;
-    }
-    int64_t d = 0;
-    for (; d + kMicro <= D; d += kMicro) pv_bf16<kMicro>(t, d, pairs);
-    for (; d + 2 <= D; d += 2) pv_bf16<2>(t, d, pairs);
-    for (; d < D; ++d) pv_bf16<1>(t, d, pairs);
-  }
-};
-#endif
 
 // One key block [j0, j1) for the query block starting at i0 (nq valid rows): scores, masks, online softmax, P V.
 template <typename Engine>
@@ -280,7 +149,7 @@ GPT_FAST_INLINE void key_block(const Params& p, Tiles& t, int64_t b, int64_t h, 
   }
   for (int64_t d = 0; d < p.D; ++d)
     for (int q = 0; q < kVecQ; ++q) store(&t.ot[d][q * kLanes], load(&t.ot[d][q * kLanes]) * alpha[q]);
-  Engine::pv(p, t, static_cast<const E*>(p.v) + at, nk);
+  Engine::pv(p, t, static_cast<const E*>(p.v) + at, nk, b * p.H + h, j0);
 }
 
 template <typename Engine, typename T>
@@ -322,9 +191,11 @@ GPT_FAST_INLINE void run_tasks(const Params& p, int64_t begin, int64_t end) {
   run_tasks_with<Fp32Engine, T>(p, begin, end);
 }
 
-#ifdef GPT_FAST_HAVE_BF16_ENGINE
-GPT_FAST_TARGET_BF16 void run_tasks_bf16_engine(const Params& p, int64_t begin, int64_t end) {
-  run_tasks_with<Bf16Engine, c10::BFloat16>(p, begin, end);
+#ifdef GPT_FAST_HAVE_AMX_ENGINE
+GPT_FAST_TARGET_AMX void run_tasks_amx(const Params& p, int64_t begin, int64_t end) {
+  amx_load_tile_config();
+  run_tasks_with<AmxEngine, c10::BFloat16>(p, begin, end);
+  _tile_release();
 }
 #endif
 
@@ -358,12 +229,17 @@ at::Tensor flash_attention_cpu(const at::Tensor& qkv, const std::optional<at::Te
   const int64_t tasks = (T + kBlockQ - 1) / kBlockQ * B * n_head;
   const float scale = kLog2e / std::sqrt(static_cast<float>(D));
   const bool* mask_ptr = mask.defined() ? mask.const_data_ptr<bool>() : nullptr;
-#ifdef GPT_FAST_HAVE_BF16_ENGINE
-  if (qkv.scalar_type() == at::kBFloat16 && D % 2 == 0 && cpu_has_avx512_bf16()) {
-    const auto* base = static_cast<const c10::BFloat16*>(qkv.const_data_ptr());  // k and v read in place
+#ifdef GPT_FAST_HAVE_AMX_ENGINE
+  if (qkv.scalar_type() == at::kBFloat16 && D % 32 == 0 && amx_available()) {
+    const auto* base = static_cast<const c10::BFloat16*>(qkv.const_data_ptr());  // q and k read in place
+    const int64_t vt_len = (T + kBlockK - 1) / kBlockK * kBlockK;
+    auto vt = at::zeros({B * n_head, D, vt_len}, qkv.options());  // V^T per (batch, head), zero-padded
+    // (B, T, H, D) -> (B, H, D, T): one strided copy of the value part.
+    vt.view({B, n_head, D, vt_len}).narrow(3, 0, T).copy_(
+        qkv.narrow(2, 2 * C, C).unflatten(2, {n_head, D}).permute({0, 2, 3, 1}));
     Params p{B, T, n_head, D, base, qkv.stride(0), qkv.stride(1), base + C, base + 2 * C, qkv.stride(0),
-             qkv.stride(1), mask_ptr, out.mutable_data_ptr(), scale};
-    at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) { run_tasks_bf16_engine(p, begin, end); });
+             qkv.stride(1), vt.const_data_ptr<c10::BFloat16>(), vt_len, mask_ptr, out.mutable_data_ptr(), scale};
+    at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) { run_tasks_amx(p, begin, end); });
     return out;
   }
 #endif
@@ -371,7 +247,8 @@ at::Tensor flash_attention_cpu(const at::Tensor& qkv, const std::optional<at::Te
   at::Tensor kv = qkv.scalar_type() == at::kFloat ? qkv.narrow(2, C, 2 * C)
                                                   : qkv.narrow(2, C, 2 * C).to(at::kFloat);  // (B, T, 2C)
   Params p{B, T, n_head, D, qkv.const_data_ptr(), qkv.stride(0), qkv.stride(1), kv.const_data_ptr<float>(),
-           kv.const_data_ptr<float>() + C, kv.stride(0), kv.stride(1), mask_ptr, out.mutable_data_ptr(), scale};
+           kv.const_data_ptr<float>() + C, kv.stride(0), kv.stride(1), nullptr, 0, mask_ptr, out.mutable_data_ptr(),
+           scale};
   with_storage_type(qkv.scalar_type(), [&](auto type) {
     using T = decltype(type);
     at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) { run_tasks_best<T>(p, begin, end); });

@@ -164,6 +164,32 @@ GPT_FAST_INLINE void row_to_float(const T* src, float* dst, int64_t n) {
   for (; i < n; ++i) dst[i] = static_cast<float>(src[i]);
 }
 
+// Stores 16 fp32 values as storage type T (round to nearest even).
+template <typename T>
+GPT_FAST_INLINE void store_as(T* p, VF v) {
+  for (int i = 0; i < kLanes; ++i) p[i] = static_cast<T>(v[i]);
+}
+
+template <>
+GPT_FAST_INLINE void store_as<float>(float* p, VF v) { store(p, v); }
+
+template <>
+GPT_FAST_INLINE void store_as<c10::BFloat16>(c10::BFloat16* p, VF v) {
+  const VU32 u = (VU32)v;
+  const VU32 nan = (VU32)(v != v);  // all ones where v is NaN
+  const VU32 rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+  const VU16 bits = __builtin_convertvector((rounded & ~nan) | (nan & 0x7FC0u), VU16);
+  std::memcpy(p, &bits, sizeof(bits));
+}
+
+// Converts n fp32 values to storage type T (vectorised body, scalar tail).
+template <typename T>
+GPT_FAST_INLINE void float_to_row(const float* src, T* dst, int64_t n) {
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) store_as(dst + i, load(src + i));
+  for (; i < n; ++i) dst[i] = static_cast<T>(src[i]);
+}
+
 // 2^x for x <= 0 (any x, including -inf, which gives exactly 0; so does x < -126).
 // x = n + f with n an integer and |f| <= 1/2; 2^f = e^(f ln2) by a degree-7 Taylor polynomial
 // (relative error < 1e-8 on that interval), 2^n by building the exponent bits.

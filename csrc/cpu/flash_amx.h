@@ -17,6 +17,8 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <ATen/Parallel.h>
+
 #include <algorithm>
 #include <cstring>
 
@@ -50,6 +52,24 @@ GPT_FAST_TARGET_AMX inline void amx_load_tile_config() {
   _tile_loadconfig(&config);
 }
 
+// V^T of every (batch, head): vt (B*H, D, vt_len) from the value part of qkv, zero past T. Blocks of 16 keys
+// keep the 16 source rows in L1 while each dim's 16 values are written contiguously.
+inline void build_vt(const c10::BFloat16* v, int64_t v_sb, int64_t v_st, int64_t B, int64_t T, int64_t H, int64_t D,
+                     c10::BFloat16* vt, int64_t vt_len) {
+  at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t bh = begin; bh < end; ++bh) {
+      const c10::BFloat16* src = v + (bh / H) * v_sb + (bh % H) * D;  // (T, D) with row stride v_st
+      c10::BFloat16* dst = vt + bh * D * vt_len;                      // (D, vt_len)
+      for (int64_t j0 = 0; j0 < T; j0 += 16) {
+        const int64_t n = std::min<int64_t>(16, T - j0);
+        for (int64_t d = 0; d < D; ++d)
+          for (int64_t j = 0; j < n; ++j) dst[d * vt_len + j0 + j] = src[(j0 + j) * v_st + d];
+      }
+      for (int64_t d = 0; d < D; ++d) std::fill(dst + d * vt_len + T, dst + (d + 1) * vt_len, c10::BFloat16(0.f));
+    }
+  });
+}
+
 struct AmxEngine {
   using Elem = c10::BFloat16;
   static constexpr int64_t kRowBytes = kBlockQ * 4;  // row stride of the st, ot and p2 tiles
@@ -58,9 +78,11 @@ struct AmxEngine {
   template <typename T>
   GPT_FAST_INLINE static void load_q(const Params& p, Tiles& t, const T* q, int64_t nq) {
     auto* qt = reinterpret_cast<uint32_t*>(&t.qt[0][0]);
-    for (int64_t dp = 0; dp < p.D / 2; ++dp) {
-      for (int64_t i = 0; i < nq; ++i) std::memcpy(qt + dp * kBlockQ + i, q + i * p.q_st + 2 * dp, 4);
-      for (int64_t i = nq; i < kBlockQ; ++i) qt[dp * kBlockQ + i] = 0;
+    for (int64_t i = 0; i < kBlockQ; ++i) {  // row by row: contiguous reads
+      for (int64_t dp = 0; dp < p.D / 2; ++dp) {
+        if (i < nq) std::memcpy(qt + dp * kBlockQ + i, q + i * p.q_st + 2 * dp, 4);
+        else qt[dp * kBlockQ + i] = 0;
+      }
     }
   }
 

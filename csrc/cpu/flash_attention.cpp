@@ -95,10 +95,8 @@ struct Fp32Engine {
   using Elem = float;
   template <typename T>
   GPT_FAST_INLINE static void load_q(const Params& p, Tiles& t, const T* q, int64_t nq) {
-    for (int64_t d = 0; d < p.D; ++d) {
-      for (int64_t i = 0; i < nq; ++i) t.qt[d][i] = static_cast<float>(q[i * p.q_st + d]) * p.scale;
-      for (int64_t i = nq; i < kBlockQ; ++i) t.qt[d][i] = 0.f;
-    }
+    for (int64_t i = 0; i < kBlockQ; ++i)  // row by row: contiguous reads
+      for (int64_t d = 0; d < p.D; ++d) t.qt[d][i] = i < nq ? static_cast<float>(q[i * p.q_st + d]) * p.scale : 0.f;
   }
   GPT_FAST_INLINE static void scores(const Params& p, Tiles& t, const float* k, int64_t nk) {
     for (int64_t j = 0; j < nk; j += kMicro)
@@ -169,8 +167,11 @@ GPT_FAST_INLINE void query_block(const Params& p, Tiles& t, int64_t b, int64_t h
     const float l = t.l[i / kLanes][i % kLanes];
     inv[i] = l > 0.f ? 1.f / l : 0.f;
   }
-  for (int64_t i = 0; i < nq; ++i)
-    for (int64_t d = 0; d < p.D; ++d) out[i * p.H * p.D + d] = static_cast<T>(t.ot[d][i] * inv[i]);
+  for (int64_t i = 0; i < nq; ++i) {  // O^T column i -> output row i
+    alignas(64) float row[kMaxHead];
+    for (int64_t d = 0; d < p.D; ++d) row[d] = t.ot[d][i] * inv[i];
+    float_to_row(row, out + i * p.H * p.D, p.D);
+  }
 }
 
 // Task k -> (query block, batch, head). Query blocks are ordered 0, n-1, 1, n-2, ... so that any contiguous
@@ -233,10 +234,9 @@ at::Tensor flash_attention_cpu(const at::Tensor& qkv, const std::optional<at::Te
   if (qkv.scalar_type() == at::kBFloat16 && D % 32 == 0 && amx_available()) {
     const auto* base = static_cast<const c10::BFloat16*>(qkv.const_data_ptr());  // q and k read in place
     const int64_t vt_len = (T + kBlockK - 1) / kBlockK * kBlockK;
-    auto vt = at::zeros({B * n_head, D, vt_len}, qkv.options());  // V^T per (batch, head), zero-padded
-    // (B, T, H, D) -> (B, H, D, T): one strided copy of the value part.
-    vt.view({B, n_head, D, vt_len}).narrow(3, 0, T).copy_(
-        qkv.narrow(2, 2 * C, C).unflatten(2, {n_head, D}).permute({0, 2, 3, 1}));
+    auto vt = at::empty({B * n_head, D, vt_len}, qkv.options());  // V^T per (batch, head), zero-padded
+    build_vt(base + 2 * C, qkv.stride(0), qkv.stride(1), B, T, n_head, D, vt.mutable_data_ptr<c10::BFloat16>(),
+             vt_len);
     Params p{B, T, n_head, D, base, qkv.stride(0), qkv.stride(1), base + C, base + 2 * C, qkv.stride(0),
              qkv.stride(1), vt.const_data_ptr<c10::BFloat16>(), vt_len, mask_ptr, out.mutable_data_ptr(), scale};
     at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) { run_tasks_amx(p, begin, end); });

@@ -75,7 +75,7 @@ CASES.update({f"decode B={B} L={L} {n}": (decode_case, (B, L, dt))
               for n, dt in DTYPES.items() for B in (1, 8) for L in (128, 512)})
 
 
-def time_alternating(fns: dict, rounds: int, min_time: float = 0.02):
+def time_alternating(fns: dict, rounds: int, min_time: float = 0.02, clock=time.perf_counter):
     """Times each fn in turn, round after round; returns {name: [seconds per call, ...]}."""
     for fn in fns.values():
         fn(), fn()
@@ -89,10 +89,10 @@ def time_alternating(fns: dict, rounds: int, min_time: float = 0.02):
     times = {name: [] for name in fns}
     for _ in range(rounds):
         for name, fn in fns.items():
-            start = time.perf_counter()
+            start = clock()
             for _ in range(reps[name]):
                 fn()
-            times[name].append((time.perf_counter() - start) / reps[name])
+            times[name].append((clock() - start) / reps[name])
     return times
 
 
@@ -100,16 +100,23 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--clock", choices=["wall", "thread"], default="wall",
+                        help="thread: CPU time of the calling thread (with --threads 1, immune to time-slicing "
+                             "on a shared machine)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, best (median) of {args.rounds} rounds")
+    if args.clock == "thread" and torch.get_num_threads() != 1:
+        parser.error("--clock thread measures one thread only; use it with --threads 1")
+    clock = time.thread_time if args.clock == "thread" else time.perf_counter
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.clock} clock, "
+          f"best (median) of {args.rounds} rounds")
     head = f"{'case':<26}{'kernel':>18}{'SDPA path':>18}{'SDPA only':>18}{'kernel thru':>16}{'ratio':>7}{'ratio med':>10}"
     print(head)
     print("-" * len(head))
     for name, (make, case_args) in CASES.items():
         case = make(*case_args)
-        t = time_alternating({k: case[k] for k in ("ours", "sdpa", "sdpa_only")}, args.rounds)
+        t = time_alternating({k: case[k] for k in ("ours", "sdpa", "sdpa_only")}, args.rounds, clock=clock)
         best = {k: min(v) for k, v in t.items()}
         med = {k: statistics.median(v) for k, v in t.items()}
         fmt = lambda k: f"{best[k] * 1e6:8.1f} ({med[k] * 1e6:6.1f})us"

@@ -43,6 +43,7 @@ CASES = [
     (1, 7, 12, 80, torch.float16, "random"),
     (1, 97, 12, 80, torch.float16, "right"),
     (3, 97, 3, 48, torch.float32, "random"),
+    (3, 97, 3, 64, torch.bfloat16, "random"),
     (3, 511, 3, 64, torch.float32, "left"),
     (1, 511, 3, 80, torch.bfloat16, "right"),
     (1, 512, 12, 64, torch.float32, "none"),
@@ -82,10 +83,10 @@ def test_head_size_128_and_odd():
     check(torch.randn(2, 70, 3 * 3 * 5, generator=g), make_mask("random", 2, 70, g), 3)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_non_contiguous_qkv(dtype):
+@pytest.mark.parametrize("dtype, D", [(torch.float32, 48), (torch.bfloat16, 48), (torch.bfloat16, 64)])
+def test_non_contiguous_qkv(dtype, D):
     g = torch.Generator().manual_seed(3)
-    B, T, H, D = 2, 77, 3, 48
+    B, T, H = 2, 77, 3
     big = torch.randn(B + 1, T + 5, 3 * H * D + 32, generator=g).to(dtype)
     qkv = big[1:, 2:T + 2, 16:16 + 3 * H * D]  # (B, T, 3C) with strides of the bigger tensor
     assert not qkv.is_contiguous()

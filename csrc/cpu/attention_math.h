@@ -14,9 +14,12 @@
 #include <c10/core/ScalarType.h>
 #include <c10/util/Half.h>
 
+#include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <string>
 
 #pragma GCC diagnostic ignored "-Wpsabi"  // 64-byte vectors by value: only in always-inlined helpers
 
@@ -31,6 +34,19 @@
 
 namespace gpt_fast::attention {
 
+// The highest code path the kernels may use: 3 (default) allows everything the CPU has; the environment
+// variable GPT_FAST_CPU_ISA = portable | avx2 | avx512 | amx caps it at 0, 1, 2 or 3 (read once; for tests and
+// for comparing paths).
+inline int isa_cap() {
+  static const int cap = [] {
+    const char* env = std::getenv("GPT_FAST_CPU_ISA");
+    if (env == nullptr) return 3;
+    const std::string want(env);
+    return want == "portable" ? 0 : want == "avx2" ? 1 : want == "avx512" ? 2 : 3;
+  }();
+  return cap;
+}
+
 // 2: AVX-512 (F, BW, VL, DQ) with FMA and F16C; 1: AVX2 with FMA and F16C; 0: portable code only.
 inline int cpu_isa() {
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -39,7 +55,7 @@ inline int cpu_isa() {
     const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
     const bool avx512 = avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
-    return avx512 ? 2 : avx2 ? 1 : 0;
+    return std::min(isa_cap(), avx512 ? 2 : avx2 ? 1 : 0);
   }();
   return isa;
 #else

@@ -33,7 +33,7 @@ namespace gpt_fast::flash {
 // True when the CPU has AMX-BF16 and AVX512-BF16 and Linux lets this process use the AMX tile state.
 inline bool amx_available() {
   static const bool yes = [] {
-    if (cpu_isa() != 2 || !__builtin_cpu_supports("amx-tile") || !__builtin_cpu_supports("amx-bf16") ||
+    if (isa_cap() < 3 || cpu_isa() != 2 || !__builtin_cpu_supports("amx-tile") || !__builtin_cpu_supports("amx-bf16") ||
         !__builtin_cpu_supports("avx512bf16"))
       return false;
     constexpr long kReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;  // arch_prctl(ARCH_REQ_XCOMP_PERM, ...)

@@ -172,14 +172,6 @@ GPT_FAST_INLINE void unpair<c10::BFloat16>(VF a, VF b, float* dst) {
   store(dst + kLanes, __builtin_shufflevector(a, b, 8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31));
 }
 
-// Converts n values of a row to fp32 (vectorised body, scalar tail).
-template <typename T>
-GPT_FAST_INLINE void row_to_float(const T* src, float* dst, int64_t n) {
-  int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes) store(dst + i, load_float(src + i));
-  for (; i < n; ++i) dst[i] = static_cast<float>(src[i]);
-}
-
 // Stores 16 fp32 values as storage type T (round to nearest even).
 template <typename T>
 GPT_FAST_INLINE void store_as(T* p, VF v) {
@@ -254,8 +246,5 @@ GPT_FAST_INLINE VF reduce_add_16(const VF* v) {
   return __builtin_shufflevector(c[0], c[1], 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30) +
          __builtin_shufflevector(c[0], c[1], 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
 }
-
-// Scalar 2^x for the few per-row statistics (the same polynomial, on lane 0).
-GPT_FAST_INLINE float exp2_scalar(float x) { return exp2_nonpositive(splat(x))[0]; }
 
 }  // namespace gpt_fast::attention

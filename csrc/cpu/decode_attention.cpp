@@ -132,7 +132,7 @@ GPT_FAST_INLINE void chunk_task(const Params& p, int64_t b, int64_t h, int64_t s
   const T* vc = static_cast<const T*>(p.v) + b * p.c_sb + h * p.c_sh + k0 * p.c_st;
   scores.resize(std::max<int64_t>(0, k1 - k0) + kLanes);
   Query<NP> q;
-  alignas(64) float acc[kMaxHead];
+  alignas(64) float acc[kMaxHead + 2 * kLanes];  // slack: the compiler cannot see that D <= kMaxHead
   for (int64_t i = 0; i < p.S; ++i) {
     const T* qi = static_cast<const T*>(p.qkv) + b * p.q_sb + i * p.q_ss + h * D;
     for (int g = 0; g < NP; ++g) {
@@ -159,9 +159,9 @@ GPT_FAST_INLINE void chunk_task(const Params& p, int64_t b, int64_t h, int64_t s
       chunk_pv<NP>(scores.data(), vc, p.c_st, n, D, acc);
     }
     if (p.splits == 1) {
-      T* o = static_cast<T*>(p.out) + (b * p.S + i) * p.C + h * D;
       const float inv = sum > 0.f ? 1.f / sum : 0.f;
-      for (int64_t d = 0; d < D; ++d) o[d] = static_cast<T>(acc[d] * inv);
+      for (int64_t d = 0; d < D; ++d) acc[d] *= inv;
+      float_to_row(acc, static_cast<T*>(p.out) + (b * p.S + i) * p.C + h * D, D);
     } else {
       float* part = p.partial + (((b * p.H + h) * p.splits + split) * p.S + i) * (D + 2);
       std::copy(acc, acc + D, part);

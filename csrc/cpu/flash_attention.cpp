@@ -8,10 +8,16 @@
 // working set (Q^T, a 64 x 64 score tile, O^T: 48 KiB at D = 64) stays in L1/L2. Tiles are kept transposed
 // (query rows along the vector lanes): the score tile S^T[key][query] is built by broadcasting key elements
 // against Q^T, so the softmax statistics of a row are plain lane-wise maxima and sums, and P V accumulates into
-// O^T by broadcasting value elements. fp32 throughout; bf16/fp16 keys and values are converted to fp32 once.
+// O^T by broadcasting value elements.
 //
-// Limits: fp32, bf16, fp16; head size D <= 128 (any D, vectorised over queries); any T. key_padding_mask (B, T)
-// bool, true = attend; a query row with no key to attend gives zeros. qkv must have stride 1 in its last dim.
+// Two engines compute the two products of a tile (the softmax between them is common fp32 code):
+//   - the fp32 engine (this file): fp32 FMA micro-kernels, 6 keys (or dims) x 64 queries per step; compiled for
+//     AVX-512, AVX2 + FMA and portable vectors, picked at run time; bf16/fp16 keys and values are converted to
+//     fp32 once per call;
+//   - the AMX engine (flash_amx.h): bf16 input with D % 32 == 0 on CPUs with AMX-BF16 (e.g. GPT-1 in bf16).
+//
+// Limits: fp32, bf16, fp16; head size D <= 128 (any D); any T. key_padding_mask (B, T) bool, true = attend; a
+// query row with no key to attend gives zeros. qkv must have stride 1 in its last dim, other strides are free.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>

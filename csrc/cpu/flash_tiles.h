@@ -32,7 +32,7 @@ struct Params {
 };
 
 struct Tiles {  // per-thread working set
-  alignas(64) float qt[kMaxHead][kBlockQ];  // Q^T, scaled (the bf16 engine keeps bf16 pairs here)
+  alignas(64) float qt[kMaxHead][kBlockQ];  // Q^T, scaled (the AMX engine keeps bf16 pairs here)
   alignas(64) float st[kBlockK][kBlockQ];   // S^T, then P^T
   alignas(64) float ot[kMaxHead][kBlockQ];  // O^T accumulator
   VF m[kVecQ], l[kVecQ];                    // running max (base 2) and sum per query row

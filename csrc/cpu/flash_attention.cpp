@@ -256,8 +256,8 @@ at::Tensor flash_attention_cpu(const at::Tensor& qkv, const std::optional<at::Te
            kv.const_data_ptr<float>() + C, kv.stride(0), kv.stride(1), nullptr, 0, mask_ptr, out.mutable_data_ptr(),
            scale};
   with_storage_type(qkv.scalar_type(), [&](auto type) {
-    using T = decltype(type);
-    at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) { run_tasks_best<T>(p, begin, end); });
+    using Elem = decltype(type);
+    at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) { run_tasks_best<Elem>(p, begin, end); });
   });
   return out;
 }

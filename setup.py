@@ -60,8 +60,12 @@ def _extension():
     sources = rel("csrc/*.cpp") + rel("csrc/cpu/*.cpp")
     include_dirs = [str(ROOT / "csrc")]
     extra = {"cxx": list(FLAGS["cxx_flags"])}
+    # -fopenmp: at::parallel_for is header code that only runs in parallel when the extension itself is built with
+    # OpenMP; libgomp.so.1 then resolves to the copy torch has already loaded, so there is one thread pool.
+    link = list(FLAGS.get("link_flags", []))
     if not _cuda_wanted():
-        return CppExtension("gpt_fast._C", sources, include_dirs=include_dirs, extra_compile_args=extra)
+        return CppExtension("gpt_fast._C", sources, include_dirs=include_dirs, extra_compile_args=extra,
+                            extra_link_args=link)
 
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", FLAGS["cuda_arch_list"])
     # ATen's CUDA headers include cuBLAS/cuSPARSE headers, which the pip-installed toolkit keeps here.
@@ -71,7 +75,8 @@ def _extension():
     extra["cxx"].append("-DGPT_FAST_WITH_CUDA")
     extra["nvcc"] = list(FLAGS["nvcc_flags"]) + ["-DGPT_FAST_WITH_CUDA"]
     sources += rel("csrc/cuda/*.cu") + rel("csrc/cuda/*.cpp")
-    return CUDAExtension("gpt_fast._C", sources, include_dirs=include_dirs, extra_compile_args=extra)
+    return CUDAExtension("gpt_fast._C", sources, include_dirs=include_dirs, extra_compile_args=extra,
+                         extra_link_args=link)
 
 
 def _build_ext():

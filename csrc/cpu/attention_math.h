@@ -1,0 +1,250 @@
+// Shared tile math of the CPU attention kernels (flash_attention.cpp, decode_attention.cpp).
+//
+// Everything is computed in fp32 on 16-lane vectors written with GCC/Clang vector extensions, so one source
+// compiles for every target: GPT_FAST_MULTIVERSION builds an AVX-512, an AVX2+FMA and a
+// portable copy of a kernel's entry point and picks one at run time from the CPU's features (x86-64 only;
+// elsewhere the portable copy is the only one and the compiler lowers the vectors to NEON or scalars).
+// The helpers below are always inlined into those entry points, so they are compiled once per instruction set.
+//
+// Scores are kept in base 2: the kernels fold log2(e) into the query scale and use exp2, so that
+// softmax(s) = exp2(s * log2e - max) / sum(...).
+#pragma once
+
+#include <c10/util/BFloat16.h>
+#include <c10/core/ScalarType.h>
+#include <c10/util/Half.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <string>
+
+#pragma GCC diagnostic ignored "-Wpsabi"  // 64-byte vectors by value: only in always-inlined helpers
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#define GPT_FAST_TARGET_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma,f16c,prefer-vector-width=512")))
+#define GPT_FAST_TARGET_AVX2 __attribute__((target("avx2,fma,f16c")))
+#else
+#define GPT_FAST_TARGET_AVX512
+#define GPT_FAST_TARGET_AVX2
+#endif
+#define GPT_FAST_INLINE inline __attribute__((always_inline))
+
+namespace gpt_fast::attention {
+
+// The highest code path the kernels may use: 3 (default) allows everything the CPU has; the environment
+// variable GPT_FAST_CPU_ISA = portable | avx2 | avx512 | amx caps it at 0, 1, 2 or 3 (read once; for tests and
+// for comparing paths).
+inline int isa_cap() {
+  static const int cap = [] {
+    const char* env = std::getenv("GPT_FAST_CPU_ISA");
+    if (env == nullptr) return 3;
+    const std::string want(env);
+    return want == "portable" ? 0 : want == "avx2" ? 1 : want == "avx512" ? 2 : 3;
+  }();
+  return cap;
+}
+
+// 2: AVX-512 (F, BW, VL, DQ) with FMA and F16C; 1: AVX2 with FMA and F16C; 0: portable code only.
+inline int cpu_isa() {
+#if defined(__x86_64__) && defined(__GNUC__)
+  static const int isa = [] {
+    __builtin_cpu_init();
+    const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+    const bool avx512 = avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+    return std::min(isa_cap(), avx512 ? 2 : avx2 ? 1 : 0);
+  }();
+  return isa;
+#else
+  return 0;
+#endif
+}
+
+// Defines template <typename T> void NAME(args...) that runs IMPL<T>(args...) (an always-inline function
+// template) compiled for AVX-512, for AVX2 + FMA, or portably, whichever this CPU supports best.
+#define GPT_FAST_MULTIVERSION(NAME, IMPL)                                                                  \
+  template <typename T, typename... A>                                                                     \
+  GPT_FAST_TARGET_AVX512 void NAME##_avx512(A... a) { IMPL<T>(a...); }                                     \
+  template <typename T, typename... A>                                                                     \
+  GPT_FAST_TARGET_AVX2 void NAME##_avx2(A... a) { IMPL<T>(a...); }                                         \
+  template <typename T, typename... A>                                                                     \
+  void NAME##_portable(A... a) { IMPL<T>(a...); }                                                          \
+  template <typename T, typename... A>                                                                     \
+  void NAME(A... a) {                                                                                      \
+    switch (::gpt_fast::attention::cpu_isa()) {                                                            \
+      case 2: NAME##_avx512<T>(a...); break;                                                               \
+      case 1: NAME##_avx2<T>(a...); break;                                                                 \
+      default: NAME##_portable<T>(a...); break;                                                            \
+    }                                                                                                      \
+  }
+
+// Calls f(T{}) with T the storage type of dtype (fp32, bf16 or fp16; checked by the caller).
+template <typename F>
+void with_storage_type(c10::ScalarType dtype, F&& f) {
+  if (dtype == c10::kBFloat16) f(c10::BFloat16{});
+  else if (dtype == c10::kHalf) f(c10::Half{});
+  else f(float{});
+}
+
+constexpr int kLanes = 16;
+typedef float VF __attribute__((vector_size(64)));       // 16 x fp32
+typedef int32_t VI __attribute__((vector_size(64)));     // 16 x int32
+typedef uint16_t VU16 __attribute__((vector_size(32)));  // 16 x 16-bit storage (bf16 / fp16 bits)
+typedef uint32_t VU32 __attribute__((vector_size(64)));
+
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+GPT_FAST_INLINE VF splat(float x) { return VF{} + x; }
+
+GPT_FAST_INLINE VF load(const float* p) {
+  VF v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+GPT_FAST_INLINE void store(float* p, VF v) { std::memcpy(p, &v, sizeof(v)); }
+
+GPT_FAST_INLINE VF vmax(VF a, VF b) { return a > b ? a : b; }
+
+// 16 consecutive values of storage type T, as fp32.
+template <typename T>
+GPT_FAST_INLINE VF load_float(const T* p);
+
+template <>
+GPT_FAST_INLINE VF load_float<float>(const float* p) { return load(p); }
+
+template <>
+GPT_FAST_INLINE VF load_float<c10::BFloat16>(const c10::BFloat16* p) {
+  VU16 bits;
+  std::memcpy(&bits, p, sizeof(bits));
+  return (VF)(__builtin_convertvector(bits, VU32) << 16);  // bf16 is the top half of an fp32
+}
+
+#if defined(__FLT16_MAX__)
+typedef _Float16 VH __attribute__((vector_size(32)));
+template <>
+GPT_FAST_INLINE VF load_float<c10::Half>(const c10::Half* p) {
+  VH h;
+  std::memcpy(&h, p, sizeof(h));
+  return __builtin_convertvector(h, VF);
+}
+#else
+template <>
+GPT_FAST_INLINE VF load_float<c10::Half>(const c10::Half* p) {
+  float tmp[kLanes];
+  for (int i = 0; i < kLanes; ++i) tmp[i] = static_cast<float>(p[i]);
+  return load(tmp);
+}
+#endif
+
+// 32 consecutive values of storage type T as two fp32 vectors, in an order private to T ("pair order"):
+// fp32 and fp16 give values 0..15 and 16..31; bf16 gives the even and the odd values, which costs one shift and
+// one mask instead of a widening conversion. Dot products and sums over a row do not care about the order, as
+// long as both operands are loaded alike; unpair() restores the natural order.
+template <typename T>
+GPT_FAST_INLINE void load_pair(const T* p, VF& a, VF& b) {
+  a = load_float(p);
+  b = load_float(p + kLanes);
+}
+
+template <>
+GPT_FAST_INLINE void load_pair<c10::BFloat16>(const c10::BFloat16* p, VF& a, VF& b) {
+  VU32 words;
+  std::memcpy(&words, p, sizeof(words));
+  a = (VF)(words << 16);
+  b = (VF)(words & 0xFFFF0000u);
+}
+
+// Writes the 32 values held in pair order by (a, b) to dst in natural order.
+template <typename T>
+GPT_FAST_INLINE void unpair(VF a, VF b, float* dst) {
+  store(dst, a);
+  store(dst + kLanes, b);
+}
+
+template <>
+GPT_FAST_INLINE void unpair<c10::BFloat16>(VF a, VF b, float* dst) {
+  store(dst, __builtin_shufflevector(a, b, 0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23));
+  store(dst + kLanes, __builtin_shufflevector(a, b, 8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31));
+}
+
+// Stores 16 fp32 values as storage type T (round to nearest even).
+template <typename T>
+GPT_FAST_INLINE void store_as(T* p, VF v) {
+  for (int i = 0; i < kLanes; ++i) p[i] = static_cast<T>(v[i]);
+}
+
+template <>
+GPT_FAST_INLINE void store_as<float>(float* p, VF v) { store(p, v); }
+
+template <>
+GPT_FAST_INLINE void store_as<c10::BFloat16>(c10::BFloat16* p, VF v) {
+  const VU32 u = (VU32)v;
+  const VU32 nan = (VU32)(v != v);  // all ones where v is NaN
+  const VU32 rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+  const VU16 bits = __builtin_convertvector((rounded & ~nan) | (nan & 0x7FC0u), VU16);
+  std::memcpy(p, &bits, sizeof(bits));
+}
+
+// Converts n fp32 values to storage type T (vectorised body, scalar tail).
+template <typename T>
+GPT_FAST_INLINE void float_to_row(const float* src, T* dst, int64_t n) {
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) store_as(dst + i, load(src + i));
+  for (; i < n; ++i) dst[i] = static_cast<T>(src[i]);
+}
+
+// 2^x for x <= 0 (any x, including -inf, which gives exactly 0; so does x < -126).
+// x = n + f with n an integer and |f| <= 1/2; 2^f = e^(f ln2) by a degree-7 Taylor polynomial
+// (relative error < 1e-8 on that interval), 2^n by building the exponent bits.
+GPT_FAST_INLINE VF exp2_nonpositive(VF x) {
+  const VF clamped = vmax(x, splat(-126.f));
+  const VF rounder = splat(12582912.f);  // 1.5 * 2^23: adding and subtracting it rounds to the nearest integer
+  const VF n = (clamped + rounder) - rounder;
+  const VF y = (clamped - n) * 0.6931471805599453f;
+  VF p = splat(1.f / 5040.f);
+  p = p * y + 1.f / 720.f;
+  p = p * y + 1.f / 120.f;
+  p = p * y + 1.f / 24.f;
+  p = p * y + 1.f / 6.f;
+  p = p * y + 0.5f;
+  p = p * y + 1.f;
+  p = p * y + 1.f;
+  const VI exponent = (__builtin_convertvector(n, VI) + 127) << 23;
+  const VF result = p * (VF)exponent;
+  return x < -126.f ? VF{} : result;
+}
+
+GPT_FAST_INLINE float reduce_add(VF v) {
+  float s = 0.f;
+  for (int i = 0; i < kLanes; ++i) s += v[i];
+  return s;
+}
+
+GPT_FAST_INLINE float reduce_max(VF v) {
+  float m = v[0];
+  for (int i = 1; i < kLanes; ++i) m = v[i] > m ? v[i] : m;
+  return m;
+}
+
+// {reduce_add(v[0]), ..., reduce_add(v[15])}: sixteen horizontal sums as one vector, by a tree of half-swaps.
+GPT_FAST_INLINE VF reduce_add_16(const VF* v) {
+  VF a[8], b[4], c[2];
+  for (int i = 0; i < 8; ++i)  // lanes: 8 partial sums of v[2i], then 8 of v[2i+1]
+    a[i] = __builtin_shufflevector(v[2 * i], v[2 * i + 1], 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23) +
+           __builtin_shufflevector(v[2 * i], v[2 * i + 1], 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
+  for (int i = 0; i < 4; ++i)  // 4 partial sums each of v[4i .. 4i+3]
+    b[i] = __builtin_shufflevector(a[2 * i], a[2 * i + 1], 0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27) +
+           __builtin_shufflevector(a[2 * i], a[2 * i + 1], 4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31);
+  for (int i = 0; i < 2; ++i)  // 2 partial sums each of v[8i .. 8i+7]
+    c[i] = __builtin_shufflevector(b[2 * i], b[2 * i + 1], 0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29) +
+           __builtin_shufflevector(b[2 * i], b[2 * i + 1], 2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23, 26, 27, 30, 31);
+  return __builtin_shufflevector(c[0], c[1], 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30) +
+         __builtin_shufflevector(c[0], c[1], 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+}
+
+}  // namespace gpt_fast::attention

@@ -1,0 +1,43 @@
+// Tile sizes, kernel parameters and the per-thread working set of the CPU flash attention kernel
+// (flash_attention.cpp); shared by its engines (the fp32 one there, the AMX one in flash_amx.h).
+#pragma once
+
+#include <c10/util/BFloat16.h>
+
+#include <cstdint>
+
+#include "cpu/attention_math.h"
+
+namespace gpt_fast::flash {
+using namespace attention;
+
+constexpr int kBlockQ = 64;                 // query rows per task
+constexpr int kVecQ = kBlockQ / kLanes;     // vectors per query block
+constexpr int kBlockK = 64;                 // keys per score tile
+constexpr int kMaxHead = 128;
+constexpr int kMicro = 6;                   // keys (QK^T) or head dims (PV) per micro-kernel step
+
+struct Params {
+  int64_t B, T, H, D;
+  const void* q;           // element (b, t, h, d) at q + b*q_sb + t*q_st + h*D + d
+  int64_t q_sb, q_st;
+  const void* k;           // keys (Engine::Elem), same indexing with kv_sb, kv_st; values at v
+  const void* v;
+  int64_t kv_sb, kv_st;
+  const c10::BFloat16* vt;  // AMX engine: V^T per (batch, head), (B*H, D, vt_len) zero-padded; else null
+  int64_t vt_len;
+  const bool* mask;        // (B, T) contiguous, or null
+  void* out;               // (B, T, H*D) contiguous
+  float scale;             // log2(e) / sqrt(D)
+};
+
+struct Tiles {  // per-thread working set
+  alignas(64) float qt[kMaxHead][kBlockQ];  // Q^T, scaled (the AMX engine keeps bf16 pairs here)
+  alignas(64) float st[kBlockK][kBlockQ];   // S^T, then P^T
+  alignas(64) float ot[kMaxHead][kBlockQ];  // O^T accumulator
+  VF m[kVecQ], l[kVecQ];                    // running max (base 2) and sum per query row
+  alignas(64) uint32_t p2[kBlockK / 2][kBlockQ];   // AMX engine: P^T as bf16 pairs of consecutive keys
+  alignas(64) c10::BFloat16 kpad[16][kMaxHead];    // AMX engine: a partial block of keys, zero-padded
+};
+
+}  // namespace gpt_fast::flash

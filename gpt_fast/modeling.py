@@ -5,8 +5,9 @@ Parameter names and shapes match transformers' checkpoints (`tokens_embed`, `pos
 state dicts move between the two unchanged. The heads live in gpt_fast/heads.py.
 
 Each forward picks its attention backend once (gpt_fast.attention). The "fused" backend also routes the
-post-attention and post-MLP residual+LayerNorm and the MLP's bias+GELU through gpt_fast kernels; it is used for
-inference (no autograd graph needed, no dropout active), otherwise the "sdpa" math runs.
+post-attention and post-MLP residual+LayerNorm and the MLP's bias+GELU through gpt_fast kernels. The kernels have
+no dropout, so a forward with dropout active (train mode) runs the "sdpa" math instead; their backward is the
+eager reference's (gpt_fast/ops/_autograd.py), correct but not fast.
 """
 
 from __future__ import annotations
@@ -133,10 +134,9 @@ class OpenAIGPTModel(OpenAIGPTPreTrainedModel):
     def pick_backend(self, device: torch.device, output_attentions: bool, head_mask) -> tuple[str, bool]:
         """(attention backend, whether the fused LayerNorm/GELU kernels may run) for this forward."""
         backend = resolve_attn_implementation(self.attn_implementation, device.type)
-        needs_autograd = torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
         dropout_active = self.training and max(self.config.resid_pdrop, self.config.attn_pdrop) > 0
-        if backend == "fused" and (needs_autograd or dropout_active):
-            backend = "sdpa"  # the kernels have no backward and no dropout
+        if backend == "fused" and dropout_active:
+            backend = "sdpa"  # the kernels have no dropout
         return backend, backend == "fused" and not (output_attentions or head_mask is not None)
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,

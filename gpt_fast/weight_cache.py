@@ -1,0 +1,36 @@
+"""Weights kept a second time in the layout a fast kernel wants, cached on the module that owns them.
+
+An entry is rebuilt whenever one of its source tensors changes (new storage, an in-place update, another dtype
+or device), and the stale copy is dropped before the new one is built. Entries live in the module's __dict__,
+outside parameters, buffers and state_dict; each costs as much memory as the weights it copies.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, TypeVar
+
+import torch
+from torch import nn
+
+T = TypeVar("T")
+PREFIX = "_gpt_fast_cache_"
+
+
+def cached_on(module: nn.Module, name: str, sources: list[torch.Tensor], build: Callable[[], T]) -> T:
+    """build(), made once per version of `sources` and kept on `module` under `name`."""
+    name = PREFIX + name
+    key = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in sources)
+    entry = module.__dict__.get(name)
+    if entry is not None and entry[0] == key:
+        return entry[1]
+    module.__dict__.pop(name, None)  # free the stale copy first
+    value = build()
+    module.__dict__[name] = (key, value)
+    return value
+
+
+def clear(module: nn.Module) -> None:
+    """Drops every cached copy held by `module` and its children."""
+    for child in module.modules():
+        for name in [n for n in child.__dict__ if n.startswith(PREFIX)]:
+            del child.__dict__[name]

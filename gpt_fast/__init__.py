@@ -6,7 +6,9 @@ from gpt_fast.configuration import OpenAIGPTConfig
 from gpt_fast.heads import OpenAIGPTDoubleHeadsModel, OpenAIGPTForSequenceClassification, OpenAIGPTLMHeadModel
 from gpt_fast.modeling import OpenAIGPTModel
 from gpt_fast.ops import extension_loaded
+from gpt_fast.pipeline import pipeline  # the function; its module stays importable as gpt_fast.pipeline
 from gpt_fast.pretrained import OpenAIGPTPreTrainedModel
+from gpt_fast.streaming import TextIteratorStreamer, TextStreamer
 
 __version__ = "0.1.0"
 
@@ -14,5 +16,5 @@ __all__ = [
     "AutoConfig", "AutoModel", "AutoModelForCausalLM", "AutoModelForMultipleChoice",
     "AutoModelForSequenceClassification", "OpenAIGPTConfig", "OpenAIGPTDoubleHeadsModel",
     "OpenAIGPTForSequenceClassification", "OpenAIGPTLMHeadModel", "OpenAIGPTModel", "OpenAIGPTPreTrainedModel",
-    "extension_loaded",
+    "TextIteratorStreamer", "TextStreamer", "extension_loaded", "pipeline",
 ]

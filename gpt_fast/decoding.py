@@ -10,6 +10,9 @@ and in the attention it calls:
 - step(tokens): one new token per row; gpt_fast::decode_attention (kernel when built for the device, else the
   reference) appends its key/value at the row's length and attends over [0, length]. Positions come from the
   cache lengths, so rows of different prompt lengths each see the positions they would see alone.
+- decode-time kernels: when gpt_fast's small-M linear kernel (linear_small_m) is built for the device, every
+  step-time matmul reads weights repacked once for it (cached on the model, rebuilt when a weight changes), with
+  bias, GELU and the residual add in the kernel; add_layernorm / bias_gelu kernels are used where built.
 - CUDAGraphStep: on CUDA, step() captured once into a CUDA graph over static buffers and replayed per token.
 
 Everything per layer that does not change between steps (modules, cache views, kernel choice) is bound once in
@@ -27,6 +30,29 @@ from gpt_fast.kv_cache import StaticKVCache
 from gpt_fast.modeling import kernel_or_reference
 
 
+def has_small_m_linear(device_type: str) -> bool:
+    return hasattr(ops, "linear_small_m") and ops.has_kernel("linear_small_m", device_type)
+
+
+def packed_decode_weights(model) -> list:
+    """[(c_attn, attn.c_proj, c_fc, mlp.c_proj) packed, per layer] + [lm_head packed], made once per weight
+    version and cached on the model (the packed copy doubles the weights' memory while it lives)."""
+    blocks = model.transformer.h
+    weights = [w for b in blocks for w in (b.attn.c_attn.weight, b.attn.c_proj.weight, b.mlp.c_fc.weight,
+                                            b.mlp.c_proj.weight)] + [model.lm_head.weight]
+    key = tuple((w.data_ptr(), w._version, w.dtype, w.device) for w in weights)
+    cached = model.__dict__.get("_gpt_fast_packed_decode_weights")
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    model.__dict__.pop("_gpt_fast_packed_decode_weights", None)  # free the stale copy first
+    with torch.no_grad():
+        packed = [ops.pack_linear_weight(w, True) for w in weights[:-1]]
+        packed = [tuple(packed[4 * i:4 * i + 4]) for i in range(len(blocks))]
+        packed.append(ops.pack_linear_weight(weights[-1], False))  # nn.Linear layout (V, C)
+    model.__dict__["_gpt_fast_packed_decode_weights"] = (key, packed)
+    return packed
+
+
 class IncrementalDecoder:
     def __init__(self, model, cache: StaticKVCache, backend: str, fused_ln: bool):
         transformer = model.transformer
@@ -42,6 +68,15 @@ class IncrementalDecoder:
         self.fused_ln = fused_ln
         self.add_layernorm = kernel_or_reference("add_layernorm", device_type) if fused_ln else None
         self.layers = [(block, k_cache, v_cache) for block, (k_cache, v_cache) in zip(transformer.h, cache.layers)]
+        # step(tokens (B,) long) -> float32 logits (B, V) of the token after each row's new one
+        self.step = self._step_modules
+        if has_small_m_linear(device_type):  # the step's weight reads go through the small-M kernel
+            packed = packed_decode_weights(model)
+            self.packed_layers = [(*layer, *weights) for layer, weights in zip(self.layers, packed[:-1])]
+            self.packed_lm_head = packed[-1]
+            self.gelu = model.config.afn == "gelu"
+            self.step_add_layernorm = kernel_or_reference("add_layernorm", device_type)
+            self.step = self._step_packed
 
     # -- the part of a Block after attention (as Block.forward), shared by prefill and step --------------------
     def _block_tail(self, block, x, a):
@@ -81,8 +116,8 @@ class IncrementalDecoder:
         last = x[torch.arange(B, device=x.device), lengths - 1]  # (B, C)
         return self.lm_head(last).float()
 
-    def step(self, tokens: torch.Tensor) -> torch.Tensor:
-        """tokens: (B,) long, one new token per row. Returns float32 logits (B, V) for the token after it."""
+    def _step_modules(self, tokens: torch.Tensor) -> torch.Tensor:
+        """step() through the Blocks' modules (no small-M linear kernel for this device)."""
         lengths = self.cache.lengths  # (B,) = the new token's position in each row
         x = (self.tokens_embed(tokens) + self.positions_embed(lengths))[:, None, :]  # (B, 1, C)
         for block, k_cache, v_cache in self.layers:
@@ -91,6 +126,27 @@ class IncrementalDecoder:
             x = self._block_tail(block, x, a)
         lengths.add_(1)
         return F.linear(x[:, 0], self.lm_head.weight).float()  # (B, V)
+
+    def _step_packed(self, tokens: torch.Tensor) -> torch.Tensor:
+        """step() with every matmul in linear_small_m over the packed weights; same math as Block.forward."""
+        linear, add_layernorm = ops.linear_small_m, self.step_add_layernorm
+        lengths = self.cache.lengths
+        x = (self.tokens_embed(tokens) + self.positions_embed(lengths))[:, None, :]  # (B, 1, C)
+        C = x.shape[-1]
+        for block, k_cache, v_cache, w_attn, w_proj, w_fc, w_fc2 in self.packed_layers:
+            attn, mlp, ln_1, ln_2 = block.attn, block.mlp, block.ln_1, block.ln_2
+            qkv = linear(x, w_attn, 3 * C, attn.c_attn.bias, None, False)  # (B, 1, 3C)
+            a = self.decode_attention(qkv, k_cache, v_cache, lengths, self.n_head)  # (B, 1, C)
+            n = add_layernorm(x, linear(a, w_proj, C, None, None, False), attn.c_proj.bias,
+                              ln_1.weight, ln_1.bias, ln_1.eps)  # (B, 1, C)
+            if self.gelu:
+                h = linear(n, w_fc, 4 * C, mlp.c_fc.bias, None, True)  # (B, 1, 4C)
+            else:
+                h = mlp.act(linear(n, w_fc, 4 * C, mlp.c_fc.bias, None, False))
+            x = add_layernorm(n, linear(h, w_fc2, C, None, None, False), mlp.c_proj.bias,
+                              ln_2.weight, ln_2.bias, ln_2.eps)  # (B, 1, C)
+        lengths.add_(1)
+        return linear(x[:, 0], self.packed_lm_head, self.lm_head.weight.shape[0], None, None, False).float()
 
 
 class CUDAGraphStep:

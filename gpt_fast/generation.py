@@ -232,6 +232,7 @@ def generate(model, input_ids=None, attention_mask=None, **kwargs):
         order = torch.argsort((attention_mask == 0).to(torch.int8), dim=1, stable=True)  # (B, T)
         packed, lengths, all_full = input_ids.gather(1, order), attention_mask.sum(dim=1), False
 
+    graph = use_cuda_graph(device, request.cuda_graph)  # raises if cuda_graph=True cannot be honoured
     backend, fused_ln = model.transformer.pick_backend(device, False, None)
     cache = StaticKVCache(config.n_layer, B, config.n_head, T + max_new, config.n_embd // config.n_head,
                           model.dtype, device)
@@ -247,7 +248,7 @@ def generate(model, input_ids=None, attention_mask=None, **kwargs):
     if streamer is not None:
         streamer.put(input_ids.cpu())
     logits = decoder.prefill(packed, lengths, all_full)  # (B, V) float32
-    step_fn = CUDAGraphStep(decoder, B) if max_new > 1 and use_cuda_graph(device, request.cuda_graph) else decoder.step
+    step_fn = None  # made after the first token is out, so a CUDA graph capture does not delay it
     check_every = request.eos_check_interval if device.type == "cuda" else 1
     scores_out, logits_out, steps = [], [], 0
     for step in range(max_new):
@@ -269,6 +270,8 @@ def generate(model, input_ids=None, attention_mask=None, **kwargs):
         if eos_ids is not None and (steps % check_every == 0 or streamer is not None) and not bool(alive[step]):
             break
         if steps < max_new:
+            if step_fn is None:
+                step_fn = CUDAGraphStep(decoder, B) if graph else decoder.step
             logits = step_fn(tokens)
     if eos_ids is not None and steps > 0:  # deferred checks: keep up to the step where every row had finished
         done = (~alive[:steps]).nonzero()

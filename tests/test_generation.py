@@ -268,6 +268,8 @@ BAD_ARGUMENTS = [
     (dict(output_scores=1), TypeError, "output_scores"),
     (dict(use_cache=False), ValueError, "use_cache"),
     (dict(num_beams=2), TypeError, "num_beams"),
+    (dict(cuda_graph="yes"), TypeError, "cuda_graph"),
+    (dict(eos_check_interval=0), ValueError, "eos_check_interval"),
 ]
 
 
@@ -299,6 +301,14 @@ BAD_PROMPTS = [
 def test_bad_prompts_raise(model, kwargs, error, match):
     with pytest.raises(error, match=match):
         model.generate(max_new_tokens=3, **kwargs)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU refusal")
+def test_cuda_graph_on_cpu_raises_before_any_work(model):
+    streamer = RecordingStreamer()
+    with pytest.raises(ValueError, match="cuda_graph"):
+        model.generate(prompt(5), cuda_graph=True, streamer=streamer)
+    assert streamer.puts == []
 
 
 def test_prompt_longer_than_positions_raises(model):

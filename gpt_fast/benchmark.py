@@ -1,8 +1,8 @@
 """`gpt-fast bench`: generation latency and throughput at the GPT-1 shape with random weights (no download).
 
 In one run, implementations alternating and the best of `repeats` kept for each figure:
-- batch-1 time to first token (a 32-token prompt, generate(max_new_tokens=1)) and decode tokens/s
-  ((N - 1) / (time of N new tokens - time to first token)), for gpt_fast with each available attention backend
+- batch-1 time to first token (a 32-token prompt) and decode tokens/s ((N - 1) over the time from the first
+  to the last new token), both from the times a streamer receives the tokens, for gpt_fast with each available attention backend
   and for transformers' generate when installed (it re-runs the whole sequence per token: no KV cache for
   OpenAIGPT), in each dtype;
 - batch-8 decode tokens/s (gpt_fast, default backend);
@@ -127,11 +127,33 @@ def make_transformers_model(base):
     return hf.eval()
 
 
-def _generate(model, ids, new_tokens):
+class TimingStreamer:
+    """Records when generate() hands out each token: put(prompt) comes first, then one put per new token."""
+
+    def __init__(self):
+        self.times: list[float] = []
+
+    def put(self, value) -> None:
+        self.times.append(time.perf_counter())
+
+    def end(self) -> None:
+        pass
+
+
+def _generate(model, ids, new_tokens, streamer=None):
     mask = torch.ones_like(ids)
     with torch.inference_mode():
         return model.generate(ids, attention_mask=mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                              do_sample=False)
+                              do_sample=False, streamer=streamer)
+
+
+def time_generation(model, ids, new_tokens) -> tuple[float, float]:
+    """(time to first token, seconds per later token) of one generate call, from the token hand-out times."""
+    streamer = TimingStreamer()
+    start = time.perf_counter()
+    _generate(model, ids, new_tokens, streamer)
+    first, last = streamer.times[1], streamer.times[-1]
+    return first - start, (last - first) / max(new_tokens - 1, 1)
 
 
 def _prefill(model, ids):
@@ -176,25 +198,27 @@ def run(options: BenchOptions, log=sys.stderr) -> dict:
             for name, model in models.items():
                 print(f"[{dtype_name} {repeat + 1}/{options.repeats}] {name}: batch 1, {N} new tokens",
                       file=log, flush=True)
-                keep((name, "ttft"), timed(lambda: _generate(model, prompt, 1), device))
-                keep((name, "total"), timed(lambda: _generate(model, prompt, N), device))
+                ttft, per_token = time_generation(model, prompt, N)
+                keep((name, "ttft"), ttft)
+                keep((name, "per_token"), per_token)
                 keep((name, "prefill"), timed(lambda: _prefill(model, long_prompt), device))
             print(f"[{dtype_name} {repeat + 1}/{options.repeats}] {default}: batch {options.batch}",
                   file=log, flush=True)
             model = models[default]
-            keep(("batch", "ttft"), timed(lambda: _generate(model, batch_prompt, 1), device))
-            keep(("batch", "total"), timed(lambda: _generate(model, batch_prompt, N), device))
+            ttft, per_token = time_generation(model, batch_prompt, N)
+            keep(("batch", "ttft"), ttft)
+            keep(("batch", "per_token"), per_token)
         context = options.prompt_length + N / 2
         roofline_1 = bandwidth / bytes_per_token(models[default], context)
         roofline_b = options.batch * bandwidth / bytes_per_token(models[default], context, options.batch)
         hf_rate = None
         if "transformers" in models:
-            hf_rate = (N - 1) / max(best[("transformers", "total")] - best[("transformers", "ttft")], 1e-9)
+            hf_rate = 1 / best[("transformers", "per_token")]
         for name in models:
-            rate = (N - 1) / max(best[(name, "total")] - best[(name, "ttft")], 1e-9)
+            rate = 1 / best[(name, "per_token")]
             rows.append(Row(dtype_name, name, 1, best[(name, "ttft")] * 1e3, rate, best[(name, "prefill")] * 1e3,
                             None if hf_rate is None else rate / hf_rate, rate / roofline_1))
-        rate = options.batch * (N - 1) / max(best[("batch", "total")] - best[("batch", "ttft")], 1e-9)
+        rate = options.batch / best[("batch", "per_token")]
         rows.append(Row(dtype_name, default, options.batch, best[("batch", "ttft")] * 1e3, rate,
                         roofline_fraction=rate / roofline_b))
         del models

@@ -73,6 +73,7 @@ def build_parser() -> Parser:
     bench.add_argument("--repeats", type=positive_int, help="runs per figure, best kept (default 3)")
     bench.add_argument("--batch", type=positive_int, help="the batched decode row (default 8)")
     bench.add_argument("--device", default="cpu")
+    bench.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's choice)")
     bench.add_argument("--no-transformers", action="store_true", help="skip transformers' generate")
     bench.add_argument("--n-layer", type=positive_int, help=argparse.SUPPRESS)  # smaller models for tests
     bench.add_argument("--json", metavar="PATH", help="also write the results as JSON")
@@ -174,6 +175,10 @@ def command_bench(args) -> int:
     overrides["transformers"] = not args.no_transformers
     if args.n_layer:
         overrides["config_overrides"] = {"n_layer": args.n_layer}
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     options = benchmark.BenchOptions.quick(**overrides) if args.quick else benchmark.BenchOptions(**overrides)
     result = benchmark.run(options)
     print(benchmark.format_table(result), flush=True)

@@ -9,12 +9,18 @@ In one run, implementations alternating and the best of `repeats` kept for each 
 - prefill latency of a 512-token prompt (gpt_fast's generation prefill, which also fills the KV cache, and
   transformers' forward);
 - the memory-bandwidth roofline: bytes read per decoded token (every weight once, the tied LM head/embedding
-  once, plus the KV cache at the mean context) over the read bandwidth measured in the same run (a large
-  tensor sum), and each decode figure as a fraction of it.
+  once, plus the KV cache at the mean context) over the read bandwidth measured in the same run (the best of a
+  256 MiB tensor sum and a 256 MiB matrix-vector product, taken once per repeat between the other runs), and
+  each decode figure as a fraction of it.
+
+transformers' generate re-runs the whole sequence for every token, so its per-token time grows with the length;
+to keep the default run near 4 minutes on 2 cores it generates `transformers_new_tokens` (32) tokens, i.e. at
+shorter contexts than gpt_fast's 128, which flatters it: the "x transformers" ratios are conservative.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import platform
 import sys
@@ -43,11 +49,13 @@ class BenchOptions:
     prefill_length: int = 512
     device: str = "cpu"
     transformers: bool = True
+    transformers_new_tokens: int = 32  # see the module docstring
     config_overrides: dict = field(default_factory=dict)  # e.g. n_layer=2 for tests
 
     @classmethod
     def quick(cls, **overrides) -> "BenchOptions":
-        return cls(**{"new_tokens": 32, "repeats": 2, "prefill_length": 256, **overrides})
+        return cls(**{"new_tokens": 32, "repeats": 2, "prefill_length": 256, "transformers_new_tokens": 16,
+                      **overrides})
 
 
 @dataclass
@@ -75,12 +83,21 @@ def timed(fn, device) -> float:
     return time.perf_counter() - start
 
 
-def read_bandwidth(device: torch.device, repeats: int) -> float:
-    """Bytes/s of a full read of a 256 MiB tensor (well beyond any cache), best of `repeats`."""
-    x = torch.ones(64 * 1024 * 1024, dtype=torch.float32, device=device)
-    x.sum()
-    best = min(timed(x.sum, device) for _ in range(max(repeats, 3)))
-    return x.numel() * x.element_size() / best
+class ReadBandwidth:
+    """Bytes/s of reading 256 MiB (well beyond any cache): the best of a tensor sum and a matrix-vector product."""
+
+    def __init__(self, device: torch.device):
+        self.matrix = torch.ones(8192, 8192, dtype=torch.float32, device=device)  # 256 MiB
+        self.vector = torch.ones(8192, dtype=torch.float32, device=device)
+        self.device = device
+        self.best = 0.0
+
+    def measure(self, times: int = 3) -> float:
+        nbytes = self.matrix.numel() * self.matrix.element_size()
+        for _ in range(times):
+            for fn in (self.matrix.sum, lambda: torch.mv(self.matrix, self.vector)):
+                self.best = max(self.best, nbytes / timed(fn, self.device))
+        return self.best
 
 
 def bytes_per_token(model, context: float, batch: int = 1) -> float:
@@ -101,17 +118,28 @@ def gpt_fast_backends(device_type: str) -> list[str]:
     return names
 
 
-def build_models(options: BenchOptions, dtype: torch.dtype, base, hf_base):
-    """{impl name: (model, generate kwargs)} in the given dtype, sharing base's weights."""
+def build_models(options: BenchOptions, dtype: torch.dtype, base, hf_base) -> dict:
+    """{impl name: (model, attention backend or None)} in the given dtype, with base's weights. The gpt_fast
+    backends share one model (switched with set_attn_implementation before each measurement)."""
     device = torch.device(options.device)
-    models = {}
-    for backend in gpt_fast_backends(device.type):
-        model = OpenAIGPTLMHeadModel(base.config, attn_implementation=backend)
-        model.load_state_dict(base.state_dict())
-        models[f"gpt_fast[{backend}]"] = model.to(device=device, dtype=dtype).eval()
+    ours = OpenAIGPTLMHeadModel(base.config)
+    ours.load_state_dict(base.state_dict())
+    ours = ours.to(device=device, dtype=dtype).eval()
+    models = {f"gpt_fast[{backend}]": (ours, backend) for backend in gpt_fast_backends(device.type)}
     if hf_base is not None:
-        models["transformers"] = hf_base.to(device=device, dtype=dtype).eval()
+        models["transformers"] = (copy.deepcopy(hf_base).to(device=device, dtype=dtype).eval(), None)
     return models
+
+
+def backend_of(entry) -> str | None:
+    return entry[1]
+
+
+def use(entry):
+    model, backend = entry
+    if backend is not None:
+        model.set_attn_implementation(backend)
+    return model
 
 
 def make_transformers_model(base):
@@ -181,7 +209,8 @@ def run(options: BenchOptions, log=sys.stderr) -> dict:
     long_prompt = torch.randint(0, vocab, (1, options.prefill_length), device=device)
     N = options.new_tokens
     print(f"measuring read bandwidth on {device} ...", file=log, flush=True)
-    bandwidth = read_bandwidth(device, options.repeats)
+    bandwidth = ReadBandwidth(device)
+    bandwidth.measure()
     rows = []
     for dtype_name in options.dtypes:
         models = build_models(options, DTYPES[dtype_name], base, hf_base)
@@ -191,44 +220,50 @@ def run(options: BenchOptions, log=sys.stderr) -> dict:
         def keep(key, seconds):
             best[key] = min(best.get(key, float("inf")), seconds)
 
-        for name, model in models.items():  # warm-up (first-call allocations, oneDNN kernel selection)
+        for name, entry in models.items():  # warm-up (first-call allocations, oneDNN kernel selection)
+            model = use(entry)
             _generate(model, prompt, 2)
             _prefill(model, long_prompt[:, :16])
         for repeat in range(options.repeats):
-            for name, model in models.items():
+            for name, entry in models.items():
+                model = use(entry)
                 print(f"[{dtype_name} {repeat + 1}/{options.repeats}] {name}: batch 1, {N} new tokens",
                       file=log, flush=True)
-                ttft, per_token = time_generation(model, prompt, N)
+                n_new = N if backend_of(entry) is not None else min(N, options.transformers_new_tokens)
+                ttft, per_token = time_generation(model, prompt, n_new)
                 keep((name, "ttft"), ttft)
                 keep((name, "per_token"), per_token)
                 keep((name, "prefill"), timed(lambda: _prefill(model, long_prompt), device))
             print(f"[{dtype_name} {repeat + 1}/{options.repeats}] {default}: batch {options.batch}",
                   file=log, flush=True)
-            model = models[default]
+            model = use(models[default])
             ttft, per_token = time_generation(model, batch_prompt, N)
             keep(("batch", "ttft"), ttft)
             keep(("batch", "per_token"), per_token)
+            bandwidth.measure(1)
         context = options.prompt_length + N / 2
-        roofline_1 = bandwidth / bytes_per_token(models[default], context)
-        roofline_b = options.batch * bandwidth / bytes_per_token(models[default], context, options.batch)
+        bytes_1 = bytes_per_token(models[default][0], context)  # per decode step
+        bytes_b = bytes_per_token(models[default][0], context, options.batch)
         hf_rate = None
         if "transformers" in models:
             hf_rate = 1 / best[("transformers", "per_token")]
         for name in models:
             rate = 1 / best[(name, "per_token")]
             rows.append(Row(dtype_name, name, 1, best[(name, "ttft")] * 1e3, rate, best[(name, "prefill")] * 1e3,
-                            None if hf_rate is None else rate / hf_rate, rate / roofline_1))
+                            None if hf_rate is None else rate / hf_rate, rate * bytes_1))
         rate = options.batch / best[("batch", "per_token")]
         rows.append(Row(dtype_name, default, options.batch, best[("batch", "ttft")] * 1e3, rate,
-                        roofline_fraction=rate / roofline_b))
+                        roofline_fraction=rate / options.batch * bytes_b))
         del models
+    for row in rows:  # bytes/s read -> fraction of the best bandwidth seen in the whole run
+        row.roofline_fraction /= bandwidth.best
     return {
         "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
         "machine": {"cpu": cpu_name(), "threads": torch.get_num_threads(), "device": str(device),
                     "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
                     "torch": torch.__version__, "python": platform.python_version()},
         "options": asdict(options),
-        "read_bandwidth_gb_s": bandwidth / 1e9,
+        "read_bandwidth_gb_s": bandwidth.best / 1e9,
         "weights_mb_per_token": {d: bytes_per_token(base.to(DTYPES[d]), 0) / 1e6 for d in options.dtypes},
         "rows": [asdict(r) for r in rows],
     }
@@ -248,7 +283,7 @@ def format_table(result: dict) -> str:
     opts = result["options"]
     head = (f"gpt-fast bench  {result['date']}  {result['machine']['cpu']} ({result['machine']['threads']} threads, "
             f"{result['machine']['device']})\nprompt {opts['prompt_length']} tokens, {opts['new_tokens']} new tokens, "
-            f"best of {opts['repeats']}; read bandwidth {result['read_bandwidth_gb_s']:.1f} GB/s; "
+            f"best of {opts['repeats']} (transformers: {min(opts['new_tokens'], opts['transformers_new_tokens'])} new tokens); read bandwidth {result['read_bandwidth_gb_s']:.1f} GB/s; "
             f"prefill column: a {opts['prefill_length']}-token prompt\n")
     columns = ("dtype", "impl", "batch", "TTFT ms", "decode tok/s", "x transformers", "% roofline", "prefill ms")
     lines = [columns]

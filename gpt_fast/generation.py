@@ -146,8 +146,10 @@ def parse_generation_kwargs(model, prompt_length: int, kwargs: dict) -> Generati
     if prompt_length + max_new > n_positions:
         raise ValueError(f"the prompt ({prompt_length} tokens) plus {max_new} new tokens exceeds the model's "
                          f"maximum of n_positions={n_positions} tokens")
-    min_new = _int("min_new_tokens", get("min_new_tokens"), 0) or 0
+    min_new = _int("min_new_tokens", get("min_new_tokens"), 0)
     min_length = _int("min_length", get("min_length", 0), 0, allow_none=False)
+    # transformers: min_new_tokens, when given, replaces min_length (min_length = prompt + min_new_tokens)
+    eos_blocked_steps = min_new if min_new is not None else min_length - prompt_length
 
     do_sample = _bool("do_sample", get("do_sample", False))
     temperature = _float("temperature", get("temperature", 1.0), 0.0, float("inf"))
@@ -187,7 +189,7 @@ def parse_generation_kwargs(model, prompt_length: int, kwargs: dict) -> Generati
 
     sampling = SamplingConfig(do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p,
                               repetition_penalty=penalty,
-                              eos_blocked_steps=max(min_new, min_length - prompt_length))
+                              eos_blocked_steps=eos_blocked_steps)
     return GenerationRequest(
         max_new_tokens=max_new, sampling=sampling, num_return_sequences=num_return, eos_token_ids=eos,
         pad_token_id=pad, generator=generator, streamer=streamer,

@@ -87,6 +87,15 @@ def test_processors_eos_and_scores_match_transformers(hf, model):
         torch.testing.assert_close(mine, theirs)
 
 
+@pytest.mark.parametrize("limits", [dict(min_length=9), dict(min_new_tokens=2, min_length=12)])
+def test_min_length_matches_transformers(hf, model, limits):
+    ids = prompt(5, batch=2, seed=3)
+    eos = int(hf.generate(ids, max_new_tokens=1, do_sample=False)[0, 5])  # row 0's first greedy token
+    kwargs = dict(max_new_tokens=10, eos_token_id=eos, pad_token_id=0, **limits)
+    expected = hf.generate(ids, do_sample=False, **kwargs)
+    torch.testing.assert_close(model.generate(ids, **kwargs), expected, rtol=0, atol=0)
+
+
 def test_eos_stops_every_row_and_pads_like_transformers(hf, model):
     ids = prompt(4, batch=2, seed=5)
     plain = hf.generate(ids, max_new_tokens=20, do_sample=False)

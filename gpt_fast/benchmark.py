@@ -5,6 +5,9 @@ In one run, implementations alternating and the best of `repeats` kept for each 
   to the last new token), both from the times a streamer receives the tokens, for gpt_fast with each available attention backend
   and for transformers' generate when installed (it re-runs the whole sequence per token: no KV cache for
   OpenAIGPT), in each dtype;
+  transformers re-runs the whole sequence per token, so by default its N-token run is not timed whole (it takes
+  minutes on 2 cores): its step at length L costs what generate(max_new_tokens=1) costs on an L-token prompt,
+  which is timed at 5 lengths spread over the N steps and integrated (--transformers-full times the real run);
 - batch-8 decode tokens/s (gpt_fast, default backend);
 - prefill latency of a 512-token prompt (gpt_fast's generation prefill, which also fills the KV cache, and
   transformers' forward);
@@ -12,10 +15,6 @@ In one run, implementations alternating and the best of `repeats` kept for each 
   once, plus the KV cache at the mean context) over the read bandwidth measured in the same run (the best of a
   256 MiB tensor sum and a 256 MiB matrix-vector product, taken once per repeat between the other runs), and
   each decode figure as a fraction of it.
-
-transformers' generate re-runs the whole sequence for every token, so its per-token time grows with the length;
-to keep the default run near 4 minutes on 2 cores it generates `transformers_new_tokens` (32) tokens, i.e. at
-shorter contexts than gpt_fast's 128, which flatters it: the "x transformers" ratios are conservative.
 """
 
 from __future__ import annotations
@@ -49,13 +48,12 @@ class BenchOptions:
     prefill_length: int = 512
     device: str = "cpu"
     transformers: bool = True
-    transformers_new_tokens: int = 32  # see the module docstring
+    transformers_full: bool = False  # time transformers' whole N-token generate (minutes) instead of sampling it
     config_overrides: dict = field(default_factory=dict)  # e.g. n_layer=2 for tests
 
     @classmethod
     def quick(cls, **overrides) -> "BenchOptions":
-        return cls(**{"new_tokens": 32, "repeats": 2, "prefill_length": 256, "transformers_new_tokens": 16,
-                      **overrides})
+        return cls(**{"new_tokens": 32, "repeats": 2, "prefill_length": 256, **overrides})
 
 
 @dataclass
@@ -131,10 +129,6 @@ def build_models(options: BenchOptions, dtype: torch.dtype, base, hf_base) -> di
     return models
 
 
-def backend_of(entry) -> str | None:
-    return entry[1]
-
-
 def use(entry):
     model, backend = entry
     if backend is not None:
@@ -184,6 +178,27 @@ def time_generation(model, ids, new_tokens) -> tuple[float, float]:
     return first - start, (last - first) / max(new_tokens - 1, 1)
 
 
+def sampled_generation(model, ids, new_tokens, points: int = 5) -> tuple[float, list[float]]:
+    """transformers' generate re-runs the whole sequence for each token, so step s costs what generate(
+    max_new_tokens=1) costs on a prompt of length T + s. Times that at `points` lengths spread over the steps of an
+    N-token generation. Returns (time to first token, [(length, seconds)] for the later steps)."""
+    T = ids.shape[1]
+    ttft = timed(lambda: _generate(model, ids, 1), ids.device)
+    extended = torch.cat([ids, ids.new_zeros(1, new_tokens)], dim=1)  # (1, T + N); the ids do not matter
+    lengths = sorted({T + 1 + round(i * (new_tokens - 2) / max(points - 1, 1)) for i in range(points)})
+    return ttft, [(L, timed(lambda: _generate(model, extended[:, :L], 1), ids.device)) for L in lengths]
+
+
+def integrate_steps(samples: list[tuple[int, float]]) -> float:
+    """Seconds for every step between the first and last sampled lengths (trapezoid over the samples)."""
+    if len(samples) == 1:
+        return samples[0][1]
+    total = samples[0][1]
+    for (l0, t0), (l1, t1) in zip(samples, samples[1:]):
+        total += (t0 + t1) / 2 * (l1 - l0 - 1) + t1  # the steps strictly between, then the step at l1
+    return total
+
+
 def _prefill(model, ids):
     if isinstance(model, OpenAIGPTLMHeadModel):
         config = model.config
@@ -229,8 +244,14 @@ def run(options: BenchOptions, log=sys.stderr) -> dict:
                 model = use(entry)
                 print(f"[{dtype_name} {repeat + 1}/{options.repeats}] {name}: batch 1, {N} new tokens",
                       file=log, flush=True)
-                n_new = N if backend_of(entry) is not None else min(N, options.transformers_new_tokens)
-                ttft, per_token = time_generation(model, prompt, n_new)
+                if entry[1] is None and not options.transformers_full:
+                    ttft, samples = sampled_generation(model, prompt, N)
+                    for length, seconds in samples:
+                        keep((name, f"step@{length}"), seconds)
+                    per_token = integrate_steps([(length, best[(name, f"step@{length}")])
+                                                 for length, _ in samples]) / max(N - 1, 1)
+                else:
+                    ttft, per_token = time_generation(model, prompt, N)
                 keep((name, "ttft"), ttft)
                 keep((name, "per_token"), per_token)
                 keep((name, "prefill"), timed(lambda: _prefill(model, long_prompt), device))
@@ -283,7 +304,7 @@ def format_table(result: dict) -> str:
     opts = result["options"]
     head = (f"gpt-fast bench  {result['date']}  {result['machine']['cpu']} ({result['machine']['threads']} threads, "
             f"{result['machine']['device']})\nprompt {opts['prompt_length']} tokens, {opts['new_tokens']} new tokens, "
-            f"best of {opts['repeats']} (transformers: {min(opts['new_tokens'], opts['transformers_new_tokens'])} new tokens); read bandwidth {result['read_bandwidth_gb_s']:.1f} GB/s; "
+            f"best of {opts['repeats']}; read bandwidth {result['read_bandwidth_gb_s']:.1f} GB/s; "
             f"prefill column: a {opts['prefill_length']}-token prompt\n")
     columns = ("dtype", "impl", "batch", "TTFT ms", "decode tok/s", "x transformers", "% roofline", "prefill ms")
     lines = [columns]

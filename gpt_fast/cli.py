@@ -75,6 +75,8 @@ def build_parser() -> Parser:
     bench.add_argument("--device", default="cpu")
     bench.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's choice)")
     bench.add_argument("--no-transformers", action="store_true", help="skip transformers' generate")
+    bench.add_argument("--transformers-full", action="store_true",
+                       help="time transformers' whole generate (minutes) instead of sampling its per-step cost")
     bench.add_argument("--n-layer", type=positive_int, help=argparse.SUPPRESS)  # smaller models for tests
     bench.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     bench.add_argument("--png", metavar="PATH", help="also plot decode tokens/s (needs matplotlib)")
@@ -173,6 +175,7 @@ def command_bench(args) -> int:
         overrides["dtypes"] = dtypes
     overrides["device"] = args.device
     overrides["transformers"] = not args.no_transformers
+    overrides["transformers_full"] = args.transformers_full
     if args.n_layer:
         overrides["config_overrides"] = {"n_layer": args.n_layer}
     if args.threads:

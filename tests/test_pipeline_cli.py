@@ -283,3 +283,11 @@ def test_bench_prints_a_table_and_writes_json(tmp_path):
 @pytest.mark.skipif(__import__("importlib").util.find_spec("matplotlib") is not None, reason="matplotlib installed")
 def test_bench_png_without_matplotlib_is_a_clear_error(tmp_path):
     assert_one_line_error(run_cli("bench", "--png", str(tmp_path / "x.png")), 1, "matplotlib")
+
+
+def test_integrate_steps_counts_every_step_once():
+    from gpt_fast.benchmark import integrate_steps
+
+    assert integrate_steps([(10, 1.0), (12, 3.0)]) == pytest.approx(1.0 + 2.0 + 3.0)  # steps at 10, 11, 12
+    assert integrate_steps([(5, 2.0), (6, 2.0), (9, 5.0)]) == pytest.approx(2 + 2 + 3 + 4 + 5)
+    assert integrate_steps([(7, 0.5)]) == 0.5

@@ -1,0 +1,357 @@
+"""`gpt-fast bench`: generation latency and throughput at the GPT-1 shape with random weights (no download).
+
+In one run, implementations alternating and the best of `repeats` kept for each figure:
+- batch-1 time to first token (a 32-token prompt) and decode tokens/s ((N - 1) over the time from the first
+  to the last new token), both from the times a streamer receives the tokens, for gpt_fast with each available attention backend
+  and for transformers' generate when installed (it re-runs the whole sequence per token: no KV cache for
+  OpenAIGPT), in each dtype;
+  transformers re-runs the whole sequence per token, so by default its N-token run is not timed whole (it takes
+  minutes on 2 cores): its step at length L costs what generate(max_new_tokens=1) costs on an L-token prompt,
+  which is timed at 5 lengths spread over the N steps and integrated (--transformers-full times the real run);
+- batch-8 decode tokens/s (gpt_fast, default backend);
+- prefill latency of a 512-token prompt (gpt_fast's generation prefill, which also fills the KV cache, and
+  transformers' forward);
+- the memory-bandwidth roofline: bytes read per decoded token (every weight once, the tied LM head/embedding
+  once, plus the KV cache at the mean context) over the read bandwidth measured in the same run (the best of a
+  256 MiB tensor sum and a 256 MiB matrix-vector product, taken once per repeat between the other runs), and
+  each decode figure as a fraction of it.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from gpt_fast import ops
+from gpt_fast.attention import resolve_attn_implementation
+from gpt_fast.configuration import OpenAIGPTConfig
+from gpt_fast.decoding import IncrementalDecoder
+from gpt_fast.heads import OpenAIGPTLMHeadModel
+from gpt_fast.kv_cache import StaticKVCache
+
+DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}
+
+
+@dataclass
+class BenchOptions:
+    dtypes: tuple[str, ...] = ("bf16", "fp32")
+    prompt_length: int = 32
+    new_tokens: int = 128
+    repeats: int = 3
+    batch: int = 8
+    prefill_length: int = 512
+    device: str = "cpu"
+    transformers: bool = True
+    transformers_full: bool = False  # time transformers' whole N-token generate (minutes) instead of sampling it
+    config_overrides: dict = field(default_factory=dict)  # e.g. n_layer=2 for tests
+
+    @classmethod
+    def quick(cls, **overrides) -> "BenchOptions":
+        return cls(**{"new_tokens": 32, "repeats": 2, "prefill_length": 256, **overrides})
+
+
+@dataclass
+class Row:
+    dtype: str
+    impl: str  # "gpt_fast[sdpa]", "transformers", ...
+    batch: int
+    ttft_ms: float | None = None
+    decode_tok_s: float | None = None
+    prefill_ms: float | None = None
+    speedup_vs_transformers: float | None = None
+    roofline_fraction: float | None = None
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, device) -> float:
+    _sync(device)
+    start = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - start
+
+
+class ReadBandwidth:
+    """Bytes/s of reading 256 MiB (well beyond any cache): the best of a tensor sum and a matrix-vector product."""
+
+    def __init__(self, device: torch.device):
+        self.matrix = torch.ones(8192, 8192, dtype=torch.float32, device=device)  # 256 MiB
+        self.vector = torch.ones(8192, dtype=torch.float32, device=device)
+        self.device = device
+        self.best = 0.0
+
+    def measure(self, times: int = 3) -> float:
+        nbytes = self.matrix.numel() * self.matrix.element_size()
+        for _ in range(times):
+            for fn in (self.matrix.sum, lambda: torch.mv(self.matrix, self.vector)):
+                self.best = max(self.best, nbytes / timed(fn, self.device))
+        return self.best
+
+
+def bytes_per_token(model, context: float, batch: int = 1) -> float:
+    """Weight bytes read per decode step (shared tensors once, one position row) + the KV cache read."""
+    config = model.config
+    unique = {p.data_ptr(): p for p in model.parameters()}.values()
+    weights = sum(p.numel() * p.element_size() for p in unique)
+    positions = model.transformer.positions_embed.weight
+    weights -= (positions.shape[0] - 1) * positions.shape[1] * positions.element_size()
+    kv = 2 * config.n_layer * context * config.n_embd * positions.element_size() * batch
+    return weights + kv
+
+
+def gpt_fast_backends(device_type: str) -> list[str]:
+    names = ["eager", "sdpa"]
+    if ops.has_kernel("flash_attention", device_type):
+        names.append("fused")
+    return names
+
+
+def build_models(options: BenchOptions, dtype: torch.dtype, base, hf_base) -> dict:
+    """{impl name: (model, attention backend or None)} in the given dtype, with base's weights. The gpt_fast
+    backends share one model (switched with set_attn_implementation before each measurement)."""
+    device = torch.device(options.device)
+    ours = OpenAIGPTLMHeadModel(base.config)
+    ours.load_state_dict(base.state_dict())
+    ours = ours.to(device=device, dtype=dtype).eval()
+    models = {f"gpt_fast[{backend}]": (ours, backend) for backend in gpt_fast_backends(device.type)}
+    if hf_base is not None:
+        models["transformers"] = (copy.deepcopy(hf_base).to(device=device, dtype=dtype).eval(), None)
+    return models
+
+
+def use(entry):
+    model, backend = entry
+    if backend is not None:
+        model.set_attn_implementation(backend)
+    return model
+
+
+def make_transformers_model(base):
+    try:
+        import transformers
+    except ImportError:
+        return None
+    hf_config = transformers.OpenAIGPTConfig(**{k: v for k, v in base.config.to_dict().items()
+                                                if k in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head")})
+    hf = transformers.OpenAIGPTLMHeadModel(hf_config)
+    hf.load_state_dict(base.state_dict(), strict=False)
+    transformers.logging.set_verbosity_error()
+    return hf.eval()
+
+
+class TimingStreamer:
+    """Records when generate() hands out each token: put(prompt) comes first, then one put per new token."""
+
+    def __init__(self):
+        self.times: list[float] = []
+
+    def put(self, value) -> None:
+        self.times.append(time.perf_counter())
+
+    def end(self) -> None:
+        pass
+
+
+def _generate(model, ids, new_tokens, streamer=None):
+    mask = torch.ones_like(ids)
+    with torch.inference_mode():
+        return model.generate(ids, attention_mask=mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                              do_sample=False, streamer=streamer)
+
+
+def time_generation(model, ids, new_tokens) -> tuple[float, float]:
+    """(time to first token, seconds per later token) of one generate call, from the token hand-out times."""
+    streamer = TimingStreamer()
+    start = time.perf_counter()
+    _generate(model, ids, new_tokens, streamer)
+    first, last = streamer.times[1], streamer.times[-1]
+    return first - start, (last - first) / max(new_tokens - 1, 1)
+
+
+def sampled_generation(model, ids, new_tokens, points: int = 5) -> tuple[float, list[float]]:
+    """transformers' generate re-runs the whole sequence for each token, so step s costs what generate(
+    max_new_tokens=1) costs on a prompt of length T + s. Times that at `points` lengths spread over the steps of an
+    N-token generation. Returns (time to first token, [(length, seconds)] for the later steps)."""
+    T = ids.shape[1]
+    ttft = timed(lambda: _generate(model, ids, 1), ids.device)
+    extended = torch.cat([ids, ids.new_zeros(1, new_tokens)], dim=1)  # (1, T + N); the ids do not matter
+    lengths = sorted({T + 1 + round(i * (new_tokens - 2) / max(points - 1, 1)) for i in range(points)})
+    return ttft, [(L, timed(lambda: _generate(model, extended[:, :L], 1), ids.device)) for L in lengths]
+
+
+def integrate_steps(samples: list[tuple[int, float]]) -> float:
+    """Seconds for every step between the first and last sampled lengths (trapezoid over the samples)."""
+    if len(samples) == 1:
+        return samples[0][1]
+    total = samples[0][1]
+    for (l0, t0), (l1, t1) in zip(samples, samples[1:]):
+        total += (t0 + t1) / 2 * (l1 - l0 - 1) + t1  # the steps strictly between, then the step at l1
+    return total
+
+
+def _prefill(model, ids):
+    if isinstance(model, OpenAIGPTLMHeadModel):
+        config = model.config
+        B, T = ids.shape
+        cache = StaticKVCache(config.n_layer, B, config.n_head, T, config.n_embd // config.n_head, model.dtype,
+                              ids.device)
+        backend = resolve_attn_implementation(model.attn_implementation, ids.device.type)
+        decoder = IncrementalDecoder(model, cache, backend, backend == "fused")
+        with torch.inference_mode():
+            return decoder.prefill(ids, torch.full((B,), T, device=ids.device), all_full=True)
+    with torch.inference_mode():
+        return model(ids, logits_to_keep=1).logits
+
+
+def run(options: BenchOptions, log=sys.stderr) -> dict:
+    device = torch.device(options.device)
+    torch.manual_seed(0)
+    base = OpenAIGPTLMHeadModel(OpenAIGPTConfig(**options.config_overrides)).eval()
+    hf_base = make_transformers_model(base) if options.transformers else None
+    vocab = base.config.vocab_size
+    prompt = torch.randint(0, vocab, (1, options.prompt_length), device=device)
+    batch_prompt = torch.randint(0, vocab, (options.batch, options.prompt_length), device=device)
+    long_prompt = torch.randint(0, vocab, (1, options.prefill_length), device=device)
+    N = options.new_tokens
+    print(f"measuring read bandwidth on {device} ...", file=log, flush=True)
+    bandwidth = ReadBandwidth(device)
+    bandwidth.measure()
+    rows = []
+    for dtype_name in options.dtypes:
+        models = build_models(options, DTYPES[dtype_name], base, hf_base)
+        default = f"gpt_fast[{resolve_attn_implementation(None, device.type)}]"
+        best: dict[tuple[str, str], float] = {}
+
+        def keep(key, seconds):
+            best[key] = min(best.get(key, float("inf")), seconds)
+
+        for name, entry in models.items():  # warm-up (first-call allocations, oneDNN kernel selection)
+            model = use(entry)
+            _generate(model, prompt, 2)
+            _prefill(model, long_prompt[:, :16])
+        for repeat in range(options.repeats):
+            for name, entry in models.items():
+                model = use(entry)
+                print(f"[{dtype_name} {repeat + 1}/{options.repeats}] {name}: batch 1, {N} new tokens",
+                      file=log, flush=True)
+                if entry[1] is None and not options.transformers_full:
+                    ttft, samples = sampled_generation(model, prompt, N)
+                    for length, seconds in samples:
+                        keep((name, f"step@{length}"), seconds)
+                    per_token = integrate_steps([(length, best[(name, f"step@{length}")])
+                                                 for length, _ in samples]) / max(N - 1, 1)
+                else:
+                    ttft, per_token = time_generation(model, prompt, N)
+                keep((name, "ttft"), ttft)
+                keep((name, "per_token"), per_token)
+                keep((name, "prefill"), timed(lambda: _prefill(model, long_prompt), device))
+            print(f"[{dtype_name} {repeat + 1}/{options.repeats}] {default}: batch {options.batch}",
+                  file=log, flush=True)
+            model = use(models[default])
+            ttft, per_token = time_generation(model, batch_prompt, N)
+            keep(("batch", "ttft"), ttft)
+            keep(("batch", "per_token"), per_token)
+            bandwidth.measure(1)
+        context = options.prompt_length + N / 2
+        bytes_1 = bytes_per_token(models[default][0], context)  # per decode step
+        bytes_b = bytes_per_token(models[default][0], context, options.batch)
+        hf_rate = None
+        if "transformers" in models:
+            hf_rate = 1 / best[("transformers", "per_token")]
+        for name in models:
+            rate = 1 / best[(name, "per_token")]
+            rows.append(Row(dtype_name, name, 1, best[(name, "ttft")] * 1e3, rate, best[(name, "prefill")] * 1e3,
+                            None if hf_rate is None else rate / hf_rate, rate * bytes_1))
+        rate = options.batch / best[("batch", "per_token")]
+        rows.append(Row(dtype_name, default, options.batch, best[("batch", "ttft")] * 1e3, rate,
+                        roofline_fraction=rate / options.batch * bytes_b))
+        del models
+    for row in rows:  # bytes/s read -> fraction of the best bandwidth seen in the whole run
+        row.roofline_fraction /= bandwidth.best
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+        "machine": {"cpu": cpu_name(), "threads": torch.get_num_threads(), "device": str(device),
+                    "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+                    "torch": torch.__version__, "python": platform.python_version()},
+        "options": asdict(options),
+        "read_bandwidth_gb_s": bandwidth.best / 1e9,
+        "weights_mb_per_token": {d: bytes_per_token(base.to(DTYPES[d]), 0) / 1e6 for d in options.dtypes},
+        "rows": [asdict(r) for r in rows],
+    }
+
+
+def cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def format_table(result: dict) -> str:
+    opts = result["options"]
+    head = (f"gpt-fast bench  {result['date']}  {result['machine']['cpu']} ({result['machine']['threads']} threads, "
+            f"{result['machine']['device']})\nprompt {opts['prompt_length']} tokens, {opts['new_tokens']} new tokens, "
+            f"best of {opts['repeats']}; read bandwidth {result['read_bandwidth_gb_s']:.1f} GB/s; "
+            f"prefill column: a {opts['prefill_length']}-token prompt\n")
+    columns = ("dtype", "impl", "batch", "TTFT ms", "decode tok/s", "x transformers", "% roofline", "prefill ms")
+    lines = [columns]
+    for r in result["rows"]:
+        def fmt(value, spec):
+            return "-" if value is None else format(value, spec)
+        lines.append((r["dtype"], r["impl"], str(r["batch"]), fmt(r["ttft_ms"], ".1f"), fmt(r["decode_tok_s"], ".1f"),
+                      fmt(r["speedup_vs_transformers"], ".2f"),
+                      fmt(None if r["roofline_fraction"] is None else 100 * r["roofline_fraction"], ".0f"),
+                      fmt(r["prefill_ms"], ".1f")))
+    widths = [max(len(line[i]) for line in lines) for i in range(len(columns))]
+    body = ["  ".join(cell.rjust(w) if i > 1 else cell.ljust(w) for i, (cell, w) in enumerate(zip(line, widths)))
+            for line in lines]
+    return head + "\n".join(body[:1] + ["-" * len(body[0])] + body[1:])
+
+
+def check_matplotlib() -> None:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise RuntimeError("--png needs matplotlib, which is not installed: pip install matplotlib "
+                           "(or pip install 'gpt_fast[plot]')") from None
+
+
+def save_png(result: dict, path) -> None:
+    check_matplotlib()
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in result["rows"] if r["batch"] == 1]
+    labels = [f"{r['impl']}\n{r['dtype']}" for r in rows]
+    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(rows)), 4))
+    ax.bar(range(len(rows)), [r["decode_tok_s"] for r in rows], color="tab:blue")
+    for i, r in enumerate(rows):
+        if r["roofline_fraction"]:
+            ax.hlines(r["decode_tok_s"] / r["roofline_fraction"], i - 0.4, i + 0.4, colors="tab:red")
+    ax.set_xticks(range(len(rows)), labels, fontsize=7)
+    ax.set_ylabel("batch-1 decode tokens/s (red: roofline)")
+    ax.set_title(f"gpt-fast bench, {result['machine']['cpu']}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def save_json(result: dict, path) -> None:
+    with open(path, "w") as handle:
+        json.dump(result, handle, indent=2)
+        handle.write("\n")

@@ -1,0 +1,187 @@
+"""Runs an OpenAIGPTLMHeadModel incrementally over a StaticKVCache: one prefill pass, then one token per step.
+
+This is not a copy of the model: it calls the model's own modules (each Block's c_attn, c_proj, LayerNorms and
+MLP, the embeddings and the LM head) and differs from OpenAIGPTModel.forward only in where keys and values go
+and in the attention it calls:
+
+- prefill(packed_ids, lengths): the whole (packed, right-padded) prompt in one pass; each layer's keys and
+  values are written into the cache, and the prompt's attention is the model's backend (eager / sdpa / fused
+  flash attention) with a key-padding mask. Returns the logits at each row's last real token.
+- step(tokens): one new token per row; gpt_fast::decode_attention (kernel when built for the device, else the
+  reference) appends its key/value at the row's length and attends over [0, length]. Positions come from the
+  cache lengths, so rows of different prompt lengths each see the positions they would see alone.
+- decode-time kernels: when gpt_fast's small-M linear kernel (linear_small_m) is built for the device, every
+  step-time matmul reads weights repacked once for it (cached on the model, rebuilt when a weight changes), with
+  bias, GELU and the residual add in the kernel; add_layernorm / bias_gelu kernels are used where built.
+- CUDAGraphStep: on CUDA, step() captured once into a CUDA graph over static buffers and replayed per token.
+
+Everything per layer that does not change between steps (modules, cache views, kernel choice) is bound once in
+__init__; the step loop allocates only what the ops themselves return (nothing at all under a CUDA graph).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from gpt_fast import ops, reference
+from gpt_fast.attention import eager_attention, fused_attention, sdpa_attention
+from gpt_fast.kv_cache import StaticKVCache
+from gpt_fast.modeling import kernel_or_reference
+
+
+def has_small_m_linear(device_type: str) -> bool:
+    return hasattr(ops, "linear_small_m") and ops.has_kernel("linear_small_m", device_type)
+
+
+def packed_decode_weights(model) -> list:
+    """[(c_attn, attn.c_proj, c_fc, mlp.c_proj) packed, per layer] + [lm_head packed], made once per weight
+    version and cached on the model (the packed copy doubles the weights' memory while it lives)."""
+    blocks = model.transformer.h
+    weights = [w for b in blocks for w in (b.attn.c_attn.weight, b.attn.c_proj.weight, b.mlp.c_fc.weight,
+                                            b.mlp.c_proj.weight)] + [model.lm_head.weight]
+    key = tuple((w.data_ptr(), w._version, w.dtype, w.device) for w in weights)
+    cached = model.__dict__.get("_gpt_fast_packed_decode_weights")
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    model.__dict__.pop("_gpt_fast_packed_decode_weights", None)  # free the stale copy first
+    with torch.no_grad():
+        packed = [ops.pack_linear_weight(w, True) for w in weights[:-1]]
+        packed = [tuple(packed[4 * i:4 * i + 4]) for i in range(len(blocks))]
+        packed.append(ops.pack_linear_weight(weights[-1], False))  # nn.Linear layout (V, C)
+    model.__dict__["_gpt_fast_packed_decode_weights"] = (key, packed)
+    return packed
+
+
+class IncrementalDecoder:
+    def __init__(self, model, cache: StaticKVCache, backend: str, fused_ln: bool):
+        transformer = model.transformer
+        self.cache = cache
+        self.n_head = model.config.n_head
+        self.backend = backend
+        self.tokens_embed = transformer.tokens_embed
+        self.positions_embed = transformer.positions_embed
+        self.lm_head = model.lm_head
+        device_type = cache.keys.device.type
+        self.decode_attention = (ops.decode_attention if ops.has_kernel("decode_attention", device_type)
+                                 else reference.decode_attention)
+        self.fused_ln = fused_ln
+        self.add_layernorm = kernel_or_reference("add_layernorm", device_type) if fused_ln else None
+        self.layers = [(block, k_cache, v_cache) for block, (k_cache, v_cache) in zip(transformer.h, cache.layers)]
+        # step(tokens (B,) long) -> float32 logits (B, V) of the token after each row's new one
+        self.step = self._step_modules
+        if has_small_m_linear(device_type):  # the step's weight reads go through the small-M kernel
+            packed = packed_decode_weights(model)
+            self.packed_layers = [(*layer, *weights) for layer, weights in zip(self.layers, packed[:-1])]
+            self.packed_lm_head = packed[-1]
+            self.gelu = model.config.afn == "gelu"
+            self.step_add_layernorm = kernel_or_reference("add_layernorm", device_type)
+            self.step = self._step_packed
+
+    # -- the part of a Block after attention (as Block.forward), shared by prefill and step --------------------
+    def _block_tail(self, block, x, a):
+        """x: the block input (B, S, C); a: attention output before c_proj (B, S, C). Returns (B, S, C)."""
+        if self.fused_ln:
+            ln_1, ln_2 = block.ln_1, block.ln_2
+            n = self.add_layernorm(x, block.attn.c_proj(a, with_bias=False), block.attn.c_proj.bias,
+                                   ln_1.weight, ln_1.bias, ln_1.eps)
+            m = block.mlp(n, fused=True)
+            return self.add_layernorm(n, m, block.mlp.c_proj.bias, ln_2.weight, ln_2.bias, ln_2.eps)
+        n = block.ln_1(x + block.attn.c_proj(a))
+        return block.ln_2(n + block.mlp(n))
+
+    def _prompt_attention(self, qkv, key_mask):
+        if self.backend == "eager":
+            return eager_attention(qkv, key_mask, self.n_head, 0.0)[0]
+        if self.backend == "fused":
+            return fused_attention(qkv, key_mask, self.n_head)
+        return sdpa_attention(qkv, key_mask, self.n_head, 0.0)
+
+    def prefill(self, packed_ids: torch.Tensor, lengths: torch.Tensor, all_full: bool) -> torch.Tensor:
+        """packed_ids: (B, T), each row's real tokens first; lengths: (B,) real tokens per row (>= 1).
+
+        Fills the cache and returns float32 logits (B, V) at each row's last real token.
+        """
+        B, T = packed_ids.shape
+        C = self.tokens_embed.weight.shape[1]
+        x = self.tokens_embed(packed_ids) + self.positions_embed.weight[:T]  # (B, T, C)
+        key_mask = None if all_full else (torch.arange(T, device=x.device)[None, :] < lengths[:, None]).long()
+        for i, (block, _, _) in enumerate(self.layers):
+            qkv = block.attn.c_attn(x)  # (B, T, 3C)
+            k = reference.split_heads(qkv[..., C:2 * C], self.n_head)  # (B, H, T, D)
+            v = reference.split_heads(qkv[..., 2 * C:], self.n_head)  # (B, H, T, D)
+            self.cache.write_prompt(i, k, v)
+            x = self._block_tail(block, x, self._prompt_attention(qkv, key_mask))
+        self.cache.lengths.copy_(lengths)
+        last = x[torch.arange(B, device=x.device), lengths - 1]  # (B, C)
+        return self.lm_head(last).float()
+
+    def _step_modules(self, tokens: torch.Tensor) -> torch.Tensor:
+        """step() through the Blocks' modules (no small-M linear kernel for this device)."""
+        lengths = self.cache.lengths  # (B,) = the new token's position in each row
+        x = (self.tokens_embed(tokens) + self.positions_embed(lengths))[:, None, :]  # (B, 1, C)
+        for block, k_cache, v_cache in self.layers:
+            qkv = block.attn.c_attn(x)  # (B, 1, 3C)
+            a = self.decode_attention(qkv, k_cache, v_cache, lengths, self.n_head)  # (B, 1, C)
+            x = self._block_tail(block, x, a)
+        lengths.add_(1)
+        return F.linear(x[:, 0], self.lm_head.weight).float()  # (B, V)
+
+    def _step_packed(self, tokens: torch.Tensor) -> torch.Tensor:
+        """step() with every matmul in linear_small_m over the packed weights; same math as Block.forward."""
+        linear, add_layernorm = ops.linear_small_m, self.step_add_layernorm
+        lengths = self.cache.lengths
+        x = (self.tokens_embed(tokens) + self.positions_embed(lengths))[:, None, :]  # (B, 1, C)
+        C = x.shape[-1]
+        for block, k_cache, v_cache, w_attn, w_proj, w_fc, w_fc2 in self.packed_layers:
+            attn, mlp, ln_1, ln_2 = block.attn, block.mlp, block.ln_1, block.ln_2
+            qkv = linear(x, w_attn, 3 * C, attn.c_attn.bias, None, False)  # (B, 1, 3C)
+            a = self.decode_attention(qkv, k_cache, v_cache, lengths, self.n_head)  # (B, 1, C)
+            n = add_layernorm(x, linear(a, w_proj, C, None, None, False), attn.c_proj.bias,
+                              ln_1.weight, ln_1.bias, ln_1.eps)  # (B, 1, C)
+            if self.gelu:
+                h = linear(n, w_fc, 4 * C, mlp.c_fc.bias, None, True)  # (B, 1, 4C)
+            else:
+                h = mlp.act(linear(n, w_fc, 4 * C, mlp.c_fc.bias, None, False))
+            x = add_layernorm(n, linear(h, w_fc2, C, None, None, False), mlp.c_proj.bias,
+                              ln_2.weight, ln_2.bias, ln_2.eps)  # (B, 1, C)
+        lengths.add_(1)
+        return linear(x[:, 0], self.packed_lm_head, self.lm_head.weight.shape[0], None, None, False).float()
+
+
+class CUDAGraphStep:
+    """IncrementalDecoder.step captured once in a CUDA graph; calling it copies the tokens in and replays.
+
+    The returned logits tensor is the graph's static output buffer: it is overwritten by the next call.
+    """
+
+    def __init__(self, decoder: IncrementalDecoder, batch: int):
+        device = decoder.cache.keys.device
+        self.decoder = decoder
+        self.tokens = torch.zeros(batch, dtype=torch.long, device=device)  # (B,) static input
+        lengths = decoder.cache.lengths
+        saved = lengths.clone()
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):  # warm-up: the writes land at each row's next slot, rewritten by the real step
+            for _ in range(2):
+                decoder.step(self.tokens)
+                lengths.copy_(saved)
+        torch.cuda.current_stream(device).wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.logits = decoder.step(self.tokens)  # (B, V) static output
+        lengths.copy_(saved)
+
+    def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
+        self.tokens.copy_(tokens)
+        self.graph.replay()
+        return self.logits
+
+
+def use_cuda_graph(device: torch.device, requested: bool | None) -> bool:
+    """CUDA graphs need a CUDA device and the decode_attention kernel (the reference syncs with the host)."""
+    possible = device.type == "cuda" and ops.has_kernel("decode_attention", "cuda")
+    if requested and not possible:
+        raise ValueError("cuda_graph=True needs a CUDA model and gpt_fast's CUDA decode_attention kernel")
+    return possible if requested is None else bool(requested)

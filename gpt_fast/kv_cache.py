@@ -1,0 +1,40 @@
+"""The static KV cache of one generation request.
+
+Allocated once per request at its final length and never resized: keys and values are (n_layer, B, H, Tmax, D),
+and `lengths` (B,) int64 counts the tokens cached per row. Each row's real tokens are packed at the start of its
+row (prompt padding is dropped when the prompt is written), so a row's length is also the position of its next
+token and exactly decode_attention's `cache_lengths`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class StaticKVCache:
+    def __init__(self, n_layer: int, batch: int, n_head: int, max_length: int, head_dim: int,
+                 dtype: torch.dtype, device: torch.device):
+        if max_length <= 0:
+            raise ValueError(f"max_length of the KV cache must be positive, got {max_length}")
+        shape = (n_layer, batch, n_head, max_length, head_dim)
+        self.keys = torch.zeros(shape, dtype=dtype, device=device)  # (L, B, H, Tmax, D)
+        self.values = torch.zeros(shape, dtype=dtype, device=device)  # (L, B, H, Tmax, D)
+        self.lengths = torch.zeros(batch, dtype=torch.long, device=device)  # (B,)
+        # per-layer views, made once so the decode loop does no indexing
+        self.layers = [(self.keys[i], self.values[i]) for i in range(n_layer)]  # (B, H, Tmax, D) each
+
+    @property
+    def max_length(self) -> int:
+        return self.keys.shape[3]
+
+    def write_prompt(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Stores a packed prompt's keys and values at positions [0, T). k, v: (B, H, T, D)."""
+        T = k.shape[2]
+        if T > self.max_length:
+            raise ValueError(f"prompt of {T} tokens does not fit the KV cache of {self.max_length}")
+        k_cache, v_cache = self.layers[layer]
+        k_cache[:, :, :T].copy_(k)
+        v_cache[:, :, :T].copy_(v)
+
+    def nbytes(self) -> int:
+        return 2 * self.keys.numel() * self.keys.element_size()

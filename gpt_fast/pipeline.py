@@ -1,0 +1,117 @@
+"""pipeline("text-generation", ...): transformers' text-generation pipeline, on gpt_fast's model and generate().
+
+    generator = gpt_fast.pipeline("text-generation", model="path/to/openai-gpt")
+    generator("The future of AI is", max_length=50, do_sample=True)  # -> [{"generated_text": "..."}]
+
+As in transformers: a string gives a list of dicts (one per returned sequence), a list of strings a list of such
+lists; the checkpoint's `task_specific_params["text-generation"]` are generation defaults that keyword arguments
+given to pipeline() and then to the call override; `return_full_text=False` gives only the new text; prompts are
+generated one at a time (transformers' default batch_size=1).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from gpt_fast.checkpoint import parse_device, parse_dtype
+
+TASK = "text-generation"
+CALL_OPTIONS = ("return_full_text", "return_text", "return_tensors", "clean_up_tokenization_spaces")
+
+
+def load_tokenizer(name_or_path):
+    try:
+        from gpt_fast.tokenizer import OpenAIGPTTokenizerFast
+    except ImportError as error:
+        raise ImportError(f"gpt_fast.tokenizer is unavailable ({error}); pass a tokenizer object") from None
+    return OpenAIGPTTokenizerFast.from_pretrained(name_or_path)
+
+
+def pipeline(task: str, model=None, tokenizer=None, *, dtype=None, torch_dtype=None, device=None,
+             attn_implementation: str | None = None, **generate_defaults) -> "TextGenerationPipeline":
+    """Builds a TextGenerationPipeline. model: a folder / hub name or an OpenAIGPTLMHeadModel; tokenizer: a
+    folder, a tokenizer object, or None to load it from the model's folder. device: an index (-1 = CPU), a
+    string or a torch.device; dtype (or torch_dtype): a torch dtype or its name, or "auto"."""
+    from gpt_fast.heads import OpenAIGPTLMHeadModel
+
+    if task != TASK:
+        raise ValueError(f"gpt_fast.pipeline supports only the {TASK!r} task, got {task!r}")
+    if model is None:
+        raise ValueError("pass model= (a checkpoint folder or an OpenAIGPTLMHeadModel); there is no default model")
+    if dtype is not None and torch_dtype is not None and dtype != torch_dtype:
+        raise ValueError(f"pass dtype or torch_dtype, not both ({dtype} vs {torch_dtype})")
+    dtype = parse_dtype(dtype if dtype is not None else torch_dtype)
+    target = None if device is None else parse_device(device)
+    if isinstance(model, (str, os.PathLike)):
+        folder = model
+        model = OpenAIGPTLMHeadModel.from_pretrained(folder, dtype=dtype, device=target,
+                                                     attn_implementation=attn_implementation)
+        if tokenizer is None:
+            tokenizer = folder
+    elif isinstance(model, OpenAIGPTLMHeadModel):
+        if isinstance(dtype, torch.dtype) or target is not None:
+            model = model.to(device=target, dtype=dtype if isinstance(dtype, torch.dtype) else None)
+        if attn_implementation is not None:
+            model.set_attn_implementation(attn_implementation)
+    else:
+        raise TypeError(f"model must be a folder path or an OpenAIGPTLMHeadModel, got {type(model).__name__}")
+    if tokenizer is None:
+        raise ValueError("pass tokenizer= (a folder or a tokenizer object) when model is a model object")
+    if isinstance(tokenizer, (str, os.PathLike)):
+        tokenizer = load_tokenizer(tokenizer)
+    if not (callable(tokenizer) and callable(getattr(tokenizer, "decode", None))):
+        raise TypeError(f"tokenizer must be callable and have decode(), got {type(tokenizer).__name__}")
+    return TextGenerationPipeline(model.eval(), tokenizer, generate_defaults)
+
+
+class TextGenerationPipeline:
+    task = TASK
+
+    def __init__(self, model, tokenizer, generate_defaults: dict | None = None):
+        self.model = model
+        self.tokenizer = tokenizer
+        task_params = (getattr(model.config, "task_specific_params", None) or {}).get(TASK, {})
+        self.defaults = {**task_params, **(generate_defaults or {})}
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    def __call__(self, text_inputs, *, return_full_text: bool = True, return_text: bool = True,
+                 return_tensors: bool = False, clean_up_tokenization_spaces: bool | None = None, **generate_kwargs):
+        single = isinstance(text_inputs, str)
+        prompts = [text_inputs] if single else text_inputs
+        if not isinstance(prompts, (list, tuple)) or not all(isinstance(p, str) for p in prompts):
+            raise TypeError(f"text_inputs must be a string or a list of strings, got {type(text_inputs).__name__}")
+        for name, value in (("return_full_text", return_full_text), ("return_text", return_text),
+                            ("return_tensors", return_tensors)):
+            if not isinstance(value, bool):
+                raise TypeError(f"{name} must be True or False, got {value!r}")
+        kwargs = {**self.defaults, **generate_kwargs}
+        results = [self._one(p, kwargs, return_full_text, return_text, return_tensors, clean_up_tokenization_spaces)
+                   for p in prompts]
+        return results[0] if single else results
+
+    def _one(self, prompt: str, kwargs: dict, full_text: bool, return_text: bool, return_tensors: bool, clean_up):
+        from gpt_fast.generation import generate
+
+        input_ids = self.tokenizer(prompt, return_tensors="pt")["input_ids"]  # (1, T)
+        if input_ids.shape[-1] == 0:
+            raise ValueError(f"the prompt {prompt!r} is empty after tokenization")
+        sequences = generate(self.model, input_ids, **kwargs).cpu()  # (n, T + new)
+        decode = dict(skip_special_tokens=True)
+        if clean_up is not None:
+            decode["clean_up_tokenization_spaces"] = clean_up
+        prompt_chars = len(self.tokenizer.decode(input_ids[0].tolist(), **decode))
+        records = []
+        for sequence in sequences:
+            record = {}
+            if return_tensors:
+                record["generated_token_ids"] = sequence.tolist() if full_text else sequence[input_ids.shape[-1]:].tolist()
+            if return_text:
+                new_text = self.tokenizer.decode(sequence.tolist(), **decode)[prompt_chars:]
+                record["generated_text"] = prompt + new_text if full_text else new_text
+            records.append(record)
+        return records

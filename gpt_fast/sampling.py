@@ -1,0 +1,92 @@
+"""Next-token selection: transformers' logits processors (same order, same math) and device-side sampling.
+
+Per step, on float32 scores (B, V), in transformers' order:
+  repetition penalty -> min length / min new tokens (EOS masked) -> [sampling only] temperature -> top-k -> top-p.
+Then greedy argmax, or a sample from softmax(scores). Sampling uses the exponential-race form
+(argmax(p / E) with E ~ Exp(1) i.i.d., which draws index i with probability p_i) so it needs no host sync and no
+multinomial kernel, and runs inside a CUDA stream without stalls. Everything works in place on buffers that are
+allocated once per request.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """Validated selection settings of one request (see generation.parse_generation_kwargs)."""
+
+    do_sample: bool
+    temperature: float
+    top_k: int  # 0 = off
+    top_p: float  # 1.0 = off
+    repetition_penalty: float  # 1.0 = off
+    eos_blocked_steps: int  # EOS is masked while step < this (min_length / min_new_tokens)
+
+
+class TokenSelector:
+    """Turns raw logits into the next token of every row, keeping the penalty state across steps.
+
+    eos_ids: (E,) long on the device or None. history: (B, V) bool of tokens seen so far per row (for the
+    repetition penalty), seeded with each row's real prompt tokens.
+    """
+
+    def __init__(self, config: SamplingConfig, eos_ids: torch.Tensor | None, batch: int, vocab_size: int,
+                 device: torch.device, generator: torch.Generator | None):
+        self.config = config
+        self.eos_ids = eos_ids
+        self.generator = generator
+        self.seen = None
+        if config.repetition_penalty != 1.0:
+            self.seen = torch.zeros(batch, vocab_size, dtype=torch.bool, device=device)  # (B, V)
+        self.noise = torch.empty(batch, vocab_size, dtype=torch.float32, device=device) if config.do_sample else None
+
+    def add_prompt(self, packed_ids: torch.Tensor, lengths: torch.Tensor) -> None:
+        """Marks each row's real prompt tokens as seen. packed_ids: (B, T) real tokens first; lengths: (B,)."""
+        if self.seen is None:
+            return
+        T = packed_ids.shape[1]
+        real = torch.arange(T, device=packed_ids.device)[None, :] < lengths[:, None]  # (B, T)
+        ids = torch.where(real, packed_ids, packed_ids[:, :1])  # padding -> the row's first real token
+        self.seen.scatter_(1, ids, True)
+
+    def add_tokens(self, tokens: torch.Tensor) -> None:
+        """tokens: (B,) the tokens just emitted (padding included, as transformers' input_ids hold them)."""
+        if self.seen is not None:
+            self.seen.scatter_(1, tokens[:, None], True)
+
+    def process(self, logits: torch.Tensor, step: int) -> torch.Tensor:
+        """logits: (B, V) float32, modified in place and returned as the processed scores."""
+        cfg = self.config
+        scores = logits
+        if self.seen is not None:
+            penalised = torch.where(scores < 0, scores * cfg.repetition_penalty, scores / cfg.repetition_penalty)
+            scores = torch.where(self.seen, penalised, scores)
+        if self.eos_ids is not None and step < cfg.eos_blocked_steps:
+            scores.index_fill_(1, self.eos_ids, float("-inf"))
+        if not cfg.do_sample:
+            return scores
+        if cfg.temperature != 1.0:
+            scores.div_(cfg.temperature)
+        if cfg.top_k:
+            k = min(cfg.top_k, scores.shape[-1])
+            kth = torch.topk(scores, k, dim=-1).values[:, -1:]  # (B, 1)
+            scores.masked_fill_(scores < kth, float("-inf"))
+        if cfg.top_p < 1.0:
+            sorted_scores, order = torch.sort(scores, descending=False)  # (B, V) ascending
+            cumulative = sorted_scores.softmax(dim=-1).cumsum(dim=-1)
+            drop_sorted = cumulative <= (1 - cfg.top_p)
+            drop_sorted[:, -1:] = False  # always keep the most likely token
+            scores.masked_fill_(drop_sorted.scatter(1, order, drop_sorted), float("-inf"))
+        return scores
+
+    def select(self, scores: torch.Tensor) -> torch.Tensor:
+        """scores: (B, V) processed -> (B,) long."""
+        if not self.config.do_sample:
+            return scores.argmax(dim=-1)
+        probs = torch.softmax(scores, dim=-1)  # (B, V)
+        self.noise.exponential_(generator=self.generator)
+        return (probs / self.noise).argmax(dim=-1)

@@ -28,6 +28,7 @@ from gpt_fast import ops, reference
 from gpt_fast.attention import eager_attention, fused_attention, sdpa_attention
 from gpt_fast.kv_cache import StaticKVCache
 from gpt_fast.modeling import kernel_or_reference
+from gpt_fast.weight_cache import cached_on
 
 
 def has_small_m_linear(device_type: str) -> bool:
@@ -36,21 +37,18 @@ def has_small_m_linear(device_type: str) -> bool:
 
 def packed_decode_weights(model) -> list:
     """[(c_attn, attn.c_proj, c_fc, mlp.c_proj) packed, per layer] + [lm_head packed], made once per weight
-    version and cached on the model (the packed copy doubles the weights' memory while it lives)."""
+    version and cached on the model (gpt_fast/weight_cache.py; the copy doubles the weights' memory)."""
     blocks = model.transformer.h
     weights = [w for b in blocks for w in (b.attn.c_attn.weight, b.attn.c_proj.weight, b.mlp.c_fc.weight,
                                             b.mlp.c_proj.weight)] + [model.lm_head.weight]
-    key = tuple((w.data_ptr(), w._version, w.dtype, w.device) for w in weights)
-    cached = model.__dict__.get("_gpt_fast_packed_decode_weights")
-    if cached is not None and cached[0] == key:
-        return cached[1]
-    model.__dict__.pop("_gpt_fast_packed_decode_weights", None)  # free the stale copy first
-    with torch.no_grad():
-        packed = [ops.pack_linear_weight(w, True) for w in weights[:-1]]
-        packed = [tuple(packed[4 * i:4 * i + 4]) for i in range(len(blocks))]
-        packed.append(ops.pack_linear_weight(weights[-1], False))  # nn.Linear layout (V, C)
-    model.__dict__["_gpt_fast_packed_decode_weights"] = (key, packed)
-    return packed
+
+    def build():
+        with torch.no_grad():
+            packed = [ops.pack_linear_weight(w, True) for w in weights[:-1]]
+            layers = [tuple(packed[4 * i:4 * i + 4]) for i in range(len(blocks))]
+            return layers + [ops.pack_linear_weight(weights[-1], False)]  # the LM head: nn.Linear layout (V, C)
+
+    return cached_on(model, "decode_weights", weights, build)
 
 
 class IncrementalDecoder:
@@ -66,7 +64,6 @@ class IncrementalDecoder:
         self.decode_attention = (ops.decode_attention if ops.has_kernel("decode_attention", device_type)
                                  else reference.decode_attention)
         self.fused_ln = fused_ln
-        self.add_layernorm = kernel_or_reference("add_layernorm", device_type) if fused_ln else None
         self.layers = [(block, k_cache, v_cache) for block, (k_cache, v_cache) in zip(transformer.h, cache.layers)]
         # step(tokens (B,) long) -> float32 logits (B, V) of the token after each row's new one
         self.step = self._step_modules
@@ -77,18 +74,6 @@ class IncrementalDecoder:
             self.gelu = model.config.afn == "gelu"
             self.step_add_layernorm = kernel_or_reference("add_layernorm", device_type)
             self.step = self._step_packed
-
-    # -- the part of a Block after attention (as Block.forward), shared by prefill and step --------------------
-    def _block_tail(self, block, x, a):
-        """x: the block input (B, S, C); a: attention output before c_proj (B, S, C). Returns (B, S, C)."""
-        if self.fused_ln:
-            ln_1, ln_2 = block.ln_1, block.ln_2
-            n = self.add_layernorm(x, block.attn.c_proj(a, with_bias=False), block.attn.c_proj.bias,
-                                   ln_1.weight, ln_1.bias, ln_1.eps)
-            m = block.mlp(n, fused=True)
-            return self.add_layernorm(n, m, block.mlp.c_proj.bias, ln_2.weight, ln_2.bias, ln_2.eps)
-        n = block.ln_1(x + block.attn.c_proj(a))
-        return block.ln_2(n + block.mlp(n))
 
     def _prompt_attention(self, qkv, key_mask):
         if self.backend == "eager":
@@ -107,11 +92,12 @@ class IncrementalDecoder:
         x = self.tokens_embed(packed_ids) + self.positions_embed.weight[:T]  # (B, T, C)
         key_mask = None if all_full else (torch.arange(T, device=x.device)[None, :] < lengths[:, None]).long()
         for i, (block, _, _) in enumerate(self.layers):
-            qkv = block.attn.c_attn(x)  # (B, T, 3C)
+            c_attn = block.attn.c_attn
+            qkv = c_attn.fused(x, with_bias=True) if self.fused_ln else c_attn(x)  # (B, T, 3C)
             k = reference.split_heads(qkv[..., C:2 * C], self.n_head)  # (B, H, T, D)
             v = reference.split_heads(qkv[..., 2 * C:], self.n_head)  # (B, H, T, D)
             self.cache.write_prompt(i, k, v)
-            x = self._block_tail(block, x, self._prompt_attention(qkv, key_mask))
+            x = block.finish(x, self._prompt_attention(qkv, key_mask), self.fused_ln)
         self.cache.lengths.copy_(lengths)
         last = x[torch.arange(B, device=x.device), lengths - 1]  # (B, C)
         return self.lm_head(last).float()
@@ -123,7 +109,7 @@ class IncrementalDecoder:
         for block, k_cache, v_cache in self.layers:
             qkv = block.attn.c_attn(x)  # (B, 1, 3C)
             a = self.decode_attention(qkv, k_cache, v_cache, lengths, self.n_head)  # (B, 1, C)
-            x = self._block_tail(block, x, a)
+            x = block.finish(x, a, self.fused_ln)
         lengths.add_(1)
         return F.linear(x[:, 0], self.lm_head.weight).float()  # (B, V)
 

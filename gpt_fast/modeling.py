@@ -118,13 +118,16 @@ class Block(nn.Module):
 
     def forward(self, x, attention_mask, backend: str, fused_ln: bool, head_mask=None, output_attentions=False):
         a, probs = self.attn.attend(x, attention_mask, backend, head_mask, output_attentions)
+        return self.finish(x, a, fused_ln), probs
+
+    def finish(self, x, a, fused_ln: bool):
+        """Everything after attention. x: the block input (B, T, C); a: attention output before c_proj (B, T, C)."""
         if fused_ln:  # residual add, c_proj bias and LayerNorm in one kernel each
             n = self._add_layernorm(x, self.attn.c_proj.fused(a, with_bias=False), self.attn.c_proj.bias, self.ln_1)
             m = self.mlp(n, fused=True)
-            return self._add_layernorm(n, m, self.mlp.c_proj.bias, self.ln_2), probs
+            return self._add_layernorm(n, m, self.mlp.c_proj.bias, self.ln_2)
         n = self.ln_1(x + self.attn.resid_dropout(self.attn.c_proj(a)))
-        h = self.ln_2(n + self.mlp.dropout(self.mlp(n)))
-        return h, probs
+        return self.ln_2(n + self.mlp.dropout(self.mlp(n)))
 
     @staticmethod
     def _add_layernorm(x, y, bias, ln: nn.LayerNorm):

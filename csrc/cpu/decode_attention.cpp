@@ -294,9 +294,10 @@ at::Tensor decode_attention_cpu(const at::Tensor& qkv, at::Tensor& k_cache, at::
   const int64_t tasks = B * n_head * splits;
   // Small problems run on the calling thread: a task below ~16k multiply-adds is not worth a thread wake-up.
   const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, chunk * D * S));
+  const cpu::Isa isa = cpu::cpu_isa();
   with_storage_type(qkv.scalar_type(), [&](auto type) {
     using T = decltype(type);
-    at::parallel_for(0, tasks, grain, [&](int64_t begin, int64_t end) { run_tasks_best<T>(p, begin, end); });
+    at::parallel_for(0, tasks, grain, [&](int64_t begin, int64_t end) { run_tasks_best<T>(isa, p, begin, end); });
     if (splits > 1) {
       at::parallel_for(0, B * n_head * S, 16, [&](int64_t begin, int64_t end) {
         for (int64_t r = begin; r < end; ++r) merge_chunks<T>(p, r / (n_head * S), r / S % n_head, r % S);

@@ -236,8 +236,9 @@ at::Tensor flash_attention_cpu(const at::Tensor& qkv, const std::optional<at::Te
   const int64_t tasks = (T + kBlockQ - 1) / kBlockQ * B * n_head;
   const float scale = kLog2e / std::sqrt(static_cast<float>(D));
   const bool* mask_ptr = mask.defined() ? mask.const_data_ptr<bool>() : nullptr;
+  const cpu::Isa isa = cpu::cpu_isa();
 #ifdef GPT_FAST_HAVE_AMX_ENGINE
-  if (qkv.scalar_type() == at::kBFloat16 && D % 32 == 0 && amx_available()) {
+  if (qkv.scalar_type() == at::kBFloat16 && D % 32 == 0 && isa >= cpu::Isa::kAmx) {
     const auto* base = static_cast<const c10::BFloat16*>(qkv.const_data_ptr());  // q and k read in place
     const int64_t vt_len = (T + kBlockK - 1) / kBlockK * kBlockK;
     auto vt = at::empty({B * n_head, D, vt_len}, qkv.options());  // V^T per (batch, head), zero-padded
@@ -257,7 +258,7 @@ at::Tensor flash_attention_cpu(const at::Tensor& qkv, const std::optional<at::Te
            scale};
   with_storage_type(qkv.scalar_type(), [&](auto type) {
     using Elem = decltype(type);
-    at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) { run_tasks_best<Elem>(p, begin, end); });
+    at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) { run_tasks_best<Elem>(isa, p, begin, end); });
   });
   return out;
 }

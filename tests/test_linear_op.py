@@ -92,12 +92,13 @@ def test_packed_layout(in_out_layout):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("isa", ["scalar", "avx512", "avx512_bf16"])
+@pytest.mark.parametrize("isa", ["scalar", "portable", "avx2", "avx512", "avx512_bf16"])
 @pytest.mark.parametrize("rows, K", [(5, 100), (11, 33), (18, 64)])
 def test_capped_isa_path_matches(dtype, isa, rows, K, monkeypatch):
-    # GPT_FAST_CPU_ISA caps the instruction set: "scalar" is the portable loop, "avx512" the AVX-512 path without
-    # the bf16 dot product, "avx512_bf16" without AMX. Each must match the reference and the default (best) path,
-    # which for bf16 with rows >= 4 and K % 32 == 0 is AMX where the CPU has it.
+    # GPT_FAST_CPU_ISA caps the instruction set: "scalar" (or "portable") is the portable loop, as is "avx2" (the
+    # linear family has no AVX2 path), "avx512" the AVX-512 path without the bf16 dot product, "avx512_bf16"
+    # without AMX. Each must match the reference and the default (best) path, which for bf16 with rows >= 4 and
+    # K % 32 == 0 is AMX where the CPU has it.
     x, w, b, r = make(rows, K, 37, dtype, True, 6, with_residual=True)
     packed = ops.pack_linear_weight(w, True)
     best = ops.linear_small_m(x, packed, 37, b, r, True)
@@ -110,7 +111,7 @@ def test_capped_isa_path_matches(dtype, isa, rows, K, monkeypatch):
 
 def test_rejects_unknown_isa(monkeypatch):
     monkeypatch.setenv("GPT_FAST_CPU_ISA", "avx9000")
-    with pytest.raises(RuntimeError, match="GPT_FAST_CPU_ISA must be scalar, avx512, avx512_bf16 or amx"):
+    with pytest.raises(RuntimeError, match="GPT_FAST_CPU_ISA must be scalar \\(or portable\\), avx2, avx512, avx512_bf16 or amx"):
         ops.linear_small_m(**args())
 
 

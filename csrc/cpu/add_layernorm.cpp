@@ -105,18 +105,7 @@ void add_layernorm_rows(const T* x, const T* res, const T* bias, const T* w, con
 at::Tensor add_layernorm_cpu(const at::Tensor& x, const at::Tensor& residual, const std::optional<at::Tensor>& bias,
                              const at::Tensor& weight, const at::Tensor& ln_bias, double eps) {
   constexpr const char* op = "gpt_fast::add_layernorm";
-  TORCH_CHECK(x.dim() >= 1, op, ": x must have at least one dimension");
-  check_float_dtype(x, op, "x");
-  TORCH_CHECK(residual.sizes() == x.sizes(), op, ": residual shape ", residual.sizes(), " must equal x shape ",
-              x.sizes());
-  check_same_device(residual, x, op, "residual");
-  check_same_dtype(residual, x, op, "residual");
-  const int64_t C = x.size(-1);
-  TORCH_CHECK(C > 0, op, ": x must have a non-empty last dimension");
-  check_vector(weight, C, x, op, "weight");
-  check_vector(ln_bias, C, x, op, "ln_bias");
-  if (bias) check_vector(*bias, C, x, op, "bias");
-  TORCH_CHECK(eps >= 0 && std::isfinite(eps), op, ": eps must be a finite non-negative number, got ", eps);
+  const int64_t C = check_add_layernorm_args(x, residual, bias, weight, ln_bias, eps, op);
 
   auto xc = x.contiguous();
   auto rc = residual.contiguous();

@@ -2,7 +2,7 @@
 //
 // Everything is computed in fp32 on 16-lane vectors written with GCC/Clang vector extensions, so one source
 // compiles for every target: GPT_FAST_MULTIVERSION builds an AVX-512, an AVX2+FMA and a
-// portable copy of a kernel's entry point and picks one at run time from the CPU's features (x86-64 only;
+// portable copy of a kernel's entry point and picks one at run time by cpu_isa() (cpu_isa.h; x86-64 only;
 // elsewhere the portable copy is the only one and the compiler lowers the vectors to NEON or scalars).
 // The helpers below are always inlined into those entry points, so they are compiled once per instruction set.
 //
@@ -16,14 +16,14 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <cstdlib>
 #include <cstring>
 #include <limits>
-#include <string>
 
 #pragma GCC diagnostic ignored "-Wpsabi"  // 64-byte vectors by value: only in always-inlined helpers
 
-#if defined(__x86_64__) && defined(__GNUC__)
+#include "cpu/cpu_isa.h"
+
+#if GPT_FAST_HAVE_X86
 #define GPT_FAST_TARGET_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma,f16c,prefer-vector-width=512")))
 #define GPT_FAST_TARGET_AVX2 __attribute__((target("avx2,fma,f16c")))
 #else
@@ -34,37 +34,9 @@
 
 namespace gpt_fast::attention {
 
-// The highest code path the kernels may use: 3 (default) allows everything the CPU has; the environment
-// variable GPT_FAST_CPU_ISA = portable | avx2 | avx512 | amx caps it at 0, 1, 2 or 3 (read once; for tests and
-// for comparing paths).
-inline int isa_cap() {
-  static const int cap = [] {
-    const char* env = std::getenv("GPT_FAST_CPU_ISA");
-    if (env == nullptr) return 3;
-    const std::string want(env);
-    return want == "portable" ? 0 : want == "avx2" ? 1 : want == "avx512" ? 2 : 3;
-  }();
-  return cap;
-}
-
-// 2: AVX-512 (F, BW, VL, DQ) with FMA and F16C; 1: AVX2 with FMA and F16C; 0: portable code only.
-inline int cpu_isa() {
-#if defined(__x86_64__) && defined(__GNUC__)
-  static const int isa = [] {
-    __builtin_cpu_init();
-    const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
-    const bool avx512 = avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
-    return std::min(isa_cap(), avx512 ? 2 : avx2 ? 1 : 0);
-  }();
-  return isa;
-#else
-  return 0;
-#endif
-}
-
-// Defines template <typename T> void NAME(args...) that runs IMPL<T>(args...) (an always-inline function
-// template) compiled for AVX-512, for AVX2 + FMA, or portably, whichever this CPU supports best.
+// Defines template <typename T> void NAME(cpu::Isa isa, args...) that runs IMPL<T>(args...) (an always-inline
+// function template) compiled for AVX-512, for AVX2 + FMA, or portably: the best of these isa allows (callers pass
+// cpu::cpu_isa(), read once per op call, outside the parallel region).
 #define GPT_FAST_MULTIVERSION(NAME, IMPL)                                                                  \
   template <typename T, typename... A>                                                                     \
   GPT_FAST_TARGET_AVX512 void NAME##_avx512(A... a) { IMPL<T>(a...); }                                     \
@@ -73,12 +45,10 @@ inline int cpu_isa() {
   template <typename T, typename... A>                                                                     \
   void NAME##_portable(A... a) { IMPL<T>(a...); }                                                          \
   template <typename T, typename... A>                                                                     \
-  void NAME(A... a) {                                                                                      \
-    switch (::gpt_fast::attention::cpu_isa()) {                                                            \
-      case 2: NAME##_avx512<T>(a...); break;                                                               \
-      case 1: NAME##_avx2<T>(a...); break;                                                                 \
-      default: NAME##_portable<T>(a...); break;                                                            \
-    }                                                                                                      \
+  void NAME(::gpt_fast::cpu::Isa isa, A... a) {                                                            \
+    if (isa >= ::gpt_fast::cpu::Isa::kAvx512) NAME##_avx512<T>(a...);                                      \
+    else if (isa >= ::gpt_fast::cpu::Isa::kAvx2) NAME##_avx2<T>(a...);                                     \
+    else NAME##_portable<T>(a...);                                                                         \
   }
 
 // Calls f(T{}) with T the storage type of dtype (fp32, bf16 or fp16; checked by the caller).
@@ -172,7 +142,7 @@ GPT_FAST_INLINE void unpair<c10::BFloat16>(VF a, VF b, float* dst) {
   store(dst + kLanes, __builtin_shufflevector(a, b, 8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31));
 }
 
-// Stores 16 fp32 values as storage type T (round to nearest even).
+// Stores 16 fp32 values as storage type T (round to nearest even; bf16 as vec.h's fp32_to_bf16_bits does it).
 template <typename T>
 GPT_FAST_INLINE void store_as(T* p, VF v) {
   for (int i = 0; i < kLanes; ++i) p[i] = static_cast<T>(v[i]);

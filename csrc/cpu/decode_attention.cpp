@@ -219,37 +219,23 @@ void merge_chunks(const Params& p, int64_t b, int64_t h, int64_t i) {
 
 void check_cache(const at::Tensor& cache, const at::Tensor& qkv, int64_t B, int64_t H, int64_t D, const char* op,
                  const char* name) {
-  check_dim(cache, 4, op, name);
-  check_same_device(cache, qkv, op, name);
-  check_same_dtype(cache, qkv, op, name);
-  TORCH_CHECK(cache.size(0) == B && cache.size(1) == H && cache.size(3) == D, op, ": ", name,
-              " must have shape (B, H, Tmax, D) = (", B, ", ", H, ", Tmax, ", D, "), got ", cache.sizes());
+  check_cache_shape(cache, qkv, B, H, D, op, name);
   check_last_dim_contiguous(cache, op, name);
 }
 
 at::Tensor decode_attention_cpu(const at::Tensor& qkv, at::Tensor& k_cache, at::Tensor& v_cache,
                                 const at::Tensor& cache_lengths, int64_t n_head) {
   constexpr const char* op = "gpt_fast::decode_attention";
-  check_dim(qkv, 3, op, "qkv");
-  check_float_dtype(qkv, op, "qkv");
+  const int64_t D = check_packed_qkv(qkv, n_head, op);
   check_last_dim_contiguous(qkv, op, "qkv");
-  const int64_t B = qkv.size(0), S = qkv.size(1), C3 = qkv.size(2);
-  TORCH_CHECK(C3 % 3 == 0, op, ": qkv's last dimension (", C3, ") must be 3 * C");
-  const int64_t C = C3 / 3;
-  TORCH_CHECK(n_head > 0 && C % n_head == 0, op, ": n_head (", n_head, ") must be positive and divide C = ", C);
-  const int64_t D = C / n_head;
+  const int64_t B = qkv.size(0), S = qkv.size(1), C = n_head * D;
   TORCH_CHECK(D >= 1 && D <= kMaxHead, op, ": head size C / n_head = ", D, " must be in [1, ", kMaxHead, "]");
   check_cache(k_cache, qkv, B, n_head, D, op, "k_cache");
   check_cache(v_cache, qkv, B, n_head, D, op, "v_cache");
   TORCH_CHECK(v_cache.sizes() == k_cache.sizes() && v_cache.strides() == k_cache.strides(), op,
               ": v_cache must have k_cache's shape and strides, got ", v_cache.sizes(), " / ", v_cache.strides(),
               " vs ", k_cache.sizes(), " / ", k_cache.strides());
-  check_dim(cache_lengths, 1, op, "cache_lengths");
-  TORCH_CHECK(cache_lengths.scalar_type() == at::kLong, op, ": cache_lengths must be int64, got ",
-              cache_lengths.scalar_type());
-  TORCH_CHECK(cache_lengths.size(0) == B, op, ": cache_lengths must have B = ", B, " elements, got ",
-              cache_lengths.size(0));
-  check_same_device(cache_lengths, qkv, op, "cache_lengths");
+  check_cache_lengths(cache_lengths, qkv, B, op);
   const int64_t Tmax = k_cache.size(2);
   auto lengths = cache_lengths.contiguous();
   const int64_t* len = lengths.const_data_ptr<int64_t>();
@@ -294,9 +280,10 @@ at::Tensor decode_attention_cpu(const at::Tensor& qkv, at::Tensor& k_cache, at::
   const int64_t tasks = B * n_head * splits;
   // Small problems run on the calling thread: a task below ~16k multiply-adds is not worth a thread wake-up.
   const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, chunk * D * S));
+  const cpu::Isa isa = cpu::cpu_isa();
   with_storage_type(qkv.scalar_type(), [&](auto type) {
     using T = decltype(type);
-    at::parallel_for(0, tasks, grain, [&](int64_t begin, int64_t end) { run_tasks_best<T>(p, begin, end); });
+    at::parallel_for(0, tasks, grain, [&](int64_t begin, int64_t end) { run_tasks_best<T>(isa, p, begin, end); });
     if (splits > 1) {
       at::parallel_for(0, B * n_head * S, 16, [&](int64_t begin, int64_t end) {
         for (int64_t r = begin; r < end; ++r) merge_chunks<T>(p, r / (n_head * S), r / S % n_head, r % S);

@@ -10,37 +10,23 @@
 // Elsewhere GPT_FAST_HAVE_AMX_ENGINE is undefined and the fp32 engine runs.
 #pragma once
 
-#if defined(__x86_64__) && defined(__GNUC__) && defined(__linux__)
+#include "cpu/flash_tiles.h"  // and cpu_isa.h: GPT_FAST_HAVE_X86; the engine runs when cpu_isa() is amx
+
+#if GPT_FAST_HAVE_X86 && defined(__linux__)
 #define GPT_FAST_HAVE_AMX_ENGINE 1
 
 #include <immintrin.h>
-#include <sys/syscall.h>
-#include <unistd.h>
 
 #include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <cstring>
 
-#include "cpu/flash_tiles.h"
-
 #define GPT_FAST_TARGET_AMX                                                                          \
   __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma,f16c," \
                         "prefer-vector-width=512")))
 
 namespace gpt_fast::flash {
-
-// True when the CPU has AMX-BF16 and AVX512-BF16 and Linux lets this process use the AMX tile state.
-inline bool amx_available() {
-  static const bool yes = [] {
-    if (isa_cap() < 3 || cpu_isa() != 2 || !__builtin_cpu_supports("amx-tile") || !__builtin_cpu_supports("amx-bf16") ||
-        !__builtin_cpu_supports("avx512bf16"))
-      return false;
-    constexpr long kReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;  // arch_prctl(ARCH_REQ_XCOMP_PERM, ...)
-    return syscall(SYS_arch_prctl, kReqXcompPerm, kXfeatureXtiledata) == 0;
-  }();
-  return yes;
-}
 
 // Tiles 0 (accumulator), 1 (A) and 2 (B): 16 rows of 64 bytes each.
 GPT_FAST_TARGET_AMX inline void amx_load_tile_config() {

@@ -211,33 +211,20 @@ GPT_FAST_MULTIVERSION(run_tasks_best, run_tasks)
 at::Tensor flash_attention_cpu(const at::Tensor& qkv, const std::optional<at::Tensor>& key_padding_mask,
                                int64_t n_head) {
   constexpr const char* op = "gpt_fast::flash_attention";
-  check_dim(qkv, 3, op, "qkv");
-  check_float_dtype(qkv, op, "qkv");
+  const int64_t D = check_packed_qkv(qkv, n_head, op);
   check_last_dim_contiguous(qkv, op, "qkv");
-  const int64_t B = qkv.size(0), T = qkv.size(1), C3 = qkv.size(2);
-  TORCH_CHECK(C3 % 3 == 0, op, ": qkv's last dimension (", C3, ") must be 3 * C");
-  const int64_t C = C3 / 3;
-  TORCH_CHECK(n_head > 0 && C % n_head == 0, op, ": n_head (", n_head, ") must be positive and divide C = ", C);
-  const int64_t D = C / n_head;
+  const int64_t B = qkv.size(0), T = qkv.size(1), C = n_head * D;
   TORCH_CHECK(D >= 1 && D <= kMaxHead, op, ": head size C / n_head = ", D, " must be in [1, ", kMaxHead, "]");
-  at::Tensor mask;
-  if (key_padding_mask) {
-    check_dim(*key_padding_mask, 2, op, "key_padding_mask");
-    TORCH_CHECK(key_padding_mask->scalar_type() == at::kBool, op, ": key_padding_mask must be bool, got ",
-                key_padding_mask->scalar_type());
-    TORCH_CHECK(key_padding_mask->size(0) == B && key_padding_mask->size(1) == T, op,
-                ": key_padding_mask must have shape (B, T) = (", B, ", ", T, "), got ", key_padding_mask->sizes());
-    check_same_device(*key_padding_mask, qkv, op, "key_padding_mask");
-    mask = key_padding_mask->contiguous();
-  }
+  const at::Tensor mask = check_key_padding_mask(key_padding_mask, qkv, B, T, op);  // (B, T) or undefined
   auto out = at::empty({B, T, C}, qkv.options());
   if (out.numel() == 0) return out;
 
   const int64_t tasks = (T + kBlockQ - 1) / kBlockQ * B * n_head;
   const float scale = kLog2e / std::sqrt(static_cast<float>(D));
   const bool* mask_ptr = mask.defined() ? mask.const_data_ptr<bool>() : nullptr;
+  const cpu::Isa isa = cpu::cpu_isa();
 #ifdef GPT_FAST_HAVE_AMX_ENGINE
-  if (qkv.scalar_type() == at::kBFloat16 && D % 32 == 0 && amx_available()) {
+  if (qkv.scalar_type() == at::kBFloat16 && D % 32 == 0 && isa >= cpu::Isa::kAmx) {
     const auto* base = static_cast<const c10::BFloat16*>(qkv.const_data_ptr());  // q and k read in place
     const int64_t vt_len = (T + kBlockK - 1) / kBlockK * kBlockK;
     auto vt = at::empty({B * n_head, D, vt_len}, qkv.options());  // V^T per (batch, head), zero-padded
@@ -257,7 +244,7 @@ at::Tensor flash_attention_cpu(const at::Tensor& qkv, const std::optional<at::Te
            scale};
   with_storage_type(qkv.scalar_type(), [&](auto type) {
     using Elem = decltype(type);
-    at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) { run_tasks_best<Elem>(p, begin, end); });
+    at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) { run_tasks_best<Elem>(isa, p, begin, end); });
   });
   return out;
 }

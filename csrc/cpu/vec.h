@@ -1,5 +1,5 @@
-// Vector helpers shared by the CPU kernels: a run-time choice between the AVX-512 path and the portable scalar
-// path, 16-lane fp32 loads/stores of fp32/bf16/fp16 data, and a fast exp and tanh-GELU.
+// Vector helpers shared by the CPU kernels of the linear family, add_layernorm and bias_gelu: 16-lane fp32
+// loads/stores of fp32/bf16/fp16 data, and a fast exp and tanh-GELU. The run-time choice of path is cpu_isa.h.
 //
 // Every AVX-512 function carries GPT_FAST_AVX512 (a target attribute), so the rest of the extension is compiled
 // for the baseline ISA and runs anywhere; callers take the vector path only when use_avx512() says so.
@@ -10,16 +10,12 @@
 #include <c10/util/Exception.h>
 #include <c10/util/Half.h>
 
-#include <algorithm>
-
 #include <cmath>
 #include <cstdint>
-#include <cstdlib>
-#include <cstring>
 
-// GPT_FAST_PORTABLE_ONLY builds the scalar paths alone (a check that they compile without x86 intrinsics).
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(GPT_FAST_PORTABLE_ONLY)
-#define GPT_FAST_HAVE_X86 1
+#include "cpu/cpu_isa.h"  // GPT_FAST_HAVE_X86, cpu_isa(), use_avx512(), ...
+
+#if GPT_FAST_HAVE_X86
 #include <immintrin.h>
 // GCC 12 warns about the deliberately undefined source operand inside its own AVX-512 intrinsic headers.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
@@ -30,62 +26,9 @@
 // AVX-512 plus AMX tiles with bf16 (tdpbf16ps); use only when use_amx() is true.
 #define GPT_FAST_AMX \
   __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma,f16c,amx-tile,amx-bf16")))
-#include <sys/syscall.h>
-#include <unistd.h>
-#else
-#define GPT_FAST_HAVE_X86 0
 #endif
 
 namespace gpt_fast::cpu {
-
-// Instruction sets the kernels may use, in increasing order.
-enum class Isa { kScalar = 0, kAvx512 = 1, kAvx512Bf16 = 2, kAmx = 3 };
-
-// Linux hands out AMX tile state only on request (arch_prctl ARCH_REQ_XCOMP_PERM for XFEATURE_XTILEDATA).
-inline bool request_amx_permission() {
-#if GPT_FAST_HAVE_X86 && defined(__linux__) && defined(SYS_arch_prctl)
-  constexpr int kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
-  return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
-#else
-  return false;
-#endif
-}
-
-inline Isa detected_isa() {
-#if GPT_FAST_HAVE_X86
-  static const Isa isa = [] {
-    if (!(__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq")))
-      return Isa::kScalar;
-    if (!__builtin_cpu_supports("avx512bf16")) return Isa::kAvx512;
-    const bool amx = __builtin_cpu_supports("amx-tile") && __builtin_cpu_supports("amx-bf16");
-    return amx && request_amx_permission() ? Isa::kAmx : Isa::kAvx512Bf16;
-  }();
-  return isa;
-#else
-  return Isa::kScalar;
-#endif
-}
-
-// The ISA the kernels use: what the CPU has, capped by the environment variable GPT_FAST_CPU_ISA when set
-// ("scalar": the portable loops; "avx512": AVX-512 without the BF16 dot product; "avx512_bf16": AVX-512 with it
-// but no AMX; "amx": everything).
-// It is read on every call so tests can compare the paths in one process.
-inline Isa cpu_isa() {
-  Isa cap = Isa::kAmx;
-  if (const char* env = std::getenv("GPT_FAST_CPU_ISA"); env != nullptr && env[0] != '\0') {
-    if (std::strcmp(env, "scalar") == 0) cap = Isa::kScalar;
-    else if (std::strcmp(env, "avx512") == 0) cap = Isa::kAvx512;
-    else if (std::strcmp(env, "avx512_bf16") == 0) cap = Isa::kAvx512Bf16;
-    else TORCH_CHECK(std::strcmp(env, "amx") == 0,
-                     "GPT_FAST_CPU_ISA must be scalar, avx512, avx512_bf16 or amx, got '", env, "'");
-  }
-  return std::min(cap, detected_isa());
-}
-
-inline bool use_avx512() { return cpu_isa() >= Isa::kAvx512; }
-inline bool use_avx512_bf16() { return cpu_isa() >= Isa::kAvx512Bf16; }
-inline bool use_amx() { return cpu_isa() >= Isa::kAmx; }
 
 // Scalar tanh-GELU in fp32, the portable path's definition: 0.5 v (1 + tanh(sqrt(2/pi) (v + 0.044715 v^3))).
 inline float gelu_tanh_scalar(float v) {
@@ -107,7 +50,9 @@ struct Vec16<float> {
   GPT_FAST_AVX512 static void store(float* p, __m512 v, __mmask16 m) { _mm512_mask_storeu_ps(p, m, v); }
 };
 
-// bf16 -> fp32 is exact (a shift); fp32 -> bf16 rounds to nearest even, NaN stays a quiet NaN.
+// bf16 -> fp32 is exact (a shift); fp32 -> bf16 rounds to nearest even, NaN stays a quiet NaN. The attention
+// kernels' store_as<BFloat16> (attention_math.h) rounds the same way in portable vector code; these intrinsics
+// stay because GCC compiles that portable form to longer AVX-512 code (split widening, vpermt2w narrowing).
 GPT_FAST_AVX512 inline __m512 bf16_bits_to_fp32(__m256i h) {
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
 }

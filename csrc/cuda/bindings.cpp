@@ -37,19 +37,9 @@ void check_launch(cudaError_t err, const char* op) {
 at::Tensor add_layernorm_cuda(const at::Tensor& x, const at::Tensor& residual, const std::optional<at::Tensor>& bias,
                               const at::Tensor& weight, const at::Tensor& ln_bias, double eps) {
   constexpr const char* op = "gpt_fast::add_layernorm";
-  TORCH_CHECK(x.dim() >= 1, op, ": x must have at least one dimension");
   check_cuda(x, op, "x");
-  check_float_dtype(x, op, "x");
-  TORCH_CHECK(residual.sizes() == x.sizes(), op, ": residual shape ", residual.sizes(), " must equal x shape ",
-              x.sizes());
-  check_same_device(residual, x, op, "residual");
-  check_same_dtype(residual, x, op, "residual");
-  const int64_t C = x.size(-1);
-  TORCH_CHECK(C > 0 && C <= INT32_MAX, op, ": x must have a non-empty last dimension that fits in int32, got ", C);
-  check_vector(weight, C, x, op, "weight");
-  check_vector(ln_bias, C, x, op, "ln_bias");
-  if (bias) check_vector(*bias, C, x, op, "bias");
-  TORCH_CHECK(eps >= 0 && std::isfinite(eps), op, ": eps must be a finite non-negative number, got ", eps);
+  const int64_t C = check_add_layernorm_args(x, residual, bias, weight, ln_bias, eps, op);
+  TORCH_CHECK(C <= INT32_MAX, op, ": x's last dimension must fit in int32, got ", C);
 
   const c10::cuda::CUDAGuard guard(x.device());
   auto xc = x.contiguous(), rc = residual.contiguous(), wc = weight.contiguous(), bc = ln_bias.contiguous();
@@ -90,15 +80,10 @@ at::Tensor aligned_contiguous(const at::Tensor& t) {
   return aligned16(c) ? c : c.clone();
 }
 
-// Shared checks of the packed qkv: (B, T, 3C) with C = n_head * D, D a multiple of 8 and at most 128.
+// The packed qkv on CUDA: (B, T, 3C) with C = n_head * D, D a multiple of 8 and at most 128.
 int64_t check_qkv(const at::Tensor& qkv, int64_t n_head, const char* op) {
-  check_dim(qkv, 3, op, "qkv");
   check_cuda(qkv, op, "qkv");
-  check_float_dtype(qkv, op, "qkv");
-  TORCH_CHECK(n_head > 0, op, ": n_head must be positive, got ", n_head);
-  TORCH_CHECK(qkv.size(2) % (3 * n_head) == 0, op, ": qkv last dimension ", qkv.size(2),
-              " must be 3 * n_head * head_dim with n_head = ", n_head);
-  const int64_t D = qkv.size(2) / (3 * n_head);
+  const int64_t D = check_packed_qkv(qkv, n_head, op);
   TORCH_CHECK(D > 0 && D % 8 == 0 && D <= cuda::kMaxHeadDim, op,
               ": head_dim (qkv last dimension / (3 * n_head)) must be a positive multiple of 8 up to ",
               cuda::kMaxHeadDim, " on CUDA, got ", D);
@@ -114,16 +99,7 @@ at::Tensor flash_attention_cuda(const at::Tensor& qkv, const std::optional<at::T
   constexpr const char* op = "gpt_fast::flash_attention";
   const int64_t D = check_qkv(qkv, n_head, op);
   const int64_t B = qkv.size(0), T = qkv.size(1);
-  at::Tensor mask;
-  if (key_padding_mask) {
-    check_dim(*key_padding_mask, 2, op, "key_padding_mask");
-    check_same_device(*key_padding_mask, qkv, op, "key_padding_mask");
-    TORCH_CHECK(key_padding_mask->scalar_type() == at::kBool, op, ": key_padding_mask must be bool, got ",
-                key_padding_mask->scalar_type());
-    TORCH_CHECK(key_padding_mask->size(0) == B && key_padding_mask->size(1) == T, op,
-                ": key_padding_mask must have shape (B, T) = (", B, ", ", T, "), got ", key_padding_mask->sizes());
-    mask = key_padding_mask->contiguous();
-  }
+  const at::Tensor mask = check_key_padding_mask(key_padding_mask, qkv, B, T, op);  // (B, T) or undefined
   const c10::cuda::CUDAGuard guard(qkv.device());
   auto qc = aligned_contiguous(qkv);
   auto out = at::empty({B, T, n_head * D}, qc.options());  // (B, T, C)
@@ -138,11 +114,7 @@ at::Tensor flash_attention_cuda(const at::Tensor& qkv, const std::optional<at::T
 
 void check_cache(const at::Tensor& cache, const at::Tensor& qkv, int64_t B, int64_t H, int64_t D, const char* op,
                  const char* name) {
-  check_dim(cache, 4, op, name);
-  check_same_device(cache, qkv, op, name);
-  check_same_dtype(cache, qkv, op, name);
-  TORCH_CHECK(cache.size(0) == B && cache.size(1) == H && cache.size(3) == D, op, ": ", name,
-              " must have shape (B, n_head, Tmax, head_dim) = (", B, ", ", H, ", Tmax, ", D, "), got ", cache.sizes());
+  check_cache_shape(cache, qkv, B, H, D, op, name);
   TORCH_CHECK(cache.is_contiguous(), op, ": ", name, " must be contiguous (it is written in place), got strides ",
               cache.strides());
 }
@@ -158,12 +130,7 @@ at::Tensor decode_attention_cuda(const at::Tensor& qkv, at::Tensor& k_cache, at:
               k_cache.sizes());
   const int64_t Tmax = k_cache.size(2);
   TORCH_CHECK(Tmax <= INT32_MAX, op, ": the cache is too long");
-  check_dim(cache_lengths, 1, op, "cache_lengths");
-  check_same_device(cache_lengths, qkv, op, "cache_lengths");
-  TORCH_CHECK(cache_lengths.scalar_type() == at::kLong, op, ": cache_lengths must be int64, got ",
-              cache_lengths.scalar_type());
-  TORCH_CHECK(cache_lengths.size(0) == B, op, ": cache_lengths must have B = ", B, " elements, got ",
-              cache_lengths.size(0));
+  check_cache_lengths(cache_lengths, qkv, B, op);
   const c10::cuda::CUDAGuard guard(qkv.device());
   auto lengths = cache_lengths.contiguous();
   // One device-to-host sync: an out-of-range position is an error. Not possible while a CUDA graph is captured;

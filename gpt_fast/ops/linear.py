@@ -18,7 +18,8 @@ but re-reads each weight block once per 8 (or, with AMX, 16) rows.
 
 Kernel paths are chosen at run time: AMX tdpbf16ps (bf16, >= 4 rows, K % 32 == 0, CPUs with AMX), vdpbf16ps (bf16,
 AVX512_BF16), AVX-512 FMA (fp32, bf16, fp16), or a portable scalar loop. The environment variable
-GPT_FAST_CPU_ISA=scalar|avx512|avx512_bf16|amx caps the choice (the tests compare every path).
+GPT_FAST_CPU_ISA caps the choice (csrc/cpu/cpu_isa.h; "avx2" runs the scalar loop here; the tests compare every
+path).
 """
 
 from __future__ import annotations

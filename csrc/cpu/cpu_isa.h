@@ -1,0 +1,90 @@
+// The one run-time choice of instruction set for every CPU kernel (linear family, add_layernorm, bias_gelu,
+// flash and decode attention).
+//
+// Levels, in increasing order; each includes the ones below it:
+//   scalar       portable code only (no x86 intrinsics); "portable" is accepted as another name for it
+//   avx2         AVX2 + FMA + F16C
+//   avx512       AVX-512 F/BW/VL/DQ (+ FMA, F16C)
+//   avx512_bf16  AVX-512 with the BF16 dot product (vdpbf16ps)
+//   amx          AMX-TILE + AMX-BF16, with Linux's permission for the tile state (arch_prctl)
+// cpu_isa() is the highest level the CPU has, capped by the environment variable
+// GPT_FAST_CPU_ISA=scalar|portable|avx2|avx512|avx512_bf16|amx when it is set (any other value is an error).
+// It is read on every call, so tests can compare the paths in one process; kernels read it once per op call.
+// A kernel without a path for some level takes its best path below it (e.g. the linear family has no AVX2 path:
+// avx2 runs its scalar loops).
+#pragma once
+#include <c10/util/Exception.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+
+// GPT_FAST_PORTABLE_ONLY builds the scalar paths alone (a check that they compile without x86 intrinsics).
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(GPT_FAST_PORTABLE_ONLY)
+#define GPT_FAST_HAVE_X86 1
+#include <sys/syscall.h>
+#include <unistd.h>
+#else
+#define GPT_FAST_HAVE_X86 0
+#endif
+
+namespace gpt_fast::cpu {
+
+enum class Isa { kScalar = 0, kAvx2 = 1, kAvx512 = 2, kAvx512Bf16 = 3, kAmx = 4 };
+
+// Linux hands out AMX tile state only on request (arch_prctl ARCH_REQ_XCOMP_PERM for XFEATURE_XTILEDATA).
+inline bool request_amx_permission() {
+#if GPT_FAST_HAVE_X86 && defined(__linux__) && defined(SYS_arch_prctl)
+  constexpr int kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+  return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+#else
+  return false;
+#endif
+}
+
+// The highest level this CPU (and OS) supports; detected once.
+inline Isa detected_isa() {
+#if GPT_FAST_HAVE_X86
+  static const Isa isa = [] {
+    __builtin_cpu_init();
+    // __builtin_cpu_supports takes string literals only, hence no loop.
+    if (!(__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c")))
+      return Isa::kScalar;
+    if (!(__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq")))
+      return Isa::kAvx2;
+    if (!__builtin_cpu_supports("avx512bf16")) return Isa::kAvx512;
+    const bool amx = __builtin_cpu_supports("amx-tile") && __builtin_cpu_supports("amx-bf16");
+    return amx && request_amx_permission() ? Isa::kAmx : Isa::kAvx512Bf16;
+  }();
+  return isa;
+#else
+  return Isa::kScalar;
+#endif
+}
+
+// The level named by GPT_FAST_CPU_ISA (kAmx, i.e. no cap, when unset or empty).
+inline Isa isa_cap() {
+  const char* env = std::getenv("GPT_FAST_CPU_ISA");
+  if (env == nullptr || env[0] == '\0') return Isa::kAmx;
+  struct Name {
+    const char* name;
+    Isa isa;
+  };
+  constexpr Name kNames[] = {{"scalar", Isa::kScalar}, {"portable", Isa::kScalar}, {"avx2", Isa::kAvx2},
+                             {"avx512", Isa::kAvx512}, {"avx512_bf16", Isa::kAvx512Bf16}, {"amx", Isa::kAmx}};
+  for (const Name& n : kNames)
+    if (std::strcmp(env, n.name) == 0) return n.isa;
+  TORCH_CHECK(false, "GPT_FAST_CPU_ISA must be scalar (or portable), avx2, avx512, avx512_bf16 or amx, got '", env,
+              "'");
+}
+
+// The level the kernels use: what the CPU has, capped by GPT_FAST_CPU_ISA.
+inline Isa cpu_isa() { return std::min(isa_cap(), detected_isa()); }
+
+inline bool use_avx2() { return cpu_isa() >= Isa::kAvx2; }
+inline bool use_avx512() { return cpu_isa() >= Isa::kAvx512; }
+inline bool use_avx512_bf16() { return cpu_isa() >= Isa::kAvx512Bf16; }
+inline bool use_amx() { return cpu_isa() >= Isa::kAmx; }
+
+}  // namespace gpt_fast::cpu

@@ -31,8 +31,11 @@ from gpt_fast.modeling import kernel_or_reference
 from gpt_fast.weight_cache import cached_on
 
 
-def has_small_m_linear(device_type: str) -> bool:
-    return hasattr(ops, "linear_small_m") and ops.has_kernel("linear_small_m", device_type)
+def use_small_m_linear(device_type: str, dtype: torch.dtype, rows: int) -> bool:
+    """The small-M kernel reads bf16/fp16 weights about 2x faster than PyTorch's GEMM on CPU, and fp32 ones 1.4-2.5x
+    faster for several rows; for one fp32 row MKL's GEMV already reads at the memory bandwidth and wins
+    (benchmarks/bench_linear.py), so that case keeps PyTorch's GEMM."""
+    return ops.has_kernel("linear_small_m", device_type) and (dtype != torch.float32 or rows > 1)
 
 
 def packed_decode_weights(model) -> list:
@@ -67,7 +70,8 @@ class IncrementalDecoder:
         self.layers = [(block, k_cache, v_cache) for block, (k_cache, v_cache) in zip(transformer.h, cache.layers)]
         # step(tokens (B,) long) -> float32 logits (B, V) of the token after each row's new one
         self.step = self._step_modules
-        if has_small_m_linear(device_type):  # the step's weight reads go through the small-M kernel
+        rows = cache.lengths.shape[0]
+        if use_small_m_linear(device_type, self.lm_head.weight.dtype, rows):  # weights read by the small-M kernel
             packed = packed_decode_weights(model)
             self.packed_layers = [(*layer, *weights) for layer, weights in zip(self.layers, packed[:-1])]
             self.packed_lm_head = packed[-1]

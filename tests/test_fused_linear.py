@@ -69,3 +69,15 @@ def test_no_packing_when_autograd_needs_the_graph():
     assert out.requires_grad and not any(name.startswith(PREFIX) for name in layer.__dict__)
     out.float().sum().backward()
     assert layer.weight.grad is not None and layer.bias.grad is not None
+
+
+def test_narrowing_layers_keep_torch_mm():
+    """oneDNN's packed GEMM is slower than torch.mm for layers with fewer outputs than inputs (c_proj)."""
+    layer = make_layer(torch.bfloat16, n_in=80, n_out=48)
+    x = torch.randn(5, 80).to(torch.bfloat16)
+    with torch.inference_mode():
+        assert not onednn_prepacked_usable(x, layer.weight)
+        out = layer.fused(x, with_bias=True)
+    assert not any(name.startswith(PREFIX) for name in layer.__dict__)
+    reference, pytorch = expected(layer, x, True, False)
+    assert_within_pytorch_error(out, reference, pytorch)

@@ -107,7 +107,7 @@ class IncrementalDecoder:
         return self.lm_head(last).float()
 
     def _step_modules(self, tokens: torch.Tensor) -> torch.Tensor:
-        """step() through the Blocks' modules (no small-M linear kernel for this device)."""
+        """step() through the Blocks' modules (when use_small_m_linear says PyTorch's GEMM is the faster read)."""
         lengths = self.cache.lengths  # (B,) = the new token's position in each row
         x = (self.tokens_embed(tokens) + self.positions_embed(lengths))[:, None, :]  # (B, 1, C)
         for block, k_cache, v_cache in self.layers:

@@ -21,7 +21,9 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gpt_fast import ops  # noqa: E402
+from timing import time_alternating  # noqa: E402
 
 H, D = 12, 64
 C = H * D
@@ -75,27 +77,6 @@ CASES.update({f"decode B={B} L={L} {n}": (decode_case, (B, L, dt))
               for n, dt in DTYPES.items() for B in (1, 8) for L in (128, 512)})
 
 
-def time_alternating(fns: dict, rounds: int, min_time: float = 0.02, clock=time.perf_counter):
-    """Times each fn in turn, round after round; returns {name: [seconds per call, ...]}."""
-    for fn in fns.values():
-        fn(), fn()
-    reps = {}
-    for name, fn in fns.items():  # calls per round so that a round lasts about min_time
-        start, n = time.perf_counter(), 0
-        while time.perf_counter() - start < min_time / 4:
-            fn()
-            n += 1
-        reps[name] = max(1, 4 * n)
-    times = {name: [] for name in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            start = clock()
-            for _ in range(reps[name]):
-                fn()
-            times[name].append((clock() - start) / reps[name])
-    return times
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=7)
@@ -116,7 +97,8 @@ def main():
     print("-" * len(head))
     for name, (make, case_args) in CASES.items():
         case = make(*case_args)
-        t = time_alternating({k: case[k] for k in ("ours", "sdpa", "sdpa_only")}, args.rounds, clock=clock)
+        t = time_alternating({k: case[k] for k in ("ours", "sdpa", "sdpa_only")}, args.rounds, warmup=2,
+                             min_time=0.02, clock=clock)
         best = {k: min(v) for k, v in t.items()}
         med = {k: statistics.median(v) for k, v in t.items()}
         fmt = lambda k: f"{best[k] * 1e6:8.1f} ({med[k] * 1e6:6.1f})us"

@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import sys
 import platform
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import pytest
@@ -29,6 +31,9 @@ import torch
 import torch.nn.functional as F
 
 from gpt_fast import ops, reference
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from timing import time_alternating  # noqa: E402
 
 HIDDEN, INNER, VOCAB, PREFILL_ROWS = 768, 3072, 40478, 512
 # GPT-1's linear layers: (name, K, N, in_out_layout, gelu). Conv1D weights are (K, N); the tied LM head is (N, K).
@@ -45,23 +50,9 @@ CLOCK = time.perf_counter  # main(--cpu-time) switches to time.process_time
 
 
 def best_of_interleaved(fns: list[Callable[[], object]], repeats: int = 7, min_seconds: float = 0.02) -> list[float]:
-    """Seconds per call of each fn: calls per repeat sized to ~min_seconds, fns interleaved, best repeat kept."""
-    for fn in fns:
-        fn()
-    per_call = []
-    for fn in fns:
-        start = time.perf_counter()
-        fn()
-        per_call.append(max(time.perf_counter() - start, 1e-7))
-    counts = [max(1, int(min_seconds / t)) for t in per_call]
-    best = [float("inf")] * len(fns)
-    for _ in range(repeats):
-        for i, fn in enumerate(fns):
-            start = CLOCK()
-            for _ in range(counts[i]):
-                fn()
-            best[i] = min(best[i], (CLOCK() - start) / counts[i])
-    return best
+    """Seconds per call of each fn (benchmarks/timing.py, on CLOCK), best repeat kept."""
+    samples = time_alternating(dict(enumerate(fns)), repeats, min_time=min_seconds, clock=CLOCK)
+    return [min(samples[i]) for i in range(len(fns))]
 
 
 def read_bandwidth_gbs(working_set_mib: int, repeats: int = 5) -> float:

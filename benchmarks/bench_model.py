@@ -15,23 +15,19 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from timing import format_table, machine_description, time_alternating  # noqa: E402
+from timing import best_and_median, format_table, machine_description, time_alternating  # noqa: E402
 
 import gpt_fast  # noqa: E402
-from gpt_fast import ops  # noqa: E402
+from gpt_fast.benchmark import gpt_fast_backends  # noqa: E402
 
 GPT1 = dict(n_layer=12, n_embd=768, n_head=12, n_positions=512, vocab_size=40478)
-
-
-def backends() -> list[str]:
-    return ["eager", "sdpa"] + (["fused"] if ops.has_kernel("flash_attention", "cpu") else [])
 
 
 def build_models(dtype: torch.dtype, with_transformers: bool = True) -> dict[str, torch.nn.Module]:
     torch.manual_seed(0)
     model = gpt_fast.OpenAIGPTModel(gpt_fast.OpenAIGPTConfig(**GPT1)).to(dtype).eval()
     models = {}
-    for backend in backends():
+    for backend in gpt_fast_backends("cpu"):
         clone = gpt_fast.OpenAIGPTModel(model.config, attn_implementation=backend).to(dtype).eval()
         clone.load_state_dict(model.state_dict())
         models[f"gpt_fast {backend}"] = clone
@@ -54,7 +50,7 @@ def run(batch: int, seq: int, dtypes: list[str], repeats: int) -> str:
         ids = torch.randint(0, GPT1["vocab_size"], (batch, seq))
         with torch.inference_mode():
             calls = {name: (lambda m=m: m(ids)) for name, m in models.items()}
-            times = time_alternating(calls, repeats=repeats)
+            times = best_and_median(time_alternating(calls, repeats=repeats))
         sdpa, hf = times["gpt_fast sdpa"]["median"], times.get("transformers", {}).get("median")
         for name, t in times.items():
             rows.append([dtype_name, name, t["median"] * 1e3, t["best"] * 1e3, sdpa / t["median"],

@@ -1,40 +1,49 @@
 """Timing shared by the benchmark CLIs: candidates run alternately (A B C A B C ...) so drift in the machine's
-speed hits all of them alike; each figure is the best and the median of the repeats."""
+speed hits all of them alike. Each round gives one sample per candidate: the mean time of enough calls to last
+about `min_time` (at least one call); callers quote the best and the median of the rounds."""
 
 from __future__ import annotations
 
-import platform
 import statistics
+import sys
 import time
-from typing import Callable
+from pathlib import Path
+from typing import Callable, Hashable
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from gpt_fast.benchmark import cpu_name  # noqa: E402
 
-def time_alternating(candidates: dict[str, Callable[[], object]], repeats: int = 5, warmup: int = 1,
-                     inner: int = 1) -> dict[str, dict[str, float]]:
-    """{name: {"best": s, "median": s}} per call of each candidate, `inner` calls per timed sample."""
-    for fn in candidates.values():
+
+def time_alternating(candidates: dict[Hashable, Callable[[], object]], repeats: int = 5, warmup: int = 1,
+                     min_time: float = 0.0, clock: Callable[[], float] = time.perf_counter
+                     ) -> dict[Hashable, list[float]]:
+    """{name: [seconds per call, one per round]}. clock: time.perf_counter, or a CPU-time clock
+    (time.process_time, time.thread_time) on a shared machine."""
+    calls = {}
+    for name, fn in candidates.items():
         for _ in range(warmup):
             fn()
-    samples: dict[str, list[float]] = {name: [] for name in candidates}
+        start = time.perf_counter()
+        fn()
+        calls[name] = max(1, int(min_time / max(time.perf_counter() - start, 1e-7)))
+    samples: dict[Hashable, list[float]] = {name: [] for name in candidates}
     for _ in range(repeats):
         for name, fn in candidates.items():
-            start = time.perf_counter()
-            for _ in range(inner):
+            start = clock()
+            for _ in range(calls[name]):
                 fn()
-            samples[name].append((time.perf_counter() - start) / inner)
+            samples[name].append((clock() - start) / calls[name])
+    return samples
+
+
+def best_and_median(samples: dict[Hashable, list[float]]) -> dict[Hashable, dict[str, float]]:
     return {name: {"best": min(s), "median": statistics.median(s)} for name, s in samples.items()}
 
 
 def machine_description() -> str:
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{model}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    return f"{cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
 
 
 def format_table(header: list[str], rows: list[list[object]]) -> str:

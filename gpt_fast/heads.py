@@ -69,7 +69,7 @@ class OpenAIGPTLMHeadModel(OpenAIGPTPreTrainedModel):
         super().__init__(config, attn_implementation)
         self.transformer = OpenAIGPTModel(config, attn_implementation)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        self.init_weights()
+        self.init_weights(skip=self.transformer)
 
     def forward(self, input_ids=None, labels=None, return_dict=None, logits_to_keep: int = 0, **kwargs):
         return_dict = self.config.return_dict if return_dict is None else return_dict
@@ -92,7 +92,7 @@ class OpenAIGPTDoubleHeadsModel(OpenAIGPTPreTrainedModel):
         self.transformer = OpenAIGPTModel(config, attn_implementation)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.multiple_choice_head = SequenceSummary(config)
-        self.init_weights()
+        self.init_weights(skip=self.transformer)
 
     def forward(self, input_ids=None, mc_token_ids=None, labels=None, mc_labels=None, return_dict=None, **kwargs):
         """input_ids: (B, num_choices, T). Returns LM logits (B, C, T, V) and choice scores (B, C)."""
@@ -119,7 +119,7 @@ class OpenAIGPTForSequenceClassification(OpenAIGPTPreTrainedModel):
         self.num_labels = config.num_labels
         self.transformer = OpenAIGPTModel(config, attn_implementation)
         self.score = nn.Linear(config.n_embd, self.num_labels, bias=False)
-        self.init_weights()
+        self.init_weights(skip=self.transformer)
 
     def forward(self, input_ids=None, labels=None, return_dict=None, **kwargs):
         return_dict = self.config.return_dict if return_dict is None else return_dict

@@ -44,11 +44,14 @@ class OpenAIGPTPreTrainedModel(nn.Module):
                 module._attn_implementation = attn_implementation
 
     # -- weights -------------------------------------------------------------------------------------------
-    def init_weights(self) -> None:
-        """Initialises every weight as transformers does (normal with initializer_range) and ties the LM head."""
+    def init_weights(self, skip: nn.Module | None = None) -> None:
+        """Initialises every weight as transformers does (normal with initializer_range) and ties the LM head.
+        skip: a submodule already initialised (a head's base model, which initialises itself when built)."""
         std = self.config.initializer_range
+        done = set() if skip is None else {id(p) for p in skip.parameters()}
         for name, param in self.named_parameters():
-            initialize_parameter(name, param, std)
+            if id(param) not in done:
+                initialize_parameter(name, param, std)
         self.tie_weights()
 
     def tie_weights(self) -> None:

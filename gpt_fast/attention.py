@@ -79,3 +79,12 @@ def fused_attention(qkv, attention_mask, n_head: int):
     """gpt_fast's kernel. qkv: (B, T, 3C); attention_mask: (B, T) 1/0 or None. Returns (B, T, C)."""
     key_padding_mask = None if attention_mask is None else attention_mask.bool()
     return ops.flash_attention(qkv, key_padding_mask, n_head)
+
+
+def backend_attention(backend: str, qkv, attention_mask, n_head: int, dropout_p: float = 0.0):
+    """The chosen backend's output (B, T, C) for qkv (B, T, 3C); attention_mask: (B, T) 1/0 or None."""
+    if backend == "eager":
+        return eager_attention(qkv, attention_mask, n_head, dropout_p)[0]
+    if backend == "fused":
+        return fused_attention(qkv, attention_mask, n_head)
+    return sdpa_attention(qkv, attention_mask, n_head, dropout_p)

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from gpt_fast import ops, reference
-from gpt_fast.attention import eager_attention, fused_attention, sdpa_attention
+from gpt_fast.attention import backend_attention
 from gpt_fast.kv_cache import StaticKVCache
 from gpt_fast.modeling import kernel_or_reference
 from gpt_fast.weight_cache import cached_on
@@ -79,13 +79,6 @@ class IncrementalDecoder:
             self.step_add_layernorm = kernel_or_reference("add_layernorm", device_type)
             self.step = self._step_packed
 
-    def _prompt_attention(self, qkv, key_mask):
-        if self.backend == "eager":
-            return eager_attention(qkv, key_mask, self.n_head, 0.0)[0]
-        if self.backend == "fused":
-            return fused_attention(qkv, key_mask, self.n_head)
-        return sdpa_attention(qkv, key_mask, self.n_head, 0.0)
-
     def prefill(self, packed_ids: torch.Tensor, lengths: torch.Tensor, all_full: bool) -> torch.Tensor:
         """packed_ids: (B, T), each row's real tokens first; lengths: (B,) real tokens per row (>= 1).
 
@@ -101,7 +94,7 @@ class IncrementalDecoder:
             k = reference.split_heads(qkv[..., C:2 * C], self.n_head)  # (B, H, T, D)
             v = reference.split_heads(qkv[..., 2 * C:], self.n_head)  # (B, H, T, D)
             self.cache.write_prompt(i, k, v)
-            x = block.finish(x, self._prompt_attention(qkv, key_mask), self.fused_ln)
+            x = block.finish(x, backend_attention(self.backend, qkv, key_mask, self.n_head), self.fused_ln)
         self.cache.lengths.copy_(lengths)
         last = x[torch.arange(B, device=x.device), lengths - 1]  # (B, C)
         return self.lm_head(last).float()

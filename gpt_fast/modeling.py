@@ -17,7 +17,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from gpt_fast import ops, reference
-from gpt_fast.attention import eager_attention, fused_attention, resolve_attn_implementation, sdpa_attention
+from gpt_fast.attention import backend_attention, eager_attention, resolve_attn_implementation
 from gpt_fast.configuration import OpenAIGPTConfig
 from gpt_fast.outputs import BaseModelOutput
 from gpt_fast.pretrained import OpenAIGPTPreTrainedModel
@@ -87,12 +87,10 @@ class Attention(nn.Module):
         """x: (B, T, C) -> (attention output before c_proj (B, T, C), probabilities (B, H, T, T) or None)."""
         qkv = self.c_attn.fused(x, with_bias=True) if backend == "fused" else self.c_attn(x)  # (B, T, 3C)
         dropout_p = self.attn_dropout.p if self.training else 0.0
-        if backend == "eager" or output_attentions or head_mask is not None:
+        if output_attentions or head_mask is not None:  # only the eager math has the probabilities
             out, probs = eager_attention(qkv, attention_mask, self.n_head, dropout_p, head_mask)
             return out, (probs if output_attentions else None)
-        if backend == "fused":
-            return fused_attention(qkv, attention_mask, self.n_head), None
-        return sdpa_attention(qkv, attention_mask, self.n_head, dropout_p), None
+        return backend_attention(backend, qkv, attention_mask, self.n_head, dropout_p), None
 
 
 class MLP(nn.Module):

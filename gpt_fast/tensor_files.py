@@ -83,11 +83,6 @@ def _read_into(f, offset: int, dest: torch.Tensor, src_dtype: torch.dtype) -> No
             flat[start:start + n].copy_(torch.frombuffer(raw, dtype=src_dtype))
 
 
-def safetensors_shapes(path: Path) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
-    header, _ = _header(path)
-    return {name: (tuple(e["shape"]), SAFETENSORS_DTYPES[e["dtype"]]) for name, e in header.items()}
-
-
 def iter_safetensors(path: Path) -> Iterator[tuple[str, tuple[int, ...], torch.dtype, Callable]]:
     """Yields (name, shape, stored dtype, load(dtype, device) -> tensor) for each tensor in the file."""
     header, data_start = _header(path)

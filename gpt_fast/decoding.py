@@ -31,13 +31,6 @@ from gpt_fast.modeling import kernel_or_reference
 from gpt_fast.weight_cache import cached_on
 
 
-def use_small_m_linear(device_type: str, dtype: torch.dtype, rows: int) -> bool:
-    """The small-M kernel reads bf16/fp16 weights about 2x faster than PyTorch's GEMM on CPU, and fp32 ones 1.4-2.5x
-    faster for several rows; for one fp32 row MKL's GEMV already reads at the memory bandwidth and wins
-    (benchmarks/bench_linear.py), so that case keeps PyTorch's GEMM."""
-    return ops.has_kernel("linear_small_m", device_type) and (dtype != torch.float32 or rows > 1)
-
-
 def packed_decode_weights(model) -> list:
     """[(c_attn, attn.c_proj, c_fc, mlp.c_proj) packed, per layer] + [lm_head packed], made once per weight
     version and cached on the model (gpt_fast/weight_cache.py; the copy doubles the weights' memory)."""
@@ -70,8 +63,9 @@ class IncrementalDecoder:
         self.layers = [(block, k_cache, v_cache) for block, (k_cache, v_cache) in zip(transformer.h, cache.layers)]
         # step(tokens (B,) long) -> float32 logits (B, V) of the token after each row's new one
         self.step = self._step_modules
-        rows = cache.lengths.shape[0]
-        if use_small_m_linear(device_type, self.lm_head.weight.dtype, rows):  # weights read by the small-M kernel
+        # The small-M kernel reads the weights at about the memory bandwidth, 1.05-1.1x PyTorch's GEMM for one fp32
+        # row, 1.5-3x for bf16 and for several rows (benchmarks/bench_linear.py), with bias/GELU/residual fused in.
+        if ops.has_kernel("linear_small_m", device_type):
             packed = packed_decode_weights(model)
             self.packed_layers = [(*layer, *weights) for layer, weights in zip(self.layers, packed[:-1])]
             self.packed_lm_head = packed[-1]
@@ -100,7 +94,7 @@ class IncrementalDecoder:
         return self.lm_head(last).float()
 
     def _step_modules(self, tokens: torch.Tensor) -> torch.Tensor:
-        """step() through the Blocks' modules (when use_small_m_linear says PyTorch's GEMM is the faster read)."""
+        """step() through the Blocks' modules (where the linear_small_m kernel is not built for the device)."""
         lengths = self.cache.lengths  # (B,) = the new token's position in each row
         x = (self.tokens_embed(tokens) + self.positions_embed(lengths))[:, None, :]  # (B, 1, C)
         for block, k_cache, v_cache in self.layers:

@@ -41,7 +41,8 @@ EPILOGUES = [  # (bias, gelu, residual)
 @pytest.mark.parametrize("in_out_layout", [True, False])
 @pytest.mark.parametrize("epilogue", EPILOGUES, ids=lambda e: "bias%d-gelu%d-res%d" % e)
 @pytest.mark.parametrize("rows, K, N", [(1, 768, 2304), (2, 48, 80), (7, 80, 13), (16, 768, 768), (97, 13, 1),
-                                        (513, 40, 48), (3, 1, 17), (4, 64, 40), (20, 96, 33)])
+                                        (513, 40, 48), (3, 1, 17), (4, 64, 40), (20, 96, 33),
+                                        (2, 33, 1000), (3, 65, 200)])  # few rows read several blocks at once
 def test_matches_reference(dtype, in_out_layout, epilogue, rows, K, N):
     with_bias, gelu, with_residual = epilogue
     x, w, b, r = make(rows, K, N, dtype, in_out_layout, rows * 7 + K + N, with_bias, with_residual)
@@ -93,18 +94,19 @@ def test_packed_layout(in_out_layout):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("isa", ["scalar", "portable", "avx2", "avx512", "avx512_bf16"])
-@pytest.mark.parametrize("rows, K", [(5, 100), (11, 33), (18, 64)])
+@pytest.mark.parametrize("rows, K", [(1, 100), (3, 33), (5, 100), (11, 33), (18, 64)])
 def test_capped_isa_path_matches(dtype, isa, rows, K, monkeypatch):
     # GPT_FAST_CPU_ISA caps the instruction set: "scalar" (or "portable") is the portable loop, as is "avx2" (the
     # linear family has no AVX2 path), "avx512" the AVX-512 path without the bf16 dot product, "avx512_bf16"
     # without AMX. Each must match the reference and the default (best) path, which for bf16 with rows >= 4 and
     # K % 32 == 0 is AMX where the CPU has it.
-    x, w, b, r = make(rows, K, 37, dtype, True, 6, with_residual=True)
+    N = 150  # 10 blocks: the grouped (several blocks at once) and the leftover paths
+    x, w, b, r = make(rows, K, N, dtype, True, 6, with_residual=True)
     packed = ops.pack_linear_weight(w, True)
-    best = ops.linear_small_m(x, packed, 37, b, r, True)
+    best = ops.linear_small_m(x, packed, N, b, r, True)
     monkeypatch.setenv("GPT_FAST_CPU_ISA", isa)
     check(x, w, b, r, True, True)
-    capped = ops.linear_small_m(x, packed, 37, b, r, True)
+    capped = ops.linear_small_m(x, packed, N, b, r, True)
     eps = torch.finfo(dtype).eps
     torch.testing.assert_close(capped, best, rtol=4 * eps, atol=4 * eps * best.abs().max().item())
 

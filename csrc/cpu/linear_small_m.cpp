@@ -3,7 +3,9 @@
 // With M = 1..16 rows a linear layer is bound by reading W, so each weight element is read exactly once, from the
 // blocked layout of csrc/cpu/linear_layout.h: a task owns whole 16-column blocks (at::parallel_for over blocks),
 // streams a block's K x 16 weights once per tile of up to 8 rows, and keeps the 16-column sums of every row of the
-// tile in registers (two fp32 chains per row, folded every 64 k into a running total for accuracy). Bias, GELU and
+// tile in registers (two fp32 chains per row, folded every 64 k into a running total for accuracy). With 1-4 rows a
+// task reads 4 (3-4 rows: 2) blocks side by side, one from each equal part of its range: one sequential stream per
+// core reads ~26 GB/s on the 2-core machine here, four ~33 GB/s (more line fills in flight). Bias, GELU and
 // the residual add happen on those registers before the only store. x is converted once to an fp32 (M, K) buffer
 // (and, for bf16, to bf16 k pairs), so any strides are accepted.
 // Paths, chosen at run time (csrc/cpu/vec.h, GPT_FAST_CPU_ISA): bf16 with >= 4 rows, K % 32 == 0 and AMX uses
@@ -28,7 +30,7 @@ namespace {
 
 constexpr int64_t kBN = cpu::kLinearBlockN;
 constexpr int kRowTile = 8;
-// Software prefetch distance into the weight stream, in bytes. The hardware prefetcher stops at 4 KiB pages; 1 KiB
+// Software prefetch distance into each weight stream, in bytes. The hardware prefetcher stops at 4 KiB pages; 1 KiB
 // ahead measured best of {0, 512, 1024, 2048, 4096} here (up to ~1.3x at M = 4, a little at M = 1).
 constexpr int64_t kPrefetch = 1024;
 constexpr int64_t kChunkK = 64;      // k per inner sum: keeps fp32 rounding error near a blocked GEMM's
@@ -80,6 +82,10 @@ void linear_blocks_scalar(const LinearArgs<T>& a, int64_t block_begin, int64_t b
 alignas(64) constexpr uint16_t kInterleave[32] = {0, 16, 1, 17, 2,  18, 3,  19, 4,  20, 5,  21, 6,  22, 7,  23,
                                                   8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
 
+inline void prefetch_weights(const void* at) {
+  _mm_prefetch(reinterpret_cast<const char*>(at) + kPrefetch, _MM_HINT_T0);
+}
+
 // Independent accumulator chains per row: enough that MR * chains covers the FMA latency even for one row.
 constexpr int chains_for(int rows) { return rows == 1 ? 4 : rows == 2 ? 2 : 1; }
 
@@ -98,78 +104,94 @@ GPT_FAST_AVX512 inline void finish_tile(const LinearArgs<T>& a, const __m512* to
   }
 }
 
-// Rows [m0, m0 + MR) of one 16-column block: the block's weights are streamed once, CH k per step (one chain each),
-// converted to fp32 and FMA'd with broadcast x values.
-template <typename T, int MR>
-GPT_FAST_AVX512 inline void linear_tile_avx512(const LinearArgs<T>& a, const T* wb, int64_t m0, int64_t n0) {
+// Rows [m0, m0 + MR) of NB 16-column blocks (block indices in blocks[]): each block's weights are streamed once,
+// the NB streams side by side, CH k per step (one chain each), converted to fp32 and FMA'd with broadcast x values.
+template <typename T, int MR, int NB>
+GPT_FAST_AVX512 inline void linear_tile_avx512(const LinearArgs<T>& a, const int64_t* blocks, int64_t m0) {
   using V = cpu::Vec16<T>;
-  constexpr int CH = std::max(2, chains_for(MR));
-  __m512 total[MR];
-  for (int m = 0; m < MR; ++m) total[m] = _mm512_setzero_ps();
-  const float* x = a.x + m0 * a.K;
+  constexpr int CH = std::max(2, chains_for(MR) / NB);
   const int64_t K = a.K;
+  const T* wbs[NB];  // (K, 16) each
+  for (int j = 0; j < NB; ++j) wbs[j] = a.w + blocks[j] * K * kBN;
+  __m512 total[NB][MR];
+  for (int j = 0; j < NB; ++j)
+    for (int m = 0; m < MR; ++m) total[j][m] = _mm512_setzero_ps();
+  const float* x = a.x + m0 * K;
   for (int64_t k0 = 0; k0 < K; k0 += kChunkK) {  // two-level sum: chunks of kChunkK k, then the chunk sums
     const int64_t k1 = std::min(K, k0 + kChunkK);
-    __m512 acc[CH][MR];
-    for (int c = 0; c < CH; ++c)
-      for (int m = 0; m < MR; ++m) acc[c][m] = _mm512_setzero_ps();
+    __m512 acc[NB][CH][MR];
+    for (int j = 0; j < NB; ++j)
+      for (int c = 0; c < CH; ++c)
+        for (int m = 0; m < MR; ++m) acc[j][c][m] = _mm512_setzero_ps();
+    auto k_step = [&](int j, int c, int64_t k) GPT_FAST_AVX512 {
+      const __m512 w = V::load(wbs[j] + k * kBN);
+      for (int m = 0; m < MR; ++m) acc[j][c][m] = _mm512_fmadd_ps(w, _mm512_set1_ps(x[m * K + k]), acc[j][c][m]);
+    };
     int64_t k = k0;
     for (; k + CH <= k1; k += CH) {
       for (int c = 0; c < CH; ++c) {
-        if ((c * sizeof(T) * kBN) % 64 == 0)  // once per 64-byte line
-          _mm_prefetch(reinterpret_cast<const char*>(wb + (k + c) * kBN) + kPrefetch, _MM_HINT_T0);
-        const __m512 w = V::load(wb + (k + c) * kBN);
-        for (int m = 0; m < MR; ++m) acc[c][m] = _mm512_fmadd_ps(w, _mm512_set1_ps(x[m * K + k + c]), acc[c][m]);
+        for (int j = 0; j < NB; ++j) {
+          if ((c * sizeof(T) * kBN) % 64 == 0) prefetch_weights(wbs[j] + (k + c) * kBN);  // once per 64-byte line
+          k_step(j, c, k + c);
+        }
       }
     }
-    for (; k < k1; ++k) {
-      const __m512 w = V::load(wb + k * kBN);
-      for (int m = 0; m < MR; ++m) acc[0][m] = _mm512_fmadd_ps(w, _mm512_set1_ps(x[m * K + k]), acc[0][m]);
-    }
-    for (int c = 0; c < CH; ++c)
-      for (int m = 0; m < MR; ++m) total[m] = _mm512_add_ps(total[m], acc[c][m]);
+    for (; k < k1; ++k)
+      for (int j = 0; j < NB; ++j) k_step(j, 0, k);
+    for (int j = 0; j < NB; ++j)
+      for (int c = 0; c < CH; ++c)
+        for (int m = 0; m < MR; ++m) total[j][m] = _mm512_add_ps(total[j][m], acc[j][c][m]);
   }
-  finish_tile<T>(a, total, MR, m0, n0);
+  for (int j = 0; j < NB; ++j) finish_tile<T>(a, total[j], MR, m0, blocks[j] * kBN);
 }
 
 // The same for bf16 with vdpbf16ps: one instruction multiplies 16 columns x 2 k and accumulates in fp32, half the
 // FMAs of the path above. Two consecutive k rows of a block (contiguous, 64 bytes) are interleaved into pairs
 // (w[k, j], w[k + 1, j]) with one vpermw; x's matching pair is a 32-bit broadcast. An odd last k goes the fp32 way.
-template <int MR>
-GPT_FAST_AVX512_BF16 inline void linear_tile_dpbf16(const LinearArgs<c10::BFloat16>& a, const c10::BFloat16* wb,
-                                                    int64_t m0, int64_t n0) {
-  constexpr int CH = chains_for(MR);
+template <int MR, int NB>
+GPT_FAST_AVX512_BF16 inline void linear_tile_dpbf16(const LinearArgs<c10::BFloat16>& a, const int64_t* blocks,
+                                                    int64_t m0) {
+  constexpr int CH = std::max(1, chains_for(MR) / NB);
+  const int64_t K = a.K, pairs = K / 2;
+  const c10::BFloat16* wbs[NB];  // (K, 16) each
+  for (int j = 0; j < NB; ++j) wbs[j] = a.w + blocks[j] * K * kBN;
+  const uint32_t* xp = a.x_pairs + m0 * pairs;
   const __m512i interleave = _mm512_load_si512(kInterleave);
-  auto pair_step = [&](__m512* acc, const uint32_t* xp, int64_t pairs, int64_t s) GPT_FAST_AVX512_BF16 {
-    _mm_prefetch(reinterpret_cast<const char*>(wb + 2 * s * kBN) + kPrefetch, _MM_HINT_T0);
+  auto pair_step = [&](__m512* acc, const c10::BFloat16* wb, int64_t s) GPT_FAST_AVX512_BF16 {
+    prefetch_weights(wb + 2 * s * kBN);
     const __m512bh w = (__m512bh)_mm512_permutexvar_epi16(interleave, _mm512_loadu_si512(wb + 2 * s * kBN));
     for (int m = 0; m < MR; ++m) {
       acc[m] = _mm512_dpbf16_ps(acc[m], w, (__m512bh)_mm512_set1_epi32(static_cast<int>(xp[m * pairs + s])));
     }
   };
-  __m512 total[MR];
-  for (int m = 0; m < MR; ++m) total[m] = _mm512_setzero_ps();
-  const int64_t K = a.K, pairs = K / 2;
-  const uint32_t* xp = a.x_pairs + m0 * pairs;
+  __m512 total[NB][MR];
+  for (int j = 0; j < NB; ++j)
+    for (int m = 0; m < MR; ++m) total[j][m] = _mm512_setzero_ps();
   for (int64_t s0 = 0; s0 < pairs; s0 += kChunkK / 2) {  // two-level sum as in linear_tile_avx512
     const int64_t s1 = std::min(pairs, s0 + kChunkK / 2);
-    __m512 acc[CH][MR];
-    for (int c = 0; c < CH; ++c)
-      for (int m = 0; m < MR; ++m) acc[c][m] = _mm512_setzero_ps();
+    __m512 acc[NB][CH][MR];
+    for (int j = 0; j < NB; ++j)
+      for (int c = 0; c < CH; ++c)
+        for (int m = 0; m < MR; ++m) acc[j][c][m] = _mm512_setzero_ps();
     int64_t s = s0;
     for (; s + CH <= s1; s += CH)
-      for (int c = 0; c < CH; ++c) pair_step(acc[c], xp, pairs, s + c);
-    for (; s < s1; ++s) pair_step(acc[0], xp, pairs, s);
-    for (int c = 0; c < CH; ++c)
-      for (int m = 0; m < MR; ++m) total[m] = _mm512_add_ps(total[m], acc[c][m]);
+      for (int c = 0; c < CH; ++c)
+        for (int j = 0; j < NB; ++j) pair_step(acc[j][c], wbs[j], s + c);
+    for (; s < s1; ++s)
+      for (int j = 0; j < NB; ++j) pair_step(acc[j][0], wbs[j], s);
+    for (int j = 0; j < NB; ++j)
+      for (int c = 0; c < CH; ++c)
+        for (int m = 0; m < MR; ++m) total[j][m] = _mm512_add_ps(total[j][m], acc[j][c][m]);
   }
-  if (K % 2) {
-    const __m512 w = cpu::Vec16<c10::BFloat16>::load(wb + (K - 1) * kBN);
-    for (int m = 0; m < MR; ++m) {
-      total[m] = _mm512_fmadd_ps(w, _mm512_set1_ps(a.x[(m0 + m) * K + K - 1]), total[m]);
+  for (int j = 0; j < NB; ++j) {
+    if (K % 2) {
+      const __m512 w = cpu::Vec16<c10::BFloat16>::load(wbs[j] + (K - 1) * kBN);
+      for (int m = 0; m < MR; ++m) {
+        total[j][m] = _mm512_fmadd_ps(w, _mm512_set1_ps(a.x[(m0 + m) * K + K - 1]), total[j][m]);
+      }
     }
+    finish_tile<c10::BFloat16>(a, total[j], MR, m0, blocks[j] * kBN);
   }
-  finish_tile<c10::BFloat16>(a, total, MR, m0, n0);
 }
 
 // bf16 with AMX, for M >= kAmxMinRows and K % 32 == 0: per block and 16-row tile, C (16 x 16 fp32) += A (16 rows
@@ -197,7 +219,7 @@ GPT_FAST_AMX void linear_blocks_amx(const LinearArgs<c10::BFloat16>& a, int64_t 
       for (int64_t k0 = 0; k0 < K; k0 += kAmxK) {
         for (int p = 0; p < kAmxK / 2; ++p) {
           const c10::BFloat16* rows = wb + (k0 + 2 * p) * kBN;
-          _mm_prefetch(reinterpret_cast<const char*>(rows) + kPrefetch, _MM_HINT_T0);
+          prefetch_weights(rows);
           _mm512_store_si512(b_tile + p * 32, _mm512_permutexvar_epi16(interleave, _mm512_loadu_si512(rows)));
         }
         _tile_loadd(1, b_tile, 64);
@@ -229,22 +251,42 @@ void with_row_tile(int64_t rows, Tile&& tile) {
   }
 }
 
+// Calls tile(std::integral_constant<int, NB>{}, blocks) for every block of [begin, end), NB blocks at a time, the
+// j-th taken from the j-th of NB equal parts of the range; the blocks left over go one at a time (NB = 1).
+template <int NB, typename Tile>
+inline void over_block_groups(int64_t begin, int64_t end, Tile&& tile) {
+  const int64_t part = (end - begin) / NB;
+  for (int64_t i = 0; i < part; ++i) {
+    int64_t blocks[NB];
+    for (int j = 0; j < NB; ++j) blocks[j] = begin + j * part + i;
+    tile(std::integral_constant<int, NB>{}, blocks);
+  }
+  for (int64_t b = begin + NB * part; b < end; ++b) tile(std::integral_constant<int, 1>{}, &b);
+}
+
 template <typename T>
 void linear_blocks_avx512(const LinearArgs<T>& a, int64_t block_begin, int64_t block_end) {
   if constexpr (std::is_same_v<T, c10::BFloat16>) {
     if (a.amx) return linear_blocks_amx(a, block_begin, block_end);
   }
-  for (int64_t b = block_begin; b < block_end; ++b) {
-    const T* wb = a.w + b * a.K * kBN;
-    for (int64_t m0 = 0; m0 < a.M; m0 += kRowTile) {
-      with_row_tile(std::min<int64_t>(kRowTile, a.M - m0), [&](auto mr) {
-        if constexpr (std::is_same_v<T, c10::BFloat16>) {
-          if (a.x_pairs) return linear_tile_dpbf16<decltype(mr)::value>(a, wb, m0, b * kBN);
-        }
-        linear_tile_avx512<T, decltype(mr)::value>(a, wb, m0, b * kBN);
-      });
-    }
-  }
+  auto by_groups = [&](auto streams) {
+    over_block_groups<decltype(streams)::value>(block_begin, block_end, [&](auto nb, const int64_t* blocks) {
+      constexpr int NB = decltype(nb)::value;
+      for (int64_t m0 = 0; m0 < a.M; m0 += kRowTile) {
+        with_row_tile(std::min<int64_t>(kRowTile, a.M - m0), [&](auto mr) {
+          constexpr int MR = decltype(mr)::value;
+          if constexpr (std::is_same_v<T, c10::BFloat16>) {
+            if (a.x_pairs) return linear_tile_dpbf16<MR, NB>(a, blocks, m0);
+          }
+          linear_tile_avx512<T, MR, NB>(a, blocks, m0);
+        });
+      }
+    });
+  };
+  const int64_t rows = std::min<int64_t>(kRowTile, a.M);
+  if (rows <= 2) return by_groups(std::integral_constant<int, 4>{});
+  if (rows <= 4) return by_groups(std::integral_constant<int, 2>{});
+  by_groups(std::integral_constant<int, 1>{});
 }
 #endif
 

@@ -21,6 +21,8 @@ __init__; the step loop allocates only what the ops themselves return (nothing a
 
 from __future__ import annotations
 
+from typing import Callable, NamedTuple
+
 import torch
 import torch.nn.functional as F
 
@@ -47,6 +49,34 @@ def packed_decode_weights(model) -> list:
     return cached_on(model, "decode_weights", weights, build)
 
 
+class PackedLayer(NamedTuple):
+    """One Block's step-time tensors, bound once per request: its KV cache, its weights packed for linear_small_m
+    ((N / 16, K, 16), see pack_linear_weight) and the Block's own biases and LayerNorm parameters."""
+
+    k_cache: torch.Tensor  # (B, H, Tmax, D)
+    v_cache: torch.Tensor  # (B, H, Tmax, D)
+    c_attn: torch.Tensor  # packed (C -> 3C)
+    c_attn_bias: torch.Tensor  # (3C,)
+    attn_proj: torch.Tensor  # packed (C -> C)
+    attn_proj_bias: torch.Tensor  # (C,)
+    ln_1: tuple  # (weight (C,), bias (C,), eps)
+    c_fc: torch.Tensor  # packed (C -> 4C)
+    c_fc_bias: torch.Tensor  # (4C,)
+    act: Callable | None  # the MLP activation when it is not tanh-GELU (which the kernel applies itself)
+    mlp_proj: torch.Tensor  # packed (4C -> C)
+    mlp_proj_bias: torch.Tensor  # (C,)
+    ln_2: tuple  # (weight (C,), bias (C,), eps)
+
+    @classmethod
+    def bind(cls, block, k_cache, v_cache, packed: tuple, gelu: bool) -> "PackedLayer":
+        attn, mlp = block.attn, block.mlp
+        w_attn, w_proj, w_fc, w_fc2 = packed
+        return cls(k_cache, v_cache, w_attn, attn.c_attn.bias, w_proj, attn.c_proj.bias,
+                   (block.ln_1.weight, block.ln_1.bias, block.ln_1.eps), w_fc, mlp.c_fc.bias,
+                   None if gelu else mlp.act, w_fc2, mlp.c_proj.bias,
+                   (block.ln_2.weight, block.ln_2.bias, block.ln_2.eps))
+
+
 class IncrementalDecoder:
     def __init__(self, model, cache: StaticKVCache, backend: str, fused_ln: bool):
         transformer = model.transformer
@@ -67,9 +97,10 @@ class IncrementalDecoder:
         # row, 1.5-3x for bf16 and for several rows (benchmarks/bench_linear.py), with bias/GELU/residual fused in.
         if ops.has_kernel("linear_small_m", device_type):
             packed = packed_decode_weights(model)
-            self.packed_layers = [(*layer, *weights) for layer, weights in zip(self.layers, packed[:-1])]
+            gelu = model.config.afn == "gelu"
+            self.packed_layers = [PackedLayer.bind(block, k_cache, v_cache, weights, gelu)
+                                  for (block, k_cache, v_cache), weights in zip(self.layers, packed[:-1])]
             self.packed_lm_head = packed[-1]
-            self.gelu = model.config.afn == "gelu"
             self.step_add_layernorm = kernel_or_reference("add_layernorm", device_type)
             self.step = self._step_packed
 
@@ -106,22 +137,21 @@ class IncrementalDecoder:
 
     def _step_packed(self, tokens: torch.Tensor) -> torch.Tensor:
         """step() with every matmul in linear_small_m over the packed weights; same math as Block.forward."""
-        linear, add_layernorm = ops.linear_small_m, self.step_add_layernorm
-        lengths = self.cache.lengths
+        linear, add_layernorm, attention = ops.linear_small_m, self.step_add_layernorm, self.decode_attention
+        lengths, n_head = self.cache.lengths, self.n_head
         x = (self.tokens_embed(tokens) + self.positions_embed(lengths))[:, None, :]  # (B, 1, C)
         C = x.shape[-1]
-        for block, k_cache, v_cache, w_attn, w_proj, w_fc, w_fc2 in self.packed_layers:
-            attn, mlp, ln_1, ln_2 = block.attn, block.mlp, block.ln_1, block.ln_2
-            qkv = linear(x, w_attn, 3 * C, attn.c_attn.bias, None, False)  # (B, 1, 3C)
-            a = self.decode_attention(qkv, k_cache, v_cache, lengths, self.n_head)  # (B, 1, C)
-            n = add_layernorm(x, linear(a, w_proj, C, None, None, False), attn.c_proj.bias,
-                              ln_1.weight, ln_1.bias, ln_1.eps)  # (B, 1, C)
-            if self.gelu:
-                h = linear(n, w_fc, 4 * C, mlp.c_fc.bias, None, True)  # (B, 1, 4C)
+        for layer in self.packed_layers:
+            qkv = linear(x, layer.c_attn, 3 * C, layer.c_attn_bias, None, False)  # (B, 1, 3C)
+            a = attention(qkv, layer.k_cache, layer.v_cache, lengths, n_head)  # (B, 1, C)
+            n = add_layernorm(x, linear(a, layer.attn_proj, C, None, None, False), layer.attn_proj_bias,
+                              *layer.ln_1)  # (B, 1, C)
+            if layer.act is None:  # tanh-GELU in the kernel
+                h = linear(n, layer.c_fc, 4 * C, layer.c_fc_bias, None, True)  # (B, 1, 4C)
             else:
-                h = mlp.act(linear(n, w_fc, 4 * C, mlp.c_fc.bias, None, False))
-            x = add_layernorm(n, linear(h, w_fc2, C, None, None, False), mlp.c_proj.bias,
-                              ln_2.weight, ln_2.bias, ln_2.eps)  # (B, 1, C)
+                h = layer.act(linear(n, layer.c_fc, 4 * C, layer.c_fc_bias, None, False))
+            x = add_layernorm(n, linear(h, layer.mlp_proj, C, None, None, False), layer.mlp_proj_bias,
+                              *layer.ln_2)  # (B, 1, C)
         lengths.add_(1)
         return linear(x[:, 0], self.packed_lm_head, self.lm_head.weight.shape[0], None, None, False).float()
 

@@ -61,6 +61,16 @@ def test_greedy_matches_transformers(hf, backend, length):
     torch.testing.assert_close(ours.generate(ids, max_new_tokens=30), expected, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("afn", ["relu", "silu"])
+def test_greedy_matches_transformers_other_activations(afn):
+    # the decode step applies tanh-GELU inside the linear kernel; other activations go through the MLP's own
+    hf_model = tiny_hf(seed=2, afn=afn)
+    ids = prompt(4, batch=2)
+    expected = hf_model.generate(ids, max_new_tokens=20, do_sample=False)
+    ours = OpenAIGPTLMHeadModel.from_transformers(hf_model).eval()
+    torch.testing.assert_close(ours.generate(ids, max_new_tokens=20), expected, rtol=0, atol=0)
+
+
 def test_greedy_matches_transformers_gpt1_shape():
     torch.manual_seed(0)
     config = transformers.OpenAIGPTConfig(n_layer=2)  # GPT-1 width, heads and vocabulary, two layers

@@ -93,6 +93,7 @@ class IncrementalDecoder:
         self.layers = [(block, k_cache, v_cache) for block, (k_cache, v_cache) in zip(transformer.h, cache.layers)]
         # step(tokens (B,) long) -> float32 logits (B, V) of the token after each row's new one
         self.step = self._step_modules
+        self.logits = self._logits_modules  # (B, C) -> float32 (B, V)
         # The small-M kernel reads the weights at about the memory bandwidth, 1.05-1.1x PyTorch's GEMM for one fp32
         # row, 1.5-3x for bf16 and for several rows (benchmarks/bench_linear.py), with bias/GELU/residual fused in.
         if ops.has_kernel("linear_small_m", device_type):
@@ -101,6 +102,7 @@ class IncrementalDecoder:
             self.packed_layers = [PackedLayer.bind(block, k_cache, v_cache, weights, gelu)
                                   for (block, k_cache, v_cache), weights in zip(self.layers, packed[:-1])]
             self.packed_lm_head = packed[-1]
+            self.logits = self._logits_packed
             self.step_add_layernorm = kernel_or_reference("add_layernorm", device_type)
             self.step = self._step_packed
 
@@ -122,7 +124,7 @@ class IncrementalDecoder:
             x = block.finish(x, backend_attention(self.backend, qkv, key_mask, self.n_head), self.fused_ln)
         self.cache.lengths.copy_(lengths)
         last = x[torch.arange(B, device=x.device), lengths - 1]  # (B, C)
-        return self.lm_head(last).float()
+        return self.logits(last)
 
     def _step_modules(self, tokens: torch.Tensor) -> torch.Tensor:
         """step() through the Blocks' modules (where the linear_small_m kernel is not built for the device)."""
@@ -133,7 +135,10 @@ class IncrementalDecoder:
             a = self.decode_attention(qkv, k_cache, v_cache, lengths, self.n_head)  # (B, 1, C)
             x = block.finish(x, a, self.fused_ln)
         lengths.add_(1)
-        return F.linear(x[:, 0], self.lm_head.weight).float()  # (B, V)
+        return self.logits(x[:, 0])  # (B, V)
+
+    def _logits_modules(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.lm_head.weight).float()
 
     def _step_packed(self, tokens: torch.Tensor) -> torch.Tensor:
         """step() with every matmul in linear_small_m over the packed weights; same math as Block.forward."""
@@ -153,7 +158,12 @@ class IncrementalDecoder:
             x = add_layernorm(n, linear(h, layer.mlp_proj, C, None, None, False), layer.mlp_proj_bias,
                               *layer.ln_2)  # (B, 1, C)
         lengths.add_(1)
-        return linear(x[:, 0], self.packed_lm_head, self.lm_head.weight.shape[0], None, None, False).float()
+        return self.logits(x[:, 0])  # (B, V)
+
+    def _logits_packed(self, x: torch.Tensor) -> torch.Tensor:
+        """The LM head through linear_small_m also after prefill (the last token of each row): 1.9x F.linear's
+        read of the 62 MB bf16 head for one row, so it shortens the time to the first token too."""
+        return ops.linear_small_m(x, self.packed_lm_head, self.lm_head.weight.shape[0], None, None, False).float()
 
 
 class CUDAGraphStep:

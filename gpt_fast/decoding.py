@@ -33,6 +33,9 @@ from gpt_fast.modeling import kernel_or_reference
 from gpt_fast.weight_cache import cached_on
 
 
+SMALL_M_MAX_ROWS = 32  # batch rows up to which a decode step reads its weights through linear_small_m
+
+
 def packed_decode_weights(model) -> list:
     """[(c_attn, attn.c_proj, c_fc, mlp.c_proj) packed, per layer] + [lm_head packed], made once per weight
     version and cached on the model (gpt_fast/weight_cache.py; the copy doubles the weights' memory)."""
@@ -95,8 +98,10 @@ class IncrementalDecoder:
         self.step = self._step_modules
         self.logits = self._logits_modules  # (B, C) -> float32 (B, V)
         # The small-M kernel reads the weights at about the memory bandwidth, 1.05-1.1x PyTorch's GEMM for one fp32
-        # row, 1.5-3x for bf16 and for several rows (benchmarks/bench_linear.py), with bias/GELU/residual fused in.
-        if ops.has_kernel("linear_small_m", device_type):
+        # row, 1.5-3x for bf16 and for several rows, with bias/GELU/residual fused in; past ~32 rows a GEMM wins
+        # (benchmarks/bench_linear.py --rows 1 8 32 64).
+        rows = cache.lengths.shape[0]
+        if ops.has_kernel("linear_small_m", device_type) and rows <= SMALL_M_MAX_ROWS:
             packed = packed_decode_weights(model)
             gelu = model.config.afn == "gelu"
             self.packed_layers = [PackedLayer.bind(block, k_cache, v_cache, weights, gelu)
@@ -127,7 +132,7 @@ class IncrementalDecoder:
         return self.logits(last)
 
     def _step_modules(self, tokens: torch.Tensor) -> torch.Tensor:
-        """step() through the Blocks' modules (where the linear_small_m kernel is not built for the device)."""
+        """step() through the Blocks' modules (no linear_small_m kernel for the device, or more rows than it suits)."""
         lengths = self.cache.lengths  # (B,) = the new token's position in each row
         x = (self.tokens_embed(tokens) + self.positions_embed(lengths))[:, None, :]  # (B, 1, C)
         for block, k_cache, v_cache in self.layers:

@@ -11,7 +11,7 @@ from transformers.generation.logits_process import (LogitsProcessorList, Repetit
                                                     TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper)
 
 from gpt_fast import OpenAIGPTLMHeadModel, ops  # noqa: E402
-from gpt_fast.decoding import IncrementalDecoder  # noqa: E402
+from gpt_fast.decoding import SMALL_M_MAX_ROWS, IncrementalDecoder  # noqa: E402
 from gpt_fast.kv_cache import StaticKVCache  # noqa: E402
 from gpt_fast.sampling import SamplingConfig, TokenSelector  # noqa: E402
 
@@ -210,6 +210,19 @@ def test_sampling_follows_the_softmax_distribution():
 
 
 # -- the decode path ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("batch", [SMALL_M_MAX_ROWS, SMALL_M_MAX_ROWS + 1])
+def test_large_batches_take_the_gemm_step_and_match_transformers(hf, model, batch):
+    config = model.config
+    cache = StaticKVCache(config.n_layer, batch, config.n_head, 8, config.n_embd // config.n_head, torch.float32,
+                          torch.device("cpu"))
+    step = IncrementalDecoder(model, cache, "sdpa", False).step.__name__
+    small_m = batch <= SMALL_M_MAX_ROWS and ops.has_kernel("linear_small_m", "cpu")
+    assert step == ("_step_packed" if small_m else "_step_modules")
+    ids = prompt(3, batch=batch, seed=11)
+    expected = hf.generate(ids, max_new_tokens=6, do_sample=False)
+    torch.testing.assert_close(model.generate(ids, max_new_tokens=6), expected, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("fused_ln", [False, True])
 def test_decode_steps_equal_full_forward(model, fused_ln):
     ids = prompt(10, batch=2, seed=7)

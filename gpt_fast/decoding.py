@@ -6,13 +6,16 @@ and in the attention it calls:
 
 - prefill(packed_ids, lengths): the whole (packed, right-padded) prompt in one pass; each layer's keys and
   values are written into the cache, and the prompt's attention is the model's backend (eager / sdpa / fused
-  flash attention) with a key-padding mask. Returns the logits at each row's last real token.
+  flash attention) with a key-padding mask. Returns the logits at each row's last real token. A short prompt
+  (B * T <= SMALL_M_MAX_ROWS) reads its weights through linear_small_m like the steps (bf16, 8 tokens: 14.7 ms
+  instead of 21.1 ms through the GEMMs), a longer one goes through the Blocks' modules.
 - step(tokens): one new token per row; gpt_fast::decode_attention (kernel when built for the device, else the
   reference) appends its key/value at the row's length and attends over [0, length]. Positions come from the
   cache lengths, so rows of different prompt lengths each see the positions they would see alone.
-- decode-time kernels: when gpt_fast's small-M linear kernel (linear_small_m) is built for the device, every
-  step-time matmul reads weights repacked once for it (cached on the model, rebuilt when a weight changes), with
-  bias, GELU and the residual add in the kernel; add_layernorm / bias_gelu kernels are used where built.
+- decode-time kernels: when gpt_fast's small-M linear kernel (linear_small_m) is built for the device and the
+  batch has at most SMALL_M_MAX_ROWS rows, every step-time matmul reads weights repacked once for it (cached on the
+  model, rebuilt when a weight changes), with bias, GELU and the residual add in the kernel; add_layernorm /
+  bias_gelu kernels are used where built.
 - CUDAGraphStep: on CUDA, step() captured once into a CUDA graph over static buffers and replayed per token.
 
 Everything per layer that does not change between steps (modules, cache views, kernel choice) is bound once in
@@ -97,6 +100,7 @@ class IncrementalDecoder:
         # step(tokens (B,) long) -> float32 logits (B, V) of the token after each row's new one
         self.step = self._step_modules
         self.logits = self._logits_modules  # (B, C) -> float32 (B, V)
+        self.packed_layers = None
         # The small-M kernel reads the weights at about the memory bandwidth, 1.05-1.1x PyTorch's GEMM for one fp32
         # row, 1.5-3x for bf16 and for several rows, with bias/GELU/residual fused in; past ~32 rows a GEMM wins
         # (benchmarks/bench_linear.py --rows 1 8 32 64).
@@ -114,19 +118,28 @@ class IncrementalDecoder:
     def prefill(self, packed_ids: torch.Tensor, lengths: torch.Tensor, all_full: bool) -> torch.Tensor:
         """packed_ids: (B, T), each row's real tokens first; lengths: (B,) real tokens per row (>= 1).
 
-        Fills the cache and returns float32 logits (B, V) at each row's last real token.
+        Fills the cache and returns float32 logits (B, V) at each row's last real token. A prompt of at most
+        SMALL_M_MAX_ROWS tokens in all reads its weights through linear_small_m, as the steps do; a longer one goes
+        through the Blocks' own (GEMM) modules.
         """
         B, T = packed_ids.shape
         C = self.tokens_embed.weight.shape[1]
         x = self.tokens_embed(packed_ids) + self.positions_embed.weight[:T]  # (B, T, C)
         key_mask = None if all_full else (torch.arange(T, device=x.device)[None, :] < lengths[:, None]).long()
+        small = self.packed_layers is not None and B * T <= SMALL_M_MAX_ROWS
         for i, (block, _, _) in enumerate(self.layers):
-            c_attn = block.attn.c_attn
-            qkv = c_attn.fused(x, with_bias=True) if self.fused_ln else c_attn(x)  # (B, T, 3C)
-            k = reference.split_heads(qkv[..., C:2 * C], self.n_head)  # (B, H, T, D)
-            v = reference.split_heads(qkv[..., 2 * C:], self.n_head)  # (B, H, T, D)
-            self.cache.write_prompt(i, k, v)
-            x = block.finish(x, backend_attention(self.backend, qkv, key_mask, self.n_head), self.fused_ln)
+            def attend(qkv):  # (B, T, 3C) -> (B, T, C), writing the prompt's keys and values into the cache
+                k = reference.split_heads(qkv[..., C:2 * C], self.n_head)  # (B, H, T, D)
+                v = reference.split_heads(qkv[..., 2 * C:], self.n_head)  # (B, H, T, D)
+                self.cache.write_prompt(i, k, v)
+                return backend_attention(self.backend, qkv, key_mask, self.n_head)
+
+            if small:
+                x = self._packed_block(x, self.packed_layers[i], attend)
+            else:
+                c_attn = block.attn.c_attn
+                qkv = c_attn.fused(x, with_bias=True) if self.fused_ln else c_attn(x)  # (B, T, 3C)
+                x = block.finish(x, attend(qkv), self.fused_ln)
         self.cache.lengths.copy_(lengths)
         last = x[torch.arange(B, device=x.device), lengths - 1]  # (B, C)
         return self.logits(last)
@@ -146,24 +159,29 @@ class IncrementalDecoder:
         return F.linear(x, self.lm_head.weight).float()
 
     def _step_packed(self, tokens: torch.Tensor) -> torch.Tensor:
-        """step() with every matmul in linear_small_m over the packed weights; same math as Block.forward."""
-        linear, add_layernorm, attention = ops.linear_small_m, self.step_add_layernorm, self.decode_attention
-        lengths, n_head = self.cache.lengths, self.n_head
+        """step() with every matmul in linear_small_m over the packed weights."""
+        lengths, n_head, decode_attention = self.cache.lengths, self.n_head, self.decode_attention
         x = (self.tokens_embed(tokens) + self.positions_embed(lengths))[:, None, :]  # (B, 1, C)
-        C = x.shape[-1]
         for layer in self.packed_layers:
-            qkv = linear(x, layer.c_attn, 3 * C, layer.c_attn_bias, None, False)  # (B, 1, 3C)
-            a = attention(qkv, layer.k_cache, layer.v_cache, lengths, n_head)  # (B, 1, C)
-            n = add_layernorm(x, linear(a, layer.attn_proj, C, None, None, False), layer.attn_proj_bias,
-                              *layer.ln_1)  # (B, 1, C)
-            if layer.act is None:  # tanh-GELU in the kernel
-                h = linear(n, layer.c_fc, 4 * C, layer.c_fc_bias, None, True)  # (B, 1, 4C)
-            else:
-                h = layer.act(linear(n, layer.c_fc, 4 * C, layer.c_fc_bias, None, False))
-            x = add_layernorm(n, linear(h, layer.mlp_proj, C, None, None, False), layer.mlp_proj_bias,
-                              *layer.ln_2)  # (B, 1, C)
+            x = self._packed_block(x, layer, lambda qkv: decode_attention(qkv, layer.k_cache, layer.v_cache,
+                                                                          lengths, n_head))
         lengths.add_(1)
         return self.logits(x[:, 0])  # (B, V)
+
+    def _packed_block(self, x: torch.Tensor, layer: PackedLayer, attend) -> torch.Tensor:
+        """Block.forward on few rows with every matmul in linear_small_m. x: (B, T, C); attend(qkv (B, T, 3C))
+        -> (B, T, C) is the attention, keys and values going into the cache."""
+        linear, add_layernorm = ops.linear_small_m, self.step_add_layernorm
+        C = x.shape[-1]
+        qkv = linear(x, layer.c_attn, 3 * C, layer.c_attn_bias, None, False)  # (B, T, 3C)
+        n = add_layernorm(x, linear(attend(qkv), layer.attn_proj, C, None, None, False), layer.attn_proj_bias,
+                          *layer.ln_1)  # (B, T, C)
+        if layer.act is None:  # tanh-GELU in the kernel
+            h = linear(n, layer.c_fc, 4 * C, layer.c_fc_bias, None, True)  # (B, T, 4C)
+        else:
+            h = layer.act(linear(n, layer.c_fc, 4 * C, layer.c_fc_bias, None, False))
+        return add_layernorm(n, linear(h, layer.mlp_proj, C, None, None, False), layer.mlp_proj_bias,
+                             *layer.ln_2)  # (B, T, C)
 
     def _logits_packed(self, x: torch.Tensor) -> torch.Tensor:
         """The LM head through linear_small_m also after prefill (the last token of each row): 1.9x F.linear's

@@ -224,11 +224,12 @@ def test_large_batches_take_the_gemm_step_and_match_transformers(hf, model, batc
 
 
 @pytest.mark.parametrize("fused_ln", [False, True])
-def test_decode_steps_equal_full_forward(model, fused_ln):
-    ids = prompt(10, batch=2, seed=7)
-    lengths = torch.tensor([10, 6])  # row 1 holds 6 real tokens, packed first
+@pytest.mark.parametrize("T", [10, 20])  # 20 or 40 prompt rows: prefill through linear_small_m or through the GEMMs
+def test_decode_steps_equal_full_forward(model, fused_ln, T):
+    ids = prompt(T, batch=2, seed=7)
+    lengths = torch.tensor([T, 6])  # row 1 holds 6 real tokens, packed first
     config = model.config
-    cache = StaticKVCache(config.n_layer, 2, config.n_head, 16, config.n_embd // config.n_head, torch.float32,
+    cache = StaticKVCache(config.n_layer, 2, config.n_head, T + 6, config.n_embd // config.n_head, torch.float32,
                           torch.device("cpu"))
     keys_at = cache.keys.data_ptr()
     decoder = IncrementalDecoder(model, cache, "sdpa", fused_ln)
@@ -244,7 +245,7 @@ def test_decode_steps_equal_full_forward(model, fused_ln):
                 sequences[row].append(int(tokens[row]))
             logits = decoder.step(tokens)
     assert cache.keys.data_ptr() == keys_at
-    assert cache.lengths.tolist() == [14, 10]
+    assert cache.lengths.tolist() == [T + 4, 10]
 
 
 def test_bfloat16_generates(hf):

@@ -36,7 +36,7 @@ from gpt_fast.modeling import kernel_or_reference
 from gpt_fast.weight_cache import cached_on
 
 
-SMALL_M_MAX_ROWS = 32  # batch rows up to which a decode step reads its weights through linear_small_m
+SMALL_M_MAX_ROWS = 32  # rows (B at a step, B * T at the prefill) up to which the weights are read by linear_small_m
 
 
 def packed_decode_weights(model) -> list:

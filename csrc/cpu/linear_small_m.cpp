@@ -275,10 +275,14 @@ void linear_blocks_avx512(const LinearArgs<T>& a, int64_t block_begin, int64_t b
       for (int64_t m0 = 0; m0 < a.M; m0 += kRowTile) {
         with_row_tile(std::min<int64_t>(kRowTile, a.M - m0), [&](auto mr) {
           constexpr int MR = decltype(mr)::value;
-          if constexpr (std::is_same_v<T, c10::BFloat16>) {
-            if (a.x_pairs) return linear_tile_dpbf16<MR, NB>(a, blocks, m0);
+          if constexpr (MR * NB > kRowTile) {  // never: NB = 4 only for <= 2 rows, NB = 2 for <= 4 (below)
+            TORCH_INTERNAL_ASSERT(false, "linear_small_m: ", MR, " rows x ", NB, " blocks per tile");
+          } else {
+            if constexpr (std::is_same_v<T, c10::BFloat16>) {
+              if (a.x_pairs) return linear_tile_dpbf16<MR, NB>(a, blocks, m0);
+            }
+            linear_tile_avx512<T, MR, NB>(a, blocks, m0);
           }
-          linear_tile_avx512<T, MR, NB>(a, blocks, m0);
         });
       }
     });

@@ -211,7 +211,7 @@ def test_sampling_follows_the_softmax_distribution():
 
 # -- the decode path ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("batch", [SMALL_M_MAX_ROWS, SMALL_M_MAX_ROWS + 1])
-def test_large_batches_take_the_gemm_step_and_match_transformers(hf, model, batch):
+def test_step_on_each_side_of_the_row_threshold_matches_transformers(hf, model, batch):
     config = model.config
     cache = StaticKVCache(config.n_layer, batch, config.n_head, 8, config.n_embd // config.n_head, torch.float32,
                           torch.device("cpu"))

@@ -76,7 +76,7 @@ def roofline_markdown() -> str:
 
 def cases(dtype: torch.dtype, device: str = "cuda"):
     """{op: (kernel call, [(baseline name, baseline call)])} at the GPT-1 shapes."""
-    from gpt_fast import reference
+    from gpt_fast.ops import reference
 
     g = torch.Generator(device=device).manual_seed(0)
     rnd = lambda *s: torch.randn(*s, generator=g, device=device, dtype=dtype)
@@ -104,7 +104,7 @@ def cases(dtype: torch.dtype, device: str = "cuda"):
                           [("eager", lambda: reference.add_layernorm(x, res, vec, vec, vec, 1e-5))]),
         "bias_gelu": (lambda: ops.bias_gelu(h, hb), [("eager", lambda: reference.bias_gelu(h, hb))]),
         "flash_attention": (lambda: ops.flash_attention(qkv, None, H),
-                            [("sdpa", sdpa_prefill), ("eager", lambda: reference.causal_attention(qkv, None, H))]),
+                            [("sdpa", sdpa_prefill), ("eager", lambda: reference.flash_attention(qkv, None, H))]),
         "decode_attention": (lambda: ops.decode_attention(dq, kc, vc, lens, H),
                              [("sdpa", sdpa_decode),
                               ("eager", lambda: reference.decode_attention(dq, kc, vc, lens, H))]),

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from gpt_fast import OpenAIGPTConfig, OpenAIGPTLMHeadModel
-from gpt_fast.benchmark import _generate, _prefill, gpt_fast_backends, make_transformers_model
+from gpt_fast.cli.benchmark import _generate, _prefill, gpt_fast_backends, make_transformers_model
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 NEW_TOKENS = 32

@@ -30,7 +30,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gpt_fast import ops, reference
+from gpt_fast import ops
+from gpt_fast.ops import reference
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from timing import time_alternating  # noqa: E402

@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from timing import best_and_median, format_table, machine_description, time_alternating  # noqa: E402
 
 import gpt_fast  # noqa: E402
-from gpt_fast.benchmark import gpt_fast_backends  # noqa: E402
+from gpt_fast.cli.benchmark import gpt_fast_backends  # noqa: E402
 
 GPT1 = dict(n_layer=12, n_embd=768, n_head=12, n_positions=512, vocab_size=40478)
 

@@ -13,7 +13,7 @@ from typing import Callable, Hashable
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from gpt_fast.benchmark import cpu_name  # noqa: E402
+from gpt_fast.cli.benchmark import cpu_name  # noqa: E402
 
 
 def time_alternating(candidates: dict[Hashable, Callable[[], object]], repeats: int = 5, warmup: int = 1,

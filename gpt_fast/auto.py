@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import os
 
-from gpt_fast.configuration import CONFIG_NAME, OpenAIGPTConfig
-from gpt_fast.heads import OpenAIGPTDoubleHeadsModel, OpenAIGPTForSequenceClassification, OpenAIGPTLMHeadModel
-from gpt_fast.hub import resolve_model_folder
-from gpt_fast.modeling import OpenAIGPTModel
-from gpt_fast.tokenizer import OpenAIGPTTokenizerFast
+from gpt_fast.checkpoints.hub import resolve_model_folder
+from gpt_fast.models.configuration import CONFIG_NAME, OpenAIGPTConfig
+from gpt_fast.models.heads import OpenAIGPTDoubleHeadsModel, OpenAIGPTForSequenceClassification, OpenAIGPTLMHeadModel
+from gpt_fast.models.modeling import OpenAIGPTModel
+from gpt_fast.names import check_model_type
+from gpt_fast.tokenization.tokenizer import OpenAIGPTTokenizerFast
 
 
 def _check_model_type(name_or_path) -> None:
@@ -17,10 +18,7 @@ def _check_model_type(name_or_path) -> None:
     path = folder / CONFIG_NAME
     if not path.is_file():
         raise FileNotFoundError(f"no {CONFIG_NAME} in {str(folder)!r}")
-    model_type = json.loads(path.read_text()).get("model_type", OpenAIGPTConfig.model_type)
-    if model_type != OpenAIGPTConfig.model_type:
-        raise ValueError(f"{str(folder)!r} holds a {model_type!r} model; gpt_fast supports only "
-                         f"{OpenAIGPTConfig.model_type!r}")
+    check_model_type(json.loads(path.read_text()).get("model_type", OpenAIGPTConfig.model_type), repr(str(folder)))
 
 
 class _Auto:

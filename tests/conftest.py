@@ -82,6 +82,17 @@ def assert_outputs_close(ours, theirs, atol: float = 1e-4, rtol: float = 1e-4) -
             assert_outputs_close(tuple(a), tuple(b), atol, rtol)
 
 
+@pytest.fixture
+def no_kernels(monkeypatch):
+    """The package as it is when the extension holds no kernel (the kernel plans are chosen afresh)."""
+    from gpt_fast.ops import _library, kernel_plan
+
+    monkeypatch.setattr(_library, "_KERNELS", frozenset())
+    kernel_plan.clear_plans()
+    yield
+    kernel_plan.clear_plans()
+
+
 # -- pairs of models and how to run them ---------------------------------------------------------------------------
 DOUBLE = "OpenAIGPTDoubleHeadsModel"
 SEQ_CLS = "OpenAIGPTForSequenceClassification"

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from accuracy import assert_within_pytorch_error, upcast
-from gpt_fast import ops, reference
+from gpt_fast import ops
+from gpt_fast.ops import reference
 
 pytestmark = pytest.mark.skipif(not ops.has_kernel("add_layernorm", "cpu"), reason="extension not built")
 

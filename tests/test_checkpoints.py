@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 
 import gpt_fast
 from conftest import HEADS, assert_outputs_close, gpt_fast_class, hf_model, random_ids
-from gpt_fast.checkpoint import parse_device
+from gpt_fast.checkpoints.checkpoint import parse_device
 
 LM = "OpenAIGPTLMHeadModel"
 

@@ -9,7 +9,7 @@ import torch
 
 import gpt_fast.ops  # noqa: F401  (loads the extension and registers the fake kernels)
 from accuracy import assert_within_pytorch_error, upcast
-from gpt_fast import reference
+from gpt_fast.ops import reference
 from gpt_fast.ops import has_kernel
 
 OPS = ["add_layernorm", "bias_gelu", "flash_attention", "decode_attention"]
@@ -66,7 +66,7 @@ def padding_mask(B, T):
 def test_flash_attention(dtype, T, B, H, D, masked):
     qkv = gen(B, T, 3 * H * D, dtype=dtype, seed=T)
     mask = padding_mask(B, T) if masked else None
-    fn = lambda q, m: reference.causal_attention(q, m, H)
+    fn = lambda q, m: reference.flash_attention(q, m, H)
     out = gpt_ops.flash_attention(qkv, mask, H)
     check(fn, [qkv, mask], dtype, out)
     if masked and T >= 3:
@@ -99,7 +99,7 @@ def test_decode_then_prefill_agree():
     qkv = gen(B, T, 3 * H * D, dtype=torch.float32, seed=4)
     k, v = (torch.zeros(B, H, 64, D, device=DEV) for _ in range(2))
     rows = [gpt_ops.decode_attention(qkv[:, t : t + 1], k, v, torch.full((B,), t, device=DEV), H) for t in range(T)]
-    check(lambda q: reference.causal_attention(q, None, H), [qkv], torch.float32, torch.cat(rows, 1))
+    check(lambda q: reference.flash_attention(q, None, H), [qkv], torch.float32, torch.cat(rows, 1))
 
 
 def test_decode_attention_in_a_cuda_graph():
@@ -127,7 +127,7 @@ def test_flash_attention_noncontiguous_and_misaligned_qkv(layout):
         qkv = gen(B, T, 4 * H * D, dtype=torch.bfloat16, seed=8)[..., : 3 * H * D]
     else:  # contiguous, but 2 bytes past a 16-byte boundary
         qkv = gen(B * T * 3 * H * D + 8, dtype=torch.bfloat16, seed=8)[1 : 1 + B * T * 3 * H * D].view(B, T, -1)
-    fn = lambda q: reference.causal_attention(q, None, H)
+    fn = lambda q: reference.flash_attention(q, None, H)
     check(fn, [qkv], torch.bfloat16, gpt_ops.flash_attention(qkv, None, H))
 
 

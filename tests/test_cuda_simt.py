@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from gpt_fast import reference
+from gpt_fast.ops import reference
 from accuracy import assert_within_pytorch_error, upcast
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -120,7 +120,7 @@ def test_flash_attention(harness, tmp_path, dtype, B, T, H, D, masked):
     save(tmp_path, qkv=qkv, **({"mask": mask} if masked else {}))
     run(harness, tmp_path, "flash_attention", dtype, B, T, H, D, int(masked))
     out = load(tmp_path, "out", dtype, (B, T, H * D))
-    fn = lambda qkv, m: reference.causal_attention(qkv, m, H)
+    fn = lambda qkv, m: reference.flash_attention(qkv, m, H)
     check_accuracy(out, fn, [qkv, mask], dtype)
     if masked:  # query rows with no key to attend give exact zeros
         assert torch.equal(out[0, : T // 3], torch.zeros_like(out[0, : T // 3]))
@@ -183,6 +183,6 @@ def test_layer_catches_a_missing_syncthreads(tmp_path):
     if res.returncode == 0:
         out = load(tmp_path, "out", torch.bfloat16, (B, T, H * D))
         with pytest.raises(AssertionError):
-            check_accuracy(out, lambda q: reference.causal_attention(q, None, H), [qkv], torch.bfloat16)
+            check_accuracy(out, lambda q: reference.flash_attention(q, None, H), [qkv], torch.bfloat16)
     else:
         assert "ThreadSanitizer: data race" in res.stderr, res.stderr[-3000:]

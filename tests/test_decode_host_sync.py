@@ -9,14 +9,17 @@ tests/test_generation.py, on a GPU.)
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from gpt_fast import OpenAIGPTConfig, OpenAIGPTLMHeadModel, ops
-from gpt_fast.decoding import IncrementalDecoder
-from gpt_fast.kv_cache import StaticKVCache
-from gpt_fast.sampling import SamplingConfig, TokenSelector
+from gpt_fast.generation.decoder import IncrementalDecoder
+from gpt_fast.generation.kv_cache import StaticKVCache
+from gpt_fast.generation.sampling import SamplingConfig, TokenSelector
+from gpt_fast.ops.kernel_plan import plan_kernels
 
 # aten ops whose result size or value the host must read from the device
 HOST_READS = {"_local_scalar_dense", "nonzero", "masked_select", "unique", "_unique2", "equal", "is_nonzero",
@@ -47,15 +50,18 @@ def test_recorder_sees_host_reads():
     assert host_reads(lambda: bool((x > 0).any())) == ["_local_scalar_dense"]
 
 
-@pytest.fixture(scope="module")
-def decoder_and_tokens():
+def make_decoder(small_m: bool):
+    """A decoder after its prefill, every matmul on linear_small_m (the CPU step) or on the GEMM (what CUDA runs
+    and captures in its graph, and the CPU step of batches over 32 rows)."""
     torch.manual_seed(0)
     model = OpenAIGPTLMHeadModel(OpenAIGPTConfig(vocab_size=97, n_positions=32, n_embd=48, n_layer=2, n_head=3))
     model.eval()
     config = model.config
     cache = StaticKVCache(config.n_layer, 2, config.n_head, 16, config.n_embd // config.n_head, model.dtype,
                           torch.device("cpu"))
-    decoder = IncrementalDecoder(model, cache, "sdpa", False)
+    plan = plan_kernels(None, torch.device("cpu"), model.dtype)
+    assert plan.small_m_rows >= 2 or not small_m
+    decoder = IncrementalDecoder(model, cache, plan if small_m else dataclasses.replace(plan, small_m_rows=0))
     ids = torch.randint(0, 97, (2, 5))
     with torch.inference_mode():
         decoder.prefill(ids, torch.tensor([5, 3]), all_full=False)
@@ -63,14 +69,11 @@ def decoder_and_tokens():
 
 
 @pytest.mark.skipif(not ops.has_kernel("decode_attention", "cpu"), reason="extension not built")
-@pytest.mark.parametrize("step", ["_step_modules", "_step_packed"])
-def test_decode_step_reads_nothing_on_the_host(decoder_and_tokens, step):
-    # _step_modules is the step CUDA runs (and captures); _step_packed the CPU one with the small-M kernel
-    decoder, tokens = decoder_and_tokens
-    if step == "_step_packed" and not ops.has_kernel("linear_small_m", "cpu"):
-        pytest.skip("linear_small_m not built")
+@pytest.mark.parametrize("small_m", [False, True], ids=["gemm", "small_m"])
+def test_decode_step_reads_nothing_on_the_host(small_m):
+    decoder, tokens = make_decoder(small_m)
     with torch.inference_mode():
-        assert host_reads(lambda: getattr(decoder, step)(tokens)) == []
+        assert host_reads(lambda: decoder.step(tokens)) == []
 
 
 SELECTIONS = [

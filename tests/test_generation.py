@@ -3,6 +3,8 @@ their rows alone, transformers' logits processors, seeded sampling, the KV-cache
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -11,9 +13,10 @@ from transformers.generation.logits_process import (LogitsProcessorList, Repetit
                                                     TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper)
 
 from gpt_fast import OpenAIGPTLMHeadModel, ops  # noqa: E402
-from gpt_fast.decoding import SMALL_M_MAX_ROWS, IncrementalDecoder  # noqa: E402
-from gpt_fast.kv_cache import StaticKVCache  # noqa: E402
-from gpt_fast.sampling import SamplingConfig, TokenSelector  # noqa: E402
+from gpt_fast.generation.decoder import IncrementalDecoder  # noqa: E402
+from gpt_fast.generation.kv_cache import StaticKVCache  # noqa: E402
+from gpt_fast.generation.sampling import SamplingConfig, TokenSelector  # noqa: E402
+from gpt_fast.ops.kernel_plan import SMALL_M_MAX_ROWS, plan_kernels  # noqa: E402
 
 BACKENDS = ["eager", "sdpa"] + (["fused"] if ops.has_kernel("flash_attention", "cpu") else [])
 VOCAB = 97
@@ -212,27 +215,26 @@ def test_sampling_follows_the_softmax_distribution():
 # -- the decode path ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("batch", [SMALL_M_MAX_ROWS, SMALL_M_MAX_ROWS + 1])
 def test_step_on_each_side_of_the_row_threshold_matches_transformers(hf, model, batch):
-    config = model.config
-    cache = StaticKVCache(config.n_layer, batch, config.n_head, 8, config.n_embd // config.n_head, torch.float32,
-                          torch.device("cpu"))
-    step = IncrementalDecoder(model, cache, "sdpa", False).step.__name__
+    plan = plan_kernels(model.attn_implementation, torch.device("cpu"), torch.float32)
     small_m = batch <= SMALL_M_MAX_ROWS and ops.has_kernel("linear_small_m", "cpu")
-    assert step == ("_step_packed" if small_m else "_step_modules")
+    assert model.transformer.h[0].attn.c_attn.engine(plan, batch) == ("small_m" if small_m else "gemm")
     ids = prompt(3, batch=batch, seed=11)
     expected = hf.generate(ids, max_new_tokens=6, do_sample=False)
     torch.testing.assert_close(model.generate(ids, max_new_tokens=6), expected, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("fused_ln", [False, True])
+@pytest.mark.parametrize("backend", ["eager", "sdpa"] + (["fused"] if "fused" in BACKENDS else []))
 @pytest.mark.parametrize("T", [10, 20])  # 20 or 40 prompt rows: prefill through linear_small_m or through the GEMMs
-def test_decode_steps_equal_full_forward(model, fused_ln, T):
+def test_decode_steps_equal_full_forward(model, backend, T):
+    """The decoder's prefill and steps give the logits of the model's forward on the whole sequence, under the
+    module math ("eager") and under the kernels."""
     ids = prompt(T, batch=2, seed=7)
     lengths = torch.tensor([T, 6])  # row 1 holds 6 real tokens, packed first
     config = model.config
     cache = StaticKVCache(config.n_layer, 2, config.n_head, T + 6, config.n_embd // config.n_head, torch.float32,
                           torch.device("cpu"))
     keys_at = cache.keys.data_ptr()
-    decoder = IncrementalDecoder(model, cache, "sdpa", fused_ln)
+    decoder = IncrementalDecoder(model, cache, plan_kernels(backend, torch.device("cpu"), torch.float32))
     with torch.inference_mode():
         logits = decoder.prefill(ids, lengths, all_full=False)
         sequences = [ids[0].tolist(), ids[1, :6].tolist()]
@@ -248,10 +250,18 @@ def test_decode_steps_equal_full_forward(model, fused_ln, T):
     assert cache.lengths.tolist() == [T + 4, 10]
 
 
-def test_bfloat16_generates(hf):
+@pytest.mark.parametrize("T", [5, 40])  # prompt rows through linear_small_m, then through the GEMMs
+def test_bfloat16_generates_close_to_float32(hf, T):
+    """bf16 generation's first logits lie as close to the fp32 model's as transformers' own bf16 forward does."""
     ours = OpenAIGPTLMHeadModel.from_transformers(hf).to(torch.bfloat16).eval()
-    out = ours.generate(prompt(5, batch=2), max_new_tokens=8, output_scores=True, return_dict_in_generate=True)
-    assert out.sequences.shape == (2, 13) and out.scores[0].dtype == torch.float32
+    ids = prompt(T, batch=2)
+    out = ours.generate(ids, max_new_tokens=8, output_logits=True, return_dict_in_generate=True)
+    assert out.sequences.shape == (2, T + 8) and out.logits[0].dtype == torch.float32
+    with torch.no_grad():
+        exact = hf(ids).logits[:, -1].double()
+        hf_bf16 = copy.deepcopy(hf).to(torch.bfloat16)(ids).logits[:, -1].double()
+    allowed = 3 * (hf_bf16 - exact).abs().max().item()
+    assert (out.logits[0].double() - exact).abs().max().item() <= allowed
 
 
 def test_streamer_gets_prompt_then_each_token(model):

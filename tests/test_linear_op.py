@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from accuracy import assert_within_pytorch_error, upcast
-from gpt_fast import ops, reference
+from gpt_fast import ops
+from gpt_fast.ops import reference
 
 pytestmark = pytest.mark.skipif(not ops.has_kernel("linear_small_m", "cpu"), reason="extension not built")
 
@@ -26,8 +27,8 @@ def check(x, weight, bias, residual, gelu, in_out_layout):
     packed = ops.pack_linear_weight(weight, in_out_layout)
     actual = ops.linear_small_m(x, packed, N, bias, residual, gelu)
     upcast_args = upcast(x, weight, bias, residual, dtype=x.dtype)
-    expected = reference.linear(*upcast_args, gelu=gelu, in_out_layout=in_out_layout)
-    same_dtype = reference.linear(x, weight, bias, residual, gelu=gelu, in_out_layout=in_out_layout)
+    expected = reference.linear_small_m(*upcast_args, gelu=gelu, in_out_layout=in_out_layout)
+    same_dtype = reference.linear_small_m(x, weight, bias, residual, gelu=gelu, in_out_layout=in_out_layout)
     assert actual.dtype == x.dtype and actual.is_contiguous()
     assert_within_pytorch_error(actual, expected, same_dtype)
 

@@ -115,8 +115,7 @@ def fused_forward():
         model(IDS)
 
 
-def test_fused_without_a_kernel_is_a_clear_error(monkeypatch):
-    monkeypatch.setattr(gpt_fast.ops, "has_kernel", lambda op, device_type: False)
+def test_fused_without_a_kernel_is_a_clear_error(no_kernels):
     with pytest.raises(RuntimeError, match="attn_implementation='fused'.*flash_attention.*cpu"):
         fused_forward()
 
@@ -127,8 +126,7 @@ def test_fused_when_the_cpu_kernel_is_really_missing():
         fused_forward()
 
 
-def test_auto_falls_back_when_no_kernel(monkeypatch):
-    monkeypatch.setattr(gpt_fast.ops, "has_kernel", lambda op, device_type: False)
+def test_auto_falls_back_when_no_kernel(no_kernels):
     torch.manual_seed(0)
     model = gpt_fast.OpenAIGPTModel(config()).eval()
     with torch.no_grad():

@@ -17,16 +17,16 @@ transformers = pytest.importorskip("transformers")
 
 import gpt_fast  # noqa: E402
 from gpt_fast import OpenAIGPTLMHeadModel  # noqa: E402
-from gpt_fast.pipeline import TextGenerationPipeline  # noqa: E402
-from gpt_fast.streaming import TextIteratorStreamer, TextStreamer  # noqa: E402
+from gpt_fast.generation.pipeline import TextGenerationPipeline  # noqa: E402
+from gpt_fast.generation.streaming import TextIteratorStreamer, TextStreamer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 try:
-    import gpt_fast.tokenizer  # noqa: F401
+    import gpt_fast.tokenization.tokenizer  # noqa: F401
     HAVE_TOKENIZER = True
 except ImportError:
     HAVE_TOKENIZER = False
-needs_tokenizer = pytest.mark.skipif(not HAVE_TOKENIZER, reason="gpt_fast.tokenizer is not in this build")
+needs_tokenizer = pytest.mark.skipif(not HAVE_TOKENIZER, reason="gpt_fast.tokenization.tokenizer is not in this build")
 
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
 # a tiny GPT-1-style BPE vocabulary: letters inside and at the end of words, and a few merges
@@ -121,7 +121,7 @@ def test_streamers_reject_batches_and_bad_tokenizers(tokenizer):
 
 # -- pipeline ----------------------------------------------------------------------------------------------------
 def test_pipeline_text_matches_transformers_generate(hf, model, tokenizer):
-    generator = gpt_fast.pipeline("text-generation", model=model, tokenizer=tokenizer)
+    generator = gpt_fast.generation.pipeline("text-generation", model=model, tokenizer=tokenizer)
     result = generator("w1 w2", max_new_tokens=7)
     ids = tokenizer("w1 w2", return_tensors="pt")["input_ids"]
     tokens = hf.generate(ids, max_new_tokens=7, do_sample=False)[0]
@@ -131,7 +131,7 @@ def test_pipeline_text_matches_transformers_generate(hf, model, tokenizer):
 
 
 def test_pipeline_lists_and_num_return_sequences(model, tokenizer):
-    generator = gpt_fast.pipeline("text-generation", model=model, tokenizer=tokenizer)
+    generator = gpt_fast.generation.pipeline("text-generation", model=model, tokenizer=tokenizer)
     results = generator(["w1", "w2 w4"], max_new_tokens=4, do_sample=True, num_return_sequences=2, seed=0)
     assert len(results) == 2 and all(len(r) == 2 for r in results)
     assert results[1][0]["generated_text"].startswith("w2 w4")
@@ -142,20 +142,20 @@ def test_pipeline_lists_and_num_return_sequences(model, tokenizer):
 def test_task_specific_params_are_defaults_that_calls_override(hf, tokenizer, tmp_path):
     ours = OpenAIGPTLMHeadModel.from_transformers(hf)
     ours.config.task_specific_params = {"text-generation": {"max_length": 9, "do_sample": False}}
-    generator = gpt_fast.pipeline("text-generation", model=ours, tokenizer=tokenizer)
+    generator = gpt_fast.generation.pipeline("text-generation", model=ours, tokenizer=tokenizer)
     ids_of = lambda text: tokenizer(text, return_tensors="pt")["input_ids"]  # noqa: E731
     expected_9 = tokenizer.decode(hf.generate(ids_of("w1 w2"), max_length=9, do_sample=False)[0])
     expected_6 = tokenizer.decode(hf.generate(ids_of("w1 w2"), max_length=6, do_sample=False)[0])
     assert generator("w1 w2")[0]["generated_text"] == expected_9
     assert generator("w1 w2", max_length=6)[0]["generated_text"] == expected_6
-    assert gpt_fast.pipeline("text-generation", model=ours, tokenizer=tokenizer,
+    assert gpt_fast.generation.pipeline("text-generation", model=ours, tokenizer=tokenizer,
                              max_length=6)("w1 w2")[0]["generated_text"] == expected_6
 
 
 def test_pipeline_from_a_folder_with_dtype_and_device(model, tokenizer, tmp_path):
     model.save_pretrained(tmp_path)
     for device in (-1, "cpu", torch.device("cpu")):
-        generator = gpt_fast.pipeline("text-generation", model=str(tmp_path), tokenizer=tokenizer,
+        generator = gpt_fast.generation.pipeline("text-generation", model=str(tmp_path), tokenizer=tokenizer,
                                       dtype="bfloat16", device=device)
         assert isinstance(generator, TextGenerationPipeline)
         assert generator.model.dtype == torch.bfloat16 and generator.device == torch.device("cpu")
@@ -170,12 +170,12 @@ def test_pipeline_from_a_folder_with_dtype_and_device(model, tokenizer, tmp_path
 ])
 def test_pipeline_bad_arguments(kwargs, error, match):
     with pytest.raises(error, match=match):
-        gpt_fast.pipeline(**kwargs)
+        gpt_fast.generation.pipeline(**kwargs)
 
 
 def test_pipeline_needs_a_tokenizer_for_a_model_object(model):
     with pytest.raises(ValueError, match="tokenizer"):
-        gpt_fast.pipeline("text-generation", model=model)
+        gpt_fast.generation.pipeline("text-generation", model=model)
 
 
 # -- the CLI -----------------------------------------------------------------------------------------------------
@@ -286,7 +286,7 @@ def test_bench_png_without_matplotlib_is_a_clear_error(tmp_path):
 
 
 def test_integrate_steps_counts_every_step_once():
-    from gpt_fast.benchmark import integrate_steps
+    from gpt_fast.cli.benchmark import integrate_steps
 
     assert integrate_steps([(10, 1.0), (12, 3.0)]) == pytest.approx(1.0 + 2.0 + 3.0)  # steps at 10, 11, 12
     assert integrate_steps([(5, 2.0), (6, 2.0), (9, 5.0)]) == pytest.approx(2 + 2 + 3 + 4 + 5)

@@ -11,10 +11,10 @@ import sys
 import pytest
 import torch
 
-import gpt_fast.tokenizer
-from gpt_fast.batch_encoding import BatchEncoding
-from gpt_fast.original_pretokenizer import standardize
-from gpt_fast.tokenizer import VERY_LARGE_INTEGER, OpenAIGPTTokenizer, OpenAIGPTTokenizerFast
+import gpt_fast.tokenization.tokenizer
+from gpt_fast.tokenization.batch_encoding import BatchEncoding
+from gpt_fast.tokenization.original_pretokenizer import standardize
+from gpt_fast.tokenization.tokenizer import VERY_LARGE_INTEGER, OpenAIGPTTokenizer, OpenAIGPTTokenizerFast
 
 VOCAB = {"<unk>": 0, "a": 1, "b": 2, "c": 3, "l": 4, "o": 5, "w": 6, "e": 7, "r": 8, "c</w>": 9, "w</w>": 10,
          "e</w>": 11, "lo": 12, "low</w>": 13, "er</w>": 14, "low": 15, "lower</w>": 16, "!</w>": 17, "a</w>": 18,
@@ -201,7 +201,7 @@ def test_model_names_go_through_the_hub_resolver(folder, monkeypatch):
         asked.append((name, allow_patterns))
         return folder
 
-    monkeypatch.setattr(gpt_fast.tokenizer, "resolve_model_folder", fake_resolve)
+    monkeypatch.setattr(gpt_fast.tokenization.tokenizer, "resolve_model_folder", fake_resolve)
     tok = OpenAIGPTTokenizerFast.from_pretrained("openai-community/openai-gpt")
     assert tok.encode("lower") == [LOWER] and tok.name_or_path == "openai-community/openai-gpt"
     assert asked[0][0] == "openai-community/openai-gpt" and "tokenizer.json" in asked[0][1]

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from gpt_fast.tokenizer import OpenAIGPTTokenizerFast
+from gpt_fast.tokenization.tokenizer import OpenAIGPTTokenizerFast
 
 transformers = pytest.importorskip("transformers")
 REAL = Path(__file__).parents[2] / "shared" / "openai-gpt"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from gpt_fast import reference
+from gpt_fast.ops import reference
 from gpt_fast.ops._autograd import register_reference_backward
 from gpt_fast.ops._library import extension_loaded
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from gpt_fast import reference
+from gpt_fast.ops import reference
 from gpt_fast.ops._autograd import register_reference_backward
 from gpt_fast.ops._library import extension_loaded
 
@@ -21,7 +21,7 @@ if extension_loaded():
                          lambda: "flash_attention: key_padding_mask must be on qkv's device")
         return qkv.new_empty((B, T, C3 // 3))
 
-    register_reference_backward("flash_attention", reference.causal_attention)
+    register_reference_backward("flash_attention", reference.flash_attention)
 
 
 def flash_attention(qkv, key_padding_mask, n_head: int):

@@ -15,17 +15,16 @@ import os
 
 import torch
 
-from gpt_fast.checkpoint import parse_device, parse_dtype
+from gpt_fast.generation.generate import generate
+from gpt_fast.models.heads import OpenAIGPTLMHeadModel
+from gpt_fast.names import parse_device, parse_dtype
+from gpt_fast.tokenization.tokenizer import OpenAIGPTTokenizerFast
 
 TASK = "text-generation"
 CALL_OPTIONS = ("return_full_text", "return_text", "return_tensors", "clean_up_tokenization_spaces")
 
 
 def load_tokenizer(name_or_path):
-    try:
-        from gpt_fast.tokenizer import OpenAIGPTTokenizerFast
-    except ImportError as error:
-        raise ImportError(f"gpt_fast.tokenizer is unavailable ({error}); pass a tokenizer object") from None
     return OpenAIGPTTokenizerFast.from_pretrained(name_or_path)
 
 
@@ -34,8 +33,6 @@ def pipeline(task: str, model=None, tokenizer=None, *, dtype=None, torch_dtype=N
     """Builds a TextGenerationPipeline. model: a folder / hub name or an OpenAIGPTLMHeadModel; tokenizer: a
     folder, a tokenizer object, or None to load it from the model's folder. device: an index (-1 = CPU), a
     string or a torch.device; dtype (or torch_dtype): a torch dtype or its name, or "auto"."""
-    from gpt_fast.heads import OpenAIGPTLMHeadModel
-
     if task != TASK:
         raise ValueError(f"gpt_fast.pipeline supports only the {TASK!r} task, got {task!r}")
     if model is None:
@@ -95,8 +92,6 @@ class TextGenerationPipeline:
         return results[0] if single else results
 
     def _one(self, prompt: str, kwargs: dict, full_text: bool, return_text: bool, return_tensors: bool, clean_up):
-        from gpt_fast.generation import generate
-
         input_ids = self.tokenizer(prompt, return_tensors="pt")["input_ids"]  # (1, T)
         if input_ids.shape[-1] == 0:
             raise ValueError(f"the prompt {prompt!r} is empty after tokenization")

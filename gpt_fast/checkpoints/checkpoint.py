@@ -17,9 +17,11 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from gpt_fast.configuration import CONFIG_NAME, OpenAIGPTConfig
-from gpt_fast.hub import resolve_model_folder
-from gpt_fast.tensor_files import iter_safetensors, iter_torch_bin
+from gpt_fast.checkpoints.hub import resolve_model_folder
+from gpt_fast.checkpoints.tensor_files import iter_safetensors, iter_torch_bin
+from gpt_fast.models.configuration import CONFIG_NAME, OpenAIGPTConfig
+from gpt_fast.models.initialization import initialize_parameter
+from gpt_fast.names import parse_device, parse_dtype
 
 logger = logging.getLogger("gpt_fast")
 
@@ -29,34 +31,11 @@ BIN_WEIGHTS = "pytorch_model.bin"
 BIN_INDEX = "pytorch_model.bin.index.json"
 IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")  # causal-mask buffers of old checkpoints
 TIED = ("lm_head.weight", "transformer.tokens_embed.weight")
-DTYPES = {"float32": torch.float32, "float": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-          "bf16": torch.bfloat16, "float16": torch.float16, "half": torch.float16, "fp16": torch.float16}
-
-
 @dataclass
 class LoadingInfo:
     missing_keys: list[str] = field(default_factory=list)
     unexpected_keys: list[str] = field(default_factory=list)
     ignored_keys: list[str] = field(default_factory=list)
-
-
-def parse_dtype(dtype) -> torch.dtype | str | None:
-    if dtype is None or (isinstance(dtype, torch.dtype) and dtype.is_floating_point) or dtype == "auto":
-        return dtype
-    if isinstance(dtype, str) and dtype.removeprefix("torch.") in DTYPES:
-        return DTYPES[dtype.removeprefix("torch.")]
-    raise ValueError(f"dtype must be a torch floating dtype, one of {sorted(DTYPES)} or 'auto', got {dtype!r}")
-
-
-def parse_device(device) -> torch.device:
-    if device is None:
-        return torch.device("cpu")
-    if isinstance(device, int):
-        return torch.device("cuda", device) if device >= 0 else torch.device("cpu")
-    try:
-        return torch.device(device)
-    except (RuntimeError, TypeError) as error:
-        raise ValueError(f"device must be a torch.device, a string like 'cpu' or 'cuda:0', or an index: {error}") from None
 
 
 def weight_files(folder: Path) -> list[tuple[Path, str]]:
@@ -148,7 +127,6 @@ def _tie_loaded(loaded: dict, expected: dict) -> None:
 
 def _materialize_missing(model, device, dtype) -> None:
     """Allocates and initialises parameters the checkpoint lacked, and recreates non-persistent buffers."""
-    from gpt_fast.pretrained import initialize_parameter
 
     dtype = dtype or next((p.dtype for p in model.parameters() if not p.is_meta), torch.float32)
     for module_name, module in model.named_modules():

@@ -6,11 +6,13 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from gpt_fast.configuration import OpenAIGPTConfig
-from gpt_fast.modeling import OpenAIGPTModel
-from gpt_fast.outputs import CausalLMOutput, OpenAIGPTDoubleHeadsModelOutput, SequenceClassifierOutput
-from gpt_fast.pretrained import OpenAIGPTPreTrainedModel
-from gpt_fast.validation import check_integer_tensor, check_same_shape
+from gpt_fast.generation.generate import generate
+from gpt_fast.models.configuration import OpenAIGPTConfig
+from gpt_fast.models.linear import project_to_vocab
+from gpt_fast.models.modeling import OpenAIGPTModel
+from gpt_fast.models.outputs import CausalLMOutput, OpenAIGPTDoubleHeadsModelOutput, SequenceClassifierOutput
+from gpt_fast.models.pretrained import OpenAIGPTPreTrainedModel
+from gpt_fast.models.validation import check_integer_tensor, check_same_shape
 
 BASE_ARGUMENTS = ("attention_mask", "token_type_ids", "position_ids", "head_mask", "inputs_embeds",
                   "output_attentions", "output_hidden_states")
@@ -80,9 +82,12 @@ class OpenAIGPTLMHeadModel(OpenAIGPTPreTrainedModel):
         return _finish(CausalLMOutput(loss, logits, out.hidden_states, out.attentions), return_dict)
 
     def generate(self, input_ids=None, attention_mask=None, **kwargs):
-        from gpt_fast.generation import generate
-
+        """transformers-compatible generation over a static KV cache (gpt_fast/generation/generate.py)."""
         return generate(self, input_ids, attention_mask=attention_mask, **kwargs)
+
+    def logits(self, hidden, plan):
+        """LM-head logits for hidden (..., C) -> (..., V), through the plan's engine (gpt_fast/models/linear.py)."""
+        return project_to_vocab(self.lm_head, hidden, plan)
 
 
 class OpenAIGPTDoubleHeadsModel(OpenAIGPTPreTrainedModel):

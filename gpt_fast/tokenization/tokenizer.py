@@ -22,10 +22,10 @@ from typing import Any, Sequence
 from tokenizers import AddedToken, Tokenizer, decoders, normalizers, pre_tokenizers, processors
 from tokenizers.models import BPE
 
-from . import tokenizer_files as files
-from .batch_encoding import BatchEncoding
-from .hub import resolve_model_folder
-from .tokenizer_files import SPECIAL_TOKEN_NAMES
+from gpt_fast.checkpoints.hub import resolve_model_folder
+from gpt_fast.tokenization import tokenizer_files as files
+from gpt_fast.tokenization.batch_encoding import BatchEncoding
+from gpt_fast.tokenization.tokenizer_files import SPECIAL_TOKEN_NAMES
 
 VERY_LARGE_INTEGER = int(1e30)  # transformers' model_max_length when nothing sets one: "no limit"
 _LARGE_INTEGER = int(1e20)  # above this, model_max_length counts as "no limit" (as in transformers)

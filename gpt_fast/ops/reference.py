@@ -12,6 +12,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from gpt_fast.ops.layout import merge_heads, split_qkv
+
 
 def add_layernorm(x, residual, bias, weight, ln_bias, eps: float):
     """layer_norm(x + residual [+ bias]) over the last dim. x, residual: (..., C); bias, weight, ln_bias: (C,)."""
@@ -24,8 +26,8 @@ def bias_gelu(x, bias):
     return F.gelu(x + bias, approximate="tanh")
 
 
-def linear(x, weight, bias=None, residual=None, gelu: bool = False, in_out_layout: bool = True):
-    """[gelu_tanh](x @ W + bias) [+ residual], the semantics of linear_small_m on the unpacked weight.
+def linear_small_m(x, weight, bias=None, residual=None, gelu: bool = False, in_out_layout: bool = True):
+    """[gelu_tanh](x @ W + bias) [+ residual]: linear_small_m's result, computed from the unpacked weight.
 
     x: (..., K); weight: (K, N) if in_out_layout (Conv1D) else (N, K) (nn.Linear); bias: (N,) or None;
     residual: (..., N) or None.
@@ -37,16 +39,15 @@ def linear(x, weight, bias=None, residual=None, gelu: bool = False, in_out_layou
     return out if residual is None else out + residual
 
 
-def split_heads(packed, n_head: int):
-    """(B, T, C) -> (B, H, T, D)."""
-    B, T, C = packed.shape
-    return packed.view(B, T, n_head, C // n_head).transpose(1, 2)
-
-
-def merge_heads(x):
-    """(B, H, T, D) -> (B, T, H * D)."""
-    B, H, T, D = x.shape
-    return x.transpose(1, 2).reshape(B, T, H * D)
+def pack_linear_weight(weight, in_out_layout: bool):
+    """pack_linear_weight's layout: W (K, N) [(N, K) when not in_out_layout] -> (ceil(N / 16), K, 16), zero-padded
+    past N; block b holds columns [16 b, 16 b + 16)."""
+    w = weight if in_out_layout else weight.t()  # (K, N)
+    K, N = w.shape
+    blocks = -(-N // 16)
+    padded = w.new_zeros(K, blocks * 16)
+    padded[:, :N] = w
+    return padded.view(K, blocks, 16).permute(1, 0, 2).contiguous()  # (NB, K, 16)
 
 
 def _masked_softmax_attention(q, k, v, allowed):
@@ -57,14 +58,14 @@ def _masked_softmax_attention(q, k, v, allowed):
     return probs @ v  # (B, H, S, D)
 
 
-def causal_attention(qkv, key_padding_mask, n_head: int):
+def flash_attention(qkv, key_padding_mask, n_head: int):
     """Causal self-attention on the packed c_attn output.
 
     qkv: (B, T, 3C); key_padding_mask: (B, T) bool (True = attend) or None. Returns (B, T, C).
     Query rows that may attend to no key give zeros.
     """
     B, T, C3 = qkv.shape
-    q, k, v = (split_heads(part, n_head) for part in qkv.split(C3 // 3, dim=-1))  # (B, H, T, D) each
+    q, k, v = split_qkv(qkv, n_head)  # (B, H, T, D) each
     allowed = torch.ones(T, T, dtype=torch.bool, device=qkv.device).tril()[None, None]  # (1, 1, T, T)
     if key_padding_mask is not None:
         allowed = allowed & key_padding_mask.bool()[:, None, None, :]  # (B, 1, T, T)
@@ -80,7 +81,7 @@ def decode_attention(qkv, k_cache, v_cache, cache_lengths, n_head: int):
     """
     B, S, C3 = qkv.shape
     Tmax = k_cache.shape[2]
-    q, k, v = (split_heads(part, n_head) for part in qkv.split(C3 // 3, dim=-1))  # (B, H, S, D) each
+    q, k, v = split_qkv(qkv, n_head)  # (B, H, S, D) each
     positions = cache_lengths.view(B, 1) + torch.arange(S, device=qkv.device)  # (B, S)
     if bool((positions >= Tmax).any()) or bool((cache_lengths < 0).any()):
         raise IndexError(f"decode_attention: cache positions {positions.tolist()} fall outside the cache of {Tmax}")

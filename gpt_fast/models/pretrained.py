@@ -9,9 +9,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from gpt_fast import checkpoint
-from gpt_fast.attention import ATTN_IMPLEMENTATIONS
-from gpt_fast.configuration import OpenAIGPTConfig
+from gpt_fast.checkpoints import checkpoint
+from gpt_fast.models.configuration import OpenAIGPTConfig
+from gpt_fast.models.initialization import initialize_parameter
+from gpt_fast.names import check_attn_implementation
 
 
 class OpenAIGPTPreTrainedModel(nn.Module):
@@ -22,9 +23,7 @@ class OpenAIGPTPreTrainedModel(nn.Module):
         super().__init__()
         if not isinstance(config, OpenAIGPTConfig):
             raise TypeError(f"config must be an OpenAIGPTConfig, got {type(config).__name__}")
-        if attn_implementation not in (None, "auto") + ATTN_IMPLEMENTATIONS:
-            raise ValueError(f"attn_implementation must be one of {ATTN_IMPLEMENTATIONS} or None/'auto', "
-                             f"got {attn_implementation!r}")
+        check_attn_implementation(attn_implementation)
         config.validate()
         self.config = config
         self._attn_implementation = attn_implementation
@@ -36,9 +35,7 @@ class OpenAIGPTPreTrainedModel(nn.Module):
 
     def set_attn_implementation(self, attn_implementation: str | None) -> None:
         """Switches every sub-model to another backend (None or "auto" = fastest available)."""
-        if attn_implementation not in (None, "auto") + ATTN_IMPLEMENTATIONS:
-            raise ValueError(f"attn_implementation must be one of {ATTN_IMPLEMENTATIONS} or None/'auto', "
-                             f"got {attn_implementation!r}")
+        check_attn_implementation(attn_implementation)
         for module in self.modules():
             if isinstance(module, OpenAIGPTPreTrainedModel):
                 module._attn_implementation = attn_implementation
@@ -91,15 +88,3 @@ class OpenAIGPTPreTrainedModel(nn.Module):
     def from_transformers(cls, hf_model: nn.Module, attn_implementation: str | None = None):
         """Converts a live transformers OpenAIGPT* model (same weights, dtype and device)."""
         return checkpoint.from_transformers(cls, hf_model, attn_implementation)
-
-
-def initialize_parameter(name: str, param: torch.Tensor, std: float) -> None:
-    """transformers' rule: LayerNorm weight 1, every bias 0, every other weight normal(0, std)."""
-    with torch.no_grad():
-        leaf = name.rsplit(".", 1)[-1]
-        if leaf == "bias":
-            param.zero_()
-        elif ".ln_" in f".{name}" and leaf == "weight":
-            param.fill_(1.0)
-        else:
-            param.normal_(0.0, std)

@@ -16,10 +16,17 @@ T = TypeVar("T")
 PREFIX = "_gpt_fast_cache_"
 
 
-def cached_on(module: nn.Module, name: str, sources: list[torch.Tensor], build: Callable[[], T]) -> T:
-    """build(), made once per version of `sources` and kept on `module` under `name`."""
+def _version(t: torch.Tensor) -> int | None:
+    """The in-place version counter; inference tensors (made under torch.inference_mode) have none, and can only
+    be changed in place inside inference mode, where nothing is tracked."""
+    return None if t.is_inference() else t._version
+
+
+def cached_on(module: nn.Module, name: str, sources: list[torch.Tensor], build: Callable[[], T], tag=None) -> T:
+    """build(), made once per version of `sources` (and per `tag`: what kind of copy it is) and kept on `module`
+    under `name`: one entry per name, so a copy of another tag replaces the one before."""
     name = PREFIX + name
-    key = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in sources)
+    key = (tag,) + tuple((t.data_ptr(), _version(t), t.dtype, t.device) for t in sources)
     entry = module.__dict__.get(name)
     if entry is not None and entry[0] == key:
         return entry[1]

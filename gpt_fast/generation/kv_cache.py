@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 
+from gpt_fast.ops.layout import split_heads
+
 
 class StaticKVCache:
     def __init__(self, n_layer: int, batch: int, n_head: int, max_length: int, head_dim: int,
@@ -27,14 +29,11 @@ class StaticKVCache:
     def max_length(self) -> int:
         return self.keys.shape[3]
 
-    def write_prompt(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
-        """Stores a packed prompt's keys and values at positions [0, T). k, v: (B, H, T, D)."""
-        T = k.shape[2]
+    def write_prompt(self, layer: int, k: torch.Tensor, v: torch.Tensor, n_head: int) -> None:
+        """Stores a packed prompt's keys and values at positions [0, T). k, v: (B, T, C) slices of the qkv."""
+        T = k.shape[1]
         if T > self.max_length:
             raise ValueError(f"prompt of {T} tokens does not fit the KV cache of {self.max_length}")
         k_cache, v_cache = self.layers[layer]
-        k_cache[:, :, :T].copy_(k)
-        v_cache[:, :, :T].copy_(v)
-
-    def nbytes(self) -> int:
-        return 2 * self.keys.numel() * self.keys.element_size()
+        k_cache[:, :, :T].copy_(split_heads(k, n_head))  # (B, H, T, D)
+        v_cache[:, :, :T].copy_(split_heads(v, n_head))

@@ -20,11 +20,12 @@ from dataclasses import dataclass
 
 import torch
 
-from gpt_fast.decoding import CUDAGraphStep, IncrementalDecoder, use_cuda_graph
-from gpt_fast.kv_cache import StaticKVCache
-from gpt_fast.outputs import ModelOutput
-from gpt_fast.sampling import SamplingConfig, TokenSelector
-from gpt_fast.validation import check_ids_in_range, check_integer_tensor
+from gpt_fast.generation.decoder import CUDAGraphStep, IncrementalDecoder, use_cuda_graph
+from gpt_fast.generation.kv_cache import StaticKVCache
+from gpt_fast.generation.sampling import SamplingConfig, TokenSelector
+from gpt_fast.models.outputs import ModelOutput
+from gpt_fast.models.validation import check_ids_in_range, check_integer_tensor
+from gpt_fast.ops.kernel_plan import plan_kernels
 
 DEFAULT_NEW_TOKENS = 20  # transformers' GenerationConfig.max_length default, counted as new tokens (5.x)
 GENERATE_KWARGS = (
@@ -213,9 +214,19 @@ def infer_attention_mask(input_ids, request: GenerationRequest):
 # -- the loop -----------------------------------------------------------------------------------------------------
 @torch.inference_mode()
 def generate(model, input_ids=None, attention_mask=None, **kwargs):
-    """Generates continuations of input_ids (B, T). See the module docstring; arguments as transformers'."""
+    """Generates continuations of input_ids (B, T). See the module docstring; arguments as transformers'.
+    The model runs in eval mode (no dropout) for the call and gets its own mode back afterwards."""
     if not (hasattr(model, "transformer") and hasattr(model, "lm_head")):
         raise TypeError(f"generate needs a language model with an LM head, got {type(model).__name__}")
+    was_training = model.training
+    model.eval()
+    try:
+        return _generate(model, input_ids, attention_mask, kwargs)
+    finally:
+        model.train(was_training)
+
+
+def _generate(model, input_ids, attention_mask, kwargs: dict):
     input_ids, attention_mask = check_prompt(model, input_ids, attention_mask)
     request = parse_generation_kwargs(model, input_ids.shape[1], kwargs)
     if attention_mask is None:
@@ -235,10 +246,10 @@ def generate(model, input_ids=None, attention_mask=None, **kwargs):
         packed, lengths, all_full = input_ids.gather(1, order), attention_mask.sum(dim=1), False
 
     graph = use_cuda_graph(device, request.cuda_graph)  # raises if cuda_graph=True cannot be honoured
-    backend, fused_ln = model.transformer.pick_backend(device, False, None)
+    plan = plan_kernels(model.attn_implementation, device, model.dtype)  # no dropout, no gradients
     cache = StaticKVCache(config.n_layer, B, config.n_head, T + max_new, config.n_embd // config.n_head,
                           model.dtype, device)
-    decoder = IncrementalDecoder(model, cache, backend, fused_ln)
+    decoder = IncrementalDecoder(model, cache, plan)
     eos_ids = None if request.eos_token_ids is None else torch.tensor(request.eos_token_ids, device=device)
     selector = TokenSelector(request.sampling, eos_ids, B, config.vocab_size, device, request.generator)
     selector.add_prompt(packed, lengths)

@@ -1,4 +1,4 @@
-"""gpt_fast::pack_linear_weight and gpt_fast::linear_small_m: the decode-time (few-row) linear layer.
+"""gpt_fast::linear_small_m: the decode-time (few-row) linear layer, over a weight made by pack_linear_weight.
 
 At decode a GPT-1 step multiplies 1 to ~16 rows by every weight matrix, so it is bound by reading the weights.
 linear_small_m reads each weight once, at memory bandwidth, from a layout made once at load time by
@@ -6,10 +6,8 @@ pack_linear_weight, and applies bias, tanh-GELU and a residual add in registers 
 
     out = [gelu_tanh](x @ W + bias) [+ residual]
 
-Packed layout: W of logical shape (K, N) = (in_features, out_features) becomes a contiguous (ceil(N / 16), K, 16)
-tensor of W's dtype, zero-padded past N: block b holds columns [16 b, 16 b + 16) for every k
-(see csrc/cpu/linear_layout.h). Both ops take tensors and plain scalars only and have fake kernels, so they trace
-under torch.compile.
+The packed layout is pack_linear_weight's (ops/pack_linear_weight.py). Both ops take tensors and plain scalars
+only and have fake kernels, so they trace under torch.compile.
 
 When to use it (measured on the 2-core Sapphire Rapids VM, see benchmarks/bench_linear.py): decode, M = 1 to 16
 rows, where it is bound by the weight read (bf16 with AMX up to 16 rows; fp32 with AVX-512 FMAs drifts toward
@@ -28,33 +26,13 @@ import torch
 
 from gpt_fast.ops._library import extension_loaded
 
-BLOCK_N = 16  # output columns per packed block
-
-
-def packed_shape(in_features: int, out_features: int) -> tuple[int, int, int]:
-    """Shape of pack_linear_weight's result for a (K, N) = (in_features, out_features) layer."""
-    return (-(-out_features // BLOCK_N), in_features, BLOCK_N)
-
-
 if extension_loaded():
-
-    @torch.library.register_fake("gpt_fast::pack_linear_weight")
-    def _(weight, in_out_layout):
-        torch._check(weight.dim() == 2, lambda: "pack_linear_weight: weight must be 2-D")
-        K, N = weight.shape if in_out_layout else (weight.shape[1], weight.shape[0])
-        return weight.new_empty(packed_shape(K, N))
 
     @torch.library.register_fake("gpt_fast::linear_small_m")
     def _(x, packed_weight, out_features, bias, residual, gelu):
         torch._check(packed_weight.dim() == 3, lambda: "linear_small_m: packed_weight must be 3-D")
         torch._check(packed_weight.shape[1] == x.shape[-1], lambda: "linear_small_m: x and packed_weight differ in K")
         return x.new_empty((*x.shape[:-1], out_features))
-
-
-def pack_linear_weight(weight: torch.Tensor, in_out_layout: bool) -> torch.Tensor:
-    """Repack once at load time. weight: (K, N) if in_out_layout (transformers' Conv1D: c_attn, c_proj, c_fc),
-    else (N, K) (nn.Linear; the tied LM head, i.e. the (vocab, C) token embedding). Returns (ceil(N/16), K, 16)."""
-    return torch.ops.gpt_fast.pack_linear_weight(weight, in_out_layout)
 
 
 def linear_small_m(x, packed_weight, out_features: int, bias=None, residual=None, gelu: bool = False):

@@ -9,8 +9,8 @@ In one run, implementations alternating and the best of `repeats` kept for each 
   minutes on 2 cores): its step at length L costs what generate(max_new_tokens=1) costs on an L-token prompt,
   which is timed at 5 lengths spread over the N steps and integrated (--transformers-full times the real run);
 - batch-8 decode tokens/s (gpt_fast, default backend);
-- prefill latency of a 512-token prompt (gpt_fast's generation prefill, which also fills the KV cache, and
-  transformers' forward);
+- prefill latency of a 512-token prompt (gpt_fast: generate(max_new_tokens=1), which fills the KV cache and
+  picks the first token; transformers: the forward with logits_to_keep=1);
 - the memory-bandwidth roofline: bytes read per decoded token (every weight once, the tied LM head/embedding
   once, plus the KV cache at the mean context) over the read bandwidth measured in the same run (the best of a
   256 MiB tensor sum and a 256 MiB matrix-vector product, taken once per repeat between the other runs), and
@@ -28,12 +28,8 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from gpt_fast import ops
-from gpt_fast.attention import resolve_attn_implementation
-from gpt_fast.configuration import OpenAIGPTConfig
-from gpt_fast.decoding import IncrementalDecoder
-from gpt_fast.heads import OpenAIGPTLMHeadModel
-from gpt_fast.kv_cache import StaticKVCache
+from gpt_fast import OpenAIGPTConfig, OpenAIGPTLMHeadModel, ops
+from gpt_fast.ops import cpu_isa
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}
 
@@ -201,14 +197,7 @@ def integrate_steps(samples: list[tuple[int, float]]) -> float:
 
 def _prefill(model, ids):
     if isinstance(model, OpenAIGPTLMHeadModel):
-        config = model.config
-        B, T = ids.shape
-        cache = StaticKVCache(config.n_layer, B, config.n_head, T, config.n_embd // config.n_head, model.dtype,
-                              ids.device)
-        backend = resolve_attn_implementation(model.attn_implementation, ids.device.type)
-        decoder = IncrementalDecoder(model, cache, backend, backend == "fused")
-        with torch.inference_mode():
-            return decoder.prefill(ids, torch.full((B,), T, device=ids.device), all_full=True)
+        return _generate(model, ids, 1)
     with torch.inference_mode():
         return model(ids, logits_to_keep=1).logits
 
@@ -229,7 +218,7 @@ def run(options: BenchOptions, log=sys.stderr) -> dict:
     rows = []
     for dtype_name in options.dtypes:
         models = build_models(options, DTYPES[dtype_name], base, hf_base)
-        default = f"gpt_fast[{resolve_attn_implementation(None, device.type)}]"
+        default = f"gpt_fast[{gpt_fast_backends(device.type)[-1]}]"  # what "auto" picks: the fastest
         best: dict[tuple[str, str], float] = {}
 
         def keep(key, seconds):
@@ -280,7 +269,8 @@ def run(options: BenchOptions, log=sys.stderr) -> dict:
         row.roofline_fraction /= bandwidth.best
     return {
         "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
-        "machine": {"cpu": cpu_name(), "threads": torch.get_num_threads(), "device": str(device),
+        "machine": {"cpu": cpu_name(), "cpu_isa": cpu_isa.level(), "threads": torch.get_num_threads(),
+                    "device": str(device),
                     "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
                     "torch": torch.__version__, "python": platform.python_version()},
         "options": asdict(options),
@@ -302,8 +292,9 @@ def cpu_name() -> str:
 
 def format_table(result: dict) -> str:
     opts = result["options"]
-    head = (f"gpt-fast bench  {result['date']}  {result['machine']['cpu']} ({result['machine']['threads']} threads, "
-            f"{result['machine']['device']})\nprompt {opts['prompt_length']} tokens, {opts['new_tokens']} new tokens, "
+    machine = result["machine"]
+    head = (f"gpt-fast bench  {result['date']}  {machine['cpu']} (kernel tier {machine.get('cpu_isa', '?')}, "
+            f"{machine['threads']} threads, {machine['device']})\nprompt {opts['prompt_length']} tokens, {opts['new_tokens']} new tokens, "
             f"best of {opts['repeats']}; read bandwidth {result['read_bandwidth_gb_s']:.1f} GB/s; "
             f"prefill column: a {opts['prefill_length']}-token prompt\n")
     columns = ("dtype", "impl", "batch", "TTFT ms", "decode tok/s", "x transformers", "% roofline", "prefill ms")

@@ -13,6 +13,9 @@ import os
 from pathlib import Path
 from typing import Any
 
+from gpt_fast.checkpoints.hub import resolve_model_folder
+from gpt_fast.names import MODEL_TYPE, check_model_type
+
 ACTIVATIONS = ("gelu", "relu", "silu", "swish")  # "gelu" is the tanh approximation, as in the reference
 SUMMARY_TYPES = ("last", "first", "mean", "cls_index")
 PROBLEM_TYPES = (None, "regression", "single_label_classification", "multi_label_classification")
@@ -57,7 +60,7 @@ DEFAULTS: dict[str, Any] = {
 class OpenAIGPTConfig:
     """GPT-1 configuration. Any keyword not listed in DEFAULTS is kept as an attribute and written back."""
 
-    model_type = "openai-gpt"
+    model_type = MODEL_TYPE
 
     def __init__(self, **kwargs: Any):
         for alias, name in ALIASES.items():
@@ -156,9 +159,7 @@ class OpenAIGPTConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], **overrides: Any) -> "OpenAIGPTConfig":
-        model_type = data.get("model_type", cls.model_type)
-        if model_type != cls.model_type:
-            raise ValueError(f"config has model_type {model_type!r}; gpt_fast supports only {cls.model_type!r}")
+        check_model_type(data.get("model_type", cls.model_type), "the config")
         data = dict(data)
         if "num_labels" in overrides or "id2label" in overrides:  # labels given now replace the saved ones
             for key in ("num_labels", "id2label", "label2id"):
@@ -177,8 +178,6 @@ class OpenAIGPTConfig:
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike, **overrides: Any) -> "OpenAIGPTConfig":
-        from gpt_fast.hub import resolve_model_folder
-
         folder = resolve_model_folder(name_or_path, allow_patterns=[CONFIG_NAME])
         path = folder / CONFIG_NAME
         if not path.is_file():

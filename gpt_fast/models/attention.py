@@ -3,9 +3,9 @@
 - "eager": transformers' reference math (scores, -1e4 causal masking, additive padding mask, softmax, dropout,
   head mask); the only backend that can return the attention probabilities.
 - "sdpa":  torch.nn.functional.scaled_dot_product_attention.
-- "fused": gpt_fast's flash-attention kernel (gpt_fast::flash_attention), inference only.
+- "fused": gpt_fast's flash-attention kernel (gpt_fast::flash_attention); no dropout.
 
-`resolve_attn_implementation` picks one backend per device type; a model calls it once per forward.
+Which one runs is the KernelPlan's `attention` (gpt_fast/ops/kernel_plan.py), decided once per forward.
 """
 
 from __future__ import annotations
@@ -16,24 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from gpt_fast import ops
-from gpt_fast.reference import merge_heads, split_heads
-
-ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "fused")
-
-
-def resolve_attn_implementation(requested: str | None, device_type: str) -> str:
-    """The backend to use on `device_type`: the requested one, or the fastest available when None/"auto"."""
-    if requested in (None, "auto"):
-        return "fused" if ops.has_kernel("flash_attention", device_type) else "sdpa"
-    if requested not in ATTN_IMPLEMENTATIONS:
-        raise ValueError(f"attn_implementation must be one of {ATTN_IMPLEMENTATIONS} or 'auto', got {requested!r}")
-    if requested == "fused" and not ops.has_kernel("flash_attention", device_type):
-        reason = ops.load_error() or f"it was built without {device_type} kernels"
-        raise RuntimeError(
-            f"attn_implementation='fused' needs gpt_fast's flash_attention kernel for {device_type}, and there is "
-            f"none ({reason}). Use 'sdpa' or 'eager', or rebuild gpt_fast with the kernels."
-        )
-    return requested
+from gpt_fast.ops.layout import merge_heads, split_qkv
 
 
 def padding_to_additive(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -47,8 +30,8 @@ def eager_attention(qkv, attention_mask, n_head: int, dropout_p: float, head_mas
 
     Returns (out (B, T, C), probs (B, H, T, T)).
     """
-    B, T, C3 = qkv.shape
-    q, k, v = (split_heads(part, n_head) for part in qkv.split(C3 // 3, dim=-1))  # (B, H, T, D) each
+    T = qkv.shape[1]
+    q, k, v = split_qkv(qkv, n_head)  # (B, H, T, D) each
     scores = (q @ k.transpose(-1, -2)) / math.sqrt(v.shape[-1])  # (B, H, T, T)
     causal = torch.ones(T, T, dtype=scores.dtype, device=scores.device).tril()
     scores = scores * causal + -1e4 * (1 - causal)
@@ -63,8 +46,8 @@ def eager_attention(qkv, attention_mask, n_head: int, dropout_p: float, head_mas
 
 def sdpa_attention(qkv, attention_mask, n_head: int, dropout_p: float):
     """torch SDPA. qkv: (B, T, 3C); attention_mask: (B, T) 1/0 or None. Returns (B, T, C)."""
-    B, T, C3 = qkv.shape
-    q, k, v = (split_heads(part, n_head) for part in qkv.split(C3 // 3, dim=-1))  # (B, H, T, D) each
+    T = qkv.shape[1]
+    q, k, v = split_qkv(qkv, n_head)  # (B, H, T, D) each
     if attention_mask is None:
         out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
     else:

@@ -1,0 +1,104 @@
+"""Runs an OpenAIGPTLMHeadModel incrementally over a StaticKVCache: one prefill pass, then one token per step.
+
+Not a copy of the model: both passes run the model's own layer loop (OpenAIGPTModel.run_layers, one Block body
+for every path) under one KernelPlan, and differ from the model's forward only in what the plan cannot say:
+
+- prefill(packed_ids, lengths): positions 0..T-1; each layer's keys and values are written into the cache and the
+  prompt attends with the plan's backend (eager / sdpa / fused) under a key-padding mask. Returns the logits at
+  each row's last real token.
+- step(tokens): one new token per row at position = the row's cache length; the attention is the plan's
+  decode_attention, which appends the token's key/value at that position and attends over [0, length]. So rows
+  of different prompt lengths each see the positions they would see alone.
+- CUDAGraphStep: on CUDA, step() captured once into a CUDA graph over static buffers and replayed per token.
+
+Which matmul engine each linear layer uses (linear_small_m for up to 32 rows, so for every step of a batch of up
+to 32 and for short prompts; a GEMM otherwise) is decided by the layer from the plan and its row count
+(gpt_fast/models/linear.py). Nothing the loop owns is allocated per step.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from gpt_fast.generation.kv_cache import StaticKVCache
+from gpt_fast.models.attention import backend_attention
+from gpt_fast.ops import has_kernel
+from gpt_fast.ops.kernel_plan import KernelPlan
+
+
+class IncrementalDecoder:
+    def __init__(self, model, cache: StaticKVCache, plan: KernelPlan):
+        self.model = model  # an OpenAIGPTLMHeadModel (transformer + logits)
+        self.transformer = model.transformer
+        self.cache = cache
+        self.plan = plan
+        self.n_head = model.config.n_head
+
+    def prefill(self, packed_ids: torch.Tensor, lengths: torch.Tensor, all_full: bool) -> torch.Tensor:
+        """packed_ids: (B, T), each row's real tokens first; lengths: (B,) real tokens per row (>= 1).
+        Fills the cache and returns float32 logits (B, V) at each row's last real token."""
+        B, T = packed_ids.shape
+        C = self.transformer.config.n_embd
+        x = self.transformer.embed(packed_ids, self.transformer.position_ids[:T])  # (B, T, C)
+        key_mask = None if all_full else (torch.arange(T, device=x.device)[None, :] < lengths[:, None]).long()
+
+        def attend(i, qkv):  # (B, T, 3C) -> (B, T, C), the prompt's keys and values going into the cache
+            self.cache.write_prompt(i, qkv[..., C:2 * C], qkv[..., 2 * C:], self.n_head)
+            return backend_attention(self.plan.attention, qkv, key_mask, self.n_head), None
+
+        x = self.transformer.run_layers(x, self.plan, attend)
+        self.cache.lengths.copy_(lengths)
+        last = x[torch.arange(B, device=x.device), lengths - 1]  # (B, C)
+        return self.model.logits(last, self.plan).float()
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens (B,) long -> float32 logits (B, V) of the token after each row's new one."""
+        lengths, layers, n_head = self.cache.lengths, self.cache.layers, self.n_head  # lengths (B,): the positions
+        decode_attention = self.plan.decode_attention
+        x = self.transformer.embed(tokens[:, None], lengths[:, None])  # (B, 1, C)
+
+        def attend(i, qkv):  # (B, 1, 3C) -> (B, 1, C), appending the token's key and value to the cache
+            k_cache, v_cache = layers[i]
+            return decode_attention(qkv, k_cache, v_cache, lengths, n_head), None
+
+        x = self.transformer.run_layers(x, self.plan, attend)
+        lengths.add_(1)
+        return self.model.logits(x[:, 0], self.plan).float()  # (B, V)
+
+
+class CUDAGraphStep:
+    """IncrementalDecoder.step captured once in a CUDA graph; calling it copies the tokens in and replays.
+
+    The returned logits tensor is the graph's static output buffer: it is overwritten by the next call.
+    """
+
+    def __init__(self, decoder: IncrementalDecoder, batch: int):
+        device = decoder.cache.keys.device
+        self.decoder = decoder
+        self.tokens = torch.zeros(batch, dtype=torch.long, device=device)  # (B,) static input
+        lengths = decoder.cache.lengths
+        saved = lengths.clone()
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):  # warm-up: the writes land at each row's next slot, rewritten by the real step
+            for _ in range(2):
+                decoder.step(self.tokens)
+                lengths.copy_(saved)
+        torch.cuda.current_stream(device).wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.logits = decoder.step(self.tokens)  # (B, V) static output
+        lengths.copy_(saved)
+
+    def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
+        self.tokens.copy_(tokens)
+        self.graph.replay()
+        return self.logits
+
+
+def use_cuda_graph(device: torch.device, requested: bool | None) -> bool:
+    """CUDA graphs need a CUDA device and the decode_attention kernel (the reference syncs with the host)."""
+    possible = device.type == "cuda" and has_kernel("decode_attention", "cuda")
+    if requested and not possible:
+        raise ValueError("cuda_graph=True needs a CUDA model and gpt_fast's CUDA decode_attention kernel")
+    return possible if requested is None else bool(requested)

@@ -1,0 +1,81 @@
+"""Conv1D, GPT's linear layer (weight stored (in, out)), and the matmul engine it picks for each call.
+
+Engines, chosen from the KernelPlan (ops/kernel_plan.py) and the number of rows of the call:
+- "small_m": gpt_fast::linear_small_m over the weight packed once for it (decode steps and short prompts, up to
+  plan.small_m_rows rows), with the bias and tanh-GELU in the kernel;
+- "onednn": oneDNN's bf16 GEMM over the weight packed once for it, for widening layers (c_attn, c_fc) with more
+  rows, GELU in its epilogue;
+- "gemm": PyTorch's addmm / mm on the parameter itself, GELU through plan.bias_gelu.
+A layer keeps at most one packed copy of its weight (ops/weight_cache.py, rebuilt when the weight changes): the
+plan never lets one layer use both packed engines.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from gpt_fast.ops import linear_small_m, pack_linear_weight, reference
+from gpt_fast.ops.kernel_plan import KernelPlan
+from gpt_fast.ops.weight_cache import cached_on
+
+
+def _onednn_pack(weight: torch.Tensor) -> torch.Tensor:  # weight (in, out) -> oneDNN's opaque packed (out, in)
+    return torch.ops.mkldnn._reorder_linear_weight(weight.detach().t().contiguous())
+
+
+class Conv1D(nn.Module):
+    """A linear layer whose weight is stored (in_features, out_features), as in GPT checkpoints."""
+
+    def __init__(self, out_features: int, in_features: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(in_features, out_features))
+        self.bias = nn.Parameter(torch.zeros(out_features))
+
+    @property
+    def widening(self) -> bool:
+        return self.weight.shape[1] > self.weight.shape[0]
+
+    def engine(self, plan: KernelPlan | None, rows: int) -> str:
+        """The engine for a call of `rows` rows under `plan` (None: plain PyTorch)."""
+        if plan is None or torch.compiler.is_compiling():  # torch.compile packs weights its own way
+            return "gemm"
+        if rows <= plan.small_m_rows:
+            return "small_m"
+        return "onednn" if plan.onednn_bf16 and self.widening else "gemm"
+
+    def packed(self, engine: str) -> torch.Tensor:
+        """The weight in `engine`'s layout, packed once per weight version; one packed copy per layer at most."""
+        pack = (lambda: pack_linear_weight(self.weight.detach(), True)) if engine == "small_m" else (
+            lambda: _onednn_pack(self.weight))
+        return cached_on(self, "packed", [self.weight], pack, tag=engine)
+
+    def forward(self, x: torch.Tensor, plan: KernelPlan | None = None, with_bias: bool = True,
+                gelu: bool = False) -> torch.Tensor:
+        """(..., in) -> (..., out): x W [+ b], or gelu_tanh(x W + b) when gelu (which always takes the bias)."""
+        bias = self.bias if with_bias or gelu else None
+        rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
+        engine = self.engine(plan, rows)
+        if engine == "small_m":
+            return linear_small_m(x, self.packed(engine), self.weight.shape[1], bias, None, gelu)
+        if engine == "onednn":
+            return torch.ops.mkldnn._linear_pointwise(x, self.packed(engine), bias, "gelu" if gelu else "none", [],
+                                                      "tanh" if gelu else "")
+        flat = x.reshape(-1, x.shape[-1])  # (rows, in)
+        if gelu:
+            out = (plan.bias_gelu if plan is not None else reference.bias_gelu)(flat @ self.weight, self.bias)
+        else:
+            out = flat @ self.weight if bias is None else torch.addmm(bias, flat, self.weight)
+        return out.view(*x.shape[:-1], self.weight.shape[1])
+
+
+def project_to_vocab(lm_head: nn.Linear, x: torch.Tensor, plan: KernelPlan | None) -> torch.Tensor:
+    """x (..., C) @ lm_head.weight (V, C).T -> (..., V). Few rows go through linear_small_m on a copy packed once
+    (1.9x F.linear's read of the 62 MB bf16 head for one row, so decode steps and the first token are faster)."""
+    rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
+    if plan is None or rows > plan.small_m_rows or torch.compiler.is_compiling():
+        return F.linear(x, lm_head.weight)
+    packed = cached_on(lm_head, "packed", [lm_head.weight], lambda: pack_linear_weight(lm_head.weight.detach(), False),
+                       tag="small_m")
+    return linear_small_m(x, packed, lm_head.weight.shape[0], None, None, False)

@@ -1,0 +1,186 @@
+"""The GPT-1 transformer: post-LayerNorm blocks, tanh-GELU MLP, learned positions.
+
+Parameter names and shapes match transformers' checkpoints (`tokens_embed`, `positions_embed`,
+`h.N.attn.c_attn`, `h.N.ln_1`, ...; linear weights stored (in, out) like transformers' Conv1D), so
+state dicts move between the two unchanged. The heads live in models/heads.py.
+
+One Block body and one layer loop (`OpenAIGPTModel.run_layers`) serve the model's forward, the generation
+prefill and every decode step: the callers differ only in the positions they embed and in the attention they
+pass in (the prompt's backend, or attention over a KV cache that the keys and values are written into). Which
+kernels run is a KernelPlan (gpt_fast/ops/kernel_plan.py), decided once per forward: with dropout active or the
+attention probabilities wanted, the module math of transformers runs; otherwise the fused kernels and the
+linear engines of models/linear.py.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from gpt_fast.models.attention import backend_attention, eager_attention
+from gpt_fast.models.configuration import OpenAIGPTConfig
+from gpt_fast.models.linear import Conv1D
+from gpt_fast.models.outputs import BaseModelOutput
+from gpt_fast.models.pretrained import OpenAIGPTPreTrainedModel
+from gpt_fast.models.validation import check_model_inputs
+from gpt_fast.ops.kernel_plan import KernelPlan, plan_kernels
+
+ACTIVATIONS = {
+    "gelu": lambda x: F.gelu(x, approximate="tanh"),
+    "relu": F.relu,
+    "silu": F.silu,
+    "swish": F.silu,
+}
+
+# attend(layer index, qkv (B, T, 3C)) -> (attention output before c_proj (B, T, C), probabilities or None)
+Attend = Callable[[int, torch.Tensor], "tuple[torch.Tensor, torch.Tensor | None]"]
+
+
+class Attention(nn.Module):
+    def __init__(self, config: OpenAIGPTConfig):
+        super().__init__()
+        self.n_head = config.n_head
+        self.c_attn = Conv1D(3 * config.n_embd, config.n_embd)
+        self.c_proj = Conv1D(config.n_embd, config.n_embd)
+        self.attn_dropout = nn.Dropout(config.attn_pdrop)
+        self.resid_dropout = nn.Dropout(config.resid_pdrop)
+
+    def attend(self, qkv, attention_mask, plan: KernelPlan, head_mask=None, output_attentions: bool = False):
+        """The prompt's causal attention. qkv: (B, T, 3C) -> ((B, T, C), probabilities (B, H, T, T) or None)."""
+        dropout_p = self.attn_dropout.p if self.training else 0.0
+        if plan.attention == "eager":  # the only backend with probabilities (and a head mask)
+            out, probs = eager_attention(qkv, attention_mask, self.n_head, dropout_p, head_mask)
+            return out, (probs if output_attentions else None)
+        return backend_attention(plan.attention, qkv, attention_mask, self.n_head, dropout_p), None
+
+
+class MLP(nn.Module):
+    def __init__(self, config: OpenAIGPTConfig):
+        super().__init__()
+        self.c_fc = Conv1D(4 * config.n_embd, config.n_embd)
+        self.c_proj = Conv1D(config.n_embd, 4 * config.n_embd)
+        self.act = ACTIVATIONS[config.afn]
+        self.dropout = nn.Dropout(config.resid_pdrop)
+        self.gelu = config.afn == "gelu"
+
+    def hidden(self, x, plan: KernelPlan):  # (B, T, C) -> (B, T, 4C): act(c_fc(x)), tanh-GELU fused when it can be
+        if self.gelu and plan.fused:
+            return self.c_fc(x, plan, gelu=True)
+        return self.act(self.c_fc(x, plan))
+
+
+class Block(nn.Module):
+    def __init__(self, config: OpenAIGPTConfig):
+        super().__init__()
+        self.attn = Attention(config)
+        self.ln_1 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        self.mlp = MLP(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+
+    def forward(self, x, plan: KernelPlan, attend: Callable):
+        """x: (B, T, C); attend(qkv (B, T, 3C)) -> (attention output (B, T, C), probabilities or None).
+        Returns (the block output (B, T, C), the probabilities)."""
+        a, probs = attend(self.attn.c_attn(x, plan))
+        n = self.residual_norm(x, self.attn.c_proj, a, self.attn.resid_dropout, self.ln_1, plan)
+        return self.residual_norm(n, self.mlp.c_proj, self.mlp.hidden(n, plan), self.mlp.dropout, self.ln_2, plan), probs
+
+    @staticmethod
+    def residual_norm(x, proj: Conv1D, h, dropout: nn.Dropout, ln: nn.LayerNorm, plan: KernelPlan):
+        """ln(x + dropout(proj(h))); residual add, proj's bias and the LayerNorm in one kernel when fused."""
+        if plan.fused:
+            return plan.add_layernorm(x, proj(h, plan, with_bias=False), proj.bias, ln.weight, ln.bias, ln.eps)
+        return ln(x + dropout(proj(h, plan)))
+
+
+class OpenAIGPTModel(OpenAIGPTPreTrainedModel):
+    base_model_prefix = ""
+
+    def __init__(self, config: OpenAIGPTConfig, attn_implementation: str | None = None):
+        super().__init__(config, attn_implementation)
+        self.tokens_embed = nn.Embedding(config.vocab_size, config.n_embd)
+        self.positions_embed = nn.Embedding(config.n_positions, config.n_embd)
+        self.drop = nn.Dropout(config.embd_pdrop)
+        self.h = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
+        self.register_buffer("position_ids", torch.arange(config.n_positions), persistent=False)
+        self.init_weights()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.tokens_embed
+
+    def set_input_embeddings(self, embeddings: nn.Embedding) -> None:
+        self.tokens_embed = embeddings
+
+    def plan(self, device: torch.device, dtype: torch.dtype, needs_probs: bool = False) -> KernelPlan:
+        """The kernels for a call of this model on `device` in `dtype` (see gpt_fast/ops/kernel_plan.py)."""
+        dropout = self.training and max(self.config.resid_pdrop, self.config.attn_pdrop) > 0
+        return plan_kernels(self.attn_implementation, device, dtype, dropout=dropout, needs_probs=needs_probs,
+                            grad=torch.is_grad_enabled())
+
+    def embed(self, input_ids=None, positions=None, token_type_ids=None, inputs_embeds=None):
+        """Token + position (+ token type) embeddings, (..., T) -> (..., T, C), before the embedding dropout."""
+        hidden = self.tokens_embed(input_ids) if inputs_embeds is None else inputs_embeds
+        hidden = hidden + self.positions_embed(positions)
+        if token_type_ids is not None:
+            hidden = hidden + self.tokens_embed(token_type_ids)
+        return hidden
+
+    def run_layers(self, hidden, plan: KernelPlan, attend: Attend, all_hidden: list | None = None,
+                   all_probs: list | None = None):
+        """The layer loop of every path. hidden: (B, T, C); attend as Attend. Appends each block's input to
+        all_hidden and its probabilities to all_probs when given. Returns the last block's output (B, T, C)."""
+        for i, block in enumerate(self.h):
+            if all_hidden is not None:
+                all_hidden.append(hidden)
+            hidden, probs = block(hidden, plan, lambda qkv, i=i: attend(i, qkv))
+            if all_probs is not None:
+                all_probs.append(probs)
+        return hidden
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
+                inputs_embeds=None, output_attentions=None, output_hidden_states=None, return_dict=None, **kwargs):
+        if kwargs:
+            raise TypeError(f"unexpected arguments: {', '.join(sorted(kwargs))}")
+        config = self.config
+        output_attentions = config.output_attentions if output_attentions is None else output_attentions
+        output_hidden_states = config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        return_dict = config.return_dict if return_dict is None else return_dict
+        shape = check_model_inputs(config, input_ids, inputs_embeds, attention_mask, token_type_ids, position_ids)
+        T = shape[-1]
+
+        if position_ids is None:
+            position_ids = self.position_ids[None, :T]  # (1, T)
+        hidden = self.drop(self.embed(
+            None if input_ids is None else input_ids.reshape(-1, T), position_ids.reshape(-1, T),
+            None if token_type_ids is None else token_type_ids.reshape(-1, T),
+            None if inputs_embeds is None else inputs_embeds.reshape(-1, T, config.n_embd)))  # (B, T, C)
+        if attention_mask is not None:
+            attention_mask = attention_mask.reshape(-1, T)
+        head_mask = self._expand_head_mask(head_mask)
+        plan = self.plan(hidden.device, hidden.dtype, needs_probs=bool(output_attentions) or head_mask is not None)
+
+        def attend(i, qkv):
+            return self.h[i].attn.attend(qkv, attention_mask, plan, None if head_mask is None else head_mask[i],
+                                         output_attentions)
+
+        all_hidden = [] if output_hidden_states else None
+        all_probs = [] if output_attentions else None
+        hidden = self.run_layers(hidden, plan, attend, all_hidden, all_probs).view(*shape, config.n_embd)
+        if output_hidden_states:
+            all_hidden.append(hidden)
+        output = BaseModelOutput(hidden, tuple(all_hidden) if output_hidden_states else None,
+                                 tuple(all_probs) if output_attentions else None)
+        return output if return_dict else output.to_tuple()
+
+    def _expand_head_mask(self, head_mask):
+        """None, (H,) or (n_layer, H) -> None or (n_layer, H), as transformers' get_head_mask."""
+        if head_mask is None:
+            return None
+        n_layer, n_head = self.config.n_layer, self.config.n_head
+        if head_mask.dim() == 1 and head_mask.shape[0] == n_head:
+            return head_mask.expand(n_layer, n_head)
+        if head_mask.dim() == 2 and tuple(head_mask.shape) == (n_layer, n_head):
+            return head_mask
+        raise ValueError(f"head_mask must have shape ({n_head},) or ({n_layer}, {n_head}), got {tuple(head_mask.shape)}")

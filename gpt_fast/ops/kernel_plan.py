@@ -1,0 +1,114 @@
+"""Which implementation each step of a GPT-1 block uses, decided once per call site's circumstances.
+
+`plan_kernels(attn_implementation, device, dtype, dropout=, needs_probs=, grad=)` returns one KernelPlan that the
+model's forward, the generation prefill and decode steps, and the benchmarks all use; the layers read it and
+never decide again. Plans are memoised per argument tuple (and per GPT_FAST_CPU_ISA value, which caps the CPU
+paths), so choosing costs a dictionary lookup per forward.
+
+The rules:
+- attention (the prompt's): "eager" whenever the attention probabilities are needed (output_attentions, head_mask);
+  otherwise the requested backend, where None/"auto" means gpt_fast's flash_attention kernel when it exists for the
+  device and dtype, else PyTorch's SDPA. The kernels have no dropout: with dropout active "fused" runs as "sdpa".
+  A dtype the kernels lack (float64) also runs "fused" as "sdpa".
+- the other kernels (add_layernorm, bias_gelu, decode_attention and the linear engines) run whenever they exist
+  for the device and dtype, dropout is off and the backend is not "eager" (which is transformers' math, kept as
+  the plain-PyTorch reference path). Their backward is the eager reference's (ops/_autograd.py).
+- linear engines (models/linear.py): linear_small_m for matmuls of at most `small_m_rows` rows (decode steps and
+  short prompts; bound by reading the weight, which it does at about the memory bandwidth), oneDNN's bf16 GEMM
+  on a prepacked weight for widening layers with many rows where oneDNN's bf16 path runs on this CPU, otherwise
+  PyTorch's GEMM. Neither packed engine has autograd, so neither runs when gradients are wanted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from gpt_fast.names import check_attn_implementation
+from gpt_fast.ops import _library, cpu_isa, reference
+from gpt_fast.ops.add_layernorm import add_layernorm
+from gpt_fast.ops.bias_gelu import bias_gelu
+from gpt_fast.ops.decode_attention import decode_attention
+
+KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+# Rows (B at a decode step, B * T at a prefill) up to which linear_small_m reads the weights. Measured at the GPT-1
+# shape in bf16: at 32 rows the kernel still beats PyTorch's GEMM (decode step 26.8 vs 30.9 ms), at 64 it loses
+# (41.7 vs 39.8 ms); an 8-token prefill takes 14.7 ms instead of 21.1 ms through the GEMMs.
+SMALL_M_MAX_ROWS = 32
+
+
+@dataclass(frozen=True)
+class KernelPlan:
+    attention: str  # the prompt's attention backend: "eager", "sdpa" or "fused"
+    fused: bool  # add_layernorm / bias_gelu replace the module math (inference without dropout, not "eager")
+    add_layernorm: Callable  # (x, y, bias, weight, ln_bias, eps) -> layer_norm(x + y + bias)
+    bias_gelu: Callable  # (x, bias) -> gelu_tanh(x + bias)
+    decode_attention: Callable  # the kernel or the reference (same arguments)
+    small_m_rows: int  # linear_small_m serves matmuls of at most this many rows; 0: never
+    onednn_bf16: bool  # oneDNN's GEMM on a prepacked bf16 weight serves widening layers with more rows
+
+
+def _kernel(name: str, device_type: str, dtype: torch.dtype, function: Callable) -> Callable | None:
+    return function if _library.has_kernel(name, device_type) and dtype in KERNEL_DTYPES else None
+
+
+def onednn_bf16_usable(device_type: str) -> bool:
+    """oneDNN's bf16 linear needs AVX-512 (BW/VL/DQ) on x86; on an AVX2 CPU its prepack raises. GPT_FAST_CPU_ISA
+    caps it like the kernels. torch.compile does its own packing."""
+    return device_type == "cpu" and torch.backends.mkldnn.is_available() and cpu_isa.at_least("avx512")
+
+
+_PLANS: dict[tuple, KernelPlan] = {}  # memo of _plan, per argument tuple
+
+
+def _plan(attn_implementation, device_type: str, dtype: torch.dtype, dropout: bool, needs_probs: bool,
+          grad: bool, isa: str) -> KernelPlan:
+    flash = _kernel("flash_attention", device_type, dtype, True) is not None
+    if attn_implementation == "fused" and not _library.has_kernel("flash_attention", device_type):
+        reason = _library.load_error() or f"it was built without {device_type} kernels"
+        raise RuntimeError(
+            f"attn_implementation='fused' needs gpt_fast's flash_attention kernel for {device_type}, and there is "
+            f"none ({reason}). Use 'sdpa' or 'eager', or rebuild gpt_fast with the kernels."
+        )
+    if needs_probs:
+        attention = "eager"
+    elif attn_implementation in (None, "auto", "fused"):
+        attention = "fused" if flash and not dropout else "sdpa"
+    else:
+        attention = attn_implementation
+    fused = not dropout and attention != "eager"
+    layernorm = _kernel("add_layernorm", device_type, dtype, add_layernorm) if fused else None
+    gelu = _kernel("bias_gelu", device_type, dtype, bias_gelu) if fused else None
+    small_m = fused and not grad and _kernel("linear_small_m", device_type, dtype, True) is not None
+    return KernelPlan(
+        attention=attention,
+        fused=fused,
+        add_layernorm=layernorm or reference.add_layernorm,
+        bias_gelu=gelu or reference.bias_gelu,
+        decode_attention=_kernel("decode_attention", device_type, dtype, decode_attention) or reference.decode_attention,
+        small_m_rows=SMALL_M_MAX_ROWS if small_m else 0,
+        onednn_bf16=fused and not grad and not small_m and dtype == torch.bfloat16 and onednn_bf16_usable(device_type),
+    )
+
+
+def plan_kernels(attn_implementation: str | None, device: torch.device, dtype: torch.dtype, *, dropout: bool = False,
+                 needs_probs: bool = False, grad: bool = False) -> KernelPlan:
+    """The plan for one forward (or one generation request) on `device` in `dtype`.
+
+    dropout: a dropout layer is active (train mode with p > 0); needs_probs: the attention probabilities are
+    returned or scaled (output_attentions, head_mask); grad: gradients flow to the weights.
+    """
+    key = (attn_implementation, torch.device(device).type, dtype, bool(dropout), bool(needs_probs), bool(grad),
+           cpu_isa.level())
+    plan = _PLANS.get(key)
+    if plan is None:
+        check_attn_implementation(attn_implementation)
+        plan = _PLANS[key] = _plan(*key)
+    return plan
+
+
+def clear_plans() -> None:
+    """Forgets every memoised plan (after the kernels available change, e.g. in tests)."""
+    _PLANS.clear()

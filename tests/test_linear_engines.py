@@ -1,0 +1,156 @@
+"""Conv1D's matmul engines (gpt_fast/models/linear.py) against the eager math, the engine each call gets from the
+kernel plan and its row count, and the one packed copy per weight behind them (gpt_fast/ops/weight_cache.py)."""
+
+import dataclasses
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from accuracy import assert_within_pytorch_error, upcast
+from gpt_fast import ops
+from gpt_fast.models.linear import Conv1D
+from gpt_fast.ops.kernel_plan import SMALL_M_MAX_ROWS, onednn_bf16_usable, plan_kernels
+from gpt_fast.ops.weight_cache import PREFIX, clear
+
+SMALL_M = pytest.mark.skipif(not ops.has_kernel("linear_small_m", "cpu"), reason="no CPU linear_small_m kernel built")
+ONEDNN = pytest.mark.skipif(not onednn_bf16_usable("cpu"),
+                            reason="oneDNN's bf16 GEMM does not run on this CPU (needs AVX-512) or torch lacks oneDNN")
+
+
+def make_layer(dtype, n_in=48, n_out=80):
+    torch.manual_seed(0)
+    layer = Conv1D(n_out, n_in)
+    with torch.no_grad():
+        layer.weight.normal_(0, 0.2)
+        layer.bias.normal_(0, 0.2)
+    return layer.to(dtype)
+
+
+def expected(layer, x, with_bias, gelu):
+    """The eager math in the reference dtype and in the layer's own dtype."""
+    def run(x, w, b):
+        out = x @ w + (b if with_bias or gelu else 0)
+        return F.gelu(out, approximate="tanh") if gelu else out
+    return run(*upcast(x, layer.weight, layer.bias, dtype=x.dtype)), run(x, layer.weight, layer.bias)
+
+
+def packed_copies(layer):
+    return [name for name in layer.__dict__ if name.startswith(PREFIX)]
+
+
+def plan_for(engine, dtype):
+    """A plan that sends every call of the layer to `engine`."""
+    plan = plan_kernels(None, torch.device("cpu"), dtype)
+    rows = {"small_m": 1 << 30, "onednn": 0, "gemm": 0}[engine]
+    return dataclasses.replace(plan, small_m_rows=rows, onednn_bf16=engine == "onednn")
+
+
+ENGINES = [pytest.param("small_m", marks=SMALL_M), pytest.param("onednn", marks=ONEDNN), "gemm"]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("with_bias, gelu", [(True, False), (False, False), (True, True)])
+@pytest.mark.parametrize("shape", [(1, 48), (7, 48), (2, 97, 48)])
+def test_engine_matches_eager_math(engine, dtype, with_bias, gelu, shape):
+    if engine == "onednn" and dtype != torch.bfloat16:
+        pytest.skip("the oneDNN engine serves bf16 only")
+    layer = make_layer(dtype)
+    x = torch.randn(*shape).to(dtype)
+    plan = plan_for(engine, dtype)
+    assert layer.engine(plan, x.numel() // 48) == engine
+    with torch.inference_mode():
+        out = layer(x, plan, with_bias=with_bias, gelu=gelu)
+    reference, pytorch = expected(layer, x, with_bias, gelu)
+    assert out.shape == (*shape[:-1], 80)
+    assert_within_pytorch_error(out, reference, pytorch)
+
+
+@SMALL_M
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rows_choose_the_engine(dtype):
+    layer = make_layer(dtype)
+    plan = plan_kernels(None, torch.device("cpu"), dtype)
+    assert layer.engine(plan, SMALL_M_MAX_ROWS) == "small_m"
+    assert layer.engine(plan, SMALL_M_MAX_ROWS + 1) in ("gemm", "onednn")
+    assert layer.engine(None, 1) == "gemm"  # no plan: plain PyTorch
+    train = plan_kernels(None, torch.device("cpu"), dtype, grad=True)
+    assert layer.engine(train, 1) == "gemm"  # the packed engines have no autograd
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_packs_once_and_repacks_after_an_update(engine):
+    if engine == "gemm":
+        pytest.skip("the GEMM reads the parameter itself")
+    layer = make_layer(torch.bfloat16)
+    x = torch.randn(5, 48).to(torch.bfloat16)
+    plan = plan_for(engine, torch.bfloat16)
+    with torch.inference_mode():
+        first = layer(x, plan)
+        packed = layer.__dict__[PREFIX + "packed"][1]
+        layer(x, plan)
+        assert layer.__dict__[PREFIX + "packed"][1] is packed  # reused, not rebuilt
+    with torch.no_grad():
+        layer.weight.mul_(-1.0)  # in place: the cached copy is stale now
+    fresh = make_layer(torch.bfloat16)
+    fresh.load_state_dict(layer.state_dict())  # the updated weights, nothing cached
+    with torch.inference_mode():
+        updated = layer(x, plan)
+        assert not torch.equal(updated, first)
+        torch.testing.assert_close(updated, fresh(x, plan), rtol=0, atol=0)
+    clear(layer)
+    assert not packed_copies(layer)
+
+
+@SMALL_M
+@ONEDNN
+def test_one_packed_copy_per_layer():
+    """A layer never holds two packed copies of its weight, whichever engines its calls take."""
+    layer = make_layer(torch.bfloat16)
+    x = torch.randn(5, 48).to(torch.bfloat16)
+    with torch.inference_mode():
+        for engine in ("small_m", "onednn", "small_m"):
+            layer(x, plan_for(engine, torch.bfloat16))
+            assert packed_copies(layer) == [PREFIX + "packed"]
+            assert layer.__dict__[PREFIX + "packed"][0][0] == engine
+    default = plan_kernels(None, torch.device("cpu"), torch.bfloat16)
+    assert not (default.small_m_rows and default.onednn_bf16), "the default plan would thrash between two copies"
+
+
+@SMALL_M
+def test_weights_made_in_inference_mode():
+    """A model loaded under torch.inference_mode has inference tensors (no version counter): still packed once."""
+    with torch.inference_mode():
+        layer = make_layer(torch.bfloat16)
+        x = torch.randn(3, 48).to(torch.bfloat16)
+        out = layer(x, plan_for("small_m", torch.bfloat16))
+    reference, pytorch = expected(layer, x, True, False)
+    assert_within_pytorch_error(out, reference, pytorch)
+
+
+def test_no_packing_when_autograd_needs_the_graph():
+    layer = make_layer(torch.bfloat16)
+    x = torch.randn(5, 48).to(torch.bfloat16)
+    plan = plan_kernels(None, torch.device("cpu"), torch.bfloat16, grad=True)
+    out = layer(x, plan, with_bias=True, gelu=True)  # grad mode on, weight requires grad
+    assert out.requires_grad and not packed_copies(layer)
+    out.float().sum().backward()
+    assert layer.weight.grad is not None and layer.bias.grad is not None
+
+
+@ONEDNN
+def test_narrowing_layers_keep_torch_mm():
+    """oneDNN's packed GEMM is slower than torch.mm for layers with fewer outputs than inputs (c_proj)."""
+    layer = make_layer(torch.bfloat16, n_in=80, n_out=48)
+    plan = plan_for("onednn", torch.bfloat16)
+    assert layer.engine(plan, 100) == "gemm"
+
+
+def test_onednn_follows_the_cpu_tier(monkeypatch):
+    """oneDNN's bf16 prepack raises on CPUs below AVX-512: a capped tier must not choose it."""
+    from gpt_fast.ops import cpu_isa
+
+    monkeypatch.setenv(cpu_isa.ENV, "avx2")
+    assert not onednn_bf16_usable("cpu")
+    assert not plan_kernels(None, torch.device("cpu"), torch.bfloat16).onednn_bf16

@@ -1,10 +1,12 @@
 """Static checks of the CUDA kernels without a GPU: the torch-free CMake build gate (CMakeLists.txt) compiles
 csrc/cuda/*.cu for sm_80 and sm_90a with ptxas verbose and warnings as errors; the ptxas report is parsed, every
-kernel must have no spill and no local memory, and registers / shared memory / occupancy on A100 and H100 (from
-csrc/cuda/tools/occupancy.cpp, NVIDIA's cuda_occupancy.h) are written to benchmarks/results/cuda_resources.md."""
+kernel must have no spill and no local memory and fit on an A100 and an H100 SM (occupancy from
+csrc/cuda/tools/occupancy.cpp). The table in benchmarks/results/cuda_resources.md is written by
+csrc/cuda/tools/resources.py, which this test shares its parsing with; the test only reads."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import shutil
@@ -14,62 +16,17 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results" / "cuda_resources.md"
-NVCC = shutil.which("nvcc") or ("/usr/local/cuda/bin/nvcc" if Path("/usr/local/cuda/bin/nvcc").exists() else None)
+_spec = importlib.util.spec_from_file_location("cuda_resources", ROOT / "csrc" / "cuda" / "tools" / "resources.py")
+resources = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(resources)
+NVCC, THREADS, parse_ptxas, family = resources.NVCC, resources.THREADS, resources.parse_ptxas, resources.family
 
 pytestmark = pytest.mark.skipif(NVCC is None or shutil.which("cmake") is None, reason="needs nvcc and cmake")
-
-# Threads per block of each kernel family (the launchers' block sizes).
-THREADS = {
-    "add_layernorm_kernel": 128,
-    "bias_gelu_kernel": 256,
-    "flash_attention_mma_kernel": 128,
-    "flash_attention_fp32_kernel": 128,
-    "decode_attention_kernel": 128,
-    "decode_merge_kernel": 128,
-}
-
-ENTRY = re.compile(r"Compiling entry function '(\w+)' for '(sm_\w+)'")
-FRAME = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
-USED = re.compile(r"Used (\d+) registers(?:.*?(\d+) bytes smem)?")
-
-
-def parse_ptxas(log: str) -> dict[tuple[str, str], dict]:
-    """{(mangled kernel, arch): {regs, smem, stack, spill_stores, spill_loads}} from ptxas -v output."""
-    kernels, current = {}, None
-    for line in log.splitlines():
-        if m := ENTRY.search(line):
-            current = (m[1], m[2])
-            kernels[current] = {}
-        elif current and (m := FRAME.search(line)):
-            kernels[current].update(stack=int(m[1]), spill_stores=int(m[2]), spill_loads=int(m[3]))
-        elif current and (m := USED.search(line)):
-            kernels[current].update(regs=int(m[1]), smem=int(m[2] or 0))
-    return kernels
-
-
-def demangle(names: list[str]) -> list[str]:
-    if shutil.which("c++filt") is None:
-        return names
-    out = subprocess.run(["c++filt"], input="\n".join(names), capture_output=True, text=True, check=True).stdout
-    pretty = [n.replace("gpt_fast::cuda::", "").replace("__nv_bfloat16", "bf16").replace("__half", "fp16")
-              .replace("float", "fp32") for n in out.splitlines()]
-    return [re.sub(r"\(.*\)$", "", n).replace("void ", "") for n in pretty]
-
-
-def family(name: str) -> str:
-    return next(f for f in THREADS if f in name)
 
 
 @pytest.fixture(scope="module")
 def gate(tmp_path_factory):
-    build = tmp_path_factory.mktemp("cuda_gate")
-    cfg = subprocess.run(["cmake", "-S", str(ROOT), "-B", str(build), f"-DCMAKE_CUDA_COMPILER={NVCC}"],
-                         capture_output=True, text=True)
-    assert cfg.returncode == 0, cfg.stdout + cfg.stderr
-    res = subprocess.run(["cmake", "--build", str(build), "-j", "2"], capture_output=True, text=True)
-    log = res.stdout + res.stderr
-    return {"returncode": res.returncode, "log": log, "kernels": parse_ptxas(log), "build": build}
+    return resources.build_gate(tmp_path_factory.mktemp("cuda_gate"))
 
 
 def test_gate_builds_with_warnings_as_errors(gate):
@@ -101,40 +58,12 @@ def test_gate_flags_catch_local_memory(tmp_path):
     assert res.returncode != 0 and "Local memory" in res.stderr, res.stderr
 
 
-def test_write_resource_table(gate):
-    kernels = sorted(gate["kernels"].items())
-    names = demangle([name for (name, _), _ in kernels])
-    occupancy = {}  # A100 from the sm_80 build, H100 from the sm_90a build
-    for arch, gpu in (("sm_80", "A100"), ("sm_90a", "H100")):
-        lines = "".join(f"{name} {v['regs']} {v['smem']} {THREADS[family(name)]}\n"
-                        for (name, a), v in kernels if a == arch)
-        occ = subprocess.run([str(gate["build"] / "cuda_occupancy")], input=lines, capture_output=True, text=True,
-                             check=True).stdout.split("\n")
-        for row in filter(None, occ):
-            name, g, blocks, warps, frac, limiter = row.split()
-            if g == gpu:
-                occupancy[(name, gpu)] = (int(blocks), int(warps), float(frac), limiter)
-    regs = {(n, a): v for (n, a), v in kernels}
-    rows = []
-    for (name, arch), pretty in zip([k for k, _ in kernels], names):
-        if arch != "sm_90a":
-            continue
-        a100, h100 = occupancy[(name, "A100")], occupancy[(name, "H100")]
-        assert a100[0] >= 1 and h100[0] >= 1, (name, a100, h100)  # every kernel must fit on an SM
-        r80 = regs[(name, "sm_80")]["regs"]
-        rows.append(f"| `{pretty}` | {THREADS[family(name)]} | {r80} / {regs[(name, arch)]['regs']} | "
-                    f"{regs[(name, arch)]['smem']} | {a100[0]} ({a100[2]:.0%}, {a100[3]}) | "
-                    f"{h100[0]} ({h100[2]:.0%}, {h100[3]}) |")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(
-        "# CUDA kernel resources (ptxas, no GPU needed)\n\n"
-        "Written by `tests/test_cuda_static.py` from the ptxas report of the CMake build gate (sm_80 and sm_90a, "
-        "`-Xptxas -v,-warn-spills,-warn-lmem-usage`, warnings as errors: no kernel spills or uses local memory). "
-        "Occupancy from NVIDIA's `cuda_occupancy.h` with A100 and H100 SXM limits: resident blocks per SM "
-        "(fraction of the 64 warp slots, limiting resource).\n\n"
-        "| kernel | threads | registers sm_80 / sm_90a | static smem (B) | A100 blocks/SM | H100 blocks/SM |\n"
-        "|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
-    assert len(rows) == len({n for n, a in regs if a == "sm_90a"})
+def test_every_kernel_fits_and_the_table_lists_each(gate):
+    rows = resources.resource_rows(gate)  # raises when a kernel does not fit on an SM
+    assert len(rows) == len({n for n, a in gate["kernels"] if a == "sm_90a"})
+    table = resources.RESULTS.read_text()
+    for row in rows:
+        assert row.split(" | ")[0] in table, f"{row.split(' | ')[0]} missing: run csrc/cuda/tools/resources.py"
 
 
 # --- Machine code (SASS) of the gate's objects, read with cuobjdump from PyPI (nvidia-cuda-cuobjdump, 13.2+) ---

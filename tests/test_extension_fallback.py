@@ -44,7 +44,33 @@ def test_runs_without_extension_and_warns_once():
     assert "unavailable" in message and "PyTorch paths" in message
 
 
-@pytest.mark.skipif(not ops.extension_loaded(), reason="checks the built extension")
-def test_extension_registers_every_schema():
-    for name in ("add_layernorm", "bias_gelu", "flash_attention", "decode_attention"):
-        assert torch._C._dispatch_has_kernel(f"gpt_fast::{name}") or hasattr(torch.ops.gpt_fast, name)
+SCHEMAS = {  # one schema per op, as csrc/registration.cpp defines it and gpt_fast/ops/<op>.py calls it
+    "add_layernorm": "(Tensor x, Tensor residual, Tensor? bias, Tensor weight, Tensor ln_bias, float eps) -> Tensor",
+    "bias_gelu": "(Tensor x, Tensor bias) -> Tensor",
+    "decode_attention": "(Tensor qkv, Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor cache_lengths, int n_head) "
+                        "-> Tensor",
+    "flash_attention": "(Tensor qkv, Tensor? key_padding_mask, int n_head) -> Tensor",
+    "linear_small_m": "(Tensor x, Tensor packed_weight, int out_features, Tensor? bias, Tensor? residual, bool gelu) "
+                      "-> Tensor",
+    "pack_linear_weight": "(Tensor weight, bool in_out_layout) -> Tensor",
+}
+CUDA_OPS = ("add_layernorm", "bias_gelu", "decode_attention", "flash_attention")  # linear_small_m: CPU only
+
+
+def test_every_op_is_listed():
+    assert set(SCHEMAS) == set(ops.OPS)
+
+
+@pytest.mark.skipif(not ops.extension_loaded(), reason="no extension was built (tests/conftest.py fails the run "
+                                                       "when one was built but does not load)")
+@pytest.mark.parametrize("name", sorted(SCHEMAS))
+def test_extension_registers_each_schema_and_cpu_kernel(name):
+    assert str(getattr(torch.ops.gpt_fast, name).default._schema) == f"gpt_fast::{name}{SCHEMAS[name]}"
+    assert ops.has_kernel(name, "cpu"), f"gpt_fast::{name} has no CPU kernel"
+
+
+@pytest.mark.skipif(not any(ops.has_kernel(name, "cuda") for name in CUDA_OPS),
+                    reason="the extension was built without CUDA sources")
+@pytest.mark.parametrize("name", CUDA_OPS)
+def test_a_cuda_build_has_every_cuda_kernel(name):
+    assert ops.has_kernel(name, "cuda"), f"a CUDA build of gpt_fast lacks gpt_fast::{name}'s CUDA kernel"

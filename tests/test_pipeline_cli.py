@@ -21,12 +21,6 @@ from gpt_fast.generation.pipeline import TextGenerationPipeline  # noqa: E402
 from gpt_fast.generation.streaming import TextIteratorStreamer, TextStreamer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-try:
-    import gpt_fast.tokenization.tokenizer  # noqa: F401
-    HAVE_TOKENIZER = True
-except ImportError:
-    HAVE_TOKENIZER = False
-needs_tokenizer = pytest.mark.skipif(not HAVE_TOKENIZER, reason="gpt_fast.tokenization.tokenizer is not in this build")
 
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
 # a tiny GPT-1-style BPE vocabulary: letters inside and at the end of words, and a few merges
@@ -121,7 +115,7 @@ def test_streamers_reject_batches_and_bad_tokenizers(tokenizer):
 
 # -- pipeline ----------------------------------------------------------------------------------------------------
 def test_pipeline_text_matches_transformers_generate(hf, model, tokenizer):
-    generator = gpt_fast.generation.pipeline("text-generation", model=model, tokenizer=tokenizer)
+    generator = gpt_fast.pipeline("text-generation", model=model, tokenizer=tokenizer)
     result = generator("w1 w2", max_new_tokens=7)
     ids = tokenizer("w1 w2", return_tensors="pt")["input_ids"]
     tokens = hf.generate(ids, max_new_tokens=7, do_sample=False)[0]
@@ -131,7 +125,7 @@ def test_pipeline_text_matches_transformers_generate(hf, model, tokenizer):
 
 
 def test_pipeline_lists_and_num_return_sequences(model, tokenizer):
-    generator = gpt_fast.generation.pipeline("text-generation", model=model, tokenizer=tokenizer)
+    generator = gpt_fast.pipeline("text-generation", model=model, tokenizer=tokenizer)
     results = generator(["w1", "w2 w4"], max_new_tokens=4, do_sample=True, num_return_sequences=2, seed=0)
     assert len(results) == 2 and all(len(r) == 2 for r in results)
     assert results[1][0]["generated_text"].startswith("w2 w4")
@@ -142,20 +136,20 @@ def test_pipeline_lists_and_num_return_sequences(model, tokenizer):
 def test_task_specific_params_are_defaults_that_calls_override(hf, tokenizer, tmp_path):
     ours = OpenAIGPTLMHeadModel.from_transformers(hf)
     ours.config.task_specific_params = {"text-generation": {"max_length": 9, "do_sample": False}}
-    generator = gpt_fast.generation.pipeline("text-generation", model=ours, tokenizer=tokenizer)
+    generator = gpt_fast.pipeline("text-generation", model=ours, tokenizer=tokenizer)
     ids_of = lambda text: tokenizer(text, return_tensors="pt")["input_ids"]  # noqa: E731
     expected_9 = tokenizer.decode(hf.generate(ids_of("w1 w2"), max_length=9, do_sample=False)[0])
     expected_6 = tokenizer.decode(hf.generate(ids_of("w1 w2"), max_length=6, do_sample=False)[0])
     assert generator("w1 w2")[0]["generated_text"] == expected_9
     assert generator("w1 w2", max_length=6)[0]["generated_text"] == expected_6
-    assert gpt_fast.generation.pipeline("text-generation", model=ours, tokenizer=tokenizer,
+    assert gpt_fast.pipeline("text-generation", model=ours, tokenizer=tokenizer,
                              max_length=6)("w1 w2")[0]["generated_text"] == expected_6
 
 
 def test_pipeline_from_a_folder_with_dtype_and_device(model, tokenizer, tmp_path):
     model.save_pretrained(tmp_path)
     for device in (-1, "cpu", torch.device("cpu")):
-        generator = gpt_fast.generation.pipeline("text-generation", model=str(tmp_path), tokenizer=tokenizer,
+        generator = gpt_fast.pipeline("text-generation", model=str(tmp_path), tokenizer=tokenizer,
                                       dtype="bfloat16", device=device)
         assert isinstance(generator, TextGenerationPipeline)
         assert generator.model.dtype == torch.bfloat16 and generator.device == torch.device("cpu")
@@ -170,12 +164,12 @@ def test_pipeline_from_a_folder_with_dtype_and_device(model, tokenizer, tmp_path
 ])
 def test_pipeline_bad_arguments(kwargs, error, match):
     with pytest.raises(error, match=match):
-        gpt_fast.generation.pipeline(**kwargs)
+        gpt_fast.pipeline(**kwargs)
 
 
 def test_pipeline_needs_a_tokenizer_for_a_model_object(model):
     with pytest.raises(ValueError, match="tokenizer"):
-        gpt_fast.generation.pipeline("text-generation", model=model)
+        gpt_fast.pipeline("text-generation", model=model)
 
 
 # -- the CLI -----------------------------------------------------------------------------------------------------
@@ -223,7 +217,6 @@ def test_cli_errors_are_one_line(args, code, match):
     assert_one_line_error(run_cli(*args), code, match)
 
 
-@needs_tokenizer
 def test_generate_from_stdin_streams_the_same_text_as_no_stream(checkpoint):
     streamed = run_cli("generate", "--model", str(checkpoint), "--max-new-tokens", "8", stdin="the future is\n")
     assert streamed.returncode == 0, streamed.stderr
@@ -233,7 +226,6 @@ def test_generate_from_stdin_streams_the_same_text_as_no_stream(checkpoint):
     assert "tokens/s" in streamed.stderr and "loading" in streamed.stderr
 
 
-@needs_tokenizer
 def test_generate_sampling_flags_and_seed(checkpoint):
     args = ["generate", "the", "--model", str(checkpoint), "--max-new-tokens", "6", "--do-sample", "--top-k", "5",
             "--temperature", "0.8", "--seed", "3", "--num-return-sequences", "2"]
@@ -242,7 +234,6 @@ def test_generate_sampling_flags_and_seed(checkpoint):
     assert first.stdout == again.stdout and first.stdout.count("=== sequence") == 2
 
 
-@needs_tokenizer
 def test_generate_prompt_too_long_is_one_line(checkpoint):
     result = run_cli("generate", "the " * 30, "--model", str(checkpoint), "--max-new-tokens", "4")
     assert_one_line_error(result, 1, "n_positions")
@@ -268,16 +259,18 @@ def test_convert_bin_to_bf16_safetensors(tmp_path):
     assert_one_line_error(run_cli("convert", str(source), str(destination)), 1, "--overwrite")
 
 
-def test_bench_prints_a_table_and_writes_json(tmp_path):
-    out = tmp_path / "bench.json"
-    result = run_cli("bench", "--quick", "--n-layer", "1", "--new-tokens", "3", "--repeats", "1", "--batch", "2",
-                     "--dtypes", "fp32", "--prompt-length", "4", "--json", str(out))
-    assert result.returncode == 0, result.stderr
-    assert "decode tok/s" in result.stdout and "transformers" in result.stdout
-    data = json.loads(out.read_text())
-    impls = {row["impl"] for row in data["rows"]}
-    assert {"gpt_fast[eager]", "gpt_fast[sdpa]", "transformers"} <= impls
-    assert all(row["decode_tok_s"] > 0 for row in data["rows"]) and data["read_bandwidth_gb_s"] > 0
+def test_bench_table_names_the_cpu_and_tier():
+    """The table's layout (the benchmark itself runs in benchmarks/, not in the unit tests)."""
+    from gpt_fast.cli.benchmark import BenchOptions, Row, format_table
+
+    row = Row("fp32", "gpt_fast[sdpa]", 1, ttft_ms=1.0, decode_tok_s=50.0, prefill_ms=9.0,
+              speedup_vs_transformers=5.0, roofline_fraction=0.9)
+    result = {"date": "today", "options": BenchOptions().__dict__, "read_bandwidth_gb_s": 30.0,
+              "machine": {"cpu": "Some CPU", "cpu_isa": "avx2", "threads": 2, "device": "cpu"},
+              "rows": [row.__dict__]}
+    table = format_table(result)
+    assert "Some CPU" in table and "kernel tier avx2" in table and "decode tok/s" in table
+    assert "gpt_fast[sdpa]" in table and "50.0" in table and "90" in table
 
 
 @pytest.mark.skipif(__import__("importlib").util.find_spec("matplotlib") is not None, reason="matplotlib installed")

@@ -32,7 +32,7 @@ def build_parser() -> Parser:
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
-        return COMMANDS[args.command](args)
+        return COMMANDS[args.command].run(args)
     except UsageError as error:
         print(f"gpt-fast: error: {error}", file=sys.stderr)
         return 2

@@ -56,7 +56,8 @@ def _extension():
     _locate_cuda_home()
     from torch.utils.cpp_extension import CppExtension, CUDAExtension
 
-    rel = lambda pattern: sorted(os.path.relpath(p, ROOT) for p in glob.glob(str(ROOT / pattern)))
+    def rel(pattern):
+        return sorted(os.path.relpath(p, ROOT) for p in glob.glob(str(ROOT / pattern)))
     sources = rel("csrc/*.cpp") + rel("csrc/cpu/*.cpp")
     include_dirs = [str(ROOT / "csrc")]
     extra = {"cxx": list(FLAGS["cxx_flags"])}

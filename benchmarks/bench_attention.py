@@ -22,8 +22,9 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gpt_fast import ops  # noqa: E402
 from timing import time_alternating  # noqa: E402
+
+from gpt_fast import ops  # noqa: E402
 
 H, D = 12, 64
 C = H * D
@@ -92,7 +93,8 @@ def main():
     clock = time.thread_time if args.clock == "thread" else time.perf_counter
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.clock} clock, "
           f"best (median) of {args.rounds} rounds")
-    head = f"{'case':<26}{'kernel':>18}{'SDPA path':>18}{'SDPA only':>18}{'kernel thru':>16}{'ratio':>7}{'ratio med':>10}"
+    head = (f"{'case':<26}{'kernel':>18}{'SDPA path':>18}{'SDPA only':>18}{'kernel thru':>16}{'ratio':>7}"
+            f"{'ratio med':>10}")
     print(head)
     print("-" * len(head))
     for name, (make, case_args) in CASES.items():
@@ -101,7 +103,8 @@ def main():
                              min_time=0.02, clock=clock)
         best = {k: min(v) for k, v in t.items()}
         med = {k: statistics.median(v) for k, v in t.items()}
-        fmt = lambda k: f"{best[k] * 1e6:8.1f} ({med[k] * 1e6:6.1f})us"
+        def fmt(k):
+            return f"{best[k] * 1e6:8.1f} ({med[k] * 1e6:6.1f})us"  # noqa: B023 (called inside the loop)
         thru = case["work"] / best["ours"] / 1e9
         print(f"{name:<26}{fmt('ours'):>18}{fmt('sdpa'):>18}{fmt('sdpa_only'):>18}{thru:>9.1f} {case['unit']:<7}"
               f"{best['sdpa'] / best['ours']:>6.2f}x{med['sdpa'] / med['ours']:>9.2f}x")

@@ -13,7 +13,6 @@ TFLOP/s are lower bounds of what the kernel really moves and computes.
 from __future__ import annotations
 
 import argparse
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,7 +78,8 @@ def cases(dtype: torch.dtype, device: str = "cuda"):
     from gpt_fast.ops import reference
 
     g = torch.Generator(device=device).manual_seed(0)
-    rnd = lambda *s: torch.randn(*s, generator=g, device=device, dtype=dtype)
+    def rnd(*s):
+        return torch.randn(*s, generator=g, device=device, dtype=dtype)
     ops = torch.ops.gpt_fast
     x, res, vec = rnd(PREFILL_B, PREFILL_T, C), rnd(PREFILL_B, PREFILL_T, C), rnd(C)
     h, hb = rnd(PREFILL_B, PREFILL_T, MLP), rnd(MLP)
@@ -129,14 +129,16 @@ def cuda_time(fn, warmup: int = 10, iters: int = 50) -> float:
 def table(dtypes=(torch.bfloat16, torch.float16, torch.float32)) -> str:
     name = torch.cuda.get_device_name()
     lines = [f"Device: {name}, torch {torch.__version__}", "",
-             "| kernel | dtype | µs | TFLOP/s | GB/s | baseline | baseline µs | speed-up |", "|---|---|---|---|---|---|---|---|"]
+             "| kernel | dtype | µs | TFLOP/s | GB/s | baseline | baseline µs | speed-up |",
+             "|---|---|---|---|---|---|---|---|"]
     for dtype in dtypes:
         es = torch.finfo(dtype).bits // 8
         for op, (kernel, baselines) in cases(dtype).items():
             t, c = cuda_time(kernel), costs(es)[op]
             for base_name, base in baselines:
                 tb = cuda_time(base)
-                lines.append(f"| {op} | {str(dtype).removeprefix('torch.')} | {t * 1e6:.1f} | {c.flops / t / 1e12:.2f} | "
+                lines.append(f"| {op} | {str(dtype).removeprefix('torch.')} | {t * 1e6:.1f} | "
+                             f"{c.flops / t / 1e12:.2f} | "
                              f"{c.bytes / t / 1e9:.0f} | {base_name} | {tb * 1e6:.1f} | {tb / t:.2f}x |")
     return "\n".join(lines)
 

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import sys
 import platform
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,7 +116,8 @@ def linear_case(name, K, N, in_out_layout, gelu, rows, dtype, working_set_mib=0)
             lambda: torch.addmm(bias, x, next_base()))
     else:
         baseline_name, baseline = "F.linear", lambda: F.linear(x, next_base())
-    kernel = lambda: ops.linear_small_m(x, next_kern(), N, bias, None, gelu)
+    def kernel():
+        return ops.linear_small_m(x, next_kern(), N, bias, None, gelu)
     return f"{name} M={rows} ({K}x{N})", baseline_name, baseline, kernel, nbytes
 
 

@@ -49,7 +49,7 @@ def run(batch: int, seq: int, dtypes: list[str], repeats: int) -> str:
         models = build_models(dtype)
         ids = torch.randint(0, GPT1["vocab_size"], (batch, seq))
         with torch.inference_mode():
-            calls = {name: (lambda m=m: m(ids)) for name, m in models.items()}
+            calls = {name: (lambda m=m, ids=ids: m(ids)) for name, m in models.items()}
             times = best_and_median(time_alternating(calls, repeats=repeats))
         sdpa, hf = times["gpt_fast sdpa"]["median"], times.get("transformers", {}).get("median")
         for name, t in times.items():

@@ -4,8 +4,14 @@ Layers, each importing only the ones before it: ops (kernels, their references, 
 checkpoints / tokenization -> generation -> cli. The public API is re-exported here.
 """
 
-from gpt_fast.auto import (AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForMultipleChoice,
-                           AutoModelForSequenceClassification, AutoTokenizer)
+from gpt_fast.auto import (
+                           AutoConfig,
+                           AutoModel,
+                           AutoModelForCausalLM,
+                           AutoModelForMultipleChoice,
+                           AutoModelForSequenceClassification,
+                           AutoTokenizer,
+)
 from gpt_fast.generation.pipeline import TextGenerationPipeline, pipeline
 from gpt_fast.generation.streaming import TextIteratorStreamer, TextStreamer
 from gpt_fast.models.configuration import OpenAIGPTConfig

@@ -41,7 +41,8 @@ def parse_device(device) -> torch.device:
     try:
         return torch.device(device)
     except (RuntimeError, TypeError) as error:
-        raise ValueError(f"device must be a torch.device, a string like 'cpu' or 'cuda:0', or an index: {error}") from None
+        raise ValueError(f"device must be a torch.device, a string like 'cpu' or 'cuda:0', or an index: "
+                         f"{error}") from None
 
 
 def check_model_type(model_type, where: str = "config") -> None:

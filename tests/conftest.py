@@ -95,7 +95,7 @@ def assert_outputs_close(ours, theirs, atol: float = 1e-4, rtol: float = 1e-4) -
     for i, (a, b) in enumerate(zip(ours, theirs)):
         if isinstance(b, torch.Tensor):
             assert isinstance(a, torch.Tensor), f"output {i}: {type(a).__name__} instead of a tensor"
-            torch.testing.assert_close(a, b, atol=atol, rtol=rtol, msg=lambda m: f"output {i}: {m}")
+            torch.testing.assert_close(a, b, atol=atol, rtol=rtol, msg=lambda m, i=i: f"output {i}: {m}")
         else:
             assert_outputs_close(tuple(a), tuple(b), atol, rtol)
 

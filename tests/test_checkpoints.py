@@ -11,10 +11,10 @@ import types
 import pytest
 import torch
 import transformers
+from conftest import HEADS, assert_outputs_close, gpt_fast_class, hf_model, random_ids
 from safetensors.torch import save_file
 
 import gpt_fast
-from conftest import HEADS, assert_outputs_close, gpt_fast_class, hf_model, random_ids
 from gpt_fast.checkpoints.checkpoint import parse_device
 
 LM = "OpenAIGPTLMHeadModel"

@@ -4,8 +4,8 @@ import json
 
 import pytest
 import transformers
-
 from conftest import SHARED_GPT
+
 from gpt_fast import AutoConfig, OpenAIGPTConfig
 
 

@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from accuracy import assert_within_pytorch_error, upcast
 
 import gpt_fast.ops  # noqa: F401  (loads the extension and registers the fake kernels)
-from accuracy import assert_within_pytorch_error, upcast
-from gpt_fast.ops import reference
-from gpt_fast.ops import has_kernel
+from gpt_fast.ops import has_kernel, reference
 
 OPS = ["add_layernorm", "bias_gelu", "flash_attention", "decode_attention"]
 pytestmark = [
@@ -40,7 +39,8 @@ def test_add_layernorm(dtype, rows, C, with_bias):
     bias, b = bias[0], b[0]
     w = 1 + 0.1 * gen(C, dtype=dtype, seed=5)
     bias = bias if with_bias else None
-    fn = lambda *a: reference.add_layernorm(*a, 1e-5)
+    def fn(*a):
+        return reference.add_layernorm(*a, 1e-5)
     check(fn, [x, res, bias, w, b], dtype, gpt_ops.add_layernorm(x, res, bias, w, b, 1e-5))
 
 
@@ -66,7 +66,8 @@ def padding_mask(B, T):
 def test_flash_attention(dtype, T, B, H, D, masked):
     qkv = gen(B, T, 3 * H * D, dtype=dtype, seed=T)
     mask = padding_mask(B, T) if masked else None
-    fn = lambda q, m: reference.flash_attention(q, m, H)
+    def fn(q, m):
+        return reference.flash_attention(q, m, H)
     out = gpt_ops.flash_attention(qkv, mask, H)
     check(fn, [qkv, mask], dtype, out)
     if masked and T >= 3:
@@ -89,7 +90,8 @@ def test_decode_attention(dtype, B, S, H, D, Tmax, lengths):
     out = gpt_ops.decode_attention(qkv, k_out, v_out, lens, H)
     reference.decode_attention(qkv, k_ref, v_ref, lens, H)
     assert torch.equal(k_out, k_ref) and torch.equal(v_out, v_ref)
-    fn = lambda q, kc, vc: reference.decode_attention(q, kc.clone(), vc.clone(), lens, H)
+    def fn(q, kc, vc):
+        return reference.decode_attention(q, kc.clone(), vc.clone(), lens, H)
     check(fn, [qkv, k, v], dtype, out)
 
 
@@ -127,7 +129,8 @@ def test_flash_attention_noncontiguous_and_misaligned_qkv(layout):
         qkv = gen(B, T, 4 * H * D, dtype=torch.bfloat16, seed=8)[..., : 3 * H * D]
     else:  # contiguous, but 2 bytes past a 16-byte boundary
         qkv = gen(B * T * 3 * H * D + 8, dtype=torch.bfloat16, seed=8)[1 : 1 + B * T * 3 * H * D].view(B, T, -1)
-    fn = lambda q: reference.flash_attention(q, None, H)
+    def fn(q):
+        return reference.flash_attention(q, None, H)
     check(fn, [qkv], torch.bfloat16, gpt_ops.flash_attention(qkv, None, H))
 
 

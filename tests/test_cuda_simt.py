@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from accuracy import assert_within_pytorch_error, upcast
 
 from gpt_fast.ops import reference
-from accuracy import assert_within_pytorch_error, upcast
 
 ROOT = Path(__file__).resolve().parents[1]
 CUDA_INCLUDE = Path(os.environ.get("CUDA_HOME", "/usr/local/cuda")) / "include"
@@ -28,7 +28,9 @@ pytestmark = [
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 SANITIZERS = ["-fsanitize=thread,undefined,bounds-strict", "-fno-sanitize-recover=undefined,bounds-strict"]
-ENV = {**os.environ, "TSAN_OPTIONS": f"halt_on_error=1 exitcode=66 suppressions={ROOT / 'tests' / 'simt' / 'tsan.supp'}", "UBSAN_OPTIONS": "halt_on_error=1 print_stacktrace=1"}
+ENV = {**os.environ,
+       "TSAN_OPTIONS": f"halt_on_error=1 exitcode=66 suppressions={ROOT / 'tests' / 'simt' / 'tsan.supp'}",
+       "UBSAN_OPTIONS": "halt_on_error=1 print_stacktrace=1"}
 
 
 def build(out: Path, *defines: str) -> Path:
@@ -84,7 +86,8 @@ def test_add_layernorm(harness, tmp_path, dtype, rows, C, has_bias):
     save(tmp_path, x=x, residual=res, weight=w, ln_bias=b, **({"bias": bias} if has_bias else {}))
     run(harness, tmp_path, "add_layernorm", dtype, rows, C, int(has_bias), 1e-5)
     out = load(tmp_path, "out", dtype, (rows, C))
-    fn = lambda x, r, bi, w, b: reference.add_layernorm(x, r, bi, w, b, 1e-5)
+    def fn(x, r, bi, w, b):
+        return reference.add_layernorm(x, r, bi, w, b, 1e-5)
     check_accuracy(out, fn, [x, res, bias if has_bias else None, w, b], dtype)
 
 
@@ -120,7 +123,8 @@ def test_flash_attention(harness, tmp_path, dtype, B, T, H, D, masked):
     save(tmp_path, qkv=qkv, **({"mask": mask} if masked else {}))
     run(harness, tmp_path, "flash_attention", dtype, B, T, H, D, int(masked))
     out = load(tmp_path, "out", dtype, (B, T, H * D))
-    fn = lambda qkv, m: reference.flash_attention(qkv, m, H)
+    def fn(qkv, m):
+        return reference.flash_attention(qkv, m, H)
     check_accuracy(out, fn, [qkv, mask], dtype)
     if masked:  # query rows with no key to attend give exact zeros
         assert torch.equal(out[0, : T // 3], torch.zeros_like(out[0, : T // 3]))
@@ -148,7 +152,8 @@ def test_decode_attention(harness, tmp_path, dtype, B, S, H, D, Tmax, lengths, s
     k_ref, v_ref = k_cache.clone(), v_cache.clone()
     reference.decode_attention(qkv, k_ref, v_ref, lens, H)
     assert torch.equal(k_out, k_ref) and torch.equal(v_out, v_ref)  # new keys/values written, nothing else
-    fn = lambda qkv, k, v: reference.decode_attention(qkv, k.clone(), v.clone(), lens, H)
+    def fn(qkv, k, v):
+        return reference.decode_attention(qkv, k.clone(), v.clone(), lens, H)
     check_accuracy(out, fn, [qkv, k_cache, v_cache], dtype)
 
 
@@ -168,7 +173,8 @@ def test_decode_attention_out_of_range_row(harness, tmp_path, sms, splits):
     assert torch.isnan(out[0]).all()
     assert torch.equal(load(tmp_path, "k_cache", dtype, (B, H, Tmax, D))[0], k_cache[0])
     assert torch.equal(load(tmp_path, "v_cache", dtype, (B, H, Tmax, D))[0], v_cache[0])
-    fn = lambda q, k, v: reference.decode_attention(q, k.clone(), v.clone(), lens[1:], H)
+    def fn(q, k, v):
+        return reference.decode_attention(q, k.clone(), v.clone(), lens[1:], H)
     check_accuracy(out[1:], fn, [qkv[1:], k_cache[1:], v_cache[1:]], dtype)
 
 

@@ -2,10 +2,10 @@
 
 import pytest
 import torch
+from accuracy import assert_within_pytorch_error, upcast
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from accuracy import assert_within_pytorch_error, upcast
 from gpt_fast import ops
 from gpt_fast.ops import reference
 

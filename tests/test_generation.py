@@ -9,8 +9,13 @@ import pytest
 import torch
 
 transformers = pytest.importorskip("transformers")
-from transformers.generation.logits_process import (LogitsProcessorList, RepetitionPenaltyLogitsProcessor,  # noqa: E402
-                                                    TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper)
+from transformers.generation.logits_process import (  # noqa: E402
+    LogitsProcessorList,
+    RepetitionPenaltyLogitsProcessor,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
 
 from gpt_fast import OpenAIGPTLMHeadModel, ops  # noqa: E402
 from gpt_fast.generation.decoder import IncrementalDecoder  # noqa: E402
@@ -194,7 +199,8 @@ def test_processors_equal_transformers_warpers(settings):
         expected_list.append(TopPLogitsWarper(settings["top_p"]))
     expected = expected_list(history, scores.clone())
     config = SamplingConfig(do_sample=True, temperature=settings.get("temperature", 1.0), top_k=settings["top_k"],
-                            top_p=settings.get("top_p", 1.0), repetition_penalty=settings.get("repetition_penalty", 1.0),
+                            top_p=settings.get("top_p", 1.0),
+                            repetition_penalty=settings.get("repetition_penalty", 1.0),
                             eos_blocked_steps=0)
     selector = TokenSelector(config, None, 4, 50, torch.device("cpu"), None)
     selector.add_prompt(history, torch.full((4,), 6))

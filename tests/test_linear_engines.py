@@ -6,8 +6,8 @@ import dataclasses
 import pytest
 import torch
 import torch.nn.functional as F
-
 from accuracy import assert_within_pytorch_error, upcast
+
 from gpt_fast import ops
 from gpt_fast.models.linear import Conv1D
 from gpt_fast.ops.kernel_plan import SMALL_M_MAX_ROWS, onednn_bf16_usable, plan_kernels

@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-
 from accuracy import assert_within_pytorch_error, upcast
+
 from gpt_fast import ops
 from gpt_fast.ops import reference
 

@@ -14,7 +14,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
 from conftest import hf_model
 
 ALLOWED_RATIO = 1.3

@@ -3,7 +3,6 @@
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import gpt_fast_class, hf_model, random_ids
 
 LM, DOUBLE, SEQ_CLS = "OpenAIGPTLMHeadModel", "OpenAIGPTDoubleHeadsModel", "OpenAIGPTForSequenceClassification"
@@ -52,7 +51,8 @@ def test_lm_loss_gradients_match_transformers(backend):
     theirs = dict(hf.named_parameters())
     for name, param in ours.named_parameters():
         assert param.grad is not None, name
-        torch.testing.assert_close(param.grad, theirs[name].grad, atol=1e-5, rtol=1e-4, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(param.grad, theirs[name].grad, atol=1e-5, rtol=1e-4,
+                                   msg=lambda m, name=name: f"{name}: {m}")
 
 
 def test_double_heads_losses():

@@ -6,9 +6,19 @@ Expected values come from transformers models with the same weights or from the 
 import pytest
 import torch
 import transformers
-
-from conftest import (BACKENDS, DOUBLE, HEADS, SEQ_CLS, assert_outputs_close, forward, gpt_fast_class, hf_model,
-                      load_pair, random_ids, shape_for)
+from conftest import (
+    BACKENDS,
+    DOUBLE,
+    HEADS,
+    SEQ_CLS,
+    assert_outputs_close,
+    forward,
+    gpt_fast_class,
+    hf_model,
+    load_pair,
+    random_ids,
+    shape_for,
+)
 
 
 @pytest.mark.parametrize("loader", ["from_transformers", "save_load"])

@@ -5,9 +5,9 @@ Damaged or incomplete checkpoint folders are covered in test_checkpoints.py, bad
 
 import pytest
 import torch
+from conftest import TINY, random_ids
 
 import gpt_fast
-from conftest import TINY, random_ids
 
 V, P = TINY["vocab_size"], TINY["n_positions"]
 

@@ -9,10 +9,21 @@ import copy
 import pytest
 import torch
 import transformers
-
 from accuracy import assert_within_pytorch_error
-from conftest import (BACKENDS, DOUBLE, HEADS, SEQ_CLS, TINY, assert_outputs_close, forward, gpt_fast_class,
-                      hf_model, load_pair, random_ids, shape_for)
+from conftest import (
+    BACKENDS,
+    DOUBLE,
+    HEADS,
+    SEQ_CLS,
+    TINY,
+    assert_outputs_close,
+    forward,
+    gpt_fast_class,
+    hf_model,
+    load_pair,
+    random_ids,
+    shape_for,
+)
 
 
 @pytest.mark.parametrize("loader", ["from_transformers", "save_load"])

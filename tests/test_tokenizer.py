@@ -172,7 +172,7 @@ def test_batch_encoding_access_and_to(padded):
     assert out.to("cpu") is out and out.input_ids.device.type == "cpu"
     assert sorted(dict(**out)) == ["attention_mask", "input_ids"]
     with pytest.raises(AttributeError, match="no key or attribute 'token_type_ids'"):
-        out.token_type_ids
+        _ = out.token_type_ids
 
 
 def test_pickle_round_trip(padded):

@@ -2,7 +2,8 @@
 
 In one run, implementations alternating and the best of `repeats` kept for each figure:
 - batch-1 time to first token (a 32-token prompt) and decode tokens/s ((N - 1) over the time from the first
-  to the last new token), both from the times a streamer receives the tokens, for gpt_fast with each available attention backend
+  to the last new token), both from the times a streamer receives the tokens, for gpt_fast with each available
+  attention backend
   and for transformers' generate when installed (it re-runs the whole sequence per token: no KV cache for
   OpenAIGPT), in each dtype;
   transformers re-runs the whole sequence per token, so by default its N-token run is not timed whole (it takes
@@ -182,7 +183,7 @@ def sampled_generation(model, ids, new_tokens, points: int = 5) -> tuple[float, 
     ttft = timed(lambda: _generate(model, ids, 1), ids.device)
     extended = torch.cat([ids, ids.new_zeros(1, new_tokens)], dim=1)  # (1, T + N); the ids do not matter
     lengths = sorted({T + 1 + round(i * (new_tokens - 2) / max(points - 1, 1)) for i in range(points)})
-    return ttft, [(L, timed(lambda: _generate(model, extended[:, :L], 1), ids.device)) for L in lengths]
+    return ttft, [(L, timed(lambda L=L: _generate(model, extended[:, :L], 1), ids.device)) for L in lengths]
 
 
 def integrate_steps(samples: list[tuple[int, float]]) -> float:
@@ -221,10 +222,10 @@ def run(options: BenchOptions, log=sys.stderr) -> dict:
         default = f"gpt_fast[{gpt_fast_backends(device.type)[-1]}]"  # what "auto" picks: the fastest
         best: dict[tuple[str, str], float] = {}
 
-        def keep(key, seconds):
+        def keep(key, seconds, best=best):
             best[key] = min(best.get(key, float("inf")), seconds)
 
-        for name, entry in models.items():  # warm-up (first-call allocations, oneDNN kernel selection)
+        for entry in models.values():  # warm-up (first-call allocations, oneDNN kernel selection)
             model = use(entry)
             _generate(model, prompt, 2)
             _prefill(model, long_prompt[:, :16])
@@ -243,7 +244,7 @@ def run(options: BenchOptions, log=sys.stderr) -> dict:
                     ttft, per_token = time_generation(model, prompt, N)
                 keep((name, "ttft"), ttft)
                 keep((name, "per_token"), per_token)
-                keep((name, "prefill"), timed(lambda: _prefill(model, long_prompt), device))
+                keep((name, "prefill"), timed(lambda model=model: _prefill(model, long_prompt), device))
             print(f"[{dtype_name} {repeat + 1}/{options.repeats}] {default}: batch {options.batch}",
                   file=log, flush=True)
             model = use(models[default])
@@ -294,7 +295,8 @@ def format_table(result: dict) -> str:
     opts = result["options"]
     machine = result["machine"]
     head = (f"gpt-fast bench  {result['date']}  {machine['cpu']} (kernel tier {machine.get('cpu_isa', '?')}, "
-            f"{machine['threads']} threads, {machine['device']})\nprompt {opts['prompt_length']} tokens, {opts['new_tokens']} new tokens, "
+            f"{machine['threads']} threads, {machine['device']})\n"
+            f"prompt {opts['prompt_length']} tokens, {opts['new_tokens']} new tokens, "
             f"best of {opts['repeats']}; read bandwidth {result['read_bandwidth_gb_s']:.1f} GB/s; "
             f"prefill column: a {opts['prefill_length']}-token prompt\n")
     columns = ("dtype", "impl", "batch", "TTFT ms", "decode tok/s", "x transformers", "% roofline", "prefill ms")

@@ -107,7 +107,8 @@ def check_prompt(model, input_ids, attention_mask):
         raise ValueError("generate needs input_ids of shape (batch, prompt_length)")
     check_integer_tensor("input_ids", input_ids)
     if input_ids.dim() != 2 or input_ids.shape[0] == 0 or input_ids.shape[1] == 0:
-        raise ValueError(f"input_ids must have shape (batch, prompt_length) with both > 0, got {tuple(input_ids.shape)}")
+        raise ValueError("input_ids must have shape (batch, prompt_length) with both > 0, "
+                         f"got {tuple(input_ids.shape)}")
     check_ids_in_range("input_ids", input_ids, model.config.vocab_size)
     device = model.device
     input_ids = input_ids.to(device)
@@ -180,7 +181,7 @@ def parse_generation_kwargs(model, prompt_length: int, kwargs: dict) -> Generati
         _int("seed", seed, 0)
         generator = torch.Generator(model.device).manual_seed(seed)
     streamer = get("streamer")
-    if streamer is not None and not (callable(getattr(streamer, "put", None)) and callable(getattr(streamer, "end", None))):
+    if streamer is not None and not all(callable(getattr(streamer, name, None)) for name in ("put", "end")):
         raise TypeError("streamer must have put(token_ids) and end() methods (like transformers' streamers)")
     if not get("use_cache", True):
         raise ValueError("use_cache=False is not supported: gpt_fast always decodes over its static KV cache")

@@ -104,7 +104,8 @@ class TextGenerationPipeline:
         for sequence in sequences:
             record = {}
             if return_tensors:
-                record["generated_token_ids"] = sequence.tolist() if full_text else sequence[input_ids.shape[-1]:].tolist()
+                kept = sequence if full_text else sequence[input_ids.shape[-1]:]
+                record["generated_token_ids"] = kept.tolist()
             if return_text:
                 new_text = self.tokenizer.decode(sequence.tolist(), **decode)[prompt_chars:]
                 record["generated_text"] = prompt + new_text if full_text else new_text

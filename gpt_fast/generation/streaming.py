@@ -6,8 +6,9 @@
 - TextIteratorStreamer: the same pieces through an iterator, for a consumer thread (generate runs in another).
 
 With skip_prompt=True the prompt is not output but stays the decoding context, so the new text starts with the
-space (or none) it has after the prompt. Text is released only up to the last space or newline (the next token may still change a partial word, e.g.
-by BPE merges or a multi-byte character), and everything left is released at end().
+space (or none) it has after the prompt. Text is released only up to the last space or newline (the next token
+may still change a partial word, e.g. by BPE merges or a multi-byte character), and everything left is released
+at end().
 """
 
 from __future__ import annotations

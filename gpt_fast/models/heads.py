@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 from gpt_fast.generation.generate import generate
 from gpt_fast.models.configuration import OpenAIGPTConfig
@@ -59,7 +59,9 @@ class SequenceSummary(nn.Module):
                 cls_index = torch.full(hidden.shape[:-2], T - 1, dtype=torch.long, device=hidden.device)
             check_integer_tensor("mc_token_ids", cls_index)
             check_same_shape("mc_token_ids", cls_index, hidden.shape[:-2], "(batch, num_choices)")
-            if cls_index.numel() and not torch.compiler.is_compiling() and (int(cls_index.min()) < 0 or int(cls_index.max()) >= T):
+            in_range = torch.compiler.is_compiling() or not cls_index.numel() or (
+                int(cls_index.min()) >= 0 and int(cls_index.max()) < T)
+            if not in_range:
                 raise IndexError(f"mc_token_ids must lie in [0, {T}), got values {cls_index.min()}..{cls_index.max()}")
             index = cls_index[..., None, None].expand(*cls_index.shape, 1, hidden.shape[-1])
             output = hidden.gather(-2, index).squeeze(-2)

@@ -13,8 +13,8 @@ plan never lets one layer use both packed engines.
 from __future__ import annotations
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 from gpt_fast.ops import linear_small_m, pack_linear_weight, reference
 from gpt_fast.ops.kernel_plan import KernelPlan

@@ -17,8 +17,8 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 from gpt_fast.models.attention import backend_attention, eager_attention
 from gpt_fast.models.configuration import OpenAIGPTConfig
@@ -85,7 +85,8 @@ class Block(nn.Module):
         Returns (the block output (B, T, C), the probabilities)."""
         a, probs = attend(self.attn.c_attn(x, plan))
         n = self.residual_norm(x, self.attn.c_proj, a, self.attn.resid_dropout, self.ln_1, plan)
-        return self.residual_norm(n, self.mlp.c_proj, self.mlp.hidden(n, plan), self.mlp.dropout, self.ln_2, plan), probs
+        h = self.mlp.hidden(n, plan)  # (B, T, 4C)
+        return self.residual_norm(n, self.mlp.c_proj, h, self.mlp.dropout, self.ln_2, plan), probs
 
     @staticmethod
     def residual_norm(x, proj: Conv1D, h, dropout: nn.Dropout, ln: nn.LayerNorm, plan: KernelPlan):
@@ -183,4 +184,5 @@ class OpenAIGPTModel(OpenAIGPTPreTrainedModel):
             return head_mask.expand(n_layer, n_head)
         if head_mask.dim() == 2 and tuple(head_mask.shape) == (n_layer, n_head):
             return head_mask
-        raise ValueError(f"head_mask must have shape ({n_head},) or ({n_layer}, {n_head}), got {tuple(head_mask.shape)}")
+        raise ValueError(f"head_mask must have shape ({n_head},) or ({n_layer}, {n_head}), "
+                         f"got {tuple(head_mask.shape)}")

@@ -45,7 +45,8 @@ def check_model_inputs(config, input_ids, inputs_embeds, attention_mask, token_t
         if not isinstance(inputs_embeds, torch.Tensor) or not inputs_embeds.is_floating_point():
             raise TypeError("inputs_embeds must be a floating-point tensor of shape (..., T, n_embd)")
         if inputs_embeds.dim() < 2 or inputs_embeds.shape[-1] != config.n_embd:
-            raise ValueError(f"inputs_embeds must have shape (..., T, {config.n_embd}), got {tuple(inputs_embeds.shape)}")
+            raise ValueError(f"inputs_embeds must have shape (..., T, {config.n_embd}), "
+                             f"got {tuple(inputs_embeds.shape)}")
         shape = inputs_embeds.shape[:-1]
     T = shape[-1]
     if T > config.n_positions:

@@ -17,7 +17,7 @@ if extension_loaded():
         torch._check(C3 % 3 == 0, lambda: "decode_attention: qkv's last dimension must be 3 * C")
         torch._check(n_head > 0 and (C3 // 3) % n_head == 0, lambda: "decode_attention: n_head must divide C")
         for name, t in (("k_cache", k_cache), ("v_cache", v_cache), ("cache_lengths", cache_lengths)):
-            torch._check(t.device == qkv.device, lambda: f"decode_attention: {name} must be on qkv's device")
+            torch._check(t.device == qkv.device, lambda name=name: f"decode_attention: {name} must be on qkv's device")
         return qkv.new_empty((B, S, C3 // 3))
 
 

@@ -87,7 +87,8 @@ def _plan(attn_implementation, device_type: str, dtype: torch.dtype, dropout: bo
         fused=fused,
         add_layernorm=layernorm or reference.add_layernorm,
         bias_gelu=gelu or reference.bias_gelu,
-        decode_attention=_kernel("decode_attention", device_type, dtype, decode_attention) or reference.decode_attention,
+        decode_attention=(_kernel("decode_attention", device_type, dtype, decode_attention)
+                          or reference.decode_attention),
         small_m_rows=SMALL_M_MAX_ROWS if small_m else 0,
         onednn_bf16=fused and not grad and not small_m and dtype == torch.bfloat16 and onednn_bf16_usable(device_type),
     )

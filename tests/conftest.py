@@ -100,6 +100,27 @@ def assert_outputs_close(ours, theirs, atol: float = 1e-4, rtol: float = 1e-4) -
             assert_outputs_close(tuple(a), tuple(b), atol, rtol)
 
 
+def _tier_params():
+    """Every CPU kernel tier (csrc/cpu/cpu_isa.h); the ones this CPU lacks are skipped, saying so."""
+    from gpt_fast.ops import cpu_isa
+
+    detected = cpu_isa.detected_level()
+    return [pytest.param(level, marks=pytest.mark.skipif(
+        cpu_isa.LEVELS.index(level) > cpu_isa.LEVELS.index(detected),
+        reason=f"this CPU lacks the {level} tier (it has {detected})")) for level in cpu_isa.LEVELS]
+
+
+@pytest.fixture(params=_tier_params())
+def cpu_tier(request, monkeypatch):
+    """Runs the test once per kernel tier this CPU can execute, capping the kernels (and the library paths
+    chosen in Python) at it with GPT_FAST_CPU_ISA."""
+    from gpt_fast.ops import cpu_isa
+
+    monkeypatch.setenv(cpu_isa.ENV, request.param)
+    assert cpu_isa.level() == request.param
+    return request.param
+
+
 @pytest.fixture
 def no_kernels(monkeypatch):
     """The package as it is when the extension holds no kernel (the kernel plans are chosen afresh)."""

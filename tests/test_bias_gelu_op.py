@@ -20,16 +20,7 @@ def check(x, bias):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("rows, width", [(1, 1), (2, 13), (7, 48), (16, 80), (97, 768), (513, 40), (3, 3072)])
-def test_matches_reference(dtype, rows, width):
-    g = torch.Generator().manual_seed(rows * 1000 + width)
-    x = (3 * torch.randn(rows, width, generator=g)).to(dtype)
-    bias = torch.randn(width, generator=g).to(dtype)
-    check(x, bias)
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_saturated_and_special_values(dtype):
+def test_saturated_and_special_values(dtype, cpu_tier):
     x = torch.tensor([-1e4, -100.0, -20.0, -9.0, -3.0, -0.5, -1e-3, 0.0, 1e-3, 0.5, 3.0, 9.0, 20.0, 100.0, 1e4,
                       -6.0, 6.0]).to(dtype)
     check(x.view(1, -1), torch.zeros(x.numel(), dtype=dtype))
@@ -38,7 +29,7 @@ def test_saturated_and_special_values(dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_three_dims_and_non_contiguous(dtype):
+def test_three_dims_and_non_contiguous(dtype, cpu_tier):
     g = torch.Generator().manual_seed(5)
     x = torch.randn(40, 3, 7, generator=g).to(dtype).transpose(0, 2)  # (7, 3, 40), strided
     bias = torch.randn(80, generator=g).to(dtype)[::2]  # (40,), stride 2
@@ -46,26 +37,8 @@ def test_three_dims_and_non_contiguous(dtype):
     check(x, bias)
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_portable_path_matches(dtype, monkeypatch):
-    g = torch.Generator().manual_seed(11)
-    x = (3 * torch.randn(5, 77, generator=g)).to(dtype)
-    bias = torch.randn(77, generator=g).to(dtype)
-    vector = ops.bias_gelu(x, bias)
-    monkeypatch.setenv("GPT_FAST_CPU_ISA", "scalar")
-    check(x, bias)
-    portable = ops.bias_gelu(x, bias)
-    # Both paths round the same fp32 value up to ~1 ulp apart: at most one step of the output dtype.
-    torch.testing.assert_close(portable, vector, rtol=2 * torch.finfo(dtype).eps, atol=2 * torch.finfo(dtype).eps)
-
-
 def test_empty():
     assert ops.bias_gelu(torch.empty(0, 8), torch.zeros(8)).shape == (0, 8)
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_opcheck(dtype):
-    torch.library.opcheck(torch.ops.gpt_fast.bias_gelu, (torch.randn(3, 5, 24).to(dtype), torch.randn(24).to(dtype)))
 
 
 def test_rejects_scalar_x():

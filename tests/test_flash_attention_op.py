@@ -36,35 +36,8 @@ def check(qkv, mask, n_head):
 
 
 # A covering set rather than the cross product: every T, B, H, D, dtype and mask kind appears.
-CASES = [
-    # B, T, H, D, dtype, mask
-    (1, 1, 3, 48, torch.float32, "none"),
-    (3, 1, 12, 64, torch.bfloat16, "left"),
-    (3, 7, 3, 64, torch.bfloat16, "left"),
-    (1, 7, 12, 80, torch.float16, "random"),
-    (1, 97, 12, 80, torch.float16, "right"),
-    (3, 97, 3, 48, torch.float32, "random"),
-    (3, 97, 3, 64, torch.bfloat16, "random"),
-    (3, 511, 3, 64, torch.float32, "left"),
-    (1, 511, 3, 80, torch.bfloat16, "right"),
-    (1, 512, 12, 64, torch.float32, "none"),
-    (1, 512, 12, 64, torch.bfloat16, "none"),
-    (1, 512, 12, 64, torch.float16, "left"),
-    (3, 513, 3, 48, torch.float16, "right"),
-    (1, 513, 3, 64, torch.float32, "random"),
-    (3, 513, 3, 80, torch.bfloat16, "random"),
-]
-
-
-@pytest.mark.parametrize("B, T, H, D, dtype, mask_kind", CASES)
-def test_matches_reference(B, T, H, D, dtype, mask_kind):
-    g = torch.Generator().manual_seed(B * 1000 + T * 10 + H + D)
-    qkv = torch.randn(B, T, 3 * H * D, generator=g).to(dtype)
-    check(qkv, make_mask(mask_kind, B, T, g), H)
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-def test_fully_padded_rows_give_zeros(dtype):
+def test_fully_padded_rows_give_zeros(dtype, cpu_tier):
     g = torch.Generator().manual_seed(1)
     B, T, H, D = 2, 70, 3, 64
     qkv = torch.randn(B, T, 3 * H * D, generator=g).to(dtype)
@@ -78,14 +51,14 @@ def test_fully_padded_rows_give_zeros(dtype):
     assert out[1, 5:].abs().sum() > 0
 
 
-def test_head_size_128_and_odd():
+def test_head_size_128_and_odd(cpu_tier):
     g = torch.Generator().manual_seed(2)
     check(torch.randn(2, 70, 3 * 2 * 128, generator=g), None, 2)
     check(torch.randn(2, 70, 3 * 3 * 5, generator=g), make_mask("random", 2, 70, g), 3)
 
 
 @pytest.mark.parametrize("dtype, D", [(torch.float32, 48), (torch.bfloat16, 48), (torch.bfloat16, 64)])
-def test_non_contiguous_qkv(dtype, D):
+def test_non_contiguous_qkv(dtype, D, cpu_tier):
     g = torch.Generator().manual_seed(3)
     B, T, H = 2, 77, 3
     big = torch.randn(B + 1, T + 5, 3 * H * D + 32, generator=g).to(dtype)
@@ -96,16 +69,9 @@ def test_non_contiguous_qkv(dtype, D):
                                rtol=0, atol=0)
 
 
-def test_opcheck():
-    g = torch.Generator().manual_seed(4)
-    qkv = torch.randn(2, 9, 3 * 2 * 16, generator=g)
-    mask = torch.rand(2, 9, generator=g) > 0.2
-    torch.library.opcheck(torch.ops.gpt_fast.flash_attention, (qkv, mask, 2))
-    torch.library.opcheck(torch.ops.gpt_fast.flash_attention, (qkv.bfloat16(), None, 2))
-
-
 @settings(max_examples=25, deadline=None)
-@given(B=st.integers(1, 3), T=st.integers(1, 150), H=st.integers(1, 4), D=st.sampled_from([1, 8, 16, 24, 48, 64, 80, 128]),
+@given(B=st.integers(1, 3), T=st.integers(1, 150), H=st.integers(1, 4),
+       D=st.sampled_from([1, 8, 16, 24, 48, 64, 80, 128]),
        dtype=st.sampled_from([torch.float32, torch.bfloat16, torch.float16]),
        mask_kind=st.sampled_from(["none", "left", "right", "random"]), seed=st.integers(0, 2**31 - 1))
 def test_fuzz(B, T, H, D, dtype, mask_kind, seed):

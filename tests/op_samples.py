@@ -1,0 +1,168 @@
+"""One `sample_inputs(op, dtype, device)` per gpt_fast op, feeding every test that runs an op: the CPU accuracy
+matrix over kernel tiers (tests/test_op_matrix.py), opcheck, and the CUDA tests (tests/test_cuda_ops.py).
+
+Each Sample holds the arguments of torch.ops.gpt_fast.<op> (for linear_small_m, of the reference: the unpacked
+weight, which `op_arguments` packs). Shapes are the awkward ones: 1, 7, 97, 511, 513 rows or tokens, odd widths
+and head counts, padded rows (fully padded ones included), empty and long caches.
+`check_sample(op, sample)` runs the op and compares it with the eager reference on upcast copies, bounded by a
+small multiple of PyTorch's own error in the op's dtype (tests/accuracy.py); in-place cache writes are compared
+exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from accuracy import assert_within_pytorch_error, upcast
+
+from gpt_fast.ops import reference
+
+
+@dataclass
+class Sample:
+    name: str
+    args: tuple  # the reference's arguments, tensors on the sample's device
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+def _gen(seed: int):
+    g = torch.Generator().manual_seed(seed)
+
+    def randn(*shape, dtype, device, scale=1.0, shift=0.0):
+        return (shift + scale * torch.randn(*shape, generator=g)).to(dtype).to(device)
+
+    return g, randn
+
+
+def padding_mask(kind: str, B: int, T: int, g: torch.Generator) -> torch.Tensor | None:
+    """(B, T) bool key padding mask, True = attend; row 0 of "left"/"right" is fully padded when B > 1."""
+    if kind == "none":
+        return None
+    lengths = torch.randint(1, T + 1, (B,), generator=g)
+    if B > 1:
+        lengths[0] = 0
+    pos = torch.arange(T)
+    if kind == "left":
+        return pos[None, :] >= (T - lengths)[:, None]
+    if kind == "right":
+        return pos[None, :] < lengths[:, None]
+    return torch.rand(B, T, generator=g) > 0.3  # "random": holes anywhere
+
+
+def _add_layernorm(dtype, device):
+    for i, (rows, C, with_bias, shift) in enumerate([(1, 768, True, 0.0), (7, 48, False, 0.0), (97, 80, True, 0.0),
+                                                     (3, 1, True, 0.0), (5, 3000, False, 0.0), (513, 768, True, 0.0),
+                                                     (4, 768, True, 300.0)]):  # large mean, small spread
+        g, randn = _gen(i)
+        x, res = randn(rows, C, dtype=dtype, device=device, shift=shift), randn(rows, C, dtype=dtype, device=device)
+        bias = randn(C, dtype=dtype, device=device) if with_bias else None
+        weight = randn(C, dtype=dtype, device=device, scale=0.1, shift=1.0)
+        yield Sample(f"rows{rows}-C{C}-bias{int(with_bias)}-mean{shift:g}",
+                     (x, res, bias, weight, randn(C, dtype=dtype, device=device), 1e-5))
+
+
+def _bias_gelu(dtype, device):
+    for i, shape in enumerate([(1, 1), (2, 13), (7, 48), (16, 80), (97, 768), (513, 40), (3, 3072), (3, 5, 24)]):
+        g, randn = _gen(i)
+        yield Sample("x".join(map(str, shape)), (randn(*shape, dtype=dtype, device=device, scale=3.0),
+                                                  randn(shape[-1], dtype=dtype, device=device)))
+
+
+def _flash_attention(dtype, device):
+    cases = [(1, 1, 3, 48, "none"), (3, 1, 12, 64, "left"), (3, 7, 3, 64, "left"), (1, 7, 12, 80, "random"),
+             (1, 97, 12, 80, "right"), (3, 97, 3, 48, "random"), (3, 511, 3, 64, "left"), (1, 512, 12, 64, "none"),
+             (3, 513, 3, 48, "right"), (1, 513, 3, 80, "random")]
+    for i, (B, T, H, D, mask) in enumerate(cases):
+        g, randn = _gen(i)
+        qkv = randn(B, T, 3 * H * D, dtype=dtype, device=device)  # (B, T, 3C)
+        key_mask = padding_mask(mask, B, T, g)
+        yield Sample(f"B{B}-T{T}-H{H}-D{D}-{mask}", (qkv, None if key_mask is None else key_mask.to(device), H))
+
+
+def _decode_attention(dtype, device):
+    cases = [(1, 1, 12, 64, 512, [0]), (1, 1, 12, 64, 512, [128]), (1, 1, 12, 64, 512, [511]),
+             (3, 1, 3, 48, 600, [0, 97, 513]), (3, 3, 3, 80, 520, [7, 517, 0]), (3, 3, 12, 64, 520, [511, 1, 300]),
+             (1, 3, 3, 64, 1100, [1000]), (1, 1, 1, 48, 4096, [4000]),
+             (8, 1, 12, 64, 600, [128, 0, 512, 5, 97, 300, 511, 1])]
+    for i, (B, S, H, D, Tmax, lengths) in enumerate(cases):
+        g, randn = _gen(i)
+        qkv = randn(B, S, 3 * H * D, dtype=dtype, device=device)  # (B, S, 3C)
+        caches = [randn(B, H, Tmax, D, dtype=dtype, device=device) for _ in range(2)]  # (B, H, Tmax, D) each
+        yield Sample(f"B{B}-S{S}-H{H}-D{D}-Tmax{Tmax}-len{'_'.join(map(str, lengths))}",
+                     (qkv, *caches, torch.tensor(lengths, device=device), H))
+
+
+def _linear_small_m(dtype, device):
+    epilogues = [(True, False, False), (False, False, False), (True, True, False), (True, False, True),
+                 (False, True, True)]  # (bias, gelu, residual)
+    shapes = [(1, 768, 2304), (2, 48, 80), (7, 80, 13), (16, 768, 768), (97, 13, 1), (513, 40, 48), (3, 1, 17),
+              (4, 64, 40), (20, 96, 33), (2, 33, 1000), (3, 65, 200)]
+    for i, (rows, K, N) in enumerate(shapes):
+        g, randn = _gen(i)
+        with_bias, gelu, with_residual = epilogues[i % len(epilogues)]
+        in_out = i % 2 == 0  # Conv1D (K, N) and nn.Linear (N, K) layouts
+        x = randn(rows, K, dtype=dtype, device=device)
+        weight = (torch.randn(K, N, generator=g) / K**0.5).to(dtype).to(device)
+        weight = weight if in_out else weight.t().contiguous()
+        bias = randn(N, dtype=dtype, device=device) if with_bias else None
+        residual = randn(rows, N, dtype=dtype, device=device) if with_residual else None
+        yield Sample(f"M{rows}-K{K}-N{N}-bias{int(with_bias)}-gelu{int(gelu)}-res{int(with_residual)}-"
+                     f"{'conv1d' if in_out else 'linear'}", (x, weight, bias, residual, gelu, in_out))
+
+
+def _pack_linear_weight(dtype, device):
+    for i, (K, N, in_out) in enumerate([(768, 2304, True), (1, 1, True), (13, 17, False), (96, 40478, False)]):
+        _, randn = _gen(i)
+        yield Sample(f"K{K}-N{N}-{'conv1d' if in_out else 'linear'}",
+                     (randn(*((K, N) if in_out else (N, K)), dtype=dtype, device=device), in_out))
+
+
+SAMPLES = {"add_layernorm": _add_layernorm, "bias_gelu": _bias_gelu, "flash_attention": _flash_attention,
+           "decode_attention": _decode_attention, "linear_small_m": _linear_small_m,
+           "pack_linear_weight": _pack_linear_weight}
+
+
+def sample_inputs(op: str, dtype: torch.dtype, device: str = "cpu") -> list[Sample]:
+    return list(SAMPLES[op](dtype, device))
+
+
+def op_arguments(op: str, sample: Sample) -> tuple:
+    """The arguments of torch.ops.gpt_fast.<op> for a sample (linear_small_m gets its weight packed)."""
+    if op != "linear_small_m":
+        return sample.args
+    x, weight, bias, residual, gelu, in_out = sample.args
+    N = weight.shape[1] if in_out else weight.shape[0]
+    return x, torch.ops.gpt_fast.pack_linear_weight(weight, in_out), N, bias, residual, gelu
+
+
+def _upcast(args, dtype):
+    """Tensors upcast to the reference dtype (tests/accuracy.py); other arguments as they are."""
+    return tuple(upcast(a, dtype=dtype)[0] if isinstance(a, torch.Tensor) else a for a in args)
+
+
+def _cloned(args):
+    return tuple(a.clone() if isinstance(a, torch.Tensor) else a for a in args)
+
+
+def check_sample(op: str, sample: Sample) -> None:
+    """The kernel's result against the reference on upcast copies (and its cache writes, exactly)."""
+    kernel = getattr(torch.ops.gpt_fast, op)
+    fn = getattr(reference, op)
+    args = sample.args
+    dtype = args[0].dtype
+    if op == "pack_linear_weight":  # a pure layout change: exact
+        torch.testing.assert_close(kernel(*args), fn(*args), rtol=0, atol=0)
+        return
+    same_dtype_args = _cloned(args)
+    same_dtype = fn(*same_dtype_args)  # decode_attention: also PyTorch's cache update
+    expected = fn(*_upcast(args, dtype))
+    op_args = _cloned(op_arguments(op, sample))
+    actual = kernel(*op_args)
+    assert actual.dtype == dtype and actual.is_contiguous()
+    assert_within_pytorch_error(actual, expected, same_dtype)
+    if op == "decode_attention":  # new keys/values at [len, len + S), the rest of the caches untouched
+        torch.testing.assert_close(op_args[1], same_dtype_args[1], rtol=0, atol=0)
+        torch.testing.assert_close(op_args[2], same_dtype_args[2], rtol=0, atol=0)

@@ -13,18 +13,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from timing import time_alternating
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from timing import time_alternating  # noqa: E402
-
-from gpt_fast import ops  # noqa: E402
+from gpt_fast import ops
 
 H, D = 12, 64
 C = H * D

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from gpt_fast import OpenAIGPTConfig, OpenAIGPTLMHeadModel
-from gpt_fast.cli.benchmark import _generate, _prefill, gpt_fast_backends, make_transformers_model
+from gpt_fast.cli.benchmark import generate_greedy, gpt_fast_backends, make_transformers_model, prefill
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 NEW_TOKENS = 32
@@ -39,7 +39,7 @@ def prompt(batch=1, length=32):
 @pytest.mark.parametrize("backend", gpt_fast_backends("cpu"))
 def test_gpt_fast_generate(benchmark, base, dtype, backend):
     model, ids = as_dtype(base, dtype, backend), prompt()
-    out = benchmark.pedantic(_generate, args=(model, ids, NEW_TOKENS), rounds=3, warmup_rounds=1)
+    out = benchmark.pedantic(generate_greedy, args=(model, ids, NEW_TOKENS), rounds=3, warmup_rounds=1)
     assert out.shape == (1, 32 + NEW_TOKENS)
 
 
@@ -49,19 +49,19 @@ def test_transformers_generate(benchmark, base, dtype):
     if hf is None:
         pytest.skip("transformers is not installed")
     hf = hf.to(DTYPES[dtype])
-    out = benchmark.pedantic(_generate, args=(hf, prompt(), NEW_TOKENS), rounds=2, warmup_rounds=1)
+    out = benchmark.pedantic(generate_greedy, args=(hf, prompt(), NEW_TOKENS), rounds=2, warmup_rounds=1)
     assert out.shape == (1, 32 + NEW_TOKENS)
 
 
 @pytest.mark.parametrize("dtype", list(DTYPES))
 def test_gpt_fast_generate_batch8(benchmark, base, dtype):
     model, ids = as_dtype(base, dtype), prompt(batch=8)
-    out = benchmark.pedantic(_generate, args=(model, ids, NEW_TOKENS), rounds=3, warmup_rounds=1)
+    out = benchmark.pedantic(generate_greedy, args=(model, ids, NEW_TOKENS), rounds=3, warmup_rounds=1)
     assert out.shape == (8, 32 + NEW_TOKENS)
 
 
 @pytest.mark.parametrize("dtype", list(DTYPES))
 def test_gpt_fast_prefill_512(benchmark, base, dtype):
     model = as_dtype(base, dtype)
-    logits = benchmark.pedantic(_prefill, args=(model, prompt(length=512)), rounds=3, warmup_rounds=1)
+    logits = benchmark.pedantic(prefill, args=(model, prompt(length=512)), rounds=3, warmup_rounds=1)
     assert logits.shape == (1, 40478)

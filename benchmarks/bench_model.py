@@ -8,17 +8,13 @@ for transformers, in the same run, alternating.
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 import pytest
 import torch
+from timing import best_and_median, format_table, machine_description, time_alternating
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from timing import best_and_median, format_table, machine_description, time_alternating  # noqa: E402
-
-import gpt_fast  # noqa: E402
-from gpt_fast.cli.benchmark import gpt_fast_backends  # noqa: E402
+import gpt_fast
+from gpt_fast.cli.benchmark import gpt_fast_backends
 
 GPT1 = dict(n_layer=12, n_embd=768, n_head=12, n_positions=512, vocab_size=40478)
 

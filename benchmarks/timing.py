@@ -5,15 +5,12 @@ about `min_time` (at least one call); callers quote the best and the median of t
 from __future__ import annotations
 
 import statistics
-import sys
 import time
-from pathlib import Path
 from typing import Callable, Hashable
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from gpt_fast.cli.benchmark import cpu_name  # noqa: E402
+from gpt_fast.cli.benchmark import cpu_name
 
 
 def time_alternating(candidates: dict[Hashable, Callable[[], object]], repeats: int = 5, warmup: int = 1,

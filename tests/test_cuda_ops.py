@@ -1,4 +1,5 @@
-"""The four gpt_fast ops on device "cuda" against gpt_fast.reference (accuracy criterion of tests/accuracy.py),
+"""The four gpt_fast ops with CUDA kernels, on device "cuda", over the sample_inputs the CPU tests use, against
+gpt_fast.ops.reference (accuracy criterion of tests/accuracy.py),
 torch.library.opcheck, and bad input. Needs a CUDA GPU and the extension built with CUDA
 (`GPT_FAST_CUDA=1 python setup.py build_ext --inplace`); skipped cleanly otherwise."""
 
@@ -7,6 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 from accuracy import assert_within_pytorch_error, upcast
+from op_samples import check_sample, op_arguments, sample_inputs
 
 import gpt_fast.ops  # noqa: F401  (loads the extension and registers the fake kernels)
 from gpt_fast.ops import has_kernel, reference
@@ -31,24 +33,12 @@ def check(fn, inputs, dtype, actual):
     assert_within_pytorch_error(actual, fn(*upcast(*inputs, dtype=dtype)), fn(*inputs))
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("rows, C", [(1, 768), (7, 48), (97, 80), (3, 1), (5, 3000), (513, 768)])
-@pytest.mark.parametrize("with_bias", [True, False])
-def test_add_layernorm(dtype, rows, C, with_bias):
-    x, res, bias, b = (gen(rows, C, dtype=dtype, seed=i) for i in range(4))
-    bias, b = bias[0], b[0]
-    w = 1 + 0.1 * gen(C, dtype=dtype, seed=5)
-    bias = bias if with_bias else None
-    def fn(*a):
-        return reference.add_layernorm(*a, 1e-5)
-    check(fn, [x, res, bias, w, b], dtype, gpt_ops.add_layernorm(x, res, bias, w, b, 1e-5))
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", [(1, 3072), (3, 7, 3072), (97, 50), (1, 1), (513, 8)])
-def test_bias_gelu(dtype, shape):
-    x, bias = 3 * gen(*shape, dtype=dtype, seed=1), gen(shape[-1], dtype=dtype, seed=2)
-    check(reference.bias_gelu, [x, bias], dtype, gpt_ops.bias_gelu(x, bias))
+@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).removeprefix("torch."))
+def test_matches_reference(op, dtype):
+    """The op's sample_inputs (tests/op_samples.py, shared with the CPU tests) on the GPU."""
+    for sample in sample_inputs(op, dtype, DEV):
+        check_sample(op, sample)
 
 
 def padding_mask(B, T):
@@ -57,42 +47,6 @@ def padding_mask(B, T):
     if B > 1:
         mask[-1, T - T // 4 :] = False  # right padding
     return mask.to(DEV)
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("T", [1, 7, 97, 511, 512, 513])
-@pytest.mark.parametrize("B, H, D", [(1, 12, 64), (3, 3, 48), (3, 3, 80), (1, 2, 128)])
-@pytest.mark.parametrize("masked", [False, True])
-def test_flash_attention(dtype, T, B, H, D, masked):
-    qkv = gen(B, T, 3 * H * D, dtype=dtype, seed=T)
-    mask = padding_mask(B, T) if masked else None
-    def fn(q, m):
-        return reference.flash_attention(q, m, H)
-    out = gpt_ops.flash_attention(qkv, mask, H)
-    check(fn, [qkv, mask], dtype, out)
-    if masked and T >= 3:
-        assert torch.equal(out[0, : T // 3], torch.zeros_like(out[0, : T // 3]))
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("B, S, H, D, Tmax, lengths", [
-    (1, 1, 12, 64, 512, [0]),
-    (3, 1, 3, 48, 513, [0, 200, 512]),      # splits over the cache (B x H far below the SM count)
-    (3, 7, 12, 80, 97, [0, 45, 90]),
-    (2, 1, 12, 64, 512, [511, 97]),
-    (64, 1, 12, 64, 512, [i * 7 for i in range(64)]),  # enough heads for one split
-])
-def test_decode_attention(dtype, B, S, H, D, Tmax, lengths):
-    qkv = gen(B, S, 3 * H * D, dtype=dtype, seed=1)
-    k, v = gen(B, H, Tmax, D, dtype=dtype, seed=2), gen(B, H, Tmax, D, dtype=dtype, seed=3)
-    lens = torch.tensor(lengths, dtype=torch.int64, device=DEV)
-    k_ref, v_ref, k_out, v_out = k.clone(), v.clone(), k.clone(), v.clone()
-    out = gpt_ops.decode_attention(qkv, k_out, v_out, lens, H)
-    reference.decode_attention(qkv, k_ref, v_ref, lens, H)
-    assert torch.equal(k_out, k_ref) and torch.equal(v_out, v_ref)
-    def fn(q, kc, vc):
-        return reference.decode_attention(q, kc.clone(), vc.clone(), lens, H)
-    check(fn, [qkv, k, v], dtype, out)
 
 
 def test_decode_then_prefill_agree():
@@ -134,16 +88,10 @@ def test_flash_attention_noncontiguous_and_misaligned_qkv(layout):
     check(fn, [qkv], torch.bfloat16, gpt_ops.flash_attention(qkv, None, H))
 
 
-def test_opcheck():
-    x = gen(3, 48, dtype=torch.bfloat16, seed=1)
-    w = gen(48, dtype=torch.bfloat16, seed=2)
-    torch.library.opcheck(gpt_ops.add_layernorm, (x, x.clone(), w, w.clone(), w.clone(), 1e-5))
-    torch.library.opcheck(gpt_ops.bias_gelu, (x, w))
-    qkv = gen(2, 9, 3 * 2 * 16, dtype=torch.bfloat16, seed=3)
-    torch.library.opcheck(gpt_ops.flash_attention, (qkv, torch.ones(2, 9, dtype=torch.bool, device=DEV), 2))
-    k, v = gen(2, 2, 16, 16, dtype=torch.bfloat16, seed=4), gen(2, 2, 16, 16, dtype=torch.bfloat16, seed=5)
-    lens = torch.tensor([0, 6], device=DEV)
-    torch.library.opcheck(gpt_ops.decode_attention, (qkv[:, :1], k, v, lens, 2))
+@pytest.mark.parametrize("op", OPS)
+def test_opcheck(op):
+    for sample in sample_inputs(op, torch.bfloat16, DEV)[:3]:
+        torch.library.opcheck(getattr(gpt_ops, op), op_arguments(op, sample))
 
 
 def qkv_args():

@@ -159,7 +159,7 @@ class TimingStreamer:
         pass
 
 
-def _generate(model, ids, new_tokens, streamer=None):
+def generate_greedy(model, ids, new_tokens, streamer=None):
     mask = torch.ones_like(ids)
     with torch.inference_mode():
         return model.generate(ids, attention_mask=mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
@@ -170,7 +170,7 @@ def time_generation(model, ids, new_tokens) -> tuple[float, float]:
     """(time to first token, seconds per later token) of one generate call, from the token hand-out times."""
     streamer = TimingStreamer()
     start = time.perf_counter()
-    _generate(model, ids, new_tokens, streamer)
+    generate_greedy(model, ids, new_tokens, streamer)
     first, last = streamer.times[1], streamer.times[-1]
     return first - start, (last - first) / max(new_tokens - 1, 1)
 
@@ -180,10 +180,10 @@ def sampled_generation(model, ids, new_tokens, points: int = 5) -> tuple[float, 
     max_new_tokens=1) costs on a prompt of length T + s. Times that at `points` lengths spread over the steps of an
     N-token generation. Returns (time to first token, [(length, seconds)] for the later steps)."""
     T = ids.shape[1]
-    ttft = timed(lambda: _generate(model, ids, 1), ids.device)
+    ttft = timed(lambda: generate_greedy(model, ids, 1), ids.device)
     extended = torch.cat([ids, ids.new_zeros(1, new_tokens)], dim=1)  # (1, T + N); the ids do not matter
     lengths = sorted({T + 1 + round(i * (new_tokens - 2) / max(points - 1, 1)) for i in range(points)})
-    return ttft, [(L, timed(lambda L=L: _generate(model, extended[:, :L], 1), ids.device)) for L in lengths]
+    return ttft, [(L, timed(lambda L=L: generate_greedy(model, extended[:, :L], 1), ids.device)) for L in lengths]
 
 
 def integrate_steps(samples: list[tuple[int, float]]) -> float:
@@ -196,9 +196,9 @@ def integrate_steps(samples: list[tuple[int, float]]) -> float:
     return total
 
 
-def _prefill(model, ids):
+def prefill(model, ids):
     if isinstance(model, OpenAIGPTLMHeadModel):
-        return _generate(model, ids, 1)
+        return generate_greedy(model, ids, 1)
     with torch.inference_mode():
         return model(ids, logits_to_keep=1).logits
 
@@ -227,8 +227,8 @@ def run(options: BenchOptions, log=sys.stderr) -> dict:
 
         for entry in models.values():  # warm-up (first-call allocations, oneDNN kernel selection)
             model = use(entry)
-            _generate(model, prompt, 2)
-            _prefill(model, long_prompt[:, :16])
+            generate_greedy(model, prompt, 2)
+            prefill(model, long_prompt[:, :16])
         for repeat in range(options.repeats):
             for name, entry in models.items():
                 model = use(entry)
@@ -244,7 +244,7 @@ def run(options: BenchOptions, log=sys.stderr) -> dict:
                     ttft, per_token = time_generation(model, prompt, N)
                 keep((name, "ttft"), ttft)
                 keep((name, "per_token"), per_token)
-                keep((name, "prefill"), timed(lambda model=model: _prefill(model, long_prompt), device))
+                keep((name, "prefill"), timed(lambda model=model: prefill(model, long_prompt), device))
             print(f"[{dtype_name} {repeat + 1}/{options.repeats}] {default}: batch {options.batch}",
                   file=log, flush=True)
             model = use(models[default])

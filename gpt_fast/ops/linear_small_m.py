@@ -9,7 +9,7 @@ pack_linear_weight, and applies bias, tanh-GELU and a residual add in registers 
 The packed layout is pack_linear_weight's (ops/pack_linear_weight.py). Both ops take tensors and plain scalars
 only and have fake kernels, so they trace under torch.compile.
 
-When to use it (measured on the 2-core Sapphire Rapids VM, see benchmarks/bench_linear.py): decode, M = 1 to 16
+When to use it (measured on the 2-core Sapphire Rapids VM, see benchmarks/bench_linear_small_m.py): decode, M = 1 to 16
 rows, where it is bound by the weight read (bf16 with AMX up to 16 rows; fp32 with AVX-512 FMAs drifts toward
 compute-bound from M ~ 8). Prefill (many rows) should use a GEMM (torch.addmm / mm) plus bias_gelu: larger M works
 but re-reads each weight block once per 8 (or, with AMX, 16) rows.

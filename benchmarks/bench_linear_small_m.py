@@ -1,7 +1,7 @@
 """CPU benchmarks of bias_gelu, add_layernorm and linear_small_m against PyTorch's own path, at GPT-1 shapes.
 
-    python benchmarks/bench_linear.py            # prints the table (fp32 and bf16)
-    pytest benchmarks/bench_linear.py --benchmark-enable   # pytest-benchmark timings of the same cases
+    python benchmarks/bench_linear_small_m.py            # prints the table (fp32 and bf16)
+    pytest benchmarks/bench_linear_small_m.py --benchmark-enable   # pytest-benchmark timings of the same cases
 
 Every ratio compares two timings taken in the same run, interleaved (baseline, kernel, baseline, ...) and each the
 best of several repeats, so a machine shared with other jobs slows both sides alike. For the small-M linear the
@@ -20,21 +20,17 @@ from __future__ import annotations
 import argparse
 import itertools
 import platform
-import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 import pytest
 import torch
 import torch.nn.functional as F
+from timing import time_alternating
 
 from gpt_fast import ops
 from gpt_fast.ops import reference
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from timing import time_alternating  # noqa: E402
 
 HIDDEN, INNER, VOCAB, PREFILL_ROWS = 768, 3072, 40478, 512
 # GPT-1's linear layers: (name, K, N, in_out_layout, gelu). Conv1D weights are (K, N); the tied LM head is (N, K).

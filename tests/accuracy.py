@@ -4,6 +4,11 @@ A kernel's error against the reference (run on float32 copies of low-precision i
 inputs) is bounded by a small multiple of the error PyTorch's own
 implementation makes in the same dtype, plus one unit in the last place of the output's largest magnitude,
 instead of a hand-picked tolerance.
+
+Non-finite values are handled apart, so that an inf or NaN can never widen the tolerance: where the reference,
+rounded to the output dtype, is inf or NaN the kernel must give exactly that (same NaN / +-inf pattern); everywhere
+else the kernel must be finite and within the tolerance, which is computed over finite values only (PyTorch's own
+error over the positions where both the reference and PyTorch's result are finite).
 """
 
 from __future__ import annotations
@@ -28,14 +33,29 @@ def max_abs_error(actual: torch.Tensor, reference: torch.Tensor) -> float:
     return (actual.double() - reference.double()).abs().max().item() if actual.numel() else 0.0
 
 
+def assert_same_non_finite(actual: torch.Tensor, expected: torch.Tensor) -> None:
+    """actual is non-finite exactly where expected is, with the same values there (NaN for NaN, +-inf for +-inf)."""
+    bad = (actual.isnan() != expected.isnan()) | (actual.isinf() != expected.isinf())
+    bad |= expected.isinf() & (actual != expected)  # inf of the other sign
+    assert not bad.any(), (f"non-finite values differ at {bad.nonzero().tolist()[:8]}: "
+                           f"actual {actual[bad].tolist()[:8]}, expected {expected[bad].tolist()[:8]}")
+
+
 def assert_within_pytorch_error(actual, reference_upcast, pytorch_same_dtype, multiple: float = ERROR_MULTIPLE):
     """actual: the kernel's output; reference_upcast: the reference run on upcast copies of the inputs (see upcast);
     pytorch_same_dtype: PyTorch's own path run in the kernel's dtype on the same inputs."""
     assert actual.shape == reference_upcast.shape, (actual.shape, reference_upcast.shape)
-    reference = reference_upcast.double()
-    pytorch_error = max_abs_error(pytorch_same_dtype, reference)
-    one_ulp = torch.finfo(actual.dtype).eps * (reference.abs().max().item() if reference.numel() else 0.0)
+    dtype, reference = actual.dtype, reference_upcast.double()
+    # What an exact kernel would output: values beyond the dtype's range round to inf, and then must be inf.
+    rounded = reference_upcast.to(dtype).double()
+    finite = rounded.isfinite()
+    assert_same_non_finite(actual.double(), torch.where(finite, 0.0, rounded))
+    actual, reference, pytorch = actual.double()[finite], reference[finite], pytorch_same_dtype.double()[finite]
+    trusted = pytorch.isfinite()  # an inf or NaN of PyTorch's own would make its error, and the tolerance, infinite
+    pytorch_error = max_abs_error(pytorch[trusted], reference[trusted])
+    one_ulp = torch.finfo(dtype).eps * (reference.abs().max().item() if reference.numel() else 0.0)
     torch.testing.assert_close(
-        actual.double(), reference, rtol=0.0, atol=multiple * pytorch_error + one_ulp,
-        msg=lambda m: f"{m}\n(PyTorch's own error in {actual.dtype}: {pytorch_error:.3g}; allowed {multiple}x that)",
+        actual, reference, rtol=0.0, atol=multiple * pytorch_error + one_ulp,
+        msg=lambda m: f"{m}\n(PyTorch's own error in {dtype}: {pytorch_error:.3g} over its "
+                      f"{int(trusted.sum())} finite values; allowed {multiple}x that)",
     )

@@ -74,7 +74,7 @@ def test_packed_layout(in_out_layout):
     assert packed.shape == packed_shape(5, 37) == (3, 5, 16) and packed.is_contiguous()
     for n in (0, 15, 16, 36):
         torch.testing.assert_close(packed[n // 16, :, n % 16], w[:, n])
-    assert (packed[2, :, 5:] == 0).all()  # columns 37..47 are padding
+    assert (packed[2, :, 5:] == 0).all() and packed[2, :, 5:].signbit().all()  # columns 37..47: padding, -0.0
     torch.testing.assert_close(packed, reference.pack_linear_weight(w if in_out_layout else w.t(), in_out_layout))
 
 

@@ -228,7 +228,7 @@ at::Tensor decode_attention_cpu(const at::Tensor& qkv, at::Tensor& k_cache, at::
   constexpr const char* op = "gpt_fast::decode_attention";
   const int64_t D = check_packed_qkv(qkv, n_head, op);
   check_last_dim_contiguous(qkv, op, "qkv");
-  const int64_t B = qkv.size(0), S = qkv.size(1), C = n_head * D;
+  const int64_t B = qkv.size(0), S = qkv.size(1), C = checked_mul(n_head, D, op, "n_head * head_dim");
   TORCH_CHECK(D >= 1 && D <= kMaxHead, op, ": head size C / n_head = ", D, " must be in [1, ", kMaxHead, "]");
   check_cache(k_cache, qkv, B, n_head, D, op, "k_cache");
   check_cache(v_cache, qkv, B, n_head, D, op, "v_cache");
@@ -239,12 +239,9 @@ at::Tensor decode_attention_cpu(const at::Tensor& qkv, at::Tensor& k_cache, at::
   const int64_t Tmax = k_cache.size(2);
   auto lengths = cache_lengths.contiguous();
   const int64_t* len = lengths.const_data_ptr<int64_t>();
+  check_cache_range(len, B, S, Tmax, op);  // before any write; afterwards len[b] + S <= Tmax cannot overflow
   int64_t max_total = 0;
-  for (int64_t b = 0; b < B; ++b) {
-    TORCH_CHECK_INDEX(len[b] >= 0 && len[b] + S <= Tmax, op, ": cache_lengths[", b, "] = ", len[b], " with ", S,
-                      " new tokens falls outside the cache of Tmax = ", Tmax, " positions");
-    max_total = std::max(max_total, len[b] + S);
-  }
+  for (int64_t b = 0; b < B; ++b) max_total = std::max(max_total, len[b] + S);
   auto out = at::empty({B, S, C}, qkv.options());
   if (out.numel() == 0) return out;
 

@@ -213,7 +213,7 @@ at::Tensor flash_attention_cpu(const at::Tensor& qkv, const std::optional<at::Te
   constexpr const char* op = "gpt_fast::flash_attention";
   const int64_t D = check_packed_qkv(qkv, n_head, op);
   check_last_dim_contiguous(qkv, op, "qkv");
-  const int64_t B = qkv.size(0), T = qkv.size(1), C = n_head * D;
+  const int64_t B = qkv.size(0), T = qkv.size(1), C = checked_mul(n_head, D, op, "n_head * head_dim");
   TORCH_CHECK(D >= 1 && D <= kMaxHead, op, ": head size C / n_head = ", D, " must be in [1, ", kMaxHead, "]");
   const at::Tensor mask = check_key_padding_mask(key_padding_mask, qkv, B, T, op);  // (B, T) or undefined
   auto out = at::empty({B, T, C}, qkv.options());

@@ -329,6 +329,7 @@ at::Tensor linear_small_m_cpu(const at::Tensor& x, const at::Tensor& packed_weig
               packed_weight.size(1));
   TORCH_CHECK(packed_weight.is_contiguous(), op, ": packed_weight must be contiguous, got strides ",
               packed_weight.strides());
+  check_packed_out_features(packed_weight, N, op);  // N exactly, not only ceil(N / 16)
   if (bias) check_vector(*bias, N, x, op, "bias");
   std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
   out_shape.back() = N;

@@ -88,8 +88,8 @@ int64_t check_qkv(const at::Tensor& qkv, int64_t n_head, const char* op) {
               ": head_dim (qkv last dimension / (3 * n_head)) must be a positive multiple of 8 up to ",
               cuda::kMaxHeadDim, " on CUDA, got ", D);
   // The kernels put batch x head on gridDim.y (at most 65535 blocks).
-  TORCH_CHECK(qkv.size(0) * n_head <= 65535, op, ": batch * n_head must be at most 65535 on CUDA, got ",
-              qkv.size(0), " * ", n_head);
+  TORCH_CHECK(checked_mul(qkv.size(0), n_head, op, "batch * n_head") <= 65535, op,
+              ": batch * n_head must be at most 65535 on CUDA, got ", qkv.size(0), " * ", n_head);
   TORCH_CHECK(qkv.size(1) <= INT32_MAX / 2, op, ": qkv has too many positions");
   return D;
 }
@@ -102,7 +102,7 @@ at::Tensor flash_attention_cuda(const at::Tensor& qkv, const std::optional<at::T
   const at::Tensor mask = check_key_padding_mask(key_padding_mask, qkv, B, T, op);  // (B, T) or undefined
   const c10::cuda::CUDAGuard guard(qkv.device());
   auto qc = aligned_contiguous(qkv);
-  auto out = at::empty({B, T, n_head * D}, qc.options());  // (B, T, C)
+  auto out = at::empty({B, T, checked_mul(n_head, D, op, "n_head * head_dim")}, qc.options());  // (B, T, C)
   check_launch(cuda::launch_flash_attention(to_dtype(qkv), qc.const_data_ptr(),
                                             mask.defined() ? static_cast<const uint8_t*>(mask.const_data_ptr()) : nullptr,
                                             out.mutable_data_ptr(), static_cast<int>(B), static_cast<int>(T),
@@ -137,13 +137,14 @@ at::Tensor decode_attention_cuda(const at::Tensor& qkv, at::Tensor& k_cache, at:
   // the kernel then skips such rows itself (no cache write, NaN output).
   const bool capturing = c10::cuda::currentStreamCaptureStatusMayInitCtx() != c10::cuda::CaptureStatus::None;
   if (B > 0 && S > 0 && !capturing) {
-    const bool in_range = ((lengths >= 0) & (lengths + S <= Tmax)).all().item<bool>();
+    // 0 <= len <= Tmax - S, as check_cache_range: len + S would wrap for len near INT64_MAX.
+    const bool in_range = ((lengths >= 0) & (lengths <= Tmax - S)).all().item<bool>();
     TORCH_CHECK_INDEX(in_range, op, ": cache positions [cache_lengths, cache_lengths + ", S,
                       ") fall outside the cache of ", Tmax, " (cache_lengths = ", lengths.cpu(), ")");
   }
   auto qc = aligned_contiguous(qkv);
   TORCH_CHECK(aligned16(k_cache) && aligned16(v_cache), op, ": k_cache and v_cache must be 16-byte aligned");
-  auto out = at::empty({B, S, n_head * D}, qc.options());  // (B, S, C)
+  auto out = at::empty({B, S, checked_mul(n_head, D, op, "n_head * head_dim")}, qc.options());  // (B, S, C)
   const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
   const auto plan = cuda::plan_decode_attention(static_cast<int>(B), static_cast<int>(S), static_cast<int>(n_head),
                                                 static_cast<int>(D), static_cast<int>(Tmax), sms);

@@ -6,7 +6,7 @@
 // position len + i, attending to [0, len + i]) the 4 warps take 32-key tiles in turn (WarpRowState), then merge
 // their states through shared memory; with one split the block writes the output, else a partial (m, l, O).
 // decode_merge_kernel: one warp per (b, s, h) combines the splits' partials.
-// qkv: (B, S, 3C); caches: (B, H, Tmax, D); cache_lengths: (B,) int64 (a row with len < 0 or len + S > Tmax gets
+// qkv: (B, S, 3C); caches: (B, H, Tmax, D); cache_lengths: (B,) int64 (a row with len < 0 or len > Tmax - S gets
 // NaN outputs and no cache write); out: (B, S, C);
 // partials: o (splits, B, S, H, DP) and ml (splits, B, S, H, 2) floats. Limits: D % 8 == 0, D <= DP. No torch header.
 #pragma once
@@ -41,7 +41,7 @@ __global__ void __launch_bounds__(kDecThreads, 4) decode_attention_kernel(Decode
   const int b = blockIdx.y / a.H, h = blockIdx.y % a.H;
   const int64_t C = static_cast<int64_t>(a.H) * a.D, row_stride = 3 * C;
   const int64_t len64 = a.lengths[b];
-  if (len64 < 0 || len64 + a.S > a.Tmax) {  // the binding rejects this unless it could not look (graph capture):
+  if (len64 < 0 || len64 > a.Tmax - a.S) {  // the binding rejects this unless it could not look (graph capture):
     if (split == 0)                          // no cache write, NaN output rows
       for (int idx = threadIdx.x; idx < a.S * a.D; idx += kDecThreads)
         a.out[((static_cast<int64_t>(b) * a.S + idx / a.D) * a.H + h) * a.D + idx % a.D] = from_float<T>(NAN);
@@ -131,7 +131,7 @@ __global__ void __launch_bounds__(kDecThreads) decode_merge_kernel(DecodeArgs<T>
   const int lane = threadIdx.x % kWarp;
   if (item >= items) return;  // no barrier in this kernel
   const int64_t len = a.lengths[item / (static_cast<int64_t>(a.S) * a.H)];
-  if (len < 0 || len + a.S > a.Tmax) return;  // out-of-range row: the attention kernel wrote NaN
+  if (len < 0 || len > a.Tmax - a.S) return;  // out-of-range row (len + S could wrap): the attention kernel wrote NaN
   float m = -INFINITY;
   for (int s = 0; s < splits; ++s) m = fmaxf(m, a.part_ml[(s * items + item) * 2]);
   const float m_use = m == -INFINITY ? 0.f : m;

@@ -15,7 +15,9 @@ if extension_loaded():
         torch._check(qkv.dim() == 3, lambda: "decode_attention: qkv must have 3 dimensions")
         B, S, C3 = qkv.shape
         torch._check(C3 % 3 == 0, lambda: "decode_attention: qkv's last dimension must be 3 * C")
-        torch._check(n_head > 0 and (C3 // 3) % n_head == 0, lambda: "decode_attention: n_head must divide C")
+        # As csrc/checks.h (check_packed_qkv) and both backends: 0 < n_head, n_head divides C, head_dim >= 1.
+        torch._check(0 < n_head <= C3 // 3 and (C3 // 3) % n_head == 0,
+                     lambda: f"decode_attention: n_head must divide C = {C3 // 3} (head_dim >= 1), got {n_head}")
         for name, t in (("k_cache", k_cache), ("v_cache", v_cache), ("cache_lengths", cache_lengths)):
             torch._check(t.device == qkv.device, lambda name=name: f"decode_attention: {name} must be on qkv's device")
         return qkv.new_empty((B, S, C3 // 3))

@@ -15,7 +15,9 @@ if extension_loaded():
         torch._check(qkv.dim() == 3, lambda: "flash_attention: qkv must have 3 dimensions")
         B, T, C3 = qkv.shape
         torch._check(C3 % 3 == 0, lambda: "flash_attention: qkv's last dimension must be 3 * C")
-        torch._check(n_head > 0 and (C3 // 3) % n_head == 0, lambda: "flash_attention: n_head must divide C")
+        # As csrc/checks.h (check_packed_qkv) and both backends: 0 < n_head, n_head divides C, head_dim >= 1.
+        torch._check(0 < n_head <= C3 // 3 and (C3 // 3) % n_head == 0,
+                     lambda: f"flash_attention: n_head must divide C = {C3 // 3} (head_dim >= 1), got {n_head}")
         if key_padding_mask is not None:
             torch._check(key_padding_mask.device == qkv.device,
                          lambda: "flash_attention: key_padding_mask must be on qkv's device")

@@ -1,8 +1,9 @@
 """gpt_fast::pack_linear_weight: a linear layer's weight repacked once for linear_small_m.
 
 W of logical shape (K, N) = (in_features, out_features) becomes a contiguous (ceil(N / 16), K, 16) tensor of W's
-dtype, zero-padded past N: block b holds columns [16 b, 16 b + 16) for every k (see csrc/cpu/linear_layout.h;
-reference.pack_linear_weight builds the same layout in PyTorch).
+dtype: block b holds columns [16 b, 16 b + 16) for every k, the padding past N is -0.0 and W's own -0.0 become +0.0,
+so linear_small_m can check the N it is given (see csrc/cpu/linear_layout.h; reference.pack_linear_weight builds
+the same layout in PyTorch).
 """
 
 from __future__ import annotations

@@ -40,13 +40,13 @@ def linear_small_m(x, weight, bias=None, residual=None, gelu: bool = False, in_o
 
 
 def pack_linear_weight(weight, in_out_layout: bool):
-    """pack_linear_weight's layout: W (K, N) [(N, K) when not in_out_layout] -> (ceil(N / 16), K, 16), zero-padded
-    past N; block b holds columns [16 b, 16 b + 16)."""
+    """pack_linear_weight's layout: W (K, N) [(N, K) when not in_out_layout] -> (ceil(N / 16), K, 16); block b holds
+    columns [16 b, 16 b + 16); the padding past N is -0.0 and W's own -0.0 become +0.0 (the sign marks padding)."""
     w = weight if in_out_layout else weight.t()  # (K, N)
     K, N = w.shape
     blocks = -(-N // 16)
-    padded = w.new_zeros(K, blocks * 16)
-    padded[:, :N] = w
+    padded = torch.full((K, blocks * 16), -0.0, dtype=w.dtype, device=w.device)
+    padded[:, :N] = w + 0.0  # -0.0 + 0.0 = +0.0
     return padded.view(K, blocks, 16).permute(1, 0, 2).contiguous()  # (NB, K, 16)
 
 

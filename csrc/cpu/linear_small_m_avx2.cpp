@@ -9,10 +9,13 @@
 // are converted in registers: fp16 with F16C (vcvtph2ps); bf16 with no widening at all: one 256-bit load of the
 // 16 bf16 of a row read as eight 32-bit lanes gives the even columns by a left shift of 16 and the odd ones by
 // masking off the low half, so the sums are kept in even/odd column order and put back in order once per tile.
-// Like the AVX-512 path, 1 row reads 4 blocks side by side and 2-3 rows read 2 (one stream per core reads
-// ~26 GB/s on the 2-core machine here, several ~31-33 GB/s); 4+ rows read one block at a time in row tiles of <= 6
-// (M = 7, 8: two tiles of 4 / 4 and 3, the second re-reading the block from L2). Bias and GELU on fp32 vectors,
-// the residual and the store per element (once per output, not per weight).
+// Like the AVX-512 path, 1 row reads 4 blocks side by side (one stream per core reads ~26 GB/s on the 2-core
+// machine here, several ~31-33 GB/s) and 2-3 rows read 2. fp32 with 4+ rows reads one block at a time in equal
+// row tiles of <= 6 (M = 8: 4 + 4, the second re-reading the block from L2); bf16/fp16 with 2+ rows use tiles of
+// <= 2 rows x 2 blocks (M = 8: 4 tiles), measured 13-18% faster there at M = 4 and 8 than 4-row tiles (one core,
+// Zen 5 capped to AVX2), while fp32 measured the same or better with the larger tiles. From ~4 rows the tier is
+// bound by FMA issue, not memory: at M = 8 one core does ~17.5 GB/s fp32, ~10 GB/s bf16 (4.4 / 5.5 G weights/s).
+// Bias and GELU on fp32 vectors, the residual and the store per element (once per output, not per weight).
 #include "cpu/linear_small_m.h"
 
 #include <algorithm>
@@ -24,7 +27,7 @@
 namespace gpt_fast::small_m {
 namespace {
 
-constexpr int kMaxRows = 6;  // rows per tile: 2 x 6 accumulators
+constexpr int kMaxRows = 6;  // rows per fp32 tile: 2 x 6 accumulators
 
 // One k row of a block (16 weights) as two 8-lane fp32 vectors: columns 0-7 and 8-15, except bf16: the even
 // columns (0, 2, .., 14) and the odd ones (kEvenOdd).
@@ -144,8 +147,9 @@ void with_rows(int64_t rows, Tile&& tile) {
 
 template <typename T>
 void linear_blocks_avx2(const LinearArgs<T>& a, int64_t block_begin, int64_t block_end) {
-  // Row tiles of equal size (M = 7: 4 + 3, M = 8: 4 + 4), at most kMaxRows each.
-  const int64_t tiles = (a.M + kMaxRows - 1) / kMaxRows, tile_rows = (a.M + tiles - 1) / tiles;
+  // Row tiles of equal size, at most max_rows each (fp32 M = 7: 4 + 3, M = 8: 4 + 4; bf16/fp16 M = 8: 4 x 2).
+  const int64_t max_rows = sizeof(T) == 4 ? kMaxRows : 2;
+  const int64_t tiles = (a.M + max_rows - 1) / max_rows, tile_rows = (a.M + tiles - 1) / tiles;
   auto by_groups = [&](auto streams) {
     over_block_groups<decltype(streams)::value>(block_begin, block_end, [&](auto nb, const int64_t* blocks) {
       constexpr int NB = decltype(nb)::value;

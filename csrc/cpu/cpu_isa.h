@@ -10,8 +10,8 @@
 // cpu_isa() is the highest level the CPU has, capped by the environment variable
 // GPT_FAST_CPU_ISA=scalar|portable|avx2|avx512|avx512_bf16|amx when it is set (any other value is an error).
 // It is read on every call, so tests can compare the paths in one process; kernels read it once per op call.
-// A kernel without a path for some level takes its best path below it (e.g. the linear family has no AVX2 path:
-// avx2 runs its scalar loops).
+// A kernel without a path for some level takes its best path below it (e.g. one with no AVX2 path runs its scalar
+// loops under avx2).
 #pragma once
 #include <c10/util/Exception.h>
 

@@ -10,7 +10,8 @@
 // (and, for bf16, to bf16 k pairs), so any strides are accepted.
 // Paths, chosen at run time (csrc/cpu/vec.h, GPT_FAST_CPU_ISA): bf16 with >= 4 rows, K % 32 == 0 and AMX uses
 // tdpbf16ps tiles (16 rows x 16 columns x 32 k); other bf16 with AVX512_BF16 uses vdpbf16ps (2 k per instruction);
-// fp32/bf16/fp16 with AVX-512 convert to fp32 and FMA; elsewhere a portable scalar loop reads the same layout.
+// fp32/bf16/fp16 with AVX-512 convert to fp32 and FMA; with AVX2 (+FMA, F16C) the same in 8 lanes
+// (linear_small_m_avx2.cpp); elsewhere a portable scalar loop reads the same layout.
 // Limits: larger M works but re-reads each block once per 8 (AMX: 16) rows; use a GEMM for prefill. The residual
 // is copied when its last dim is not contiguous.
 #include <ATen/ATen.h>
@@ -23,33 +24,17 @@
 
 #include "checks.h"
 #include "cpu/linear_layout.h"
+#include "cpu/linear_small_m.h"
 #include "cpu/vec.h"
 
 namespace gpt_fast {
 namespace {
 
-constexpr int64_t kBN = cpu::kLinearBlockN;
+using namespace small_m;  // LinearArgs, kBN, kPrefetch, kChunkK, over_block_groups, linear_blocks_avx2
+
 constexpr int kRowTile = 8;
-// Software prefetch distance into each weight stream, in bytes. The hardware prefetcher stops at 4 KiB pages; 1 KiB
-// ahead measured best of {0, 512, 1024, 2048, 4096} here (up to ~1.3x at M = 4, a little at M = 1).
-constexpr int64_t kPrefetch = 1024;
-constexpr int64_t kChunkK = 64;      // k per inner sum: keeps fp32 rounding error near a blocked GEMM's
 constexpr int kAmxRows = 16, kAmxK = 32;  // AMX tile: 16 rows of x, 32 k per tdpbf16ps
 constexpr int64_t kAmxMinRows = 4;  // bf16 with AMX from this many rows on (below, vdpbf16ps keeps up with memory)
-
-// Everything a task needs; pointers are to contiguous data except residual (row stride ld_residual).
-template <typename T>
-struct LinearArgs {
-  const float* x;           // (M, K) fp32 copy of the input
-  const uint32_t* x_pairs;  // (M, K / 2) bf16 pairs (x[m, 2s], x[m, 2s + 1]) for the vdpbf16ps path, else nullptr
-  const T* w;               // (blocks, K, 16)
-  const T* bias;            // (N,) or nullptr
-  const T* residual;        // (M, N) rows ld_residual apart, or nullptr
-  T* out;                   // (M, N)
-  int64_t M, K, N, ld_residual;
-  bool gelu;
-  bool amx;  // bf16 only: take linear_blocks_amx (x_pairs then holds M rounded up to 16 rows)
-};
 
 template <typename T>
 void linear_blocks_scalar(const LinearArgs<T>& a, int64_t block_begin, int64_t block_end) {
@@ -251,19 +236,6 @@ void with_row_tile(int64_t rows, Tile&& tile) {
   }
 }
 
-// Calls tile(std::integral_constant<int, NB>{}, blocks) for every block of [begin, end), NB blocks at a time, the
-// j-th taken from the j-th of NB equal parts of the range; the blocks left over go one at a time (NB = 1).
-template <int NB, typename Tile>
-inline void over_block_groups(int64_t begin, int64_t end, Tile&& tile) {
-  const int64_t part = (end - begin) / NB;
-  for (int64_t i = 0; i < part; ++i) {
-    int64_t blocks[NB];
-    for (int j = 0; j < NB; ++j) blocks[j] = begin + j * part + i;
-    tile(std::integral_constant<int, NB>{}, blocks);
-  }
-  for (int64_t b = begin + NB * part; b < end; ++b) tile(std::integral_constant<int, 1>{}, &b);
-}
-
 template <typename T>
 void linear_blocks_avx512(const LinearArgs<T>& a, int64_t block_begin, int64_t block_end) {
   if constexpr (std::is_same_v<T, c10::BFloat16>) {
@@ -351,7 +323,7 @@ at::Tensor linear_small_m_cpu(const at::Tensor& x, const at::Tensor& packed_weig
   }
   std::vector<float> xf(M * K);  // (M, K) fp32 copy of x, whatever its strides
   std::vector<uint32_t> x_pairs;  // (M, K / 2) bf16 pairs, only for the vdpbf16ps path
-  [[maybe_unused]] const bool vector = cpu::use_avx512();
+  [[maybe_unused]] const bool vector = cpu::use_avx512(), avx2 = cpu::use_avx2();
   const bool dpbf16 = x.scalar_type() == at::kBFloat16 && K >= 2 && cpu::use_avx512_bf16();
   const bool amx = dpbf16 && M >= kAmxMinRows && K % kAmxK == 0 && cpu::use_amx();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "linear_small_m_cpu", [&] {
@@ -369,6 +341,7 @@ at::Tensor linear_small_m_cpu(const at::Tensor& x, const at::Tensor& packed_weig
 #if GPT_FAST_HAVE_X86
       if constexpr (!std::is_same_v<scalar_t, double>) {
         if (vector) return linear_blocks_avx512<scalar_t>(a, begin, end);
+        if (avx2) return linear_blocks_avx2<scalar_t>(a, begin, end);
       }
 #endif
       linear_blocks_scalar<scalar_t>(a, begin, end);

@@ -26,6 +26,8 @@
 // AVX-512 plus AMX tiles with bf16 (tdpbf16ps); use only when use_amx() is true.
 #define GPT_FAST_AMX \
   __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma,f16c,amx-tile,amx-bf16")))
+// AVX2 + FMA + F16C, the avx2 level of cpu_isa.h; use only when use_avx2() is true. 8-lane helpers: cpu/vec_avx2.h.
+#define GPT_FAST_AVX2 __attribute__((target("avx2,fma,f16c")))
 #endif
 
 namespace gpt_fast::cpu {

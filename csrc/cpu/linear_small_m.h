@@ -1,0 +1,53 @@
+// Internal interface of gpt_fast::linear_small_m between its op file (linear_small_m.cpp: checks, the scalar,
+// AVX-512, AVX512-BF16 and AMX paths) and its AVX2 tier (linear_small_m_avx2.cpp): the per-call arguments, the
+// constants both use and the walk over several weight blocks side by side. Not part of any public interface.
+#pragma once
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include <cstdint>
+#include <type_traits>
+
+#include "cpu/linear_layout.h"
+
+namespace gpt_fast::small_m {
+
+constexpr int64_t kBN = cpu::kLinearBlockN;
+// Software prefetch distance into each weight stream, in bytes. The hardware prefetcher stops at 4 KiB pages; 1 KiB
+// ahead measured best of {0, 512, 1024, 2048, 4096} here (up to ~1.3x at M = 4, a little at M = 1).
+constexpr int64_t kPrefetch = 1024;
+constexpr int64_t kChunkK = 64;  // k per inner sum: keeps fp32 rounding error near a blocked GEMM's
+
+// Everything a task needs; pointers are to contiguous data except residual (row stride ld_residual).
+template <typename T>
+struct LinearArgs {
+  const float* x;           // (M, K) fp32 copy of the input
+  const uint32_t* x_pairs;  // (M, K / 2) bf16 pairs (x[m, 2s], x[m, 2s + 1]) for the vdpbf16ps path, else nullptr
+  const T* w;               // (blocks, K, 16)
+  const T* bias;            // (N,) or nullptr
+  const T* residual;        // (M, N) rows ld_residual apart, or nullptr
+  T* out;                   // (M, N)
+  int64_t M, K, N, ld_residual;
+  bool gelu;
+  bool amx;  // bf16 only: take linear_blocks_amx (x_pairs then holds M rounded up to 16 rows)
+};
+
+// Calls tile(std::integral_constant<int, NB>{}, blocks) for every block of [begin, end), NB blocks at a time, the
+// j-th taken from the j-th of NB equal parts of the range; the blocks left over go one at a time (NB = 1).
+template <int NB, typename Tile>
+inline void over_block_groups(int64_t begin, int64_t end, Tile&& tile) {
+  const int64_t part = (end - begin) / NB;
+  for (int64_t i = 0; i < part; ++i) {
+    int64_t blocks[NB];
+    for (int j = 0; j < NB; ++j) blocks[j] = begin + j * part + i;
+    tile(std::integral_constant<int, NB>{}, blocks);
+  }
+  for (int64_t b = begin + NB * part; b < end; ++b) tile(std::integral_constant<int, 1>{}, &b);
+}
+
+// The AVX2 + FMA (+F16C) path over blocks [block_begin, block_end) (linear_small_m_avx2.cpp); call only when
+// cpu::use_avx2(), on x86 builds (GPT_FAST_HAVE_X86). Instantiated for float, c10::BFloat16 and c10::Half.
+template <typename T>
+void linear_blocks_avx2(const LinearArgs<T>& a, int64_t block_begin, int64_t block_end);
+
+}  // namespace gpt_fast::small_m

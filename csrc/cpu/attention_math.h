@@ -1,10 +1,16 @@
-// Shared tile math of the CPU attention kernels (flash_attention.cpp, decode_attention.cpp).
+// Shared tile math of the CPU attention kernels (flash_kernel.h, decode_kernel.h).
 //
-// Everything is computed in fp32 on 16-lane vectors written with GCC/Clang vector extensions, so one source
-// compiles for every target: GPT_FAST_MULTIVERSION builds an AVX-512, an AVX2+FMA and a
-// portable copy of a kernel's entry point and picks one at run time by cpu_isa() (cpu_isa.h; x86-64 only;
-// elsewhere the portable copy is the only one and the compiler lowers the vectors to NEON or scalars).
-// The helpers below are always inlined into those entry points, so they are compiled once per instruction set.
+// Everything is computed in fp32 on vectors of kLanes floats written with GCC/Clang vector extensions, so one
+// source compiles for every target. The lane count is GPT_FAST_ATTENTION_LANES (16 unless a translation unit
+// defines it before including this header), and everything here lives in an inline namespace named after it
+// (GPT_FAST_ATTENTION_NS), so the 16-lane and the 8-lane builds of the same inline code can sit in one binary:
+//   16 lanes (flash_attention.cpp, decode_attention.cpp): the AVX-512 copy (one zmm per vector) and the portable
+//     copy (x86-64 baseline, or any other CPU, where the compiler lowers the vectors to what it has);
+//   8 lanes (flash_attention_avx2.cpp, decode_attention_avx2.cpp): the AVX2 + FMA copy, one ymm per vector.
+//     (GCC has no register mode for a 64-byte vector without AVX-512: in an AVX2 function such vectors live on
+//     the stack and every operation goes through memory, which made the 16-lane AVX2 copy slower than the
+//     portable one: prefill attention at 5 GFLOP/s.)
+// The helpers below are always inlined into the kernels' entry points, so they are compiled once per target.
 //
 // Scores are kept in base 2: the kernels fold log2(e) into the query scale and use exp2, so that
 // softmax(s) = exp2(s * log2e - max) / sum(...).
@@ -32,24 +38,19 @@
 #endif
 #define GPT_FAST_INLINE inline __attribute__((always_inline))
 
-namespace gpt_fast::attention {
+#ifndef GPT_FAST_ATTENTION_LANES
+#define GPT_FAST_ATTENTION_LANES 16
+#endif
+#if GPT_FAST_ATTENTION_LANES == 16
+#define GPT_FAST_ATTENTION_NS lanes16
+#elif GPT_FAST_ATTENTION_LANES == 8
+#define GPT_FAST_ATTENTION_NS lanes8
+#else
+#error "GPT_FAST_ATTENTION_LANES must be 16 or 8"
+#endif
 
-// Defines template <typename T> void NAME(cpu::Isa isa, args...) that runs IMPL<T>(args...) (an always-inline
-// function template) compiled for AVX-512, for AVX2 + FMA, or portably: the best of these isa allows (callers pass
-// cpu::cpu_isa(), read once per op call, outside the parallel region).
-#define GPT_FAST_MULTIVERSION(NAME, IMPL)                                                                  \
-  template <typename T, typename... A>                                                                     \
-  GPT_FAST_TARGET_AVX512 void NAME##_avx512(A... a) { IMPL<T>(a...); }                                     \
-  template <typename T, typename... A>                                                                     \
-  GPT_FAST_TARGET_AVX2 void NAME##_avx2(A... a) { IMPL<T>(a...); }                                         \
-  template <typename T, typename... A>                                                                     \
-  void NAME##_portable(A... a) { IMPL<T>(a...); }                                                          \
-  template <typename T, typename... A>                                                                     \
-  void NAME(::gpt_fast::cpu::Isa isa, A... a) {                                                            \
-    if (isa >= ::gpt_fast::cpu::Isa::kAvx512) NAME##_avx512<T>(a...);                                      \
-    else if (isa >= ::gpt_fast::cpu::Isa::kAvx2) NAME##_avx2<T>(a...);                                     \
-    else NAME##_portable<T>(a...);                                                                         \
-  }
+namespace gpt_fast::attention {
+inline namespace GPT_FAST_ATTENTION_NS {
 
 // Calls f(T{}) with T the storage type of dtype (fp32, bf16 or fp16; checked by the caller).
 template <typename F>
@@ -59,11 +60,11 @@ void with_storage_type(c10::ScalarType dtype, F&& f) {
   else f(float{});
 }
 
-constexpr int kLanes = 16;
-typedef float VF __attribute__((vector_size(64)));       // 16 x fp32
-typedef int32_t VI __attribute__((vector_size(64)));     // 16 x int32
-typedef uint16_t VU16 __attribute__((vector_size(32)));  // 16 x 16-bit storage (bf16 / fp16 bits)
-typedef uint32_t VU32 __attribute__((vector_size(64)));
+constexpr int kLanes = GPT_FAST_ATTENTION_LANES;
+typedef float VF __attribute__((vector_size(4 * GPT_FAST_ATTENTION_LANES)));       // kLanes x fp32
+typedef int32_t VI __attribute__((vector_size(4 * GPT_FAST_ATTENTION_LANES)));     // kLanes x int32
+typedef uint16_t VU16 __attribute__((vector_size(2 * GPT_FAST_ATTENTION_LANES)));  // kLanes x bf16 / fp16 bits
+typedef uint32_t VU32 __attribute__((vector_size(4 * GPT_FAST_ATTENTION_LANES)));
 
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
@@ -80,7 +81,7 @@ GPT_FAST_INLINE void store(float* p, VF v) { std::memcpy(p, &v, sizeof(v)); }
 
 GPT_FAST_INLINE VF vmax(VF a, VF b) { return a > b ? a : b; }
 
-// 16 consecutive values of storage type T, as fp32.
+// kLanes consecutive values of storage type T, as fp32.
 template <typename T>
 GPT_FAST_INLINE VF load_float(const T* p);
 
@@ -94,8 +95,9 @@ GPT_FAST_INLINE VF load_float<c10::BFloat16>(const c10::BFloat16* p) {
   return (VF)(__builtin_convertvector(bits, VU32) << 16);  // bf16 is the top half of an fp32
 }
 
-#if defined(__FLT16_MAX__)
-typedef _Float16 VH __attribute__((vector_size(32)));
+// _Float16 in C++: GCC 12 has it on x86-64 only (aarch64 from GCC 13); elsewhere kLanes scalar conversions.
+#if defined(__FLT16_MAX__) && (defined(__x86_64__) || defined(__clang__) || __GNUC__ >= 13)
+typedef _Float16 VH __attribute__((vector_size(2 * GPT_FAST_ATTENTION_LANES)));
 template <>
 GPT_FAST_INLINE VF load_float<c10::Half>(const c10::Half* p) {
   VH h;
@@ -111,9 +113,9 @@ GPT_FAST_INLINE VF load_float<c10::Half>(const c10::Half* p) {
 }
 #endif
 
-// 32 consecutive values of storage type T as two fp32 vectors, in an order private to T ("pair order"):
-// fp32 and fp16 give values 0..15 and 16..31; bf16 gives the even and the odd values, which costs one shift and
-// one mask instead of a widening conversion. Dot products and sums over a row do not care about the order, as
+// 2 kLanes consecutive values of storage type T as two fp32 vectors, in an order private to T ("pair order"):
+// fp32 and fp16 give the first and the second kLanes values; bf16 gives the even and the odd values, which costs
+// one shift and one mask instead of a widening conversion. Dot products and sums over a row do not care about the order, as
 // long as both operands are loaded alike; unpair() restores the natural order.
 template <typename T>
 GPT_FAST_INLINE void load_pair(const T* p, VF& a, VF& b) {
@@ -138,11 +140,16 @@ GPT_FAST_INLINE void unpair(VF a, VF b, float* dst) {
 
 template <>
 GPT_FAST_INLINE void unpair<c10::BFloat16>(VF a, VF b, float* dst) {
+#if GPT_FAST_ATTENTION_LANES == 16
   store(dst, __builtin_shufflevector(a, b, 0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23));
   store(dst + kLanes, __builtin_shufflevector(a, b, 8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31));
+#else
+  store(dst, __builtin_shufflevector(a, b, 0, 8, 1, 9, 2, 10, 3, 11));
+  store(dst + kLanes, __builtin_shufflevector(a, b, 4, 12, 5, 13, 6, 14, 7, 15));
+#endif
 }
 
-// Stores 16 fp32 values as storage type T (round to nearest even; bf16 as vec.h's fp32_to_bf16_bits does it).
+// Stores kLanes fp32 values as storage type T (round to nearest even; bf16 as vec.h's fp32_to_bf16_bits does it).
 template <typename T>
 GPT_FAST_INLINE void store_as(T* p, VF v) {
   for (int i = 0; i < kLanes; ++i) p[i] = static_cast<T>(v[i]);
@@ -201,8 +208,10 @@ GPT_FAST_INLINE float reduce_max(VF v) {
   return m;
 }
 
-// {reduce_add(v[0]), ..., reduce_add(v[15])}: sixteen horizontal sums as one vector, by a tree of half-swaps.
-GPT_FAST_INLINE VF reduce_add_16(const VF* v) {
+// {reduce_add(v[0]), ..., reduce_add(v[kLanes - 1])}: kLanes horizontal sums as one vector, by a tree of
+// half-swaps.
+#if GPT_FAST_ATTENTION_LANES == 16
+GPT_FAST_INLINE VF reduce_add_lanes(const VF* v) {
   VF a[8], b[4], c[2];
   for (int i = 0; i < 8; ++i)  // lanes: 8 partial sums of v[2i], then 8 of v[2i+1]
     a[i] = __builtin_shufflevector(v[2 * i], v[2 * i + 1], 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23) +
@@ -216,5 +225,19 @@ GPT_FAST_INLINE VF reduce_add_16(const VF* v) {
   return __builtin_shufflevector(c[0], c[1], 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30) +
          __builtin_shufflevector(c[0], c[1], 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
 }
+#else
+GPT_FAST_INLINE VF reduce_add_lanes(const VF* v) {
+  VF a[4], b[2];
+  for (int i = 0; i < 4; ++i)  // lanes: 4 partial sums of v[2i], then 4 of v[2i+1]
+    a[i] = __builtin_shufflevector(v[2 * i], v[2 * i + 1], 0, 1, 2, 3, 8, 9, 10, 11) +
+           __builtin_shufflevector(v[2 * i], v[2 * i + 1], 4, 5, 6, 7, 12, 13, 14, 15);
+  for (int i = 0; i < 2; ++i)  // 2 partial sums each of v[4i .. 4i+3]
+    b[i] = __builtin_shufflevector(a[2 * i], a[2 * i + 1], 0, 1, 4, 5, 8, 9, 12, 13) +
+           __builtin_shufflevector(a[2 * i], a[2 * i + 1], 2, 3, 6, 7, 10, 11, 14, 15);
+  return __builtin_shufflevector(b[0], b[1], 0, 2, 4, 6, 8, 10, 12, 14) +
+         __builtin_shufflevector(b[0], b[1], 1, 3, 5, 7, 9, 11, 13, 15);
+}
+#endif
 
+}  // inline namespace GPT_FAST_ATTENTION_NS
 }  // namespace gpt_fast::attention

@@ -11,8 +11,9 @@
 // O^T by broadcasting value elements.
 //
 // Two engines compute the two products of a tile (the softmax between them is common fp32 code):
-//   - the fp32 engine (this file): fp32 FMA micro-kernels, 6 keys (or dims) x 64 queries per step; compiled for
-//     AVX-512, AVX2 + FMA and portable vectors, picked at run time; bf16/fp16 keys and values are converted to
+//   - the fp32 engine (flash_kernel.h): fp32 FMA micro-kernels, 6 keys (or dims) x 64 queries per step; compiled
+//     for AVX-512 and portable vectors here, for AVX2 + FMA (8 lanes, 2 x 32 per step) in
+//     flash_attention_avx2.cpp, picked at run time; bf16/fp16 keys and values are converted to
 //     fp32 once per call;
 //   - the AMX engine (flash_amx.h): bf16 input with D % 32 == 0 on CPUs with AMX-BF16 (e.g. GPT-1 in bf16).
 //
@@ -30,173 +31,13 @@
 #include "checks.h"
 #include "cpu/attention_math.h"
 #include "cpu/flash_amx.h"
+#include "cpu/flash_kernel.h"
 #include "cpu/flash_tiles.h"
 
 namespace gpt_fast {
 namespace {
 using namespace attention;
 using namespace flash;
-
-// S^T[j][:] = sum_d K[j][d] * Q^T[d][:] for NJ keys.
-template <int NJ>
-GPT_FAST_INLINE void qk_micro(const Tiles& t, const float* k, int64_t k_stride, int64_t D, float* st) {
-  VF acc[NJ][kVecQ] = {};
-  for (int64_t d = 0; d < D; ++d) {
-    VF q[kVecQ];
-    for (int v = 0; v < kVecQ; ++v) q[v] = load(&t.qt[d][v * kLanes]);
-    for (int j = 0; j < NJ; ++j) {
-      const float kb = k[j * k_stride + d];
-      for (int v = 0; v < kVecQ; ++v) acc[j][v] += q[v] * kb;
-    }
-  }
-  for (int j = 0; j < NJ; ++j)
-    for (int v = 0; v < kVecQ; ++v) store(st + j * kBlockQ + v * kLanes, acc[j][v]);
-}
-
-// O^T[d][:] += sum_j V[j][d] * P^T[j][:] for ND head dims.
-template <int ND>
-GPT_FAST_INLINE void pv_micro(Tiles& t, const float* v, int64_t v_stride, int64_t d0, int64_t nk) {
-  VF acc[ND][kVecQ];
-  for (int d = 0; d < ND; ++d)
-    for (int q = 0; q < kVecQ; ++q) acc[d][q] = load(&t.ot[d0 + d][q * kLanes]);
-  for (int64_t j = 0; j < nk; ++j) {
-    VF p[kVecQ];
-    for (int q = 0; q < kVecQ; ++q) p[q] = load(&t.st[j][q * kLanes]);
-    for (int d = 0; d < ND; ++d) {
-      const float vb = v[j * v_stride + d0 + d];
-      for (int q = 0; q < kVecQ; ++q) acc[d][q] += p[q] * vb;
-    }
-  }
-  for (int d = 0; d < ND; ++d)
-    for (int q = 0; q < kVecQ; ++q) store(&t.ot[d0 + d][q * kLanes], acc[d][q]);
-}
-
-// Runs F<N> for N = n (1..kMicro); the tails of the micro-kernel loops.
-template <template <int> class F, typename... Args>
-GPT_FAST_INLINE void with_width(int n, Args&&... args) {
-  switch (n) {
-    case 1: F<1>::run(args...); break;
-    case 2: F<2>::run(args...); break;
-    case 3: F<3>::run(args...); break;
-    case 4: F<4>::run(args...); break;
-    case 5: F<5>::run(args...); break;
-    default: F<6>::run(args...); break;
-  }
-}
-template <int N>
-struct QK {
-  GPT_FAST_INLINE static void run(const Tiles& t, const float* k, int64_t s, int64_t D, float* st) {
-    qk_micro<N>(t, k, s, D, st);
-  }
-};
-template <int N>
-struct PV {
-  GPT_FAST_INLINE static void run(Tiles& t, const float* v, int64_t s, int64_t d0, int64_t nk) {
-    pv_micro<N>(t, v, s, d0, nk);
-  }
-};
-
-// The fp32 engine: keys and values in fp32 (converted once when the input is not), Q^T pre-scaled.
-struct Fp32Engine {
-  using Elem = float;
-  template <typename T>
-  GPT_FAST_INLINE static void load_q(const Params& p, Tiles& t, const T* q, int64_t nq) {
-    for (int64_t i = 0; i < kBlockQ; ++i)  // row by row: contiguous reads
-      for (int64_t d = 0; d < p.D; ++d) t.qt[d][i] = i < nq ? static_cast<float>(q[i * p.q_st + d]) * p.scale : 0.f;
-  }
-  GPT_FAST_INLINE static void scores(const Params& p, Tiles& t, const float* k, int64_t nk) {
-    for (int64_t j = 0; j < nk; j += kMicro)
-      with_width<QK>(static_cast<int>(std::min<int64_t>(kMicro, nk - j)), t, k + j * p.kv_st, p.kv_st, p.D,
-                     &t.st[j][0]);
-  }
-  GPT_FAST_INLINE static void pv(const Params& p, Tiles& t, const float* v, int64_t nk, int64_t /*bh*/,
-                                 int64_t /*j0*/) {
-    for (int64_t d = 0; d < p.D; d += kMicro)
-      with_width<PV>(static_cast<int>(std::min<int64_t>(kMicro, p.D - d)), t, v, p.kv_st, d, nk);
-  }
-};
-
-// One key block [j0, j1) for the query block starting at i0 (nq valid rows): scores, masks, online softmax, P V.
-template <typename Engine>
-GPT_FAST_INLINE void key_block(const Params& p, Tiles& t, int64_t b, int64_t h, int64_t i0, int64_t j0, int64_t j1) {
-  using E = typename Engine::Elem;
-  const int64_t nk = j1 - j0;
-  const int64_t at = b * p.kv_sb + j0 * p.kv_st + h * p.D;
-  Engine::scores(p, t, static_cast<const E*>(p.k) + at, nk);
-
-  // Masks: key j is hidden from query i when j > i (causal) or when the key is padding.
-  const bool* mask = p.mask ? p.mask + b * p.T + j0 : nullptr;
-  const bool diagonal = j1 - 1 > i0;
-  for (int64_t j = 0; j < nk; ++j) {
-    if (mask && !mask[j]) {
-      for (int q = 0; q < kVecQ; ++q) store(&t.st[j][q * kLanes], splat(kNegInf));
-    } else if (diagonal) {
-      for (int64_t i = 0; i < std::min<int64_t>(kBlockQ, j0 + j - i0); ++i) t.st[j][i] = kNegInf;  // i < key
-    }
-  }
-
-  // Online softmax, lane-wise over query rows.
-  VF alpha[kVecQ];
-  for (int q = 0; q < kVecQ; ++q) {
-    VF mx = t.m[q];
-    for (int64_t j = 0; j < nk; ++j) mx = vmax(mx, load(&t.st[j][q * kLanes]));
-    const VF base = mx == kNegInf ? VF{} : mx;  // rows with nothing to attend yet: keep everything at 0
-    alpha[q] = exp2_nonpositive(t.m[q] - base);
-    VF sum{};
-    for (int64_t j = 0; j < nk; ++j) {
-      const VF e = exp2_nonpositive(load(&t.st[j][q * kLanes]) - base);
-      store(&t.st[j][q * kLanes], e);
-      sum += e;
-    }
-    t.l[q] = t.l[q] * alpha[q] + sum;
-    t.m[q] = mx;
-  }
-  for (int64_t d = 0; d < p.D; ++d)
-    for (int q = 0; q < kVecQ; ++q) store(&t.ot[d][q * kLanes], load(&t.ot[d][q * kLanes]) * alpha[q]);
-  Engine::pv(p, t, static_cast<const E*>(p.v) + at, nk, b * p.H + h, j0);
-}
-
-template <typename Engine, typename T>
-GPT_FAST_INLINE void query_block(const Params& p, Tiles& t, int64_t b, int64_t h, int64_t i0) {
-  const int64_t nq = std::min<int64_t>(kBlockQ, p.T - i0);
-  Engine::load_q(p, t, static_cast<const T*>(p.q) + b * p.q_sb + i0 * p.q_st + h * p.D, nq);
-  for (int64_t d = 0; d < p.D; ++d)
-    for (int q = 0; q < kVecQ; ++q) store(&t.ot[d][q * kLanes], VF{});
-  for (int q = 0; q < kVecQ; ++q) t.m[q] = splat(kNegInf), t.l[q] = VF{};
-
-  const int64_t key_end = i0 + nq;  // causal: the block's last row sees keys [0, i0 + nq)
-  for (int64_t j0 = 0; j0 < key_end; j0 += kBlockK) key_block<Engine>(p, t, b, h, i0, j0, std::min(key_end, j0 + kBlockK));
-
-  T* out = static_cast<T*>(p.out) + (b * p.T + i0) * p.H * p.D + h * p.D;
-  float inv[kBlockQ];  // 1 / row sum; 0 for rows that attend to nothing
-  for (int64_t i = 0; i < nq; ++i) {
-    const float l = t.l[i / kLanes][i % kLanes];
-    inv[i] = l > 0.f ? 1.f / l : 0.f;
-  }
-  for (int64_t i = 0; i < nq; ++i) {  // O^T column i -> output row i
-    alignas(64) float row[kMaxHead];
-    for (int64_t d = 0; d < p.D; ++d) row[d] = t.ot[d][i] * inv[i];
-    float_to_row(row, out + i * p.H * p.D, p.D);
-  }
-}
-
-// Task k -> (query block, batch, head). Query blocks are ordered 0, n-1, 1, n-2, ... so that any contiguous
-// range of tasks (what parallel_for hands a thread) has a balanced share of the causal triangle.
-template <typename Engine, typename T>
-GPT_FAST_INLINE void run_tasks_with(const Params& p, int64_t begin, int64_t end) {
-  auto tiles = std::make_unique<Tiles>();
-  const int64_t n_qb = (p.T + kBlockQ - 1) / kBlockQ;
-  for (int64_t k = begin; k < end; ++k) {
-    const int64_t z = k / (p.B * p.H), bh = k % (p.B * p.H);
-    const int64_t qb = z % 2 == 0 ? z / 2 : n_qb - 1 - z / 2;
-    query_block<Engine, T>(p, *tiles, bh / p.H, bh % p.H, qb * kBlockQ);
-  }
-}
-
-template <typename T>
-GPT_FAST_INLINE void run_tasks(const Params& p, int64_t begin, int64_t end) {
-  run_tasks_with<Fp32Engine, T>(p, begin, end);
-}
 
 #ifdef GPT_FAST_HAVE_AMX_ENGINE
 GPT_FAST_TARGET_AMX void run_tasks_amx(const Params& p, int64_t begin, int64_t end) {
@@ -206,7 +47,25 @@ GPT_FAST_TARGET_AMX void run_tasks_amx(const Params& p, int64_t begin, int64_t e
 }
 #endif
 
-GPT_FAST_MULTIVERSION(run_tasks_best, run_tasks)
+template <typename T>
+GPT_FAST_TARGET_AVX512 void run_tasks_avx512(const Params& p, int64_t begin, int64_t end) {
+  run_tasks<T>(p, begin, end);
+}
+template <typename T>
+void run_tasks_portable(const Params& p, int64_t begin, int64_t end) {
+  run_tasks<T>(p, begin, end);
+}
+
+// The fp32 engine compiled for the best of AVX-512 (16 lanes), AVX2 + FMA (8 lanes, flash_attention_avx2.cpp)
+// and portable code (16 lanes) that isa allows.
+template <typename T>
+void run_tasks_best(cpu::Isa isa, const Params& p, int64_t begin, int64_t end) {
+  if (isa >= cpu::Isa::kAvx512) return run_tasks_avx512<T>(p, begin, end);
+#if GPT_FAST_HAVE_X86
+  if (isa >= cpu::Isa::kAvx2) return run_tasks_avx2<T>(p, begin, end);
+#endif
+  run_tasks_portable<T>(p, begin, end);
+}
 
 at::Tensor flash_attention_cpu(const at::Tensor& qkv, const std::optional<at::Tensor>& key_padding_mask,
                                int64_t n_head) {

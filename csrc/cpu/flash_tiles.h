@@ -1,5 +1,6 @@
 // Tile sizes, kernel parameters and the per-thread working set of the CPU flash attention kernel
-// (flash_attention.cpp); shared by its engines (the fp32 one there, the AMX one in flash_amx.h).
+// (flash_kernel.h); shared by its engines (the fp32 one there, the AMX one in flash_amx.h). Params is the same
+// for every lane count (it crosses from flash_attention.cpp into flash_attention_avx2.cpp); Tiles is not.
 #pragma once
 
 #include <c10/util/BFloat16.h>
@@ -12,7 +13,6 @@ namespace gpt_fast::flash {
 using namespace attention;
 
 constexpr int kBlockQ = 64;                 // query rows per task
-constexpr int kVecQ = kBlockQ / kLanes;     // vectors per query block
 constexpr int kBlockK = 64;                 // keys per score tile
 constexpr int kMaxHead = 128;
 constexpr int kMicro = 6;                   // keys (QK^T) or head dims (PV) per micro-kernel step
@@ -31,6 +31,17 @@ struct Params {
   float scale;             // log2(e) / sqrt(D)
 };
 
+#if GPT_FAST_HAVE_X86
+// The fp32 engine's tasks [begin, end) compiled for AVX2 + FMA with 8 lanes (flash_attention_avx2.cpp), for
+// T = float, c10::BFloat16, c10::Half.
+template <typename T>
+GPT_FAST_TARGET_AVX2 void run_tasks_avx2(const Params& p, int64_t begin, int64_t end);
+#endif
+
+inline namespace GPT_FAST_ATTENTION_NS {  // the working set holds VFs: one type per lane count
+
+constexpr int kVecQ = kBlockQ / kLanes;  // vectors per query block
+
 struct Tiles {  // per-thread working set
   alignas(64) float qt[kMaxHead][kBlockQ];  // Q^T, scaled (the AMX engine keeps bf16 pairs here)
   alignas(64) float st[kBlockK][kBlockQ];   // S^T, then P^T
@@ -40,4 +51,5 @@ struct Tiles {  // per-thread working set
   alignas(64) c10::BFloat16 kpad[16][kMaxHead];    // AMX engine: a partial block of keys, zero-padded
 };
 
+}  // inline namespace GPT_FAST_ATTENTION_NS
 }  // namespace gpt_fast::flash

@@ -4,7 +4,7 @@
     python benchmarks/bench_cuda.py --roofline       # writes benchmarks/results/cuda_roofline.md (no GPU needed)
     pytest benchmarks/bench_cuda.py --benchmark-enable   # the same cases as pytest-benchmark tests
 
-Baselines: eager gpt_fast.reference (cuBLAS matmuls + elementwise kernels) for every op, and
+Baselines: eager gpt_fast.ops.reference (cuBLAS matmuls + elementwise kernels) for every op, and
 F.scaled_dot_product_attention (flash / memory-efficient backends) for the two attention ops.
 FLOPs and bytes are the minimum the op needs (each input read once, each output written once), so GB/s and
 TFLOP/s are lower bounds of what the kernel really moves and computes.

@@ -5,7 +5,6 @@ import math
 
 import pytest
 import torch
-
 from accuracy import assert_within_pytorch_error
 
 INF, NAN = math.inf, math.nan

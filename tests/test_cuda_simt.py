@@ -1,6 +1,6 @@
 """The real CUDA kernel source (csrc/cuda/*.cu and their headers) run on CPU threads through the SIMT test layer
 (tests/simt/simt.h), built with g++ under ThreadSanitizer and UBSan (-fsanitize=bounds-strict), checked against
-gpt_fast.reference with the accuracy criterion of tests/accuracy.py. Small shapes with ragged tails, padded rows
+gpt_fast.ops.reference with the accuracy criterion of tests/accuracy.py. Small shapes with ragged tails, padded rows
 and split KV caches; one test builds a copy with one __syncthreads() removed and expects the layer to catch it."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""gpt_fast::decode_attention (CPU) against gpt_fast.reference.decode_attention: output and cache writes."""
+"""gpt_fast::decode_attention (CPU) against gpt_fast.ops.reference.decode_attention: output and cache writes."""
 
 import pytest
 import torch

@@ -1,30 +1,16 @@
-"""gpt_fast::flash_attention (CPU) against gpt_fast.reference.flash_attention."""
+"""gpt_fast::flash_attention (CPU) against gpt_fast.ops.reference.flash_attention."""
 
 import pytest
 import torch
 from accuracy import assert_within_pytorch_error, upcast
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from op_samples import padding_mask
 
 from gpt_fast import ops
 from gpt_fast.ops import reference
 
 pytestmark = pytest.mark.skipif(not ops.has_kernel("flash_attention", "cpu"), reason="extension not built")
-
-
-def make_mask(kind: str, B: int, T: int, g: torch.Generator):
-    """(B, T) bool key padding mask, True = attend. Row 0 of "left"/"right" is fully padded when B > 1."""
-    if kind == "none":
-        return None
-    lengths = torch.randint(1, T + 1, (B,), generator=g)
-    if B > 1:
-        lengths[0] = 0
-    pos = torch.arange(T)
-    if kind == "left":
-        return pos[None, :] >= (T - lengths)[:, None]
-    if kind == "right":
-        return pos[None, :] < lengths[:, None]
-    return torch.rand(B, T, generator=g) > 0.3  # "random": holes anywhere
 
 
 def check(qkv, mask, n_head):
@@ -54,7 +40,7 @@ def test_fully_padded_rows_give_zeros(dtype, cpu_tier):
 def test_head_size_128_and_odd(cpu_tier):
     g = torch.Generator().manual_seed(2)
     check(torch.randn(2, 70, 3 * 2 * 128, generator=g), None, 2)
-    check(torch.randn(2, 70, 3 * 3 * 5, generator=g), make_mask("random", 2, 70, g), 3)
+    check(torch.randn(2, 70, 3 * 3 * 5, generator=g), padding_mask("random", 2, 70, g), 3)
 
 
 @pytest.mark.parametrize("dtype, D", [(torch.float32, 48), (torch.bfloat16, 48), (torch.bfloat16, 64)])
@@ -64,7 +50,7 @@ def test_non_contiguous_qkv(dtype, D, cpu_tier):
     big = torch.randn(B + 1, T + 5, 3 * H * D + 32, generator=g).to(dtype)
     qkv = big[1:, 2:T + 2, 16:16 + 3 * H * D]  # (B, T, 3C) with strides of the bigger tensor
     assert not qkv.is_contiguous()
-    check(qkv, make_mask("left", B, T, g), H)
+    check(qkv, padding_mask("left", B, T, g), H)
     torch.testing.assert_close(ops.flash_attention(qkv, None, H), ops.flash_attention(qkv.contiguous(), None, H),
                                rtol=0, atol=0)
 
@@ -76,7 +62,7 @@ def test_non_contiguous_qkv(dtype, D, cpu_tier):
        mask_kind=st.sampled_from(["none", "left", "right", "random"]), seed=st.integers(0, 2**31 - 1))
 def test_fuzz(B, T, H, D, dtype, mask_kind, seed):
     g = torch.Generator().manual_seed(seed)
-    check(torch.randn(B, T, 3 * H * D, generator=g).to(dtype), make_mask(mask_kind, B, T, g), H)
+    check(torch.randn(B, T, 3 * H * D, generator=g).to(dtype), padding_mask(mask_kind, B, T, g), H)
 
 
 def _args(**overrides):

@@ -14,12 +14,13 @@ import math
 
 import pytest
 import torch
+from accuracy import assert_within_pytorch_error, upcast
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-from accuracy import assert_within_pytorch_error, upcast
-from gpt_fast import ops, reference
+from gpt_fast import ops
+from gpt_fast.ops import reference
 
 pytestmark = pytest.mark.skipif(not ops.has_kernel("linear_small_m", "cpu"), reason="extension not built")
 
@@ -62,8 +63,8 @@ def test_flash_attention_n_head(n_head, B, T, masked):
     out = call("gpt_fast::flash_attention", lambda: ops.flash_attention(qkv, mask, n_head))
     assert (out is not None) == divides(n_head, C)
     if out is not None:
-        expected = reference.causal_attention(*upcast(qkv, mask, dtype=qkv.dtype), n_head)
-        assert_within_pytorch_error(out, expected, reference.causal_attention(qkv, mask, n_head))
+        expected = reference.flash_attention(*upcast(qkv, mask, dtype=qkv.dtype), n_head)
+        assert_within_pytorch_error(out, expected, reference.flash_attention(qkv, mask, n_head))
     assert fake_accepts("flash_attention", lambda q: ops.flash_attention(q, None, n_head), qkv) == divides(n_head, C)
 
 
@@ -136,8 +137,8 @@ def test_linear_small_m_out_features(N, packed_for, rows, gelu, dtype):
     out = call("gpt_fast::linear_small_m", lambda: ops.linear_small_m(x, packed, N, None, None, gelu))
     assert (out is not None) == (N == packed_for), (N, packed_for)
     if out is not None:
-        expected = reference.linear(*upcast(x, weight, dtype=dtype), gelu=gelu)
-        assert_within_pytorch_error(out, expected, reference.linear(x, weight, gelu=gelu))
+        expected = reference.linear_small_m(*upcast(x, weight, dtype=dtype), gelu=gelu)
+        assert_within_pytorch_error(out, expected, reference.linear_small_m(x, weight, gelu=gelu))
     # The fake kernel sees shapes only: it accepts every N with the packed number of 16-column blocks.
     same_blocks = N > 0 and -(-N // 16) == -(-packed_for // 16)
     fn = lambda a, w: ops.linear_small_m(a, w, N, None, None, gelu)  # noqa: E731

@@ -1,7 +1,7 @@
 """Backward for the fused ops, computed by differentiating their eager reference.
 
 The kernels are forward-only; registering this lets a fused forward sit inside an autograd graph (for example
-a model called without torch.no_grad()). The backward recomputes the op with gpt_fast.reference and asks autograd
+a model called without torch.no_grad()). The backward recomputes the op with gpt_fast.ops.reference and asks autograd
 for the gradients: correct, not fast. Training runs should use the "sdpa" backend.
 """
 

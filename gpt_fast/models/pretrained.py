@@ -61,6 +61,7 @@ class OpenAIGPTPreTrainedModel(nn.Module):
         lm_head = getattr(self, "lm_head", None)
         if lm_head is not None and self.config.tie_word_embeddings:
             lm_head.weight = self.transformer.tokens_embed.weight
+            lm_head.out_features = lm_head.weight.shape[0]  # follows a resized embedding
 
     @property
     def device(self) -> torch.device:

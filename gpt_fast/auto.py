@@ -11,6 +11,7 @@ from gpt_fast.models.heads import OpenAIGPTDoubleHeadsModel, OpenAIGPTForSequenc
 from gpt_fast.models.modeling import OpenAIGPTModel
 from gpt_fast.names import check_model_type
 from gpt_fast.tokenization.tokenizer import OpenAIGPTTokenizerFast
+from gpt_fast.tokenization.tokenizer_files import packaged_folder
 
 
 def _check_model_type(name_or_path) -> None:
@@ -68,6 +69,9 @@ class AutoTokenizer:
 
     @staticmethod
     def from_pretrained(name_or_path: str | os.PathLike, **kwargs) -> OpenAIGPTTokenizerFast:
+        packaged = packaged_folder(name_or_path)
+        if packaged is not None:  # the published GPT-1 tokenizer, shipped with gpt_fast
+            return OpenAIGPTTokenizerFast.from_pretrained(name_or_path, **kwargs)
         folder = resolve_model_folder(name_or_path)
         if (folder / CONFIG_NAME).is_file():
             _check_model_type(folder)

@@ -99,6 +99,16 @@ def _as_list(value: Any) -> Any:
     return value.tolist() if hasattr(value, "tolist") else value
 
 
+def tensor_kind(encoded_inputs: Any) -> str | None:
+    """"pt" or "np" when pad is given tensors or arrays (transformers then returns the same kind), else None."""
+    first = encoded_inputs[0] if isinstance(encoded_inputs, (list, tuple)) and encoded_inputs else encoded_inputs
+    ids = first.get("input_ids") if isinstance(first, Mapping) else None
+    if isinstance(ids, (list, tuple)) and ids:
+        ids = ids[0]
+    kind = type(ids).__module__.split(".")[0]
+    return {"torch": "pt", "numpy": "np"}.get(kind)
+
+
 def collate(encoded_inputs: Any) -> tuple[dict[str, Any], bool]:
     """({key: rows}, is_batch) from what `pad` takes: a BatchEncoding or dict (of rows, or of one row's lists),
     or a list of such dicts (one per example, as a DataLoader hands them to a collator)."""
@@ -123,11 +133,12 @@ def collate(encoded_inputs: Any) -> tuple[dict[str, Any], bool]:
     return data, is_batch
 
 
-def pad_rows(data: dict[str, Any], target: int, side: str, pad_id: int) -> None:
-    """Pads every per-token feature of data (rows as long as input_ids' rows) to target, in place."""
+def pad_rows(data: dict[str, Any], target: int, side: str, pad_id: int, keep: tuple[str, ...] = ()) -> None:
+    """Pads every per-token feature of data (rows as long as input_ids' rows) to target, in place; features
+    named in `keep` are left as they are."""
     lengths = [len(row) for row in data["input_ids"]]
     for key, rows in data.items():
-        if key != "input_ids" and key not in PAD_VALUES:
+        if key != "input_ids" and (key not in PAD_VALUES or key in keep):
             continue
         if key != "input_ids" and [len(row) if isinstance(row, (list, tuple)) else -1 for row in rows] != lengths:
             raise ValueError(f"pad: feature {key!r} does not have one value per token of input_ids")

@@ -312,6 +312,8 @@ class OpenAIGPTTokenizerFast:
         """Pads features already encoded (a BatchEncoding or dict of them, or a list of per-example dicts, as
         transformers' data collators pass): input_ids with the pad token, attention_mask (made if absent) and
         token_type_ids with 0, special_tokens_mask with 1; other features are kept as they are."""
+        if return_tensors is None:
+            return_tensors = encoding.tensor_kind(encoded_inputs)
         data, is_batch = encoding.collate(encoded_inputs)
         mode, _, max_length = encoding.resolve_lengths(padding, None, max_length, pad_to_multiple_of,
                                                        self.model_max_length, self.pad_token is not None)
@@ -320,15 +322,14 @@ class OpenAIGPTTokenizerFast:
             raise ValueError(f"return_tensors must be None, 'pt' or 'np', got {return_tensors!r}")
         if return_attention_mask is not False and "attention_mask" not in data:
             data["attention_mask"] = [[1] * len(row) for row in data["input_ids"]]
-        elif return_attention_mask is False:
-            data.pop("attention_mask", None)
         target = encoding.padded_length([len(row) for row in data["input_ids"]], mode, max_length, pad_to_multiple_of)
-        if target is not None:
-            encoding.pad_rows(data, target, side, self.pad_token_id)
+        if target is not None:  # a given mask is left as it is with return_attention_mask=False, as transformers
+            encoding.pad_rows(data, target, side, self.pad_token_id,
+                              keep=("attention_mask",) if return_attention_mask is False else ())
+        if not is_batch:
+            data = {key: value[0] for key, value in data.items()}
         if return_tensors is not None:
             data = {key: encoding.as_tensor(value, return_tensors, key) for key, value in data.items()}
-        elif not is_batch:
-            data = {key: value[0] for key, value in data.items()}
         return BatchEncoding(data)
 
     def encode(self, text: str, *, add_special_tokens: bool = True, padding: bool | str = False,

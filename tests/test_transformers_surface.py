@@ -169,7 +169,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(head):
     ids = random_ids(shape_for(head))
     kwargs = dict(labels=ids, mc_labels=torch.tensor([0, 2])) if head == DOUBLE else dict(labels=ids)
     block_calls = []
-    ours.transformer.h[0].register_forward_hook(lambda *args: block_calls.append(1))
+    ours.transformer.h[0].register_forward_pre_hook(lambda *args: block_calls.append(1))
 
     def gradients():
         ours.zero_grad()
@@ -219,3 +219,20 @@ def test_config_to_json_file(tmp_path):
     assert json.loads(path.read_text())["custom_key"] == [1, 2]
     with pytest.raises(IsADirectoryError):
         config.to_json_file(tmp_path)
+
+
+def test_checkpointing_every_n_layers_and_bad_values():
+    _, ours = load_pair(LM, "sdpa")
+    ids = random_ids((2, 7))
+    calls = {0: [], 1: []}
+    for i in calls:
+        ours.transformer.h[i].register_forward_pre_hook(lambda *args, i=i: calls[i].append(1))
+    ours.train()
+    ours.activation_checkpointing_enable(every_n_layers=2)  # blocks 0, 2, 4, ...
+    ours(ids, labels=ids).loss.backward()
+    assert (len(calls[0]), len(calls[1])) == (2, 1)
+    with torch.no_grad():  # nothing to recompute without gradients
+        ours(ids)
+    assert (len(calls[0]), len(calls[1])) == (3, 2)
+    with pytest.raises(ValueError, match="every_n_layers"):
+        ours.activation_checkpointing_enable(every_n_layers=0)

@@ -14,6 +14,7 @@ linear engines of models/linear.py.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from typing import Callable
 
@@ -106,7 +107,7 @@ class OpenAIGPTModel(OpenAIGPTPreTrainedModel):
         self.drop = nn.Dropout(config.embd_pdrop)
         self.h = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
         self.register_buffer("position_ids", torch.arange(config.n_positions), persistent=False)
-        self.gradient_checkpointing: dict | None = None  # torch.utils.checkpoint's kwargs while enabled
+        self.gradient_checkpointing: dict | None = None  # activation checkpointing's settings while enabled
         self.init_weights()
 
     def plan(self, device: torch.device, dtype: torch.dtype, needs_probs: bool = False) -> KernelPlan:
@@ -133,14 +134,23 @@ class OpenAIGPTModel(OpenAIGPTPreTrainedModel):
             if all_hidden is not None:
                 all_hidden.append(hidden)
             block_attend = functools.partial(attend, i)
-            if checkpointing:
-                hidden, probs = torch.utils.checkpoint.checkpoint(block, hidden, plan, block_attend,
-                                                                  **self.gradient_checkpointing)
+            if checkpointing and i % self.gradient_checkpointing["every_n_layers"] == 0:
+                hidden, probs = self._checkpointed(block, hidden, plan, block_attend)
             else:
                 hidden, probs = block(hidden, plan, block_attend)
             if all_probs is not None:
                 all_probs.append(probs)
         return hidden
+
+    def _checkpointed(self, block: Block, hidden, plan: KernelPlan, attend):
+        """block(hidden, plan, attend), its activations recomputed in the backward pass (and its saved input kept
+        in CPU memory with offload)."""
+        settings = self.gradient_checkpointing
+        offload = settings["offload"] and hidden.device.type != "cpu"
+        context = (torch.autograd.graph.save_on_cpu(pin_memory=hidden.device.type == "cuda") if offload
+                   else contextlib.nullcontext())
+        with context:
+            return torch.utils.checkpoint.checkpoint(block, hidden, plan, attend, **settings["kwargs"])
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, inputs_embeds=None,
                 output_attentions=None, output_hidden_states=None, return_dict=None, *, head_mask=None, **kwargs):

@@ -115,18 +115,34 @@ class OpenAIGPTPreTrainedModel(nn.Module):
         return resize_token_embeddings(self, new_num_tokens, pad_to_multiple_of, mean_resizing)
 
     # -- gradient checkpointing ----------------------------------------------------------------------------
-    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
-        """Recomputes each Block in the backward pass (torch.utils.checkpoint, use_reentrant=False unless
-        gradient_checkpointing_kwargs says otherwise) when the model is training: less memory, same gradients."""
-        kwargs = {"use_reentrant": False, **(gradient_checkpointing_kwargs or {})}
-        self.base_model.gradient_checkpointing = kwargs
+    def activation_checkpointing_enable(self, activation_checkpointing_kwargs: dict | None = None,
+                                        every_n_layers: int = 1, offload: bool = False) -> None:
+        """Recomputes Blocks in the backward pass (torch.utils.checkpoint with activation_checkpointing_kwargs,
+        use_reentrant=False by default) while the model is training: less memory, the same gradients.
+        every_n_layers: checkpoint blocks 0, n, 2n, ...; offload: keep the saved block inputs in CPU memory."""
+        if not isinstance(every_n_layers, int) or isinstance(every_n_layers, bool) or every_n_layers < 1:
+            raise ValueError(f"every_n_layers must be an int >= 1, got {every_n_layers!r}")
+        kwargs = {"use_reentrant": False, **(activation_checkpointing_kwargs or {})}
+        self.base_model.gradient_checkpointing = {"kwargs": kwargs, "every_n_layers": every_n_layers,
+                                                  "offload": bool(offload)}
 
-    def gradient_checkpointing_disable(self) -> None:
+    def activation_checkpointing_disable(self) -> None:
         self.base_model.gradient_checkpointing = None
 
     @property
-    def is_gradient_checkpointing(self) -> bool:
+    def is_activation_checkpointing(self) -> bool:
         return self.base_model.gradient_checkpointing is not None
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None, **kwargs) -> None:
+        """transformers' older name of activation_checkpointing_enable (every_n_layers=, offload= pass through)."""
+        self.activation_checkpointing_enable(gradient_checkpointing_kwargs, **kwargs)
+
+    def gradient_checkpointing_disable(self) -> None:
+        self.activation_checkpointing_disable()
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        return self.is_activation_checkpointing
 
     # -- checkpoints ---------------------------------------------------------------------------------------
     @classmethod

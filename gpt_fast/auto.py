@@ -14,9 +14,9 @@ from gpt_fast.tokenization.tokenizer import OpenAIGPTTokenizerFast
 from gpt_fast.tokenization.tokenizer_files import packaged_folder
 
 
-def _check_model_type(name_or_path) -> None:
-    folder = resolve_model_folder(name_or_path, allow_patterns=[CONFIG_NAME])
-    path = folder / CONFIG_NAME
+def _check_model_type(name_or_path, subfolder: str = "") -> None:
+    folder = resolve_model_folder(name_or_path, allow_patterns=[f"{subfolder}/{CONFIG_NAME}".lstrip("/")])
+    path = folder / subfolder / CONFIG_NAME
     if not path.is_file():
         raise FileNotFoundError(f"no {CONFIG_NAME} in {str(folder)!r}")
     check_model_type(json.loads(path.read_text()).get("model_type", OpenAIGPTConfig.model_type), repr(str(folder)))
@@ -30,7 +30,7 @@ class _Auto:
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike, **kwargs):
-        _check_model_type(name_or_path)
+        _check_model_type(name_or_path, kwargs.get("subfolder", ""))
         return cls.model_class.from_pretrained(name_or_path, **kwargs)
 
     @classmethod
@@ -57,7 +57,7 @@ class AutoModelForMultipleChoice(_Auto):
 class AutoConfig:
     @staticmethod
     def from_pretrained(name_or_path: str | os.PathLike, **kwargs) -> OpenAIGPTConfig:
-        _check_model_type(name_or_path)
+        _check_model_type(name_or_path, kwargs.get("subfolder", ""))
         return OpenAIGPTConfig.from_pretrained(name_or_path, **kwargs)
 
 

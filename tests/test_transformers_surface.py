@@ -207,6 +207,8 @@ def test_from_pretrained_options_match_transformers(tmp_path):
     torch.testing.assert_close(ours.transformer.h[1].mlp.c_fc.weight, hf.transformer.h[1].mlp.c_fc.weight)
     with pytest.raises(ValueError, match="ignore_mismatched_sizes"):
         gpt_fast.OpenAIGPTLMHeadModel.from_pretrained(tmp_path / "sub", vocab_size=120)
+    assert gpt_fast.AutoModelForCausalLM.from_pretrained(tmp_path, subfolder="sub").config.vocab_size == 99
+    assert gpt_fast.AutoConfig.from_pretrained(tmp_path, subfolder="sub").vocab_size == 99
     with pytest.raises(FileNotFoundError, match="subfolder 'nope'"):
         gpt_fast.OpenAIGPTLMHeadModel.from_pretrained(tmp_path, subfolder="nope")
 

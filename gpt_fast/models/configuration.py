@@ -184,9 +184,10 @@ class OpenAIGPTConfig:
         return cls.from_dict(data, **overrides)
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike, **overrides: Any) -> "OpenAIGPTConfig":
-        folder = resolve_model_folder(name_or_path, allow_patterns=[CONFIG_NAME])
-        path = folder / CONFIG_NAME
+    def from_pretrained(cls, name_or_path: str | os.PathLike, subfolder: str = "",
+                        **overrides: Any) -> "OpenAIGPTConfig":
+        folder = resolve_model_folder(name_or_path, allow_patterns=[f"{subfolder}/{CONFIG_NAME}".lstrip("/")])
+        path = folder / subfolder / CONFIG_NAME
         if not path.is_file():
             raise FileNotFoundError(f"no {CONFIG_NAME} in {str(folder)!r}")
         return cls.from_json_file(path, **overrides)

@@ -77,6 +77,12 @@ def test_pairs_and_features_match(padded_pair, kwargs):
     assert_same(ours(TEXTS, **kwargs), theirs(TEXTS, **kwargs))
 
 
+def test_encode_and_tokenize_pairs_match(pair):
+    ours, theirs = pair
+    assert ours.encode(TEXTS[2], PAIRS[2]) == theirs.encode(TEXTS[2], PAIRS[2])
+    assert ours.tokenize(TEXTS[2], PAIRS[2]) == theirs.tokenize(TEXTS[2], PAIRS[2])
+
+
 def test_truncation_left_of_a_pair_matches(padded_pair):
     ours, theirs = padded_pair
     ours.truncation_side = theirs.truncation_side = "left"

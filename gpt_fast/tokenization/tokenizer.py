@@ -332,11 +332,14 @@ class OpenAIGPTTokenizerFast:
             data = {key: encoding.as_tensor(value, return_tensors, key) for key, value in data.items()}
         return BatchEncoding(data)
 
-    def encode(self, text: str, *, add_special_tokens: bool = True, padding: bool | str = False,
-               truncation: bool | str | None = None, max_length: int | None = None, return_tensors: str | None = None):
-        """The ids of one text: a list of ints, or a (1, T) tensor with return_tensors="pt"."""
+    def encode(self, text: str, text_pair: str | None = None, *, add_special_tokens: bool = True,
+               padding: bool | str = False, truncation: bool | str | None = None, max_length: int | None = None,
+               return_tensors: str | None = None):
+        """The ids of one text (and its pair): a list of ints, or a (1, T) tensor with return_tensors="pt"."""
         encoding.as_text_batch(text, allow_batch=False)
-        return self(text, padding=padding, truncation=truncation, max_length=max_length,
+        if text_pair is not None:
+            encoding.as_text_batch(text_pair, allow_batch=False)
+        return self(text, text_pair, padding=padding, truncation=truncation, max_length=max_length,
                     return_tensors=return_tensors, add_special_tokens=add_special_tokens)["input_ids"]
 
     # ---------------------------------------------------------------- decoding

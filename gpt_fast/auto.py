@@ -11,11 +11,12 @@ from gpt_fast.models.heads import OpenAIGPTDoubleHeadsModel, OpenAIGPTForSequenc
 from gpt_fast.models.modeling import OpenAIGPTModel
 from gpt_fast.names import check_model_type
 from gpt_fast.tokenization.tokenizer import OpenAIGPTTokenizerFast
+from gpt_fast.tokenization.tokenizer_files import packaged_folder
 
 
-def _check_model_type(name_or_path) -> None:
-    folder = resolve_model_folder(name_or_path, allow_patterns=[CONFIG_NAME])
-    path = folder / CONFIG_NAME
+def _check_model_type(name_or_path, subfolder: str = "") -> None:
+    folder = resolve_model_folder(name_or_path, allow_patterns=[f"{subfolder}/{CONFIG_NAME}".lstrip("/")])
+    path = folder / subfolder / CONFIG_NAME
     if not path.is_file():
         raise FileNotFoundError(f"no {CONFIG_NAME} in {str(folder)!r}")
     check_model_type(json.loads(path.read_text()).get("model_type", OpenAIGPTConfig.model_type), repr(str(folder)))
@@ -29,7 +30,7 @@ class _Auto:
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike, **kwargs):
-        _check_model_type(name_or_path)
+        _check_model_type(name_or_path, kwargs.get("subfolder", ""))
         return cls.model_class.from_pretrained(name_or_path, **kwargs)
 
     @classmethod
@@ -56,7 +57,7 @@ class AutoModelForMultipleChoice(_Auto):
 class AutoConfig:
     @staticmethod
     def from_pretrained(name_or_path: str | os.PathLike, **kwargs) -> OpenAIGPTConfig:
-        _check_model_type(name_or_path)
+        _check_model_type(name_or_path, kwargs.get("subfolder", ""))
         return OpenAIGPTConfig.from_pretrained(name_or_path, **kwargs)
 
 
@@ -68,6 +69,9 @@ class AutoTokenizer:
 
     @staticmethod
     def from_pretrained(name_or_path: str | os.PathLike, **kwargs) -> OpenAIGPTTokenizerFast:
+        packaged = packaged_folder(name_or_path)
+        if packaged is not None:  # the published GPT-1 tokenizer, shipped with gpt_fast
+            return OpenAIGPTTokenizerFast.from_pretrained(name_or_path, **kwargs)
         folder = resolve_model_folder(name_or_path)
         if (folder / CONFIG_NAME).is_file():
             _check_model_type(folder)

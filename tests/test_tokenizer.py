@@ -145,7 +145,10 @@ def test_truncation_both_sides(padded):
 def test_truncation_uses_model_max_length(folder):
     assert OpenAIGPTTokenizerFast.from_pretrained(folder).model_max_length == VERY_LARGE_INTEGER
     assert OpenAIGPTTokenizerFast.from_pretrained(folder)("a " * 9, truncation=True).input_ids == [18] * 9
+    # as in transformers, the model's n_positions does not set it; tokenizer_config.json does
     (folder / "config.json").write_text(json.dumps({"n_positions": 3}))
+    assert OpenAIGPTTokenizerFast.from_pretrained(folder).model_max_length == VERY_LARGE_INTEGER
+    (folder / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 3}))
     tok = OpenAIGPTTokenizerFast.from_pretrained(folder)
     assert tok.model_max_length == 3
     assert tok("a " * 9, truncation=True).input_ids == [18] * 3
@@ -202,9 +205,9 @@ def test_model_names_go_through_the_hub_resolver(folder, monkeypatch):
         return folder
 
     monkeypatch.setattr(gpt_fast.tokenization.tokenizer, "resolve_model_folder", fake_resolve)
-    tok = OpenAIGPTTokenizerFast.from_pretrained("openai-community/openai-gpt")
-    assert tok.encode("lower") == [LOWER] and tok.name_or_path == "openai-community/openai-gpt"
-    assert asked[0][0] == "openai-community/openai-gpt" and "tokenizer.json" in asked[0][1]
+    tok = OpenAIGPTTokenizerFast.from_pretrained("someone/gpt1-copy")  # the published names load the packaged files
+    assert tok.encode("lower") == [LOWER] and tok.name_or_path == "someone/gpt1-copy"
+    assert asked[0][0] == "someone/gpt1-copy" and "tokenizer.json" in asked[0][1]
 
 
 def test_missing_files_error_names_folder_and_files(tmp_path):
@@ -215,8 +218,15 @@ def test_missing_files_error_names_folder_and_files(tmp_path):
         OpenAIGPTTokenizerFast(tmp_path / "nope.json", tmp_path / "merges.txt")
 
 
-def test_save_pretrained_round_trip(padded, tmp_path):
-    padded.padding_side = "left"
+def left_padded(folder):
+    """A tokenizer given padding_side="left" when loaded (which save_pretrained keeps, as transformers does)."""
+    tok = OpenAIGPTTokenizerFast.from_pretrained(folder, padding_side="left")
+    assert tok.add_special_tokens({"pad_token": "<pad>"}) == 1
+    return tok
+
+
+def test_save_pretrained_round_trip(folder, tmp_path):
+    padded = left_padded(folder)
     written = padded.save_pretrained(tmp_path / "saved")
     assert {p.rsplit("/", 1)[-1] for p in written} == {
         "tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json"}
@@ -230,9 +240,9 @@ def test_save_pretrained_round_trip(padded, tmp_path):
     assert OpenAIGPTTokenizerFast.from_pretrained(tmp_path / "saved").encode("lower low abc") == [LOWER, LOW, 1, 2, 9]
 
 
-def test_saved_files_load_in_transformers(padded, tmp_path):
+def test_saved_files_load_in_transformers(folder, tmp_path):
     transformers = pytest.importorskip("transformers")
-    padded.padding_side = "left"
+    padded = left_padded(folder)
     padded.save_pretrained(tmp_path)
     texts = ["Lower low <pad> xyz", "abc!", ""]
     for theirs in (transformers.AutoTokenizer.from_pretrained(tmp_path),
@@ -272,8 +282,9 @@ def test_encode_takes_one_string(tok):
 
 
 def test_options_are_keyword_only(tok):
+    assert tok("low", "lower")["input_ids"] == [LOW, LOWER]  # the second positional argument is text_pair
     with pytest.raises(TypeError, match="positional"):
-        tok("low", "lower")  # transformers' second positional argument is text_pair, which GPT-1 does not take
+        tok("low", "lower", True)
 
 
 def test_ragged_tensor_asks_for_padding(tok):

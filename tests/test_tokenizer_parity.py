@@ -1,18 +1,17 @@
 """gpt_fast's GPT-1 tokenizer against transformers' OpenAIGPTTokenizer on the real GPT-1 vocabulary and merges.
 
-Reads ../shared/openai-gpt (next to the repository) and skips when it or transformers is absent.
+Reads the files packaged with gpt_fast (gpt_fast/tokenization/data), so it runs in any clone; skips only when
+transformers is absent.
 """
-
-from pathlib import Path
 
 import pytest
 import torch
 
 from gpt_fast.tokenization.tokenizer import OpenAIGPTTokenizerFast
+from gpt_fast.tokenization.tokenizer_files import PACKAGED_FOLDER
 
 transformers = pytest.importorskip("transformers")
-REAL = Path(__file__).parents[2] / "shared" / "openai-gpt"
-pytestmark = pytest.mark.skipif(not (REAL / "vocab.json").is_file(), reason=f"{REAL} not present")
+REAL = PACKAGED_FOLDER
 
 TEXTS = [
     "Hello World!  This is   a test.",
@@ -174,12 +173,11 @@ def test_saved_real_tokenizer_reloads_in_both(both_padded, tmp_path):
         assert tok(TEXTS, padding=True)["input_ids"] == expected
 
 
-def test_model_max_length_from_config(both):
-    # gpt_fast reads n_positions from config.json; transformers says "no limit" for this folder (no
-    # tokenizer_config.json), so here the two differ on purpose.
+def test_model_max_length_is_unlimited_as_in_transformers(both):
+    # no tokenizer_config.json: both say "no limit", so truncation=True without max_length does not cut
     ours, theirs = both
-    assert ours.model_max_length == 512 and theirs.model_max_length > 10**20
-    assert len(ours("word " * 600, truncation=True)["input_ids"]) == 512
+    assert ours.model_max_length == theirs.model_max_length > 10**20
+    assert len(ours("word " * 600, truncation=True)["input_ids"]) == 600
 
 
 def test_original_pretokenization_on_real_vocabulary():

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -30,11 +29,20 @@ BIN_WEIGHTS = "pytorch_model.bin"
 BIN_INDEX = "pytorch_model.bin.index.json"
 IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")  # causal-mask buffers of old checkpoints
 TIED = ("lm_head.weight", "transformer.tokens_embed.weight")
-@dataclass
-class LoadingInfo:
-    missing_keys: list[str] = field(default_factory=list)
-    unexpected_keys: list[str] = field(default_factory=list)
-    ignored_keys: list[str] = field(default_factory=list)
+
+class LoadingInfo(dict):
+    """What `output_loading_info=True` returns: transformers' dict (missing_keys, unexpected_keys, mismatched_keys
+    as (model key, checkpoint shape, model shape), error_msgs) plus ignored_keys (old causal-mask buffers); lists, in
+    checkpoint order. The keys are also readable as attributes."""
+
+    def __init__(self):
+        super().__init__(missing_keys=[], unexpected_keys=[], mismatched_keys=[], error_msgs=[], ignored_keys=[])
+
+    def __getattr__(self, name: str):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
 
 
 def weight_files(folder: Path) -> list[tuple[Path, str]]:
@@ -72,9 +80,18 @@ def target_key(key: str, prefix: str, expected: dict) -> str | None:
     return None
 
 
+def _base_prefix(model) -> str:
+    """The base model's attribute name in a head ("transformer"); "" for the base model itself."""
+    return model.base_model_prefix if model.base_model is not model else ""
+
+
 def load_pretrained(cls, name_or_path, *, dtype, device, attn_implementation, config, output_loading_info,
-                    config_overrides):
+                    config_overrides, ignore_mismatched_sizes=False, subfolder=""):
     folder = resolve_model_folder(name_or_path)
+    if subfolder:
+        folder = folder / subfolder
+        if not folder.is_dir():
+            raise FileNotFoundError(f"no subfolder {subfolder!r} in {str(folder.parent)!r}")
     if config is None:
         if not (folder / CONFIG_NAME).is_file():
             raise FileNotFoundError(f"no {CONFIG_NAME} in {str(folder)!r}")
@@ -85,7 +102,7 @@ def load_pretrained(cls, name_or_path, *, dtype, device, attn_implementation, co
     with torch.device("meta"):
         model = cls(config, attn_implementation=attn_implementation)
     expected = model.state_dict()
-    prefix = cls.base_model_prefix
+    prefix = _base_prefix(model)
     info, loaded = LoadingInfo(), {}
     for key, shape, stored_dtype, load in checkpoint_entries(folder):
         if dtype == "auto" and stored_dtype.is_floating_point:
@@ -97,12 +114,19 @@ def load_pretrained(cls, name_or_path, *, dtype, device, attn_implementation, co
         if name is None:
             info.unexpected_keys.append(key)
             continue
+        if tuple(expected[name].shape) != shape and ignore_mismatched_sizes:
+            info.mismatched_keys.append((name, torch.Size(shape), expected[name].shape))
+            continue
         if tuple(expected[name].shape) != shape:
             raise ValueError(f"checkpoint weight {key!r} has shape {shape}, but the model's {name!r} needs "
-                             f"{tuple(expected[name].shape)} (does config.json match the weights?)")
+                             f"{tuple(expected[name].shape)} (does config.json match the weights? "
+                             "ignore_mismatched_sizes=True leaves such weights newly initialised)")
         loaded[name] = load(dtype if stored_dtype.is_floating_point and dtype != "auto" else None, device)
     _tie_loaded(loaded, expected)
-    info.missing_keys = [k for k in expected if k not in loaded]
+    mismatched = {name for name, _, _ in info.mismatched_keys}
+    if TIED[1] in mismatched and config.tie_word_embeddings:
+        mismatched.add(TIED[0])  # the tied head is the embedding, reported once as mismatched
+    info.missing_keys.extend(k for k in expected if k not in loaded and k not in mismatched)
     model.load_state_dict(loaded, strict=False, assign=True)
     _materialize_missing(model, device, None if dtype == "auto" else dtype)
     model.tie_weights()
@@ -111,6 +135,9 @@ def load_pretrained(cls, name_or_path, *, dtype, device, attn_implementation, co
         logger.warning("Newly initialised (not in the checkpoint): %s", ", ".join(info.missing_keys))
     if info.unexpected_keys:
         logger.warning("Checkpoint keys the model does not use: %s", ", ".join(info.unexpected_keys))
+    if info.mismatched_keys:
+        logger.warning("Newly initialised (shape in the checkpoint differs): %s",
+                       ", ".join(f"{key} {tuple(old)} -> {tuple(new)}" for key, old, new in info.mismatched_keys))
     return (model, info) if output_loading_info else model
 
 
@@ -165,7 +192,7 @@ def from_transformers(cls, hf_model, attn_implementation):
     expected = model.state_dict()
     state = {}
     for key, tensor in hf_model.state_dict().items():
-        name = target_key(key, cls.base_model_prefix, expected)
+        name = target_key(key, _base_prefix(model), expected)
         if name is not None and not key.endswith(IGNORED_SUFFIXES):
             state[name] = tensor.detach().clone()
     _tie_loaded(state, expected)

@@ -150,12 +150,19 @@ class OpenAIGPTConfig:
     def to_json_string(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
 
+    def to_json_file(self, json_file_path: str | os.PathLike) -> Path:
+        """Writes the config as JSON to that file (what save_pretrained writes as config.json)."""
+        path = Path(json_file_path)
+        if path.is_dir():
+            raise IsADirectoryError(f"{str(path)!r} is a folder; to_json_file takes a file path "
+                                    "(save_pretrained takes the folder)")
+        path.write_text(self.to_json_string())
+        return path
+
     def save_pretrained(self, save_directory: str | os.PathLike) -> Path:
         folder = Path(save_directory)
         folder.mkdir(parents=True, exist_ok=True)
-        path = folder / CONFIG_NAME
-        path.write_text(self.to_json_string())
-        return path
+        return self.to_json_file(folder / CONFIG_NAME)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], **overrides: Any) -> "OpenAIGPTConfig":
@@ -177,9 +184,10 @@ class OpenAIGPTConfig:
         return cls.from_dict(data, **overrides)
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike, **overrides: Any) -> "OpenAIGPTConfig":
-        folder = resolve_model_folder(name_or_path, allow_patterns=[CONFIG_NAME])
-        path = folder / CONFIG_NAME
+    def from_pretrained(cls, name_or_path: str | os.PathLike, subfolder: str = "",
+                        **overrides: Any) -> "OpenAIGPTConfig":
+        folder = resolve_model_folder(name_or_path, allow_patterns=[f"{subfolder}/{CONFIG_NAME}".lstrip("/")])
+        path = folder / subfolder / CONFIG_NAME
         if not path.is_file():
             raise FileNotFoundError(f"no {CONFIG_NAME} in {str(folder)!r}")
         return cls.from_json_file(path, **overrides)

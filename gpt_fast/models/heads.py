@@ -14,18 +14,31 @@ from gpt_fast.models.outputs import CausalLMOutput, OpenAIGPTDoubleHeadsModelOut
 from gpt_fast.models.pretrained import OpenAIGPTPreTrainedModel
 from gpt_fast.models.validation import check_integer_tensor, check_same_shape
 
-BASE_ARGUMENTS = ("attention_mask", "token_type_ids", "position_ids", "head_mask", "inputs_embeds",
-                  "output_attentions", "output_hidden_states")
 
+def shifted_lm_loss(logits, labels, upcast: bool, num_items_in_batch=None, ignore_index: int = -100,
+                    shift_labels=None):
+    """Cross-entropy of token t+1 given tokens <= t, skipping targets equal to ignore_index. logits: (..., T, V).
 
-def shifted_lm_loss(logits, labels, upcast: bool):
-    """Mean cross-entropy of token t+1 given tokens <= t, ignoring labels of -100. logits: (..., T, V)."""
-    check_same_shape("labels", labels, logits.shape[:-1], "the input")
-    check_integer_tensor("labels", labels)
-    shift_logits = logits[..., :-1, :].reshape(-1, logits.shape[-1])  # (N, V)
+    The mean over the counted targets; with num_items_in_batch (what transformers' Trainer passes: the targets
+    of the whole accumulated batch) their sum divided by it instead. shift_labels: targets already aligned with
+    the logits (..., T), used instead of shifting labels."""
+    if shift_labels is not None:
+        check_same_shape("shift_labels", shift_labels, logits.shape[:-1], "the input")
+        check_integer_tensor("shift_labels", shift_labels)
+        flat_logits, targets = logits.reshape(-1, logits.shape[-1]), shift_labels.reshape(-1)
+    else:
+        check_same_shape("labels", labels, logits.shape[:-1], "the input")
+        check_integer_tensor("labels", labels)
+        flat_logits = logits[..., :-1, :].reshape(-1, logits.shape[-1])  # (N, V)
+        targets = labels[..., 1:].reshape(-1)
     if upcast:
-        shift_logits = shift_logits.float()
-    return F.cross_entropy(shift_logits, labels[..., 1:].reshape(-1).to(logits.device), ignore_index=-100)
+        flat_logits = flat_logits.float()
+    targets = targets.to(logits.device)
+    if num_items_in_batch is None:
+        return F.cross_entropy(flat_logits, targets, ignore_index=ignore_index)
+    if torch.is_tensor(num_items_in_batch):
+        num_items_in_batch = num_items_in_batch.to(logits.device)
+    return F.cross_entropy(flat_logits, targets, ignore_index=ignore_index, reduction="sum") / num_items_in_batch
 
 
 def _finish(output, return_dict: bool):
@@ -69,18 +82,28 @@ class SequenceSummary(nn.Module):
 
 
 class OpenAIGPTLMHeadModel(OpenAIGPTPreTrainedModel):
+    accepts_loss_kwargs = True  # transformers' Trainer passes num_items_in_batch
+
     def __init__(self, config: OpenAIGPTConfig, attn_implementation: str | None = None):
         super().__init__(config, attn_implementation)
         self.transformer = OpenAIGPTModel(config, attn_implementation)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.init_weights(skip=self.transformer)
 
-    def forward(self, input_ids=None, labels=None, return_dict=None, logits_to_keep: int = 0, **kwargs):
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, inputs_embeds=None,
+                labels=None, output_attentions=None, output_hidden_states=None, return_dict=None,
+                logits_to_keep: int = 0, *, head_mask=None, num_items_in_batch=None, ignore_index: int = -100,
+                shift_labels=None, **kwargs):
+        """transformers' arguments in transformers' order; the loss takes its loss kwargs (num_items_in_batch,
+        ignore_index, shift_labels) as transformers' causal-LM loss does."""
         return_dict = self.config.return_dict if return_dict is None else return_dict
-        out = self.transformer(input_ids, return_dict=True, **kwargs)
+        out = self.transformer(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
+                               output_attentions, output_hidden_states, True, head_mask=head_mask, **kwargs)
         hidden = out.last_hidden_state if not logits_to_keep else out.last_hidden_state[..., -logits_to_keep:, :]
         logits = self.lm_head(hidden)  # (B, T, V)
-        loss = None if labels is None else shifted_lm_loss(logits, labels, upcast=True)
+        loss = None
+        if labels is not None:
+            loss = shifted_lm_loss(logits, labels, True, num_items_in_batch, ignore_index, shift_labels)
         return _finish(CausalLMOutput(loss, logits, out.hidden_states, out.attentions), return_dict)
 
     def generate(self, input_ids=None, attention_mask=None, **kwargs):
@@ -101,10 +124,15 @@ class OpenAIGPTDoubleHeadsModel(OpenAIGPTPreTrainedModel):
         self.multiple_choice_head = SequenceSummary(config)
         self.init_weights(skip=self.transformer)
 
-    def forward(self, input_ids=None, mc_token_ids=None, labels=None, mc_labels=None, return_dict=None, **kwargs):
-        """input_ids: (B, num_choices, T). Returns LM logits (B, C, T, V) and choice scores (B, C)."""
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, inputs_embeds=None,
+                mc_token_ids=None, labels=None, mc_labels=None, output_attentions=None, output_hidden_states=None,
+                return_dict=None, *, head_mask=None, num_items_in_batch=None, **kwargs):
+        """input_ids: (B, num_choices, T); attention_mask (B, num_choices, T) or (B * num_choices, T). Returns LM
+        logits (B, C, T, V) and choice scores (B, C). num_items_in_batch is accepted and not used, as in
+        transformers (both losses are means)."""
         return_dict = self.config.return_dict if return_dict is None else return_dict
-        out = self.transformer(input_ids, return_dict=True, **kwargs)
+        out = self.transformer(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
+                               output_attentions, output_hidden_states, True, head_mask=head_mask, **kwargs)
         hidden = out.last_hidden_state  # (B, C, T, E)
         lm_logits = self.lm_head(hidden)
         mc_logits = self.multiple_choice_head(hidden, mc_token_ids).squeeze(-1)  # (B, C)
@@ -128,9 +156,13 @@ class OpenAIGPTForSequenceClassification(OpenAIGPTPreTrainedModel):
         self.score = nn.Linear(config.n_embd, self.num_labels, bias=False)
         self.init_weights(skip=self.transformer)
 
-    def forward(self, input_ids=None, labels=None, return_dict=None, **kwargs):
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, inputs_embeds=None,
+                labels=None, output_attentions=None, output_hidden_states=None, return_dict=None, *, head_mask=None,
+                num_items_in_batch=None, **kwargs):
+        """num_items_in_batch is accepted and not used, as in transformers (the loss is a mean over rows)."""
         return_dict = self.config.return_dict if return_dict is None else return_dict
-        out = self.transformer(input_ids, return_dict=True, **kwargs)
+        out = self.transformer(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
+                               output_attentions, output_hidden_states, True, head_mask=head_mask, **kwargs)
         logits = self.score(out.last_hidden_state)  # (B, T, num_labels)
         batch = logits.shape[0]
         pad = self.config.pad_token_id

@@ -14,10 +14,13 @@ linear engines of models/linear.py.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 from gpt_fast.models.attention import backend_attention, eager_attention
@@ -97,8 +100,6 @@ class Block(nn.Module):
 
 
 class OpenAIGPTModel(OpenAIGPTPreTrainedModel):
-    base_model_prefix = ""
-
     def __init__(self, config: OpenAIGPTConfig, attn_implementation: str | None = None):
         super().__init__(config, attn_implementation)
         self.tokens_embed = nn.Embedding(config.vocab_size, config.n_embd)
@@ -106,13 +107,8 @@ class OpenAIGPTModel(OpenAIGPTPreTrainedModel):
         self.drop = nn.Dropout(config.embd_pdrop)
         self.h = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
         self.register_buffer("position_ids", torch.arange(config.n_positions), persistent=False)
+        self.gradient_checkpointing: dict | None = None  # activation checkpointing's settings while enabled
         self.init_weights()
-
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.tokens_embed
-
-    def set_input_embeddings(self, embeddings: nn.Embedding) -> None:
-        self.tokens_embed = embeddings
 
     def plan(self, device: torch.device, dtype: torch.dtype, needs_probs: bool = False) -> KernelPlan:
         """The kernels for a call of this model on `device` in `dtype` (see gpt_fast/ops/kernel_plan.py)."""
@@ -131,17 +127,36 @@ class OpenAIGPTModel(OpenAIGPTPreTrainedModel):
     def run_layers(self, hidden, plan: KernelPlan, attend: Attend, all_hidden: list | None = None,
                    all_probs: list | None = None):
         """The layer loop of every path. hidden: (B, T, C); attend as Attend. Appends each block's input to
-        all_hidden and its probabilities to all_probs when given. Returns the last block's output (B, T, C)."""
+        all_hidden and its probabilities to all_probs when given. Returns the last block's output (B, T, C).
+        With gradient checkpointing on and the model training, each block is recomputed in the backward pass."""
+        checkpointing = self.gradient_checkpointing is not None and self.training and torch.is_grad_enabled()
         for i, block in enumerate(self.h):
             if all_hidden is not None:
                 all_hidden.append(hidden)
-            hidden, probs = block(hidden, plan, lambda qkv, i=i: attend(i, qkv))
+            block_attend = functools.partial(attend, i)
+            if checkpointing and i % self.gradient_checkpointing["every_n_layers"] == 0:
+                hidden, probs = self._checkpointed(block, hidden, plan, block_attend)
+            else:
+                hidden, probs = block(hidden, plan, block_attend)
             if all_probs is not None:
                 all_probs.append(probs)
         return hidden
 
-    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
-                inputs_embeds=None, output_attentions=None, output_hidden_states=None, return_dict=None, **kwargs):
+    def _checkpointed(self, block: Block, hidden, plan: KernelPlan, attend):
+        """block(hidden, plan, attend), its activations recomputed in the backward pass (and its saved input kept
+        in CPU memory with offload)."""
+        settings = self.gradient_checkpointing
+        offload = settings["offload"] and hidden.device.type != "cpu"
+        context = (torch.autograd.graph.save_on_cpu(pin_memory=hidden.device.type == "cuda") if offload
+                   else contextlib.nullcontext())
+        with context:
+            return torch.utils.checkpoint.checkpoint(block, hidden, plan, attend, **settings["kwargs"])
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, inputs_embeds=None,
+                output_attentions=None, output_hidden_states=None, return_dict=None, *, head_mask=None, **kwargs):
+        """transformers' positional order (input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
+        ...); head_mask, which transformers 5 dropped, is keyword-only. attention_mask and token_type_ids may
+        have the input's shape (..., T) or be flattened to (N, T)."""
         if kwargs:
             raise TypeError(f"unexpected arguments: {', '.join(sorted(kwargs))}")
         config = self.config

@@ -11,6 +11,7 @@ from torch import nn
 
 from gpt_fast.checkpoints import checkpoint
 from gpt_fast.models.configuration import OpenAIGPTConfig
+from gpt_fast.models.embeddings import resize_token_embeddings
 from gpt_fast.models.initialization import initialize_parameter
 from gpt_fast.names import check_attn_implementation
 
@@ -18,6 +19,11 @@ from gpt_fast.names import check_attn_implementation
 class OpenAIGPTPreTrainedModel(nn.Module):
     config_class = OpenAIGPTConfig
     base_model_prefix = "transformer"  # where the base model's keys sit in a head model's state dict
+    main_input_name = "input_ids"
+    supports_gradient_checkpointing = True
+    # transformers' Trainer passes `num_items_in_batch` only to models that say they take it. The heads whose loss
+    # is a per-token mean (the LM head) do; the others average per row and say no (see the README's differences).
+    accepts_loss_kwargs = False
 
     def __init__(self, config: OpenAIGPTConfig, attn_implementation: str | None = None):
         super().__init__()
@@ -55,6 +61,7 @@ class OpenAIGPTPreTrainedModel(nn.Module):
         lm_head = getattr(self, "lm_head", None)
         if lm_head is not None and self.config.tie_word_embeddings:
             lm_head.weight = self.transformer.tokens_embed.weight
+            lm_head.out_features = lm_head.weight.shape[0]  # follows a resized embedding
 
     @property
     def device(self) -> torch.device:
@@ -64,21 +71,98 @@ class OpenAIGPTPreTrainedModel(nn.Module):
     def dtype(self) -> torch.dtype:
         return next(self.parameters()).dtype
 
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in {id(p): p for p in self.parameters()}.values())
+    def num_parameters(self, only_trainable: bool = False, exclude_embeddings: bool = False) -> int:
+        """Parameters counted once each (the tied LM head is the token embedding); optionally only those that
+        require grad, and optionally without the token and position embeddings (as transformers counts)."""
+        skip = set()
+        if exclude_embeddings:
+            skip = {id(m.weight) for m in self.modules() if isinstance(m, nn.Embedding)}
+        return sum(p.numel() for p in self.parameters()  # parameters() already yields a shared tensor once
+                   if id(p) not in skip and (p.requires_grad or not only_trainable))
+
+    # -- transformers' model accessors ---------------------------------------------------------------------
+    @property
+    def base_model(self) -> nn.Module:
+        """The OpenAIGPTModel inside a head (the model itself for OpenAIGPTModel)."""
+        return getattr(self, self.base_model_prefix, self)
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.base_model.tokens_embed
+
+    def set_input_embeddings(self, embeddings: nn.Embedding) -> None:
+        if not isinstance(embeddings, nn.Embedding):
+            raise TypeError(f"expected an nn.Embedding, got {type(embeddings).__name__}")
+        self.base_model.tokens_embed = embeddings
+        self.tie_weights()
+
+    def get_output_embeddings(self) -> nn.Linear | None:
+        """The LM head (None for heads without one: OpenAIGPTModel and sequence classification)."""
+        return getattr(self, "lm_head", None)
+
+    def set_output_embeddings(self, head: nn.Linear) -> None:
+        if not hasattr(self, "lm_head"):
+            raise AttributeError(f"{type(self).__name__} has no output embeddings")
+        self.lm_head = head
+
+    @classmethod
+    def can_generate(cls) -> bool:
+        return callable(getattr(cls, "generate", None))
+
+    def resize_token_embeddings(self, new_num_tokens: int | None = None, pad_to_multiple_of: int | None = None,
+                                mean_resizing: bool = True) -> nn.Embedding:
+        """Resizes the token embedding (and an untied LM head) to new_num_tokens rows, keeping the old rows;
+        updates config.vocab_size; the tied LM head stays tied. See models/embeddings.py."""
+        return resize_token_embeddings(self, new_num_tokens, pad_to_multiple_of, mean_resizing)
+
+    # -- gradient checkpointing ----------------------------------------------------------------------------
+    def activation_checkpointing_enable(self, activation_checkpointing_kwargs: dict | None = None,
+                                        every_n_layers: int = 1, offload: bool = False) -> None:
+        """Recomputes Blocks in the backward pass (torch.utils.checkpoint with activation_checkpointing_kwargs,
+        use_reentrant=False by default) while the model is training: less memory, the same gradients.
+        every_n_layers: checkpoint blocks 0, n, 2n, ...; offload: keep the saved block inputs in CPU memory."""
+        if not isinstance(every_n_layers, int) or isinstance(every_n_layers, bool) or every_n_layers < 1:
+            raise ValueError(f"every_n_layers must be an int >= 1, got {every_n_layers!r}")
+        kwargs = {"use_reentrant": False, **(activation_checkpointing_kwargs or {})}
+        self.base_model.gradient_checkpointing = {"kwargs": kwargs, "every_n_layers": every_n_layers,
+                                                  "offload": bool(offload)}
+
+    def activation_checkpointing_disable(self) -> None:
+        self.base_model.gradient_checkpointing = None
+
+    @property
+    def is_activation_checkpointing(self) -> bool:
+        return self.base_model.gradient_checkpointing is not None
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None, **kwargs) -> None:
+        """transformers' older name of activation_checkpointing_enable (every_n_layers=, offload= pass through)."""
+        self.activation_checkpointing_enable(gradient_checkpointing_kwargs, **kwargs)
+
+    def gradient_checkpointing_disable(self) -> None:
+        self.activation_checkpointing_disable()
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        return self.is_activation_checkpointing
 
     # -- checkpoints ---------------------------------------------------------------------------------------
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike, *, dtype: torch.dtype | str | None = None,
                         torch_dtype: torch.dtype | str | None = None, device: torch.device | str | int | None = None,
                         attn_implementation: str | None = None, config: OpenAIGPTConfig | None = None,
-                        output_loading_info: bool = False, **config_overrides):
-        """Loads a folder (or a hub name, with huggingface_hub installed) straight into dtype and device."""
+                        output_loading_info: bool = False, ignore_mismatched_sizes: bool = False,
+                        subfolder: str = "", **config_overrides):
+        """Loads a folder (or a hub name, with huggingface_hub installed) straight into dtype and device.
+
+        subfolder: the checkpoint's folder inside name_or_path. ignore_mismatched_sizes: a weight whose shape
+        differs from the model's (built from config.json and the overrides) is left newly initialised instead of
+        being an error. output_loading_info: also return a dict of missing_keys, unexpected_keys,
+        mismatched_keys ((key, checkpoint shape, model shape) tuples), error_msgs (and ignored_keys)."""
         if dtype is not None and torch_dtype is not None and dtype != torch_dtype:
             raise ValueError(f"pass dtype or torch_dtype, not both with different values ({dtype} vs {torch_dtype})")
         return checkpoint.load_pretrained(cls, name_or_path, dtype=dtype if dtype is not None else torch_dtype,
                                           device=device, attn_implementation=attn_implementation, config=config,
-                                          output_loading_info=output_loading_info, config_overrides=config_overrides)
+                                          output_loading_info=output_loading_info, config_overrides=config_overrides,
+                                          ignore_mismatched_sizes=ignore_mismatched_sizes, subfolder=subfolder)
 
     def save_pretrained(self, save_directory: str | os.PathLike) -> Path:
         """Writes config.json and model.safetensors, loadable by gpt_fast and by transformers."""

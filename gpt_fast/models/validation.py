@@ -30,6 +30,17 @@ def check_same_shape(name: str, tensor: torch.Tensor | None, shape: torch.Size, 
         raise ValueError(f"{name} has shape {tuple(tensor.shape)} but {what} has shape {tuple(shape)}")
 
 
+def check_per_token(name: str, tensor: torch.Tensor | None, shape: torch.Size) -> None:
+    """A per-token tensor (attention_mask, token_type_ids) has the input's shape (..., T), or that shape
+    flattened to (N, T) as transformers takes them for multiple choice: (batch * num_choices, T)."""
+    if tensor is None or tuple(tensor.shape) == tuple(shape):
+        return
+    flat = (shape.numel() // shape[-1] if shape[-1] else 0, shape[-1])
+    if tuple(tensor.shape) != flat:
+        raise ValueError(f"{name} has shape {tuple(tensor.shape)} but the input has shape {tuple(shape)} "
+                         f"(also accepted: the flattened {flat})")
+
+
 def check_model_inputs(config, input_ids, inputs_embeds, attention_mask, token_type_ids, position_ids):
     """Validates the inputs of OpenAIGPTModel.forward and returns the input shape (..., T)."""
     if (input_ids is None) == (inputs_embeds is None):
@@ -56,9 +67,9 @@ def check_model_inputs(config, input_ids, inputs_embeds, attention_mask, token_t
     if attention_mask is not None:
         if not isinstance(attention_mask, torch.Tensor):
             raise TypeError(f"attention_mask must be a torch.Tensor, got {type(attention_mask).__name__}")
-        check_same_shape("attention_mask", attention_mask, shape, "the input")
+        check_per_token("attention_mask", attention_mask, shape)
     check_integer_tensor("token_type_ids", token_type_ids)
-    check_same_shape("token_type_ids", token_type_ids, shape, "the input")
+    check_per_token("token_type_ids", token_type_ids, shape)
     check_ids_in_range("token_type_ids", token_type_ids, config.vocab_size)
     check_integer_tensor("position_ids", position_ids)
     if position_ids is not None:

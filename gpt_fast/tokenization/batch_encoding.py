@@ -11,12 +11,42 @@ from typing import Any
 
 
 class BatchEncoding(UserDict):
-    """Holds `input_ids` and `attention_mask` (lists or tensors); keys are also readable as attributes."""
+    """Holds `input_ids` and `attention_mask` (lists or tensors); keys are also readable as attributes.
+
+    When made by the tokenizer's __call__ it also keeps the `tokenizers` Encodings of its rows, for `word_ids`,
+    `tokens` and `sequence_ids` (the results of `pad` have none, as in transformers)."""
+
+    def __init__(self, data: dict | None = None, encodings: list | None = None):
+        super().__init__(data)
+        self._encodings = encodings
+
+    @property
+    def encodings(self) -> list | None:
+        """The `tokenizers.Encoding` of each row, or None when this batch was not made by encoding text."""
+        return self._encodings
+
+    def _encoding(self, batch_index: int, what: str):
+        if self._encodings is None:
+            raise ValueError(f"{what}() needs the encodings of the rows: only a BatchEncoding returned by calling "
+                             "the tokenizer on text has them")
+        return self._encodings[batch_index]
+
+    def word_ids(self, batch_index: int = 0) -> list[int | None]:
+        """For each token of row batch_index, the index of the word it comes from (None for padding); a pair's
+        second text counts its words from 0 again."""
+        return self._encoding(batch_index, "word_ids").word_ids
+
+    def tokens(self, batch_index: int = 0) -> list[str]:
+        return self._encoding(batch_index, "tokens").tokens
+
+    def sequence_ids(self, batch_index: int = 0) -> list[int | None]:
+        """0 for tokens of the text, 1 for tokens of its pair, None for padding."""
+        return self._encoding(batch_index, "sequence_ids").sequence_ids
 
     def __getattr__(self, name: str) -> Any:
         # Only called when normal lookup fails; `data` itself is set by UserDict.__init__, so guard against
         # recursion while the object is half-built (copy and pickle create it without calling __init__).
-        if name == "data":
+        if name in ("data", "_encodings"):
             raise AttributeError(name)
         try:
             return self.data[name]

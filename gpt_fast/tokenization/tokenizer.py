@@ -15,7 +15,6 @@ original_pretokenizer.py) instead of BERT's rules; the vocabulary, BPE and decod
 
 from __future__ import annotations
 
-import math
 import os
 from typing import Any, Sequence
 
@@ -23,16 +22,14 @@ from tokenizers import AddedToken, Tokenizer, decoders, normalizers, pre_tokeniz
 from tokenizers.models import BPE
 
 from gpt_fast.checkpoints.hub import resolve_model_folder
+from gpt_fast.tokenization import encoding
 from gpt_fast.tokenization import tokenizer_files as files
 from gpt_fast.tokenization.batch_encoding import BatchEncoding
+from gpt_fast.tokenization.special_tokens import SpecialToken, SpecialTokenId, check_side
 from gpt_fast.tokenization.tokenizer_files import SPECIAL_TOKEN_NAMES
 
 VERY_LARGE_INTEGER = int(1e30)  # transformers' model_max_length when nothing sets one: "no limit"
-_LARGE_INTEGER = int(1e20)  # above this, model_max_length counts as "no limit" (as in transformers)
 END_OF_WORD = "</w>"
-_PADDING_CHOICES = "False, True, 'longest', 'max_length' or 'do_not_pad'"
-_TRUNCATION_CHOICES = "None, False, True, 'longest_first', 'only_first' or 'do_not_truncate'"
-_SIDES = ("left", "right")
 
 
 def build_gpt1_backend(vocab: dict[str, int], merges: list[tuple[str, str]], unk_token: str) -> Tokenizer:
@@ -50,49 +47,6 @@ def build_gpt1_backend(vocab: dict[str, int], merges: list[tuple[str, str]], unk
     return backend
 
 
-class _SpecialToken:
-    """A named special token attribute (`pad_token`, `eos_token`, ...): a string or None, settable.
-
-    Setting one only names it (as in transformers); to add a token that is not in the vocabulary, use
-    `add_special_tokens`. An unknown name then maps to the `<unk>` id."""
-
-    def __set_name__(self, owner: type, name: str) -> None:
-        self.name = name
-
-    def __get__(self, obj: Any, owner: type | None = None) -> Any:
-        return self if obj is None else obj._special_tokens[self.name]
-
-    def __set__(self, obj: Any, value: Any) -> None:
-        if value is not None and not isinstance(value, (str, AddedToken)):
-            raise TypeError(f"{self.name} must be a str or None, got {type(value).__name__}")
-        obj._special_tokens[self.name] = None if value is None else str(getattr(value, "content", value))
-
-
-class _SpecialTokenId:
-    """The id of a named special token (None when the token is not set); setting it names the token of that id."""
-
-    def __init__(self, token_name: str) -> None:
-        self.token_name = token_name
-
-    def __get__(self, obj: Any, owner: type | None = None) -> Any:
-        if obj is None:
-            return self
-        token = obj._special_tokens[self.token_name]
-        return None if token is None else obj.convert_tokens_to_ids(token)
-
-    def __set__(self, obj: Any, value: int | None) -> None:
-        token = None if value is None else obj.convert_ids_to_tokens(value)
-        if value is not None and token is None:
-            raise ValueError(f"{self.token_name}_id={value} is not an id of this tokenizer (0..{len(obj) - 1})")
-        obj._special_tokens[self.token_name] = token
-
-
-def _check_side(name: str, value: Any) -> str:
-    if value not in _SIDES:
-        raise ValueError(f"{name} must be 'left' or 'right', got {value!r}")
-    return value
-
-
 class OpenAIGPTTokenizerFast:
     """GPT-1's BPE tokenizer with transformers' interface (`__call__`, `encode`, `decode`, `save_pretrained`, ...).
 
@@ -104,18 +58,18 @@ class OpenAIGPTTokenizerFast:
     vocab_files_names = {"vocab_file": files.VOCAB_FILE, "merges_file": files.MERGES_FILE,
                          "tokenizer_file": files.TOKENIZER_FILE}
 
-    bos_token, eos_token, unk_token, sep_token = _SpecialToken(), _SpecialToken(), _SpecialToken(), _SpecialToken()
-    pad_token, cls_token, mask_token = _SpecialToken(), _SpecialToken(), _SpecialToken()
-    bos_token_id, eos_token_id = _SpecialTokenId("bos_token"), _SpecialTokenId("eos_token")
-    unk_token_id, sep_token_id = _SpecialTokenId("unk_token"), _SpecialTokenId("sep_token")
-    pad_token_id, cls_token_id = _SpecialTokenId("pad_token"), _SpecialTokenId("cls_token")
-    mask_token_id = _SpecialTokenId("mask_token")
+    bos_token, eos_token, unk_token, sep_token = SpecialToken(), SpecialToken(), SpecialToken(), SpecialToken()
+    pad_token, cls_token, mask_token = SpecialToken(), SpecialToken(), SpecialToken()
+    bos_token_id, eos_token_id = SpecialTokenId("bos_token"), SpecialTokenId("eos_token")
+    unk_token_id, sep_token_id = SpecialTokenId("unk_token"), SpecialTokenId("sep_token")
+    pad_token_id, cls_token_id = SpecialTokenId("pad_token"), SpecialTokenId("cls_token")
+    mask_token_id = SpecialTokenId("mask_token")
 
     def __init__(self, vocab_file: str | os.PathLike | None = None, merges_file: str | os.PathLike | None = None,
                  tokenizer_file: str | os.PathLike | None = None, *, vocab: dict[str, int] | None = None,
                  merges: Sequence[tuple[str, str]] | None = None, unk_token: str = "<unk>",
-                 model_max_length: int = VERY_LARGE_INTEGER, padding_side: str = "right",
-                 truncation_side: str = "right", use_original_pretokenization: bool = False,
+                 model_max_length: int = VERY_LARGE_INTEGER, padding_side: str | None = None,
+                 truncation_side: str | None = None, use_original_pretokenization: bool = False,
                  added_tokens: dict[int, AddedToken] | None = None, name_or_path: str = "", **special_tokens: Any):
         unknown = set(special_tokens) - set(SPECIAL_TOKEN_NAMES)
         if unknown:
@@ -133,8 +87,11 @@ class OpenAIGPTTokenizerFast:
         named = [AddedToken(token, special=True, normalized=False) for token in self.all_special_tokens]
         self._add_backend_tokens(named, special=True)
         self.model_max_length = model_max_length
-        self.padding_side = padding_side
-        self.truncation_side = truncation_side
+        # Saved by save_pretrained only when given here (or by the folder loaded from), as transformers does.
+        self._given_sides = [name for name, value in (("padding_side", padding_side),
+                                                      ("truncation_side", truncation_side)) if value is not None]
+        self.padding_side = "right" if padding_side is None else padding_side
+        self.truncation_side = "right" if truncation_side is None else truncation_side
         self.name_or_path = str(name_or_path)
         self._original = None
         if use_original_pretokenization:
@@ -150,7 +107,8 @@ class OpenAIGPTTokenizerFast:
         """Loads a folder holding tokenizer.json, or vocab.json and merges.txt (plus tokenizer_config.json and
         special_tokens_map.json when present); any other name goes through `gpt_fast.hub.resolve_model_folder`.
         Keyword arguments (`pad_token=`, `padding_side=`, `model_max_length=`, ...) override the saved settings."""
-        folder = resolve_model_folder(name_or_path, allow_patterns=files.ALL_FILES)
+        folder = files.packaged_folder(name_or_path) or resolve_model_folder(name_or_path,
+                                                                             allow_patterns=files.ALL_FILES)
         settings = {"name_or_path": str(name_or_path), **files.read_folder_settings(folder), **kwargs}
         return cls(**settings)
 
@@ -160,7 +118,7 @@ class OpenAIGPTTokenizerFast:
         to the same ids. Returns the paths written."""
         named = self.special_tokens_map
         config = {"tokenizer_class": "OpenAIGPTTokenizer", "model_max_length": self.model_max_length,
-                  "padding_side": self.padding_side, "truncation_side": self.truncation_side,
+                  **{name: getattr(self, name) for name in self._given_sides},
                   "clean_up_tokenization_spaces": False, "do_lower_case": True, **named}
         if self._original is not None:
             config["use_original_pretokenization"] = True  # transformers ignores it and uses BERT's rules
@@ -181,7 +139,7 @@ class OpenAIGPTTokenizerFast:
 
     @padding_side.setter
     def padding_side(self, value: str) -> None:
-        self._padding_side = _check_side("padding_side", value)
+        self._padding_side = check_side("padding_side", value)
 
     @property
     def truncation_side(self) -> str:
@@ -189,7 +147,7 @@ class OpenAIGPTTokenizerFast:
 
     @truncation_side.setter
     def truncation_side(self, value: str) -> None:
-        self._truncation_side = _check_side("truncation_side", value)
+        self._truncation_side = check_side("truncation_side", value)
 
     @property
     def use_original_pretokenization(self) -> bool:
@@ -247,6 +205,30 @@ class OpenAIGPTTokenizerFast:
                 added += self._add_backend_tokens([AddedToken(content, special=True, normalized=False)], True)
         return added
 
+    def add_tokens(self, new_tokens: str | AddedToken | Sequence[str | AddedToken],
+                   special_tokens: bool = False) -> int:
+        """Adds tokens to the vocabulary (new ids at the end; strings already present are not added again) and
+        returns how many were added. As in transformers a plain string becomes a normalised (lower-cased) token,
+        or with special_tokens=True a verbatim special one that skip_special_tokens drops."""
+        if isinstance(new_tokens, (str, AddedToken)):
+            new_tokens = [new_tokens]
+        if not isinstance(new_tokens, (list, tuple)) or not all(isinstance(t, (str, AddedToken)) for t in new_tokens):
+            raise TypeError("add_tokens takes a str, an AddedToken or a list of them")
+        tokens = [t if isinstance(t, AddedToken) else
+                  AddedToken(t, normalized=not special_tokens, special=special_tokens) for t in new_tokens]
+        return self._add_backend_tokens(tokens, special=special_tokens)
+
+    def get_special_tokens_mask(self, token_ids_0: list[int], token_ids_1: list[int] | None = None,
+                                already_has_special_tokens: bool = False) -> list[int]:
+        """1 where an id is a named special token (already_has_special_tokens=True), else all 0: GPT-1 adds no
+        special tokens around a text (transformers raises NotImplementedError in that case)."""
+        if not already_has_special_tokens:
+            return [0] * (len(token_ids_0) + len(token_ids_1 or []))
+        if token_ids_1 is not None:
+            raise ValueError("token_ids_1 must be None when already_has_special_tokens=True")
+        special = set(self.all_special_ids)
+        return [int(int(i) in special) for i in token_ids_0]
+
     def convert_tokens_to_ids(self, tokens: str | Sequence[str]) -> int | list[int]:
         """Id of a token string (or list of them); a token outside the vocabulary gives the `<unk>` id."""
         if isinstance(tokens, str):
@@ -263,85 +245,101 @@ class OpenAIGPTTokenizerFast:
 
     # ---------------------------------------------------------------- encoding
 
-    def _encodings(self, texts: list[str], add_special_tokens: bool = True) -> list:
-        if self._original is None:
-            return self._backend.encode_batch(texts, add_special_tokens=add_special_tokens)
-        words = [self._original.split(text) for text in texts]
-        return self._words_backend.encode_batch(words, is_pretokenized=True, add_special_tokens=add_special_tokens)
+    def _encodings(self, texts: list[str], add_special_tokens: bool = True, pairs: list[str] | None = None,
+                   strategy: str | None = None, max_length: int | None = None) -> list:
+        """tokenizers Encodings of texts (or of (text, pair) pairs), truncated when a strategy is given."""
+        backend, inputs = self._backend, texts if pairs is None else list(zip(texts, pairs))
+        if self._original is not None:
+            backend = self._words_backend
+            split = self._original.split
+            inputs = ([split(t) for t in texts] if pairs is None
+                      else [(split(a), split(b)) for a, b in zip(texts, pairs)])
+        return encoding.encode(backend, inputs, self._original is not None, add_special_tokens, strategy, max_length,
+                               self.truncation_side)
 
-    def tokenize(self, text: str, add_special_tokens: bool = False) -> list[str]:
-        """The BPE pieces of `text` ("hello</w>", ...)."""
-        return self._encodings(_as_text_batch(text, allow_batch=False)[0], add_special_tokens)[0].tokens
+    def tokenize(self, text: str, pair: str | None = None, add_special_tokens: bool = False) -> list[str]:
+        """The BPE pieces of `text` (and of `pair` after it) ("hello</w>", ...)."""
+        texts = encoding.as_text_batch(text, allow_batch=False)[0]
+        pairs = None if pair is None else encoding.as_text_batch(pair, allow_batch=False)[0]
+        return self._encodings(texts, add_special_tokens, pairs)[0].tokens
 
-    def _lengths(self, padding: Any, truncation: Any, max_length: Any, pad_to_multiple_of: Any):
-        """(padding mode or None, truncate?, max_length), resolved the way transformers does."""
-        if not (isinstance(padding, bool) or padding in ("longest", "max_length", "do_not_pad")):
-            raise ValueError(f"padding must be {_PADDING_CHOICES}, got {padding!r}")
-        if not (truncation is None or isinstance(truncation, bool)
-                or truncation in ("longest_first", "only_first", "do_not_truncate")):
-            raise ValueError(f"truncation must be {_TRUNCATION_CHOICES}, got {truncation!r}")
-        for name, value, least in (("max_length", max_length, 0), ("pad_to_multiple_of", pad_to_multiple_of, 1)):
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < least):
-                raise ValueError(f"{name} must be None or an int >= {least}, got {value!r}")
-        if max_length is not None and padding is False and truncation is None:
-            truncation = True  # transformers: max_length alone means "truncate to it"
-        mode = None if padding in (False, "do_not_pad") else "longest" if padding is True else padding
-        truncate = truncation not in (None, False, "do_not_truncate")
-        if max_length is None:
-            limited = self.model_max_length <= _LARGE_INTEGER
-            if mode == "max_length":
-                mode, max_length = (mode, self.model_max_length) if limited else (None, None)
-            if truncate:
-                truncate, max_length = (True, self.model_max_length) if limited else (False, None)
-        if mode is not None and self.pad_token is None:
-            raise ValueError("asking to pad but the tokenizer has no pad token (GPT-1 has none): set one with "
-                             "`tokenizer.add_special_tokens({'pad_token': '<pad>'})` or `tokenizer.pad_token = ...`")
-        return mode, truncate, max_length
-
-    def __call__(self, text: str | Sequence[str], *, padding: bool | str = False,
-                 truncation: bool | str | None = None, max_length: int | None = None, return_tensors: str | None = None,
-                 return_attention_mask: bool | None = None, add_special_tokens: bool = True,
-                 pad_to_multiple_of: int | None = None, padding_side: str | None = None) -> BatchEncoding:
-        """Encodes a text (flat lists, or (1, T) tensors) or a list of texts (one row each, padded if asked).
+    def __call__(self, text: str | Sequence[str], text_pair: str | Sequence[str] | None = None, *,
+                 padding: bool | str = False, truncation: bool | str | None = None, max_length: int | None = None,
+                 return_tensors: str | None = None, return_attention_mask: bool | None = None,
+                 return_token_type_ids: bool | None = None, return_special_tokens_mask: bool = False,
+                 return_length: bool = False, add_special_tokens: bool = True, pad_to_multiple_of: int | None = None,
+                 padding_side: str | None = None, verbose: bool = True) -> BatchEncoding:
+        """Encodes a text (flat lists, or (1, T) tensors) or a list of texts (one row each, padded if asked), each
+        optionally followed by its text_pair (token_type_ids 0 for the text, 1 for the pair).
 
         padding: False, True / "longest" (to the longest row), "max_length" (to max_length, else model_max_length).
-        truncation: True cuts rows to max_length (else model_max_length) on `truncation_side`; max_length alone
-        also truncates, as in transformers. return_tensors: None (lists), "pt" (torch) or "np" (numpy)."""
-        texts, is_batch = _as_text_batch(text)
-        mode, truncate, max_length = self._lengths(padding, truncation, max_length, pad_to_multiple_of)
-        side = self.padding_side if padding_side is None else _check_side("padding_side", padding_side)
+        truncation: True / "longest_first" cuts rows to max_length (else model_max_length) on `truncation_side`,
+        taking from the longer of a pair first; "only_first" / "only_second" cut one of them. max_length alone
+        also truncates, as in transformers. return_tensors: None (lists), "pt" (torch) or "np" (numpy).
+        token_type_ids are returned when asked (GPT-1's model_input_names do not include them); `verbose` is
+        accepted for transformers' signature (nothing here warns)."""
+        texts, is_batch = encoding.as_text_batch(text)
+        pairs = None
+        if text_pair is not None:
+            pairs, pair_is_batch = encoding.as_text_batch(text_pair)
+            if pair_is_batch != is_batch or len(pairs) != len(texts):
+                raise TypeError("text_pair must be a str for one text, or a list as long as the list of texts "
+                                f"({len(texts)}), got {type(text_pair).__name__} of {len(pairs)}")
+        mode, strategy, max_length = encoding.resolve_lengths(padding, truncation, max_length, pad_to_multiple_of,
+                                                              self.model_max_length, self.pad_token is not None)
+        side = self.padding_side if padding_side is None else check_side("padding_side", padding_side)
         if return_tensors not in (None, "pt", "np"):
             raise ValueError(f"return_tensors must be None, 'pt' or 'np', got {return_tensors!r}")
-        rows = [encoding.ids for encoding in self._encodings(texts, add_special_tokens)]
-        if truncate:
-            rows = [row[:max_length] if self.truncation_side == "right" else row[max(len(row) - max_length, 0):]
-                    for row in rows]
-        masks = [[1] * len(row) for row in rows]
-        if mode is not None and rows:
-            target = max_length if mode == "max_length" else max(map(len, rows))
-            if pad_to_multiple_of is not None:
-                target = math.ceil(target / pad_to_multiple_of) * pad_to_multiple_of
-            pad_id = self.pad_token_id
-            for i, row in enumerate(rows):
-                fill = max(target - len(row), 0)
-                if side == "right":
-                    rows[i], masks[i] = row + [pad_id] * fill, masks[i] + [0] * fill
-                else:
-                    rows[i], masks[i] = [pad_id] * fill + row, [0] * fill + masks[i]
-        data = {"input_ids": rows}
-        if return_attention_mask is not False:
-            data["attention_mask"] = masks
+        encodings = self._encodings(texts, add_special_tokens, pairs, strategy, max_length)
+        target = encoding.padded_length([len(e.ids) for e in encodings], mode, max_length, pad_to_multiple_of)
+        if target is not None:
+            for e in encodings:  # in place; pads the mask (0), types (0), special-token mask (1) and word ids too
+                e.pad(target, direction=side, pad_id=self.pad_token_id, pad_type_id=0, pad_token=self.pad_token)
+        if return_token_type_ids is None:
+            return_token_type_ids = "token_type_ids" in self.model_input_names
+        data = encoding.features(encodings, return_token_type_ids, return_attention_mask is not False,
+                                 return_special_tokens_mask, return_length)
         if return_tensors is not None:
-            data = {key: _as_tensor(value, return_tensors) for key, value in data.items()}
+            data = {key: encoding.as_tensor(value, return_tensors) for key, value in data.items()}
         elif not is_batch:
+            data = {key: value if key == "length" else value[0] for key, value in data.items()}
+        return BatchEncoding(data, encodings=encodings)
+
+    def pad(self, encoded_inputs: Any, padding: bool | str = True, max_length: int | None = None,
+            pad_to_multiple_of: int | None = None, padding_side: str | None = None,
+            return_attention_mask: bool | None = None, return_tensors: str | None = None,
+            verbose: bool = True) -> BatchEncoding:
+        """Pads features already encoded (a BatchEncoding or dict of them, or a list of per-example dicts, as
+        transformers' data collators pass): input_ids with the pad token, attention_mask (made if absent) and
+        token_type_ids with 0, special_tokens_mask with 1; other features are kept as they are."""
+        if return_tensors is None:
+            return_tensors = encoding.tensor_kind(encoded_inputs)
+        data, is_batch = encoding.collate(encoded_inputs)
+        mode, _, max_length = encoding.resolve_lengths(padding, None, max_length, pad_to_multiple_of,
+                                                       self.model_max_length, self.pad_token is not None)
+        side = self.padding_side if padding_side is None else check_side("padding_side", padding_side)
+        if return_tensors not in (None, "pt", "np"):
+            raise ValueError(f"return_tensors must be None, 'pt' or 'np', got {return_tensors!r}")
+        if return_attention_mask is not False and "attention_mask" not in data:
+            data["attention_mask"] = [[1] * len(row) for row in data["input_ids"]]
+        target = encoding.padded_length([len(row) for row in data["input_ids"]], mode, max_length, pad_to_multiple_of)
+        if target is not None:  # a given mask is left as it is with return_attention_mask=False, as transformers
+            encoding.pad_rows(data, target, side, self.pad_token_id,
+                              keep=("attention_mask",) if return_attention_mask is False else ())
+        if not is_batch:
             data = {key: value[0] for key, value in data.items()}
+        if return_tensors is not None:
+            data = {key: encoding.as_tensor(value, return_tensors, key) for key, value in data.items()}
         return BatchEncoding(data)
 
-    def encode(self, text: str, *, add_special_tokens: bool = True, padding: bool | str = False,
-               truncation: bool | str | None = None, max_length: int | None = None, return_tensors: str | None = None):
-        """The ids of one text: a list of ints, or a (1, T) tensor with return_tensors="pt"."""
-        _as_text_batch(text, allow_batch=False)
-        return self(text, padding=padding, truncation=truncation, max_length=max_length,
+    def encode(self, text: str, text_pair: str | None = None, *, add_special_tokens: bool = True,
+               padding: bool | str = False, truncation: bool | str | None = None, max_length: int | None = None,
+               return_tensors: str | None = None):
+        """The ids of one text (and its pair): a list of ints, or a (1, T) tensor with return_tensors="pt"."""
+        encoding.as_text_batch(text, allow_batch=False)
+        if text_pair is not None:
+            encoding.as_text_batch(text_pair, allow_batch=False)
+        return self(text, text_pair, padding=padding, truncation=truncation, max_length=max_length,
                     return_tensors=return_tensors, add_special_tokens=add_special_tokens)["input_ids"]
 
     # ---------------------------------------------------------------- decoding
@@ -351,7 +349,7 @@ class OpenAIGPTTokenizerFast:
         """Text of a sequence of ids (list, tensor or array, or one int). Words are joined by spaces, with none
         around special tokens; ids beyond the vocabulary are ignored (all as in transformers, whose
         clean_up_tokenization_spaces has no effect on BPE tokenizers, so it is accepted and ignored here)."""
-        ids = _as_id_list(token_ids)
+        ids = encoding.as_id_list(token_ids)
         return self._backend.decode(ids, skip_special_tokens=skip_special_tokens)
 
     def batch_decode(self, sequences: Any, skip_special_tokens: bool = False,
@@ -371,45 +369,3 @@ class OpenAIGPTTokenizerFast:
 
 
 OpenAIGPTTokenizer = OpenAIGPTTokenizerFast  # transformers' name for the same tokenizer
-
-
-def _as_text_batch(text: Any, allow_batch: bool = True) -> tuple[list[str], bool]:
-    """([texts], is_batch), with a clear TypeError for anything but a str or a list/tuple of str."""
-    if isinstance(text, str):
-        return [text], False
-    if allow_batch and isinstance(text, (list, tuple)):
-        for i, item in enumerate(text):
-            if not isinstance(item, str):
-                raise TypeError(f"text must be a str or a list of str; item {i} is a {type(item).__name__}")
-        return list(text), True
-    expected = "a str or a list of str" if allow_batch else "a str"
-    raise TypeError(f"text must be {expected}, got {type(text).__name__}")
-
-
-def _as_id_list(token_ids: Any) -> list[int]:
-    """A flat list of non-negative ints from an int, a list, a tensor or an array."""
-    if hasattr(token_ids, "tolist"):
-        token_ids = token_ids.tolist()
-    if isinstance(token_ids, int):
-        token_ids = [token_ids]
-    if not isinstance(token_ids, (list, tuple)):
-        raise TypeError(f"token_ids must be an int or a sequence of ints, got {type(token_ids).__name__}")
-    for index in token_ids:
-        if not isinstance(index, int) or isinstance(index, bool) or index < 0:
-            raise ValueError(f"token_ids must hold non-negative ints, found {index!r} "
-                             "(for several sequences use batch_decode)")
-    return list(token_ids)
-
-
-def _as_tensor(rows: list[list[int]], kind: str):
-    if len({len(row) for row in rows}) > 1:
-        raise ValueError("cannot make a tensor of rows with different lengths: pass padding=True "
-                         "(with a pad token set) or truncation=True with max_length")
-    shape = (len(rows), len(rows[0]) if rows else 0)  # (B, T); explicit so that empty rows keep two dimensions
-    if kind == "np":
-        import numpy
-
-        return numpy.array(rows, dtype=numpy.int64).reshape(shape)
-    import torch
-
-    return torch.tensor(rows, dtype=torch.long).reshape(shape)

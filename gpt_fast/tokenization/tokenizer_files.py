@@ -17,14 +17,28 @@ from tokenizers import AddedToken, Tokenizer
 from tokenizers.models import BPE
 
 TOKENIZER_FILE, VOCAB_FILE, MERGES_FILE = "tokenizer.json", "vocab.json", "merges.txt"
-CONFIG_FILE, SPECIAL_TOKENS_FILE, MODEL_CONFIG_FILE = "tokenizer_config.json", "special_tokens_map.json", "config.json"
-ALL_FILES = [TOKENIZER_FILE, VOCAB_FILE, MERGES_FILE, CONFIG_FILE, SPECIAL_TOKENS_FILE, MODEL_CONFIG_FILE]
+CONFIG_FILE, SPECIAL_TOKENS_FILE = "tokenizer_config.json", "special_tokens_map.json"
+ALL_FILES = [TOKENIZER_FILE, VOCAB_FILE, MERGES_FILE, CONFIG_FILE, SPECIAL_TOKENS_FILE]
 SPECIAL_TOKEN_NAMES = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
 # tokenizer_config.json settings passed on to the constructor as they are.
 _PLAIN_SETTINGS = ("padding_side", "truncation_side", "model_max_length", "use_original_pretokenization")
 _ADDED_TOKEN_FLAGS = ("lstrip", "normalized", "rstrip", "single_word", "special")
 
 Merges = list[tuple[str, str]]
+
+# The published GPT-1 tokenizer files (vocab.json and merges.txt of openai/finetune-transformer-lm, MIT license; see
+# data/NOTICE) ship with the package, so these names load offline without the hub.
+PACKAGED_FOLDER = Path(__file__).parent / "data"
+PACKAGED_NAMES = ("openai-community/openai-gpt", "openai-gpt")
+PACKAGED_SHA256 = {VOCAB_FILE: "fdf49b19e7de236852091da09b84a7a3cd5e7b0e79916376cf45f6b8127b8078",
+                   MERGES_FILE: "0ea9b51ae695073cd871e0358f7016311d671a7ff3963e367d5236522f294725"}
+
+
+def packaged_folder(name_or_path: str | os.PathLike) -> Path | None:
+    """The packaged GPT-1 files' folder for the published model's names (unless a local folder has that name)."""
+    if isinstance(name_or_path, str) and name_or_path in PACKAGED_NAMES and not Path(name_or_path).is_dir():
+        return PACKAGED_FOLDER
+    return None
 
 
 def read_json(path: str | os.PathLike) -> Any:
@@ -80,8 +94,8 @@ def read_vocab_and_merges(vocab_file, merges_file, tokenizer_file, vocab, merges
 def read_folder_settings(folder: Path) -> dict[str, Any]:
     """Constructor arguments for the tokenizer saved in `folder`: its files and its saved settings.
 
-    model_max_length comes from tokenizer_config.json, else from config.json's n_positions (512 for GPT-1,
-    where transformers would say "no limit"), else it is left to the constructor's default."""
+    model_max_length comes from tokenizer_config.json, else it is left to the constructor's default (no limit),
+    as transformers does: config.json's n_positions does not set it."""
     if (folder / TOKENIZER_FILE).is_file():
         settings: dict[str, Any] = {"tokenizer_file": folder / TOKENIZER_FILE}
     elif (folder / VOCAB_FILE).is_file() and (folder / MERGES_FILE).is_file():
@@ -98,10 +112,6 @@ def read_folder_settings(folder: Path) -> dict[str, Any]:
     if config.get("added_tokens_decoder"):
         settings["added_tokens"] = {int(index): added_token_from_json(entry)
                                     for index, entry in config["added_tokens_decoder"].items()}
-    if "model_max_length" not in settings and (folder / MODEL_CONFIG_FILE).is_file():
-        n_positions = read_json(folder / MODEL_CONFIG_FILE).get("n_positions")
-        if isinstance(n_positions, int):
-            settings["model_max_length"] = n_positions
     return settings
 
 

@@ -1,0 +1,240 @@
+"""The rest of transformers' model surface, each checked against transformers on the same weights: positional
+arguments, loss kwargs, num_parameters, embedding accessors and resizing, gradient checkpointing, flattened
+multiple-choice masks, and the from_pretrained options (ignore_mismatched_sizes, output_loading_info, subfolder)."""
+
+import inspect
+import json
+
+import pytest
+import torch
+from conftest import DOUBLE, HEADS, SEQ_CLS, forward, gpt_fast_class, hf_model, load_pair, random_ids, shape_for
+
+import gpt_fast
+
+transformers = pytest.importorskip("transformers")
+LM = "OpenAIGPTLMHeadModel"
+
+
+def padding_mask(shape):
+    mask = torch.ones(shape, dtype=torch.long)
+    mask[0, ..., -2:] = 0  # right padding in the first row (every position still sees a real token)
+    return mask
+
+
+@pytest.mark.parametrize("head", HEADS)
+def test_positional_order_is_transformers(head):
+    theirs = [name for name in inspect.signature(getattr(transformers, head).forward).parameters if name != "kwargs"]
+    ours = list(inspect.signature(gpt_fast_class(head).forward).parameters)
+    assert ours[:len(theirs)] == theirs
+
+
+@pytest.mark.parametrize("head", HEADS)
+def test_mask_passed_positionally(head):
+    hf, ours = load_pair(head, "sdpa")
+    ids = random_ids(shape_for(head))
+    mask = padding_mask(ids.shape)
+    flat_mask = mask.reshape(-1, ids.shape[-1])  # transformers' double-heads model takes (batch * choices, T)
+    expected = forward(hf, ids, flat_mask if head == DOUBLE else mask, return_dict=False)
+    got = forward(ours, ids, mask, return_dict=False)
+    assert len(got) == len(expected)
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    unmasked = forward(ours, ids, return_dict=False)
+    assert not torch.allclose(unmasked[0], got[0], atol=1e-3)  # the mask really was used
+
+
+def test_double_heads_takes_flattened_masks():
+    hf, ours = load_pair(DOUBLE, "eager")
+    ids = random_ids((2, 3, 7))
+    mask, types = padding_mask(ids.shape), random_ids(ids.shape, seed=5)
+    flat_mask, flat_types = mask.reshape(6, 7), types.reshape(6, 7)
+    expected = forward(hf, ids, attention_mask=flat_mask, token_type_ids=flat_types)
+    for m, t in ((mask, types), (flat_mask, flat_types)):
+        got = forward(ours, ids, attention_mask=m, token_type_ids=t)
+        torch.testing.assert_close(got.logits, expected.logits, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(got.mc_logits, expected.mc_logits, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match=r"attention_mask has shape \(3, 7\).*\(6, 7\)"):
+        ours(ids, torch.ones(3, 7, dtype=torch.long))
+
+
+def test_lm_loss_kwargs_match_transformers():
+    hf, ours = load_pair(LM, "sdpa")
+    ids = random_ids((2, 9))
+    labels = ids.clone()
+    labels[0, :4] = -100
+    for kwargs in (dict(num_items_in_batch=torch.tensor(37)), dict(num_items_in_batch=5),
+                   dict(ignore_index=7, labels=ids.masked_fill(ids == ids[0, 3], 7)),
+                   dict(shift_labels=torch.roll(ids, -1, dims=1))):
+        kwargs = {"labels": labels, **kwargs}
+        expected = forward(hf, ids, **kwargs).loss
+        torch.testing.assert_close(forward(ours, ids, **kwargs).loss, expected, atol=1e-5, rtol=1e-5)
+    # with num_items_in_batch the sum is divided by it, not by the count of this batch's targets
+    mean = forward(ours, ids, labels=labels).loss
+    torch.testing.assert_close(forward(ours, ids, labels=labels, num_items_in_batch=10).loss,
+                               mean * (labels[:, 1:] != -100).sum() / 10)
+
+
+def test_trainer_passes_loss_kwargs_only_where_they_are_used():
+    assert gpt_fast.OpenAIGPTLMHeadModel.accepts_loss_kwargs
+    for head in ("OpenAIGPTModel", DOUBLE, SEQ_CLS):
+        assert not gpt_fast_class(head).accepts_loss_kwargs
+    _, ours = load_pair(SEQ_CLS, "sdpa")
+    ids = random_ids((2, 5))
+    labels = torch.tensor([0, 1])
+    torch.testing.assert_close(forward(ours, ids, labels=labels, num_items_in_batch=3).loss,
+                               forward(ours, ids, labels=labels).loss)  # accepted and unused, as transformers
+    with pytest.raises(TypeError, match="unexpected arguments: bogus"):
+        ours(ids, bogus=1)
+
+
+@pytest.mark.parametrize("head", HEADS)
+def test_num_parameters_match_transformers(head):
+    hf, ours = load_pair(head, "sdpa")
+    for model in (hf, ours):
+        model.base_model.positions_embed.weight.requires_grad_(False)
+        model.base_model.h[0].ln_1.bias.requires_grad_(False)
+    for only_trainable in (False, True):
+        for exclude_embeddings in (False, True):
+            assert ours.num_parameters(only_trainable, exclude_embeddings) == hf.num_parameters(
+                only_trainable=only_trainable, exclude_embeddings=exclude_embeddings), (only_trainable,
+                                                                                         exclude_embeddings)
+
+
+@pytest.mark.parametrize("head", HEADS)
+def test_accessors_match_transformers(head):
+    hf, ours = load_pair(head, "sdpa")
+    assert ours.base_model_prefix == hf.base_model_prefix == "transformer"
+    assert ours.main_input_name == hf.main_input_name == "input_ids"
+    assert ours.can_generate() == hf.can_generate() == (head == LM)
+    assert (ours.base_model is ours) == (hf.base_model is hf)
+    assert ours.get_input_embeddings() is ours.base_model.tokens_embed
+    assert (ours.get_output_embeddings() is None) == (hf.get_output_embeddings() is None)
+    if head != "OpenAIGPTModel":
+        assert ours.base_model is ours.transformer
+        embedding = torch.nn.Embedding(99, 32)
+        ours.set_input_embeddings(embedding)
+        assert ours.transformer.tokens_embed is embedding
+        if head in (LM, DOUBLE):
+            assert ours.get_output_embeddings() is ours.lm_head and ours.lm_head.weight is embedding.weight
+
+
+@pytest.mark.parametrize("head", [LM, DOUBLE, SEQ_CLS])
+def test_resize_token_embeddings_matches_transformers(head):
+    hf, ours = load_pair(head, "eager")
+    torch.manual_seed(0)
+    old = ours.get_input_embeddings().weight.detach().clone()
+    assert hf.resize_token_embeddings(104).weight.shape == ours.resize_token_embeddings(104).weight.shape == (104, 32)
+    assert ours.config.vocab_size == hf.config.vocab_size == 104
+    new = ours.get_input_embeddings().weight
+    torch.testing.assert_close(new[:99], old, rtol=0, atol=0)
+    # transformers draws the new rows around the old rows' mean with a covariance scaled by 1e-9
+    torch.testing.assert_close(new[99:], hf.get_input_embeddings().weight[99:], atol=1e-3, rtol=0)
+    if head != SEQ_CLS:
+        assert ours.lm_head.weight is new and ours.lm_head.out_features == 104
+    ids = random_ids(shape_for(head), vocab=104)
+    for a, b in zip(forward(ours, ids, return_dict=False), forward(hf, ids, return_dict=False)):
+        torch.testing.assert_close(a, b, atol=1e-3, rtol=1e-3)
+    assert ours.resize_token_embeddings(None, pad_to_multiple_of=64).num_embeddings == 128
+    assert ours.resize_token_embeddings(50).num_embeddings == ours.config.vocab_size == 50
+
+
+def test_resize_after_adding_a_token_to_the_tokenizer(tmp_path):
+    tok = gpt_fast.OpenAIGPTTokenizerFast.from_pretrained("openai-gpt")
+    tok.add_special_tokens({"cls_token": "[CLS]"})
+    config = gpt_fast.OpenAIGPTConfig(vocab_size=40478, n_positions=16, n_embd=8, n_layer=1, n_head=2)
+    model = gpt_fast.OpenAIGPTDoubleHeadsModel(config)
+    model.resize_token_embeddings(len(tok))
+    assert model.config.vocab_size == len(tok) == 40479
+    ids = torch.tensor([tok.encode("hello [CLS]")])
+    assert ids[0, -1] == tok.cls_token_id == 40478
+    assert forward(model, ids[None]).logits.shape == (1, 1, 2, 40479)
+    model.save_pretrained(tmp_path)
+    assert gpt_fast.OpenAIGPTDoubleHeadsModel.from_pretrained(tmp_path).config.vocab_size == 40479
+
+
+def test_resize_untied_head():
+    hf, ours = load_pair(LM, "eager", tie_word_embeddings=False)
+    assert ours.lm_head.weight is not ours.transformer.tokens_embed.weight
+    old_head = ours.lm_head.weight.detach().clone()
+    ours.resize_token_embeddings(101, mean_resizing=False)
+    assert ours.lm_head.weight.shape == (101, 32) and ours.lm_head.weight is not ours.transformer.tokens_embed.weight
+    torch.testing.assert_close(ours.lm_head.weight[:99], old_head, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="new_num_tokens"):
+        ours.resize_token_embeddings(0)
+
+
+@pytest.mark.parametrize("head", [LM, DOUBLE])
+def test_gradient_checkpointing_gives_the_same_gradients(head):
+    _, ours = load_pair(head, "sdpa")
+    ids = random_ids(shape_for(head))
+    kwargs = dict(labels=ids, mc_labels=torch.tensor([0, 2])) if head == DOUBLE else dict(labels=ids)
+    block_calls = []
+    ours.transformer.h[0].register_forward_pre_hook(lambda *args: block_calls.append(1))
+
+    def gradients():
+        ours.zero_grad()
+        torch.manual_seed(3)  # dropout is on: the recomputed forward must draw the same masks
+        out = ours(ids, **kwargs)
+        (out.loss + (out.mc_loss if head == DOUBLE else 0)).backward()
+        return {name: p.grad.clone() for name, p in ours.named_parameters()}
+
+    ours.train()
+    plain = gradients()
+    assert len(block_calls) == 1 and not ours.is_gradient_checkpointing
+    ours.gradient_checkpointing_enable()
+    assert ours.is_gradient_checkpointing
+    checkpointed = gradients()
+    assert len(block_calls) == 3  # the block ran again in the backward pass
+    for name in plain:
+        torch.testing.assert_close(checkpointed[name], plain[name], atol=1e-6, rtol=1e-5, msg=name)
+    ours.gradient_checkpointing_disable()
+    gradients()
+    assert len(block_calls) == 4
+
+
+def test_from_pretrained_options_match_transformers(tmp_path):
+    hf = hf_model(LM)
+    hf.save_pretrained(tmp_path / "sub")
+    theirs, their_info = transformers.OpenAIGPTLMHeadModel.from_pretrained(
+        tmp_path, subfolder="sub", vocab_size=120, ignore_mismatched_sizes=True, output_loading_info=True)
+    ours, info = gpt_fast.OpenAIGPTLMHeadModel.from_pretrained(
+        tmp_path, subfolder="sub", vocab_size=120, ignore_mismatched_sizes=True, output_loading_info=True)
+    assert isinstance(info, dict)
+    for key in ("missing_keys", "unexpected_keys", "mismatched_keys", "error_msgs"):
+        assert sorted(info[key]) == sorted(their_info[key]), key
+    assert ours.config.vocab_size == 120 and ours.lm_head.weight is ours.transformer.tokens_embed.weight
+    assert "subfolder" not in ours.config.to_dict()
+    torch.testing.assert_close(ours.transformer.h[1].mlp.c_fc.weight, hf.transformer.h[1].mlp.c_fc.weight)
+    with pytest.raises(ValueError, match="ignore_mismatched_sizes"):
+        gpt_fast.OpenAIGPTLMHeadModel.from_pretrained(tmp_path / "sub", vocab_size=120)
+    assert gpt_fast.AutoModelForCausalLM.from_pretrained(tmp_path, subfolder="sub").config.vocab_size == 99
+    assert gpt_fast.AutoConfig.from_pretrained(tmp_path, subfolder="sub").vocab_size == 99
+    with pytest.raises(FileNotFoundError, match="subfolder 'nope'"):
+        gpt_fast.OpenAIGPTLMHeadModel.from_pretrained(tmp_path, subfolder="nope")
+
+
+def test_config_to_json_file(tmp_path):
+    config = gpt_fast.OpenAIGPTConfig(n_embd=48, n_head=6, custom_key=[1, 2])
+    path = config.to_json_file(tmp_path / "c.json")
+    assert gpt_fast.OpenAIGPTConfig.from_json_file(path) == config
+    assert transformers.OpenAIGPTConfig.from_json_file(str(path)).n_embd == 48
+    assert json.loads(path.read_text())["custom_key"] == [1, 2]
+    with pytest.raises(IsADirectoryError):
+        config.to_json_file(tmp_path)
+
+
+def test_checkpointing_every_n_layers_and_bad_values():
+    _, ours = load_pair(LM, "sdpa")
+    ids = random_ids((2, 7))
+    calls = {0: [], 1: []}
+    for i in calls:
+        ours.transformer.h[i].register_forward_pre_hook(lambda *args, i=i: calls[i].append(1))
+    ours.train()
+    ours.activation_checkpointing_enable(every_n_layers=2)  # blocks 0, 2, 4, ...
+    ours(ids, labels=ids).loss.backward()
+    assert (len(calls[0]), len(calls[1])) == (2, 1)
+    with torch.no_grad():  # nothing to recompute without gradients
+        ours(ids)
+    assert (len(calls[0]), len(calls[1])) == (3, 2)
+    with pytest.raises(ValueError, match="every_n_layers"):
+        ours.activation_checkpointing_enable(every_n_layers=0)

@@ -79,6 +79,17 @@ def test_flash_attention_3_n_head_wrapping_to_a_divisor():
     assert not fake_accepts("flash_attention", lambda q: ops.flash_attention(q, None, n_head), torch.randn(1, 2, 6))
 
 
+@pytest.mark.parametrize("n_head", EXTREMES)
+def test_attention_empty_head_dim(n_head):
+    """qkv (B, T, 0): no n_head gives head_dim >= 1, so the kernels and the fake kernels reject all of them."""
+    qkv, cache = torch.randn(1, 2, 0), torch.zeros(1, 1, 4, 0)
+    assert call("gpt_fast::flash_attention", lambda: ops.flash_attention(qkv, None, n_head)) is None
+    assert not fake_accepts("flash_attention", lambda q: ops.flash_attention(q, None, n_head), qkv)
+    fn = lambda q, k, v, n: ops.decode_attention(q, k, v, n, n_head)  # noqa: E731
+    assert call("gpt_fast::decode_attention", lambda: fn(qkv, cache, cache.clone(), torch.tensor([0]))) is None
+    assert not fake_accepts("decode_attention", fn, qkv, cache, cache.clone(), torch.tensor([0]))
+
+
 # --- decode_attention: n_head and every cache length ------------------------------------------------------------
 
 @FUZZ

@@ -92,11 +92,10 @@ def test_attention_empty_head_dim(n_head):
 
 # --- decode_attention: n_head and every cache length ------------------------------------------------------------
 
-@FUZZ
-@given(n_head=ints, B=st.integers(1, 3), S=st.integers(0, 3), data=st.data())
-def test_decode_attention_n_head_and_lengths(n_head, B, S, data):
-    C, Tmax = 24, 7
-    lengths = data.draw(st.lists(st.sampled_from(EXTREMES) | st.integers(-2, Tmax + 2), min_size=B, max_size=B))
+def check_decode(n_head, lengths, S, C=24, Tmax=7):
+    """decode_attention either fails with a clear error and leaves the caches alone, or matches the reference
+    (output and cache writes); it may succeed only when n_head is valid and every 0 <= len <= Tmax - S."""
+    B = len(lengths)
     H = n_head if divides(n_head, C) else 4  # caches laid out for n_head when it is valid
     qkv = torch.randn(B, S, 3 * C)
     k_cache, v_cache = torch.randn(B, H, Tmax, C // H), torch.randn(B, H, Tmax, C // H)
@@ -113,6 +112,26 @@ def test_decode_attention_n_head_and_lengths(n_head, B, S, data):
     expected = reference.decode_attention(*upcast(qkv, k_cache, v_cache, dtype=qkv.dtype), lengths_t, n_head)
     assert_within_pytorch_error(out, expected, same_dtype)
     assert torch.equal(k_out, k_ref) and torch.equal(v_out, v_ref)
+
+
+@FUZZ
+@given(n_head=ints, S=st.integers(0, 3), data=st.data())
+def test_decode_attention_n_head(n_head, S, data):
+    check_decode(n_head, data.draw(st.lists(st.integers(0, 7 - S), min_size=1, max_size=3)), S)
+
+
+@FUZZ
+@given(n_head=st.sampled_from([1, 2, 3, 4, 6, 8, 12, 24]), S=st.integers(0, 3),
+       lengths=st.lists(st.sampled_from(EXTREMES) | st.integers(-2, 9), min_size=1, max_size=3))
+def test_decode_attention_cache_lengths(n_head, S, lengths):
+    check_decode(n_head, lengths, S)
+
+
+@pytest.mark.parametrize("length", EXTREMES)
+@pytest.mark.parametrize("S", [0, 1, 3])
+def test_decode_attention_every_extreme_length(length, S):
+    check_decode(4, [length], S)
+    check_decode(4, [2, length], S)
 
 
 @pytest.mark.parametrize("B", [1, 2])

@@ -67,6 +67,14 @@ def test_flash_attention_n_head(n_head, B, T, masked):
     assert fake_accepts("flash_attention", lambda q: ops.flash_attention(q, None, n_head), qkv) == divides(n_head, C)
 
 
+@pytest.mark.parametrize("n_head", EXTREMES)
+def test_attention_every_extreme_n_head(n_head):
+    qkv = torch.randn(2, 3, 3 * 24)
+    out = call("gpt_fast::flash_attention", lambda: ops.flash_attention(qkv, None, n_head))
+    assert (out is not None) == (n_head == 1)
+    check_decode(n_head, [0, 3], 2)
+
+
 def test_flash_attention_3_n_head_wrapping_to_a_divisor():
     """3 * n_head wraps to 2 for n_head = (2**64 + 2) / 3; unchecked, 6 % 2 == 0 passed and the kernel ran with
     C = n_head * 3 (heap corruption / SIGSEGV)."""
@@ -172,6 +180,14 @@ def test_linear_small_m_out_features(N, packed_for, rows, gelu, dtype):
     same_blocks = N > 0 and -(-N // 16) == -(-packed_for // 16)
     fn = lambda a, w: ops.linear_small_m(a, w, N, None, None, gelu)  # noqa: E731
     assert fake_accepts("linear_small_m", fn, x, packed) == same_blocks
+
+
+@pytest.mark.parametrize("N", EXTREMES)
+def test_linear_small_m_every_extreme_out_features(N):
+    """Each extreme once for sure (the fuzz above may miss one): ceil(N / 16) must not overflow near INT64_MAX."""
+    x, packed = torch.randn(2, 8), ops.pack_linear_weight(torch.randn(8, 1), True)
+    out = call("gpt_fast::linear_small_m", lambda: ops.linear_small_m(x, packed, N))
+    assert (out is not None) == (N == 1)
 
 
 def test_linear_small_m_out_features_must_match_the_packed_weight():

@@ -68,6 +68,14 @@ def test_flash_attention_n_head(n_head, B, T, masked):
     assert fake_accepts("flash_attention", lambda q: ops.flash_attention(q, None, n_head), qkv) == divides(n_head, C)
 
 
+@pytest.mark.parametrize("n_head", EXTREMES)
+def test_attention_every_extreme_n_head(n_head):
+    qkv = torch.randn(2, 3, 3 * 24)
+    out = call("gpt_fast::flash_attention", lambda: ops.flash_attention(qkv, None, n_head))
+    assert (out is not None) == (n_head == 1)
+    check_decode(n_head, [0, 3], 2)
+
+
 def test_flash_attention_3_n_head_wrapping_to_a_divisor():
     """3 * n_head wraps to 2 for n_head = (2**64 + 2) / 3; unchecked, 6 % 2 == 0 passed and the kernel ran with
     C = n_head * 3 (heap corruption / SIGSEGV)."""
@@ -80,13 +88,23 @@ def test_flash_attention_3_n_head_wrapping_to_a_divisor():
     assert not fake_accepts("flash_attention", lambda q: ops.flash_attention(q, None, n_head), torch.randn(1, 2, 6))
 
 
+@pytest.mark.parametrize("n_head", EXTREMES)
+def test_attention_empty_head_dim(n_head):
+    """qkv (B, T, 0): no n_head gives head_dim >= 1, so the kernels and the fake kernels reject all of them."""
+    qkv, cache = torch.randn(1, 2, 0), torch.zeros(1, 1, 4, 0)
+    assert call("gpt_fast::flash_attention", lambda: ops.flash_attention(qkv, None, n_head)) is None
+    assert not fake_accepts("flash_attention", lambda q: ops.flash_attention(q, None, n_head), qkv)
+    fn = lambda q, k, v, n: ops.decode_attention(q, k, v, n, n_head)  # noqa: E731
+    assert call("gpt_fast::decode_attention", lambda: fn(qkv, cache, cache.clone(), torch.tensor([0]))) is None
+    assert not fake_accepts("decode_attention", fn, qkv, cache, cache.clone(), torch.tensor([0]))
+
+
 # --- decode_attention: n_head and every cache length ------------------------------------------------------------
 
-@FUZZ
-@given(n_head=ints, B=st.integers(1, 3), S=st.integers(0, 3), data=st.data())
-def test_decode_attention_n_head_and_lengths(n_head, B, S, data):
-    C, Tmax = 24, 7
-    lengths = data.draw(st.lists(st.sampled_from(EXTREMES) | st.integers(-2, Tmax + 2), min_size=B, max_size=B))
+def check_decode(n_head, lengths, S, C=24, Tmax=7):
+    """decode_attention either fails with a clear error and leaves the caches alone, or matches the reference
+    (output and cache writes); it may succeed only when n_head is valid and every 0 <= len <= Tmax - S."""
+    B = len(lengths)
     H = n_head if divides(n_head, C) else 4  # caches laid out for n_head when it is valid
     qkv = torch.randn(B, S, 3 * C)
     k_cache, v_cache = torch.randn(B, H, Tmax, C // H), torch.randn(B, H, Tmax, C // H)
@@ -103,6 +121,26 @@ def test_decode_attention_n_head_and_lengths(n_head, B, S, data):
     expected = reference.decode_attention(*upcast(qkv, k_cache, v_cache, dtype=qkv.dtype), lengths_t, n_head)
     assert_within_pytorch_error(out, expected, same_dtype)
     assert torch.equal(k_out, k_ref) and torch.equal(v_out, v_ref)
+
+
+@FUZZ
+@given(n_head=ints, S=st.integers(0, 3), data=st.data())
+def test_decode_attention_n_head(n_head, S, data):
+    check_decode(n_head, data.draw(st.lists(st.integers(0, 7 - S), min_size=1, max_size=3)), S)
+
+
+@FUZZ
+@given(n_head=st.sampled_from([1, 2, 3, 4, 6, 8, 12, 24]), S=st.integers(0, 3),
+       lengths=st.lists(st.sampled_from(EXTREMES) | st.integers(-2, 9), min_size=1, max_size=3))
+def test_decode_attention_cache_lengths(n_head, S, lengths):
+    check_decode(n_head, lengths, S)
+
+
+@pytest.mark.parametrize("length", EXTREMES)
+@pytest.mark.parametrize("S", [0, 1, 3])
+def test_decode_attention_every_extreme_length(length, S):
+    check_decode(4, [length], S)
+    check_decode(4, [2, length], S)
 
 
 @pytest.mark.parametrize("B", [1, 2])
@@ -143,6 +181,14 @@ def test_linear_small_m_out_features(N, packed_for, rows, gelu, dtype):
     same_blocks = N > 0 and -(-N // 16) == -(-packed_for // 16)
     fn = lambda a, w: ops.linear_small_m(a, w, N, None, None, gelu)  # noqa: E731
     assert fake_accepts("linear_small_m", fn, x, packed) == same_blocks
+
+
+@pytest.mark.parametrize("N", EXTREMES)
+def test_linear_small_m_every_extreme_out_features(N):
+    """Each extreme once for sure (the fuzz above may miss one): ceil(N / 16) must not overflow near INT64_MAX."""
+    x, packed = torch.randn(2, 8), ops.pack_linear_weight(torch.randn(8, 1), True)
+    out = call("gpt_fast::linear_small_m", lambda: ops.linear_small_m(x, packed, N))
+    assert (out is not None) == (N == 1)
 
 
 def test_linear_small_m_out_features_must_match_the_packed_weight():

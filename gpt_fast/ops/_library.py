@@ -2,18 +2,40 @@
 
 When the extension is missing or fails to load, gpt_fast still works on its SDPA and eager paths; a single
 warning says why. Both facts are fixed at import, so torch.compile reads them as constants.
+
+GPT_FAST_EXTENSION=/path/to/_C.so loads that build of the extension instead of the one inside the package (the
+sanitizer job, .ci/sanitize, points it at its AddressSanitizer build). A library named this way must load: a
+failure is an ImportError, not a fallback, so that tests cannot silently skip the build they were meant to run.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import os
+import sys
 import warnings
 
 import torch
 
 DISPATCH_KEYS = {"cpu": "CPU", "cuda": "CUDA"}
+EXTENSION_ENV = "GPT_FAST_EXTENSION"
+
+
+def _import_from(path: str) -> None:
+    """Imports the shared library at `path` as gpt_fast._C (its init function is PyInit__C either way)."""
+    spec = importlib.util.spec_from_file_location("gpt_fast._C", path)
+    if spec is None or not os.path.isfile(path):
+        raise ImportError(f"{EXTENSION_ENV}={path!r} is not an extension module file")
+    module = importlib.util.module_from_spec(spec)  # dlopen + PyInit__C: registers torch.ops.gpt_fast.*
+    spec.loader.exec_module(module)
+    sys.modules["gpt_fast._C"] = module
 
 
 def _load() -> str | None:
+    path = os.environ.get(EXTENSION_ENV)
+    if path:
+        _import_from(path)  # errors propagate: this build was asked for by name
+        return None
     try:
         from gpt_fast import _C  # noqa: F401  (importing registers torch.ops.gpt_fast.*)
     except (ImportError, OSError) as error:

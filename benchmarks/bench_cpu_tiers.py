@@ -3,7 +3,7 @@
     python benchmarks/bench_cpu_tiers.py --tiers avx2 scalar --threads 1 --cpu-time
     ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 python benchmarks/bench_cpu_tiers.py --tiers avx2   # AVX2 box
 
-Cases are bench_attention.py's (flash and decode attention vs SDPA as the model calls it) and bench_linear.py's
+Cases are bench_attention.py's (flash and decode attention vs SDPA as the model calls it) and bench_linear_small_m.py's
 elementwise ones (bias_gelu vs F.gelu(x + b), add_layernorm vs layer_norm(x + y + b)). Each tier caps the kernels
 through GPT_FAST_CPU_ISA, set per call, so all tiers and PyTorch alternate in the same rounds. PyTorch's own
 kernels pick their instruction set once per process: to compare with PyTorch as it runs on an AVX2-only CPU, cap
@@ -15,17 +15,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
-from pathlib import Path
 
+import bench_attention
+import bench_linear_small_m
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench_attention  # noqa: E402
-import bench_linear  # noqa: E402
-from timing import time_alternating  # noqa: E402
+from timing import time_alternating
 
 
 def cases(dtypes):
@@ -36,7 +31,7 @@ def cases(dtypes):
             case = make(*args)
             out[name] = (case["sdpa"], case["ours"])
     for d in dtypes:
-        for name, _, base, kern in bench_linear.elementwise_cases(bench_attention.DTYPES[d]):
+        for name, _, base, kern in bench_linear_small_m.elementwise_cases(bench_attention.DTYPES[d]):
             if not name.startswith("mm "):
                 out[f"{name} {d}"] = (base, kern)
     return out

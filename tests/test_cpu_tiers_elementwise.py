@@ -1,29 +1,25 @@
-"""add_layernorm and bias_gelu on every CPU tier (GPT_FAST_CPU_ISA = scalar, avx2, avx512) in one process.
-
-The other op tests run the best tier this CPU has (or the one GPT_FAST_CPU_ISA names for the whole run); these
-cases pin each tier in turn, at row widths around the 8- and 16-lane vector sizes (tails) and with a large row
-mean (the statistics' accuracy). A tier the CPU lacks runs the best lower one, so the test still passes there.
+"""add_layernorm and bias_gelu on every CPU tier this CPU can execute (the cpu_tier fixture), at the row widths
+around the 8- and 16-lane vector sizes of the AVX2 and AVX-512 paths (tails), with and without a large row mean,
+and GELU's saturation at large |x|: cases the op matrix (tests/test_op_matrix.py) does not have.
 """
 
 import pytest
 import torch
-
 from accuracy import assert_within_pytorch_error, upcast
-from gpt_fast import ops, reference
+
+from gpt_fast import ops
+from gpt_fast.ops import reference
 
 pytestmark = pytest.mark.skipif(not ops.has_kernel("add_layernorm", "cpu"), reason="extension not built")
 
-TIERS = ["scalar", "avx2", "avx512"]
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 WIDTHS = [1, 7, 8, 9, 15, 16, 17, 24, 775]
 
 
-@pytest.mark.parametrize("tier", TIERS)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("offset", [0.0, 50.0])
-def test_add_layernorm_tier(tier, dtype, offset, monkeypatch):
-    monkeypatch.setenv("GPT_FAST_CPU_ISA", tier)
-    g = torch.Generator().manual_seed(len(tier))
+def test_add_layernorm_tier(cpu_tier, dtype, offset):
+    g = torch.Generator().manual_seed(len(cpu_tier))
     for width in WIDTHS:
         x, res = ((torch.randn(5, width, generator=g) + offset).to(dtype) for _ in range(2))
         bias, w, b = (torch.randn(width, generator=g).to(dtype) for _ in range(3))
@@ -33,11 +29,9 @@ def test_add_layernorm_tier(tier, dtype, offset, monkeypatch):
             assert_within_pytorch_error(actual, expected, reference.add_layernorm(x, res, with_bias, w, b, 1e-5))
 
 
-@pytest.mark.parametrize("tier", TIERS)
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_bias_gelu_tier(tier, dtype, monkeypatch):
-    monkeypatch.setenv("GPT_FAST_CPU_ISA", tier)
-    g = torch.Generator().manual_seed(len(tier))
+def test_bias_gelu_tier(cpu_tier, dtype):
+    g = torch.Generator().manual_seed(len(cpu_tier))
     for width in WIDTHS + [3072]:
         x = (torch.randn(6, width, generator=g) * 4).to(dtype)  # GELU's curved part and both saturated tails
         bias = torch.randn(width, generator=g).to(dtype)
@@ -45,9 +39,7 @@ def test_bias_gelu_tier(tier, dtype, monkeypatch):
         assert_within_pytorch_error(ops.bias_gelu(x, bias), expected, reference.bias_gelu(x, bias))
 
 
-@pytest.mark.parametrize("tier", TIERS)
-def test_bias_gelu_saturates(tier, monkeypatch):
-    monkeypatch.setenv("GPT_FAST_CPU_ISA", tier)
+def test_bias_gelu_saturates(cpu_tier):
     x = torch.tensor([[-1e4, -100.0, -20.0, 20.0, 100.0, 1e4, 0.0, 1.0, -1.0]])
     out = ops.bias_gelu(x, torch.zeros(9))
     assert torch.isfinite(out).all()

@@ -115,8 +115,8 @@ GPT_FAST_INLINE VF load_float<c10::Half>(const c10::Half* p) {
 
 // 2 kLanes consecutive values of storage type T as two fp32 vectors, in an order private to T ("pair order"):
 // fp32 and fp16 give the first and the second kLanes values; bf16 gives the even and the odd values, which costs
-// one shift and one mask instead of a widening conversion. Dot products and sums over a row do not care about the order, as
-// long as both operands are loaded alike; unpair() restores the natural order.
+// one shift and one mask instead of a widening conversion. Dot products and sums over a row do not care about the
+// order, as long as both operands are loaded alike; unpair() restores the natural order.
 template <typename T>
 GPT_FAST_INLINE void load_pair(const T* p, VF& a, VF& b) {
   a = load_float(p);

@@ -88,7 +88,7 @@ def beam_search(model, input_ids, attention_mask, types, request):
         if request.output_logits:
             logits_out.append(logits.clone())
         log_probs = torch.log_softmax(logits, dim=-1)
-        scores = p.selector.process(log_probs, step, p.extra, lambda: running[:, :, :cur].reshape(R, cur))
+        scores = p.selector.process(log_probs, step, p.extra, lambda r=running, c=cur: r[:, :, :c].reshape(R, c))
         if request.output_scores:
             scores_out.append(scores.clone())
         if snapshots is not None:

@@ -101,7 +101,8 @@ def merge_generation_config(model, generation_config, kwargs: dict) -> dict:
         if generation_config is None:
             return kwargs
     elif not isinstance(generation_config, GenerationConfig):
-        raise TypeError(f"generation_config must be a gpt_fast.GenerationConfig, got {type(generation_config).__name__}")
+        raise TypeError("generation_config must be a gpt_fast.GenerationConfig, got "
+                        f"{type(generation_config).__name__}")
     return {**generation_config.generate_kwargs(), **kwargs}
 
 
@@ -163,7 +164,7 @@ def _generate(model, input_ids, attention_mask, kwargs: dict):
     for step in range(max_new):
         if request.output_logits:
             logits_out.append(logits.clone())
-        scores = selector.process(logits, step, p.extra, lambda: torch.cat([input_ids, generated[:, :step]], dim=1))
+        scores = selector.process(logits, step, p.extra, lambda s=step: torch.cat([input_ids, generated[:, :s]], dim=1))
         if request.output_scores:
             scores_out.append(scores.clone())
         tokens = selector.select(scores)  # (B,)

@@ -112,7 +112,24 @@ def model_generation_config(model) -> GenerationConfig:
 
 
 class GenerationConfigMixin:
-    """Gives a model class the `generation_config` attribute (read / set)."""
+    """Gives a model class the `generation_config` attribute (read / set): built from the model config, loaded by
+    from_pretrained from the folder's generation_config.json when there is one, written by save_pretrained."""
+
+    @classmethod
+    def from_pretrained(cls, name_or_path, *args, **kwargs):
+        from gpt_fast.checkpoints.hub import resolve_model_folder
+
+        loaded = super().from_pretrained(name_or_path, *args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded
+        folder = resolve_model_folder(name_or_path)  # a local folder as is; the hub's cached snapshot otherwise
+        if (folder / CONFIG_NAME).is_file():
+            model.generation_config = GenerationConfig.from_pretrained(folder)
+        return loaded
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        path = super().save_pretrained(save_directory, *args, **kwargs)
+        self.generation_config.save_pretrained(save_directory)
+        return path
 
     @property
     def generation_config(self) -> GenerationConfig:

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gpt_fast.generation.config import GenerationConfigMixin
 from gpt_fast.generation.generate import generate
 from gpt_fast.models.configuration import OpenAIGPTConfig
 from gpt_fast.models.linear import project_to_vocab
@@ -68,7 +69,7 @@ class SequenceSummary(nn.Module):
         return self.last_dropout(self.activation(self.summary(self.first_dropout(output))))
 
 
-class OpenAIGPTLMHeadModel(OpenAIGPTPreTrainedModel):
+class OpenAIGPTLMHeadModel(GenerationConfigMixin, OpenAIGPTPreTrainedModel):
     def __init__(self, config: OpenAIGPTConfig, attn_implementation: str | None = None):
         super().__init__(config, attn_implementation)
         self.transformer = OpenAIGPTModel(config, attn_implementation)
@@ -83,9 +84,9 @@ class OpenAIGPTLMHeadModel(OpenAIGPTPreTrainedModel):
         loss = None if labels is None else shifted_lm_loss(logits, labels, upcast=True)
         return _finish(CausalLMOutput(loss, logits, out.hidden_states, out.attentions), return_dict)
 
-    def generate(self, input_ids=None, attention_mask=None, **kwargs):
+    def generate(self, input_ids=None, attention_mask=None, generation_config=None, **kwargs):
         """transformers-compatible generation over a static KV cache (gpt_fast/generation/generate.py)."""
-        return generate(self, input_ids, attention_mask=attention_mask, **kwargs)
+        return generate(self, input_ids, attention_mask=attention_mask, generation_config=generation_config, **kwargs)
 
     def logits(self, hidden, plan):
         """LM-head logits for hidden (..., C) -> (..., V), through the plan's engine (gpt_fast/models/linear.py)."""

@@ -3,9 +3,9 @@
 Same argument names, defaults and results as transformers' `generate` for a decoder-only model (greedy, sampling,
 or beam search in beam_search.py): returns the (B * num_return_sequences, T + new) sequences, or with
 `return_dict_in_generate=True` a GenerateOutput holding them and the per-step `scores` (processed) and `logits`
-(raw), and `attentions` / `hidden_states` when asked. Arguments are checked in arguments.py; a GenerationConfig
-(`generation_config=`, else the model's) gives the defaults that keyword arguments override. Differences, all on
-purpose:
+(raw), and `attentions` / `hidden_states` when asked. Arguments are checked in arguments.py; keyword arguments
+override `generation_config=`'s set fields, which override model.generation_config's, as in transformers 5.x.
+Differences, all on purpose:
 - each row's positions come from its own attention mask (position = real tokens before it), so a row of a padded
   batch (left- or right-padded) generates exactly what its prompt generates alone; transformers' OpenAIGPT uses
   0..T-1 for every row whatever the padding.
@@ -93,17 +93,17 @@ def generate(model, input_ids=None, attention_mask=None, generation_config=None,
 
 
 def merge_generation_config(model, generation_config, kwargs: dict) -> dict:
-    """The set fields of generation_config (else of model.generation_config), then kwargs over them."""
+    """As transformers 5.x: kwargs > generation_config's set fields > model.generation_config's > global defaults."""
     from gpt_fast.generation.config import GenerationConfig
 
-    if generation_config is None:
-        generation_config = getattr(model, "generation_config", None)
-        if generation_config is None:
-            return kwargs
-    elif not isinstance(generation_config, GenerationConfig):
+    if generation_config is not None and not isinstance(generation_config, GenerationConfig):
         raise TypeError("generation_config must be a gpt_fast.GenerationConfig, got "
                         f"{type(generation_config).__name__}")
-    return {**generation_config.generate_kwargs(), **kwargs}
+    model_config = getattr(model, "generation_config", None)
+    merged = {} if model_config is None else model_config.generate_kwargs()
+    if generation_config is not None:
+        merged.update(generation_config.generate_kwargs())
+    return {**merged, **kwargs}
 
 
 def prepare(model, input_ids, attention_mask, request: GenerationRequest, rows_per_prompt: int):

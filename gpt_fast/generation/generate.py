@@ -183,7 +183,7 @@ def _generate(model, input_ids, attention_mask, kwargs: dict):
         steps = step + 1
         if streamer is not None:
             streamer.put(tokens.cpu())
-        if steps % p.check_every == 0 or streamer is not None:
+        if (tracking and steps % p.check_every == 0) or streamer is not None:  # where the loop syncs anyway
             selector.check_valid()
             if tracking and not bool(alive[step]):
                 break

@@ -47,7 +47,7 @@ class TokenSelector:
 
     def check_valid(self) -> None:
         """Raises if a sampled step had no valid probabilities (reads one device value: call where the loop syncs)."""
-        if bool(self.invalid):
+        if self.config.do_sample and bool(self.invalid):
             raise RuntimeError("sampling met scores that are all -inf or NaN in a row (probabilities contain inf, NaN "
                                "or nothing to draw from), e.g. from a temperature so small that logits / "
                                "temperature overflow; transformers' multinomial raises here too")

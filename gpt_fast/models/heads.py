@@ -84,9 +84,9 @@ class OpenAIGPTLMHeadModel(GenerationConfigMixin, OpenAIGPTPreTrainedModel):
         loss = None if labels is None else shifted_lm_loss(logits, labels, upcast=True)
         return _finish(CausalLMOutput(loss, logits, out.hidden_states, out.attentions), return_dict)
 
-    def generate(self, input_ids=None, attention_mask=None, generation_config=None, **kwargs):
+    def generate(self, input_ids=None, attention_mask=None, **kwargs):
         """transformers-compatible generation over a static KV cache (gpt_fast/generation/generate.py)."""
-        return generate(self, input_ids, attention_mask=attention_mask, generation_config=generation_config, **kwargs)
+        return generate(self, input_ids, attention_mask=attention_mask, **kwargs)
 
     def logits(self, hidden, plan):
         """LM-head logits for hidden (..., C) -> (..., V), through the plan's engine (gpt_fast/models/linear.py)."""

@@ -117,13 +117,13 @@ class GenerationConfigMixin:
 
     @classmethod
     def from_pretrained(cls, name_or_path, *args, **kwargs):
-        from gpt_fast.checkpoints.hub import resolve_model_folder
-
+        """The model's from_pretrained, then a local folder's generation_config.json (a hub name's is not read:
+        fetching it would be a second download; pass the downloaded folder instead)."""
         loaded = super().from_pretrained(name_or_path, *args, **kwargs)
         model = loaded[0] if isinstance(loaded, tuple) else loaded
-        folder = resolve_model_folder(name_or_path)  # a local folder as is; the hub's cached snapshot otherwise
-        if (folder / CONFIG_NAME).is_file():
-            model.generation_config = GenerationConfig.from_pretrained(folder)
+        path = os.path.join(os.path.expanduser(os.fspath(name_or_path)), CONFIG_NAME)
+        if os.path.isfile(path):
+            model.generation_config = GenerationConfig.from_pretrained(path)
         return loaded
 
     def save_pretrained(self, save_directory, *args, **kwargs):

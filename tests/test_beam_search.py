@@ -173,3 +173,19 @@ BAD = [
 def test_bad_beam_arguments_raise(model, kwargs, error, match):
     with pytest.raises(error, match=match):
         model.generate(prompt(3), max_new_tokens=4, **kwargs)
+
+
+@pytest.mark.parametrize("beams", [1, 3])
+def test_no_host_read_per_step_between_end_checks(model, beams):
+    # what CUDA does by default (reads the end of the search every 16 steps), asked for on CPU: the host reads of a
+    # call must not grow with its steps (the prompt checks and the final truncation read a fixed number)
+    from tests.test_decode_host_sync import host_reads
+
+    ids = prompt(4, batch=2, seed=12)
+    counts = []
+    for new in (4, 10):
+        with torch.inference_mode():
+            counts.append(len(host_reads(lambda n=new: model.generate(
+                ids, num_beams=beams, max_new_tokens=n, eos_token_id=[3, 4], pad_token_id=0, repetition_penalty=1.2,
+                no_repeat_ngram_size=2, eos_check_interval=100))))
+    assert counts[0] == counts[1] > 0

@@ -12,6 +12,7 @@ from gpt_fast.auto import (
                            AutoModelForSequenceClassification,
                            AutoTokenizer,
 )
+from gpt_fast.generation.config import GenerationConfig
 from gpt_fast.generation.pipeline import TextGenerationPipeline, pipeline
 from gpt_fast.generation.streaming import TextIteratorStreamer, TextStreamer
 from gpt_fast.models.configuration import OpenAIGPTConfig
@@ -26,7 +27,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AutoConfig", "AutoModel", "AutoModelForCausalLM", "AutoModelForMultipleChoice",
-    "AutoModelForSequenceClassification", "AutoTokenizer", "BatchEncoding", "OpenAIGPTConfig",
+    "AutoModelForSequenceClassification", "AutoTokenizer", "BatchEncoding", "GenerationConfig", "OpenAIGPTConfig",
     "OpenAIGPTDoubleHeadsModel", "OpenAIGPTForSequenceClassification", "OpenAIGPTLMHeadModel", "OpenAIGPTModel",
     "OpenAIGPTPreTrainedModel", "OpenAIGPTTokenizer", "OpenAIGPTTokenizerFast", "TextGenerationPipeline",
     "TextIteratorStreamer", "TextStreamer", "extension_loaded", "pipeline",

@@ -297,8 +297,8 @@ BAD_ARGUMENTS = [
     (dict(max_new_tokens=0), ValueError, "max_new_tokens"),
     (dict(max_new_tokens=2.5), TypeError, "max_new_tokens"),
     (dict(max_length=4), ValueError, "max_length"),
-    (dict(max_new_tokens=60), ValueError, "n_positions"),
-    (dict(max_length=65), ValueError, "n_positions"),
+    (dict(max_new_tokens=61), ValueError, "n_positions"),  # 5 + 60 = n_positions + 1 is allowed, as in transformers
+    (dict(max_length=66), ValueError, "n_positions"),
     (dict(min_new_tokens=-1), ValueError, "min_new_tokens"),
     (dict(do_sample="yes"), TypeError, "do_sample"),
     (dict(do_sample=True, temperature=0.0), ValueError, "temperature"),
@@ -315,8 +315,9 @@ BAD_ARGUMENTS = [
     (dict(seed=-1), ValueError, "seed"),
     (dict(streamer=object()), TypeError, "streamer"),
     (dict(output_scores=1), TypeError, "output_scores"),
-    (dict(use_cache=False), ValueError, "use_cache"),
-    (dict(num_beams=2), TypeError, "num_beams"),
+    (dict(use_cache="no"), TypeError, "use_cache"),
+    (dict(num_beams=2, do_sample=True), ValueError, "beam sampling"),
+    (dict(num_beams=2), ValueError, "streamer"),
     (dict(cuda_graph="yes"), TypeError, "cuda_graph"),
     (dict(eos_check_interval=0), ValueError, "eos_check_interval"),
 ]

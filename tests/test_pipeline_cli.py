@@ -116,12 +116,13 @@ def test_streamers_reject_batches_and_bad_tokenizers(tokenizer):
 # -- pipeline ----------------------------------------------------------------------------------------------------
 def test_pipeline_text_matches_transformers_generate(hf, model, tokenizer):
     generator = gpt_fast.pipeline("text-generation", model=model, tokenizer=tokenizer)
-    result = generator("w1 w2", max_new_tokens=7)
+    result = generator("w1 w2", max_new_tokens=7, do_sample=False)  # the pipeline samples by default
     ids = tokenizer("w1 w2", return_tensors="pt")["input_ids"]
     tokens = hf.generate(ids, max_new_tokens=7, do_sample=False)[0]
-    new_text = tokenizer.decode(tokens)[len(tokenizer.decode(ids[0])):]
-    assert result == [{"generated_text": "w1 w2" + new_text}]
-    assert generator("w1 w2", max_new_tokens=7, return_full_text=False) == [{"generated_text": new_text}]
+    new_text = tokenizer.decode(tokens[ids.shape[1]:])  # transformers 5.x: the new tokens decoded alone,
+    assert result == [{"generated_text": "w1 w2" + new_text}]  # joined to the prompt as they are
+    assert generator("w1 w2", max_new_tokens=7, do_sample=False,
+                     return_full_text=False) == [{"generated_text": new_text}]
 
 
 def test_pipeline_lists_and_num_return_sequences(model, tokenizer):
@@ -133,17 +134,24 @@ def test_pipeline_lists_and_num_return_sequences(model, tokenizer):
         generator(5)
 
 
-def test_task_specific_params_are_defaults_that_calls_override(hf, tokenizer, tmp_path):
+def test_pipeline_defaults_are_transformers_5(hf, tokenizer):
+    # transformers 5.x: task_specific_params are not read; what neither the call, pipeline() nor the model's
+    # generation_config set comes from the pipeline's defaults (max_new_tokens=256, do_sample=True, temperature=0.7)
     ours = OpenAIGPTLMHeadModel.from_transformers(hf)
     ours.config.task_specific_params = {"text-generation": {"max_length": 9, "do_sample": False}}
+    ours.generation_config = gpt_fast.GenerationConfig(max_new_tokens=4)
     generator = gpt_fast.pipeline("text-generation", model=ours, tokenizer=tokenizer)
-    ids_of = lambda text: tokenizer(text, return_tensors="pt")["input_ids"]  # noqa: E731
-    expected_9 = tokenizer.decode(hf.generate(ids_of("w1 w2"), max_length=9, do_sample=False)[0])
-    expected_6 = tokenizer.decode(hf.generate(ids_of("w1 w2"), max_length=6, do_sample=False)[0])
-    assert generator("w1 w2")[0]["generated_text"] == expected_9
-    assert generator("w1 w2", max_length=6)[0]["generated_text"] == expected_6
-    assert gpt_fast.pipeline("text-generation", model=ours, tokenizer=tokenizer,
-                             max_length=6)("w1 w2")[0]["generated_text"] == expected_6
+    ids = tokenizer("w1 w2", return_tensors="pt")["input_ids"]
+    sampled = ours.generate(ids, max_new_tokens=4, do_sample=True, temperature=0.7, seed=3)
+    assert generator("w1 w2", seed=3)[0]["generated_text"] == "w1 w2" + tokenizer.decode(sampled[0, 2:])
+    greedy = hf.generate(ids, max_length=6, do_sample=False)
+    expected = "w1 w2" + tokenizer.decode(greedy[0, 2:])
+    assert generator("w1 w2", max_length=6, do_sample=False)[0]["generated_text"] == expected
+    at_init = gpt_fast.pipeline("text-generation", model=ours, tokenizer=tokenizer, max_length=6, do_sample=False)
+    assert at_init("w1 w2")[0]["generated_text"] == expected
+    assert generator.generate_kwargs({"do_sample": False}) == {"do_sample": False}  # no sampling defaults
+    ours.generation_config = gpt_fast.GenerationConfig()
+    assert generator.generate_kwargs({}) == {"max_new_tokens": 256, "do_sample": True, "temperature": 0.7}
 
 
 def test_pipeline_from_a_folder_with_dtype_and_device(model, tokenizer, tmp_path):

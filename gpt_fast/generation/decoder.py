@@ -33,13 +33,17 @@ class IncrementalDecoder:
         self.cache = cache
         self.plan = plan
         self.n_head = model.config.n_head
+        self.step_types = None  # (B,) token type id of every new token (transformers repeats the prompt's last)
 
-    def prefill(self, packed_ids: torch.Tensor, lengths: torch.Tensor, all_full: bool) -> torch.Tensor:
-        """packed_ids: (B, T), each row's real tokens first; lengths: (B,) real tokens per row (>= 1).
+    def prefill(self, packed_ids: torch.Tensor, lengths: torch.Tensor, all_full: bool,
+                packed_types: torch.Tensor | None = None, step_types: torch.Tensor | None = None) -> torch.Tensor:
+        """packed_ids: (B, T), each row's real tokens first; lengths: (B,) real tokens per row (>= 1);
+        packed_types (B, T) / step_types (B,): optional token type ids of the prompt / of each new token.
         Fills the cache and returns float32 logits (B, V) at each row's last real token."""
         B, T = packed_ids.shape
         C = self.transformer.config.n_embd
-        x = self.transformer.embed(packed_ids, self.transformer.position_ids[:T])  # (B, T, C)
+        self.step_types = step_types
+        x = self.transformer.embed(packed_ids, self.transformer.position_ids[:T], packed_types)  # (B, T, C)
         key_mask = None if all_full else (torch.arange(T, device=x.device)[None, :] < lengths[:, None]).long()
 
         def attend(i, qkv):  # (B, T, 3C) -> (B, T, C), the prompt's keys and values going into the cache
@@ -55,7 +59,8 @@ class IncrementalDecoder:
         """tokens (B,) long -> float32 logits (B, V) of the token after each row's new one."""
         lengths, layers, n_head = self.cache.lengths, self.cache.layers, self.n_head  # lengths (B,): the positions
         decode_attention = self.plan.decode_attention
-        x = self.transformer.embed(tokens[:, None], lengths[:, None])  # (B, 1, C)
+        types = None if self.step_types is None else self.step_types[:, None]
+        x = self.transformer.embed(tokens[:, None], lengths[:, None], types)  # (B, 1, C)
 
         def attend(i, qkv):  # (B, 1, 3C) -> (B, 1, C), appending the token's key and value to the cache
             k_cache, v_cache = layers[i]
@@ -64,6 +69,17 @@ class IncrementalDecoder:
         x = self.transformer.run_layers(x, self.plan, attend)
         lengths.add_(1)
         return self.model.logits(x[:, 0], self.plan).float()  # (B, V)
+
+
+    def reorder(self, rows: torch.Tensor, filled: int) -> None:
+        """Beam search: cache row r takes the keys, values and length of row rows[r], in place in the cache's own
+        tensors (so a captured CUDA graph stays valid); one layer and the first `filled` positions at a time."""
+        for k_cache, v_cache in self.cache.layers:  # (B, H, Tmax, D) each
+            k_cache[:, :, :filled].copy_(k_cache[:, :, :filled].index_select(0, rows))
+            v_cache[:, :, :filled].copy_(v_cache[:, :, :filled].index_select(0, rows))
+        self.cache.lengths.copy_(self.cache.lengths.index_select(0, rows))
+        if self.step_types is not None:
+            self.step_types.copy_(self.step_types.index_select(0, rows))
 
 
 class CUDAGraphStep:

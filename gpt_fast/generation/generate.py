@@ -1,15 +1,18 @@
 """generate(): transformers-compatible text generation over a static KV cache.
 
-Same argument names, defaults and results as transformers' `generate` for a decoder-only model (greedy or
-sampling; no beam search): returns the (B * num_return_sequences, T + new) sequences, or with
+Same argument names, defaults and results as transformers' `generate` for a decoder-only model (greedy, sampling,
+or beam search in beam_search.py): returns the (B * num_return_sequences, T + new) sequences, or with
 `return_dict_in_generate=True` a GenerateOutput holding them and the per-step `scores` (processed) and `logits`
-(raw). Differences, all on purpose:
+(raw), and `attentions` / `hidden_states` when asked. Arguments are checked in arguments.py; keyword arguments
+override `generation_config=`'s set fields, which override model.generation_config's, as in transformers 5.x.
+Differences, all on purpose:
 - each row's positions come from its own attention mask (position = real tokens before it), so a row of a padded
   batch (left- or right-padded) generates exactly what its prompt generates alone; transformers' OpenAIGPT uses
   0..T-1 for every row whatever the padding.
 - one prefill pass, then one token per step through decode_attention over the cache (transformers re-runs the
   whole sequence per token for this model); on CUDA the step is a replayed CUDA graph and EOS is checked on the
-  host only every `eos_check_interval` steps (default 16), so the loop never waits for the device otherwise.
+  host only every `eos_check_interval` steps (default 16; on other devices every step unless it is passed), so
+  the loop never waits for the device otherwise.
 - generation runs in inference mode without dropout, whatever model.training says.
 - `seed=` (an int) or `generator=` (a torch.Generator on the model's device) make sampling reproducible.
 """
@@ -20,205 +23,67 @@ from dataclasses import dataclass
 
 import torch
 
+from gpt_fast.generation.arguments import (
+    GENERATE_KWARGS,
+    GenerationRequest,
+    check_prompt,
+    check_token_type_ids,
+    infer_attention_mask,
+    parse_generation_kwargs,
+)
 from gpt_fast.generation.decoder import CUDAGraphStep, IncrementalDecoder, use_cuda_graph
 from gpt_fast.generation.kv_cache import StaticKVCache
-from gpt_fast.generation.sampling import SamplingConfig, TokenSelector
+from gpt_fast.generation.processors import ExtraProcessors, TokenHistory, stop_flags
+from gpt_fast.generation.sampling import TokenSelector
 from gpt_fast.models.outputs import ModelOutput
-from gpt_fast.models.validation import check_ids_in_range, check_integer_tensor
 from gpt_fast.ops.kernel_plan import plan_kernels
 
-DEFAULT_NEW_TOKENS = 20  # transformers' GenerationConfig.max_length default, counted as new tokens (5.x)
-GENERATE_KWARGS = (
-    "max_new_tokens", "max_length", "min_new_tokens", "min_length", "do_sample", "temperature", "top_k", "top_p",
-    "repetition_penalty", "num_return_sequences", "eos_token_id", "pad_token_id", "generator", "seed", "streamer",
-    "output_scores", "output_logits", "return_dict_in_generate", "use_cache", "cuda_graph", "eos_check_interval",
-)
+__all__ = ["GENERATE_KWARGS", "GenerateOutput", "GenerationRequest", "generate", "parse_generation_kwargs"]
 
 
 @dataclass
 class GenerateOutput(ModelOutput):
-    """As transformers' GenerateDecoderOnlyOutput: sequences (B, T + new); scores / logits: one (B, V) per step."""
+    """As transformers' GenerateDecoderOnlyOutput: sequences (B, T + new); scores / logits: one (B, V) per step;
+    attentions / hidden_states: per step, the model's per-layer tuples over the sequence so far."""
 
     sequences: torch.Tensor = None
     scores: tuple | None = None
     logits: tuple | None = None
+    attentions: tuple | None = None
+    hidden_states: tuple | None = None
 
 
-@dataclass(frozen=True)
-class GenerationRequest:
-    max_new_tokens: int
-    sampling: SamplingConfig
-    num_return_sequences: int
-    eos_token_ids: tuple[int, ...] | None
-    pad_token_id: int | None
-    generator: torch.Generator | None
-    streamer: object | None
-    output_scores: bool
-    output_logits: bool
-    return_dict_in_generate: bool
-    cuda_graph: bool | None
-    eos_check_interval: int
+@dataclass
+class Prepared:
+    """A request's prompt, packed for the cache, and the objects every decoding loop shares."""
 
+    input_ids: torch.Tensor  # (R, T) as passed (padding included), repeated per returned sequence / beam
+    attention_mask: torch.Tensor | None  # (R, T)
+    packed: torch.Tensor  # (R, T) each row's real tokens first
+    lengths: torch.Tensor  # (R,)
+    decoder: IncrementalDecoder
+    selector: TokenSelector
+    extra: ExtraProcessors
+    history: TokenHistory | None
+    eos_ids: torch.Tensor | None
+    graph: bool
+    check_every: int
+    order: torch.Tensor | None  # (R, T) the gather that packed the prompt, None when nothing is padded
 
-# -- argument checks ----------------------------------------------------------------------------------------------
-def _int(name, value, low, allow_none=True):
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {value!r}")
-    if value < low:
-        raise ValueError(f"{name} must be >= {low}, got {value}")
-    return value
-
-
-def _float(name, value, low, high, low_open=True):
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number, got {value!r}")
-    value = float(value)
-    if not (low < value if low_open else low <= value) or not value <= high:
-        interval = f"{'(' if low_open else '['}{low}, {high}]"
-        raise ValueError(f"{name} must lie in {interval}, got {value}")
-    return value
-
-
-def _bool(name, value):
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be True or False, got {value!r}")
-    return value
-
-
-def _token_ids(name, value, vocab_size):
-    if value is None:
-        return None
-    if isinstance(value, torch.Tensor):
-        value = value.flatten().tolist()
-    ids = [value] if isinstance(value, int) and not isinstance(value, bool) else value
-    if not isinstance(ids, (list, tuple)) or not ids or any(isinstance(i, bool) or not isinstance(i, int) for i in ids):
-        raise TypeError(f"{name} must be a token id (int) or a non-empty list of them, got {value!r}")
-    bad = [i for i in ids if not 0 <= i < vocab_size]
-    if bad:
-        raise ValueError(f"{name} {bad} lies outside the vocabulary [0, {vocab_size})")
-    return tuple(ids)
-
-
-def check_prompt(model, input_ids, attention_mask):
-    """Validates the prompt and returns (input_ids, attention_mask or None) on the model's device."""
-    if input_ids is None:
-        raise ValueError("generate needs input_ids of shape (batch, prompt_length)")
-    check_integer_tensor("input_ids", input_ids)
-    if input_ids.dim() != 2 or input_ids.shape[0] == 0 or input_ids.shape[1] == 0:
-        raise ValueError("input_ids must have shape (batch, prompt_length) with both > 0, "
-                         f"got {tuple(input_ids.shape)}")
-    check_ids_in_range("input_ids", input_ids, model.config.vocab_size)
-    device = model.device
-    input_ids = input_ids.to(device)
-    if attention_mask is None:
-        return input_ids, None
-    if not isinstance(attention_mask, torch.Tensor):
-        raise TypeError(f"attention_mask must be a torch.Tensor, got {type(attention_mask).__name__}")
-    if tuple(attention_mask.shape) != tuple(input_ids.shape):
-        raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)} but input_ids has shape "
-                         f"{tuple(input_ids.shape)}")
-    attention_mask = attention_mask.to(device)
-    if attention_mask.is_floating_point() or attention_mask.is_complex():
-        raise TypeError(f"attention_mask must hold 0/1 integers or booleans, got dtype {attention_mask.dtype}")
-    if not bool(((attention_mask == 0) | (attention_mask == 1)).all()):
-        raise ValueError("attention_mask must hold only 0 (padding) and 1 (real token)")
-    if not bool((attention_mask != 0).any(dim=1).all()):
-        raise ValueError("every row of attention_mask needs at least one real token (a 1)")
-    return input_ids, attention_mask.long()
-
-
-def parse_generation_kwargs(model, prompt_length: int, kwargs: dict) -> GenerationRequest:
-    """Checks every argument against transformers' rules and fills in their defaults."""
-    unknown = sorted(set(kwargs) - set(GENERATE_KWARGS))
-    if unknown:
-        raise TypeError(f"generate() got unexpected arguments {unknown}; it takes {', '.join(GENERATE_KWARGS)}")
-    config = model.config
-    get = kwargs.get
-    n_positions = config.n_positions
-    max_new, max_length = _int("max_new_tokens", get("max_new_tokens"), 1), _int("max_length", get("max_length"), 1)
-    if max_new is None and max_length is not None:
-        if max_length <= prompt_length:
-            raise ValueError(f"the prompt has {prompt_length} tokens but max_length is {max_length}: nothing to "
-                             "generate; raise max_length or set max_new_tokens")
-        max_new = max_length - prompt_length
-    elif max_new is None:  # transformers: 20 new tokens, capped at the model's maximum length
-        max_new = min(prompt_length + DEFAULT_NEW_TOKENS, n_positions) - prompt_length
-    if prompt_length + max_new > n_positions:
-        raise ValueError(f"the prompt ({prompt_length} tokens) plus {max_new} new tokens exceeds the model's "
-                         f"maximum of n_positions={n_positions} tokens")
-    min_new = _int("min_new_tokens", get("min_new_tokens"), 0)
-    min_length = _int("min_length", get("min_length", 0), 0, allow_none=False)
-    # transformers: min_new_tokens, when given, replaces min_length (min_length = prompt + min_new_tokens)
-    eos_blocked_steps = min_new if min_new is not None else min_length - prompt_length
-
-    do_sample = _bool("do_sample", get("do_sample", False))
-    temperature = _float("temperature", get("temperature", 1.0), 0.0, float("inf"))
-    top_k = _int("top_k", get("top_k", 50), 0) or 0
-    top_p = _float("top_p", get("top_p", 1.0), 0.0, 1.0, low_open=False)
-    penalty = _float("repetition_penalty", get("repetition_penalty", 1.0), 0.0, float("inf"))
-    num_return = _int("num_return_sequences", get("num_return_sequences", 1), 1, allow_none=False)
-    if num_return > 1 and not do_sample:
-        raise ValueError(f"num_return_sequences={num_return} needs do_sample=True (greedy decoding gives one "
-                         "sequence per prompt)")
-
-    eos = _token_ids("eos_token_id", get("eos_token_id", config.eos_token_id), config.vocab_size)
-    pad = _token_ids("pad_token_id", get("pad_token_id", config.pad_token_id), config.vocab_size)
-    if pad is not None and len(pad) != 1:
-        raise TypeError(f"pad_token_id must be a single token id, got {pad}")
-    pad = pad[0] if pad is not None else (eos[0] if eos is not None else None)  # transformers: pad = eos
-
-    generator, seed = get("generator"), get("seed")
-    if generator is not None and seed is not None:
-        raise ValueError("pass generator or seed, not both")
-    if generator is not None:
-        if not isinstance(generator, torch.Generator):
-            raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
-        if generator.device.type != model.device.type:
-            raise ValueError(f"generator is on {generator.device} but the model is on {model.device}")
-    if seed is not None:
-        _int("seed", seed, 0)
-        generator = torch.Generator(model.device).manual_seed(seed)
-    streamer = get("streamer")
-    if streamer is not None and not all(callable(getattr(streamer, name, None)) for name in ("put", "end")):
-        raise TypeError("streamer must have put(token_ids) and end() methods (like transformers' streamers)")
-    if not get("use_cache", True):
-        raise ValueError("use_cache=False is not supported: gpt_fast always decodes over its static KV cache")
-    cuda_graph = get("cuda_graph")
-    if cuda_graph is not None:
-        _bool("cuda_graph", cuda_graph)
-
-    sampling = SamplingConfig(do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p,
-                              repetition_penalty=penalty,
-                              eos_blocked_steps=eos_blocked_steps)
-    return GenerationRequest(
-        max_new_tokens=max_new, sampling=sampling, num_return_sequences=num_return, eos_token_ids=eos,
-        pad_token_id=pad, generator=generator, streamer=streamer,
-        output_scores=_bool("output_scores", get("output_scores", False)),
-        output_logits=_bool("output_logits", get("output_logits", False)),
-        return_dict_in_generate=_bool("return_dict_in_generate", get("return_dict_in_generate", False)),
-        cuda_graph=cuda_graph, eos_check_interval=_int("eos_check_interval", get("eos_check_interval", 16), 1))
-
-
-def infer_attention_mask(input_ids, request: GenerationRequest):
-    """transformers' rule: padding = pad_token_id when it occurs in the prompt and differs from EOS."""
-    pad, eos = request.pad_token_id, request.eos_token_ids
-    if pad is None or (eos is not None and pad in eos) or not bool((input_ids == pad).any()):
-        return None
-    mask = (input_ids != pad).long()
-    if not bool(mask.any(dim=1).all()):
-        raise ValueError("a prompt row holds only pad_token_id; pass an attention_mask")
-    return mask
+    def first_logits(self, types, all_full) -> torch.Tensor:
+        packed_types = None if types is None else types.gather(1, self.order) if self.order is not None else types
+        step_types = None if types is None else types[:, -1].clone()
+        return self.decoder.prefill(self.packed, self.lengths, all_full, packed_types, step_types)
 
 
 # -- the loop -----------------------------------------------------------------------------------------------------
 @torch.inference_mode()
-def generate(model, input_ids=None, attention_mask=None, **kwargs):
+def generate(model, input_ids=None, attention_mask=None, generation_config=None, **kwargs):
     """Generates continuations of input_ids (B, T). See the module docstring; arguments as transformers'.
     The model runs in eval mode (no dropout) for the call and gets its own mode back afterwards."""
     if not (hasattr(model, "transformer") and hasattr(model, "lm_head")):
         raise TypeError(f"generate needs a language model with an LM head, got {type(model).__name__}")
+    kwargs = merge_generation_config(model, generation_config, kwargs)
     was_training = model.training
     model.eval()
     try:
@@ -227,75 +92,124 @@ def generate(model, input_ids=None, attention_mask=None, **kwargs):
         model.train(was_training)
 
 
-def _generate(model, input_ids, attention_mask, kwargs: dict):
-    input_ids, attention_mask = check_prompt(model, input_ids, attention_mask)
-    request = parse_generation_kwargs(model, input_ids.shape[1], kwargs)
-    if attention_mask is None:
-        attention_mask = infer_attention_mask(input_ids, request)
-    if request.num_return_sequences > 1:
-        input_ids = input_ids.repeat_interleave(request.num_return_sequences, dim=0)
-        if attention_mask is not None:
-            attention_mask = attention_mask.repeat_interleave(request.num_return_sequences, dim=0)
+def merge_generation_config(model, generation_config, kwargs: dict) -> dict:
+    """As transformers 5.x: kwargs > generation_config's set fields > model.generation_config's > global defaults."""
+    from gpt_fast.generation.config import GenerationConfig
 
+    if generation_config is not None and not isinstance(generation_config, GenerationConfig):
+        raise TypeError("generation_config must be a gpt_fast.GenerationConfig, got "
+                        f"{type(generation_config).__name__}")
+    model_config = getattr(model, "generation_config", None)
+    merged = {} if model_config is None else model_config.generate_kwargs()
+    if generation_config is not None:
+        merged.update(generation_config.generate_kwargs())
+    return {**merged, **kwargs}
+
+
+def prepare(model, input_ids, attention_mask, request: GenerationRequest, rows_per_prompt: int):
     device, config = input_ids.device, model.config
+    if rows_per_prompt > 1:
+        input_ids = input_ids.repeat_interleave(rows_per_prompt, dim=0)
+        if attention_mask is not None:
+            attention_mask = attention_mask.repeat_interleave(rows_per_prompt, dim=0)
     B, T = input_ids.shape
-    max_new = request.max_new_tokens
+    order = None
     if attention_mask is None:
-        packed, lengths, all_full = input_ids, torch.full((B,), T, dtype=torch.long, device=device), True
+        packed, lengths = input_ids, torch.full((B,), T, dtype=torch.long, device=device)
     else:  # each row's real tokens first, in order: the cache then holds no padding
         order = torch.argsort((attention_mask == 0).to(torch.int8), dim=1, stable=True)  # (B, T)
-        packed, lengths, all_full = input_ids.gather(1, order), attention_mask.sum(dim=1), False
-
+        packed, lengths = input_ids.gather(1, order), attention_mask.sum(dim=1)
     graph = use_cuda_graph(device, request.cuda_graph)  # raises if cuda_graph=True cannot be honoured
     plan = plan_kernels(model.attn_implementation, device, model.dtype)  # no dropout, no gradients
-    cache = StaticKVCache(config.n_layer, B, config.n_head, T + max_new, config.n_embd // config.n_head,
-                          model.dtype, device)
-    decoder = IncrementalDecoder(model, cache, plan)
+    cache = StaticKVCache(config.n_layer, B, config.n_head, T + request.max_new_tokens,
+                          config.n_embd // config.n_head, model.dtype, device)
     eos_ids = None if request.eos_token_ids is None else torch.tensor(request.eos_token_ids, device=device)
     selector = TokenSelector(request.sampling, eos_ids, B, config.vocab_size, device, request.generator)
     selector.add_prompt(packed, lengths)
+    history = TokenHistory(packed, lengths, request.max_new_tokens) if ExtraProcessors.needs_history(request) else None
+    interval = request.eos_check_interval
+    check_every = interval if interval is not None else (16 if device.type == "cuda" else 1)
+    return Prepared(input_ids, attention_mask, packed, lengths, IncrementalDecoder(model, cache, plan), selector,
+                    ExtraProcessors(request, history, device), history, eos_ids, graph, check_every, order)
 
-    generated = torch.full((B, max_new), request.pad_token_id or 0, dtype=torch.long, device=device)  # (B, N)
-    unfinished = torch.ones(B, dtype=torch.bool, device=device)
-    alive = torch.ones(max_new, dtype=torch.bool, device=device)  # alive[s]: a row is unfinished after step s
+
+def _generate(model, input_ids, attention_mask, kwargs: dict):
+    input_ids, attention_mask = check_prompt(model, input_ids, attention_mask)
+    types = check_token_type_ids(model, kwargs.pop("token_type_ids", None), input_ids)
+    request = parse_generation_kwargs(model, input_ids.shape[1], kwargs)
+    if attention_mask is None:
+        attention_mask = infer_attention_mask(input_ids, request)
+    if request.num_beams > 1:
+        from gpt_fast.generation.beam_search import beam_search
+
+        return beam_search(model, input_ids, attention_mask, types, request)
+    rows = request.num_return_sequences
+    if types is not None and rows > 1:
+        types = types.repeat_interleave(rows, dim=0)
+    p = prepare(model, input_ids, attention_mask, request, rows)
+    input_ids, selector, eos_ids = p.input_ids, p.selector, p.eos_ids
+    B, T = input_ids.shape
+    max_new = request.max_new_tokens
+    generated = torch.full((B, max_new), request.pad_token_id or 0, dtype=torch.long, device=input_ids.device)
+    unfinished = torch.ones(B, dtype=torch.bool, device=input_ids.device)
+    alive = torch.ones(max_new, dtype=torch.bool, device=input_ids.device)  # alive[s]: a row unfinished after step s
+    criteria = request.stopping_criteria
+    tracking = eos_ids is not None or bool(criteria)
     streamer = request.streamer
     if streamer is not None:
         streamer.put(input_ids.cpu())
-    logits = decoder.prefill(packed, lengths, all_full)  # (B, V) float32
+    logits = p.first_logits(types, attention_mask is None)  # (B, V) float32
     step_fn = None  # made after the first token is out, so a CUDA graph capture does not delay it
-    check_every = request.eos_check_interval if device.type == "cuda" else 1
     scores_out, logits_out, steps = [], [], 0
     for step in range(max_new):
         if request.output_logits:
             logits_out.append(logits.clone())
-        scores = selector.process(logits, step)
+        scores = selector.process(logits, step, p.extra, lambda s=step: torch.cat([input_ids, generated[:, :s]], dim=1))
         if request.output_scores:
             scores_out.append(scores.clone())
         tokens = selector.select(scores)  # (B,)
         if eos_ids is not None:
             tokens = torch.where(unfinished, tokens, request.pad_token_id)
             unfinished &= ~torch.isin(tokens, eos_ids)
-            alive[step] = unfinished.any()
         generated[:, step] = tokens
+        if criteria:
+            so_far = tuple(scores_out) if request.output_scores and request.return_dict_in_generate else None
+            unfinished &= ~stop_flags(criteria, torch.cat([input_ids, generated[:, :step + 1]], dim=1), so_far)
+        if tracking:
+            alive[step] = unfinished.any()
         selector.add_tokens(tokens)
+        if p.history is not None:
+            p.history.append(tokens)
         steps = step + 1
         if streamer is not None:
             streamer.put(tokens.cpu())
-        if eos_ids is not None and (steps % check_every == 0 or streamer is not None) and not bool(alive[step]):
-            break
+        if (tracking and steps % p.check_every == 0) or streamer is not None:  # where the loop syncs anyway
+            selector.check_valid()
+            if tracking and not bool(alive[step]):
+                break
         if steps < max_new:
             if step_fn is None:
-                step_fn = CUDAGraphStep(decoder, B) if graph else decoder.step
+                step_fn = CUDAGraphStep(p.decoder, B) if p.graph else p.decoder.step
             logits = step_fn(tokens)
-    if eos_ids is not None and steps > 0:  # deferred checks: keep up to the step where every row had finished
-        done = (~alive[:steps]).nonzero()
-        if done.numel():
-            steps = int(done[0, 0]) + 1
+    selector.check_valid()
+    if tracking and steps > 0:  # deferred checks: keep up to the step where every row had finished
+        steps = first_done(alive, steps)
     if streamer is not None:
         streamer.end()
     sequences = torch.cat([input_ids, generated[:, :steps]], dim=1)  # (B, T + steps)
     if not request.return_dict_in_generate:
         return sequences
+    from gpt_fast.generation.inspection import step_outputs
+
+    attentions, hidden = step_outputs(model, request, [sequences[:, :T + s] for s in range(steps)],
+                                      p.attention_mask, types)
     return GenerateOutput(sequences=sequences,
                           scores=tuple(scores_out[:steps]) if request.output_scores else None,
-                          logits=tuple(logits_out[:steps]) if request.output_logits else None)
+                          logits=tuple(logits_out[:steps]) if request.output_logits else None,
+                          attentions=attentions, hidden_states=hidden)
+
+
+def first_done(alive: torch.Tensor, steps: int) -> int:
+    """The number of steps up to and including the first after which no row was alive (else steps)."""
+    done = (~alive[:steps]).nonzero()
+    return int(done[0, 0]) + 1 if done.numel() else steps

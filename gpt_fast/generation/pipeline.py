@@ -3,10 +3,13 @@
     generator = gpt_fast.pipeline("text-generation", model="path/to/openai-gpt")
     generator("The future of AI is", max_length=50, do_sample=True)  # -> [{"generated_text": "..."}]
 
-As in transformers: a string gives a list of dicts (one per returned sequence), a list of strings a list of such
-lists; the checkpoint's `task_specific_params["text-generation"]` are generation defaults that keyword arguments
-given to pipeline() and then to the call override; `return_full_text=False` gives only the new text; prompts are
-generated one at a time (transformers' default batch_size=1).
+As transformers 5.x's pipeline: a string gives a list of dicts (one per returned sequence), a list of strings a
+list of such lists; generation arguments given to pipeline() apply to every call, a call's own over them (a call
+passing generation_config= does not take pipeline()'s); for what neither these nor model.generation_config set the
+pipeline's defaults apply: max_new_tokens=256 (not when max_length is set), do_sample=True, temperature=0.7 (only
+when sampling) and the tokenizer's pad_token_id; `task_specific_params` are not read (transformers 5.x reads them
+no more); the generated text is the prompt followed by the decoded new tokens, joined as they are (no space added);
+`return_full_text=False` gives only the new text; prompts are generated one at a time (batch_size=1).
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from gpt_fast.names import parse_device, parse_dtype
 from gpt_fast.tokenization.tokenizer import OpenAIGPTTokenizerFast
 
 TASK = "text-generation"
+PIPELINE_DEFAULTS = {"max_new_tokens": 256, "do_sample": True, "temperature": 0.7}  # transformers 5.x's
+SAMPLING_PARAMS = ("temperature", "top_k", "top_p")  # pipeline defaults for these apply only when sampling
 CALL_OPTIONS = ("return_full_text", "return_text", "return_tensors", "clean_up_tokenization_spaces")
 
 
@@ -69,8 +74,22 @@ class TextGenerationPipeline:
     def __init__(self, model, tokenizer, generate_defaults: dict | None = None):
         self.model = model
         self.tokenizer = tokenizer
-        task_params = (getattr(model.config, "task_specific_params", None) or {}).get(TASK, {})
-        self.defaults = {**task_params, **(generate_defaults or {})}
+        self.defaults = dict(generate_defaults or {})  # pipeline()'s generation arguments
+
+    def generate_kwargs(self, call_kwargs: dict) -> dict:
+        """One call's generate() arguments, as transformers 5.x's pipeline makes them."""
+        kwargs = dict(call_kwargs) if "generation_config" in call_kwargs else {**self.defaults, **call_kwargs}
+        config = kwargs.get("generation_config")
+        set_params = {**self.model.generation_config.generate_kwargs(),
+                      **(config.generate_kwargs() if config is not None else {}), **kwargs}
+        added = {k: v for k, v in PIPELINE_DEFAULTS.items()
+                 if k not in set_params and not (k == "max_new_tokens" and "max_length" in set_params)}
+        pad = getattr(self.tokenizer, "pad_token_id", None)
+        if pad is not None and "pad_token_id" not in set_params:
+            added["pad_token_id"] = pad
+        if not {**set_params, **added}.get("do_sample"):
+            added = {k: v for k, v in added.items() if k not in SAMPLING_PARAMS}
+        return {**kwargs, **added}
 
     @property
     def device(self) -> torch.device:
@@ -86,7 +105,7 @@ class TextGenerationPipeline:
                             ("return_tensors", return_tensors)):
             if not isinstance(value, bool):
                 raise TypeError(f"{name} must be True or False, got {value!r}")
-        kwargs = {**self.defaults, **generate_kwargs}
+        kwargs = self.generate_kwargs(generate_kwargs)
         results = [self._one(p, kwargs, return_full_text, return_text, return_tensors, clean_up_tokenization_spaces)
                    for p in prompts]
         return results[0] if single else results
@@ -99,7 +118,6 @@ class TextGenerationPipeline:
         decode = dict(skip_special_tokens=True)
         if clean_up is not None:
             decode["clean_up_tokenization_spaces"] = clean_up
-        prompt_chars = len(self.tokenizer.decode(input_ids[0].tolist(), **decode))
         records = []
         for sequence in sequences:
             record = {}
@@ -107,7 +125,7 @@ class TextGenerationPipeline:
                 kept = sequence if full_text else sequence[input_ids.shape[-1]:]
                 record["generated_token_ids"] = kept.tolist()
             if return_text:
-                new_text = self.tokenizer.decode(sequence.tolist(), **decode)[prompt_chars:]
+                new_text = self.tokenizer.decode(sequence[input_ids.shape[-1]:].tolist(), **decode)
                 record["generated_text"] = prompt + new_text if full_text else new_text
             records.append(record)
         return records

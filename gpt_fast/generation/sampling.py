@@ -43,6 +43,14 @@ class TokenSelector:
         if config.repetition_penalty != 1.0:
             self.seen = torch.zeros(batch, vocab_size, dtype=torch.bool, device=device)  # (B, V)
         self.noise = torch.empty(batch, vocab_size, dtype=torch.float32, device=device) if config.do_sample else None
+        self.invalid = torch.zeros((), dtype=torch.bool, device=device)  # () a sampled row had no valid probabilities
+
+    def check_valid(self) -> None:
+        """Raises if a sampled step had no valid probabilities (reads one device value: call where the loop syncs)."""
+        if self.config.do_sample and bool(self.invalid):
+            raise RuntimeError("sampling met scores that are all -inf or NaN in a row (probabilities contain inf, NaN "
+                               "or nothing to draw from), e.g. from a temperature so small that logits / "
+                               "temperature overflow; transformers' multinomial raises here too")
 
     def add_prompt(self, packed_ids: torch.Tensor, lengths: torch.Tensor) -> None:
         """Marks each row's real prompt tokens as seen. packed_ids: (B, T) real tokens first; lengths: (B,)."""
@@ -58,15 +66,26 @@ class TokenSelector:
         if self.seen is not None:
             self.seen.scatter_(1, tokens[:, None], True)
 
-    def process(self, logits: torch.Tensor, step: int) -> torch.Tensor:
-        """logits: (B, V) float32, modified in place and returned as the processed scores."""
+    def reorder(self, rows: torch.Tensor) -> None:
+        """Beam search: row r takes the penalty state of row rows[r] (in place)."""
+        if self.seen is not None:
+            self.seen.copy_(self.seen.index_select(0, rows))
+
+    def process(self, logits: torch.Tensor, step: int, extra=None, input_ids=None) -> torch.Tensor:
+        """logits: (B, V) float32, modified in place and returned as the processed scores. extra: the request's
+        ExtraProcessors (processors.py), run at their places in transformers' order; input_ids: a callable giving
+        the sequences so far for the caller's processors."""
         cfg = self.config
         scores = logits
         if self.seen is not None:
             penalised = torch.where(scores < 0, scores * cfg.repetition_penalty, scores / cfg.repetition_penalty)
             scores = torch.where(self.seen, penalised, scores)
+        if extra is not None:
+            scores = extra.before_min_length(scores)
         if self.eos_ids is not None and step < cfg.eos_blocked_steps:
             scores.index_fill_(1, self.eos_ids, float("-inf"))
+        if extra is not None:
+            scores = extra.after_min_length(scores, input_ids)
         if not cfg.do_sample:
             return scores
         if cfg.temperature != 1.0:
@@ -88,5 +107,8 @@ class TokenSelector:
         if not self.config.do_sample:
             return scores.argmax(dim=-1)
         probs = torch.softmax(scores, dim=-1)  # (B, V)
+        # a row whose scores are all -inf (or hold NaN / +inf) has no distribution: noted on the device, read by the
+        # loop where it already syncs (transformers' multinomial raises at once)
+        self.invalid |= ~torch.isfinite(probs).all()
         self.noise.exponential_(generator=self.generator)
         return (probs / self.noise).argmax(dim=-1)

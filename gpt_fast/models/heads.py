@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gpt_fast.generation.config import GenerationConfigMixin
 from gpt_fast.generation.generate import generate
 from gpt_fast.models.configuration import OpenAIGPTConfig
 from gpt_fast.models.linear import project_to_vocab
@@ -81,7 +82,7 @@ class SequenceSummary(nn.Module):
         return self.last_dropout(self.activation(self.summary(self.first_dropout(output))))
 
 
-class OpenAIGPTLMHeadModel(OpenAIGPTPreTrainedModel):
+class OpenAIGPTLMHeadModel(GenerationConfigMixin, OpenAIGPTPreTrainedModel):
     accepts_loss_kwargs = True  # transformers' Trainer passes num_items_in_batch
 
     def __init__(self, config: OpenAIGPTConfig, attn_implementation: str | None = None):

@@ -1,0 +1,258 @@
+"""generate()'s arguments: checked against transformers' rules, with transformers' defaults, into one
+GenerationRequest. A GenerationConfig (generation/config.py) supplies defaults that keyword arguments override."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from gpt_fast.generation.sampling import SamplingConfig
+from gpt_fast.models.validation import check_ids_in_range, check_integer_tensor
+
+DEFAULT_NEW_TOKENS = 20  # transformers' GenerationConfig.max_length default, counted as new tokens (5.x)
+GENERATE_KWARGS = (
+    "max_new_tokens", "max_length", "min_new_tokens", "min_length", "do_sample", "temperature", "top_k", "top_p",
+    "repetition_penalty", "num_return_sequences", "eos_token_id", "pad_token_id", "generator", "seed", "streamer",
+    "output_scores", "output_logits", "return_dict_in_generate", "use_cache", "cuda_graph", "eos_check_interval",
+    "num_beams", "length_penalty", "early_stopping", "no_repeat_ngram_size", "bad_words_ids",
+    "remove_invalid_values", "logits_processor", "stopping_criteria", "output_attentions", "output_hidden_states",
+    "token_type_ids",
+)
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    max_new_tokens: int
+    sampling: SamplingConfig
+    num_return_sequences: int
+    eos_token_ids: tuple[int, ...] | None
+    pad_token_id: int | None
+    generator: torch.Generator | None
+    streamer: object | None
+    output_scores: bool
+    output_logits: bool
+    return_dict_in_generate: bool
+    cuda_graph: bool | None
+    eos_check_interval: int | None  # None: 16 on CUDA, every step elsewhere
+    num_beams: int = 1
+    length_penalty: float = 1.0
+    early_stopping: bool | str = False
+    no_repeat_ngram_size: int = 0
+    bad_words_ids: tuple[tuple[int, ...], ...] | None = None
+    remove_invalid_values: bool = False
+    logits_processor: tuple = ()
+    stopping_criteria: tuple = ()
+    output_attentions: bool = False
+    output_hidden_states: bool = False
+
+
+# -- argument checks ----------------------------------------------------------------------------------------------
+def _int(name, value, low, allow_none=True):
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    if value < low:
+        raise ValueError(f"{name} must be >= {low}, got {value}")
+    return value
+
+
+def _float(name, value, low, high, low_open=True):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    value = float(value)
+    if not (low < value if low_open else low <= value) or not value <= high:
+        interval = f"{'(' if low_open else '['}{low}, {high}]"
+        raise ValueError(f"{name} must lie in {interval}, got {value}")
+    return value
+
+
+def _bool(name, value):
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
+def _token_ids(name, value, vocab_size):
+    if value is None:
+        return None
+    if isinstance(value, torch.Tensor):
+        value = value.flatten().tolist()
+    ids = [value] if isinstance(value, int) and not isinstance(value, bool) else value
+    if not isinstance(ids, (list, tuple)) or not ids or any(isinstance(i, bool) or not isinstance(i, int) for i in ids):
+        raise TypeError(f"{name} must be a token id (int) or a non-empty list of them, got {value!r}")
+    bad = [i for i in ids if not 0 <= i < vocab_size]
+    if bad:
+        raise ValueError(f"{name} {bad} lies outside the vocabulary [0, {vocab_size})")
+    return tuple(ids)
+
+
+def _bad_words(value, vocab_size, eos):
+    if value is None:
+        return None
+    if not isinstance(value, (list, tuple)) or not value or not all(isinstance(w, (list, tuple)) for w in value):
+        raise TypeError(f"bad_words_ids must be a non-empty list of lists of token ids, got {value!r}")
+    words = tuple(_token_ids("bad_words_ids", list(w), vocab_size) for w in value)
+    return tuple(w for w in words if not (len(w) == 1 and eos is not None and w[0] in eos)) or None  # as transformers
+
+
+def _callables(name, value, signature):
+    if value is None:
+        return ()
+    items = list(value) if isinstance(value, (list, tuple)) else [value]
+    if not all(callable(item) for item in items):
+        raise TypeError(f"{name} must be a list of callables {signature}, got {value!r}")
+    return tuple(items)
+
+
+def check_prompt(model, input_ids, attention_mask):
+    """Validates the prompt and returns (input_ids, attention_mask or None) on the model's device."""
+    if input_ids is None:
+        raise ValueError("generate needs input_ids of shape (batch, prompt_length)")
+    check_integer_tensor("input_ids", input_ids)
+    if input_ids.dim() != 2 or input_ids.shape[0] == 0 or input_ids.shape[1] == 0:
+        raise ValueError("input_ids must have shape (batch, prompt_length) with both > 0, "
+                         f"got {tuple(input_ids.shape)}")
+    check_ids_in_range("input_ids", input_ids, model.config.vocab_size)
+    device = model.device
+    input_ids = input_ids.to(device)
+    if attention_mask is None:
+        return input_ids, None
+    if not isinstance(attention_mask, torch.Tensor):
+        raise TypeError(f"attention_mask must be a torch.Tensor, got {type(attention_mask).__name__}")
+    if tuple(attention_mask.shape) != tuple(input_ids.shape):
+        raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)} but input_ids has shape "
+                         f"{tuple(input_ids.shape)}")
+    attention_mask = attention_mask.to(device)
+    if attention_mask.is_floating_point() or attention_mask.is_complex():
+        raise TypeError(f"attention_mask must hold 0/1 integers or booleans, got dtype {attention_mask.dtype}")
+    if not bool(((attention_mask == 0) | (attention_mask == 1)).all()):
+        raise ValueError("attention_mask must hold only 0 (padding) and 1 (real token)")
+    if not bool((attention_mask != 0).any(dim=1).all()):
+        raise ValueError("every row of attention_mask needs at least one real token (a 1)")
+    return input_ids, attention_mask.long()
+
+
+def check_token_type_ids(model, token_type_ids, input_ids):
+    """token_type_ids (B, T) like input_ids: embedded with the token embedding, as the model's forward does."""
+    if token_type_ids is None:
+        return None
+    check_integer_tensor("token_type_ids", token_type_ids)
+    if tuple(token_type_ids.shape) != tuple(input_ids.shape):
+        raise ValueError(f"token_type_ids has shape {tuple(token_type_ids.shape)} but input_ids has shape "
+                         f"{tuple(input_ids.shape)}")
+    check_ids_in_range("token_type_ids", token_type_ids, model.config.vocab_size)
+    return token_type_ids.to(input_ids.device)
+
+
+def _lengths(get, prompt_length, n_positions):
+    max_new, max_length = _int("max_new_tokens", get("max_new_tokens"), 1), _int("max_length", get("max_length"), 1)
+    if prompt_length > n_positions:
+        raise ValueError(f"the prompt has {prompt_length} tokens, more than the model's n_positions={n_positions}")
+    if max_new is None and max_length is not None:
+        if max_length <= prompt_length:
+            raise ValueError(f"the prompt has {prompt_length} tokens but max_length is {max_length}: nothing to "
+                             "generate; raise max_length or set max_new_tokens")
+        max_new = max_length - prompt_length
+    elif max_new is None:  # transformers: 20 new tokens, the total capped at the model's n_positions
+        max_new = min(prompt_length + DEFAULT_NEW_TOKENS, n_positions) - prompt_length
+        if max_new == 0:  # transformers raises here too (its max_length equals the prompt length)
+            raise ValueError(f"the prompt has {prompt_length} tokens, the model's maximum (n_positions): the default "
+                             "max_length leaves nothing to generate; set max_new_tokens")
+    # the last new token is never fed back, so it needs no position: prompt + new may reach n_positions + 1
+    if prompt_length + max_new > n_positions + 1:
+        raise ValueError(f"the prompt ({prompt_length} tokens) plus {max_new} new tokens exceeds the model's "
+                         f"maximum of n_positions={n_positions} tokens (+ the last new token, never fed back)")
+    return max_new
+
+
+def parse_generation_kwargs(model, prompt_length: int, kwargs: dict) -> GenerationRequest:
+    """Checks every argument against transformers' rules and fills in their defaults."""
+    unknown = sorted(set(kwargs) - set(GENERATE_KWARGS))
+    if unknown:
+        raise TypeError(f"generate() got unexpected arguments {unknown}; it takes {', '.join(GENERATE_KWARGS)}")
+    config = model.config
+    get = kwargs.get
+    max_new = _lengths(get, prompt_length, config.n_positions)
+    min_new = _int("min_new_tokens", get("min_new_tokens"), 0)
+    min_length = _int("min_length", get("min_length", 0), 0, allow_none=False)
+    # transformers: min_new_tokens, when given, replaces min_length (min_length = prompt + min_new_tokens)
+    eos_blocked_steps = min_new if min_new is not None else min_length - prompt_length
+
+    do_sample = _bool("do_sample", get("do_sample", False))
+    temperature = _float("temperature", get("temperature", 1.0), 0.0, float("inf"))
+    top_k = _int("top_k", get("top_k", 50), 0) or 0
+    top_p = _float("top_p", get("top_p", 1.0), 0.0, 1.0, low_open=False)
+    penalty = _float("repetition_penalty", get("repetition_penalty", 1.0), 0.0, float("inf"))
+    num_beams = _int("num_beams", get("num_beams", 1), 1, allow_none=False)
+    num_return = _int("num_return_sequences", get("num_return_sequences", 1), 1, allow_none=False)
+    if num_beams > 1:
+        if do_sample:
+            raise ValueError("beam sampling (num_beams > 1 with do_sample=True) is not supported; use one of them")
+        if num_return > num_beams:
+            raise ValueError(f"num_return_sequences={num_return} must be <= num_beams={num_beams}")
+        if get("streamer") is not None:
+            raise ValueError("streamer cannot be used with beam search (num_beams > 1), as in transformers")
+    elif num_return > 1 and not do_sample:
+        raise ValueError(f"num_return_sequences={num_return} needs do_sample=True or num_beams >= "
+                         f"{num_return} (greedy decoding gives one sequence per prompt)")
+    length_penalty = _float("length_penalty", get("length_penalty", 1.0), float("-inf"), float("inf"))
+    early_stopping = get("early_stopping", False)
+    if early_stopping not in (True, False, "never") or not isinstance(early_stopping, (bool, str)):
+        raise ValueError(f"early_stopping must be True, False or 'never', got {early_stopping!r}")
+    ngram = _int("no_repeat_ngram_size", get("no_repeat_ngram_size", 0), 0, allow_none=False)
+
+    eos = _token_ids("eos_token_id", get("eos_token_id", config.eos_token_id), config.vocab_size)
+    pad = _token_ids("pad_token_id", get("pad_token_id", config.pad_token_id), config.vocab_size)
+    if pad is not None and len(pad) != 1:
+        raise TypeError(f"pad_token_id must be a single token id, got {pad}")
+    pad = pad[0] if pad is not None else (eos[0] if eos is not None else None)  # transformers: pad = eos
+
+    generator, seed = get("generator"), get("seed")
+    if generator is not None and seed is not None:
+        raise ValueError("pass generator or seed, not both")
+    if generator is not None:
+        if not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+        if generator.device.type != model.device.type:
+            raise ValueError(f"generator is on {generator.device} but the model is on {model.device}")
+    if seed is not None:
+        _int("seed", seed, 0)
+        generator = torch.Generator(model.device).manual_seed(seed)
+    streamer = get("streamer")
+    if streamer is not None and not all(callable(getattr(streamer, name, None)) for name in ("put", "end")):
+        raise TypeError("streamer must have put(token_ids) and end() methods (like transformers' streamers)")
+    _bool("use_cache", get("use_cache", True))  # False gives the same tokens: the cache is how gpt_fast decodes
+    cuda_graph = get("cuda_graph")
+    if cuda_graph is not None:
+        _bool("cuda_graph", cuda_graph)
+
+    sampling = SamplingConfig(do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p,
+                              repetition_penalty=penalty,
+                              eos_blocked_steps=eos_blocked_steps)
+    return GenerationRequest(
+        max_new_tokens=max_new, sampling=sampling, num_return_sequences=num_return, eos_token_ids=eos,
+        pad_token_id=pad, generator=generator, streamer=streamer,
+        output_scores=_bool("output_scores", get("output_scores", False)),
+        output_logits=_bool("output_logits", get("output_logits", False)),
+        return_dict_in_generate=_bool("return_dict_in_generate", get("return_dict_in_generate", False)),
+        cuda_graph=cuda_graph, eos_check_interval=_int("eos_check_interval", get("eos_check_interval"), 1),
+        num_beams=num_beams, length_penalty=length_penalty, early_stopping=early_stopping,
+        no_repeat_ngram_size=ngram, bad_words_ids=_bad_words(get("bad_words_ids"), config.vocab_size, eos),
+        remove_invalid_values=_bool("remove_invalid_values", get("remove_invalid_values", False)),
+        logits_processor=_callables("logits_processor", get("logits_processor"), "processor(input_ids, scores)"),
+        stopping_criteria=_callables("stopping_criteria", get("stopping_criteria"), "criteria(input_ids, scores)"),
+        output_attentions=_bool("output_attentions", get("output_attentions", False)),
+        output_hidden_states=_bool("output_hidden_states", get("output_hidden_states", False)))
+
+
+def infer_attention_mask(input_ids, request: GenerationRequest):
+    """transformers' rule: padding = pad_token_id when it occurs in the prompt and differs from EOS."""
+    pad, eos = request.pad_token_id, request.eos_token_ids
+    if pad is None or (eos is not None and pad in eos) or not bool((input_ids == pad).any()):
+        return None
+    mask = (input_ids != pad).long()
+    if not bool(mask.any(dim=1).all()):
+        raise ValueError("a prompt row holds only pad_token_id; pass an attention_mask")
+    return mask

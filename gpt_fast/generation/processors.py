@@ -1,0 +1,123 @@
+"""The logits processors beyond sampling.py's: no_repeat_ngram_size, bad_words_ids, remove_invalid_values, and the
+caller's own `logits_processor` / `stopping_criteria` callables (transformers' call signatures).
+
+The n-gram and bad-word rules read each row's token history as that row alone would have it (TokenHistory: the real
+prompt tokens packed first, then the new tokens), so a row of a padded batch is processed as its prompt alone; the
+caller's callables get transformers' view instead: the prompt as passed (padding included) and the new tokens.
+Everything runs on the device without reading a value on the host.
+"""
+
+from __future__ import annotations
+
+import torch
+
+NEG_INF = float("-inf")
+
+
+class TokenHistory:
+    """ids (R, T + N): each row's real prompt tokens first, then its new tokens; lengths (R,) tokens held per row."""
+
+    def __init__(self, packed_ids: torch.Tensor, lengths: torch.Tensor, max_new: int):
+        R, T = packed_ids.shape
+        self.ids = torch.zeros(R, T + max_new, dtype=torch.long, device=packed_ids.device)
+        self.ids[:, :T] = packed_ids
+        self.lengths = lengths.clone()
+
+    def append(self, tokens: torch.Tensor) -> None:  # tokens (R,)
+        self.ids.scatter_(1, self.lengths[:, None], tokens[:, None])
+        self.lengths.add_(1)
+
+    def reorder(self, rows: torch.Tensor) -> None:  # in place: row r takes the history of row rows[r]
+        self.ids.copy_(self.ids.index_select(0, rows))
+        self.lengths.copy_(self.lengths.index_select(0, rows))
+
+    def last(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each row's last n tokens (R, n) and whether the row holds that many (R,)."""
+        start = self.lengths[:, None] - n + torch.arange(n, device=self.ids.device)[None, :]  # (R, n)
+        return self.ids.gather(1, start.clamp(min=0)), self.lengths >= n
+
+
+def ban_repeated_ngrams(scores: torch.Tensor, history: TokenHistory, n: int) -> None:
+    """Sets to -inf, per row, every token that would complete an n-gram the row already holds (in place)."""
+    R, V = scores.shape
+    ids, lengths = history.ids, history.lengths
+    windows = ids.unfold(1, n, 1)  # (R, W, n): the n-gram starting at each position
+    starts = torch.arange(windows.shape[1], device=ids.device)
+    suffix, long_enough = history.last(n - 1)  # (R, n-1): what the next token would extend
+    match = (windows[..., :-1] == suffix[:, None, :]).all(dim=-1)  # (R, W)
+    match &= (starts[None, :] + n <= lengths[:, None]) & long_enough[:, None]
+    banned = torch.zeros(R, V + 1, dtype=torch.bool, device=ids.device)  # column V takes the non-matches
+    banned.scatter_(1, torch.where(match, windows[..., -1], V), True)
+    scores.masked_fill_(banned[:, :V], NEG_INF)
+
+
+class BadWords:
+    """bad_words_ids: single tokens are always banned; a longer sequence bans its last token right after the
+    row's history ends with the rest of it."""
+
+    def __init__(self, words: tuple[tuple[int, ...], ...], device: torch.device):
+        single = [w[0] for w in words if len(w) == 1]
+        self.single = torch.tensor(single, dtype=torch.long, device=device) if single else None
+        self.multi = [(torch.tensor(w[:-1], dtype=torch.long, device=device), w[-1]) for w in words if len(w) > 1]
+
+    def __call__(self, scores: torch.Tensor, history: TokenHistory) -> None:
+        if self.single is not None:
+            scores.index_fill_(1, self.single, NEG_INF)
+        for prefix, last in self.multi:
+            tail, long_enough = history.last(prefix.shape[0])
+            hit = (tail == prefix[None, :]).all(dim=-1) & long_enough  # (R,)
+            scores[:, last] = torch.where(hit, NEG_INF, scores[:, last])
+
+
+def remove_invalid_values(scores: torch.Tensor) -> torch.Tensor:
+    """NaN -> 0, +inf / -inf -> the dtype's largest / lowest finite value (transformers' InfNanRemove)."""
+    info = torch.finfo(scores.dtype)
+    return torch.nan_to_num(scores, nan=0.0, posinf=info.max, neginf=info.min)
+
+
+class ExtraProcessors:
+    """The processors of one request, in transformers' order around sampling.py's: `before_min_length` (n-grams, bad
+    words) runs after the repetition penalty, `after_min_length` (invalid values, then the caller's processors)
+    after the EOS mask of min_length, before temperature / top-k / top-p."""
+
+    def __init__(self, request, history: TokenHistory | None, device: torch.device):
+        self.ngram = request.no_repeat_ngram_size
+        self.bad_words = BadWords(request.bad_words_ids, device) if request.bad_words_ids else None
+        self.remove_invalid = request.remove_invalid_values
+        self.custom = request.logits_processor
+        self.history = history
+
+    @staticmethod
+    def needs_history(request) -> bool:
+        return bool(request.no_repeat_ngram_size or request.bad_words_ids)
+
+    def before_min_length(self, scores: torch.Tensor) -> torch.Tensor:
+        if self.ngram:
+            ban_repeated_ngrams(scores, self.history, self.ngram)
+        if self.bad_words is not None:
+            self.bad_words(scores, self.history)
+        return scores
+
+    def after_min_length(self, scores: torch.Tensor, input_ids) -> torch.Tensor:
+        """input_ids: a callable giving transformers' view of the sequences so far (made only when needed)."""
+        if self.remove_invalid:
+            scores = remove_invalid_values(scores)
+        if self.custom:
+            ids = input_ids()
+            for processor in self.custom:
+                scores = processor(ids, scores)
+                if not isinstance(scores, torch.Tensor):
+                    raise TypeError(f"logits processor {processor!r} must return the scores tensor, got "
+                                    f"{type(scores).__name__}")
+        return scores
+
+
+def stop_flags(criteria: tuple, input_ids: torch.Tensor, scores) -> torch.Tensor | None:
+    """ORs the caller's stopping criteria into a (R,) bool tensor; a criterion may return a bool or a tensor."""
+    if not criteria:
+        return None
+    done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+    for criterion in criteria:
+        result = criterion(input_ids, scores)
+        done = done | torch.as_tensor(result, device=input_ids.device).to(torch.bool)
+    return done

@@ -20,7 +20,7 @@ from gpt_fast.checkpoints.hub import resolve_model_folder
 from gpt_fast.checkpoints.tensor_files import iter_safetensors, iter_torch_bin
 from gpt_fast.models.configuration import CONFIG_NAME, OpenAIGPTConfig
 from gpt_fast.models.initialization import initialize_parameter
-from gpt_fast.names import parse_device, parse_dtype
+from gpt_fast.names import MODEL_DTYPES, parse_device, parse_dtype
 
 logger = logging.getLogger("gpt_fast")
 
@@ -30,6 +30,8 @@ BIN_WEIGHTS = "pytorch_model.bin"
 BIN_INDEX = "pytorch_model.bin.index.json"
 IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")  # causal-mask buffers of old checkpoints
 TIED = ("lm_head.weight", "transformer.tokens_embed.weight")
+
+
 @dataclass
 class LoadingInfo:
     missing_keys: list[str] = field(default_factory=list)
@@ -72,24 +74,56 @@ def target_key(key: str, prefix: str, expected: dict) -> str | None:
     return None
 
 
+def config_dtype(config: OpenAIGPTConfig, where) -> torch.dtype | None:
+    """The dtype a config names (`dtype`, as transformers 5 writes it, else the older `torch_dtype`), or None."""
+    for field_name in ("dtype", "torch_dtype"):
+        value = getattr(config, field_name, None)
+        if value is not None:
+            dtype = parse_dtype(value, f"{where}: field {field_name!r}")
+            return None if dtype == "auto" else dtype
+    return None
+
+
+def stored_dtype(folder: Path) -> torch.dtype | None:
+    """The dtype of the first floating-point tensor (by name) of the checkpoint's first file, or None."""
+    path, kind = weight_files(folder)[0]
+    entries = iter_safetensors(path) if kind == "safetensors" else iter_torch_bin(path)
+    floating = sorted((key, dtype) for key, _, dtype, _ in entries if dtype.is_floating_point)
+    return floating[0][1] if floating else None
+
+
+def resolve_dtype(dtype, config: OpenAIGPTConfig, folder: Path, where) -> torch.dtype:
+    """The one dtype every tensor of the model is loaded in, as transformers decides it: an explicit dtype as given;
+    None or "auto" (transformers 5 treats None as "auto"): the config's dtype, else the stored dtype of the
+    checkpoint's first floating-point tensor, else torch's default dtype."""
+    dtype = parse_dtype(dtype)
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    found = config_dtype(config, where) or stored_dtype(folder)
+    if found is not None and found not in MODEL_DTYPES:
+        raise ValueError(f"the checkpoint in {str(folder)!r} is stored in {found}, which gpt_fast cannot run; pass "
+                         f"dtype= one of {', '.join(str(d) for d in MODEL_DTYPES)}")
+    return found or torch.get_default_dtype()
+
+
 def load_pretrained(cls, name_or_path, *, dtype, device, attn_implementation, config, output_loading_info,
                     config_overrides):
     folder = resolve_model_folder(name_or_path)
+    config_where = "the config= argument"
     if config is None:
         if not (folder / CONFIG_NAME).is_file():
             raise FileNotFoundError(f"no {CONFIG_NAME} in {str(folder)!r}")
         config = OpenAIGPTConfig.from_json_file(folder / CONFIG_NAME, **config_overrides)
+        config_where = str(folder / CONFIG_NAME)
     elif config_overrides:
         raise ValueError("pass either config= or config keyword overrides, not both")
-    dtype, device = parse_dtype(dtype), parse_device(device)
+    dtype, device = resolve_dtype(dtype, config, folder, config_where), parse_device(device)
     with torch.device("meta"):
         model = cls(config, attn_implementation=attn_implementation)
     expected = model.state_dict()
     prefix = cls.base_model_prefix
     info, loaded = LoadingInfo(), {}
-    for key, shape, stored_dtype, load in checkpoint_entries(folder):
-        if dtype == "auto" and stored_dtype.is_floating_point:
-            dtype = stored_dtype
+    for key, shape, _, load in checkpoint_entries(folder):
         if key.endswith(IGNORED_SUFFIXES):
             info.ignored_keys.append(key)
             continue
@@ -100,11 +134,11 @@ def load_pretrained(cls, name_or_path, *, dtype, device, attn_implementation, co
         if tuple(expected[name].shape) != shape:
             raise ValueError(f"checkpoint weight {key!r} has shape {shape}, but the model's {name!r} needs "
                              f"{tuple(expected[name].shape)} (does config.json match the weights?)")
-        loaded[name] = load(dtype if stored_dtype.is_floating_point and dtype != "auto" else None, device)
+        loaded[name] = load(dtype, device)  # every tensor in the one dtype, whatever it was stored in
     _tie_loaded(loaded, expected)
     info.missing_keys = [k for k in expected if k not in loaded]
     model.load_state_dict(loaded, strict=False, assign=True)
-    _materialize_missing(model, device, None if dtype == "auto" else dtype)
+    _materialize_missing(model, device, dtype)
     model.tie_weights()
     model.eval()
     if info.missing_keys:
@@ -124,10 +158,8 @@ def _tie_loaded(loaded: dict, expected: dict) -> None:
             loaded[lm] = loaded[embed]
 
 
-def _materialize_missing(model, device, dtype) -> None:
+def _materialize_missing(model, device, dtype: torch.dtype) -> None:
     """Allocates and initialises parameters the checkpoint lacked, and recreates non-persistent buffers."""
-
-    dtype = dtype or next((p.dtype for p in model.parameters() if not p.is_meta), torch.float32)
     for module_name, module in model.named_modules():
         for name, param in list(module.named_parameters(recurse=False)):
             if param.is_meta:
@@ -145,7 +177,8 @@ def save_pretrained(model, save_directory) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     config_dict = model.config.to_dict()
     config_dict["architectures"] = [type(model).__name__]
-    config_dict["torch_dtype"] = str(model.dtype).removeprefix("torch.")
+    # transformers 5 reads `dtype` before `torch_dtype`, older versions only `torch_dtype`: both name the saved dtype
+    config_dict["dtype"] = config_dict["torch_dtype"] = str(model.dtype).removeprefix("torch.")
     (folder / CONFIG_NAME).write_text(json.dumps(config_dict, indent=2, sort_keys=True) + "\n")
     state, seen = {}, set()
     for key, tensor in model.state_dict().items():

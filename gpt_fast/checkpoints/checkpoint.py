@@ -45,17 +45,34 @@ def weight_files(folder: Path) -> list[tuple[Path, str]]:
         if (folder / name).is_file():
             return [(folder / name, kind)]
         if (folder / index).is_file():
-            try:
-                weight_map = json.loads((folder / index).read_text())["weight_map"]
-            except (json.JSONDecodeError, KeyError, TypeError) as error:
-                raise ValueError(f"{folder / index} is not a valid index file: {error!r}") from None
-            shards = [folder / shard for shard in sorted(set(weight_map.values()))]
+            shards = [folder / shard for shard in sorted(set(index_weight_map(folder / index).values()))]
             missing = [str(s) for s in shards if not s.is_file()]
             if missing:
                 raise FileNotFoundError(f"{folder / index} names shards that do not exist: {missing}")
             return [(shard, kind) for shard in shards]
     raise FileNotFoundError(f"no weights in {str(folder)!r}: looked for {SAFE_WEIGHTS}, {SAFE_INDEX}, "
                             f"{BIN_WEIGHTS} and {BIN_INDEX}")
+
+
+def index_weight_map(path: Path) -> dict[str, str]:
+    """The `weight_map` (tensor name -> shard file name) of a sharded checkpoint's index file, checked."""
+    try:
+        index = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path} is not a valid index file: it is not JSON ({error})") from None
+    if not isinstance(index, dict):
+        raise ValueError(f"{path} is not a valid index file: expected a JSON object, got {type(index).__name__}")
+    if "weight_map" not in index:
+        raise ValueError(f"{path} is not a valid index file: it has no field 'weight_map'")
+    weight_map = index["weight_map"]
+    if not isinstance(weight_map, dict):
+        raise ValueError(f"{path} is not a valid index file: field 'weight_map' must be an object mapping tensor "
+                         f"names to shard files, got {type(weight_map).__name__}")
+    for key, shard in weight_map.items():
+        if not isinstance(shard, str) or not shard or Path(shard).is_absolute() or ".." in Path(shard).parts:
+            raise ValueError(f"{path} is not a valid index file: field 'weight_map' maps {key!r} to {shard!r}, "
+                             "which is not the name of a file in the index's folder")
+    return weight_map
 
 
 def checkpoint_entries(folder: Path):

@@ -31,7 +31,7 @@ def add_parser(sub) -> None:
     gen.add_argument("--num-return-sequences", type=positive_int, default=1)
     gen.add_argument("--eos-token-id", type=int)
     gen.add_argument("--seed", type=int, help="makes sampling reproducible")
-    gen.add_argument("--dtype", default="float32", help="float32, bfloat16, float16 or auto (default float32)")
+    gen.add_argument("--dtype", default="float32", help="float32, bfloat16, float16, float64 or auto (default float32)")
     gen.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ... (default cpu)")
     gen.add_argument("--attn-implementation", choices=("auto",) + ATTN_IMPLEMENTATIONS, default="auto")
     gen.add_argument("--no-stream", action="store_true", help="print the text at the end instead of streaming")

@@ -26,5 +26,30 @@ if extension_loaded():
 
 def flash_attention(qkv, key_padding_mask, n_head: int):
     """Causal attention. qkv: (B, T, 3C) = q | k | v; key_padding_mask: (B, T) bool (True = attend) or None.
-    Returns (B, T, C); query rows with no key to attend give zeros."""
-    return torch.ops.gpt_fast.flash_attention(qkv, key_padding_mask, n_head)
+    Returns (B, T, C); query rows with no key to attend give zeros. A NaN or infinity in a query, or in a key
+    the row attends, makes that row (of that head) NaN, as PyTorch's attention math does (see
+    propagate_nonfinite); a NaN or infinity in a value reaches the output through the kernel itself."""
+    out = torch.ops.gpt_fast.flash_attention(qkv, key_padding_mask, n_head)
+    return propagate_nonfinite(out, qkv, key_padding_mask, n_head)
+
+
+def propagate_nonfinite(out, qkv, key_padding_mask, n_head: int):
+    """out (B, T, C) with NaN in each (query row, head) whose query, or any key it attends (causal, not padded),
+    holds a NaN or an infinity.
+
+    The kernel's online softmax drops NaN scores (its max and exp2 use ordered comparisons), so without this a
+    broken query or key gives a finite, wrong output where the eager math gives NaN. This pass reads q and k once
+    more and writes the output once more (memory-bound, a few percent of the kernel's time at GPT-1's shapes),
+    with no host synchronisation (so it also runs under torch.compile and CUDA graphs).
+    """
+    B, T, C3 = qkv.shape
+    C = C3 // 3
+    qk = qkv[..., :2 * C].unflatten(-1, (2, n_head, C // n_head))  # (B, T, 2, H, D), a view
+    # amax propagates NaN and keeps infinities, and cannot overflow; isfinite(...).all() on this strided view is
+    # 10-100x slower
+    bad = ~torch.isfinite(qk.abs().amax(dim=-1))  # (B, T, 2, H)
+    bad_q, bad_k = bad.unbind(dim=2)  # (B, T, H) each
+    if key_padding_mask is not None:
+        bad_k = bad_k & key_padding_mask.bool()[:, :, None]  # a padded key is never attended
+    bad_rows = bad_q | (bad_k.cumsum(dim=1) > 0)  # causal: row i sees keys 0..i
+    return out.unflatten(-1, (n_head, C // n_head)).masked_fill(bad_rows[..., None], float("nan")).flatten(-2)

@@ -147,7 +147,7 @@ class OpenAIGPTConfig:
         for name in BOOLEANS:
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"config.{name} must be true or false, got {getattr(self, name)!r}")
-        if self.summary_activation not in (None, "tanh"):
+        if self.summary_activation not in (None, "", "tanh"):  # the only ones the heads implement
             raise ValueError(f"config.summary_activation must be null or 'tanh', got {self.summary_activation!r}")
         for name in ("pad_token_id", "bos_token_id"):
             if getattr(self, name) is not None and not _is_int(getattr(self, name)):

@@ -23,13 +23,18 @@ def check_attn_implementation(name: str | None) -> str | None:
     return name
 
 
-def parse_dtype(dtype) -> torch.dtype | str | None:
-    """A floating torch.dtype, one of DTYPES' names (with or without "torch."), "auto" or None."""
-    if dtype is None or (isinstance(dtype, torch.dtype) and dtype.is_floating_point) or dtype == "auto":
+MODEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)  # the dtypes a model can run in
+
+
+def parse_dtype(dtype, name: str = "dtype") -> torch.dtype | str | None:
+    """One of MODEL_DTYPES (a torch.dtype, or one of DTYPES' names with or without "torch."), "auto" or None.
+    name: what the value is called in the error (an argument, or a config file's field)."""
+    if dtype is None or dtype == "auto" or (isinstance(dtype, torch.dtype) and dtype in MODEL_DTYPES):
         return dtype
     if isinstance(dtype, str) and dtype.removeprefix("torch.") in DTYPES:
         return DTYPES[dtype.removeprefix("torch.")]
-    raise ValueError(f"dtype must be a torch floating dtype, one of {sorted(DTYPES)} or 'auto', got {dtype!r}")
+    raise ValueError(f"{name} must be one of torch.float32, torch.bfloat16, torch.float16, torch.float64 (or a name "
+                     f"of one: {', '.join(sorted(DTYPES))}) or 'auto', got {dtype!r}")
 
 
 def parse_device(device) -> torch.device:

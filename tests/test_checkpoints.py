@@ -255,6 +255,8 @@ def test_bad_device_string_in_from_pretrained(tmp_path):
 def test_name_without_huggingface_hub_is_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "huggingface_hub", None)  # makes `import huggingface_hub` fail
     with pytest.raises(FileNotFoundError, match="huggingface_hub"):
+        gpt_fast.OpenAIGPTLMHeadModel.from_pretrained("no-such-model")
+    with pytest.raises(FileNotFoundError, match="no such folder"):  # a path, not a hub id: the hub is not asked
         gpt_fast.OpenAIGPTLMHeadModel.from_pretrained(str(tmp_path / "no-such-model"))
     with pytest.raises(FileNotFoundError, match="huggingface_hub"):
         gpt_fast.AutoModel.from_pretrained("openai-community/openai-gpt-not-a-folder")

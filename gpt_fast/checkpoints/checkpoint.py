@@ -19,7 +19,7 @@ from gpt_fast.checkpoints.hub import resolve_model_folder
 from gpt_fast.checkpoints.tensor_files import iter_safetensors, iter_torch_bin
 from gpt_fast.models.configuration import CONFIG_NAME, OpenAIGPTConfig
 from gpt_fast.models.initialization import initialize_parameter
-from gpt_fast.names import parse_device, parse_dtype
+from gpt_fast.names import MODEL_DTYPES, parse_device, parse_dtype
 
 logger = logging.getLogger("gpt_fast")
 
@@ -51,17 +51,34 @@ def weight_files(folder: Path) -> list[tuple[Path, str]]:
         if (folder / name).is_file():
             return [(folder / name, kind)]
         if (folder / index).is_file():
-            try:
-                weight_map = json.loads((folder / index).read_text())["weight_map"]
-            except (json.JSONDecodeError, KeyError, TypeError) as error:
-                raise ValueError(f"{folder / index} is not a valid index file: {error!r}") from None
-            shards = [folder / shard for shard in sorted(set(weight_map.values()))]
+            shards = [folder / shard for shard in sorted(set(index_weight_map(folder / index).values()))]
             missing = [str(s) for s in shards if not s.is_file()]
             if missing:
                 raise FileNotFoundError(f"{folder / index} names shards that do not exist: {missing}")
             return [(shard, kind) for shard in shards]
     raise FileNotFoundError(f"no weights in {str(folder)!r}: looked for {SAFE_WEIGHTS}, {SAFE_INDEX}, "
                             f"{BIN_WEIGHTS} and {BIN_INDEX}")
+
+
+def index_weight_map(path: Path) -> dict[str, str]:
+    """The `weight_map` (tensor name -> shard file name) of a sharded checkpoint's index file, checked."""
+    try:
+        index = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path} is not a valid index file: it is not JSON ({error})") from None
+    if not isinstance(index, dict):
+        raise ValueError(f"{path} is not a valid index file: expected a JSON object, got {type(index).__name__}")
+    if "weight_map" not in index:
+        raise ValueError(f"{path} is not a valid index file: it has no field 'weight_map'")
+    weight_map = index["weight_map"]
+    if not isinstance(weight_map, dict):
+        raise ValueError(f"{path} is not a valid index file: field 'weight_map' must be an object mapping tensor "
+                         f"names to shard files, got {type(weight_map).__name__}")
+    for key, shard in weight_map.items():
+        if not isinstance(shard, str) or not shard or Path(shard).is_absolute() or ".." in Path(shard).parts:
+            raise ValueError(f"{path} is not a valid index file: field 'weight_map' maps {key!r} to {shard!r}, "
+                             "which is not the name of a file in the index's folder")
+    return weight_map
 
 
 def checkpoint_entries(folder: Path):
@@ -85,6 +102,38 @@ def _base_prefix(model) -> str:
     return model.base_model_prefix if model.base_model is not model else ""
 
 
+def config_dtype(config: OpenAIGPTConfig, where) -> torch.dtype | None:
+    """The dtype a config names (`dtype`, as transformers 5 writes it, else the older `torch_dtype`), or None."""
+    for field_name in ("dtype", "torch_dtype"):
+        value = getattr(config, field_name, None)
+        if value is not None:
+            dtype = parse_dtype(value, f"{where}: field {field_name!r}")
+            return None if dtype == "auto" else dtype
+    return None
+
+
+def stored_dtype(folder: Path) -> torch.dtype | None:
+    """The dtype of the first floating-point tensor (by name) of the checkpoint's first file, or None."""
+    path, kind = weight_files(folder)[0]
+    entries = iter_safetensors(path) if kind == "safetensors" else iter_torch_bin(path)
+    floating = sorted((key, dtype) for key, _, dtype, _ in entries if dtype.is_floating_point)
+    return floating[0][1] if floating else None
+
+
+def resolve_dtype(dtype, config: OpenAIGPTConfig, folder: Path, where) -> torch.dtype:
+    """The one dtype every tensor of the model is loaded in, as transformers decides it: an explicit dtype as given;
+    None or "auto" (transformers 5 treats None as "auto"): the config's dtype, else the stored dtype of the
+    checkpoint's first floating-point tensor, else torch's default dtype."""
+    dtype = parse_dtype(dtype)
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    found = config_dtype(config, where) or stored_dtype(folder)
+    if found is not None and found not in MODEL_DTYPES:
+        raise ValueError(f"the checkpoint in {str(folder)!r} is stored in {found}, which gpt_fast cannot run; pass "
+                         f"dtype= one of {', '.join(str(d) for d in MODEL_DTYPES)}")
+    return found or torch.get_default_dtype()
+
+
 def load_pretrained(cls, name_or_path, *, dtype, device, attn_implementation, config, output_loading_info,
                     config_overrides, ignore_mismatched_sizes=False, subfolder=""):
     folder = resolve_model_folder(name_or_path)
@@ -92,21 +141,21 @@ def load_pretrained(cls, name_or_path, *, dtype, device, attn_implementation, co
         folder = folder / subfolder
         if not folder.is_dir():
             raise FileNotFoundError(f"no subfolder {subfolder!r} in {str(folder.parent)!r}")
+    config_where = "the config= argument"
     if config is None:
         if not (folder / CONFIG_NAME).is_file():
             raise FileNotFoundError(f"no {CONFIG_NAME} in {str(folder)!r}")
         config = OpenAIGPTConfig.from_json_file(folder / CONFIG_NAME, **config_overrides)
+        config_where = str(folder / CONFIG_NAME)
     elif config_overrides:
         raise ValueError("pass either config= or config keyword overrides, not both")
-    dtype, device = parse_dtype(dtype), parse_device(device)
+    dtype, device = resolve_dtype(dtype, config, folder, config_where), parse_device(device)
     with torch.device("meta"):
         model = cls(config, attn_implementation=attn_implementation)
     expected = model.state_dict()
     prefix = _base_prefix(model)
     info, loaded = LoadingInfo(), {}
-    for key, shape, stored_dtype, load in checkpoint_entries(folder):
-        if dtype == "auto" and stored_dtype.is_floating_point:
-            dtype = stored_dtype
+    for key, shape, _, load in checkpoint_entries(folder):
         if key.endswith(IGNORED_SUFFIXES):
             info.ignored_keys.append(key)
             continue
@@ -121,14 +170,14 @@ def load_pretrained(cls, name_or_path, *, dtype, device, attn_implementation, co
             raise ValueError(f"checkpoint weight {key!r} has shape {shape}, but the model's {name!r} needs "
                              f"{tuple(expected[name].shape)} (does config.json match the weights? "
                              "ignore_mismatched_sizes=True leaves such weights newly initialised)")
-        loaded[name] = load(dtype if stored_dtype.is_floating_point and dtype != "auto" else None, device)
+        loaded[name] = load(dtype, device)  # every tensor in the one dtype, whatever it was stored in
     _tie_loaded(loaded, expected)
     mismatched = {name for name, _, _ in info.mismatched_keys}
     if TIED[1] in mismatched and config.tie_word_embeddings:
         mismatched.add(TIED[0])  # the tied head is the embedding, reported once as mismatched
     info.missing_keys.extend(k for k in expected if k not in loaded and k not in mismatched)
     model.load_state_dict(loaded, strict=False, assign=True)
-    _materialize_missing(model, device, None if dtype == "auto" else dtype)
+    _materialize_missing(model, device, dtype)
     model.tie_weights()
     model.eval()
     if info.missing_keys:
@@ -151,10 +200,8 @@ def _tie_loaded(loaded: dict, expected: dict) -> None:
             loaded[lm] = loaded[embed]
 
 
-def _materialize_missing(model, device, dtype) -> None:
+def _materialize_missing(model, device, dtype: torch.dtype) -> None:
     """Allocates and initialises parameters the checkpoint lacked, and recreates non-persistent buffers."""
-
-    dtype = dtype or next((p.dtype for p in model.parameters() if not p.is_meta), torch.float32)
     for module_name, module in model.named_modules():
         for name, param in list(module.named_parameters(recurse=False)):
             if param.is_meta:
@@ -172,7 +219,8 @@ def save_pretrained(model, save_directory) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     config_dict = model.config.to_dict()
     config_dict["architectures"] = [type(model).__name__]
-    config_dict["torch_dtype"] = str(model.dtype).removeprefix("torch.")
+    # transformers 5 reads `dtype` before `torch_dtype`, older versions only `torch_dtype`: both name the saved dtype
+    config_dict["dtype"] = config_dict["torch_dtype"] = str(model.dtype).removeprefix("torch.")
     (folder / CONFIG_NAME).write_text(json.dumps(config_dict, indent=2, sort_keys=True) + "\n")
     state, seen = {}, set()
     for key, tensor in model.state_dict().items():

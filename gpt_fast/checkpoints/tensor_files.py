@@ -48,19 +48,39 @@ def _header(path: Path) -> tuple[dict, int]:
     header.pop("__metadata__", None)
     data_start, data_size = 8 + header_len, size - 8 - header_len
     for name, entry in header.items():
-        try:
-            dtype = SAFETENSORS_DTYPES[entry["dtype"]]
-            begin, end = entry["data_offsets"]
-            count = math.prod(entry["shape"])
-        except (KeyError, TypeError, ValueError):
-            raise CorruptCheckpointError(f"{path}: tensor {name!r} has an unsupported or malformed entry "
-                                         f"{entry!r}") from None
-        nbytes = count * torch.empty((), dtype=dtype).element_size()
+        dtype, shape, (begin, end) = _check_entry(path, name, entry)
+        nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
         if not 0 <= begin <= end <= data_size or end - begin != nbytes:
             raise CorruptCheckpointError(
                 f"{path} is truncated or corrupt: tensor {name!r} needs bytes [{begin}, {end}) of a data section "
                 f"of {data_size} bytes and {nbytes} bytes for shape {entry['shape']}")
     return header, data_start
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_entry(path: Path, name: str, entry) -> tuple[torch.dtype, list[int], list[int]]:
+    """One header entry's (dtype, shape, data_offsets), each field checked for its JSON type; a malformed field is a
+    CorruptCheckpointError naming the file, the tensor and the field."""
+    def malformed(field: str, expected: str, value) -> CorruptCheckpointError:
+        return CorruptCheckpointError(f"{path} is corrupt: tensor {name!r} has a malformed header field {field!r}: "
+                                      f"expected {expected}, got {value!r}")
+
+    if not isinstance(entry, dict):
+        raise malformed("(the entry)", "an object with dtype, shape and data_offsets", entry)
+    for field in ("dtype", "shape", "data_offsets"):
+        if field not in entry:
+            raise CorruptCheckpointError(f"{path} is corrupt: tensor {name!r} has no header field {field!r}")
+    dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+    if not isinstance(dtype, str) or dtype not in SAFETENSORS_DTYPES:
+        raise malformed("dtype", f"one of {', '.join(SAFETENSORS_DTYPES)}", dtype)
+    if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
+        raise malformed("shape", "a list of non-negative integers", shape)
+    if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_int(o) and o >= 0 for o in offsets):
+        raise malformed("data_offsets", "a list of two non-negative integers [begin, end]", offsets)
+    return SAFETENSORS_DTYPES[dtype], shape, offsets
 
 
 def _read_into(f, offset: int, dest: torch.Tensor, src_dtype: torch.dtype) -> None:

@@ -6,6 +6,7 @@ import sys
 import time
 from pathlib import Path
 
+from gpt_fast.checkpoints.hub import looks_like_hub_id
 from gpt_fast.cli.common import UsageError, log, positive_int
 from gpt_fast.generation.pipeline import load_tokenizer
 from gpt_fast.generation.streaming import TextStreamer
@@ -30,11 +31,28 @@ def add_parser(sub) -> None:
     gen.add_argument("--num-return-sequences", type=positive_int, default=1)
     gen.add_argument("--eos-token-id", type=int)
     gen.add_argument("--seed", type=int, help="makes sampling reproducible")
-    gen.add_argument("--dtype", default="float32", help="float32, bfloat16, float16 or auto (default float32)")
+    gen.add_argument("--dtype", default="float32", help="float32, bfloat16, float16, float64 or auto (default float32)")
     gen.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ... (default cpu)")
     gen.add_argument("--attn-implementation", choices=("auto",) + ATTN_IMPLEMENTATIONS, default="auto")
     gen.add_argument("--no-stream", action="store_true", help="print the text at the end instead of streaming")
 
+
+def read_stdin() -> str:
+    """stdin as UTF-8 text; binary data is a one-line error, not a decoding traceback."""
+    stream = getattr(sys.stdin, "buffer", None)
+    data = stream.read() if stream is not None else sys.stdin.read()
+    if isinstance(data, str):
+        text = data
+    else:
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise UsageError(f"gpt-fast generate: stdin is not UTF-8 text (byte 0x{data[error.start]:02x} at offset "
+                             f"{error.start}); pipe a text prompt") from None
+    if "\x00" in text:
+        raise UsageError(f"gpt-fast generate: stdin holds binary data (a NUL byte at offset {text.index(chr(0))}); "
+                         "pipe a text prompt")
+    return text
 
 
 def read_prompt(args) -> str:
@@ -43,7 +61,7 @@ def read_prompt(args) -> str:
     elif sys.stdin is None or sys.stdin.isatty():
         raise UsageError("gpt-fast generate: give a prompt as an argument or on stdin (see gpt-fast generate --help)")
     else:
-        prompt = sys.stdin.read()
+        prompt = read_stdin()
     prompt = prompt.rstrip("\n")
     if not prompt.strip():
         raise ValueError("the prompt is empty")
@@ -61,10 +79,24 @@ def generation_kwargs(args) -> dict:
     return kwargs
 
 
+class PromptEchoStreamer(TextStreamer):
+    """Streams the new text after the prompt as the user typed it. generate() hands the streamer the prompt only
+    once it has checked every argument, so an argument error is reported before anything is printed."""
+
+    def __init__(self, prompt: str, tokenizer):
+        super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
+        self.prompt = prompt
+
+    def put(self, value) -> None:
+        if self.next_is_prompt:
+            print(self.prompt, end="", flush=True)
+        super().put(value)
+
+
 def run(args) -> int:
     prompt = read_prompt(args)
-    if not Path(args.model).expanduser().exists() and ("/" in args.model[1:] or args.model.startswith((".", "/"))):
-        raise FileNotFoundError(f"no such model folder: {args.model}")
+    if not Path(args.model).expanduser().exists() and not looks_like_hub_id(args.model):
+        raise FileNotFoundError(f"no such model folder: {args.model} (nor is it a hub model id like 'org/name')")
     start = time.perf_counter()
     log(f"loading {args.model} ...")
     attn = None if args.attn_implementation == "auto" else args.attn_implementation
@@ -78,8 +110,7 @@ def run(args) -> int:
     kwargs = generation_kwargs(args)
     stream = not args.no_stream and args.num_return_sequences == 1
     if stream:
-        print(prompt, end="", flush=True)
-        kwargs["streamer"] = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+        kwargs["streamer"] = PromptEchoStreamer(prompt, tokenizer)
     start = time.perf_counter()
     sequences = model.generate(input_ids, **kwargs).cpu()
     elapsed = time.perf_counter() - start

@@ -5,6 +5,9 @@
 - "sdpa":  torch.nn.functional.scaled_dot_product_attention.
 - "fused": gpt_fast's flash-attention kernel (gpt_fast::flash_attention); no dropout.
 
+NaN or infinity in a query, or in a key a row attends, makes that row NaN on every backend (the fused kernels of
+both "sdpa" and "fused" drop NaN scores; ops/flash_attention.py: propagate_nonfinite marks the rows after them).
+
 Which one runs is the KernelPlan's `attention` (gpt_fast/ops/kernel_plan.py), decided once per forward.
 """
 
@@ -16,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from gpt_fast import ops
+from gpt_fast.ops.flash_attention import propagate_nonfinite
 from gpt_fast.ops.layout import merge_heads, split_qkv
 
 
@@ -55,7 +59,8 @@ def sdpa_attention(qkv, attention_mask, n_head: int, dropout_p: float):
         padding = padding_to_additive(attention_mask, q.dtype)  # (B, 1, 1, T)
         bias = padding.masked_fill(~causal, float("-inf"))  # (B, 1, T, T); the diagonal is always finite
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p)
-    return merge_heads(out)
+    # PyTorch's fused SDPA kernels, like gpt_fast's, drop NaN scores: mark the rows the eager math makes NaN
+    return propagate_nonfinite(merge_heads(out), qkv, attention_mask, n_head)
 
 
 def fused_attention(qkv, attention_mask, n_head: int):

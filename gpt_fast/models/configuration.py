@@ -57,6 +57,18 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
+BOOLEANS = ("summary_use_proj", "summary_proj_to_labels", "tie_word_embeddings", "output_attentions",
+            "output_hidden_states", "return_dict")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 class OpenAIGPTConfig:
     """GPT-1 configuration. Any keyword not listed in DEFAULTS is kept as an attribute and written back."""
 
@@ -79,6 +91,9 @@ class OpenAIGPTConfig:
         for name, value in kwargs.items():
             setattr(self, name, value)
         if id2label is not None:
+            if not isinstance(id2label, dict) or not all(isinstance(k, int) or (isinstance(k, str) and k.isdigit())
+                                                         for k in id2label):
+                raise ValueError(f"config.id2label must map label ids (ints) to names, got {id2label!r}")
             self.id2label = {int(k): v for k, v in id2label.items()}
             if num_labels is not None and num_labels != len(self.id2label):
                 raise ValueError(f"num_labels={num_labels} disagrees with id2label, which has {len(self.id2label)}")
@@ -125,8 +140,21 @@ class OpenAIGPTConfig:
                 continue
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
                 raise ValueError(f"config.{name} must be a probability in [0, 1), got {value!r}")
-        if not isinstance(self.layer_norm_epsilon, (int, float)) or not self.layer_norm_epsilon > 0:
-            raise ValueError(f"config.layer_norm_epsilon must be positive, got {self.layer_norm_epsilon!r}")
+        if not _is_number(self.layer_norm_epsilon) or not self.layer_norm_epsilon > 0:
+            raise ValueError(f"config.layer_norm_epsilon must be a positive number, got {self.layer_norm_epsilon!r}")
+        if not _is_number(self.initializer_range) or not self.initializer_range >= 0:
+            raise ValueError(f"config.initializer_range must be a non-negative number, got {self.initializer_range!r}")
+        for name in BOOLEANS:
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"config.{name} must be true or false, got {getattr(self, name)!r}")
+        if self.summary_activation not in (None, "", "tanh"):  # the only ones the heads implement
+            raise ValueError(f"config.summary_activation must be null or 'tanh', got {self.summary_activation!r}")
+        for name in ("pad_token_id", "bos_token_id"):
+            if getattr(self, name) is not None and not _is_int(getattr(self, name)):
+                raise ValueError(f"config.{name} must be a token id (an int) or null, got {getattr(self, name)!r}")
+        eos = self.eos_token_id
+        if eos is not None and not _is_int(eos) and not (isinstance(eos, list) and eos and all(map(_is_int, eos))):
+            raise ValueError(f"config.eos_token_id must be a token id (an int), a list of them, or null, got {eos!r}")
         if self.summary_type not in SUMMARY_TYPES:
             raise ValueError(f"config.summary_type must be one of {SUMMARY_TYPES}, got {self.summary_type!r}")
         if self.problem_type not in PROBLEM_TYPES:
@@ -181,7 +209,10 @@ class OpenAIGPTConfig:
             raise ValueError(f"{path} is not valid JSON: {error}") from error
         if not isinstance(data, dict):
             raise ValueError(f"{path} must hold a JSON object, got {type(data).__name__}")
-        return cls.from_dict(data, **overrides)
+        try:
+            return cls.from_dict(data, **overrides)
+        except (ValueError, TypeError) as error:  # name the file the bad field came from
+            raise (TypeError if isinstance(error, TypeError) else ValueError)(f"{path}: {error}") from None
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike, subfolder: str = "",

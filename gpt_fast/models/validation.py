@@ -25,6 +25,21 @@ def check_ids_in_range(name: str, ids: torch.Tensor | None, upper: int) -> None:
         raise IndexError(f"{name} holds {bad}, outside [0, {upper})")
 
 
+def check_binary_mask(name: str, mask: torch.Tensor) -> None:
+    """A padding mask holds 0 (padding) and 1 (attend) only: bool, integers 0/1, or floats 0.0/1.0. transformers
+    uses it as a 0/1 multiplier, so any other value (0.5, 2, -1, NaN) is refused rather than read as 1. One
+    device-to-host sync, skipped under torch.compile like check_ids_in_range."""
+    if mask.is_complex():
+        raise TypeError(f"{name} must hold 0/1 (bool, integer or float), got dtype {mask.dtype}")
+    if mask.dtype == torch.bool or mask.numel() == 0 or torch.compiler.is_compiling():
+        return
+    other = (mask != 0) & (mask != 1)
+    if bool(other.any()):
+        value = mask[other][0].item()
+        raise ValueError(f"{name} must hold only 0 (padding) and 1 (attend), got {value!r} (dtype {mask.dtype}); "
+                         f"a float mask is not a weighting: pass 0/1")
+
+
 def check_same_shape(name: str, tensor: torch.Tensor | None, shape: torch.Size, what: str = "input_ids") -> None:
     if tensor is not None and tuple(tensor.shape) != tuple(shape):
         raise ValueError(f"{name} has shape {tuple(tensor.shape)} but {what} has shape {tuple(shape)}")
@@ -68,6 +83,7 @@ def check_model_inputs(config, input_ids, inputs_embeds, attention_mask, token_t
         if not isinstance(attention_mask, torch.Tensor):
             raise TypeError(f"attention_mask must be a torch.Tensor, got {type(attention_mask).__name__}")
         check_per_token("attention_mask", attention_mask, shape)
+        check_binary_mask("attention_mask", attention_mask)
     check_integer_tensor("token_type_ids", token_type_ids)
     check_per_token("token_type_ids", token_type_ids, shape)
     check_ids_in_range("token_type_ids", token_type_ids, config.vocab_size)

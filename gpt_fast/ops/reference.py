@@ -51,10 +51,11 @@ def pack_linear_weight(weight, in_out_layout: bool):
 
 
 def _masked_softmax_attention(q, k, v, allowed):
-    """q (B, H, S, D), k and v (B, H, L, D), allowed (B, 1 or H, S, L) bool. A row with nothing allowed gives 0."""
+    """q (B, H, S, D), k and v (B, H, L, D), allowed (B, 1 or H, S, L) bool. A row with nothing allowed gives 0;
+    a NaN score among the allowed ones (a NaN or infinity in q or an allowed k) gives NaN, as PyTorch's math does."""
     scores = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])  # (B, H, S, L)
     scores = scores.masked_fill(~allowed, float("-inf"))
-    probs = torch.softmax(scores, dim=-1).nan_to_num(0.0)
+    probs = torch.softmax(scores, dim=-1).masked_fill(~allowed.any(dim=-1, keepdim=True), 0.0)
     return probs @ v  # (B, H, S, D)
 
 

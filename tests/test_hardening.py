@@ -65,8 +65,6 @@ def test_mode_is_restored_when_generate_raises(hf):
     assert model.training and all(m.training for m in model.modules())
 
 
-@pytest.mark.xfail(strict=True, reason="generate() restores with model.train(was_training), which resets every "
-                   "submodule; it should save and restore each module's own mode (gpt_fast/generation/generate.py)")
 def test_mixed_modes_are_restored(hf):
     """A model in train mode with one submodule frozen in eval keeps that mixture."""
     model = OpenAIGPTLMHeadModel.from_transformers(hf, attn_implementation="eager").train()

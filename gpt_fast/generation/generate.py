@@ -84,12 +84,13 @@ def generate(model, input_ids=None, attention_mask=None, generation_config=None,
     if not (hasattr(model, "transformer") and hasattr(model, "lm_head")):
         raise TypeError(f"generate needs a language model with an LM head, got {type(model).__name__}")
     kwargs = merge_generation_config(model, generation_config, kwargs)
-    was_training = model.training
+    modes = [(module, module.training) for module in model.modules()]  # each module's own mode, restored after
     model.eval()
     try:
         return _generate(model, input_ids, attention_mask, kwargs)
     finally:
-        model.train(was_training)
+        for module, training in modes:
+            module.training = training
 
 
 def merge_generation_config(model, generation_config, kwargs: dict) -> dict:

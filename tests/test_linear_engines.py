@@ -110,12 +110,25 @@ def test_one_packed_copy_per_layer():
     layer = make_layer(torch.bfloat16)
     x = torch.randn(5, 48).to(torch.bfloat16)
     with torch.inference_mode():
-        for engine in ("small_m", "onednn", "small_m"):
+        for engine, held in (("onednn", "onednn"), ("small_m", "small_m"), ("onednn", "small_m")):
             layer(x, plan_for(engine, torch.bfloat16))
             assert packed_copies(layer) == [PREFIX + "packed"]
-            assert layer.__dict__[PREFIX + "packed"][0][0] == engine
-    default = plan_kernels(None, torch.device("cpu"), torch.bfloat16)
-    assert not (default.small_m_rows and default.onednn_bf16), "the default plan would thrash between two copies"
+            assert layer.packed_engine() == held
+
+    # With the default plan: oneDNN's copy while no linear_small_m copy exists, then the GEMM, never a repack back
+    layer = make_layer(torch.bfloat16)
+    plan = plan_kernels(None, torch.device("cpu"), torch.bfloat16)
+    many, few = torch.randn(40, 48).to(torch.bfloat16), torch.randn(2, 48).to(torch.bfloat16)
+    with torch.inference_mode():
+        assert layer.engine(plan, 40) == "onednn"
+        layer(many, plan)
+        assert layer.packed_engine() == "onednn"
+        layer(few, plan)  # a decode step: the small-M copy replaces oneDNN's
+        assert layer.packed_engine() == "small_m" and layer.engine(plan, 40) == "gemm"
+        out = layer(many, plan)
+        assert layer.packed_engine() == "small_m" and packed_copies(layer) == [PREFIX + "packed"]
+    reference, pytorch = expected(layer, many, True, False)
+    assert_within_pytorch_error(out, reference, pytorch)
 
 
 @SMALL_M

@@ -15,8 +15,9 @@ The rules:
   the plain-PyTorch reference path). Their backward is the eager reference's (ops/_autograd.py).
 - linear engines (models/linear.py): linear_small_m for matmuls of at most `small_m_rows` rows (decode steps and
   short prompts; bound by reading the weight, which it does at about the memory bandwidth), oneDNN's bf16 GEMM
-  on a prepacked weight for widening layers with many rows where oneDNN's bf16 path runs on this CPU, otherwise
-  PyTorch's GEMM. Neither packed engine has autograd, so neither runs when gradients are wanted.
+  on a prepacked weight for widening layers with many rows where oneDNN's bf16 path runs on this CPU (and the layer
+  holds no linear_small_m copy: one packed copy per weight), otherwise PyTorch's GEMM. Neither packed engine has
+  autograd, so neither runs when gradients are wanted.
 """
 
 from __future__ import annotations
@@ -90,7 +91,7 @@ def _plan(attn_implementation, device_type: str, dtype: torch.dtype, dropout: bo
         decode_attention=(_kernel("decode_attention", device_type, dtype, decode_attention)
                           or reference.decode_attention),
         small_m_rows=SMALL_M_MAX_ROWS if small_m else 0,
-        onednn_bf16=fused and not grad and not small_m and dtype == torch.bfloat16 and onednn_bf16_usable(device_type),
+        onednn_bf16=fused and not grad and dtype == torch.bfloat16 and onednn_bf16_usable(device_type),
     )
 
 

@@ -1,7 +1,8 @@
 """gpt_fast: OpenAI GPT (GPT-1) as a drop-in for transformers' OpenAIGPT* classes, with fused kernels.
 
-Layers, each importing only the ones before it: ops (kernels, their references, the kernel plan) -> models ->
-checkpoints / tokenization -> generation -> cli. The public API is re-exported here.
+Layers: ops (kernel wrappers, their references, the kernel plan) -> models (with checkpoints, which load and save
+them) and tokenization -> generation -> cli; no module imports a layer above it, and no import happens inside a
+function. The public API is re-exported here.
 """
 
 from gpt_fast.auto import (

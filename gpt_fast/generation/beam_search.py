@@ -24,6 +24,8 @@ from dataclasses import dataclass
 import torch
 
 from gpt_fast.generation.decoder import CUDAGraphStep
+from gpt_fast.generation.inspection import step_outputs
+from gpt_fast.generation.prepared import first_done, prepare
 from gpt_fast.generation.processors import stop_flags
 from gpt_fast.models.outputs import ModelOutput
 
@@ -52,8 +54,6 @@ def _take(tensor, index):
 
 
 def beam_search(model, input_ids, attention_mask, types, request):
-    from gpt_fast.generation.generate import first_done, prepare
-    from gpt_fast.generation.inspection import step_outputs
 
     nb, lp, early = request.num_beams, request.length_penalty, request.early_stopping
     if types is not None:

@@ -29,6 +29,9 @@ def _onednn_pack(weight: torch.Tensor) -> torch.Tensor:  # weight (in, out) -> o
     return torch.ops.mkldnn._reorder_linear_weight(weight.detach().t().contiguous())
 
 
+_PACK = {"small_m": lambda weight: pack_linear_weight(weight.detach(), True), "onednn": _onednn_pack}
+
+
 class Conv1D(nn.Module):
     """A linear layer whose weight is stored (in_features, out_features), as in GPT checkpoints."""
 
@@ -47,6 +50,8 @@ class Conv1D(nn.Module):
             return "gemm"
         if rows <= plan.small_m_rows:
             return "small_m"
+        if not plan.onednn_bf16:
+            return "gemm"
         return "onednn" if plan.onednn_bf16 and self.widening and self.packed_engine() != "small_m" else "gemm"
 
     def packed_engine(self) -> str | None:
@@ -56,27 +61,28 @@ class Conv1D(nn.Module):
 
     def packed(self, engine: str) -> torch.Tensor:
         """The weight in `engine`'s layout, packed once per weight version; one packed copy per layer at most."""
-        pack = (lambda: pack_linear_weight(self.weight.detach(), True)) if engine == "small_m" else (
-            lambda: _onednn_pack(self.weight))
-        return cached_on(self, "packed", [self.weight], pack, tag=engine)
+        weight = self._parameters["weight"]
+        return cached_on(self, "packed", (weight,), lambda: _PACK[engine](weight), tag=engine)
 
     def forward(self, x: torch.Tensor, plan: KernelPlan | None = None, with_bias: bool = True,
                 gelu: bool = False) -> torch.Tensor:
         """(..., in) -> (..., out): x W [+ b], or gelu_tanh(x W + b) when gelu (which always takes the bias)."""
-        bias = self.bias if with_bias or gelu else None
+        # Parameters read from _parameters: nn.Module's __getattr__ costs a measurable share of a decode step.
+        weight, layer_bias = self._parameters["weight"], self._parameters["bias"]
+        bias = layer_bias if with_bias or gelu else None
         rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
         engine = self.engine(plan, rows)
         if engine == "small_m":
-            return linear_small_m(x, self.packed(engine), self.weight.shape[1], bias, None, gelu)
+            return linear_small_m(x, self.packed(engine), layer_bias.shape[0], bias, None, gelu)
         if engine == "onednn":
             return torch.ops.mkldnn._linear_pointwise(x, self.packed(engine), bias, "gelu" if gelu else "none", [],
                                                       "tanh" if gelu else "")
         flat = x.reshape(-1, x.shape[-1])  # (rows, in)
         if gelu:
-            out = (plan.bias_gelu if plan is not None else reference.bias_gelu)(flat @ self.weight, self.bias)
+            out = (plan.bias_gelu if plan is not None else reference.bias_gelu)(flat @ weight, layer_bias)
         else:
-            out = flat @ self.weight if bias is None else torch.addmm(bias, flat, self.weight)
-        return out.view(*x.shape[:-1], self.weight.shape[1])
+            out = flat @ weight if bias is None else torch.addmm(bias, flat, weight)
+        return out.view(*x.shape[:-1], weight.shape[1])
 
 
 def project_to_vocab(lm_head: nn.Linear, x: torch.Tensor, plan: KernelPlan | None) -> torch.Tensor:

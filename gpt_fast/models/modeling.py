@@ -86,16 +86,22 @@ class Block(nn.Module):
     def forward(self, x, plan: KernelPlan, attend: Callable):
         """x: (B, T, C); attend(qkv (B, T, 3C)) -> (attention output (B, T, C), probabilities or None).
         Returns (the block output (B, T, C), the probabilities)."""
-        a, probs = attend(self.attn.c_attn(x, plan))
-        n = self.residual_norm(x, self.attn.c_proj, a, self.attn.resid_dropout, self.ln_1, plan)
-        h = self.mlp.hidden(n, plan)  # (B, T, 4C)
-        return self.residual_norm(n, self.mlp.c_proj, h, self.mlp.dropout, self.ln_2, plan), probs
+        # Submodules read from _modules once: nn.Module's __getattr__ costs a measurable share of a decode step.
+        modules = self._modules
+        attn, mlp = modules["attn"], modules["mlp"]
+        attn_parts, mlp_parts = attn._modules, mlp._modules
+        a, probs = attend(attn_parts["c_attn"](x, plan))
+        n = self.residual_norm(x, attn_parts["c_proj"], a, attn_parts["resid_dropout"], modules["ln_1"], plan)
+        h = mlp.hidden(n, plan)  # (B, T, 4C)
+        return self.residual_norm(n, mlp_parts["c_proj"], h, mlp_parts["dropout"], modules["ln_2"], plan), probs
 
     @staticmethod
     def residual_norm(x, proj: Conv1D, h, dropout: nn.Dropout, ln: nn.LayerNorm, plan: KernelPlan):
         """ln(x + dropout(proj(h))); residual add, proj's bias and the LayerNorm in one kernel when fused."""
         if plan.fused:
-            return plan.add_layernorm(x, proj(h, plan, with_bias=False), proj.bias, ln.weight, ln.bias, ln.eps)
+            ln_params = ln._parameters
+            return plan.add_layernorm(x, proj(h, plan, with_bias=False), proj._parameters["bias"],
+                                      ln_params["weight"], ln_params["bias"], ln.eps)
         return ln(x + dropout(proj(h, plan)))
 
 

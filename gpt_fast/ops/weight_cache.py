@@ -26,7 +26,10 @@ def cached_on(module: nn.Module, name: str, sources: list[torch.Tensor], build: 
     """build(), made once per version of `sources` (and per `tag`: what kind of copy it is) and kept on `module`
     under `name`: one entry per name, so a copy of another tag replaces the one before."""
     name = PREFIX + name
-    key = (tag,) + tuple((t.data_ptr(), _version(t), t.dtype, t.device) for t in sources)
+    key = [tag]  # built in a plain loop: this runs for every linear layer at every decode step
+    for t in sources:
+        key += (t.data_ptr(), _version(t), t.dtype, t.device)
+    key = tuple(key)
     entry = module.__dict__.get(name)
     if entry is not None and entry[0] == key:
         return entry[1]

@@ -132,6 +132,21 @@ def no_kernels(monkeypatch):
     kernel_plan.clear_plans()
 
 
+def tiny_lm(seed: int, vocab: int, n_positions: int):
+    """A transformers OpenAIGPTLMHeadModel (2 layers, width 32, 2 heads) with seeded weights, in eval mode: the
+    reference model of the generation tests."""
+    import transformers
+
+    torch.manual_seed(seed)
+    config = transformers.OpenAIGPTConfig(vocab_size=vocab, n_positions=n_positions, n_embd=32, n_layer=2, n_head=2)
+    return transformers.OpenAIGPTLMHeadModel(config).eval()
+
+
+def seeded_prompt(vocab: int, length: int, batch: int = 1, seed: int = 1) -> torch.Tensor:
+    """(batch, length) token ids in [0, vocab)."""
+    return torch.randint(0, vocab, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
 # -- pairs of models and how to run them ---------------------------------------------------------------------------
 DOUBLE = "OpenAIGPTDoubleHeadsModel"
 SEQ_CLS = "OpenAIGPTForSequenceClassification"

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 transformers = pytest.importorskip("transformers")
+from conftest import seeded_prompt, tiny_lm  # noqa: E402
 
 from gpt_fast import OpenAIGPTLMHeadModel  # noqa: E402
 from gpt_fast.generation.decoder import IncrementalDecoder  # noqa: E402
@@ -19,9 +20,7 @@ VOCAB = 41  # small, so that beams meet EOS often
 
 @pytest.fixture(scope="module")
 def hf():
-    torch.manual_seed(3)
-    config = transformers.OpenAIGPTConfig(vocab_size=VOCAB, n_positions=40, n_embd=32, n_layer=2, n_head=2)
-    return transformers.OpenAIGPTLMHeadModel(config).eval()
+    return tiny_lm(3, VOCAB, 40)
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +29,7 @@ def model(hf):
 
 
 def prompt(length, batch=1, seed=1):
-    return torch.randint(0, VOCAB, (batch, length), generator=torch.Generator().manual_seed(seed))
+    return seeded_prompt(VOCAB, length, batch, seed)
 
 
 def frequent_token(hf, ids):

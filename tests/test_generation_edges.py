@@ -8,6 +8,7 @@ import pytest
 import torch
 
 transformers = pytest.importorskip("transformers")
+from conftest import seeded_prompt, tiny_lm  # noqa: E402
 
 from gpt_fast import OpenAIGPTLMHeadModel  # noqa: E402
 
@@ -16,9 +17,7 @@ VOCAB, N_POSITIONS = 53, 24
 
 @pytest.fixture(scope="module")
 def hf():
-    torch.manual_seed(5)
-    config = transformers.OpenAIGPTConfig(vocab_size=VOCAB, n_positions=N_POSITIONS, n_embd=32, n_layer=2, n_head=2)
-    return transformers.OpenAIGPTLMHeadModel(config).eval()
+    return tiny_lm(5, VOCAB, N_POSITIONS)
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +26,7 @@ def model(hf):
 
 
 def prompt(length, batch=1, seed=1):
-    return torch.randint(0, VOCAB, (batch, length), generator=torch.Generator().manual_seed(seed))
+    return seeded_prompt(VOCAB, length, batch, seed)
 
 
 @pytest.mark.parametrize("interval", [None, 4])

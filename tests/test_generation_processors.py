@@ -9,6 +9,7 @@ import pytest
 import torch
 
 transformers = pytest.importorskip("transformers")
+from conftest import seeded_prompt, tiny_lm  # noqa: E402
 from transformers.generation.logits_process import (  # noqa: E402
     LogitsProcessorList,
     NoRepeatNGramLogitsProcessor,
@@ -26,9 +27,7 @@ VOCAB = 53
 
 @pytest.fixture(scope="module")
 def hf():
-    torch.manual_seed(4)
-    config = transformers.OpenAIGPTConfig(vocab_size=VOCAB, n_positions=32, n_embd=32, n_layer=2, n_head=2)
-    return transformers.OpenAIGPTLMHeadModel(config).eval()
+    return tiny_lm(4, VOCAB, 32)
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +36,7 @@ def model(hf):
 
 
 def prompt(length, batch=1, seed=1):
-    return torch.randint(0, VOCAB, (batch, length), generator=torch.Generator().manual_seed(seed))
+    return seeded_prompt(VOCAB, length, batch, seed)
 
 
 class StopOnToken(StoppingCriteria):

@@ -51,8 +51,13 @@ class KernelPlan:
     onednn_bf16: bool  # oneDNN's GEMM on a prepacked bf16 weight serves widening layers with more rows
 
 
+def _has(name: str, device_type: str, dtype: torch.dtype) -> bool:
+    """Whether gpt_fast::<name> has a kernel for the device type and the dtype."""
+    return _library.has_kernel(name, device_type) and dtype in KERNEL_DTYPES
+
+
 def _kernel(name: str, device_type: str, dtype: torch.dtype, function: Callable) -> Callable | None:
-    return function if _library.has_kernel(name, device_type) and dtype in KERNEL_DTYPES else None
+    return function if _has(name, device_type, dtype) else None
 
 
 def onednn_bf16_usable(device_type: str) -> bool:
@@ -66,7 +71,7 @@ _PLANS: dict[tuple, KernelPlan] = {}  # memo of _plan, per argument tuple
 
 def _plan(attn_implementation, device_type: str, dtype: torch.dtype, dropout: bool, needs_probs: bool,
           grad: bool, isa: str) -> KernelPlan:
-    flash = _kernel("flash_attention", device_type, dtype, True) is not None
+    flash = _has("flash_attention", device_type, dtype)
     if attn_implementation == "fused" and not _library.has_kernel("flash_attention", device_type):
         reason = _library.load_error() or f"it was built without {device_type} kernels"
         raise RuntimeError(
@@ -82,7 +87,7 @@ def _plan(attn_implementation, device_type: str, dtype: torch.dtype, dropout: bo
     fused = not dropout and attention != "eager"
     layernorm = _kernel("add_layernorm", device_type, dtype, add_layernorm) if fused else None
     gelu = _kernel("bias_gelu", device_type, dtype, bias_gelu) if fused else None
-    small_m = fused and not grad and _kernel("linear_small_m", device_type, dtype, True) is not None
+    small_m = fused and not grad and _has("linear_small_m", device_type, dtype)
     return KernelPlan(
         attention=attention,
         fused=fused,

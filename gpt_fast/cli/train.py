@@ -83,6 +83,8 @@ def config_from_args(args) -> TrainingConfig:
 
 def run(args) -> int:
     result = train(config_from_args(args))
+    if not result.main_process:
+        return 0
     final = f"final loss {result.losses[max(result.losses)]:.4f}" if result.losses else "no step left to run"
     if result.eval_losses:
         final += f", eval loss {result.eval_losses[max(result.eval_losses)]:.4f}"

@@ -43,6 +43,7 @@ class TrainResult:
     losses: dict[int, float] = field(default_factory=dict)  # optimizer step (1-based) -> mean training loss
     eval_losses: dict[int, float] = field(default_factory=dict)  # step -> evaluation loss
     last_checkpoint: Path | None = None
+    main_process: bool = True  # False in the other processes of a torchrun job
 
 
 def _needs_tokenizer(paths: list[str]) -> bool:
@@ -188,7 +189,7 @@ def _train(config: TrainingConfig, device: torch.device, processes: distributed.
     trained = distributed.wrap(model, processes, device)
 
     log = MetricsLog(output_dir, enabled=processes.main)
-    result = TrainResult(output_dir)
+    result = TrainResult(output_dir, main_process=processes.main)
     rows_per_micro = config.batch_size * processes.world_size
     tokens_per_step = rows_per_micro * config.grad_accum * config.seq_len
     bar = tqdm(total=config.max_steps, initial=step, disable=not (config.progress and processes.main),

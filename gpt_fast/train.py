@@ -1,4 +1,6 @@
-"""`python -m gpt_fast.train ...` (and `torchrun --nproc_per_node=N -m gpt_fast.train ...`): `gpt-fast train ...`."""
+"""`python -m gpt_fast.train ...` (and `torchrun --nproc_per_node=N -m gpt_fast.train ...`): `gpt-fast train ...`.
+
+An entry point only, never imported (`gpt_fast.train` is the training function, gpt_fast.training.train)."""
 
 import sys
 

@@ -1,6 +1,7 @@
 """The trainer (gpt_fast/training) and `gpt-fast train`: resumable runs, outputs that gpt_fast and transformers
 load, the schedule, gradient accumulation, the fused loss, bad input. Tiny models, a few steps each."""
 
+import importlib.util
 import json
 import math
 
@@ -111,6 +112,12 @@ def test_loss_curve_png(data, tmp_path):
     pytest.importorskip("matplotlib")
     train(tiny_config(data, tmp_path / "out", plot=True, max_steps=2))
     assert (tmp_path / "out/loss.png").stat().st_size > 0
+
+
+@pytest.mark.skipif(importlib.util.find_spec("matplotlib") is not None, reason="matplotlib is installed")
+def test_plot_without_matplotlib_is_refused_before_training(data, tmp_path):
+    with pytest.raises(ImportError, match="pip install gpt_fast\\[plot\\]"):
+        tiny_config(data, tmp_path, plot=True)
 
 
 @pytest.mark.parametrize("overrides, error, message", [

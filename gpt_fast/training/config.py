@@ -4,6 +4,7 @@ fills it from the command line; the Python API takes it as it is."""
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 from dataclasses import dataclass, field
 
 
@@ -65,6 +66,8 @@ class TrainingConfig:
             raise ValueError(f"eval_fraction must lie in [0, 1), got {self.eval_fraction!r}")
         if self.weight_decay < 0 or self.max_grad_norm < 0:
             raise ValueError("weight_decay and max_grad_norm must be non-negative")
+        if self.plot and importlib.util.find_spec("matplotlib") is None:  # found out now, not after the run
+            raise ImportError("plot=True (--plot) needs matplotlib: pip install gpt_fast[plot]")
         self.betas = tuple(self.betas)
 
     def to_dict(self) -> dict:

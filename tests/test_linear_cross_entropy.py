@@ -182,3 +182,24 @@ def test_a_second_backward_recomputes_the_gradients():
     second = torch.autograd.grad(loss, (hidden, weight))
     for a, b in zip(first, second):
         torch.testing.assert_close(a, 2 * b)
+
+
+def test_double_heads_lm_loss_without_logits():
+    head = gpt_fast_class("OpenAIGPTDoubleHeadsModel")
+    model = head.from_transformers(hf_model("OpenAIGPTDoubleHeadsModel"), attn_implementation="sdpa")
+    ids = random_ids((2, 3, 7))
+    labels = ids.clone()
+    labels[:, 1, :3] = -100
+    kwargs = dict(mc_token_ids=torch.tensor([[6, 4, 2], [1, 6, 5]]), labels=labels, mc_labels=torch.tensor([2, 0]))
+    results = []
+    for return_logits in (True, False):
+        model.zero_grad()
+        out = model(ids, return_logits=return_logits, **kwargs)
+        (out.loss + out.mc_loss).backward()
+        results.append((out, {name: p.grad.clone() for name, p in model.named_parameters()}))
+    (expected, expected_grads), (mine, grads) = results
+    assert mine.logits is None and expected.logits is not None
+    torch.testing.assert_close(mine.loss, expected.loss, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(mine.mc_logits, expected.mc_logits)
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, expected_grads[name], rtol=1e-5, atol=1e-6, msg=name)

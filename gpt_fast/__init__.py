@@ -1,8 +1,8 @@
 """gpt_fast: OpenAI GPT (GPT-1) as a drop-in for transformers' OpenAIGPT* classes, with fused kernels.
 
 Layers: ops (kernel wrappers, their references, the kernel plan) -> models (with checkpoints, which load and save
-them) and tokenization -> generation -> cli; no module imports a layer above it, and no import happens inside a
-function. The public API is re-exported here.
+them) and tokenization -> generation and training -> cli; no module imports a layer above it, and no import
+happens inside a function. The public API is re-exported here.
 """
 
 from gpt_fast.auto import (
@@ -23,6 +23,7 @@ from gpt_fast.models.pretrained import OpenAIGPTPreTrainedModel
 from gpt_fast.ops import extension_loaded
 from gpt_fast.tokenization.batch_encoding import BatchEncoding
 from gpt_fast.tokenization.tokenizer import OpenAIGPTTokenizer, OpenAIGPTTokenizerFast
+from gpt_fast.training import TrainingConfig, TrainResult, train
 
 __version__ = "0.1.0"
 
@@ -31,5 +32,5 @@ __all__ = [
     "AutoModelForSequenceClassification", "AutoTokenizer", "BatchEncoding", "GenerationConfig", "OpenAIGPTConfig",
     "OpenAIGPTDoubleHeadsModel", "OpenAIGPTForSequenceClassification", "OpenAIGPTLMHeadModel", "OpenAIGPTModel",
     "OpenAIGPTPreTrainedModel", "OpenAIGPTTokenizer", "OpenAIGPTTokenizerFast", "TextGenerationPipeline",
-    "TextIteratorStreamer", "TextStreamer", "extension_loaded", "pipeline",
+    "TextIteratorStreamer", "TextStreamer", "TrainResult", "TrainingConfig", "extension_loaded", "pipeline", "train",
 ]

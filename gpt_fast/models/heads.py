@@ -10,6 +10,7 @@ from gpt_fast.generation.config import GenerationConfigMixin
 from gpt_fast.generation.generate import generate
 from gpt_fast.models.configuration import OpenAIGPTConfig
 from gpt_fast.models.linear import project_to_vocab
+from gpt_fast.models.lm_loss import fused_shifted_lm_loss
 from gpt_fast.models.modeling import OpenAIGPTModel
 from gpt_fast.models.outputs import CausalLMOutput, OpenAIGPTDoubleHeadsModelOutput, SequenceClassifierOutput
 from gpt_fast.models.pretrained import OpenAIGPTPreTrainedModel
@@ -94,13 +95,18 @@ class OpenAIGPTLMHeadModel(GenerationConfigMixin, OpenAIGPTPreTrainedModel):
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, inputs_embeds=None,
                 labels=None, output_attentions=None, output_hidden_states=None, return_dict=None,
                 logits_to_keep: int = 0, *, head_mask=None, num_items_in_batch=None, ignore_index: int = -100,
-                shift_labels=None, **kwargs):
+                shift_labels=None, return_logits: bool = True, **kwargs):
         """transformers' arguments in transformers' order; the loss takes its loss kwargs (num_items_in_batch,
-        ignore_index, shift_labels) as transformers' causal-LM loss does."""
+        ignore_index, shift_labels) as transformers' causal-LM loss does. return_logits=False (gpt_fast's own)
+        with labels: the loss through the fused LM head + cross-entropy (models/lm_loss.py), logits None."""
         return_dict = self.config.return_dict if return_dict is None else return_dict
         out = self.transformer(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
                                output_attentions, output_hidden_states, True, head_mask=head_mask, **kwargs)
         hidden = out.last_hidden_state if not logits_to_keep else out.last_hidden_state[..., -logits_to_keep:, :]
+        if labels is not None and not return_logits:
+            loss = fused_shifted_lm_loss(hidden, self.lm_head.weight, labels, num_items_in_batch, ignore_index,
+                                         shift_labels)
+            return _finish(CausalLMOutput(loss, None, out.hidden_states, out.attentions), return_dict)
         logits = self.lm_head(hidden)  # (B, T, V)
         loss = None
         if labels is not None:
@@ -127,22 +133,26 @@ class OpenAIGPTDoubleHeadsModel(OpenAIGPTPreTrainedModel):
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, inputs_embeds=None,
                 mc_token_ids=None, labels=None, mc_labels=None, output_attentions=None, output_hidden_states=None,
-                return_dict=None, *, head_mask=None, num_items_in_batch=None, **kwargs):
+                return_dict=None, *, head_mask=None, num_items_in_batch=None, return_logits: bool = True, **kwargs):
         """input_ids: (B, num_choices, T); attention_mask (B, num_choices, T) or (B * num_choices, T). Returns LM
         logits (B, C, T, V) and choice scores (B, C). num_items_in_batch is accepted and not used, as in
-        transformers (both losses are means)."""
+        transformers (both losses are means). return_logits=False with labels: the LM loss through the fused
+        LM head + cross-entropy (in float32), LM logits None."""
         return_dict = self.config.return_dict if return_dict is None else return_dict
         out = self.transformer(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
                                output_attentions, output_hidden_states, True, head_mask=head_mask, **kwargs)
         hidden = out.last_hidden_state  # (B, C, T, E)
-        lm_logits = self.lm_head(hidden)
+        fused_loss = labels is not None and not return_logits
+        lm_logits = None if fused_loss else self.lm_head(hidden)
         mc_logits = self.multiple_choice_head(hidden, mc_token_ids).squeeze(-1)  # (B, C)
         mc_loss = lm_loss = None
         if mc_labels is not None:
             check_integer_tensor("mc_labels", mc_labels)
             check_same_shape("mc_labels", mc_labels, mc_logits.shape[:-1], "the batch (B,)")
             mc_loss = F.cross_entropy(mc_logits.view(-1, mc_logits.shape[-1]), mc_labels.view(-1))
-        if labels is not None:
+        if fused_loss:
+            lm_loss = fused_shifted_lm_loss(hidden, self.lm_head.weight, labels)
+        elif labels is not None:
             lm_loss = shifted_lm_loss(lm_logits, labels, upcast=False)
         output = OpenAIGPTDoubleHeadsModelOutput(lm_loss, mc_loss, lm_logits, mc_logits, out.hidden_states,
                                                  out.attentions)

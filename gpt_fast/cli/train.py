@@ -1,0 +1,92 @@
+"""gpt-fast train: train or fine-tune a GPT-1 model on text files, folders or .bin token files (a thin layer over
+gpt_fast.training; under torchrun, `torchrun --nproc_per_node=N -m gpt_fast.train ...` takes the same arguments).
+
+    gpt-fast train corpus/ --out run/ --config config.json --set n_layer=2 --set n_embd=128 --max-steps 200
+    gpt-fast train data.bin --out run/ --model path/to/openai-gpt --lr 6.25e-5 --eval-fraction 0.05
+    gpt-fast train corpus/ --out run/ --resume latest ...        # the same arguments as the interrupted run
+"""
+
+from __future__ import annotations
+
+import json
+
+from gpt_fast.cli.common import UsageError, log, positive_int
+from gpt_fast.training import TrainingConfig, train
+
+
+def non_negative_int(text: str) -> int:
+    return 0 if text == "0" else positive_int(text)
+
+
+def key_value(text: str) -> tuple[str, object]:
+    """KEY=VALUE with VALUE read as JSON where it parses (2, 0.1, true, null) and as a string otherwise."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise UsageError(f"--set takes KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("train", help="train or fine-tune a model on text or token files",
+                       description="Trains an OpenAIGPTLMHeadModel and writes it (config.json + model.safetensors "
+                                   "+ tokenizer) to --out, with metrics.jsonl and resumable checkpoints.")
+    p.add_argument("data", nargs="+", help="text files, folders of *.txt, or .bin files of uint16 token ids")
+    p.add_argument("--out", required=True, help="output folder")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--model", help="fine-tune this checkpoint folder")
+    source.add_argument("--config", help="from scratch: a config.json, a folder holding one, or 'gpt1' (GPT-1's shape)")
+    p.add_argument("--set", action="append", type=key_value, default=[], metavar="KEY=VALUE",
+                   help="override a model config field (n_layer=2, resid_pdrop=0.0); repeatable")
+    p.add_argument("--tokenizer", help="tokenizer folder for text data (default: the model's, else GPT-1's)")
+    p.add_argument("--eval-data", nargs="+", help="held-out files (default: --eval-fraction of the data)")
+    p.add_argument("--eval-fraction", type=float, default=0.0)
+    p.add_argument("--seq-len", type=positive_int, default=128)
+    p.add_argument("--batch-size", type=positive_int, default=8, help="rows per micro-batch, per process")
+    p.add_argument("--grad-accum", type=positive_int, default=1)
+    p.add_argument("--max-steps", type=positive_int, default=100)
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--min-lr-ratio", type=float, default=0.1)
+    p.add_argument("--warmup-steps", type=non_negative_int, default=0)
+    p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("--max-grad-norm", type=float, default=1.0, help="0: no clipping")
+    p.add_argument("--eval-every", type=non_negative_int, default=0)
+    p.add_argument("--eval-batches", type=positive_int, default=8)
+    p.add_argument("--save-every", type=non_negative_int, default=0)
+    p.add_argument("--resume", help="a checkpoints/step-N folder, or 'latest'")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
+    p.add_argument("--attn-implementation", choices=["eager", "sdpa", "fused", "auto"])
+    p.add_argument("--gradient-checkpointing", action="store_true")
+    p.add_argument("--no-fused-loss", action="store_true", help="logits + F.cross_entropy instead")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--plot", action="store_true", help="write loss.png (needs matplotlib)")
+
+
+def config_from_args(args) -> TrainingConfig:
+    if args.model is None and args.config is None and args.resume is None:
+        raise UsageError("gpt-fast train: give --model (fine-tune) or --config (from scratch)")
+    return TrainingConfig(
+        train_data=args.data, output_dir=args.out, model=args.model, model_config=args.config,
+        config_overrides=dict(args.set), tokenizer=args.tokenizer, eval_data=args.eval_data,
+        eval_fraction=args.eval_fraction, seq_len=args.seq_len, batch_size=args.batch_size,
+        grad_accum=args.grad_accum, max_steps=args.max_steps, learning_rate=args.lr, min_lr_ratio=args.min_lr_ratio,
+        warmup_steps=args.warmup_steps, weight_decay=args.weight_decay, max_grad_norm=args.max_grad_norm,
+        eval_every=args.eval_every, eval_batches=args.eval_batches, save_every=args.save_every, resume=args.resume,
+        seed=args.seed, bf16=args.bf16, attn_implementation=args.attn_implementation,
+        gradient_checkpointing=args.gradient_checkpointing, fused_loss=not args.no_fused_loss, device=args.device,
+        progress=not args.no_progress, plot=args.plot)
+
+
+def run(args) -> int:
+    result = train(config_from_args(args))
+    if not result.main_process:
+        return 0
+    final = f"final loss {result.losses[max(result.losses)]:.4f}" if result.losses else "no step left to run"
+    if result.eval_losses:
+        final += f", eval loss {result.eval_losses[max(result.eval_losses)]:.4f}"
+    log(f"{final}; model in {result.output_dir}")
+    return 0

@@ -1,0 +1,150 @@
+"""Fused LM head + cross-entropy: loss(hidden @ weight.T, targets) without the (N, V) logits.
+
+Liger-Kernel's FusedLinearCrossEntropy idea, in ATen: the rows are taken in chunks; for each chunk the logits
+(chunk, V) are made in float32, turned in place into the gradient of the loss with respect to them
+(softmax - one_hot, scaled), and immediately multiplied back into the gradients of the hidden states
+(chunk, C) and of the weight (V, C, accumulated in float32). The backward pass only scales those saved
+gradients by the incoming gradient. Peak memory: the weight gradient plus one chunk of logits, instead of the
+several (N, V) tensors of `F.cross_entropy(F.linear(hidden, weight), targets)`.
+
+The arithmetic follows what PyTorch does for `F.cross_entropy(logits.float(), targets)` with logits in the
+input dtype: the logits are the matmul's output rounded to the input dtype, softmax and loss in float32,
+the gradient of the logits rounded to the input dtype before it meets the hidden states and the weight.
+Written here rather than taken from Liger-Kernel: that library is Triton (GPU only).
+"""
+
+from __future__ import annotations
+
+import torch
+
+CHUNK_ELEMENTS = 1 << 22  # float32 logits per chunk: 16 MiB (103 rows at GPT-1's 40,478-token vocabulary)
+
+
+def default_chunk_rows(vocab_size: int) -> int:
+    return max(1, CHUNK_ELEMENTS // max(vocab_size, 1))
+
+
+def _stat_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype of the softmax, the loss and the weight gradient's sums: float32, or float64 for float64."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _chunk_loss_and_grad(hidden, weight, targets, ignore_index: int, grad_scale):
+    """hidden (n, C), weight (V, C), targets (n,) -> (per-row losses (n,), 0 where ignored; grad_scale times the
+    gradient of their sum with respect to the logits (n, V), or None when grad_scale is None), in _stat_dtype."""
+    logits = (hidden @ weight.t()).to(_stat_dtype(hidden.dtype))  # (n, V); rounded to the input dtype first
+    valid = targets != ignore_index  # (n,)
+    safe = torch.where(valid, targets, 0)
+    target_logits = logits.gather(1, safe[:, None]).squeeze(1)  # (n,)
+    row_max = logits.amax(dim=1, keepdim=True)  # (n, 1)
+    logits.sub_(row_max).exp_()  # exp(logits - max), in place
+    sums = logits.sum(dim=1, keepdim=True)  # (n, 1)
+    losses = (row_max.squeeze(1) + sums.squeeze(1).log() - target_logits) * valid
+    if grad_scale is None:
+        return losses, None
+    grad = logits.div_(sums)  # softmax, in place
+    grad.scatter_add_(1, safe[:, None], torch.full_like(target_logits[:, None], -1.0))
+    grad.mul_(torch.where(valid, grad_scale, 0.0)[:, None])  # ignored rows have no gradient (0, never NaN)
+    return losses, grad
+
+
+def _loss_and_grads(hidden, weight, targets, ignore_index: int, divisor, chunk_rows: int, grad_hidden_wanted: bool,
+                    grad_weight_wanted: bool):
+    """The chunk loop. hidden (N, C), weight (V, C), targets (N,); divisor a 0-d tensor. Returns (the loss,
+    its gradient for hidden (N, C) in hidden's dtype or None, for weight (V, C) in _stat_dtype or None)."""
+    N = hidden.shape[0]
+    stat_dtype = _stat_dtype(hidden.dtype)
+    grad_hidden = torch.empty_like(hidden) if grad_hidden_wanted else None
+    grad_weight = torch.zeros(weight.shape, dtype=stat_dtype, device=weight.device) if grad_weight_wanted else None
+    grad_scale = 1.0 / divisor if grad_hidden_wanted or grad_weight_wanted else None
+    total = torch.zeros((), dtype=stat_dtype, device=hidden.device)
+    for start in range(0, N, chunk_rows):
+        rows = slice(start, min(start + chunk_rows, N))
+        chunk = hidden[rows]
+        losses, grad = _chunk_loss_and_grad(chunk, weight, targets[rows], ignore_index, grad_scale)
+        total += losses.sum()
+        if grad is None:
+            continue
+        grad_in_dtype = grad.to(hidden.dtype)  # (n, V): as autograd rounds it through logits.float()
+        if grad_hidden is not None:
+            torch.mm(grad_in_dtype, weight, out=grad_hidden[rows])
+        if grad_weight is not None:  # (V, n) @ (n, C), summed over the chunks in stat_dtype
+            grad_weight.addmm_(grad_in_dtype.t().to(stat_dtype), chunk.to(stat_dtype))
+    return total / divisor, grad_hidden, grad_weight
+
+
+class LinearCrossEntropy(torch.autograd.Function):
+    """loss = reduce(cross_entropy(hidden @ weight.T, targets)) / divisor with gradients made in the forward."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, ignore_index: int, divisor, chunk_rows: int, want_grad: bool):
+        wanted = (want_grad and ctx.needs_input_grad[0], want_grad and ctx.needs_input_grad[1])
+        loss, grad_hidden, grad_weight = _loss_and_grads(hidden, weight, targets, ignore_index, divisor, chunk_rows,
+                                                         *wanted)
+        if want_grad:
+            ctx.save_for_backward(hidden, weight, targets, divisor)  # only for a second backward pass
+            ctx.arguments, ctx.gradients = (ignore_index, chunk_rows, *wanted), (grad_hidden, grad_weight)
+        return loss
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_loss):
+        # The gradients made in the forward are scaled in place and handed over (a copy of the (V, C) weight
+        # gradient would raise the peak); a second backward pass (retain_graph=True, gradcheck) recomputes them.
+        grad_hidden, grad_weight = ctx.gradients
+        ctx.gradients = (None, None)
+        if grad_hidden is None and grad_weight is None:
+            hidden, weight, targets, divisor = ctx.saved_tensors
+            ignore_index, chunk_rows, *wanted = ctx.arguments
+            _, grad_hidden, grad_weight = _loss_and_grads(hidden, weight, targets, ignore_index, divisor, chunk_rows,
+                                                          *wanted)
+            weight_dtype = weight.dtype
+        else:
+            weight_dtype = ctx.saved_tensors[1].dtype
+        if grad_hidden is not None:
+            grad_hidden = grad_hidden.mul_(grad_loss.to(grad_hidden.dtype))
+        if grad_weight is not None:
+            grad_weight = grad_weight.mul_(grad_loss.to(grad_weight.dtype)).to(weight_dtype)
+        return grad_hidden, grad_weight, None, None, None, None, None
+
+
+def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100,
+                         num_items_in_batch=None, chunk_rows: int | None = None) -> torch.Tensor:
+    """cross_entropy(hidden @ weight.T, targets, ignore_index) with the (N, V) logits never made whole.
+
+    hidden (N, C) float, weight (V, C) same dtype, targets (N,) integer ids in [0, V) or ignore_index. Returns the
+    mean over the counted targets (NaN when none is counted, as F.cross_entropy), or with num_items_in_batch
+    (an int or tensor) their sum divided by it. float32 for float32/bfloat16/float16 inputs, float64 for float64.
+    Under autocast the inputs are cast to the autocast dtype first, as F.linear would be."""
+    if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1]:
+        raise ValueError(f"hidden must be (N, C) and weight (V, C), got {tuple(hidden.shape)} and "
+                         f"{tuple(weight.shape)}")
+    if targets.shape != hidden.shape[:1]:
+        raise ValueError(f"targets must have shape ({hidden.shape[0]},), got {tuple(targets.shape)}")
+    if targets.is_floating_point() or targets.is_complex() or targets.dtype == torch.bool:
+        raise TypeError(f"targets must hold integer class ids, got dtype {targets.dtype}")
+    if chunk_rows is not None and (not isinstance(chunk_rows, int) or isinstance(chunk_rows, bool) or chunk_rows < 1):
+        raise ValueError(f"chunk_rows must be a positive int, got {chunk_rows!r}")
+    device_type = hidden.device.type
+    if torch.is_autocast_enabled(device_type):
+        dtype = torch.get_autocast_dtype(device_type)
+        hidden, weight = hidden.to(dtype), weight.to(dtype)
+    if hidden.dtype != weight.dtype:
+        raise TypeError(f"hidden and weight must have one dtype, got {hidden.dtype} and {weight.dtype}")
+    targets = targets.to(hidden.device)
+    V = weight.shape[0]
+    if targets.numel() and not torch.compiler.is_compiling():
+        counted = targets[targets != ignore_index]
+        if counted.numel() and (int(counted.min()) < 0 or int(counted.max()) >= V):
+            bad = int(counted.min()) if int(counted.min()) < 0 else int(counted.max())
+            raise IndexError(f"target {bad} is outside the vocabulary [0, {V}) (and is not ignore_index "
+                             f"{ignore_index})")
+    stat_dtype = _stat_dtype(hidden.dtype)
+    if num_items_in_batch is None:
+        divisor = (targets != ignore_index).sum().to(stat_dtype)
+    else:
+        divisor = torch.as_tensor(num_items_in_batch, device=hidden.device).to(stat_dtype)
+    want_grad = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
+    with torch.autocast(device_type, enabled=False):
+        return LinearCrossEntropy.apply(hidden, weight, targets, ignore_index, divisor,
+                                        chunk_rows or default_chunk_rows(V), want_grad)

@@ -103,6 +103,30 @@ def test_packs_once_and_repacks_after_an_update(engine):
     assert not packed_copies(layer)
 
 
+@pytest.mark.parametrize("engine", ENGINES)
+def test_repacks_after_a_fused_optimizer_step(engine):
+    """torch's fused AdamW updates parameters in place without bumping their version counters: the packed copy
+    must still be rebuilt (weight_cache counts optimizer steps)."""
+    if engine == "gemm":
+        pytest.skip("the GEMM reads the parameter itself")
+    layer = make_layer(torch.bfloat16)
+    x = torch.randn(5, 48).to(torch.bfloat16)
+    plan = plan_for(engine, torch.bfloat16)
+    with torch.no_grad():
+        first = layer(x, plan)
+    optimizer = torch.optim.AdamW(layer.parameters(), lr=0.5, fused=True)
+    layer.weight.grad = torch.ones_like(layer.weight)
+    version = layer.weight._version
+    optimizer.step()
+    assert layer.weight._version == version, "fused AdamW bumps versions now: this test no longer covers the hook"
+    fresh = make_layer(torch.bfloat16)
+    fresh.load_state_dict(layer.state_dict())
+    with torch.no_grad():
+        updated = layer(x, plan)
+        assert not torch.equal(updated, first)
+        torch.testing.assert_close(updated, fresh(x, plan), rtol=0, atol=0)
+
+
 @SMALL_M
 @ONEDNN
 def test_one_packed_copy_per_layer():

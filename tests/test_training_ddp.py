@@ -5,6 +5,7 @@ Tolerance: relative 1e-5 on the per-step losses (the two runs sum the same gradi
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -17,6 +18,19 @@ from gpt_fast.training import read_metrics, train
 
 ROOT = Path(__file__).resolve().parents[1]
 TOLERANCE = 1e-5
+
+
+def run_process_group(command, timeout, **kwargs) -> subprocess.CompletedProcess:
+    """subprocess.run whose timeout kills torchrun's workers too (they would outlive their launcher otherwise)."""
+    with subprocess.Popen(command, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          **kwargs) as process:
+        try:
+            stdout, stderr = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
+            raise
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
 
 
 def free_port() -> int:
@@ -35,7 +49,7 @@ def test_two_processes_match_one_and_resume_in_one(tmp_path):
                str(tmp_path / "config.json"), "--seq-len", "8", "--batch-size", "2", "--grad-accum", "2",
                "--max-steps", "6", "--lr", "1e-2", "--warmup-steps", "2", "--save-every", "3",
                "--attn-implementation", "sdpa", "--no-progress"]
-    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    done = run_process_group(command, timeout=300, cwd=tmp_path, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     ddp = {r["step"]: r["loss"] for r in read_metrics(tmp_path / "ddp/metrics.jsonl") if "loss" in r}
     assert (tmp_path / "ddp/checkpoints/step-0000003/rng_state_1.pt").is_file()  # each process's generators

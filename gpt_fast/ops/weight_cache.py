@@ -1,7 +1,10 @@
 """Weights kept a second time in the layout a fast kernel wants, cached on the module that owns them.
 
 An entry is rebuilt whenever one of its source tensors changes (new storage, an in-place update, another dtype
-or device), and the stale copy is dropped before the new one is built. Entries live in the module's __dict__,
+or device) and after any torch.optim optimizer step, and the stale copy is dropped before the new one is built.
+(PyTorch's fused AdamW/Adam/SGD update parameters in place without bumping their version counters, so a step is
+counted through torch.optim's global step hook. An update through `param.data` is invisible to both: call
+`clear(model)` after one.) Entries live in the module's __dict__,
 outside parameters, buffers and state_dict; each costs as much memory as the weights it copies.
 """
 
@@ -11,9 +14,18 @@ from typing import Callable, TypeVar
 
 import torch
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 T = TypeVar("T")
 PREFIX = "_gpt_fast_cache_"
+_optimizer_steps = [0]  # how many torch.optim steps this process has taken: part of every entry's key
+
+
+def _count_optimizer_step(optimizer, args, kwargs) -> None:
+    _optimizer_steps[0] += 1
+
+
+register_optimizer_step_post_hook(_count_optimizer_step)
 
 
 def _version(t: torch.Tensor) -> int | None:
@@ -26,7 +38,7 @@ def cached_on(module: nn.Module, name: str, sources: list[torch.Tensor], build: 
     """build(), made once per version of `sources` (and per `tag`: what kind of copy it is) and kept on `module`
     under `name`: one entry per name, so a copy of another tag replaces the one before."""
     name = PREFIX + name
-    key = [tag]  # built in a plain loop: this runs for every linear layer at every decode step
+    key = [tag, _optimizer_steps[0]]  # built in a plain loop: this runs for every linear layer at every decode step
     for t in sources:
         key += (t.data_ptr(), _version(t), t.dtype, t.device)
     key = tuple(key)

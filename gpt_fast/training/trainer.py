@@ -25,7 +25,6 @@ from tqdm.auto import tqdm
 from gpt_fast.models.configuration import OpenAIGPTConfig
 from gpt_fast.models.heads import OpenAIGPTLMHeadModel
 from gpt_fast.names import parse_device
-from gpt_fast.ops import weight_cache
 from gpt_fast.tokenization.tokenizer import OpenAIGPTTokenizerFast
 from gpt_fast.training import distributed
 from gpt_fast.training.config import TrainingConfig
@@ -212,9 +211,6 @@ def _train(config: TrainingConfig, device: torch.device, processes: distributed.
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm or math.inf)
         learning_rate = scheduler.get_last_lr()[0]
         optimizer.step()
-        # The fused AdamW updates the weights without bumping their version counters, so the packed copies the
-        # inference kernels keep (ops/weight_cache.py; made by an evaluation) would not see the change: drop them.
-        weight_cache.clear(model)
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1

@@ -45,6 +45,7 @@ class GenerationRequest:
     stopping_criteria: tuple = ()
     output_attentions: bool = False
     output_hidden_states: bool = False
+    use_cache: bool = True  # False gives the same tokens (the cache is how gpt_fast decodes) but returns no cache
 
 
 # -- argument checks ----------------------------------------------------------------------------------------------
@@ -223,7 +224,6 @@ def parse_generation_kwargs(model, prompt_length: int, kwargs: dict) -> Generati
     streamer = get("streamer")
     if streamer is not None and not all(callable(getattr(streamer, name, None)) for name in ("put", "end")):
         raise TypeError("streamer must have put(token_ids) and end() methods (like transformers' streamers)")
-    _bool("use_cache", get("use_cache", True))  # False gives the same tokens: the cache is how gpt_fast decodes
     cuda_graph = get("cuda_graph")
     if cuda_graph is not None:
         _bool("cuda_graph", cuda_graph)
@@ -244,7 +244,8 @@ def parse_generation_kwargs(model, prompt_length: int, kwargs: dict) -> Generati
         logits_processor=_callables("logits_processor", get("logits_processor"), "processor(input_ids, scores)"),
         stopping_criteria=_callables("stopping_criteria", get("stopping_criteria"), "criteria(input_ids, scores)"),
         output_attentions=_bool("output_attentions", get("output_attentions", False)),
-        output_hidden_states=_bool("output_hidden_states", get("output_hidden_states", False)))
+        output_hidden_states=_bool("output_hidden_states", get("output_hidden_states", False)),
+        use_cache=_bool("use_cache", get("use_cache", True)))
 
 
 def infer_attention_mask(input_ids, request: GenerationRequest):

@@ -25,6 +25,7 @@ import torch
 
 from gpt_fast.generation.decoder import CUDAGraphStep
 from gpt_fast.generation.inspection import step_outputs
+from gpt_fast.generation.kv_cache import CacheOutputMixin, StaticKVCache
 from gpt_fast.generation.prepared import first_done, prepare
 from gpt_fast.generation.processors import stop_flags
 from gpt_fast.models.outputs import ModelOutput
@@ -33,10 +34,11 @@ NEG = -1.0e9  # transformers' "impossible" score
 
 
 @dataclass
-class GenerateBeamOutput(ModelOutput):
+class GenerateBeamOutput(CacheOutputMixin, ModelOutput):
     """As transformers' GenerateBeamDecoderOnlyOutput: sequences (B * num_return_sequences, T + new);
     sequences_scores (B * num_return_sequences,) with output_scores; scores / logits: one (B * num_beams, V) per
-    step; beam_indices (B * num_return_sequences, new): the row each new token came from."""
+    step; beam_indices (B * num_return_sequences, new): the row each new token came from; cache (alias
+    past_key_values): the StaticKVCache of the B * num_beams running beams, unless use_cache=False."""
 
     sequences: torch.Tensor = None
     sequences_scores: torch.Tensor | None = None
@@ -45,6 +47,7 @@ class GenerateBeamOutput(ModelOutput):
     beam_indices: torch.Tensor | None = None
     attentions: tuple | None = None
     hidden_states: tuple | None = None
+    cache: StaticKVCache | None = None
 
 
 def _take(tensor, index):
@@ -174,4 +177,5 @@ def beam_search(model, input_ids, attention_mask, types, request):
         sequences=sequences, sequences_scores=sequence_scores if request.output_scores else None,
         scores=tuple(scores_out[:steps]) if request.output_scores else None,
         logits=tuple(logits_out[:steps]) if request.output_logits else None,
-        beam_indices=beam_indices, attentions=attentions, hidden_states=hidden)
+        beam_indices=beam_indices, attentions=attentions, hidden_states=hidden,
+        cache=p.decoder.cache if request.use_cache else None)

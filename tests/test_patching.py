@@ -123,12 +123,14 @@ def test_generate_is_gpt_fasts_and_gives_the_same_tokens(settings):
     assert torch.equal(ours.sequences, expected.sequences)
     for a, b in zip(ours.scores, expected.scores):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
-    with torch.no_grad():  # the shared model reads the transformers model's parameters, not a copy
-        hf.lm_head.weight.mul_(-1.0)
-    revert_gpt_fast_kernels(hf)
-    expected = hf.generate(ids, max_new_tokens=6)
-    apply_gpt_fast_kernels(hf)
-    assert torch.equal(hf.generate(input_ids=ids, max_new_tokens=6), expected)
+    for replace in (False, True):  # the shared model reads the transformers model's parameters, not a copy
+        if replace:  # new Parameter objects (still tied): the shared model is rebuilt
+            hf.transformer.tokens_embed.weight = hf.lm_head.weight = nn.Parameter(hf.lm_head.weight.detach() + 0.5)
+        with torch.no_grad():
+            hf.lm_head.weight.mul_(-1.0)
+        copied = gpt_fast.OpenAIGPTLMHeadModel.from_transformers(hf)
+        expected = copied.generate(ids, max_new_tokens=6, no_repeat_ngram_size=2)
+        assert torch.equal(hf.generate(input_ids=ids, max_new_tokens=6), expected)
 
 
 def test_generate_falls_back_to_transformers_for_what_gpt_fast_does_not_take():

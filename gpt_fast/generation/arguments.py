@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from gpt_fast.generation.sampling import SamplingConfig
+from gpt_fast.generation.stop_strings import StopStringCriteria
 from gpt_fast.models.validation import check_ids_in_range, check_integer_tensor
 
 DEFAULT_NEW_TOKENS = 20  # transformers' GenerationConfig.max_length default, counted as new tokens (5.x)
@@ -17,7 +18,7 @@ GENERATE_KWARGS = (
     "output_scores", "output_logits", "return_dict_in_generate", "use_cache", "cuda_graph", "eos_check_interval",
     "num_beams", "length_penalty", "early_stopping", "no_repeat_ngram_size", "bad_words_ids",
     "remove_invalid_values", "logits_processor", "stopping_criteria", "output_attentions", "output_hidden_states",
-    "token_type_ids",
+    "token_type_ids", "stop_strings", "tokenizer",
 )
 
 
@@ -105,6 +106,14 @@ def _callables(name, value, signature):
     if not all(callable(item) for item in items):
         raise TypeError(f"{name} must be a list of callables {signature}, got {value!r}")
     return tuple(items)
+
+
+def _stopping_criteria(get) -> tuple:
+    """The caller's stopping_criteria, then the stop_strings' (transformers': stop_strings need tokenizer=)."""
+    criteria = _callables("stopping_criteria", get("stopping_criteria"), "criteria(input_ids, scores)")
+    if get("stop_strings") is not None:
+        criteria += (StopStringCriteria(get("tokenizer"), get("stop_strings")),)
+    return criteria
 
 
 def check_prompt(model, input_ids, attention_mask):
@@ -242,7 +251,7 @@ def parse_generation_kwargs(model, prompt_length: int, kwargs: dict) -> Generati
         no_repeat_ngram_size=ngram, bad_words_ids=_bad_words(get("bad_words_ids"), config.vocab_size, eos),
         remove_invalid_values=_bool("remove_invalid_values", get("remove_invalid_values", False)),
         logits_processor=_callables("logits_processor", get("logits_processor"), "processor(input_ids, scores)"),
-        stopping_criteria=_callables("stopping_criteria", get("stopping_criteria"), "criteria(input_ids, scores)"),
+        stopping_criteria=_stopping_criteria(get),
         output_attentions=_bool("output_attentions", get("output_attentions", False)),
         output_hidden_states=_bool("output_hidden_states", get("output_hidden_states", False)),
         use_cache=_bool("use_cache", get("use_cache", True)))

@@ -58,7 +58,8 @@ def test_stop_strings_match_transformers(hf, model, tokenizers, texts, settings,
     kwargs = dict(settings, max_new_tokens=10, eos_token_id=eos, pad_token_id=0)
     free = hf.generate(ids, do_sample=False, **kwargs)
     stops = stop_strings_for(free, ids.shape[1], texts)
-    for stop_strings in (stops[:1], stops, stops[1]):
+    in_prompt = texts[int(ids[0, -1])].strip()  # matched before the new tokens: must not stop the run
+    for stop_strings in (stops[:1], stops, stops[1], [in_prompt]):
         expected = hf.generate(ids, do_sample=False, stop_strings=stop_strings, tokenizer=tokenizers[1], **kwargs)
         if stop_strings is stops:  # every row meets one: the run changes
             assert expected.shape != free.shape or not torch.equal(expected, free)

@@ -198,8 +198,6 @@ def parse_generation_kwargs(model, prompt_length: int, kwargs: dict) -> Generati
     num_beams = _int("num_beams", get("num_beams", 1), 1, allow_none=False)
     num_return = _int("num_return_sequences", get("num_return_sequences", 1), 1, allow_none=False)
     if num_beams > 1:
-        if do_sample:
-            raise ValueError("beam sampling (num_beams > 1 with do_sample=True) is not supported; use one of them")
         if num_return > num_beams:
             raise ValueError(f"num_return_sequences={num_return} must be <= num_beams={num_beams}")
         if get("streamer") is not None:
@@ -237,9 +235,11 @@ def parse_generation_kwargs(model, prompt_length: int, kwargs: dict) -> Generati
     if cuda_graph is not None:
         _bool("cuda_graph", cuda_graph)
 
+    # transformers: beam sampling keeps at least one token more than there are EOS ids (2 without EOS) in top-k/p
+    keep = (len(eos) + 1 if eos is not None else 2) if num_beams > 1 else 1
     sampling = SamplingConfig(do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p,
-                              repetition_penalty=penalty,
-                              eos_blocked_steps=eos_blocked_steps)
+                              repetition_penalty=penalty, eos_blocked_steps=eos_blocked_steps,
+                              min_tokens_to_keep=keep)
     return GenerationRequest(
         max_new_tokens=max_new, sampling=sampling, num_return_sequences=num_return, eos_token_ids=eos,
         pad_token_id=pad, generator=generator, streamer=streamer,

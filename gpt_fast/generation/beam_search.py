@@ -1,9 +1,11 @@
-"""Beam search over the static KV cache: token-identical to transformers' beam search in fp32.
+"""Beam search (and beam sampling) over the static KV cache: token-identical to transformers' in fp32.
 
 B prompts x num_beams rows share one StaticKVCache of B * num_beams rows (each prompt is prefilled once per beam,
 as transformers expands its input). Per step, in transformers' terms:
   scores = processors(log_softmax(logits)); candidates = the best K = max(2, 1 + #EOS) * num_beams of
-  (beam score + scores) over all beams x vocabulary of a prompt; candidates ending in EOS (or at the last step, or
+  (beam score + scores) over all beams x vocabulary of a prompt (with do_sample, beam sampling: the temperature /
+  top-k / top-p warpers join the processors and the K are drawn from softmax(beam score + scores) without
+  replacement, then sorted); candidates ending in EOS (or at the last step, or
   stopped by the caller's stopping_criteria) that rank among the first num_beams become finished hypotheses, scored
   sum / new_tokens ** length_penalty, kept if among the best num_beams finished so far; the best num_beams other
   candidates run on: the cache rows, the penalty state and the token history are reordered to their source beams
@@ -56,6 +58,17 @@ def _take(tensor, index):
         *index.shape, *tensor.shape[2:]))
 
 
+def _candidates(total, K: int, request):
+    """The K candidates of each prompt from total (B, num_beams * V): the best K, or with do_sample (beam sampling)
+    K drawn without replacement from softmax(total), as transformers draws them (torch.multinomial, on the
+    request's generator or the global one), then sorted best first. Returns (scores, indices), each (B, K)."""
+    if not request.sampling.do_sample:
+        return torch.topk(total, K)
+    drawn = torch.multinomial(torch.softmax(total, dim=-1), K, generator=request.generator)
+    drawn_scores, order = total.gather(1, drawn).sort(dim=-1, descending=True)
+    return drawn_scores, drawn.gather(1, order)
+
+
 def beam_search(model, input_ids, attention_mask, types, request):
 
     nb, lp, early = request.num_beams, request.length_penalty, request.early_stopping
@@ -97,7 +110,7 @@ def beam_search(model, input_ids, attention_mask, types, request):
         if snapshots is not None:
             snapshots.append(running[:, :, :cur].reshape(R, cur).clone())
         total = (scores.view(B, nb, V) + run_scores[:, :, None]).view(B, nb * V)
-        top_scores, top_index = torch.topk(total, K)  # (B, K) best first
+        top_scores, top_index = _candidates(total, K, request)  # (B, K) best first
         source = top_index // V  # (B, K) beam within the prompt
         cand = _take(running, source)  # (B, K, T + N)
         cand[:, :, cur] = top_index % V

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 transformers = pytest.importorskip("transformers")
+from accuracy import assert_within_pytorch_error  # noqa: E402
 from conftest import HEADS, hf_model, random_ids, seeded_prompt, shape_for, tiny_lm  # noqa: E402
 
 import gpt_fast  # noqa: E402
@@ -70,6 +71,18 @@ def test_patched_model_matches_the_unpatched_one_on_gpt_fast_kernels(head):
     else:  # the real positions (fully masked query rows are the attention kernels' business: see the README)
         torch.testing.assert_close(padded[1], expected_padded[1], rtol=1e-4, atol=1e-4)
         torch.testing.assert_close(padded[0, ..., 3:, :], expected_padded[0, ..., 3:, :], rtol=1e-4, atol=1e-4)
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_error_is_within_pytorchs_own(dtype):
+    hf = hf_model("OpenAIGPTLMHeadModel").to(dtype)
+    reference = copy.deepcopy(hf).to(torch.float32)  # the same rounded weights, one step more precise
+    ids = random_ids((2, 9))
+    pytorch, expected = run(hf, ids).logits, run(reference, ids).logits
+    apply_gpt_fast_kernels(hf)
+    assert ops_run(lambda: run(hf, ids)) == set(KERNELS)
+    assert_within_pytorch_error(run(hf, ids).logits, expected, pytorch)
 
 
 @pytest.mark.parametrize("head", HEADS)

@@ -64,6 +64,10 @@ def generate(model, input_ids=None, attention_mask=None, generation_config=None,
     The model runs in eval mode (no dropout) for the call and gets its own mode back afterwards."""
     if not (hasattr(model, "transformer") and hasattr(model, "lm_head")):
         raise TypeError(f"generate needs a language model with an LM head, got {type(model).__name__}")
+    if "inputs" in kwargs:  # transformers' name of the prompt
+        if input_ids is not None:
+            raise ValueError("pass the prompt as input_ids or inputs, not both")
+        input_ids = kwargs.pop("inputs")
     kwargs = merge_generation_config(model, generation_config, kwargs)
     modes = [(module, module.training) for module in model.modules()]  # each module's own mode, restored after
     model.eval()

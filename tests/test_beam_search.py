@@ -1,6 +1,7 @@
 """Beam search: token-identical to transformers' beam search in fp32 (sequences, sequences_scores, scores,
-beam_indices) over EOS, length penalties, early_stopping, num_return_sequences and the processors; padded rows
-equal their prompt alone; the KV cache rows are reordered in place; the deferred end check changes nothing."""
+beam_indices) over EOS, length penalties, early_stopping, num_return_sequences and the processors; beam sampling
+too, from the same global seed (both draw with torch.multinomial); padded rows equal their prompt alone; the KV
+cache rows are reordered in place; the deferred end check changes nothing."""
 
 from __future__ import annotations
 
@@ -188,3 +189,36 @@ def test_no_host_read_per_step_between_end_checks(model, beams):
                 ids, num_beams=beams, max_new_tokens=n, eos_token_id=[3, 4], pad_token_id=0, repetition_penalty=1.2,
                 no_repeat_ngram_size=2, eos_check_interval=100))))
     assert counts[0] == counts[1] > 0
+
+
+SAMPLING = [
+    dict(num_beams=3),
+    dict(num_beams=4, num_return_sequences=2, temperature=0.7, top_k=5, top_p=0.9),
+    dict(num_beams=2, top_k=1, top_p=0.5),  # at least #EOS + 1 tokens kept (2 without EOS), as transformers
+    dict(num_beams=3, repetition_penalty=1.3, length_penalty=0.5, early_stopping=True),
+]
+
+
+@pytest.mark.parametrize("settings", SAMPLING, ids=[str(s) for s in SAMPLING])
+@pytest.mark.parametrize("with_eos", [False, True], ids=["no-eos", "eos"])
+def test_beam_sampling_matches_transformers_from_the_same_seed(hf, model, settings, with_eos):
+    ids = prompt(5, batch=2, seed=len(str(settings)))
+    kwargs = dict(settings, do_sample=True, max_new_tokens=12, return_dict_in_generate=True, output_scores=True)
+    if with_eos:
+        kwargs.update(eos_token_id=two_frequent_tokens(hf, ids), pad_token_id=0)
+    outputs = []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        expected = hf.generate(ids, **kwargs)
+        torch.manual_seed(seed)
+        ours = model.generate(ids, **kwargs)
+        assert_same(expected, ours)
+        outputs.append(ours.sequences)
+    if settings.get("top_k") != 1:  # (top_k=1 leaves exactly K candidates: nothing to draw)
+        assert not all(torch.equal(outputs[0], out) for out in outputs[1:])  # it samples
+
+
+def test_beam_sampling_with_seed_is_reproducible(model):
+    ids = prompt(4, batch=2)
+    runs = [model.generate(ids, num_beams=3, do_sample=True, max_new_tokens=8, seed=seed) for seed in (1, 1, 2)]
+    assert torch.equal(runs[0], runs[1]) and not torch.equal(runs[0], runs[2])

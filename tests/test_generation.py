@@ -316,7 +316,6 @@ BAD_ARGUMENTS = [
     (dict(streamer=object()), TypeError, "streamer"),
     (dict(output_scores=1), TypeError, "output_scores"),
     (dict(use_cache="no"), TypeError, "use_cache"),
-    (dict(num_beams=2, do_sample=True), ValueError, "beam sampling"),
     (dict(num_beams=2), ValueError, "streamer"),
     (dict(cuda_graph="yes"), TypeError, "cuda_graph"),
     (dict(eos_check_interval=0), ValueError, "eos_check_interval"),

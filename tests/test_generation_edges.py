@@ -10,7 +10,7 @@ import torch
 transformers = pytest.importorskip("transformers")
 from conftest import seeded_prompt, tiny_lm  # noqa: E402
 
-from gpt_fast import OpenAIGPTLMHeadModel  # noqa: E402
+from gpt_fast import GenerationConfig, OpenAIGPTLMHeadModel  # noqa: E402
 
 VOCAB, N_POSITIONS = 53, 24
 
@@ -90,3 +90,21 @@ def test_deferred_eos_truncation_on_cpu(hf, model, interval):
     torch.testing.assert_close(deferred, expected, rtol=0, atol=0)
     out = model.generate(ids, eos_check_interval=interval, return_dict_in_generate=True, output_scores=True, **kwargs)
     assert len(out.scores) == expected.shape[1] - 3
+
+
+def test_the_prompt_may_be_passed_as_inputs_as_in_transformers(hf, model):
+    ids = prompt(5, batch=2)
+    expected = hf.generate(inputs=ids, max_new_tokens=4, do_sample=False)
+    torch.testing.assert_close(model.generate(inputs=ids, max_new_tokens=4), expected, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="not both"):
+        model.generate(ids, inputs=ids, max_new_tokens=4)
+
+
+def test_positional_order_is_transformers(hf, model):
+    """generate(prompt, generation_config, ...) as transformers' (a mask in second place is a clear error)."""
+    ids = prompt(5, batch=2)
+    expected = hf.generate(ids, transformers.GenerationConfig(max_new_tokens=3, do_sample=False))
+    torch.testing.assert_close(model.generate(ids, GenerationConfig(max_new_tokens=3)), expected,
+                               rtol=0, atol=0)
+    with pytest.raises(TypeError, match="generation_config"):
+        model.generate(ids, torch.ones_like(ids))

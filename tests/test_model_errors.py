@@ -60,7 +60,7 @@ CASES = {  # name: (model, keyword arguments, exception type, message pattern)
     "float position_ids": ("OpenAIGPTModel", dict(input_ids=IDS, position_ids=torch.arange(6.0)), TypeError,
                            "position_ids"),
     "head_mask shape": ("OpenAIGPTModel", dict(input_ids=IDS, head_mask=torch.ones(3)), ValueError, "head_mask"),
-    "unknown argument": ("OpenAIGPTModel", dict(input_ids=IDS, use_cache=True), TypeError, "use_cache"),
+    "unknown argument": ("OpenAIGPTModel", dict(input_ids=IDS, use_kache=True), TypeError, "use_kache"),
     "labels shape": ("OpenAIGPTLMHeadModel", dict(input_ids=IDS, labels=IDS[:, :5]), ValueError, "labels"),
     "float labels": ("OpenAIGPTLMHeadModel", dict(input_ids=IDS, labels=IDS.float()), TypeError, "labels"),
     "mc_token_ids shape": ("OpenAIGPTDoubleHeadsModel", dict(input_ids=MC_IDS, mc_token_ids=torch.tensor([5, 5])),

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from gpt_fast.generation.sampling import SamplingConfig
+from gpt_fast.generation.stop_strings import StopStringCriteria
 from gpt_fast.models.validation import check_ids_in_range, check_integer_tensor
 
 DEFAULT_NEW_TOKENS = 20  # transformers' GenerationConfig.max_length default, counted as new tokens (5.x)
@@ -17,7 +18,7 @@ GENERATE_KWARGS = (
     "output_scores", "output_logits", "return_dict_in_generate", "use_cache", "cuda_graph", "eos_check_interval",
     "num_beams", "length_penalty", "early_stopping", "no_repeat_ngram_size", "bad_words_ids",
     "remove_invalid_values", "logits_processor", "stopping_criteria", "output_attentions", "output_hidden_states",
-    "token_type_ids",
+    "token_type_ids", "stop_strings", "tokenizer",
 )
 
 
@@ -45,6 +46,7 @@ class GenerationRequest:
     stopping_criteria: tuple = ()
     output_attentions: bool = False
     output_hidden_states: bool = False
+    use_cache: bool = True  # False gives the same tokens (the cache is how gpt_fast decodes) but returns no cache
 
 
 # -- argument checks ----------------------------------------------------------------------------------------------
@@ -104,6 +106,14 @@ def _callables(name, value, signature):
     if not all(callable(item) for item in items):
         raise TypeError(f"{name} must be a list of callables {signature}, got {value!r}")
     return tuple(items)
+
+
+def _stopping_criteria(get) -> tuple:
+    """The caller's stopping_criteria, then the stop_strings' (transformers': stop_strings need tokenizer=)."""
+    criteria = _callables("stopping_criteria", get("stopping_criteria"), "criteria(input_ids, scores)")
+    if get("stop_strings") is not None:
+        criteria += (StopStringCriteria(get("tokenizer"), get("stop_strings")),)
+    return criteria
 
 
 def check_prompt(model, input_ids, attention_mask):
@@ -188,8 +198,6 @@ def parse_generation_kwargs(model, prompt_length: int, kwargs: dict) -> Generati
     num_beams = _int("num_beams", get("num_beams", 1), 1, allow_none=False)
     num_return = _int("num_return_sequences", get("num_return_sequences", 1), 1, allow_none=False)
     if num_beams > 1:
-        if do_sample:
-            raise ValueError("beam sampling (num_beams > 1 with do_sample=True) is not supported; use one of them")
         if num_return > num_beams:
             raise ValueError(f"num_return_sequences={num_return} must be <= num_beams={num_beams}")
         if get("streamer") is not None:
@@ -223,14 +231,15 @@ def parse_generation_kwargs(model, prompt_length: int, kwargs: dict) -> Generati
     streamer = get("streamer")
     if streamer is not None and not all(callable(getattr(streamer, name, None)) for name in ("put", "end")):
         raise TypeError("streamer must have put(token_ids) and end() methods (like transformers' streamers)")
-    _bool("use_cache", get("use_cache", True))  # False gives the same tokens: the cache is how gpt_fast decodes
     cuda_graph = get("cuda_graph")
     if cuda_graph is not None:
         _bool("cuda_graph", cuda_graph)
 
+    # transformers: beam sampling keeps at least one token more than there are EOS ids (2 without EOS) in top-k/p
+    keep = (len(eos) + 1 if eos is not None else 2) if num_beams > 1 else 1
     sampling = SamplingConfig(do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p,
-                              repetition_penalty=penalty,
-                              eos_blocked_steps=eos_blocked_steps)
+                              repetition_penalty=penalty, eos_blocked_steps=eos_blocked_steps,
+                              min_tokens_to_keep=keep)
     return GenerationRequest(
         max_new_tokens=max_new, sampling=sampling, num_return_sequences=num_return, eos_token_ids=eos,
         pad_token_id=pad, generator=generator, streamer=streamer,
@@ -242,9 +251,10 @@ def parse_generation_kwargs(model, prompt_length: int, kwargs: dict) -> Generati
         no_repeat_ngram_size=ngram, bad_words_ids=_bad_words(get("bad_words_ids"), config.vocab_size, eos),
         remove_invalid_values=_bool("remove_invalid_values", get("remove_invalid_values", False)),
         logits_processor=_callables("logits_processor", get("logits_processor"), "processor(input_ids, scores)"),
-        stopping_criteria=_callables("stopping_criteria", get("stopping_criteria"), "criteria(input_ids, scores)"),
+        stopping_criteria=_stopping_criteria(get),
         output_attentions=_bool("output_attentions", get("output_attentions", False)),
-        output_hidden_states=_bool("output_hidden_states", get("output_hidden_states", False)))
+        output_hidden_states=_bool("output_hidden_states", get("output_hidden_states", False)),
+        use_cache=_bool("use_cache", get("use_cache", True)))
 
 
 def infer_attention_mask(input_ids, request: GenerationRequest):

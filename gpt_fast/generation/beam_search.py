@@ -1,9 +1,11 @@
-"""Beam search over the static KV cache: token-identical to transformers' beam search in fp32.
+"""Beam search (and beam sampling) over the static KV cache: token-identical to transformers' in fp32.
 
 B prompts x num_beams rows share one StaticKVCache of B * num_beams rows (each prompt is prefilled once per beam,
 as transformers expands its input). Per step, in transformers' terms:
   scores = processors(log_softmax(logits)); candidates = the best K = max(2, 1 + #EOS) * num_beams of
-  (beam score + scores) over all beams x vocabulary of a prompt; candidates ending in EOS (or at the last step, or
+  (beam score + scores) over all beams x vocabulary of a prompt (with do_sample, beam sampling: the temperature /
+  top-k / top-p warpers join the processors and the K are drawn from softmax(beam score + scores) without
+  replacement, then sorted); candidates ending in EOS (or at the last step, or
   stopped by the caller's stopping_criteria) that rank among the first num_beams become finished hypotheses, scored
   sum / new_tokens ** length_penalty, kept if among the best num_beams finished so far; the best num_beams other
   candidates run on: the cache rows, the penalty state and the token history are reordered to their source beams
@@ -25,6 +27,7 @@ import torch
 
 from gpt_fast.generation.decoder import CUDAGraphStep
 from gpt_fast.generation.inspection import step_outputs
+from gpt_fast.generation.kv_cache import CacheOutputMixin, StaticKVCache
 from gpt_fast.generation.prepared import first_done, prepare
 from gpt_fast.generation.processors import stop_flags
 from gpt_fast.models.outputs import ModelOutput
@@ -33,10 +36,11 @@ NEG = -1.0e9  # transformers' "impossible" score
 
 
 @dataclass
-class GenerateBeamOutput(ModelOutput):
+class GenerateBeamOutput(CacheOutputMixin, ModelOutput):
     """As transformers' GenerateBeamDecoderOnlyOutput: sequences (B * num_return_sequences, T + new);
     sequences_scores (B * num_return_sequences,) with output_scores; scores / logits: one (B * num_beams, V) per
-    step; beam_indices (B * num_return_sequences, new): the row each new token came from."""
+    step; beam_indices (B * num_return_sequences, new): the row each new token came from; cache (alias
+    past_key_values): the StaticKVCache of the B * num_beams running beams, unless use_cache=False."""
 
     sequences: torch.Tensor = None
     sequences_scores: torch.Tensor | None = None
@@ -45,12 +49,24 @@ class GenerateBeamOutput(ModelOutput):
     beam_indices: torch.Tensor | None = None
     attentions: tuple | None = None
     hidden_states: tuple | None = None
+    cache: StaticKVCache | None = None
 
 
 def _take(tensor, index):
     """tensor (B, n, ...) gathered along dim 1 by index (B, k) -> (B, k, ...)."""
     return tensor.gather(1, index.view(*index.shape, *([1] * (tensor.dim() - 2))).expand(
         *index.shape, *tensor.shape[2:]))
+
+
+def _candidates(total, K: int, request):
+    """The K candidates of each prompt from total (B, num_beams * V): the best K, or with do_sample (beam sampling)
+    K drawn without replacement from softmax(total), as transformers draws them (torch.multinomial, on the
+    request's generator or the global one), then sorted best first. Returns (scores, indices), each (B, K)."""
+    if not request.sampling.do_sample:
+        return torch.topk(total, K)
+    drawn = torch.multinomial(torch.softmax(total, dim=-1), K, generator=request.generator)
+    drawn_scores, order = total.gather(1, drawn).sort(dim=-1, descending=True)
+    return drawn_scores, drawn.gather(1, order)
 
 
 def beam_search(model, input_ids, attention_mask, types, request):
@@ -94,7 +110,7 @@ def beam_search(model, input_ids, attention_mask, types, request):
         if snapshots is not None:
             snapshots.append(running[:, :, :cur].reshape(R, cur).clone())
         total = (scores.view(B, nb, V) + run_scores[:, :, None]).view(B, nb * V)
-        top_scores, top_index = torch.topk(total, K)  # (B, K) best first
+        top_scores, top_index = _candidates(total, K, request)  # (B, K) best first
         source = top_index // V  # (B, K) beam within the prompt
         cand = _take(running, source)  # (B, K, T + N)
         cand[:, :, cur] = top_index % V
@@ -174,4 +190,5 @@ def beam_search(model, input_ids, attention_mask, types, request):
         sequences=sequences, sequences_scores=sequence_scores if request.output_scores else None,
         scores=tuple(scores_out[:steps]) if request.output_scores else None,
         logits=tuple(logits_out[:steps]) if request.output_logits else None,
-        beam_indices=beam_indices, attentions=attentions, hidden_states=hidden)
+        beam_indices=beam_indices, attentions=attentions, hidden_states=hidden,
+        cache=p.decoder.cache if request.use_cache else None)

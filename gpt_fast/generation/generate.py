@@ -35,6 +35,7 @@ from gpt_fast.generation.beam_search import beam_search
 from gpt_fast.generation.config import GenerationConfig
 from gpt_fast.generation.decoder import CUDAGraphStep
 from gpt_fast.generation.inspection import step_outputs
+from gpt_fast.generation.kv_cache import CacheOutputMixin, StaticKVCache
 from gpt_fast.generation.prepared import first_done, prepare
 from gpt_fast.generation.processors import stop_flags
 from gpt_fast.models.outputs import ModelOutput
@@ -43,15 +44,17 @@ __all__ = ["GENERATE_KWARGS", "GenerateOutput", "GenerationRequest", "generate",
 
 
 @dataclass
-class GenerateOutput(ModelOutput):
+class GenerateOutput(CacheOutputMixin, ModelOutput):
     """As transformers' GenerateDecoderOnlyOutput: sequences (B, T + new); scores / logits: one (B, V) per step;
-    attentions / hidden_states: per step, the model's per-layer tuples over the sequence so far."""
+    attentions / hidden_states: per step, the model's per-layer tuples over the sequence so far; cache (alias
+    past_key_values): the request's StaticKVCache (kv_cache.py) unless use_cache=False."""
 
     sequences: torch.Tensor = None
     scores: tuple | None = None
     logits: tuple | None = None
     attentions: tuple | None = None
     hidden_states: tuple | None = None
+    cache: StaticKVCache | None = None
 
 
 # -- the loop -----------------------------------------------------------------------------------------------------
@@ -61,6 +64,10 @@ def generate(model, input_ids=None, attention_mask=None, generation_config=None,
     The model runs in eval mode (no dropout) for the call and gets its own mode back afterwards."""
     if not (hasattr(model, "transformer") and hasattr(model, "lm_head")):
         raise TypeError(f"generate needs a language model with an LM head, got {type(model).__name__}")
+    if "inputs" in kwargs:  # transformers' name of the prompt
+        if input_ids is not None:
+            raise ValueError("pass the prompt as input_ids or inputs, not both")
+        input_ids = kwargs.pop("inputs")
     kwargs = merge_generation_config(model, generation_config, kwargs)
     modes = [(module, module.training) for module in model.modules()]  # each module's own mode, restored after
     model.eval()
@@ -154,4 +161,5 @@ def _generate(model, input_ids, attention_mask, kwargs: dict):
     return GenerateOutput(sequences=sequences,
                           scores=tuple(scores_out[:steps]) if request.output_scores else None,
                           logits=tuple(logits_out[:steps]) if request.output_logits else None,
-                          attentions=attentions, hidden_states=hidden)
+                          attentions=attentions, hidden_states=hidden,
+                          cache=p.decoder.cache if request.use_cache else None)

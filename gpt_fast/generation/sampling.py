@@ -25,6 +25,7 @@ class SamplingConfig:
     top_p: float  # 1.0 = off
     repetition_penalty: float  # 1.0 = off
     eos_blocked_steps: int  # EOS is masked while step < this (min_length / min_new_tokens)
+    min_tokens_to_keep: int = 1  # top-k / top-p keep at least this many tokens (beam sampling: #EOS + 1)
 
 
 class TokenSelector:
@@ -91,14 +92,14 @@ class TokenSelector:
         if cfg.temperature != 1.0:
             scores.div_(cfg.temperature)
         if cfg.top_k:
-            k = min(cfg.top_k, scores.shape[-1])
+            k = min(max(cfg.top_k, cfg.min_tokens_to_keep), scores.shape[-1])
             kth = torch.topk(scores, k, dim=-1).values[:, -1:]  # (B, 1)
             scores.masked_fill_(scores < kth, float("-inf"))
         if cfg.top_p < 1.0:
             sorted_scores, order = torch.sort(scores, descending=False)  # (B, V) ascending
             cumulative = sorted_scores.softmax(dim=-1).cumsum(dim=-1)
             drop_sorted = cumulative <= (1 - cfg.top_p)
-            drop_sorted[:, -1:] = False  # always keep the most likely token
+            drop_sorted[:, -cfg.min_tokens_to_keep:] = False  # always keep the most likely token(s)
             scores.masked_fill_(drop_sorted.scatter(1, order, drop_sorted), float("-inf"))
         return scores
 

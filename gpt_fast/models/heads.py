@@ -113,9 +113,10 @@ class OpenAIGPTLMHeadModel(GenerationConfigMixin, OpenAIGPTPreTrainedModel):
             loss = shifted_lm_loss(logits, labels, True, num_items_in_batch, ignore_index, shift_labels)
         return _finish(CausalLMOutput(loss, logits, out.hidden_states, out.attentions), return_dict)
 
-    def generate(self, input_ids=None, attention_mask=None, **kwargs):
-        """transformers-compatible generation over a static KV cache (gpt_fast/generation/generate.py)."""
-        return generate(self, input_ids, attention_mask=attention_mask, **kwargs)
+    def generate(self, input_ids=None, generation_config=None, **kwargs):
+        """transformers-compatible generation over a static KV cache (gpt_fast/generation/generate.py). Positional
+        order as transformers': the prompt (`input_ids`, or `inputs=`), then generation_config; the rest by name."""
+        return generate(self, input_ids, kwargs.pop("attention_mask", None), generation_config, **kwargs)
 
     def logits(self, hidden, plan):
         """LM-head logits for hidden (..., C) -> (..., V), through the plan's engine (gpt_fast/models/linear.py)."""

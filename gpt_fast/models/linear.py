@@ -77,12 +77,19 @@ class Conv1D(nn.Module):
         if engine == "onednn":
             return torch.ops.mkldnn._linear_pointwise(x, self.packed(engine), bias, "gelu" if gelu else "none", [],
                                                       "tanh" if gelu else "")
-        flat = x.reshape(-1, x.shape[-1])  # (rows, in)
-        if gelu:
-            out = (plan.bias_gelu if plan is not None else reference.bias_gelu)(flat @ weight, layer_bias)
-        else:
-            out = flat @ weight if bias is None else torch.addmm(bias, flat, weight)
-        return out.view(*x.shape[:-1], weight.shape[1])
+        return gemm(x, weight, bias, plan, gelu)
+
+
+def gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, plan: KernelPlan | None,
+         gelu: bool = False) -> torch.Tensor:
+    """The "gemm" engine: (..., in) @ weight (in, out) [+ bias] -> (..., out) through PyTorch's GEMM; with gelu,
+    gelu_tanh(x W + bias) through plan.bias_gelu (the fused kernel where the plan has it)."""
+    flat = x.reshape(-1, x.shape[-1])  # (rows, in)
+    if gelu:
+        out = (plan.bias_gelu if plan is not None else reference.bias_gelu)(flat @ weight, bias)
+    else:
+        out = flat @ weight if bias is None else torch.addmm(bias, flat, weight)
+    return out.view(*x.shape[:-1], weight.shape[1])
 
 
 def project_to_vocab(lm_head: nn.Linear, x: torch.Tensor, plan: KernelPlan | None) -> torch.Tensor:

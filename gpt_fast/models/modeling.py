@@ -162,10 +162,12 @@ class OpenAIGPTModel(OpenAIGPTPreTrainedModel):
             return torch.utils.checkpoint.checkpoint(block, hidden, plan, attend, **settings["kwargs"])
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, inputs_embeds=None,
-                output_attentions=None, output_hidden_states=None, return_dict=None, *, head_mask=None, **kwargs):
+                output_attentions=None, output_hidden_states=None, return_dict=None, *, head_mask=None,
+                use_cache=None, **kwargs):
         """transformers' positional order (input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
         ...); head_mask, which transformers 5 dropped, is keyword-only. attention_mask and token_type_ids may
-        have the input's shape (..., T) or be flattened to (N, T)."""
+        have the input's shape (..., T) or be flattened to (N, T). use_cache is accepted and changes nothing, as in
+        transformers, whose OpenAIGPT forward keeps no cache either (generate() has its own)."""
         if kwargs:
             raise TypeError(f"unexpected arguments: {', '.join(sorted(kwargs))}")
         config = self.config

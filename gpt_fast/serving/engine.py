@@ -155,6 +155,7 @@ class Engine:
     def reap_cancelled(self) -> None:
         for sequence in [s for s in self.active if s.cancelled]:
             self.release(sequence)
+            self.record_finish(sequence, "cancelled")
 
     def guarded(self, step, sequences: list[Sequence]) -> None:
         """Runs a step; an unexpected failure ends the sequences it was running with an error, not the loop."""

@@ -213,8 +213,9 @@ def test_a_free_slot_below_a_decoding_row_keeps_length_zero(model_and_tokenizer,
         long_outputs.put(out)
 
     short, long_outputs = queue.Queue(), queue.Queue()
-    engine.submit(prompt_of(tokenizer), SamplingParams(max_tokens=2, temperature=0), short.put)  # slot 0
-    engine.submit(prompt_of(tokenizer), SamplingParams(max_tokens=30, temperature=0), watch)  # slot 1
+    with engine.wake:  # both queued before the loop admits either: slots 0 and 1
+        engine.submit(prompt_of(tokenizer), SamplingParams(max_tokens=2, temperature=0), short.put)
+        engine.submit(prompt_of(tokenizer), SamplingParams(max_tokens=30, temperature=0), watch)
     wait(short, 1)
     wait(long_outputs, 1)
     assert lengths_of_slot_0[-10:] == [0] * 10  # the step's write for the free row 0 was undone each time

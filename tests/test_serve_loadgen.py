@@ -4,6 +4,11 @@ request completes with as many streamed tokens as its usage says, and the statis
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from serve_helpers import tiny_model_and_tokenizer
@@ -32,3 +37,22 @@ def test_statistics():
     result = summarize([done, failed], 2.0, 2, None, 2)
     assert result["tpot_ms"]["mean"] == pytest.approx(200.0)
     assert result["output_tok_s"] == pytest.approx(1.5) and result["failed_statuses"] == {"503": 1}
+
+
+def test_the_serve_benchmark_end_to_end(tmp_path):
+    """benchmarks/bench_serve.py's code (a server child process, batch-1 generate, HTTP batch-1, one concurrency
+    level) on a 2-layer model with GPT-1's vocabulary."""
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    out = tmp_path / "serve.json"
+    result = subprocess.run([sys.executable, "benchmarks/bench_serve.py", "--tiny", "--num-prompts", "3",
+                             "--concurrency", "2", "--max-seconds", "60", "--dtype", "float32", "--json", str(out)],
+                            cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(out.read_text())
+    assert report["http_batch1"]["requests_completed"] == 4
+    run = report["runs"][0]
+    assert run["concurrency"] == 2 and run["requests_completed"] == 3 and run["requests_failed"] == 0
+    assert 0 < run["http_thread_cpu_share"] < 1
+    assert report["ratios"][0]["output_tok_s_over_batch1"] > 0
+    assert report["generate_batch1"]["used"]["tok_s"] > 0

@@ -4,6 +4,7 @@ checkpoint folder, and a helper that runs one request through an Engine and coll
 from __future__ import annotations
 
 import queue
+import time
 
 import torch
 
@@ -51,3 +52,17 @@ def wait(outputs: queue.Queue, n: int, timeout: float = 30.0):
             choice["finish"] = out.finish_reason
             finished += 1
     return result
+
+
+class SlowTokenizer:
+    """The checkpoint's tokenizer, 20 ms slower per decode: the engine decodes once per token, so requests last."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+
+    def __call__(self, *args, **kwargs):
+        return self.tokenizer(*args, **kwargs)
+
+    def decode(self, *args, **kwargs):
+        time.sleep(0.02)
+        return self.tokenizer.decode(*args, **kwargs)

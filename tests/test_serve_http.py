@@ -11,7 +11,7 @@ import httpx
 import openai
 import pytest
 import torch
-from serve_helpers import save_checkpoint
+from serve_helpers import SlowTokenizer, save_checkpoint
 
 from gpt_fast import OpenAIGPTLMHeadModel, OpenAIGPTTokenizerFast
 from gpt_fast.serving import SamplingParams
@@ -214,20 +214,6 @@ def test_a_full_queue_is_503(model, tokenizer):
             client.completions.create(model=NAME, prompt="hi", max_tokens=1)
         assert error.value.status_code == 503 and error.value.body["code"] == "queue_full"
         assert httpx.get(running.url + "/health", timeout=TIMEOUT).status_code == 503  # no engine thread
-
-
-class SlowTokenizer:
-    """The checkpoint's tokenizer, 20 ms slower per decode: the engine decodes once per token, so requests last."""
-
-    def __init__(self, tokenizer):
-        self.tokenizer = tokenizer
-
-    def __call__(self, *args, **kwargs):
-        return self.tokenizer(*args, **kwargs)
-
-    def decode(self, *args, **kwargs):
-        time.sleep(0.02)
-        return self.tokenizer.decode(*args, **kwargs)
 
 
 def cancelled_count(url: str) -> float:

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from serve_helpers import tiny_model_and_tokenizer
+from serve_helpers import SlowTokenizer, tiny_model_and_tokenizer
 
 from gpt_fast.serving.http import build_app
 from gpt_fast.serving.launch import BackgroundServer
@@ -56,3 +56,16 @@ def test_the_serve_benchmark_end_to_end(tmp_path):
     assert 0 < run["http_thread_cpu_share"] < 1
     assert report["ratios"][0]["output_tok_s_over_batch1"] > 0
     assert report["generate_batch1"]["used"]["tok_s"] > 0
+
+
+def test_overload_fails_only_with_503_and_loses_no_tokens():
+    """20 requests at once against 2 slots and a queue of 2, each token 20 ms slower: the ones that do not fit are
+    503 (queue_full), every other one streams exactly its max_tokens, as its usage says."""
+    model, tokenizer = tiny_model_and_tokenizer()
+    app, engine = build_app(model, SlowTokenizer(tokenizer), "tiny", max_batch=2, max_queue=2)
+    specs = random_requests(20, len(tokenizer), (4, 12), (10, 20), seed=1)
+    with BackgroundServer(app) as server:
+        result = asyncio.run(run_load(server.url, "tiny", specs, concurrency=20, max_seconds=60))
+    assert set(result["failed_statuses"]) == {"503"}
+    assert result["requests_completed"] + result["requests_failed"] == 20 and result["requests_completed"] >= 4
+    assert engine.slots.in_use() == 0

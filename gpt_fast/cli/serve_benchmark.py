@@ -37,6 +37,13 @@ def thread_cpu_seconds(native_id: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def rss_mb() -> float:
+    """This process's resident memory (Linux /proc)."""
+    with open("/proc/self/status") as status:
+        line = next(ln for ln in status if ln.startswith("VmRSS:"))
+    return int(line.split()[1]) / 1024
+
+
 def serve_child(args) -> None:
     import torch
 
@@ -69,7 +76,7 @@ def serve_child(args) -> None:
             if line.strip() == "batch1":
                 print(json.dumps(batch1()), flush=True)
             if line.strip() == "cpu":
-                print(json.dumps({"process_cpu_s": time.process_time(),
+                print(json.dumps({"process_cpu_s": time.process_time(), "rss_mb": rss_mb(),
                                   "http_thread_cpu_s": thread_cpu_seconds(http_thread),
                                   "engine_thread_cpu_s": thread_cpu_seconds(engine.thread.native_id)}), flush=True)
 
@@ -135,6 +142,7 @@ def run(args) -> dict:
             after = child.ask("cpu")
             process = after["process_cpu_s"] - before["process_cpu_s"]
             summary["server_cpu_s"] = process
+            summary["server_rss_mb_before_after"] = [before["rss_mb"], after["rss_mb"]]
             summary["http_thread_cpu_share"] = (after["http_thread_cpu_s"] - before["http_thread_cpu_s"]) / process
             result["runs"].append(summary)
             print(f"rate={rate} concurrency={concurrency}: {summary['output_tok_s']:.1f} output tok/s, median TPOT "

@@ -219,3 +219,8 @@ def test_a_free_slot_below_a_decoding_row_keeps_length_zero(model_and_tokenizer,
     wait(short, 1)
     wait(long_outputs, 1)
     assert lengths_of_slot_0[-10:] == [0] * 10  # the step's write for the free row 0 was undone each time
+
+
+def test_a_one_token_prompt_with_prompt_logprobs(model_and_tokenizer, make_engine):
+    out = collect(make_engine(), [5], SamplingParams(max_tokens=2, temperature=0, logprobs=1, prompt_logprobs=True))
+    assert out[0]["prompt_logprobs"] == [None] and len(out[0]["tokens"]) == 2

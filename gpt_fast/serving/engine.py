@@ -188,6 +188,8 @@ class Engine:
     def add_prompt_logprobs(self, sequence: Sequence, hidden: torch.Tensor, start: int, end: int) -> None:
         """The log-probability of each prompt token after the first, given the tokens before it."""
         following = sequence.prompt[start + 1:end + 1]  # the tokens each position predicts
+        if not following:  # the prompt's last token predicts the first new one, not a prompt token
+            return
         logprobs = torch.log_softmax(self.model.logits(hidden[:len(following)], self.plan).float(), dim=-1)
         picked = logprobs.gather(1, torch.tensor(following, device=self.device)[:, None])[:, 0]
         sequence.prompt_logprobs.extend(picked.tolist())

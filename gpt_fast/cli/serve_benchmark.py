@@ -203,6 +203,10 @@ def main(argv=None) -> int:
     if args.child:
         serve_child(args)
         return 0
+    if args.png:
+        from gpt_fast.cli.benchmark import check_matplotlib
+
+        check_matplotlib()  # before the run, not after it
     args.concurrency = [int(c) for c in args.concurrency.split(",") if c.strip()]
     result = run(args)
     text = json.dumps(result, indent=2)

@@ -281,8 +281,9 @@ def test_bench_table_names_the_cpu_and_tier():
     assert "gpt_fast[sdpa]" in table and "50.0" in table and "90" in table
 
 
-@pytest.mark.skipif(__import__("importlib").util.find_spec("matplotlib") is not None, reason="matplotlib installed")
-def test_bench_png_without_matplotlib_is_a_clear_error(tmp_path):
+def test_bench_png_without_matplotlib_is_a_clear_error(tmp_path, monkeypatch):
+    (tmp_path / "matplotlib.py").write_text("raise ImportError('no matplotlib here')\n")  # shadows the installed one
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
     assert_one_line_error(run_cli("bench", "--png", str(tmp_path / "x.png")), 1, "matplotlib")
 
 

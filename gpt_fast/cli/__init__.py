@@ -5,8 +5,10 @@
     gpt-fast bench [--quick] [--json out.json] [--png out.png]
     gpt-fast convert SRC DST [--dtype bf16]
     gpt-fast train DATA... --out DIR (--model DIR | --config config.json) [--max-steps N ...]
+    gpt-fast serve --model DIR [--host 127.0.0.1 --port 8000 --max-batch 16 --max-queue 64 --api-key KEY]
 
-One module per command (generate.py, bench.py, convert.py, train.py), each with add_parser(subparsers) and run(args).
+One module per command (generate.py, bench.py, convert.py, train.py, serve.py), each with add_parser(subparsers)
+and run(args).
 Progress goes to stderr, results to stdout. Every error prints one line `gpt-fast: error: ...` and exits with a
 non-zero status (2 for bad command lines, 1 otherwise); no traceback.
 """
@@ -15,15 +17,15 @@ from __future__ import annotations
 
 import sys
 
-from gpt_fast.cli import bench, convert, generate, train
+from gpt_fast.cli import bench, convert, generate, serve, train
 from gpt_fast.cli.common import Parser, UsageError
 
-COMMANDS = {"generate": generate, "bench": bench, "convert": convert, "train": train}
+COMMANDS = {"generate": generate, "bench": bench, "convert": convert, "train": train, "serve": serve}
 
 
 def build_parser() -> Parser:
-    parser = Parser(prog="gpt-fast", description="Fast OpenAI GPT (GPT-1): generate, benchmark, convert, train.")
-    sub = parser.add_subparsers(dest="command", metavar="{generate,bench,convert,train}", parser_class=Parser)
+    parser = Parser(prog="gpt-fast", description="Fast OpenAI GPT (GPT-1): generate, benchmark, convert, train, serve.")
+    sub = parser.add_subparsers(dest="command", metavar="{generate,bench,convert,train,serve}", parser_class=Parser)
     sub.required = True
     for command in COMMANDS.values():
         command.add_parser(sub)

@@ -22,10 +22,15 @@ def add_parser(sub) -> None:
                        help="time transformers' whole generate (minutes) instead of sampling its per-step cost")
     bench.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     bench.add_argument("--png", metavar="PATH", help="also plot decode tokens/s (needs matplotlib)")
+    bench.add_argument("--serve", action="store_true",
+                       help="instead, the load benchmark of gpt-fast serve (benchmarks/bench_serve.py's defaults; "
+                            "--quick, --threads, --json, --png apply)")
 
 
 
 def run(args) -> int:
+    if args.serve:
+        return run_serve(args)
     if args.png:
         benchmark.check_matplotlib()
     overrides = {}
@@ -55,3 +60,19 @@ def run(args) -> int:
         benchmark.save_png(result, args.png)
         log(f"wrote {args.png}")
     return 0
+
+
+def run_serve(args) -> int:
+    try:
+        import fastapi  # noqa: F401
+        import httpx  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as error:
+        raise UsageError(f"gpt-fast bench --serve needs pip install gpt_fast[serve] ({error})") from None
+    from gpt_fast.cli.serve_benchmark import main as serve_benchmark
+
+    argv = ["--num-prompts", "8", "--max-seconds", "30"] if args.quick else []
+    for flag, value in (("--threads", args.threads), ("--json", args.json), ("--png", args.png)):
+        if value is not None:
+            argv += [flag, str(value)]
+    return serve_benchmark(argv)

@@ -1,0 +1,65 @@
+"""gpt-fast serve: an OpenAI-compatible HTTP server with continuous batching (gpt_fast/serving)."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from gpt_fast.cli.common import UsageError, log, positive_int
+
+SERVE_EXTRA = "gpt-fast serve needs FastAPI and uvicorn: pip install gpt_fast[serve]"
+
+
+def add_parser(sub) -> None:
+    serve = sub.add_parser("serve", help="an OpenAI-compatible server (/v1/completions, /v1/chat/completions)",
+                           description="Serves a checkpoint over HTTP with OpenAI's API and continuous batching.")
+    serve.add_argument("--model", required=True, help="checkpoint folder (config.json + weights) or hub name")
+    serve.add_argument("--tokenizer", help="tokenizer folder (default: the model folder)")
+    serve.add_argument("--served-model-name", help="the model name clients pass (default: --model as given)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--dtype", default="float32", help="float32, bfloat16, float16 or auto (default float32)")
+    serve.add_argument("--device", default="cpu")
+    serve.add_argument("--max-batch", type=positive_int, default=16, help="sequences decoded together (slots)")
+    serve.add_argument("--max-queue", type=positive_int, default=64,
+                       help="sequences waiting for a slot; more is a 503 (default 64)")
+    serve.add_argument("--prefill-chunk", type=positive_int, default=256, help="prompt tokens per prefill step")
+    serve.add_argument("--api-key", default=os.environ.get("GPT_FAST_API_KEY"),
+                       help="require 'Authorization: Bearer KEY' on /v1 (default: $GPT_FAST_API_KEY, else none)")
+    serve.add_argument("--chat-template", metavar="FILE", help="a Jinja2 chat template (default: 'role: content')")
+    serve.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's choice)")
+    serve.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
+
+
+def run(args) -> int:
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError:
+        raise UsageError(SERVE_EXTRA) from None
+    from gpt_fast.checkpoints.hub import looks_like_hub_id
+    from gpt_fast.generation.pipeline import load_tokenizer
+    from gpt_fast.models.heads import OpenAIGPTLMHeadModel
+    from gpt_fast.serving.chat import ChatTemplate
+    from gpt_fast.serving.http import build_app
+    from gpt_fast.serving.launch import serve_forever
+
+    if not 0 <= args.port < 65536:
+        raise UsageError(f"gpt-fast serve: --port must be in [0, 65535], got {args.port}")
+    if not Path(args.model).expanduser().exists() and not looks_like_hub_id(args.model):
+        raise FileNotFoundError(f"no such model folder: {args.model} (nor is it a hub model id like 'org/name')")
+    template = ChatTemplate.from_file(args.chat_template) if args.chat_template else ChatTemplate()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    log(f"loading {args.model} ...")
+    model = OpenAIGPTLMHeadModel.from_pretrained(args.model, dtype=args.dtype, device=args.device)
+    tokenizer = load_tokenizer(args.tokenizer or args.model)
+    log(f"loaded in {time.perf_counter() - start:.1f} s ({model.dtype}, {model.device})")
+    app, _ = build_app(model, tokenizer, args.served_model_name or args.model, args.max_batch, args.max_queue,
+                       args.prefill_chunk, args.api_key, template)
+    serve_forever(app, args.host, args.port, args.log_level)
+    return 0

@@ -1,0 +1,269 @@
+"""The serving engine: one thread owns the model and a slot-based static KV cache and runs continuous batching.
+
+    engine = Engine(model, tokenizer, max_batch=16, max_queue=64); engine.start()
+    handle = engine.submit(prompt_ids, params, n=1, sink=callback)   # raises ServingError subclasses at once
+    engine.cancel(handle); engine.stop()
+
+Each loop iteration: cancelled sequences give back their slots; waiting sequences take free slots (FIFO); at most
+one prefill chunk runs (the oldest sequence still prefilling, `prefill_chunk` tokens; its last chunk also picks its
+first token); then one decode step for every decoding row (IncrementalDecoder.step over the slot rows [0, hi), rows
+that are not decoding restored to their own length). So requests join between decode steps, running rows wait at
+most one chunk, and a finished row's slot is free for the next step. `sink(Output)` is called from this thread:
+it must not block. No web framework is imported here.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+
+import torch
+
+from gpt_fast.generation.decoder import IncrementalDecoder
+from gpt_fast.ops.kernel_plan import plan_kernels
+from gpt_fast.serving.errors import BadRequest, ContextTooLong, EngineStopped, QueueFull
+from gpt_fast.serving.observer import EngineObserver
+from gpt_fast.serving.params import SamplingParams
+from gpt_fast.serving.prefill import prefill_chunk
+from gpt_fast.serving.sampler import Choice, RowSampler
+from gpt_fast.serving.sequence import Output, Sequence, State
+from gpt_fast.serving.slots import SlotCache
+
+log = logging.getLogger("gpt_fast.serving")
+
+
+class RequestHandle:
+    """The sequences of one submitted request (its n choices)."""
+
+    def __init__(self, sequences: list[Sequence]):
+        self.sequences = sequences
+
+
+class Engine:
+    def __init__(self, model, tokenizer, max_batch: int = 16, max_queue: int = 64, prefill_chunk: int = 256,
+                 observer: EngineObserver | None = None):
+        if max_batch < 1 or max_queue < 1 or prefill_chunk < 1:
+            raise ValueError("max_batch, max_queue and prefill_chunk must be positive")
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.config = model.config
+        self.device = next(model.parameters()).device
+        self.plan = plan_kernels(model.attn_implementation, self.device, model.dtype)
+        self.slots = SlotCache(self.config, max_batch, model.dtype, self.device)
+        self.sampler = RowSampler(self.config.vocab_size, max_batch, self.device)
+        self.max_queue = max_queue
+        self.prefill_chunk = prefill_chunk
+        self.observer = observer or EngineObserver()
+        self.decoders: dict[int, IncrementalDecoder] = {}  # hi -> a decoder over the slot rows [0, hi)
+        self.waiting: deque[Sequence] = deque()  # guarded by self.wake
+        self.active: list[Sequence] = []  # sequences holding a slot, in admission order (engine thread only)
+        self.wake = threading.Condition()
+        self.running = False
+        self.thread: threading.Thread | None = None
+
+    # -- the submitting side (any thread) -------------------------------------------------------------------------
+    @property
+    def n_positions(self) -> int:
+        return self.config.n_positions
+
+    def queue_depth(self) -> int:
+        return len(self.waiting)
+
+    def batch_size(self) -> int:
+        return self.slots.in_use()
+
+    def check(self, prompt: list[int], params: SamplingParams) -> None:
+        """Raises BadRequest / ContextTooLong for a request that can never run."""
+        if not prompt:
+            raise BadRequest("the prompt is empty (it must hold at least one token)", "prompt")
+        vocab = self.config.vocab_size
+        if any(not isinstance(t, int) or isinstance(t, bool) or not 0 <= t < vocab for t in prompt):
+            raise BadRequest(f"prompt token ids must be integers in [0, {vocab})", "prompt")
+        if len(prompt) + params.max_tokens > self.n_positions:
+            raise ContextTooLong(f"this model's maximum context length is {self.n_positions} tokens; the prompt has "
+                                 f"{len(prompt)} and max_tokens is {params.max_tokens} (together "
+                                 f"{len(prompt) + params.max_tokens}); shorten the prompt or lower max_tokens")
+
+    def submit(self, prompt: list[int], params: SamplingParams, sink, n: int = 1) -> RequestHandle:
+        try:
+            self.check(prompt, params)
+        except BadRequest:
+            self.observer.request_rejected("bad_request")
+            raise
+        sequences = [Sequence(i, list(prompt), params, sink, self.tokenizer, self.device) for i in range(n)]
+        with self.wake:
+            if not self.running:
+                raise EngineStopped("the engine is not running")
+            if len(self.waiting) + n > self.max_queue:
+                self.observer.request_rejected("queue_full")
+                raise QueueFull(f"the server's queue is full ({len(self.waiting)} of {self.max_queue} sequences "
+                                "waiting); retry later")
+            self.waiting.extend(sequences)
+            self.wake.notify()
+        return RequestHandle(sequences)
+
+    def cancel(self, handle: RequestHandle) -> None:
+        """Stops the request's sequences (no further Output); their slots are freed before the next step."""
+        with self.wake:
+            for sequence in handle.sequences:
+                sequence.cancelled = True
+                if sequence.state is State.WAITING and sequence in self.waiting:
+                    self.waiting.remove(sequence)
+            self.wake.notify()
+
+    def start(self) -> "Engine":
+        with self.wake:
+            self.running = True
+        self.thread = threading.Thread(target=self.loop, name="gpt-fast-engine", daemon=True)
+        self.thread.start()
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        with self.wake:
+            self.running = False
+            self.wake.notify()
+        if self.thread is not None:
+            self.thread.join(timeout)
+
+    # -- the engine thread ----------------------------------------------------------------------------------------
+    def loop(self) -> None:
+        with torch.inference_mode():
+            while True:
+                with self.wake:
+                    while self.running and not self.waiting and not self.active:
+                        self.wake.wait()
+                    if not self.running:
+                        break
+                    self.admit()
+                self.reap_cancelled()
+                self.guarded(self.prefill_step, [s for s in self.active if s.state is State.PREFILL][:1])
+                self.guarded(self.decode_step, [s for s in self.active if s.state is State.DECODING])
+        for sequence in list(self.active) + list(self.waiting):
+            self.finish(sequence, "error", "the server is shutting down")
+
+    def admit(self) -> None:  # holds self.wake
+        while self.waiting and self.slots.free:
+            sequence = self.waiting.popleft()
+            sequence.slot = self.slots.acquire()
+            sequence.state = State.PREFILL
+            self.sampler.reset(sequence.slot)
+            self.active.append(sequence)
+            self.observer.sequence_started(time.perf_counter() - sequence.arrived)
+
+    def reap_cancelled(self) -> None:
+        for sequence in [s for s in self.active if s.cancelled]:
+            self.release(sequence)
+            self.record_finish(sequence, "cancelled")
+
+    def guarded(self, step, sequences: list[Sequence]) -> None:
+        """Runs a step; an unexpected failure ends the sequences it was running with an error, not the loop."""
+        if not sequences:
+            return
+        try:
+            step(sequences)
+        except Exception as error:  # noqa: BLE001 - reported to the requests, logged, and the loop goes on
+            log.exception("engine step failed")
+            for sequence in sequences:
+                self.finish(sequence, "error", f"generation failed: {type(error).__name__}: {error}")
+
+    def prefill_step(self, sequences: list[Sequence]) -> None:
+        sequence = sequences[0]
+        start = sequence.prefilled
+        end = min(len(sequence.prompt), start + self.prefill_chunk)
+        ids = torch.tensor(sequence.prompt[start:end], dtype=torch.long, device=self.device)
+        hidden = prefill_chunk(self.model, self.plan, self.slots, sequence.slot, ids, start)  # (c, C)
+        sequence.prefilled = end
+        if sequence.prompt_logprobs is not None:
+            self.add_prompt_logprobs(sequence, hidden, start, end)
+        if end < len(sequence.prompt):
+            self.observer.step(1, self.queue_depth(), 0)
+            return
+        logits = self.model.logits(hidden[-1:], self.plan).float()  # (1, V)
+        sequence.state = State.DECODING
+        self.emit(sequence, self.sampler.select(logits, [sequence])[0])
+        self.observer.step(1, self.queue_depth(), 1)
+
+    def add_prompt_logprobs(self, sequence: Sequence, hidden: torch.Tensor, start: int, end: int) -> None:
+        """The log-probability of each prompt token after the first, given the tokens before it."""
+        following = sequence.prompt[start + 1:end + 1]  # the tokens each position predicts
+        if not following:  # the prompt's last token predicts the first new one, not a prompt token
+            return
+        logprobs = torch.log_softmax(self.model.logits(hidden[:len(following)], self.plan).float(), dim=-1)
+        picked = logprobs.gather(1, torch.tensor(following, device=self.device)[:, None])[:, 0]
+        sequence.prompt_logprobs.extend(picked.tolist())
+
+    def decode_step(self, sequences: list[Sequence]) -> None:
+        hi = max(s.slot for s in sequences) + 1
+        tokens = torch.zeros(hi, dtype=torch.long, device=self.device)  # (hi,) rows not decoding take token 0
+        rows = torch.tensor([s.slot for s in sequences], device=self.device)
+        tokens[rows] = torch.tensor([s.last_token for s in sequences], device=self.device)
+        if hi not in self.decoders:
+            self.decoders[hi] = IncrementalDecoder(self.model, self.slots.rows(hi), self.plan)
+        lengths = self.slots.lengths[:hi]
+        saved = lengths.clone()
+        logits = self.decoders[hi].step(tokens)  # (hi, V)
+        decoding = torch.zeros(hi, dtype=torch.bool, device=self.device)
+        decoding[rows] = True
+        lengths.copy_(torch.where(decoding, lengths, saved))  # prefilling / free rows keep their length
+        for sequence, choice in zip(sequences, self.sampler.select(logits[rows], sequences)):
+            self.emit(sequence, choice)
+        self.observer.step(len(sequences), self.queue_depth(), len(sequences))
+
+    def emit(self, sequence: Sequence, choice: Choice) -> None:
+        """Hands a new token to the sequence's sink, finishing the sequence when it should stop."""
+        now = time.perf_counter()
+        if sequence.first_token_at is None:
+            sequence.first_token_at = now
+            self.observer.first_token(now - sequence.arrived)
+        sequence.output.append(choice.token)
+        params = sequence.params
+        if choice.token in params.stop_token_ids:  # counted, not decoded into the text
+            text, reason = sequence.text.flush(), "stop"
+        else:
+            text, stopped = sequence.text.add(choice.token)
+            reason = "stop" if stopped else "length" if len(sequence.output) >= params.max_tokens else None
+            if reason == "length":
+                text += sequence.text.flush()
+        output = Output(sequence.index, text, [choice.token], [choice] if params.logprobs is not None else [],
+                        reason)
+        if sequence.prompt_logprobs is not None and len(sequence.output) == 1:
+            output.prompt_logprobs = sequence.prompt_logprobs
+        if reason is not None:
+            self.release(sequence)  # before the sink hears of the end, so the slot is free by then
+        self.send(sequence, output)
+        if reason is not None:
+            self.record_finish(sequence, reason)
+
+    def finish(self, sequence: Sequence, reason: str, error: str | None = None) -> None:
+        """Ends a sequence early (an error or shutdown), telling its sink."""
+        if sequence.state is State.FINISHED:
+            return
+        self.release(sequence)
+        self.send(sequence, Output(sequence.index, finish_reason=reason, error=error))
+        self.record_finish(sequence, reason)
+
+    def send(self, sequence: Sequence, output: Output) -> None:
+        if sequence.cancelled:
+            return
+        try:
+            sequence.sink(output)
+        except Exception:  # noqa: BLE001 - a sink that fails (its client gone) cancels its sequence
+            log.exception("a sink failed; cancelling its sequence")
+            sequence.cancelled = True
+
+    def release(self, sequence: Sequence) -> None:
+        if sequence.slot is not None:
+            self.slots.release(sequence.slot)
+            sequence.slot = None
+        if sequence in self.active:
+            self.active.remove(sequence)
+        sequence.state = State.FINISHED
+
+    def record_finish(self, sequence: Sequence, reason: str) -> None:
+        n = len(sequence.output)
+        tpot = None
+        if n > 1 and sequence.first_token_at is not None:
+            tpot = (time.perf_counter() - sequence.first_token_at) / (n - 1)
+        self.observer.sequence_finished(reason, len(sequence.prompt), n, tpot)

@@ -1,0 +1,45 @@
+"""Chunked prefill of one slot: a prompt's tokens [start, start + c) run through the model's own layer loop
+(OpenAIGPTModel.run_layers), their keys and values written into the slot's cache row at those positions.
+
+The first chunk (start 0) attends with the plan's backend (eager / sdpa / fused, causal, no mask), as
+IncrementalDecoder.prefill does; a later chunk attends over the slot's cached prefix plus itself with SDPA under an
+offset causal mask (query i sees keys [0, start + i]). So a long prompt is prefilled a chunk at a time between
+decode steps, and running rows wait for at most one chunk.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from gpt_fast.models.attention import backend_attention
+from gpt_fast.ops.kernel_plan import KernelPlan
+from gpt_fast.ops.layout import merge_heads, split_heads, split_qkv
+from gpt_fast.serving.slots import SlotCache
+
+
+def prefill_chunk(model, plan: KernelPlan, cache: SlotCache, slot: int, ids: torch.Tensor, start: int) -> torch.Tensor:
+    """ids: (c,) long, the prompt's tokens at positions [start, start + c). Fills the slot's cache there, sets its
+    length to start + c, and returns the last layer's hidden states (c, C)."""
+    transformer = model.transformer
+    n_head = model.config.n_head
+    C = model.config.n_embd
+    end = start + ids.shape[0]
+    x = transformer.embed(ids[None], transformer.position_ids[start:end])  # (1, c, C)
+    if start:
+        queries = torch.arange(start, end, device=ids.device)[:, None]  # (c, 1) absolute positions
+        visible = torch.arange(end, device=ids.device)[None, :] <= queries  # (c, end)
+
+    def attend(i, qkv):  # (1, c, 3C) -> (1, c, C)
+        k_cache, v_cache = cache.layers[i]  # (B, H, Tmax, D)
+        k_cache[slot, :, start:end].copy_(split_heads(qkv[..., C:2 * C], n_head)[0])  # (H, c, D)
+        v_cache[slot, :, start:end].copy_(split_heads(qkv[..., 2 * C:], n_head)[0])
+        if not start:
+            return backend_attention(plan.attention, qkv, None, n_head), None
+        q = split_qkv(qkv, n_head)[0]  # (1, H, c, D)
+        keys, values = k_cache[slot:slot + 1, :, :end], v_cache[slot:slot + 1, :, :end]  # (1, H, end, D)
+        return merge_heads(F.scaled_dot_product_attention(q, keys, values, attn_mask=visible)), None
+
+    hidden = transformer.run_layers(x, plan, attend)  # (1, c, C)
+    cache.lengths[slot] = end
+    return hidden[0]

@@ -1,0 +1,80 @@
+"""`gpt-fast serve` as a command: it serves a checkpoint folder over HTTP (a real subprocess on a free loopback
+port), fails in one line on bad arguments or without the serve extra, and the core package imports no web
+framework."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from serve_helpers import save_checkpoint
+
+from gpt_fast.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_serve_command_answers_completions(tmp_path):
+    checkpoint = save_checkpoint(tmp_path / "ckpt")
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "gpt_fast.cli", "serve", "--model", str(checkpoint), "--port",
+                               str(port), "--served-model-name", "tiny", "--api-key", "k", "--log-level", "warning"],
+                              cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while True:
+            assert server.poll() is None, server.communicate()[1]
+            assert time.monotonic() < deadline, "the server did not come up"
+            try:
+                if httpx.get(url + "/health", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        body = {"model": "tiny", "prompt": "hello", "max_tokens": 3}
+        reply = httpx.post(url + "/v1/completions", json=body, headers={"Authorization": "Bearer k"}, timeout=30)
+        assert reply.status_code == 200 and reply.json()["usage"]["completion_tokens"] == 3
+        assert httpx.post(url + "/v1/completions", json=body, timeout=30).status_code == 401
+    finally:
+        server.terminate()
+        try:
+            server.wait(30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
+def test_serve_without_the_extra_is_a_one_line_error(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "uvicorn", None)  # import uvicorn now raises ImportError
+    assert main(["serve", "--model", "anything"]) == 2
+    assert "pip install gpt_fast[serve]" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, match", [(["--model", "/no/such/folder"], "no such model folder"),
+                                         (["--model", ".", "--max-batch", "0"], "must be a positive integer"),
+                                         (["--model", ".", "--port", "70000"], "--port")])
+def test_bad_serve_arguments_are_one_line_errors(args, match, capsys):
+    assert main(["serve", *args]) in (1, 2)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("gpt-fast: error:") and match in err[-1]
+
+
+def test_the_core_package_and_the_engine_import_no_web_framework():
+    code = ("import sys, gpt_fast, gpt_fast.serving, gpt_fast.cli; "
+            "print(sorted(m for m in ('fastapi', 'uvicorn', 'starlette', 'prometheus_client') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=ENV, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

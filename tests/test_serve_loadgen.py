@@ -1,0 +1,71 @@
+"""The load generator of benchmarks/bench_serve.py (gpt_fast/serving/loadgen.py) against a tiny server: every
+request completes with as many streamed tokens as its usage says, and the statistics are computed as documented."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from serve_helpers import SlowTokenizer, tiny_model_and_tokenizer
+
+from gpt_fast.serving.http import build_app
+from gpt_fast.serving.launch import BackgroundServer
+from gpt_fast.serving.loadgen import RequestRecord, random_requests, run_load, stats_ms, summarize
+
+
+@pytest.mark.parametrize("rate, concurrency", [(None, 3), (200.0, None)])
+def test_load_against_a_tiny_server(rate, concurrency):
+    model, tokenizer = tiny_model_and_tokenizer()
+    app, _ = build_app(model, tokenizer, "tiny", max_batch=2, max_queue=16)
+    specs = random_requests(6, len(tokenizer), (4, 12), (3, 20), seed=0)
+    with BackgroundServer(app) as server:
+        result = asyncio.run(run_load(server.url, "tiny", specs, rate=rate, concurrency=concurrency, max_seconds=60))
+    assert result["requests_completed"] == 6 and result["requests_failed"] == 0
+    assert result["output_tokens"] == sum(s.max_tokens for s in specs)
+    assert result["ttft_ms"]["median"] > 0 and result["tpot_ms"]["p99"] >= result["tpot_ms"]["median"]
+
+
+def test_statistics():
+    assert stats_ms([0.001, 0.002, 0.003]) == pytest.approx({"mean": 2.0, "median": 2.0, "p99": 3.0})
+    done = RequestRecord(ok=True, ttft=0.1, latency=0.5, itl=[0.2, 0.2], output_tokens=3, tokens_seen=3)
+    failed = RequestRecord(ok=False, status=503)
+    result = summarize([done, failed], 2.0, 2, None, 2)
+    assert result["tpot_ms"]["mean"] == pytest.approx(200.0)
+    assert result["output_tok_s"] == pytest.approx(1.5) and result["failed_statuses"] == {"503": 1}
+
+
+def test_the_serve_benchmark_end_to_end(tmp_path):
+    """benchmarks/bench_serve.py's code (a server child process, batch-1 generate, HTTP batch-1, one concurrency
+    level) on a 2-layer model with GPT-1's vocabulary."""
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    out = tmp_path / "serve.json"
+    result = subprocess.run([sys.executable, "benchmarks/bench_serve.py", "--tiny", "--num-prompts", "3",
+                             "--concurrency", "2", "--max-seconds", "60", "--dtype", "float32", "--json", str(out)],
+                            cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(out.read_text())
+    assert report["http_batch1"]["requests_completed"] == 4
+    run = report["runs"][0]
+    assert run["concurrency"] == 2 and run["requests_completed"] == 3 and run["requests_failed"] == 0
+    assert 0 < run["http_thread_cpu_share"] < 1
+    assert report["ratios"][0]["output_tok_s_over_batch1"] > 0
+    assert report["generate_batch1"]["used"]["tok_s"] > 0
+
+
+def test_overload_fails_only_with_503_and_loses_no_tokens():
+    """20 requests at once against 2 slots and a queue of 2, each token 20 ms slower: the ones that do not fit are
+    503 (queue_full), every other one streams exactly its max_tokens, as its usage says."""
+    model, tokenizer = tiny_model_and_tokenizer()
+    app, engine = build_app(model, SlowTokenizer(tokenizer), "tiny", max_batch=2, max_queue=2)
+    specs = random_requests(20, len(tokenizer), (4, 12), (10, 20), seed=1)
+    with BackgroundServer(app) as server:
+        result = asyncio.run(run_load(server.url, "tiny", specs, concurrency=20, max_seconds=60))
+    assert set(result["failed_statuses"]) == {"503"}
+    assert result["requests_completed"] + result["requests_failed"] == 20 and result["requests_completed"] >= 4
+    assert engine.slots.in_use() == 0

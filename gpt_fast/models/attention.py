@@ -8,6 +8,13 @@
 NaN or infinity in a query, or in a key a row attends, makes that row NaN on every backend (the fused kernels of
 both "sdpa" and "fused" drop NaN scores; ops/flash_attention.py: propagate_nonfinite marks the rows after them).
 
+Fully masked query rows (with left padding, a padding position whose causal window holds only padded keys) come
+out as transformers' masks make them on every backend: the eager math adds -1e4 to causally masked scores and
+dtype.min to padded ones, so such a row's softmax is uniform over the keys that are not padded (all after it), or,
+in a sequence with no real token at all, over every key. The kernels of "sdpa" and "fused" see such a row as
+attending nothing; `fill_fully_masked_rows` sets it after them (one place for both backends, CPU and CUDA,
+forward and backward).
+
 Which one runs is the KernelPlan's `attention` (gpt_fast/ops/kernel_plan.py), decided once per forward.
 """
 
@@ -63,6 +70,24 @@ def sdpa_attention(qkv, attention_mask, n_head: int, dropout_p: float):
     return propagate_nonfinite(merge_heads(out), qkv, attention_mask, n_head)
 
 
+def fill_fully_masked_rows(out, qkv, attention_mask, n_head: int):
+    """out (B, T, C) from a kernel, with each query row that may attend no key (attention_mask (B, T) 1/0: no 1 in
+    [0, i]) replaced by transformers' value there: the mean of v over the row's unpadded keys, or over all keys
+    when the sequence has none (float32 and bfloat16 exactly so; in float16 transformers' -1e4 + dtype.min
+    overflows to -inf and an all-padding sequence's rows depend on its scores). A NaN the kernel path put in such
+    a row (a NaN query: propagate_nonfinite) stays. O(B T C) ATen ops, no host synchronisation; differentiable.
+    """
+    C = qkv.shape[-1] // 3
+    mask = attention_mask.bool()  # (B, T)
+    empty = ~mask.cumsum(dim=1, dtype=torch.int32).bool()  # (B, T): no attended key at or before the row
+    keys = mask | ~mask.any(dim=1, keepdim=True)  # (B, T): the unpadded keys, or all of them
+    weights = keys.to(out.dtype) / keys.sum(dim=1, keepdim=True).to(out.dtype)  # (B, T): uniform over keys
+    v = qkv[..., 2 * C:]  # (B, T, C), a view
+    fill = torch.bmm(weights[:, None, :], v)  # (B, 1, C)
+    # out * 0 keeps a NaN of the kernel path in the row (0 elsewhere) and sends no gradient to out there
+    return torch.where(empty[..., None], fill + out * 0, out)
+
+
 def fused_attention(qkv, attention_mask, n_head: int):
     """gpt_fast's kernel. qkv: (B, T, 3C); attention_mask: (B, T) 1/0 or None. Returns (B, T, C)."""
     key_padding_mask = None if attention_mask is None else attention_mask.bool()
@@ -74,5 +99,7 @@ def backend_attention(backend: str, qkv, attention_mask, n_head: int, dropout_p:
     if backend == "eager":
         return eager_attention(qkv, attention_mask, n_head, dropout_p)[0]
     if backend == "fused":
-        return fused_attention(qkv, attention_mask, n_head)
-    return sdpa_attention(qkv, attention_mask, n_head, dropout_p)
+        out = fused_attention(qkv, attention_mask, n_head)
+    else:
+        out = sdpa_attention(qkv, attention_mask, n_head, dropout_p)
+    return out if attention_mask is None else fill_fully_masked_rows(out, qkv, attention_mask, n_head)

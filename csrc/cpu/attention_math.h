@@ -175,7 +175,8 @@ GPT_FAST_INLINE void float_to_row(const float* src, T* dst, int64_t n) {
   for (; i < n; ++i) dst[i] = static_cast<T>(src[i]);
 }
 
-// 2^x for x <= 0 (any x, including -inf, which gives exactly 0; so does x < -126).
+// 2^x for x <= 0 (any x, including -inf, which gives exactly 0; so does x < -126; NaN gives NaN, so that a NaN
+// score reaches the softmax sum as it does in PyTorch's math).
 // x = n + f with n an integer and |f| <= 1/2; 2^f = e^(f ln2) by a degree-7 Taylor polynomial
 // (relative error < 1e-8 on that interval), 2^n by building the exponent bits.
 GPT_FAST_INLINE VF exp2_nonpositive(VF x) {
@@ -193,7 +194,7 @@ GPT_FAST_INLINE VF exp2_nonpositive(VF x) {
   p = p * y + 1.f;
   const VI exponent = (__builtin_convertvector(n, VI) + 127) << 23;
   const VF result = p * (VF)exponent;
-  return x < -126.f ? VF{} : result;
+  return x < -126.f ? VF{} : result + (x - x);  // x - x: 0, or NaN where x is NaN (the clamp above drops it)
 }
 
 GPT_FAST_INLINE float reduce_add(VF v) {

@@ -12,6 +12,9 @@
 //
 // Limits: fp32, bf16, fp16 (caches in qkv's dtype); D <= 128; any S, Tmax; tensors need stride 1 in their
 // last dim, other strides are free. len_b < 0 or len_b + S > Tmax is an IndexError (checked before any write).
+// Non-finite values as PyTorch's math: a NaN or inf in a query or an attended key makes that (token, head) NaN
+// (unless its scores are -inf for some keys only: those keys get weight 0), a NaN or inf in a value reaches the
+// output through P V.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -70,7 +73,7 @@ void merge_chunks(const Params& p, int64_t b, int64_t h, int64_t i) {
     }
   }
   T* o = static_cast<T*>(p.out) + (b * p.S + i) * p.C + h * D;
-  const float inv = sum > 0.f ? 1.f / sum : 0.f;
+  const float inv = 1.f / sum;  // every token attends at least itself: sum is 0 only when all its scores are -inf
   for (int64_t d = 0; d < D; ++d) o[d] = static_cast<T>(acc[d] * inv);
 }
 

@@ -240,5 +240,28 @@ GPT_FAST_INLINE VF reduce_add_lanes(const VF* v) {
 }
 #endif
 
+// The tasks [begin, end) of an attention kernel, compiled for the best of AVX-512 (16 lanes), AVX2 + FMA (8 lanes)
+// and portable code (16 lanes) that isa allows. Kernel is a struct of two static functions of (params, begin, end):
+//   run:      the tasks, always inlined, so that the two wrappers below compile it for their targets;
+//   run_avx2: the tasks of the kernel's 8-lane translation unit (x86 only).
+template <typename Kernel, typename Params>
+GPT_FAST_TARGET_AVX512 void run_tasks_avx512(const Params& p, int64_t begin, int64_t end) {
+  Kernel::run(p, begin, end);
+}
+
+template <typename Kernel, typename Params>
+void run_tasks_portable(const Params& p, int64_t begin, int64_t end) {
+  Kernel::run(p, begin, end);
+}
+
+template <typename Kernel, typename Params>
+void run_tasks_best(cpu::Isa isa, const Params& p, int64_t begin, int64_t end) {
+  if (isa >= cpu::Isa::kAvx512) return run_tasks_avx512<Kernel>(p, begin, end);
+#if GPT_FAST_HAVE_X86
+  if (isa >= cpu::Isa::kAvx2) return Kernel::run_avx2(p, begin, end);
+#endif
+  run_tasks_portable<Kernel>(p, begin, end);
+}
+
 }  // inline namespace GPT_FAST_ATTENTION_NS
 }  // namespace gpt_fast::attention

@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import BACKENDS, gpt_fast_class, hf_model, random_ids
 
-from gpt_fast.models.attention import fill_fully_masked_rows
+from gpt_fast.models.attention import backend_attention, fill_fully_masked_rows
 
 pytest.importorskip("transformers")
 
@@ -65,18 +65,26 @@ def test_gradients_match_transformers(backend):
 
 
 def test_fill_sets_only_fully_masked_rows():
-    """The fill itself, on a kernel output of zeros: rows with no key to attend get the mean of v over the unpadded
-    keys (over all keys when there is none); every other row is left as it is; a NaN the kernel path put in a
-    fully masked row (a NaN query) stays."""
+    """The fill itself, on a kernel output: rows with no key to attend get the mean of v over the unpadded keys
+    (over all keys when there is none); every other row is left as it is."""
     B, C = 3, 4
     qkv = torch.randn(B, 5, 3 * C, generator=torch.Generator().manual_seed(0))
     mask = torch.tensor([[0, 0, 1, 0, 1], [1, 1, 1, 1, 1], [0, 0, 0, 0, 0]])
     out = torch.full((B, 5, C), 7.0)
-    out[0, 1, 2] = float("nan")
-    filled = fill_fully_masked_rows(out, qkv, mask, 2)
     v = qkv[..., 2 * C:]
     expected = out.clone()
     expected[0, :2] = (v[0, 2] + v[0, 4]) / 2
-    expected[0, 1, 2] = float("nan")
     expected[2] = v[2].mean(dim=0)
-    torch.testing.assert_close(filled, expected, equal_nan=True)
+    torch.testing.assert_close(fill_fully_masked_rows(out, qkv, mask), expected)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_nan_query_in_a_fully_masked_row_stays_nan(backend):
+    """A NaN query at a padding position makes that row NaN (as transformers' math does), after the fill too."""
+    H, D = 2, 4
+    qkv = torch.randn(2, 6, 3 * H * D, generator=torch.Generator().manual_seed(1))
+    qkv[0, 1, D + 1] = float("nan")  # row 0, position 1 (padding), head 1's query
+    mask = torch.tensor([[0, 0, 0, 1, 1, 1], [1, 1, 1, 1, 1, 1]])
+    out = backend_attention(backend, qkv, mask, H).view(2, 6, H, D)
+    assert out[0, 1, 1].isnan().all() and not out[0, 1, 0].isnan().any()
+    assert not out[0, [0, 2, 3, 4, 5]].isnan().any() and not out[1].isnan().any()

@@ -69,6 +69,13 @@ def _bias_gelu(dtype, device):
         g, randn = _gen(i)
         yield Sample("x".join(map(str, shape)), (randn(*shape, dtype=dtype, device=device, scale=3.0),
                                                   randn(shape[-1], dtype=dtype, device=device)))
+    # non-finite inputs in full vectors and in row tails: gelu(-inf) is NaN (-inf * 0), gelu(inf) inf, NaN stays
+    _, randn = _gen(99)
+    x, bias = randn(3, 37, dtype=torch.float32, device="cpu", scale=3.0), randn(37, dtype=torch.float32, device="cpu")
+    inf, nan = float("inf"), float("nan")
+    x[0, 0], x[0, 20], x[1, 36], x[2, 5], x[2, 17], x[2, 33], x[0, 30] = -inf, inf, -inf, nan, -inf, inf, inf
+    bias[30] = -inf  # column 30: -inf everywhere, and inf + -inf = NaN in row 0
+    yield Sample("3x37-nonfinite", (x.to(dtype).to(device), bias.to(dtype).to(device)))
 
 
 def _flash_attention(dtype, device):
@@ -93,6 +100,38 @@ def _decode_attention(dtype, device):
         caches = [randn(B, H, Tmax, D, dtype=dtype, device=device) for _ in range(2)]  # (B, H, Tmax, D) each
         yield Sample(f"B{B}-S{S}-H{H}-D{D}-Tmax{Tmax}-len{'_'.join(map(str, lengths))}",
                      (qkv, *caches, torch.tensor(lengths, device=device), H))
+    yield from _decode_attention_nonfinite(dtype, device)
+
+
+def _decode_attention_nonfinite(dtype, device):
+    """NaN and inf in queries, cached keys and values. PyTorch's math: a NaN score or a +inf one makes the (token,
+    head) NaN; a key whose score is -inf gets weight 0 (the row stays finite), a token whose scores are all -inf is
+    NaN; NaN in keys the token does not attend changes nothing. The second case puts a whole split-K chunk (CPU:
+    2 chunks of 301 keys with 2 threads) at -inf scores, and NaN in a later chunk."""
+    inf, nan = float("inf"), float("nan")
+    for i, (B, S, H, D, Tmax, lengths) in enumerate([(3, 2, 3, 64, 300, [150, 40, 0]),
+                                                      (1, 1, 2, 48, 700, [600])]):
+        _, randn = _gen(50 + i)
+        qkv = randn(B, S, 3 * H * D, dtype=torch.float32, device="cpu")  # (B, S, 3C)
+        k, v = (randn(B, H, Tmax, D, dtype=torch.float32, device="cpu") for _ in range(2))  # (B, H, Tmax, D)
+        C = H * D
+        q = qkv[..., :C].unflatten(-1, (H, D))  # (B, S, H, D), a view
+        new_k = qkv[..., C:2 * C].unflatten(-1, (H, D))
+        if i == 0:
+            k[0, 1, 10, 3] = nan  # attended by both tokens of row 0: head 1 NaN
+            k[0, 2, 200, :] = nan  # beyond the row's length: never attended
+            q[1, 1, 0, 7] = nan  # row 1, token 1, head 0 only
+            k[1, 2, 5, 0] = inf  # score +-inf: NaN or weight 0, by the sign of q
+            k[1, 0, 7, :] = -inf * q[1, 0, 0].sign()  # token 0: score -inf, weight 0 (token 1: other sign mix)
+            v[1, 1, 3, 9] = nan  # a value: NaN through P V
+            new_k[2, 0, 0, :] = -inf * q[2, 0, 0].sign()  # row 2 token 0 attends only this key: all -inf, NaN
+            q[2, 1, 2, 0] = inf
+        else:
+            k[0, 1, :320, :] = -inf * q[0, 0, 1].sign()  # a whole chunk (of 2 or 4) scores -inf: weight 0, finite
+            k[0, 0, 500, 1] = nan  # in a later chunk
+        yield Sample(f"B{B}-S{S}-H{H}-D{D}-Tmax{Tmax}-nonfinite",
+                     (qkv.to(dtype).to(device), k.to(dtype).to(device), v.to(dtype).to(device),
+                      torch.tensor(lengths, device=device), H))
 
 
 def _linear_small_m(dtype, device):
@@ -164,5 +203,5 @@ def check_sample(op: str, sample: Sample) -> None:
     assert actual.dtype == dtype and actual.is_contiguous()
     assert_within_pytorch_error(actual, expected, same_dtype)
     if op == "decode_attention":  # new keys/values at [len, len + S), the rest of the caches untouched
-        torch.testing.assert_close(op_args[1], same_dtype_args[1], rtol=0, atol=0)
-        torch.testing.assert_close(op_args[2], same_dtype_args[2], rtol=0, atol=0)
+        torch.testing.assert_close(op_args[1], same_dtype_args[1], rtol=0, atol=0, equal_nan=True)
+        torch.testing.assert_close(op_args[2], same_dtype_args[2], rtol=0, atol=0, equal_nan=True)

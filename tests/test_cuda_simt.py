@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from accuracy import assert_within_pytorch_error, upcast
+from op_samples import sample_inputs
 
 from gpt_fast.ops import reference
 
@@ -157,25 +158,79 @@ def test_decode_attention(harness, tmp_path, dtype, B, S, H, D, Tmax, lengths, s
     check_accuracy(out, fn, [qkv, k_cache, v_cache], dtype)
 
 
-@pytest.mark.parametrize("sms, splits", [(8, 3), (1, 1)])
-def test_decode_attention_out_of_range_row(harness, tmp_path, sms, splits):
-    """A row whose positions fall outside the cache (which the binding rejects, except under CUDA graph capture)
-    leaves its cache untouched and gets NaN outputs; the other rows are unaffected. With and without splits."""
-    B, S, H, D, Tmax = 2, 1, 2, 64, 260
+# cache_lengths no row may use: past the end, negative, near INT64_MAX / INT64_MIN (len + S wraps), and 2^32 + 100,
+# which is 100 (in range) once cut to 32 bits: the kernel must decide on the int64 value.
+OUT_OF_RANGE = [260, -1, 2**63 - 1, -(2**63), 2**32 + 100, 2**31]
+
+
+@pytest.mark.parametrize("sms, splits", [(20, 3), (1, 1)])
+def test_decode_attention_out_of_range_rows(harness, tmp_path, sms, splits):
+    """Rows whose positions fall outside the cache (the binding never looks at the lengths, so that a decode step
+    does not wait for the host) leave the whole cache untouched, write nothing outside any buffer (the harness
+    checks guard zones around each), and get NaN outputs; the in-range row is unaffected. With and without
+    splits."""
+    B, S, H, D, Tmax = len(OUT_OF_RANGE) + 1, 1, 2, 64, 260
     dtype = torch.bfloat16
     qkv = gen(B, S, 3 * H * D, dtype=dtype, seed=13)
     k_cache, v_cache = gen(B, H, Tmax, D, dtype=dtype, seed=14), gen(B, H, Tmax, D, dtype=dtype, seed=15)
-    lens = torch.tensor([Tmax, 100], dtype=torch.int64)
+    lens = torch.tensor([*OUT_OF_RANGE, 100], dtype=torch.int64)
     save(tmp_path, qkv=qkv, k_cache=k_cache, v_cache=v_cache, lengths=lens)
     res = run(harness, tmp_path, "decode_attention", dtype, B, S, H, D, Tmax, sms)
     assert f"splits={splits}" in res.stdout, res.stdout
     out = load(tmp_path, "out", dtype, (B, S, H * D))
-    assert torch.isnan(out[0]).all()
-    assert torch.equal(load(tmp_path, "k_cache", dtype, (B, H, Tmax, D))[0], k_cache[0])
-    assert torch.equal(load(tmp_path, "v_cache", dtype, (B, H, Tmax, D))[0], v_cache[0])
+    assert torch.isnan(out[:-1]).all()
+    k_out, v_out = load(tmp_path, "k_cache", dtype, (B, H, Tmax, D)), load(tmp_path, "v_cache", dtype, (B, H, Tmax, D))
+    k_ref, v_ref = k_cache[-1:].clone(), v_cache[-1:].clone()
     def fn(q, k, v):
-        return reference.decode_attention(q, k.clone(), v.clone(), lens[1:], H)
-    check_accuracy(out[1:], fn, [qkv[1:], k_cache[1:], v_cache[1:]], dtype)
+        return reference.decode_attention(q, k.clone(), v.clone(), lens[-1:], H)
+    check_accuracy(out[-1:], fn, [qkv[-1:], k_cache[-1:], v_cache[-1:]], dtype)
+    reference.decode_attention(qkv[-1:], k_ref, v_ref, lens[-1:], H)
+    assert torch.equal(k_out[:-1], k_cache[:-1]) and torch.equal(v_out[:-1], v_cache[:-1])
+    assert torch.equal(k_out[-1:], k_ref) and torch.equal(v_out[-1:], v_ref)
+
+
+def test_decode_attention_guard_zones_catch_a_stray_write(harness, tmp_path):
+    """The guard check itself: a cache declared one position shorter than the data the kernel is told about is
+    written past its end for a row at the last position (the harness reads Tmax - 1 positions of cache per row but
+    the launch uses Tmax), so the guard after v_cache must report it."""
+    B, S, H, D, Tmax = 1, 1, 1, 8, 40  # one row of 8 floats: 32 bytes, within the 64-byte guard zone
+    dtype = torch.float32
+    qkv = gen(B, S, 3 * H * D, dtype=dtype, seed=16)
+    short = gen(B, H, Tmax - 1, D, dtype=dtype, seed=17)
+    save(tmp_path, qkv=qkv, k_cache=short, v_cache=short, lengths=torch.tensor([Tmax - 1]))
+    res = run(harness, tmp_path, "decode_attention_short_cache", dtype, B, S, H, D, Tmax, 132, check=False)
+    assert res.returncode == 4 and "write outside" in res.stderr, res.stdout + res.stderr[-3000:]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("index", range(2))
+def test_decode_attention_nonfinite(harness, tmp_path, dtype, index):
+    """NaN and inf in queries, cached keys and values (tests/op_samples.py): NaN where PyTorch's math gives NaN,
+    finite where it gives weight 0 to a -inf score, whole split-K chunks of -inf included."""
+    qkv, k_cache, v_cache, lens, H = sample_inputs("decode_attention", dtype)[-2 + index].args
+    assert sample_inputs("decode_attention", dtype)[-2 + index].name.endswith("nonfinite")
+    B, S, C = qkv.shape[0], qkv.shape[1], qkv.shape[2] // 3
+    Tmax, D = k_cache.shape[2], k_cache.shape[3]
+    save(tmp_path, qkv=qkv, k_cache=k_cache, v_cache=v_cache, lengths=lens)
+    res = run(harness, tmp_path, "decode_attention", dtype, B, S, H, D, Tmax, 4)
+    assert index == 0 or "splits=1" not in res.stdout, res.stdout  # the long row really is split
+    out = load(tmp_path, "out", dtype, (B, S, C))
+    def fn(qkv, k, v):
+        return reference.decode_attention(qkv, k.clone(), v.clone(), lens, H)
+    check_accuracy(out, fn, [qkv, k_cache, v_cache], dtype)
+    assert out.isnan().any() and out.isfinite().any()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_bias_gelu_nonfinite(harness, tmp_path, dtype):
+    """gelu(-inf) = NaN (PyTorch: 0.5 * -inf * (1 + tanh(-inf)) = -inf * 0), gelu(inf) = inf, NaN stays NaN."""
+    (sample,) = [s for s in sample_inputs("bias_gelu", dtype) if s.name.endswith("nonfinite")]
+    x, bias = sample.args
+    save(tmp_path, x=x, bias=bias)
+    run(harness, tmp_path, "bias_gelu", dtype, x.numel(), x.shape[-1])
+    out = load(tmp_path, "out", dtype, tuple(x.shape))
+    check_accuracy(out, reference.bias_gelu, [x, bias], dtype)
+    assert out[0, 0].isnan() and out[0, 20] == float("inf")
 
 
 def test_layer_catches_a_missing_syncthreads(tmp_path):

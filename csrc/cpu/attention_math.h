@@ -175,7 +175,8 @@ GPT_FAST_INLINE void float_to_row(const float* src, T* dst, int64_t n) {
   for (; i < n; ++i) dst[i] = static_cast<T>(src[i]);
 }
 
-// 2^x for x <= 0 (any x, including -inf, which gives exactly 0; so does x < -126).
+// 2^x for x <= 0 (any x, including -inf, which gives exactly 0; so does x < -126; NaN gives NaN, so that a NaN
+// score reaches the softmax sum as it does in PyTorch's math).
 // x = n + f with n an integer and |f| <= 1/2; 2^f = e^(f ln2) by a degree-7 Taylor polynomial
 // (relative error < 1e-8 on that interval), 2^n by building the exponent bits.
 GPT_FAST_INLINE VF exp2_nonpositive(VF x) {
@@ -193,7 +194,7 @@ GPT_FAST_INLINE VF exp2_nonpositive(VF x) {
   p = p * y + 1.f;
   const VI exponent = (__builtin_convertvector(n, VI) + 127) << 23;
   const VF result = p * (VF)exponent;
-  return x < -126.f ? VF{} : result;
+  return x < -126.f ? VF{} : result + (x - x);  // x - x: 0, or NaN where x is NaN (the clamp above drops it)
 }
 
 GPT_FAST_INLINE float reduce_add(VF v) {
@@ -238,6 +239,29 @@ GPT_FAST_INLINE VF reduce_add_lanes(const VF* v) {
          __builtin_shufflevector(b[0], b[1], 1, 3, 5, 7, 9, 11, 13, 15);
 }
 #endif
+
+// The tasks [begin, end) of an attention kernel, compiled for the best of AVX-512 (16 lanes), AVX2 + FMA (8 lanes)
+// and portable code (16 lanes) that isa allows. Kernel is a struct of two static functions of (params, begin, end):
+//   run:      the tasks, always inlined, so that the two wrappers below compile it for their targets;
+//   run_avx2: the tasks of the kernel's 8-lane translation unit (x86 only).
+template <typename Kernel, typename Params>
+GPT_FAST_TARGET_AVX512 void run_tasks_avx512(const Params& p, int64_t begin, int64_t end) {
+  Kernel::run(p, begin, end);
+}
+
+template <typename Kernel, typename Params>
+void run_tasks_portable(const Params& p, int64_t begin, int64_t end) {
+  Kernel::run(p, begin, end);
+}
+
+template <typename Kernel, typename Params>
+void run_tasks_best(cpu::Isa isa, const Params& p, int64_t begin, int64_t end) {
+  if (isa >= cpu::Isa::kAvx512) return run_tasks_avx512<Kernel>(p, begin, end);
+#if GPT_FAST_HAVE_X86
+  if (isa >= cpu::Isa::kAvx2) return Kernel::run_avx2(p, begin, end);
+#endif
+  run_tasks_portable<Kernel>(p, begin, end);
+}
 
 }  // inline namespace GPT_FAST_ATTENTION_NS
 }  // namespace gpt_fast::attention

@@ -12,6 +12,9 @@
 //
 // Limits: fp32, bf16, fp16 (caches in qkv's dtype); D <= 128; any S, Tmax; tensors need stride 1 in their
 // last dim, other strides are free. len_b < 0 or len_b + S > Tmax is an IndexError (checked before any write).
+// Non-finite values as PyTorch's math: a NaN or inf in a query or an attended key makes that (token, head) NaN
+// (unless its scores are -inf for some keys only: those keys get weight 0), a NaN or inf in a value reaches the
+// output through P V.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -32,25 +35,14 @@ using namespace decode;
 
 constexpr int64_t kMinChunk = 128;  // fewest keys worth a separate split-K task
 
+// The decode tasks for attention::run_tasks_best (AVX-512, AVX2 in decode_attention_avx2.cpp, portable).
 template <typename T>
-GPT_FAST_TARGET_AVX512 void run_tasks_avx512(const Params& p, int64_t begin, int64_t end) {
-  run_tasks<T>(p, begin, end);
-}
-template <typename T>
-void run_tasks_portable(const Params& p, int64_t begin, int64_t end) {
-  run_tasks<T>(p, begin, end);
-}
-
-// The tasks compiled for the best of AVX-512 (16 lanes), AVX2 + FMA (8 lanes, decode_attention_avx2.cpp) and
-// portable code (16 lanes) that isa allows.
-template <typename T>
-void run_tasks_best(cpu::Isa isa, const Params& p, int64_t begin, int64_t end) {
-  if (isa >= cpu::Isa::kAvx512) return run_tasks_avx512<T>(p, begin, end);
+struct DecodeTasks {
+  static GPT_FAST_INLINE void run(const Params& p, int64_t begin, int64_t end) { run_tasks<T>(p, begin, end); }
 #if GPT_FAST_HAVE_X86
-  if (isa >= cpu::Isa::kAvx2) return decode::run_tasks_avx2<T>(p, begin, end);
+  static void run_avx2(const Params& p, int64_t begin, int64_t end) { decode::run_tasks_avx2<T>(p, begin, end); }
 #endif
-  run_tasks_portable<T>(p, begin, end);
-}
+};
 
 // Merges the chunks of (b, h, token i): out = sum_c acc_c 2^(m_c - m) / sum_c l_c 2^(m_c - m), m = max_c m_c.
 template <typename T>
@@ -70,7 +62,7 @@ void merge_chunks(const Params& p, int64_t b, int64_t h, int64_t i) {
     }
   }
   T* o = static_cast<T*>(p.out) + (b * p.S + i) * p.C + h * D;
-  const float inv = sum > 0.f ? 1.f / sum : 0.f;
+  const float inv = 1.f / sum;  // every token attends at least itself: sum is 0 only when all its scores are -inf
   for (int64_t d = 0; d < D; ++d) o[d] = static_cast<T>(acc[d] * inv);
 }
 
@@ -137,7 +129,9 @@ at::Tensor decode_attention_cpu(const at::Tensor& qkv, at::Tensor& k_cache, at::
   const cpu::Isa isa = cpu::cpu_isa();
   with_storage_type(qkv.scalar_type(), [&](auto type) {
     using T = decltype(type);
-    at::parallel_for(0, tasks, grain, [&](int64_t begin, int64_t end) { run_tasks_best<T>(isa, p, begin, end); });
+    at::parallel_for(0, tasks, grain, [&](int64_t begin, int64_t end) {
+      run_tasks_best<DecodeTasks<T>>(isa, p, begin, end);
+    });
     if (splits > 1) {
       at::parallel_for(0, B * n_head * S, 16, [&](int64_t begin, int64_t end) {
         for (int64_t r = begin; r < end; ++r) merge_chunks<T>(p, r / (n_head * S), r / S % n_head, r % S);

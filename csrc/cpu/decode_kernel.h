@@ -145,9 +145,12 @@ GPT_FAST_INLINE void chunk_task(const Params& p, int64_t b, int64_t h, int64_t s
       VF mxv = splat(kNegInf);
       for (int64_t j = 0; j < n; j += kLanes) mxv = vmax(mxv, load(&scores[j]));
       mx = reduce_max(mxv);
+      // Every score -inf (an infinite query or key): weights 0 and sum 0 here, NaN once normalised, as PyTorch's
+      // softmax gives; a NaN or +inf score makes the sum NaN through exp2 (NaN - mx, inf - inf).
+      const float base = mx == kNegInf ? 0.f : mx;
       VF sums{};
       for (int64_t j = 0; j < n; j += kLanes) {
-        const VF e = exp2_nonpositive(load(&scores[j]) - mx);
+        const VF e = exp2_nonpositive(load(&scores[j]) - base);
         store(&scores[j], e);
         sums += e;
       }
@@ -155,7 +158,7 @@ GPT_FAST_INLINE void chunk_task(const Params& p, int64_t b, int64_t h, int64_t s
       chunk_pv<NP>(scores.data(), vc, p.c_st, n, D, acc);
     }
     if (p.splits == 1) {
-      const float inv = sum > 0.f ? 1.f / sum : 0.f;
+      const float inv = 1.f / sum;  // sum >= 1 (the top score gives 2^0), or 0 when every score is -inf: NaN
       for (int64_t d = 0; d < D; ++d) acc[d] *= inv;
       float_to_row(acc, static_cast<T*>(p.out) + (b * p.S + i) * p.C + h * D, D);
     } else {

@@ -47,25 +47,14 @@ GPT_FAST_TARGET_AMX void run_tasks_amx(const Params& p, int64_t begin, int64_t e
 }
 #endif
 
+// The fp32 engine's tasks for attention::run_tasks_best (AVX-512, AVX2 in flash_attention_avx2.cpp, portable).
 template <typename T>
-GPT_FAST_TARGET_AVX512 void run_tasks_avx512(const Params& p, int64_t begin, int64_t end) {
-  run_tasks<T>(p, begin, end);
-}
-template <typename T>
-void run_tasks_portable(const Params& p, int64_t begin, int64_t end) {
-  run_tasks<T>(p, begin, end);
-}
-
-// The fp32 engine compiled for the best of AVX-512 (16 lanes), AVX2 + FMA (8 lanes, flash_attention_avx2.cpp)
-// and portable code (16 lanes) that isa allows.
-template <typename T>
-void run_tasks_best(cpu::Isa isa, const Params& p, int64_t begin, int64_t end) {
-  if (isa >= cpu::Isa::kAvx512) return run_tasks_avx512<T>(p, begin, end);
+struct Fp32Tasks {
+  static GPT_FAST_INLINE void run(const Params& p, int64_t begin, int64_t end) { run_tasks<T>(p, begin, end); }
 #if GPT_FAST_HAVE_X86
-  if (isa >= cpu::Isa::kAvx2) return run_tasks_avx2<T>(p, begin, end);
+  static void run_avx2(const Params& p, int64_t begin, int64_t end) { flash::run_tasks_avx2<T>(p, begin, end); }
 #endif
-  run_tasks_portable<T>(p, begin, end);
-}
+};
 
 at::Tensor flash_attention_cpu(const at::Tensor& qkv, const std::optional<at::Tensor>& key_padding_mask,
                                int64_t n_head) {
@@ -103,7 +92,9 @@ at::Tensor flash_attention_cpu(const at::Tensor& qkv, const std::optional<at::Te
            scale};
   with_storage_type(qkv.scalar_type(), [&](auto type) {
     using Elem = decltype(type);
-    at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) { run_tasks_best<Elem>(isa, p, begin, end); });
+    at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
+      run_tasks_best<Fp32Tasks<Elem>>(isa, p, begin, end);
+    });
   });
   return out;
 }

@@ -120,6 +120,7 @@ GPT_FAST_AVX512 inline __m512 exp_fp32(__m512 x) {
 
 // tanh-GELU in fp32. 0.5 v (1 + tanh(u)) == v * sigmoid(2u) == v / (1 + exp(-2u)), u = sqrt(2/pi)(v + 0.044715 v^3);
 // this form needs one exp and one reciprocal and has no cancellation. Large |v| saturates correctly (v or -0).
+// -inf gives NaN, as PyTorch's 0.5 v (1 + tanh(u)) = -inf * 0 does (the form above would give -inf); +inf gives inf.
 GPT_FAST_AVX512 inline __m512 gelu_tanh_fp32(__m512 v) {
   const __m512 v2 = _mm512_mul_ps(v, v);
   constexpr float kMinus2c = -2.f * 0.7978845608028654f;  // -2 sqrt(2/pi)
@@ -130,7 +131,8 @@ GPT_FAST_AVX512 inline __m512 gelu_tanh_fp32(__m512 v) {
   // 1 / denom: 14-bit estimate refined by one Newton step (~1 ulp), far cheaper than a 512-bit division.
   const __m512 r0 = _mm512_rcp14_ps(denom);
   const __m512 r1 = _mm512_mul_ps(r0, _mm512_fnmadd_ps(denom, r0, _mm512_set1_ps(2.f)));
-  return _mm512_mul_ps(v, r1);
+  const __mmask16 minus_inf = _mm512_cmp_ps_mask(v, _mm512_set1_ps(-INFINITY), _CMP_EQ_OQ);
+  return _mm512_mask_blend_ps(minus_inf, _mm512_mul_ps(v, r1), _mm512_set1_ps(NAN));
 }
 
 #endif  // GPT_FAST_HAVE_X86

@@ -10,6 +10,7 @@
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 
@@ -110,8 +111,9 @@ GPT_FAST_AVX2 inline __m256 exp_fp32_avx2(__m256 x) {
 }
 
 // tanh-GELU in fp32 as v / (1 + exp(-2u)), u = sqrt(2/pi)(v + 0.044715 v^3) (vec.h's gelu_tanh_fp32: no
-// cancellation, saturates to v or -0). The reciprocal is a 12-bit estimate refined by two Newton steps, the second
-// in residual form (one step leaves ~1.5e-7 relative error, 3.8x PyTorch's own fp32 error at GPT-1 shapes).
+// cancellation, saturates to v or -0; -inf gives NaN as PyTorch does). The reciprocal is a 12-bit estimate refined
+// by two Newton steps, the second in residual form (one step leaves ~1.5e-7 relative error, 3.8x PyTorch's own
+// fp32 error at GPT-1 shapes).
 GPT_FAST_AVX2 inline __m256 gelu_tanh_fp32_avx2(__m256 v) {
   const __m256 v2 = _mm256_mul_ps(v, v);
   constexpr float kMinus2c = -2.f * 0.7978845608028654f;  // -2 sqrt(2/pi)
@@ -121,7 +123,8 @@ GPT_FAST_AVX2 inline __m256 gelu_tanh_fp32_avx2(__m256 v) {
   const __m256 r0 = _mm256_rcp_ps(denom);
   const __m256 r1 = _mm256_mul_ps(r0, _mm256_fnmadd_ps(denom, r0, _mm256_set1_ps(2.f)));
   const __m256 r2 = _mm256_fmadd_ps(r1, _mm256_fnmadd_ps(denom, r1, _mm256_set1_ps(1.f)), r1);
-  return _mm256_mul_ps(v, r2);
+  const __m256 minus_inf = _mm256_cmp_ps(v, _mm256_set1_ps(-INFINITY), _CMP_EQ_OQ);
+  return _mm256_blendv_ps(_mm256_mul_ps(v, r2), _mm256_set1_ps(NAN), minus_inf);
 }
 
 }  // namespace gpt_fast::cpu

@@ -7,7 +7,9 @@
 // their states through shared memory; with one split the block writes the output, else a partial (m, l, O).
 // decode_merge_kernel: one warp per (b, s, h) combines the splits' partials.
 // qkv: (B, S, 3C); caches: (B, H, Tmax, D); cache_lengths: (B,) int64 (a row with len < 0 or len > Tmax - S gets
-// NaN outputs and no cache write); out: (B, S, C);
+// NaN outputs and no cache write: the binding does not look at the lengths, so that no step waits for the host);
+// out: (B, S, C). Non-finite values as PyTorch's math: a NaN score or a +inf one makes the softmax sum NaN (exp2),
+// a token whose scores are all -inf gets 0 / 0 = NaN;
 // partials: o (splits, B, S, H, DP) and ml (splits, B, S, H, 2) floats. Limits: D % 8 == 0, D <= DP. No torch header.
 #pragma once
 #include "warp_softmax.cuh"
@@ -41,8 +43,8 @@ __global__ void __launch_bounds__(kDecThreads, 4) decode_attention_kernel(Decode
   const int b = blockIdx.y / a.H, h = blockIdx.y % a.H;
   const int64_t C = static_cast<int64_t>(a.H) * a.D, row_stride = 3 * C;
   const int64_t len64 = a.lengths[b];
-  if (len64 < 0 || len64 > a.Tmax - a.S) {  // the binding rejects this unless it could not look (graph capture):
-    if (split == 0)                          // no cache write, NaN output rows
+  if (len64 < 0 || len64 > a.Tmax - a.S) {  // out of range (len + S could wrap): no cache write, NaN output rows
+    if (split == 0)
       for (int idx = threadIdx.x; idx < a.S * a.D; idx += kDecThreads)
         a.out[((static_cast<int64_t>(b) * a.S + idx / a.D) * a.H + h) * a.D + idx % a.D] = from_float<T>(NAN);
     return;  // the whole block leaves before any barrier
@@ -110,7 +112,7 @@ __global__ void __launch_bounds__(kDecThreads, 4) decode_attention_kernel(Decode
       float o = 0.f;
       for (int w = 0; w < kDecWarps; ++w) o += sO[w][d] * exp2f(sML[w][0] - m_use);
       if (splits == 1) {
-        a.out[item * a.D + d] = from_float<T>(l > 0.f ? o / l : 0.f);
+        a.out[item * a.D + d] = from_float<T>(o / l);  // l = 0 only when every score is -inf: NaN, as PyTorch
       } else {
         a.part_o[(split * (static_cast<int64_t>(a.B) * a.S * a.H) + item) * DP + d] = o;
       }
@@ -143,7 +145,7 @@ __global__ void __launch_bounds__(kDecThreads) decode_merge_kernel(DecodeArgs<T>
     for (int j = 0; j < DP / 32; ++j)
       if (lane + 32 * j < a.D) o[j] += a.part_o[(s * items + item) * DP + lane + 32 * j] * w;
   }
-  const float inv = l > 0.f ? 1.f / l : 0.f;
+  const float inv = 1.f / l;  // l = 0 only when every score of the token is -inf: NaN output, as PyTorch's softmax
 #pragma unroll
   for (int j = 0; j < DP / 32; ++j) {
     const int d = lane + 32 * j;

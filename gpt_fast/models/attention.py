@@ -8,6 +8,13 @@
 NaN or infinity in a query, or in a key a row attends, makes that row NaN on every backend (the fused kernels of
 both "sdpa" and "fused" drop NaN scores; ops/flash_attention.py: propagate_nonfinite marks the rows after them).
 
+Fully masked query rows (with left padding, a padding position whose causal window holds only padded keys) come
+out as transformers' masks make them on every backend: the eager math adds -1e4 to causally masked scores and
+dtype.min to padded ones, so such a row's softmax is uniform over the keys that are not padded (all after it), or,
+in a sequence with no real token at all, over every key. The kernels of "sdpa" and "fused" see such a row as
+attending nothing; `fill_fully_masked_rows` sets it after them (`after_kernel`: one place for both backends, CPU
+and CUDA, forward and backward).
+
 Which one runs is the KernelPlan's `attention` (gpt_fast/ops/kernel_plan.py), decided once per forward.
 """
 
@@ -18,7 +25,6 @@ import math
 import torch
 import torch.nn.functional as F
 
-from gpt_fast import ops
 from gpt_fast.ops.flash_attention import propagate_nonfinite
 from gpt_fast.ops.layout import merge_heads, split_qkv
 
@@ -59,14 +65,39 @@ def sdpa_attention(qkv, attention_mask, n_head: int, dropout_p: float):
         padding = padding_to_additive(attention_mask, q.dtype)  # (B, 1, 1, T)
         bias = padding.masked_fill(~causal, float("-inf"))  # (B, 1, T, T); the diagonal is always finite
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p)
-    # PyTorch's fused SDPA kernels, like gpt_fast's, drop NaN scores: mark the rows the eager math makes NaN
-    return propagate_nonfinite(merge_heads(out), qkv, attention_mask, n_head)
+    return after_kernel(merge_heads(out), qkv, attention_mask, n_head)
+
+
+def fill_fully_masked_rows(out, qkv, attention_mask):
+    """out (B, T, C) from a kernel, with each query row that may attend no key (attention_mask (B, T) 1/0: no 1 in
+    [0, i]) replaced by transformers' value there: the mean of v over the row's unpadded keys, or over all keys
+    when the sequence has none (float32 and bfloat16 exactly so; in float16 transformers' -1e4 + dtype.min
+    overflows to -inf and an all-padding sequence's rows depend on its scores). O(B T C) ATen ops, no host
+    synchronisation; differentiable (no gradient reaches out at those rows, as none reaches q and k there).
+    """
+    C = qkv.shape[-1] // 3
+    mask = attention_mask.bool()  # (B, T)
+    empty = ~mask.cumsum(dim=1, dtype=torch.int32).bool()  # (B, T): no attended key at or before the row
+    keys = mask | ~mask.any(dim=1, keepdim=True)  # (B, T): the unpadded keys, or all of them
+    weights = keys.to(out.dtype) / keys.sum(dim=1, keepdim=True).to(out.dtype)  # (B, T): uniform over keys
+    fill = torch.bmm(weights[:, None, :], qkv[..., 2 * C:])  # (B, 1, C): weights (B, 1, T) @ v (B, T, C)
+    return torch.where(empty[..., None], fill, out)
+
+
+def after_kernel(out, qkv, attention_mask, n_head: int):
+    """What the "sdpa" and "fused" backends do after their kernel (out (B, T, C)): fully masked rows as
+    transformers gives them, then NaN in the rows whose query or attended key is not finite (the kernels drop NaN
+    scores; a fully masked row keeps the NaN of its own query)."""
+    if attention_mask is not None:
+        out = fill_fully_masked_rows(out, qkv, attention_mask)
+    return propagate_nonfinite(out, qkv, attention_mask, n_head)
 
 
 def fused_attention(qkv, attention_mask, n_head: int):
     """gpt_fast's kernel. qkv: (B, T, 3C); attention_mask: (B, T) 1/0 or None. Returns (B, T, C)."""
     key_padding_mask = None if attention_mask is None else attention_mask.bool()
-    return ops.flash_attention(qkv, key_padding_mask, n_head)
+    return after_kernel(torch.ops.gpt_fast.flash_attention(qkv, key_padding_mask, n_head), qkv, attention_mask,
+                        n_head)
 
 
 def backend_attention(backend: str, qkv, attention_mask, n_head: int, dropout_p: float = 0.0):

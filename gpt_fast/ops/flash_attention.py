@@ -39,12 +39,14 @@ def propagate_nonfinite(out, qkv, key_padding_mask, n_head: int):
     """out (B, T, C) with NaN in each (query row, head) whose query, or any key it attends (causal, not padded),
     holds a NaN or an infinity.
 
-    The kernel's online softmax drops NaN scores (its max and exp2 use ordered comparisons), so without this a
-    broken query or key gives a finite, wrong output where the eager math gives NaN. This pass reads q and k once
+    PyTorch's fused SDPA kernels drop NaN scores in their online softmax (ordered comparisons in max and exp), and
+    gpt_fast's CPU kernel, whose exp2 carries a NaN score through since the decode kernel needed it, still gives
+    zeros for a row whose scores are all -inf (an infinite query); so without this a broken query or key can give
+    a finite, wrong output where the eager math gives NaN. This pass reads q and k once
     more and writes the output once more, with no host synchronisation (so it also runs under torch.compile and
     CUDA graphs). Measured on one core at GPT-1's width: 5% (fp32) / 8% (bf16) of the kernel's time at B=1, T=512,
     about 20-27% at T=128 or B=8, T=64; against the README's whole-model prefill figures, about 2% of a bf16
-    layer and under 1% of an fp32 one. Making the kernels' max and exp2 propagate NaN would remove it.
+    layer and under 1% of an fp32 one.
     """
     B, T, C3 = qkv.shape
     C = C3 // 3

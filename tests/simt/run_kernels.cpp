@@ -5,7 +5,9 @@
 //   run_kernels bias_gelu        DTYPE DIR total N                 x bias -> out
 //   run_kernels flash_attention  DTYPE DIR B T H D has_mask        qkv [mask] -> out
 //   run_kernels decode_attention DTYPE DIR B S H D Tmax sm_count   qkv k_cache v_cache lengths -> out k_cache v_cache
-// DTYPE is float32, bfloat16 or float16. Prints the decode split count it used.
+//   run_kernels decode_attention_short_cache ...   the same with caches one position short (for the guard check)
+// DTYPE is float32, bfloat16 or float16. Prints the decode split count it used. Buffers sit between guard zones;
+// a decode launch that wrote into one exits with status 4 ("write outside NAME").
 #include "simt.h"
 // The launchers, kernels included, exactly as nvcc builds them:
 #include "../../csrc/cuda/add_layernorm.cu"
@@ -13,6 +15,7 @@
 #include "../../csrc/cuda/decode_attention.cu"
 #include "../../csrc/cuda/flash_attention.cu"
 
+#include <cstring>
 #include <fstream>
 #include <string>
 
@@ -20,17 +23,34 @@ namespace {
 
 using namespace gpt_fast::cuda;
 
-// 16-byte aligned bytes (the kernels' 128-bit loads need it).
+// 16-byte aligned bytes (the kernels' 128-bit loads need it), between two guard zones of kGuard words filled with
+// a pattern: intact_guards() says whether a kernel wrote outside the buffer (within kGuard words of it).
+constexpr size_t kGuard = 4;
+constexpr unsigned kGuardWord = 0xA5A5A5A5u;
+
 struct Buffer {
   std::vector<uint4> words;
   size_t bytes = 0;
-  void* data() { return words.data(); }
+  void* data() { return words.data() + kGuard; }
+  void allocate(size_t n) {
+    bytes = n;
+    words.assign((n + 15) / 16 + 2 * kGuard, make_uint4(kGuardWord, kGuardWord, kGuardWord, kGuardWord));
+    std::memset(data(), 0, n);
+  }
+  bool intact_guards() const {
+    const auto* first = reinterpret_cast<const unsigned char*>(words.data());
+    const size_t guard = kGuard * 16, total = words.size() * 16;
+    for (size_t i = 0; i < total; ++i) {
+      if (i >= guard && i < guard + bytes) i = guard + bytes;  // skip the data
+      if (i < total && first[i] != 0xA5) return false;
+    }
+    return true;
+  }
 };
 
 Buffer read_file(const std::string& dir, const std::string& name, size_t bytes) {
   Buffer b;
-  b.bytes = bytes;
-  b.words.resize((bytes + 15) / 16 + 1);
+  b.allocate(bytes);
   std::ifstream in(dir + "/" + name, std::ios::binary);
   if (!in.read(reinterpret_cast<char*>(b.data()), static_cast<std::streamsize>(bytes))) {
     std::fprintf(stderr, "cannot read %zu bytes from %s/%s\n", bytes, dir.c_str(), name.c_str());
@@ -41,9 +61,15 @@ Buffer read_file(const std::string& dir, const std::string& name, size_t bytes) 
 
 Buffer zeros(size_t bytes) {
   Buffer b;
-  b.bytes = bytes;
-  b.words.assign((bytes + 15) / 16 + 1, make_uint4(0, 0, 0, 0));
+  b.allocate(bytes);
   return b;
+}
+
+void check_guards(const Buffer& b, const char* name) {
+  if (!b.intact_guards()) {
+    std::fprintf(stderr, "write outside %s\n", name);
+    std::exit(4);
+  }
 }
 
 void write_file(const std::string& dir, const std::string& name, Buffer& b) {
@@ -96,10 +122,12 @@ int main(int argc, char** argv) {
     check(launch_flash_attention(dtype, qkv.data(), has_mask ? static_cast<const uint8_t*>(mask.data()) : nullptr,
                                  out.data(), B, T, H, D, nullptr));
     write_file(dir, "out", out);
-  } else if (op == "decode_attention") {
+  } else if (op == "decode_attention" || op == "decode_attention_short_cache") {
     const int B = static_cast<int>(arg(0)), S = static_cast<int>(arg(1)), H = static_cast<int>(arg(2)),
               D = static_cast<int>(arg(3)), Tmax = static_cast<int>(arg(4)), sms = static_cast<int>(arg(5));
-    const size_t cache = size_t(B) * H * Tmax * D * es;
+    // the guard check's own test: caches one position shorter than the launch is told (B = H = 1)
+    const int positions = op == "decode_attention_short_cache" ? Tmax - 1 : Tmax;
+    const size_t cache = size_t(B) * H * positions * D * es;
     Buffer qkv = read_file(dir, "qkv", size_t(B) * S * 3 * H * D * es);
     Buffer kc = read_file(dir, "k_cache", cache), vc = read_file(dir, "v_cache", cache);
     Buffer lengths = read_file(dir, "lengths", size_t(B) * 8);
@@ -109,6 +137,7 @@ int main(int argc, char** argv) {
     check(launch_decode_attention(dtype, plan, qkv.data(), kc.data(), vc.data(),
                                   static_cast<const int64_t*>(lengths.data()), out.data(), work.data(), B, S, H, D,
                                   Tmax, nullptr));
+    check_guards(kc, "k_cache"), check_guards(vc, "v_cache"), check_guards(out, "out"), check_guards(work, "work");
     write_file(dir, "out", out);
     write_file(dir, "k_cache", kc);
     write_file(dir, "v_cache", vc);

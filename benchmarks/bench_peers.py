@@ -1,8 +1,8 @@
 """gpt_fast against CTranslate2 (a C++ inference engine) and transformers at the GPT-1 shape, in one process.
 
     pip install "gpt_fast[peers]"        # ctranslate2
-    python benchmarks/bench_peers.py                              # the CPU's best gpt_fast tier
-    GPT_FAST_CPU_ISA=avx2 python benchmarks/bench_peers.py        # gpt_fast's kernels capped at AVX2
+    python benchmarks/bench_peers.py                       # gpt_fast at this CPU's best tier and at avx2
+    python benchmarks/bench_peers.py --tiers avx2 --out x.json   # gpt_fast's kernels capped at AVX2 only
 
 Random weights (seed 0) at the GPT-1 shape, converted to CTranslate2 by ctranslate2_gpt.py. First the parity
 check: log-probabilities of every position of a 64-token prompt against gpt_fast's eager path in float64 (the
@@ -10,12 +10,15 @@ oracle); gpt_fast fp32 and CTranslate2 float32 must be within 3x the error of th
 fp32 ulp of the largest log-prob (tests/accuracy.py's rule); CTranslate2 int8's error is reported. Then, alternating
 in each round (so drift hits all alike): batch-1 greedy decode of `--new-tokens` after a `--prompt`-token prompt
 (time to first token; tok/s over the later tokens, from the times each token is handed out) and a prefill of
-`--prefill` tokens (one new token), for gpt_fast fp32 / bf16 (default backend; the sdpa backend for prefill only),
+`--prefill` tokens (one new token), for gpt_fast fp32 / bf16 (default backend; the sdpa backend for prefill only)
+at each of `--tiers` (default: this CPU's level and avx2, capped per call through GPT_FAST_CPU_ISA),
 CTranslate2 float32 / int8 (+ bfloat16 where it supports it), transformers fp32 (its decode sampled at 5 lengths and
 integrated, as `gpt-fast bench` does: it has no KV cache). Threads: torch.set_num_threads and CTranslate2's
-intra_threads both `--threads`. On AMD CPUs CT2_USE_MKL=1 is set unless given (CTranslate2 otherwise takes oneDNN
-for its GEMMs there). Figures are medians of the rounds; the roofline is bytes read per token (weights once, KV
-cache at the mean context) over the read bandwidth measured between rounds (gpt_fast.cli.benchmark.ReadBandwidth).
+intra_threads both `--threads`. CTranslate2 runs in child processes (ctranslate2_worker.py), one per GEMM backend:
+float32 with MKL (CT2_USE_MKL=1, as on Intel; the issue asks for it on AMD) and with CTranslate2's own choice
+(oneDNN on AMD), int8 with its own choice (MKL's int8 on AMD is ~10x slower); ratios take its faster backend.
+Figures are medians of the rounds; the roofline is bytes read per token (weights once, KV cache at the mean context)
+over the read bandwidth measured between rounds (gpt_fast.cli.benchmark.ReadBandwidth).
 """
 
 from __future__ import annotations
@@ -86,16 +89,35 @@ def measure_transformers(model, prompt, new_tokens):
     return ttft, bench.integrate_steps(samples) / (new_tokens - 1), None
 
 
-def candidates(base, peers, hf, dtypes):
-    """{name: (decode(prompt, n) -> (ttft, s/token, ids) or None, prefill(ids) -> seconds)}."""
+def capped(tier, fn):
+    """fn run with gpt_fast's kernels capped at `tier` (GPT_FAST_CPU_ISA, read by every kernel call and plan)."""
+    def run(*args):
+        saved = os.environ.get(cpu_isa.ENV)
+        os.environ[cpu_isa.ENV] = tier
+        try:
+            return fn(*args)
+        finally:
+            if saved is None:
+                del os.environ[cpu_isa.ENV]
+            else:
+                os.environ[cpu_isa.ENV] = saved
+    return run
+
+
+def candidates(base, peers, hf, dtypes, tiers):
+    """{name: (decode(prompt, n) -> (ttft, s/token, ids) or None, prefill(ids) -> seconds)}; gpt_fast once per
+    tier, named "gpt_fast <dtype> [<tier>]"."""
     out = {}
     for dtype_name, dtype in dtypes.items():
         model = gpt_fast_model(base, dtype)
-        out[f"gpt_fast {dtype_name}"] = (
-            lambda p, n, m=model: measure_gpt_fast(m, None, p, n),
-            lambda ids, m=model: _timed(lambda: (m.set_attn_implementation(None), bench.prefill(m, ids))))
-        out[f"gpt_fast {dtype_name} sdpa"] = (
-            None, lambda ids, m=model: _timed(lambda: (m.set_attn_implementation("sdpa"), bench.prefill(m, ids))))
+        for tier in tiers:
+            out[f"gpt_fast {dtype_name} [{tier}]"] = (
+                capped(tier, lambda p, n, m=model: measure_gpt_fast(m, None, p, n)),
+                capped(tier, lambda ids, m=model: _timed(lambda: (m.set_attn_implementation(None),
+                                                                  bench.prefill(m, ids)))))
+            out[f"gpt_fast {dtype_name} sdpa [{tier}]"] = (
+                None, capped(tier, lambda ids, m=model: _timed(lambda: (m.set_attn_implementation("sdpa"),
+                                                                        bench.prefill(m, ids)))))
     for name, (worker, compute_type) in peers.items():
         out[name] = (lambda p, n, w=worker, t=compute_type: w.decode(t, p[0].tolist(), n),
                      lambda ids, w=worker, t=compute_type: w.prefill(t, ids[0].tolist()))
@@ -129,6 +151,9 @@ def main():
     parser.add_argument("--prompt", type=int, default=32)
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--prefill", type=int, default=512)
+    parser.add_argument("--tiers", nargs="+", default=None,
+                        help="gpt_fast kernel tiers (GPT_FAST_CPU_ISA caps) measured side by side in each round; "
+                             "default: this CPU's level (capped by GPT_FAST_CPU_ISA if set) and avx2")
     parser.add_argument("--no-transformers", action="store_true")
     parser.add_argument("--ctranslate2", nargs="+", default=None, metavar="TYPE:BACKEND",
                         help="CTranslate2 compute type and GEMM backend (default, mkl: CT2_USE_MKL=1, dnnl: "
@@ -170,7 +195,8 @@ def main():
             sys.exit(f"parity check failed for {name}: no speed comparison")
 
     hf = None if args.no_transformers else bench.make_transformers_model(copy.deepcopy(base))
-    runs = candidates(base, peers, hf, {"fp32": torch.float32, "bf16": torch.bfloat16})
+    tiers = args.tiers or list(dict.fromkeys([tier, "avx2"]))
+    runs = candidates(base, peers, hf, {"fp32": torch.float32, "bf16": torch.bfloat16}, tiers)
     gen = torch.Generator().manual_seed(0)
     prompt = torch.randint(0, base.config.vocab_size, (1, args.prompt), generator=gen)
     long_prompt = torch.randint(0, base.config.vocab_size, (1, args.prefill), generator=gen)
@@ -207,16 +233,21 @@ def main():
                       "decode_tok_s_best": 1 / min(s["per_token"]) if s["per_token"] else None,
                       "prefill_ms": med["prefill"] * 1e3, "prefill_ms_best": min(s["prefill"]) * 1e3,
                       "roofline_fraction": rate / roofline[precision] if rate and precision else None}
-    ratios = ratios_of(rows)
-    greedy = {f"{name} vs gpt_fast fp32": first_difference(tokens["gpt_fast fp32"], out)
-              for name, out in tokens.items() if out is not None and name != "gpt_fast fp32"}
+    ratios = {t: ratios_of(rows, t) for t in tiers}
+    for d in ("fp32", "bf16"):  # the per-CPU choice of tier, measured in the same rounds
+        for t in tiers[1:]:
+            ratios[tiers[0]][f"decode gpt_fast {d} [{tiers[0]}] / [{t}]"] = (
+                rows[f"gpt_fast {d} [{tiers[0]}]"]["decode_tok_s"] / rows[f"gpt_fast {d} [{t}]"]["decode_tok_s"])
+    ours = f"gpt_fast fp32 [{tiers[0]}]"
+    greedy = {f"{name} vs {ours}": first_difference(tokens[ours], out)
+              for name, out in tokens.items() if out is not None and name != ours}
     result = {"date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
               "machine": {"cpu": bench.cpu_name(), "vendor": cpu_vendor(), "gpt_fast_cpu_isa": tier,
                           "GPT_FAST_CPU_ISA": os.environ.get("GPT_FAST_CPU_ISA"), "threads": args.threads,
                           "torch": torch.__version__, "ctranslate2": ctranslate2.__version__,
                           "ctranslate2_backends": backends,
                           "load_before": load, "load_after": os.getloadavg()},
-              "options": vars(args), "parity": check, "greedy": greedy,
+              "options": {**vars(args), "tiers": tiers}, "parity": check, "greedy": greedy,
               "read_bandwidth_gb_s": bandwidth.best / 1e9,
               "roofline_tok_s": roofline, "rows": rows, "ratios": ratios}
     print(format_rows(rows, ratios, roofline))
@@ -230,8 +261,9 @@ def main():
         worker.close()
 
 
-def ratios_of(rows: dict) -> dict:
-    """The issue's target ratios (> 1: the first is faster); against CTranslate2, its fastest backend per type."""
+def ratios_of(rows: dict, tier: str) -> dict:
+    """The issue's target ratios for gpt_fast at `tier` (> 1: the first is faster); against CTranslate2, its
+    fastest backend per compute type."""
     def fastest(prefix, key):
         names = [n for n in rows if n.startswith(prefix) and rows[n][key] is not None]
         pick = max if key == "decode_tok_s" else min
@@ -243,31 +275,32 @@ def ratios_of(rows: dict) -> dict:
         x, y = rows[a][key], rows[b][key]
         return x / y if key == "decode_tok_s" else y / x
 
+    f32, b16, f32s = (f"gpt_fast {d} [{tier}]" for d in ("fp32", "bf16", "fp32 sdpa"))
     ct2_f32, ct2_i8 = fastest("ctranslate2 float32", "decode_tok_s"), fastest("ctranslate2 int8", "decode_tok_s")
     ct2_f32_fill, ct2_i8_fill = fastest("ctranslate2 float32", "prefill_ms"), fastest("ctranslate2 int8", "prefill_ms")
-    return {f"decode gpt_fast fp32 / {ct2_f32} (target >= 1.8)": ratio("gpt_fast fp32", ct2_f32, "decode_tok_s"),
-            f"decode gpt_fast bf16 / {ct2_i8} (target >= 1.2)": ratio("gpt_fast bf16", ct2_i8, "decode_tok_s"),
+    return {f"decode gpt_fast fp32 / {ct2_f32} (target >= 1.8)": ratio(f32, ct2_f32, "decode_tok_s"),
+            f"decode gpt_fast bf16 / {ct2_i8} (target >= 1.2)": ratio(b16, ct2_i8, "decode_tok_s"),
             "decode gpt_fast bf16 / gpt_fast fp32 (target >= 1.7)":
-            ratio("gpt_fast bf16", "gpt_fast fp32", "decode_tok_s"),
+            ratio(b16, f32, "decode_tok_s"),
             "decode gpt_fast fp32 / transformers fp32 (target >= 4)":
-            ratio("gpt_fast fp32", "transformers fp32", "decode_tok_s"),
+            ratio(f32, "transformers fp32", "decode_tok_s"),
             "prefill gpt_fast fp32 fused / sdpa (target >= 1.2)":
-            ratio("gpt_fast fp32", "gpt_fast fp32 sdpa", "prefill_ms"),
-            f"prefill gpt_fast fp32 / {ct2_f32_fill}": ratio("gpt_fast fp32", ct2_f32_fill, "prefill_ms"),
-            f"prefill gpt_fast bf16 / {ct2_i8_fill}": ratio("gpt_fast bf16", ct2_i8_fill, "prefill_ms")}
+            ratio(f32, f32s, "prefill_ms"),
+            f"prefill gpt_fast fp32 / {ct2_f32_fill}": ratio(f32, ct2_f32_fill, "prefill_ms"),
+            f"prefill gpt_fast bf16 / {ct2_i8_fill}": ratio(b16, ct2_i8_fill, "prefill_ms")}
 
 
 def format_rows(rows: dict, ratios: dict, roofline: dict) -> str:
     def fmt(value, spec):
         return "-" if value is None else format(value, spec)
 
-    lines = [f"{'implementation':<28}{'TTFT ms':>9}{'decode tok/s':>14}{'% roofline':>12}{'prefill ms':>12}"]
+    lines = [f"{'implementation':<34}{'TTFT ms':>9}{'decode tok/s':>14}{'% roofline':>12}{'prefill ms':>12}"]
     for name, r in rows.items():
         roof = None if r["roofline_fraction"] is None else 100 * r["roofline_fraction"]
-        lines.append(f"{name:<28}{fmt(r['ttft_ms'], '.1f'):>9}{fmt(r['decode_tok_s'], '.1f'):>14}"
+        lines.append(f"{name:<34}{fmt(r['ttft_ms'], '.1f'):>9}{fmt(r['decode_tok_s'], '.1f'):>14}"
                      f"{fmt(roof, '.0f'):>12}{r['prefill_ms']:>12.1f}")
     lines.append("roofline tok/s: " + ", ".join(f"{k} {v:.1f}" for k, v in roofline.items()))
-    lines += [f"{k}: {fmt(v, '.2f')}" for k, v in ratios.items()]
+    lines += [f"[{t}] {k}: {fmt(v, '.2f')}" for t, r in ratios.items() for k, v in r.items()]
     return "\n".join(lines)
 
 

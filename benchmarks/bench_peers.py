@@ -18,7 +18,8 @@ intra_threads both `--threads`. CTranslate2 runs in child processes (ctranslate2
 float32 with MKL (CT2_USE_MKL=1, as on Intel; the issue asks for it on AMD) and with CTranslate2's own choice
 (oneDNN on AMD), int8 with its own choice (MKL's int8 on AMD is ~10x slower); ratios take its faster backend.
 Figures are medians of the rounds; the roofline is bytes read per token (weights once, KV cache at the mean context)
-over the read bandwidth measured between rounds (gpt_fast.cli.benchmark.ReadBandwidth).
+over the read bandwidth measured between rounds (as gpt_fast.cli.benchmark.ReadBandwidth, on the same clock).
+On a shared machine `--threads 1 --cpu-time` times everything on CPU time instead (CTranslate2's in its child).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from gpt_fast.cli import benchmark as bench
 from gpt_fast.ops import cpu_isa
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+CLOCK = time.perf_counter  # --cpu-time: time.process_time (this process's CPU time; CTranslate2's in its child)
 PAUSE = 0.3  # s between candidates: the previous runtime's OpenMP threads stop spinning (KMP/GOMP block time)
 
 
@@ -77,8 +79,8 @@ def parity(base, peers: dict, ids: torch.Tensor) -> dict:
 
 def measure_gpt_fast(model, backend, prompt, new_tokens):
     model.set_attn_implementation(backend)
-    streamer = bench.TimingStreamer()
-    start = time.perf_counter()
+    streamer = Stamps()
+    start = CLOCK()
     out = bench.generate_greedy(model, prompt, new_tokens, streamer)
     first, last = streamer.times[1], streamer.times[-1]
     return first - start, (last - first) / (new_tokens - 1), out[0, prompt.shape[1]:].tolist()
@@ -128,9 +130,30 @@ def candidates(base, peers, hf, dtypes, tiers):
 
 
 def _timed(fn) -> float:
-    start = time.perf_counter()
+    start = CLOCK()
     fn()
-    return time.perf_counter() - start
+    return CLOCK() - start
+
+
+class ReadBandwidth(bench.ReadBandwidth):
+    """gpt-fast bench's read bandwidth (best of a 256 MiB sum and matrix-vector product), timed on CLOCK."""
+
+    def __init__(self):
+        super().__init__(torch.device("cpu"))
+
+    def measure(self, times: int = 3) -> float:
+        nbytes = self.matrix.numel() * self.matrix.element_size()
+        for _ in range(times):
+            for fn in (self.matrix.sum, lambda: torch.mv(self.matrix, self.vector)):
+                self.best = max(self.best, nbytes / _timed(fn))
+        return self.best
+
+
+class Stamps(bench.TimingStreamer):
+    """When generate() hands out each token, on CLOCK."""
+
+    def put(self, value) -> None:
+        self.times.append(CLOCK())
 
 
 def default_peers(supported) -> list[str]:
@@ -155,12 +178,20 @@ def main():
                         help="gpt_fast kernel tiers (GPT_FAST_CPU_ISA caps) measured side by side in each round; "
                              "default: this CPU's level (capped by GPT_FAST_CPU_ISA if set) and avx2")
     parser.add_argument("--no-transformers", action="store_true")
+    parser.add_argument("--cpu-time", action="store_true",
+                        help="time on process CPU time (with --threads 1: the cost without the time spent "
+                             "descheduled on a shared machine); transformers is left out")
     parser.add_argument("--ctranslate2", nargs="+", default=None, metavar="TYPE:BACKEND",
                         help="CTranslate2 compute type and GEMM backend (default, mkl: CT2_USE_MKL=1, dnnl: "
                              "CT2_USE_MKL=0) of each peer; default: float32:mkl int8:default, plus float32:default "
                              "and bfloat16:default where supported")
     parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/bench_peers_<tier>.json)")
     args = parser.parse_args()
+    if args.cpu_time:
+        if args.threads != 1:
+            parser.error("--cpu-time needs --threads 1 (idle OpenMP threads spin, and would count)")
+        global CLOCK
+        CLOCK, args.no_transformers = time.process_time, True
     import ctranslate2
     import ctranslate2_gpt
     from ctranslate2_worker import Worker
@@ -178,7 +209,7 @@ def main():
     for spec in specs:
         compute_type, backend = spec.split(":")
         by_backend.setdefault(backend, []).append(compute_type)
-    workers = {b: Worker(workdir, types, args.threads, b) for b, types in by_backend.items()}
+    workers = {b: Worker(workdir, types, args.threads, b, CLOCK.__name__) for b, types in by_backend.items()}
     backends = {b: w.describe() for b, w in workers.items()}
     for b, lines in backends.items():
         print(f"ctranslate2 [{b}]: " + "; ".join(lines), flush=True)
@@ -204,7 +235,7 @@ def main():
         if decode is not None:
             decode(prompt, 4)
         fill(long_prompt[:, :64])
-    bandwidth = bench.ReadBandwidth(torch.device("cpu"))
+    bandwidth = ReadBandwidth()
     samples = {name: {"ttft": [], "per_token": [], "prefill": []} for name in runs}
     tokens = {}
     for r in range(args.rounds):

@@ -20,10 +20,11 @@ import numpy as np
 BACKEND_ENV = {"default": {}, "mkl": {"CT2_USE_MKL": "1"}, "dnnl": {"CT2_USE_MKL": "0"}}
 
 
-def _serve(conn, model_dir: str, compute_types: list[str], threads: int) -> None:
+def _serve(conn, model_dir: str, compute_types: list[str], threads: int, clock_name: str) -> None:
     import ctranslate2
     import ctranslate2_gpt
 
+    clock = getattr(time, clock_name)  # perf_counter, or process_time: this process's CPU time, all its threads
     generators = {t: ctranslate2.Generator(model_dir, compute_type=t, intra_threads=threads) for t in compute_types}
     while True:
         request = conn.recv()
@@ -35,31 +36,33 @@ def _serve(conn, model_dir: str, compute_types: list[str], threads: int) -> None
             conn.send(np.array(g.forward_batch(ids, return_log_probs=True)))
         elif op == "decode":
             times = []
-            start = time.perf_counter()
+            start = clock()
             def stamp(step, times=times):
-                times.append(time.perf_counter())
+                times.append(clock())
 
             out = ctranslate2_gpt.generate_greedy(g, ids, arg, stamp)
             conn.send((times[0] - start, (times[-1] - times[0]) / max(arg - 1, 1), out))
         elif op == "prefill":
-            start = time.perf_counter()
+            start = clock()
             ctranslate2_gpt.generate_greedy(g, ids, 1)
-            conn.send(time.perf_counter() - start)
+            conn.send(clock() - start)
     del generators
 
 
 class Worker:
     """Generators for `compute_types` of the model in model_dir, in a child process with `backend`'s environment
-    ("default", "mkl": CT2_USE_MKL=1, "dnnl": CT2_USE_MKL=0)."""
+    ("default", "mkl": CT2_USE_MKL=1, "dnnl": CT2_USE_MKL=0); times on time.<clock> (perf_counter or
+    process_time)."""
 
-    def __init__(self, model_dir: str, compute_types: list[str], threads: int, backend: str = "default"):
+    def __init__(self, model_dir: str, compute_types: list[str], threads: int, backend: str = "default",
+                 clock: str = "perf_counter"):
         self.model_dir, self.backend = model_dir, backend
         context = multiprocessing.get_context("spawn")
         self.conn, child = context.Pipe()
         saved = dict(os.environ)
         os.environ.update(BACKEND_ENV[backend])  # the child starts with this environment
         try:
-            self.process = context.Process(target=_serve, args=(child, model_dir, compute_types, threads),
+            self.process = context.Process(target=_serve, args=(child, model_dir, compute_types, threads, clock),
                                            daemon=True)
             self.process.start()
         finally:

@@ -258,8 +258,9 @@ def main():
     for name, s in samples.items():
         med = {k: statistics.median(v) if v else None for k, v in s.items()}
         rate = 1 / med["per_token"] if med["per_token"] else None
-        precision = ("bf16" if "bf16" in name or "bfloat16" in name else
-                     "fp32" if "fp32" in name or "float32" in name else None)
+        impl = name.split(" [")[0]  # without the tier, whose name may hold "bf16"
+        precision = ("bf16" if "bf16" in impl or "bfloat16" in impl else
+                     "fp32" if "fp32" in impl or "float32" in impl else None)
         rows[name] = {"ttft_ms": med["ttft"] and med["ttft"] * 1e3, "decode_tok_s": rate,
                       "decode_tok_s_best": 1 / min(s["per_token"]) if s["per_token"] else None,
                       "prefill_ms": med["prefill"] * 1e3, "prefill_ms_best": min(s["prefill"]) * 1e3,

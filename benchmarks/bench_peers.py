@@ -183,8 +183,8 @@ def main():
                              "descheduled on a shared machine); transformers is left out")
     parser.add_argument("--ctranslate2", nargs="+", default=None, metavar="TYPE:BACKEND",
                         help="CTranslate2 compute type and GEMM backend (default, mkl: CT2_USE_MKL=1, dnnl: "
-                             "CT2_USE_MKL=0) of each peer; default: float32:mkl int8:default, plus float32:default "
-                             "and bfloat16:default where supported")
+                             "CT2_USE_MKL=0) of each peer; default: float32:mkl float32:default int8:default, plus "
+                             "bfloat16:default where supported")
     parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/bench_peers_<tier>.json)")
     args = parser.parse_args()
     if args.cpu_time:

@@ -326,11 +326,13 @@ def format_rows(rows: dict, ratios: dict, roofline: dict) -> str:
     def fmt(value, spec):
         return "-" if value is None else format(value, spec)
 
-    lines = [f"{'implementation':<34}{'TTFT ms':>9}{'decode tok/s':>14}{'% roofline':>12}{'prefill ms':>12}"]
+    lines = [f"{'implementation (medians; best)':<34}{'TTFT ms':>9}{'decode tok/s':>14}{'best':>8}{'% roofline':>12}"
+             f"{'prefill ms':>12}{'best':>9}"]
     for name, r in rows.items():
         roof = None if r["roofline_fraction"] is None else 100 * r["roofline_fraction"]
         lines.append(f"{name:<34}{fmt(r['ttft_ms'], '.1f'):>9}{fmt(r['decode_tok_s'], '.1f'):>14}"
-                     f"{fmt(roof, '.0f'):>12}{r['prefill_ms']:>12.1f}")
+                     f"{fmt(r['decode_tok_s_best'], '.1f'):>8}{fmt(roof, '.0f'):>12}{r['prefill_ms']:>12.1f}"
+                     f"{r['prefill_ms_best']:>9.1f}")
     lines.append("roofline tok/s: " + ", ".join(f"{k} {v:.1f}" for k, v in roofline.items()))
     lines += [f"[{t}] {k}: {fmt(v, '.2f')}" for t, r in ratios.items() for k, v in r.items()]
     return "\n".join(lines)

@@ -266,10 +266,12 @@ def main():
                       "prefill_ms": med["prefill"] * 1e3, "prefill_ms_best": min(s["prefill"]) * 1e3,
                       "roofline_fraction": rate / roofline[precision] if rate and precision else None}
     ratios = {t: ratios_of(rows, t) for t in tiers}
+    ratios_best = {t: ratios_of(rows, t, best=True) for t in tiers}
     for d in ("fp32", "bf16"):  # the per-CPU choice of tier, measured in the same rounds
         for t in tiers[1:]:
-            ratios[tiers[0]][f"decode gpt_fast {d} [{tiers[0]}] / [{t}]"] = (
-                rows[f"gpt_fast {d} [{tiers[0]}]"]["decode_tok_s"] / rows[f"gpt_fast {d} [{t}]"]["decode_tok_s"])
+            for r, key in ((ratios, "decode_tok_s"), (ratios_best, "decode_tok_s_best")):
+                r[tiers[0]][f"decode gpt_fast {d} [{tiers[0]}] / [{t}]"] = (
+                    rows[f"gpt_fast {d} [{tiers[0]}]"][key] / rows[f"gpt_fast {d} [{t}]"][key])
     ours = f"gpt_fast fp32 [{tiers[0]}]"
     greedy = {f"{name} vs {ours}": first_difference(tokens[ours], out)
               for name, out in tokens.items() if out is not None and name != ours}
@@ -281,8 +283,10 @@ def main():
                           "load_before": load, "load_after": os.getloadavg()},
               "options": {**vars(args), "tiers": tiers}, "parity": check, "greedy": greedy,
               "read_bandwidth_gb_s": bandwidth.best / 1e9,
-              "roofline_tok_s": roofline, "rows": rows, "ratios": ratios}
+              "roofline_tok_s": roofline, "rows": rows, "ratios": ratios, "ratios_of_best_rounds": ratios_best}
     print(format_rows(rows, ratios, roofline))
+    print("from the best rounds:\n" + "\n".join(f"[{t}] {k}: {v:.2f}" for t, r in ratios_best.items()
+                                               for k, v in r.items() if v is not None))
     print(f"load {load[0]:.2f} before, {result['machine']['load_after'][0]:.2f} after; greedy: {greedy}")
     path = args.out or os.path.join(HERE, "results", f"bench_peers_{tier}.json")
     with open(path, "w") as handle:
@@ -293,9 +297,11 @@ def main():
         worker.close()
 
 
-def ratios_of(rows: dict, tier: str) -> dict:
+def ratios_of(rows: dict, tier: str, best: bool = False) -> dict:
     """The issue's target ratios for gpt_fast at `tier` (> 1: the first is faster); against CTranslate2, its
-    fastest backend per compute type."""
+    fastest backend per compute type. best: from the best rounds instead of the medians."""
+    rows = {n: {k: r[f"{k}_best"] if best else r[k] for k in ("decode_tok_s", "prefill_ms")} for n, r in rows.items()}
+
     def fastest(prefix, key):
         names = [n for n in rows if n.startswith(prefix) and rows[n][key] is not None]
         pick = max if key == "decode_tok_s" else min

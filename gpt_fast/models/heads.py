@@ -10,7 +10,7 @@ from gpt_fast.generation.config import GenerationConfigMixin
 from gpt_fast.generation.generate import generate
 from gpt_fast.models.configuration import OpenAIGPTConfig
 from gpt_fast.models.linear import project_to_vocab
-from gpt_fast.models.lm_loss import fused_shifted_lm_loss
+from gpt_fast.models.lm_loss import fused_shifted_lm_loss, shifted_rows
 from gpt_fast.models.modeling import OpenAIGPTModel
 from gpt_fast.models.outputs import CausalLMOutput, OpenAIGPTDoubleHeadsModelOutput, SequenceClassifierOutput
 from gpt_fast.models.pretrained import OpenAIGPTPreTrainedModel
@@ -24,15 +24,7 @@ def shifted_lm_loss(logits, labels, upcast: bool, num_items_in_batch=None, ignor
     The mean over the counted targets; with num_items_in_batch (what transformers' Trainer passes: the targets
     of the whole accumulated batch) their sum divided by it instead. shift_labels: targets already aligned with
     the logits (..., T), used instead of shifting labels."""
-    if shift_labels is not None:
-        check_same_shape("shift_labels", shift_labels, logits.shape[:-1], "the input")
-        check_integer_tensor("shift_labels", shift_labels)
-        flat_logits, targets = logits.reshape(-1, logits.shape[-1]), shift_labels.reshape(-1)
-    else:
-        check_same_shape("labels", labels, logits.shape[:-1], "the input")
-        check_integer_tensor("labels", labels)
-        flat_logits = logits[..., :-1, :].reshape(-1, logits.shape[-1])  # (N, V)
-        targets = labels[..., 1:].reshape(-1)
+    flat_logits, targets = shifted_rows(logits, labels, shift_labels)  # (N, V), (N,)
     if upcast:
         flat_logits = flat_logits.float()
     targets = targets.to(logits.device)

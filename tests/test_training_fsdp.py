@@ -9,6 +9,7 @@ on the key part of c_attn's bias: its gradient is zero but for rounding (softmax
 and AdamW scales that noise up to steps of up to lr (seen: 1.3e-4 apart)."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -33,6 +34,10 @@ def test_fsdp_matches_one_process_and_its_checkpoint_resumes_anywhere(tmp_path):
     done = torchrun_train(data, config_json, tmp_path / "fsdp", "--save-every", "3", "--parallel", "fsdp",
                           "--eval-fraction", "0.2", "--eval-every", "3")
     assert done.returncode == 0, done.stderr[-3000:]
+    found = re.search(r"holds ([\d,]+) of ([\d,]+) parameter elements", done.stderr)
+    assert found, done.stderr[-3000:]
+    held, total = (int(group.replace(",", "")) for group in found.groups())
+    assert total / 2 <= held < total * 0.6  # sharded: about half each (dim 0 split in two, rounded up)
     fsdp = _losses(tmp_path / "fsdp")
     fsdp_eval = {r["step"]: r["eval_loss"] for r in read_metrics(tmp_path / "fsdp/metrics.jsonl") if "eval_loss" in r}
     checkpoint = tmp_path / "fsdp/checkpoints/step-0000003"

@@ -28,6 +28,14 @@ def is_sharded(model: torch.nn.Module) -> bool:
     return any(isinstance(p, DTensor) for p in model.parameters())
 
 
+def describe(model: torch.nn.Module) -> str:
+    """How much of the model this process holds, e.g. "FSDP2: this process holds 2,520 of 5,024 parameter
+    elements"."""
+    params = list(model.parameters())
+    local = sum(p.to_local().numel() if isinstance(p, DTensor) else p.numel() for p in params)
+    return f"FSDP2: this process holds {local:,} of {sum(p.numel() for p in params):,} parameter elements"
+
+
 def _full(value, gathered: dict):
     """A DTensor's full tensor on the CPU, gathered once per tensor (the tied LM head is the token embedding)."""
     if not isinstance(value, DTensor):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +32,7 @@ from gpt_fast.training.config import TrainingConfig
 from gpt_fast.training.data import TokenRows, data_files, load_tokens
 from gpt_fast.training.metrics import METRICS, MetricsLog, plot_loss_curve
 from gpt_fast.training.schedule import warmup_cosine_scheduler
-from gpt_fast.training.sharding import full_model_state, is_sharded, load_optimizer_state
+from gpt_fast.training.sharding import describe, full_model_state, is_sharded, load_optimizer_state
 from gpt_fast.training.state import latest_checkpoint, load_rng_state, load_trainer_state, save_checkpoint
 
 DEFAULT_TOKENIZER = "openai-gpt"  # the packaged GPT-1 tokenizer
@@ -199,6 +200,9 @@ def _train(config: TrainingConfig, device: torch.device, processes: distributed.
     tokens_per_step = rows_per_micro * config.grad_accum * config.seq_len
     bar = tqdm(total=config.max_steps, initial=step, disable=not (config.progress and processes.main),
                desc="training", unit="step", dynamic_ncols=True)
+    if processes.main and processes.distributed:
+        held = f"; {describe(model)}" if is_sharded(model) else ""
+        tqdm.write(f"{processes.world_size} processes, {config.parallel}{held}", file=sys.stderr)
     started = time.perf_counter()
     while step < config.max_steps:
         step_started = time.perf_counter()

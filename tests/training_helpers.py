@@ -3,6 +3,7 @@ torchrun launched so that a timeout kills its workers too."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -38,16 +39,37 @@ def tiny_config(data, out, **overrides) -> TrainingConfig:
 
 
 def run_process_group(command, timeout, **kwargs) -> subprocess.CompletedProcess:
-    """subprocess.run whose timeout kills torchrun's workers too (they would outlive their launcher otherwise)."""
+    """subprocess.run whose timeout kills torchrun's workers too. The launcher runs in a session of its own, but
+    torchrun starts each worker in yet another session (start_new_session in torch.distributed.elastic), so killing
+    the launcher's group alone leaves them running and holding the output pipes: its descendants are listed first
+    (from /proc, while they are still its children), then the group and they are killed."""
     with subprocess.Popen(command, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                           **kwargs) as process:
         try:
             stdout, stderr = process.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
+            left = _descendants(process.pid)
             os.killpg(process.pid, signal.SIGKILL)
+            for pid in left:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
             process.communicate()
             raise
     return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+
+
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # after "pid (comm)": state, ppid, ...
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
 
 
 def free_port() -> int:

@@ -30,7 +30,7 @@ def test_quick_run_writes_every_configuration(tmp_path):
 
 
 def test_bad_arguments_are_refused(tmp_path):
-    done = run_process_group([sys.executable, str(BENCH), "--rounds", "0", "--out", str(tmp_path / "x.json")],
-                             timeout=120, cwd=ROOT)
+    done = run_process_group([sys.executable, str(BENCH), "--quick", "--rounds", "0", "--out",
+                              str(tmp_path / "x.json")], timeout=120, cwd=ROOT)
     assert done.returncode == 2 and "--threads and --rounds must be positive" in done.stderr
     assert not (tmp_path / "x.json").exists()

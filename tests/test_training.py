@@ -128,6 +128,7 @@ def test_plot_without_matplotlib_is_refused_before_training(data, tmp_path, monk
     (dict(model_config=None), ValueError, "either model"),
     (dict(learning_rate=0.0), ValueError, "learning_rate"),
     (dict(eval_fraction=1.0), ValueError, "eval_fraction"),
+    (dict(parallel="zero"), ValueError, "parallel must be"),
 ])
 def test_bad_config(data, tmp_path, overrides, error, message):
     with pytest.raises(error, match=message):

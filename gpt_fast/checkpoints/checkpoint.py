@@ -212,7 +212,7 @@ def _materialize_missing(model, device, dtype: torch.dtype) -> None:
             module.position_ids = torch.arange(model.config.n_positions, device=device)
 
 
-def save_pretrained(model, save_directory) -> Path:
+def save_pretrained(model, save_directory, state_dict: dict | None = None) -> Path:
     folder = Path(save_directory)
     if folder.exists() and not folder.is_dir():
         raise NotADirectoryError(f"{str(folder)!r} exists and is not a folder")
@@ -223,7 +223,7 @@ def save_pretrained(model, save_directory) -> Path:
     config_dict["dtype"] = config_dict["torch_dtype"] = str(model.dtype).removeprefix("torch.")
     (folder / CONFIG_NAME).write_text(json.dumps(config_dict, indent=2, sort_keys=True) + "\n")
     state, seen = {}, set()
-    for key, tensor in model.state_dict().items():
+    for key, tensor in (model.state_dict() if state_dict is None else state_dict).items():
         if tensor.data_ptr() in seen and key == TIED[0]:
             continue  # the tied LM head is saved once, as the token embedding
         seen.add(tensor.data_ptr())

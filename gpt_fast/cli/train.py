@@ -62,6 +62,8 @@ def add_parser(sub) -> None:
     p.add_argument("--gradient-checkpointing", action="store_true")
     p.add_argument("--no-fused-loss", action="store_true", help="logits + F.cross_entropy instead")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--parallel", choices=["ddp", "fsdp"], default="ddp",
+                   help="under torchrun: DistributedDataParallel, or FSDP2 (fully_shard per Block, then the root)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--plot", action="store_true", help="write loss.png (needs matplotlib)")
 
@@ -78,6 +80,7 @@ def config_from_args(args) -> TrainingConfig:
         eval_every=args.eval_every, eval_batches=args.eval_batches, save_every=args.save_every, resume=args.resume,
         seed=args.seed, bf16=args.bf16, attn_implementation=args.attn_implementation,
         gradient_checkpointing=args.gradient_checkpointing, fused_loss=not args.no_fused_loss, device=args.device,
+        parallel=args.parallel,
         progress=not args.no_progress, plot=args.plot)
 
 

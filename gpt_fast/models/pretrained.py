@@ -164,9 +164,10 @@ class OpenAIGPTPreTrainedModel(nn.Module):
                                           output_loading_info=output_loading_info, config_overrides=config_overrides,
                                           ignore_mismatched_sizes=ignore_mismatched_sizes, subfolder=subfolder)
 
-    def save_pretrained(self, save_directory: str | os.PathLike) -> Path:
-        """Writes config.json and model.safetensors, loadable by gpt_fast and by transformers."""
-        return checkpoint.save_pretrained(self, save_directory)
+    def save_pretrained(self, save_directory: str | os.PathLike, state_dict: dict | None = None) -> Path:
+        """Writes config.json and model.safetensors, loadable by gpt_fast and by transformers. state_dict (as in
+        transformers): the tensors to write instead of the model's own (a sharded model's gathered weights)."""
+        return checkpoint.save_pretrained(self, save_directory, state_dict)
 
     @classmethod
     def from_transformers(cls, hf_model: nn.Module, attn_implementation: str | None = None):

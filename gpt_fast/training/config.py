@@ -38,6 +38,7 @@ class TrainingConfig:
     gradient_checkpointing: bool = False
     fused_loss: bool = True  # the fused LM head + cross-entropy (no logits); False: logits + F.cross_entropy
     device: str = "cpu"
+    parallel: str = "ddp"  # under torchrun with several processes: "ddp" or "fsdp" (FSDP2, fully_shard per Block)
     progress: bool = True  # a tqdm bar on stderr (process 0)
     plot: bool = False  # loss.png from the metrics (needs matplotlib: pip install gpt_fast[plot])
 
@@ -68,6 +69,8 @@ class TrainingConfig:
             raise ValueError("weight_decay and max_grad_norm must be non-negative")
         if self.plot and importlib.util.find_spec("matplotlib") is None:  # found out now, not after the run
             raise ImportError("plot=True (--plot) needs matplotlib: pip install gpt_fast[plot]")
+        if self.parallel not in ("ddp", "fsdp"):
+            raise ValueError(f"parallel must be 'ddp' or 'fsdp', got {self.parallel!r}")
         self.betas = tuple(self.betas)
 
     def to_dict(self) -> dict:

@@ -1,9 +1,10 @@
 """Many processes through torch.distributed, as torchrun starts them: the process group from torchrun's
 environment (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT), gloo on CPU and NCCL on CUDA, DistributedDataParallel
-around the model, and the few collectives the trainer needs."""
+or FSDP2 (gpt_fast/training/sharding.py) around the model, and the few collectives the trainer needs."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 
@@ -52,12 +53,43 @@ def stop(processes: Processes) -> None:
         dist.destroy_process_group()
 
 
-def wrap(model: torch.nn.Module, processes: Processes, device: torch.device) -> torch.nn.Module:
-    """DistributedDataParallel around the model when there are several processes (weights broadcast from 0)."""
+PARALLEL = ("ddp", "fsdp")
+
+
+def wrap(model: torch.nn.Module, processes: Processes, device: torch.device, parallel: str = "ddp") -> torch.nn.Module:
+    """With several processes: DistributedDataParallel around the model (weights broadcast from 0), or for
+    parallel="fsdp" the model sharded in place (FSDP2; its weights are process 0's only if every process built the
+    same ones, which the trainer's seeded or loaded models are). One process: the model as it is."""
+    if parallel not in PARALLEL:
+        raise ValueError(f"parallel must be one of {', '.join(PARALLEL)}, got {parallel!r}")
     if not processes.distributed:
         return model
+    if parallel == "fsdp":
+        from gpt_fast.training.sharding import shard
+        return shard(model)
     return torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
                                                      else None)
+
+
+def gradient_sync(trained: torch.nn.Module, enabled: bool):
+    """A context in which backward passes reduce the gradients between processes only when enabled (off for the
+    accumulation micro-batches but the last)."""
+    if enabled:
+        return contextlib.nullcontext()
+    if isinstance(trained, torch.nn.parallel.DistributedDataParallel):
+        return trained.no_sync()
+    if hasattr(trained, "set_requires_gradient_sync"):  # FSDP2
+        return _fsdp_no_sync(trained)
+    return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def _fsdp_no_sync(trained):
+    trained.set_requires_gradient_sync(False)
+    try:
+        yield
+    finally:
+        trained.set_requires_gradient_sync(True)
 
 
 def mean_over_processes(value: torch.Tensor, processes: Processes) -> torch.Tensor:

@@ -1,7 +1,8 @@
 """Resumable checkpoints: output_dir/checkpoints/step-N/ holds the model (save_pretrained: loadable by gpt_fast and
 transformers as it is), trainer_state.pt (optimizer, scheduler, step, data position, the config) and one
 rng_state_<rank>.pt per process (torch's CPU and CUDA generators). Written to a temporary folder and renamed, so
-a run killed while saving leaves the previous checkpoint intact."""
+a run killed while saving leaves the previous checkpoint intact. A sharded (FSDP2) run gathers full tensors first, so
+every checkpoint has the same format whatever the number of processes and the parallelism that wrote it."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 import torch
 
 from gpt_fast.training.distributed import Processes, barrier
+from gpt_fast.training.sharding import full_model_state, full_optimizer_state
 
 CHECKPOINTS = "checkpoints"
 TRAINER_STATE = "trainer_state.pt"
@@ -42,10 +44,11 @@ def save_checkpoint(output_dir, step: int, model, optimizer, scheduler, position
     """Every process calls it (each writes its RNG state; process 0 the rest). Returns the folder."""
     folder = checkpoint_folder(output_dir, step)
     partial = folder.with_name(folder.name + ".partial")
+    model_state, optimizer_state = full_model_state(model), full_optimizer_state(optimizer)  # collectives
     if processes.main:
         shutil.rmtree(partial, ignore_errors=True)
-        model.save_pretrained(partial)
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
+        model.save_pretrained(partial, state_dict=model_state)
+        torch.save({"optimizer": optimizer_state, "scheduler": scheduler.state_dict(), "step": step,
                     "position": position, "world_size": processes.world_size, "config": config},
                    partial / TRAINER_STATE)
     barrier(processes)

@@ -2,8 +2,8 @@
 
 AdamW (fused where the device has the fused kernel), warmup + cosine schedule, gradient clipping, gradient
 accumulation, bf16 autocast, the fused LM-head loss, periodic evaluation (loss and perplexity), resumable
-checkpoints, a tqdm bar with tokens/s, a JSONL metrics log and the optional loss-curve PNG; DDP when torchrun
-starts several processes (gpt_fast/training/distributed.py).
+checkpoints, a tqdm bar with tokens/s, a JSONL metrics log and the optional loss-curve PNG; DDP or FSDP2 when
+torchrun starts several processes (gpt_fast/training/distributed.py, sharding.py).
 
 The global batch of a step is batch_size rows x grad_accum micro-batches x the number of processes; each
 micro-batch's rows are split between the processes in rank order, so the rows (and, without dropout, the loss
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,7 @@ from gpt_fast.training.config import TrainingConfig
 from gpt_fast.training.data import TokenRows, data_files, load_tokens
 from gpt_fast.training.metrics import METRICS, MetricsLog, plot_loss_curve
 from gpt_fast.training.schedule import warmup_cosine_scheduler
+from gpt_fast.training.sharding import describe, full_model_state, is_sharded, load_optimizer_state
 from gpt_fast.training.state import latest_checkpoint, load_rng_state, load_trainer_state, save_checkpoint
 
 DEFAULT_TOKENIZER = "openai-gpt"  # the packaged GPT-1 tokenizer
@@ -139,15 +141,20 @@ def evaluate(model, rows: TokenRows, config: TrainingConfig, processes: distribu
     total = torch.zeros(2, dtype=torch.float64, device=device)  # (sum of losses, targets)
     per_step = config.batch_size * processes.world_size
     count = min(config.eval_batches * per_step, rows.num_rows)
+    sharded = is_sharded(model)
     for start in range(0, count, per_step):
         mine = range(start + processes.rank * config.batch_size, min(start + (processes.rank + 1) *
                                                                      config.batch_size, count))
-        if not len(mine):
+        if not len(mine) and not sharded:
             continue
-        inputs, targets = (t.to(device) for t in rows.batch(mine.start, len(mine)))
+        # A sharded model's forward gathers weights with the other processes: one with no rows left still runs
+        # (on the step's first row) and counts nothing.
+        inputs, targets = (t.to(device) for t in rows.batch(mine.start if len(mine) else start, max(len(mine), 1)))
         with _autocast(config, device):
-            total[0] += _loss(model, inputs, targets, config, num_items_in_batch=1).double()
-        total[1] += targets.numel()
+            loss = _loss(model, inputs, targets, config, num_items_in_batch=1).double()
+        if len(mine):
+            total[0] += loss
+            total[1] += targets.numel()
     total = distributed.sum_over_processes(total, processes)
     model.train(was_training)
     return (total[0] / total[1]).item()
@@ -176,16 +183,16 @@ def _train(config: TrainingConfig, device: torch.device, processes: distributed.
     model = build_model(config, resume_folder).train()
     tokenizer = _tokenizer(config, config.model)
     train_rows, eval_rows = _datasets(config, tokenizer, model.config.vocab_size)
+    trained = distributed.wrap(model, processes, device, config.parallel)  # FSDP2: before the optimizer sees them
     optimizer = build_optimizer(model, config)
     scheduler = warmup_cosine_scheduler(optimizer, config.warmup_steps, config.max_steps, config.min_lr_ratio)
     step, position = 0, 0
     if trainer_state is not None:
-        optimizer.load_state_dict(trainer_state["optimizer"])
+        load_optimizer_state(optimizer, trainer_state["optimizer"])
         scheduler.load_state_dict(trainer_state["scheduler"])
         step, position = trainer_state["step"], trainer_state["position"]
     if trainer_state is None or not load_rng_state(resume_folder, processes.rank):
         torch.manual_seed(config.seed + processes.rank + 1000 * step)  # each process its own dropout draws
-    trained = distributed.wrap(model, processes, device)
 
     log = MetricsLog(output_dir, enabled=processes.main)
     result = TrainResult(output_dir, main_process=processes.main)
@@ -193,6 +200,9 @@ def _train(config: TrainingConfig, device: torch.device, processes: distributed.
     tokens_per_step = rows_per_micro * config.grad_accum * config.seq_len
     bar = tqdm(total=config.max_steps, initial=step, disable=not (config.progress and processes.main),
                desc="training", unit="step", dynamic_ncols=True)
+    if processes.main and processes.distributed:
+        held = f"; {describe(model)}" if is_sharded(model) else ""
+        tqdm.write(f"{processes.world_size} processes, {config.parallel}{held}", file=sys.stderr)
     started = time.perf_counter()
     while step < config.max_steps:
         step_started = time.perf_counter()
@@ -202,13 +212,13 @@ def _train(config: TrainingConfig, device: torch.device, processes: distributed.
             inputs, targets = (t.to(device) for t in train_rows.batch(first, config.batch_size))
             position += rows_per_micro
             last = micro == config.grad_accum - 1
-            sync = contextlib.nullcontext() if last or not processes.distributed else trained.no_sync()
-            with sync:
+            with distributed.gradient_sync(trained, last):
                 with _autocast(config, device):
                     loss = _loss(trained, inputs, targets, config) / config.grad_accum
                 loss.backward()
             step_loss += loss.detach()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm or math.inf)
+        grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm  # FSDP2: a DTensor
         learning_rate = scheduler.get_last_lr()[0]
         optimizer.step()
         scheduler.step()
@@ -232,8 +242,9 @@ def _train(config: TrainingConfig, device: torch.device, processes: distributed.
             result.last_checkpoint = save_checkpoint(output_dir, step, model, optimizer, scheduler, position,
                                                      config.to_dict(), processes)
     bar.close()
+    final_state = full_model_state(model)  # FSDP2: gathered by every process
     if processes.main:
-        model.save_pretrained(output_dir)
+        model.save_pretrained(output_dir, state_dict=final_state)
         if tokenizer is not None:
             tokenizer.save_pretrained(output_dir)
         if config.plot:

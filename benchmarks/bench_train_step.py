@@ -1,0 +1,178 @@
+"""One training step (forward + backward + AdamW) of GPT-1, gpt_fast against transformers' OpenAIGPTLMHeadModel,
+in one run: tokens/s and peak memory, fp32 and bf16 autocast, gpt_fast's fused LM-head loss on and off, gradient
+checkpointing on and off (transformers' OpenAIGPT does not support it: supports_gradient_checkpointing is False).
+
+    python benchmarks/bench_train_step.py [--threads 2] [--rounds 3] [--out benchmarks/results/bench_train_step.json]
+    python benchmarks/bench_train_step.py --quick    # a small model: the smoke test tests/test_bench_train_step.py
+
+Both models are GPT-1's config (dropout 0.1 as configured) in train mode, float32 weights, fused AdamW (lr 1e-4);
+the batch is B x T random token ids with labels = ids (both shift them). Time: the configurations run alternately,
+one step each per round (wall clock, after a warm-up step); the median and best of the rounds. Memory: each
+configuration in a fresh child process, one warm-up step (so AdamW's moments exist), gradients freed, the peak-RSS
+counter reset (/proc/self/clear_refs), one step: the peak RSS growth over the RSS before it (activations,
+gradients, temporaries; the weights and AdamW moments, equal for both, are not in it), and the absolute peak RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from timing import machine_description, time_alternating
+
+import gpt_fast
+
+HERE = Path(__file__).resolve().parent
+FULL = dict(model={}, batch=4, seq_len=256)  # GPT-1: 12 x 768, 12 heads, 512 positions, 40478 tokens
+QUICK = dict(model=dict(n_layer=2, n_embd=64, n_head=2, vocab_size=1000, n_positions=64), batch=2, seq_len=32)
+TRANSFORMERS = "transformers"
+
+
+def configurations() -> list[dict]:
+    """impl: "gpt_fast" or "transformers"; fused: gpt_fast's fused loss; dtype: fp32 or bf16 (autocast)."""
+    found = []
+    for dtype in ("fp32", "bf16"):
+        for checkpointing in (False, True):
+            for impl, fused in (("gpt_fast", True), ("gpt_fast", False), (TRANSFORMERS, False)):
+                if impl == TRANSFORMERS and checkpointing:
+                    continue  # not supported by transformers' OpenAIGPT
+                found.append(dict(impl=impl, fused=fused, dtype=dtype, checkpointing=checkpointing))
+    return found
+
+
+def name(config: dict) -> str:
+    impl = config["impl"] + (" fused loss" if config["fused"] else " logits loss" if config["impl"] != TRANSFORMERS
+                             else "")
+    return f"{impl}, {config['dtype']}" + (", checkpointing" if config["checkpointing"] else "")
+
+
+def build(impl: str, shape: dict):
+    """(model in train mode, fused AdamW over it), seeded."""
+    torch.manual_seed(0)
+    if impl == TRANSFORMERS:
+        import transformers
+        model = transformers.OpenAIGPTLMHeadModel(transformers.OpenAIGPTConfig(**shape["model"]))
+    else:
+        model = gpt_fast.OpenAIGPTLMHeadModel(gpt_fast.OpenAIGPTConfig(**shape["model"]))
+    return model.train(), torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+
+
+def make_step(model, optimizer, config: dict, shape: dict):
+    """A function running one step of `config` on the model (which several configurations may share)."""
+    vocab = model.config.vocab_size
+    ids = torch.randint(0, vocab, (shape["batch"], shape["seq_len"]), generator=torch.Generator().manual_seed(1))
+    extra = {} if config["impl"] == TRANSFORMERS else {"return_logits": not config["fused"]}
+
+    def step():
+        if config["checkpointing"]:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        elif config["impl"] != TRANSFORMERS:
+            model.gradient_checkpointing_disable()
+        autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if config["dtype"] == "bf16"
+                    else contextlib.nullcontext())
+        with autocast:
+            loss = model(ids, labels=ids, **extra).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return step
+
+
+def _status(field: str) -> int:  # bytes
+    for line in open("/proc/self/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def measure_memory(config: dict, shape: dict) -> dict:
+    """In this (fresh) process: the step's peak RSS growth and the absolute peak, in bytes."""
+    model, optimizer = build(config["impl"], shape)
+    step = make_step(model, optimizer, config, shape)
+    step()  # AdamW's moments made; gradients freed
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # VmHWM := VmRSS
+    before = _status("VmRSS")
+    step()
+    return {"growth": _status("VmHWM") - before, "peak": _status("VmHWM")}
+
+
+def memory_in_child(config: dict, args) -> dict:
+    command = [sys.executable, __file__, "--memory-of", json.dumps(config), "--threads", str(args.threads)]
+    done = subprocess.run(command + (["--quick"] if args.quick else []), check=True, capture_output=True, text=True,
+                          cwd=HERE, timeout=args.child_timeout)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def run(args) -> dict:
+    shape = QUICK if args.quick else FULL
+    configs = configurations()
+    models = {impl: build(impl, shape) for impl in ("gpt_fast", TRANSFORMERS)}
+    steps = {name(c): make_step(*models[c["impl"]], c, shape) for c in configs}
+    load_before = os.getloadavg()
+    seconds = time_alternating(steps, repeats=args.rounds, warmup=1)
+    load_after = os.getloadavg()
+    memory = {name(c): memory_in_child(c, args) for c in configs}
+    tokens = shape["batch"] * shape["seq_len"]
+    rows = []
+    for c in configs:
+        baseline = name(dict(c, impl=TRANSFORMERS, fused=False, checkpointing=False))
+        median, base_median = statistics.median(seconds[name(c)]), statistics.median(seconds[baseline])
+        rows.append(dict(c, name=name(c), seconds=seconds[name(c)], median_s=median, best_s=min(seconds[name(c)]),
+                         tokens_per_s=tokens / median, speed_vs_transformers=base_median / median,
+                         best_speed_vs_transformers=min(seconds[baseline]) / min(seconds[name(c)]),
+                         step_growth_bytes=memory[name(c)]["growth"], peak_rss_bytes=memory[name(c)]["peak"],
+                         memory_vs_transformers=memory[name(c)]["growth"] / memory[baseline]["growth"]))
+    return {"machine": machine_description(), "threads": args.threads, "quick": args.quick,
+            "shape": shape, "tokens_per_step": tokens, "rounds": args.rounds,
+            "loadavg_before": load_before, "loadavg_after": load_after,
+            "memory": "peak RSS growth over one step in a fresh process per configuration (after a warm-up step)",
+            "time": "wall clock, configurations alternating, one step per round after one warm-up step",
+            "results": rows}
+
+
+def table(report: dict) -> str:
+    lines = [f"{report['machine']}; B={report['shape']['batch']} T={report['shape']['seq_len']}; "
+             f"load {report['loadavg_before'][0]:.1f} -> {report['loadavg_after'][0]:.1f}",
+             "| configuration | tokens/s (median) | speed vs transformers (median, best) | step memory MiB | "
+             "memory vs transformers |", "| --- | --- | --- | --- | --- |"]
+    for r in report["results"]:
+        lines.append(f"| {r['name']} | {r['tokens_per_s']:.0f} | {r['speed_vs_transformers']:.2f}x, "
+                     f"{r['best_speed_vs_transformers']:.2f}x | {r['step_growth_bytes'] / 2**20:.0f} | "
+                     f"{r['memory_vs_transformers']:.2f}x |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="a small model (a smoke test)")
+    parser.add_argument("--out", type=Path, help="JSON report (default: benchmarks/results/bench_train_step"
+                                                 "[_quick].json)")
+    parser.add_argument("--child-timeout", type=float, default=900, help="seconds per memory measurement")
+    parser.add_argument("--memory-of", help=argparse.SUPPRESS)  # the child's job: one configuration, as JSON
+    args = parser.parse_args()
+    if args.threads < 1 or args.rounds < 1:
+        parser.error("--threads and --rounds must be positive")
+    torch.set_num_threads(args.threads)
+    if args.memory_of:
+        print(json.dumps(measure_memory(json.loads(args.memory_of), QUICK if args.quick else FULL)))
+        return
+    report = run(args)
+    out = args.out or HERE / "results" / f"bench_train_step{'_quick' if args.quick else ''}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(table(report))
+    print(f"written: {out}")
+
+
+if __name__ == "__main__":
+    main()

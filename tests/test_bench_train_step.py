@@ -1,0 +1,36 @@
+"""benchmarks/bench_train_step.py --quick end to end (a small model, one round): every configuration timed and
+measured in its own child process, ratios against transformers' model in the JSON. No figure is judged."""
+
+import json
+import sys
+
+import pytest
+from training_helpers import ROOT, run_process_group
+
+BENCH = ROOT / "benchmarks" / "bench_train_step.py"
+
+
+@pytest.mark.slow
+def test_quick_run_writes_every_configuration(tmp_path):
+    pytest.importorskip("transformers")
+    out = tmp_path / "report.json"
+    done = run_process_group([sys.executable, str(BENCH), "--quick", "--rounds", "1", "--threads", "1", "--out",
+                              str(out)], timeout=600, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(out.read_text())
+    names = [r["name"] for r in report["results"]]
+    assert len(names) == len(set(names)) == 10  # 3 per precision, + 2 with checkpointing (gpt_fast only)
+    assert {r["impl"] for r in report["results"]} == {"gpt_fast", "transformers"}
+    for r in report["results"]:
+        assert r["tokens_per_s"] > 0 and r["step_growth_bytes"] > 0 and r["peak_rss_bytes"] > r["step_growth_bytes"]
+        if r["impl"] == "transformers":
+            assert r["speed_vs_transformers"] == r["memory_vs_transformers"] == 1.0
+    assert len(report["loadavg_before"]) == 3 and report["quick"] is True
+    assert "| gpt_fast fused loss, bf16, checkpointing |" in done.stdout
+
+
+def test_bad_arguments_are_refused(tmp_path):
+    done = run_process_group([sys.executable, str(BENCH), "--quick", "--rounds", "0", "--out",
+                              str(tmp_path / "x.json")], timeout=120, cwd=ROOT)
+    assert done.returncode == 2 and "--threads and --rounds must be positive" in done.stderr
+    assert not (tmp_path / "x.json").exists()

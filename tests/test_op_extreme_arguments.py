@@ -163,20 +163,30 @@ def test_decode_attention_fake_agrees_on_n_head(n_head):
     assert fake_accepts("decode_attention", fn, qkv, cache, cache.clone(), torch.tensor([0, 1])) == divides(n_head, C)
 
 
+# the values check of the out_features fuzz: a few ulp of the output dtype (its rounding, and GELU's approximation)
+TOLERANCE = {torch.float32: dict(rtol=1e-5, atol=1e-6), torch.bfloat16: dict(rtol=1.6e-2, atol=1e-2),
+             torch.float16: dict(rtol=2e-3, atol=1e-3)}
+
+
 # --- linear_small_m: out_features -------------------------------------------------------------------------------
 
 @FUZZ
 @given(N=ints, packed_for=st.integers(1, 40), rows=st.integers(1, 3), gelu=st.booleans(),
-       dtype=st.sampled_from([torch.float32, torch.bfloat16, torch.float16]))
-def test_linear_small_m_out_features(N, packed_for, rows, gelu, dtype):
+       dtype=st.sampled_from([torch.float32, torch.bfloat16, torch.float16]), seed=st.integers(0, 2**32 - 1))
+def test_linear_small_m_out_features(N, packed_for, rows, gelu, dtype, seed):
+    """The right number of columns with the right values. (Not the kernel's precision: with one or a few outputs
+    PyTorch's own error is a poor yardstick — 7e-9 on one GELU value, where the kernel's GELU is a few ulp off —
+    and tests/test_op_matrix.py holds every tier to the accuracy rule on shapes made for it.)"""
     K = 24
-    x, weight = torch.randn(rows, K).to(dtype), (torch.randn(K, packed_for) / K**0.5).to(dtype)
+    generator = torch.Generator().manual_seed(seed)  # drawn by hypothesis, so a failure replays
+    x = torch.randn(rows, K, generator=generator).to(dtype)
+    weight = (torch.randn(K, packed_for, generator=generator) / K**0.5).to(dtype)
     packed = ops.pack_linear_weight(weight, True)
     out = call("gpt_fast::linear_small_m", lambda: ops.linear_small_m(x, packed, N, None, None, gelu))
     assert (out is not None) == (N == packed_for), (N, packed_for)
     if out is not None:
         expected = reference.linear_small_m(*upcast(x, weight, dtype=dtype), gelu=gelu)
-        assert_within_pytorch_error(out, expected, reference.linear_small_m(x, weight, gelu=gelu))
+        torch.testing.assert_close(out.double(), expected.double(), **TOLERANCE[dtype])
     # The fake kernel sees shapes only: it accepts every N with the packed number of 16-column blocks.
     same_blocks = N > 0 and -(-N // 16) == -(-packed_for // 16)
     fn = lambda a, w: ops.linear_small_m(a, w, N, None, None, gelu)  # noqa: E731

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import torch
+
 from gpt_fast.cli import benchmark
 from gpt_fast.cli.common import UsageError, log, positive_int
+from gpt_fast.cli.serve_benchmark import main as serve_benchmark
 
 
 def add_parser(sub) -> None:
@@ -47,8 +50,6 @@ def run(args) -> int:
     overrides["transformers"] = not args.no_transformers
     overrides["transformers_full"] = args.transformers_full
     if args.threads:
-        import torch
-
         torch.set_num_threads(args.threads)
     options = benchmark.BenchOptions.quick(**overrides) if args.quick else benchmark.BenchOptions(**overrides)
     result = benchmark.run(options)
@@ -69,7 +70,6 @@ def run_serve(args) -> int:
         import uvicorn  # noqa: F401
     except ImportError as error:
         raise UsageError(f"gpt-fast bench --serve needs pip install gpt_fast[serve] ({error})") from None
-    from gpt_fast.cli.serve_benchmark import main as serve_benchmark
 
     argv = ["--num-prompts", "8", "--max-seconds", "30"] if args.quick else []
     for flag, value in (("--threads", args.threads), ("--json", args.json), ("--png", args.png)):

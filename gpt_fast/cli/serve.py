@@ -6,7 +6,12 @@ import os
 import time
 from pathlib import Path
 
+import torch
+
+from gpt_fast.checkpoints.hub import looks_like_hub_id
 from gpt_fast.cli.common import UsageError, log, positive_int
+from gpt_fast.generation.pipeline import load_tokenizer
+from gpt_fast.models.heads import OpenAIGPTLMHeadModel
 
 SERVE_EXTRA = "gpt-fast serve needs FastAPI and uvicorn: pip install gpt_fast[serve]"
 
@@ -38,10 +43,7 @@ def run(args) -> int:
         import uvicorn  # noqa: F401
     except ImportError:
         raise UsageError(SERVE_EXTRA) from None
-    from gpt_fast.checkpoints.hub import looks_like_hub_id
-    from gpt_fast.generation.pipeline import load_tokenizer
-    from gpt_fast.models.heads import OpenAIGPTLMHeadModel
-    from gpt_fast.serving.chat import ChatTemplate
+    from gpt_fast.serving.chat import ChatTemplate  # the serve extra (Jinja2), like the two below
     from gpt_fast.serving.http import build_app
     from gpt_fast.serving.launch import serve_forever
 
@@ -51,8 +53,6 @@ def run(args) -> int:
         raise FileNotFoundError(f"no such model folder: {args.model} (nor is it a hub model id like 'org/name')")
     template = ChatTemplate.from_file(args.chat_template) if args.chat_template else ChatTemplate()
     if args.threads:
-        import torch
-
         torch.set_num_threads(args.threads)
     start = time.perf_counter()
     log(f"loading {args.model} ...")

@@ -27,6 +27,14 @@ import sys
 import threading
 import time
 
+import torch
+
+from gpt_fast.cli.benchmark import check_matplotlib, cpu_name, time_generation
+from gpt_fast.models.configuration import OpenAIGPTConfig
+from gpt_fast.models.heads import OpenAIGPTLMHeadModel
+from gpt_fast.ops import cpu_isa
+from gpt_fast.tokenization.tokenizer import OpenAIGPTTokenizerFast
+
 MODEL_NAME = "gpt1-random"
 
 
@@ -46,11 +54,7 @@ def rss_mb() -> float:
 
 
 def serve_child(args) -> None:
-    import torch
-
-    from gpt_fast import OpenAIGPTConfig, OpenAIGPTLMHeadModel, OpenAIGPTTokenizerFast
-    from gpt_fast.cli.benchmark import time_generation
-    from gpt_fast.serving.http import build_app
+    from gpt_fast.serving.http import build_app  # the serve extra (FastAPI, uvicorn), like launch
     from gpt_fast.serving.launch import BackgroundServer
 
     if args.threads:
@@ -122,13 +126,10 @@ class Child:
 
 
 def default_dtype() -> str:
-    from gpt_fast.ops import cpu_isa
-
     return "bfloat16" if cpu_isa.at_least("avx512_bf16") else "float32"
 
 
 def run(args) -> dict:
-    from gpt_fast.cli.benchmark import cpu_name
     from gpt_fast.serving.loadgen import random_requests, run_load
 
     child = Child(args)
@@ -212,8 +213,6 @@ def main(argv=None) -> int:
         serve_child(args)
         return 0
     if args.png:
-        from gpt_fast.cli.benchmark import check_matplotlib
-
         check_matplotlib()  # before the run, not after it
     args.concurrency = [int(c) for c in args.concurrency.split(",") if c.strip()]
     result = run(args)

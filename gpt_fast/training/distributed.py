@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from gpt_fast.training.sharding import shard
+
 
 @dataclass(frozen=True)
 class Processes:
@@ -65,7 +67,6 @@ def wrap(model: torch.nn.Module, processes: Processes, device: torch.device, par
     if not processes.distributed:
         return model
     if parallel == "fsdp":
-        from gpt_fast.training.sharding import shard
         return shard(model)
     return torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
                                                      else None)

@@ -93,3 +93,64 @@ def decode_attention(qkv, k_cache, v_cache, cache_lengths, n_head: int):
     allowed = key_index.view(1, 1, 1, Tmax) <= positions.view(B, 1, S, 1)  # (B, 1, S, Tmax)
     out = _masked_softmax_attention(q, k_cache.to(q.dtype), v_cache.to(q.dtype), allowed)
     return merge_heads(out)
+
+
+# Weight-only quantization (issue 15). The logical format, which checkpoints store and every kernel reads through
+# its own packing, for a weight W of shape (N, K) = (out_features, in_features):
+#   bits=8: qweight int8 (N, K); scales float32 (N, 1); zeros None.      W[n, k] = qweight[n, k] * scales[n, 0]
+#           symmetric per output channel: scale = max|W[n, :]| / 127, q = round(W / scale) in [-127, 127].
+#   bits=4: qweight uint8 (N, K // 2), k = 2j in the low nibble of byte j and k = 2j + 1 in the high one;
+#           scales, zeros bfloat16 (N, K // G) for groups of G consecutive k (G divides K; 32 or 64 in practice).
+#                                                                         W[n, k] = q[n, k] * scales[n, g] + zeros[n, g]
+#           asymmetric round-to-nearest: zero = bf16(min of the group), scale = bf16((max - zero) / 15),
+#           q = round((W - zero) / scale) clamped to [0, 15] (a constant group has scale 0 and q = 0).
+QUANTIZATION_BITS = (8, 4)
+
+
+def quantize_linear_weight(weight, bits: int, group_size: int | None = None, in_out_layout: bool = False):
+    """W (N, K) [(K, N) when in_out_layout, transformers' Conv1D] -> (qweight, scales, zeros) as described above.
+    group_size is ignored for bits=8 (one scale per output channel) and required for bits=4."""
+    w = (weight.t() if in_out_layout else weight).detach().to(torch.float32)  # (N, K)
+    N, K = w.shape
+    if bits == 8:
+        scales = (w.abs().amax(dim=1, keepdim=True) / 127.0).clamp_min(torch.finfo(torch.float32).tiny)  # (N, 1)
+        q = torch.round(w / scales).clamp_(-127, 127).to(torch.int8)
+        return q.contiguous(), scales.contiguous(), None
+    if bits != 4:
+        raise ValueError(f"quantize_linear_weight: bits must be one of {QUANTIZATION_BITS}, got {bits}")
+    if not group_size or group_size <= 0 or K % group_size or group_size % 2:
+        raise ValueError(f"quantize_linear_weight: bits=4 needs an even group_size dividing in_features={K}, "
+                         f"got {group_size}")
+    groups = w.view(N, K // group_size, group_size)  # (N, G, group)
+    zeros = groups.amin(dim=2).to(torch.bfloat16)  # (N, G)
+    scales = ((groups.amax(dim=2) - zeros.float()) / 15.0).to(torch.bfloat16)  # (N, G)
+    safe = torch.where(scales == 0, torch.ones_like(scales), scales).float()
+    q = torch.round((groups - zeros.float()[..., None]) / safe[..., None]).clamp_(0, 15).to(torch.uint8)
+    q = q.view(N, K // 2, 2)
+    packed = q[..., 0] | (q[..., 1] << 4)  # (N, K // 2)
+    return packed.contiguous(), scales.contiguous(), zeros.contiguous()
+
+
+def dequantize_linear_weight(qweight, scales, zeros, bits: int, group_size: int | None = None):
+    """The float32 (N, K) weight that (qweight, scales, zeros) stands for (quantize_linear_weight's format)."""
+    if bits == 8:
+        return qweight.to(torch.float32) * scales.to(torch.float32)
+    N, half = qweight.shape
+    q = torch.stack([qweight & 0xF, qweight >> 4], dim=-1).view(N, 2 * half).to(torch.float32)  # (N, K)
+    expand = lambda t: t.to(torch.float32).repeat_interleave(group_size, dim=1)  # noqa: E731  (N, G) -> (N, K)
+    return q * expand(scales) + expand(zeros)
+
+
+def linear_quantized(x, qweight, scales, zeros, bits: int, group_size: int | None = None, bias=None, residual=None,
+                     gelu: bool = False):
+    """[gelu_tanh](x @ dequantize(W).T + bias) [+ residual]: the quantized linear layer's result in x's dtype,
+    computed in float32 from the dequantized weight. x: (..., K); bias: (N,) or None; residual: (..., N) or None."""
+    w = dequantize_linear_weight(qweight, scales, zeros, bits, group_size)  # (N, K)
+    out = x.to(torch.float32) @ w.t()
+    if bias is not None:
+        out = out + bias.to(torch.float32)
+    if gelu:
+        out = F.gelu(out, approximate="tanh")
+    if residual is not None:
+        out = out + residual.to(torch.float32)
+    return out.to(x.dtype)

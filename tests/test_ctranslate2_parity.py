@@ -1,7 +1,8 @@
 """The CTranslate2 peer (benchmarks/ctranslate2_gpt.py) computes GPT-1: converted from gpt_fast's and from
 transformers' state dicts, its float32 log-probabilities match a float64 oracle as closely as PyTorch's own fp32 path
 (tests/accuracy.py's rule: 3x PyTorch's error plus one ulp), and its greedy tokens are gpt_fast's. Skipped unless
-ctranslate2 is installed (pip install gpt_fast[peers]); bench_peers.py runs the same check at the GPT-1 shape."""
+ctranslate2 is installed (the test extra installs it; where a platform has no wheel, the peers are
+unavailable); bench_peers.py runs the same check at the GPT-1 shape."""
 
 from __future__ import annotations
 

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from timing import best_and_median, format_table, machine_description, time_alternating
 
+from gpt_fast.cli.machine import reset_peak_rss, status_bytes
 from gpt_fast.ops.linear_cross_entropy import linear_cross_entropy
 
 VOCAB, WIDTH = 40478, 768
@@ -48,23 +49,15 @@ def step(path: str, hidden, weight, targets) -> None:
     del logits
 
 
-def _rss(field: str) -> int:  # bytes
-    for line in open("/proc/self/status"):
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
 def measure_peak(path: str, rows: int, dtype_name: str) -> int:
     """In this process: the peak RSS growth (bytes) of one step after a warm-up step."""
     hidden, weight, targets = make_inputs(rows, getattr(torch, dtype_name))
     step(path, hidden, weight, targets)
     hidden.grad = weight.grad = None
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # reset VmHWM to the current RSS
-    before = _rss("VmRSS")
+    reset_peak_rss()
+    before = status_bytes("VmRSS")
     step(path, hidden, weight, targets)
-    return _rss("VmHWM") - before
+    return status_bytes("VmHWM") - before
 
 
 def peak_in_subprocess(path: str, rows: int, dtype_name: str) -> int:

@@ -28,7 +28,6 @@ import argparse
 import copy
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -38,21 +37,12 @@ import torch
 
 from gpt_fast import OpenAIGPTConfig, OpenAIGPTLMHeadModel
 from gpt_fast.cli import benchmark as bench
+from gpt_fast.cli.machine import cpu_vendor
 from gpt_fast.ops import cpu_isa
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CLOCK = time.perf_counter  # --cpu-time: time.process_time (this process's CPU time; CTranslate2's in its child)
 PAUSE = 0.3  # s between candidates: the previous runtime's OpenMP threads stop spinning (KMP/GOMP block time)
-
-
-def cpu_vendor() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("vendor_id"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def gpt_fast_model(base, dtype, backend=None):

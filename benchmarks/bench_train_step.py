@@ -28,6 +28,7 @@ import torch
 from timing import machine_description, time_alternating
 
 import gpt_fast
+from gpt_fast.cli.machine import reset_peak_rss, status_bytes
 
 HERE = Path(__file__).resolve().parent
 FULL = dict(model={}, batch=4, seq_len=256)  # GPT-1: 12 x 768, 12 heads, 512 positions, 40478 tokens
@@ -85,23 +86,15 @@ def make_step(model, optimizer, config: dict, shape: dict):
     return step
 
 
-def _status(field: str) -> int:  # bytes
-    for line in open("/proc/self/status"):
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
 def measure_memory(config: dict, shape: dict) -> dict:
     """In this (fresh) process: the step's peak RSS growth and the absolute peak, in bytes."""
     model, optimizer = build(config["impl"], shape)
     step = make_step(model, optimizer, config, shape)
     step()  # AdamW's moments made; gradients freed
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # VmHWM := VmRSS
-    before = _status("VmRSS")
+    reset_peak_rss()  # VmHWM := VmRSS
+    before = status_bytes("VmRSS")
     step()
-    return {"growth": _status("VmHWM") - before, "peak": _status("VmHWM")}
+    return {"growth": status_bytes("VmHWM") - before, "peak": status_bytes("VmHWM")}
 
 
 def memory_in_child(config: dict, args) -> dict:

@@ -10,7 +10,7 @@ from typing import Callable, Hashable
 
 import torch
 
-from gpt_fast.cli.benchmark import cpu_name
+from gpt_fast.cli.machine import cpu_name
 
 
 def time_alternating(candidates: dict[Hashable, Callable[[], object]], repeats: int = 5, warmup: int = 1,

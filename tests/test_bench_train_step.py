@@ -22,7 +22,8 @@ def test_quick_run_writes_every_configuration(tmp_path):
     assert len(names) == len(set(names)) == 10  # 3 per precision, + 2 with checkpointing (gpt_fast only)
     assert {r["impl"] for r in report["results"]} == {"gpt_fast", "transformers"}
     for r in report["results"]:
-        assert r["tokens_per_s"] > 0 and r["step_growth_bytes"] > 0 and r["peak_rss_bytes"] > r["step_growth_bytes"]
+        # The quick model is so small that a step can run entirely in memory freed by the step before: growth 0.
+        assert r["tokens_per_s"] > 0 and r["step_growth_bytes"] >= 0 and r["peak_rss_bytes"] > r["step_growth_bytes"]
         if r["impl"] == "transformers":
             assert r["speed_vs_transformers"] == r["memory_vs_transformers"] == 1.0
     assert len(report["loadavg_before"]) == 3 and report["quick"] is True

@@ -22,20 +22,14 @@ PROBE = textwrap.dedent("""
     import json, sys
     import torch
     import gpt_fast
-
-    def status(field):  # kB -> bytes
-        for line in open("/proc/self/status"):
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-        raise RuntimeError(field + " not in /proc/self/status")
+    from gpt_fast.cli.machine import reset_peak_rss, status_bytes as status
 
     torch.set_num_threads(1)
     # Warm-up on a tiny checkpoint: the first use of meta tensors and of the loader loads code (~150 MB of
     # libraries and modules, once per process) that must not count as the cost of loading weights.
     gpt_fast.OpenAIGPTLMHeadModel.from_pretrained(sys.argv[3], dtype=getattr(torch, sys.argv[2]))
-    try:  # "5" resets VmHWM to the current RSS (Linux >= 4.0)
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
+    try:
+        reset_peak_rss()
         baseline = status("VmRSS")
     except OSError:
         baseline = status("VmHWM")

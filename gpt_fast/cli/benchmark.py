@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from gpt_fast import OpenAIGPTConfig, OpenAIGPTLMHeadModel, ops
+from gpt_fast.cli.machine import cpu_name
 from gpt_fast.ops import cpu_isa
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}
@@ -280,15 +281,6 @@ def run(options: BenchOptions, log=sys.stderr) -> dict:
         "rows": [asdict(r) for r in rows],
     }
 
-
-def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def format_table(result: dict) -> str:

@@ -29,7 +29,8 @@ import time
 
 import torch
 
-from gpt_fast.cli.benchmark import check_matplotlib, cpu_name, time_generation
+from gpt_fast.cli.benchmark import check_matplotlib, time_generation
+from gpt_fast.cli.machine import cpu_name, status_bytes
 from gpt_fast.models.configuration import OpenAIGPTConfig
 from gpt_fast.models.heads import OpenAIGPTLMHeadModel
 from gpt_fast.ops import cpu_isa
@@ -44,13 +45,6 @@ def thread_cpu_seconds(native_id: int) -> float:
     with open(f"/proc/self/task/{native_id}/stat") as stat:
         fields = stat.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def rss_mb() -> float:
-    """This process's resident memory (Linux /proc)."""
-    with open("/proc/self/status") as status:
-        line = next(ln for ln in status if ln.startswith("VmRSS:"))
-    return int(line.split()[1]) / 1024
 
 
 def serve_child(args) -> None:
@@ -86,7 +80,7 @@ def serve_child(args) -> None:
             if line.strip() == "batch1":
                 print(json.dumps(batch1()), flush=True)
             if line.strip() == "cpu":
-                print(json.dumps({"process_cpu_s": time.process_time(), "rss_mb": rss_mb(),
+                print(json.dumps({"process_cpu_s": time.process_time(), "rss_mb": status_bytes("VmRSS") / 2**20,
                                   "http_thread_cpu_s": thread_cpu_seconds(http_thread),
                                   "engine_thread_cpu_s": thread_cpu_seconds(engine.thread.native_id)}), flush=True)
 

@@ -1,0 +1,41 @@
+"""What the benchmarks read about the machine and this process: the CPU's name and vendor (/proc/cpuinfo), the
+process's resident memory and its peak (/proc/self/status), and a reset of that peak (/proc/self/clear_refs).
+Linux only where it says /proc; elsewhere the CPU fields fall back to platform.processor()."""
+
+from __future__ import annotations
+
+import platform
+
+
+def _cpuinfo(field: str) -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith(field):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def cpu_name() -> str:
+    """The CPU model, e.g. "AMD EPYC" or "Intel(R) Xeon(R) Platinum 8480+"."""
+    return _cpuinfo("model name")
+
+
+def cpu_vendor() -> str:
+    """"AuthenticAMD", "GenuineIntel", ..."""
+    return _cpuinfo("vendor_id")
+
+
+def status_bytes(field: str) -> int:
+    """A memory field of /proc/self/status in bytes: "VmRSS" (resident now), "VmHWM" (its peak)."""
+    for line in open("/proc/self/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def reset_peak_rss() -> None:
+    """Sets VmHWM to the current VmRSS (Linux >= 4.0), so a later VmHWM is the peak since this call."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")

@@ -76,6 +76,21 @@ def test_bf16_autocast_trains(data, tmp_path):
     assert list(losses.values()) == pytest.approx(list(reference.values()), rel=3e-2)
 
 
+def test_fp16_with_loss_scaling_trains_and_resumes(data, tmp_path):
+    """float16 autocast with a GradScaler (on CPU here; the same code serves CUDA): close to fp32, the first step's
+    overflow at the initial scale 2^16 is skipped and the scale halved, and a resumed run restores the scaler (with a
+    fresh one step 4 would overflow again) so it continues bit for bit."""
+    overrides = dict(fp16=True, save_every=3)
+    losses = train(tiny_config(data, tmp_path / "fp16", **overrides)).losses
+    reference = train(tiny_config(data, tmp_path / "fp32")).losses
+    assert list(losses.values()) == pytest.approx(list(reference.values()), rel=3e-2)
+    state = torch.load(tmp_path / "fp16/checkpoints/step-0000003/trainer_state.pt", weights_only=False)
+    assert state["scaler"]["scale"] == 2.0**15
+    resumed = train(tiny_config(data, tmp_path / "fp16", resume=str(tmp_path / "fp16/checkpoints/step-0000003"),
+                                **overrides)).losses
+    assert resumed == {step: losses[step] for step in (4, 5, 6)}
+
+
 def test_schedule():
     assert [round(warmup_cosine(s, 2, 10, 0.1), 6) for s in (0, 1, 2, 6, 10, 20)] == [
         round(1 / 3, 6), round(2 / 3, 6), 1.0, round(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi / 2)), 6), 0.1, 0.1]
@@ -129,6 +144,8 @@ def test_plot_without_matplotlib_is_refused_before_training(data, tmp_path, monk
     (dict(learning_rate=0.0), ValueError, "learning_rate"),
     (dict(eval_fraction=1.0), ValueError, "eval_fraction"),
     (dict(parallel="zero"), ValueError, "parallel must be"),
+    (dict(bf16=True, fp16=True), ValueError, "exclude each other"),
+    (dict(fp16=True, parallel="fsdp"), ValueError, "fp16 with parallel='fsdp'"),
 ])
 def test_bad_config(data, tmp_path, overrides, error, message):
     with pytest.raises(error, match=message):

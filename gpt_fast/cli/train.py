@@ -57,7 +57,9 @@ def add_parser(sub) -> None:
     p.add_argument("--save-every", type=non_negative_int, default=0)
     p.add_argument("--resume", help="a checkpoints/step-N folder, or 'latest'")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
+    precision = p.add_mutually_exclusive_group()
+    precision.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
+    precision.add_argument("--fp16", action="store_true", help="float16 autocast with dynamic loss scaling (CUDA)")
     p.add_argument("--attn-implementation", choices=["eager", "sdpa", "fused", "auto"])
     p.add_argument("--gradient-checkpointing", action="store_true")
     p.add_argument("--no-fused-loss", action="store_true", help="logits + F.cross_entropy instead")
@@ -78,7 +80,7 @@ def config_from_args(args) -> TrainingConfig:
         grad_accum=args.grad_accum, max_steps=args.max_steps, learning_rate=args.lr, min_lr_ratio=args.min_lr_ratio,
         warmup_steps=args.warmup_steps, weight_decay=args.weight_decay, max_grad_norm=args.max_grad_norm,
         eval_every=args.eval_every, eval_batches=args.eval_batches, save_every=args.save_every, resume=args.resume,
-        seed=args.seed, bf16=args.bf16, attn_implementation=args.attn_implementation,
+        seed=args.seed, bf16=args.bf16, fp16=args.fp16, attn_implementation=args.attn_implementation,
         gradient_checkpointing=args.gradient_checkpointing, fused_loss=not args.no_fused_loss, device=args.device,
         parallel=args.parallel,
         progress=not args.no_progress, plot=args.plot)

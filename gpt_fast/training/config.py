@@ -34,6 +34,7 @@ class TrainingConfig:
     resume: str | None = None  # a checkpoints/step-N folder, or "latest" (of output_dir)
     seed: int = 0
     bf16: bool = False  # bfloat16 autocast (the weights and the optimizer stay float32)
+    fp16: bool = False  # float16 autocast with dynamic loss scaling (torch.amp.GradScaler); mainly for CUDA
     attn_implementation: str | None = None
     gradient_checkpointing: bool = False
     fused_loss: bool = True  # the fused LM head + cross-entropy (no logits); False: logits + F.cross_entropy
@@ -71,6 +72,11 @@ class TrainingConfig:
             raise ImportError("plot=True (--plot) needs matplotlib: pip install gpt_fast[plot]")
         if self.parallel not in ("ddp", "fsdp"):
             raise ValueError(f"parallel must be 'ddp' or 'fsdp', got {self.parallel!r}")
+        if self.bf16 and self.fp16:
+            raise ValueError("bf16 and fp16 exclude each other: choose one autocast dtype")
+        if self.fp16 and self.parallel == "fsdp":
+            raise ValueError("fp16 with parallel='fsdp' is not supported (its loss scaling would need the overflow "
+                             "check agreed across the shards); use bf16 with FSDP2, or fp16 with DDP")
         self.betas = tuple(self.betas)
 
     def to_dict(self) -> dict:

@@ -1,6 +1,6 @@
 """Resumable checkpoints: output_dir/checkpoints/step-N/ holds the model (save_pretrained: loadable by gpt_fast and
-transformers as it is), trainer_state.pt (optimizer, scheduler, step, data position, the config) and one
-rng_state_<rank>.pt per process (torch's CPU and CUDA generators). Written to a temporary folder and renamed, so
+transformers as it is), trainer_state.pt (optimizer, scheduler, fp16 loss scaler, step, data position, the config)
+and one rng_state_<rank>.pt per process (torch's CPU and CUDA generators). Written to a temporary folder and renamed, so
 a run killed while saving leaves the previous checkpoint intact. A sharded (FSDP2) run gathers full tensors first, so
 every checkpoint has the same format whatever the number of processes and the parallelism that wrote it."""
 
@@ -40,7 +40,7 @@ def set_rng_state(state: dict) -> None:
 
 
 def save_checkpoint(output_dir, step: int, model, optimizer, scheduler, position: int, config: dict,
-                    processes: Processes) -> Path:
+                    processes: Processes, scaler: dict | None = None) -> Path:
     """Every process calls it (each writes its RNG state; process 0 the rest). Returns the folder."""
     folder = checkpoint_folder(output_dir, step)
     partial = folder.with_name(folder.name + ".partial")
@@ -49,7 +49,8 @@ def save_checkpoint(output_dir, step: int, model, optimizer, scheduler, position
         shutil.rmtree(partial, ignore_errors=True)
         model.save_pretrained(partial, state_dict=model_state)
         torch.save({"optimizer": optimizer_state, "scheduler": scheduler.state_dict(), "step": step,
-                    "position": position, "world_size": processes.world_size, "config": config},
+                    "position": position, "world_size": processes.world_size, "config": config,
+                    "scaler": scaler or None},
                    partial / TRAINER_STATE)
     barrier(processes)
     torch.save(rng_state(), partial / f"rng_state_{processes.rank}.pt")

@@ -124,7 +124,9 @@ def _datasets(config: TrainingConfig, tokenizer, vocab_size: int) -> tuple[Token
 
 
 def _autocast(config: TrainingConfig, device: torch.device):
-    return torch.autocast(device.type, dtype=torch.bfloat16) if config.bf16 else contextlib.nullcontext()
+    if config.bf16 or config.fp16:
+        return torch.autocast(device.type, dtype=torch.bfloat16 if config.bf16 else torch.float16)
+    return contextlib.nullcontext()
 
 
 def _loss(model, inputs, targets, config: TrainingConfig, num_items_in_batch=None):
@@ -186,9 +188,14 @@ def _train(config: TrainingConfig, device: torch.device, processes: distributed.
     trained = distributed.wrap(model, processes, device, config.parallel)  # FSDP2: before the optimizer sees them
     optimizer = build_optimizer(model, config)
     scheduler = warmup_cosine_scheduler(optimizer, config.warmup_steps, config.max_steps, config.min_lr_ratio)
+    # fp16: the loss is scaled up before backward and the gradients unscaled before clipping; a step whose gradients
+    # overflow is skipped and the scale lowered. Disabled, the scaler passes everything through.
+    scaler = torch.amp.GradScaler(device.type, enabled=config.fp16)
     step, position = 0, 0
     if trainer_state is not None:
         load_optimizer_state(optimizer, trainer_state["optimizer"])
+        if trainer_state.get("scaler"):
+            scaler.load_state_dict(trainer_state["scaler"])
         scheduler.load_state_dict(trainer_state["scheduler"])
         step, position = trainer_state["step"], trainer_state["position"]
     if trainer_state is None or not load_rng_state(resume_folder, processes.rank):
@@ -215,12 +222,14 @@ def _train(config: TrainingConfig, device: torch.device, processes: distributed.
             with distributed.gradient_sync(trained, last):
                 with _autocast(config, device):
                     loss = _loss(trained, inputs, targets, config) / config.grad_accum
-                loss.backward()
+                scaler.scale(loss).backward()
             step_loss += loss.detach()
+        scaler.unscale_(optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm or math.inf)
         grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm  # FSDP2: a DTensor
         learning_rate = scheduler.get_last_lr()[0]
-        optimizer.step()
+        scaler.step(optimizer)
+        scaler.update()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
@@ -240,7 +249,7 @@ def _train(config: TrainingConfig, device: torch.device, processes: distributed.
             bar.write(f"step {step}: eval loss {eval_loss:.4f}, perplexity {math.exp(min(eval_loss, 700)):.2f}")
         if config.save_every and step % config.save_every == 0:
             result.last_checkpoint = save_checkpoint(output_dir, step, model, optimizer, scheduler, position,
-                                                     config.to_dict(), processes)
+                                                     config.to_dict(), processes, scaler.state_dict())
     bar.close()
     final_state = full_model_state(model)  # FSDP2: gathered by every process
     if processes.main:

@@ -73,7 +73,7 @@ def test_quantized_models_stay_within_the_targets(trained):
     validation = windows(corpus(16 * T, seed=2), T)  # (16, T), text the model never saw
     prompts = validation[:, :16]
     figures = {}
-    for (scheme, group, lm_head), (max_change, max_kl, min_greedy) in TARGETS.items():
+    for scheme, group, lm_head in TARGETS:
         quantized = copy.deepcopy(trained).quantize(scheme, group or 32, lm_head=lm_head)
         result = compare_models(trained, quantized, validation, prompts=prompts, new_tokens=16)
         figures[(scheme, group, lm_head)] = result

@@ -119,9 +119,14 @@ def test_state_dict_buffers_and_dtype_moves():
         else:
             assert after[key].dtype == torch.bfloat16, key
     assert moved.lm_head.dtype == torch.bfloat16 and moved.lm_head.weight.dtype == torch.bfloat16
-    int8 = tiny().quantize("int8").state_dict()
+    int8_model = tiny().quantize("int8")
+    int8 = {k: v.clone() for k, v in int8_model.state_dict().items()}
     assert int8[f"{layer}.qweight"].dtype == torch.int8 and int8[f"{layer}.scales"].shape == (256, 1)
     assert f"{layer}.zeros" not in int8
+    half = int8_model.half().state_dict()  # float32 scales stay float32, exactly
+    assert half[f"{layer}.scales"].dtype == torch.float32 and torch.equal(half[f"{layer}.scales"],
+                                                                          int8[f"{layer}.scales"])
+    assert half[f"{layer}.bias"].dtype == torch.float16
     with torch.no_grad():  # a bf16 quantized model runs (kernel and dequantize engines)
         moved.generate(torch.tensor([[1, 2, 3]]), max_new_tokens=3)
         moved(torch.randint(0, 90, (2, 30)))

@@ -15,6 +15,7 @@ from gpt_fast.ops import reference
 from gpt_fast.ops.kernel_plan import plan_kernels
 from gpt_fast.quantization import QuantizedConv1D, QuantizedLMHead
 from gpt_fast.quantization.config import make_config
+from gpt_fast.quantization.dequantize import dequantize
 
 SCHEMES = [("int8", None), ("int4", 32), ("int4", 64)]
 CONFIG = dict(vocab_size=90, n_positions=32, n_embd=64, n_layer=2, n_head=4, initializer_range=0.2)
@@ -62,6 +63,18 @@ def test_layer_matches_reference(scheme, group, rows, gelu, with_bias, dtype):
     assert layer.engine(plan, rows) == ("kernel" if rows <= plan.small_m_rows else "dequantize")
     tolerance = dict(atol=1e-5, rtol=1e-5) if dtype == torch.float32 else dict(atol=0.08, rtol=0.02)
     torch.testing.assert_close(out.float(), expected, **tolerance)
+
+
+@pytest.mark.parametrize("scheme,group", SCHEMES)
+def test_dequantize_is_bit_identical_to_the_reference(scheme, group):
+    torch.manual_seed(2)
+    weight = torch.randn(48, 128) * 0.1
+    weight[3] = 0.25  # a constant row: int4 groups with scale 0
+    bits = 8 if scheme == "int8" else 4
+    q, s, z = reference.quantize_linear_weight(weight, bits, group)
+    expected = reference.dequantize_linear_weight(q, s, z, bits, group)
+    assert torch.equal(dequantize(q, s, z, bits, group, torch.float32), expected)
+    assert torch.equal(dequantize(q, s, z, bits, group, torch.bfloat16), expected.to(torch.bfloat16))
 
 
 @pytest.mark.parametrize("scheme,group", SCHEMES)

@@ -58,9 +58,9 @@ def test_layer_matches_reference(scheme, group, rows, gelu, with_bias, dtype):
     plan = plan_kernels(None, torch.device("cpu"), dtype)
     with torch.no_grad():
         out = layer(x.view(1, rows, 128), plan, with_bias=with_bias, gelu=gelu).view(rows, 96)
+        assert layer.engine(plan, rows) == ("kernel" if rows <= 32 else "dequantize")
     expected = reference.linear_quantized(x.float(), q, s, z, config.bits, group,
                                           conv.bias.float() if with_bias or gelu else None, None, gelu)
-    assert layer.engine(plan, rows) == ("kernel" if rows <= plan.small_m_rows else "dequantize")
     tolerance = dict(atol=1e-5, rtol=1e-5) if dtype == torch.float32 else dict(atol=0.08, rtol=0.02)
     torch.testing.assert_close(out.float(), expected, **tolerance)
 
@@ -143,6 +143,19 @@ def test_state_dict_buffers_and_dtype_moves():
     with torch.no_grad():  # a bf16 quantized model runs (kernel and dequantize engines)
         moved.generate(torch.tensor([[1, 2, 3]]), max_new_tokens=3)
         moved(torch.randint(0, 90, (2, 30)))
+
+
+def test_engine_choice():
+    layer = QuantizedConv1D.from_conv1d(Conv1D(96, 64), make_config("int8"))
+    fused = plan_kernels(None, torch.device("cpu"), torch.float32)
+    eager = plan_kernels("eager", torch.device("cpu"), torch.float32)
+    float64 = plan_kernels(None, torch.device("cpu"), torch.float64)  # no linear_small_m: the kernel rows stay
+    with torch.no_grad():
+        assert [layer.engine(fused, rows) for rows in (1, 32, 33)] == ["kernel", "kernel", "dequantize"]
+        assert layer.engine(float64, 1) == "kernel" and float64.small_m_rows == 0
+        assert layer.engine(eager, 1) == "dequantize" and layer.engine(None, 1) == "dequantize"
+    with torch.enable_grad():
+        assert layer.engine(fused, 1) == "dequantize"
 
 
 def test_every_head_has_quantize():

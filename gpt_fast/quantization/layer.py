@@ -4,7 +4,7 @@ mlp.c_proj), QuantizedLMHead replaces the LM head.
 The weight is kept only in ops/reference.py's logical format, as buffers (so state_dict and safetensors carry
 them): qweight, scales and zeros (zeros None for int8). The bias stays a Parameter in the model's dtype. Which
 computation a call takes (the engine), from the KernelPlan and the call's row count:
-- "kernel" (rows <= plan.small_m_rows: decode steps, short prompts, the last-token logits): ops.linear_quantized
+- "kernel" (rows <= 32, kernel_rows below: decode steps, short prompts, the last-token logits): ops.linear_quantized
   over the weight repacked once for it (ops.pack_quantized_weight, cached on the layer with weight_cache.cached_on),
   bias and tanh-GELU in the kernel;
 - "dequantize" (more rows, no plan, gradients on, under torch.compile): the weight dequantized to the input's dtype
@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from gpt_fast.models.linear import gemm
-from gpt_fast.ops.kernel_plan import KernelPlan
+from gpt_fast.ops.kernel_plan import SMALL_M_MAX_ROWS, KernelPlan
 from gpt_fast.ops.linear_quantized import linear_quantized, pack_quantized_weight, quantize_linear_weight
 from gpt_fast.ops.weight_cache import cached_on
 from gpt_fast.quantization.config import QuantizationConfig
@@ -42,6 +42,14 @@ def quantized_shapes(out_features: int, in_features: int, config: QuantizationCo
     groups = K // config.group_size
     return {"qweight": ((N, K // 2), torch.uint8), "scales": ((N, groups), torch.bfloat16),
             "zeros": ((N, groups), torch.bfloat16)}
+
+
+def kernel_rows(plan: KernelPlan) -> int:
+    """Rows up to which linear_quantized serves a call: the linear_small_m bound (the same memory-bound regime) when
+    the plan runs the fused inference path, whether or not linear_small_m itself exists for the device (CUDA has
+    no linear_small_m, and its decode steps must still reach the CUDA linear_quantized kernel); 0 with gradients
+    on, with dropout, or on the "eager" reference backend."""
+    return SMALL_M_MAX_ROWS if plan.fused and not torch.is_grad_enabled() else 0
 
 
 class QuantizedLinear(nn.Module):
@@ -65,7 +73,7 @@ class QuantizedLinear(nn.Module):
     # -- engines -------------------------------------------------------------------------------------------
     def engine(self, plan: KernelPlan | None, rows: int) -> str:
         """"kernel" or "dequantize" for a call of `rows` rows (see the module docstring)."""
-        if plan is None or torch.compiler.is_compiling() or rows > plan.small_m_rows:
+        if plan is None or torch.compiler.is_compiling() or rows > kernel_rows(plan):
             return "dequantize"
         return "kernel"
 

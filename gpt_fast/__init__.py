@@ -1,9 +1,9 @@
 """gpt_fast: OpenAI GPT (GPT-1) as a drop-in for transformers' OpenAIGPT* classes, with fused kernels.
 
 Layers: ops (kernel wrappers, their references, the kernel plan) -> models (with checkpoints, which load and save
-them) and tokenization -> generation and training -> patching (transformers' models on gpt_fast's kernels) and
-cli; no module imports a layer above it, and no import happens inside a function (but transformers', optional, in
-patching). The public API is re-exported here.
+them, and quantization, whose layers replace the models' linear layers) and tokenization -> generation and
+training -> patching (transformers' models on gpt_fast's kernels) and cli; no module imports a layer above it, and
+no import happens inside a function (but transformers', optional, in patching). The public API is re-exported here.
 """
 
 from gpt_fast.auto import (

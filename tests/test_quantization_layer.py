@@ -214,3 +214,12 @@ def test_compiled_quantized_forward_matches_eager():
         expected = model(ids).logits
         compiled = torch.compile(model, fullgraph=True)(ids).logits
     torch.testing.assert_close(compiled, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_fused_lm_loss_reads_the_dequantized_head():
+    model = tiny().quantize("int4", 32)
+    ids = torch.randint(0, 90, (2, 16))
+    with torch.no_grad():
+        fused = model(ids, labels=ids, return_logits=False).loss  # reads lm_head.weight (dequantized)
+        plain = model(ids, labels=ids).loss
+    torch.testing.assert_close(fused, plain, atol=1e-5, rtol=1e-5)

@@ -29,6 +29,7 @@ def checkpoint(tmp_path_factory):
     return folder
 
 
+@pytest.mark.slow  # CLI subprocesses / a benchmark run / inductor: tens of seconds on 2 shared cores
 def test_convert_then_generate(checkpoint, tmp_path):
     destination = tmp_path / "int4"
     result = run_cli("convert", str(checkpoint), str(destination), "--quantization", "int4", "--group-size", "64")
@@ -49,6 +50,7 @@ def test_convert_then_generate(checkpoint, tmp_path):
     assert sampled.returncode == 0 and sampled.stdout.count("=== sequence") == 2, sampled.stderr
 
 
+@pytest.mark.slow  # CLI subprocesses / a benchmark run / inductor: tens of seconds on 2 shared cores
 def test_cli_bad_quantization_arguments(checkpoint, tmp_path):
     assert_one_line_error(run_cli("generate", "the", "--model", str(checkpoint), "--quantization", "int3"), 2,
                           "invalid choice")
@@ -76,6 +78,7 @@ def expected_weight_bytes(model) -> int:
     return total
 
 
+@pytest.mark.slow  # CLI subprocesses / a benchmark run / inductor: tens of seconds on 2 shared cores
 def test_bench_rows_for_quantized_models():
     options = benchmark.BenchOptions(dtypes=("fp32",), new_tokens=4, repeats=1, batch=2, prompt_length=4,
                                      prefill_length=8, transformers=False, quantizations=("int8", "int4"),

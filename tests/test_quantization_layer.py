@@ -207,6 +207,7 @@ def test_gradients_through_quantized_weights_are_refused():
         model.train()(ids)  # training mode without gradients (e.g. dropout sampling) is inference
 
 
+@pytest.mark.slow  # inductor compiles for tens of seconds on 2 shared cores
 def test_compiled_quantized_forward_matches_eager():
     model = tiny().quantize("int4", 32)
     ids = torch.randint(0, 90, (2, 12))

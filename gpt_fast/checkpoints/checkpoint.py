@@ -25,11 +25,10 @@ from gpt_fast.names import MODEL_DTYPES, parse_device, parse_dtype
 from gpt_fast.quantization.apply import (
     apply_quantization,
     quantization_of,
-    quantize_model,
     quantized_buffer_names,
     record_in_config,
 )
-from gpt_fast.quantization.config import CONFIG_KEY, QuantizationConfig
+from gpt_fast.quantization.config import CONFIG_KEY, QuantizationConfig, make_config
 
 logger = logging.getLogger("gpt_fast")
 
@@ -169,6 +168,9 @@ def load_pretrained(cls, name_or_path, *, dtype, device, attn_implementation, co
     dtype, device = resolve_dtype(dtype, config, folder, config_where), parse_device(device)
     saved = saved_quantization(config, config_where)
     quantization = None if quantization in (None, "none") else quantization
+    requested = None  # checked before anything is read
+    if quantization is not None:
+        requested = make_config(quantization, quantization_group_size, quantization_lm_head, "from_pretrained")
     if saved is not None and quantization is not None:
         raise ValueError(f"{str(folder)!r} holds a model saved quantized ({saved.scheme}); it loads quantized "
                          f"without quantization={quantization!r}, and cannot be quantized again")
@@ -213,8 +215,8 @@ def load_pretrained(cls, name_or_path, *, dtype, device, attn_implementation, co
     _materialize_missing(model, device, dtype)
     model.tie_weights()
     model.eval()
-    if quantization is not None:
-        quantize_model(model, quantization, quantization_group_size, quantization_lm_head)
+    if requested is not None:
+        apply_quantization(model, requested, structure_only=False)
     if info.missing_keys:
         logger.warning("Newly initialised (not in the checkpoint): %s", ", ".join(info.missing_keys))
     if info.unexpected_keys:

@@ -7,11 +7,11 @@ import json
 
 import pytest
 import torch
-from serve_helpers import collect, tiny_model_and_tokenizer
+from serve_helpers import collect, save_checkpoint, tiny_model_and_tokenizer
 from test_pipeline_cli import TINY_MERGES, TINY_VOCAB, assert_one_line_error, run_cli
 
 import gpt_fast
-from gpt_fast.cli import benchmark
+from gpt_fast.cli import benchmark, main
 from gpt_fast.quantization import QuantizedLinear
 from gpt_fast.serving import Engine, SamplingParams
 
@@ -122,3 +122,23 @@ def test_serving_engine_on_a_quantized_model():
         assert all(len(choice["tokens"]) == 6 for choice in sampled.values())
     finally:
         engine.stop()
+
+
+def test_serve_command_loads_the_model_quantized(tmp_path, monkeypatch):
+    pytest.importorskip("fastapi")
+    pytest.importorskip("uvicorn")
+    from gpt_fast.serving import http, launch
+
+    served = {}
+
+    def build_app(model, *args):
+        served["model"] = model
+        return None, None
+
+    monkeypatch.setattr(http, "build_app", build_app)
+    monkeypatch.setattr(launch, "serve_forever", lambda *args, **kwargs: None)
+    checkpoint = save_checkpoint(tmp_path / "ckpt")
+    assert main(["serve", "--model", str(checkpoint), "--quantization", "int4", "--group-size", "32"]) == 0
+    assert served["model"].quantization.bits == 4 and served["model"].quantization.group_size == 32
+    assert main(["serve", "--model", str(checkpoint)]) == 0
+    assert served["model"].quantization is None

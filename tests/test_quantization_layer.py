@@ -224,3 +224,26 @@ def test_fused_lm_loss_reads_the_dequantized_head():
         fused = model(ids, labels=ids, return_logits=False).loss  # reads lm_head.weight (dequantized)
         plain = model(ids, labels=ids).loss
     torch.testing.assert_close(fused, plain, atol=1e-5, rtol=1e-5)
+
+
+def test_the_packed_weight_is_made_once_per_weight_version(monkeypatch):
+    from gpt_fast.quantization import layer as layer_module
+
+    calls = []
+    real = layer_module.pack_quantized_weight
+
+    def counting(*args):
+        calls.append(args[3])
+        return real(*args)
+
+    monkeypatch.setattr(layer_module, "pack_quantized_weight", counting)
+    model = tiny().quantize("int4", 32)
+    ids = torch.randint(0, 90, (1, 5))
+    model.generate(ids, max_new_tokens=6)
+    assert len(calls) == 2 * 4 + 1  # every block's four layers and the head, once for all the steps
+    model.generate(ids, max_new_tokens=6)
+    assert len(calls) == 9
+    with torch.no_grad():
+        model.transformer.h[0].attn.c_attn.scales.mul_(1.0)  # an in-place update: that layer packs again
+    model.generate(ids, max_new_tokens=2)
+    assert len(calls) == 10

@@ -3,7 +3,8 @@ dequantize_linear_weight and with the same float32 arithmetic (q * scale, then +
 
 Measured (benchmarks/bench_quantized_prefill.py, one thread, CPU time, GPT-1 mlp.c_proj 768 x 3072, int4 g32):
 the reference's repeat_interleave of scales and zeros to (N, K) costs about three extra float32 passes over the
-weight; broadcasting them over (N, K / G, G) in place avoids those.
+weight; broadcasting them over (N, K / G, G) in place avoids those: dequantize + GEMM of 512 bf16 rows went from
+21.1 to 8.5 ms per call (the unquantized GEMM: 6.4 ms).
 """
 
 from __future__ import annotations

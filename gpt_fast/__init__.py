@@ -1,9 +1,9 @@
 """gpt_fast: OpenAI GPT (GPT-1) as a drop-in for transformers' OpenAIGPT* classes, with fused kernels.
 
 Layers: ops (kernel wrappers, their references, the kernel plan) -> models (with checkpoints, which load and save
-them) and tokenization -> generation and training -> patching (transformers' models on gpt_fast's kernels) and
-cli; no module imports a layer above it, and no import happens inside a function (but transformers', optional, in
-patching). The public API is re-exported here.
+them, and quantization, whose layers replace the models' linear layers) and tokenization -> generation and
+training -> patching (transformers' models on gpt_fast's kernels) and cli; no module imports a layer above it, and
+no import happens inside a function (but transformers', optional, in patching). The public API is re-exported here.
 """
 
 from gpt_fast.auto import (
@@ -23,6 +23,7 @@ from gpt_fast.models.modeling import OpenAIGPTModel
 from gpt_fast.models.pretrained import OpenAIGPTPreTrainedModel
 from gpt_fast.ops import extension_loaded
 from gpt_fast.patching import apply_gpt_fast_kernels, revert_gpt_fast_kernels
+from gpt_fast.quantization import QuantizationConfig, quantize_model
 from gpt_fast.tokenization.batch_encoding import BatchEncoding
 from gpt_fast.tokenization.tokenizer import OpenAIGPTTokenizer, OpenAIGPTTokenizerFast
 from gpt_fast.training import TrainingConfig, TrainResult, train
@@ -33,7 +34,8 @@ __all__ = [
     "AutoConfig", "AutoModel", "AutoModelForCausalLM", "AutoModelForMultipleChoice",
     "AutoModelForSequenceClassification", "AutoTokenizer", "BatchEncoding", "GenerationConfig", "OpenAIGPTConfig",
     "OpenAIGPTDoubleHeadsModel", "OpenAIGPTForSequenceClassification", "OpenAIGPTLMHeadModel", "OpenAIGPTModel",
-    "OpenAIGPTPreTrainedModel", "OpenAIGPTTokenizer", "OpenAIGPTTokenizerFast", "TextGenerationPipeline",
+    "OpenAIGPTPreTrainedModel", "OpenAIGPTTokenizer", "OpenAIGPTTokenizerFast", "QuantizationConfig",
+    "TextGenerationPipeline",
     "TextIteratorStreamer", "TextStreamer", "TrainResult", "TrainingConfig", "apply_gpt_fast_kernels",
-    "extension_loaded", "pipeline", "revert_gpt_fast_kernels", "train",
+    "extension_loaded", "pipeline", "quantize_model", "revert_gpt_fast_kernels", "train",
 ]

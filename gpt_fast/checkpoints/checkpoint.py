@@ -3,7 +3,9 @@
 Loads `model.safetensors`, a sharded `model.safetensors.index.json`, or `pytorch_model.bin` (and its index),
 with keys with or without the `transformer.` prefix, ignoring old causal-mask buffers, tying the LM head from
 whichever of its two keys is present. The model is built on the meta device and every tensor is read straight
-into the target dtype and device. Saving writes config.json and model.safetensors that transformers loads.
+into the target dtype and device (the quantized buffers of a quantized checkpoint, gpt_fast/quantization, keep
+the dtypes they are stored in). Saving writes config.json and model.safetensors that transformers loads (a quantized
+model's are refused by transformers with an error: see quantization/config.py).
 """
 
 from __future__ import annotations
@@ -20,6 +22,13 @@ from gpt_fast.checkpoints.tensor_files import iter_safetensors, iter_torch_bin
 from gpt_fast.models.configuration import CONFIG_NAME, OpenAIGPTConfig
 from gpt_fast.models.initialization import initialize_parameter
 from gpt_fast.names import MODEL_DTYPES, parse_device, parse_dtype
+from gpt_fast.quantization.apply import (
+    apply_quantization,
+    quantization_of,
+    quantized_buffer_names,
+    record_in_config,
+)
+from gpt_fast.quantization.config import CONFIG_KEY, QuantizationConfig, make_config
 
 logger = logging.getLogger("gpt_fast")
 
@@ -134,8 +143,15 @@ def resolve_dtype(dtype, config: OpenAIGPTConfig, folder: Path, where) -> torch.
     return found or torch.get_default_dtype()
 
 
+def saved_quantization(config: OpenAIGPTConfig, where) -> QuantizationConfig | None:
+    """The quantization a checkpoint's config.json records (its quantization_config entry), or None."""
+    entry = getattr(config, CONFIG_KEY, None)
+    return None if entry is None else QuantizationConfig.from_dict(entry, f"{where}: field {CONFIG_KEY!r}")
+
+
 def load_pretrained(cls, name_or_path, *, dtype, device, attn_implementation, config, output_loading_info,
-                    config_overrides, ignore_mismatched_sizes=False, subfolder=""):
+                    config_overrides, ignore_mismatched_sizes=False, subfolder="", quantization=None,
+                    quantization_group_size=None, quantization_lm_head=True):
     folder = resolve_model_folder(name_or_path)
     if subfolder:
         folder = folder / subfolder
@@ -150,12 +166,23 @@ def load_pretrained(cls, name_or_path, *, dtype, device, attn_implementation, co
     elif config_overrides:
         raise ValueError("pass either config= or config keyword overrides, not both")
     dtype, device = resolve_dtype(dtype, config, folder, config_where), parse_device(device)
+    saved = saved_quantization(config, config_where)
+    quantization = None if quantization in (None, "none") else quantization
+    requested = None  # checked before anything is read
+    if quantization is not None:
+        requested = make_config(quantization, quantization_group_size, quantization_lm_head, "from_pretrained")
+    if saved is not None and quantization is not None:
+        raise ValueError(f"{str(folder)!r} holds a model saved quantized ({saved.scheme}); it loads quantized "
+                         f"without quantization={quantization!r}, and cannot be quantized again")
     with torch.device("meta"):
         model = cls(config, attn_implementation=attn_implementation)
+        if saved is not None:  # empty quantized layers, filled from the file in the stored dtypes
+            apply_quantization(model, saved, structure_only=True)
     expected = model.state_dict()
+    keep_dtype = quantized_buffer_names(model)  # qweight / scales / zeros keep the format's dtypes
     prefix = _base_prefix(model)
     info, loaded = LoadingInfo(), {}
-    for key, shape, _, load in checkpoint_entries(folder):
+    for key, shape, stored, load in checkpoint_entries(folder):
         if key.endswith(IGNORED_SUFFIXES):
             info.ignored_keys.append(key)
             continue
@@ -170,16 +197,26 @@ def load_pretrained(cls, name_or_path, *, dtype, device, attn_implementation, co
             raise ValueError(f"checkpoint weight {key!r} has shape {shape}, but the model's {name!r} needs "
                              f"{tuple(expected[name].shape)} (does config.json match the weights? "
                              "ignore_mismatched_sizes=True leaves such weights newly initialised)")
-        loaded[name] = load(dtype, device)  # every tensor in the one dtype, whatever it was stored in
+        if name in keep_dtype and expected[name].dtype != stored:
+            raise ValueError(f"checkpoint tensor {key!r} is stored as {stored}, but the quantized format needs "
+                             f"{expected[name].dtype}")
+        # every tensor in the one dtype, whatever it was stored in (quantized buffers: as stored)
+        loaded[name] = load(stored if name in keep_dtype else dtype, device)
     _tie_loaded(loaded, expected)
     mismatched = {name for name, _, _ in info.mismatched_keys}
     if TIED[1] in mismatched and config.tie_word_embeddings:
         mismatched.add(TIED[0])  # the tied head is the embedding, reported once as mismatched
     info.missing_keys.extend(k for k in expected if k not in loaded and k not in mismatched)
+    missing_quantized = sorted(keep_dtype - set(loaded))
+    if missing_quantized:
+        raise ValueError(f"the quantized checkpoint in {str(folder)!r} lacks {', '.join(missing_quantized)} "
+                         "(quantized weights cannot be newly initialised)")
     model.load_state_dict(loaded, strict=False, assign=True)
     _materialize_missing(model, device, dtype)
     model.tie_weights()
     model.eval()
+    if requested is not None:
+        apply_quantization(model, requested, structure_only=False)
     if info.missing_keys:
         logger.warning("Newly initialised (not in the checkpoint): %s", ", ".join(info.missing_keys))
     if info.unexpected_keys:
@@ -217,6 +254,8 @@ def save_pretrained(model, save_directory, state_dict: dict | None = None) -> Pa
     if folder.exists() and not folder.is_dir():
         raise NotADirectoryError(f"{str(folder)!r} exists and is not a folder")
     folder.mkdir(parents=True, exist_ok=True)
+    quantization = quantization_of(model)
+    record_in_config(model.config, quantization)  # what the layers hold, whatever the config said
     config_dict = model.config.to_dict()
     config_dict["architectures"] = [type(model).__name__]
     # transformers 5 reads `dtype` before `torch_dtype`, older versions only `torch_dtype`: both name the saved dtype

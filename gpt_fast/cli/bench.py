@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from gpt_fast.cli import benchmark
-from gpt_fast.cli.common import UsageError, log, positive_int
+from gpt_fast.cli.common import QUANTIZATIONS, UsageError, log, positive_int
 from gpt_fast.cli.serve_benchmark import main as serve_benchmark
 
 
@@ -23,6 +23,10 @@ def add_parser(sub) -> None:
     bench.add_argument("--no-transformers", action="store_true", help="skip transformers' generate")
     bench.add_argument("--transformers-full", action="store_true",
                        help="time transformers' whole generate (minutes) instead of sampling its per-step cost")
+    bench.add_argument("--quantization", metavar="LIST",
+                       help="comma-separated from none,int8,int4: also run the default backend's model quantized "
+                            "that way, alternating with the unquantized runs (e.g. none,int8,int4)")
+    bench.add_argument("--group-size", type=positive_int, default=32, help="int4's group size (default 32)")
     bench.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     bench.add_argument("--png", metavar="PATH", help="also plot decode tokens/s (needs matplotlib)")
     bench.add_argument("--serve", action="store_true",
@@ -46,6 +50,16 @@ def run(args) -> int:
         if unknown or not dtypes:
             raise UsageError(f"gpt-fast bench: --dtypes takes {','.join(benchmark.DTYPES)}, got {args.dtypes!r}")
         overrides["dtypes"] = dtypes
+    if args.quantization is not None:
+        schemes = [q.strip() for q in args.quantization.split(",") if q.strip()]
+        unknown = [q for q in schemes if q not in QUANTIZATIONS]
+        if unknown or not schemes:
+            raise UsageError(f"gpt-fast bench: --quantization takes {','.join(QUANTIZATIONS)}, got "
+                             f"{args.quantization!r}")
+        overrides["quantizations"] = tuple(dict.fromkeys(q for q in schemes if q != "none"))
+        if "int4" in schemes and 768 % args.group_size:
+            raise UsageError(f"gpt-fast bench: --group-size must divide 768 (and 3072), got {args.group_size}")
+    overrides["group_size"] = args.group_size
     overrides["device"] = args.device
     overrides["transformers"] = not args.no_transformers
     overrides["transformers_full"] = args.transformers_full

@@ -12,10 +12,13 @@ In one run, implementations alternating and the best of `repeats` kept for each 
 - batch-8 decode tokens/s (gpt_fast, default backend);
 - prefill latency of a 512-token prompt (gpt_fast: generate(max_new_tokens=1), which fills the KV cache and
   picks the first token; transformers: the forward with logits_to_keep=1);
+- with quantizations (int8, int4): the default backend's model quantized (gpt_fast/quantization) run alongside,
+  batch 1 and batch B, alternating with the others in every repeat;
 - the memory-bandwidth roofline: bytes read per decoded token (every weight once, the tied LM head/embedding
-  once, plus the KV cache at the mean context) over the read bandwidth measured in the same run (the best of a
-  256 MiB tensor sum and a 256 MiB matrix-vector product, taken once per repeat between the other runs), and
-  each decode figure as a fraction of it.
+  once, plus the KV cache at the mean context; for a quantized model its qweight/scales/zeros, and the token
+  embedding only as the one row looked up when the head is a quantized copy) over the read bandwidth measured in
+  the same run (the best of a 256 MiB tensor sum and a 256 MiB matrix-vector product, taken once per repeat
+  between the other runs), and each decode figure as a fraction of it.
 """
 
 from __future__ import annotations
@@ -28,10 +31,12 @@ import time
 from dataclasses import asdict, dataclass, field
 
 import torch
+from torch import nn
 
 from gpt_fast import OpenAIGPTConfig, OpenAIGPTLMHeadModel, ops
 from gpt_fast.cli.machine import cpu_name
 from gpt_fast.ops import cpu_isa
+from gpt_fast.quantization.layer import QuantizedLinear
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}
 
@@ -47,6 +52,8 @@ class BenchOptions:
     device: str = "cpu"
     transformers: bool = True
     transformers_full: bool = False  # time transformers' whole N-token generate (minutes) instead of sampling it
+    quantizations: tuple[str, ...] = ()  # "int8", "int4": quantized copies of the default backend's model
+    group_size: int = 32  # int4's group size
     config_overrides: dict = field(default_factory=dict)  # e.g. n_layer=2 for tests
 
     @classmethod
@@ -64,6 +71,8 @@ class Row:
     prefill_ms: float | None = None
     speedup_vs_transformers: float | None = None
     roofline_fraction: float | None = None
+    quantization: str = "none"
+    weights_mb_per_token: float | None = None  # weight bytes read per decode step (KV cache excluded)
 
 
 def _sync(device: torch.device) -> None:
@@ -96,13 +105,23 @@ class ReadBandwidth:
         return self.best
 
 
+def _unread_rows(table: torch.Tensor) -> int:
+    """Bytes of an embedding table a decode step does not read (it looks up one row)."""
+    return (table.shape[0] - 1) * table.shape[1] * table.element_size()
+
+
 def bytes_per_token(model, context: float, batch: int = 1) -> float:
-    """Weight bytes read per decode step (shared tensors once, one position row) + the KV cache read."""
+    """Weight bytes read per decode step (shared tensors once, one position row; a quantized layer's qweight,
+    scales and zeros; the token embedding as one row when the LM head is a quantized copy of it) + the KV cache."""
     config = model.config
     unique = {p.data_ptr(): p for p in model.parameters()}.values()
     weights = sum(p.numel() * p.element_size() for p in unique)
+    weights += sum(b.numel() * b.element_size() for m in model.modules() if isinstance(m, QuantizedLinear)
+                   for b in m.buffers(recurse=False))
     positions = model.transformer.positions_embed.weight
-    weights -= (positions.shape[0] - 1) * positions.shape[1] * positions.element_size()
+    weights -= _unread_rows(positions)
+    if not isinstance(getattr(model, "lm_head", None), nn.Linear):  # no head reads the whole table
+        weights -= _unread_rows(model.transformer.tokens_embed.weight)
     kv = 2 * config.n_layer * context * config.n_embd * positions.element_size() * batch
     return weights + kv
 
@@ -122,9 +141,19 @@ def build_models(options: BenchOptions, dtype: torch.dtype, base, hf_base) -> di
     ours.load_state_dict(base.state_dict())
     ours = ours.to(device=device, dtype=dtype).eval()
     models = {f"gpt_fast[{backend}]": (ours, backend) for backend in gpt_fast_backends(device.type)}
+    default = gpt_fast_backends(device.type)[-1]
+    for scheme in options.quantizations:
+        quantized = OpenAIGPTLMHeadModel(copy.deepcopy(base.config))  # its own config: quantize() records itself
+        quantized.load_state_dict(base.state_dict())
+        quantized = quantized.to(device=device, dtype=dtype).quantize(scheme, options.group_size)
+        models[quantized_name(default, scheme)] = (quantized, default)
     if hf_base is not None:
         models["transformers"] = (copy.deepcopy(hf_base).to(device=device, dtype=dtype).eval(), None)
     return models
+
+
+def quantized_name(backend: str, scheme: str) -> str:
+    return f"gpt_fast[{backend}] {scheme}"
 
 
 def use(entry):
@@ -222,6 +251,8 @@ def run(options: BenchOptions, log=sys.stderr) -> dict:
         models = build_models(options, DTYPES[dtype_name], base, hf_base)
         default = f"gpt_fast[{gpt_fast_backends(device.type)[-1]}]"  # what "auto" picks: the fastest
         best: dict[tuple[str, str], float] = {}
+        batched = [default] + [quantized_name(default.removeprefix("gpt_fast[").rstrip("]"), q)
+                               for q in options.quantizations]
 
         def keep(key, seconds, best=best):
             best[key] = min(best.get(key, float("inf")), seconds)
@@ -246,26 +277,31 @@ def run(options: BenchOptions, log=sys.stderr) -> dict:
                 keep((name, "ttft"), ttft)
                 keep((name, "per_token"), per_token)
                 keep((name, "prefill"), timed(lambda model=model: prefill(model, long_prompt), device))
-            print(f"[{dtype_name} {repeat + 1}/{options.repeats}] {default}: batch {options.batch}",
-                  file=log, flush=True)
-            model = use(models[default])
-            ttft, per_token = time_generation(model, batch_prompt, N)
-            keep(("batch", "ttft"), ttft)
-            keep(("batch", "per_token"), per_token)
+            for name in batched:
+                print(f"[{dtype_name} {repeat + 1}/{options.repeats}] {name}: batch {options.batch}",
+                      file=log, flush=True)
+                ttft, per_token = time_generation(use(models[name]), batch_prompt, N)
+                keep(("batch " + name, "ttft"), ttft)
+                keep(("batch " + name, "per_token"), per_token)
             bandwidth.measure(1)
         context = options.prompt_length + N / 2
-        bytes_1 = bytes_per_token(models[default][0], context)  # per decode step
-        bytes_b = bytes_per_token(models[default][0], context, options.batch)
         hf_rate = None
         if "transformers" in models:
             hf_rate = 1 / best[("transformers", "per_token")]
-        for name in models:
+        for name, (model, backend) in models.items():
+            measured = model if backend is not None else models[default][0]  # transformers: the same weights
+            scheme = "none" if measured.quantization is None else measured.quantization.scheme
+            weights_mb = bytes_per_token(measured, 0) / 1e6
             rate = 1 / best[(name, "per_token")]
             rows.append(Row(dtype_name, name, 1, best[(name, "ttft")] * 1e3, rate, best[(name, "prefill")] * 1e3,
-                            None if hf_rate is None else rate / hf_rate, rate * bytes_1))
-        rate = options.batch / best[("batch", "per_token")]
-        rows.append(Row(dtype_name, default, options.batch, best[("batch", "ttft")] * 1e3, rate,
-                        roofline_fraction=rate / options.batch * bytes_b))
+                            None if hf_rate is None else rate / hf_rate, rate * bytes_per_token(measured, context),
+                            scheme, weights_mb))
+            if name in batched:
+                rate = options.batch / best[("batch " + name, "per_token")]
+                rows.append(Row(dtype_name, name, options.batch, best[("batch " + name, "ttft")] * 1e3, rate,
+                                roofline_fraction=rate / options.batch * bytes_per_token(measured, context,
+                                                                                         options.batch),
+                                quantization=scheme, weights_mb_per_token=weights_mb))
         del models
     for row in rows:  # bytes/s read -> fraction of the best bandwidth seen in the whole run
         row.roofline_fraction /= bandwidth.best
@@ -277,7 +313,9 @@ def run(options: BenchOptions, log=sys.stderr) -> dict:
                     "torch": torch.__version__, "python": platform.python_version()},
         "options": asdict(options),
         "read_bandwidth_gb_s": bandwidth.best / 1e9,
-        "weights_mb_per_token": {d: bytes_per_token(base.to(DTYPES[d]), 0) / 1e6 for d in options.dtypes},
+        "weights_mb_per_token": {r.dtype + ("" if r.quantization == "none" else " " + r.quantization):
+                                 r.weights_mb_per_token for r in rows
+                                 if r.weights_mb_per_token is not None},
         "rows": [asdict(r) for r in rows],
     }
 
@@ -291,13 +329,14 @@ def format_table(result: dict) -> str:
             f"prompt {opts['prompt_length']} tokens, {opts['new_tokens']} new tokens, "
             f"best of {opts['repeats']}; read bandwidth {result['read_bandwidth_gb_s']:.1f} GB/s; "
             f"prefill column: a {opts['prefill_length']}-token prompt\n")
-    columns = ("dtype", "impl", "batch", "TTFT ms", "decode tok/s", "x transformers", "% roofline", "prefill ms")
+    columns = ("dtype", "impl", "batch", "TTFT ms", "decode tok/s", "x transformers", "weights MB/tok", "% roofline",
+               "prefill ms")
     lines = [columns]
     for r in result["rows"]:
         def fmt(value, spec):
             return "-" if value is None else format(value, spec)
         lines.append((r["dtype"], r["impl"], str(r["batch"]), fmt(r["ttft_ms"], ".1f"), fmt(r["decode_tok_s"], ".1f"),
-                      fmt(r["speedup_vs_transformers"], ".2f"),
+                      fmt(r["speedup_vs_transformers"], ".2f"), fmt(r.get("weights_mb_per_token"), ".1f"),
                       fmt(None if r["roofline_fraction"] is None else 100 * r["roofline_fraction"], ".0f"),
                       fmt(r["prefill_ms"], ".1f")))
     widths = [max(len(line[i]) for line in lines) for i in range(len(columns))]

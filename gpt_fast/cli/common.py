@@ -26,3 +26,22 @@ def positive_int(text: str) -> int:
 
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
+
+
+QUANTIZATIONS = ("none", "int8", "int4")
+
+
+def add_quantization_arguments(parser, help_suffix: str = "") -> None:
+    """--quantization {none,int8,int4} and --group-size (int4's group; see README "Quantization")."""
+    parser.add_argument("--quantization", choices=QUANTIZATIONS, default="none",
+                        help="weight-only quantization applied at load (default none; a checkpoint saved quantized "
+                             "loads quantized anyway)" + help_suffix)
+    parser.add_argument("--group-size", type=positive_int, default=32,
+                        help="int4: input features per scale/zero group, dividing 768 (default 32)")
+
+
+def quantization_kwargs(args) -> dict:
+    """from_pretrained's keyword arguments for the --quantization / --group-size options."""
+    if args.quantization == "none":
+        return {}
+    return {"quantization": args.quantization, "quantization_group_size": args.group_size}

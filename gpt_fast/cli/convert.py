@@ -1,4 +1,4 @@
-"""gpt-fast convert: rewrite a checkpoint as safetensors and/or in another dtype."""
+"""gpt-fast convert: rewrite a checkpoint as safetensors and/or in another dtype, optionally quantized."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 import gpt_fast
-from gpt_fast.cli.common import log
+from gpt_fast.cli.common import add_quantization_arguments, log, quantization_kwargs
 from gpt_fast.names import parse_dtype
 
 TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
@@ -23,6 +23,7 @@ def add_parser(sub) -> None:
     convert.add_argument("destination", help="output folder")
     convert.add_argument("--dtype", help="float32, bfloat16, float16, float64 (default: as stored)")
     convert.add_argument("--overwrite", action="store_true", help="replace a checkpoint already in DESTINATION")
+    add_quantization_arguments(convert, "; a quantized checkpoint loads only in gpt_fast")
 
 
 def run(args) -> int:
@@ -38,8 +39,9 @@ def run(args) -> int:
     architecture = (config.get("architectures") or ["OpenAIGPTLMHeadModel"])[0]
     cls = getattr(gpt_fast, architecture if architecture in ARCHITECTURES else "OpenAIGPTLMHeadModel")
     log(f"loading {source} as {cls.__name__} ...")
-    model = cls.from_pretrained(source, dtype=dtype)
-    log(f"saving {model.dtype} safetensors to {destination} ...")
+    model = cls.from_pretrained(source, dtype=dtype, **quantization_kwargs(args))
+    quantized = "" if model.quantization is None else f" {model.quantization.scheme}"
+    log(f"saving {model.dtype}{quantized} safetensors to {destination} ...")
     model.save_pretrained(destination)
     for name in TOKENIZER_FILES:
         if (source / name).is_file():

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from gpt_fast.checkpoints.hub import looks_like_hub_id
-from gpt_fast.cli.common import UsageError, log, positive_int
+from gpt_fast.cli.common import UsageError, add_quantization_arguments, log, positive_int, quantization_kwargs
 from gpt_fast.generation.pipeline import load_tokenizer
 from gpt_fast.generation.streaming import TextStreamer
 from gpt_fast.models.heads import OpenAIGPTLMHeadModel
@@ -35,6 +35,7 @@ def add_parser(sub) -> None:
     gen.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ... (default cpu)")
     gen.add_argument("--attn-implementation", choices=("auto",) + ATTN_IMPLEMENTATIONS, default="auto")
     gen.add_argument("--no-stream", action="store_true", help="print the text at the end instead of streaming")
+    add_quantization_arguments(gen)
 
 
 def read_stdin() -> str:
@@ -101,9 +102,10 @@ def run(args) -> int:
     log(f"loading {args.model} ...")
     attn = None if args.attn_implementation == "auto" else args.attn_implementation
     model = OpenAIGPTLMHeadModel.from_pretrained(args.model, dtype=args.dtype, device=args.device,
-                                                 attn_implementation=attn)
+                                                 attn_implementation=attn, **quantization_kwargs(args))
     tokenizer = load_tokenizer(args.tokenizer or args.model)
-    log(f"loaded in {time.perf_counter() - start:.1f} s ({model.dtype}, {model.device})")
+    quantized = "" if model.quantization is None else f", {model.quantization.scheme}"
+    log(f"loaded in {time.perf_counter() - start:.1f} s ({model.dtype}{quantized}, {model.device})")
     input_ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
     if input_ids.shape[-1] == 0:
         raise ValueError("the prompt is empty after tokenization")

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from gpt_fast.checkpoints.hub import looks_like_hub_id
-from gpt_fast.cli.common import UsageError, log, positive_int
+from gpt_fast.cli.common import UsageError, add_quantization_arguments, log, positive_int, quantization_kwargs
 from gpt_fast.generation.pipeline import load_tokenizer
 from gpt_fast.models.heads import OpenAIGPTLMHeadModel
 
@@ -34,6 +34,7 @@ def add_parser(sub) -> None:
                        help="require 'Authorization: Bearer KEY' on /v1 (default: $GPT_FAST_API_KEY, else none)")
     serve.add_argument("--chat-template", metavar="FILE", help="a Jinja2 chat template (default: 'role: content')")
     serve.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's choice)")
+    add_quantization_arguments(serve)
     serve.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
 
 
@@ -56,9 +57,11 @@ def run(args) -> int:
         torch.set_num_threads(args.threads)
     start = time.perf_counter()
     log(f"loading {args.model} ...")
-    model = OpenAIGPTLMHeadModel.from_pretrained(args.model, dtype=args.dtype, device=args.device)
+    model = OpenAIGPTLMHeadModel.from_pretrained(args.model, dtype=args.dtype, device=args.device,
+                                                 **quantization_kwargs(args))
     tokenizer = load_tokenizer(args.tokenizer or args.model)
-    log(f"loaded in {time.perf_counter() - start:.1f} s ({model.dtype}, {model.device})")
+    quantized = "" if model.quantization is None else f", {model.quantization.scheme}"
+    log(f"loaded in {time.perf_counter() - start:.1f} s ({model.dtype}{quantized}, {model.device})")
     app, _ = build_app(model, tokenizer, args.served_model_name or args.model, args.max_batch, args.max_queue,
                        args.prefill_chunk, args.api_key, template)
     serve_forever(app, args.host, args.port, args.log_level)

@@ -94,7 +94,10 @@ def gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, plan:
 
 def project_to_vocab(lm_head: nn.Linear, x: torch.Tensor, plan: KernelPlan | None) -> torch.Tensor:
     """x (..., C) @ lm_head.weight (V, C).T -> (..., V). Few rows go through linear_small_m on a copy packed once
-    (1.9x F.linear's read of the 62 MB bf16 head for one row, so decode steps and the first token are faster)."""
+    (1.9x F.linear's read of the 62 MB bf16 head for one row, so decode steps and the first token are faster).
+    A quantized head (gpt_fast/quantization) is not an nn.Linear and picks its own engine."""
+    if not isinstance(lm_head, nn.Linear):
+        return lm_head(x, plan)
     rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
     if plan is None or rows > plan.small_m_rows or torch.compiler.is_compiling():
         return F.linear(x, lm_head.weight)

@@ -14,6 +14,8 @@ from gpt_fast.models.configuration import OpenAIGPTConfig
 from gpt_fast.models.embeddings import resize_token_embeddings
 from gpt_fast.models.initialization import initialize_parameter
 from gpt_fast.names import check_attn_implementation
+from gpt_fast.quantization.apply import quantization_of, quantize_model
+from gpt_fast.quantization.config import DEFAULT_GROUP_SIZE, QuantizationConfig
 
 
 class OpenAIGPTPreTrainedModel(nn.Module):
@@ -59,7 +61,7 @@ class OpenAIGPTPreTrainedModel(nn.Module):
 
     def tie_weights(self) -> None:
         lm_head = getattr(self, "lm_head", None)
-        if lm_head is not None and self.config.tie_word_embeddings:
+        if isinstance(lm_head, nn.Linear) and self.config.tie_word_embeddings:  # a quantized head is a copy
             lm_head.weight = self.transformer.tokens_embed.weight
             lm_head.out_features = lm_head.weight.shape[0]  # follows a resized embedding
 
@@ -112,7 +114,23 @@ class OpenAIGPTPreTrainedModel(nn.Module):
                                 mean_resizing: bool = True) -> nn.Embedding:
         """Resizes the token embedding (and an untied LM head) to new_num_tokens rows, keeping the old rows;
         updates config.vocab_size; the tied LM head stays tied. See models/embeddings.py."""
+        if self.quantization is not None:
+            raise ValueError("resize_token_embeddings on a quantized model is not supported: resize the unquantized "
+                             "model, then quantize it")
         return resize_token_embeddings(self, new_num_tokens, pad_to_multiple_of, mean_resizing)
+
+    # -- quantization ----------------------------------------------------------------------------------------
+    def quantize(self, scheme: str, group_size: int | None = DEFAULT_GROUP_SIZE, lm_head: bool = True):
+        """Weight-only quantization in place, for inference (gpt_fast/quantization): "int8" (per output channel)
+        or "int4" (asymmetric, groups of group_size input features; group_size must divide every layer's input
+        width). Quantizes every block's linear layers and, with lm_head, a copy of the tied LM head (the token
+        embedding stays in the model's dtype). Returns the model, in eval mode."""
+        return quantize_model(self, scheme, group_size, lm_head)
+
+    @property
+    def quantization(self) -> QuantizationConfig | None:
+        """How the model is quantized (bits, group_size, lm_head), or None."""
+        return quantization_of(self)
 
     # -- gradient checkpointing ----------------------------------------------------------------------------
     def activation_checkpointing_enable(self, activation_checkpointing_kwargs: dict | None = None,
@@ -150,22 +168,29 @@ class OpenAIGPTPreTrainedModel(nn.Module):
                         torch_dtype: torch.dtype | str | None = None, device: torch.device | str | int | None = None,
                         attn_implementation: str | None = None, config: OpenAIGPTConfig | None = None,
                         output_loading_info: bool = False, ignore_mismatched_sizes: bool = False,
-                        subfolder: str = "", **config_overrides):
+                        subfolder: str = "", quantization: str | None = None,
+                        quantization_group_size: int | None = DEFAULT_GROUP_SIZE,
+                        quantization_lm_head: bool = True, **config_overrides):
         """Loads a folder (or a hub name, with huggingface_hub installed) straight into dtype and device.
 
         subfolder: the checkpoint's folder inside name_or_path. ignore_mismatched_sizes: a weight whose shape
         differs from the model's (built from config.json and the overrides) is left newly initialised instead of
         being an error. output_loading_info: also return a dict of missing_keys, unexpected_keys,
-        mismatched_keys ((key, checkpoint shape, model shape) tuples), error_msgs (and ignored_keys)."""
+        mismatched_keys ((key, checkpoint shape, model shape) tuples), error_msgs (and ignored_keys).
+        quantization: "int8" or "int4" quantizes the model once loaded in dtype (as model.quantize(quantization,
+        quantization_group_size, quantization_lm_head)); a checkpoint saved quantized loads quantized without it."""
         if dtype is not None and torch_dtype is not None and dtype != torch_dtype:
             raise ValueError(f"pass dtype or torch_dtype, not both with different values ({dtype} vs {torch_dtype})")
         return checkpoint.load_pretrained(cls, name_or_path, dtype=dtype if dtype is not None else torch_dtype,
                                           device=device, attn_implementation=attn_implementation, config=config,
                                           output_loading_info=output_loading_info, config_overrides=config_overrides,
-                                          ignore_mismatched_sizes=ignore_mismatched_sizes, subfolder=subfolder)
+                                          ignore_mismatched_sizes=ignore_mismatched_sizes, subfolder=subfolder,
+                                          quantization=quantization, quantization_group_size=quantization_group_size,
+                                          quantization_lm_head=quantization_lm_head)
 
     def save_pretrained(self, save_directory: str | os.PathLike, state_dict: dict | None = None) -> Path:
-        """Writes config.json and model.safetensors, loadable by gpt_fast and by transformers. state_dict (as in
+        """Writes config.json and model.safetensors, loadable by gpt_fast and (unless quantized) by transformers.
+        A quantized model writes its qweight/scales/zeros and config.json's quantization_config. state_dict (as in
         transformers): the tensors to write instead of the model's own (a sharded model's gathered weights)."""
         return checkpoint.save_pretrained(self, save_directory, state_dict)
 

@@ -1,0 +1,107 @@
+"""Turning a model into its weight-only quantized form, in place: every Conv1D of every block (attn.c_attn,
+attn.c_proj, mlp.c_fc, mlp.c_proj) becomes a QuantizedConv1D and, with lm_head, the LM head a QuantizedLMHead.
+
+The token and position embeddings, the LayerNorms, the biases and the other heads (sequence summary, classifier)
+stay in the model's dtype. The LM head is tied to the token embedding in the unquantized model; once quantized
+the two are separate: the embedding keeps its table in the model's dtype (state_dict key
+`transformer.tokens_embed.weight`) and the head holds a quantized copy (`lm_head.qweight`, `lm_head.scales`,
+`lm_head.zeros`). With lm_head=False the head stays tied to the embedding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from torch import nn
+
+from gpt_fast.models.linear import Conv1D
+from gpt_fast.ops import weight_cache
+from gpt_fast.quantization.config import (
+    CONFIG_KEY,
+    DEFAULT_GROUP_SIZE,
+    QuantizationConfig,
+    check_group_size,
+    make_config,
+)
+from gpt_fast.quantization.layer import QuantizedConv1D, QuantizedLinear, QuantizedLMHead
+
+
+def quantization_of(model: nn.Module) -> QuantizationConfig | None:
+    """How `model` is quantized (read from its layers), or None if it is not."""
+    for module in model.modules():
+        if isinstance(module, QuantizedConv1D):
+            head = getattr(model, "lm_head", None)
+            return QuantizationConfig(module.bits, module.group_size, isinstance(head, QuantizedLMHead))
+    return None
+
+
+def _targets(model: nn.Module, config: QuantizationConfig) -> dict[str, int]:
+    """{layer name: in_features} of the layers to quantize."""
+    targets = {name: module.weight.shape[0] for name, module in model.named_modules() if isinstance(module, Conv1D)}
+    head = getattr(model, "lm_head", None)
+    if config.lm_head and isinstance(head, nn.Linear):
+        targets["lm_head"] = head.in_features
+    return targets
+
+
+def _replace(model: nn.Module, name: str, layer: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, layer)
+
+
+def quantize_model(model: nn.Module, scheme: str, group_size: int | None = DEFAULT_GROUP_SIZE,
+                   lm_head: bool = True) -> nn.Module:
+    """Quantizes `model` (an OpenAIGPT* model) in place and returns it, in eval mode (a quantized model is
+    inference only). scheme: "int8" (per output channel) or "int4" (groups of group_size input features)."""
+    config = make_config(scheme, group_size, lm_head)
+    apply_quantization(model, config, structure_only=False)
+    return model.eval()
+
+
+def apply_quantization(model: nn.Module, config: QuantizationConfig, structure_only: bool) -> None:
+    """Replaces the layers. structure_only: empty quantized layers in the Conv1Ds' dtype and device (loading a
+    quantized checkpoint builds the model on the meta device, then fills the buffers from the file)."""
+    current = quantization_of(model)
+    if current is not None:
+        raise ValueError(f"the model is already quantized ({current.scheme}"
+                         f"{'' if current.group_size is None else f', group_size={current.group_size}'}); load or "
+                         "build the unquantized model to quantize it another way")
+    targets = _targets(model, config)
+    if not any(name != "lm_head" for name in targets):
+        raise ValueError(f"{type(model).__name__} has no Conv1D layers to quantize")
+    check_group_size(config, targets)
+    config = replace(config, lm_head="lm_head" in targets)  # what was done: a model without an LM head has none
+    for name in targets:
+        old = model.get_submodule(name)
+        if name == "lm_head":
+            if structure_only:
+                new = QuantizedLMHead(old.out_features, old.in_features, config, old.weight.dtype, old.weight.device)
+            else:
+                new = QuantizedLMHead.from_weight(old.weight, config)
+        elif structure_only:
+            K, N = old.weight.shape
+            new = QuantizedConv1D(N, K, config, old.weight.dtype, old.weight.device)
+            new.bias = old.bias
+        else:
+            new = QuantizedConv1D.from_conv1d(old, config)
+        new.train(old.training)
+        weight_cache.clear(old)  # a packed copy of the float weight goes with it
+        _replace(model, name, new)
+    record_in_config(model.config, config)
+
+
+def record_in_config(model_config, config: QuantizationConfig | None) -> None:
+    """Sets (or, with None, removes) the config's quantization_config entry, written to config.json."""
+    extra = [k for k in model_config._extra_keys if k != CONFIG_KEY]
+    if config is None:
+        model_config.__dict__.pop(CONFIG_KEY, None)
+    else:
+        setattr(model_config, CONFIG_KEY, config.to_dict())
+        extra.append(CONFIG_KEY)
+    model_config._extra_keys = sorted(extra)
+
+
+def quantized_buffer_names(model: nn.Module) -> set[str]:
+    """The state_dict keys of every quantized buffer (qweight, scales, zeros) in the model."""
+    return {f"{prefix}.{name}" for prefix, module in model.named_modules() if isinstance(module, QuantizedLinear)
+            for name, buffer in module.named_buffers(recurse=False) if buffer is not None}

@@ -1,0 +1,77 @@
+"""What a weight-only quantization is (scheme, group size, whether the LM head is included), checked, and how it
+is written in config.json.
+
+config.json of a quantized checkpoint carries
+
+    "quantization_config": {"method": "gpt_fast_weight_only", "bits": 8, "group_size": null, "lm_head": true}
+
+The key is transformers' name for a quantization entry, but on purpose without transformers' `quant_method`
+field: transformers refuses such a config with an error ("... has no `quant_method` attribute") instead of
+loading the checkpoint with its quantized weights silently replaced by random ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+METHOD = "gpt_fast_weight_only"
+CONFIG_KEY = "quantization_config"
+SCHEMES = {"int8": 8, "int4": 4}  # scheme name -> bits
+DEFAULT_GROUP_SIZE = 32  # int4's group of consecutive input features sharing a scale and a zero
+
+
+@dataclass(frozen=True)
+class QuantizationConfig:
+    bits: int  # 8 or 4
+    group_size: int | None  # int4: input features per scale/zero group; int8: None (one scale per output channel)
+    lm_head: bool = True  # the (tied) LM head quantized too
+
+    @property
+    def scheme(self) -> str:
+        return f"int{self.bits}"
+
+    def to_dict(self) -> dict:
+        return {"method": METHOD, **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data, where: str = "quantization_config") -> "QuantizationConfig":
+        """The config.json entry back; any other method or a malformed field is a ValueError naming `where`."""
+        if not isinstance(data, dict) or data.get("method") != METHOD:
+            raise ValueError(f"{where}: gpt_fast loads only its own quantized checkpoints "
+                             f"(method {METHOD!r}), got {data!r}")
+        unknown = sorted(set(data) - {"method", "bits", "group_size", "lm_head"})
+        if unknown:
+            raise ValueError(f"{where}: unknown fields {unknown}")
+        bits = data.get("bits")
+        scheme = next((name for name, b in SCHEMES.items() if b == bits and not isinstance(bits, bool)), None)
+        if scheme is None:
+            raise ValueError(f"{where}: field 'bits' must be one of {sorted(SCHEMES.values())}, got {bits!r}")
+        if not isinstance(data.get("lm_head", True), bool):
+            raise ValueError(f"{where}: field 'lm_head' must be true or false, got {data['lm_head']!r}")
+        return make_config(scheme, data.get("group_size"), data.get("lm_head", True), where=where)
+
+
+def make_config(scheme: str, group_size: int | None = DEFAULT_GROUP_SIZE, lm_head: bool = True,
+                where: str = "quantize") -> QuantizationConfig:
+    """The checked QuantizationConfig for scheme "int8" or "int4". group_size matters for int4 only (int8 has one
+    scale per output channel and ignores it); whether it divides every layer's input width is checked against the
+    model (check_group_size)."""
+    if scheme not in SCHEMES:
+        raise ValueError(f"{where}: unknown quantization scheme {scheme!r}; choose one of {', '.join(SCHEMES)}")
+    bits = SCHEMES[scheme]
+    if bits == 8:
+        return QuantizationConfig(8, None, bool(lm_head))
+    if not isinstance(group_size, int) or isinstance(group_size, bool) or group_size <= 0 or group_size % 2:
+        raise ValueError(f"{where}: int4 needs group_size, a positive even int (32 or 64 in practice), "
+                         f"got {group_size!r}")
+    return QuantizationConfig(4, group_size, bool(lm_head))
+
+
+def check_group_size(config: QuantizationConfig, in_features: dict[str, int]) -> None:
+    """int4: the group size must divide the input width of every layer to quantize ({layer name: K})."""
+    if config.bits != 4:
+        return
+    bad = sorted({k for k in in_features.values() if k % config.group_size})
+    if bad:
+        raise ValueError(f"int4 group_size {config.group_size} does not divide the input width of every layer to "
+                         f"quantize (widths {bad}); pick a group size dividing {sorted(set(in_features.values()))}")

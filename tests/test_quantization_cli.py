@@ -1,0 +1,144 @@
+"""--quantization in the CLI (convert, generate, bench, serve), the benchmark's byte and roofline figures for a
+quantized model, and the serving engine on a quantized model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from serve_helpers import collect, save_checkpoint, tiny_model_and_tokenizer
+from test_pipeline_cli import TINY_MERGES, TINY_VOCAB, assert_one_line_error, run_cli
+
+import gpt_fast
+from gpt_fast.cli import benchmark, main
+from gpt_fast.quantization import QuantizedLinear
+from gpt_fast.serving import Engine, SamplingParams
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A tiny unquantized checkpoint (width 64: int4 groups of 32 and 64 divide it) with a BPE tokenizer."""
+    folder = tmp_path_factory.mktemp("tiny-gpt")
+    torch.manual_seed(1)
+    config = gpt_fast.OpenAIGPTConfig(vocab_size=len(TINY_VOCAB), n_positions=24, n_embd=64, n_layer=2, n_head=2,
+                                      initializer_range=0.2)
+    gpt_fast.OpenAIGPTLMHeadModel(config).save_pretrained(folder)
+    (folder / "vocab.json").write_text(json.dumps({token: i for i, token in enumerate(TINY_VOCAB)}))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in TINY_MERGES) + "\n")
+    return folder
+
+
+@pytest.mark.slow  # CLI subprocesses / a benchmark run / inductor: tens of seconds on 2 shared cores
+def test_convert_then_generate(checkpoint, tmp_path):
+    destination = tmp_path / "int4"
+    result = run_cli("convert", str(checkpoint), str(destination), "--quantization", "int4", "--group-size", "64")
+    assert result.returncode == 0, result.stderr
+    assert "int4" in result.stderr and (destination / "vocab.json").is_file()
+    entry = json.loads((destination / "config.json").read_text())["quantization_config"]
+    assert entry["bits"] == 4 and entry["group_size"] == 64
+    assert gpt_fast.OpenAIGPTLMHeadModel.from_pretrained(destination).quantization.group_size == 64
+    args = ["generate", "the future is", "--max-new-tokens", "6", "--no-stream"]
+    from_flag = run_cli(*args, "--model", str(checkpoint), "--quantization", "int4", "--group-size", "64")
+    from_saved = run_cli(*args, "--model", str(destination))
+    assert from_flag.returncode == 0 and from_saved.returncode == 0, from_flag.stderr + from_saved.stderr
+    assert "int4" in from_flag.stderr and "int4" in from_saved.stderr
+    assert from_flag.stdout == from_saved.stdout and from_flag.stdout.startswith("the future is")
+    plain = run_cli(*args, "--model", str(checkpoint))
+    assert plain.returncode == 0 and "int4" not in plain.stderr
+    sampled = run_cli(*args, "--model", str(destination), "--do-sample", "--seed", "1", "--num-return-sequences", "2")
+    assert sampled.returncode == 0 and sampled.stdout.count("=== sequence") == 2, sampled.stderr
+
+
+@pytest.mark.slow  # CLI subprocesses / a benchmark run / inductor: tens of seconds on 2 shared cores
+def test_cli_bad_quantization_arguments(checkpoint, tmp_path):
+    assert_one_line_error(run_cli("generate", "the", "--model", str(checkpoint), "--quantization", "int3"), 2,
+                          "invalid choice")
+    assert_one_line_error(run_cli("generate", "the", "--model", str(checkpoint), "--quantization", "int4",
+                                  "--group-size", "48"), 1, "does not divide")
+    assert_one_line_error(run_cli("convert", str(checkpoint), str(tmp_path / "x"), "--quantization", "int4",
+                                  "--group-size", "0"), 2, "positive integer")
+    assert_one_line_error(run_cli("bench", "--quantization", "int8,int3"), 2, "--quantization takes")
+    assert_one_line_error(run_cli("bench", "--quantization", "int4", "--group-size", "40"), 2, "divide 768")
+    for command in ("generate", "serve", "convert"):
+        assert "--quantization" in run_cli(command, "--help").stdout
+
+
+def expected_weight_bytes(model) -> int:
+    """Weight bytes a decode step reads, counted from the state dict: every float and quantized tensor, one row of
+    the position table and, when the LM head is a quantized copy, one row of the token embedding."""
+    state = model.state_dict()
+    total = sum(t.numel() * t.element_size() for t in state.values())
+    if "lm_head.weight" in state:  # tied: one tensor
+        total -= state["lm_head.weight"].numel() * state["lm_head.weight"].element_size()
+    for key in ("transformer.positions_embed.weight",) + (("transformer.tokens_embed.weight",)
+                                                          if "lm_head.qweight" in state else ()):
+        table = state[key]
+        total -= (table.shape[0] - 1) * table.shape[1] * table.element_size()
+    return total
+
+
+@pytest.mark.slow  # CLI subprocesses / a benchmark run / inductor: tens of seconds on 2 shared cores
+def test_bench_rows_for_quantized_models():
+    options = benchmark.BenchOptions(dtypes=("fp32",), new_tokens=4, repeats=1, batch=2, prompt_length=4,
+                                     prefill_length=8, transformers=False, quantizations=("int8", "int4"),
+                                     group_size=32, config_overrides=dict(n_layer=1, vocab_size=300, n_positions=64))
+    result = benchmark.run(options)
+    rows = {(r["impl"], r["batch"]): r for r in result["rows"]}
+    default = f"gpt_fast[{benchmark.gpt_fast_backends('cpu')[-1]}]"
+    torch.manual_seed(0)
+    base = gpt_fast.OpenAIGPTLMHeadModel(gpt_fast.OpenAIGPTConfig(**options.config_overrides))
+    for scheme in ("none", "int8", "int4"):
+        name = default if scheme == "none" else f"{default} {scheme}"
+        model = base if scheme == "none" else gpt_fast.OpenAIGPTLMHeadModel(base.config).quantize(scheme, 32)
+        weights = expected_weight_bytes(model)
+        context = options.prompt_length + options.new_tokens / 2
+        kv = 2 * 1 * context * 768 * 4
+        for batch in (1, 2):
+            row = rows[(name, batch)]
+            assert row["quantization"] == scheme
+            assert row["weights_mb_per_token"] == pytest.approx(weights / 1e6)
+            read = row["decode_tok_s"] / batch * (weights + kv * batch)
+            assert row["roofline_fraction"] == pytest.approx(read / (result["read_bandwidth_gb_s"] * 1e9))
+    assert rows[(f"{default} int4", 1)]["weights_mb_per_token"] < rows[(f"{default} int8", 1)][
+        "weights_mb_per_token"] < rows[(default, 1)]["weights_mb_per_token"] / 3.5
+    table = benchmark.format_table(result)
+    assert f"{default} int4" in table and "weights MB/tok" in table
+
+
+def test_serving_engine_on_a_quantized_model():
+    model, tokenizer = tiny_model_and_tokenizer()
+    model.quantize("int4", 32)
+    assert any(isinstance(m, QuantizedLinear) for m in model.modules())
+    prompts = [tokenizer(text)["input_ids"] for text in ("hello, my dog is cute", "the weather today is")]
+    engine = Engine(model, tokenizer, max_batch=2, prefill_chunk=4).start()
+    try:
+        for prompt in prompts:
+            out = collect(engine, prompt, SamplingParams(max_tokens=8, temperature=0))[0]
+            with torch.inference_mode():
+                expected = model.generate(torch.tensor([prompt]), max_new_tokens=8)[0, len(prompt):].tolist()
+            assert out["tokens"] == expected
+        sampled = collect(engine, prompts[0], SamplingParams(max_tokens=6, temperature=1.0, seed=5), n=2)
+        assert all(len(choice["tokens"]) == 6 for choice in sampled.values())
+    finally:
+        engine.stop()
+
+
+def test_serve_command_loads_the_model_quantized(tmp_path, monkeypatch):
+    pytest.importorskip("fastapi")
+    pytest.importorskip("uvicorn")
+    from gpt_fast.serving import http, launch
+
+    served = {}
+
+    def build_app(model, *args):
+        served["model"] = model
+        return None, None
+
+    monkeypatch.setattr(http, "build_app", build_app)
+    monkeypatch.setattr(launch, "serve_forever", lambda *args, **kwargs: None)
+    checkpoint = save_checkpoint(tmp_path / "ckpt")
+    assert main(["serve", "--model", str(checkpoint), "--quantization", "int4", "--group-size", "32"]) == 0
+    assert served["model"].quantization.bits == 4 and served["model"].quantization.group_size == 32
+    assert main(["serve", "--model", str(checkpoint)]) == 0
+    assert served["model"].quantization is None

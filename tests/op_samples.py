@@ -138,7 +138,10 @@ def _linear_small_m(dtype, device):
     epilogues = [(True, False, False), (False, False, False), (True, True, False), (True, False, True),
                  (False, True, True)]  # (bias, gelu, residual)
     shapes = [(1, 768, 2304), (2, 48, 80), (7, 80, 13), (16, 768, 768), (97, 13, 1), (513, 40, 48), (3, 1, 17),
-              (4, 64, 40), (20, 96, 33), (2, 33, 1000), (3, 65, 200)]
+              (4, 64, 40), (20, 96, 33), (2, 33, 1000), (3, 65, 200),
+              # continuous-batching decode: row counts around the kernel's row tiles of <= 8 (equal tiles: 13 = 7 + 6,
+              # 17 = 6 + 6 + 5, 31 = 8 + 8 + 8 + 7), odd block counts (a block read alone) and odd K (bf16's last k)
+              (5, 40, 35), (8, 130, 70), (13, 96, 50), (17, 129, 70), (31, 64, 100), (32, 256, 96)]
     for i, (rows, K, N) in enumerate(shapes):
         g, randn = _gen(i)
         with_bias, gelu, with_residual = epilogues[i % len(epilogues)]

@@ -1,19 +1,24 @@
 // CPU kernel for gpt_fast::linear_small_m: out = [gelu_tanh](x @ W + bias) [+ residual] for few rows (decode).
 //
-// With M = 1..16 rows a linear layer is bound by reading W, so each weight element is read exactly once, from the
-// blocked layout of csrc/cpu/linear_layout.h: a task owns whole 16-column blocks (at::parallel_for over blocks),
-// streams a block's K x 16 weights once per tile of up to 8 rows, and keeps the 16-column sums of every row of the
-// tile in registers (two fp32 chains per row, folded every 64 k into a running total for accuracy). With 1-4 rows a
-// task reads 4 (3-4 rows: 2) blocks side by side, one from each equal part of its range: one sequential stream per
-// core reads ~26 GB/s on the 2-core machine here, four ~33 GB/s (more line fills in flight). Bias, GELU and
-// the residual add happen on those registers before the only store. x is converted once to an fp32 (M, K) buffer
-// (and, for bf16, to bf16 k pairs), so any strides are accepted.
+// With 1-4 rows a linear layer is bound by reading W, from ~8 rows by the multiply-adds; each weight element is read
+// from memory once, from the blocked layout of csrc/cpu/linear_layout.h: a task owns whole 16-column blocks
+// (at::parallel_for over blocks) and reads several side by side, one from each equal part of its range: 4 with 1-2 rows
+// (one sequential stream per core reads ~26 GB/s on the 2-core machine here, four ~33 GB/s), 2 with 3+ rows. Rows go in
+// equal tiles of at most 8 (M = 16: 8 + 8, M = 17: 6 + 6 + 5); a tile streams its blocks' K x 16 weights once (the
+// first tile from memory, the next from cache) and keeps the 16-column sums of every row x block in registers (8 rows x
+// 2 blocks = 16 fp32 chains: 2 FMA / vdpbf16ps per cycle at 4 / 6 cycles latency on Zen 5 need 8-12), folded every 64 k
+// into a running total for accuracy. 3+ rows consume a stream more slowly and prefetch it 8 KiB ahead instead of 1 KiB
+// (most of the gain below; 2 blocks alone gave 1.0-1.1x in a standalone loop). Against one block per 8-row tile with 1
+// KiB prefetch (the previous design), GPT-1's layers at M = 8 / 16 / 32 run 1.4-1.75x / 1.4-1.6x / 1.25-1.45x faster
+// (Zen 5, one core, bf16 and fp32), M = 1-2 unchanged: a 16-row bf16 step costs 1.65-1.9x a 1-row one (was 2.6-2.7x).
+// Bias, GELU and the residual add happen on those registers before the only store. x is converted once to an fp32 (M,
+// K) buffer (and, for bf16, to bf16 k pairs), so any strides are accepted.
 // Paths, chosen at run time (csrc/cpu/vec.h, GPT_FAST_CPU_ISA): bf16 with >= 4 rows, K % 32 == 0 and AMX uses
 // tdpbf16ps tiles (16 rows x 16 columns x 32 k); other bf16 with AVX512_BF16 uses vdpbf16ps (2 k per instruction);
 // fp32/bf16/fp16 with AVX-512 convert to fp32 and FMA; with AVX2 (+FMA, F16C) the same in 8 lanes
 // (linear_small_m_avx2.cpp); elsewhere a portable scalar loop reads the same layout.
-// Limits: larger M works but re-reads each block once per 8 (AMX: 16) rows; use a GEMM for prefill. The residual
-// is copied when its last dim is not contiguous.
+// Limits: larger M works but re-reads each block (from cache) once per 8-row tile (AMX: 16); use a GEMM for
+// prefill. The residual is copied when its last dim is not contiguous.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -67,8 +72,9 @@ void linear_blocks_scalar(const LinearArgs<T>& a, int64_t block_begin, int64_t b
 alignas(64) constexpr uint16_t kInterleave[32] = {0, 16, 1, 17, 2,  18, 3,  19, 4,  20, 5,  21, 6,  22, 7,  23,
                                                   8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
 
+template <int64_t PD>
 inline void prefetch_weights(const void* at) {
-  _mm_prefetch(reinterpret_cast<const char*>(at) + kPrefetch, _MM_HINT_T0);
+  _mm_prefetch(reinterpret_cast<const char*>(at) + PD, _MM_HINT_T0);
 }
 
 // Independent accumulator chains per row: enough that MR * chains covers the FMA latency even for one row.
@@ -91,10 +97,10 @@ GPT_FAST_AVX512 inline void finish_tile(const LinearArgs<T>& a, const __m512* to
 
 // Rows [m0, m0 + MR) of NB 16-column blocks (block indices in blocks[]): each block's weights are streamed once,
 // the NB streams side by side, CH k per step (one chain each), converted to fp32 and FMA'd with broadcast x values.
-template <typename T, int MR, int NB>
+template <typename T, int MR, int NB, int64_t PD>
 GPT_FAST_AVX512 inline void linear_tile_avx512(const LinearArgs<T>& a, const int64_t* blocks, int64_t m0) {
   using V = cpu::Vec16<T>;
-  constexpr int CH = std::max(2, chains_for(MR) / NB);
+  constexpr int CH = std::max(1, std::min(std::max(2, chains_for(MR) / NB), 16 / (MR * NB)));  // <= 16 sums
   const int64_t K = a.K;
   const T* wbs[NB];  // (K, 16) each
   for (int j = 0; j < NB; ++j) wbs[j] = a.w + blocks[j] * K * kBN;
@@ -116,7 +122,7 @@ GPT_FAST_AVX512 inline void linear_tile_avx512(const LinearArgs<T>& a, const int
     for (; k + CH <= k1; k += CH) {
       for (int c = 0; c < CH; ++c) {
         for (int j = 0; j < NB; ++j) {
-          if ((c * sizeof(T) * kBN) % 64 == 0) prefetch_weights(wbs[j] + (k + c) * kBN);  // once per 64-byte line
+          if ((c * sizeof(T) * kBN) % 64 == 0) prefetch_weights<PD>(wbs[j] + (k + c) * kBN);  // once per 64-byte line
           k_step(j, c, k + c);
         }
       }
@@ -133,7 +139,7 @@ GPT_FAST_AVX512 inline void linear_tile_avx512(const LinearArgs<T>& a, const int
 // The same for bf16 with vdpbf16ps: one instruction multiplies 16 columns x 2 k and accumulates in fp32, half the
 // FMAs of the path above. Two consecutive k rows of a block (contiguous, 64 bytes) are interleaved into pairs
 // (w[k, j], w[k + 1, j]) with one vpermw; x's matching pair is a 32-bit broadcast. An odd last k goes the fp32 way.
-template <int MR, int NB>
+template <int MR, int NB, int64_t PD>
 GPT_FAST_AVX512_BF16 inline void linear_tile_dpbf16(const LinearArgs<c10::BFloat16>& a, const int64_t* blocks,
                                                     int64_t m0) {
   constexpr int CH = std::max(1, chains_for(MR) / NB);
@@ -143,7 +149,7 @@ GPT_FAST_AVX512_BF16 inline void linear_tile_dpbf16(const LinearArgs<c10::BFloat
   const uint32_t* xp = a.x_pairs + m0 * pairs;
   const __m512i interleave = _mm512_load_si512(kInterleave);
   auto pair_step = [&](__m512* acc, const c10::BFloat16* wb, int64_t s) GPT_FAST_AVX512_BF16 {
-    prefetch_weights(wb + 2 * s * kBN);
+    prefetch_weights<PD>(wb + 2 * s * kBN);
     const __m512bh w = (__m512bh)_mm512_permutexvar_epi16(interleave, _mm512_loadu_si512(wb + 2 * s * kBN));
     for (int m = 0; m < MR; ++m) {
       acc[m] = _mm512_dpbf16_ps(acc[m], w, (__m512bh)_mm512_set1_epi32(static_cast<int>(xp[m * pairs + s])));
@@ -204,7 +210,7 @@ GPT_FAST_AMX void linear_blocks_amx(const LinearArgs<c10::BFloat16>& a, int64_t 
       for (int64_t k0 = 0; k0 < K; k0 += kAmxK) {
         for (int p = 0; p < kAmxK / 2; ++p) {
           const c10::BFloat16* rows = wb + (k0 + 2 * p) * kBN;
-          prefetch_weights(rows);
+          prefetch_weights<kPrefetch>(rows);
           _mm512_store_si512(b_tile + p * 32, _mm512_permutexvar_epi16(interleave, _mm512_loadu_si512(rows)));
         }
         _tile_loadd(1, b_tile, 64);
@@ -241,28 +247,32 @@ void linear_blocks_avx512(const LinearArgs<T>& a, int64_t block_begin, int64_t b
   if constexpr (std::is_same_v<T, c10::BFloat16>) {
     if (a.amx) return linear_blocks_amx(a, block_begin, block_end);
   }
-  auto by_groups = [&](auto streams) {
+  // Row tiles of equal size, at most kRowTile each (M = 12: 6 + 6, M = 17: 6 + 6 + 5), so no tile is left with
+  // too few rows to cover the FMA latency.
+  const int64_t tiles = (a.M + kRowTile - 1) / kRowTile, tile_rows = (a.M + tiles - 1) / tiles;
+  auto by_groups = [&](auto streams, auto distance) {
+    constexpr int64_t PD = decltype(distance)::value;
     over_block_groups<decltype(streams)::value>(block_begin, block_end, [&](auto nb, const int64_t* blocks) {
       constexpr int NB = decltype(nb)::value;
-      for (int64_t m0 = 0; m0 < a.M; m0 += kRowTile) {
-        with_row_tile(std::min<int64_t>(kRowTile, a.M - m0), [&](auto mr) {
+      for (int64_t m0 = 0; m0 < a.M; m0 += tile_rows) {
+        with_row_tile(std::min(tile_rows, a.M - m0), [&](auto mr) {
           constexpr int MR = decltype(mr)::value;
-          if constexpr (MR * NB > kRowTile) {  // never: NB = 4 only for <= 2 rows, NB = 2 for <= 4 (below)
+          if constexpr (MR * NB > 2 * kRowTile) {  // never: NB = 4 only for <= 2 rows, NB = 2 for <= 8 (below)
             TORCH_INTERNAL_ASSERT(false, "linear_small_m: ", MR, " rows x ", NB, " blocks per tile");
           } else {
             if constexpr (std::is_same_v<T, c10::BFloat16>) {
-              if (a.x_pairs) return linear_tile_dpbf16<MR, NB>(a, blocks, m0);
+              if (a.x_pairs) return linear_tile_dpbf16<MR, NB, PD>(a, blocks, m0);
             }
-            linear_tile_avx512<T, MR, NB>(a, blocks, m0);
+            linear_tile_avx512<T, MR, NB, PD>(a, blocks, m0);
           }
         });
       }
     });
   };
-  const int64_t rows = std::min<int64_t>(kRowTile, a.M);
-  if (rows <= 2) return by_groups(std::integral_constant<int, 4>{});
-  if (rows <= 4) return by_groups(std::integral_constant<int, 2>{});
-  by_groups(std::integral_constant<int, 1>{});
+  using Near = std::integral_constant<int64_t, kPrefetch>;
+  using Far = std::integral_constant<int64_t, kPrefetchFar>;
+  if (tile_rows <= 2) return by_groups(std::integral_constant<int, 4>{}, Near{});
+  by_groups(std::integral_constant<int, 2>{}, Far{});
 }
 #endif
 

@@ -78,6 +78,15 @@ def _bias_gelu(dtype, device):
     yield Sample("3x37-nonfinite", (x.to(dtype).to(device), bias.to(dtype).to(device)))
 
 
+# --- backward ops (issue 13): the forward's samples plus a gradient of the output ---
+def _bias_gelu_backward(dtype, device):
+    for i, sample in enumerate(_bias_gelu(dtype, device)):
+        x, bias = sample.args
+        _, randn = _gen(200 + i)
+        yield Sample(sample.name, (randn(*x.shape, dtype=dtype, device=device), x, bias))
+# --- end of backward ops ---
+
+
 def _flash_attention(dtype, device):
     cases = [(1, 1, 3, 48, "none"), (3, 1, 12, 64, "left"), (3, 7, 3, 64, "left"), (1, 7, 12, 80, "random"),
              (1, 97, 12, 80, "right"), (3, 97, 3, 48, "random"), (3, 511, 3, 64, "left"), (1, 512, 12, 64, "none"),
@@ -161,7 +170,8 @@ def _pack_linear_weight(dtype, device):
 
 SAMPLES = {"add_layernorm": _add_layernorm, "bias_gelu": _bias_gelu, "flash_attention": _flash_attention,
            "decode_attention": _decode_attention, "linear_small_m": _linear_small_m,
-           "pack_linear_weight": _pack_linear_weight}
+           "pack_linear_weight": _pack_linear_weight,
+           "bias_gelu_backward": _bias_gelu_backward}
 
 
 def sample_inputs(op: str, dtype: torch.dtype, device: str = "cpu") -> list[Sample]:

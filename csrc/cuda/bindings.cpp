@@ -1,6 +1,7 @@
 // Torch bindings of the gpt_fast CUDA kernels: argument checks (each naming the op and argument), the device
 // guard, the current stream, then the torch-free launchers (launchers.h) and a launch-error check.
-// Registers TORCH_LIBRARY_IMPL(gpt_fast, CUDA, m) for add_layernorm, bias_gelu, flash_attention, decode_attention.
+// Registers TORCH_LIBRARY_IMPL(gpt_fast, CUDA, m) for add_layernorm, bias_gelu, flash_attention, decode_attention
+// and the backward op bias_gelu_backward.
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -70,6 +71,31 @@ at::Tensor bias_gelu_cuda(const at::Tensor& x, const at::Tensor& bias) {
                op);
   return out;
 }
+
+// --- backward ops (issue 13) ---
+at::Tensor bias_gelu_backward_cuda(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& bias) {
+  constexpr const char* op = "gpt_fast::bias_gelu_backward";
+  TORCH_CHECK(x.dim() >= 1, op, ": x must have at least one dimension");
+  check_cuda(x, op, "x");
+  check_float_dtype(x, op, "x");
+  TORCH_CHECK(grad_out.sizes() == x.sizes(), op, ": grad_out shape ", grad_out.sizes(), " must equal x shape ",
+              x.sizes());
+  check_same_device(grad_out, x, op, "grad_out");
+  check_same_dtype(grad_out, x, op, "grad_out");
+  const int64_t N = x.size(-1);
+  TORCH_CHECK(N > 0, op, ": x must have a non-empty last dimension");
+  check_vector(bias, N, x, op, "bias");
+
+  const c10::cuda::CUDAGuard guard(x.device());
+  auto gc = grad_out.contiguous(), xc = x.contiguous(), bc = bias.contiguous();
+  auto grad_x = at::empty_like(xc);
+  check_launch(cuda::launch_bias_gelu_backward(to_dtype(x), gc.const_data_ptr(), xc.const_data_ptr(),
+                                               bc.const_data_ptr(), grad_x.mutable_data_ptr(), xc.numel(), N,
+                                               at::cuda::getCurrentCUDAStream()),
+               op);
+  return grad_x;
+}
+// --- end of backward ops ---
 
 bool aligned16(const at::Tensor& t) { return reinterpret_cast<uintptr_t>(t.const_data_ptr()) % 16 == 0; }
 
@@ -161,6 +187,7 @@ TORCH_LIBRARY_IMPL(gpt_fast, CUDA, m) {
   m.impl("bias_gelu", &bias_gelu_cuda);
   m.impl("flash_attention", &flash_attention_cuda);
   m.impl("decode_attention", &decode_attention_cuda);
+  m.impl("bias_gelu_backward", &bias_gelu_backward_cuda);
 }
 
 }  // namespace gpt_fast

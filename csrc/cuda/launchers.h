@@ -22,6 +22,12 @@ cudaError_t launch_add_layernorm(DType dtype, const void* x, const void* residua
 cudaError_t launch_bias_gelu(DType dtype, const void* x, const void* bias, void* out, int64_t total, int64_t N,
                              cudaStream_t stream);
 
+// --- backward ops (issue 13) ---
+// grad_out, x, grad_x: (total / N, N); bias: (N,).
+cudaError_t launch_bias_gelu_backward(DType dtype, const void* grad_out, const void* x, const void* bias,
+                                      void* grad_x, int64_t total, int64_t N, cudaStream_t stream);
+// --- end of backward ops ---
+
 // Largest head size the attention kernels take; D must also be a multiple of 8.
 constexpr int kMaxHeadDim = 128;
 

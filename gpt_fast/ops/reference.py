@@ -26,6 +26,14 @@ def bias_gelu(x, bias):
     return F.gelu(x + bias, approximate="tanh")
 
 
+def bias_gelu_backward(grad_out, x, bias):
+    """bias_gelu's grad_x: autograd of the reference bias_gelu. grad_out, x: (..., N); bias: (N,)."""
+    with torch.enable_grad():
+        x_ = x.detach().requires_grad_(True)
+        (grad_x,) = torch.autograd.grad(bias_gelu(x_, bias.detach()), x_, grad_out)
+    return grad_x
+
+
 def linear_small_m(x, weight, bias=None, residual=None, gelu: bool = False, in_out_layout: bool = True):
     """[gelu_tanh](x @ W + bias) [+ residual]: linear_small_m's result, computed from the unpacked weight.
 

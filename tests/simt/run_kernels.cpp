@@ -3,6 +3,7 @@
 // tests/test_cuda_simt.py against gpt_fast.reference:
 //   run_kernels add_layernorm    DTYPE DIR rows C has_bias eps     x residual [bias] weight ln_bias -> out
 //   run_kernels bias_gelu        DTYPE DIR total N                 x bias -> out
+//   run_kernels bias_gelu_backward DTYPE DIR total N               grad_out x bias -> grad_x
 //   run_kernels flash_attention  DTYPE DIR B T H D has_mask        qkv [mask] -> out
 //   run_kernels decode_attention DTYPE DIR B S H D Tmax sm_count   qkv k_cache v_cache lengths -> out k_cache v_cache
 //   run_kernels decode_attention_short_cache ...   the same with caches one position short (for the guard check)
@@ -12,6 +13,7 @@
 // The launchers, kernels included, exactly as nvcc builds them:
 #include "../../csrc/cuda/add_layernorm.cu"
 #include "../../csrc/cuda/bias_gelu.cu"
+#include "../../csrc/cuda/bias_gelu_backward.cu"
 #include "../../csrc/cuda/decode_attention.cu"
 #include "../../csrc/cuda/flash_attention.cu"
 
@@ -112,6 +114,13 @@ int main(int argc, char** argv) {
     Buffer x = read_file(dir, "x", total * es), bias = read_file(dir, "bias", N * es), out = zeros(total * es);
     check(launch_bias_gelu(dtype, x.data(), bias.data(), out.data(), total, N, nullptr));
     write_file(dir, "out", out);
+  } else if (op == "bias_gelu_backward") {
+    const int64_t total = arg(0), N = arg(1);
+    Buffer g = read_file(dir, "grad_out", total * es), x = read_file(dir, "x", total * es);
+    Buffer bias = read_file(dir, "bias", N * es), out = zeros(total * es);
+    check(launch_bias_gelu_backward(dtype, g.data(), x.data(), bias.data(), out.data(), total, N, nullptr));
+    check_guards(out, "grad_x");
+    write_file(dir, "grad_x", out);
   } else if (op == "flash_attention") {
     const int B = static_cast<int>(arg(0)), T = static_cast<int>(arg(1)), H = static_cast<int>(arg(2)),
               D = static_cast<int>(arg(3));

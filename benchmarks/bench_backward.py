@@ -23,6 +23,7 @@ import torch
 from timing import best_and_median, format_table, machine_description, time_alternating
 
 from gpt_fast.ops import _autograd, cpu_isa, reference
+from gpt_fast.ops.add_layernorm import _backward as add_layernorm_backward
 from gpt_fast.ops.bias_gelu import _backward as bias_gelu_backward
 
 B, T, C = 4, 256, 768
@@ -38,7 +39,15 @@ def bias_gelu_case(dtype):
     return reference.bias_gelu, inputs, grad, lambda: bias_gelu_backward(grad, inputs, needs)
 
 
-CASES = {"bias_gelu": bias_gelu_case}
+def add_layernorm_case(dtype):
+    g = torch.Generator().manual_seed(1)
+    x, res, grad = (torch.randn(B, T, C, generator=g).to(dtype) for _ in range(3))  # (B, T, C) each
+    bias, weight, ln_bias = ((1.0 + 0.1 * torch.randn(C, generator=g)).to(dtype) for _ in range(3))
+    inputs, needs = (x, res, bias, weight, ln_bias, 1e-5), (True, True, True, True, True, False)
+    return reference.add_layernorm, inputs, grad, lambda: add_layernorm_backward(grad, inputs, needs)
+
+
+CASES = {"bias_gelu": bias_gelu_case, "add_layernorm": add_layernorm_case}
 
 
 def candidates(name, dtype, tiers):

@@ -13,7 +13,8 @@ from op_samples import check_sample, op_arguments, sample_inputs
 import gpt_fast.ops  # noqa: F401  (loads the extension and registers the fake kernels)
 from gpt_fast.ops import has_kernel, reference
 
-OPS = ["add_layernorm", "bias_gelu", "flash_attention", "decode_attention", "bias_gelu_backward"]
+OPS = ["add_layernorm", "bias_gelu", "flash_attention", "decode_attention", "bias_gelu_backward",
+       "add_layernorm_backward"]
 pytestmark = [
     pytest.mark.cuda,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
@@ -112,6 +113,10 @@ def qkv_args():
     (lambda: gpt_ops.bias_gelu_backward(qkv_args(), qkv_args()[:1], torch.zeros(96, device=DEV)), "grad_out shape"),
     (lambda: gpt_ops.bias_gelu_backward(qkv_args().double(), qkv_args().double(), torch.zeros(96, device=DEV).double()),
      "x must be float32"),
+    (lambda: gpt_ops.add_layernorm_backward(torch.zeros(2, 7, device=DEV), *(torch.zeros(2, 8, device=DEV),) * 2, None,
+                                            torch.zeros(8, device=DEV), 1e-5), "grad_out shape"),
+    (lambda: gpt_ops.add_layernorm_backward(*(torch.zeros(2, 8, device=DEV),) * 3, None, torch.zeros(8), 1e-5),
+     "weight is on"),
     (lambda: gpt_ops.add_layernorm(*(torch.zeros(2, 8, device=DEV),) * 2, None, torch.zeros(8, device=DEV),
                                    torch.zeros(8), 1e-5), "ln_bias is on"),
 ])

@@ -55,9 +55,12 @@ SCHEMAS = {  # one schema per op, as csrc/registration.cpp defines it and gpt_fa
     "pack_linear_weight": "(Tensor weight, bool in_out_layout) -> Tensor",
     # backward ops (issue 13)
     "bias_gelu_backward": "(Tensor grad_out, Tensor x, Tensor bias) -> Tensor",
+    "add_layernorm_backward": "(Tensor grad_out, Tensor x, Tensor residual, Tensor? bias, Tensor weight, float eps) "
+                              "-> (Tensor, Tensor, Tensor)",
 }
 # linear_small_m: CPU only
-CUDA_OPS = ("add_layernorm", "bias_gelu", "decode_attention", "flash_attention", "bias_gelu_backward")
+CUDA_OPS = ("add_layernorm", "bias_gelu", "decode_attention", "flash_attention", "bias_gelu_backward",
+            "add_layernorm_backward")
 
 
 def test_every_op_is_listed():

@@ -33,7 +33,8 @@ cudaError_t launch_add_layernorm_backward(DType dtype, const void* grad_out, con
       GF_LAUNCH((add_layernorm_backward_kernel<T>), dim3(static_cast<unsigned>(blocks)),
                 dim3(kLnBackwardWarpsPerBlock * kWarp), stream, a);
     }
-    const dim3 grid(static_cast<unsigned>(ceil_div(C, kLnParamsThreads))), block(kLnParamsThreads);
+    const dim3 grid(static_cast<unsigned>((static_cast<int64_t>(C) + kLnParamsThreads - 1) / kLnParamsThreads)),
+        block(kLnParamsThreads);
     GF_LAUNCH((add_layernorm_backward_params_kernel<T>), grid, block, stream, static_cast<const float*>(partial),
               blocks * kLnBackwardWarpsPerBlock, C, static_cast<T*>(grad_weight), static_cast<T*>(grad_ln_bias));
     return GF_LAST_ERROR();

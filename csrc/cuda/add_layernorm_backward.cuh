@@ -91,7 +91,7 @@ template <typename T>
 __global__ void __launch_bounds__(kLnParamsThreads)
     add_layernorm_backward_params_kernel(const float* partial, int64_t warps, int C, T* grad_weight,
                                          T* grad_ln_bias) {
-  const int c = blockIdx.x * kLnParamsThreads + threadIdx.x;
+  const int64_t c = static_cast<int64_t>(blockIdx.x) * kLnParamsThreads + threadIdx.x;  // C may be near INT32_MAX
   if (c >= C) return;
   float dw = 0.f, db = 0.f;
   for (int64_t w = 0; w < warps; ++w) {

@@ -45,6 +45,13 @@ inline void check_float_dtype(const at::Tensor& t, const char* op, const char* n
               " must be float32, bfloat16 or float16, got ", s);
 }
 
+// The backward ops also take float64 on the CPU (scalar path in double), for gradcheck.
+inline void check_float_or_double_dtype(const at::Tensor& t, const char* op, const char* name) {
+  auto s = t.scalar_type();
+  TORCH_CHECK(s == at::kFloat || s == at::kBFloat16 || s == at::kHalf || s == at::kDouble, op, ": ", name,
+              " must be float32, bfloat16, float16 or float64, got ", s);
+}
+
 inline void check_vector(const at::Tensor& t, int64_t size, const at::Tensor& ref, const char* op, const char* name) {
   check_dim(t, 1, op, name);
   TORCH_CHECK(t.size(0) == size, op, ": ", name, " must have ", size, " elements, got ", t.size(0));

@@ -15,6 +15,14 @@ TORCH_LIBRARY(gpt_fast, m) {
   m.def("add_layernorm(Tensor x, Tensor residual, Tensor? bias, Tensor weight, Tensor ln_bias, float eps) -> Tensor");
   // gelu_tanh(x + bias); x: (..., N), bias: (N,).
   m.def("bias_gelu(Tensor x, Tensor bias) -> Tensor");
+  // --- backward ops (issue 13): each takes the forward's inputs and the output's gradient ---
+  // gelu_tanh'(x + bias) * grad_out: grad_x (..., N) in x's dtype; grad_bias = grad_x summed over rows (autograd).
+  m.def("bias_gelu_backward(Tensor grad_out, Tensor x, Tensor bias) -> Tensor");
+  // layer_norm backward with the statistics recomputed: returns (grad_v, grad_weight, grad_ln_bias), v = x + residual
+  // [+ bias]; grad_v is x's and residual's gradient (summed over rows: bias's). grad_v (..., C), the others (C,).
+  m.def("add_layernorm_backward(Tensor grad_out, Tensor x, Tensor residual, Tensor? bias, Tensor weight, float eps) "
+        "-> (Tensor, Tensor, Tensor)");
+  // --- end of backward ops ---
   // Causal attention on the packed c_attn output. qkv: (B, T, 3C) holding q | k | v, each (B, T, H, D).
   // key_padding_mask: (B, T) bool, true = attend; a query row with no key to attend gives zeros. Returns (B, T, C).
   m.def("flash_attention(Tensor qkv, Tensor? key_padding_mask, int n_head) -> Tensor");

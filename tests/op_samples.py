@@ -78,6 +78,22 @@ def _bias_gelu(dtype, device):
     yield Sample("3x37-nonfinite", (x.to(dtype).to(device), bias.to(dtype).to(device)))
 
 
+# --- backward ops (issue 13): the forward's samples plus a gradient of the output ---
+def _bias_gelu_backward(dtype, device):
+    for i, sample in enumerate(_bias_gelu(dtype, device)):
+        x, bias = sample.args
+        _, randn = _gen(200 + i)
+        yield Sample(sample.name, (randn(*x.shape, dtype=dtype, device=device), x, bias))
+
+
+def _add_layernorm_backward(dtype, device):
+    for i, sample in enumerate(_add_layernorm(dtype, device)):
+        x, res, bias, weight, _, eps = sample.args
+        _, randn = _gen(300 + i)
+        yield Sample(sample.name, (randn(*x.shape, dtype=dtype, device=device), x, res, bias, weight, eps))
+# --- end of backward ops ---
+
+
 def _flash_attention(dtype, device):
     cases = [(1, 1, 3, 48, "none"), (3, 1, 12, 64, "left"), (3, 7, 3, 64, "left"), (1, 7, 12, 80, "random"),
              (1, 97, 12, 80, "right"), (3, 97, 3, 48, "random"), (3, 511, 3, 64, "left"), (1, 512, 12, 64, "none"),
@@ -164,7 +180,8 @@ def _pack_linear_weight(dtype, device):
 
 SAMPLES = {"add_layernorm": _add_layernorm, "bias_gelu": _bias_gelu, "flash_attention": _flash_attention,
            "decode_attention": _decode_attention, "linear_small_m": _linear_small_m,
-           "pack_linear_weight": _pack_linear_weight}
+           "pack_linear_weight": _pack_linear_weight,
+           "bias_gelu_backward": _bias_gelu_backward, "add_layernorm_backward": _add_layernorm_backward}
 
 
 def sample_inputs(op: str, dtype: torch.dtype, device: str = "cpu") -> list[Sample]:
@@ -203,6 +220,14 @@ def check_sample(op: str, sample: Sample) -> None:
     expected = fn(*_upcast(args, dtype))
     op_args = _cloned(op_arguments(op, sample))
     actual = kernel(*op_args)
+    if isinstance(actual, tuple):  # backward ops: one gradient per output, each within the rule
+        for i, (a, e, s) in enumerate(zip(actual, expected, same_dtype, strict=True)):
+            assert a.dtype == dtype and a.is_contiguous(), (i, a.dtype)
+            try:
+                assert_within_pytorch_error(a, e, s)
+            except AssertionError as error:
+                raise AssertionError(f"output {i}: {error}") from None
+        return
     assert actual.dtype == dtype and actual.is_contiguous()
     assert_within_pytorch_error(actual, expected, same_dtype)
     if op == "decode_attention":  # new keys/values at [len, len + S), the rest of the caches untouched

@@ -76,3 +76,87 @@ def test_gradients_match_reference():
     for a, b in zip(fused, eager):
         torch.testing.assert_close(a.grad, b.grad)
     torch.library.opcheck(torch.ops.gpt_fast.bias_gelu, (x.clone().requires_grad_(), bias.clone().requires_grad_()))
+
+
+# --- the backward kernel (gpt_fast::bias_gelu_backward) ---
+
+class _KernelBackward(torch.autograd.Function):
+    """The reference forward with the backward kernel as its backward: gradcheck then compares the kernel (float64
+    on its scalar path) with finite differences of the forward."""
+
+    @staticmethod
+    def forward(ctx, x, bias):
+        ctx.save_for_backward(x, bias)
+        return reference.bias_gelu(x, bias)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, bias = ctx.saved_tensors
+        grad_x = ops.bias_gelu_backward(grad_out, x, bias)
+        return grad_x, grad_x.reshape(-1, grad_x.shape[-1]).sum(0)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (3, 7), (2, 3, 17), (5, 33)])
+def test_backward_kernel_gradcheck_float64(shape):
+    g = torch.Generator().manual_seed(sum(shape))
+    x = (3 * torch.randn(*shape, generator=g, dtype=torch.float64)).requires_grad_()
+    bias = torch.randn(shape[-1], generator=g, dtype=torch.float64).requires_grad_()
+    assert torch.autograd.gradcheck(_KernelBackward.apply, (x, bias))
+
+
+class _Recorder(torch.utils._python_dispatch.TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.called = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.called.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_autograd_runs_the_backward_kernel(dtype, cpu_tier):
+    """bias_gelu's registered backward calls the kernel, and its gradients (grad_bias included) are within the
+    accuracy rule of the reference's autograd, on every tier."""
+    g = torch.Generator().manual_seed(3)
+    x, bias = (3 * torch.randn(7, 97, generator=g)).to(dtype), torch.randn(97, generator=g).to(dtype)
+    grad_out = torch.randn(7, 97, generator=g).to(dtype)
+    fused = [x.clone().requires_grad_(), bias.clone().requires_grad_()]
+    with _Recorder() as rec:
+        ops.bias_gelu(*fused).backward(grad_out)
+    assert "gpt_fast.bias_gelu_backward.default" in rec.called, rec.called
+    exact = [t.clone().requires_grad_() for t in upcast(x, bias, dtype=dtype)]
+    reference.bias_gelu(*exact).backward(upcast(grad_out, dtype=dtype)[0])
+    same = [x.clone().requires_grad_(), bias.clone().requires_grad_()]
+    reference.bias_gelu(*same).backward(grad_out)
+    for a, e, s in zip(fused, exact, same):
+        assert_within_pytorch_error(a.grad, e.grad, s.grad)
+
+
+def test_create_graph_takes_the_reference_path():
+    """backward(create_graph=True) needs differentiable gradients: the reference's, so second derivatives work."""
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(3, 8, generator=g, dtype=torch.float32).requires_grad_()
+    bias = torch.randn(8, generator=g).requires_grad_()
+    (gx,) = torch.autograd.grad(ops.bias_gelu(x, bias).sum(), x, create_graph=True)
+    (ggx,) = torch.autograd.grad(gx.sum(), x)
+    x2 = x.detach().clone().requires_grad_()
+    (ref_gx,) = torch.autograd.grad(reference.bias_gelu(x2, bias.detach()).sum(), x2, create_graph=True)
+    (ref_ggx,) = torch.autograd.grad(ref_gx.sum(), x2)
+    torch.testing.assert_close(ggx, ref_ggx)
+
+
+def test_backward_empty():
+    assert ops.bias_gelu_backward(torch.empty(0, 8), torch.empty(0, 8), torch.zeros(8)).shape == (0, 8)
+
+
+@pytest.mark.parametrize("args, message", [
+    (lambda: (torch.randn(2, 16), torch.randn(2, 15), torch.randn(15)), "grad_out shape"),
+    (lambda: (torch.randn(2, 16, dtype=torch.bfloat16), torch.randn(2, 16), torch.randn(16)), "grad_out has dtype"),
+    (lambda: (torch.ones(2, 4, dtype=torch.int32),) * 2 + (torch.ones(4, dtype=torch.int32),), "x must be float32"),
+    (lambda: (torch.randn(2, 16), torch.randn(2, 16), torch.randn(15)), "bias must have 16 elements"),
+    (lambda: (torch.tensor(1.0), torch.tensor(1.0), torch.randn(1)), "x must have at least one dimension"),
+])
+def test_backward_rejects_bad_input(args, message):
+    with pytest.raises(RuntimeError, match=message):
+        ops.bias_gelu_backward(*args())

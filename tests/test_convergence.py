@@ -2,9 +2,9 @@
 "fused" backend (gpt_fast's flash attention, add_layernorm and bias_gelu kernels) and on "eager" (transformers'
 math): the per-step losses within rtol 2e-5 and the final parameters within atol 5e-3.
 
-The fused ops' backward is today the eager reference recomputed (ops/_autograd.py), so the gradients agree by
-construction once the forwards agree; this test guards the kernels' forward over a whole training run (errors
-that compound through 32 updates) and will guard the backward kernels when they come."""
+The fused add_layernorm and bias_gelu run their backward kernels (gpt_fast::add_layernorm_backward,
+bias_gelu_backward; checked below), flash_attention the eager reference recomputed (ops/_autograd.py): this test
+guards the kernels' forward and backward over a whole training run (errors that compound through 32 updates)."""
 
 import pytest
 import torch
@@ -17,7 +17,17 @@ CONFIG = dict(vocab_size=128, n_positions=16, n_embd=32, n_layer=2, n_head=4, re
               embd_pdrop=0.0)
 
 
-def run(backend: str, initial_state: dict, batches: list[torch.Tensor]):
+class _Recorder(torch.utils._python_dispatch.TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.called = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.called.add(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+def run(backend: str, initial_state: dict, batches: list[torch.Tensor], record: _Recorder | None = None):
     model = gpt_fast.OpenAIGPTLMHeadModel(gpt_fast.OpenAIGPTConfig(**CONFIG), attn_implementation=backend)
     model.load_state_dict(initial_state)
     model.train()
@@ -26,7 +36,11 @@ def run(backend: str, initial_state: dict, batches: list[torch.Tensor]):
     for step in range(STEPS):
         ids = batches[step % len(batches)]
         loss = model(ids, labels=ids).loss
-        loss.backward()
+        if record is not None and step == 0:
+            with record:
+                loss.backward()
+        else:
+            loss.backward()
         optimizer.step()
         optimizer.zero_grad()
         losses.append(loss.item())
@@ -40,7 +54,10 @@ def test_fused_and_eager_backends_train_alike():
     initial = gpt_fast.OpenAIGPTLMHeadModel(gpt_fast.OpenAIGPTConfig(**CONFIG)).state_dict()
     generator = torch.Generator().manual_seed(1)
     batches = [torch.randint(0, CONFIG["vocab_size"], (4, 16), generator=generator) for _ in range(4)]
-    fused_losses, fused_params = run("fused", initial, batches)
+    record = _Recorder()
+    fused_losses, fused_params = run("fused", initial, batches, record)
+    backward_kernels = {f"gpt_fast.{op}_backward.default" for op in ("add_layernorm", "bias_gelu")}
+    assert backward_kernels <= record.called, sorted(record.called)
     eager_losses, eager_params = run("eager", initial, batches)
     assert fused_losses[-1] < fused_losses[0] - 0.5  # it learned (the batches are memorised)
     torch.testing.assert_close(torch.tensor(fused_losses), torch.tensor(eager_losses), rtol=2e-5, atol=0)

@@ -1,5 +1,5 @@
-"""The four gpt_fast ops with CUDA kernels, on device "cuda", over the sample_inputs the CPU tests use, against
-gpt_fast.ops.reference (accuracy criterion of tests/accuracy.py),
+"""The gpt_fast ops with CUDA kernels (forward and backward), on device "cuda", over the sample_inputs the CPU tests
+use, against gpt_fast.ops.reference (accuracy criterion of tests/accuracy.py),
 torch.library.opcheck, and bad input. Needs a CUDA GPU and the extension built with CUDA
 (`GPT_FAST_CUDA=1 python setup.py build_ext --inplace`); skipped cleanly otherwise."""
 
@@ -13,7 +13,8 @@ from op_samples import check_sample, op_arguments, sample_inputs
 import gpt_fast.ops  # noqa: F401  (loads the extension and registers the fake kernels)
 from gpt_fast.ops import has_kernel, reference
 
-OPS = ["add_layernorm", "bias_gelu", "flash_attention", "decode_attention"]
+OPS = ["add_layernorm", "bias_gelu", "flash_attention", "decode_attention", "bias_gelu_backward",
+       "add_layernorm_backward"]
 pytestmark = [
     pytest.mark.cuda,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
@@ -109,6 +110,13 @@ def qkv_args():
     (lambda: gpt_ops.flash_attention(qkv_args(), torch.ones(2, 9, device=DEV), 2), "key_padding_mask must be bool"),
     (lambda: gpt_ops.flash_attention(torch.zeros(1, 1, 3 * 8 * 65536, device=DEV), None, 65536), "at most 65535"),
     (lambda: gpt_ops.bias_gelu(qkv_args(), torch.zeros(5, device=DEV)), "bias must have 96"),
+    (lambda: gpt_ops.bias_gelu_backward(qkv_args(), qkv_args()[:1], torch.zeros(96, device=DEV)), "grad_out shape"),
+    (lambda: gpt_ops.bias_gelu_backward(qkv_args().double(), qkv_args().double(), torch.zeros(96, device=DEV).double()),
+     "x must be float32"),
+    (lambda: gpt_ops.add_layernorm_backward(torch.zeros(2, 7, device=DEV), *(torch.zeros(2, 8, device=DEV),) * 2, None,
+                                            torch.zeros(8, device=DEV), 1e-5), "grad_out shape"),
+    (lambda: gpt_ops.add_layernorm_backward(*(torch.zeros(2, 8, device=DEV),) * 3, None, torch.zeros(8), 1e-5),
+     "weight is on"),
     (lambda: gpt_ops.add_layernorm(*(torch.zeros(2, 8, device=DEV),) * 2, None, torch.zeros(8, device=DEV),
                                    torch.zeros(8), 1e-5), "ln_bias is on"),
 ])

@@ -101,6 +101,51 @@ def test_bias_gelu(harness, tmp_path, dtype, rows, N):
     check_accuracy(load(tmp_path, "out", dtype, (rows, N)), reference.bias_gelu, [x, bias], dtype)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rows, N", [(4, 64), (3, 50), (1, 7)])  # vectorised, scalar (50 % 8), one short row
+def test_bias_gelu_backward(harness, tmp_path, dtype, rows, N):
+    grad, x = gen(rows, N, dtype=dtype, seed=20), 3 * gen(rows, N, dtype=dtype, seed=21)
+    bias = gen(N, dtype=dtype, seed=22)
+    save(tmp_path, grad_out=grad, x=x, bias=bias)
+    run(harness, tmp_path, "bias_gelu_backward", dtype, rows * N, N)
+    check_accuracy(load(tmp_path, "grad_x", dtype, (rows, N)), reference.bias_gelu_backward, [grad, x, bias], dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_bias_gelu_backward_samples(harness, tmp_path, dtype):
+    """The op's sample_inputs (tests/op_samples.py): awkward widths, 3-D, non-finite inputs (NaN gradients)."""
+    for sample in sample_inputs("bias_gelu_backward", dtype):
+        grad, x, bias = sample.args
+        if x.numel() > 4096:
+            continue  # one CPU thread per CUDA thread: keep it small
+        save(tmp_path, grad_out=grad, x=x, bias=bias)
+        run(harness, tmp_path, "bias_gelu_backward", dtype, x.numel(), x.shape[-1])
+        check_accuracy(load(tmp_path, "grad_x", dtype, tuple(x.shape)), reference.bias_gelu_backward,
+                       [grad, x, bias], dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_add_layernorm_backward_samples(harness, tmp_path, dtype):
+    """The op's sample_inputs (tests/op_samples.py) that fit the layer: C = 1, 48 (no bias), 80, 768, large mean;
+    more rows than warps would be slow here, the partial-row sums are checked by rows > 4 (several warps)."""
+    for sample in sample_inputs("add_layernorm_backward", dtype):
+        grad, x, res, bias, w, eps = sample.args
+        rows, C = x.shape
+        if rows * C > 8000:
+            continue  # one CPU thread per CUDA thread: keep it small
+        save(tmp_path, grad_out=grad, x=x, residual=res, weight=w, **({"bias": bias} if bias is not None else {}))
+        run(harness, tmp_path, "add_layernorm_backward", dtype, rows, C, int(bias is not None), eps)
+        actual = [load(tmp_path, "grad_v", dtype, (rows, C)), load(tmp_path, "grad_weight", dtype, (C,)),
+                  load(tmp_path, "grad_ln_bias", dtype, (C,))]
+        expected = reference.add_layernorm_backward(*upcast(grad, x, res, bias, w, dtype=dtype), eps)
+        same = reference.add_layernorm_backward(grad, x, res, bias, w, eps)
+        for i, (a, e, s) in enumerate(zip(actual, expected, same)):
+            try:
+                assert_within_pytorch_error(a, e, s)
+            except AssertionError as error:
+                raise AssertionError(f"{sample} output {i}: {error}") from None
+
+
 FLASH_SHAPES = [  # B, T, H, D, mask
     (1, 7, 3, 64, False),
     (2, 70, 1, 48, True),   # two key tiles, ragged tail, left padding (fully masked query rows)

@@ -53,8 +53,14 @@ SCHEMAS = {  # one schema per op, as csrc/registration.cpp defines it and gpt_fa
     "linear_small_m": "(Tensor x, Tensor packed_weight, int out_features, Tensor? bias, Tensor? residual, bool gelu) "
                       "-> Tensor",
     "pack_linear_weight": "(Tensor weight, bool in_out_layout) -> Tensor",
+    # backward ops (issue 13)
+    "bias_gelu_backward": "(Tensor grad_out, Tensor x, Tensor bias) -> Tensor",
+    "add_layernorm_backward": "(Tensor grad_out, Tensor x, Tensor residual, Tensor? bias, Tensor weight, float eps) "
+                              "-> (Tensor, Tensor, Tensor)",
 }
-CUDA_OPS = ("add_layernorm", "bias_gelu", "decode_attention", "flash_attention")  # linear_small_m: CPU only
+# linear_small_m: CPU only
+CUDA_OPS = ("add_layernorm", "bias_gelu", "decode_attention", "flash_attention", "bias_gelu_backward",
+            "add_layernorm_backward")
 
 
 def test_every_op_is_listed():

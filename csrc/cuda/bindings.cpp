@@ -1,6 +1,7 @@
 // Torch bindings of the gpt_fast CUDA kernels: argument checks (each naming the op and argument), the device
 // guard, the current stream, then the torch-free launchers (launchers.h) and a launch-error check.
-// Registers TORCH_LIBRARY_IMPL(gpt_fast, CUDA, m) for add_layernorm, bias_gelu, flash_attention, decode_attention.
+// Registers TORCH_LIBRARY_IMPL(gpt_fast, CUDA, m) for add_layernorm, bias_gelu, flash_attention, decode_attention
+// and the backward ops bias_gelu_backward, add_layernorm_backward.
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -70,6 +71,60 @@ at::Tensor bias_gelu_cuda(const at::Tensor& x, const at::Tensor& bias) {
                op);
   return out;
 }
+
+// --- backward ops (issue 13) ---
+at::Tensor bias_gelu_backward_cuda(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& bias) {
+  constexpr const char* op = "gpt_fast::bias_gelu_backward";
+  TORCH_CHECK(x.dim() >= 1, op, ": x must have at least one dimension");
+  check_cuda(x, op, "x");
+  check_float_dtype(x, op, "x");
+  TORCH_CHECK(grad_out.sizes() == x.sizes(), op, ": grad_out shape ", grad_out.sizes(), " must equal x shape ",
+              x.sizes());
+  check_same_device(grad_out, x, op, "grad_out");
+  check_same_dtype(grad_out, x, op, "grad_out");
+  const int64_t N = x.size(-1);
+  TORCH_CHECK(N > 0, op, ": x must have a non-empty last dimension");
+  check_vector(bias, N, x, op, "bias");
+
+  const c10::cuda::CUDAGuard guard(x.device());
+  auto gc = grad_out.contiguous(), xc = x.contiguous(), bc = bias.contiguous();
+  auto grad_x = at::empty_like(xc);
+  check_launch(cuda::launch_bias_gelu_backward(to_dtype(x), gc.const_data_ptr(), xc.const_data_ptr(),
+                                               bc.const_data_ptr(), grad_x.mutable_data_ptr(), xc.numel(), N,
+                                               at::cuda::getCurrentCUDAStream()),
+               op);
+  return grad_x;
+}
+std::tuple<at::Tensor, at::Tensor, at::Tensor> add_layernorm_backward_cuda(
+    const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& residual,
+    const std::optional<at::Tensor>& bias, const at::Tensor& weight, double eps) {
+  constexpr const char* op = "gpt_fast::add_layernorm_backward";
+  check_cuda(x, op, "x");
+  // the forward's checks with weight standing in for ln_bias, then grad_out like x
+  const int64_t C = check_add_layernorm_args(x, residual, bias, weight, weight, eps, op);
+  TORCH_CHECK(grad_out.sizes() == x.sizes(), op, ": grad_out shape ", grad_out.sizes(), " must equal x shape ",
+              x.sizes());
+  check_same_device(grad_out, x, op, "grad_out");
+  check_same_dtype(grad_out, x, op, "grad_out");
+  TORCH_CHECK(C <= INT32_MAX, op, ": x's last dimension must fit in int32, got ", C);
+
+  const c10::cuda::CUDAGuard guard(x.device());
+  auto gc = grad_out.contiguous(), xc = x.contiguous(), rc = residual.contiguous(), wc = weight.contiguous();
+  at::Tensor biasc = bias ? bias->contiguous() : at::Tensor();
+  const int64_t rows = xc.numel() / C;
+  auto grad_v = at::empty_like(xc);
+  auto grad_weight = at::empty({C}, xc.options()), grad_ln_bias = at::empty({C}, xc.options());
+  const size_t bytes = cuda::add_layernorm_backward_workspace_bytes(rows, static_cast<int>(C));
+  auto workspace = at::empty({static_cast<int64_t>(bytes / sizeof(float))}, xc.options().dtype(at::kFloat));
+  check_launch(cuda::launch_add_layernorm_backward(
+                   to_dtype(x), gc.const_data_ptr(), xc.const_data_ptr(), rc.const_data_ptr(),
+                   bias ? biasc.const_data_ptr() : nullptr, wc.const_data_ptr(), grad_v.mutable_data_ptr(),
+                   grad_weight.mutable_data_ptr(), grad_ln_bias.mutable_data_ptr(), workspace.mutable_data_ptr(), rows,
+                   static_cast<int>(C), static_cast<float>(eps), at::cuda::getCurrentCUDAStream()),
+               op);
+  return {grad_v, grad_weight, grad_ln_bias};
+}
+// --- end of backward ops ---
 
 bool aligned16(const at::Tensor& t) { return reinterpret_cast<uintptr_t>(t.const_data_ptr()) % 16 == 0; }
 
@@ -161,6 +216,8 @@ TORCH_LIBRARY_IMPL(gpt_fast, CUDA, m) {
   m.impl("bias_gelu", &bias_gelu_cuda);
   m.impl("flash_attention", &flash_attention_cuda);
   m.impl("decode_attention", &decode_attention_cuda);
+  m.impl("bias_gelu_backward", &bias_gelu_backward_cuda);
+  m.impl("add_layernorm_backward", &add_layernorm_backward_cuda);
 }
 
 }  // namespace gpt_fast

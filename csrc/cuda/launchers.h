@@ -22,6 +22,20 @@ cudaError_t launch_add_layernorm(DType dtype, const void* x, const void* residua
 cudaError_t launch_bias_gelu(DType dtype, const void* x, const void* bias, void* out, int64_t total, int64_t N,
                              cudaStream_t stream);
 
+// --- backward ops (issue 13) ---
+// grad_out, x, grad_x: (total / N, N); bias: (N,).
+cudaError_t launch_bias_gelu_backward(DType dtype, const void* grad_out, const void* x, const void* bias,
+                                      void* grad_x, int64_t total, int64_t N, cudaStream_t stream);
+// Bytes of float scratch launch_add_layernorm_backward needs for rows of C (partial column sums).
+size_t add_layernorm_backward_workspace_bytes(int64_t rows, int C);
+// grad_out, x, residual, grad_v: (rows, C); bias (nullable), weight, grad_weight, grad_ln_bias: (C,);
+// workspace: add_layernorm_backward_workspace_bytes(rows, C) bytes, 4-byte aligned.
+cudaError_t launch_add_layernorm_backward(DType dtype, const void* grad_out, const void* x, const void* residual,
+                                          const void* bias, const void* weight, void* grad_v, void* grad_weight,
+                                          void* grad_ln_bias, void* workspace, int64_t rows, int C, float eps,
+                                          cudaStream_t stream);
+// --- end of backward ops ---
+
 // Largest head size the attention kernels take; D must also be a multiple of 8.
 constexpr int kMaxHeadDim = 128;
 

@@ -12,7 +12,9 @@ The rules:
   A dtype the kernels lack (float64) also runs "fused" as "sdpa".
 - the other kernels (add_layernorm, bias_gelu, decode_attention and the linear engines) run whenever they exist
   for the device and dtype, dropout is off and the backend is not "eager" (which is transformers' math, kept as
-  the plain-PyTorch reference path). Their backward is the eager reference's (ops/_autograd.py).
+  the plain-PyTorch reference path). Their backward (ops/_autograd.py) runs a backward kernel where one exists
+  for the device and dtype (gpt_fast::bias_gelu_backward, gpt_fast::add_layernorm_backward), else the eager
+  reference's autograd (flash_attention's backward is still the reference's).
 - linear engines (models/linear.py): linear_small_m for matmuls of at most `small_m_rows` rows (decode steps and
   short prompts; bound by reading the weight, which it does at about the memory bandwidth), oneDNN's bf16 GEMM
   on a prepacked weight for widening layers with many rows where oneDNN's bf16 path runs on this CPU (and the layer

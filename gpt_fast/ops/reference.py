@@ -21,9 +21,27 @@ def add_layernorm(x, residual, bias, weight, ln_bias, eps: float):
     return F.layer_norm(summed, (x.shape[-1],), weight, ln_bias, eps)
 
 
+def add_layernorm_backward(grad_out, x, residual, bias, weight, eps: float):
+    """add_layernorm's (grad_v, grad_weight, grad_ln_bias): autograd of the reference add_layernorm, v = x + residual
+    [+ bias] (grad_v is the gradient of x, of residual, and summed over rows of bias)."""
+    with torch.enable_grad():
+        x_, w_ = x.detach().requires_grad_(True), weight.detach().requires_grad_(True)
+        ln_bias = torch.zeros_like(w_, requires_grad=True)  # its value does not enter any gradient
+        out = add_layernorm(x_, residual.detach(), None if bias is None else bias.detach(), w_, ln_bias, eps)
+        return torch.autograd.grad(out, (x_, w_, ln_bias), grad_out)
+
+
 def bias_gelu(x, bias):
     """gelu_tanh(x + bias); x: (..., N), bias: (N,)."""
     return F.gelu(x + bias, approximate="tanh")
+
+
+def bias_gelu_backward(grad_out, x, bias):
+    """bias_gelu's grad_x: autograd of the reference bias_gelu. grad_out, x: (..., N); bias: (N,)."""
+    with torch.enable_grad():
+        x_ = x.detach().requires_grad_(True)
+        (grad_x,) = torch.autograd.grad(bias_gelu(x_, bias.detach()), x_, grad_out)
+    return grad_x
 
 
 def linear_small_m(x, weight, bias=None, residual=None, gelu: bool = False, in_out_layout: bool = True):

@@ -3,6 +3,9 @@
 // tests/test_cuda_simt.py against gpt_fast.reference:
 //   run_kernels add_layernorm    DTYPE DIR rows C has_bias eps     x residual [bias] weight ln_bias -> out
 //   run_kernels bias_gelu        DTYPE DIR total N                 x bias -> out
+//   run_kernels bias_gelu_backward DTYPE DIR total N               grad_out x bias -> grad_x
+//   run_kernels add_layernorm_backward DTYPE DIR rows C has_bias eps  grad_out x residual [bias] weight
+//                                                                   -> grad_v grad_weight grad_ln_bias
 //   run_kernels flash_attention  DTYPE DIR B T H D has_mask        qkv [mask] -> out
 //   run_kernels decode_attention DTYPE DIR B S H D Tmax sm_count   qkv k_cache v_cache lengths -> out k_cache v_cache
 //   run_kernels decode_attention_short_cache ...   the same with caches one position short (for the guard check)
@@ -11,7 +14,9 @@
 #include "simt.h"
 // The launchers, kernels included, exactly as nvcc builds them:
 #include "../../csrc/cuda/add_layernorm.cu"
+#include "../../csrc/cuda/add_layernorm_backward.cu"
 #include "../../csrc/cuda/bias_gelu.cu"
+#include "../../csrc/cuda/bias_gelu_backward.cu"
 #include "../../csrc/cuda/decode_attention.cu"
 #include "../../csrc/cuda/flash_attention.cu"
 
@@ -112,6 +117,31 @@ int main(int argc, char** argv) {
     Buffer x = read_file(dir, "x", total * es), bias = read_file(dir, "bias", N * es), out = zeros(total * es);
     check(launch_bias_gelu(dtype, x.data(), bias.data(), out.data(), total, N, nullptr));
     write_file(dir, "out", out);
+  } else if (op == "add_layernorm_backward") {
+    const int64_t rows = arg(0);
+    const int C = static_cast<int>(arg(1));
+    const bool has_bias = arg(2) != 0;
+    const float eps = std::strtof(argv[7], nullptr);
+    Buffer g = read_file(dir, "grad_out", rows * C * es), x = read_file(dir, "x", rows * C * es);
+    Buffer r = read_file(dir, "residual", rows * C * es), w = read_file(dir, "weight", C * es);
+    Buffer bias = has_bias ? read_file(dir, "bias", C * es) : Buffer{};
+    Buffer dv = zeros(rows * C * es), dw = zeros(C * es), db = zeros(C * es);
+    Buffer work = zeros(add_layernorm_backward_workspace_bytes(rows, C));
+    check(launch_add_layernorm_backward(dtype, g.data(), x.data(), r.data(), has_bias ? bias.data() : nullptr,
+                                        w.data(), dv.data(), dw.data(), db.data(), work.data(), rows, C, eps,
+                                        nullptr));
+    check_guards(dv, "grad_v"), check_guards(dw, "grad_weight"), check_guards(db, "grad_ln_bias");
+    check_guards(work, "workspace");
+    write_file(dir, "grad_v", dv);
+    write_file(dir, "grad_weight", dw);
+    write_file(dir, "grad_ln_bias", db);
+  } else if (op == "bias_gelu_backward") {
+    const int64_t total = arg(0), N = arg(1);
+    Buffer g = read_file(dir, "grad_out", total * es), x = read_file(dir, "x", total * es);
+    Buffer bias = read_file(dir, "bias", N * es), out = zeros(total * es);
+    check(launch_bias_gelu_backward(dtype, g.data(), x.data(), bias.data(), out.data(), total, N, nullptr));
+    check_guards(out, "grad_x");
+    write_file(dir, "grad_x", out);
   } else if (op == "flash_attention") {
     const int B = static_cast<int>(arg(0)), T = static_cast<int>(arg(1)), H = static_cast<int>(arg(2)),
               D = static_cast<int>(arg(3));

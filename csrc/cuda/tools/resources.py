@@ -25,6 +25,9 @@ NVCC = shutil.which("nvcc") or ("/usr/local/cuda/bin/nvcc" if Path("/usr/local/c
 THREADS = {
     "add_layernorm_kernel": 128,
     "bias_gelu_kernel": 256,
+    "bias_gelu_backward_kernel": 256,
+    "add_layernorm_backward_kernel": 128,
+    "add_layernorm_backward_params_kernel": 256,
     "flash_attention_mma_kernel": 128,
     "flash_attention_fp32_kernel": 128,
     "decode_attention_kernel": 128,

@@ -53,8 +53,12 @@ SCHEMAS = {  # one schema per op, as csrc/registration.cpp defines it and gpt_fa
     "linear_small_m": "(Tensor x, Tensor packed_weight, int out_features, Tensor? bias, Tensor? residual, bool gelu) "
                       "-> Tensor",
     "pack_linear_weight": "(Tensor weight, bool in_out_layout) -> Tensor",
+    "pack_quantized_weight": "(Tensor qweight, Tensor scales, Tensor? zeros, int bits, int group_size) -> Tensor",
+    "linear_quantized": "(Tensor x, Tensor packed, int out_features, int bits, int group_size, Tensor? bias, "
+                        "Tensor? residual, bool gelu) -> Tensor",
 }
-CUDA_OPS = ("add_layernorm", "bias_gelu", "decode_attention", "flash_attention")  # linear_small_m: CPU only
+CUDA_OPS = ("add_layernorm", "bias_gelu", "decode_attention", "flash_attention", "linear_quantized",
+            "pack_quantized_weight")  # linear_small_m: CPU only
 
 
 def test_every_op_is_listed():

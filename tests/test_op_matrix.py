@@ -13,7 +13,7 @@ from gpt_fast import ops
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 pytestmark = pytest.mark.skipif(not ops.extension_loaded(), reason="no extension was built")
 # opcheck's autograd checks need a registered backward; the ops without one are checked without autograd inputs
-NO_AUTOGRAD = {"decode_attention", "linear_small_m", "pack_linear_weight"}
+NO_AUTOGRAD = {"decode_attention", "linear_small_m", "pack_linear_weight", "pack_quantized_weight"}
 
 
 @pytest.mark.parametrize("op", sorted(SAMPLES))

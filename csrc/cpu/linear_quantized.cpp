@@ -4,11 +4,13 @@
 // Weight-only: the weights are dequantized in registers and every product and sum is fp32 (no quantization of x),
 // so the result is dequantize-then-matmul up to fp32 rounding and summation order:
 //   bits 8: out[m, n] = scale[n] * sum_k q[n, k] x[m, k]                       (one scale per column, applied last)
-//   bits 4: out[m, n] = sum_k (q[n, k] * scale[n, g] + zero[n, g]) x[m, k]     (w dequantized by one FMA)
-// bits 4 does not use the cheaper scale[n, g] * sum q x + zero[n, g] * sum x: with a zero point near -max|W| that
-// form cancels, and measured ~3.4x PyTorch's own fp32 error at K = 64 (tests/accuracy.py allows 3x); the one extra
-// FMA per 16 weights is hidden under the weight read at decode sizes. This file: the
-// binding (checks, the N check against the padding marker, the fp32 copy of x), the portable
+//   bits 4: out[m, n] = sum_g (scale[n, g] * sum_{k in g} (q[n, k] - 8) x[m, k] + (zero[n, g] + 8 scale[n, g]) xsum[m, g])
+// with xsum[m, g] = sum_{k in g} x[m, k] computed once per call (in double, rounded to fp32), in the vector tiers:
+// one FMA per weight and row, the scale and zero once per group. The nibbles are centred (q - 8, zero + 8 scale):
+// the plain form scale * sum q x + zero * sum x cancels (zero ~ -max|W|, q * scale up to 2 max|W|) and measured
+// ~3.4x PyTorch's own fp32 error at K = 64 (tests/accuracy.py allows 3x); centred, both terms are ~|W|. The scalar
+// path dequantizes each weight (q * scale + zero) before its product. This file: the
+// binding (checks, the N check against the padding marker, the fp32 copy of x and its group sums), the portable
 // scalar path and the dispatch over tiers: AVX-512 (linear_quantized_avx512.cpp), AVX2 + FMA
 // (linear_quantized_avx2.cpp), else scalar. Parallel over 16-column blocks with at::parallel_for; x is read through
 // its strides once, so any strides are accepted. Larger M works, re-reading each block once per row tile.
@@ -130,14 +132,22 @@ at::Tensor linear_quantized_cpu(const at::Tensor& x, const at::Tensor& packed, i
     res2 = residual->reshape({M, N});
     if (res2.stride(1) != 1) res2 = res2.contiguous();
   }
-  std::vector<float> xf(M * K);  // (M, K) fp32 copy of x
+  std::vector<float> xf(M * K), xsum;  // (M, K) fp32 copy of x; bits 4: (M, K / G) group sums (vector tiers)
   [[maybe_unused]] const bool avx512 = cpu::use_avx512(), avx2 = cpu::use_avx2();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "linear_quantized_cpu", [&] {
     const scalar_t* xp = x2.const_data_ptr<scalar_t>();
     const int64_t s0 = x2.stride(0), s1 = x2.stride(1);
     for (int64_t m = 0; m < M; ++m)
       for (int64_t k = 0; k < K; ++k) xf[m * K + k] = static_cast<float>(xp[m * s0 + k * s1]);
-    QuantArgs<scalar_t> a{xf.data(), packed.const_data_ptr<uint8_t>(),
+    if (bits == 4) {
+      xsum.resize(M * (K / G));
+      for (size_t i = 0; i < xsum.size(); ++i) {  // row m, group g: xf[m K + g G + k] = xf[i G + k]
+        double sum = 0;
+        for (int64_t k = 0; k < G; ++k) sum += xf[i * G + k];
+        xsum[i] = static_cast<float>(sum);
+      }
+    }
+    QuantArgs<scalar_t> a{xf.data(), bits == 4 ? xsum.data() : nullptr, packed.const_data_ptr<uint8_t>(),
                           bias ? bias_c.const_data_ptr<scalar_t>() : nullptr,
                           residual ? res2.const_data_ptr<scalar_t>() : nullptr, out.mutable_data_ptr<scalar_t>(),
                           M, K, N, G, packed.size(1) * packed.size(2), residual ? res2.stride(0) : 0,

@@ -17,10 +17,11 @@ using small_m::kPrefetch;
 using small_m::over_block_groups;
 constexpr int64_t kBN = quant::kBlockN;
 
-// Everything a task needs. x is an fp32 copy made once per call; the rest point into the op's tensors.
+// Everything a task needs. x and xsum are fp32 copies made once per call; the rest point into the op's tensors.
 template <typename T>
 struct QuantArgs {
   const float* x;           // (M, K) fp32 copy of the input
+  const float* xsum;        // bits 4: (M, K / G) sums of x over each group (the zero-point term), else nullptr
   const uint8_t* w;         // (NB, block_bytes) packed (quantized_layout.h)
   const T* bias;            // (N,) or nullptr
   const T* residual;        // (M, N) rows ld_residual apart, or nullptr

@@ -7,8 +7,8 @@
 //   bits 8: two 8-byte loads -> vpmovsxbd -> vcvtdq2ps -> FMAs; sums folded every 64 k into a running total on the
 //           stack, times the 16 fp32 scales at the end.
 //   bits 4: two 8-byte loads of one k pair -> vpmovzxbd; low nibbles (k = 2p) and high ones (k = 2p + 1) ->
-//           vcvtdq2ps -> dequantized by one FMA each (q * scale + zero, the group's scales and zeros converted to
-//           fp32 once per group into L1) -> FMAs into the same two column-half chains; folded every 32 pairs.
+//           q - 8 -> vcvtdq2ps -> FMAs into the same two column-half chains; every 32 pairs total += scale * sum,
+//           per group total += (zero + 8 scale) * xsum[m, g] (linear_quantized.cpp explains the centring).
 // Accumulators: 2 MR NB ymm, at most 12 of the 16.
 #include <algorithm>
 #include <type_traits>
@@ -108,20 +108,13 @@ GPT_FAST_AVX2 void int4_tile(const QuantArgs<T>& a, const int64_t* blocks, int64
   const int64_t K = a.K, G = a.G, groups = K / G, group_bytes = quant::group_bytes4(G);
   const uint8_t* wbs[NB];  // (K / G, 8 G + 64) bytes each
   for (int j = 0; j < NB; ++j) wbs[j] = a.w + blocks[j] * a.block_bytes;
-  const float* x = a.x + m0 * K;  // (MR, K)
-  const __m256i low4 = _mm256_set1_epi32(0xF);
+  const float* x = a.x + m0 * K;             // (MR, K)
+  const float* xsum = a.xsum + m0 * groups;  // (MR, K / G)
+  const __m256i low4 = _mm256_set1_epi32(0xF), eight = _mm256_set1_epi32(8);
   alignas(32) float total[NB][MR][kBN] = {};
-  alignas(32) float scale[NB][kBN], zero[NB][kBN];  // the group's, fp32 (read from L1 by the FMAs)
   __m256 acc[NB][MR][2];
   for (int64_t g = 0; g < groups; ++g) {
     const float* xg = x + g * G;
-    for (int j = 0; j < NB; ++j) {
-      const uint8_t* tail = wbs[j] + g * group_bytes + 8 * G;  // 16 bf16 scales, 16 bf16 zeros
-      for (int h = 0; h < 2; ++h) {
-        _mm256_store_ps(scale[j] + 8 * h, load_bf16x8(tail + 16 * h));
-        _mm256_store_ps(zero[j] + 8 * h, load_bf16x8(tail + 2 * kBN + 16 * h));
-      }
-    }
     for (int64_t p0 = 0; p0 < G / 2; p0 += kPairsPerSum) {  // two-level sum, as bits 8's chunks of 64 k
       const int64_t p1 = std::min(G / 2, p0 + kPairsPerSum);
       for (int j = 0; j < NB; ++j)
@@ -130,11 +123,10 @@ GPT_FAST_AVX2 void int4_tile(const QuantArgs<T>& a, const int64_t* blocks, int64
         for (int j = 0; j < NB; ++j) {
           const uint8_t* row = wbs[j] + g * group_bytes + p * kBN;
           if (p % 4 == 0) prefetch(row);
-          for (int h = 0; h < 2; ++h) {
+          for (int h = 0; h < 2; ++h) {  // columns 8 h .. 8 h + 7
             const __m256i q = _mm256_cvtepu8_epi32(load8(row + 8 * h));
-            const __m256 s = _mm256_load_ps(scale[j] + 8 * h), z = _mm256_load_ps(zero[j] + 8 * h);
-            const __m256 lo = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_and_si256(q, low4)), s, z);
-            const __m256 hi = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(q, 4)), s, z);
+            const __m256 lo = _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_and_si256(q, low4), eight));
+            const __m256 hi = _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_srli_epi32(q, 4), eight));
             for (int m = 0; m < MR; ++m) {
               acc[j][m][h] = _mm256_fmadd_ps(lo, _mm256_set1_ps(xg[m * K + 2 * p]), acc[j][m][h]);
               acc[j][m][h] = _mm256_fmadd_ps(hi, _mm256_set1_ps(xg[m * K + 2 * p + 1]), acc[j][m][h]);
@@ -142,7 +134,27 @@ GPT_FAST_AVX2 void int4_tile(const QuantArgs<T>& a, const int64_t* blocks, int64
           }
         }
       }
-      fold<MR, NB>(total, acc);
+      for (int j = 0; j < NB; ++j) {  // total += scale * sum
+        const uint8_t* scales = wbs[j] + g * group_bytes + 8 * G;
+        for (int h = 0; h < 2; ++h) {
+          const __m256 s = load_bf16x8(scales + 16 * h);
+          for (int m = 0; m < MR; ++m) {
+            float* t = total[j][m] + 8 * h;
+            _mm256_storeu_ps(t, _mm256_fmadd_ps(s, acc[j][m][h], _mm256_loadu_ps(t)));
+          }
+        }
+      }
+    }
+    for (int j = 0; j < NB; ++j) {  // + (zero + 8 scale) * xsum: the centring moved into the zero point
+      const uint8_t* tail = wbs[j] + g * group_bytes + 8 * G;  // 16 bf16 scales, 16 bf16 zeros
+      for (int h = 0; h < 2; ++h) {
+        const __m256 zero = _mm256_fmadd_ps(_mm256_set1_ps(8.f), load_bf16x8(tail + 16 * h),
+                                            load_bf16x8(tail + 2 * kBN + 16 * h));
+        for (int m = 0; m < MR; ++m) {
+          float* t = total[j][m] + 8 * h;
+          _mm256_storeu_ps(t, _mm256_fmadd_ps(zero, _mm256_set1_ps(xsum[m * groups + g]), _mm256_loadu_ps(t)));
+        }
+      }
     }
   }
   for (int j = 0; j < NB; ++j) finish_tile<T>(a, total[j], MR, m0, blocks[j] * kBN);

@@ -7,8 +7,8 @@
 //   bits 8: 16 bytes -> vpmovsxbd -> vcvtdq2ps -> one FMA per row with the broadcast x[m, k]; sums folded every 64 k
 //           into a running total, times the 16 fp32 scales once at the end.
 //   bits 4: 16 bytes = one k pair -> vpmovzxbd; the low nibbles (k = 2p) and the high ones (k = 2p + 1) each ->
-//           vcvtdq2ps -> dequantized by one FMA (q * scale + zero, the group's 16 bf16 scales and zeros held in
-//           registers) -> one FMA per row; sums folded every 32 pairs into the running total.
+//           q - 8 in fp32 by one vpermps from a 16-entry table (no mask, no convert) -> one FMA per row; every 32
+//           pairs total += scale * sum, per group total += (zero + 8 scale) * xsum[m, g] (linear_quantized.cpp).
 // Registers (32 zmm): up to 8 rows, MR x NB <= 8 (x 2 chains for int4 with MR x NB <= 4) + as many totals.
 #include <algorithm>
 #include <type_traits>
@@ -88,17 +88,16 @@ GPT_FAST_AVX512 void int4_tile(const QuantArgs<T>& a, const int64_t* blocks, int
   const int64_t K = a.K, G = a.G, groups = K / G, group_bytes = quant::group_bytes4(G);
   const uint8_t* wbs[NB];  // (K / G, 8 G + 64) bytes each
   for (int j = 0; j < NB; ++j) wbs[j] = a.w + blocks[j] * a.block_bytes;
-  const float* x = a.x + m0 * K;  // (MR, K)
-  const __m512i low4 = _mm512_set1_epi32(0xF);
+  const float* x = a.x + m0 * K;             // (MR, K)
+  const float* xsum = a.xsum + m0 * groups;  // (MR, K / G)
+  // vpermps reads the low 4 bits of each index: lane value (a byte) -> its low nibble n -> n - 8, no mask needed
+  const __m512 centred = _mm512_setr_ps(-8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7);
   __m512 total[NB][MR];
   for (int j = 0; j < NB; ++j)
     for (int m = 0; m < MR; ++m) total[j][m] = _mm512_setzero_ps();
   for (int64_t g = 0; g < groups; ++g) {
-    __m512 scale[NB], zero[NB];
-    for (int j = 0; j < NB; ++j) {
-      const uint8_t* tail = wbs[j] + g * group_bytes + 8 * G;  // 16 bf16 scales, 16 bf16 zeros
-      scale[j] = load_bf16x16(tail), zero[j] = load_bf16x16(tail + 2 * kBN);
-    }
+    __m512 scale[NB];
+    for (int j = 0; j < NB; ++j) scale[j] = load_bf16x16(wbs[j] + g * group_bytes + 8 * G);
     const float* xg = x + g * G;
     for (int64_t p0 = 0; p0 < G / 2; p0 += kPairsPerSum) {  // two-level sum, as bits 8's chunks of 64 k
       const int64_t p1 = std::min(G / 2, p0 + kPairsPerSum);
@@ -111,8 +110,8 @@ GPT_FAST_AVX512 void int4_tile(const QuantArgs<T>& a, const int64_t* blocks, int
           const uint8_t* row = wbs[j] + g * group_bytes + p * kBN;
           if (p % 4 == 0) prefetch(row);
           const __m512i q = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row)));
-          const __m512 lo = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_and_si512(q, low4)), scale[j], zero[j]);
-          const __m512 hi = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_srli_epi32(q, 4)), scale[j], zero[j]);
+          const __m512 lo = _mm512_permutexvar_ps(q, centred);                         // k = 2p
+          const __m512 hi = _mm512_permutexvar_ps(_mm512_srli_epi32(q, 4), centred);  // k = 2p + 1
           for (int m = 0; m < MR; ++m) {
             acc[j][0][m] = _mm512_fmadd_ps(lo, _mm512_set1_ps(xg[m * K + 2 * p]), acc[j][0][m]);
             acc[j][CH - 1][m] = _mm512_fmadd_ps(hi, _mm512_set1_ps(xg[m * K + 2 * p + 1]), acc[j][CH - 1][m]);
@@ -120,8 +119,16 @@ GPT_FAST_AVX512 void int4_tile(const QuantArgs<T>& a, const int64_t* blocks, int
         }
       }
       for (int j = 0; j < NB; ++j)
-        for (int c = 0; c < CH; ++c)
-          for (int m = 0; m < MR; ++m) total[j][m] = _mm512_add_ps(total[j][m], acc[j][c][m]);
+        for (int m = 0; m < MR; ++m) {
+          const __m512 sum = CH == 2 ? _mm512_add_ps(acc[j][0][m], acc[j][CH - 1][m]) : acc[j][0][m];
+          total[j][m] = _mm512_fmadd_ps(scale[j], sum, total[j][m]);
+        }
+    }
+    for (int j = 0; j < NB; ++j) {  // + (zero + 8 scale) * xsum: the centring moved into the zero point
+      const __m512 zero = _mm512_fmadd_ps(_mm512_set1_ps(8.f), scale[j],
+                                          load_bf16x16(wbs[j] + g * group_bytes + 8 * G + 2 * kBN));
+      for (int m = 0; m < MR; ++m)
+        total[j][m] = _mm512_fmadd_ps(zero, _mm512_set1_ps(xsum[m * groups + g]), total[j][m]);
     }
   }
   for (int j = 0; j < NB; ++j) finish_tile<T>(a, total[j], MR, m0, blocks[j] * kBN);

@@ -1,4 +1,4 @@
-// The AVX-512 tier of gpt_fast::linear_quantized (interface: linear_quantized.h; checks, x preparation, the scalar
+// The AVX-512 (and AVX512_BF16) tier of gpt_fast::linear_quantized (interface: linear_quantized.h; checks, x preparation, the scalar
 // path: linear_quantized.cpp; layout: quantized_layout.h).
 //
 // A tile is MR rows x NB 16-column blocks whose byte streams are read side by side (one from each equal part of the
@@ -9,6 +9,8 @@
 //   bits 4: 16 bytes = one k pair -> vpmovzxbd; the low nibbles (k = 2p) and the high ones (k = 2p + 1) each ->
 //           q - 8 in fp32 by one vpermps from a 16-entry table (no mask, no convert) -> one FMA per row; every 32
 //           pairs total += scale * sum, per group total += (zero + 8 scale) * xsum[m, g] (linear_quantized.cpp).
+//           With a bf16 x and AVX512_BF16 (int4_tile_dpbf16): one vpermw makes the 16 bf16 pairs of q - 8, one
+//           vdpbf16ps per row multiplies 2 k (half the multiply-adds at 8-16 rows, where the FMAs bound the tier).
 // Registers (32 zmm): up to 8 rows, MR x NB <= 8 (x 2 chains for int4 with MR x NB <= 4) + as many totals.
 #include <algorithm>
 #include <type_traits>
@@ -134,6 +136,59 @@ GPT_FAST_AVX512 void int4_tile(const QuantArgs<T>& a, const int64_t* blocks, int
   for (int j = 0; j < NB; ++j) finish_tile<T>(a, total[j], MR, m0, blocks[j] * kBN);
 }
 
+// bits 4 with a bf16 x on AVX512_BF16: per k pair row, dword j = the bf16 pair (q[2p, j] - 8, q[2p + 1, j] - 8)
+// made by one vpermw from a 16-entry table (the byte's low nibble to the low word, its high nibble, shifted by 12,
+// to the high word), then one vdpbf16ps per row with x's pair (x[2p], x[2p + 1]): half the multiply-adds of
+// int4_tile, exact (the products of bf16 values are exact in fp32). Scales and zero points as int4_tile.
+alignas(64) constexpr uint16_t kCentredBf16[32] = {0xC100, 0xC0E0, 0xC0C0, 0xC0A0, 0xC080, 0xC040, 0xC000, 0xBF80,
+                                                   0x0000, 0x3F80, 0x4000, 0x4040, 0x4080, 0x40A0, 0x40C0, 0x40E0};
+
+template <typename T, int MR, int NB>
+GPT_FAST_AVX512_BF16 void int4_tile_dpbf16(const QuantArgs<T>& a, const int64_t* blocks, int64_t m0) {
+  const int64_t K = a.K, G = a.G, groups = K / G, group_bytes = quant::group_bytes4(G), pairs = K / 2;
+  const uint8_t* wbs[NB];  // (K / G, 8 G + 64) bytes each
+  for (int j = 0; j < NB; ++j) wbs[j] = a.w + blocks[j] * a.block_bytes;
+  const uint32_t* xp = a.x_pairs + m0 * pairs;  // (MR, K / 2)
+  const float* xsum = a.xsum + m0 * groups;     // (MR, K / G)
+  const __m512i table = _mm512_load_si512(kCentredBf16), nibbles = _mm512_set1_epi32(0x000F000F);
+  __m512 total[NB][MR];
+  for (int j = 0; j < NB; ++j)
+    for (int m = 0; m < MR; ++m) total[j][m] = _mm512_setzero_ps();
+  for (int64_t g = 0; g < groups; ++g) {
+    __m512 scale[NB];
+    for (int j = 0; j < NB; ++j) scale[j] = load_bf16x16(wbs[j] + g * group_bytes + 8 * G);
+    const uint32_t* xg = xp + g * G / 2;
+    for (int64_t p0 = 0; p0 < G / 2; p0 += kPairsPerSum) {
+      const int64_t p1 = std::min(G / 2, p0 + kPairsPerSum);
+      __m512 acc[NB][MR];
+      for (int j = 0; j < NB; ++j)
+        for (int m = 0; m < MR; ++m) acc[j][m] = _mm512_setzero_ps();
+      for (int64_t p = p0; p < p1; ++p) {
+        for (int j = 0; j < NB; ++j) {
+          const uint8_t* row = wbs[j] + g * group_bytes + p * kBN;
+          if (p % 4 == 0) prefetch(row);
+          const __m512i d = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row)));
+          const __m512i idx = _mm512_and_si512(_mm512_or_si512(d, _mm512_slli_epi32(d, 12)), nibbles);
+          const __m512bh w = (__m512bh)_mm512_permutexvar_epi16(idx, table);
+          for (int m = 0; m < MR; ++m) {
+            acc[j][m] = _mm512_dpbf16_ps(acc[j][m], w,
+                                         (__m512bh)_mm512_set1_epi32(static_cast<int>(xg[m * pairs + p])));
+          }
+        }
+      }
+      for (int j = 0; j < NB; ++j)
+        for (int m = 0; m < MR; ++m) total[j][m] = _mm512_fmadd_ps(scale[j], acc[j][m], total[j][m]);
+    }
+    for (int j = 0; j < NB; ++j) {
+      const __m512 zero = _mm512_fmadd_ps(_mm512_set1_ps(8.f), scale[j],
+                                          load_bf16x16(wbs[j] + g * group_bytes + 8 * G + 2 * kBN));
+      for (int m = 0; m < MR; ++m)
+        total[j][m] = _mm512_fmadd_ps(zero, _mm512_set1_ps(xsum[m * groups + g]), total[j][m]);
+    }
+  }
+  for (int j = 0; j < NB; ++j) finish_tile<T>(a, total[j], MR, m0, blocks[j] * kBN);
+}
+
 // Calls tile(std::integral_constant<int, MR>{}) with MR = rows (1..8) as a compile-time constant.
 template <typename Tile>
 void with_rows(int64_t rows, Tile&& tile) {
@@ -167,6 +222,8 @@ void quantized_blocks_avx512(const QuantArgs<T>& a, int64_t block_begin, int64_t
             TORCH_INTERNAL_ASSERT(false, "linear_quantized (avx512): ", MR, " rows x ", NB, " blocks per tile");
           } else if (int8) {
             int8_tile<T, MR, NB>(a, blocks, m0);
+          } else if (a.x_pairs) {
+            int4_tile_dpbf16<T, MR, NB>(a, blocks, m0);
           } else {
             int4_tile<T, MR, NB>(a, blocks, m0);
           }

@@ -22,7 +22,7 @@ template <typename T>
 struct QuantArgs {
   const float* x;           // (M, K) fp32 copy of the input
   const float* xsum;        // bits 4: (M, K / G) sums of x over each group (the zero-point term), else nullptr
-  const uint32_t* x_pairs;  // bits 4, bf16 x, AVX512_BF16: (M, K / 2) bf16 pairs (x[m, 2s], x[m, 2s + 1]), else null
+  const uint32_t* x_pairs;  // bf16 x, even K, AVX512_BF16: (M, K / 2) bf16 pairs (x[m, 2s], x[m, 2s + 1]), else null
   const uint8_t* w;         // (NB, block_bytes) packed (quantized_layout.h)
   const T* bias;            // (N,) or nullptr
   const T* residual;        // (M, N) rows ld_residual apart, or nullptr

@@ -9,8 +9,9 @@
 //   bits 4: 16 bytes = one k pair -> vpmovzxbd; the low nibbles (k = 2p) and the high ones (k = 2p + 1) each ->
 //           q - 8 in fp32 by one vpermps from a 16-entry table (no mask, no convert) -> one FMA per row; every 32
 //           pairs total += scale * sum, per group total += (zero + 8 scale) * xsum[m, g] (linear_quantized.cpp).
-//           With a bf16 x and AVX512_BF16 (int4_tile_dpbf16): one vpermw makes the 16 bf16 pairs of q - 8, one
-//           vdpbf16ps per row multiplies 2 k (half the multiply-adds at 8-16 rows, where the FMAs bound the tier).
+//   With a bf16 x and AVX512_BF16 (int8_tile_dpbf16, int4_tile_dpbf16): the weights of two k are made into 16 bf16
+//   pairs (int8: two converts, a shift and a vpternlogd; int4: one vpermw of q - 8) and one vdpbf16ps per row
+//   multiplies 2 k: half the multiply-adds at 8-16 rows, where they bound the tier.
 // Registers (32 zmm): up to 8 rows, MR x NB <= 8 (x 2 chains for int4 with MR x NB <= 4) + as many totals.
 #include <algorithm>
 #include <type_traits>
@@ -70,6 +71,49 @@ GPT_FAST_AVX512 void int8_tile(const QuantArgs<T>& a, const int64_t* blocks, int
     }
     for (; k < k1; ++k)
       for (int j = 0; j < NB; ++j) k_step(j, k);
+    for (int j = 0; j < NB; ++j)
+      for (int m = 0; m < MR; ++m) total[j][m] = _mm512_add_ps(total[j][m], acc[j][m]);
+  }
+  for (int j = 0; j < NB; ++j) {
+    const __m512 scale = _mm512_loadu_ps(wbs[j] + K * kBN);
+    for (int m = 0; m < MR; ++m) total[j][m] = _mm512_mul_ps(total[j][m], scale);
+    finish_tile<T>(a, total[j], MR, m0, blocks[j] * kBN);
+  }
+}
+
+// bits 8 with a bf16 x (even K) on AVX512_BF16: rows k = 2s and 2s + 1 converted to fp32, whose high halves are
+// their exact bf16 values (|q| <= 127 needs 7 bits), merged into the bf16 pairs (q[2s, j], q[2s + 1, j]) by a
+// shift and a vpternlogd, then one vdpbf16ps per row with x's pair: half the multiply-adds of int8_tile.
+template <typename T, int MR, int NB>
+GPT_FAST_AVX512_BF16 void int8_tile_dpbf16(const QuantArgs<T>& a, const int64_t* blocks, int64_t m0) {
+  const int64_t K = a.K, pairs = K / 2;
+  const uint8_t* wbs[NB];  // (K + 4, 16) bytes each
+  for (int j = 0; j < NB; ++j) wbs[j] = a.w + blocks[j] * a.block_bytes;
+  const uint32_t* xp = a.x_pairs + m0 * pairs;  // (MR, K / 2)
+  const __m512i high = _mm512_set1_epi32(static_cast<int>(0xFFFF0000u));
+  __m512 total[NB][MR];
+  for (int j = 0; j < NB; ++j)
+    for (int m = 0; m < MR; ++m) total[j][m] = _mm512_setzero_ps();
+  for (int64_t s0 = 0; s0 < pairs; s0 += kChunkK / 2) {  // two-level sum: chunks of 64 k
+    const int64_t s1 = std::min(pairs, s0 + kChunkK / 2);
+    __m512 acc[NB][MR];
+    for (int j = 0; j < NB; ++j)
+      for (int m = 0; m < MR; ++m) acc[j][m] = _mm512_setzero_ps();
+    for (int64_t s = s0; s < s1; ++s) {
+      for (int j = 0; j < NB; ++j) {
+        const uint8_t* rows = wbs[j] + 2 * s * kBN;
+        if (s % 2 == 0) prefetch(rows);
+        const __m512i f0 = _mm512_castps_si512(_mm512_cvtepi32_ps(
+            _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(rows)))));
+        const __m512i f1 = _mm512_castps_si512(_mm512_cvtepi32_ps(
+            _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(rows + kBN)))));
+        // (f1 & 0xFFFF0000) | (f0 >> 16): ternary logic 0xCA = high ? f1 : (f0 >> 16), bit by bit
+        const __m512bh w = (__m512bh)_mm512_ternarylogic_epi32(high, f1, _mm512_srli_epi32(f0, 16), 0xCA);
+        for (int m = 0; m < MR; ++m) {
+          acc[j][m] = _mm512_dpbf16_ps(acc[j][m], w, (__m512bh)_mm512_set1_epi32(static_cast<int>(xp[m * pairs + s])));
+        }
+      }
+    }
     for (int j = 0; j < NB; ++j)
       for (int m = 0; m < MR; ++m) total[j][m] = _mm512_add_ps(total[j][m], acc[j][m]);
   }
@@ -220,6 +264,8 @@ void quantized_blocks_avx512(const QuantArgs<T>& a, int64_t block_begin, int64_t
           constexpr int MR = decltype(mr)::value;
           if constexpr (MR * NB > 8) {  // never: see the choice of NB below
             TORCH_INTERNAL_ASSERT(false, "linear_quantized (avx512): ", MR, " rows x ", NB, " blocks per tile");
+          } else if (int8 && a.x_pairs) {
+            int8_tile_dpbf16<T, MR, NB>(a, blocks, m0);
           } else if (int8) {
             int8_tile<T, MR, NB>(a, blocks, m0);
           } else if (a.x_pairs) {

@@ -12,6 +12,24 @@ measured in the same run (torch.sum over --working-set-mib, as bench_linear_smal
 roofline), and the speed relative to bf16 (t_bf16 / t). Every candidate cycles through copies of its packed weight
 totalling --working-set-mib, so that the weights come from memory as in a decode step, not from cache. x is bf16
 for the bf16 and quantized candidates, fp32 for fp32.
+
+Measured on the 2-core AMD EPYC (Zen 5) VM shared with other jobs, `--threads 1 --cpu-time --working-set-mib 128
+--repeats 3` (one core; its read roofline 31-32 GB/s), speed vs bf16 linear_small_m / % of the roofline:
+
+| layer, M                   | tier        | int8        | int4 g32    | int4 g64    |
+| -------------------------- | ----------- | ----------- | ----------- | ----------- |
+| c_fc 768->3072 + GELU, 1   | avx512_bf16 | 1.61x / 71% | 1.86x / 51% | 1.81x / 45% |
+| LM head 768->40478, 1      | avx512_bf16 | 1.61x / 74% | 1.79x / 51% | 1.83x / 47% |
+| c_attn 768->2304, 8        | avx512_bf16 | 1.47x / 42% | 1.58x / 28% | 1.68x / 27% |
+| LM head 768->40478, 8      | avx512_bf16 | 1.30x / 46% | 1.38x / 30% | 1.47x / 29% |
+| LM head 768->40478, 16     | avx512_bf16 | 1.02x / 20% | 1.16x / 14% | 1.26x / 14% |
+| c_fc 768->3072 + GELU, 1   | avx2        | 1.69x / 63% | 1.39x / 32% | 1.41x / 29% |
+| LM head 768->40478, 1      | avx2        | 1.63x / 64% | 1.37x / 34% | 1.45x / 32% |
+| LM head 768->40478, 8      | avx2        | 1.14x / 16% | 0.92x / 8%  | 0.84x / 7%  |
+
+On one core the quantized kernels are bound by their instructions, not the memory (bf16 reaches 88-96% of the
+roofline at M = 1; int8 71-80%, int4 45-55% on AVX-512, ~30% on AVX2); with both cores sharing the bandwidth each
+needs about half of it (not measurable here: the machine was loaded ~9 on 2 cores).
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@
 
 #include "bias_gelu.cuh"  // gelu_tanh
 #include "common.cuh"
-#include "cpu/quantized_layout.h"
+#include "../cpu/quantized_layout.h"  // relative: the CMake gate has no csrc include path
 
 namespace gpt_fast::cuda {
 

@@ -36,5 +36,13 @@ TORCH_LIBRARY(gpt_fast, m) {
   // Few-row (decode) linear: x (..., K) @ W + bias, then optional gelu_tanh, then + residual (..., N); W given packed
   // by pack_linear_weight, out_features = N. fp32 accumulation; returns (..., N) in x's dtype.
   m.def("linear_small_m(Tensor x, Tensor packed_weight, int out_features, Tensor? bias, Tensor? residual, bool gelu) -> Tensor");
+  // Weight-only int8 / int4 linear weight repacked once for linear_quantized, on qweight's device, from the logical
+  // format of gpt_fast/ops/reference.py: bits 8: qweight int8 (N, K), scales fp32 (N, 1), zeros None; bits 4:
+  // qweight uint8 (N, K / 2) (low nibble first), scales and zeros bf16 (N, K / group_size). Returns a contiguous uint8
+  // tensor: (ceil(N / 16), K + 4, 16) for bits 8, (ceil(N / 16), K / G, 8 G + 64) for bits 4 (csrc/cpu/quantized_layout.h).
+  m.def("pack_quantized_weight(Tensor qweight, Tensor scales, Tensor? zeros, int bits, int group_size) -> Tensor");
+  // Few-row (decode) weight-only quantized linear: [gelu_tanh](x (..., K) @ W.T + bias) [+ residual (..., N)], W given
+  // by pack_quantized_weight for (out_features, K, bits, group_size), dequantized in registers, fp32 math; returns
+  // (..., N) in x's dtype (fp32, bf16 or fp16; bias and residual in that dtype too).
+  m.def("linear_quantized(Tensor x, Tensor packed, int out_features, int bits, int group_size, Tensor? bias, Tensor? residual, bool gelu) -> Tensor");
 }
-

@@ -178,10 +178,71 @@ def _pack_linear_weight(dtype, device):
                      (randn(*((K, N) if in_out else (N, K)), dtype=dtype, device=device), in_out))
 
 
+# (rows, K, N, bits, group_size, x layout): GPT-1's shapes and awkward ones (N % 16 != 0, N = 1, groups of 2 k and
+# groups longer than the kernels' 64-k inner sums, transposed and 3-D x)
+_QUANTIZED = [(1, 768, 2304, 8, 0, "rows"), (1, 768, 2304, 4, 32, "rows"), (7, 64, 17, 4, 64, "t"),
+              (97, 32, 3, 8, 0, "rows"), (16, 3072, 40, 4, 64, "rows"), (513, 64, 40, 8, 0, "3d"),
+              (2, 64, 40478, 4, 32, "rows"), (5, 768, 1, 8, 0, "t"), (511, 32, 17, 4, 32, "rows"),
+              (4, 768, 48, 4, 256, "3d"), (3, 6, 33, 4, 2, "rows"), (16, 3072, 17, 8, 0, "rows"),
+              (8, 96, 65, 4, 32, "t"), (2, 40, 200, 8, 0, "3d"), (3, 67, 33, 8, 0, "t")]  # K % 4: a k tail
+
+
+def _quantized_weight(i, K, N, bits, group_size, device):
+    """A random (N, K) weight quantized by the reference (one with an all-constant group and a -0.0 zero/scale)."""
+    g = torch.Generator().manual_seed(100 + i)
+    w = torch.randn(N, K, generator=g) / K**0.5
+    w[0, : max(group_size, 1)] = 0.25  # a constant group: scale 0 (bits 4)
+    qweight, scales, zeros = reference.quantize_linear_weight(w, bits, group_size or None)
+    if bits == 4:
+        zeros[-1, 0] = -0.0  # the weight's own -0.0 must not read as the padding marker
+    return qweight.to(device), scales.to(device), None if zeros is None else zeros.to(device)
+
+
+def _linear_quantized(dtype, device):
+    epilogues = [(True, False, False), (False, False, False), (True, True, False), (True, False, True),
+                 (False, True, True)]  # (bias, gelu, residual)
+    for i, (rows, K, N, bits, group_size, layout) in enumerate(_QUANTIZED):
+        g, randn = _gen(i)
+        with_bias, gelu, with_residual = epilogues[i % len(epilogues)]
+        lead = (rows // 2, 2) if layout == "3d" and rows % 2 == 0 else (rows,)
+        x = randn(K, rows, dtype=dtype, device=device).t() if layout == "t" else randn(*lead, K, dtype=dtype,
+                                                                                         device=device)
+        bias = randn(N, dtype=dtype, device=device) if with_bias else None
+        residual = randn(*x.shape[:-1], N, dtype=dtype, device=device) if with_residual else None
+        qweight, scales, zeros = _quantized_weight(i, K, N, bits, group_size, device)
+        yield Sample(f"M{rows}-K{K}-N{N}-int{bits}{f'-g{group_size}' if bits == 4 else ''}-{layout}-"
+                     f"bias{int(with_bias)}-gelu{int(gelu)}-res{int(with_residual)}",
+                     (x, qweight, scales, zeros, bits, group_size, bias, residual, gelu))
+
+
+def _pack_quantized_weight(dtype, device):
+    """The weight alone (x's dtype does not matter)."""
+    for i, (K, N, bits, group_size) in enumerate([(768, 2304, 8, 0), (64, 17, 4, 32), (6, 1, 4, 2),
+                                                  (96, 40478, 8, 0), (128, 33, 4, 64)]):
+        yield Sample(f"K{K}-N{N}-int{bits}-g{group_size}",
+                     (*_quantized_weight(i, K, N, bits, group_size, device), bits, group_size))
+
+
+def quantized_expected(args, dtype):
+    """linear_quantized's reference in reference_dtype(dtype) (float64 for float32 x): the weight dequantized
+    exactly in that dtype, then the matmul and epilogue in it too."""
+    x, qweight, scales, zeros, bits, group_size, bias, residual, gelu = args
+    target = torch.float64 if dtype == torch.float32 else torch.float32
+    if bits == 8:
+        w = qweight.to(target) * scales.to(target)
+    else:
+        N = qweight.shape[0]
+        q = torch.stack([qweight & 0xF, qweight >> 4], dim=-1).view(N, -1).to(target)
+        w = q * scales.to(target).repeat_interleave(group_size, 1) + zeros.to(target).repeat_interleave(group_size, 1)
+    x, bias, residual = upcast(x, bias, residual, dtype=dtype)
+    return reference.linear_small_m(x, w, bias, residual, gelu, in_out_layout=False)
+
+
 SAMPLES = {"add_layernorm": _add_layernorm, "bias_gelu": _bias_gelu, "flash_attention": _flash_attention,
            "decode_attention": _decode_attention, "linear_small_m": _linear_small_m,
            "pack_linear_weight": _pack_linear_weight,
-           "bias_gelu_backward": _bias_gelu_backward, "add_layernorm_backward": _add_layernorm_backward}
+           "bias_gelu_backward": _bias_gelu_backward, "add_layernorm_backward": _add_layernorm_backward,
+           "linear_quantized": _linear_quantized, "pack_quantized_weight": _pack_quantized_weight}
 
 
 def sample_inputs(op: str, dtype: torch.dtype, device: str = "cpu") -> list[Sample]:
@@ -190,6 +251,10 @@ def sample_inputs(op: str, dtype: torch.dtype, device: str = "cpu") -> list[Samp
 
 def op_arguments(op: str, sample: Sample) -> tuple:
     """The arguments of torch.ops.gpt_fast.<op> for a sample (linear_small_m gets its weight packed)."""
+    if op == "linear_quantized":
+        x, qweight, scales, zeros, bits, group_size, bias, residual, gelu = sample.args
+        packed = torch.ops.gpt_fast.pack_quantized_weight(qweight, scales, zeros, bits, group_size)
+        return x, packed, qweight.shape[0], bits, group_size, bias, residual, gelu
     if op != "linear_small_m":
         return sample.args
     x, weight, bias, residual, gelu, in_out = sample.args
@@ -212,12 +277,13 @@ def check_sample(op: str, sample: Sample) -> None:
     fn = getattr(reference, op)
     args = sample.args
     dtype = args[0].dtype
-    if op == "pack_linear_weight":  # a pure layout change: exact
+    if op in ("pack_linear_weight", "pack_quantized_weight"):  # a pure layout change: exact
         torch.testing.assert_close(kernel(*args), fn(*args), rtol=0, atol=0)
         return
     same_dtype_args = _cloned(args)
     same_dtype = fn(*same_dtype_args)  # decode_attention: also PyTorch's cache update
-    expected = fn(*_upcast(args, dtype))
+    # linear_quantized's reference dequantizes in float32; the oracle dequantizes exactly in the upcast dtype
+    expected = quantized_expected(args, dtype) if op == "linear_quantized" else fn(*_upcast(args, dtype))
     op_args = _cloned(op_arguments(op, sample))
     actual = kernel(*op_args)
     if isinstance(actual, tuple):  # backward ops: one gradient per output, each within the rule

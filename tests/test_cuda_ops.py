@@ -14,7 +14,7 @@ import gpt_fast.ops  # noqa: F401  (loads the extension and registers the fake k
 from gpt_fast.ops import has_kernel, reference
 
 OPS = ["add_layernorm", "bias_gelu", "flash_attention", "decode_attention", "bias_gelu_backward",
-       "add_layernorm_backward"]
+       "add_layernorm_backward", "linear_quantized", "pack_quantized_weight"]
 pytestmark = [
     pytest.mark.cuda,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
@@ -164,3 +164,44 @@ def test_decode_bad_lengths_dtype():
     qkv, k, v, _, H = decode_args([0, 0])
     with pytest.raises(RuntimeError, match="cache_lengths must be int64"):
         gpt_ops.decode_attention(qkv, k, v, torch.tensor([0, 0], dtype=torch.int32, device=DEV), H)
+
+
+def quantized_layer(bits, G, N=40, K=64, seed=30):
+    from op_samples import _quantized_weight
+
+    q, s, z = _quantized_weight(seed, K, N, bits, G, "cpu")
+    return q, s, z
+
+
+@pytest.mark.parametrize("bits, G", [(8, 0), (4, 32)])
+def test_quantized_pack_is_the_cpu_bytes_and_runs_in_a_cuda_graph(bits, G):
+    """The CUDA pack gives the CPU pack's bytes (one layout); linear_quantized captured in a CUDA graph (no host
+    sync in its binding) replays to the eager result, which matches the CPU kernel's within fp32 rounding."""
+    q, s, z = quantized_layer(bits, G)
+    cpu_packed = gpt_ops.pack_quantized_weight(q, s, z, bits, G)
+    packed = gpt_ops.pack_quantized_weight(q.to(DEV), s.to(DEV), None if z is None else z.to(DEV), bits, G)
+    assert torch.equal(packed.cpu(), cpu_packed)
+    x = gen(3, 64, dtype=torch.float32, seed=31)
+    eager = gpt_ops.linear_quantized(x, packed, 40, bits, G, None, None, True)
+    torch.testing.assert_close(eager.cpu(), gpt_ops.linear_quantized(x.cpu(), cpu_packed, 40, bits, G, None, None,
+                                                                     True), rtol=1e-5, atol=1e-5)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = gpt_ops.linear_quantized(x, packed, 40, bits, G, None, None, True)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(out, eager)
+
+
+def test_quantized_bad_input():
+    q, s, z = quantized_layer(4, 32)
+    packed = gpt_ops.pack_quantized_weight(q.to(DEV), s.to(DEV), z.to(DEV), 4, 32)
+    x = gen(2, 64, dtype=torch.float32, seed=32)
+    with pytest.raises(ValueError, match="bits must be 4 or 8"):
+        gpt_ops.linear_quantized(x, packed, 40, 3, 32, None, None, False)
+    with pytest.raises(ValueError, match="packed has shape"):
+        gpt_ops.linear_quantized(x, packed, 40, 4, 64, None, None, False)
+    with pytest.raises(ValueError, match="packed has shape"):
+        gpt_ops.linear_quantized(x, packed, 80, 4, 32, None, None, False)
+    with pytest.raises(ValueError, match="packed is on"):
+        gpt_ops.linear_quantized(x, packed.cpu(), 40, 4, 32, None, None, False)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 from accuracy import assert_within_pytorch_error, upcast
-from op_samples import sample_inputs
+from op_samples import _quantized_weight, quantized_expected, sample_inputs
 
 from gpt_fast.ops import reference
 
@@ -276,6 +276,30 @@ def test_bias_gelu_nonfinite(harness, tmp_path, dtype):
     out = load(tmp_path, "out", dtype, tuple(x.shape))
     check_accuracy(out, reference.bias_gelu, [x, bias], dtype)
     assert out[0, 0].isnan() and out[0, 20] == float("inf")
+
+
+QUANTIZED_SHAPES = [  # M, K, N, bits, G, bias, residual, gelu
+    (1, 32, 17, 8, 0, True, False, False),   # one full block and a 1-column one
+    (5, 64, 40, 4, 32, False, True, True),   # a 4-row tile and a 1-row one, three blocks, two groups
+    (2, 6, 3, 4, 2, True, True, False),      # groups of 2 k, fewer rows of weights than threads
+    (3, 300, 16, 8, 0, False, False, True),  # more k rows than threads: each thread sums several
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("M, K, N, bits, G, has_bias, has_residual, gelu", QUANTIZED_SHAPES)
+def test_linear_quantized(harness, tmp_path, dtype, M, K, N, bits, G, has_bias, has_residual, gelu):
+    qweight, scales, zeros = _quantized_weight(M, K, N, bits, G, "cpu")
+    packed = reference.pack_quantized_weight(qweight, scales, zeros, bits, G)  # the bytes the kernel reads
+    x = gen(M, K, dtype=dtype, seed=20)
+    bias = gen(N, dtype=dtype, seed=21) if has_bias else None
+    residual = gen(M, N, dtype=dtype, seed=22) if has_residual else None
+    save(tmp_path, x=x, packed=packed, **({"bias": bias} if has_bias else {}),
+         **({"residual": residual} if has_residual else {}))
+    run(harness, tmp_path, "linear_quantized", dtype, M, K, N, bits, G, int(has_bias), int(has_residual), int(gelu))
+    args = (x, qweight, scales, zeros, bits, G, bias, residual, gelu)
+    assert_within_pytorch_error(load(tmp_path, "out", dtype, (M, N)), quantized_expected(args, dtype),
+                                reference.linear_quantized(*args))
 
 
 def test_layer_catches_a_missing_syncthreads(tmp_path):

@@ -57,10 +57,12 @@ SCHEMAS = {  # one schema per op, as csrc/registration.cpp defines it and gpt_fa
     "bias_gelu_backward": "(Tensor grad_out, Tensor x, Tensor bias) -> Tensor",
     "add_layernorm_backward": "(Tensor grad_out, Tensor x, Tensor residual, Tensor? bias, Tensor weight, float eps) "
                               "-> (Tensor, Tensor, Tensor)",
+    "pack_quantized_weight": "(Tensor qweight, Tensor scales, Tensor? zeros, int bits, int group_size) -> Tensor",
+    "linear_quantized": "(Tensor x, Tensor packed, int out_features, int bits, int group_size, Tensor? bias, "
+                        "Tensor? residual, bool gelu) -> Tensor",
 }
-# linear_small_m: CPU only
 CUDA_OPS = ("add_layernorm", "bias_gelu", "decode_attention", "flash_attention", "bias_gelu_backward",
-            "add_layernorm_backward")
+            "add_layernorm_backward", "linear_quantized", "pack_quantized_weight")  # linear_small_m: CPU only
 
 
 def test_every_op_is_listed():

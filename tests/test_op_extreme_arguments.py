@@ -229,6 +229,44 @@ def test_linear_small_m_negative_zero_weights():
         ops.linear_small_m(x, packed, 20)
 
 
+# --- linear_quantized / pack_quantized_weight: out_features, bits, group_size -------------------------------------
+
+@FUZZ
+@given(N=ints, bits=st.sampled_from([4, 8]) | ints, group_size=st.sampled_from([2, 8, 16]) | ints,
+       packed_for=st.integers(1, 40), packed_bits=st.sampled_from([4, 8]), seed=st.integers(0, 2**32 - 1))
+def test_linear_quantized_integer_arguments(N, bits, group_size, packed_for, packed_bits, seed):
+    """Exactly the arguments the weight was packed for run (group_size is ignored for bits 8) and give the
+    dequantize-then-matmul result; every other call is a clear error, and the fake kernel agrees up to the exact N
+    within a block of 16 (which only the data, the padding marker, pins down)."""
+    K, G = 16, 8
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, K, generator=generator)
+    q, s, z = reference.quantize_linear_weight(torch.randn(packed_for, K, generator=generator), packed_bits, G)
+    packed = ops.pack_quantized_weight(q, s, z, packed_bits, G)
+    out = call("gpt_fast::linear_quantized", lambda: ops.linear_quantized(x, packed, N, bits, group_size))
+    valid = N == packed_for and bits == packed_bits and (bits == 8 or group_size == G)
+    assert (out is not None) == valid, (N, bits, group_size)
+    if valid:
+        w = reference.dequantize_linear_weight(q, s, z, bits, G).double()
+        torch.testing.assert_close(out.double(), x.double() @ w.t(), rtol=1e-5, atol=1e-5)
+    same_blocks = N > 0 and -(-N // 16) == -(-packed_for // 16)
+    same_shape = same_blocks and bits == packed_bits and (bits == 8 or group_size == G)
+    fn = lambda a, p: ops.linear_quantized(a, p, N, bits, group_size)  # noqa: E731
+    assert fake_accepts("linear_quantized", fn, x, packed) == same_shape
+
+
+@FUZZ
+@given(bits=st.sampled_from([4, 8]) | ints, group_size=st.sampled_from([2, 8, 16]) | ints)
+def test_pack_quantized_weight_integer_arguments(bits, group_size):
+    K = 16
+    q8, s8, _ = reference.quantize_linear_weight(torch.randn(5, K), 8)
+    q4, s4, z4 = reference.quantize_linear_weight(torch.randn(5, K), 4, 8)
+    args = (q8, s8, None) if bits == 8 else (q4, s4, z4)
+    out = call("gpt_fast::pack_quantized_weight", lambda: ops.pack_quantized_weight(*args, bits, group_size))
+    valid = bits == 8 or (bits == 4 and group_size == 8)  # the scales are per group of 8
+    assert (out is not None) == valid, (bits, group_size)
+
+
 # --- add_layernorm: eps; bias_gelu (no scalar argument): extreme values -----------------------------------------
 
 @pytest.mark.parametrize("eps", EPS, ids=str)

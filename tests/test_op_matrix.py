@@ -13,8 +13,9 @@ from gpt_fast import ops
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 pytestmark = pytest.mark.skipif(not ops.extension_loaded(), reason="no extension was built")
 # opcheck's autograd checks need a registered backward; the ops without one are checked without autograd inputs
-NO_AUTOGRAD = {"decode_attention", "linear_small_m", "pack_linear_weight", "bias_gelu_backward",
-               "add_layernorm_backward"}  # backward ops: no autograd of their own (double backward: reference)
+# backward ops: no autograd of their own (double backward: the reference)
+NO_AUTOGRAD = {"decode_attention", "linear_small_m", "pack_linear_weight", "pack_quantized_weight",
+               "bias_gelu_backward", "add_layernorm_backward"}
 
 
 @pytest.mark.parametrize("op", sorted(SAMPLES))

@@ -1,15 +1,19 @@
 // Torch bindings of the gpt_fast CUDA kernels: argument checks (each naming the op and argument), the device
 // guard, the current stream, then the torch-free launchers (launchers.h) and a launch-error check.
-// Registers TORCH_LIBRARY_IMPL(gpt_fast, CUDA, m) for add_layernorm, bias_gelu, flash_attention, decode_attention
-// and the backward ops bias_gelu_backward, add_layernorm_backward.
+// Registers TORCH_LIBRARY_IMPL(gpt_fast, CUDA, m) for add_layernorm, bias_gelu, flash_attention, decode_attention,
+// the backward ops bias_gelu_backward, add_layernorm_backward, pack_quantized_weight (the device-agnostic ATen packer
+// of csrc/cpu/pack_quantized_weight.cpp) and linear_quantized.
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
 #include <cmath>
+#include <vector>
 
 #include "checks.h"
+#include "cpu/pack_quantized_weight.h"
+#include "cpu/quantized_layout.h"
 #include "cuda/launchers.h"
 
 namespace gpt_fast {
@@ -209,6 +213,52 @@ at::Tensor decode_attention_cuda(const at::Tensor& qkv, at::Tensor& k_cache, at:
   return out;
 }
 
+at::Tensor pack_quantized_weight_cuda(const at::Tensor& qweight, const at::Tensor& scales,
+                                      const std::optional<at::Tensor>& zeros, int64_t bits, int64_t group_size) {
+  check_cuda(qweight, "gpt_fast::pack_quantized_weight", "qweight");
+  const c10::cuda::CUDAGuard guard(qweight.device());
+  return pack_quantized_weight_aten(qweight, scales, zeros, bits, group_size);
+}
+
+// The CPU binding's checks except the exact N against the padding marker, which would need a device read (a sync):
+// here N is checked up to its block of 16 columns by the packed shape.
+at::Tensor linear_quantized_cuda(const at::Tensor& x, const at::Tensor& packed, int64_t out_features, int64_t bits,
+                                 int64_t group_size, const std::optional<at::Tensor>& bias,
+                                 const std::optional<at::Tensor>& residual, bool gelu) {
+  constexpr const char* op = "gpt_fast::linear_quantized";
+  check_cuda(x, op, "x");
+  const int64_t K = check_linear_quantized_args(x, packed, out_features, bits, group_size, op);
+  const int64_t N = out_features;
+  TORCH_CHECK_VALUE(K <= INT32_MAX && quant::blocks(N) <= INT32_MAX, op, ": K and ceil(N / 16) must fit in int32");
+  if (bias) check_vector(*bias, N, x, op, "bias");
+  std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
+  out_shape.back() = N;
+  if (residual) {
+    TORCH_CHECK_VALUE(residual->sizes() == at::IntArrayRef(out_shape), op, ": residual must have the output shape ",
+                      at::IntArrayRef(out_shape), ", got ", residual->sizes());
+    check_same_device(*residual, x, op, "residual");
+    check_same_dtype(*residual, x, op, "residual");
+  }
+  const c10::cuda::CUDAGuard guard(x.device());
+  const int64_t M = x.numel() / K;
+  auto out = at::empty(out_shape, x.options());
+  if (M == 0) return out;
+  const auto xc = x.reshape({M, K}).contiguous();
+  at::Tensor res2, bias_c = bias ? bias->contiguous() : at::Tensor();
+  if (residual) {
+    res2 = residual->reshape({M, N});
+    if (res2.stride(1) != 1) res2 = res2.contiguous();
+  }
+  check_launch(cuda::launch_linear_quantized(to_dtype(x), xc.const_data_ptr(), packed.const_data_ptr<uint8_t>(),
+                                             bias ? bias_c.const_data_ptr() : nullptr,
+                                             residual ? res2.const_data_ptr() : nullptr, out.mutable_data_ptr(), M,
+                                             static_cast<int>(K), N, static_cast<int>(bits),
+                                             static_cast<int>(bits == 4 ? group_size : 0),
+                                             residual ? res2.stride(0) : 0, gelu, at::cuda::getCurrentCUDAStream()),
+               op);
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(gpt_fast, CUDA, m) {
@@ -218,6 +268,8 @@ TORCH_LIBRARY_IMPL(gpt_fast, CUDA, m) {
   m.impl("decode_attention", &decode_attention_cuda);
   m.impl("bias_gelu_backward", &bias_gelu_backward_cuda);
   m.impl("add_layernorm_backward", &add_layernorm_backward_cuda);
+  m.impl("pack_quantized_weight", &pack_quantized_weight_cuda);
+  m.impl("linear_quantized", &linear_quantized_cuda);
 }
 
 }  // namespace gpt_fast

@@ -58,4 +58,11 @@ cudaError_t launch_decode_attention(DType dtype, const DecodePlan& plan, const v
                                     void* v_cache, const int64_t* cache_lengths, void* out, void* workspace, int B,
                                     int S, int H, int D, int Tmax, cudaStream_t stream);
 
+// Weight-only quantized linear (csrc/cpu/quantized_layout.h): x (M, K); packed (ceil(N / 16), ...) bytes for bits 8
+// or 4 (group size G); bias (N,) or nullptr; residual (M, N) rows ld_residual apart, or nullptr; out (M, N). Needs
+// grid.x = ceil(N / 16) < 2^31 (checked by the binding).
+cudaError_t launch_linear_quantized(DType dtype, const void* x, const uint8_t* packed, const void* bias,
+                                    const void* residual, void* out, int64_t M, int K, int64_t N, int bits, int G,
+                                    int64_t ld_residual, bool gelu, cudaStream_t stream);
+
 }  // namespace gpt_fast::cuda

@@ -172,3 +172,51 @@ def linear_quantized(x, qweight, scales, zeros, bits: int, group_size: int | Non
     if residual is not None:
         out = out + residual.to(torch.float32)
     return out.to(x.dtype)
+
+
+def pack_quantized_weight(qweight, scales, zeros, bits: int, group_size: int | None = None):
+    """The byte layout gpt_fast::pack_quantized_weight makes (csrc/cpu/quantized_layout.h), built with plain tensor
+    ops: columns in blocks of 16, each block one uint8 stream.
+    bits=8: (ceil(N/16), K + 4, 16): K rows of 16 int8 weights (one per column), then the 16 float32 scales.
+    bits=4: (ceil(N/16), K/G, 8 G + 64): per group G/2 rows of 16 bytes (byte j = column j's k pair, low nibble first),
+    then the group's 16 bfloat16 scales and 16 bfloat16 zeros. Columns past N: q = 0, scale 0, and -0.0 as the int8
+    scale / the int4 zeros (the marker linear_quantized checks out_features against; the weight's own -0.0 there
+    become +0.0)."""
+    N = qweight.shape[0]
+    NB = -(-N // 16)
+
+    def padded(t, value):  # (N, C) -> (16 NB, C), rows past N = value
+        out = torch.full((16 * NB, t.shape[1]), value, dtype=t.dtype, device=t.device)
+        out[:N] = t
+        return out
+
+    if bits == 8:
+        K = qweight.shape[1]
+        q = padded(qweight, 0).view(NB, 16, K).transpose(1, 2).contiguous().view(torch.uint8)  # (NB, K, 16)
+        s = padded(scales + 0.0, -0.0).reshape(NB, 16).contiguous().view(torch.uint8).view(NB, 4, 16)
+        return torch.cat([q, s], dim=1)
+    G = group_size
+    groups = 2 * qweight.shape[1] // G
+    q = padded(qweight, 0).view(NB, 16, groups, G // 2).permute(0, 2, 3, 1).reshape(NB, groups, 8 * G)
+
+    def per_group(t, value):  # (N, groups) bf16 -> (NB, groups, 32) bytes
+        return padded(t, value).view(NB, 16, groups).transpose(1, 2).contiguous().view(torch.uint8)
+
+    return torch.cat([q, per_group(scales, 0.0), per_group(zeros + 0.0, -0.0)], dim=2)
+
+
+def dequantize_packed_weight(packed, out_features: int, bits: int, group_size: int | None = None):
+    """The float32 (N, K) weight a pack_quantized_weight result stands for (its inverse, then dequantized)."""
+    NB, rows, width = packed.shape
+    if bits == 8:
+        K = rows - 4
+        q = packed[:, :K].contiguous().view(torch.int8).transpose(1, 2).reshape(16 * NB, K)  # (16 NB, K)
+        s = packed[:, K:].contiguous().view(torch.float32).reshape(16 * NB, 1)
+        return (q.to(torch.float32) * s)[:out_features]
+    G, groups = group_size, rows
+    q = packed[..., :8 * G].reshape(NB, groups, G // 2, 16)  # byte (b, g, p, j)
+    q = torch.stack([q & 0xF, q >> 4], dim=3).permute(0, 4, 1, 2, 3).reshape(16 * NB, groups * G)  # (16 NB, K)
+    tail = packed[..., 8 * G:].contiguous().view(torch.bfloat16).view(NB, groups, 2, 16)  # (b, g, scale|zero, j)
+    s, z = (tail[:, :, i].permute(0, 2, 1).reshape(16 * NB, groups).to(torch.float32).repeat_interleave(G, dim=1)
+            for i in range(2))
+    return (q.to(torch.float32) * s + z)[:out_features]

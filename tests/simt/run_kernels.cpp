@@ -9,6 +9,8 @@
 //   run_kernels flash_attention  DTYPE DIR B T H D has_mask        qkv [mask] -> out
 //   run_kernels decode_attention DTYPE DIR B S H D Tmax sm_count   qkv k_cache v_cache lengths -> out k_cache v_cache
 //   run_kernels decode_attention_short_cache ...   the same with caches one position short (for the guard check)
+//   run_kernels linear_quantized DTYPE DIR M K N bits G has_bias has_residual gelu
+//                                                                 x packed [bias] [residual] -> out
 // DTYPE is float32, bfloat16 or float16. Prints the decode split count it used. Buffers sit between guard zones;
 // a decode launch that wrote into one exits with status 4 ("write outside NAME").
 #include "simt.h"
@@ -19,6 +21,7 @@
 #include "../../csrc/cuda/bias_gelu_backward.cu"
 #include "../../csrc/cuda/decode_attention.cu"
 #include "../../csrc/cuda/flash_attention.cu"
+#include "../../csrc/cuda/linear_quantized.cu"
 
 #include <cstring>
 #include <fstream>
@@ -172,6 +175,21 @@ int main(int argc, char** argv) {
     write_file(dir, "k_cache", kc);
     write_file(dir, "v_cache", vc);
     std::printf("splits=%d\n", plan.splits);
+  } else if (op == "linear_quantized") {
+    const int64_t M = arg(0), N = arg(2);
+    const int K = static_cast<int>(arg(1)), bits = static_cast<int>(arg(3)), G = static_cast<int>(arg(4));
+    const bool has_bias = arg(5) != 0, has_residual = arg(6) != 0, gelu = arg(7) != 0;
+    const size_t block_bytes = bits == 8 ? size_t(K + 4) * 16 : size_t(K / G) * (8 * G + 64);
+    Buffer x = read_file(dir, "x", size_t(M) * K * es);
+    Buffer packed = read_file(dir, "packed", size_t((N + 15) / 16) * block_bytes);
+    Buffer bias = has_bias ? read_file(dir, "bias", N * es) : Buffer{};
+    Buffer res = has_residual ? read_file(dir, "residual", size_t(M) * N * es) : Buffer{};
+    Buffer out = zeros(size_t(M) * N * es);
+    check(launch_linear_quantized(dtype, x.data(), static_cast<const uint8_t*>(packed.data()),
+                                  has_bias ? bias.data() : nullptr, has_residual ? res.data() : nullptr, out.data(), M,
+                                  K, N, bits, G, N, gelu, nullptr));
+    check_guards(out, "out");
+    write_file(dir, "out", out);
   } else {
     std::fprintf(stderr, "unknown op %s\n", op.c_str());
     return 2;

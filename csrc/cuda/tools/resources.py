@@ -32,6 +32,7 @@ THREADS = {
     "flash_attention_fp32_kernel": 128,
     "decode_attention_kernel": 128,
     "decode_merge_kernel": 128,
+    "linear_quantized_kernel": 128,
 }
 
 ENTRY = re.compile(r"Compiling entry function '(\w+)' for '(sm_\w+)'")

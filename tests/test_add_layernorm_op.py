@@ -3,6 +3,7 @@
 import pytest
 import torch
 from accuracy import assert_within_pytorch_error, upcast
+from dispatch_recorder import OpRecorder
 
 from gpt_fast import ops
 from gpt_fast.ops import reference
@@ -100,15 +101,6 @@ def test_backward_kernel_gradcheck_float64(shape):
     assert torch.autograd.gradcheck(_KernelBackward.apply, (x, res, bias, w, b))
 
 
-class _Recorder(torch.utils._python_dispatch.TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.called = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.called.append(str(func))
-        return func(*args, **(kwargs or {}))
-
 
 @pytest.mark.parametrize("with_bias", [True, False])
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -120,7 +112,7 @@ def test_autograd_runs_the_backward_kernel(dtype, with_bias, cpu_tier):
     def leaves(ts):
         return [None if t is None else t.clone().requires_grad_() for t in ts]
     fused = leaves(inputs)
-    with _Recorder() as rec:
+    with OpRecorder() as rec:
         ops.add_layernorm(*fused, 1e-5).backward(grad_out)
     assert "gpt_fast.add_layernorm_backward.default" in rec.called, rec.called
     exact = leaves(upcast(*inputs, dtype=dtype))

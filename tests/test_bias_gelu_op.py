@@ -3,6 +3,7 @@
 import pytest
 import torch
 from accuracy import assert_within_pytorch_error, upcast
+from dispatch_recorder import OpRecorder
 
 from gpt_fast import ops
 from gpt_fast.ops import reference
@@ -104,15 +105,6 @@ def test_backward_kernel_gradcheck_float64(shape):
     assert torch.autograd.gradcheck(_KernelBackward.apply, (x, bias))
 
 
-class _Recorder(torch.utils._python_dispatch.TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.called = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.called.append(str(func))
-        return func(*args, **(kwargs or {}))
-
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_autograd_runs_the_backward_kernel(dtype, cpu_tier):
@@ -122,7 +114,7 @@ def test_autograd_runs_the_backward_kernel(dtype, cpu_tier):
     x, bias = (3 * torch.randn(7, 97, generator=g)).to(dtype), torch.randn(97, generator=g).to(dtype)
     grad_out = torch.randn(7, 97, generator=g).to(dtype)
     fused = [x.clone().requires_grad_(), bias.clone().requires_grad_()]
-    with _Recorder() as rec:
+    with OpRecorder() as rec:
         ops.bias_gelu(*fused).backward(grad_out)
     assert "gpt_fast.bias_gelu_backward.default" in rec.called, rec.called
     exact = [t.clone().requires_grad_() for t in upcast(x, bias, dtype=dtype)]

@@ -15,6 +15,7 @@ namespace gpt_fast::quantized {
 using small_m::kChunkK;
 using small_m::kPrefetch;
 using small_m::over_block_groups;
+using small_m::with_rows;
 constexpr int64_t kBN = quant::kBlockN;
 
 // Everything a task needs. x and xsum are fp32 copies made once per call; the rest point into the op's tensors.

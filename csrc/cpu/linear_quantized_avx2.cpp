@@ -160,19 +160,6 @@ GPT_FAST_AVX2 void int4_tile(const QuantArgs<T>& a, const int64_t* blocks, int64
   for (int j = 0; j < NB; ++j) finish_tile<T>(a, total[j], MR, m0, blocks[j] * kBN);
 }
 
-// Calls tile(std::integral_constant<int, MR>{}) with MR = rows (1..6) as a compile-time constant.
-template <typename Tile>
-void with_rows(int64_t rows, Tile&& tile) {
-  switch (rows) {
-    case 1: return tile(std::integral_constant<int, 1>{});
-    case 2: return tile(std::integral_constant<int, 2>{});
-    case 3: return tile(std::integral_constant<int, 3>{});
-    case 4: return tile(std::integral_constant<int, 4>{});
-    case 5: return tile(std::integral_constant<int, 5>{});
-    default: return tile(std::integral_constant<int, 6>{});
-  }
-}
-
 }  // namespace
 
 template <typename T>
@@ -184,7 +171,7 @@ void quantized_blocks_avx2(const QuantArgs<T>& a, int64_t block_begin, int64_t b
     over_block_groups<decltype(streams)::value>(block_begin, block_end, [&](auto nb, const int64_t* blocks) {
       constexpr int NB = decltype(nb)::value;
       for (int64_t m0 = 0; m0 < a.M; m0 += tile_rows) {
-        with_rows(std::min(tile_rows, a.M - m0), [&](auto mr) {
+        with_rows<6>(std::min(tile_rows, a.M - m0), [&](auto mr) {
           constexpr int MR = decltype(mr)::value;
           if constexpr (2 * MR * NB > 12) {  // never: see the choice of NB below
             TORCH_INTERNAL_ASSERT(false, "linear_quantized (avx2): ", MR, " rows x ", NB, " blocks per tile");

@@ -233,21 +233,6 @@ GPT_FAST_AVX512_BF16 void int4_tile_dpbf16(const QuantArgs<T>& a, const int64_t*
   for (int j = 0; j < NB; ++j) finish_tile<T>(a, total[j], MR, m0, blocks[j] * kBN);
 }
 
-// Calls tile(std::integral_constant<int, MR>{}) with MR = rows (1..8) as a compile-time constant.
-template <typename Tile>
-void with_rows(int64_t rows, Tile&& tile) {
-  switch (rows) {
-    case 1: return tile(std::integral_constant<int, 1>{});
-    case 2: return tile(std::integral_constant<int, 2>{});
-    case 3: return tile(std::integral_constant<int, 3>{});
-    case 4: return tile(std::integral_constant<int, 4>{});
-    case 5: return tile(std::integral_constant<int, 5>{});
-    case 6: return tile(std::integral_constant<int, 6>{});
-    case 7: return tile(std::integral_constant<int, 7>{});
-    default: return tile(std::integral_constant<int, 8>{});
-  }
-}
-
 }  // namespace
 
 template <typename T>
@@ -260,7 +245,7 @@ void quantized_blocks_avx512(const QuantArgs<T>& a, int64_t block_begin, int64_t
     over_block_groups<decltype(streams)::value>(block_begin, block_end, [&](auto nb, const int64_t* blocks) {
       constexpr int NB = decltype(nb)::value;
       for (int64_t m0 = 0; m0 < a.M; m0 += tile_rows) {
-        with_rows(std::min(tile_rows, a.M - m0), [&](auto mr) {
+        with_rows<8>(std::min(tile_rows, a.M - m0), [&](auto mr) {
           constexpr int MR = decltype(mr)::value;
           if constexpr (MR * NB > 8) {  // never: see the choice of NB below
             TORCH_INTERNAL_ASSERT(false, "linear_quantized (avx512): ", MR, " rows x ", NB, " blocks per tile");

@@ -49,6 +49,18 @@ inline void over_block_groups(int64_t begin, int64_t end, Tile&& tile) {
   for (int64_t b = begin + NB * part; b < end; ++b) tile(std::integral_constant<int, 1>{}, &b);
 }
 
+// Calls tile(std::integral_constant<int, MR>{}) with MR = min(rows, MaxRows) (rows >= 1) as a compile-time
+// constant, so a row tile's accumulators can live in registers.
+template <int MaxRows, int MR = 1, typename Tile>
+inline void with_rows(int64_t rows, Tile&& tile) {
+  if constexpr (MR == MaxRows) {
+    tile(std::integral_constant<int, MR>{});
+  } else {
+    if (rows <= MR) return tile(std::integral_constant<int, MR>{});
+    with_rows<MaxRows, MR + 1>(rows, tile);
+  }
+}
+
 // The AVX2 + FMA (+F16C) path over blocks [block_begin, block_end) (linear_small_m_avx2.cpp); call only when
 // cpu::use_avx2(), on x86 builds (GPT_FAST_HAVE_X86). Instantiated for float, c10::BFloat16 and c10::Half.
 template <typename T>

@@ -11,8 +11,8 @@ computation a call takes (the engine), from the KernelPlan and the call's row co
   for this call only (quantization/dequantize.py), then models.linear.gemm, the same GEMM + bias/GELU epilogue as
   Conv1D's "gemm" engine. Nothing dequantized is kept, so the model stays at its quantized size. Chosen by
   measurement (benchmarks/bench_quantized_prefill.py, 512 rows, bf16, one thread, CPU time, AMD EPYC Zen 5):
-  1.0-1.3x faster than the compiled linear_quantized kernel per GPT-1 layer (e.g. int8 c_proj 1.86 against 2.90 ms,
-  int4 c_fc 7.67 against 8.42 ms) and 1.15-1.35x the unquantized GEMM.
+  1.0-1.6x faster than the compiled linear_quantized kernel per GPT-1 layer (e.g. int8 c_proj 1.86 against 2.90 ms,
+  int4 c_fc 7.67 against 8.42 ms) and 1.14-1.37x the unquantized GEMM.
 
 Inference only: a layer asked to run with gradients in training mode, or whose float buffers were made to require
 grad, raises; there is no backward through the quantized weight (training a quantized model is out of scope).

@@ -116,15 +116,7 @@ at::Tensor linear_quantized_cpu(const at::Tensor& x, const at::Tensor& packed, i
   const int64_t K = check_linear_quantized_args(x, packed, out_features, bits, group_size, op);
   const int64_t N = out_features, NB = packed.size(0), G = bits == 4 ? group_size : 0;
   check_packed_columns(packed, N, K, bits, G, op);
-  if (bias) check_vector(*bias, N, x, op, "bias");
-  std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
-  out_shape.back() = N;
-  if (residual) {
-    TORCH_CHECK_VALUE(residual->sizes() == at::IntArrayRef(out_shape), op, ": residual must have the output shape ",
-                      at::IntArrayRef(out_shape), ", got ", residual->sizes());
-    check_same_device(*residual, x, op, "residual");
-    check_same_dtype(*residual, x, op, "residual");
-  }
+  const std::vector<int64_t> out_shape = check_linear_quantized_epilogue(x, N, bias, residual, op);
   const int64_t M = x.numel() / K;
   auto out = at::empty(out_shape, x.options());
   if (M == 0) return out;

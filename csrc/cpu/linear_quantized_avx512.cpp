@@ -29,21 +29,6 @@ GPT_FAST_AVX512 inline void prefetch(const uint8_t* at) {
   _mm_prefetch(reinterpret_cast<const char*>(at) + kPrefetch, _MM_HINT_T0);
 }
 
-// Bias, GELU, residual on the fp32 sums of rows [m0, m0 + rows), columns [n0, n0 + 16) clipped to N, then the store.
-template <typename T>
-GPT_FAST_AVX512 inline void finish_tile(const QuantArgs<T>& a, const __m512* total, int rows, int64_t m0,
-                                        int64_t n0) {
-  using V = cpu::Vec16<T>;
-  const __mmask16 lanes = cpu::first_lanes(a.N - n0);
-  const __m512 bias = a.bias ? V::load(a.bias + n0, lanes) : _mm512_setzero_ps();
-  for (int m = 0; m < rows; ++m) {
-    __m512 v = _mm512_add_ps(total[m], bias);
-    if (a.gelu) v = cpu::gelu_tanh_fp32(v);
-    if (a.residual) v = _mm512_add_ps(v, V::load(a.residual + (m0 + m) * a.ld_residual + n0, lanes));
-    V::store(a.out + (m0 + m) * a.N + n0, v, lanes);
-  }
-}
-
 template <typename T, int MR, int NB>
 GPT_FAST_AVX512 void int8_tile(const QuantArgs<T>& a, const int64_t* blocks, int64_t m0) {
   const int64_t K = a.K;
@@ -77,7 +62,7 @@ GPT_FAST_AVX512 void int8_tile(const QuantArgs<T>& a, const int64_t* blocks, int
   for (int j = 0; j < NB; ++j) {
     const __m512 scale = _mm512_loadu_ps(wbs[j] + K * kBN);
     for (int m = 0; m < MR; ++m) total[j][m] = _mm512_mul_ps(total[j][m], scale);
-    finish_tile<T>(a, total[j], MR, m0, blocks[j] * kBN);
+    cpu::finish_columns16<T>(a, total[j], MR, m0, blocks[j] * kBN);
   }
 }
 
@@ -120,7 +105,7 @@ GPT_FAST_AVX512_BF16 void int8_tile_dpbf16(const QuantArgs<T>& a, const int64_t*
   for (int j = 0; j < NB; ++j) {
     const __m512 scale = _mm512_loadu_ps(wbs[j] + K * kBN);
     for (int m = 0; m < MR; ++m) total[j][m] = _mm512_mul_ps(total[j][m], scale);
-    finish_tile<T>(a, total[j], MR, m0, blocks[j] * kBN);
+    cpu::finish_columns16<T>(a, total[j], MR, m0, blocks[j] * kBN);
   }
 }
 
@@ -177,7 +162,7 @@ GPT_FAST_AVX512 void int4_tile(const QuantArgs<T>& a, const int64_t* blocks, int
         total[j][m] = _mm512_fmadd_ps(zero, _mm512_set1_ps(xsum[m * groups + g]), total[j][m]);
     }
   }
-  for (int j = 0; j < NB; ++j) finish_tile<T>(a, total[j], MR, m0, blocks[j] * kBN);
+  for (int j = 0; j < NB; ++j) cpu::finish_columns16<T>(a, total[j], MR, m0, blocks[j] * kBN);
 }
 
 // bits 4 with a bf16 x on AVX512_BF16: per k pair row, dword j = the bf16 pair (q[2p, j] - 8, q[2p + 1, j] - 8)
@@ -230,7 +215,7 @@ GPT_FAST_AVX512_BF16 void int4_tile_dpbf16(const QuantArgs<T>& a, const int64_t*
         total[j][m] = _mm512_fmadd_ps(zero, _mm512_set1_ps(xsum[m * groups + g]), total[j][m]);
     }
   }
-  for (int j = 0; j < NB; ++j) finish_tile<T>(a, total[j], MR, m0, blocks[j] * kBN);
+  for (int j = 0; j < NB; ++j) cpu::finish_columns16<T>(a, total[j], MR, m0, blocks[j] * kBN);
 }
 
 }  // namespace

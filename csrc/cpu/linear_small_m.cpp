@@ -80,21 +80,6 @@ inline void prefetch_weights(const void* at) {
 // Independent accumulator chains per row: enough that MR * chains covers the FMA latency even for one row.
 constexpr int chains_for(int rows) { return rows == 1 ? 4 : rows == 2 ? 2 : 1; }
 
-// Bias, GELU, residual on the fp32 sums of rows [m0, m0 + rows), columns [n0, n0 + 16), then the only store.
-template <typename T>
-GPT_FAST_AVX512 inline void finish_tile(const LinearArgs<T>& a, const __m512* total, int rows, int64_t m0,
-                                        int64_t n0) {
-  using V = cpu::Vec16<T>;
-  const __mmask16 lanes = cpu::first_lanes(a.N - n0);
-  const __m512 bias = a.bias ? V::load(a.bias + n0, lanes) : _mm512_setzero_ps();
-  for (int m = 0; m < rows; ++m) {
-    __m512 v = _mm512_add_ps(total[m], bias);
-    if (a.gelu) v = cpu::gelu_tanh_fp32(v);
-    if (a.residual) v = _mm512_add_ps(v, V::load(a.residual + (m0 + m) * a.ld_residual + n0, lanes));
-    V::store(a.out + (m0 + m) * a.N + n0, v, lanes);
-  }
-}
-
 // Rows [m0, m0 + MR) of NB 16-column blocks (block indices in blocks[]): each block's weights are streamed once,
 // the NB streams side by side, CH k per step (one chain each), converted to fp32 and FMA'd with broadcast x values.
 template <typename T, int MR, int NB, int64_t PD>
@@ -133,7 +118,7 @@ GPT_FAST_AVX512 inline void linear_tile_avx512(const LinearArgs<T>& a, const int
       for (int c = 0; c < CH; ++c)
         for (int m = 0; m < MR; ++m) total[j][m] = _mm512_add_ps(total[j][m], acc[j][c][m]);
   }
-  for (int j = 0; j < NB; ++j) finish_tile<T>(a, total[j], MR, m0, blocks[j] * kBN);
+  for (int j = 0; j < NB; ++j) cpu::finish_columns16<T>(a, total[j], MR, m0, blocks[j] * kBN);
 }
 
 // The same for bf16 with vdpbf16ps: one instruction multiplies 16 columns x 2 k and accumulates in fp32, half the
@@ -181,7 +166,7 @@ GPT_FAST_AVX512_BF16 inline void linear_tile_dpbf16(const LinearArgs<c10::BFloat
         total[j][m] = _mm512_fmadd_ps(w, _mm512_set1_ps(a.x[(m0 + m) * K + K - 1]), total[j][m]);
       }
     }
-    finish_tile<c10::BFloat16>(a, total[j], MR, m0, blocks[j] * kBN);
+    cpu::finish_columns16<c10::BFloat16>(a, total[j], MR, m0, blocks[j] * kBN);
   }
 }
 
@@ -221,7 +206,7 @@ GPT_FAST_AMX void linear_blocks_amx(const LinearArgs<c10::BFloat16>& a, int64_t 
       const int rows = static_cast<int>(std::min<int64_t>(kAmxRows, a.M - m0));
       __m512 total[kAmxRows];
       for (int m = 0; m < rows; ++m) total[m] = _mm512_load_ps(c_tile + m * kBN);
-      finish_tile<c10::BFloat16>(a, total, rows, m0, b * kBN);
+      cpu::finish_columns16<c10::BFloat16>(a, total, rows, m0, b * kBN);
     }
   }
   _tile_release();

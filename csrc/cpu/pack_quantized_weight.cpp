@@ -111,6 +111,21 @@ int64_t check_linear_quantized_args(const at::Tensor& x, const at::Tensor& packe
   return K;
 }
 
+std::vector<int64_t> check_linear_quantized_epilogue(const at::Tensor& x, int64_t N,
+                                                     const std::optional<at::Tensor>& bias,
+                                                     const std::optional<at::Tensor>& residual, const char* op) {
+  if (bias) check_vector(*bias, N, x, op, "bias");
+  std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
+  out_shape.back() = N;
+  if (residual) {
+    TORCH_CHECK_VALUE(residual->sizes() == at::IntArrayRef(out_shape), op, ": residual must have the output shape ",
+                      at::IntArrayRef(out_shape), ", got ", residual->sizes());
+    check_same_device(*residual, x, op, "residual");
+    check_same_dtype(*residual, x, op, "residual");
+  }
+  return out_shape;
+}
+
 namespace {
 at::Tensor pack_quantized_weight_cpu(const at::Tensor& qweight, const at::Tensor& scales,
                                      const std::optional<at::Tensor>& zeros, int64_t bits, int64_t group_size) {

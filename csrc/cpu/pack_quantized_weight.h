@@ -5,6 +5,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <optional>
+#include <vector>
 
 namespace gpt_fast {
 
@@ -16,5 +17,11 @@ at::Tensor pack_quantized_weight_aten(const at::Tensor& qweight, const at::Tenso
 // (N, K, bits, group_size). Returns K.
 int64_t check_linear_quantized_args(const at::Tensor& x, const at::Tensor& packed, int64_t out_features,
                                     int64_t bits, int64_t group_size, const char* op);
+
+// The checks of linear_quantized's epilogue arguments: bias (N,) and residual with the output's shape (..., N),
+// both on x's device in x's dtype. Returns the output shape.
+std::vector<int64_t> check_linear_quantized_epilogue(const at::Tensor& x, int64_t N,
+                                                     const std::optional<at::Tensor>& bias,
+                                                     const std::optional<at::Tensor>& residual, const char* op);
 
 }  // namespace gpt_fast

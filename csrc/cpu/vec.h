@@ -135,6 +135,22 @@ GPT_FAST_AVX512 inline __m512 gelu_tanh_fp32(__m512 v) {
   return _mm512_mask_blend_ps(minus_inf, _mm512_mul_ps(v, r1), _mm512_set1_ps(NAN));
 }
 
+// The epilogue of the few-row linear kernels (linear_small_m, linear_quantized): bias, tanh-GELU and residual on
+// the fp32 sums total[0..rows) of rows [m0, m0 + rows) x columns [n0, n0 + 16) (clipped to a.N), then the only
+// store. Args: any struct with bias, residual (rows a.ld_residual apart), out (T*; (M, N)), N and gelu.
+template <typename T, typename Args>
+GPT_FAST_AVX512 inline void finish_columns16(const Args& a, const __m512* total, int rows, int64_t m0, int64_t n0) {
+  using V = Vec16<T>;
+  const __mmask16 lanes = first_lanes(a.N - n0);
+  const __m512 bias = a.bias ? V::load(a.bias + n0, lanes) : _mm512_setzero_ps();
+  for (int m = 0; m < rows; ++m) {
+    __m512 v = _mm512_add_ps(total[m], bias);
+    if (a.gelu) v = gelu_tanh_fp32(v);
+    if (a.residual) v = _mm512_add_ps(v, V::load(a.residual + (m0 + m) * a.ld_residual + n0, lanes));
+    V::store(a.out + (m0 + m) * a.N + n0, v, lanes);
+  }
+}
+
 #endif  // GPT_FAST_HAVE_X86
 
 }  // namespace gpt_fast::cpu

@@ -75,7 +75,9 @@ def test_gpt_fast_generate_continues_a_prompt(tiny_run, capsys):
     out, _ = tiny_run
     assert main(["generate", "--model", str(out), "to be or not", "--max-new-tokens", "12", "--no-stream"]) == 0
     text = capsys.readouterr().out
-    assert text.startswith("to be or not") and len(text.split()) > 4 + 3, text
+    # The prompt, then 12 new tokens: each decodes to at least one character (a tiny model may repeat a word piece,
+    # so words are not counted).
+    assert text.startswith("to be or not") and len(text.strip()) >= len("to be or not") + 12, text
 
 
 def test_transformers_loads_the_folder_to_the_same_ids_and_logits(tiny_run):

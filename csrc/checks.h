@@ -39,6 +39,13 @@ inline void check_same_dtype(const at::Tensor& t, const at::Tensor& ref, const c
               " but the input has dtype ", ref.scalar_type());
 }
 
+// t has x's shape, device and dtype (a residual, a grad_out), named in the error as `name`.
+inline void check_like(const at::Tensor& t, const at::Tensor& x, const char* op, const char* name) {
+  TORCH_CHECK(t.sizes() == x.sizes(), op, ": ", name, " shape ", t.sizes(), " must equal x shape ", x.sizes());
+  check_same_device(t, x, op, name);
+  check_same_dtype(t, x, op, name);
+}
+
 inline void check_float_dtype(const at::Tensor& t, const char* op, const char* name) {
   auto s = t.scalar_type();
   TORCH_CHECK(s == at::kFloat || s == at::kBFloat16 || s == at::kHalf, op, ": ", name,
@@ -70,10 +77,7 @@ inline int64_t check_add_layernorm_args(const at::Tensor& x, const at::Tensor& r
                                         const at::Tensor& ln_bias, double eps, const char* op) {
   TORCH_CHECK(x.dim() >= 1, op, ": x must have at least one dimension");
   check_float_dtype(x, op, "x");
-  TORCH_CHECK(residual.sizes() == x.sizes(), op, ": residual shape ", residual.sizes(), " must equal x shape ",
-              x.sizes());
-  check_same_device(residual, x, op, "residual");
-  check_same_dtype(residual, x, op, "residual");
+  check_like(residual, x, op, "residual");
   const int64_t C = x.size(-1);
   TORCH_CHECK(C > 0, op, ": x must have a non-empty last dimension");
   check_vector(weight, C, x, op, "weight");

@@ -230,11 +230,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> add_layernorm_backward_cpu(
   check_float_or_double_dtype(x, op, "x");
   const int64_t C = x.size(-1);
   TORCH_CHECK(C > 0, op, ": x must have a non-empty last dimension");
-  for (const auto& [t, name] : {std::pair{&residual, "residual"}, std::pair{&grad_out, "grad_out"}}) {
-    TORCH_CHECK(t->sizes() == x.sizes(), op, ": ", name, " shape ", t->sizes(), " must equal x shape ", x.sizes());
-    check_same_device(*t, x, op, name);
-    check_same_dtype(*t, x, op, name);
-  }
+  check_like(residual, x, op, "residual");
+  check_like(grad_out, x, op, "grad_out");
   check_vector(weight, C, x, op, "weight");
   if (bias) check_vector(*bias, C, x, op, "bias");
   TORCH_CHECK(eps >= 0 && std::isfinite(eps), op, ": eps must be a finite non-negative number, got ", eps);

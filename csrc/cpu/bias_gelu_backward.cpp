@@ -138,10 +138,7 @@ at::Tensor bias_gelu_backward_cpu(const at::Tensor& grad_out, const at::Tensor& 
   constexpr const char* op = "gpt_fast::bias_gelu_backward";
   TORCH_CHECK(x.dim() >= 1, op, ": x must have at least one dimension, got a scalar");
   check_float_or_double_dtype(x, op, "x");
-  TORCH_CHECK(grad_out.sizes() == x.sizes(), op, ": grad_out shape ", grad_out.sizes(), " must equal x shape ",
-              x.sizes());
-  check_same_device(grad_out, x, op, "grad_out");
-  check_same_dtype(grad_out, x, op, "grad_out");
+  check_like(grad_out, x, op, "grad_out");
   const int64_t N = x.size(-1);
   check_vector(bias, N, x, op, "bias");
 

@@ -82,10 +82,7 @@ at::Tensor bias_gelu_backward_cuda(const at::Tensor& grad_out, const at::Tensor&
   TORCH_CHECK(x.dim() >= 1, op, ": x must have at least one dimension");
   check_cuda(x, op, "x");
   check_float_dtype(x, op, "x");
-  TORCH_CHECK(grad_out.sizes() == x.sizes(), op, ": grad_out shape ", grad_out.sizes(), " must equal x shape ",
-              x.sizes());
-  check_same_device(grad_out, x, op, "grad_out");
-  check_same_dtype(grad_out, x, op, "grad_out");
+  check_like(grad_out, x, op, "grad_out");
   const int64_t N = x.size(-1);
   TORCH_CHECK(N > 0, op, ": x must have a non-empty last dimension");
   check_vector(bias, N, x, op, "bias");
@@ -106,10 +103,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> add_layernorm_backward_cuda(
   check_cuda(x, op, "x");
   // the forward's checks with weight standing in for ln_bias, then grad_out like x
   const int64_t C = check_add_layernorm_args(x, residual, bias, weight, weight, eps, op);
-  TORCH_CHECK(grad_out.sizes() == x.sizes(), op, ": grad_out shape ", grad_out.sizes(), " must equal x shape ",
-              x.sizes());
-  check_same_device(grad_out, x, op, "grad_out");
-  check_same_dtype(grad_out, x, op, "grad_out");
+  check_like(grad_out, x, op, "grad_out");
   TORCH_CHECK(C <= INT32_MAX, op, ": x's last dimension must fit in int32, got ", C);
 
   const c10::cuda::CUDAGuard guard(x.device());

@@ -119,11 +119,8 @@ class OpenAIGPTModel(OpenAIGPTPreTrainedModel):
     def plan(self, device: torch.device, dtype: torch.dtype, needs_probs: bool = False) -> KernelPlan:
         """The kernels for a call of this model on `device` in `dtype` (see gpt_fast/ops/kernel_plan.py)."""
         dropout = self.training and max(self.config.resid_pdrop, self.config.attn_pdrop) > 0
-        # Under autocast the matmuls' outputs (autocast dtype) meet the residual stream (the model's dtype), which
-        # the fused kernels do not take: the module math runs, as with dropout.
-        dropout = dropout or torch.is_autocast_enabled(device.type)
         return plan_kernels(self.attn_implementation, device, dtype, dropout=dropout, needs_probs=needs_probs,
-                            grad=torch.is_grad_enabled())
+                            grad=torch.is_grad_enabled(), autocast=torch.is_autocast_enabled(device.type))
 
     def embed(self, input_ids=None, positions=None, token_type_ids=None, inputs_embeds=None):
         """Token + position (+ token type) embeddings, (..., T) -> (..., T, C), before the embedding dropout."""

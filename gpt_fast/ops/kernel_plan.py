@@ -1,9 +1,9 @@
 """Which implementation each step of a GPT-1 block uses, decided once per call site's circumstances.
 
-`plan_kernels(attn_implementation, device, dtype, dropout=, needs_probs=, grad=)` returns one KernelPlan that the
-model's forward, the generation prefill and decode steps, and the benchmarks all use; the layers read it and
-never decide again. Plans are memoised per argument tuple (and per GPT_FAST_CPU_ISA value, which caps the CPU
-paths), so choosing costs a dictionary lookup per forward.
+`plan_kernels(attn_implementation, device, dtype, dropout=, needs_probs=, grad=, autocast=)` returns one
+KernelPlan that the model's forward, the generation prefill and decode steps, and the benchmarks all use; the
+layers read it and never decide again. Plans are memoised per argument tuple (and per GPT_FAST_CPU_ISA value,
+which caps the CPU paths), so choosing costs a dictionary lookup per forward.
 
 The rules:
 - attention (the prompt's): "eager" whenever the attention probabilities are needed (output_attentions, head_mask);
@@ -20,6 +20,11 @@ The rules:
   on a prepacked weight for widening layers with many rows where oneDNN's bf16 path runs on this CPU (and the layer
   holds no linear_small_m copy: one packed copy per weight), otherwise PyTorch's GEMM. Neither packed engine has
   autograd, so neither runs when gradients are wanted.
+- autocast (a torch.autocast region is active for the device): the GEMMs run in the autocast dtype while the
+  residual stream keeps the model's, so add_layernorm and bias_gelu cast their other inputs to their first
+  input's dtype (add_layernorm: x, the residual stream, in the model's dtype, as autocast's layer_norm computes in
+  float32; bias_gelu: the matmul output, in the autocast dtype, as autocast's addmm adds the bias in it); the
+  packed engines, whose weights are packed in the model's dtype, step aside for the GEMMs that autocast casts.
 """
 
 from __future__ import annotations
@@ -53,6 +58,16 @@ class KernelPlan:
     onednn_bf16: bool  # oneDNN's GEMM on a prepacked bf16 weight serves widening layers with more rows
 
 
+def _cast_to_first(kernel: Callable) -> Callable:
+    """kernel(first, *rest) with every floating-point tensor of rest cast to first's dtype (autocast; see above)."""
+
+    def cast_and_call(first, *rest):
+        return kernel(first, *(a.to(first.dtype) if isinstance(a, torch.Tensor) and a.is_floating_point() else a
+                               for a in rest))
+
+    return cast_and_call
+
+
 def _has(name: str, device_type: str, dtype: torch.dtype) -> bool:
     """Whether gpt_fast::<name> has a kernel for the device type and the dtype."""
     return _library.has_kernel(name, device_type) and dtype in KERNEL_DTYPES
@@ -72,7 +87,7 @@ _PLANS: dict[tuple, KernelPlan] = {}  # memo of _plan, per argument tuple
 
 
 def _plan(attn_implementation, device_type: str, dtype: torch.dtype, dropout: bool, needs_probs: bool,
-          grad: bool, isa: str) -> KernelPlan:
+          grad: bool, autocast: bool, isa: str) -> KernelPlan:
     flash = _has("flash_attention", device_type, dtype)
     if attn_implementation == "fused" and not _library.has_kernel("flash_attention", device_type):
         reason = _library.load_error() or f"it was built without {device_type} kernels"
@@ -89,7 +104,9 @@ def _plan(attn_implementation, device_type: str, dtype: torch.dtype, dropout: bo
     fused = not dropout and attention != "eager"
     layernorm = _kernel("add_layernorm", device_type, dtype, add_layernorm) if fused else None
     gelu = _kernel("bias_gelu", device_type, dtype, bias_gelu) if fused else None
-    small_m = fused and not grad and _has("linear_small_m", device_type, dtype)
+    small_m = fused and not grad and not autocast and _has("linear_small_m", device_type, dtype)
+    if autocast:
+        layernorm, gelu = (layernorm and _cast_to_first(layernorm)), (gelu and _cast_to_first(gelu))
     return KernelPlan(
         attention=attention,
         fused=fused,
@@ -98,19 +115,21 @@ def _plan(attn_implementation, device_type: str, dtype: torch.dtype, dropout: bo
         decode_attention=(_kernel("decode_attention", device_type, dtype, decode_attention)
                           or reference.decode_attention),
         small_m_rows=SMALL_M_MAX_ROWS if small_m else 0,
-        onednn_bf16=fused and not grad and dtype == torch.bfloat16 and onednn_bf16_usable(device_type),
+        onednn_bf16=(fused and not grad and not autocast and dtype == torch.bfloat16
+                     and onednn_bf16_usable(device_type)),
     )
 
 
 def plan_kernels(attn_implementation: str | None, device: torch.device, dtype: torch.dtype, *, dropout: bool = False,
-                 needs_probs: bool = False, grad: bool = False) -> KernelPlan:
-    """The plan for one forward (or one generation request) on `device` in `dtype`.
+                 needs_probs: bool = False, grad: bool = False, autocast: bool = False) -> KernelPlan:
+    """The plan for one forward (or one generation request) on `device` in `dtype` (the model's dtype).
 
     dropout: a dropout layer is active (train mode with p > 0); needs_probs: the attention probabilities are
-    returned or scaled (output_attentions, head_mask); grad: gradients flow to the weights.
+    returned or scaled (output_attentions, head_mask); grad: gradients flow to the weights; autocast: a
+    torch.autocast region is active for the device.
     """
     key = (attn_implementation, torch.device(device).type, dtype, bool(dropout), bool(needs_probs), bool(grad),
-           cpu_isa.level())
+           bool(autocast), cpu_isa.level())
     plan = _PLANS.get(key)
     if plan is None:
         check_attn_implementation(attn_implementation)

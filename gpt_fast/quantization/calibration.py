@@ -15,6 +15,7 @@ Calibration text must not be the text the model is evaluated on (e.g. the traini
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -26,6 +27,7 @@ from gpt_fast.quantization.gptq import gptq_int4, pack_int4
 from gpt_fast.quantization.layer import QuantizedConv1D, QuantizedLMHead
 
 BATCH = 8  # calibration windows per forward
+DEFAULT_WINDOWS = 128  # gpt-fast convert --calibration-windows
 
 
 class _Stop(Exception):
@@ -56,6 +58,36 @@ def calibration_windows(calibration, vocab_size: int, n_positions: int) -> torch
         raise ValueError(f"{where} windows of {ids.shape[1]} tokens exceed the model's n_positions "
                          f"({n_positions})")
     return ids
+
+
+def read_calibration_text(path) -> str:
+    """The text of a UTF-8 file, or of a folder's *.txt files in name order; an error if there is none."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        files = sorted(path.glob("*.txt"))
+        if not files:
+            raise FileNotFoundError(f"calibration folder {path} has no *.txt files")
+        text = "".join(file.read_text(encoding="utf-8") for file in files)
+    elif path.is_file():
+        text = path.read_text(encoding="utf-8")
+    else:
+        raise FileNotFoundError(f"no such calibration file or folder: {path}")
+    if not text.strip():
+        raise ValueError(f"calibration text {path} is empty")
+    return text
+
+
+def spread_windows(ids, length: int, max_windows: int) -> torch.Tensor:
+    """Token ids (a list or 1-D tensor) cut into windows (count, T) of `length` tokens (one shorter window if the
+    text is shorter), at most max_windows of them spread evenly over the text."""
+    ids = torch.as_tensor(ids, dtype=torch.long).reshape(-1)
+    if ids.numel() < 2:
+        raise ValueError(f"calibration text is {ids.numel()} token(s) long; GPTQ needs more")
+    T = min(length, ids.numel())
+    windows = ids[:ids.numel() // T * T].view(-1, T)  # (count, T)
+    if windows.shape[0] > max_windows:
+        windows = windows[torch.linspace(0, windows.shape[0] - 1, max_windows).round().long()]
+    return windows
 
 
 def _block_inputs(base: nn.Module, windows: torch.Tensor) -> tuple[list, object, object]:

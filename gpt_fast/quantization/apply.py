@@ -6,6 +6,10 @@ stay in the model's dtype. The LM head is tied to the token embedding in the unq
 the two are separate: the embedding keeps its table in the model's dtype (state_dict key
 `transformer.tokens_embed.weight`) and the head holds a quantized copy (`lm_head.qweight`, `lm_head.scales`,
 `lm_head.zeros`). With lm_head=False the head stays tied to the embedding.
+
+method="rtn" quantizes each weight on its own (ops/reference.py's round to nearest); method="gptq" (int4 only)
+chooses the codes from calibration tokens (calibration.py), block by block. Both write the same format and the same
+config.json entry.
 """
 
 from __future__ import annotations

@@ -191,9 +191,10 @@ def gptq_quantize_model(model: nn.Module, config: QuantizationConfig, targets: d
                 setattr(block.get_submodule(parent) if parent else block, child, new)
             hidden = run()  # the next block's inputs, through this block quantized
         if "lm_head" in targets:
-            rows = torch.cat([x.reshape(-1, x.shape[-1]) for x in hidden]).to(torch.float32)  # (rows, C)
+            hessian = sum(x.reshape(-1, x.shape[-1]).to(torch.float32).t() @ x.reshape(-1, x.shape[-1])
+                          .to(torch.float32) for x in hidden) / sum(x.numel() // x.shape[-1] for x in hidden)  # (C, C)
             head = model.lm_head
-            new = _quantized_head(head, rows.t() @ rows / rows.shape[0], config, compensate)
+            new = _quantized_head(head, hessian, config, compensate)
             weight_cache.clear(head)
             model.lm_head = new
     finally:

@@ -1,6 +1,7 @@
-"""GPTQ int4 quantization (gpt_fast/quantization/gptq.py, group_range.py, calibration.py): the range search never
-loses to round to nearest and keeps the bf16 rounding of the stored scale/zero; the error compensation lowers the
-layer's output error on correlated inputs and is exactly the search alone when H is diagonal; the model-level
+"""GPTQ quantization (gpt_fast/quantization/gptq.py, group_range.py, calibration.py): the int4 range search never
+loses to round to nearest and keeps the bf16 rounding of the stored scale/zero; the error compensation (int4 and
+int8) lowers the layer's output error on correlated inputs and is exactly the search (int8: round to nearest) alone
+without it or when H is diagonal; the model-level
 driver fills the same stored format (save/load round trip, every model class); bad arguments are clear errors. The
 accuracy on a trained model is in tests/test_quantization_accuracy.py, the CLI in tests/test_quantization_cli.py."""
 
@@ -13,7 +14,7 @@ import gpt_fast
 from gpt_fast.ops import reference
 from gpt_fast.quantization import QuantizedConv1D, QuantizedLMHead
 from gpt_fast.quantization.calibration import calibration_windows, read_calibration_text, spread_windows
-from gpt_fast.quantization.gptq import gptq_int4, pack_int4
+from gpt_fast.quantization.gptq import gptq_int4, gptq_int8, pack_int4
 from gpt_fast.quantization.group_range import quantize_groups, search_group_range
 
 CONFIG = dict(vocab_size=90, n_positions=32, n_embd=64, n_layer=2, n_head=4, initializer_range=0.2)
@@ -72,7 +73,7 @@ def test_constant_and_zero_groups():
 
 
 @pytest.mark.parametrize("N,K,G", [(7, 64, 32), (97, 128, 64), (33, 256, 32)])
-def test_compensation_lowers_the_output_error(N, K, G):
+def test_int4_compensation_lowers_the_output_error(N, K, G):
     torch.manual_seed(0)
     w = torch.randn(N, K) * 0.05
     x = correlated_inputs(4 * K, K)
@@ -86,6 +87,23 @@ def test_compensation_lowers_the_output_error(N, K, G):
     gptq = output_error(w, q, scales, zeros, G, hessian)
     assert gptq < 0.8 * output_error(w, *searched, G, hessian)  # measured 0.6-0.7
     assert gptq < 0.8 * rtn
+
+
+@pytest.mark.parametrize("N,K", [(7, 64), (97, 130), (1, 257)])
+def test_int8_compensation_lowers_the_output_error(N, K):
+    torch.manual_seed(0)
+    w = torch.randn(N, K) * 0.05
+    x = correlated_inputs(4 * K, K)
+    hessian = x.t() @ x / x.shape[0]
+    q, scales = gptq_int8(w, hessian)
+    rq, rs, _ = reference.quantize_linear_weight(w, 8)
+    assert q.dtype == torch.int8 and q.shape == (N, K) and int(q.abs().max()) <= 127
+    assert scales.dtype == torch.float32 and torch.equal(scales, rs)  # round to nearest's scales: only q differs
+    error = lambda codes: (lambda d: (d @ hessian.double() * d).sum().item())(  # noqa: E731
+        (w - reference.dequantize_linear_weight(codes, rs, None, 8)).double())
+    assert error(q) < 0.8 * error(rq)
+    assert error(q) < 0.8 * error(gptq_int8(w, hessian, compensate=False)[0])
+    assert torch.equal(gptq_int8(w, hessian, compensate=False)[0], rq)  # without compensation: round to nearest
 
 
 def test_diagonal_hessian_means_no_compensation():
@@ -103,6 +121,8 @@ def test_gptq_argument_errors():
         gptq_int4(torch.zeros(4, 48), torch.eye(48), 32)
     with pytest.raises(ValueError, match="Hessian"):
         gptq_int4(torch.zeros(4, 64), torch.eye(32), 32)
+    with pytest.raises(ValueError, match="gptq_int8: weight .N, K. = .4, 64. needs a .64, 64. Hessian"):
+        gptq_int8(torch.zeros(4, 64), torch.eye(32))
 
 
 def calibration(count: int = 6, T: int = 32) -> torch.Tensor:
@@ -110,11 +130,11 @@ def calibration(count: int = 6, T: int = 32) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("lm_head", [True, False])
-def test_model_quantized_with_gptq(dtype, lm_head):
+@pytest.mark.parametrize("scheme,lm_head", [("int4", True), ("int4", False), ("int8", True)])
+def test_model_quantized_with_gptq(dtype, scheme, lm_head):
     model = tiny(dtype=dtype)
-    rtn = tiny(dtype=dtype).quantize("int4", 32, lm_head=lm_head)
-    gptq = model.quantize("int4", 32, lm_head=lm_head, method="gptq", calibration=calibration())
+    rtn = tiny(dtype=dtype).quantize(scheme, 32, lm_head=lm_head)
+    gptq = model.quantize(scheme, 32, lm_head=lm_head, method="gptq", calibration=calibration())
     assert gptq is model and not model.training
     assert model.quantization == rtn.quantization
     assert model.config.quantization_config == rtn.config.quantization_config  # the same stored format
@@ -136,8 +156,9 @@ def test_every_model_class_and_one_dimensional_calibration():
     assert isinstance(double.lm_head, QuantizedLMHead)
 
 
-def test_save_and_load(tmp_path):
-    model = tiny().quantize("int4", 32, method="gptq", calibration=calibration())
+@pytest.mark.parametrize("scheme", ["int4", "int8"])
+def test_save_and_load(tmp_path, scheme):
+    model = tiny().quantize(scheme, 32, method="gptq", calibration=calibration())
     model.save_pretrained(tmp_path)
     loaded = gpt_fast.OpenAIGPTLMHeadModel.from_pretrained(tmp_path)
     assert loaded.quantization == model.quantization
@@ -153,8 +174,6 @@ def test_save_and_load(tmp_path):
 def test_argument_errors():
     with pytest.raises(ValueError, match="unknown method 'awq'; choose one of rtn, gptq"):
         tiny().quantize("int4", method="awq")
-    with pytest.raises(ValueError, match="'gptq' is implemented for int4 only"):
-        tiny().quantize("int8", method="gptq", calibration=calibration())
     with pytest.raises(ValueError, match="'gptq' needs calibration"):
         tiny().quantize("int4", method="gptq")
     with pytest.raises(ValueError, match="calibration is used by method='gptq' only"):

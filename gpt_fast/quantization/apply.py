@@ -75,11 +75,9 @@ def quantize_model(model: nn.Module, scheme: str, group_size: int | None = DEFAU
 
 
 def check_method(method, config: QuantizationConfig, calibration) -> None:
-    """method must be one of METHODS; "gptq" is for int4 and needs calibration, "rtn" takes none."""
+    """method must be one of METHODS; "gptq" needs calibration, "rtn" takes none."""
     if method not in METHODS:
         raise ValueError(f"quantize: unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    if method == "gptq" and config.bits != 4:
-        raise ValueError("quantize: method 'gptq' is implemented for int4 only (int8 uses round to nearest)")
     if method == "gptq" and calibration is None:
         raise ValueError("quantize: method 'gptq' needs calibration token ids (calibration=...), from text the "
                          "model will not be evaluated on")

@@ -23,7 +23,7 @@ from torch import nn
 from gpt_fast.models.linear import Conv1D
 from gpt_fast.ops import weight_cache
 from gpt_fast.quantization.config import QuantizationConfig
-from gpt_fast.quantization.gptq import gptq_int4, pack_int4
+from gpt_fast.quantization.gptq import gptq_int4, gptq_int8, pack_int4
 from gpt_fast.quantization.layer import QuantizedConv1D, QuantizedLMHead
 
 BATCH = 8  # calibration windows per forward
@@ -137,13 +137,20 @@ def _hessians(block: nn.Module, run) -> dict[str, torch.Tensor]:
     return {name: sums[name] / counts[name] for name in sums}
 
 
+def _codes(weight: torch.Tensor, hessian: torch.Tensor, config: QuantizationConfig, compensate: bool) -> tuple:
+    """W (N, K) -> (qweight, scales, zeros) in the stored format of config's scheme, chosen by GPTQ."""
+    if config.bits == 8:
+        return (*gptq_int8(weight, hessian, compensate=compensate), None)
+    q, scales, zeros = gptq_int4(weight, hessian, config.group_size, compensate=compensate)
+    return pack_int4(q), scales, zeros
+
+
 def _quantized_conv(conv: Conv1D, hessian: torch.Tensor, config: QuantizationConfig,
                     compensate: bool) -> QuantizedConv1D:
     K, N = conv.weight.shape
-    q, scales, zeros = gptq_int4(conv.weight.t(), hessian, config.group_size, compensate=compensate)
     with torch.device("meta"):
         layer = QuantizedConv1D(N, K, config, conv.weight.dtype)
-    layer.qweight, layer.scales, layer.zeros = pack_int4(q), scales, zeros
+    layer.qweight, layer.scales, layer.zeros = _codes(conv.weight.t(), hessian, config, compensate)
     layer.bias = conv.bias
     layer.train(conv.training)
     return layer
@@ -152,10 +159,9 @@ def _quantized_conv(conv: Conv1D, hessian: torch.Tensor, config: QuantizationCon
 def _quantized_head(head: nn.Linear, hessian: torch.Tensor, config: QuantizationConfig,
                     compensate: bool) -> QuantizedLMHead:
     V, C = head.weight.shape
-    q, scales, zeros = gptq_int4(head.weight, hessian, config.group_size, compensate=compensate)
     with torch.device("meta"):
         layer = QuantizedLMHead(V, C, config, head.weight.dtype)
-    layer.qweight, layer.scales, layer.zeros = pack_int4(q), scales, zeros
+    layer.qweight, layer.scales, layer.zeros = _codes(head.weight, hessian, config, compensate)
     layer.train(head.training)
     return layer
 

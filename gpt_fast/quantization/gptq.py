@@ -33,6 +33,32 @@ def inverse_hessian_factor(hessian: torch.Tensor, damping: float = DAMPING) -> t
     return torch.linalg.cholesky(torch.cholesky_inverse(L), upper=True)
 
 
+def _prepared(weight: torch.Tensor, hessian: torch.Tensor, damping: float):
+    """(W (N, K) float32 copy with never-seen features zeroed, U (K, K) float32: inverse_hessian_factor)."""
+    W = weight.detach().to(torch.float32).clone()  # updated as columns are fixed
+    W[:, hessian.diagonal() == 0] = 0.0  # a feature never seen: its weight does not matter
+    return W, inverse_hessian_factor(hessian, damping).to(W.device, torch.float32)
+
+
+def _compensated(W: torch.Tensor, U: torch.Tensor, block: int, compensate: bool, fix_column) -> None:
+    """The GPTQ sweep over W (N, K) in place: fix_column(k, Wb, j) quantizes column k (= Wb[:, j], Wb the view of
+    the current block of columns, which it may read ahead of j within the block) and returns its dequantized
+    value (N,); its error, scaled by 1 / U_kk, moves the columns after k."""
+    N, K = W.shape
+    for b0 in range(0, K, block):
+        b1 = min(b0 + block, K)
+        Wb = W[:, b0:b1]  # (N, B) view
+        errors = torch.empty(N, b1 - b0, dtype=torch.float32, device=W.device)
+        for j in range(b1 - b0):
+            k = b0 + j
+            err = (Wb[:, j] - fix_column(k, Wb, j)) / U[k, k]  # (N,)
+            errors[:, j] = err
+            if compensate:
+                Wb[:, j + 1:] -= err[:, None] * U[k, k + 1:b1][None, :]
+        if compensate and b1 < K:
+            W[:, b1:] -= errors @ U[b0:b1, b1:]
+
+
 def gptq_int4(weight: torch.Tensor, hessian: torch.Tensor, group_size: int, damping: float = DAMPING,
               compensate: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """weight W (N, K) float, hessian (K, K) -> (q (N, K) uint8 codes in 0..15, scales (N, K/G) bfloat16,
@@ -43,35 +69,43 @@ def gptq_int4(weight: torch.Tensor, hessian: torch.Tensor, group_size: int, damp
     if K % G or hessian.shape != (K, K):
         raise ValueError(f"gptq_int4: weight (N, K) = {tuple(weight.shape)} needs K divisible by {G} and a "
                          f"({K}, {K}) Hessian, got {tuple(hessian.shape)}")
-    W = weight.detach().to(torch.float32).clone()  # (N, K), updated as columns are fixed
-    dead = hessian.diagonal() == 0
-    W[:, dead] = 0.0  # a feature never seen: its weight does not matter
-    U = inverse_hessian_factor(hessian, damping).to(W.device, torch.float32)  # (K, K)
-    importance = hessian.diagonal().to(torch.float32).clamp_min(0)  # (K,) E[x_k^2]
+    W, U = _prepared(weight, hessian, damping)
+    importance = hessian.diagonal().to(W.device, torch.float32).clamp_min(0)  # (K,) E[x_k^2]
     q = torch.empty(N, K, dtype=torch.uint8, device=W.device)
     scales = torch.empty(N, K // G, dtype=torch.float32, device=W.device)
     zeros = torch.empty_like(scales)
-    block = max(G, BLOCK // G * G)  # a whole number of groups
-    for b0 in range(0, K, block):
-        b1 = min(b0 + block, K)
-        Wb = W[:, b0:b1]  # (N, B) view
-        errors = torch.empty(N, b1 - b0, dtype=torch.float32, device=W.device)
-        for j in range(b1 - b0):
-            k = b0 + j
-            if k % G == 0:
-                s, z = search_group_range(Wb[:, j:j + G], importance[k:k + G])  # (N,)
-                scales[:, k // G], zeros[:, k // G] = s, z
-            s, z = scales[:, k // G], zeros[:, k // G]
-            column = Wb[:, j]
-            code = quantize_groups(column[:, None], s, z)[:, 0]  # (N,)
-            q[:, k] = code.to(torch.uint8)
-            err = (column - (code * s + z)) / U[k, k]  # (N,)
-            errors[:, j] = err
-            if compensate:
-                Wb[:, j + 1:] -= err[:, None] * U[k, k + 1:b1][None, :]
-        if compensate and b1 < K:
-            W[:, b1:] -= errors @ U[b0:b1, b1:]
+
+    def fix_column(k, Wb, j):
+        if k % G == 0:  # a new group: its range from its columns as updated so far
+            scales[:, k // G], zeros[:, k // G] = search_group_range(Wb[:, j:j + G], importance[k:k + G])
+        s, z = scales[:, k // G], zeros[:, k // G]
+        code = quantize_groups(Wb[:, j:j + 1], s, z)[:, 0]  # (N,)
+        q[:, k] = code.to(torch.uint8)
+        return code * s + z
+
+    _compensated(W, U, max(G, BLOCK // G * G), compensate, fix_column)  # blocks of whole groups
     return q, scales.to(torch.bfloat16), zeros.to(torch.bfloat16)
+
+
+def gptq_int8(weight: torch.Tensor, hessian: torch.Tensor, damping: float = DAMPING,
+              compensate: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """weight W (N, K) float, hessian (K, K) -> (q (N, K) int8 in -127..127, scales (N, 1) float32): int8's format,
+    one symmetric scale per output channel (max |w| / 127, as round to nearest takes it), the codes by GPTQ."""
+    N, K = weight.shape
+    if hessian.shape != (K, K):
+        raise ValueError(f"gptq_int8: weight (N, K) = {tuple(weight.shape)} needs a ({K}, {K}) Hessian, got "
+                         f"{tuple(hessian.shape)}")
+    W, U = _prepared(weight, hessian, damping)
+    scales = (W.abs().amax(dim=1) / 127.0).clamp_min(torch.finfo(torch.float32).tiny)  # (N,)
+    q = torch.empty(N, K, dtype=torch.int8, device=W.device)
+
+    def fix_column(k, Wb, j):
+        code = torch.round(Wb[:, j] / scales).clamp_(-127, 127)  # (N,)
+        q[:, k] = code.to(torch.int8)
+        return code * scales
+
+    _compensated(W, U, BLOCK, compensate, fix_column)
+    return q, scales[:, None].contiguous()
 
 
 def pack_int4(q: torch.Tensor) -> torch.Tensor:

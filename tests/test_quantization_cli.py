@@ -71,8 +71,12 @@ def test_convert_with_gptq_calibration(checkpoint, tmp_path):
     result = run_cli("convert", str(checkpoint), str(tmp_path / "gptq2"), "--quantization", "int4",
                      "--calibration", str(folder))
     assert result.returncode == 0 and "calibration windows" in result.stderr, result.stderr
-    assert_one_line_error(run_cli("convert", str(checkpoint), str(tmp_path / "x"), "--quantization", "int8",
-                                  "--calibration", str(calibration)), 2, "pass --quantization int4")
+    result = run_cli("convert", str(checkpoint), str(tmp_path / "int8"), "--quantization", "int8", "--calibration",
+                     str(calibration), "--calibration-windows", "2")
+    assert result.returncode == 0 and "GPTQ int8 from 2 calibration windows" in result.stderr, result.stderr
+    assert gpt_fast.OpenAIGPTLMHeadModel.from_pretrained(tmp_path / "int8").quantization.bits == 8
+    assert_one_line_error(run_cli("convert", str(checkpoint), str(tmp_path / "x"), "--calibration",
+                                  str(calibration)), 2, "pass --quantization int4 or int8")
     assert_one_line_error(run_cli("convert", str(checkpoint), str(tmp_path / "x"), "--quantization", "int4",
                                   "--calibration", str(tmp_path / "missing.txt")), 1, "no such calibration file")
     assert_one_line_error(run_cli("convert", str(checkpoint), str(tmp_path / "x"), "--quantization", "int4",

@@ -26,9 +26,10 @@ def add_parser(sub) -> None:
     convert.add_argument("--overwrite", action="store_true", help="replace a checkpoint already in DESTINATION")
     add_quantization_arguments(convert, "; a quantized checkpoint loads only in gpt_fast")
     convert.add_argument("--calibration", metavar="PATH",
-                         help="int4: choose the codes with GPTQ from this calibration text (a UTF-8 file, or a folder "
-                              "whose *.txt files are read in name order), tokenized with SRC's tokenizer; text the "
-                              "model is not evaluated on (e.g. its training split). Default: round to nearest")
+                         help="choose the int4/int8 codes with GPTQ from this calibration text (a UTF-8 file, or a "
+                              "folder whose *.txt files are read in name order), tokenized with SRC's tokenizer; "
+                              "text the model is not evaluated on (e.g. its training split). Default: round to "
+                              "nearest")
     convert.add_argument("--calibration-windows", type=positive_int, default=DEFAULT_WINDOWS, metavar="N",
                          help=f"GPTQ: at most N windows of n_positions tokens, spread evenly over the calibration "
                               f"text (default {DEFAULT_WINDOWS})")
@@ -62,16 +63,17 @@ def run(args) -> int:
 
 
 def quantize_with_gptq(cls, source: Path, dtype, args):
-    """SRC loaded in dtype, then quantized to int4 with GPTQ from --calibration (tokenized with SRC's tokenizer)."""
-    if args.quantization != "int4":
-        raise UsageError(f"gpt-fast convert: --calibration chooses int4 codes with GPTQ: pass --quantization int4 "
-                         f"(got {args.quantization})")
+    """SRC loaded in dtype, then quantized with GPTQ from --calibration (tokenized with SRC's tokenizer)."""
+    if args.quantization == "none":
+        raise UsageError("gpt-fast convert: --calibration chooses the quantized codes with GPTQ: pass --quantization "
+                         "int4 or int8")
     from gpt_fast.generation.pipeline import load_tokenizer
 
     text = read_calibration_text(args.calibration)
     model = cls.from_pretrained(source, dtype=dtype)
     ids = load_tokenizer(str(source))(text)["input_ids"]
     windows = spread_windows(ids, model.config.n_positions, args.calibration_windows)
-    log(f"GPTQ int4 (group {args.group_size}) from {windows.shape[0]} calibration windows of {windows.shape[1]} "
-        f"tokens ({args.calibration}) ...")
-    return model.quantize("int4", args.group_size, method="gptq", calibration=windows)
+    group = f" (group {args.group_size})" if args.quantization == "int4" else ""
+    log(f"GPTQ {args.quantization}{group} from {windows.shape[0]} calibration windows of {windows.shape[1]} tokens "
+        f"({args.calibration}) ...")
+    return model.quantize(args.quantization, args.group_size, method="gptq", calibration=windows)

@@ -65,14 +65,22 @@ struct Row16<c10::BFloat16> {
 };
 
 // Bias, GELU and residual on the sums total[m][0..15] (in Row16<T>'s order) of rows [m0, m0 + rows), columns
-// [n0, n0 + 16) clipped to N, then the only store.
+// [n0, n0 + 16) clipped to N, then the only store: 8-lane loads and stores (vec_avx2.h's conversions, round to
+// nearest even as static_cast), through load_part / store_part in the last block when N % 16 != 0.
 template <typename T>
 GPT_FAST_AVX2 void finish_tile(const LinearArgs<T>& a, const float (*total)[kBN], int rows, int64_t m0,
                                int64_t n0) {
+  using V = cpu::Vec8<T>;
   const int64_t width = std::min(kBN, a.N - n0);
-  alignas(32) float bias[kBN] = {}, out[kBN];
-  if (a.bias)
-    for (int64_t j = 0; j < width; ++j) bias[j] = static_cast<float>(a.bias[n0 + j]);
+  const int64_t w_lo = std::min<int64_t>(width, 8), w_hi = width - w_lo;  // columns in each half
+  const bool full = width == kBN;
+  // row[off, off + n) as fp32 lanes (the rest 0); row + off is formed only when n > 0 (it may lie past the end).
+  auto load = [&](const T* row, int64_t off, int64_t n) GPT_FAST_AVX2 {
+    if (full) return V::load(row + off);
+    return n > 0 ? cpu::load_part(row + off, n) : _mm256_setzero_ps();
+  };
+  __m256 bias_lo = _mm256_setzero_ps(), bias_hi = _mm256_setzero_ps();
+  if (a.bias) bias_lo = load(a.bias, n0, w_lo), bias_hi = load(a.bias, n0 + 8, w_hi);
   for (int m = 0; m < rows; ++m) {
     __m256 lo = _mm256_loadu_ps(total[m]), hi = _mm256_loadu_ps(total[m] + 8);
     if constexpr (Row16<T>::kEvenOdd) {  // (even, odd) columns -> (0-7, 8-15)
@@ -80,14 +88,22 @@ GPT_FAST_AVX2 void finish_tile(const LinearArgs<T>& a, const float (*total)[kBN]
       lo = _mm256_permute2f128_ps(a03_811, a47_1215, 0x20);
       hi = _mm256_permute2f128_ps(a03_811, a47_1215, 0x31);
     }
-    lo = _mm256_add_ps(lo, _mm256_load_ps(bias));
-    hi = _mm256_add_ps(hi, _mm256_load_ps(bias + 8));
+    lo = _mm256_add_ps(lo, bias_lo);
+    hi = _mm256_add_ps(hi, bias_hi);
     if (a.gelu) lo = cpu::gelu_tanh_fp32_avx2(lo), hi = cpu::gelu_tanh_fp32_avx2(hi);
-    _mm256_store_ps(out, lo);
-    _mm256_store_ps(out + 8, hi);
-    const T* res = a.residual ? a.residual + (m0 + m) * a.ld_residual + n0 : nullptr;
-    T* dst = a.out + (m0 + m) * a.N + n0;
-    for (int64_t j = 0; j < width; ++j) dst[j] = static_cast<T>(res ? out[j] + static_cast<float>(res[j]) : out[j]);
+    if (a.residual) {
+      const T* res = a.residual + (m0 + m) * a.ld_residual;
+      lo = _mm256_add_ps(lo, load(res, n0, w_lo));
+      hi = _mm256_add_ps(hi, load(res, n0 + 8, w_hi));
+    }
+    T* dst = a.out + (m0 + m) * a.N;
+    if (full) {
+      V::store(dst + n0, lo);
+      V::store(dst + n0 + 8, hi);
+    } else {
+      cpu::store_part(dst + n0, lo, w_lo);
+      if (w_hi > 0) cpu::store_part(dst + n0 + 8, hi, w_hi);
+    }
   }
 }
 

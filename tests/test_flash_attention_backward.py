@@ -204,3 +204,31 @@ def test_bad_input_errors():
     with pytest.raises(RuntimeError, match="grad_out has dtype"):
         backward(grad.double(), qkv, out, lse, None, 2, 0.0, 0)
 
+
+# --- the model ---
+def test_training_with_dropout_runs_the_fused_kernels():
+    """GPT-1 in train mode with attn_pdrop > 0 on the "fused" backend: the forward runs flash_attention_train (dropout
+    in the kernel, not SDPA) and the backward flash_attention_backward; the loss falls over a few steps."""
+    from dispatch_recorder import OpRecorder
+
+    import gpt_fast
+
+    config = gpt_fast.OpenAIGPTConfig(vocab_size=64, n_positions=24, n_embd=24, n_layer=2, n_head=3, attn_pdrop=0.1,
+                                      resid_pdrop=0.1, embd_pdrop=0.1)
+    model = gpt_fast.OpenAIGPTLMHeadModel(config, attn_implementation="fused").train()
+    ids = torch.randint(0, 64, (3, 24), generator=torch.Generator().manual_seed(0))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    losses = []
+    for step in range(12):
+        record = OpRecorder()
+        with record:
+            loss = model(ids, labels=ids).loss
+            loss.backward()
+        if step == 0:
+            assert "gpt_fast.flash_attention_train.default" in record.called
+            assert "gpt_fast.flash_attention_backward.default" in record.called
+            assert not any("scaled_dot_product" in name for name in record.called), sorted(set(record.called))
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] - 0.5, losses

@@ -232,3 +232,20 @@ def test_training_with_dropout_runs_the_fused_kernels():
         optimizer.zero_grad()
         losses.append(loss.item())
     assert losses[-1] < losses[0] - 0.5, losses
+
+
+@pytest.mark.parametrize("n_head", [0, -1, 5, 2**62, 2**63 - 1, -2**63, 3 * 2**61 + 1])
+def test_extreme_n_head_is_a_clear_error(n_head):
+    qkv, _, grad = inputs(1, 3, 2, 4, torch.float32)  # C = 8: only n_head 1, 2, 4, 8 divide it
+    out, lse = ops.flash_attention_train(qkv, None, 2, 0.0, 0)
+    with pytest.raises(RuntimeError, match="n_head|head size|overflows"):
+        torch.ops.gpt_fast.flash_attention_train(qkv, None, n_head, 0.0, 0)
+    with pytest.raises(RuntimeError, match="n_head|head size|overflows"):
+        torch.ops.gpt_fast.flash_attention_backward(grad, qkv, out, lse, None, n_head, 0.0, 0)
+
+
+@pytest.mark.parametrize("seed", [0, -1, -2**63, 2**63 - 1, 2**32, 2**32 - 1])
+def test_extreme_seeds_match_the_oracle(seed, cpu_tier):
+    """The seed is the Philox key as 64 bits (negative int64 values wrap): each gives the oracle's mask."""
+    qkv, mask, grad = inputs(1, 20, 2, 8, torch.float32, "random", seed=14)
+    check_gradients(qkv, mask, grad, 2, 0.5, seed=seed)

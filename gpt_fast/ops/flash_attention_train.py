@@ -13,6 +13,7 @@ kernel; the eager reference's autograd serves double backward (create_graph) and
 from __future__ import annotations
 
 import torch
+from torch.utils.flop_counter import register_flop_formula
 
 from gpt_fast.ops import philox, reference
 from gpt_fast.ops._autograd import _reference_grads, kernel_serves
@@ -69,6 +70,20 @@ if extension_loaded():
         return torch.empty_like(qkv, memory_format=torch.contiguous_format)
 
     torch.library.register_autograd("gpt_fast::flash_attention_train", _backward, setup_context=_setup_context)
+
+    # torch.utils.flop_counter counts the ops as SDPA's formulas do (model FLOPs, the full T x T products: 2 matmuls
+    # forward, 4 backward; the backward kernel's recomputation of Q K^T is not counted), so that a training step's
+    # count is the same whichever attention backend ran (tests/test_training_flops.py).
+    @register_flop_formula(torch.ops.gpt_fast.flash_attention_train)
+    def _(qkv_shape, key_padding_mask_shape, n_head, dropout_p, seed, out_shape=None, **kwargs) -> int:
+        B, T, C3 = qkv_shape
+        return 4 * B * T * T * (C3 // 3)  # Q K^T and P V: 2 B H T T D each
+
+    @register_flop_formula(torch.ops.gpt_fast.flash_attention_backward)
+    def _(grad_out_shape, qkv_shape, out_shape_, lse_shape, key_padding_mask_shape, n_head, dropout_p, seed,
+          out_shape=None, **kwargs) -> int:
+        B, T, C3 = qkv_shape
+        return 8 * B * T * T * (C3 // 3)  # dV, dP, dQ, dK
 
 
 def flash_attention_train(qkv, key_padding_mask, n_head: int, dropout_p: float = 0.0, seed: int | None = None):

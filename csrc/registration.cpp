@@ -22,10 +22,20 @@ TORCH_LIBRARY(gpt_fast, m) {
   // [+ bias]; grad_v is x's and residual's gradient (summed over rows: bias's). grad_v (..., C), the others (C,).
   m.def("add_layernorm_backward(Tensor grad_out, Tensor x, Tensor residual, Tensor? bias, Tensor weight, float eps) "
         "-> (Tensor, Tensor, Tensor)");
+  // flash_attention's backward (FlashAttention-2: P recomputed from lse): grad_qkv (B, T, 3C) in qkv's dtype, from
+  // grad_out and out (B, T, C), lse (B, H, T) fp32 and the forward's dropout_p and seed (the same mask).
+  m.def("flash_attention_backward(Tensor grad_out, Tensor qkv, Tensor out, Tensor lse, Tensor? key_padding_mask, "
+        "int n_head, float dropout_p, int seed) -> Tensor");
   // --- end of backward ops ---
   // Causal attention on the packed c_attn output. qkv: (B, T, 3C) holding q | k | v, each (B, T, H, D).
   // key_padding_mask: (B, T) bool, true = attend; a query row with no key to attend gives zeros. Returns (B, T, C).
   m.def("flash_attention(Tensor qkv, Tensor? key_padding_mask, int n_head) -> Tensor");
+  // flash_attention for training: also the per-row log-sum-exp in base 2, lse (B, H, T) fp32 = log2 sum_j exp(s_ij)
+  // (-inf for a row with no key), and
+  // dropout on the probabilities (p in [0, 1)): element ((b H + h) T + i) T + j kept by csrc/philox.h's mask under
+  // seed, scaled by 1 / (1 - p). Returns (out (B, T, C), lse).
+  m.def("flash_attention_train(Tensor qkv, Tensor? key_padding_mask, int n_head, float dropout_p, int seed) "
+        "-> (Tensor, Tensor)");
   // Decode attention: qkv (B, S, 3C) for S new tokens per row; k_cache, v_cache (B, H, Tmax, D);
   // cache_lengths (B,) int64 = tokens already cached per row. Writes the new keys/values at
   // [len, len + S) and attends causally over [0, len + i]. Returns (B, S, C).

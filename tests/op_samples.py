@@ -91,7 +91,28 @@ def _add_layernorm_backward(dtype, device):
         x, res, bias, weight, _, eps = sample.args
         _, randn = _gen(300 + i)
         yield Sample(sample.name, (randn(*x.shape, dtype=dtype, device=device), x, res, bias, weight, eps))
+def _flash_attention_backward(dtype, device):
+    """flash_attention_train's samples plus a gradient of out; out and lse from the CPU forward kernel, as autograd
+    passes them (the backward recomputes the forward's exact exponents from its lse: T = 1 gives P = 1 exactly)."""
+    for i, sample in enumerate(_flash_attention_train(dtype, device)):
+        qkv, mask, H, p, seed = sample.args
+        _, randn = _gen(400 + i)
+        out, lse = torch.ops.gpt_fast.flash_attention_train(qkv.cpu(), None if mask is None else mask.cpu(), H, p, seed)
+        yield Sample(sample.name, (randn(*out.shape, dtype=dtype, device=device), qkv, out.to(device), lse.to(device),
+                                   mask, H, p, seed))
 # --- end of backward ops ---
+
+
+def _flash_attention_train(dtype, device):
+    """flash_attention's shapes with dropout (the reference applies the kernels' exact mask) and without."""
+    cases = [(1, 1, 3, 48, "none", 0.0), (3, 7, 3, 64, "left", 0.1), (1, 97, 12, 80, "random", 0.1),
+             (3, 65, 3, 24, "right", 0.0), (2, 130, 3, 3, "left", 0.1), (1, 257, 2, 64, "none", 0.5)]
+    for i, (B, T, H, D, mask, p) in enumerate(cases):
+        g, randn = _gen(i)
+        qkv = randn(B, T, 3 * H * D, dtype=dtype, device=device)  # (B, T, 3C)
+        key_mask = padding_mask(mask, B, T, g)
+        yield Sample(f"B{B}-T{T}-H{H}-D{D}-{mask}-p{p}",
+                     (qkv, None if key_mask is None else key_mask.to(device), H, p, 1000 + i))
 
 
 def _flash_attention(dtype, device):
@@ -242,7 +263,8 @@ SAMPLES = {"add_layernorm": _add_layernorm, "bias_gelu": _bias_gelu, "flash_atte
            "decode_attention": _decode_attention, "linear_small_m": _linear_small_m,
            "pack_linear_weight": _pack_linear_weight,
            "bias_gelu_backward": _bias_gelu_backward, "add_layernorm_backward": _add_layernorm_backward,
-           "linear_quantized": _linear_quantized, "pack_quantized_weight": _pack_quantized_weight}
+           "linear_quantized": _linear_quantized, "pack_quantized_weight": _pack_quantized_weight,
+           "flash_attention_train": _flash_attention_train, "flash_attention_backward": _flash_attention_backward}
 
 
 def sample_inputs(op: str, dtype: torch.dtype, device: str = "cpu") -> list[Sample]:
@@ -288,7 +310,9 @@ def check_sample(op: str, sample: Sample) -> None:
     actual = kernel(*op_args)
     if isinstance(actual, tuple):  # backward ops: one gradient per output, each within the rule
         for i, (a, e, s) in enumerate(zip(actual, expected, same_dtype, strict=True)):
-            assert a.dtype == dtype and a.is_contiguous(), (i, a.dtype)
+            # flash_attention_train's second output is its float32 log-sum-exp
+            want = torch.float32 if (op, i) == ("flash_attention_train", 1) else dtype
+            assert a.dtype == want and a.is_contiguous(), (i, a.dtype)
             try:
                 assert_within_pytorch_error(a, e, s)
             except AssertionError as error:

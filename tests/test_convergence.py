@@ -2,9 +2,9 @@
 "fused" backend (gpt_fast's flash attention, add_layernorm and bias_gelu kernels) and on "eager" (transformers'
 math): the per-step losses within rtol 2e-5 and the final parameters within atol 5e-3.
 
-The fused add_layernorm and bias_gelu run their backward kernels (gpt_fast::add_layernorm_backward,
-bias_gelu_backward; checked below), flash_attention the eager reference recomputed (ops/_autograd.py): this test
-guards the kernels' forward and backward over a whole training run (errors that compound through 32 updates)."""
+The fused add_layernorm, bias_gelu and attention run their backward kernels (gpt_fast::add_layernorm_backward,
+bias_gelu_backward, flash_attention_backward; checked below): this test guards the kernels' forward and backward
+over a whole training run (errors that compound through 32 updates)."""
 
 import pytest
 import torch
@@ -48,7 +48,7 @@ def test_fused_and_eager_backends_train_alike():
     batches = [torch.randint(0, CONFIG["vocab_size"], (4, 16), generator=generator) for _ in range(4)]
     record = OpRecorder()
     fused_losses, fused_params = run("fused", initial, batches, record)
-    backward_kernels = {f"gpt_fast.{op}_backward.default" for op in ("add_layernorm", "bias_gelu")}
+    backward_kernels = {f"gpt_fast.{op}_backward.default" for op in ("add_layernorm", "bias_gelu", "flash_attention")}
     assert backward_kernels <= set(record.called), sorted(set(record.called))
     eager_losses, eager_params = run("eager", initial, batches)
     assert fused_losses[-1] < fused_losses[0] - 0.5  # it learned (the batches are memorised)

@@ -57,6 +57,10 @@ SCHEMAS = {  # one schema per op, as csrc/registration.cpp defines it and gpt_fa
     "bias_gelu_backward": "(Tensor grad_out, Tensor x, Tensor bias) -> Tensor",
     "add_layernorm_backward": "(Tensor grad_out, Tensor x, Tensor residual, Tensor? bias, Tensor weight, float eps) "
                               "-> (Tensor, Tensor, Tensor)",
+    "flash_attention_train": "(Tensor qkv, Tensor? key_padding_mask, int n_head, float dropout_p, int seed) "
+                             "-> (Tensor, Tensor)",
+    "flash_attention_backward": "(Tensor grad_out, Tensor qkv, Tensor out, Tensor lse, Tensor? key_padding_mask, "
+                                "int n_head, float dropout_p, int seed) -> Tensor",
     "pack_quantized_weight": "(Tensor qweight, Tensor scales, Tensor? zeros, int bits, int group_size) -> Tensor",
     "linear_quantized": "(Tensor x, Tensor packed, int out_features, int bits, int group_size, Tensor? bias, "
                         "Tensor? residual, bool gelu) -> Tensor",

@@ -7,11 +7,13 @@
 #pragma once
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <memory>
 
 #include "cpu/attention_math.h"
 #include "cpu/flash_tiles.h"
+#include "cpu/philox_lanes.h"
 
 namespace gpt_fast::flash {
 inline namespace GPT_FAST_ATTENTION_NS {
@@ -105,6 +107,20 @@ struct Fp32Engine {
   }
 };
 
+// Dropout on the tile's probabilities P^T[j][i] (query i0 + i, key j0 + j): an element is zeroed unless its Philox
+// bits pass the threshold (the 1 / (1 - p) scale is applied with the row's 1 / sum at the end).
+GPT_FAST_INLINE void drop_tile(const Params& p, Tiles& t, int64_t b, int64_t h, int64_t i0, int64_t j0, int64_t nk) {
+  const int64_t nq = std::min<int64_t>(kBlockQ, p.T - i0);
+  alignas(64) uint32_t words[kMaxRowWords];
+  for (int64_t i = 0; i < nq; ++i) {
+    const uint64_t n0 = static_cast<uint64_t>(((b * p.H + h) * p.T + i0 + i) * p.T + j0);
+    philox_row_words(p.seed, n0, static_cast<int>(nk), words);
+    const uint32_t* w = words + (n0 & 3);
+    for (int64_t j = 0; j < nk; ++j)
+      if (w[j] < p.threshold) t.st[j][i] = 0.f;
+  }
+}
+
 // One key block [j0, j1) for the query block starting at i0 (nq valid rows): scores, masks, online softmax, P V.
 template <typename Engine>
 GPT_FAST_INLINE void key_block(const Params& p, Tiles& t, int64_t b, int64_t h, int64_t i0, int64_t j0, int64_t j1) {
@@ -142,6 +158,7 @@ GPT_FAST_INLINE void key_block(const Params& p, Tiles& t, int64_t b, int64_t h, 
   }
   for (int64_t d = 0; d < p.D; ++d)
     for (int q = 0; q < kVecQ; ++q) store(&t.ot[d][q * kLanes], load(&t.ot[d][q * kLanes]) * alpha[q]);
+  if (p.threshold != 0) drop_tile(p, t, b, h, i0, j0, nk);  // after the sums: they normalise undropped P
   Engine::pv(p, t, static_cast<const E*>(p.v) + at, nk, b * p.H + h, j0);
 }
 
@@ -157,10 +174,17 @@ GPT_FAST_INLINE void query_block(const Params& p, Tiles& t, int64_t b, int64_t h
   for (int64_t j0 = 0; j0 < key_end; j0 += kBlockK) key_block<Engine>(p, t, b, h, i0, j0, std::min(key_end, j0 + kBlockK));
 
   T* out = static_cast<T*>(p.out) + (b * p.T + i0) * p.H * p.D + h * p.D;
-  float inv[kBlockQ];  // 1 / row sum; 0 for rows that attend to nothing
+  float inv[kBlockQ];  // 1 / row sum (times the dropout scale); 0 for rows that attend to nothing
   for (int64_t i = 0; i < nq; ++i) {
     const float l = t.l[i / kLanes][i % kLanes];
-    inv[i] = l > 0.f ? 1.f / l : 0.f;
+    inv[i] = l > 0.f ? p.keep_scale / l : 0.f;
+  }
+  if (p.lse) {  // the row's log-sum-exp in base 2: max + log2(sum), both in the kernel's base-2 units
+    float* lse = p.lse + (b * p.H + h) * p.T + i0;
+    for (int64_t i = 0; i < nq; ++i) {
+      const float l = t.l[i / kLanes][i % kLanes], m = t.m[i / kLanes][i % kLanes];
+      lse[i] = l > 0.f ? m + std::log2(l) : (l == 0.f ? kNegInf : l);  // l NaN: NaN
+    }
   }
   for (int64_t i = 0; i < nq; ++i) {  // O^T column i -> output row i
     alignas(64) float row[kMaxHead];

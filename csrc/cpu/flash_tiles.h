@@ -29,6 +29,11 @@ struct Params {
   const bool* mask;        // (B, T) contiguous, or null
   void* out;               // (B, T, H*D) contiguous
   float scale;             // log2(e) / sqrt(D)
+  // Training forward (flash_attention_train): the per-row log-sum-exp, and dropout on the probabilities.
+  float* lse = nullptr;    // (B, H, T) fp32: log2 sum_j 2^(scaled score) (-inf: nothing to attend), or null
+  uint64_t seed = 0;       // Philox key (csrc/philox.h); element ((b H + h) T + i) T + j of the probabilities
+  uint32_t threshold = 0;  // philox::dropout_threshold(p); 0: no dropout
+  float keep_scale = 1.f;  // 1 / (1 - p)
 };
 
 #if GPT_FAST_HAVE_X86

@@ -3,7 +3,8 @@
 - "eager": transformers' reference math (scores, -1e4 causal masking, additive padding mask, softmax, dropout,
   head mask); the only backend that can return the attention probabilities.
 - "sdpa":  torch.nn.functional.scaled_dot_product_attention.
-- "fused": gpt_fast's flash-attention kernel (gpt_fast::flash_attention); no dropout.
+- "fused": gpt_fast's flash-attention kernels (gpt_fast::flash_attention; in training gpt_fast::flash_attention_train
+  with dropout inside the kernel and gpt_fast::flash_attention_backward in autograd).
 
 NaN or infinity in a query, or in a key a row attends, makes that row NaN on every backend (the fused kernels of
 both "sdpa" and "fused" drop NaN scores; ops/flash_attention.py: propagate_nonfinite marks the rows after them).
@@ -25,6 +26,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from gpt_fast.ops import _library, philox
 from gpt_fast.ops.flash_attention import propagate_nonfinite
 from gpt_fast.ops.layout import merge_heads, split_qkv
 
@@ -93,11 +95,23 @@ def after_kernel(out, qkv, attention_mask, n_head: int):
     return propagate_nonfinite(out, qkv, attention_mask, n_head)
 
 
-def fused_attention(qkv, attention_mask, n_head: int):
-    """gpt_fast's kernel. qkv: (B, T, 3C); attention_mask: (B, T) 1/0 or None. Returns (B, T, C)."""
+def fused_attention(qkv, attention_mask, n_head: int, dropout_p: float = 0.0):
+    """gpt_fast's kernel. qkv: (B, T, 3C); attention_mask: (B, T) 1/0 or None. Returns (B, T, C).
+
+    With dropout (dropout_p > 0), or when gradients reach qkv, the training kernel gpt_fast::flash_attention_train
+    runs where it exists for the device: dropout on the probabilities inside the kernel (a fresh seed from torch's
+    generator per call: gpt_fast.ops.philox.draw_seed) and the backward kernel in autograd. Otherwise the inference
+    kernel (its autograd is the eager reference's)."""
     key_padding_mask = None if attention_mask is None else attention_mask.bool()
-    return after_kernel(torch.ops.gpt_fast.flash_attention(qkv, key_padding_mask, n_head), qkv, attention_mask,
-                        n_head)
+    train = dropout_p > 0.0 or (torch.is_grad_enabled() and qkv.requires_grad)
+    if train and _library.has_kernel("flash_attention_train", qkv.device.type):
+        seed = philox.draw_seed() if dropout_p > 0.0 else 0
+        out, _ = torch.ops.gpt_fast.flash_attention_train(qkv, key_padding_mask, n_head, float(dropout_p), seed)
+    elif dropout_p > 0.0:  # no training kernel for this device (the KernelPlan does not pick "fused" then)
+        return sdpa_attention(qkv, attention_mask, n_head, dropout_p)
+    else:
+        out = torch.ops.gpt_fast.flash_attention(qkv, key_padding_mask, n_head)
+    return after_kernel(out, qkv, attention_mask, n_head)
 
 
 def backend_attention(backend: str, qkv, attention_mask, n_head: int, dropout_p: float = 0.0):
@@ -105,5 +119,5 @@ def backend_attention(backend: str, qkv, attention_mask, n_head: int, dropout_p:
     if backend == "eager":
         return eager_attention(qkv, attention_mask, n_head, dropout_p)[0]
     if backend == "fused":
-        return fused_attention(qkv, attention_mask, n_head)
+        return fused_attention(qkv, attention_mask, n_head, dropout_p)
     return sdpa_attention(qkv, attention_mask, n_head, dropout_p)

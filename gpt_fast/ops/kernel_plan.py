@@ -8,13 +8,15 @@ which caps the CPU paths), so choosing costs a dictionary lookup per forward.
 The rules:
 - attention (the prompt's): "eager" whenever the attention probabilities are needed (output_attentions, head_mask);
   otherwise the requested backend, where None/"auto" means gpt_fast's flash_attention kernel when it exists for the
-  device and dtype, else PyTorch's SDPA. The kernels have no dropout: with dropout active "fused" runs as "sdpa".
-  A dtype the kernels lack (float64) also runs "fused" as "sdpa".
+  device and dtype, else PyTorch's SDPA. With dropout active "fused" needs the training kernel
+  (gpt_fast::flash_attention_train: dropout inside the kernel, FlashAttention-2 backward) and runs as "sdpa" where
+  it is missing. A dtype the kernels lack (float64) also runs "fused" as "sdpa".
 - the other kernels (add_layernorm, bias_gelu, decode_attention and the linear engines) run whenever they exist
   for the device and dtype, dropout is off and the backend is not "eager" (which is transformers' math, kept as
   the plain-PyTorch reference path). Their backward (ops/_autograd.py) runs a backward kernel where one exists
   for the device and dtype (gpt_fast::bias_gelu_backward, gpt_fast::add_layernorm_backward), else the eager
-  reference's autograd (flash_attention's backward is still the reference's).
+  reference's autograd (attention in training runs flash_attention_train, whose backward is
+  gpt_fast::flash_attention_backward).
 - linear engines (models/linear.py): linear_small_m for matmuls of at most `small_m_rows` rows (decode steps and
   short prompts; bound by reading the weight, which it does at about the memory bandwidth), oneDNN's bf16 GEMM
   on a prepacked weight for widening layers with many rows where oneDNN's bf16 path runs on this CPU (and the layer
@@ -98,7 +100,7 @@ def _plan(attn_implementation, device_type: str, dtype: torch.dtype, dropout: bo
     if needs_probs:
         attention = "eager"
     elif attn_implementation in (None, "auto", "fused"):
-        attention = "fused" if flash and not dropout else "sdpa"
+        attention = "fused" if flash and (not dropout or _has("flash_attention_train", device_type, dtype)) else "sdpa"
     else:
         attention = attn_implementation
     fused = not dropout and attention != "eager"

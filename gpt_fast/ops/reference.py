@@ -12,6 +12,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from gpt_fast.ops import philox
 from gpt_fast.ops.layout import merge_heads, split_qkv
 
 
@@ -89,6 +90,34 @@ def flash_attention(qkv, key_padding_mask, n_head: int):
     if key_padding_mask is not None:
         allowed = allowed & key_padding_mask.bool()[:, None, None, :]  # (B, 1, T, T)
     return merge_heads(_masked_softmax_attention(q, k, v, allowed))
+
+
+def flash_attention_train(qkv, key_padding_mask, n_head: int, dropout_p: float, seed: int):
+    """flash_attention for training: (out (B, T, C), lse (B, H, T) float32), lse the log-sum-exp of each row's
+    scaled scores over the keys it attends, in base 2 (log2 sum_j exp(s_ij) = logsumexp / ln 2; -inf when none).
+    Dropout: the probabilities (B, H, T, T) times gpt_fast.ops.philox's mask under (seed, dropout_p), scaled by
+    1 / (1 - dropout_p): the kernels' exact mask."""
+    B, T, C3 = qkv.shape
+    q, k, v = split_qkv(qkv, n_head)  # (B, H, T, D) each
+    allowed = torch.ones(T, T, dtype=torch.bool, device=qkv.device).tril()[None, None]  # (1, 1, T, T)
+    if key_padding_mask is not None:
+        allowed = allowed & key_padding_mask.bool()[:, None, None, :]  # (B, 1, T, T)
+    scores = ((q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])).masked_fill(~allowed, float("-inf"))
+    lse = (torch.logsumexp(scores, dim=-1) * math.log2(math.e)).float()  # (B, H, T), base 2
+    probs = torch.softmax(scores, dim=-1).masked_fill(~allowed.any(dim=-1, keepdim=True), 0.0)  # (B, H, T, T)
+    if dropout_p > 0.0:
+        probs = philox.dropout(probs, seed, dropout_p)
+    return merge_heads(probs @ v), lse
+
+
+def flash_attention_backward(grad_out, qkv, out, lse, key_padding_mask, n_head: int, dropout_p: float, seed: int):
+    """flash_attention_backward's grad_qkv (B, T, 3C): autograd of the reference flash_attention_train's out (out and
+    lse are the saved forward results, which the reference recomputes)."""
+    with torch.enable_grad():
+        qkv_ = qkv.detach().requires_grad_(True)
+        result, _ = flash_attention_train(qkv_, key_padding_mask, n_head, dropout_p, seed)
+        (grad_qkv,) = torch.autograd.grad(result, qkv_, grad_out)
+    return grad_qkv
 
 
 def decode_attention(qkv, k_cache, v_cache, cache_lengths, n_head: int):

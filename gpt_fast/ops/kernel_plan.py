@@ -1,9 +1,9 @@
 """Which implementation each step of a GPT-1 block uses, decided once per call site's circumstances.
 
-`plan_kernels(attn_implementation, device, dtype, dropout=, needs_probs=, grad=)` returns one KernelPlan that the
-model's forward, the generation prefill and decode steps, and the benchmarks all use; the layers read it and
-never decide again. Plans are memoised per argument tuple (and per GPT_FAST_CPU_ISA value, which caps the CPU
-paths), so choosing costs a dictionary lookup per forward.
+`plan_kernels(attn_implementation, device, dtype, dropout=, needs_probs=, grad=, autocast=)` returns one
+KernelPlan that the model's forward, the generation prefill and decode steps, and the benchmarks all use; the
+layers read it and never decide again. Plans are memoised per argument tuple (and per GPT_FAST_CPU_ISA value,
+which caps the CPU paths), so choosing costs a dictionary lookup per forward.
 
 The rules:
 - attention (the prompt's): "eager" whenever the attention probabilities are needed (output_attentions, head_mask);
@@ -11,10 +11,12 @@ The rules:
   device and dtype, else PyTorch's SDPA. The kernels have no dropout: with dropout active "fused" runs as "sdpa".
   A dtype the kernels lack (float64) also runs "fused" as "sdpa".
 - the other kernels (add_layernorm, bias_gelu, decode_attention and the linear engines) run whenever they exist
-  for the device and dtype, dropout is off and the backend is not "eager" (which is transformers' math, kept as
-  the plain-PyTorch reference path). Their backward (ops/_autograd.py) runs a backward kernel where one exists
-  for the device and dtype (gpt_fast::bias_gelu_backward, gpt_fast::add_layernorm_backward), else the eager
-  reference's autograd (flash_attention's backward is still the reference's).
+  for the device and dtype, autocast is off (its matmul outputs and the residual stream differ in dtype) and the
+  backend is not "eager" (which is transformers' math, kept as the plain-PyTorch reference path). Dropout keeps
+  them: add_layernorm takes the residual dropout (the caller passes p and a Philox seed), bias_gelu has none.
+  Their backward (ops/_autograd.py) runs a backward kernel where one exists for the device and dtype
+  (gpt_fast::bias_gelu_backward, gpt_fast::add_layernorm_backward), else the eager reference's autograd
+  (flash_attention's backward is still the reference's).
 - linear engines (models/linear.py): linear_small_m for matmuls of at most `small_m_rows` rows (decode steps and
   short prompts; bound by reading the weight, which it does at about the memory bandwidth), oneDNN's bf16 GEMM
   on a prepacked weight for widening layers with many rows where oneDNN's bf16 path runs on this CPU (and the layer
@@ -45,8 +47,8 @@ SMALL_M_MAX_ROWS = 32
 @dataclass(frozen=True)
 class KernelPlan:
     attention: str  # the prompt's attention backend: "eager", "sdpa" or "fused"
-    fused: bool  # add_layernorm / bias_gelu replace the module math (inference without dropout, not "eager")
-    add_layernorm: Callable  # (x, y, bias, weight, ln_bias, eps) -> layer_norm(x + y + bias)
+    fused: bool  # add_layernorm / bias_gelu replace the module math (not "eager", no autocast; dropout or not)
+    add_layernorm: Callable  # (x, y, bias, weight, ln_bias, eps, dropout_p=0, seed=0) -> ln(x + dropout(y + bias))
     bias_gelu: Callable  # (x, bias) -> gelu_tanh(x + bias)
     decode_attention: Callable  # the kernel or the reference (same arguments)
     small_m_rows: int  # linear_small_m serves matmuls of at most this many rows; 0: never
@@ -72,7 +74,7 @@ _PLANS: dict[tuple, KernelPlan] = {}  # memo of _plan, per argument tuple
 
 
 def _plan(attn_implementation, device_type: str, dtype: torch.dtype, dropout: bool, needs_probs: bool,
-          grad: bool, isa: str) -> KernelPlan:
+          grad: bool, autocast: bool, isa: str) -> KernelPlan:
     flash = _has("flash_attention", device_type, dtype)
     if attn_implementation == "fused" and not _library.has_kernel("flash_attention", device_type):
         reason = _library.load_error() or f"it was built without {device_type} kernels"
@@ -86,7 +88,7 @@ def _plan(attn_implementation, device_type: str, dtype: torch.dtype, dropout: bo
         attention = "fused" if flash and not dropout else "sdpa"
     else:
         attention = attn_implementation
-    fused = not dropout and attention != "eager"
+    fused = not autocast and attention != "eager"
     layernorm = _kernel("add_layernorm", device_type, dtype, add_layernorm) if fused else None
     gelu = _kernel("bias_gelu", device_type, dtype, bias_gelu) if fused else None
     small_m = fused and not grad and _has("linear_small_m", device_type, dtype)
@@ -103,14 +105,15 @@ def _plan(attn_implementation, device_type: str, dtype: torch.dtype, dropout: bo
 
 
 def plan_kernels(attn_implementation: str | None, device: torch.device, dtype: torch.dtype, *, dropout: bool = False,
-                 needs_probs: bool = False, grad: bool = False) -> KernelPlan:
+                 needs_probs: bool = False, grad: bool = False, autocast: bool = False) -> KernelPlan:
     """The plan for one forward (or one generation request) on `device` in `dtype`.
 
     dropout: a dropout layer is active (train mode with p > 0); needs_probs: the attention probabilities are
-    returned or scaled (output_attentions, head_mask); grad: gradients flow to the weights.
+    returned or scaled (output_attentions, head_mask); grad: gradients flow to the weights; autocast: the matmuls
+    run in another dtype than the residual stream (the module math runs).
     """
     key = (attn_implementation, torch.device(device).type, dtype, bool(dropout), bool(needs_probs), bool(grad),
-           cpu_isa.level())
+           bool(autocast), cpu_isa.level())
     plan = _PLANS.get(key)
     if plan is None:
         check_attn_implementation(attn_implementation)

@@ -84,3 +84,15 @@ def test_the_plan_keeps_the_kernels_with_dropout_not_under_autocast():
     autocast = plan_kernels(None, cpu, torch.float32, dropout=True, grad=True, autocast=True)
     assert not autocast.fused and autocast.add_layernorm is gpt_fast.ops.reference.add_layernorm
     assert not plan_kernels("eager", cpu, torch.float32, dropout=True).fused
+
+
+def test_under_torch_compile_a_residual_dropout_runs_as_module_math(setup, monkeypatch):
+    """The seed is a host value drawn from a tensor: traced, it would be a data-dependent graph break (and
+    fullgraph=True fails on it), so under torch.compile the residual dropout is module math (inductor fuses it).
+    Checked here with is_compiling() faked; a real torch.compile(fullgraph=True) train step passed by hand."""
+    state, ids = setup
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    record = OpRecorder()
+    step("fused", state, ids, record=record)
+    assert "gpt_fast.add_layernorm.default" not in record.called
+    assert "gpt_fast.bias_gelu.default" in record.called

@@ -101,10 +101,12 @@ class Block(nn.Module):
     @staticmethod
     def residual_norm(x, proj: Conv1D, h, dropout: nn.Dropout, ln: nn.LayerNorm, plan: KernelPlan):
         """ln(x + dropout(proj(h))); residual add, proj's bias, the dropout and the LayerNorm in one kernel when
-        fused (the mask: Philox's under a seed drawn here, from torch's generator)."""
-        if plan.fused:
+        fused (the mask: Philox's under a seed drawn here, from torch's generator). Under torch.compile a dropout
+        runs as module math (the seed would be a host value read from a tensor: a graph break), which inductor
+        fuses itself."""
+        p = dropout.p if dropout.training else 0.0
+        if plan.fused and not (p > 0 and torch.compiler.is_compiling()):
             ln_params = ln._parameters
-            p = dropout.p if dropout.training else 0.0
             seed = philox.draw_seed() if p > 0 else 0
             return plan.add_layernorm(x, proj(h, plan, with_bias=False), proj._parameters["bias"],
                                       ln_params["weight"], ln_params["bias"], ln.eps, p, seed)

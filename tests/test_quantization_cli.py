@@ -50,6 +50,40 @@ def test_convert_then_generate(checkpoint, tmp_path):
     assert sampled.returncode == 0 and sampled.stdout.count("=== sequence") == 2, sampled.stderr
 
 
+@pytest.mark.slow  # CLI subprocesses: tens of seconds on 2 shared cores
+def test_convert_with_gptq_calibration(checkpoint, tmp_path):
+    calibration = tmp_path / "calibration.txt"
+    calibration.write_text("the future is here . " * 40, encoding="utf-8")
+    destination, plain = tmp_path / "gptq", tmp_path / "rtn"
+    result = run_cli("convert", str(checkpoint), str(destination), "--quantization", "int4", "--group-size", "64",
+                     "--calibration", str(calibration), "--calibration-windows", "3")
+    assert result.returncode == 0, result.stderr
+    assert "GPTQ int4 (group 64) from 3 calibration windows of 24 tokens" in result.stderr
+    assert run_cli("convert", str(checkpoint), str(plain), "--quantization", "int4",
+                   "--group-size", "64").returncode == 0
+    gptq = gpt_fast.OpenAIGPTLMHeadModel.from_pretrained(destination)
+    rtn = gpt_fast.OpenAIGPTLMHeadModel.from_pretrained(plain)
+    assert gptq.quantization == rtn.quantization  # the same format and config entry: only the codes differ
+    assert not torch.equal(gptq.transformer.h[0].mlp.c_fc.qweight, rtn.transformer.h[0].mlp.c_fc.qweight)
+    folder = tmp_path / "texts"  # a folder: its *.txt files, in name order
+    folder.mkdir()
+    (folder / "a.txt").write_text("the future is here . " * 20, encoding="utf-8")
+    result = run_cli("convert", str(checkpoint), str(tmp_path / "gptq2"), "--quantization", "int4",
+                     "--calibration", str(folder))
+    assert result.returncode == 0 and "calibration windows" in result.stderr, result.stderr
+    result = run_cli("convert", str(checkpoint), str(tmp_path / "int8"), "--quantization", "int8", "--calibration",
+                     str(calibration), "--calibration-windows", "2")
+    assert result.returncode == 0 and "GPTQ int8 from 2 calibration windows" in result.stderr, result.stderr
+    assert gpt_fast.OpenAIGPTLMHeadModel.from_pretrained(tmp_path / "int8").quantization.bits == 8
+    assert_one_line_error(run_cli("convert", str(checkpoint), str(tmp_path / "x"), "--calibration",
+                                  str(calibration)), 2, "pass --quantization int4 or int8")
+    assert_one_line_error(run_cli("convert", str(checkpoint), str(tmp_path / "x"), "--quantization", "int4",
+                                  "--calibration", str(tmp_path / "missing.txt")), 1, "no such calibration file")
+    assert_one_line_error(run_cli("convert", str(checkpoint), str(tmp_path / "x"), "--quantization", "int4",
+                                  "--calibration", str(calibration), "--calibration-windows", "0"), 2,
+                          "positive integer")
+
+
 @pytest.mark.slow  # CLI subprocesses / a benchmark run / inductor: tens of seconds on 2 shared cores
 def test_cli_bad_quantization_arguments(checkpoint, tmp_path):
     assert_one_line_error(run_cli("generate", "the", "--model", str(checkpoint), "--quantization", "int3"), 2,

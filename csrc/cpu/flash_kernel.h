@@ -3,7 +3,7 @@
 // Header-only and always inlined, so that each translation unit compiles it for its lane count
 // (attention_math.h): flash_attention.cpp for AVX-512 and portable code (16 lanes), flash_attention_avx2.cpp for
 // AVX2 + FMA (8 lanes). The fp32 micro-kernels' tile, kMicro keys (or dims) x kBlockQ queries, is sized for
-// AVX-512's 32 registers; on AVX2 (16 ymm registers) they take 2 keys (dims) x kBlockQ / 2 queries at a time.
+// AVX-512's 32 registers; on AVX2 (16 ymm registers) they take 6 keys (dims) x kBlockQ / 4 queries at a time.
 #pragma once
 
 #include <algorithm>
@@ -17,10 +17,12 @@ namespace gpt_fast::flash {
 inline namespace GPT_FAST_ATTENTION_NS {
 
 // Micro-kernel tile: kMicroN keys (QK^T) or head dims (PV) by kMicroV query vectors. 16 lanes: 6 x 4 zmm
-// accumulators of AVX-512's 32 registers; 8 lanes: 2 x 4 of AVX2's 16 ymm (plus 4 query or probability vectors
-// and 2 broadcasts), the block's 8 query vectors in two passes.
-constexpr int kMicroN = kLanes == 16 ? kMicro : 2;
-constexpr int kMicroV = kLanes == 16 ? kVecQ : 4;
+// accumulators of AVX-512's 32 registers; 8 lanes: 6 x 2 of AVX2's 16 ymm (plus 2 query or probability vectors
+// and 1 broadcast), the block's 8 query vectors in four passes: per d (or key) 8 loads feed 12 FMAs in 12
+// independent chains. The earlier 2 x 4 tile (6 loads, 8 FMAs, 8 chains: just the FMA latency x throughput of
+// Zen 5) ran the fp32 kernel 1.25-1.3x slower (GPT-1 shape, T = 512, one core, Zen 5 capped to AVX2).
+constexpr int kMicroN = kLanes == 16 ? kMicro : 6;
+constexpr int kMicroV = kLanes == 16 ? kVecQ : 2;
 static_assert(kVecQ % kMicroV == 0);
 
 // S^T[j][:] = sum_d K[j][d] * Q^T[d][:] for NJ keys.

@@ -15,9 +15,10 @@
 // <= 2 rows x 2 blocks (M = 8: 4 tiles), measured 13-18% faster there at M = 4 and 8 than 4-row tiles (one core,
 // Zen 5 capped to AVX2), while fp32 measured the same or better with the larger tiles. From ~4 rows the tier is
 // bound by FMA issue, not memory: at M = 8 one core does ~17.5 GB/s fp32, ~10 GB/s bf16 (4.4 / 5.5 G weights/s).
-// With 3+ rows the weight streams are prefetched 8 KiB ahead (kPrefetchFar; 1-2 rows: 1 KiB), measured 1.15-1.4x
-// faster at M = 4, 1.05-1.3x at M = 8 and 1.0-1.2x at M = 16 (GPT-1's layers, one core, fp32 and bf16).
-// Bias and GELU on fp32 vectors, the residual and the store per element (once per output, not per weight).
+// With 3+ rows the weight streams are prefetched 8 KiB ahead (kPrefetchFar; 1-2 rows: 1 KiB, but bf16 / fp16 with one
+// row 2 KiB: kPrefetchHalf), measured 1.15-1.4x faster at M = 4, 1.05-1.3x at M = 8 and 1.0-1.2x at M = 16 (GPT-1's
+// layers, one core, fp32 and bf16). Bias, GELU and the residual on fp32 vectors, then one converting store (once per
+// output, not per weight).
 #include "cpu/linear_small_m.h"
 
 #include <algorithm>
@@ -30,6 +31,12 @@ namespace gpt_fast::small_m {
 namespace {
 
 constexpr int kMaxRows = 6;  // rows per fp32 tile: 2 x 6 accumulators
+// Prefetch distance of the 16-bit weights (bf16, fp16) with one row. 2 KiB measured best of {1, 1.5, 2, 2.5, 3, 4}
+// KiB (and of 6 streams side by side instead of 4) on GPT-1's decode linears (12 layers + LM head, one core, CPU
+// time, Zen 5 capped to AVX2): 7.0-7.2 ms a token against 7.5-8.2 ms at 1 KiB; fp32 stays best at 1 KiB (kPrefetch).
+// At the same bytes per second a bf16 stream is consumed through twice the instructions of an fp32 one. fp16 (F16C
+// conversions) takes the same distance, not measured on its own.
+constexpr int64_t kPrefetchHalf = 2048;
 
 // One k row of a block (16 weights) as two 8-lane fp32 vectors: columns 0-7 and 8-15, except bf16: the even
 // columns (0, 2, .., 14) and the odd ones (kEvenOdd).
@@ -65,14 +72,22 @@ struct Row16<c10::BFloat16> {
 };
 
 // Bias, GELU and residual on the sums total[m][0..15] (in Row16<T>'s order) of rows [m0, m0 + rows), columns
-// [n0, n0 + 16) clipped to N, then the only store.
+// [n0, n0 + 16) clipped to N, then the only store: 8-lane loads and stores (vec_avx2.h's conversions, round to
+// nearest even as static_cast), through load_part / store_part in the last block when N % 16 != 0.
 template <typename T>
 GPT_FAST_AVX2 void finish_tile(const LinearArgs<T>& a, const float (*total)[kBN], int rows, int64_t m0,
                                int64_t n0) {
+  using V = cpu::Vec8<T>;
   const int64_t width = std::min(kBN, a.N - n0);
-  alignas(32) float bias[kBN] = {}, out[kBN];
-  if (a.bias)
-    for (int64_t j = 0; j < width; ++j) bias[j] = static_cast<float>(a.bias[n0 + j]);
+  const int64_t w_lo = std::min<int64_t>(width, 8), w_hi = width - w_lo;  // columns in each half
+  const bool full = width == kBN;
+  // row[off, off + n) as fp32 lanes (the rest 0); row + off is formed only when n > 0 (it may lie past the end).
+  auto load = [&](const T* row, int64_t off, int64_t n) GPT_FAST_AVX2 {
+    if (full) return V::load(row + off);
+    return n > 0 ? cpu::load_part(row + off, n) : _mm256_setzero_ps();
+  };
+  __m256 bias_lo = _mm256_setzero_ps(), bias_hi = _mm256_setzero_ps();
+  if (a.bias) bias_lo = load(a.bias, n0, w_lo), bias_hi = load(a.bias, n0 + 8, w_hi);
   for (int m = 0; m < rows; ++m) {
     __m256 lo = _mm256_loadu_ps(total[m]), hi = _mm256_loadu_ps(total[m] + 8);
     if constexpr (Row16<T>::kEvenOdd) {  // (even, odd) columns -> (0-7, 8-15)
@@ -80,14 +95,22 @@ GPT_FAST_AVX2 void finish_tile(const LinearArgs<T>& a, const float (*total)[kBN]
       lo = _mm256_permute2f128_ps(a03_811, a47_1215, 0x20);
       hi = _mm256_permute2f128_ps(a03_811, a47_1215, 0x31);
     }
-    lo = _mm256_add_ps(lo, _mm256_load_ps(bias));
-    hi = _mm256_add_ps(hi, _mm256_load_ps(bias + 8));
+    lo = _mm256_add_ps(lo, bias_lo);
+    hi = _mm256_add_ps(hi, bias_hi);
     if (a.gelu) lo = cpu::gelu_tanh_fp32_avx2(lo), hi = cpu::gelu_tanh_fp32_avx2(hi);
-    _mm256_store_ps(out, lo);
-    _mm256_store_ps(out + 8, hi);
-    const T* res = a.residual ? a.residual + (m0 + m) * a.ld_residual + n0 : nullptr;
-    T* dst = a.out + (m0 + m) * a.N + n0;
-    for (int64_t j = 0; j < width; ++j) dst[j] = static_cast<T>(res ? out[j] + static_cast<float>(res[j]) : out[j]);
+    if (a.residual) {
+      const T* res = a.residual + (m0 + m) * a.ld_residual;
+      lo = _mm256_add_ps(lo, load(res, n0, w_lo));
+      hi = _mm256_add_ps(hi, load(res, n0 + 8, w_hi));
+    }
+    T* dst = a.out + (m0 + m) * a.N;
+    if (full) {
+      V::store(dst + n0, lo);
+      V::store(dst + n0 + 8, hi);
+    } else {
+      cpu::store_part(dst + n0, lo, w_lo);
+      if (w_hi > 0) cpu::store_part(dst + n0 + 8, hi, w_hi);
+    }
   }
 }
 
@@ -160,7 +183,11 @@ void linear_blocks_avx2(const LinearArgs<T>& a, int64_t block_begin, int64_t blo
     if (a.M >= 3) return by_groups(streams, std::integral_constant<int64_t, kPrefetchFar>{});
     by_groups(streams, std::integral_constant<int64_t, kPrefetch>{});
   };
-  if (tile_rows <= 1) return with_distance(std::integral_constant<int, 4>{});
+  if (tile_rows <= 1) {
+    if constexpr (sizeof(T) == 2)  // bf16 / fp16, one row: 2 KiB ahead (kPrefetchHalf)
+      return by_groups(std::integral_constant<int, 4>{}, std::integral_constant<int64_t, kPrefetchHalf>{});
+    return with_distance(std::integral_constant<int, 4>{});
+  }
   if (tile_rows <= 3) return with_distance(std::integral_constant<int, 2>{});
   with_distance(std::integral_constant<int, 1>{});
 }

@@ -4,7 +4,7 @@
     gpt-fast generate "The future of AI is" --model DIR --max-new-tokens 40
     gpt-fast generate "Hello" --model DIR --quantization int8
     gpt-fast bench [--quick] [--json out.json] [--png out.png] [--quantization none,int8,int4]
-    gpt-fast convert SRC DST [--dtype bf16] [--quantization int4 --group-size 32]
+    gpt-fast convert SRC DST [--dtype bf16] [--quantization int4 --group-size 32 [--calibration TEXT]]
     gpt-fast train DATA... --out DIR (--model DIR | --config config.json) [--max-steps N ...]
     gpt-fast serve --model DIR [--host 127.0.0.1 --port 8000 --max-batch 16 --max-queue 64 --api-key KEY]
 

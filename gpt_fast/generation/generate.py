@@ -61,7 +61,9 @@ class GenerateOutput(CacheOutputMixin, ModelOutput):
 @torch.inference_mode()
 def generate(model, input_ids=None, attention_mask=None, generation_config=None, **kwargs):
     """Generates continuations of input_ids (B, T). See the module docstring; arguments as transformers'.
-    The model runs in eval mode (no dropout) for the call and gets its own mode back afterwards."""
+    The model runs in eval mode (no dropout) for the call and gets its own mode back afterwards. It runs in the
+    model's dtype: an enclosing torch.autocast region does not apply (the KV cache and the decode kernels hold the
+    model's dtype; to generate in bfloat16, convert the model with .to(torch.bfloat16))."""
     if not (hasattr(model, "transformer") and hasattr(model, "lm_head")):
         raise TypeError(f"generate needs a language model with an LM head, got {type(model).__name__}")
     if "inputs" in kwargs:  # transformers' name of the prompt
@@ -72,7 +74,8 @@ def generate(model, input_ids=None, attention_mask=None, generation_config=None,
     modes = [(module, module.training) for module in model.modules()]  # each module's own mode, restored after
     model.eval()
     try:
-        return _generate(model, input_ids, attention_mask, kwargs)
+        with torch.autocast(model.device.type, enabled=False):
+            return _generate(model, input_ids, attention_mask, kwargs)
     finally:
         for module, training in modes:
             module.training = training

@@ -8,7 +8,7 @@ One Block body and one layer loop (`OpenAIGPTModel.run_layers`) serve the model'
 prefill and every decode step: the callers differ only in the positions they embed and in the attention they
 pass in (the prompt's backend, or attention over a KV cache that the keys and values are written into). Which
 kernels run is a KernelPlan (gpt_fast/ops/kernel_plan.py), decided once per forward: with the attention
-probabilities wanted or under autocast, the module math of transformers runs; otherwise the fused kernels and the
+probabilities wanted, the module math of transformers runs; otherwise the fused kernels and the
 linear engines of models/linear.py. In train mode the residual dropout runs inside add_layernorm (a Philox mask
 under a seed drawn per call from torch's generator, so torch.manual_seed reproduces a run); the embedding dropout
 stays nn.Dropout.
@@ -127,11 +127,8 @@ class OpenAIGPTModel(OpenAIGPTPreTrainedModel):
     def plan(self, device: torch.device, dtype: torch.dtype, needs_probs: bool = False) -> KernelPlan:
         """The kernels for a call of this model on `device` in `dtype` (see gpt_fast/ops/kernel_plan.py)."""
         dropout = self.training and max(self.config.resid_pdrop, self.config.attn_pdrop) > 0
-        # Under autocast the matmuls' outputs (autocast dtype) meet the residual stream (the model's dtype), which
-        # the fused kernels do not take: the module math runs (and the attention is chosen as with dropout).
-        autocast = torch.is_autocast_enabled(device.type)
-        return plan_kernels(self.attn_implementation, device, dtype, dropout=dropout or autocast,
-                            needs_probs=needs_probs, grad=torch.is_grad_enabled(), autocast=autocast)
+        return plan_kernels(self.attn_implementation, device, dtype, dropout=dropout, needs_probs=needs_probs,
+                            grad=torch.is_grad_enabled(), autocast=torch.is_autocast_enabled(device.type))
 
     def embed(self, input_ids=None, positions=None, token_type_ids=None, inputs_embeds=None):
         """Token + position (+ token type) embeddings, (..., T) -> (..., T, C), before the embedding dropout."""

@@ -120,12 +120,15 @@ class OpenAIGPTPreTrainedModel(nn.Module):
         return resize_token_embeddings(self, new_num_tokens, pad_to_multiple_of, mean_resizing)
 
     # -- quantization ----------------------------------------------------------------------------------------
-    def quantize(self, scheme: str, group_size: int | None = DEFAULT_GROUP_SIZE, lm_head: bool = True):
+    def quantize(self, scheme: str, group_size: int | None = DEFAULT_GROUP_SIZE, lm_head: bool = True,
+                 method: str = "rtn", calibration=None):
         """Weight-only quantization in place, for inference (gpt_fast/quantization): "int8" (per output channel)
         or "int4" (asymmetric, groups of group_size input features; group_size must divide every layer's input
         width). Quantizes every block's linear layers and, with lm_head, a copy of the tied LM head (the token
-        embedding stays in the model's dtype). Returns the model, in eval mode."""
-        return quantize_model(self, scheme, group_size, lm_head)
+        embedding stays in the model's dtype). int4's method: "rtn" (round to nearest) or "gptq" (error
+        compensation from `calibration`, token ids (count, T) or 1-D; same stored format). Returns the model, in
+        eval mode."""
+        return quantize_model(self, scheme, group_size, lm_head, method, calibration)
 
     @property
     def quantization(self) -> QuantizationConfig | None:

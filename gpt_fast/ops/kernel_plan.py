@@ -11,9 +11,9 @@ The rules:
   device and dtype, else PyTorch's SDPA. The kernels have no dropout: with dropout active "fused" runs as "sdpa".
   A dtype the kernels lack (float64) also runs "fused" as "sdpa".
 - the other kernels (add_layernorm, bias_gelu, decode_attention and the linear engines) run whenever they exist
-  for the device and dtype, autocast is off (its matmul outputs and the residual stream differ in dtype) and the
-  backend is not "eager" (which is transformers' math, kept as the plain-PyTorch reference path). Dropout keeps
-  them: add_layernorm takes the residual dropout (the caller passes p and a Philox seed), bias_gelu has none.
+  for the device and dtype and the backend is not "eager" (which is transformers' math, kept as the
+  plain-PyTorch reference path). Dropout keeps them: add_layernorm takes the residual dropout (the caller passes
+  p and a Philox seed), bias_gelu has none.
   Their backward (ops/_autograd.py) runs a backward kernel where one exists for the device and dtype
   (gpt_fast::bias_gelu_backward, gpt_fast::add_layernorm_backward), else the eager reference's autograd
   (flash_attention's backward is still the reference's).
@@ -22,6 +22,11 @@ The rules:
   on a prepacked weight for widening layers with many rows where oneDNN's bf16 path runs on this CPU (and the layer
   holds no linear_small_m copy: one packed copy per weight), otherwise PyTorch's GEMM. Neither packed engine has
   autograd, so neither runs when gradients are wanted.
+- autocast (a torch.autocast region is active for the device): the GEMMs run in the autocast dtype while the
+  residual stream keeps the model's, so add_layernorm and bias_gelu cast their other inputs to their first
+  input's dtype (add_layernorm: x, the residual stream, in the model's dtype, as autocast's layer_norm computes in
+  float32; bias_gelu: the matmul output, in the autocast dtype, as autocast's addmm adds the bias in it); the
+  packed engines, whose weights are packed in the model's dtype, step aside for the GEMMs that autocast casts.
 """
 
 from __future__ import annotations
@@ -47,12 +52,22 @@ SMALL_M_MAX_ROWS = 32
 @dataclass(frozen=True)
 class KernelPlan:
     attention: str  # the prompt's attention backend: "eager", "sdpa" or "fused"
-    fused: bool  # add_layernorm / bias_gelu replace the module math (not "eager", no autocast; dropout or not)
+    fused: bool  # add_layernorm / bias_gelu replace the module math (not "eager"; dropout or not)
     add_layernorm: Callable  # (x, y, bias, weight, ln_bias, eps, dropout_p=0, seed=0) -> ln(x + dropout(y + bias))
     bias_gelu: Callable  # (x, bias) -> gelu_tanh(x + bias)
     decode_attention: Callable  # the kernel or the reference (same arguments)
     small_m_rows: int  # linear_small_m serves matmuls of at most this many rows; 0: never
     onednn_bf16: bool  # oneDNN's GEMM on a prepacked bf16 weight serves widening layers with more rows
+
+
+def _cast_to_first(kernel: Callable) -> Callable:
+    """kernel(first, *rest) with every floating-point tensor of rest cast to first's dtype (autocast; see above)."""
+
+    def cast_and_call(first, *rest):
+        return kernel(first, *(a.to(first.dtype) if isinstance(a, torch.Tensor) and a.is_floating_point() else a
+                               for a in rest))
+
+    return cast_and_call
 
 
 def _has(name: str, device_type: str, dtype: torch.dtype) -> bool:
@@ -88,10 +103,12 @@ def _plan(attn_implementation, device_type: str, dtype: torch.dtype, dropout: bo
         attention = "fused" if flash and not dropout else "sdpa"
     else:
         attention = attn_implementation
-    fused = not autocast and attention != "eager"
+    fused = attention != "eager"
     layernorm = _kernel("add_layernorm", device_type, dtype, add_layernorm) if fused else None
     gelu = _kernel("bias_gelu", device_type, dtype, bias_gelu) if fused else None
-    small_m = fused and not grad and _has("linear_small_m", device_type, dtype)
+    small_m = fused and not grad and not autocast and _has("linear_small_m", device_type, dtype)
+    if autocast:
+        layernorm, gelu = (layernorm and _cast_to_first(layernorm)), (gelu and _cast_to_first(gelu))
     return KernelPlan(
         attention=attention,
         fused=fused,
@@ -100,17 +117,18 @@ def _plan(attn_implementation, device_type: str, dtype: torch.dtype, dropout: bo
         decode_attention=(_kernel("decode_attention", device_type, dtype, decode_attention)
                           or reference.decode_attention),
         small_m_rows=SMALL_M_MAX_ROWS if small_m else 0,
-        onednn_bf16=fused and not grad and dtype == torch.bfloat16 and onednn_bf16_usable(device_type),
+        onednn_bf16=(fused and not grad and not autocast and dtype == torch.bfloat16
+                     and onednn_bf16_usable(device_type)),
     )
 
 
 def plan_kernels(attn_implementation: str | None, device: torch.device, dtype: torch.dtype, *, dropout: bool = False,
                  needs_probs: bool = False, grad: bool = False, autocast: bool = False) -> KernelPlan:
-    """The plan for one forward (or one generation request) on `device` in `dtype`.
+    """The plan for one forward (or one generation request) on `device` in `dtype` (the model's dtype).
 
     dropout: a dropout layer is active (train mode with p > 0); needs_probs: the attention probabilities are
-    returned or scaled (output_attentions, head_mask); grad: gradients flow to the weights; autocast: the matmuls
-    run in another dtype than the residual stream (the module math runs).
+    returned or scaled (output_attentions, head_mask); grad: gradients flow to the weights; autocast: a
+    torch.autocast region is active for the device.
     """
     key = (attn_implementation, torch.device(device).type, dtype, bool(dropout), bool(needs_probs), bool(grad),
            bool(autocast), cpu_isa.level())

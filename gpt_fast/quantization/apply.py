@@ -6,6 +6,10 @@ stay in the model's dtype. The LM head is tied to the token embedding in the unq
 the two are separate: the embedding keeps its table in the model's dtype (state_dict key
 `transformer.tokens_embed.weight`) and the head holds a quantized copy (`lm_head.qweight`, `lm_head.scales`,
 `lm_head.zeros`). With lm_head=False the head stays tied to the embedding.
+
+method="rtn" quantizes each weight on its own (ops/reference.py's round to nearest); method="gptq" (int4 only)
+chooses the codes from calibration tokens (calibration.py), block by block. Both write the same format and the same
+config.json entry.
 """
 
 from __future__ import annotations
@@ -16,9 +20,11 @@ from torch import nn
 
 from gpt_fast.models.linear import Conv1D
 from gpt_fast.ops import weight_cache
+from gpt_fast.quantization.calibration import calibration_windows, gptq_quantize_model
 from gpt_fast.quantization.config import (
     CONFIG_KEY,
     DEFAULT_GROUP_SIZE,
+    METHODS,
     QuantizationConfig,
     check_group_size,
     make_config,
@@ -50,17 +56,37 @@ def _replace(model: nn.Module, name: str, layer: nn.Module) -> None:
 
 
 def quantize_model(model: nn.Module, scheme: str, group_size: int | None = DEFAULT_GROUP_SIZE,
-                   lm_head: bool = True) -> nn.Module:
+                   lm_head: bool = True, method: str = "rtn", calibration=None) -> nn.Module:
     """Quantizes `model` (an OpenAIGPT* model) in place and returns it, in eval mode (a quantized model is
-    inference only). scheme: "int8" (per output channel) or "int4" (groups of group_size input features)."""
+    inference only). scheme: "int8" (per output channel) or "int4" (groups of group_size input features).
+    method: how the int4 codes are chosen, "rtn" (round to nearest, the default) or "gptq" (GPTQ error compensation
+    from calibration, a LongTensor of token ids (count, T) or 1-D; see calibration.py); the stored format is the
+    same."""
     config = make_config(scheme, group_size, lm_head)
-    apply_quantization(model, config, structure_only=False)
+    check_method(method, config, calibration)
+    if method == "rtn":
+        apply_quantization(model, config, structure_only=False)
+    else:
+        windows = calibration_windows(calibration, model.config.vocab_size, model.config.n_positions)
+        config, targets = _checked_targets(model, config)
+        gptq_quantize_model(model, config, targets, windows)
+        record_in_config(model.config, config)
     return model.eval()
 
 
-def apply_quantization(model: nn.Module, config: QuantizationConfig, structure_only: bool) -> None:
-    """Replaces the layers. structure_only: empty quantized layers in the Conv1Ds' dtype and device (loading a
-    quantized checkpoint builds the model on the meta device, then fills the buffers from the file)."""
+def check_method(method, config: QuantizationConfig, calibration) -> None:
+    """method must be one of METHODS; "gptq" needs calibration, "rtn" takes none."""
+    if method not in METHODS:
+        raise ValueError(f"quantize: unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    if method == "gptq" and calibration is None:
+        raise ValueError("quantize: method 'gptq' needs calibration token ids (calibration=...), from text the "
+                         "model will not be evaluated on")
+    if method == "rtn" and calibration is not None:
+        raise ValueError("quantize: calibration is used by method='gptq' only; round to nearest ('rtn') takes none")
+
+
+def _checked_targets(model: nn.Module, config: QuantizationConfig) -> tuple[QuantizationConfig, dict[str, int]]:
+    """(the config as it will be applied, {layer name: in_features} of the layers to quantize), or a ValueError."""
     current = quantization_of(model)
     if current is not None:
         raise ValueError(f"the model is already quantized ({current.scheme}"
@@ -70,7 +96,13 @@ def apply_quantization(model: nn.Module, config: QuantizationConfig, structure_o
     if not any(name != "lm_head" for name in targets):
         raise ValueError(f"{type(model).__name__} has no Conv1D layers to quantize")
     check_group_size(config, targets)
-    config = replace(config, lm_head="lm_head" in targets)  # what was done: a model without an LM head has none
+    return replace(config, lm_head="lm_head" in targets), targets  # a model without an LM head has none
+
+
+def apply_quantization(model: nn.Module, config: QuantizationConfig, structure_only: bool) -> None:
+    """Replaces the layers. structure_only: empty quantized layers in the Conv1Ds' dtype and device (loading a
+    quantized checkpoint builds the model on the meta device, then fills the buffers from the file)."""
+    config, targets = _checked_targets(model, config)
     for name in targets:
         old = model.get_submodule(name)
         if name == "lm_head":

@@ -18,6 +18,7 @@ METHOD = "gpt_fast_weight_only"
 CONFIG_KEY = "quantization_config"
 SCHEMES = {"int8": 8, "int4": 4}  # scheme name -> bits
 DEFAULT_GROUP_SIZE = 32  # int4's group of consecutive input features sharing a scale and a zero
+METHODS = ("rtn", "gptq")  # how the codes are chosen (round to nearest; GPTQ from calibration): same stored format
 
 
 @dataclass(frozen=True)

@@ -87,6 +87,11 @@ inline int64_t check_add_layernorm_args(const at::Tensor& x, const at::Tensor& r
   return C;
 }
 
+// A dropout probability of the kernels (csrc/philox.h's contract): 0 <= p < 1 (NaN fails).
+inline void check_dropout_p(double p, const char* op) {
+  TORCH_CHECK(p >= 0.0 && p < 1.0, op, ": dropout_p must lie in [0, 1), got ", p);
+}
+
 // linear_small_m's out_features N against a contiguous packed weight (NB, K, 16) (csrc/cpu/linear_layout.h; the
 // caller has checked NB = ceil(N / 16) and the dtype is float32, bfloat16 or float16). The shape leaves N free in
 // (16 (NB - 1), 16 NB]; the padding pins it down: pack_linear_weight fills the columns past its N with -0.0 and

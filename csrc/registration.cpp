@@ -11,17 +11,21 @@ extern "C" PyObject* PyInit__C(void) {
 }
 
 TORCH_LIBRARY(gpt_fast, m) {
-  // layer_norm(x + residual [+ bias]) over the last dim; fp32 statistics. x, residual: (..., C); the rest (C,).
-  m.def("add_layernorm(Tensor x, Tensor residual, Tensor? bias, Tensor weight, Tensor ln_bias, float eps) -> Tensor");
+  // layer_norm(x + dropout(residual [+ bias])) over the last dim; fp32 statistics. x, residual: (..., C); the rest
+  // (C,). dropout_p in [0, 1); the mask is Philox's under seed (csrc/philox.h), element n = row * C + col.
+  m.def("add_layernorm(Tensor x, Tensor residual, Tensor? bias, Tensor weight, Tensor ln_bias, float eps, "
+        "float dropout_p=0.0, int seed=0) -> Tensor");
   // gelu_tanh(x + bias); x: (..., N), bias: (N,).
   m.def("bias_gelu(Tensor x, Tensor bias) -> Tensor");
   // --- backward ops (issue 13): each takes the forward's inputs and the output's gradient ---
   // gelu_tanh'(x + bias) * grad_out: grad_x (..., N) in x's dtype; grad_bias = grad_x summed over rows (autograd).
   m.def("bias_gelu_backward(Tensor grad_out, Tensor x, Tensor bias) -> Tensor");
-  // layer_norm backward with the statistics recomputed: returns (grad_v, grad_weight, grad_ln_bias), v = x + residual
-  // [+ bias]; grad_v is x's and residual's gradient (summed over rows: bias's). grad_v (..., C), the others (C,).
-  m.def("add_layernorm_backward(Tensor grad_out, Tensor x, Tensor residual, Tensor? bias, Tensor weight, float eps) "
-        "-> (Tensor, Tensor, Tensor)");
+  // layer_norm backward with the statistics recomputed: returns (grad_v, grad_weight, grad_ln_bias, grad_residual),
+  // v = x + dropout(residual [+ bias]) (the forward's dropout_p and seed: the same mask); grad_v (..., C) is x's
+  // gradient; grad_residual (..., C) = grad_v * keep / (1 - p) is residual's (summed over rows: bias's); with
+  // dropout_p = 0 it is empty (0,) and grad_v serves residual and bias too. grad_weight, grad_ln_bias (C,).
+  m.def("add_layernorm_backward(Tensor grad_out, Tensor x, Tensor residual, Tensor? bias, Tensor weight, float eps, "
+        "float dropout_p=0.0, int seed=0) -> (Tensor, Tensor, Tensor, Tensor)");
   // flash_attention's backward (FlashAttention-2: P recomputed from lse): grad_qkv (B, T, 3C) in qkv's dtype, from
   // grad_out and out (B, T, C), lse (B, H, T) fp32 and the forward's dropout_p and seed (the same mask).
   m.def("flash_attention_backward(Tensor grad_out, Tensor qkv, Tensor out, Tensor lse, Tensor? key_padding_mask, "

@@ -53,15 +53,20 @@ def padding_mask(kind: str, B: int, T: int, g: torch.Generator) -> torch.Tensor 
 
 
 def _add_layernorm(dtype, device):
-    for i, (rows, C, with_bias, shift) in enumerate([(1, 768, True, 0.0), (7, 48, False, 0.0), (97, 80, True, 0.0),
-                                                     (3, 1, True, 0.0), (5, 3000, False, 0.0), (513, 768, True, 0.0),
-                                                     (4, 768, True, 300.0)]):  # large mean, small spread
+    # (rows, C, bias, mean, dropout_p, seed); the dropout samples pass (dropout_p, seed), the others the defaults
+    cases = [(1, 768, True, 0.0, 0, 0), (7, 48, False, 0.0, 0, 0), (97, 80, True, 0.0, 0, 0), (3, 1, True, 0.0, 0, 0),
+             (5, 3000, False, 0.0, 0, 0), (513, 768, True, 0.0, 0, 0),
+             (4, 768, True, 300.0, 0, 0),  # large mean, small spread
+             (1, 768, True, 0.0, 0.1, 17), (7, 7, True, 0.0, 0.5, -1), (97, 769, False, 0.0, 0.1, 2**63 - 1),
+             (2, 1, True, 0.0, 0.3, 5), (513, 768, True, 0.0, 0.1, -(2**63)), (4, 97, True, 300.0, 0.9, 2**32)]
+    for i, (rows, C, with_bias, shift, p, seed) in enumerate(cases):
         g, randn = _gen(i)
         x, res = randn(rows, C, dtype=dtype, device=device, shift=shift), randn(rows, C, dtype=dtype, device=device)
         bias = randn(C, dtype=dtype, device=device) if with_bias else None
         weight = randn(C, dtype=dtype, device=device, scale=0.1, shift=1.0)
-        yield Sample(f"rows{rows}-C{C}-bias{int(with_bias)}-mean{shift:g}",
-                     (x, res, bias, weight, randn(C, dtype=dtype, device=device), 1e-5))
+        args = (x, res, bias, weight, randn(C, dtype=dtype, device=device), 1e-5) + ((p, seed) if p else ())
+        yield Sample(f"rows{rows}-C{C}-bias{int(with_bias)}-mean{shift:g}" + (f"-p{p:g}-seed{seed}" if p else ""),
+                     args)
 
 
 def _bias_gelu(dtype, device):
@@ -88,9 +93,9 @@ def _bias_gelu_backward(dtype, device):
 
 def _add_layernorm_backward(dtype, device):
     for i, sample in enumerate(_add_layernorm(dtype, device)):
-        x, res, bias, weight, _, eps = sample.args
+        x, res, bias, weight, _, eps, *dropout = sample.args  # dropout: () or (dropout_p, seed)
         _, randn = _gen(300 + i)
-        yield Sample(sample.name, (randn(*x.shape, dtype=dtype, device=device), x, res, bias, weight, eps))
+        yield Sample(sample.name, (randn(*x.shape, dtype=dtype, device=device), x, res, bias, weight, eps, *dropout))
 def _flash_attention_backward(dtype, device):
     """flash_attention_train's samples plus a gradient of out; out and lse from the CPU forward kernel, as autograd
     passes them (the backward recomputes the forward's exact exponents from its lse: T = 1 gives P = 1 exactly)."""

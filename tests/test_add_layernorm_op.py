@@ -89,7 +89,7 @@ class _KernelBackward(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         x, res, bias, w = ctx.saved_tensors
-        dv, dw, db = ops.add_layernorm_backward(grad_out, x, res, bias, w, 1e-5)
+        dv, dw, db, _ = ops.add_layernorm_backward(grad_out, x, res, bias, w, 1e-5)
         return dv, dv, dv.reshape(-1, dv.shape[-1]).sum(0), dw, db
 
 
@@ -125,9 +125,12 @@ def test_autograd_runs_the_backward_kernel(dtype, with_bias, cpu_tier):
 
 
 def test_backward_empty_rows():
-    dv, dw, db = ops.add_layernorm_backward(torch.empty(0, 8), torch.empty(0, 8), torch.empty(0, 8), None,
-                                            torch.ones(8), 1e-5)
+    dv, dw, db, dr = ops.add_layernorm_backward(torch.empty(0, 8), torch.empty(0, 8), torch.empty(0, 8), None,
+                                                torch.ones(8), 1e-5, 0.1, 3)
     assert dv.shape == (0, 8) and torch.equal(dw, torch.zeros(8)) and torch.equal(db, torch.zeros(8))
+    assert dr.shape == (0, 8)
+    assert ops.add_layernorm(torch.empty(0, 8), torch.empty(0, 8), None, torch.ones(8), torch.zeros(8), 1e-5, 0.1,
+                             3).shape == (0, 8)
 
 
 @pytest.mark.parametrize("bad, message", [

@@ -80,15 +80,19 @@ def check_accuracy(actual, fn, inputs, dtype):
 @pytest.mark.parametrize("dtype", DTYPES)
 # C = 768: register-cached rows (4 chunks per lane in bf16/fp16, 8 in fp32); 100: scalar path in bf16/fp16, 2
 # chunks in fp32; 1032: 8 chunks in bf16/fp16, scalar in fp32; 2056: scalar path everywhere.
-@pytest.mark.parametrize("rows, C, has_bias", [(5, 768, True), (3, 100, False), (2, 1032, True), (2, 2056, True)])
-def test_add_layernorm(harness, tmp_path, dtype, rows, C, has_bias):
+# With residual dropout (p, seed; the seed passed as its uint64 value): the vectorised variant's block per 4
+# elements and the generic one's block per element, against the reference fed the oracle's mask.
+@pytest.mark.parametrize("rows, C, has_bias, p, seed", [
+    (5, 768, True, 0, 0), (3, 100, False, 0, 0), (2, 1032, True, 0, 0), (2, 2056, True, 0, 0),
+    (5, 768, True, 0.1, 17), (3, 100, False, 0.5, -1), (3, 7, True, 0.3, 2**63 - 1)])
+def test_add_layernorm(harness, tmp_path, dtype, rows, C, has_bias, p, seed):
     x, res, bias = gen(rows, C, dtype=dtype, seed=1), gen(rows, C, dtype=dtype, seed=2), gen(C, dtype=dtype, seed=3)
     w, b = 1 + 0.1 * gen(C, dtype=dtype, seed=4), gen(C, dtype=dtype, seed=5)
     save(tmp_path, x=x, residual=res, weight=w, ln_bias=b, **({"bias": bias} if has_bias else {}))
-    run(harness, tmp_path, "add_layernorm", dtype, rows, C, int(has_bias), 1e-5)
+    run(harness, tmp_path, "add_layernorm", dtype, rows, C, int(has_bias), 1e-5, p, seed % 2**64)
     out = load(tmp_path, "out", dtype, (rows, C))
     def fn(x, r, bi, w, b):
-        return reference.add_layernorm(x, r, bi, w, b, 1e-5)
+        return reference.add_layernorm(x, r, bi, w, b, 1e-5, p, seed)
     check_accuracy(out, fn, [x, res, bias if has_bias else None, w, b], dtype)
 
 
@@ -129,17 +133,22 @@ def test_add_layernorm_backward_samples(harness, tmp_path, dtype):
     """The op's sample_inputs (tests/op_samples.py) that fit the layer: C = 1, 48 (no bias), 80, 768, large mean;
     more rows than warps would be slow here, the partial-row sums are checked by rows > 4 (several warps)."""
     for sample in sample_inputs("add_layernorm_backward", dtype):
-        grad, x, res, bias, w, eps = sample.args
+        grad, x, res, bias, w, eps, *dropout = sample.args  # dropout: () or (dropout_p, seed)
+        p, seed = dropout or (0.0, 0)
         rows, C = x.shape
         if rows * C > 8000:
             continue  # one CPU thread per CUDA thread: keep it small
         save(tmp_path, grad_out=grad, x=x, residual=res, weight=w, **({"bias": bias} if bias is not None else {}))
-        run(harness, tmp_path, "add_layernorm_backward", dtype, rows, C, int(bias is not None), eps)
+        run(harness, tmp_path, "add_layernorm_backward", dtype, rows, C, int(bias is not None), eps, p, seed % 2**64)
         actual = [load(tmp_path, "grad_v", dtype, (rows, C)), load(tmp_path, "grad_weight", dtype, (C,)),
                   load(tmp_path, "grad_ln_bias", dtype, (C,))]
-        expected = reference.add_layernorm_backward(*upcast(grad, x, res, bias, w, dtype=dtype), eps)
-        same = reference.add_layernorm_backward(grad, x, res, bias, w, eps)
-        for i, (a, e, s) in enumerate(zip(actual, expected, same)):
+        if p:
+            actual.append(load(tmp_path, "grad_residual", dtype, (rows, C)))
+        expected = reference.add_layernorm_backward(*upcast(grad, x, res, bias, w, dtype=dtype), eps, p, seed)
+        same = reference.add_layernorm_backward(grad, x, res, bias, w, eps, p, seed)
+        if not p:  # the kernel leaves the empty grad_residual out
+            expected, same = expected[:3], same[:3]
+        for i, (a, e, s) in enumerate(zip(actual, expected, same, strict=True)):
             try:
                 assert_within_pytorch_error(a, e, s)
             except AssertionError as error:

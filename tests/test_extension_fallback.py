@@ -45,7 +45,8 @@ def test_runs_without_extension_and_warns_once():
 
 
 SCHEMAS = {  # one schema per op, as csrc/registration.cpp defines it and gpt_fast/ops/<op>.py calls it
-    "add_layernorm": "(Tensor x, Tensor residual, Tensor? bias, Tensor weight, Tensor ln_bias, float eps) -> Tensor",
+    "add_layernorm": "(Tensor x, Tensor residual, Tensor? bias, Tensor weight, Tensor ln_bias, float eps, "
+                     "float dropout_p=0., int seed=0) -> Tensor",
     "bias_gelu": "(Tensor x, Tensor bias) -> Tensor",
     "decode_attention": "(Tensor qkv, Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor cache_lengths, int n_head) "
                         "-> Tensor",
@@ -55,8 +56,8 @@ SCHEMAS = {  # one schema per op, as csrc/registration.cpp defines it and gpt_fa
     "pack_linear_weight": "(Tensor weight, bool in_out_layout) -> Tensor",
     # backward ops (issue 13)
     "bias_gelu_backward": "(Tensor grad_out, Tensor x, Tensor bias) -> Tensor",
-    "add_layernorm_backward": "(Tensor grad_out, Tensor x, Tensor residual, Tensor? bias, Tensor weight, float eps) "
-                              "-> (Tensor, Tensor, Tensor)",
+    "add_layernorm_backward": "(Tensor grad_out, Tensor x, Tensor residual, Tensor? bias, Tensor weight, float eps, "
+                              "float dropout_p=0., int seed=0) -> (Tensor, Tensor, Tensor, Tensor)",
     "flash_attention_train": "(Tensor qkv, Tensor? key_padding_mask, int n_head, float dropout_p, int seed) "
                              "-> (Tensor, Tensor)",
     "flash_attention_backward": "(Tensor grad_out, Tensor qkv, Tensor out, Tensor lse, Tensor? key_padding_mask, "

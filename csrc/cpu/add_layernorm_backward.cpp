@@ -1,6 +1,8 @@
 // CPU kernel for gpt_fast::add_layernorm_backward: the gradients of out = layer_norm(v) * weight + ln_bias,
-// v = x + residual [+ bias], given grad_out. Returns (grad_v, grad_weight, grad_ln_bias); grad_v is the gradient of
-// x, of residual and (summed over rows, by the autograd formula) of bias.
+// v = x + dropout(residual [+ bias]), given grad_out. Returns (grad_v, grad_weight, grad_ln_bias, grad_residual);
+// grad_v is the gradient of x. Without dropout (p = 0) it is residual's too and grad_residual is empty (0,); with
+// dropout grad_residual = grad_v * keep / (1 - p), its mask redrawn from the forward's seed (csrc/cpu/dropout_mask.h),
+// written in the pass that writes grad_v. bias's gradient is grad_residual's (or grad_v's) column sum (autograd).
 //   xhat = (v - mean) * rstd,  g = grad_out * weight
 //   grad_v = rstd * (g - mean_c(g) - xhat * mean_c(g * xhat)),  grad_weight = sum_rows(grad_out * xhat),
 //   grad_ln_bias = sum_rows(grad_out)
@@ -22,6 +24,7 @@
 #include <vector>
 
 #include "checks.h"
+#include "cpu/dropout_mask.h"
 #include "cpu/vec.h"
 #include "cpu/vec_avx2.h"
 
@@ -38,6 +41,8 @@ struct BackwardArgs {
   const T* bias;  // (C,) or nullptr
   const T* w;     // (C,)
   T* dv;          // (rows, C) grad_v
+  T* dr;          // (rows, C) grad_residual, with dropout; else nullptr
+  const cpu::Dropout* drop;  // nullptr without dropout
   int64_t C;
   double eps;
 };
@@ -46,11 +51,20 @@ template <typename T, typename A>
 void backward_scalar(const BackwardArgs<T>& a, int64_t begin, int64_t end, A* dw, A* db) {
   const int64_t C = a.C;
   std::vector<A> v(C), gbuf(C);  // (C,) each: the row v, and g as rounded once (see the last pass)
+  std::vector<uint64_t> bits(a.drop ? cpu::keep_words(C) : 0);  // the row's keep bits
+  const A scale = a.drop ? static_cast<A>(a.drop->scale) : A(1);
   for (int64_t r = begin; r < end; ++r) {
     const T *xr = a.x + r * C, *rr = a.res + r * C, *gr = a.go + r * C;
+    const int64_t off = (r * C) & 3;  // bit of column 0
+    if (a.drop) cpu::keep_bits_scalar(*a.drop, static_cast<uint64_t>(r * C), C, bits.data());
     A part[kParts] = {};
     for (int64_t c = 0; c < C; ++c) {
-      v[c] = static_cast<A>(xr[c]) + static_cast<A>(rr[c]) + (a.bias ? static_cast<A>(a.bias[c]) : A(0));
+      if (a.drop) {
+        const A d = static_cast<A>(rr[c]) + (a.bias ? static_cast<A>(a.bias[c]) : A(0));
+        v[c] = static_cast<A>(xr[c]) + (cpu::keep_bit(bits.data(), off + c) ? d * scale : A(0));
+      } else {
+        v[c] = static_cast<A>(xr[c]) + static_cast<A>(rr[c]) + (a.bias ? static_cast<A>(a.bias[c]) : A(0));
+      }
       part[c % kParts] += v[c];
     }
     A total = 0, dsum = 0, sq = 0, dpart[kParts] = {}, sqpart[kParts] = {};
@@ -73,8 +87,9 @@ void backward_scalar(const BackwardArgs<T>& a, int64_t begin, int64_t end, A* dw
     for (int i = 0; i < kParts; ++i) sg += gpart[i], sgx += gxpart[i];
     const A mg = sg / static_cast<A>(C), mgx = sgx / static_cast<A>(C);
     for (int64_t c = 0; c < C; ++c) {  // g from the buffer: a recomputed go * w could be fused into g - mg
-      const A xh = (v[c] - mean) * rstd;
-      a.dv[r * C + c] = static_cast<T>(rstd * ((gbuf[c] - mg) - xh * mgx));
+      const A xh = (v[c] - mean) * rstd, d = rstd * ((gbuf[c] - mg) - xh * mgx);
+      a.dv[r * C + c] = static_cast<T>(d);
+      if (a.dr) a.dr[r * C + c] = static_cast<T>(cpu::keep_bit(bits.data(), off + c) ? d * scale : A(0));
     }
   }
 }
@@ -96,12 +111,24 @@ GPT_FAST_AVX512 void backward_avx512(const BackwardArgs<T>& a, int64_t begin, in
   float *v = buf.data(), *wf = v + padded, *gb = wf + padded;
   for (int64_t c = 0; c < C; c += 16) _mm512_storeu_ps(wf + c, V::load(a.w + c, cpu::first_lanes(C - c)));
   const float inv_c = 1.f / static_cast<float>(C);
+  std::vector<uint64_t> bits(a.drop ? cpu::keep_words(C) : 0);  // the row's keep bits
+  const __m512 scale = _mm512_set1_ps(a.drop ? static_cast<float>(a.drop->scale) : 1.f);
   for (int64_t r = begin; r < end; ++r) {
     const T *xr = a.x + r * C, *rr = a.res + r * C, *gr = a.go + r * C;
+    const int64_t off = (r * C) & 3;  // bit of column 0
+    if (a.drop) cpu::keep_bits_avx512(*a.drop, static_cast<uint64_t>(r * C), C, bits.data());
     __m512 total = _mm512_setzero_ps();
     for (int64_t c = 0; c < C; c += 16) {  // lanes past C load as 0 and stay 0 in v
-      __m512 s = _mm512_add_ps(load16(xr, c, C), load16(rr, c, C));
-      if (a.bias) s = _mm512_add_ps(s, load16(a.bias, c, C));
+      __m512 s;
+      if (a.drop) {
+        __m512 d = load16(rr, c, C);
+        if (a.bias) d = _mm512_add_ps(d, load16(a.bias, c, C));
+        const auto keep = static_cast<__mmask16>(cpu::keep_bits(bits.data(), off + c, 16));
+        s = _mm512_add_ps(load16(xr, c, C), _mm512_maskz_mul_ps(keep, d, scale));
+      } else {
+        s = _mm512_add_ps(load16(xr, c, C), load16(rr, c, C));
+        if (a.bias) s = _mm512_add_ps(s, load16(a.bias, c, C));
+      }
       _mm512_storeu_ps(v + c, s);
       total = _mm512_add_ps(total, s);
     }
@@ -134,8 +161,15 @@ GPT_FAST_AVX512 void backward_avx512(const BackwardArgs<T>& a, int64_t begin, in
       const __m512 xh = _mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(v + c), mean), rstd);
       const __m512 g = _mm512_loadu_ps(gb + c);  // as summed (a recomputed product could be fused into g - mg)
       const __m512 d = _mm512_mul_ps(rstd, _mm512_fnmadd_ps(xh, mgx, _mm512_sub_ps(g, mg)));
-      if (c + 16 <= C) V::store(o + c, d);
-      else V::store(o + c, d, cpu::first_lanes(C - c));
+      const __mmask16 m = c + 16 <= C ? __mmask16(0xFFFF) : cpu::first_lanes(C - c);
+      if (m == 0xFFFF) V::store(o + c, d);
+      else V::store(o + c, d, m);
+      if (a.dr) {
+        const auto keep = static_cast<__mmask16>(cpu::keep_bits(bits.data(), off + c, 16));
+        const __m512 dr = _mm512_maskz_mul_ps(keep, d, scale);
+        if (m == 0xFFFF) V::store(a.dr + r * C + c, dr);
+        else V::store(a.dr + r * C + c, dr, m);
+      }
     }
   }
 }
@@ -156,12 +190,23 @@ GPT_FAST_AVX2 void backward_avx2(const BackwardArgs<T>& a, int64_t begin, int64_
   const __m256 tail_mask = _mm256_castsi256_ps(_mm256_cmpgt_epi32(
       _mm256_set1_epi32(static_cast<int>(C % 8)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)));
   const float inv_c = 1.f / static_cast<float>(C);
+  std::vector<uint64_t> bits(a.drop ? cpu::keep_words(C) : 0);  // the row's keep bits
+  const __m256 scale = _mm256_set1_ps(a.drop ? static_cast<float>(a.drop->scale) : 1.f);
   for (int64_t r = begin; r < end; ++r) {
     const T *xr = a.x + r * C, *rr = a.res + r * C, *gr = a.go + r * C;
+    const int64_t off = (r * C) & 3;  // bit of column 0
+    if (a.drop) cpu::keep_bits_avx2(*a.drop, static_cast<uint64_t>(r * C), C, bits.data());
     __m256 total = _mm256_setzero_ps();
     for (int64_t c = 0; c < C; c += 8) {  // lanes past C load as 0 and stay 0 in v
-      __m256 s = _mm256_add_ps(load8(xr, c, C), load8(rr, c, C));
-      if (a.bias) s = _mm256_add_ps(s, load8(a.bias, c, C));
+      __m256 s;
+      if (a.drop) {
+        __m256 d = load8(rr, c, C);
+        if (a.bias) d = _mm256_add_ps(d, load8(a.bias, c, C));
+        s = _mm256_add_ps(load8(xr, c, C), cpu::apply_keep8(d, cpu::keep_bits(bits.data(), off + c, 8), scale));
+      } else {
+        s = _mm256_add_ps(load8(xr, c, C), load8(rr, c, C));
+        if (a.bias) s = _mm256_add_ps(s, load8(a.bias, c, C));
+      }
       _mm256_storeu_ps(v + c, s);
       total = _mm256_add_ps(total, s);
     }
@@ -195,8 +240,14 @@ GPT_FAST_AVX2 void backward_avx2(const BackwardArgs<T>& a, int64_t begin, int64_
       const __m256 xh = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(v + c), mean), rstd);
       const __m256 g = _mm256_loadu_ps(gb + c);  // as summed (a recomputed product could be fused into g - mg)
       const __m256 d = _mm256_mul_ps(rstd, _mm256_fnmadd_ps(xh, mgx, _mm256_sub_ps(g, mg)));
-      if (c < full) cpu::Vec8<T>::store(o + c, d);
-      else cpu::store_part(o + c, d, C - c);
+      const __m256 dr = a.dr ? cpu::apply_keep8(d, cpu::keep_bits(bits.data(), off + c, 8), scale) : d;
+      if (c < full) {
+        cpu::Vec8<T>::store(o + c, d);
+        if (a.dr) cpu::Vec8<T>::store(a.dr + r * C + c, dr);
+      } else {
+        cpu::store_part(o + c, d, C - c);
+        if (a.dr) cpu::store_part(a.dr + r * C + c, dr, C - c);
+      }
     }
   }
 }
@@ -222,9 +273,9 @@ void backward_rows(const BackwardArgs<T>& a, int64_t begin, int64_t end, A* dw, 
   backward_scalar<T, A>(a, begin, end, dw, db);
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> add_layernorm_backward_cpu(
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> add_layernorm_backward_cpu(
     const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& residual,
-    const std::optional<at::Tensor>& bias, const at::Tensor& weight, double eps) {
+    const std::optional<at::Tensor>& bias, const at::Tensor& weight, double eps, double dropout_p, int64_t seed) {
   constexpr const char* op = "gpt_fast::add_layernorm_backward";
   TORCH_CHECK(x.dim() >= 1, op, ": x must have at least one dimension");
   check_float_or_double_dtype(x, op, "x");
@@ -235,10 +286,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> add_layernorm_backward_cpu(
   check_vector(weight, C, x, op, "weight");
   if (bias) check_vector(*bias, C, x, op, "bias");
   TORCH_CHECK(eps >= 0 && std::isfinite(eps), op, ": eps must be a finite non-negative number, got ", eps);
+  check_dropout_p(dropout_p, op);
+  const cpu::Dropout dropout{static_cast<uint64_t>(seed), philox::dropout_threshold(dropout_p), 1.0 / (1.0 - dropout_p)};
 
   auto gc = grad_out.contiguous(), xc = x.contiguous(), rc = residual.contiguous(), wc = weight.contiguous();
   at::Tensor biasc = bias ? bias->contiguous() : at::Tensor();
   auto dv = at::empty_like(xc, at::MemoryFormat::Contiguous);  // (..., C)
+  // (..., C) with dropout, else (0,): grad_v is residual's gradient then
+  auto dr = dropout_p > 0 ? at::empty_like(xc, at::MemoryFormat::Contiguous) : at::empty({0}, xc.options());
   const int64_t rows = xc.numel() / C;
   // P tasks, each with its partial (dw | db) row; summed in task order below (deterministic for a thread count)
   const int64_t P = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), rows));
@@ -251,7 +306,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> add_layernorm_backward_cpu(
     using A = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
     const BackwardArgs<scalar_t> a{gc.const_data_ptr<scalar_t>(), xc.const_data_ptr<scalar_t>(),
                                    rc.const_data_ptr<scalar_t>(), bias ? biasc.const_data_ptr<scalar_t>() : nullptr,
-                                   wc.const_data_ptr<scalar_t>(), dv.mutable_data_ptr<scalar_t>(), C, eps};
+                                   wc.const_data_ptr<scalar_t>(), dv.mutable_data_ptr<scalar_t>(),
+                                   dropout_p > 0 ? dr.mutable_data_ptr<scalar_t>() : nullptr,
+                                   dropout_p > 0 ? &dropout : nullptr, C, eps};
     A* part = partial.mutable_data_ptr<A>();
     at::parallel_for(0, P, 1, [&](int64_t p0, int64_t p1) {
       for (int64_t p = p0; p < p1; ++p) {
@@ -261,7 +318,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> add_layernorm_backward_cpu(
   });
   auto dw = partial.select(1, 0).sum(0).to(x.scalar_type());  // (C,)
   auto db = partial.select(1, 1).sum(0).to(x.scalar_type());  // (C,)
-  return {dv, dw, db};
+  return {dv, dw, db, dr};
 }
 
 }  // namespace

@@ -9,7 +9,7 @@ namespace gpt_fast::cuda {
 
 cudaError_t launch_add_layernorm(DType dtype, const void* x, const void* residual, const void* bias,
                                  const void* weight, const void* ln_bias, void* out, int64_t rows, int C, float eps,
-                                 cudaStream_t stream) {
+                                 double dropout_p, uint64_t seed, cudaStream_t stream) {
   if (rows == 0) return cudaSuccess;
   return dispatch_dtype(dtype, [&](auto zero) {
     using T = decltype(zero);
@@ -17,7 +17,9 @@ cudaError_t launch_add_layernorm(DType dtype, const void* x, const void* residua
                              static_cast<const T*>(bias),   static_cast<const T*>(weight),
                              static_cast<const T*>(ln_bias), static_cast<T*>(out),
                              rows,                          C,
-                             eps};
+                             eps,                           dropout_p > 0,
+                             seed,                          philox::dropout_threshold(dropout_p),
+                             static_cast<float>(1.0 / (1.0 - dropout_p))};
     const dim3 grid(static_cast<unsigned>((rows + kLnWarpsPerBlock - 1) / kLnWarpsPerBlock)), block(kLnWarpsPerBlock * kWarp);
     auto aligned = [](const void* p) { return p == nullptr || reinterpret_cast<uintptr_t>(p) % 16 == 0; };
     const bool vec = C % Vec<T>::N == 0 && aligned(x) && aligned(residual) && aligned(bias) && aligned(weight) &&

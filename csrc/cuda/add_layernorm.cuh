@@ -1,9 +1,13 @@
-// CUDA kernel body for gpt_fast::add_layernorm: out = layer_norm(x + residual [+ bias]) * weight + ln_bias.
+// CUDA kernel body for gpt_fast::add_layernorm: out = layer_norm(x + dropout(residual [+ bias])) * weight + ln_bias.
 // One warp per row, fp32 statistics (mean, then the centred sum of squares, both over the row held in registers).
+// Dropout (a.drop): element n = row * C + col of residual is kept under csrc/philox.h's contract, kept values of
+// residual + bias scaled by a.scale = 1 / (1 - p); the vectorised variant draws one Philox block per 4 elements of a
+// chunk (chunks start at multiples of 4), the generic one a block per element and pass (4 x 3 x the draws).
 // Vectorised variant: C % (16 / sizeof(T)) == 0, 16-byte aligned rows, C <= CHUNKS * 32 * (16 / sizeof(T));
 // each lane keeps its CHUNKS 128-bit chunks of the row in registers. Generic variant (CHUNKS == 0): any C, scalar
 // loads, the sum recomputed from global memory on each pass. Rows are contiguous (row stride C). No torch header.
 #pragma once
+#include "../philox.h"
 #include "common.cuh"
 
 namespace gpt_fast::cuda {
@@ -21,10 +25,19 @@ struct LayerNormArgs {
   int64_t rows;
   int C;
   float eps;
+  bool drop;           // dropout on residual + bias
+  uint64_t seed;       // Philox key
+  uint32_t threshold;  // philox::dropout_threshold(p)
+  float scale;         // 1 / (1 - p)
 };
 
 template <typename T>
 __device__ inline float ln_input(const LayerNormArgs<T>& a, int64_t row, int c) {
+  if (a.drop) {
+    const float d = to_float(a.residual[row * a.C + c]) + (a.bias ? to_float(a.bias[c]) : 0.f);
+    const bool keep = philox::keep(a.seed, static_cast<uint64_t>(row * a.C + c), a.threshold);
+    return to_float(a.x[row * a.C + c]) + (keep ? d * a.scale : 0.f);
+  }
   float v = to_float(a.x[row * a.C + c]) + to_float(a.residual[row * a.C + c]);
   return a.bias ? v + to_float(a.bias[c]) : v;
 }
@@ -62,10 +75,27 @@ __global__ void __launch_bounds__(kLnWarpsPerBlock * kWarp) add_layernorm_kernel
         const Vec<T> rv = load_vec(a.residual + row * a.C + c);
         Vec<T> bv;
         if (a.bias) bv = load_vec(a.bias + c);
+        if (a.drop) {
 #pragma unroll
-        for (int j = 0; j < N; ++j) {
-          v[i][j] = to_float(xv.e[j]) + to_float(rv.e[j]) + (a.bias ? to_float(bv.e[j]) : 0.f);
-          sum += v[i][j];
+          for (int q = 0; q < N; q += 4) {  // row * C + c + q is a multiple of 4: one Philox block
+            const uint64_t block = static_cast<uint64_t>(row * a.C + c + q) >> 2;
+            const philox::Block w = philox::philox4x32_10(static_cast<uint32_t>(block),
+                                                          static_cast<uint32_t>(block >> 32), 0u, 0u,
+                                                          static_cast<uint32_t>(a.seed),
+                                                          static_cast<uint32_t>(a.seed >> 32));
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+              const float d = to_float(rv.e[q + j]) + (a.bias ? to_float(bv.e[q + j]) : 0.f);
+              v[i][q + j] = to_float(xv.e[q + j]) + (w.w[j] >= a.threshold ? d * a.scale : 0.f);
+              sum += v[i][q + j];
+            }
+          }
+        } else {
+#pragma unroll
+          for (int j = 0; j < N; ++j) {
+            v[i][j] = to_float(xv.e[j]) + to_float(rv.e[j]) + (a.bias ? to_float(bv.e[j]) : 0.f);
+            sum += v[i][j];
+          }
         }
       } else {
 #pragma unroll

@@ -20,8 +20,8 @@ size_t add_layernorm_backward_workspace_bytes(int64_t rows, int C) {
 
 cudaError_t launch_add_layernorm_backward(DType dtype, const void* grad_out, const void* x, const void* residual,
                                           const void* bias, const void* weight, void* grad_v, void* grad_weight,
-                                          void* grad_ln_bias, void* workspace, int64_t rows, int C, float eps,
-                                          cudaStream_t stream) {
+                                          void* grad_ln_bias, void* grad_residual, void* workspace, int64_t rows,
+                                          int C, float eps, double dropout_p, uint64_t seed, cudaStream_t stream) {
   return dispatch_dtype(dtype, [&](auto zero) {
     using T = decltype(zero);
     const int64_t blocks = backward_blocks(rows);
@@ -29,7 +29,10 @@ cudaError_t launch_add_layernorm_backward(DType dtype, const void* grad_out, con
     if (blocks > 0) {
       LayerNormBackwardArgs<T> a{static_cast<const T*>(grad_out), static_cast<const T*>(x),
                                  static_cast<const T*>(residual), static_cast<const T*>(bias),
-                                 static_cast<const T*>(weight), static_cast<T*>(grad_v), partial, rows, C, eps};
+                                 static_cast<const T*>(weight), static_cast<T*>(grad_v),
+                                 dropout_p > 0 ? static_cast<T*>(grad_residual) : nullptr, partial, rows, C, eps,
+                                 dropout_p > 0, seed, philox::dropout_threshold(dropout_p),
+                                 static_cast<float>(1.0 / (1.0 - dropout_p))};
       GF_LAUNCH((add_layernorm_backward_kernel<T>), dim3(static_cast<unsigned>(blocks)),
                 dim3(kLnBackwardWarpsPerBlock * kWarp), stream, a);
     }

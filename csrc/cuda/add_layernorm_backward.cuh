@@ -1,14 +1,17 @@
-// CUDA kernel bodies for gpt_fast::add_layernorm_backward: with v = x + residual [+ bias] and the statistics
+// CUDA kernel bodies for gpt_fast::add_layernorm_backward: with v = x + dropout(residual [+ bias]) and the statistics
 // recomputed (mean, then the centred sum of squares, fp32, as add_layernorm.cuh takes them),
 //   xhat = (v - mean) * rstd,  g = grad_out * weight
 //   grad_v = rstd * (g - mean_c(g) - xhat * mean_c(g * xhat)),  grad_weight = sum_rows(grad_out * xhat),
-//   grad_ln_bias = sum_rows(grad_out).
+//   grad_ln_bias = sum_rows(grad_out),  with dropout: grad_residual = grad_v * keep * scale.
+// The dropout mask is redrawn from the forward's seed (csrc/philox.h, element n = row * C + col), one Philox block
+// per element and pass (the passes re-read the row; 4 x 4 x the draws of one mask).
 // add_layernorm_backward_kernel: one warp per row (rows w, w + W, ... for warp w of W), writing grad_v and adding
 // the row's (grad_out * xhat, grad_out) into the warp's own partial row of partial (W, 2, C) fp32: no atomics, and
 // each lane owns its columns, so no two threads touch one float. add_layernorm_backward_params_kernel then sums
 // the W partial rows column by column in a fixed order (deterministic). Any C (scalar loads; the row is re-read
 // from global memory, L1/L2-resident, on each pass). Rows are contiguous (row stride C). No torch header.
 #pragma once
+#include "../philox.h"
 #include "common.cuh"
 
 namespace gpt_fast::cuda {
@@ -25,10 +28,15 @@ struct LayerNormBackwardArgs {
   const T* bias;      // (C,) or nullptr
   const T* weight;    // (C,)
   T* grad_v;          // (rows, C)
+  T* grad_residual;   // (rows, C) with dropout, else nullptr
   float* partial;     // (W, 2, C): per warp, grad_weight | grad_ln_bias partial sums
   int64_t rows;
   int C;
   float eps;
+  bool drop;           // dropout on residual + bias
+  uint64_t seed;       // Philox key
+  uint32_t threshold;  // philox::dropout_threshold(p)
+  float scale;         // 1 / (1 - p)
 };
 
 // a * b rounded, never fused into a following add: g must be the same number in its row sum and in g - mean(g)
@@ -42,7 +50,16 @@ __device__ inline float mul_rounded(float a, float b) {
 }
 
 template <typename T>
+__device__ inline bool lnb_keep(const LayerNormBackwardArgs<T>& a, int64_t row, int c) {
+  return philox::keep(a.seed, static_cast<uint64_t>(row * a.C + c), a.threshold);
+}
+
+template <typename T>
 __device__ inline float lnb_input(const LayerNormBackwardArgs<T>& a, int64_t row, int c) {
+  if (a.drop) {
+    const float d = to_float(a.residual[row * a.C + c]) + (a.bias ? to_float(a.bias[c]) : 0.f);
+    return to_float(a.x[row * a.C + c]) + (lnb_keep(a, row, c) ? d * a.scale : 0.f);
+  }
   const float v = to_float(a.x[row * a.C + c]) + to_float(a.residual[row * a.C + c]);
   return a.bias ? v + to_float(a.bias[c]) : v;
 }
@@ -81,7 +98,9 @@ __global__ void __launch_bounds__(kLnBackwardWarpsPerBlock * kWarp)
     for (int c = lane; c < a.C; c += kWarp) {
       const float xh = (lnb_input(a, row, c) - mean) * rstd;
       const float g = mul_rounded(to_float(a.grad_out[row * a.C + c]), to_float(a.weight[c]));
-      a.grad_v[row * a.C + c] = from_float<T>(rstd * ((g - mg) - xh * mgx));
+      const float d = rstd * ((g - mg) - xh * mgx);
+      a.grad_v[row * a.C + c] = from_float<T>(d);
+      if (a.drop) a.grad_residual[row * a.C + c] = from_float<T>(lnb_keep(a, row, c) ? d * a.scale : 0.f);
     }
   }
 }

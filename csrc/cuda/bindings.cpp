@@ -39,10 +39,12 @@ void check_launch(cudaError_t err, const char* op) {
 }
 
 at::Tensor add_layernorm_cuda(const at::Tensor& x, const at::Tensor& residual, const std::optional<at::Tensor>& bias,
-                              const at::Tensor& weight, const at::Tensor& ln_bias, double eps) {
+                              const at::Tensor& weight, const at::Tensor& ln_bias, double eps, double dropout_p,
+                              int64_t seed) {
   constexpr const char* op = "gpt_fast::add_layernorm";
   check_cuda(x, op, "x");
   const int64_t C = check_add_layernorm_args(x, residual, bias, weight, ln_bias, eps, op);
+  check_dropout_p(dropout_p, op);
   TORCH_CHECK(C <= INT32_MAX, op, ": x's last dimension must fit in int32, got ", C);
 
   const c10::cuda::CUDAGuard guard(x.device());
@@ -52,8 +54,8 @@ at::Tensor add_layernorm_cuda(const at::Tensor& x, const at::Tensor& residual, c
   check_launch(cuda::launch_add_layernorm(to_dtype(x), xc.const_data_ptr(), rc.const_data_ptr(),
                                           bias ? biasc.const_data_ptr() : nullptr, wc.const_data_ptr(),
                                           bc.const_data_ptr(), out.mutable_data_ptr(), xc.numel() / C,
-                                          static_cast<int>(C), static_cast<float>(eps),
-                                          at::cuda::getCurrentCUDAStream()),
+                                          static_cast<int>(C), static_cast<float>(eps), dropout_p,
+                                          static_cast<uint64_t>(seed), at::cuda::getCurrentCUDAStream()),
                op);
   return out;
 }
@@ -96,14 +98,15 @@ at::Tensor bias_gelu_backward_cuda(const at::Tensor& grad_out, const at::Tensor&
                op);
   return grad_x;
 }
-std::tuple<at::Tensor, at::Tensor, at::Tensor> add_layernorm_backward_cuda(
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> add_layernorm_backward_cuda(
     const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& residual,
-    const std::optional<at::Tensor>& bias, const at::Tensor& weight, double eps) {
+    const std::optional<at::Tensor>& bias, const at::Tensor& weight, double eps, double dropout_p, int64_t seed) {
   constexpr const char* op = "gpt_fast::add_layernorm_backward";
   check_cuda(x, op, "x");
   // the forward's checks with weight standing in for ln_bias, then grad_out like x
   const int64_t C = check_add_layernorm_args(x, residual, bias, weight, weight, eps, op);
   check_like(grad_out, x, op, "grad_out");
+  check_dropout_p(dropout_p, op);
   TORCH_CHECK(C <= INT32_MAX, op, ": x's last dimension must fit in int32, got ", C);
 
   const c10::cuda::CUDAGuard guard(x.device());
@@ -112,15 +115,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> add_layernorm_backward_cuda(
   const int64_t rows = xc.numel() / C;
   auto grad_v = at::empty_like(xc);
   auto grad_weight = at::empty({C}, xc.options()), grad_ln_bias = at::empty({C}, xc.options());
+  // (..., C) with dropout, else (0,): grad_v is residual's gradient then
+  auto grad_residual = dropout_p > 0 ? at::empty_like(xc) : at::empty({0}, xc.options());
   const size_t bytes = cuda::add_layernorm_backward_workspace_bytes(rows, static_cast<int>(C));
   auto workspace = at::empty({static_cast<int64_t>(bytes / sizeof(float))}, xc.options().dtype(at::kFloat));
   check_launch(cuda::launch_add_layernorm_backward(
                    to_dtype(x), gc.const_data_ptr(), xc.const_data_ptr(), rc.const_data_ptr(),
                    bias ? biasc.const_data_ptr() : nullptr, wc.const_data_ptr(), grad_v.mutable_data_ptr(),
-                   grad_weight.mutable_data_ptr(), grad_ln_bias.mutable_data_ptr(), workspace.mutable_data_ptr(), rows,
-                   static_cast<int>(C), static_cast<float>(eps), at::cuda::getCurrentCUDAStream()),
+                   grad_weight.mutable_data_ptr(), grad_ln_bias.mutable_data_ptr(),
+                   dropout_p > 0 ? grad_residual.mutable_data_ptr() : nullptr, workspace.mutable_data_ptr(), rows,
+                   static_cast<int>(C), static_cast<float>(eps), dropout_p, static_cast<uint64_t>(seed),
+                   at::cuda::getCurrentCUDAStream()),
                op);
-  return {grad_v, grad_weight, grad_ln_bias};
+  return {grad_v, grad_weight, grad_ln_bias, grad_residual};
 }
 // --- end of backward ops ---
 

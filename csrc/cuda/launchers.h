@@ -13,10 +13,11 @@ namespace gpt_fast::cuda {
 // Which element type a launcher was called with (the launchers take this instead of c10 types).
 enum class DType { kFloat32, kBFloat16, kFloat16 };
 
-// x, residual, out: (rows, C); bias (nullable), weight, ln_bias: (C,).
+// x, residual, out: (rows, C); bias (nullable), weight, ln_bias: (C,); dropout_p in [0, 1) (checked by the
+// caller) drops elements of residual + bias under Philox's mask for seed (csrc/philox.h).
 cudaError_t launch_add_layernorm(DType dtype, const void* x, const void* residual, const void* bias,
                                  const void* weight, const void* ln_bias, void* out, int64_t rows, int C, float eps,
-                                 cudaStream_t stream);
+                                 double dropout_p, uint64_t seed, cudaStream_t stream);
 
 // x, out: (total / N, N); bias: (N,).
 cudaError_t launch_bias_gelu(DType dtype, const void* x, const void* bias, void* out, int64_t total, int64_t N,
@@ -29,11 +30,12 @@ cudaError_t launch_bias_gelu_backward(DType dtype, const void* grad_out, const v
 // Bytes of float scratch launch_add_layernorm_backward needs for rows of C (partial column sums).
 size_t add_layernorm_backward_workspace_bytes(int64_t rows, int C);
 // grad_out, x, residual, grad_v: (rows, C); bias (nullable), weight, grad_weight, grad_ln_bias: (C,);
-// workspace: add_layernorm_backward_workspace_bytes(rows, C) bytes, 4-byte aligned.
+// workspace: add_layernorm_backward_workspace_bytes(rows, C) bytes, 4-byte aligned. With dropout_p > 0 (the
+// forward's p and seed) grad_residual (rows, C) gets grad_v * keep / (1 - p); it is not touched with p = 0.
 cudaError_t launch_add_layernorm_backward(DType dtype, const void* grad_out, const void* x, const void* residual,
                                           const void* bias, const void* weight, void* grad_v, void* grad_weight,
-                                          void* grad_ln_bias, void* workspace, int64_t rows, int C, float eps,
-                                          cudaStream_t stream);
+                                          void* grad_ln_bias, void* grad_residual, void* workspace, int64_t rows,
+                                          int C, float eps, double dropout_p, uint64_t seed, cudaStream_t stream);
 // --- end of backward ops ---
 
 // Largest head size the attention kernels take; D must also be a multiple of 8.

@@ -7,9 +7,11 @@ state dicts move between the two unchanged. The heads live in models/heads.py.
 One Block body and one layer loop (`OpenAIGPTModel.run_layers`) serve the model's forward, the generation
 prefill and every decode step: the callers differ only in the positions they embed and in the attention they
 pass in (the prompt's backend, or attention over a KV cache that the keys and values are written into). Which
-kernels run is a KernelPlan (gpt_fast/ops/kernel_plan.py), decided once per forward: with dropout active or the
-attention probabilities wanted, the module math of transformers runs; otherwise the fused kernels and the
-linear engines of models/linear.py.
+kernels run is a KernelPlan (gpt_fast/ops/kernel_plan.py), decided once per forward: with the attention
+probabilities wanted, the module math of transformers runs; otherwise the fused kernels and the
+linear engines of models/linear.py. In train mode the residual dropout runs inside add_layernorm (a Philox mask
+under a seed drawn per call from torch's generator, so torch.manual_seed reproduces a run); the embedding dropout
+stays nn.Dropout.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from gpt_fast.models.linear import Conv1D
 from gpt_fast.models.outputs import BaseModelOutput
 from gpt_fast.models.pretrained import OpenAIGPTPreTrainedModel
 from gpt_fast.models.validation import check_model_inputs
+from gpt_fast.ops import philox
 from gpt_fast.ops.kernel_plan import KernelPlan, plan_kernels
 
 ACTIVATIONS = {
@@ -97,11 +100,16 @@ class Block(nn.Module):
 
     @staticmethod
     def residual_norm(x, proj: Conv1D, h, dropout: nn.Dropout, ln: nn.LayerNorm, plan: KernelPlan):
-        """ln(x + dropout(proj(h))); residual add, proj's bias and the LayerNorm in one kernel when fused."""
-        if plan.fused:
+        """ln(x + dropout(proj(h))); residual add, proj's bias, the dropout and the LayerNorm in one kernel when
+        fused (the mask: Philox's under a seed drawn here, from torch's generator). Under torch.compile a dropout
+        runs as module math (the seed would be a host value read from a tensor: a graph break), which inductor
+        fuses itself."""
+        p = dropout.p if dropout.training else 0.0
+        if plan.fused and not (p > 0 and torch.compiler.is_compiling()):
             ln_params = ln._parameters
+            seed = philox.draw_seed() if p > 0 else 0
             return plan.add_layernorm(x, proj(h, plan, with_bias=False), proj._parameters["bias"],
-                                      ln_params["weight"], ln_params["bias"], ln.eps)
+                                      ln_params["weight"], ln_params["bias"], ln.eps, p, seed)
         return ln(x + dropout(proj(h, plan)))
 
 

@@ -12,9 +12,10 @@ The rules:
   (gpt_fast::flash_attention_train: dropout inside the kernel, FlashAttention-2 backward) and runs as "sdpa" where
   it is missing. A dtype the kernels lack (float64) also runs "fused" as "sdpa".
 - the other kernels (add_layernorm, bias_gelu, decode_attention and the linear engines) run whenever they exist
-  for the device and dtype, dropout is off and the backend is not "eager" (which is transformers' math, kept as
-  the plain-PyTorch reference path). Their backward (ops/_autograd.py) runs a backward kernel where one exists
-  for the device and dtype (gpt_fast::bias_gelu_backward, gpt_fast::add_layernorm_backward), else the eager
+  for the device and dtype and the backend is not "eager" (which is transformers' math, kept as the
+  plain-PyTorch reference path). Dropout keeps them: add_layernorm takes the residual dropout (the caller passes
+  p and a Philox seed), bias_gelu has none. Their backward (ops/_autograd.py) runs a backward kernel where one
+  exists for the device and dtype (gpt_fast::bias_gelu_backward, gpt_fast::add_layernorm_backward), else the eager
   reference's autograd (attention in training runs flash_attention_train, whose backward is
   gpt_fast::flash_attention_backward).
 - linear engines (models/linear.py): linear_small_m for matmuls of at most `small_m_rows` rows (decode steps and
@@ -52,8 +53,8 @@ SMALL_M_MAX_ROWS = 32
 @dataclass(frozen=True)
 class KernelPlan:
     attention: str  # the prompt's attention backend: "eager", "sdpa" or "fused"
-    fused: bool  # add_layernorm / bias_gelu replace the module math (inference without dropout, not "eager")
-    add_layernorm: Callable  # (x, y, bias, weight, ln_bias, eps) -> layer_norm(x + y + bias)
+    fused: bool  # add_layernorm / bias_gelu replace the module math (not "eager"; dropout or not)
+    add_layernorm: Callable  # (x, y, bias, weight, ln_bias, eps, dropout_p=0, seed=0) -> ln(x + dropout(y + bias))
     bias_gelu: Callable  # (x, bias) -> gelu_tanh(x + bias)
     decode_attention: Callable  # the kernel or the reference (same arguments)
     small_m_rows: int  # linear_small_m serves matmuls of at most this many rows; 0: never
@@ -103,7 +104,7 @@ def _plan(attn_implementation, device_type: str, dtype: torch.dtype, dropout: bo
         attention = "fused" if flash and (not dropout or _has("flash_attention_train", device_type, dtype)) else "sdpa"
     else:
         attention = attn_implementation
-    fused = not dropout and attention != "eager"
+    fused = attention != "eager"
     layernorm = _kernel("add_layernorm", device_type, dtype, add_layernorm) if fused else None
     gelu = _kernel("bias_gelu", device_type, dtype, bias_gelu) if fused else None
     small_m = fused and not grad and not autocast and _has("linear_small_m", device_type, dtype)

@@ -16,20 +16,27 @@ from gpt_fast.ops import philox
 from gpt_fast.ops.layout import merge_heads, split_qkv
 
 
-def add_layernorm(x, residual, bias, weight, ln_bias, eps: float):
-    """layer_norm(x + residual [+ bias]) over the last dim. x, residual: (..., C); bias, weight, ln_bias: (C,)."""
-    summed = x + residual if bias is None else x + residual + bias
+def add_layernorm(x, residual, bias, weight, ln_bias, eps: float, dropout_p: float = 0.0, seed: int = 0):
+    """layer_norm(x + dropout(residual [+ bias])) over the last dim. x, residual: (..., C); bias, weight, ln_bias:
+    (C,). The dropout is the kernels' Philox mask under seed (gpt_fast.ops.philox, element n = row * C + col)."""
+    if dropout_p == 0.0:
+        summed = x + residual if bias is None else x + residual + bias
+    else:
+        summed = x + philox.dropout(residual if bias is None else residual + bias, seed, dropout_p)
     return F.layer_norm(summed, (x.shape[-1],), weight, ln_bias, eps)
 
 
-def add_layernorm_backward(grad_out, x, residual, bias, weight, eps: float):
-    """add_layernorm's (grad_v, grad_weight, grad_ln_bias): autograd of the reference add_layernorm, v = x + residual
-    [+ bias] (grad_v is the gradient of x, of residual, and summed over rows of bias)."""
+def add_layernorm_backward(grad_out, x, residual, bias, weight, eps: float, dropout_p: float = 0.0, seed: int = 0):
+    """add_layernorm's (grad_v, grad_weight, grad_ln_bias, grad_residual): autograd of the reference add_layernorm,
+    v = x + dropout(residual [+ bias]). grad_v is x's gradient; grad_residual residual's (summed over rows:
+    bias's), or empty (0,) when dropout_p is 0 (grad_v is residual's then)."""
     with torch.enable_grad():
         x_, w_ = x.detach().requires_grad_(True), weight.detach().requires_grad_(True)
+        r_ = residual.detach().requires_grad_(True)
         ln_bias = torch.zeros_like(w_, requires_grad=True)  # its value does not enter any gradient
-        out = add_layernorm(x_, residual.detach(), None if bias is None else bias.detach(), w_, ln_bias, eps)
-        return torch.autograd.grad(out, (x_, w_, ln_bias), grad_out)
+        out = add_layernorm(x_, r_, None if bias is None else bias.detach(), w_, ln_bias, eps, dropout_p, seed)
+        grad_v, grad_w, grad_b, grad_r = torch.autograd.grad(out, (x_, w_, ln_bias, r_), grad_out)
+    return grad_v, grad_w, grad_b, (grad_r if dropout_p != 0.0 else grad_r.new_empty(0))
 
 
 def bias_gelu(x, bias):

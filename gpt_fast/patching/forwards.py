@@ -8,10 +8,11 @@ Each keeps transformers' signature and return value and runs gpt_fast's layer ma
 - Block: ln(x + y) through the fused add_layernorm kernel, twice.
 Submodules are called as modules, so hooks and wrapped layers (PEFT's LoRA layers, quantised linears) keep
 working. A layer falls back to transformers' own forward (originals.py) wherever the kernels cannot give the same
-answer: dropout active (train mode: the kernels have none, and the original draws the same random numbers as an
-unpatched model), attention probabilities asked for, an attention mask that is not a 0/1 padding mask, a
-submodule that is not plain (another type, or hooks on it: c_fc must give its output before the bias; a hooked
-LayerNorm must be called), or dtypes that differ (autocast).
+answer: dropout active in Attention or MLP (train mode: the original draws the same random numbers as an unpatched
+model; gpt_fast's own model takes the residual dropout into add_layernorm instead), attention probabilities asked
+for, an attention mask that is not a 0/1 padding mask, a submodule that is not plain (another type, or hooks on
+it: c_fc must give its output before the bias; a hooked LayerNorm must be called), or dtypes that differ
+(autocast).
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ def attention_forward(self, x, attention_mask=None, output_attentions=False):
     dropout = self.training and (self.attn_dropout.p > 0 or self.resid_dropout.p > 0)
     plan = _plan(x, dropout, needs_probs=bool(output_attentions))
     mask = _padding_mask(attention_mask, x)
-    if not plan.fused or mask is False or not self.scale:
+    if dropout or not plan.fused or mask is False or not self.scale:
         return original(self, "forward")(x, attention_mask, output_attentions)
     qkv = self.c_attn(x)  # (B, T, 3C)
     out = backend_attention(plan.attention, qkv, mask, self.n_head)  # (B, T, C)
@@ -75,10 +76,11 @@ def attention_forward(self, x, attention_mask=None, output_attentions=False):
 @patch
 def mlp_forward(self, x):
     """transformers' MLP.forward: x (B, T, C) -> (B, T, C)."""
-    plan = _plan(x, dropout=self.training and self.dropout.p > 0)
+    dropout = self.training and self.dropout.p > 0
+    plan = _plan(x, dropout=dropout)
     c_fc, hf = self.c_fc, modeling_openai()
     gelu_layer = type(self.act) is type(hf.ACT_FNS["gelu"]) and _plain(c_fc, hf.Conv1D) and c_fc.weight.dtype == x.dtype
-    if not plan.fused or not gelu_layer:
+    if dropout or not plan.fused or not gelu_layer:
         return original(self, "forward")(x)
     h = gemm(x, c_fc.weight, c_fc.bias, plan, gelu=True)  # (B, T, 4C)
     return self.dropout(self.c_proj(h))

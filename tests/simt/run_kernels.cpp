@@ -1,11 +1,11 @@
 // Test harness: runs the real gpt_fast CUDA launchers and kernels (csrc/cuda/*.cu, compiled as C++ on top of
 // simt.h) on CPU threads. Inputs and outputs are raw little-endian files in a folder, written and checked by
 // tests/test_cuda_simt.py against gpt_fast.reference:
-//   run_kernels add_layernorm    DTYPE DIR rows C has_bias eps     x residual [bias] weight ln_bias -> out
+//   run_kernels add_layernorm    DTYPE DIR rows C has_bias eps [p seed]  x residual [bias] weight ln_bias -> out
 //   run_kernels bias_gelu        DTYPE DIR total N                 x bias -> out
 //   run_kernels bias_gelu_backward DTYPE DIR total N               grad_out x bias -> grad_x
-//   run_kernels add_layernorm_backward DTYPE DIR rows C has_bias eps  grad_out x residual [bias] weight
-//                                                                   -> grad_v grad_weight grad_ln_bias
+//   run_kernels add_layernorm_backward DTYPE DIR rows C has_bias eps [p seed]  grad_out x residual [bias] weight
+//                                                   -> grad_v grad_weight grad_ln_bias [grad_residual when p > 0]
 //   run_kernels flash_attention  DTYPE DIR B T H D has_mask        qkv [mask] -> out
 //   run_kernels decode_attention DTYPE DIR B S H D Tmax sm_count   qkv k_cache v_cache lengths -> out k_cache v_cache
 //   run_kernels decode_attention_short_cache ...   the same with caches one position short (for the guard check)
@@ -103,6 +103,9 @@ int main(int argc, char** argv) {
   const DType dtype = dt == "bfloat16" ? DType::kBFloat16 : dt == "float16" ? DType::kFloat16 : DType::kFloat32;
   const size_t es = dtype == DType::kFloat32 ? 4 : 2;
   auto arg = [&](int i) { return std::atoll(argv[4 + i]); };
+  // add_layernorm's optional dropout: p (argv[8]) and a decimal uint64 seed (argv[9])
+  const double dropout_p = argc > 8 ? std::strtod(argv[8], nullptr) : 0.0;
+  const uint64_t seed = argc > 9 ? std::strtoull(argv[9], nullptr, 10) : 0;
 
   if (op == "add_layernorm") {
     const int64_t rows = arg(0);
@@ -113,7 +116,7 @@ int main(int argc, char** argv) {
     Buffer bias = has_bias ? read_file(dir, "bias", C * es) : Buffer{};
     Buffer w = read_file(dir, "weight", C * es), lb = read_file(dir, "ln_bias", C * es), out = zeros(rows * C * es);
     check(launch_add_layernorm(dtype, x.data(), r.data(), has_bias ? bias.data() : nullptr, w.data(), lb.data(),
-                               out.data(), rows, C, eps, nullptr));
+                               out.data(), rows, C, eps, dropout_p, seed, nullptr));
     write_file(dir, "out", out);
   } else if (op == "bias_gelu") {
     const int64_t total = arg(0), N = arg(1);
@@ -129,11 +132,14 @@ int main(int argc, char** argv) {
     Buffer r = read_file(dir, "residual", rows * C * es), w = read_file(dir, "weight", C * es);
     Buffer bias = has_bias ? read_file(dir, "bias", C * es) : Buffer{};
     Buffer dv = zeros(rows * C * es), dw = zeros(C * es), db = zeros(C * es);
+    Buffer dr = zeros(dropout_p > 0 ? rows * C * es : 0);
     Buffer work = zeros(add_layernorm_backward_workspace_bytes(rows, C));
     check(launch_add_layernorm_backward(dtype, g.data(), x.data(), r.data(), has_bias ? bias.data() : nullptr,
-                                        w.data(), dv.data(), dw.data(), db.data(), work.data(), rows, C, eps,
-                                        nullptr));
+                                        w.data(), dv.data(), dw.data(), db.data(),
+                                        dropout_p > 0 ? dr.data() : nullptr, work.data(), rows, C, eps, dropout_p,
+                                        seed, nullptr));
     check_guards(dv, "grad_v"), check_guards(dw, "grad_weight"), check_guards(db, "grad_ln_bias");
+    if (dropout_p > 0) check_guards(dr, "grad_residual"), write_file(dir, "grad_residual", dr);
     check_guards(work, "workspace");
     write_file(dir, "grad_v", dv);
     write_file(dir, "grad_weight", dw);

@@ -41,7 +41,8 @@ def test_kernels_run_under_autocast(dtype):
         logits = model(ids).logits
     assert "gpt_fast.add_layernorm.default" in recorder.called
     assert "gpt_fast.bias_gelu.default" in recorder.called
-    assert "gpt_fast.flash_attention.default" in recorder.called
+    # under autograd the fused attention runs its training kernel (it saves the log-sum-exp for the backward)
+    assert {"gpt_fast.flash_attention.default", "gpt_fast.flash_attention_train.default"} & set(recorder.called)
     with torch.autocast("cpu", dtype=dtype):
         expected = model.float().eval()(ids, output_attentions=True).logits  # output_attentions: module math
     assert logits.dtype == expected.dtype

@@ -165,7 +165,7 @@ def test_serve_command_loads_the_model_quantized(tmp_path, monkeypatch):
 
     served = {}
 
-    def build_app(model, *args):
+    def build_app(model, *args, **kwargs):
         served["model"] = model
         return None, None
 

@@ -205,8 +205,8 @@ def test_api_key(model, tokenizer):
 
 
 def test_a_full_queue_is_503(model, tokenizer):
-    app, engine = build_app(model, tokenizer, NAME, max_batch=1, max_queue=1)
-    engine.running = True  # submissions accepted but no loop drains them: the app does not start one
+    app, engine = build_app(model, tokenizer, NAME, max_batch=1, max_queue=1, start_engine=False)
+    engine.running = True  # submissions accepted but no loop drains them: nothing runs one
     with BackgroundServer(app) as running:
         engine.submit([1, 2, 3], SamplingParams(max_tokens=1), lambda out: None)
         client = openai.OpenAI(base_url=running.url + "/v1", api_key="x", max_retries=0, timeout=TIMEOUT)

@@ -62,7 +62,7 @@ def run(args) -> int:
     tokenizer = load_tokenizer(args.tokenizer or args.model)
     quantized = "" if model.quantization is None else f", {model.quantization.scheme}"
     log(f"loaded in {time.perf_counter() - start:.1f} s ({model.dtype}{quantized}, {model.device})")
-    app, _ = build_app(model, tokenizer, args.served_model_name or args.model, args.max_batch, args.max_queue,
-                       args.prefill_chunk, args.api_key, template)
-    serve_forever(app, args.host, args.port, args.log_level)
+    app, engine = build_app(model, tokenizer, args.served_model_name or args.model, args.max_batch, args.max_queue,
+                            args.prefill_chunk, args.api_key, template, start_engine=False)
+    serve_forever(app, engine, args.host, args.port, args.log_level)
     return 0

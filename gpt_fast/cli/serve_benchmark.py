@@ -71,24 +71,39 @@ def serve_child(args) -> None:
                 "cpu_ms_per_token": 1e3 * min(cpu)}
 
     first = batch1()
-    app, engine = build_app(model, tokenizer, MODEL_NAME, max_batch=args.max_batch, max_queue=args.max_queue)
+    # The engine runs on this thread, the one that built the model, as `gpt-fast serve` runs it (why:
+    # gpt_fast/serving/engine.py); the commands from stdin are read on another and generate() goes to the engine's.
+    app, engine = build_app(model, tokenizer, MODEL_NAME, max_batch=args.max_batch, max_queue=args.max_queue,
+                            start_engine=False)
     with BackgroundServer(app) as server:
-        http_thread = server.thread.native_id
-        print(json.dumps({"url": server.url, "dtype": args.dtype, "threads": torch.get_num_threads(),
-                          "generate_batch1": first}), flush=True)
-        for line in sys.stdin:  # "cpu": the CPU seconds so far; "batch1": generate() again; end of input: stop
-            if line.strip() == "batch1":
-                print(json.dumps(batch1()), flush=True)
-            if line.strip() == "cpu":
-                print(json.dumps({"process_cpu_s": time.process_time(), "rss_mb": status_bytes("VmRSS") / 2**20,
-                                  "http_thread_cpu_s": thread_cpu_seconds(http_thread),
-                                  "engine_thread_cpu_s": thread_cpu_seconds(engine.thread.native_id)}), flush=True)
+        http_thread, engine_thread = server.thread.native_id, threading.get_native_id()
+
+        def commands() -> None:  # "cpu": the CPU seconds so far; "batch1": generate() again; end of input: stop
+            try:
+                for line in sys.stdin:
+                    if line.strip() == "batch1":
+                        print(json.dumps(engine.call(batch1)), flush=True)
+                    if line.strip() == "cpu":
+                        print(json.dumps({"process_cpu_s": time.process_time(),
+                                          "rss_mb": status_bytes("VmRSS") / 2**20,
+                                          "http_thread_cpu_s": thread_cpu_seconds(http_thread),
+                                          "engine_thread_cpu_s": thread_cpu_seconds(engine_thread)}), flush=True)
+            finally:
+                engine.stop()
+
+        def ready() -> None:  # the engine takes requests from now on
+            print(json.dumps({"url": server.url, "dtype": args.dtype, "threads": torch.get_num_threads(),
+                              "generate_batch1": first}), flush=True)
+            threading.Thread(target=commands, name="gpt-fast-bench-commands", daemon=True).start()
+
+        engine.run(on_start=ready)
 
 
 # -- the load (this process) ----------------------------------------------------------------------------------------
 class Child:
     def __init__(self, args):
-        command = [sys.executable, "-m", "gpt_fast.cli.serve_benchmark", "--child", "--dtype", args.dtype,
+        child = "import sys; from gpt_fast.cli.serve_benchmark import main; sys.exit(main())"
+        command = [sys.executable, "-c", child, "--child", "--dtype", args.dtype,
                    "--max-batch", str(args.max_batch), "--max-queue", str(args.max_queue)]
         if args.threads:
             command += ["--threads", str(args.threads)]

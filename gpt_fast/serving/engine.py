@@ -1,8 +1,17 @@
 """The serving engine: one thread owns the model and a slot-based static KV cache and runs continuous batching.
 
-    engine = Engine(model, tokenizer, max_batch=16, max_queue=64); engine.start()
+    engine = Engine(model, tokenizer, max_batch=16, max_queue=64)
+    engine.run()        # the loop on this thread until engine.stop() from another; or engine.start(): a new thread
     handle = engine.submit(prompt_ids, params, n=1, sink=callback)   # raises ServingError subclasses at once
-    engine.cancel(handle); engine.stop()
+    engine.cancel(handle); engine.call(fn)  # fn() on the engine's thread between steps, its result returned
+
+Which thread runs the loop matters on a CPU: PyTorch's OpenMP gives every thread that enters a parallel region a
+worker pool of its own, and once the pools together hold more threads than there are cores, idle workers stop
+spinning and each of the ~80 parallel regions of a decode step waits for a worker to wake. Measured on 2 cores
+(GPT-1 shape, bf16, 2 threads): generate() takes 5-6 ms per token on the thread that loaded the model and 10 ms
+on a second thread. So `gpt-fast serve` runs the loop on the main thread, the one that loaded the model, and the
+HTTP server on a thread of its own (it runs no parallel regions); `start()` is for tests and callers whose model
+work happens on no other thread.
 
 Each loop iteration: cancelled sequences give back their slots; waiting sequences take free slots (FIFO); at most
 one prefill chunk runs (the oldest sequence still prefilling, `prefill_chunk` tokens; its last chunk also picks its
@@ -18,6 +27,7 @@ import logging
 import threading
 import time
 from collections import deque
+from concurrent.futures import Future
 
 import torch
 
@@ -58,6 +68,7 @@ class Engine:
         self.observer = observer or EngineObserver()
         self.decoders: dict[int, IncrementalDecoder] = {}  # hi -> a decoder over the slot rows [0, hi)
         self.waiting: deque[Sequence] = deque()  # guarded by self.wake
+        self.calls: deque[tuple] = deque()  # (fn, Future) to run on the engine's thread; guarded by self.wake
         self.active: list[Sequence] = []  # sequences holding a slot, in admission order (engine thread only)
         self.wake = threading.Condition()
         self.running = False
@@ -113,8 +124,39 @@ class Engine:
                     self.waiting.remove(sequence)
             self.wake.notify()
 
-    def start(self) -> "Engine":
+    def call(self, fn):
+        """Runs fn() on the engine's thread between two steps and returns its result (or raises its exception);
+        blocks the calling thread. For model work that must share the engine's thread (see the module note)."""
+        future = Future()
         with self.wake:
+            if not self.running:
+                raise EngineStopped("the engine is not running")
+            self.calls.append((fn, future))
+            self.wake.notify()
+        return future.result()
+
+    def run(self, on_start=None) -> None:
+        """Runs the loop on the calling thread until stop() is called from another thread (or a signal's handler).
+        on_start(), when given, runs once the engine takes requests and before the loop (gpt-fast serve starts its
+        HTTP server there, so no request meets an engine that is not yet running)."""
+        with self.wake:
+            if self.running:
+                raise RuntimeError("the engine is already running")
+            self.running = True
+        self.thread = threading.current_thread()
+        if on_start is not None:
+            try:
+                on_start()
+            except BaseException:
+                self.running = False
+                raise
+        self.loop()
+
+    def start(self) -> "Engine":
+        """Runs the loop on a new thread (see the module note on which thread should run it)."""
+        with self.wake:
+            if self.running:
+                raise RuntimeError("the engine is already running")
             self.running = True
         self.thread = threading.Thread(target=self.loop, name="gpt-fast-engine", daemon=True)
         self.thread.start()
@@ -124,24 +166,42 @@ class Engine:
         with self.wake:
             self.running = False
             self.wake.notify()
-        if self.thread is not None:
+        if self.thread is not None and self.thread is not threading.current_thread():
             self.thread.join(timeout)
 
     # -- the engine thread ----------------------------------------------------------------------------------------
     def loop(self) -> None:
-        with torch.inference_mode():
-            while True:
-                with self.wake:
-                    while self.running and not self.waiting and not self.active:
-                        self.wake.wait()
-                    if not self.running:
-                        break
-                    self.admit()
-                self.reap_cancelled()
-                self.guarded(self.prefill_step, [s for s in self.active if s.state is State.PREFILL][:1])
-                self.guarded(self.decode_step, [s for s in self.active if s.state is State.DECODING])
-        for sequence in list(self.active) + list(self.waiting):
-            self.finish(sequence, "error", "the server is shutting down")
+        try:
+            with torch.inference_mode():
+                while True:
+                    with self.wake:
+                        while self.running and not self.waiting and not self.active and not self.calls:
+                            self.wake.wait()
+                        if not self.running:
+                            break
+                        self.admit()
+                        calls, self.calls = list(self.calls), deque()
+                    self.run_calls(calls)
+                    self.reap_cancelled()
+                    self.guarded(self.prefill_step, [s for s in self.active if s.state is State.PREFILL][:1])
+                    self.guarded(self.decode_step, [s for s in self.active if s.state is State.DECODING])
+        finally:  # stop(), or an exception such as KeyboardInterrupt on the main thread: every caller hears of it
+            with self.wake:
+                self.running = False
+                pending, self.waiting = list(self.waiting), deque()
+                calls, self.calls = list(self.calls), deque()
+            for sequence in list(self.active) + pending:
+                self.finish(sequence, "error", "the server is shutting down")
+            for _, future in calls:
+                future.set_exception(EngineStopped("the engine stopped"))
+
+    @staticmethod
+    def run_calls(calls: list) -> None:
+        for fn, future in calls:
+            try:
+                future.set_result(fn())
+            except Exception as error:  # noqa: BLE001 - handed to the caller
+                future.set_exception(error)
 
     def admit(self) -> None:  # holds self.wake
         while self.waiting and self.slots.free:

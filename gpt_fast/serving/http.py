@@ -4,7 +4,8 @@
     app = create_app(engine, tokenizer, "openai-gpt", metrics, api_key=None, chat_template=ChatTemplate())
     uvicorn.run(app, host="127.0.0.1", port=8000)
 
-The app starts the engine's thread when it starts and stops it at shutdown. Every error is OpenAI's error JSON
+The app starts the engine's thread when it starts and stops it at shutdown (`gpt-fast serve` runs the engine
+on its main thread instead: start_engine=False). Every error is OpenAI's error JSON
 with its status: 400 for bad parameters (FastAPI's 422 becomes 400) and prompts over the context, 401 without the
 API key when one is set (on /v1 only), 404 for an unknown model or path, 503 when the queue is full. A client that
 disconnects cancels its request, freeing its slots.
@@ -66,16 +67,19 @@ class AuthorizeAndCount:
 
 
 def create_app(engine: Engine, tokenizer, model_name: str, metrics: Metrics, api_key: str | None = None,
-               chat_template: ChatTemplate | None = None) -> FastAPI:
+               chat_template: ChatTemplate | None = None, start_engine: bool = True) -> FastAPI:
+    """start_engine: the app starts the engine on a thread of its own at startup and stops it at shutdown; False:
+    the caller runs it (`gpt-fast serve` runs Engine.run on the main thread: see gpt_fast/serving/engine.py)."""
     server = Server(engine, tokenizer, model_name, metrics, api_key, chat_template or ChatTemplate())
     metrics.watch(engine)
 
     @asynccontextmanager
     async def lifespan(app):
-        if not engine.running:
+        if start_engine:
             engine.start()
         yield
-        engine.stop()
+        if start_engine:
+            engine.stop()
 
     app = FastAPI(title="gpt_fast", lifespan=lifespan)
     app.state.server = server
@@ -103,7 +107,7 @@ def create_app(engine: Engine, tokenizer, model_name: str, metrics: Metrics, api
 
     @app.get("/health")
     async def health():
-        alive = engine.thread is not None and engine.thread.is_alive()
+        alive = engine.running and engine.thread is not None and engine.thread.is_alive()
         return JSONResponse({"status": "ok" if alive else "stopped"}, status_code=200 if alive else 503)
 
     @app.get("/metrics")
@@ -127,9 +131,11 @@ def create_app(engine: Engine, tokenizer, model_name: str, metrics: Metrics, api
 
 
 def build_app(model, tokenizer, model_name: str, max_batch: int = 16, max_queue: int = 64, prefill_chunk: int = 256,
-              api_key: str | None = None, chat_template: ChatTemplate | None = None) -> tuple[FastAPI, Engine]:
-    """An Engine over the model (not started: the app starts it) and the app in front of it, with its Metrics."""
+              api_key: str | None = None, chat_template: ChatTemplate | None = None,
+              start_engine: bool = True) -> tuple[FastAPI, Engine]:
+    """An Engine over the model (not started: the app starts it unless start_engine is False) and the app in front
+    of it, with its Metrics."""
     metrics = Metrics()
     engine = Engine(model, tokenizer, max_batch=max_batch, max_queue=max_queue, prefill_chunk=prefill_chunk,
                     observer=metrics)
-    return create_app(engine, tokenizer, model_name, metrics, api_key, chat_template), engine
+    return create_app(engine, tokenizer, model_name, metrics, api_key, chat_template, start_engine), engine

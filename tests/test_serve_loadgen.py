@@ -117,3 +117,14 @@ def test_memory_stays_flat_over_repeated_overload():
             tracemalloc.stop()
     assert max(tensors[1:]) == min(tensors[1:]), tensors
     assert max(heap[2:]) - min(heap[1:]) < 64 * 1024, heap  # bytes; the first wave warms caches up
+
+
+def test_a_run_where_nothing_completed_prints_without_a_tpot():
+    """Under overload every request may be refused (503): the run's line must not fail on the missing median."""
+    from gpt_fast.cli.serve_benchmark import run_line
+
+    refused = RequestRecord()
+    refused.status = 503
+    summary = summarize([refused], 30.0, 1, 4.0, None)
+    assert summary["tpot_ms"]["median"] is None
+    assert run_line(summary) == "rate=4.0 concurrency=None: 0.0 output tok/s, median TPOT -, 1 failed"

@@ -138,6 +138,13 @@ def default_dtype() -> str:
     return "bfloat16" if cpu_isa.at_least("avx512_bf16") else "float32"
 
 
+def run_line(summary: dict) -> str:
+    """One run in a line; its median TPOT is None when no request completed with two tokens or more."""
+    tpot = summary["tpot_ms"]["median"]
+    return (f"rate={summary['rate']} concurrency={summary['concurrency']}: {summary['output_tok_s']:.1f} output "
+            f"tok/s, median TPOT {'-' if tpot is None else f'{tpot:.1f} ms'}, {summary['requests_failed']} failed")
+
+
 def run(args) -> dict:
     from gpt_fast.serving.loadgen import random_requests, run_load
 
@@ -162,8 +169,7 @@ def run(args) -> dict:
             summary["server_rss_mb_before_after"] = [before["rss_mb"], after["rss_mb"]]
             summary["http_thread_cpu_share"] = (after["http_thread_cpu_s"] - before["http_thread_cpu_s"]) / process
             result["runs"].append(summary)
-            print(f"rate={rate} concurrency={concurrency}: {summary['output_tok_s']:.1f} output tok/s, median TPOT "
-                  f"{summary['tpot_ms']['median']:.1f} ms, {summary['requests_failed']} failed", file=sys.stderr)
+            print(run_line(summary), file=sys.stderr)
         result["load_avg_after"] = os.getloadavg()
         again = child.ask("batch1", 600)  # the machine is shared: batch-1 measured before and after the load
     finally:

@@ -224,3 +224,32 @@ def test_a_free_slot_below_a_decoding_row_keeps_length_zero(model_and_tokenizer,
 def test_a_one_token_prompt_with_prompt_logprobs(model_and_tokenizer, make_engine):
     out = collect(make_engine(), [5], SamplingParams(max_tokens=2, temperature=0, logprobs=1, prompt_logprobs=True))
     assert out[0]["prompt_logprobs"] == [None] and len(out[0]["tokens"]) == 2
+
+
+@pytest.mark.parametrize("max_batch", [4, 2])  # 2: the third choice waits for a slot and prefills its own copy
+def test_a_requests_choices_share_one_prefill(model_and_tokenizer, make_engine, monkeypatch, max_batch):
+    """A request's choices prefill their prompt once: the others holding a slot copy its cached keys and values and
+    prompt log-probabilities and draw their first token from the same logits, so choice i still gives what a
+    one-choice request seeded seed + i gives."""
+    from gpt_fast.serving import engine as engine_module
+
+    _, tokenizer = model_and_tokenizer
+    prompt = prompt_of(tokenizer)
+    starts = []
+    real = engine_module.prefill_chunk
+    monkeypatch.setattr(engine_module, "prefill_chunk", lambda *args: starts.append(args[-1]) or real(*args))
+    engine = make_engine(max_batch=max_batch, prefill_chunk=4)
+
+    def params(seed):
+        return SamplingParams(max_tokens=8, temperature=1.0, seed=seed, logprobs=0, prompt_logprobs=True)
+
+    three = collect(engine, prompt, params(7), n=3)
+    prefills = starts.count(0)  # chunks starting at position 0: one per prompt prefilled
+    assert prefills == (1 if max_batch >= 3 else 2)
+    assert len(starts) == prefills * -(-len(prompt) // 4)
+    for i in range(3):
+        alone = collect(engine, prompt, params(7 + i))[0]
+        assert three[i]["tokens"] == alone["tokens"]
+        assert three[i]["prompt_logprobs"] == pytest.approx(alone["prompt_logprobs"], abs=1e-5)
+        assert [c.logprob for c in three[i]["logprobs"]] == pytest.approx([c.logprob for c in alone["logprobs"]],
+                                                                          abs=1e-5)

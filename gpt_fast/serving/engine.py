@@ -1,4 +1,4 @@
-"""The serving engine: one thread owns the model and a slot-based static KV cache and runs continuous batching.
+"""The serving engine: one loop owns the model and a slot-based static KV cache and runs continuous batching.
 
     engine = Engine(model, tokenizer, max_batch=16, max_queue=64)
     engine.run()        # the loop on this thread until engine.stop() from another; or engine.start(): a new thread
@@ -13,12 +13,14 @@ on a second thread. So `gpt-fast serve` runs the loop on the main thread, the on
 HTTP server on a thread of its own (it runs no parallel regions); `start()` is for tests and callers whose model
 work happens on no other thread.
 
-Each loop iteration: cancelled sequences give back their slots; waiting sequences take free slots (FIFO); at most
-one prefill chunk runs (the oldest sequence still prefilling, `prefill_chunk` tokens; its last chunk also picks its
-first token); then one decode step for every decoding row (IncrementalDecoder.step over the slot rows [0, hi), rows
-that are not decoding restored to their own length). So requests join between decode steps, running rows wait at
-most one chunk, and a finished row's slot is free for the next step. `sink(Output)` is called from this thread:
-it must not block. No web framework is imported here.
+Each loop iteration: calls queued by call() run; cancelled sequences give back their slots; waiting sequences take
+free slots (FIFO); at most one prefill chunk runs (the oldest sequence still prefilling, `prefill_chunk` tokens; its
+last chunk also picks its first token, and the request's other choices already holding a slot copy its cached
+prompt and pick theirs from the same logits instead of prefilling it again); then one decode step for every
+decoding row (IncrementalDecoder.step over the slot rows [0, hi), rows that are not decoding restored to their own
+length). So requests join between decode steps, running rows wait at most one chunk, and a finished row's slot is
+free for the next step. `sink(Output)` is called from the engine's thread: it must not block. No web framework
+is imported here.
 """
 
 from __future__ import annotations
@@ -104,6 +106,8 @@ class Engine:
             self.observer.request_rejected("bad_request")
             raise
         sequences = [Sequence(i, list(prompt), params, sink, self.tokenizer, self.device) for i in range(n)]
+        for sequence in sequences:
+            sequence.siblings = sequences
         with self.wake:
             if not self.running:
                 raise EngineStopped("the engine is not running")
@@ -240,10 +244,25 @@ class Engine:
         if end < len(sequence.prompt):
             self.observer.step(1, self.queue_depth(), 0)
             return
-        logits = self.model.logits(hidden[-1:], self.plan).float()  # (1, V)
-        sequence.state = State.DECODING
-        self.emit(sequence, self.sampler.select(logits, [sequence])[0])
-        self.observer.step(1, self.queue_depth(), 1)
+        group = [sequence] + self.share_prompt(sequence)
+        logits = self.model.logits(hidden[-1:], self.plan).float().expand(len(group), -1).clone()  # (n, V)
+        for member in group:
+            member.state = State.DECODING
+        for member, choice in zip(group, self.sampler.select(logits, group)):
+            self.emit(member, choice)
+        self.observer.step(1, self.queue_depth(), len(group))
+
+    def share_prompt(self, sequence: Sequence) -> list[Sequence]:
+        """The sibling choices holding a slot whose prefill has not begun take this sequence's cached prompt (the
+        keys and values they would compute themselves) instead of prefilling it again; returns them."""
+        followers = [s for s in sequence.siblings if s is not sequence and s.state is State.PREFILL
+                     and s.prefilled == 0 and not s.cancelled]
+        for follower in followers:
+            self.slots.copy_prefix(sequence.slot, follower.slot, len(sequence.prompt))
+            follower.prefilled = len(follower.prompt)
+            if sequence.prompt_logprobs is not None:
+                follower.prompt_logprobs = list(sequence.prompt_logprobs)
+        return followers
 
     def add_prompt_logprobs(self, sequence: Sequence, hidden: torch.Tensor, start: int, end: int) -> None:
         """The log-probability of each prompt token after the first, given the tokens before it."""

@@ -54,6 +54,7 @@ class Sequence:
         self.state = State.WAITING
         self.slot: int | None = None
         self.prefilled = 0  # prompt tokens in the cache
+        self.siblings: list[Sequence] = [self]  # the request's n choices of this prompt (one list, shared)
         self.output: list[int] = []
         self.prompt_logprobs: list[float | None] | None = [None] if params.prompt_logprobs else None
         self.cancelled = False

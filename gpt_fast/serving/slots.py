@@ -57,6 +57,13 @@ class SlotCache:
         self.cache.lengths[slot] = 0
         heapq.heappush(self.free, slot)
 
+    def copy_prefix(self, source: int, target: int, length: int) -> None:
+        """Slot target takes slot source's first `length` keys and values and that length (a shared prompt)."""
+        for k_cache, v_cache in self.cache.layers:  # (B, H, Tmax, D)
+            k_cache[target, :, :length].copy_(k_cache[source, :, :length])
+            v_cache[target, :, :length].copy_(v_cache[source, :, :length])
+        self.cache.lengths[target] = length
+
     def rows(self, hi: int) -> CacheRows:
         if hi not in self.views:
             self.views[hi] = CacheRows(self.cache.lengths[:hi], [(k[:hi], v[:hi]) for k, v in self.cache.layers])

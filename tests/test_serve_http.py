@@ -87,6 +87,21 @@ def test_prompt_lists_token_ids_n_and_seed(client, model, tokenizer):
     assert by_ids.choices[0].text == greedy_text(model, tokenizer, "hello there", 5)
 
 
+def test_logit_bias_bans_and_forces_tokens(client, model, tokenizer):
+    ids = tokenizer("the meaning of life is")["input_ids"]
+    with torch.inference_mode():
+        logprobs = torch.log_softmax(model(torch.tensor([ids])).logits[0, -1].float(), dim=-1)  # (V,)
+    first, second = logprobs.topk(2).indices.tolist()
+    banned = client.completions.create(model=NAME, prompt=ids, max_tokens=1, temperature=0, logprobs=0,
+                                       logit_bias={str(first): -100})
+    assert banned.choices[0].text == tokenizer.decode([second])
+    # the reported log-probability is the model's, not the biased one
+    assert banned.choices[0].logprobs.token_logprobs[0] == pytest.approx(logprobs[second].item(), abs=1e-4)
+    forced = client.completions.create(model=NAME, prompt=ids, max_tokens=3, temperature=1.0, seed=3,
+                                       logit_bias={"123": 100})
+    assert forced.choices[0].text == tokenizer.decode([123, 123, 123])
+
+
 def test_streaming_gives_the_same_text_and_usage_last(client):
     kwargs = dict(model=NAME, prompt="once upon a time", max_tokens=12, temperature=0)
     whole = client.completions.create(**kwargs).choices[0].text
@@ -151,7 +166,9 @@ def test_chat_default_max_tokens_is_the_rest_of_the_context(client, tokenizer):
 
 @pytest.mark.parametrize("kwargs, param", [
     (dict(temperature=5), "temperature"), (dict(top_p=0), "top_p"), (dict(max_tokens=0), "max_tokens"),
-    (dict(logprobs=50), "logprobs"), (dict(n=0), "n"), (dict(n=9), "n"), (dict(logit_bias={"5": 1.0}), "logit_bias"),
+    (dict(logprobs=50), "logprobs"), (dict(n=0), "n"), (dict(n=9), "n"), (dict(logit_bias={"a": 1.0}), "logit_bias"),
+    (dict(logit_bias={"5": 101}), "logit_bias"), (dict(logit_bias={"40478": 1}), "logit_bias"),
+    (dict(logit_bias={"-3": 1}), "logit_bias"),
     (dict(presence_penalty=-3), "presence_penalty"), (dict(prompt=""), "prompt"),
     (dict(prompt=[40478]), "prompt"), (dict(max_tokens=100), "max_tokens"),
 ])

@@ -94,6 +94,8 @@ class Engine:
         vocab = self.config.vocab_size
         if any(not isinstance(t, int) or isinstance(t, bool) or not 0 <= t < vocab for t in prompt):
             raise BadRequest(f"prompt token ids must be integers in [0, {vocab})", "prompt")
+        if any(token >= vocab for token, _ in params.logit_bias):
+            raise BadRequest(f"logit_bias keys must be token ids in [0, {vocab})", "logit_bias")
         if len(prompt) + params.max_tokens > self.n_positions:
             raise ContextTooLong(f"this model's maximum context length is {self.n_positions} tokens; the prompt has "
                                  f"{len(prompt)} and max_tokens is {params.max_tokens} (together "

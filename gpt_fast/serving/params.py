@@ -4,7 +4,9 @@ OpenAI's meanings: temperature 0 is greedy; top_p 1 and top_k 0 (or -1, vLLM's "
 presence / frequency penalties in [-2, 2] are subtracted from the logits of tokens already generated (not the
 prompt's, as vLLM does): logit -= presence * (count > 0) + frequency * count. `stop` strings end the text before
 the stop string; `stop_token_ids` end it after that token (not included in the text). `logprobs` (0..20) asks for the
-chosen token's log-probability and that many top alternatives, from the model's raw distribution.
+chosen token's log-probability and that many top alternatives, from the model's raw distribution. `logit_bias`
+((token id, bias) pairs, bias in [-100, 100], OpenAI's range) is added to those tokens' logits before the
+penalties, the greedy pick and sampling (not to the log-probabilities reported): -100 bans a token in practice.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from dataclasses import dataclass
 from gpt_fast.serving.errors import BadRequest
 
 MAX_LOGPROBS = 20
+MAX_LOGIT_BIAS = 100.0
 
 
 @dataclass(frozen=True)
@@ -30,6 +33,7 @@ class SamplingParams:
     stop_token_ids: tuple[int, ...] = ()
     logprobs: int | None = None  # None: none; k: the chosen token's and the top k
     prompt_logprobs: bool = False  # echo + logprobs: the prompt's tokens' log-probabilities too
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias); the ids are checked against the vocabulary
 
     def __post_init__(self):
         check_number("max_tokens", self.max_tokens, 1, None, integer=True)
@@ -48,6 +52,11 @@ class SamplingParams:
             raise BadRequest("stop must be non-empty strings", "stop")
         if any(not isinstance(t, int) or isinstance(t, bool) or t < 0 for t in self.stop_token_ids):
             raise BadRequest("stop_token_ids must be non-negative integers", "stop_token_ids")
+        for token, bias in self.logit_bias:
+            if not isinstance(token, int) or isinstance(token, bool) or token < 0:
+                raise BadRequest(f"logit_bias keys must be token ids (non-negative integers), got {token!r}",
+                                 "logit_bias")
+            check_number("logit_bias", bias, -MAX_LOGIT_BIAS, MAX_LOGIT_BIAS)
 
     @property
     def greedy(self) -> bool:

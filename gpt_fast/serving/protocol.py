@@ -1,6 +1,6 @@
 """The request bodies of the OpenAI-compatible endpoints (pydantic, as FastAPI validates them) and their mapping
 to SamplingParams. Unknown fields are ignored (as OpenAI-compatible servers do); fields that would change the
-result and are not supported (logit_bias, suffix, best_of > n, tools) are a 400, not silently dropped.
+result and are not supported (suffix, best_of > n, tools) are a 400, not silently dropped.
 """
 
 from __future__ import annotations
@@ -40,8 +40,6 @@ class SamplingFields(BaseModel):
     user: str | None = None
 
     def check_unsupported(self) -> None:
-        if self.logit_bias:
-            raise BadRequest("logit_bias is not supported by this server", "logit_bias")
         if self.n < 1:
             raise BadRequest(f"n must be at least 1, got {self.n}", "n")
         if self.stream_options is not None and not self.stream:
@@ -55,7 +53,16 @@ class SamplingFields(BaseModel):
             top_p=1.0 if self.top_p is None else self.top_p, top_k=self.top_k or 0,
             presence_penalty=self.presence_penalty or 0.0, frequency_penalty=self.frequency_penalty or 0.0,
             seed=self.seed, stop=stop, stop_token_ids=tuple(self.stop_token_ids or ()), logprobs=logprobs,
-            prompt_logprobs=prompt_logprobs)
+            prompt_logprobs=prompt_logprobs, logit_bias=self.bias_pairs())
+
+    def bias_pairs(self) -> tuple[tuple[int, float], ...]:
+        """logit_bias's JSON object (token ids as strings, OpenAI's form) as (token id, bias) pairs."""
+        pairs = []
+        for key, bias in (self.logit_bias or {}).items():
+            if not key.strip().lstrip("-").isdigit():
+                raise BadRequest(f"logit_bias keys must be token ids, got {key!r}", "logit_bias")
+            pairs.append((int(key), bias))
+        return tuple(pairs)
 
     @property
     def include_usage(self) -> bool:

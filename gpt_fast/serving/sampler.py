@@ -2,10 +2,11 @@
 
 Each row's result depends only on its own logits, parameters, generated-token counts and generator, never on the
 other rows of the batch, so a seeded request gives the same tokens alone or batched with others. On float32 logits
-(R, V), per row: presence / frequency penalties (OpenAI's, on the tokens generated so far) -> greedy argmax when
-temperature is 0, else temperature -> top-k -> top-p -> a draw by the exponential race argmax(p / E), E ~ Exp(1) from
-the row's own generator (as gpt_fast/generation/sampling.py draws, there with one generator per batch). A row whose
-probabilities overflow (a tiny temperature) takes its argmax instead. Log-probabilities come from the raw logits.
+(R, V), per row: logit_bias, presence / frequency penalties (OpenAI's, on the tokens generated so far) -> greedy
+argmax when temperature is 0, else temperature -> top-k -> top-p -> a draw by the exponential race argmax(p / E),
+E ~ Exp(1) from the row's own generator (as gpt_fast/generation/sampling.py draws, there with one generator per
+batch). A row whose probabilities overflow (a tiny temperature) takes its argmax instead. Log-probabilities come
+from the raw logits.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ class RowSampler:
         slots = torch.tensor([r.slot for r in rows], device=self.device)  # (R,)
         wants_logprobs = [r.params.logprobs is not None for r in rows]
         raw = torch.log_softmax(logits, dim=-1) if any(wants_logprobs) else None  # (R, V)
-        scores = self.penalise(logits, rows, slots)
+        scores = self.penalise(self.add_bias(logits, rows), rows, slots)
         tokens = scores.argmax(dim=-1)  # (R,) greedy rows keep this
         sampled = [i for i, r in enumerate(rows) if not r.params.greedy]
         if sampled:
@@ -49,6 +50,15 @@ class RowSampler:
         chosen = tokens.tolist()
         return [self.choice(t, raw[i] if wants else None, rows[i].params.logprobs)
                 for i, (t, wants) in enumerate(zip(chosen, wants_logprobs))]
+
+    def add_bias(self, scores: torch.Tensor, rows: list) -> torch.Tensor:
+        """Each row's logit_bias added to its tokens' scores, in place."""
+        for i, row in enumerate(rows):
+            if row.params.logit_bias:
+                tokens, biases = zip(*row.params.logit_bias)
+                scores[i].index_add_(0, torch.tensor(tokens, device=self.device),
+                                     torch.tensor(biases, dtype=scores.dtype, device=self.device))
+        return scores
 
     def penalise(self, scores: torch.Tensor, rows: list, slots: torch.Tensor) -> torch.Tensor:
         if not any(r.params.penalised for r in rows):

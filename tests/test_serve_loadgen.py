@@ -48,12 +48,13 @@ def test_statistics():
 
 def test_the_serve_benchmark_end_to_end(tmp_path):
     """benchmarks/bench_serve.py's code (a server child process, batch-1 generate, HTTP batch-1, one concurrency
-    level) on a 2-layer model with GPT-1's vocabulary."""
+    level, two Poisson runs) on a 2-layer model with GPT-1's vocabulary."""
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": str(root) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     out = tmp_path / "serve.json"
     result = subprocess.run([sys.executable, "benchmarks/bench_serve.py", "--tiny", "--num-prompts", "3",
-                             "--concurrency", "2", "--max-seconds", "60", "--dtype", "float32", "--json", str(out)],
+                             "--concurrency", "2", "--rate", "200", "--rate-runs", "2", "--max-seconds", "60",
+                             "--dtype", "float32", "--json", str(out)],
                             cwd=root, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     report = json.loads(out.read_text())
@@ -63,6 +64,8 @@ def test_the_serve_benchmark_end_to_end(tmp_path):
     assert 0 < run["http_thread_cpu_share"] < 1
     assert report["ratios"][0]["output_tok_s_over_batch1"] > 0
     assert report["generate_batch1"]["used"]["tok_s"] > 0
+    assert [r["rate"] for r in report["runs"]] == [None, 200.0, 200.0]  # --rate-runs: two Poisson runs
+    assert all(r["requests_failed"] == 0 for r in report["runs"])
 
 
 def test_overload_fails_only_with_503_and_loses_no_tokens():

@@ -156,7 +156,7 @@ def run(args) -> dict:
         batch1 = random_requests(4, vocab, (32, 32), (64, 64), seed=1)
         asyncio.run(run_load(url, MODEL_NAME, batch1[:1], concurrency=1, max_seconds=60))  # warm-up
         result["http_batch1"] = asyncio.run(run_load(url, MODEL_NAME, batch1, concurrency=1, max_seconds=60))
-        settings = [(None, c) for c in args.concurrency] + ([(args.rate, None)] if args.rate else [])
+        settings = [(None, c) for c in args.concurrency] + ([(args.rate, None)] * args.rate_runs if args.rate else [])
         for rate, concurrency in settings:
             specs = random_requests(args.num_prompts, vocab, (32, 256), (64, 256), seed=2)
             before = child.ask("cpu")
@@ -211,6 +211,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--concurrency", default="16", help="comma-separated max-concurrency levels (default 16)")
     parser.add_argument("--rate", type=float, help="also a run of Poisson arrivals at this many requests/s")
+    parser.add_argument("--rate-runs", type=int, default=1,
+                        help="that many Poisson runs one after another on the same server (its memory across them "
+                             "shows whether it stays flat under overload)")
     parser.add_argument("--num-prompts", type=int, default=32, help="requests per run (default 32)")
     parser.add_argument("--max-seconds", type=float, default=90, help="stop sending after this long, per run")
     parser.add_argument("--dtype", default="auto", help="bfloat16 / float32 (auto: bf16 where the CPU has it)")
@@ -230,6 +233,8 @@ def main(argv=None) -> int:
     if args.png:
         check_matplotlib()  # before the run, not after it
     args.concurrency = [int(c) for c in args.concurrency.split(",") if c.strip()]
+    if args.rate_runs < 1 or (args.rate is not None and args.rate <= 0):
+        parser.error("--rate must be positive and --rate-runs at least 1")
     result = run(args)
     text = json.dumps(result, indent=2)
     print(text)

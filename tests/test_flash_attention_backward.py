@@ -106,6 +106,22 @@ def test_autograd_runs_the_backward_kernel(dtype, cpu_tier):
     torch.testing.assert_close(x.grad, direct, rtol=0, atol=0)
 
 
+def test_autograd_saves_its_tensors_for_backward():
+    """register_backward saves qkv and both outputs with save_for_backward: saved-tensor hooks (activation
+    checkpointing) see them, and changing qkv in place after the forward is an error, not a wrong gradient."""
+    qkv, _, grad = inputs(1, 9, 2, 4, torch.float32, seed=9)
+    x = qkv.clone().requires_grad_()
+    y = x * 1.0
+    packed = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: packed.append(t) or t, lambda t: t):
+        out, lse = ops.flash_attention_train(y, None, 2, 0.0, 1)
+    assert [t.shape for t in packed] == [y.shape, out.shape, lse.shape]
+    out, lse = ops.flash_attention_train(y, None, 2, 0.0, 1)
+    y.add_(1.0)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        out.backward(grad)
+
+
 def test_double_backward_uses_the_reference():
     qkv, _, grad = inputs(1, 9, 2, 4, torch.float64, seed=9)
     assert torch.autograd.gradgradcheck(lambda x: ops.flash_attention_train(x, None, 2, 0.0, 1)[0],

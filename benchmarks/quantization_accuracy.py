@@ -26,13 +26,14 @@ import sys
 import time
 
 import torch
+from quantization_common import add_common_arguments, parse_common, read_calibration_windows, read_validation_windows
 
 from gpt_fast import OpenAIGPTLMHeadModel
 from gpt_fast.generation.pipeline import load_tokenizer
 from gpt_fast.ops import weight_cache
 from gpt_fast.quantization import QuantizationConfig, QuantizedLMHead
-from gpt_fast.quantization.accuracy import compare_models, windows
-from gpt_fast.quantization.calibration import DEFAULT_WINDOWS, read_calibration_text, spread_windows
+from gpt_fast.quantization.accuracy import compare_models
+from gpt_fast.quantization.calibration import DEFAULT_WINDOWS
 
 
 def parse_schemes(text: str) -> list[tuple[str, int | None]]:
@@ -46,34 +47,23 @@ def parse_schemes(text: str) -> list[tuple[str, int | None]]:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True, help="checkpoint folder")
-    parser.add_argument("--text", required=True, help="validation text file (UTF-8)")
+    add_common_arguments(parser, dtype="float32", calibration_windows=DEFAULT_WINDOWS,
+                         calibration_help="GPTQ calibration text (file or folder of *.txt), not the validation")
     parser.add_argument("--tokenizer", help="tokenizer folder (default: the model folder)")
-    parser.add_argument("--dtype", default="float32")
     parser.add_argument("--window", type=int, help="tokens per window (default: n_positions)")
-    parser.add_argument("--max-windows", type=int, default=64)
-    parser.add_argument("--batch", type=int, default=2, help="windows per forward")
     parser.add_argument("--schemes", default="int8,int4:32,int4:64")
     parser.add_argument("--both-heads", action="store_true", help="also run each scheme with the LM head unquantized")
     parser.add_argument("--int8-head", action="store_true", help="also run each int4 scheme with the head in int8")
     parser.add_argument("--methods", default="rtn", help="code choice: rtn, gptq or rtn,gptq")
-    parser.add_argument("--calibration", help="GPTQ calibration text (file or folder of *.txt), not the validation")
-    parser.add_argument("--calibration-windows", type=int, default=DEFAULT_WINDOWS)
     parser.add_argument("--prompts", type=int, default=16)
     parser.add_argument("--new-tokens", type=int, default=32)
-    parser.add_argument("--threads", type=int)
-    parser.add_argument("--json", metavar="PATH")
-    args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse_common(parser, argv)
     model = OpenAIGPTLMHeadModel.from_pretrained(args.model, dtype=args.dtype)
     if model.quantization is not None:
         parser.error(f"{args.model} is already quantized; pass the unquantized checkpoint")
     tokenizer = load_tokenizer(args.tokenizer or args.model)
-    with open(args.text, encoding="utf-8") as handle:
-        ids = torch.tensor(tokenizer(handle.read())["input_ids"], dtype=torch.long)
     window = args.window or model.config.n_positions
-    batches = windows(ids, window)[:args.max_windows]
+    batches = read_validation_windows(tokenizer, args, window)
     prompts = batches[:args.prompts, :min(32, window - 1)] if args.prompts else None
     print(f"{args.model} ({model.dtype}): {batches.shape[0]} windows of {window} tokens from {args.text}",
           file=sys.stderr)
@@ -84,8 +74,7 @@ def main(argv=None) -> int:
     if "gptq" in methods:
         if not args.calibration:
             parser.error("--methods gptq needs --calibration (text the model is not evaluated on)")
-        calibration = spread_windows(tokenizer(read_calibration_text(args.calibration))["input_ids"], window,
-                                     args.calibration_windows)
+        calibration = read_calibration_windows(tokenizer, args, window)
         print(f"calibration: {calibration.shape[0]} windows of {calibration.shape[1]} tokens from "
               f"{args.calibration}", file=sys.stderr)
     results = []

@@ -15,19 +15,19 @@ from __future__ import annotations
 
 import argparse
 import copy
-import functools
 import json
 import sys
 
 import torch
+from quantization_common import add_common_arguments, parse_common, read_calibration_windows, read_validation_windows
 from torch import nn
 
 from gpt_fast import OpenAIGPTLMHeadModel
 from gpt_fast.generation.pipeline import load_tokenizer
 from gpt_fast.models.linear import Conv1D
 from gpt_fast.ops import reference, weight_cache
-from gpt_fast.quantization.accuracy import compare_models, windows
-from gpt_fast.quantization.calibration import _block_inputs, _hessians, read_calibration_text, spread_windows
+from gpt_fast.quantization.accuracy import compare_models
+from gpt_fast.quantization.calibration import BlockWalk
 from gpt_fast.quantization.group_range import quantize_groups, search_group_range
 
 KINDS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj", "lm_head")
@@ -86,43 +86,28 @@ def weight_statistics(model, group):
 @torch.no_grad()
 def input_correlation(model, calibration):
     """{kind: mean over blocks of the mean |correlation| between two input features} of the unquantized model."""
-    base = model.transformer
-    hidden, plan, attend = _block_inputs(base, calibration)
+    walk = BlockWalk(model.transformer, calibration)
     found = {}
-    for i, block in enumerate(base.h):
-        run = functools.partial(lambda b, a, xs: [b(x, plan, a)[0] for x in xs], block, functools.partial(attend, i),
-                                hidden)
-        for name, H in _hessians(block, run).items():
+    for _ in model.transformer.h:
+        for name, H in walk.hessians().items():
             d = H.diagonal().clamp_min(1e-30).sqrt()
             corr = (H / d[:, None] / d[None]).abs()
             K = H.shape[0]
             found.setdefault(name, []).append(((corr.sum() - corr.diagonal().sum()) / (K * K - K)).item())
-        hidden = run()
+        walk.advance()
     return {kind: sum(v) / len(v) for kind, v in found.items()}
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--text", required=True, help="validation text")
-    parser.add_argument("--calibration", required=True, help="text for the input statistics (not the validation)")
-    parser.add_argument("--dtype", default="bfloat16")
-    parser.add_argument("--max-windows", type=int, default=64)
-    parser.add_argument("--calibration-windows", type=int, default=16)
-    parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--threads", type=int)
-    parser.add_argument("--json", metavar="PATH")
-    args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    add_common_arguments(parser, dtype="bfloat16", calibration_windows=16, calibration_required=True,
+                         calibration_help="text for the input statistics (not the validation)")
+    args = parse_common(parser, argv)
     model = OpenAIGPTLMHeadModel.from_pretrained(args.model, dtype=args.dtype).eval()
     tokenizer = load_tokenizer(args.model)
-    with open(args.text, encoding="utf-8") as handle:
-        ids = torch.tensor(tokenizer(handle.read())["input_ids"], dtype=torch.long)
     window = model.config.n_positions
-    batches = windows(ids, window)[:args.max_windows]
-    calibration = spread_windows(tokenizer(read_calibration_text(args.calibration))["input_ids"], window,
-                                 args.calibration_windows)
+    batches = read_validation_windows(tokenizer, args, window)
+    calibration = read_calibration_windows(tokenizer, args, window)
     rows = []
 
     def row(label, fn, kinds):

@@ -13,6 +13,7 @@ import torch
 from conftest import BACKENDS, gpt_fast_class, hf_model, random_ids
 
 from gpt_fast.models.attention import backend_attention, fill_fully_masked_rows
+from gpt_fast.ops.kernel_plan import plan_kernels
 
 pytest.importorskip("transformers")
 
@@ -85,6 +86,7 @@ def test_nan_query_in_a_fully_masked_row_stays_nan(backend):
     qkv = torch.randn(2, 6, 3 * H * D, generator=torch.Generator().manual_seed(1))
     qkv[0, 1, D + 1] = float("nan")  # row 0, position 1 (padding), head 1's query
     mask = torch.tensor([[0, 0, 0, 1, 1, 1], [1, 1, 1, 1, 1, 1]])
-    out = backend_attention(backend, qkv, mask, H).view(2, 6, H, D)
+    plan = plan_kernels(backend, qkv.device, qkv.dtype)
+    out = backend_attention(plan, qkv, mask, H).view(2, 6, H, D)
     assert out[0, 1, 1].isnan().all() and not out[0, 1, 0].isnan().any()
     assert not out[0, [0, 2, 3, 4, 5]].isnan().any() and not out[1].isnan().any()

@@ -106,6 +106,22 @@ def test_autograd_runs_the_backward_kernel(dtype, cpu_tier):
     torch.testing.assert_close(x.grad, direct, rtol=0, atol=0)
 
 
+def test_autograd_saves_its_tensors_for_backward():
+    """register_backward saves qkv and both outputs with save_for_backward: saved-tensor hooks (activation
+    checkpointing) see them, and changing qkv in place after the forward is an error, not a wrong gradient."""
+    qkv, _, grad = inputs(1, 9, 2, 4, torch.float32, seed=9)
+    x = qkv.clone().requires_grad_()
+    y = x * 1.0
+    packed = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: packed.append(t) or t, lambda t: t):
+        out, lse = ops.flash_attention_train(y, None, 2, 0.0, 1)
+    assert [t.shape for t in packed] == [y.shape, out.shape, lse.shape]
+    out, lse = ops.flash_attention_train(y, None, 2, 0.0, 1)
+    y.add_(1.0)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        out.backward(grad)
+
+
 def test_double_backward_uses_the_reference():
     qkv, _, grad = inputs(1, 9, 2, 4, torch.float64, seed=9)
     assert torch.autograd.gradgradcheck(lambda x: ops.flash_attention_train(x, None, 2, 0.0, 1)[0],
@@ -232,6 +248,51 @@ def test_training_with_dropout_runs_the_fused_kernels():
         optimizer.zero_grad()
         losses.append(loss.item())
     assert losses[-1] < losses[0] - 0.5, losses
+
+
+def test_the_plan_decides_the_training_kernel_and_without_it_the_layer_falls_back(monkeypatch):
+    """KernelPlan.attention_train says once per plan whether "fused" has flash_attention_train; the attention layer
+    reads it and asks the kernel registry nothing per call. Without the kernel: dropout runs as "sdpa", and with
+    gradients alone the inference kernel runs, its backward the eager reference's (same gradients)."""
+    from dispatch_recorder import OpRecorder
+
+    from gpt_fast.models.attention import backend_attention
+    from gpt_fast.ops import _library
+    from gpt_fast.ops.kernel_plan import clear_plans, plan_kernels
+
+    cpu = torch.device("cpu")
+    plan = plan_kernels("fused", cpu, torch.float32, dropout=True, grad=True)
+    assert plan.attention == "fused" and plan.attention_train
+    assert not plan_kernels("sdpa", cpu, torch.float32, grad=True).attention_train
+    qkv, mask, grad = inputs(2, 20, 2, 8, torch.float32, "left", seed=15)
+
+    def run(plan, forbid_lookups=False):
+        x = qkv.clone().requires_grad_()
+        record = OpRecorder()
+        with record:
+            with monkeypatch.context() as patch:
+                if forbid_lookups:
+                    patch.setattr(_library, "has_kernel", lambda *args: pytest.fail("has_kernel asked per call"))
+                out = backend_attention(plan, x, mask.long(), 2)
+            out.backward(grad)
+        return x.grad, set(record.called)
+
+    kernel_grad, called = run(plan, forbid_lookups=True)
+    assert "gpt_fast.flash_attention_train.default" in called and "gpt_fast.flash_attention_backward.default" in called
+    has_kernel = _library.has_kernel
+    monkeypatch.setattr(_library, "has_kernel", lambda name, device: name != "flash_attention_train"
+                        and has_kernel(name, device))
+    clear_plans()
+    try:
+        assert plan_kernels("fused", cpu, torch.float32, dropout=True, grad=True).attention == "sdpa"
+        without = plan_kernels("fused", cpu, torch.float32, grad=True)
+        assert without.attention == "fused" and not without.attention_train
+        fallback_grad, called = run(without)
+    finally:
+        clear_plans()
+    assert "gpt_fast.flash_attention.default" in called
+    assert not any("flash_attention_train" in name or "flash_attention_backward" in name for name in called)
+    torch.testing.assert_close(fallback_grad, kernel_grad, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("n_head", [0, -1, 5, 2**62, 2**63 - 1, -2**63, 3 * 2**61 + 1])

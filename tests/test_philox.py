@@ -70,6 +70,48 @@ def test_cpp_header_matches_python(tmp_path):
     assert printed == expected
 
 
+KEEP_BITS_CPP = r"""
+#include <cstdio>
+#include "cpu/dropout_mask.h"
+using namespace gpt_fast;
+// Every tier's keep bits (dropout_mask.h) against the scalar header, for rows of every n0 % 4 whose Philox block
+// counters carry into the high word (2^32 - 5 ...), which no op call reaches.
+int main() {
+  int bad = 0;
+  uint64_t bits[cpu::keep_words(200)];
+  for (uint64_t seed : {uint64_t{0}, ~uint64_t{0}, uint64_t{0x123456789ABCDEF}})
+    for (uint64_t block : {uint64_t{0}, (uint64_t{1} << 32) - 5, (uint64_t{7} << 32) - 1, (uint64_t{1} << 61) + 3})
+      for (uint64_t n0 = 4 * block; n0 < 4 * block + 4; ++n0)
+        for (int count : {1, 7, 64, 200}) {
+          const cpu::Dropout d{seed, philox::dropout_threshold(0.5), 2.0};
+          for (cpu::Isa isa : {cpu::Isa::kScalar, cpu::Isa::kAvx2, cpu::Isa::kAvx512}) {
+            if (isa > cpu::cpu_isa()) continue;
+            cpu::keep_bits_best(isa, d, n0, count, bits);
+            for (int k = 0; k < count; ++k)
+              bad += cpu::keep_bit(bits, n0 % 4 + k) != philox::keep(seed, n0 + k, d.threshold);
+          }
+        }
+  std::printf("%d\n", bad);
+  return 0;
+}
+"""
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="no g++ to compile csrc/cpu/dropout_mask.h")
+def test_every_tier_keep_bits_match_the_scalar_header(tmp_path):
+    """csrc/cpu/dropout_mask.h, the CPU kernels' one Philox (add_layernorm's and the flash train kernels' dropout),
+    gives philox.h's bits on every tier this CPU has, where the block counter carries into its high word too."""
+    from torch.utils.cpp_extension import include_paths, library_paths
+
+    (tmp_path / "keep_bits_check.cpp").write_text(KEEP_BITS_CPP)
+    binary = tmp_path / "keep_bits_check"
+    includes = [f"-I{p}" for p in [str(ROOT / "csrc"), *include_paths()]]
+    libraries = [flag for p in library_paths() for flag in (f"-L{p}", f"-Wl,-rpath,{p}")]
+    subprocess.run(["g++", "-std=c++20", "-O2", "-Wall", "-Werror", *includes, str(tmp_path / "keep_bits_check.cpp"),
+                    *libraries, "-lc10", "-o", str(binary)], check=True)
+    assert subprocess.run([str(binary)], check=True, capture_output=True, text=True).stdout.split() == ["0"]
+
+
 def test_element_bits_uses_each_word_of_a_block():
     seed = 1234
     words = philox.philox4x32_10(tuple(torch.tensor([c]) for c in (5, 0, 0, 0)), philox.seed_key(seed))

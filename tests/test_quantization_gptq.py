@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from quantization_helpers import CONFIG, assert_reloads_exactly, tiny
 
 import gpt_fast
 from gpt_fast.ops import reference
@@ -16,13 +17,6 @@ from gpt_fast.quantization import QuantizedConv1D, QuantizedLMHead
 from gpt_fast.quantization.calibration import calibration_windows, read_calibration_text, spread_windows
 from gpt_fast.quantization.gptq import gptq_int4, gptq_int8, pack_int4
 from gpt_fast.quantization.group_range import quantize_groups, search_group_range
-
-CONFIG = dict(vocab_size=90, n_positions=32, n_embd=64, n_layer=2, n_head=4, initializer_range=0.2)
-
-
-def tiny(cls=gpt_fast.OpenAIGPTLMHeadModel, dtype=torch.float32):
-    torch.manual_seed(0)
-    return cls(gpt_fast.OpenAIGPTConfig(**CONFIG)).to(dtype).eval()
 
 
 def correlated_inputs(rows: int, K: int, seed: int = 0) -> torch.Tensor:
@@ -160,15 +154,7 @@ def test_every_model_class_and_one_dimensional_calibration():
 def test_save_and_load(tmp_path, scheme):
     model = tiny().quantize(scheme, 32, method="gptq", calibration=calibration())
     model.save_pretrained(tmp_path)
-    loaded = gpt_fast.OpenAIGPTLMHeadModel.from_pretrained(tmp_path)
-    assert loaded.quantization == model.quantization
-    expected, got = model.state_dict(), loaded.state_dict()
-    assert set(got) == set(expected)
-    for key, value in expected.items():
-        assert got[key].dtype == value.dtype and torch.equal(got[key], value), key
-    ids = torch.randint(0, 90, (2, 9))
-    with torch.no_grad():
-        torch.testing.assert_close(loaded(ids).logits, model(ids).logits, atol=0, rtol=0)
+    assert_reloads_exactly(model, tmp_path)
 
 
 def test_argument_errors():

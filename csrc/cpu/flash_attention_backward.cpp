@@ -104,6 +104,7 @@ at::Tensor flash_attention_backward_cpu(const at::Tensor& grad_out_in, const at:
                       1.f / std::sqrt(static_cast<float>(D)), 0.6931471805599453f, static_cast<uint64_t>(seed), threshold,
                       static_cast<float>(1.0 / (1.0 - dropout_p))};
   const cpu::Isa isa = cpu::cpu_isa();
+  p.isa = isa;
   with_storage_type(qkv.scalar_type(), [&](auto type) {
     using Elem = decltype(type);
     at::parallel_for(0, n_kb * BH, 1, [&](int64_t begin, int64_t end) {

@@ -72,6 +72,7 @@ std::tuple<at::Tensor, at::Tensor> flash_attention_train_cpu(const at::Tensor& q
   p.keep_scale = static_cast<float>(1.0 / (1.0 - dropout_p));
   const int64_t tasks = (T + kBlockQ - 1) / kBlockQ * B * H;
   const cpu::Isa isa = cpu::cpu_isa();
+  p.isa = isa;
   with_storage_type(qkv.scalar_type(), [&](auto type) {
     using Elem = decltype(type);
     at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {

@@ -15,7 +15,7 @@
 #include <memory>
 
 #include "cpu/attention_math.h"
-#include "cpu/philox_lanes.h"
+#include "cpu/dropout_mask.h"
 
 namespace gpt_fast::flash_bwd {
 using namespace attention;
@@ -42,6 +42,7 @@ struct Params {
   uint64_t seed;
   uint32_t threshold;      // 0: no dropout
   float keep_scale;        // 1 / (1 - p)
+  cpu::Isa isa = cpu::Isa::kScalar;  // the tier that draws the dropout bits (cpu/dropout_mask.h)
 };
 
 // Offset (in floats) of the partial dQ of key block kb of one (batch, head): its rows are queries [64 kb, T).
@@ -178,7 +179,10 @@ GPT_FAST_INLINE void probabilities(const Params& p, Tiles& t, int64_t bh, int64_
   constexpr int kVec = kBlock / kLanes;
   VI lane;
   for (int l = 0; l < kLanes; ++l) lane[l] = l;
-  alignas(64) uint32_t words[kMaxRowWords];
+  VI lane_bit;  // bit l of a row's keep bits -> lane l
+  for (int l = 0; l < kLanes; ++l) lane_bit[l] = 1 << l;
+  const cpu::Dropout drop{p.seed, p.threshold, p.keep_scale};
+  uint64_t bits[cpu::keep_words(kBlock)];
   for (int64_t i = 0; i < nq; ++i) {
     const VF base = splat(t.base[i]);
     const bool diagonal = i0 == j0;  // blocks are aligned: keys past the query only in the diagonal tile
@@ -191,11 +195,10 @@ GPT_FAST_INLINE void probabilities(const Params& p, Tiles& t, int64_t bh, int64_
     }
     if (p.threshold == 0) continue;
     const uint64_t n0 = static_cast<uint64_t>((bh * p.T + i0 + i) * p.T + j0);
-    philox_row_words(p.seed, n0, kBlock, words);
+    cpu::keep_bits_best(p.isa, drop, n0, kBlock, bits);
     for (int v = 0; v < kVec; ++v) {
-      VU32 w;
-      std::memcpy(&w, words + (n0 & 3) + v * kLanes, sizeof(w));
-      const VF z = (VF)((VI)splat(p.keep_scale) & (VI)(w >= p.threshold));
+      const auto k = static_cast<int32_t>(cpu::keep_bits(bits, static_cast<int64_t>(n0 & 3) + v * kLanes, kLanes));
+      const VF z = (VF)((VI)splat(p.keep_scale) & (VI)(((VI{} + k) & lane_bit) != 0));
       store(&t.z[i][v * kLanes], z);
       store(&t.dp[i][v * kLanes], load(&t.s[i][v * kLanes]) * z);
     }

@@ -12,8 +12,8 @@
 #include <memory>
 
 #include "cpu/attention_math.h"
+#include "cpu/dropout_mask.h"
 #include "cpu/flash_tiles.h"
-#include "cpu/philox_lanes.h"
 
 namespace gpt_fast::flash {
 inline namespace GPT_FAST_ATTENTION_NS {
@@ -111,13 +111,13 @@ struct Fp32Engine {
 // bits pass the threshold (the 1 / (1 - p) scale is applied with the row's 1 / sum at the end).
 GPT_FAST_INLINE void drop_tile(const Params& p, Tiles& t, int64_t b, int64_t h, int64_t i0, int64_t j0, int64_t nk) {
   const int64_t nq = std::min<int64_t>(kBlockQ, p.T - i0);
-  alignas(64) uint32_t words[kMaxRowWords];
+  const cpu::Dropout drop{p.seed, p.threshold, p.keep_scale};
+  uint64_t bits[cpu::keep_words(kBlockK)];
   for (int64_t i = 0; i < nq; ++i) {
     const uint64_t n0 = static_cast<uint64_t>(((b * p.H + h) * p.T + i0 + i) * p.T + j0);
-    philox_row_words(p.seed, n0, static_cast<int>(nk), words);
-    const uint32_t* w = words + (n0 & 3);
+    cpu::keep_bits_best(p.isa, drop, n0, nk, bits);
     for (int64_t j = 0; j < nk; ++j)
-      if (w[j] < p.threshold) t.st[j][i] = 0.f;
+      if (!cpu::keep_bit(bits, static_cast<int64_t>(n0 & 3) + j)) t.st[j][i] = 0.f;
   }
 }
 

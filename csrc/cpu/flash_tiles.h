@@ -34,6 +34,7 @@ struct Params {
   uint64_t seed = 0;       // Philox key (csrc/philox.h); element ((b H + h) T + i) T + j of the probabilities
   uint32_t threshold = 0;  // philox::dropout_threshold(p); 0: no dropout
   float keep_scale = 1.f;  // 1 / (1 - p)
+  cpu::Isa isa = cpu::Isa::kScalar;  // the tier that draws the dropout bits (cpu/dropout_mask.h)
 };
 
 #if GPT_FAST_HAVE_X86

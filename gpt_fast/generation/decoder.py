@@ -48,7 +48,7 @@ class IncrementalDecoder:
 
         def attend(i, qkv):  # (B, T, 3C) -> (B, T, C), the prompt's keys and values going into the cache
             self.cache.write_prompt(i, qkv[..., C:2 * C], qkv[..., 2 * C:], self.n_head)
-            return backend_attention(self.plan.attention, qkv, key_mask, self.n_head), None
+            return backend_attention(self.plan, qkv, key_mask, self.n_head), None
 
         x = self.transformer.run_layers(x, self.plan, attend)
         self.cache.lengths.copy_(lengths)

@@ -16,7 +16,8 @@ in a sequence with no real token at all, over every key. The kernels of "sdpa" a
 attending nothing; `fill_fully_masked_rows` sets it after them (`after_kernel`: one place for both backends, CPU
 and CUDA, forward and backward).
 
-Which one runs is the KernelPlan's `attention` (gpt_fast/ops/kernel_plan.py), decided once per forward.
+Which one runs is the KernelPlan's `attention` (gpt_fast/ops/kernel_plan.py), decided once per forward, and for
+"fused" in training its `attention_train` (whether flash_attention_train exists for the device and dtype).
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-from gpt_fast.ops import _library, philox
+from gpt_fast.ops import philox
 from gpt_fast.ops.flash_attention import propagate_nonfinite
+from gpt_fast.ops.kernel_plan import KernelPlan
 from gpt_fast.ops.layout import merge_heads, split_qkv
 
 
@@ -95,16 +97,16 @@ def after_kernel(out, qkv, attention_mask, n_head: int):
     return propagate_nonfinite(out, qkv, attention_mask, n_head)
 
 
-def fused_attention(qkv, attention_mask, n_head: int, dropout_p: float = 0.0):
+def fused_attention(qkv, attention_mask, n_head: int, dropout_p: float = 0.0, train_kernel: bool = False):
     """gpt_fast's kernel. qkv: (B, T, 3C); attention_mask: (B, T) 1/0 or None. Returns (B, T, C).
 
     With dropout (dropout_p > 0), or when gradients reach qkv, the training kernel gpt_fast::flash_attention_train
-    runs where it exists for the device: dropout on the probabilities inside the kernel (a fresh seed from torch's
-    generator per call: gpt_fast.ops.philox.draw_seed) and the backward kernel in autograd. Otherwise the inference
-    kernel (its autograd is the eager reference's)."""
+    runs where it exists for the device (train_kernel: the KernelPlan's attention_train): dropout on the
+    probabilities inside the kernel (a fresh seed from torch's generator per call: gpt_fast.ops.philox.draw_seed) and
+    the backward kernel in autograd. Otherwise the inference kernel (its autograd is the eager reference's)."""
     key_padding_mask = None if attention_mask is None else attention_mask.bool()
     train = dropout_p > 0.0 or (torch.is_grad_enabled() and qkv.requires_grad)
-    if train and _library.has_kernel("flash_attention_train", qkv.device.type):
+    if train and train_kernel:
         seed = philox.draw_seed() if dropout_p > 0.0 else 0
         out, _ = torch.ops.gpt_fast.flash_attention_train(qkv, key_padding_mask, n_head, float(dropout_p), seed)
     elif dropout_p > 0.0:  # no training kernel for this device (the KernelPlan does not pick "fused" then)
@@ -114,10 +116,10 @@ def fused_attention(qkv, attention_mask, n_head: int, dropout_p: float = 0.0):
     return after_kernel(out, qkv, attention_mask, n_head)
 
 
-def backend_attention(backend: str, qkv, attention_mask, n_head: int, dropout_p: float = 0.0):
-    """The chosen backend's output (B, T, C) for qkv (B, T, 3C); attention_mask: (B, T) 1/0 or None."""
-    if backend == "eager":
+def backend_attention(plan: KernelPlan, qkv, attention_mask, n_head: int, dropout_p: float = 0.0):
+    """The plan's attention backend's output (B, T, C) for qkv (B, T, 3C); attention_mask: (B, T) 1/0 or None."""
+    if plan.attention == "eager":
         return eager_attention(qkv, attention_mask, n_head, dropout_p)[0]
-    if backend == "fused":
-        return fused_attention(qkv, attention_mask, n_head, dropout_p)
+    if plan.attention == "fused":
+        return fused_attention(qkv, attention_mask, n_head, dropout_p, plan.attention_train)
     return sdpa_attention(qkv, attention_mask, n_head, dropout_p)

@@ -60,7 +60,7 @@ class Attention(nn.Module):
         if plan.attention == "eager":  # the only backend with probabilities (and a head mask)
             out, probs = eager_attention(qkv, attention_mask, self.n_head, dropout_p, head_mask)
             return out, (probs if output_attentions else None)
-        return backend_attention(plan.attention, qkv, attention_mask, self.n_head, dropout_p), None
+        return backend_attention(plan, qkv, attention_mask, self.n_head, dropout_p), None
 
 
 class MLP(nn.Module):

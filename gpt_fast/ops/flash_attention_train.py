@@ -16,30 +16,20 @@ import torch
 from torch.utils.flop_counter import register_flop_formula
 
 from gpt_fast.ops import philox, reference
-from gpt_fast.ops._autograd import _reference_grads, kernel_serves
+from gpt_fast.ops._autograd import kernel_serves, register_backward
 from gpt_fast.ops._library import extension_loaded
 
 
-def _reference_out(qkv, key_padding_mask, n_head, dropout_p, seed):
-    return reference.flash_attention_train(qkv, key_padding_mask, n_head, dropout_p, seed)[0]
-
-
-def _setup_context(ctx, inputs, output):
+def _backward(grad_outputs, inputs, needs_input_grad, outputs):
+    """grad_qkv through flash_attention_backward (register_backward's kernel_backward); None where no kernel serves
+    qkv. grad_outputs: (grad_out,), the grad of out alone (lse is not differentiable); outputs: (out, lse)."""
     qkv, key_padding_mask, n_head, dropout_p, seed = inputs
-    out, lse = output
-    ctx.mark_non_differentiable(lse)
-    ctx.save_for_backward(qkv, out, lse)
-    ctx.args = (key_padding_mask, n_head, dropout_p, seed)
-
-
-def _backward(ctx, grad_out, _grad_lse):
-    qkv, out, lse = ctx.saved_tensors
-    key_padding_mask, n_head, dropout_p, seed = ctx.args
-    if not torch.is_grad_enabled() and kernel_serves("flash_attention_backward", qkv):
-        grad_qkv = torch.ops.gpt_fast.flash_attention_backward(grad_out, qkv, out, lse, key_padding_mask, n_head,
-                                                                 dropout_p, seed)
-        return grad_qkv, None, None, None, None
-    return _reference_grads(_reference_out, (qkv, key_padding_mask, n_head, dropout_p, seed), grad_out)
+    if not kernel_serves("flash_attention_backward", qkv):
+        return None
+    (grad_out,), (out, lse) = grad_outputs, outputs
+    grad_qkv = torch.ops.gpt_fast.flash_attention_backward(grad_out, qkv, out, lse, key_padding_mask, n_head,
+                                                             dropout_p, seed)
+    return grad_qkv, None, None, None, None
 
 
 def _check_args(qkv, n_head, dropout_p, name):
@@ -69,7 +59,7 @@ if extension_loaded():
                      lambda: "flash_attention_backward: lse must be float32 (B, n_head, T)")
         return torch.empty_like(qkv, memory_format=torch.contiguous_format)
 
-    torch.library.register_autograd("gpt_fast::flash_attention_train", _backward, setup_context=_setup_context)
+    register_backward("flash_attention_train", reference.flash_attention_train, _backward, differentiable_outputs=(0,))
 
     # torch.utils.flop_counter counts the ops as SDPA's formulas do (model FLOPs, the full T x T products: 2 matmuls
     # forward, 4 backward; the backward kernel's recomputation of Q K^T is not counted), so that a training step's

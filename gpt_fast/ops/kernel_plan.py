@@ -10,7 +10,9 @@ The rules:
   otherwise the requested backend, where None/"auto" means gpt_fast's flash_attention kernel when it exists for the
   device and dtype, else PyTorch's SDPA. With dropout active "fused" needs the training kernel
   (gpt_fast::flash_attention_train: dropout inside the kernel, FlashAttention-2 backward) and runs as "sdpa" where
-  it is missing. A dtype the kernels lack (float64) also runs "fused" as "sdpa".
+  it is missing. A dtype the kernels lack (float64) also runs "fused" as "sdpa". `attention_train` records whether
+  "fused" has that training kernel: the attention layer runs it whenever dropout is active or gradients reach qkv
+  (else the inference kernel, whose backward is the eager reference's).
 - the other kernels (add_layernorm, bias_gelu, decode_attention and the linear engines) run whenever they exist
   for the device and dtype and the backend is not "eager" (which is transformers' math, kept as the
   plain-PyTorch reference path). Dropout keeps them: add_layernorm takes the residual dropout (the caller passes
@@ -53,6 +55,7 @@ SMALL_M_MAX_ROWS = 32
 @dataclass(frozen=True)
 class KernelPlan:
     attention: str  # the prompt's attention backend: "eager", "sdpa" or "fused"
+    attention_train: bool  # "fused" runs flash_attention_train (+ its backward kernel) under dropout or autograd
     fused: bool  # add_layernorm / bias_gelu replace the module math (not "eager"; dropout or not)
     add_layernorm: Callable  # (x, y, bias, weight, ln_bias, eps, dropout_p=0, seed=0) -> ln(x + dropout(y + bias))
     bias_gelu: Callable  # (x, bias) -> gelu_tanh(x + bias)
@@ -105,6 +108,7 @@ def _plan(attn_implementation, device_type: str, dtype: torch.dtype, dropout: bo
     else:
         attention = attn_implementation
     fused = attention != "eager"
+    attention_train = attention == "fused" and _has("flash_attention_train", device_type, dtype)
     layernorm = _kernel("add_layernorm", device_type, dtype, add_layernorm) if fused else None
     gelu = _kernel("bias_gelu", device_type, dtype, bias_gelu) if fused else None
     small_m = fused and not grad and not autocast and _has("linear_small_m", device_type, dtype)
@@ -112,6 +116,7 @@ def _plan(attn_implementation, device_type: str, dtype: torch.dtype, dropout: bo
         layernorm, gelu = (layernorm and _cast_to_first(layernorm)), (gelu and _cast_to_first(gelu))
     return KernelPlan(
         attention=attention,
+        attention_train=attention_train,
         fused=fused,
         add_layernorm=layernorm or reference.add_layernorm,
         bias_gelu=gelu or reference.bias_gelu,

@@ -69,7 +69,7 @@ def attention_forward(self, x, attention_mask=None, output_attentions=False):
     if dropout or not plan.fused or mask is False or not self.scale:
         return original(self, "forward")(x, attention_mask, output_attentions)
     qkv = self.c_attn(x)  # (B, T, 3C)
-    out = backend_attention(plan.attention, qkv, mask, self.n_head)  # (B, T, C)
+    out = backend_attention(plan, qkv, mask, self.n_head)  # (B, T, C)
     return [self.resid_dropout(self.c_proj(out))]
 
 

@@ -137,6 +137,30 @@ def _hessians(block: nn.Module, run) -> dict[str, torch.Tensor]:
     return {name: sums[name] / counts[name] for name in sums}
 
 
+class BlockWalk:
+    """Calibration windows walked through a base model's blocks in order, as GPTQ measures them. `hidden` holds the
+    hidden states [(B, T, C) per batch] entering the current block (`index`); `hessians()` gives E[x x^T] of the
+    block's Conv1D inputs over them, and `advance()` runs them through the block as it is then (quantized or not)
+    into the next. After the last block, `hidden` is the LM head's input (GPT-1 is post-LayerNorm)."""
+
+    def __init__(self, base: nn.Module, windows: torch.Tensor):
+        self.base = base
+        self.index = 0
+        self.hidden, self._plan, self._attend = _block_inputs(base, windows)
+
+    def _run(self) -> list:
+        block, attend = self.base.h[self.index], functools.partial(self._attend, self.index)
+        return [block(x, self._plan, attend)[0] for x in self.hidden]
+
+    def hessians(self) -> dict[str, torch.Tensor]:
+        """{Conv1D name in the current block: E[x x^T] (K, K) float32} over the current hidden states."""
+        return _hessians(self.base.h[self.index], self._run)
+
+    def advance(self) -> None:
+        self.hidden = self._run()
+        self.index += 1
+
+
 def _codes(weight: torch.Tensor, hessian: torch.Tensor, config: QuantizationConfig, compensate: bool) -> tuple:
     """W (N, K) -> (qweight, scales, zeros) in the stored format of config's scheme, chosen by GPTQ."""
     if config.bits == 8:
@@ -177,16 +201,10 @@ def gptq_quantize_model(model: nn.Module, config: QuantizationConfig, targets: d
     was_training = model.training
     model.eval()
     try:
-        hidden, plan, attend = _block_inputs(base, windows)
+        walk = BlockWalk(base, windows)
         prefix = "" if base is model else f"{model.base_model_prefix}."
         for i, block in enumerate(base.h):
-            block_attend = functools.partial(attend, i)
-
-            def run(block=block, block_attend=block_attend, inputs=hidden):
-                return [block(x, plan, block_attend)[0] for x in inputs]
-
-            hessians = _hessians(block, run)
-            for name, hessian in hessians.items():
+            for name, hessian in walk.hessians().items():
                 full = f"{prefix}h.{i}.{name}"
                 if full not in targets:
                     continue
@@ -195,7 +213,8 @@ def gptq_quantize_model(model: nn.Module, config: QuantizationConfig, targets: d
                 weight_cache.clear(old)
                 parent, _, child = name.rpartition(".")
                 setattr(block.get_submodule(parent) if parent else block, child, new)
-            hidden = run()  # the next block's inputs, through this block quantized
+            walk.advance()  # the next block's inputs, through this block quantized
+        hidden = walk.hidden
         if "lm_head" in targets:
             hessian = sum(x.reshape(-1, x.shape[-1]).to(torch.float32).t() @ x.reshape(-1, x.shape[-1])
                           .to(torch.float32) for x in hidden) / sum(x.numel() // x.shape[-1] for x in hidden)  # (C, C)

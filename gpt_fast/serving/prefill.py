@@ -35,7 +35,7 @@ def prefill_chunk(model, plan: KernelPlan, cache: SlotCache, slot: int, ids: tor
         k_cache[slot, :, start:end].copy_(split_heads(qkv[..., C:2 * C], n_head)[0])  # (H, c, D)
         v_cache[slot, :, start:end].copy_(split_heads(qkv[..., 2 * C:], n_head)[0])
         if not start:
-            return backend_attention(plan.attention, qkv, None, n_head), None
+            return backend_attention(plan, qkv, None, n_head), None
         q = split_qkv(qkv, n_head)[0]  # (1, H, c, D)
         keys, values = k_cache[slot:slot + 1, :, :end], v_cache[slot:slot + 1, :, :end]  # (1, H, end, D)
         return merge_heads(F.scaled_dot_product_attention(q, keys, values, attn_mask=visible)), None

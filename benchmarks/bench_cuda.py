@@ -5,7 +5,8 @@
     pytest benchmarks/bench_cuda.py --benchmark-enable   # the same cases as pytest-benchmark tests
 
 Baselines: eager gpt_fast.ops.reference (cuBLAS matmuls + elementwise kernels) for every op, and
-F.scaled_dot_product_attention (flash / memory-efficient backends) for the two attention ops.
+F.scaled_dot_product_attention (flash / memory-efficient backends) for the attention ops; the training attention
+(forward with dropout 0.1, and forward + backward through autograd) against SDPA with the same dropout.
 FLOPs and bytes are the minimum the op needs (each input read once, each output written once), so GB/s and
 TFLOP/s are lower bounds of what the kernel really moves and computes.
 """
@@ -48,6 +49,13 @@ def costs(es: int = 2) -> dict[str, Cost]:
         "bias_gelu": Cost(16 * rows * MLP, es * (2 * rows * MLP + MLP)),
         # S = Q K^T and O = P V over the causal half: 2 x 2 flops per (query, key, d)
         "flash_attention": Cost(4 * PREFILL_B * H * keys * D, es * (rows * 3 * C + rows * C)),
+        # flash_attention with dropout, also writing lse (B, H, T) fp32
+        "flash_attention_train": Cost(4 * PREFILL_B * H * keys * D,
+                                      es * (rows * 3 * C + rows * C) + 4 * PREFILL_B * H * PREFILL_T),
+        # forward + backward (model FLOPs: 2 products forward, 4 backward); backward reads grad_out, qkv, out, lse
+        # and writes grad_qkv
+        "attention_train_step": Cost(12 * PREFILL_B * H * keys * D,
+                                     es * rows * (3 * C + C + C + 3 * C + C + 3 * C) + 8 * PREFILL_B * H * PREFILL_T),
         # one query per row over L keys; reads the whole cache prefix, writes one key/value row
         "decode_attention": Cost(4 * DECODE_B * H * L * D,
                                  es * (2 * DECODE_B * H * L * D + DECODE_B * (3 * C + C + 2 * C))),
@@ -66,7 +74,8 @@ def roofline_markdown() -> str:
     for dtype, es in (("bf16", 2), ("fp32", 4)):
         for name, c in costs(es).items():
             # only the attention products run on tensor cores; elementwise work runs on fp32 cores either way
-            peak = H100_TFLOPS[dtype if name == "flash_attention" else "fp32"] * 1e12
+            tensor = name in ("flash_attention", "flash_attention_train", "attention_train_step")
+            peak = H100_TFLOPS[dtype if tensor else "fp32"] * 1e12
             t_compute, t_memory = c.flops / peak, c.bytes / (H100_TBPS * 1e12)
             lines.append(f"| {name} | {dtype} | {c.flops / 1e9:.3f} | {c.bytes / 1e6:.2f} | {c.flops / c.bytes:.1f} | "
                          f"{max(t_compute, t_memory) * 1e6:.1f} | {'compute' if t_compute > t_memory else 'memory'} |")
@@ -99,12 +108,33 @@ def cases(dtype: torch.dtype, device: str = "cuda"):
         return reference.merge_heads(F.scaled_dot_product_attention(q, kc[:, :, : DECODE_LEN + 1],
                                                                     vc[:, :, : DECODE_LEN + 1]))
 
+    qkv_g, grad_out = qkv.detach().clone().requires_grad_(True), rnd(PREFILL_B, PREFILL_T, C)
+    p = 0.1
+
+    def sdpa_prefill_dropout():
+        q, k, v = (reference.split_heads(t, H) for t in qkv.split(C, dim=-1))
+        return reference.merge_heads(F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p))
+
+    def fused_step():
+        qkv_g.grad = None
+        ops.flash_attention_train(qkv_g, None, H, p, 1)[0].backward(grad_out)  # autograd: the backward kernel
+
+    def sdpa_step():
+        qkv_g.grad = None
+        q, k, v = (reference.split_heads(t, H) for t in qkv_g.split(C, dim=-1))
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p)
+        reference.merge_heads(out).backward(grad_out)
+
     return {
         "add_layernorm": (lambda: ops.add_layernorm(x, res, vec, vec, vec, 1e-5),
                           [("eager", lambda: reference.add_layernorm(x, res, vec, vec, vec, 1e-5))]),
         "bias_gelu": (lambda: ops.bias_gelu(h, hb), [("eager", lambda: reference.bias_gelu(h, hb))]),
         "flash_attention": (lambda: ops.flash_attention(qkv, None, H),
                             [("sdpa", sdpa_prefill), ("eager", lambda: reference.flash_attention(qkv, None, H))]),
+        "flash_attention_train": (lambda: ops.flash_attention_train(qkv, None, H, p, 1),
+                                  [("sdpa", sdpa_prefill_dropout),
+                                   ("eager", lambda: reference.flash_attention_train(qkv, None, H, p, 1))]),
+        "attention_train_step": (fused_step, [("sdpa", sdpa_step)]),
         "decode_attention": (lambda: ops.decode_attention(dq, kc, vc, lens, H),
                              [("sdpa", sdpa_decode),
                               ("eager", lambda: reference.decode_attention(dq, kc, vc, lens, H))]),

@@ -97,14 +97,14 @@ def _add_layernorm_backward(dtype, device):
         _, randn = _gen(300 + i)
         yield Sample(sample.name, (randn(*x.shape, dtype=dtype, device=device), x, res, bias, weight, eps, *dropout))
 def _flash_attention_backward(dtype, device):
-    """flash_attention_train's samples plus a gradient of out; out and lse from the CPU forward kernel, as autograd
-    passes them (the backward recomputes the forward's exact exponents from its lse: T = 1 gives P = 1 exactly)."""
+    """flash_attention_train's samples plus a gradient of out; out and lse from the device's own forward kernel, as
+    autograd passes them (the backward recomputes the forward's exact exponents from its lse: T = 1 gives P = 1
+    exactly)."""
     for i, sample in enumerate(_flash_attention_train(dtype, device)):
         qkv, mask, H, p, seed = sample.args
         _, randn = _gen(400 + i)
-        out, lse = torch.ops.gpt_fast.flash_attention_train(qkv.cpu(), None if mask is None else mask.cpu(), H, p, seed)
-        yield Sample(sample.name, (randn(*out.shape, dtype=dtype, device=device), qkv, out.to(device), lse.to(device),
-                                   mask, H, p, seed))
+        out, lse = torch.ops.gpt_fast.flash_attention_train(qkv, mask, H, p, seed)
+        yield Sample(sample.name, (randn(*out.shape, dtype=dtype, device=device), qkv, out, lse, mask, H, p, seed))
 # --- end of backward ops ---
 
 

@@ -14,7 +14,8 @@ import gpt_fast.ops  # noqa: F401  (loads the extension and registers the fake k
 from gpt_fast.ops import has_kernel, reference
 
 OPS = ["add_layernorm", "bias_gelu", "flash_attention", "decode_attention", "bias_gelu_backward",
-       "add_layernorm_backward", "linear_quantized", "pack_quantized_weight"]
+       "add_layernorm_backward", "linear_quantized", "pack_quantized_weight", "flash_attention_train",
+       "flash_attention_backward"]
 pytestmark = [
     pytest.mark.cuda,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),

@@ -34,9 +34,10 @@ ENV = {**os.environ,
        "UBSAN_OPTIONS": "halt_on_error=1 print_stacktrace=1"}
 
 
-def build(out: Path, *defines: str) -> Path:
+def build(out: Path, *defines: str, source: str = "run_kernels.cpp") -> Path:
+    """Builds a harness of tests/simt/ under the sanitizers (tests/test_cuda_simt_train.py builds its own)."""
     cmd = ["g++", "-std=c++20", "-O1", "-g", *SANITIZERS, f"-I{CUDA_INCLUDE}", f"-I{ROOT / 'csrc'}", *defines,
-           str(ROOT / "tests" / "simt" / "run_kernels.cpp"), "-o", str(out), "-pthread"]
+           str(ROOT / "tests" / "simt" / source), "-o", str(out), "-pthread"]
     res = subprocess.run(cmd, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-4000:]
     return out

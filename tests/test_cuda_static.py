@@ -121,7 +121,8 @@ def test_flash_attention_uses_tensor_cores(gate, arch):
 @needs_cuobjdump
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90a"])
 @pytest.mark.parametrize("source", ["flash_attention", "decode_attention", "add_layernorm", "bias_gelu",
-                                    "bias_gelu_backward", "add_layernorm_backward"])
+                                    "bias_gelu_backward", "add_layernorm_backward", "flash_attention_train",
+                                    "flash_attention_backward"])
 def test_no_local_memory_instructions(gate, arch, source):
     functions = sass_by_function(gate_object(gate, source), arch)
     assert functions

@@ -96,3 +96,33 @@ def test_under_torch_compile_a_residual_dropout_runs_as_module_math(setup, monke
     step("fused", state, ids, record=record)
     assert "gpt_fast.add_layernorm.default" not in record.called
     assert "gpt_fast.bias_gelu.default" in record.called
+
+
+@pytest.mark.parametrize("train_kernel", [True, False])
+def test_the_cuda_plan_keeps_the_fused_attention_where_the_train_kernel_exists(monkeypatch, train_kernel):
+    """The plan for a CUDA model in train mode with attention dropout, decided without a GPU from which kernels the
+    extension registered: "fused" (flash_attention_train with dropout inside, its backward kernel) where the CUDA
+    train kernel exists, "sdpa" where only the inference kernel does."""
+    from gpt_fast.ops import _library, kernel_plan
+
+    cuda = {(op, "cuda") for op in ("flash_attention", "add_layernorm", "bias_gelu")}
+    if train_kernel:
+        cuda |= {("flash_attention_train", "cuda"), ("flash_attention_backward", "cuda")}
+    monkeypatch.setattr(_library, "_KERNELS", frozenset(_library._KERNELS | cuda) - (
+        set() if train_kernel else {("flash_attention_train", "cuda"), ("flash_attention_backward", "cuda")}))
+    kernel_plan.clear_plans()
+    try:
+        for dtype in (torch.float32, torch.bfloat16, torch.float16):
+            plan = plan_kernels(None, torch.device("cuda"), dtype, dropout=True, grad=True)
+            assert plan.attention == ("fused" if train_kernel else "sdpa"), dtype
+            assert plan_kernels(None, torch.device("cuda"), dtype, dropout=False, grad=True).attention == "fused"
+    finally:
+        kernel_plan.clear_plans()
+
+
+@pytest.mark.skipif(not has_kernel("flash_attention", "cuda"), reason="extension built without CUDA")
+def test_a_cuda_build_registers_the_train_kernels():
+    """Built with CUDA (no GPU needed to register), the training attention has its CUDA kernels, so the plan keeps
+    "fused" for a CUDA model in train mode with dropout."""
+    assert has_kernel("flash_attention_train", "cuda") and has_kernel("flash_attention_backward", "cuda")
+    assert plan_kernels(None, torch.device("cuda"), torch.bfloat16, dropout=True, grad=True).attention == "fused"

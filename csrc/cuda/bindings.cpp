@@ -2,7 +2,8 @@
 // guard, the current stream, then the torch-free launchers (launchers.h) and a launch-error check.
 // Registers TORCH_LIBRARY_IMPL(gpt_fast, CUDA, m) for add_layernorm, bias_gelu, flash_attention, decode_attention,
 // the backward ops bias_gelu_backward, add_layernorm_backward, pack_quantized_weight (the device-agnostic ATen packer
-// of csrc/cpu/pack_quantized_weight.cpp) and linear_quantized.
+// of csrc/cpu/pack_quantized_weight.cpp) and linear_quantized; the training attention ops are bound in
+// bindings_flash_train.cpp.
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -14,29 +15,15 @@
 #include "checks.h"
 #include "cpu/pack_quantized_weight.h"
 #include "cpu/quantized_layout.h"
+#include "cuda/binding_common.h"
 #include "cuda/launchers.h"
 
 namespace gpt_fast {
 namespace {
 
-cuda::DType to_dtype(const at::Tensor& t) {
-  switch (t.scalar_type()) {
-    case at::kBFloat16:
-      return cuda::DType::kBFloat16;
-    case at::kHalf:
-      return cuda::DType::kFloat16;
-    default:
-      return cuda::DType::kFloat32;
-  }
-}
-
-void check_cuda(const at::Tensor& t, const char* op, const char* name) {
-  TORCH_CHECK(t.is_cuda(), op, ": ", name, " must be a CUDA tensor, got device ", t.device());
-}
-
-void check_launch(cudaError_t err, const char* op) {
-  TORCH_CHECK(err == cudaSuccess, op, ": kernel launch failed: ", cudaGetErrorString(err));
-}
+using cuda_binding::check_cuda;
+using cuda_binding::check_launch;
+using cuda_binding::to_dtype;
 
 at::Tensor add_layernorm_cuda(const at::Tensor& x, const at::Tensor& residual, const std::optional<at::Tensor>& bias,
                               const at::Tensor& weight, const at::Tensor& ln_bias, double eps, double dropout_p,

@@ -45,6 +45,22 @@ constexpr int kMaxHeadDim = 128;
 cudaError_t launch_flash_attention(DType dtype, const void* qkv, const uint8_t* key_padding_mask, void* out, int B,
                                    int T, int H, int D, cudaStream_t stream);
 
+// --- training attention (issue 13): any head size 1..kMaxHeadDim; dropout_p in [0, 1) (checked by the caller) ---
+// qkv: (B, T, 3 * H * D); key_padding_mask: (B, T) bytes or nullptr; out: (B, T, H * D); lse: (B, H, T) float,
+// each row's log-sum-exp in base 2 (-inf for a row with nothing to attend). Probabilities dropped under Philox's
+// mask for seed (csrc/philox.h: element ((b H + h) T + i) T + j).
+cudaError_t launch_flash_attention_train(DType dtype, const void* qkv, const uint8_t* key_padding_mask, void* out,
+                                         float* lse, int B, int T, int H, int D, double dropout_p, uint64_t seed,
+                                         cudaStream_t stream);
+// Bytes of float scratch launch_flash_attention_backward needs (Delta = rowsum(dO * O) per row).
+size_t flash_attention_backward_workspace_bytes(int B, int T, int H);
+// grad_out, out: (B, T, H * D); qkv, grad_qkv: (B, T, 3 * H * D); lse: the forward's; the forward's dropout_p and
+// seed. Writes every element of grad_qkv.
+cudaError_t launch_flash_attention_backward(DType dtype, const void* grad_out, const void* qkv, const void* out,
+                                            const float* lse, const uint8_t* key_padding_mask, void* grad_qkv,
+                                            void* workspace, int B, int T, int H, int D, double dropout_p,
+                                            uint64_t seed, cudaStream_t stream);
+
 // How decode attention splits each row's cached keys over blocks (flash-decoding) so that B * H blocks that
 // cannot fill the GPU become B * H * splits; workspace_bytes of float scratch are needed when splits > 1.
 struct DecodePlan {

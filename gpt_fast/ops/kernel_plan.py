@@ -9,10 +9,11 @@ The rules:
 - attention (the prompt's): "eager" whenever the attention probabilities are needed (output_attentions, head_mask);
   otherwise the requested backend, where None/"auto" means gpt_fast's flash_attention kernel when it exists for the
   device and dtype, else PyTorch's SDPA. With dropout active "fused" needs the training kernel
-  (gpt_fast::flash_attention_train: dropout inside the kernel, FlashAttention-2 backward) and runs as "sdpa" where
-  it is missing. A dtype the kernels lack (float64) also runs "fused" as "sdpa". `attention_train` records whether
-  "fused" has that training kernel: the attention layer runs it whenever dropout is active or gradients reach qkv
-  (else the inference kernel, whose backward is the eager reference's).
+  (gpt_fast::flash_attention_train: dropout inside the kernel, FlashAttention-2 backward; CPU and CUDA) and runs as
+  "sdpa" where it is missing (decided from the kernels the extension registered, so a build without it falls
+  back). A dtype the kernels lack (float64) also runs "fused" as "sdpa". `attention_train` records whether "fused"
+  has that training kernel: the attention layer runs it whenever dropout is active or gradients reach qkv (else the
+  inference kernel, whose backward is the eager reference's).
 - the other kernels (add_layernorm, bias_gelu, decode_attention and the linear engines) run whenever they exist
   for the device and dtype and the backend is not "eager" (which is transformers' math, kept as the
   plain-PyTorch reference path). Dropout keeps them: add_layernorm takes the residual dropout (the caller passes

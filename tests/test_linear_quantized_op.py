@@ -29,6 +29,21 @@ def test_vocab_sized_lm_head(bits, G, cpu_tier):
                                 reference.linear_quantized(*args))
 
 
+# Every row-tile size of the vector tiers (1-8 rows, 9 = 5 + 4, 17 = 6 + 6 + 5), with 10 blocks (149 columns: two
+# groups of 4 streams side by side and 2 blocks alone on one thread), K with a k tail (int8 70 = 64 + 6, 35 pairs) and
+# an odd K (int8 67: the fp32 path for a bf16 x), int4 groups of 32, 64 and 6 (3 pairs: an odd pair count per group)
+@pytest.mark.parametrize("bits, G, K", [(8, 0, 70), (8, 0, 67), (4, 32, 96), (4, 64, 192), (4, 6, 42)])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
+def test_every_row_tile_against_the_float64_reference(bits, G, K, dtype, cpu_tier):
+    N = 149
+    q, s, z, packed = layer(N, K, bits, G, seed=3)
+    for M in [*range(1, 10), 17]:
+        x, bias = torch.randn(M, K, dtype=dtype), torch.randn(N, dtype=dtype)
+        args = (x, q, s, z, bits, G, bias, None, M % 2 == 0)
+        actual = ops.linear_quantized(x, packed, N, bits, G, bias, None, M % 2 == 0)
+        assert_within_pytorch_error(actual, quantized_expected(args, dtype), reference.linear_quantized(*args))
+
+
 def test_pack_unpacks_to_the_dequantized_weight():
     for bits, G in [(8, 0), (4, 2), (4, 32)]:
         q, s, z, packed = layer(33, 64, bits, G)

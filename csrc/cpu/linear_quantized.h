@@ -7,6 +7,7 @@
 
 #include <cstdint>
 
+#include "cpu/cpu_isa.h"         // GPT_FAST_HAVE_X86
 #include "cpu/linear_small_m.h"  // over_block_groups, kPrefetch, kChunkK
 #include "cpu/quantized_layout.h"
 
@@ -14,6 +15,7 @@ namespace gpt_fast::quantized {
 
 using small_m::kChunkK;
 using small_m::kPrefetch;
+using small_m::kPrefetchFar;
 using small_m::over_block_groups;
 using small_m::with_rows;
 constexpr int64_t kBN = quant::kBlockN;
@@ -23,7 +25,8 @@ template <typename T>
 struct QuantArgs {
   const float* x;           // (M, K) fp32 copy of the input
   const float* xsum;        // bits 4: (M, K / G) sums of x over each group (the zero-point term), else nullptr
-  const uint32_t* x_pairs;  // bf16 x, even K, AVX512_BF16: (M, K / 2) bf16 pairs (x[m, 2s], x[m, 2s + 1]), else null
+  const uint32_t* x_pairs;  // bf16 x, even K, AVX512_BF16 (bits 4: and VBMI): (M, K / 2) bf16 pairs
+                            // (x[m, 2s], x[m, 2s + 1]), else nullptr
   const uint8_t* w;         // (NB, block_bytes) packed (quantized_layout.h)
   const T* bias;            // (N,) or nullptr
   const T* residual;        // (M, N) rows ld_residual apart, or nullptr
@@ -39,6 +42,20 @@ template <typename T>
 void quantized_blocks_avx512(const QuantArgs<T>& a, int64_t block_begin, int64_t block_end);
 template <typename T>
 void quantized_blocks_avx2(const QuantArgs<T>& a, int64_t block_begin, int64_t block_end);
+
+// Whether the CPU has AVX512_VBMI (vpmultishiftqb, for bits 4 with a bf16 x; detected once). The CPUs with
+// AVX512_BF16 have it except Cooper Lake, where bits 4 takes the fp32 FMA path of the avx512 tier instead.
+inline bool has_avx512_vbmi() {
+#if GPT_FAST_HAVE_X86
+  static const bool vbmi = [] {
+    __builtin_cpu_init();
+    return static_cast<bool>(__builtin_cpu_supports("avx512vbmi"));
+  }();
+  return vbmi;
+#else
+  return false;
+#endif
+}
 
 // Little-endian reads of the fp32 / bf16 scales and zeros stored in the byte stream (unaligned).
 inline float load_f32(const uint8_t* p) {

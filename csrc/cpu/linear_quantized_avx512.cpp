@@ -1,18 +1,20 @@
-// The AVX-512 (and AVX512_BF16) tier of gpt_fast::linear_quantized (interface: linear_quantized.h; checks, x preparation, the scalar
-// path: linear_quantized.cpp; layout: quantized_layout.h).
+// The AVX-512 (and AVX512_BF16) tier of gpt_fast::linear_quantized (interface: linear_quantized.h; checks, x
+// preparation, the scalar path: linear_quantized.cpp; layout: quantized_layout.h).
 //
 // A tile is MR rows x NB 16-column blocks whose byte streams are read side by side (one from each equal part of the
 // task's range, over_block_groups as linear_small_m), each block once per row tile, with a software prefetch 1 KiB
-// ahead in each stream. One 16-lane vector holds one k of a block's 16 columns:
+// (3+ rows: 8 KiB) ahead in each stream. One 16-lane vector holds one k of a block's 16 columns:
 //   bits 8: 16 bytes -> vpmovsxbd -> vcvtdq2ps -> one FMA per row with the broadcast x[m, k]; sums folded every 64 k
 //           into a running total, times the 16 fp32 scales once at the end.
 //   bits 4: 16 bytes = one k pair -> vpmovzxbd; the low nibbles (k = 2p) and the high ones (k = 2p + 1) each ->
 //           q - 8 in fp32 by one vpermps from a 16-entry table (no mask, no convert) -> one FMA per row; every 32
 //           pairs total += scale * sum, per group total += (zero + 8 scale) * xsum[m, g] (linear_quantized.cpp).
-//   With a bf16 x and AVX512_BF16 (int8_tile_dpbf16, int4_tile_dpbf16): the weights of two k are made into 16 bf16
-//   pairs (int8: two converts, a shift and a vpternlogd; int4: one vpermw of q - 8) and one vdpbf16ps per row
-//   multiplies 2 k: half the multiply-adds at 8-16 rows, where they bound the tier.
-// Registers (32 zmm): up to 8 rows, MR x NB <= 8 (x 2 chains for int4 with MR x NB <= 4) + as many totals.
+//   With a bf16 x and AVX512_BF16 (int8_tile_dpbf16; int4_tile_dpbf16, which also needs VBMI): the weights of two
+//   k are made into 16 bf16 pairs (int8: two converts, a shift and a vpternlogd; int4: vpmultishiftqb + vpermw of
+//   q - 8, lanes in a permuted column order) and one vdpbf16ps per row multiplies 2 k: half the multiply-adds at
+//   8-16 rows, where they bound the tier, and fewer instructions per weight byte at 1 row for int4.
+// Registers (32 zmm): up to 8 rows, MR x NB <= 8 sums (x 2 chains: the vdpbf16ps paths, and the fp32 ones with
+// MR x NB <= 4) + as many totals.
 #include <algorithm>
 #include <type_traits>
 
@@ -20,17 +22,24 @@
 #include "cpu/vec.h"  // GPT_FAST_HAVE_X86, GPT_FAST_AVX512, Vec16, gelu_tanh_fp32, first_lanes
 
 #if GPT_FAST_HAVE_X86
+#define GPT_FAST_AVX512_BF16_VBMI \
+  __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx512vbmi,fma,f16c")))
+
 namespace gpt_fast::quantized {
 namespace {
 
 constexpr int kPairsPerSum = 32;  // int4: k pairs summed before folding into the group sum
 
+// Software prefetch into a weight stream: 1 KiB ahead with 1-2 rows, 8 KiB with 3+ (which consume a stream more
+// slowly; linear_small_m.h measured the distances).
+template <int MR>
 GPT_FAST_AVX512 inline void prefetch(const uint8_t* at) {
-  _mm_prefetch(reinterpret_cast<const char*>(at) + kPrefetch, _MM_HINT_T0);
+  _mm_prefetch(reinterpret_cast<const char*>(at) + (MR >= 3 ? kPrefetchFar : kPrefetch), _MM_HINT_T0);
 }
 
 template <typename T, int MR, int NB>
 GPT_FAST_AVX512 void int8_tile(const QuantArgs<T>& a, const int64_t* blocks, int64_t m0) {
+  constexpr int CH = MR * NB <= 4 ? 2 : 1;  // chains per row and block: alternate k apart when few rows
   const int64_t K = a.K;
   const uint8_t* wbs[NB];  // (K + 4, 16) bytes each
   for (int j = 0; j < NB; ++j) wbs[j] = a.w + blocks[j] * a.block_bytes;
@@ -40,24 +49,26 @@ GPT_FAST_AVX512 void int8_tile(const QuantArgs<T>& a, const int64_t* blocks, int
     for (int m = 0; m < MR; ++m) total[j][m] = _mm512_setzero_ps();
   for (int64_t k0 = 0; k0 < K; k0 += kChunkK) {
     const int64_t k1 = std::min(K, k0 + kChunkK);
-    __m512 acc[NB][MR];
+    __m512 acc[NB][CH][MR];
     for (int j = 0; j < NB; ++j)
-      for (int m = 0; m < MR; ++m) acc[j][m] = _mm512_setzero_ps();
-    auto k_step = [&](int j, int64_t k) GPT_FAST_AVX512 {
+      for (int c = 0; c < CH; ++c)
+        for (int m = 0; m < MR; ++m) acc[j][c][m] = _mm512_setzero_ps();
+    auto k_step = [&](int j, int c, int64_t k) GPT_FAST_AVX512 {
       const __m128i q = _mm_loadu_si128(reinterpret_cast<const __m128i*>(wbs[j] + k * kBN));
       const __m512 w = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q));
-      for (int m = 0; m < MR; ++m) acc[j][m] = _mm512_fmadd_ps(w, _mm512_set1_ps(x[m * K + k]), acc[j][m]);
+      for (int m = 0; m < MR; ++m) acc[j][c][m] = _mm512_fmadd_ps(w, _mm512_set1_ps(x[m * K + k]), acc[j][c][m]);
     };
     int64_t k = k0;
     for (; k + 4 <= k1; k += 4) {  // 4 k = one 64-byte line per stream
-      for (int j = 0; j < NB; ++j) prefetch(wbs[j] + k * kBN);
+      for (int j = 0; j < NB; ++j) prefetch<MR>(wbs[j] + k * kBN);
       for (int i = 0; i < 4; ++i)
-        for (int j = 0; j < NB; ++j) k_step(j, k + i);
+        for (int j = 0; j < NB; ++j) k_step(j, i % CH, k + i);
     }
     for (; k < k1; ++k)
-      for (int j = 0; j < NB; ++j) k_step(j, k);
+      for (int j = 0; j < NB; ++j) k_step(j, 0, k);
     for (int j = 0; j < NB; ++j)
-      for (int m = 0; m < MR; ++m) total[j][m] = _mm512_add_ps(total[j][m], acc[j][m]);
+      for (int c = 0; c < CH; ++c)
+        for (int m = 0; m < MR; ++m) total[j][m] = _mm512_add_ps(total[j][m], acc[j][c][m]);
   }
   for (int j = 0; j < NB; ++j) {
     const __m512 scale = _mm512_loadu_ps(wbs[j] + K * kBN);
@@ -71,36 +82,42 @@ GPT_FAST_AVX512 void int8_tile(const QuantArgs<T>& a, const int64_t* blocks, int
 // shift and a vpternlogd, then one vdpbf16ps per row with x's pair: half the multiply-adds of int8_tile.
 template <typename T, int MR, int NB>
 GPT_FAST_AVX512_BF16 void int8_tile_dpbf16(const QuantArgs<T>& a, const int64_t* blocks, int64_t m0) {
+  constexpr int CH = 2;  // chains per row and block (alternate k pairs): 8 rows x 1 block alone would wait on latency
   const int64_t K = a.K, pairs = K / 2;
   const uint8_t* wbs[NB];  // (K + 4, 16) bytes each
   for (int j = 0; j < NB; ++j) wbs[j] = a.w + blocks[j] * a.block_bytes;
   const uint32_t* xp = a.x_pairs + m0 * pairs;  // (MR, K / 2)
   const __m512i high = _mm512_set1_epi32(static_cast<int>(0xFFFF0000u));
+  auto pair_step = [&](__m512* acc, const uint8_t* rows, int64_t s) GPT_FAST_AVX512_BF16 {
+    const __m512i f0 = _mm512_castps_si512(
+        _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(rows)))));
+    const __m512i f1 = _mm512_castps_si512(
+        _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(rows + kBN)))));
+    // (f1 & 0xFFFF0000) | (f0 >> 16): ternary logic 0xCA = high ? f1 : (f0 >> 16), bit by bit
+    const __m512bh w = (__m512bh)_mm512_ternarylogic_epi32(high, f1, _mm512_srli_epi32(f0, 16), 0xCA);
+    for (int m = 0; m < MR; ++m)
+      acc[m] = _mm512_dpbf16_ps(acc[m], w, (__m512bh)_mm512_set1_epi32(static_cast<int>(xp[m * pairs + s])));
+  };
   __m512 total[NB][MR];
   for (int j = 0; j < NB; ++j)
     for (int m = 0; m < MR; ++m) total[j][m] = _mm512_setzero_ps();
   for (int64_t s0 = 0; s0 < pairs; s0 += kChunkK / 2) {  // two-level sum: chunks of 64 k
     const int64_t s1 = std::min(pairs, s0 + kChunkK / 2);
-    __m512 acc[NB][MR];
+    __m512 acc[NB][CH][MR];
     for (int j = 0; j < NB; ++j)
-      for (int m = 0; m < MR; ++m) acc[j][m] = _mm512_setzero_ps();
-    for (int64_t s = s0; s < s1; ++s) {
+      for (int c = 0; c < CH; ++c)
+        for (int m = 0; m < MR; ++m) acc[j][c][m] = _mm512_setzero_ps();
+    int64_t s = s0;
+    for (; s + CH <= s1; s += CH)  // CH = 2 pairs = one 64-byte line per stream
       for (int j = 0; j < NB; ++j) {
-        const uint8_t* rows = wbs[j] + 2 * s * kBN;
-        if (s % 2 == 0) prefetch(rows);
-        const __m512i f0 = _mm512_castps_si512(_mm512_cvtepi32_ps(
-            _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(rows)))));
-        const __m512i f1 = _mm512_castps_si512(_mm512_cvtepi32_ps(
-            _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(rows + kBN)))));
-        // (f1 & 0xFFFF0000) | (f0 >> 16): ternary logic 0xCA = high ? f1 : (f0 >> 16), bit by bit
-        const __m512bh w = (__m512bh)_mm512_ternarylogic_epi32(high, f1, _mm512_srli_epi32(f0, 16), 0xCA);
-        for (int m = 0; m < MR; ++m) {
-          acc[j][m] = _mm512_dpbf16_ps(acc[j][m], w, (__m512bh)_mm512_set1_epi32(static_cast<int>(xp[m * pairs + s])));
-        }
+        prefetch<MR>(wbs[j] + 2 * s * kBN);
+        for (int c = 0; c < CH; ++c) pair_step(acc[j][c], wbs[j] + 2 * (s + c) * kBN, s + c);
       }
-    }
+    for (; s < s1; ++s)
+      for (int j = 0; j < NB; ++j) pair_step(acc[j][0], wbs[j] + 2 * s * kBN, s);
     for (int j = 0; j < NB; ++j)
-      for (int m = 0; m < MR; ++m) total[j][m] = _mm512_add_ps(total[j][m], acc[j][m]);
+      for (int c = 0; c < CH; ++c)
+        for (int m = 0; m < MR; ++m) total[j][m] = _mm512_add_ps(total[j][m], acc[j][c][m]);
   }
   for (int j = 0; j < NB; ++j) {
     const __m512 scale = _mm512_loadu_ps(wbs[j] + K * kBN);
@@ -139,7 +156,7 @@ GPT_FAST_AVX512 void int4_tile(const QuantArgs<T>& a, const int64_t* blocks, int
       for (int64_t p = p0; p < p1; ++p) {
         for (int j = 0; j < NB; ++j) {
           const uint8_t* row = wbs[j] + g * group_bytes + p * kBN;
-          if (p % 4 == 0) prefetch(row);
+          if (p % 4 == 0) prefetch<MR>(row);
           const __m512i q = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row)));
           const __m512 lo = _mm512_permutexvar_ps(q, centred);                         // k = 2p
           const __m512 hi = _mm512_permutexvar_ps(_mm512_srli_epi32(q, 4), centred);  // k = 2p + 1
@@ -165,57 +182,94 @@ GPT_FAST_AVX512 void int4_tile(const QuantArgs<T>& a, const int64_t* blocks, int
   for (int j = 0; j < NB; ++j) cpu::finish_columns16<T>(a, total[j], MR, m0, blocks[j] * kBN);
 }
 
-// bits 4 with a bf16 x on AVX512_BF16: per k pair row, dword j = the bf16 pair (q[2p, j] - 8, q[2p + 1, j] - 8)
-// made by one vpermw from a 16-entry table (the byte's low nibble to the low word, its high nibble, shifted by 12,
-// to the high word), then one vdpbf16ps per row with x's pair (x[2p], x[2p + 1]): half the multiply-adds of
-// int4_tile, exact (the products of bf16 values are exact in fp32). Scales and zero points as int4_tile.
-alignas(64) constexpr uint16_t kCentredBf16[32] = {0xC100, 0xC0E0, 0xC0C0, 0xC0A0, 0xC080, 0xC040, 0xC000, 0xBF80,
-                                                   0x0000, 0x3F80, 0x4000, 0x4040, 0x4080, 0x40A0, 0x40C0, 0x40E0};
+// bits 4 with a bf16 x on AVX512_BF16 + VBMI. Per k pair row, lane L holds the bf16 pair (q[2p, c] - 8,
+// q[2p + 1, c] - 8) of column c = kLaneColumn[L], made in two instructions from the row's 16 bytes broadcast to the
+// four 128-bit lanes of a zmm: vpmultishiftqb puts the byte of column c in word 0 of lane L (low nibble in bits
+// 3..0) and the byte shifted right by 4 in word 1 (high nibble in bits 3..0); vpermw maps each word's bits 4..0
+// through the 16-entry table of q - 8 held twice, so bit 4 (the other nibble's lowest bit) does not matter. Then
+// one vdpbf16ps per row with x's pair (x[2p], x[2p + 1]): exact products, fp32 sums. vpmultishiftqb moves bits only
+// within a qword, and qword Q of the broadcast row holds columns 8 (Q % 2) .. 8 (Q % 2) + 7, so lanes 2Q and 2Q + 1
+// take two of those: the lanes hold the columns permuted. The scales and zeros are loaded in the same order (one
+// masked vpermw turns 16 bf16 into fp32 lanes) and the totals go back to column order once at the end. Against
+// the previous vpmovzxbd, shift, or, and, vpermw: 3 instructions per 16 bytes instead of 6 at one row.
+alignas(64) constexpr uint16_t kCentredBf16x2[32] = {
+    0xC100, 0xC0E0, 0xC0C0, 0xC0A0, 0xC080, 0xC040, 0xC000, 0xBF80, 0x0000, 0x3F80, 0x4000, 0x4040, 0x4080, 0x40A0,
+    0x40C0, 0x40E0, 0xC100, 0xC0E0, 0xC0C0, 0xC0A0, 0xC080, 0xC040, 0xC000, 0xBF80, 0x0000, 0x3F80, 0x4000, 0x4040,
+    0x4080, 0x40A0, 0x40C0, 0x40E0};
+// vpmultishiftqb bit offsets: qword Q, lane e (0, 1) takes byte i = 2 (Q / 2) + e of the qword: offsets 8 i (word 0)
+// and 8 i + 4 (word 1), each for both bytes of the word (only bits 4..0 of a word are read by vpermw).
+alignas(64) constexpr uint8_t kSplitNibbles[64] = {
+    0,  0,  4,  4,  8,  8,  12, 12, 0,  0,  4,  4,  8,  8,  12, 12,  // qwords 0, 1: bytes 0, 1
+    16, 16, 20, 20, 24, 24, 28, 28, 16, 16, 20, 20, 24, 24, 28, 28,  // qwords 2, 3: bytes 2, 3
+    32, 32, 36, 36, 40, 40, 44, 44, 32, 32, 36, 36, 40, 40, 44, 44,  // qwords 4, 5: bytes 4, 5
+    48, 48, 52, 52, 56, 56, 60, 60, 48, 48, 52, 52, 56, 56, 60, 60};  // qwords 6, 7: bytes 6, 7
+// Column of lane L: kLaneColumn[L] = 8 (Q % 2) + 2 (Q / 2) + e for L = 2 Q + e; words: (0, column) per lane, for
+// vpermw masked to the high words (bf16 -> fp32); kColumnLane is the inverse, for vpermps back to column order.
+alignas(64) constexpr uint16_t kTailToLanes[32] = {0, 0, 0, 1, 0, 8,  0, 9,  0, 2, 0, 3, 0, 10, 0, 11,
+                                                   0, 4, 0, 5, 0, 12, 0, 13, 0, 6, 0, 7, 0, 14, 0, 15};
+alignas(64) constexpr int32_t kColumnLane[16] = {0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15};
 
 template <typename T, int MR, int NB>
-GPT_FAST_AVX512_BF16 void int4_tile_dpbf16(const QuantArgs<T>& a, const int64_t* blocks, int64_t m0) {
+GPT_FAST_AVX512_BF16_VBMI void int4_tile_dpbf16(const QuantArgs<T>& a, const int64_t* blocks, int64_t m0) {
+  constexpr int CH = 2;  // chains per row and block (alternate k pairs), as int8_tile_dpbf16
   const int64_t K = a.K, G = a.G, groups = K / G, group_bytes = quant::group_bytes4(G), pairs = K / 2;
   const uint8_t* wbs[NB];  // (K / G, 8 G + 64) bytes each
   for (int j = 0; j < NB; ++j) wbs[j] = a.w + blocks[j] * a.block_bytes;
   const uint32_t* xp = a.x_pairs + m0 * pairs;  // (MR, K / 2)
   const float* xsum = a.xsum + m0 * groups;     // (MR, K / G)
-  const __m512i table = _mm512_load_si512(kCentredBf16), nibbles = _mm512_set1_epi32(0x000F000F);
+  const __m512i table = _mm512_load_si512(kCentredBf16x2), split = _mm512_load_si512(kSplitNibbles);
+  const __m512i to_lanes = _mm512_load_si512(kTailToLanes);
+  auto tail16 = [&](const uint8_t* p) GPT_FAST_AVX512_BF16_VBMI {  // 16 bf16 (column order) -> fp32 (lane order)
+    const __m512i h = _mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+    return _mm512_castsi512_ps(_mm512_maskz_permutexvar_epi16(0xAAAAAAAAu, to_lanes, h));
+  };
+  auto pair_step = [&](__m512* acc, const uint8_t* row, const uint32_t* xg, int64_t p) GPT_FAST_AVX512_BF16_VBMI {
+    const __m512i bytes = _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row)));
+    const __m512bh w = (__m512bh)_mm512_permutexvar_epi16(_mm512_multishift_epi64_epi8(split, bytes), table);
+    for (int m = 0; m < MR; ++m)
+      acc[m] = _mm512_dpbf16_ps(acc[m], w, (__m512bh)_mm512_set1_epi32(static_cast<int>(xg[m * pairs + p])));
+  };
   __m512 total[NB][MR];
   for (int j = 0; j < NB; ++j)
     for (int m = 0; m < MR; ++m) total[j][m] = _mm512_setzero_ps();
   for (int64_t g = 0; g < groups; ++g) {
     __m512 scale[NB];
-    for (int j = 0; j < NB; ++j) scale[j] = load_bf16x16(wbs[j] + g * group_bytes + 8 * G);
+    for (int j = 0; j < NB; ++j) scale[j] = tail16(wbs[j] + g * group_bytes + 8 * G);
     const uint32_t* xg = xp + g * G / 2;
     for (int64_t p0 = 0; p0 < G / 2; p0 += kPairsPerSum) {
       const int64_t p1 = std::min(G / 2, p0 + kPairsPerSum);
-      __m512 acc[NB][MR];
+      __m512 acc[NB][CH][MR];
       for (int j = 0; j < NB; ++j)
-        for (int m = 0; m < MR; ++m) acc[j][m] = _mm512_setzero_ps();
-      for (int64_t p = p0; p < p1; ++p) {
-        for (int j = 0; j < NB; ++j) {
-          const uint8_t* row = wbs[j] + g * group_bytes + p * kBN;
-          if (p % 4 == 0) prefetch(row);
-          const __m512i d = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row)));
-          const __m512i idx = _mm512_and_si512(_mm512_or_si512(d, _mm512_slli_epi32(d, 12)), nibbles);
-          const __m512bh w = (__m512bh)_mm512_permutexvar_epi16(idx, table);
-          for (int m = 0; m < MR; ++m) {
-            acc[j][m] = _mm512_dpbf16_ps(acc[j][m], w,
-                                         (__m512bh)_mm512_set1_epi32(static_cast<int>(xg[m * pairs + p])));
+        for (int c = 0; c < CH; ++c)
+          for (int m = 0; m < MR; ++m) acc[j][c][m] = _mm512_setzero_ps();
+      int64_t p = p0;
+      for (; p + CH <= p1; p += CH)
+        for (int c = 0; c < CH; ++c)
+          for (int j = 0; j < NB; ++j) {
+            const uint8_t* row = wbs[j] + g * group_bytes + (p + c) * kBN;
+            if ((p + c) % 4 == 0) prefetch<MR>(row);
+            pair_step(acc[j][c], row, xg, p + c);
           }
-        }
-      }
+      for (; p < p1; ++p)
+        for (int j = 0; j < NB; ++j) pair_step(acc[j][0], wbs[j] + g * group_bytes + p * kBN, xg, p);
       for (int j = 0; j < NB; ++j)
-        for (int m = 0; m < MR; ++m) total[j][m] = _mm512_fmadd_ps(scale[j], acc[j][m], total[j][m]);
+        for (int m = 0; m < MR; ++m) {
+          const __m512 sum = CH == 2 ? _mm512_add_ps(acc[j][0][m], acc[j][CH - 1][m]) : acc[j][0][m];
+          total[j][m] = _mm512_fmadd_ps(scale[j], sum, total[j][m]);
+        }
     }
-    for (int j = 0; j < NB; ++j) {
-      const __m512 zero = _mm512_fmadd_ps(_mm512_set1_ps(8.f), scale[j],
-                                          load_bf16x16(wbs[j] + g * group_bytes + 8 * G + 2 * kBN));
+    for (int j = 0; j < NB; ++j) {  // + (zero + 8 scale) * xsum, as int4_tile
+      const __m512 zero =
+          _mm512_fmadd_ps(_mm512_set1_ps(8.f), scale[j], tail16(wbs[j] + g * group_bytes + 8 * G + 2 * kBN));
       for (int m = 0; m < MR; ++m)
         total[j][m] = _mm512_fmadd_ps(zero, _mm512_set1_ps(xsum[m * groups + g]), total[j][m]);
     }
   }
-  for (int j = 0; j < NB; ++j) cpu::finish_columns16<T>(a, total[j], MR, m0, blocks[j] * kBN);
+  const __m512i column_lane = _mm512_load_si512(kColumnLane);
+  for (int j = 0; j < NB; ++j) {
+    for (int m = 0; m < MR; ++m) total[j][m] = _mm512_permutexvar_ps(column_lane, total[j][m]);
+    cpu::finish_columns16<T>(a, total[j], MR, m0, blocks[j] * kBN);
+  }
 }
 
 }  // namespace

@@ -149,6 +149,23 @@ def tiny_lm(seed: int, vocab: int, n_positions: int):
     return transformers.OpenAIGPTLMHeadModel(config).eval()
 
 
+def tiny_lm_fixtures(seed: int, vocab: int, n_positions: int):
+    """A generation test module's two module-scoped fixtures: `hf`, tiny_lm(seed, vocab, n_positions), and `model`,
+    gpt_fast's OpenAIGPTLMHeadModel copied from it, in eval mode. Use: `hf, model = tiny_lm_fixtures(3, VOCAB, 40)`."""
+
+    @pytest.fixture(scope="module")
+    def hf():
+        return tiny_lm(seed, vocab, n_positions)
+
+    @pytest.fixture(scope="module")
+    def model(hf):
+        from gpt_fast import OpenAIGPTLMHeadModel
+
+        return OpenAIGPTLMHeadModel.from_transformers(hf).eval()
+
+    return hf, model
+
+
 def seeded_prompt(vocab: int, length: int, batch: int = 1, seed: int = 1) -> torch.Tensor:
     """(batch, length) token ids in [0, vocab)."""
     return torch.randint(0, vocab, (batch, length), generator=torch.Generator().manual_seed(seed))

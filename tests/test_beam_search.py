@@ -9,9 +9,8 @@ import pytest
 import torch
 
 transformers = pytest.importorskip("transformers")
-from conftest import seeded_prompt, tiny_lm  # noqa: E402
+from conftest import seeded_prompt, tiny_lm_fixtures  # noqa: E402
 
-from gpt_fast import OpenAIGPTLMHeadModel  # noqa: E402
 from gpt_fast.generation.decoder import IncrementalDecoder  # noqa: E402
 from gpt_fast.generation.kv_cache import StaticKVCache  # noqa: E402
 from gpt_fast.ops.kernel_plan import plan_kernels  # noqa: E402
@@ -19,14 +18,7 @@ from gpt_fast.ops.kernel_plan import plan_kernels  # noqa: E402
 VOCAB = 41  # small, so that beams meet EOS often
 
 
-@pytest.fixture(scope="module")
-def hf():
-    return tiny_lm(3, VOCAB, 40)
-
-
-@pytest.fixture(scope="module")
-def model(hf):
-    return OpenAIGPTLMHeadModel.from_transformers(hf).eval()
+hf, model = tiny_lm_fixtures(3, VOCAB, 40)
 
 
 def prompt(length, batch=1, seed=1):

@@ -9,21 +9,12 @@ import pytest
 import torch
 
 transformers = pytest.importorskip("transformers")
-from conftest import seeded_prompt, tiny_lm  # noqa: E402
-
-from gpt_fast import OpenAIGPTLMHeadModel  # noqa: E402
+from conftest import seeded_prompt, tiny_lm_fixtures  # noqa: E402
 
 VOCAB = 41
 
 
-@pytest.fixture(scope="module")
-def hf():
-    return tiny_lm(3, VOCAB, 40)
-
-
-@pytest.fixture(scope="module")
-def model(hf):
-    return OpenAIGPTLMHeadModel.from_transformers(hf).eval()
+hf, model = tiny_lm_fixtures(3, VOCAB, 40)
 
 
 def projected_keys_values(hf, ids, layer):

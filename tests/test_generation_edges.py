@@ -8,21 +8,14 @@ import pytest
 import torch
 
 transformers = pytest.importorskip("transformers")
-from conftest import seeded_prompt, tiny_lm  # noqa: E402
+from conftest import seeded_prompt, tiny_lm_fixtures  # noqa: E402
 
-from gpt_fast import GenerationConfig, OpenAIGPTLMHeadModel  # noqa: E402
+from gpt_fast import GenerationConfig  # noqa: E402
 
 VOCAB, N_POSITIONS = 53, 24
 
 
-@pytest.fixture(scope="module")
-def hf():
-    return tiny_lm(5, VOCAB, N_POSITIONS)
-
-
-@pytest.fixture(scope="module")
-def model(hf):
-    return OpenAIGPTLMHeadModel.from_transformers(hf).eval()
+hf, model = tiny_lm_fixtures(5, VOCAB, N_POSITIONS)
 
 
 def prompt(length, batch=1, seed=1):

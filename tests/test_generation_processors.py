@@ -9,7 +9,7 @@ import pytest
 import torch
 
 transformers = pytest.importorskip("transformers")
-from conftest import seeded_prompt, tiny_lm  # noqa: E402
+from conftest import seeded_prompt, tiny_lm_fixtures  # noqa: E402
 from transformers.generation.logits_process import (  # noqa: E402
     LogitsProcessorList,
     NoRepeatNGramLogitsProcessor,
@@ -17,7 +17,6 @@ from transformers.generation.logits_process import (  # noqa: E402
 )
 from transformers.generation.stopping_criteria import MaxLengthCriteria, StoppingCriteria  # noqa: E402
 
-from gpt_fast import OpenAIGPTLMHeadModel  # noqa: E402
 from gpt_fast.generation.arguments import parse_generation_kwargs  # noqa: E402
 from gpt_fast.generation.processors import ExtraProcessors, TokenHistory  # noqa: E402
 from gpt_fast.generation.sampling import SamplingConfig, TokenSelector  # noqa: E402
@@ -25,14 +24,7 @@ from gpt_fast.generation.sampling import SamplingConfig, TokenSelector  # noqa: 
 VOCAB = 53
 
 
-@pytest.fixture(scope="module")
-def hf():
-    return tiny_lm(4, VOCAB, 32)
-
-
-@pytest.fixture(scope="module")
-def model(hf):
-    return OpenAIGPTLMHeadModel.from_transformers(hf).eval()
+hf, model = tiny_lm_fixtures(4, VOCAB, 32)
 
 
 def prompt(length, batch=1, seed=1):

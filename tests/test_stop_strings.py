@@ -10,24 +10,17 @@ import pytest
 import torch
 
 transformers = pytest.importorskip("transformers")
-from conftest import seeded_prompt, tiny_lm  # noqa: E402
+from conftest import seeded_prompt, tiny_lm_fixtures  # noqa: E402
 from transformers.generation.stopping_criteria import StopStringCriteria  # noqa: E402
 
 import gpt_fast  # noqa: E402
-from gpt_fast import OpenAIGPTLMHeadModel, OpenAIGPTTokenizerFast  # noqa: E402
+from gpt_fast import OpenAIGPTTokenizerFast  # noqa: E402
 
 VOCAB = 40478
 TOKENIZER_FILES = Path(gpt_fast.__file__).parent / "tokenization" / "data"
 
 
-@pytest.fixture(scope="module")
-def hf():
-    return tiny_lm(7, VOCAB, 64)
-
-
-@pytest.fixture(scope="module")
-def model(hf):
-    return OpenAIGPTLMHeadModel.from_transformers(hf).eval()
+hf, model = tiny_lm_fixtures(7, VOCAB, 64)
 
 
 @pytest.fixture(scope="module")

@@ -75,6 +75,22 @@ def test_low_precision_weight_gradient_groups(dtype, group_chunks, monkeypatch):
         torch.testing.assert_close(mine[2], same_dtype[2], rtol=2 * torch.finfo(dtype).eps, atol=1e-6)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_targets_far_below_the_row_maximum(dtype):
+    """A target whose probability underflows float32 (logit hundreds below the row's maximum): its loss is taken from
+    the logits (max + log(sum) - logit), finite and as PyTorch's, never -log of an underflowed probability."""
+    hidden, weight, targets = inputs(dtype, ignored=False)
+    hidden[:3] *= 200  # rows 0-2: logits spread over hundreds
+    logits = F.linear(hidden, weight).float()
+    targets[:3] = logits[:3].argmin(dim=1)
+    assert (logits[:3].amax(1) - logits[:3].amin(1) > 150).all()
+    mine = loss_and_grads(fused, hidden, weight, targets, num_items_in_batch=1)
+    theirs = loss_and_grads(pytorch_loss, hidden, weight, targets, num_items_in_batch=1)
+    assert mine[0].isfinite() and mine[0] > 450
+    for actual, expected in zip(mine, theirs):
+        torch.testing.assert_close(actual.float(), expected.float(), rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("num_items_in_batch", [None, torch.tensor(50)])
 def test_float64_matches_pytorch(num_items_in_batch):
     hidden, weight, targets = inputs(torch.float64)

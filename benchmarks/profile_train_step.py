@@ -5,8 +5,10 @@ backward, attention, layernorm, GELU, loss, casts/copies, elementwise, embedding
     python benchmarks/profile_train_step.py [--dtype bf16] [--threads 2] [--impl gpt_fast transformers]
                                             [--logits] [--top 25] [--quick]
 
-The kind of an op comes from its name and from where it runs: an op under the optimizer step is "optimizer"; a
-GEMM inside the fused LM-head loss is "loss"; "backward" is anything under the autograd engine. Times are the
+The kind of an op comes from its name, its input shapes and where it runs: an op under the optimizer step is
+"optimizer"; anything inside the fused LM-head loss or on a tensor with a vocabulary-sized dimension (both models'
+LM-head GEMMs, logits, softmax) is "LM head + loss"; an op on a (..., T, T) tensor is "attention"; "backward" is
+anything under the autograd engine. Times are the
 profiler's self CPU time on the calling thread (with 2 threads an op's time is its wall time, its worker
 threads included); the step's wall and process CPU time (all threads) are measured in the same run, without the
 profiler, and printed first.
@@ -22,13 +24,13 @@ import torch
 from bench_train_step import FULL, QUICK, TRANSFORMERS, build
 from torch.profiler import ProfilerActivity, profile, record_function
 
-GEMM = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "mkldnn::_linear_pointwise")
+GEMM = ("aten::mm", "aten::addmm", "aten::baddbmm", "mkldnn::_linear_pointwise")  # bmm: attention
 KINDS = [  # (kind, substrings of the op name), the first match wins
+    ("LM head + loss", ("log_softmax", "nll_loss", "cross_entropy")),
     ("attention", ("flash_attention", "scaled_dot_product", "_softmax", "softmax_backward", "aten::where",
-                   "masked_fill")),
+                   "masked_fill", "aten::bmm")),
     ("layernorm", ("layer_norm", "add_layernorm")),
     ("gelu", ("gelu", "aten::tanh", "aten::pow")),
-    ("loss", ("log_softmax", "nll_loss", "cross_entropy", "LinearCrossEntropy")),
     ("dropout", ("dropout", "bernoulli")),
     ("casts/copies", ("aten::to", "aten::_to_copy", "aten::copy_", "aten::clone", "aten::contiguous")),
     ("embedding", ("embedding",)),
@@ -38,15 +40,20 @@ KINDS = [  # (kind, substrings of the op name), the first match wins
 ]
 
 
-def kind_of(event, ancestors: list[str]) -> str:
+def kind_of(event, ancestors: list[str], vocab: int) -> str:
+    """The op's kind; "LM head + loss" takes everything in the fused loss and any op on a (.., vocab) tensor (the
+    logits, their gradient, the head's GEMMs), "attention" any op on a (.., T, T) tensor (scores, probabilities)."""
     if any(a.startswith("Optimizer.step") or a == "optimizer" for a in ancestors):
         return "optimizer"
-    in_loss = any("LinearCrossEntropy" in a for a in ancestors)
+    shapes = [s for s in event.input_shapes or [] if isinstance(s, list)]
+    if (any("LinearCrossEntropy" in a for a in ancestors) or "LinearCrossEntropy" in event.name
+            or any(vocab in s for s in shapes)) and not any("mbedding" in a for a in [event.name, *ancestors]):
+        return "LM head + loss"
     phase = "backward" if any(a == "backward" for a in ancestors) else "forward"
     if event.name in GEMM:
-        return "loss" if in_loss else f"GEMM {phase}"
-    if in_loss:
-        return "loss"
+        return f"GEMM {phase}"
+    if any(len(s) == 4 and s[-1] == s[-2] > 1 for s in shapes):
+        return "attention"
     for kind, needles in KINDS:
         if any(n in event.name for n in needles):
             return kind
@@ -69,7 +76,7 @@ def make_step(impl: str, model, optimizer, shape: dict, dtype: str, fused: bool)
     return step
 
 
-def profile_step(step, top: int) -> None:
+def profile_step(step, top: int, vocab: int) -> None:
     with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
         step()
     events = prof.events()
@@ -81,7 +88,7 @@ def profile_step(step, top: int) -> None:
         while parent is not None:
             ancestors.append(parent.name)
             parent = parent.cpu_parent
-        kind = kind_of(e, ancestors)
+        kind = kind_of(e, ancestors, vocab)
         us = e.self_cpu_time_total
         by_kind[kind] += us
         key = (kind, e.name, str(e.input_shapes)[:90])
@@ -109,9 +116,10 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     shape = QUICK if args.quick else FULL
-    steps = {}
+    steps, vocabs = {}, {}
     for impl in args.impl:
         model, optimizer = build(impl, shape)
+        vocabs[impl] = model.config.vocab_size
         steps[impl] = make_step(impl, model, optimizer, shape, args.dtype, not args.logits)
         steps[impl]()  # warm-up: AdamW's moments, caches
     times = collections.defaultdict(list)
@@ -124,7 +132,7 @@ def main() -> None:
         walls, cpus = zip(*times[impl])
         print(f"\n## {impl}, {args.dtype}{' logits' if args.logits else ''}, {args.threads} threads: step wall "
               f"{min(walls):.3f} s (best of {args.rounds}), process CPU {min(cpus):.3f} s")
-        profile_step(step, args.top)
+        profile_step(step, args.top, vocabs[impl])
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from accuracy import assert_within_pytorch_error, upcast
 from conftest import gpt_fast_class, hf_model, random_ids
 
+from gpt_fast.ops import linear_cross_entropy as lce
 from gpt_fast.ops.linear_cross_entropy import linear_cross_entropy
 
 N, C, V = 45, 24, 67
@@ -54,6 +55,40 @@ def test_loss_and_gradients_within_pytorch_error(dtype, num_items_in_batch):
     assert mine[0].dtype == torch.float32 and mine[1].dtype == mine[2].dtype == dtype
     for actual, ref, theirs in zip(mine, reference, same_dtype):  # loss, grad hidden, grad weight
         assert_within_pytorch_error(actual.to(theirs.dtype), ref, theirs)
+
+
+@pytest.mark.parametrize("group_chunks", [1, 2, 100])  # 1, 2 chunks of 7 rows per group (7, 4 groups), one group
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_weight_gradient_groups(dtype, group_chunks, monkeypatch):
+    """bf16 / fp16: the logits' gradient kept for one weight-gradient GEMM per group of rows, the groups summed in
+    float32; every grouping within PyTorch's error, and a single group is PyTorch's logits path's arithmetic."""
+    monkeypatch.setattr(lce, "GROUP_ELEMENTS", group_chunks * 7 * V)
+    hidden, weight, targets = inputs(dtype)
+    mine = loss_and_grads(fused, hidden, weight, targets)
+    same_dtype = loss_and_grads(pytorch_loss, hidden, weight, targets)
+    reference = loss_and_grads(pytorch_loss, *upcast(hidden, weight, dtype=dtype), targets)
+    groups = -(-N // (7 * group_chunks))
+    assert mine[2].dtype == dtype and lce._group_rows(V, 7) == 7 * group_chunks
+    for actual, ref, theirs in zip(mine, reference, same_dtype):
+        assert_within_pytorch_error(actual.to(theirs.dtype), ref, theirs)
+    if groups == 1:  # one rounding of a float32 sum, as PyTorch's GEMM: equal but for the summation order
+        torch.testing.assert_close(mine[2], same_dtype[2], rtol=2 * torch.finfo(dtype).eps, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_targets_far_below_the_row_maximum(dtype):
+    """A target whose probability underflows float32 (logit hundreds below the row's maximum): its loss is taken from
+    the logits (max + log(sum) - logit), finite and as PyTorch's, never -log of an underflowed probability."""
+    hidden, weight, targets = inputs(dtype, ignored=False)
+    hidden[:3] *= 200  # rows 0-2: logits spread over hundreds
+    logits = F.linear(hidden, weight).float()
+    targets[:3] = logits[:3].argmin(dim=1)
+    assert (logits[:3].amax(1) - logits[:3].amin(1) > 150).all()
+    mine = loss_and_grads(fused, hidden, weight, targets, num_items_in_batch=1)
+    theirs = loss_and_grads(pytorch_loss, hidden, weight, targets, num_items_in_batch=1)
+    assert mine[0].isfinite() and mine[0] > 450
+    for actual, expected in zip(mine, theirs):
+        torch.testing.assert_close(actual.float(), expected.float(), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("num_items_in_batch", [None, torch.tensor(50)])

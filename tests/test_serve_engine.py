@@ -186,8 +186,22 @@ def test_queue_bound_and_requests_that_can_never_run(model_and_tokenizer, make_e
     engine.stop()  # nothing runs: the queue fills and stays full
     engine.running = True  # accept submissions without a loop to drain them
     engine.submit(prompt, SamplingParams(), lambda out: None, n=2)
-    with pytest.raises(QueueFull):
+    engine.submit(prompt, SamplingParams(), lambda out: None)  # 3 sequences: one for the free slot, two queued
+    with pytest.raises(QueueFull, match="2 of 2 sequences waiting"):
         engine.submit(prompt, SamplingParams(), lambda out: None)
+
+
+def test_a_burst_as_large_as_the_slots_plus_the_queue_is_accepted(model_and_tokenizer, make_engine):
+    """Sequences that arrive together wait in the queue until the loop admits them: the bound counts only those
+    that will still wait once the free slots fill, so a burst of max_batch + max_queue is not refused."""
+    _, tokenizer = model_and_tokenizer
+    engine = make_engine(max_batch=4, max_queue=2)
+    engine.stop()
+    engine.running = True  # accept submissions without a loop to drain them
+    for _ in range(6):
+        engine.submit(prompt_of(tokenizer), SamplingParams(), lambda out: None)
+    with pytest.raises(QueueFull):
+        engine.submit(prompt_of(tokenizer), SamplingParams(), lambda out: None)
 
 
 @pytest.mark.parametrize("kwargs, param", [

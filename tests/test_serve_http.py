@@ -225,7 +225,8 @@ def test_a_full_queue_is_503(model, tokenizer):
     app, engine = build_app(model, tokenizer, NAME, max_batch=1, max_queue=1, start_engine=False)
     engine.running = True  # submissions accepted but no loop drains them: nothing runs one
     with BackgroundServer(app) as running:
-        engine.submit([1, 2, 3], SamplingParams(max_tokens=1), lambda out: None)
+        for _ in range(2):  # one for the free slot, one queued
+            engine.submit([1, 2, 3], SamplingParams(max_tokens=1), lambda out: None)
         client = openai.OpenAI(base_url=running.url + "/v1", api_key="x", max_retries=0, timeout=TIMEOUT)
         with pytest.raises(openai.InternalServerError) as error:
             client.completions.create(model=NAME, prompt="hi", max_tokens=1)

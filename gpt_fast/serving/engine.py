@@ -75,6 +75,7 @@ class Engine:
         self.wake = threading.Condition()
         self.running = False
         self.thread: threading.Thread | None = None
+        self.own_thread = False  # start() made self.thread (stop() joins it); run() lent the caller's
 
     # -- the submitting side (any thread) -------------------------------------------------------------------------
     @property
@@ -113,10 +114,11 @@ class Engine:
         with self.wake:
             if not self.running:
                 raise EngineStopped("the engine is not running")
-            if len(self.waiting) + n > self.max_queue:
+            queued = len(self.waiting) - len(self.slots.free)  # sequences that will wait once the free slots fill
+            if queued + n > self.max_queue:
                 self.observer.request_rejected("queue_full")
-                raise QueueFull(f"the server's queue is full ({len(self.waiting)} of {self.max_queue} sequences "
-                                "waiting); retry later")
+                raise QueueFull(f"the server's queue is full ({max(queued, 0)} of {self.max_queue} sequences "
+                                "waiting for a slot); retry later")
             self.waiting.extend(sequences)
             self.wake.notify()
         return RequestHandle(sequences)
@@ -149,7 +151,7 @@ class Engine:
             if self.running:
                 raise RuntimeError("the engine is already running")
             self.running = True
-        self.thread = threading.current_thread()
+        self.thread, self.own_thread = threading.current_thread(), False
         if on_start is not None:
             try:
                 on_start()
@@ -164,15 +166,17 @@ class Engine:
             if self.running:
                 raise RuntimeError("the engine is already running")
             self.running = True
-        self.thread = threading.Thread(target=self.loop, name="gpt-fast-engine", daemon=True)
+        self.thread, self.own_thread = threading.Thread(target=self.loop, name="gpt-fast-engine", daemon=True), True
         self.thread.start()
         return self
 
     def stop(self, timeout: float = 10.0) -> None:
+        """Ends the loop after its current step; waits for a thread start() made (run()'s caller returns by itself:
+        joining it from here could wait on the very thread that is waiting for us)."""
         with self.wake:
             self.running = False
             self.wake.notify()
-        if self.thread is not None and self.thread is not threading.current_thread():
+        if self.own_thread and self.thread is not threading.current_thread():
             self.thread.join(timeout)
 
     # -- the engine thread ----------------------------------------------------------------------------------------

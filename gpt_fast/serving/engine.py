@@ -147,11 +147,7 @@ class Engine:
         """Runs the loop on the calling thread until stop() is called from another thread (or a signal's handler).
         on_start(), when given, runs once the engine takes requests and before the loop (gpt-fast serve starts its
         HTTP server there, so no request meets an engine that is not yet running)."""
-        with self.wake:
-            if self.running:
-                raise RuntimeError("the engine is already running")
-            self.running = True
-        self.thread, self.own_thread = threading.current_thread(), False
+        self.claim(threading.current_thread(), own=False)
         if on_start is not None:
             try:
                 on_start()
@@ -162,13 +158,17 @@ class Engine:
 
     def start(self) -> "Engine":
         """Runs the loop on a new thread (see the module note on which thread should run it)."""
+        self.claim(threading.Thread(target=self.loop, name="gpt-fast-engine", daemon=True), own=True)
+        self.thread.start()
+        return self
+
+    def claim(self, thread: threading.Thread, own: bool) -> None:
+        """Marks the engine running on `thread` (own: start() made it, so stop() joins it); one loop at a time."""
         with self.wake:
             if self.running:
                 raise RuntimeError("the engine is already running")
             self.running = True
-        self.thread, self.own_thread = threading.Thread(target=self.loop, name="gpt-fast-engine", daemon=True), True
-        self.thread.start()
-        return self
+        self.thread, self.own_thread = thread, own
 
     def stop(self, timeout: float = 10.0) -> None:
         """Ends the loop after its current step; waits for a thread start() made (run()'s caller returns by itself:

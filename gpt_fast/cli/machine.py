@@ -4,6 +4,7 @@ Linux only where it says /proc; elsewhere the CPU fields fall back to platform.p
 
 from __future__ import annotations
 
+import ctypes
 import platform
 
 
@@ -39,3 +40,22 @@ def reset_peak_rss() -> None:
     """Sets VmHWM to the current VmRSS (Linux >= 4.0), so a later VmHWM is the peak since this call."""
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
+
+
+class _MallInfo2(ctypes.Structure):  # glibc >= 2.33: struct mallinfo2, every field a size_t
+    _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                     "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+def malloc_heap() -> dict | None:
+    """The C heap as glibc's allocator sees it, summed over its arenas (mallinfo2): bytes it holds from the system
+    in heaps ("heap"), of those in use ("in_use") and free but kept ("free"), and in separate mmaps ("mmapped").
+    None without glibc >= 2.33. A growing "free" with a flat "in_use" is fragmentation, not a leak."""
+    try:
+        libc = ctypes.CDLL(None)
+        mallinfo2 = libc.mallinfo2
+    except (OSError, AttributeError):
+        return None
+    mallinfo2.restype = _MallInfo2
+    info = mallinfo2()
+    return {"heap": info.arena, "in_use": info.uordblks, "free": info.fordblks, "mmapped": info.hblkhd}

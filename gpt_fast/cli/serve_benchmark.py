@@ -30,7 +30,7 @@ import time
 import torch
 
 from gpt_fast.cli.benchmark import check_matplotlib, time_generation
-from gpt_fast.cli.machine import cpu_name, status_bytes
+from gpt_fast.cli.machine import cpu_name, malloc_heap, status_bytes
 from gpt_fast.models.configuration import OpenAIGPTConfig
 from gpt_fast.models.heads import OpenAIGPTLMHeadModel
 from gpt_fast.ops import cpu_isa
@@ -85,7 +85,7 @@ def serve_child(args) -> None:
                         print(json.dumps(engine.call(batch1)), flush=True)
                     if line.strip() == "cpu":
                         print(json.dumps({"process_cpu_s": time.process_time(),
-                                          "rss_mb": status_bytes("VmRSS") / 2**20,
+                                          "rss_mb": status_bytes("VmRSS") / 2**20, "heap": malloc_heap(),
                                           "http_thread_cpu_s": thread_cpu_seconds(http_thread),
                                           "engine_thread_cpu_s": thread_cpu_seconds(engine_thread)}), flush=True)
             finally:
@@ -167,6 +167,7 @@ def run(args) -> dict:
             summary["server_cpu_s"] = process
             summary["output_tok_per_server_cpu_s"] = summary["output_tokens"] / process  # robust to a shared machine
             summary["server_rss_mb_before_after"] = [before["rss_mb"], after["rss_mb"]]
+            summary["server_heap_mb_after"] = after["heap"] and {k: v / 2**20 for k, v in after["heap"].items()}
             summary["http_thread_cpu_share"] = (after["http_thread_cpu_s"] - before["http_thread_cpu_s"]) / process
             result["runs"].append(summary)
             print(run_line(summary), file=sys.stderr)

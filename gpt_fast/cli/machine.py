@@ -49,7 +49,7 @@ class _MallInfo2(ctypes.Structure):  # glibc >= 2.33: struct mallinfo2, every fi
 
 def malloc_heap() -> dict | None:
     """The C heap as glibc's allocator sees it, summed over its arenas (mallinfo2): bytes it holds from the system
-    in heaps ("heap"), of those in use ("in_use") and free but kept ("free"), and in separate mmaps ("mmapped").
+    in heaps ("held"), of those in use ("in_use") and free but kept ("free"), and in separate mmaps ("mmapped").
     None without glibc >= 2.33. A growing "free" with a flat "in_use" is fragmentation, not a leak."""
     try:
         libc = ctypes.CDLL(None)
@@ -58,4 +58,4 @@ def malloc_heap() -> dict | None:
         return None
     mallinfo2.restype = _MallInfo2
     info = mallinfo2()
-    return {"heap": info.arena, "in_use": info.uordblks, "free": info.fordblks, "mmapped": info.hblkhd}
+    return {"held": info.arena, "in_use": info.uordblks, "free": info.fordblks, "mmapped": info.hblkhd}

@@ -10,13 +10,13 @@
 // the plain form scale * sum q x + zero * sum x cancels (zero ~ -max|W|, q * scale up to 2 max|W|) and measured
 // ~3.4x PyTorch's own fp32 error at K = 64 (tests/accuracy.py allows 3x); centred, both terms are ~|W|. The scalar
 // path dequantizes each weight (q * scale + zero) before its product. With a bf16 x, an even K and AVX512_BF16 (int4:
-// and VBMI, else its fp32 path), both widths multiply with vdpbf16ps instead (2 k per instruction, half the FMAs;
-// exact: q (int8) or q - 8 and x are bf16 values, their products exact in fp32, sums in fp32): x is then passed as
-// bf16 k pairs as well. This file: the
-// binding (checks, the N check against the padding marker, the fp32 copy of x and its group sums), the portable
-// scalar path and the dispatch over tiers: AVX-512 (linear_quantized_avx512.cpp), AVX2 + FMA
-// (linear_quantized_avx2.cpp), else scalar. Parallel over 16-column blocks with at::parallel_for; x is read through
-// its strides once, so any strides are accepted. Larger M works, re-reading each block once per row tile.
+// and VBMI, else its fp32 path; int8: 2+ rows, its fp32 path being faster at one), both widths multiply with
+// vdpbf16ps instead (2 k per instruction, half the FMAs; exact: q (int8) or q - 8 and x are bf16 values, their
+// products exact in fp32, sums in fp32): x is then passed as bf16 k pairs as well. This file: the binding (checks,
+// the N check against the padding marker, the fp32 copy of x and its group sums), the portable scalar path and the
+// dispatch over tiers: AVX-512 (linear_quantized_avx512.cpp), AVX2 + FMA (linear_quantized_avx2.cpp), else scalar.
+// Parallel over 16-column blocks with at::parallel_for; x is read through its strides once, so any strides are
+// accepted. Larger M works, re-reading each block once per row tile.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -130,8 +130,9 @@ at::Tensor linear_quantized_cpu(const at::Tensor& x, const at::Tensor& packed, i
   }
   std::vector<float> xf(M * K), xsum;  // (M, K) fp32 copy of x; bits 4: (M, K / G) group sums (vector tiers)
   std::vector<uint32_t> x_pairs;       // dpbf16: (M, K / 2) bf16 pairs for vdpbf16ps
+  // int8 at one row keeps the fp32 FMAs (int8_tile, linear_quantized_avx512.cpp): faster there than vdpbf16ps
   const bool dpbf16 = x.scalar_type() == at::kBFloat16 && K % 2 == 0 && cpu::use_avx512_bf16() &&
-                      (bits == 8 || has_avx512_vbmi());
+                      (bits == 8 ? M > 1 : has_avx512_vbmi());
   [[maybe_unused]] const bool avx512 = cpu::use_avx512(), avx2 = cpu::use_avx2();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "linear_quantized_cpu", [&] {
     const scalar_t* xp = x2.const_data_ptr<scalar_t>();

@@ -13,7 +13,10 @@ for every path) under one KernelPlan, and differ from the model's forward only i
 
 Which matmul engine each linear layer uses (linear_small_m for up to 32 rows, so for every step of a batch of up
 to 32 and for short prompts; a GEMM otherwise) is decided by the layer from the plan and its row count
-(gpt_fast/models/linear.py). Nothing the loop owns is allocated per step.
+(gpt_fast/models/linear.py). At its first step the decoder binds that choice and each layer's packed weight once
+(models/linear.py: bind_layers, into a copy of the plan that only step() uses), so a step spends no Python on
+choosing engines or checking the packed copies; a weight changed after the first step is not seen by this
+decoder (generate() makes a decoder per call). Nothing the loop owns is allocated per step.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import torch
 
 from gpt_fast.generation.kv_cache import StaticKVCache
 from gpt_fast.models.attention import backend_attention
+from gpt_fast.models.linear import bind_layers
 from gpt_fast.ops import has_kernel
 from gpt_fast.ops.kernel_plan import KernelPlan
 
@@ -32,6 +36,7 @@ class IncrementalDecoder:
         self.transformer = model.transformer
         self.cache = cache
         self.plan = plan
+        self.step_plan = None  # plan with the layers bound for step()'s row count, made at the first step
         self.n_head = model.config.n_head
         self.step_types = None  # (B,) token type id of every new token (transformers repeats the prompt's last)
 
@@ -58,7 +63,10 @@ class IncrementalDecoder:
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens (B,) long -> float32 logits (B, V) of the token after each row's new one."""
         lengths, layers, n_head = self.cache.lengths, self.cache.layers, self.n_head  # lengths (B,): the positions
-        decode_attention = self.plan.decode_attention
+        plan = self.step_plan
+        if plan is None:  # after the prefill, whose row count may pick other engines (and pack for them)
+            plan = self.step_plan = bind_layers(self.model, self.plan, lengths.shape[0])
+        decode_attention = plan.decode_attention
         types = None if self.step_types is None else self.step_types[:, None]
         x = self.transformer.embed(tokens[:, None], lengths[:, None], types)  # (B, 1, C)
 
@@ -66,9 +74,9 @@ class IncrementalDecoder:
             k_cache, v_cache = layers[i]
             return decode_attention(qkv, k_cache, v_cache, lengths, n_head), None
 
-        x = self.transformer.run_layers(x, self.plan, attend)
+        x = self.transformer.run_layers(x, plan, attend)
         lengths.add_(1)
-        return self.model.logits(x[:, 0], self.plan).float()  # (B, V)
+        return self.model.logits(x[:, 0], plan).float()  # (B, V)
 
 
     def reorder(self, rows: torch.Tensor, filled: int) -> None:

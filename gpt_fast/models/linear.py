@@ -16,6 +16,9 @@ layers ~12-16% faster than PyTorch's GEMM; linear_small_m for all 512 rows about
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -70,6 +73,9 @@ class Conv1D(nn.Module):
         # Parameters read from _parameters: nn.Module's __getattr__ costs a measurable share of a decode step.
         weight, layer_bias = self._parameters["weight"], self._parameters["bias"]
         bias = layer_bias if with_bias or gelu else None
+        bound = bound_call(plan, self)
+        if bound is not None:
+            return bound(x, bias, gelu)
         rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
         engine = self.engine(plan, rows)
         if engine == "small_m":
@@ -78,6 +84,42 @@ class Conv1D(nn.Module):
             return torch.ops.mkldnn._linear_pointwise(x, self.packed(engine), bias, "gelu" if gelu else "none", [],
                                                       "tanh" if gelu else "")
         return gemm(x, weight, bias, plan, gelu)
+
+
+    def decode_call(self, plan: KernelPlan, rows: int) -> Callable | None:
+        """call(x, bias, gelu) = forward's result for x of `rows` rows under `plan`, with the engine and the packed
+        weight resolved now (bind_layers); None where the engine packs nothing (PyTorch's GEMM)."""
+        engine = self.engine(plan, rows)
+        if engine != "small_m":
+            return None
+        packed, N = self.packed(engine), self._parameters["bias"].shape[0]
+        return lambda x, bias, gelu: linear_small_m(x, packed, N, bias, None, gelu)
+
+
+def bound_call(plan: KernelPlan | None, layer: nn.Module) -> Callable | None:
+    """layer's call bound in plan.bound_layers, if any."""
+    bound = None if plan is None else plan.bound_layers
+    return None if bound is None else bound.get(layer)
+
+
+def bind_layers(model: nn.Module, plan: KernelPlan, rows: int) -> KernelPlan:
+    """plan with bound_layers holding, for every linear layer of model (Conv1D, the quantized layers, the LM head)
+    whose engine for `rows` rows reads a packed weight, that call with the engine and the packed weight resolved.
+
+    A decode step then skips per layer the engine choice and the packed copy's validity check (together ~2-4 us of
+    Python per layer, ~49 layers per GPT-1 token). The packed weights are those of the moment of binding: a decode
+    loop binds once (generation/decoder.py), and a weight changed afterwards is seen only by a new binding."""
+    bound = {}
+    for module in model.modules():
+        decode_call = getattr(module, "decode_call", None)
+        call = decode_call(plan, rows) if decode_call is not None else None
+        if call is not None:
+            bound[module] = call
+    head = getattr(model, "lm_head", None)
+    if isinstance(head, nn.Linear) and rows <= plan.small_m_rows:  # (project_to_vocab's engine; no bias)
+        packed, N = _packed_head(head), head.weight.shape[0]
+        bound[head] = lambda x, bias, gelu: linear_small_m(x, packed, N, None, None, False)
+    return dataclasses.replace(plan, bound_layers=bound)
 
 
 def gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, plan: KernelPlan | None,
@@ -98,9 +140,15 @@ def project_to_vocab(lm_head: nn.Linear, x: torch.Tensor, plan: KernelPlan | Non
     A quantized head (gpt_fast/quantization) is not an nn.Linear and picks its own engine."""
     if not isinstance(lm_head, nn.Linear):
         return lm_head(x, plan)
+    bound = bound_call(plan, lm_head)
+    if bound is not None:
+        return bound(x, None, False)
     rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
     if plan is None or rows > plan.small_m_rows or torch.compiler.is_compiling():
         return F.linear(x, lm_head.weight)
-    packed = cached_on(lm_head, "packed", [lm_head.weight], lambda: pack_linear_weight(lm_head.weight.detach(), False),
-                       tag="small_m")
-    return linear_small_m(x, packed, lm_head.weight.shape[0], None, None, False)
+    return linear_small_m(x, _packed_head(lm_head), lm_head.weight.shape[0], None, None, False)
+
+
+def _packed_head(lm_head: nn.Linear) -> torch.Tensor:
+    return cached_on(lm_head, "packed", [lm_head.weight], lambda: pack_linear_weight(lm_head.weight.detach(), False),
+                     tag="small_m")

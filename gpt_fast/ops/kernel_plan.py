@@ -35,7 +35,7 @@ The rules:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -63,6 +63,9 @@ class KernelPlan:
     decode_attention: Callable  # the kernel or the reference (same arguments)
     small_m_rows: int  # linear_small_m serves matmuls of at most this many rows; 0: never
     onednn_bf16: bool  # oneDNN's GEMM on a prepacked bf16 weight serves widening layers with more rows
+    # {linear layer: call(x, bias, gelu)}: each layer's engine and packed weight resolved once for a decode loop's
+    # row count (models/linear.py: bind_layers, made by generation/decoder.py). None on every memoised plan.
+    bound_layers: dict | None = field(default=None, compare=False)
 
 
 def _cast_to_first(kernel: Callable) -> Callable:

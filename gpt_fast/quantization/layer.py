@@ -20,10 +20,12 @@ grad, raises; there is no backward through the quantized weight (training a quan
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import nn
 
-from gpt_fast.models.linear import gemm
+from gpt_fast.models.linear import bound_call, gemm
 from gpt_fast.ops.kernel_plan import SMALL_M_MAX_ROWS, KernelPlan
 from gpt_fast.ops.linear_quantized import linear_quantized, pack_quantized_weight, quantize_linear_weight
 from gpt_fast.ops.weight_cache import cached_on
@@ -81,9 +83,10 @@ class QuantizedLinear(nn.Module):
     def packed(self):
         """The weight in linear_quantized's layout, packed once per version of the buffers."""
         buffers = self._buffers
-        sources = [t for t in (buffers["qweight"], buffers["scales"], buffers["zeros"]) if t is not None]
+        qweight, scales, zeros = buffers["qweight"], buffers["scales"], buffers["zeros"]
+        sources = [qweight, scales] if zeros is None else [qweight, scales, zeros]
         return cached_on(self, "packed", sources, lambda: pack_quantized_weight(
-            buffers["qweight"], buffers["scales"], buffers["zeros"], self.bits, self.group_size), tag="quantized")
+            qweight, scales, zeros, self.bits, self.group_size), tag="quantized")
 
     def dequantized(self, dtype: torch.dtype) -> torch.Tensor:
         """W (out_features, in_features) in dtype, made for this call."""
@@ -98,11 +101,25 @@ class QuantizedLinear(nn.Module):
                 gelu: bool) -> torch.Tensor:
         """(..., K) -> (..., N): [gelu_tanh](x W.T + bias) through the engine for x's row count."""
         self._check_inference()
+        bound = bound_call(plan, self)
+        if bound is not None:
+            return bound(x, bias, gelu)
         rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
         if self.engine(plan, rows) == "kernel":
             return linear_quantized(x, self.packed(), self.out_features, self.bits, self.group_size, bias, None,
                                     gelu)
         return gemm(x, self.dequantized(x.dtype).t(), bias, plan, gelu)  # weight (K, N) as Conv1D holds it
+
+    def decode_call(self, plan: KernelPlan, rows: int) -> Callable | None:
+        """call(x, bias, gelu) = _linear's result for x of `rows` rows under `plan`, with the engine and the packed
+        weight resolved now (models/linear.py: bind_layers); None unless the engine is the compiled kernel."""
+        if self.engine(plan, rows) != "kernel" or torch.is_grad_enabled():
+            return None
+        packed = self.packed()
+        if isinstance(packed, tuple):  # no compiled kernel for the device: the reference, through _linear
+            return None
+        N, bits, group_size = self.out_features, self.bits, self.group_size
+        return lambda x, bias, gelu: linear_quantized(x, packed, N, bits, group_size, bias, None, gelu)
 
     # -- dtype and device moves ----------------------------------------------------------------------------
     def _apply(self, fn, recurse: bool = True):

@@ -9,12 +9,17 @@ several (N, V) tensors of `F.cross_entropy(F.linear(hidden, weight), targets)`.
 
 In bfloat16 / float16 the weight gradient is not summed chunk by chunk: that needs float32 GEMMs (a low-precision
 GEMM per chunk would round every partial sum), about 2.5x slower than the low-precision GEMM on a CPU with
-AVX512-BF16. Instead each chunk's gradient of the logits, rounded to the input dtype as autograd rounds it anyway,
-is kept in a (rows, V) buffer of the input dtype, and a group of up to GROUP_ELEMENTS of them meets the hidden
-states in one GEMM (float32 accumulation inside, one rounding: what PyTorch's logits path computes). A batch of
+AVX512-BF16. Instead the rows go in groups of up to GROUP_ELEMENTS logits: one GEMM writes a group's logits into a
+(rows, V) buffer of the input dtype, the softmax turns them in place into their gradient, rounded to the input dtype
+as autograd rounds it anyway (float32 copies of SOFTMAX_ELEMENTS logits at a time, small enough to stay in the
+CPU's cache: at GPT-1's shape 2x faster than 103-row pieces), and the buffer meets the weight and the hidden states
+in one GEMM each (float32 accumulation inside, one rounding: what PyTorch's logits path computes). A batch of
 more rows than a group sums its groups' weight gradients in float32. The buffer costs 2 bytes per logit of the
 group (79 MiB at GPT-1's 1,020 rows x 40,478 tokens), about what the float32 weight-gradient accumulator it
-replaces cost.
+replaces cost. Under autocast the float32 weight is cast inside the autograd Function, and its float32 gradient
+is written WEIGHT_BLOCK_ROWS vocabulary rows at a time from a small buffer of the input dtype: the same values as
+a (V, C) low-precision gradient cast back by autograd, without that tensor (62 MiB at GPT-1, fresh memory each
+step) nor the cast's pass.
 
 The arithmetic follows what PyTorch does for `F.cross_entropy(logits.float(), targets)` with logits in the
 input dtype: the logits are the matmul's output rounded to the input dtype, softmax and loss in float32,

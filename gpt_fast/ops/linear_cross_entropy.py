@@ -124,12 +124,15 @@ def _grouped_loss_and_grads(hidden, weight, targets, ignore_index: int, grad_sca
     grad_hidden = torch.empty_like(hidden) if grad_hidden_wanted else None
     grad_weight = torch.empty(weight.shape, dtype=grad_weight_dtype, device=weight.device)
     total = torch.zeros((), dtype=torch.float32, device=hidden.device)
-    for group in range(0, N, group_rows):
+    weight_in_dtype = weight.to(hidden.dtype)  # (V, C); the autocast cast, dropped before the last group's
+    for group in range(0, N, group_rows):      # weight gradient (it would add to the step's peak)
         rows = slice(group, min(group + group_rows, N))
-        grad_logits = torch.mm(hidden[rows], weight.t())  # (g, V): the logits, rounded to the input dtype
+        grad_logits = torch.mm(hidden[rows], weight_in_dtype.t())  # (g, V): the logits, rounded to the input dtype
         total += _logits_to_grad_(grad_logits, targets[rows], ignore_index, grad_scale).sum()
         if grad_hidden is not None:  # (g, V) @ (V, C)
-            torch.mm(grad_logits, weight, out=grad_hidden[rows])
+            torch.mm(grad_logits, weight_in_dtype, out=grad_hidden[rows])
+        if rows.stop == N:
+            weight_in_dtype = None
         _weight_grad_into(grad_weight, grad_logits, hidden[rows], accumulate=group > 0)
         del grad_logits
     if N == 0:
@@ -139,10 +142,10 @@ def _grouped_loss_and_grads(hidden, weight, targets, ignore_index: int, grad_sca
 
 def _loss_and_grads(hidden, weight, targets, ignore_index: int, divisor, chunk_rows: int, grad_hidden_wanted: bool,
                     grad_weight_dtype: torch.dtype | None):
-    """The chunk loop. hidden (N, C), weight (V, C) of one dtype; divisor a 0-d tensor; grad_weight_dtype None when
-    no weight gradient is wanted. Returns (the loss, its gradient for hidden (N, C) in hidden's dtype or None, for
-    weight (V, C) or None: in _stat_dtype, or in grad_weight_dtype for bfloat16 / float16 inputs whose rows fit
-    one group)."""
+    """The chunk loop. hidden (N, C), weight (V, C) (cast to hidden's dtype here: autocast); divisor a 0-d tensor;
+    grad_weight_dtype None when no weight gradient is wanted. Returns (the loss, its gradient for hidden (N, C) in
+    hidden's dtype or None, for weight (V, C) or None: in _stat_dtype, or in grad_weight_dtype for bfloat16 /
+    float16 inputs whose rows fit one group)."""
     N = hidden.shape[0]
     stat_dtype = _stat_dtype(hidden.dtype)
     grad_weight_wanted = grad_weight_dtype is not None
@@ -151,6 +154,7 @@ def _loss_and_grads(hidden, weight, targets, ignore_index: int, divisor, chunk_r
         total, grad_hidden, grad_weight = _grouped_loss_and_grads(hidden, weight, targets, ignore_index, grad_scale,
                                                                   chunk_rows, grad_hidden_wanted, grad_weight_dtype)
         return total / divisor, grad_hidden, grad_weight
+    weight = weight.to(hidden.dtype)  # (V, C): autocast's cast
     grad_hidden = torch.empty_like(hidden) if grad_hidden_wanted else None
     grad_weight = torch.zeros(weight.shape, dtype=stat_dtype, device=weight.device) if grad_weight_wanted else None
     total = torch.zeros((), dtype=stat_dtype, device=hidden.device)
@@ -178,8 +182,8 @@ class LinearCrossEntropy(torch.autograd.Function):
     def forward(ctx, hidden, weight, targets, ignore_index: int, divisor, chunk_rows: int, want_grad: bool):
         wanted = (want_grad and ctx.needs_input_grad[0], weight.dtype if want_grad and ctx.needs_input_grad[1]
                   else None)
-        loss, grad_hidden, grad_weight = _loss_and_grads(hidden, weight.to(hidden.dtype), targets, ignore_index,
-                                                         divisor, chunk_rows, *wanted)
+        loss, grad_hidden, grad_weight = _loss_and_grads(hidden, weight, targets, ignore_index, divisor,
+                                                         chunk_rows, *wanted)
         if want_grad:
             ctx.save_for_backward(hidden, weight, targets, divisor)  # only for a second backward pass
             ctx.arguments, ctx.gradients = (ignore_index, chunk_rows, *wanted), (grad_hidden, grad_weight)
@@ -195,8 +199,8 @@ class LinearCrossEntropy(torch.autograd.Function):
         if grad_hidden is None and grad_weight is None:
             hidden, weight, targets, divisor = ctx.saved_tensors
             ignore_index, chunk_rows, *wanted = ctx.arguments
-            _, grad_hidden, grad_weight = _loss_and_grads(hidden, weight.to(hidden.dtype), targets, ignore_index,
-                                                          divisor, chunk_rows, *wanted)
+            _, grad_hidden, grad_weight = _loss_and_grads(hidden, weight, targets, ignore_index, divisor,
+                                                          chunk_rows, *wanted)
         weight_dtype = ctx.saved_tensors[1].dtype
         unscaled = (grad_loss.device.type == "cpu" and not torch.compiler.is_compiling()
                     and bool(grad_loss == 1))  # loss.backward(): no pass over the gradients

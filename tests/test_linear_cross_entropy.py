@@ -238,3 +238,37 @@ def test_double_heads_lm_loss_without_logits():
     torch.testing.assert_close(mine.mc_logits, expected.mc_logits)
     for name, grad in grads.items():
         torch.testing.assert_close(grad, expected_grads[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("group_chunks", [1, 2, 100])  # several groups (their float32 sum) or one
+@pytest.mark.parametrize("softmax_rows, block_rows", [(3, 16), (1, 67), (1000, 5)])
+def test_autocast_softmax_pieces_and_weight_blocks(softmax_rows, block_rows, group_chunks, monkeypatch):
+    """bf16 autocast: the softmax taken a few rows at a time in the logits buffer, the float32 weight gradient
+    written (or added, group after group) a few vocabulary rows at a time, ragged last pieces; as PyTorch's logits
+    path where one group holds every row, within PyTorch's error otherwise."""
+    monkeypatch.setattr(lce, "SOFTMAX_ELEMENTS", softmax_rows * V)
+    monkeypatch.setattr(lce, "WEIGHT_BLOCK_ROWS", block_rows)
+    monkeypatch.setattr(lce, "GROUP_ELEMENTS", group_chunks * 7 * V)
+    hidden, weight, targets = inputs(torch.float32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mine = loss_and_grads(fused, hidden, weight, targets, num_items_in_batch=30)
+        theirs = loss_and_grads(pytorch_loss, hidden, weight, targets, num_items_in_batch=30)
+    assert mine[1].dtype == mine[2].dtype == torch.float32
+    if group_chunks == 100:
+        for actual, expected in zip(mine, theirs):
+            torch.testing.assert_close(actual, expected, rtol=0, atol=1e-6)
+    else:
+        reference = loss_and_grads(pytorch_loss, hidden.double(), weight.double(), targets, num_items_in_batch=30)
+        for actual, ref, expected in zip(mine, reference, theirs):
+            assert_within_pytorch_error(actual, ref, expected)
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_no_rows_low_precision(autocast):
+    """No rows at all in bf16 (or under autocast): loss NaN, zero gradients of the weight's dtype."""
+    dtype = torch.float32 if autocast else torch.bfloat16
+    hidden, weight, targets = (t[:0] if i != 1 else t for i, t in enumerate(inputs(dtype)))
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        loss, grad_hidden, grad_weight = loss_and_grads(fused, hidden, weight, targets)
+    assert loss.isnan() and grad_hidden.shape == (0, C)
+    assert grad_weight.dtype == dtype and grad_weight.shape == (V, C) and not grad_weight.any()

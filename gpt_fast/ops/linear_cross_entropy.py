@@ -9,12 +9,17 @@ several (N, V) tensors of `F.cross_entropy(F.linear(hidden, weight), targets)`.
 
 In bfloat16 / float16 the weight gradient is not summed chunk by chunk: that needs float32 GEMMs (a low-precision
 GEMM per chunk would round every partial sum), about 2.5x slower than the low-precision GEMM on a CPU with
-AVX512-BF16. Instead each chunk's gradient of the logits, rounded to the input dtype as autograd rounds it anyway,
-is kept in a (rows, V) buffer of the input dtype, and a group of up to GROUP_ELEMENTS of them meets the hidden
-states in one GEMM (float32 accumulation inside, one rounding: what PyTorch's logits path computes). A batch of
+AVX512-BF16. Instead the rows go in groups of up to GROUP_ELEMENTS logits: one GEMM writes a group's logits into a
+(rows, V) buffer of the input dtype, the softmax turns them in place into their gradient, rounded to the input dtype
+as autograd rounds it anyway (float32 copies of SOFTMAX_ELEMENTS logits at a time, small enough to stay in the
+CPU's cache: at GPT-1's shape 2x faster than 103-row pieces), and the buffer meets the weight and the hidden states
+in one GEMM each (float32 accumulation inside, one rounding: what PyTorch's logits path computes). A batch of
 more rows than a group sums its groups' weight gradients in float32. The buffer costs 2 bytes per logit of the
 group (79 MiB at GPT-1's 1,020 rows x 40,478 tokens), about what the float32 weight-gradient accumulator it
-replaces cost.
+replaces cost. Under autocast the float32 weight is cast inside the autograd Function, and its float32 gradient
+is written WEIGHT_BLOCK_ROWS vocabulary rows at a time from a small buffer of the input dtype: the same values as
+a (V, C) low-precision gradient cast back by autograd, without that tensor (62 MiB at GPT-1, fresh memory each
+step) nor the cast's pass.
 
 The arithmetic follows what PyTorch does for `F.cross_entropy(logits.float(), targets)` with logits in the
 input dtype: the logits are the matmul's output rounded to the input dtype, softmax and loss in float32,
@@ -28,6 +33,8 @@ import torch
 
 CHUNK_ELEMENTS = 1 << 22  # float32 logits per chunk: 16 MiB (103 rows at GPT-1's 40,478-token vocabulary)
 GROUP_ELEMENTS = 1 << 26  # low-precision logit gradients per weight-gradient GEMM: 128 MiB in bf16 (1,648 rows)
+SOFTMAX_ELEMENTS = 1 << 20  # low-precision path: logits per float32 softmax copy, 4 MiB (25 rows at GPT-1)
+WEIGHT_BLOCK_ROWS = 4096  # low-precision path: vocabulary rows per weight-gradient GEMM when that gradient is float32
 LOW_PRECISION = (torch.bfloat16, torch.float16)
 
 
@@ -64,60 +71,119 @@ def _group_rows(vocab_size: int, chunk_rows: int) -> int:
     return chunk_rows * max(1, GROUP_ELEMENTS // max(vocab_size * chunk_rows, 1))
 
 
-def _loss_and_grads(hidden, weight, targets, ignore_index: int, divisor, chunk_rows: int, grad_hidden_wanted: bool,
-                    grad_weight_wanted: bool):
-    """The chunk loop. hidden (N, C), weight (V, C), targets (N,); divisor a 0-d tensor. Returns (the loss,
-    its gradient for hidden (N, C) in hidden's dtype or None, for weight (V, C) or None: in _stat_dtype, or in
-    the input dtype for bfloat16 / float16 inputs whose rows fit one group)."""
+def _logits_to_grad_(logits, targets, ignore_index: int, grad_scale):
+    """logits (g, V) in a low-precision dtype, overwritten in place with grad_scale times the gradient of the summed
+    losses with respect to them, rounded to that dtype; returns the per-row losses (g,) in float32 (0 where
+    ignored). The arithmetic of _chunk_loss_and_grad (float32 softmax), taken SOFTMAX_ELEMENTS logits at a time so
+    that each float32 copy stays in the CPU's cache."""
+    rows = max(1, SOFTMAX_ELEMENTS // max(logits.shape[1], 1))
+    losses = torch.empty(logits.shape[0], dtype=torch.float32, device=logits.device)  # (g,)
+    for start in range(0, logits.shape[0], rows):
+        part = slice(start, start + rows)
+        chunk = logits[part]  # (n, V), a view of the buffer
+        valid = targets[part] != ignore_index  # (n,)
+        safe = torch.where(valid, targets[part], 0)[:, None]  # (n, 1)
+        scores = chunk.float()  # (n, V)
+        target_logits = scores.gather(1, safe).squeeze(1)  # (n,)
+        row_max = scores.amax(dim=1, keepdim=True)  # (n, 1)
+        scores.sub_(row_max).exp_()
+        sums = scores.sum(dim=1, keepdim=True)  # (n, 1)
+        losses[part] = (row_max.squeeze(1) + sums.squeeze(1).log() - target_logits) * valid
+        scores.div_(sums).scatter_add_(1, safe, torch.full_like(sums, -1.0))  # softmax - one_hot
+        chunk.copy_(scores.mul_(torch.where(valid, grad_scale, 0.0)[:, None]))  # one rounding to the input dtype
+    return losses
+
+
+def _weight_grad_into(out, grad_logits, hidden, accumulate: bool) -> None:
+    """out (V, C) (+)= grad_logits (g, V).T @ hidden (g, C): GEMMs in the input dtype (one rounding each, as
+    PyTorch's), WEIGHT_BLOCK_ROWS vocabulary rows at a time through a small buffer when out is wider (float32),
+    so that no (V, C) tensor of the input dtype is made."""
+    if out.dtype == hidden.dtype and not accumulate:
+        torch.mm(grad_logits.t(), hidden, out=out)
+        return
+    block = hidden.new_empty((min(WEIGHT_BLOCK_ROWS, out.shape[0]), hidden.shape[1]))  # (b, C)
+    for start in range(0, out.shape[0], WEIGHT_BLOCK_ROWS):
+        stop = min(start + WEIGHT_BLOCK_ROWS, out.shape[0])
+        part = torch.mm(grad_logits[:, start:stop].t(), hidden, out=block[:stop - start])  # (b, g) @ (g, C)
+        if accumulate:
+            out[start:stop].add_(part)
+        else:
+            out[start:stop].copy_(part)
+
+
+def _grouped_loss_and_grads(hidden, weight, targets, ignore_index: int, grad_scale, chunk_rows: int,
+                            grad_hidden_wanted: bool, grad_weight_dtype: torch.dtype):
+    """The low-precision path with a weight gradient (see the module's docstring): per group of rows, one GEMM
+    writes the logits (g, V) into the group's buffer, _logits_to_grad_ turns them into their gradient in place,
+    and two GEMMs take it to the gradients. Returns (the summed losses, grad hidden (N, C) or None, grad weight
+    (V, C) in grad_weight_dtype, or in float32 when the rows make several groups)."""
     N, V = hidden.shape[0], weight.shape[0]
-    stat_dtype = _stat_dtype(hidden.dtype)
-    grouped = grad_weight_wanted and hidden.dtype in LOW_PRECISION  # see the module's docstring
-    group_rows = _group_rows(V, chunk_rows) if grouped else max(N, 1)
+    group_rows = _group_rows(V, chunk_rows)
+    if group_rows < N:  # the groups' weight gradients summed in float32
+        grad_weight_dtype = _stat_dtype(hidden.dtype)
     grad_hidden = torch.empty_like(hidden) if grad_hidden_wanted else None
-    grad_weight = None
-    if grad_weight_wanted and (not grouped or group_rows < N):  # summed over chunks or groups in stat_dtype
-        grad_weight = torch.zeros(weight.shape, dtype=stat_dtype, device=weight.device)
-    grad_scale = 1.0 / divisor if grad_hidden_wanted or grad_weight_wanted else None
-    total = torch.zeros((), dtype=stat_dtype, device=hidden.device)
-    for group in range(0, N, group_rows):
-        group_end = min(group + group_rows, N)
-        # (group rows, V): the logits' gradient in the input dtype (grouped only)
-        grad_logits = hidden.new_empty((group_end - group, V)) if grouped else None
-        for start in range(group, group_end, chunk_rows):
-            rows = slice(start, min(start + chunk_rows, group_end))
-            chunk = hidden[rows]
-            losses, grad = _chunk_loss_and_grad(chunk, weight, targets[rows], ignore_index, grad_scale)
-            total += losses.sum()
-            if grad is None:
-                continue
-            if grouped:  # rounded to the input dtype, as autograd rounds it through logits.float()
-                grad_logits[start - group:rows.stop - group].copy_(grad)
-                continue
-            grad_in_dtype = grad.to(hidden.dtype)  # (n, V): as autograd rounds it through logits.float()
-            if grad_hidden is not None:
-                torch.mm(grad_in_dtype, weight, out=grad_hidden[rows])
-            if grad_weight is not None:  # (V, n) @ (n, C), summed over the chunks in stat_dtype
-                grad_weight.addmm_(grad_in_dtype.t().to(stat_dtype), chunk.to(stat_dtype))
-        if grad_logits is None:
-            continue
+    grad_weight = torch.empty(weight.shape, dtype=grad_weight_dtype, device=weight.device)
+    total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+    weight_in_dtype = weight.to(hidden.dtype)  # (V, C); the autocast cast, dropped before the last group's
+    for group in range(0, N, group_rows):      # weight gradient (it would add to the step's peak)
+        rows = slice(group, min(group + group_rows, N))
+        grad_logits = torch.mm(hidden[rows], weight_in_dtype.t())  # (g, V): the logits, rounded to the input dtype
+        total += _logits_to_grad_(grad_logits, targets[rows], ignore_index, grad_scale).sum()
         if grad_hidden is not None:  # (g, V) @ (V, C)
-            torch.mm(grad_logits, weight, out=grad_hidden[group:group_end])
-        part = grad_logits.t() @ hidden[group:group_end]  # (V, g) @ (g, C): one GEMM, one rounding
+            torch.mm(grad_logits, weight_in_dtype, out=grad_hidden[rows])
+        if rows.stop == N:
+            weight_in_dtype = None
+        _weight_grad_into(grad_weight, grad_logits, hidden[rows], accumulate=group > 0)
         del grad_logits
-        grad_weight = part if grad_weight is None else grad_weight.add_(part)
-    if grouped and grad_weight is None:  # no rows at all
-        grad_weight = torch.zeros_like(weight)
+    if N == 0:
+        grad_weight.zero_()
+    return total, grad_hidden, grad_weight
+
+
+def _loss_and_grads(hidden, weight, targets, ignore_index: int, divisor, chunk_rows: int, grad_hidden_wanted: bool,
+                    grad_weight_dtype: torch.dtype | None):
+    """The chunk loop. hidden (N, C), weight (V, C) (cast to hidden's dtype here: autocast); divisor a 0-d tensor;
+    grad_weight_dtype None when no weight gradient is wanted. Returns (the loss, its gradient for hidden (N, C) in
+    hidden's dtype or None, for weight (V, C) or None: in _stat_dtype, or in grad_weight_dtype for bfloat16 /
+    float16 inputs whose rows fit one group)."""
+    N = hidden.shape[0]
+    stat_dtype = _stat_dtype(hidden.dtype)
+    grad_weight_wanted = grad_weight_dtype is not None
+    grad_scale = 1.0 / divisor if grad_hidden_wanted or grad_weight_wanted else None
+    if grad_weight_wanted and hidden.dtype in LOW_PRECISION:
+        total, grad_hidden, grad_weight = _grouped_loss_and_grads(hidden, weight, targets, ignore_index, grad_scale,
+                                                                  chunk_rows, grad_hidden_wanted, grad_weight_dtype)
+        return total / divisor, grad_hidden, grad_weight
+    weight = weight.to(hidden.dtype)  # (V, C): autocast's cast
+    grad_hidden = torch.empty_like(hidden) if grad_hidden_wanted else None
+    grad_weight = torch.zeros(weight.shape, dtype=stat_dtype, device=weight.device) if grad_weight_wanted else None
+    total = torch.zeros((), dtype=stat_dtype, device=hidden.device)
+    for start in range(0, N, chunk_rows):
+        rows = slice(start, min(start + chunk_rows, N))
+        chunk = hidden[rows]
+        losses, grad = _chunk_loss_and_grad(chunk, weight, targets[rows], ignore_index, grad_scale)
+        total += losses.sum()
+        if grad is None:
+            continue
+        grad_in_dtype = grad.to(hidden.dtype)  # (n, V): as autograd rounds it through logits.float()
+        if grad_hidden is not None:
+            torch.mm(grad_in_dtype, weight, out=grad_hidden[rows])
+        if grad_weight is not None:  # (V, n) @ (n, C), summed over the chunks in stat_dtype
+            grad_weight.addmm_(grad_in_dtype.t().to(stat_dtype), chunk.to(stat_dtype))
     return total / divisor, grad_hidden, grad_weight
 
 
 class LinearCrossEntropy(torch.autograd.Function):
-    """loss = reduce(cross_entropy(hidden @ weight.T, targets)) / divisor with gradients made in the forward."""
+    """loss = reduce(cross_entropy(hidden @ weight.T, targets)) / divisor with gradients made in the forward.
+    The weight is cast to hidden's dtype here (autocast), so that its gradient comes out in the weight's own dtype
+    without a (V, C) gradient of the cast dtype."""
 
     @staticmethod
     def forward(ctx, hidden, weight, targets, ignore_index: int, divisor, chunk_rows: int, want_grad: bool):
-        wanted = (want_grad and ctx.needs_input_grad[0], want_grad and ctx.needs_input_grad[1])
-        loss, grad_hidden, grad_weight = _loss_and_grads(hidden, weight, targets, ignore_index, divisor, chunk_rows,
-                                                         *wanted)
+        wanted = (want_grad and ctx.needs_input_grad[0], weight.dtype if want_grad and ctx.needs_input_grad[1]
+                  else None)
+        loss, grad_hidden, grad_weight = _loss_and_grads(hidden, weight, targets, ignore_index, divisor,
+                                                         chunk_rows, *wanted)
         if want_grad:
             ctx.save_for_backward(hidden, weight, targets, divisor)  # only for a second backward pass
             ctx.arguments, ctx.gradients = (ignore_index, chunk_rows, *wanted), (grad_hidden, grad_weight)
@@ -133,15 +199,16 @@ class LinearCrossEntropy(torch.autograd.Function):
         if grad_hidden is None and grad_weight is None:
             hidden, weight, targets, divisor = ctx.saved_tensors
             ignore_index, chunk_rows, *wanted = ctx.arguments
-            _, grad_hidden, grad_weight = _loss_and_grads(hidden, weight, targets, ignore_index, divisor, chunk_rows,
-                                                          *wanted)
-            weight_dtype = weight.dtype
-        else:
-            weight_dtype = ctx.saved_tensors[1].dtype
-        if grad_hidden is not None:
+            _, grad_hidden, grad_weight = _loss_and_grads(hidden, weight, targets, ignore_index, divisor,
+                                                          chunk_rows, *wanted)
+        weight_dtype = ctx.saved_tensors[1].dtype
+        unscaled = (grad_loss.device.type == "cpu" and not torch.compiler.is_compiling()
+                    and bool(grad_loss == 1))  # loss.backward(): no pass over the gradients
+        if grad_hidden is not None and not unscaled:
             grad_hidden = grad_hidden.mul_(grad_loss.to(grad_hidden.dtype))
         if grad_weight is not None:
-            grad_weight = grad_weight.mul_(grad_loss.to(grad_weight.dtype)).to(weight_dtype)
+            grad_weight = grad_weight if unscaled else grad_weight.mul_(grad_loss.to(grad_weight.dtype))
+            grad_weight = grad_weight.to(weight_dtype)
         return grad_hidden, grad_weight, None, None, None, None, None
 
 
@@ -163,10 +230,11 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
     if chunk_rows is not None and (not isinstance(chunk_rows, int) or isinstance(chunk_rows, bool) or chunk_rows < 1):
         raise ValueError(f"chunk_rows must be a positive int, got {chunk_rows!r}")
     device_type = hidden.device.type
+    weight_dtype = weight.dtype
     if torch.is_autocast_enabled(device_type):
-        dtype = torch.get_autocast_dtype(device_type)
-        hidden, weight = hidden.to(dtype), weight.to(dtype)
-    if hidden.dtype != weight.dtype:
+        weight_dtype = torch.get_autocast_dtype(device_type)
+        hidden = hidden.to(weight_dtype)  # the weight is cast inside LinearCrossEntropy (its gradient: its dtype)
+    if hidden.dtype != weight_dtype:
         raise TypeError(f"hidden and weight must have one dtype, got {hidden.dtype} and {weight.dtype}")
     targets = targets.to(hidden.device)
     V = weight.shape[0]

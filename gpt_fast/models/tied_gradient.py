@@ -14,7 +14,7 @@ the order of the float additions (the head's gradient + each row in turn, instea
 
 Used only where it cannot change anything else (`share_tied_gradient`): the LM-head model's fused loss, gradients
 on, the head tied to a plain nn.Embedding (no padding_idx, max_norm, scale_grad_by_freq, sparse, no module hooks),
-not under torch.compile (which cannot trace the ContextVar that carries the hand-over to the lookup).
+not under torch.compile.
 """
 
 from __future__ import annotations
@@ -53,15 +53,9 @@ def _plain(embedding: nn.Module) -> bool:
 def share_tied_gradient(embedding: nn.Module, head_weight: torch.Tensor, wanted: bool):
     """Within it, the token lookup (embed_tokens) of `embedding` takes part in the hand-over; yields the
     TiedGradient for head_weight_for_loss, or None when the hand-over does not apply."""
-    if torch.compiler.is_compiling():  # torch.compile cannot trace a ContextVar.set(); embed_tokens is plain there
-        yield None
-        return
-    applies = (wanted and torch.is_grad_enabled() and head_weight is embedding.weight and head_weight.requires_grad
-               and _plain(embedding))
+    applies = (wanted and torch.is_grad_enabled() and not torch.compiler.is_compiling()
+               and head_weight is embedding.weight and head_weight.requires_grad and _plain(embedding))
     box = TiedGradient(head_weight) if applies else None
-    if box is None and _ACTIVE.get() is None:  # nothing to set, nor an outer forward's hand-over to hide
-        yield None
-        return
     token = _ACTIVE.set(box)
     try:
         yield box
@@ -71,7 +65,7 @@ def share_tied_gradient(embedding: nn.Module, head_weight: torch.Tensor, wanted:
 
 def embed_tokens(embedding: nn.Module, ids: torch.Tensor) -> torch.Tensor:
     """embedding(ids) (..., T) -> (..., T, C); the first lookup inside share_tied_gradient goes through _Lookup."""
-    box = None if torch.compiler.is_compiling() else _ACTIVE.get()
+    box = _ACTIVE.get()
     if box is None or box.looked_up or embedding.weight is not box.weight:
         return embedding(ids)
     box.looked_up = True

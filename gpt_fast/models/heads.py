@@ -14,7 +14,6 @@ from gpt_fast.models.lm_loss import fused_shifted_lm_loss, shifted_rows
 from gpt_fast.models.modeling import OpenAIGPTModel
 from gpt_fast.models.outputs import CausalLMOutput, OpenAIGPTDoubleHeadsModelOutput, SequenceClassifierOutput
 from gpt_fast.models.pretrained import OpenAIGPTPreTrainedModel
-from gpt_fast.models.tied_gradient import head_weight_for_loss, share_tied_gradient
 from gpt_fast.models.validation import check_integer_tensor, check_same_shape
 
 
@@ -93,15 +92,12 @@ class OpenAIGPTLMHeadModel(GenerationConfigMixin, OpenAIGPTPreTrainedModel):
         ignore_index, shift_labels) as transformers' causal-LM loss does. return_logits=False (gpt_fast's own)
         with labels: the loss through the fused LM head + cross-entropy (models/lm_loss.py), logits None."""
         return_dict = self.config.return_dict if return_dict is None else return_dict
-        fused_loss = labels is not None and not return_logits
-        # the fused loss's weight gradient and the token lookup's made as one tensor (models/tied_gradient.py)
-        with share_tied_gradient(self.transformer.tokens_embed, self.lm_head.weight, fused_loss) as tied:
-            out = self.transformer(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
-                                   output_attentions, output_hidden_states, True, head_mask=head_mask, **kwargs)
+        out = self.transformer(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
+                               output_attentions, output_hidden_states, True, head_mask=head_mask, **kwargs)
         hidden = out.last_hidden_state if not logits_to_keep else out.last_hidden_state[..., -logits_to_keep:, :]
-        if fused_loss:
-            loss = fused_shifted_lm_loss(hidden, head_weight_for_loss(tied, self.lm_head.weight), labels,
-                                         num_items_in_batch, ignore_index, shift_labels)
+        if labels is not None and not return_logits:
+            loss = fused_shifted_lm_loss(hidden, self.lm_head.weight, labels, num_items_in_batch, ignore_index,
+                                         shift_labels)
             return _finish(CausalLMOutput(loss, None, out.hidden_states, out.attentions), return_dict)
         logits = self.lm_head(hidden)  # (B, T, V)
         loss = None

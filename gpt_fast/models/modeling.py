@@ -30,7 +30,6 @@ from gpt_fast.models.configuration import OpenAIGPTConfig
 from gpt_fast.models.linear import Conv1D
 from gpt_fast.models.outputs import BaseModelOutput
 from gpt_fast.models.pretrained import OpenAIGPTPreTrainedModel
-from gpt_fast.models.tied_gradient import embed_tokens
 from gpt_fast.models.validation import check_model_inputs
 from gpt_fast.ops import philox
 from gpt_fast.ops.kernel_plan import KernelPlan, plan_kernels
@@ -133,7 +132,7 @@ class OpenAIGPTModel(OpenAIGPTPreTrainedModel):
 
     def embed(self, input_ids=None, positions=None, token_type_ids=None, inputs_embeds=None):
         """Token + position (+ token type) embeddings, (..., T) -> (..., T, C), before the embedding dropout."""
-        hidden = embed_tokens(self.tokens_embed, input_ids) if inputs_embeds is None else inputs_embeds
+        hidden = self.tokens_embed(input_ids) if inputs_embeds is None else inputs_embeds
         hidden = hidden + self.positions_embed(positions)
         if token_type_ids is not None:
             hidden = hidden + self.tokens_embed(token_type_ids)

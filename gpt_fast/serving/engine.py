@@ -292,7 +292,9 @@ class Engine:
         decoding = torch.zeros(hi, dtype=torch.bool, device=self.device)
         decoding[rows] = True
         lengths.copy_(torch.where(decoding, lengths, saved))  # prefilling / free rows keep their length
-        for sequence, choice in zip(sequences, self.sampler.select(logits[rows], sequences)):
+        every_row = len(sequences) == hi and all(s.slot == i for i, s in enumerate(sequences))
+        selected = logits if every_row else logits[rows]  # (R, V); a full batch in slot order needs no copy
+        for sequence, choice in zip(sequences, self.sampler.select(selected, sequences)):
             self.emit(sequence, choice)
         self.observer.step(len(sequences), self.queue_depth(), len(sequences))
 

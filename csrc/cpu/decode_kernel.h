@@ -64,7 +64,9 @@ GPT_FAST_INLINE VF key_dot(const Query<NP>& q, const T* k, int64_t D, float& tai
 }
 
 // Asks for the cache row `row` (D values of T) ahead of its use: the rows of one (b, h) are a short stream (a few
-// KiB to tens of KiB) that the hardware prefetcher has barely ramped up on before it ends.
+// KiB to tens of KiB) that the hardware prefetcher has barely ramped up on before it ends. Keys 2 kLanes rows ahead
+// and each value row while its key is scored: 16 rows x 150 cached positions x 12 layers (bf16, Sapphire Rapids, 2
+// threads) 5.5-5.6 -> 3.4-4.3 ms, 16 -> 21-26 GB/s.
 template <typename T>
 GPT_FAST_INLINE void prefetch_row(const T* row, int64_t D) {
   const char* bytes = reinterpret_cast<const char*>(row);

@@ -175,7 +175,9 @@ GPT_FAST_AVX512_BF16 inline void linear_tile_dpbf16(const LinearArgs<c10::BFloat
 // C_j (16 x 16 fp32) += A (16 rows x 32 k of x) . B_j (32 k x 16 columns) for every 32 k, with tdpbf16ps. B needs k
 // pairs interleaved, so each 1 KiB piece of a block is re-laid out through L1 with vpermw; x_pairs holds x as bf16
 // rows padded to 16 rows. Tiles: tmm0 = A, tmm1 / tmm2 = B (alternating), tmm3.. = C_j. The streams are prefetched
-// kPrefetchFar ahead. Against one block at a time with 1 KiB prefetch: see the README's serving section.
+// kPrefetchFar ahead. Against one block at a time with 1 KiB prefetch (Sapphire Rapids, 2 threads, GPT-1's layers at
+// 16 rows from memory, alternating builds): 1.2-1.3x faster, 82-102% of the read roofline instead of 65-82%; 4
+// streams (tmm3..tmm6) measured the same as 2.
 constexpr int kAmxStreams = 2;
 struct AmxTileConfig {
   uint8_t palette_id = 1, start_row = 0, reserved[14] = {};

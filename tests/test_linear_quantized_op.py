@@ -31,8 +31,9 @@ def test_vocab_sized_lm_head(bits, G, cpu_tier):
 
 # Every row-tile size of the vector tiers (1-8 rows, 9 = 5 + 4, 17 = 6 + 6 + 5), with 10 blocks (149 columns: two
 # groups of 4 streams side by side and 2 blocks alone on one thread), K with a k tail (int8 70 = 64 + 6, 35 pairs) and
-# an odd K (int8 67: the fp32 path for a bf16 x), int4 groups of 32, 64 and 6 (3 pairs: an odd pair count per group)
-@pytest.mark.parametrize("bits, G, K", [(8, 0, 70), (8, 0, 67), (4, 32, 96), (4, 64, 192), (4, 6, 42)])
+# an odd K (int8 67: the fp32 path for a bf16 x), int8 96 (K % 32 == 0: the AMX tiles from 4 rows, 17 = 16 + 1 rows),
+# int4 groups of 32, 64 and 6 (3 pairs: an odd pair count per group)
+@pytest.mark.parametrize("bits, G, K", [(8, 0, 70), (8, 0, 67), (8, 0, 96), (4, 32, 96), (4, 64, 192), (4, 6, 42)])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
 def test_every_row_tile_against_the_float64_reference(bits, G, K, dtype, cpu_tier):
     N = 149

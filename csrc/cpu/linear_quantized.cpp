@@ -12,7 +12,8 @@
 // path dequantizes each weight (q * scale + zero) before its product. With a bf16 x, an even K and AVX512_BF16 (int4:
 // and VBMI, else its fp32 path; int8: 2+ rows, its fp32 path being faster at one), both widths multiply with
 // vdpbf16ps instead (2 k per instruction, half the FMAs; exact: q (int8) or q - 8 and x are bf16 values, their
-// products exact in fp32, sums in fp32): x is then passed as bf16 k pairs as well. This file: the binding (checks,
+// products exact in fp32, sums in fp32): x is then passed as bf16 k pairs as well; int8 from 4 rows with K % 32 == 0
+// on AMX runs tdpbf16ps tiles over the same exact bf16 weights (amx_linear.h; x pairs padded to 16 rows). This file: the binding (checks,
 // the N check against the padding marker, the fp32 copy of x and its group sums), the portable scalar path and the
 // dispatch over tiers: AVX-512 (linear_quantized_avx512.cpp), AVX2 + FMA (linear_quantized_avx2.cpp), else scalar.
 // Parallel over 16-column blocks with at::parallel_for; x is read through its strides once, so any strides are
@@ -27,6 +28,7 @@
 #include <vector>
 
 #include "checks.h"
+#include "cpu/amx_linear.h"  // amx::kK, amx::kRows
 #include "cpu/linear_quantized.h"
 #include "cpu/pack_quantized_weight.h"
 #include "cpu/vec.h"
@@ -133,6 +135,8 @@ at::Tensor linear_quantized_cpu(const at::Tensor& x, const at::Tensor& packed, i
   // int8 at one row keeps the fp32 FMAs (int8_tile, linear_quantized_avx512.cpp): faster there than vdpbf16ps
   const bool dpbf16 = x.scalar_type() == at::kBFloat16 && K % 2 == 0 && cpu::use_avx512_bf16() &&
                       (bits == 8 ? M > 1 : has_avx512_vbmi());
+  // int8 from 4 rows on AMX: tdpbf16ps tiles over the weights made bf16 (linear_quantized_avx512.cpp)
+  const bool amx = dpbf16 && bits == 8 && M >= amx::kMinRows && K % amx::kK == 0 && cpu::use_amx();
   [[maybe_unused]] const bool avx512 = cpu::use_avx512(), avx2 = cpu::use_avx2();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "linear_quantized_cpu", [&] {
     const scalar_t* xp = x2.const_data_ptr<scalar_t>();
@@ -148,8 +152,8 @@ at::Tensor linear_quantized_cpu(const at::Tensor& x, const at::Tensor& packed, i
       }
     }
     if (dpbf16) {  // xf holds bf16 values exactly: its high halves are x's own bits
-      x_pairs.resize(M * K / 2);
-      for (size_t i = 0; i < x_pairs.size(); ++i) {
+      x_pairs.assign((amx ? (M + amx::kRows - 1) / amx::kRows * amx::kRows : M) * K / 2, 0u);  // AMX: 16-row tiles
+      for (size_t i = 0; i < static_cast<size_t>(M * K / 2); ++i) {
         uint32_t lo, hi;
         std::memcpy(&lo, &xf[2 * i], 4), std::memcpy(&hi, &xf[2 * i + 1], 4);
         x_pairs[i] = lo >> 16 | (hi & 0xFFFF0000u);
@@ -159,11 +163,12 @@ at::Tensor linear_quantized_cpu(const at::Tensor& x, const at::Tensor& packed, i
                           bias ? bias_c.const_data_ptr<scalar_t>() : nullptr,
                           residual ? res2.const_data_ptr<scalar_t>() : nullptr, out.mutable_data_ptr<scalar_t>(),
                           M, K, N, G, packed.size(1) * packed.size(2), residual ? res2.stride(0) : 0,
-                          static_cast<int>(bits), gelu};
+                          static_cast<int>(bits), gelu, amx};
     const int64_t grain = std::max<int64_t>(1, 32768 / (K * kBN));  // >= ~32K weights per task
     at::parallel_for(0, NB, grain, [&](int64_t begin, int64_t end) {
 #if GPT_FAST_HAVE_X86
       if constexpr (!std::is_same_v<scalar_t, double>) {
+        if (amx) return quantized_blocks_amx<scalar_t>(a, begin, end);
         if (avx512) return quantized_blocks_avx512<scalar_t>(a, begin, end);
         if (avx2) return quantized_blocks_avx2<scalar_t>(a, begin, end);
       }

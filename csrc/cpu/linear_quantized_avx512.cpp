@@ -20,6 +20,7 @@
 #include <algorithm>
 #include <type_traits>
 
+#include "cpu/amx_linear.h"
 #include "cpu/linear_quantized.h"
 #include "cpu/vec.h"  // GPT_FAST_HAVE_X86, GPT_FAST_AVX512, Vec16, gelu_tanh_fp32, first_lanes
 
@@ -277,7 +278,41 @@ GPT_FAST_AVX512_BF16_VBMI void int4_tile_dpbf16(const QuantArgs<T>& a, const int
   }
 }
 
+// bits 8 with a bf16 x on AMX (4+ rows, K % 32 == 0; the walk: amx_linear.h): each B tile is 16 k pairs of the
+// block made into bf16 pairs exactly as int8_tile_dpbf16 makes them (|q| <= 127 is exact in bf16), the 16 x 16 fp32
+// sums times the scales at the end. x_pairs holds x as bf16 rows padded to 16 rows.
+template <typename T>
+struct Int8AmxKernel {
+  const QuantArgs<T>& a;
+  GPT_FAST_AMX void fill_b(int64_t block, int64_t k0, uint16_t* b_tile) const {
+    const uint8_t* rows = a.w + block * a.block_bytes + k0 * kBN;
+    const __m512i high = _mm512_set1_epi32(static_cast<int>(0xFFFF0000u));
+    for (int p = 0; p < amx::kK / 2; ++p, rows += 2 * kBN) {
+      if (p % 2 == 0) _mm_prefetch(reinterpret_cast<const char*>(rows) + kPrefetchFar, _MM_HINT_T0);
+      const __m512i f0 = _mm512_castps_si512(
+          _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(rows)))));
+      const __m512i f1 = _mm512_castps_si512(
+          _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(rows + kBN)))));
+      _mm512_store_si512(b_tile + p * 32, _mm512_ternarylogic_epi32(high, f1, _mm512_srli_epi32(f0, 16), 0xCA));
+    }
+  }
+  GPT_FAST_AMX void finish(int64_t block, __m512* total, int rows, int64_t m0) const {
+    const __m512 scale = _mm512_loadu_ps(a.w + block * a.block_bytes + a.K * kBN);
+    for (int m = 0; m < rows; ++m) total[m] = _mm512_mul_ps(total[m], scale);
+    cpu::finish_columns16<T>(a, total, rows, m0, block * kBN);
+  }
+};
+
 }  // namespace
+
+template <typename T>
+void quantized_blocks_amx(const QuantArgs<T>& a, int64_t block_begin, int64_t block_end) {
+  amx::over_blocks(Int8AmxKernel<T>{a}, reinterpret_cast<const c10::BFloat16*>(a.x_pairs), a.M, a.K, block_begin,
+                   block_end);
+}
+template void quantized_blocks_amx<float>(const QuantArgs<float>&, int64_t, int64_t);
+template void quantized_blocks_amx<c10::BFloat16>(const QuantArgs<c10::BFloat16>&, int64_t, int64_t);
+template void quantized_blocks_amx<c10::Half>(const QuantArgs<c10::Half>&, int64_t, int64_t);
 
 template <typename T>
 void quantized_blocks_avx512(const QuantArgs<T>& a, int64_t block_begin, int64_t block_end) {

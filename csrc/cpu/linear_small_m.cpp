@@ -28,6 +28,7 @@
 #include <vector>
 
 #include "checks.h"
+#include "cpu/amx_linear.h"
 #include "cpu/linear_layout.h"
 #include "cpu/linear_small_m.h"
 #include "cpu/vec.h"
@@ -38,8 +39,9 @@ namespace {
 using namespace small_m;  // LinearArgs, kBN, kPrefetch, kChunkK, over_block_groups, linear_blocks_avx2
 
 constexpr int kRowTile = 8;
-constexpr int kAmxRows = 16, kAmxK = 32;  // AMX tile: 16 rows of x, 32 k per tdpbf16ps
-constexpr int64_t kAmxMinRows = 4;  // bf16 with AMX from this many rows on (below, vdpbf16ps keeps up with memory)
+using amx::kK, amx::kRows;  // AMX tile: 16 rows of x, 32 k per tdpbf16ps
+constexpr int kAmxRows = kRows, kAmxK = kK;
+constexpr int64_t kAmxMinRows = amx::kMinRows;  // bf16 with AMX from this many rows on
 
 template <typename T>
 void linear_blocks_scalar(const LinearArgs<T>& a, int64_t block_begin, int64_t block_end) {
@@ -170,107 +172,28 @@ GPT_FAST_AVX512_BF16 inline void linear_tile_dpbf16(const LinearArgs<c10::BFloat
   }
 }
 
-// bf16 with AMX, for M >= kAmxMinRows and K % 32 == 0: per 16-row tile, kAmxStreams blocks side by side (the j-th
-// from the j-th equal part of the task's range, as the AVX-512 paths read theirs), each with its own accumulator tile:
-// C_j (16 x 16 fp32) += A (16 rows x 32 k of x) . B_j (32 k x 16 columns) for every 32 k, with tdpbf16ps. B needs k
-// pairs interleaved, so each 1 KiB piece of a block is re-laid out through L1 with vpermw; x_pairs holds x as bf16
-// rows padded to 16 rows. Tiles: tmm0 = A, tmm1 / tmm2 = B (alternating), tmm3.. = C_j. The streams are prefetched
-// kPrefetchFar ahead. Against one block at a time with 1 KiB prefetch (Sapphire Rapids, 2 threads, GPT-1's layers at
-// 16 rows from memory, alternating builds): 1.2-1.3x faster, 82-102% of the read roofline instead of 65-82%; 4
-// streams (tmm3..tmm6) measured the same as 2.
-constexpr int kAmxStreams = 2;
-struct AmxTileConfig {
-  uint8_t palette_id = 1, start_row = 0, reserved[14] = {};
-  uint16_t colsb[16] = {};
-  uint8_t rows[16] = {};
+// bf16 with AMX, for M >= kAmxMinRows and K % 32 == 0 (the walk: amx_linear.h): each 1 KiB piece of a block (32 k
+// x 16 columns) is re-laid out into k pairs through L1 with vpermw, prefetched kPrefetchFar ahead; x_pairs holds x
+// as bf16 rows padded to 16 rows.
+struct Bf16AmxKernel {
+  const LinearArgs<c10::BFloat16>& a;
+  __m512i interleave;
+  GPT_FAST_AMX void fill_b(int64_t block, int64_t k0, uint16_t* b_tile) const {
+    const c10::BFloat16* wb = a.w + block * a.K * kBN;
+    for (int p = 0; p < kAmxK / 2; ++p) {
+      const c10::BFloat16* rows = wb + (k0 + 2 * p) * kBN;
+      prefetch_weights<kPrefetchFar>(rows);
+      _mm512_store_si512(b_tile + p * 32, _mm512_permutexvar_epi16(interleave, _mm512_loadu_si512(rows)));
+    }
+  }
+  GPT_FAST_AMX void finish(int64_t block, __m512* total, int rows, int64_t m0) const {
+    cpu::finish_columns16<c10::BFloat16>(a, total, rows, m0, block * kBN);
+  }
 };
 
-// GCC's tile intrinsics paste the tile number into asm text: it must be a literal, hence these switches on J.
-template <int J>
-GPT_FAST_AMX inline void amx_load_b_and_multiply(const uint16_t* b_tile) {
-  static_assert(J >= 0 && J < 4, "4 streams at most: tmm3..tmm6");
-  if constexpr (J == 0) { _tile_loadd(1, b_tile, 64); _tile_dpbf16ps(3, 0, 1); }
-  if constexpr (J == 1) { _tile_loadd(2, b_tile, 64); _tile_dpbf16ps(4, 0, 2); }
-  if constexpr (J == 2) { _tile_loadd(1, b_tile, 64); _tile_dpbf16ps(5, 0, 1); }
-  if constexpr (J == 3) { _tile_loadd(2, b_tile, 64); _tile_dpbf16ps(6, 0, 2); }
-}
-template <int J>
-GPT_FAST_AMX inline void amx_zero_c() {
-  if constexpr (J == 0) _tile_zero(3);
-  if constexpr (J == 1) _tile_zero(4);
-  if constexpr (J == 2) _tile_zero(5);
-  if constexpr (J == 3) _tile_zero(6);
-}
-template <int J>
-GPT_FAST_AMX inline void amx_store_c(float* c_tile) {
-  if constexpr (J == 0) _tile_stored(3, c_tile, kBN * 4);
-  if constexpr (J == 1) _tile_stored(4, c_tile, kBN * 4);
-  if constexpr (J == 2) _tile_stored(5, c_tile, kBN * 4);
-  if constexpr (J == 3) _tile_stored(6, c_tile, kBN * 4);
-}
-
-// Stream J's step for the 32 k at k0 (then J + 1's): its B tile re-laid out through L1, loaded, multiplied into C_J.
-// (Recursive templates, not lambdas: GCC does not pass a function's target attribute on to the lambdas inside it.)
-template <int J, int NB>
-GPT_FAST_AMX void amx_streams_step(const c10::BFloat16* const* wbs, int64_t k0, uint16_t* b_tiles, __m512i interleave) {
-  uint16_t* b_tile = b_tiles + J * (kAmxK / 2 * 32);  // (16 k pairs, 16 columns x 2)
-  for (int p = 0; p < kAmxK / 2; ++p) {
-    const c10::BFloat16* rows = wbs[J] + (k0 + 2 * p) * kBN;
-    prefetch_weights<kPrefetchFar>(rows);
-    _mm512_store_si512(b_tile + p * 32, _mm512_permutexvar_epi16(interleave, _mm512_loadu_si512(rows)));
-  }
-  amx_load_b_and_multiply<J>(b_tile);
-  if constexpr (J + 1 < NB) amx_streams_step<J + 1, NB>(wbs, k0, b_tiles, interleave);
-}
-
-// C_J.. zeroed (finish = false) or stored and finished for rows [m0, m0 + rows) (finish = true).
-template <int J, int NB, bool finish>
-GPT_FAST_AMX void amx_streams_c(const LinearArgs<c10::BFloat16>& a, const int64_t* blocks, float* c_tile, int64_t m0,
-                                int rows) {
-  if constexpr (finish) {
-    amx_store_c<J>(c_tile);
-    __m512 total[kAmxRows];
-    for (int m = 0; m < rows; ++m) total[m] = _mm512_load_ps(c_tile + m * kBN);
-    cpu::finish_columns16<c10::BFloat16>(a, total, rows, m0, blocks[J] * kBN);
-  } else {
-    amx_zero_c<J>();
-  }
-  if constexpr (J + 1 < NB) amx_streams_c<J + 1, NB, finish>(a, blocks, c_tile, m0, rows);
-}
-
-template <int NB>
-GPT_FAST_AMX void amx_block_group(const LinearArgs<c10::BFloat16>& a, const int64_t* blocks, uint16_t* b_tiles,
-                                  float* c_tile, __m512i interleave) {
-  const int64_t K = a.K;
-  const auto* x = reinterpret_cast<const c10::BFloat16*>(a.x_pairs);  // (M rounded up to 16, K)
-  const c10::BFloat16* wbs[NB];
-  for (int j = 0; j < NB; ++j) wbs[j] = a.w + blocks[j] * K * kBN;
-  for (int64_t m0 = 0; m0 < a.M; m0 += kAmxRows) {
-    const int rows = static_cast<int>(std::min<int64_t>(kAmxRows, a.M - m0));
-    amx_streams_c<0, NB, false>(a, blocks, c_tile, m0, rows);
-    for (int64_t k0 = 0; k0 < K; k0 += kAmxK) {
-      _tile_loadd(0, x + m0 * K + k0, K * 2);
-      amx_streams_step<0, NB>(wbs, k0, b_tiles, interleave);
-    }
-    amx_streams_c<0, NB, true>(a, blocks, c_tile, m0, rows);
-  }
-}
-
 GPT_FAST_AMX void linear_blocks_amx(const LinearArgs<c10::BFloat16>& a, int64_t block_begin, int64_t block_end) {
-  AmxTileConfig config;
-  for (int t = 0; t < 3 + kAmxStreams; ++t) config.rows[t] = kAmxRows, config.colsb[t] = 64;
-  _tile_loadconfig(&config);
-  alignas(64) uint16_t b_tiles[kAmxStreams * kAmxK / 2 * 32];
-  alignas(64) float c_tile[kAmxRows * kBN];  // (16 rows, 16 columns)
-  const __m512i interleave = _mm512_load_si512(kInterleave);
-  const int64_t part = (block_end - block_begin) / kAmxStreams;  // over_block_groups' walk (its lambda: see above)
-  for (int64_t i = 0; i < part; ++i) {
-    int64_t blocks[kAmxStreams];
-    for (int j = 0; j < kAmxStreams; ++j) blocks[j] = block_begin + j * part + i;
-    amx_block_group<kAmxStreams>(a, blocks, b_tiles, c_tile, interleave);
-  }
-  for (int64_t b = block_begin + kAmxStreams * part; b < block_end; ++b) amx_block_group<1>(a, &b, b_tiles, c_tile, interleave);
-  _tile_release();
+  const Bf16AmxKernel kernel{a, _mm512_load_si512(kInterleave)};
+  amx::over_blocks(kernel, reinterpret_cast<const c10::BFloat16*>(a.x_pairs), a.M, a.K, block_begin, block_end);
 }
 
 // Calls tile(std::integral_constant<int, MR>{}) with MR = rows (1..kRowTile) as a compile-time constant.

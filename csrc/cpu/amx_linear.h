@@ -1,6 +1,6 @@
 // The AMX walk shared by the decode linear kernels whose weights become bf16 on the way in: linear_small_m (bf16
 // weights, re-laid out) and linear_quantized (int8 weights, converted exactly to bf16). x goes in as bf16 rows padded
-// to a multiple of 16 rows, (M16, K) row-major; per 16-row tile, kAmxStreams 16-column weight blocks are read side
+// to a multiple of 16 rows, (M16, K) row-major; per 16-row tile, kStreams 16-column weight blocks are read side
 // by side (the j-th from the j-th equal part of the task's range, as the AVX-512 paths read theirs), each with its
 // own accumulator tile: C_j (16 x 16 fp32) += A (16 rows x 32 k of x) . B_j (32 k x 16 columns) for every 32 k, with
 // tdpbf16ps. The kernel fills each B tile (16 k pairs x 16 columns x 2 bf16, the pair layout tdpbf16ps needs)

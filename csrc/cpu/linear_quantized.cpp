@@ -13,9 +13,10 @@
 // and VBMI, else its fp32 path; int8: 2+ rows, its fp32 path being faster at one), both widths multiply with
 // vdpbf16ps instead (2 k per instruction, half the FMAs; exact: q (int8) or q - 8 and x are bf16 values, their
 // products exact in fp32, sums in fp32): x is then passed as bf16 k pairs as well; int8 from 4 rows with K % 32 == 0
-// on AMX runs tdpbf16ps tiles over the same exact bf16 weights (amx_linear.h; x pairs padded to 16 rows). This file: the binding (checks,
-// the N check against the padding marker, the fp32 copy of x and its group sums), the portable scalar path and the
-// dispatch over tiers: AVX-512 (linear_quantized_avx512.cpp), AVX2 + FMA (linear_quantized_avx2.cpp), else scalar.
+// on AMX runs tdpbf16ps tiles over the same exact bf16 weights (amx_linear.h; x pairs padded to 16 rows).
+// This file: the binding (checks, the N check against the padding marker, the fp32 copy of x and its group sums),
+// the portable scalar path and the dispatch over tiers: AMX (int8; amx_linear.h via linear_quantized_avx512.cpp),
+// AVX-512 (linear_quantized_avx512.cpp), AVX2 + FMA (linear_quantized_avx2.cpp), else scalar.
 // Parallel over 16-column blocks with at::parallel_for; x is read through its strides once, so any strides are
 // accepted. Larger M works, re-reading each block once per row tile.
 #include <ATen/ATen.h>
@@ -137,6 +138,8 @@ at::Tensor linear_quantized_cpu(const at::Tensor& x, const at::Tensor& packed, i
                       (bits == 8 ? M > 1 : has_avx512_vbmi());
   // int8 from 4 rows on AMX: tdpbf16ps tiles over the weights made bf16 (linear_quantized_avx512.cpp)
   const bool amx = dpbf16 && bits == 8 && M >= amx::kMinRows && K % amx::kK == 0 && cpu::use_amx();
+  const int64_t pair_rows = amx ? (M + amx::kRows - 1) / amx::kRows * amx::kRows : M;  // AMX: whole 16-row tiles
+  checked_mul(pair_rows, K, op, "M (rounded up to 16 rows) * K");
   [[maybe_unused]] const bool avx512 = cpu::use_avx512(), avx2 = cpu::use_avx2();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "linear_quantized_cpu", [&] {
     const scalar_t* xp = x2.const_data_ptr<scalar_t>();
@@ -152,7 +155,7 @@ at::Tensor linear_quantized_cpu(const at::Tensor& x, const at::Tensor& packed, i
       }
     }
     if (dpbf16) {  // xf holds bf16 values exactly: its high halves are x's own bits
-      x_pairs.assign((amx ? (M + amx::kRows - 1) / amx::kRows * amx::kRows : M) * K / 2, 0u);  // AMX: 16-row tiles
+      x_pairs.assign(pair_rows * K / 2, 0u);  // the padding rows (AMX) stay 0
       for (size_t i = 0; i < static_cast<size_t>(M * K / 2); ++i) {
         uint32_t lo, hi;
         std::memcpy(&lo, &xf[2 * i], 4), std::memcpy(&hi, &xf[2 * i + 1], 4);

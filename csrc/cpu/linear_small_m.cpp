@@ -39,8 +39,7 @@ namespace {
 using namespace small_m;  // LinearArgs, kBN, kPrefetch, kChunkK, over_block_groups, linear_blocks_avx2
 
 constexpr int kRowTile = 8;
-using amx::kK, amx::kRows;  // AMX tile: 16 rows of x, 32 k per tdpbf16ps
-constexpr int kAmxRows = kRows, kAmxK = kK;
+constexpr int kAmxRows = amx::kRows, kAmxK = amx::kK;  // AMX tile: 16 rows of x, 32 k per tdpbf16ps
 constexpr int64_t kAmxMinRows = amx::kMinRows;  // bf16 with AMX from this many rows on
 
 template <typename T>

@@ -8,7 +8,8 @@
 //   bits 4: row = one k pair of group g (16 bytes, low nibble k = 2p); w = q * scale + zero with the group's bf16
 //           scales and zeros (64 bytes after the group's nibbles, read from L1 by the threads of that group).
 // The per-thread sums are reduced through shared memory ((threads, MR * 16 + 1) fp32, padded against bank
-// conflicts; 8 interleaved sums and a pairwise tree), then thread (m, c) applies the scale (int8), bias, GELU, residual and stores. All math fp32.
+// conflicts; 8 interleaved sums and a pairwise tree), then thread (m, c) applies the scale (int8), bias, GELU,
+// residual and stores. All math fp32.
 // x, residual, out: (M, K) / (M, N) contiguous rows (residual rows ld_residual apart). No torch header.
 #pragma once
 #include <cstring>

@@ -31,6 +31,9 @@ constexpr int64_t kMinRows = 4;  // from this many rows on (below, vdpbf16ps kee
 constexpr int kTileWords = kK / 2 * 32;  // uint16 per B tile: (16 k pairs, 16 columns x 2)
 constexpr int64_t kBN = 16;
 
+// x's rows as the A tiles read them: M rounded up to whole 16-row tiles (the extra rows zero).
+constexpr int64_t padded_rows(int64_t M) { return (M + kRows - 1) / kRows * kRows; }
+
 #if GPT_FAST_HAVE_X86
 
 // GCC's tile intrinsics paste the tile number into asm text: it must be a literal, hence these switches on J.

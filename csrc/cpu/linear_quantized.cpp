@@ -29,7 +29,7 @@
 #include <vector>
 
 #include "checks.h"
-#include "cpu/amx_linear.h"  // amx::kK, amx::kRows
+#include "cpu/amx_linear.h"  // amx::kMinRows, amx::kK, amx::padded_rows
 #include "cpu/linear_quantized.h"
 #include "cpu/pack_quantized_weight.h"
 #include "cpu/vec.h"
@@ -138,7 +138,7 @@ at::Tensor linear_quantized_cpu(const at::Tensor& x, const at::Tensor& packed, i
                       (bits == 8 ? M > 1 : has_avx512_vbmi());
   // int8 from 4 rows on AMX: tdpbf16ps tiles over the weights made bf16 (linear_quantized_avx512.cpp)
   const bool amx = dpbf16 && bits == 8 && M >= amx::kMinRows && K % amx::kK == 0 && cpu::use_amx();
-  const int64_t pair_rows = amx ? (M + amx::kRows - 1) / amx::kRows * amx::kRows : M;  // AMX: whole 16-row tiles
+  const int64_t pair_rows = amx ? amx::padded_rows(M) : M;  // AMX: whole 16-row tiles
   checked_mul(pair_rows, K, op, "M (rounded up to 16 rows) * K");
   [[maybe_unused]] const bool avx512 = cpu::use_avx512(), avx2 = cpu::use_avx2();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "linear_quantized_cpu", [&] {
@@ -166,7 +166,7 @@ at::Tensor linear_quantized_cpu(const at::Tensor& x, const at::Tensor& packed, i
                           bias ? bias_c.const_data_ptr<scalar_t>() : nullptr,
                           residual ? res2.const_data_ptr<scalar_t>() : nullptr, out.mutable_data_ptr<scalar_t>(),
                           M, K, N, G, packed.size(1) * packed.size(2), residual ? res2.stride(0) : 0,
-                          static_cast<int>(bits), gelu, amx};
+                          static_cast<int>(bits), gelu};
     const int64_t grain = std::max<int64_t>(1, 32768 / (K * kBN));  // >= ~32K weights per task
     at::parallel_for(0, NB, grain, [&](int64_t begin, int64_t end) {
 #if GPT_FAST_HAVE_X86

@@ -34,15 +34,15 @@ struct QuantArgs {
   int64_t M, K, N, G, block_bytes, ld_residual;
   int bits;
   bool gelu;
-  bool amx;  // bits 8, bf16 x: quantized_blocks_amx (x_pairs then holds M rounded up to 16 rows)
 };
 
 // The vector tiers over blocks [block_begin, block_end); call only when cpu::use_avx512() / cpu::use_avx2(), on x86
 // builds (GPT_FAST_HAVE_X86). Instantiated for float, c10::BFloat16 and c10::Half.
 template <typename T>
 void quantized_blocks_avx512(const QuantArgs<T>& a, int64_t block_begin, int64_t block_end);
+// bits 8, a bf16 x, K % 32 == 0, cpu::use_amx(): x_pairs holds x as bf16 rows padded to amx::padded_rows(M).
 template <typename T>
-void quantized_blocks_amx(const QuantArgs<T>& a, int64_t block_begin, int64_t block_end);  // a.amx only
+void quantized_blocks_amx(const QuantArgs<T>& a, int64_t block_begin, int64_t block_end);
 template <typename T>
 void quantized_blocks_avx2(const QuantArgs<T>& a, int64_t block_begin, int64_t block_end);
 

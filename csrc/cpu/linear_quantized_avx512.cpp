@@ -80,6 +80,18 @@ GPT_FAST_AVX512 void int8_tile(const QuantArgs<T>& a, const int64_t* blocks, int
   }
 }
 
+// The 16 bf16 pairs (q[2s, j], q[2s + 1, j]) of int8 weight rows 2s (at rows) and 2s + 1 (rows + 16), exact: each
+// row converted to fp32, whose high halves are the exact bf16 values (|q| <= 127 needs 7 bits), then merged as
+// (f1 & 0xFFFF0000) | (f0 >> 16) by one vpternlogd (0xCA = high ? f1 : (f0 >> 16), bit by bit).
+GPT_FAST_AVX512 inline __m512i int8_rows_to_bf16_pairs(const uint8_t* rows) {
+  const __m512i high = _mm512_set1_epi32(static_cast<int>(0xFFFF0000u));
+  const __m512i f0 = _mm512_castps_si512(
+      _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(rows)))));
+  const __m512i f1 = _mm512_castps_si512(
+      _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(rows + kBN)))));
+  return _mm512_ternarylogic_epi32(high, f1, _mm512_srli_epi32(f0, 16), 0xCA);
+}
+
 // bits 8 with a bf16 x (even K) on AVX512_BF16: rows k = 2s and 2s + 1 converted to fp32, whose high halves are
 // their exact bf16 values (|q| <= 127 needs 7 bits), merged into the bf16 pairs (q[2s, j], q[2s + 1, j]) by a
 // shift and a vpternlogd, then one vdpbf16ps per row with x's pair: half the multiply-adds of int8_tile. At 5-8
@@ -93,14 +105,8 @@ GPT_FAST_AVX512_BF16 void int8_tile_dpbf16(const QuantArgs<T>& a, const int64_t*
   const uint8_t* wbs[NB];  // (K + 4, 16) bytes each
   for (int j = 0; j < NB; ++j) wbs[j] = a.w + blocks[j] * a.block_bytes;
   const uint32_t* xp = a.x_pairs + m0 * pairs;  // (MR, K / 2)
-  const __m512i high = _mm512_set1_epi32(static_cast<int>(0xFFFF0000u));
   auto pair_step = [&](__m512* acc, const uint8_t* rows, int64_t s) GPT_FAST_AVX512_BF16 {
-    const __m512i f0 = _mm512_castps_si512(
-        _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(rows)))));
-    const __m512i f1 = _mm512_castps_si512(
-        _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(rows + kBN)))));
-    // (f1 & 0xFFFF0000) | (f0 >> 16): ternary logic 0xCA = high ? f1 : (f0 >> 16), bit by bit
-    const __m512bh w = (__m512bh)_mm512_ternarylogic_epi32(high, f1, _mm512_srli_epi32(f0, 16), 0xCA);
+    const __m512bh w = (__m512bh)int8_rows_to_bf16_pairs(rows);
     for (int m = 0; m < MR; ++m)
       acc[m] = _mm512_dpbf16_ps(acc[m], w, (__m512bh)_mm512_set1_epi32(static_cast<int>(xp[m * pairs + s])));
   };
@@ -279,21 +285,16 @@ GPT_FAST_AVX512_BF16_VBMI void int4_tile_dpbf16(const QuantArgs<T>& a, const int
 }
 
 // bits 8 with a bf16 x on AMX (4+ rows, K % 32 == 0; the walk: amx_linear.h): each B tile is 16 k pairs of the
-// block made into bf16 pairs exactly as int8_tile_dpbf16 makes them (|q| <= 127 is exact in bf16), the 16 x 16 fp32
+// block made into bf16 pairs by int8_rows_to_bf16_pairs, as int8_tile_dpbf16 makes them, the 16 x 16 fp32
 // sums times the scales at the end. x_pairs holds x as bf16 rows padded to 16 rows.
 template <typename T>
 struct Int8AmxKernel {
   const QuantArgs<T>& a;
   GPT_FAST_AMX void fill_b(int64_t block, int64_t k0, uint16_t* b_tile) const {
     const uint8_t* rows = a.w + block * a.block_bytes + k0 * kBN;
-    const __m512i high = _mm512_set1_epi32(static_cast<int>(0xFFFF0000u));
     for (int p = 0; p < amx::kK / 2; ++p, rows += 2 * kBN) {
       if (p % 2 == 0) _mm_prefetch(reinterpret_cast<const char*>(rows) + kPrefetchFar, _MM_HINT_T0);
-      const __m512i f0 = _mm512_castps_si512(
-          _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(rows)))));
-      const __m512i f1 = _mm512_castps_si512(
-          _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(rows + kBN)))));
-      _mm512_store_si512(b_tile + p * 32, _mm512_ternarylogic_epi32(high, f1, _mm512_srli_epi32(f0, 16), 0xCA));
+      _mm512_store_si512(b_tile + p * 32, int8_rows_to_bf16_pairs(rows));
     }
   }
   GPT_FAST_AMX void finish(int64_t block, __m512* total, int rows, int64_t m0) const {

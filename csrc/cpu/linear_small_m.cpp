@@ -39,8 +39,6 @@ namespace {
 using namespace small_m;  // LinearArgs, kBN, kPrefetch, kChunkK, over_block_groups, linear_blocks_avx2
 
 constexpr int kRowTile = 8;
-constexpr int kAmxRows = amx::kRows, kAmxK = amx::kK;  // AMX tile: 16 rows of x, 32 k per tdpbf16ps
-constexpr int64_t kAmxMinRows = amx::kMinRows;  // bf16 with AMX from this many rows on
 
 template <typename T>
 void linear_blocks_scalar(const LinearArgs<T>& a, int64_t block_begin, int64_t block_end) {
@@ -171,7 +169,7 @@ GPT_FAST_AVX512_BF16 inline void linear_tile_dpbf16(const LinearArgs<c10::BFloat
   }
 }
 
-// bf16 with AMX, for M >= kAmxMinRows and K % 32 == 0 (the walk: amx_linear.h): each 1 KiB piece of a block (32 k
+// bf16 with AMX, for M >= amx::kMinRows and K % 32 == 0 (the walk: amx_linear.h): each 1 KiB piece of a block (32 k
 // x 16 columns) is re-laid out into k pairs through L1 with vpermw, prefetched kPrefetchFar ahead; x_pairs holds x
 // as bf16 rows padded to 16 rows.
 struct Bf16AmxKernel {
@@ -179,7 +177,7 @@ struct Bf16AmxKernel {
   __m512i interleave;
   GPT_FAST_AMX void fill_b(int64_t block, int64_t k0, uint16_t* b_tile) const {
     const c10::BFloat16* wb = a.w + block * a.K * kBN;
-    for (int p = 0; p < kAmxK / 2; ++p) {
+    for (int p = 0; p < amx::kK / 2; ++p) {
       const c10::BFloat16* rows = wb + (k0 + 2 * p) * kBN;
       prefetch_weights<kPrefetchFar>(rows);
       _mm512_store_si512(b_tile + p * 32, _mm512_permutexvar_epi16(interleave, _mm512_loadu_si512(rows)));
@@ -303,13 +301,13 @@ at::Tensor linear_small_m_cpu(const at::Tensor& x, const at::Tensor& packed_weig
   std::vector<uint32_t> x_pairs;  // (M, K / 2) bf16 pairs, only for the vdpbf16ps path
   [[maybe_unused]] const bool vector = cpu::use_avx512(), avx2 = cpu::use_avx2();
   const bool dpbf16 = x.scalar_type() == at::kBFloat16 && K >= 2 && cpu::use_avx512_bf16();
-  const bool amx = dpbf16 && M >= kAmxMinRows && K % kAmxK == 0 && cpu::use_amx();
+  const bool amx = dpbf16 && M >= amx::kMinRows && K % amx::kK == 0 && cpu::use_amx();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "linear_small_m_cpu", [&] {
     const scalar_t* xp = x2.const_data_ptr<scalar_t>();
     const int64_t s0 = x2.stride(0), s1 = x2.stride(1);
     for (int64_t m = 0; m < M; ++m)
       for (int64_t k = 0; k < K; ++k) xf[m * K + k] = static_cast<float>(xp[m * s0 + k * s1]);
-    if (dpbf16) bf16_pairs(xp, M, amx ? (M + kAmxRows - 1) / kAmxRows * kAmxRows : M, K, s0, s1, x_pairs);
+    if (dpbf16) bf16_pairs(xp, M, amx ? amx::padded_rows(M) : M, K, s0, s1, x_pairs);
     LinearArgs<scalar_t> a{xf.data(), dpbf16 ? x_pairs.data() : nullptr, packed_weight.const_data_ptr<scalar_t>(),
                            bias ? bias_c.const_data_ptr<scalar_t>() : nullptr,
                            residual ? res2.const_data_ptr<scalar_t>() : nullptr, out.mutable_data_ptr<scalar_t>(),

@@ -57,6 +57,7 @@ TORCH_LIBRARY(gpt_fast, m) {
   m.def("pack_quantized_weight(Tensor qweight, Tensor scales, Tensor? zeros, int bits, int group_size) -> Tensor");
   // Few-row (decode) weight-only quantized linear: [gelu_tanh](x (..., K) @ W.T + bias) [+ residual (..., N)], W given
   // by pack_quantized_weight for (out_features, K, bits, group_size), dequantized in registers, fp32 math; returns
-  // (..., N) in x's dtype (fp32, bf16 or fp16; bias and residual in that dtype too).
-  m.def("linear_quantized(Tensor x, Tensor packed, int out_features, int bits, int group_size, Tensor? bias, Tensor? residual, bool gelu) -> Tensor");
+  // (..., N) in x's dtype (fp32, bf16 or fp16; bias and residual in that dtype too). x_bits 8 (bits 4 only): x is
+  // first rounded to int8 per group of group_size k, each with its own scale (reference.round_activations).
+  m.def("linear_quantized(Tensor x, Tensor packed, int out_features, int bits, int group_size, Tensor? bias, Tensor? residual, bool gelu, int x_bits=0) -> Tensor");
 }

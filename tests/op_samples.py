@@ -211,6 +211,10 @@ _QUANTIZED = [(1, 768, 2304, 8, 0, "rows"), (1, 768, 2304, 4, 32, "rows"), (7, 6
               (2, 64, 40478, 4, 32, "rows"), (5, 768, 1, 8, 0, "t"), (511, 32, 17, 4, 32, "rows"),
               (4, 768, 48, 4, 256, "3d"), (3, 6, 33, 4, 2, "rows"), (16, 3072, 17, 8, 0, "rows"),
               (8, 96, 65, 4, 32, "t"), (2, 40, 200, 8, 0, "3d"), (3, 67, 33, 8, 0, "t")]  # K % 4: a k tail
+# x_bits=8 (int4 weights, x rounded to int8 per group): the VNNI tile at 1, 3-4 and 5-8 rows, more rows (tiles of
+# up to 8), group sizes 32, 64, 256 and 6 (G % 4 != 0: the fp32 tile on the rounded x); (rows, K, N, group_size)
+_QUANTIZED_A8 = [(1, 768, 2304, 32), (4, 96, 33, 32), (7, 3072, 40, 64), (11, 64, 17, 32), (2, 768, 48, 256),
+                 (3, 42, 20, 6)]
 
 
 def _quantized_weight(i, K, N, bits, group_size, device):
@@ -238,7 +242,16 @@ def _linear_quantized(dtype, device):
         qweight, scales, zeros = _quantized_weight(i, K, N, bits, group_size, device)
         yield Sample(f"M{rows}-K{K}-N{N}-int{bits}{f'-g{group_size}' if bits == 4 else ''}-{layout}-"
                      f"bias{int(with_bias)}-gelu{int(gelu)}-res{int(with_residual)}",
-                     (x, qweight, scales, zeros, bits, group_size, bias, residual, gelu))
+                     (x, qweight, scales, zeros, bits, group_size, bias, residual, gelu, 0))
+    for i, (rows, K, N, group_size) in enumerate(_QUANTIZED_A8, start=len(_QUANTIZED)):
+        g, randn = _gen(i)
+        with_bias, gelu, with_residual = epilogues[i % len(epilogues)]
+        x = randn(rows, K, dtype=dtype, device=device)
+        bias = randn(N, dtype=dtype, device=device) if with_bias else None
+        residual = randn(rows, N, dtype=dtype, device=device) if with_residual else None
+        qweight, scales, zeros = _quantized_weight(i, K, N, 4, group_size, device)
+        yield Sample(f"M{rows}-K{K}-N{N}-int4-g{group_size}-a8-bias{int(with_bias)}-gelu{int(gelu)}-"
+                     f"res{int(with_residual)}", (x, qweight, scales, zeros, 4, group_size, bias, residual, gelu, 8))
 
 
 def _pack_quantized_weight(dtype, device):
@@ -251,8 +264,9 @@ def _pack_quantized_weight(dtype, device):
 
 def quantized_expected(args, dtype):
     """linear_quantized's reference in reference_dtype(dtype) (float64 for float32 x): the weight dequantized
-    exactly in that dtype, then the matmul and epilogue in it too."""
-    x, qweight, scales, zeros, bits, group_size, bias, residual, gelu = args
+    exactly in that dtype, then the matmul and epilogue in it too. x_bits=8: x rounded (in float32, as the op
+    defines it: reference.round_activations) before the upcast."""
+    x, qweight, scales, zeros, bits, group_size, bias, residual, gelu, x_bits = args
     target = torch.float64 if dtype == torch.float32 else torch.float32
     if bits == 8:
         w = qweight.to(target) * scales.to(target)
@@ -260,6 +274,8 @@ def quantized_expected(args, dtype):
         N = qweight.shape[0]
         q = torch.stack([qweight & 0xF, qweight >> 4], dim=-1).view(N, -1).to(target)
         w = q * scales.to(target).repeat_interleave(group_size, 1) + zeros.to(target).repeat_interleave(group_size, 1)
+    if x_bits == 8:
+        x = reference.round_activations(x, group_size)
     x, bias, residual = upcast(x, bias, residual, dtype=dtype)
     return reference.linear_small_m(x, w, bias, residual, gelu, in_out_layout=False)
 
@@ -279,9 +295,9 @@ def sample_inputs(op: str, dtype: torch.dtype, device: str = "cpu") -> list[Samp
 def op_arguments(op: str, sample: Sample) -> tuple:
     """The arguments of torch.ops.gpt_fast.<op> for a sample (linear_small_m gets its weight packed)."""
     if op == "linear_quantized":
-        x, qweight, scales, zeros, bits, group_size, bias, residual, gelu = sample.args
+        x, qweight, scales, zeros, bits, group_size, bias, residual, gelu, x_bits = sample.args
         packed = torch.ops.gpt_fast.pack_quantized_weight(qweight, scales, zeros, bits, group_size)
-        return x, packed, qweight.shape[0], bits, group_size, bias, residual, gelu
+        return x, packed, qweight.shape[0], bits, group_size, bias, residual, gelu, x_bits
     if op != "linear_small_m":
         return sample.args
     x, weight, bias, residual, gelu, in_out = sample.args

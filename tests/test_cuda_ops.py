@@ -174,21 +174,22 @@ def quantized_layer(bits, G, N=40, K=64, seed=30):
     return q, s, z
 
 
-@pytest.mark.parametrize("bits, G", [(8, 0), (4, 32)])
-def test_quantized_pack_is_the_cpu_bytes_and_runs_in_a_cuda_graph(bits, G):
+@pytest.mark.parametrize("bits, G, x_bits", [(8, 0, 0), (4, 32, 0), (4, 32, 8)])
+def test_quantized_pack_is_the_cpu_bytes_and_runs_in_a_cuda_graph(bits, G, x_bits):
     """The CUDA pack gives the CPU pack's bytes (one layout); linear_quantized captured in a CUDA graph (no host
-    sync in its binding) replays to the eager result, which matches the CPU kernel's within fp32 rounding."""
+    sync in its binding, x_bits=8's ATen rounding included) replays to the eager result, which matches the CPU
+    kernel's within fp32 rounding."""
     q, s, z = quantized_layer(bits, G)
     cpu_packed = gpt_ops.pack_quantized_weight(q, s, z, bits, G)
     packed = gpt_ops.pack_quantized_weight(q.to(DEV), s.to(DEV), None if z is None else z.to(DEV), bits, G)
     assert torch.equal(packed.cpu(), cpu_packed)
     x = gen(3, 64, dtype=torch.float32, seed=31)
-    eager = gpt_ops.linear_quantized(x, packed, 40, bits, G, None, None, True)
+    eager = gpt_ops.linear_quantized(x, packed, 40, bits, G, None, None, True, x_bits)
     torch.testing.assert_close(eager.cpu(), gpt_ops.linear_quantized(x.cpu(), cpu_packed, 40, bits, G, None, None,
-                                                                     True), rtol=1e-5, atol=1e-5)
+                                                                     True, x_bits), rtol=1e-5, atol=1e-5)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        out = gpt_ops.linear_quantized(x, packed, 40, bits, G, None, None, True)
+        out = gpt_ops.linear_quantized(x, packed, 40, bits, G, None, None, True, x_bits)
     graph.replay()
     torch.cuda.synchronize()
     assert torch.equal(out, eager)

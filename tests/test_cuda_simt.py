@@ -307,7 +307,7 @@ def test_linear_quantized(harness, tmp_path, dtype, M, K, N, bits, G, has_bias, 
     save(tmp_path, x=x, packed=packed, **({"bias": bias} if has_bias else {}),
          **({"residual": residual} if has_residual else {}))
     run(harness, tmp_path, "linear_quantized", dtype, M, K, N, bits, G, int(has_bias), int(has_residual), int(gelu))
-    args = (x, qweight, scales, zeros, bits, G, bias, residual, gelu)
+    args = (x, qweight, scales, zeros, bits, G, bias, residual, gelu, 0)
     assert_within_pytorch_error(load(tmp_path, "out", dtype, (M, N)), quantized_expected(args, dtype),
                                 reference.linear_quantized(*args))
 

@@ -24,7 +24,7 @@ def layer(N=40, K=64, bits=4, G=32, seed=0):
 def test_vocab_sized_lm_head(bits, G, cpu_tier):
     q, s, z, packed = layer(40478, 768, bits, G, seed=1)
     x = torch.randn(1, 768, dtype=torch.bfloat16)
-    args = (x, q, s, z, bits, G, None, None, False)
+    args = (x, q, s, z, bits, G, None, None, False, 0)
     assert_within_pytorch_error(ops.linear_quantized(x, packed, 40478, bits, G), quantized_expected(args, x.dtype),
                                 reference.linear_quantized(*args))
 
@@ -40,9 +40,50 @@ def test_every_row_tile_against_the_float64_reference(bits, G, K, dtype, cpu_tie
     q, s, z, packed = layer(N, K, bits, G, seed=3)
     for M in [*range(1, 10), 17]:
         x, bias = torch.randn(M, K, dtype=dtype), torch.randn(N, dtype=dtype)
-        args = (x, q, s, z, bits, G, bias, None, M % 2 == 0)
+        args = (x, q, s, z, bits, G, bias, None, M % 2 == 0, 0)
         actual = ops.linear_quantized(x, packed, N, bits, G, bias, None, M % 2 == 0)
         assert_within_pytorch_error(actual, quantized_expected(args, dtype), reference.linear_quantized(*args))
+
+
+# x_bits=8: every row tile, the same columns; G 32 and 64 (the VNNI tile where the CPU has it), 6 (G % 4 != 0: the
+# fp32 tile on the rounded x)
+@pytest.mark.parametrize("G, K", [(32, 96), (64, 192), (6, 42)])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
+def test_int8_activations_every_row_tile_against_the_float64_reference(G, K, dtype, cpu_tier):
+    N = 149
+    q, s, z, packed = layer(N, K, 4, G, seed=4)
+    for M in [*range(1, 10), 17]:
+        x, bias = torch.randn(M, K, dtype=dtype), torch.randn(N, dtype=dtype)
+        args = (x, q, s, z, 4, G, bias, None, M % 2 == 0, 8)
+        actual = ops.linear_quantized(x, packed, N, 4, G, bias, None, M % 2 == 0, x_bits=8)
+        assert_within_pytorch_error(actual, quantized_expected(args, dtype), reference.linear_quantized(*args))
+
+
+def test_int8_activations_round_ties_to_even_and_keep_nan(cpu_tier):
+    """Rows built so that x / scale falls exactly on .5 (the scale of each group is 1: max |x| = 127), an all-zero
+    group, and groups holding NaN or an infinity (NaN out, only in that row)."""
+    N, K, G = 16, 32, 8
+    q, s, z, packed = layer(N, K, 4, G, seed=5)
+    ties = torch.tensor([127.0, 0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 3.5] * 4)
+    rounded = torch.tensor([127.0, 0.0, 2.0, 2.0, -0.0, -2.0, -2.0, 4.0] * 4)
+    x = torch.stack([ties, torch.zeros(K), ties.clone().index_fill_(0, torch.tensor([9]), float("nan")),
+                     ties.clone().index_fill_(0, torch.tensor([30]), float("-inf"))])
+    assert torch.equal(reference.round_activations(x[:2], G), torch.stack([rounded, torch.zeros(K)]))
+    w = reference.dequantize_linear_weight(q, s, z, 4, G).double()
+    out = ops.linear_quantized(x, packed, N, 4, G, x_bits=8)
+    torch.testing.assert_close(out[0].double(), rounded.double() @ w.t(), rtol=1e-5, atol=1e-5)
+    assert torch.equal(out[1], torch.zeros(N))
+    assert out[2:].isnan().all()
+
+
+def test_int8_activations_change_the_result():
+    """x_bits=8 rounds x: its result differs from the weight-only one by about the rounding's size, not by fp32
+    noise (the kernel does not ignore the argument)."""
+    q, s, z, packed = layer(64, 256, 4, 32, seed=6)
+    x = torch.randn(3, 256)
+    exact, rounded = (ops.linear_quantized(x, packed, 64, 4, 32, x_bits=b) for b in (0, 8))
+    scale = x.abs().amax() / 127
+    assert (exact - rounded).abs().max() > 1e-3 * scale * 256**0.5
 
 
 def test_pack_unpacks_to_the_dequantized_weight():
@@ -83,18 +124,30 @@ def test_gradients_flow_to_x_bias_and_residual():
         torch.testing.assert_close(got, want, rtol=2e-5, atol=2e-5)
 
 
+def test_int8_activations_pass_the_gradient_straight_through():
+    """d/dx of sum(x_bits=8's output) is the weight's column sums, as without the rounding (straight through)."""
+    q, s, z, packed = layer(24, 64, 4, 32)
+    x = torch.randn(3, 64, requires_grad=True)
+    ops.linear_quantized(x, packed, 24, 4, 32, x_bits=8).sum().backward()
+    w = reference.dequantize_linear_weight(q, s, z, 4, 32)
+    torch.testing.assert_close(x.grad, w.sum(0).expand(3, -1), rtol=1e-5, atol=1e-5)
+
+
 # --- bad input: one case per test, each message names the op and the argument -----------------------------------
 
 def call(**changes):
     q, s, z, packed = layer()
     a = dict(x=torch.randn(2, 64), packed=packed, out_features=40, bits=4, group_size=32, bias=None, residual=None,
-             gelu=False)
+             gelu=False, x_bits=0)
     a.update(changes)
     return torch.ops.gpt_fast.linear_quantized(*a.values())
 
 
 @pytest.mark.parametrize("changes, message", [
     (dict(bits=3), "bits must be 4 or 8"),
+    (dict(x_bits=4), "x_bits must be 0"),
+    (dict(x_bits=-1), "x_bits must be 0"),
+    (dict(bits=8, x_bits=8), "x_bits=8 needs bits=4"),
     (dict(group_size=0), "even positive group_size dividing"),
     (dict(group_size=31), "even positive group_size dividing"),
     (dict(group_size=48), "even positive group_size dividing"),

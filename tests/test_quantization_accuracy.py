@@ -8,10 +8,12 @@ divergence KL(reference || quantized) of the next-token distribution, greedy con
 Thresholds (the issue's targets where it sets them):
 - int8, LM head quantized or not: perplexity <= +0.1%, KL <= 2e-4, >= 90% of greedy continuations identical;
 - int4 group 32, LM head quantized or not: perplexity <= +1%, KL <= 5e-3;
-- int4 group 64 (no issue target; twice group 32's budget): perplexity <= +2%, KL <= 1e-2.
+- int4 group 64 (no issue target; twice group 32's budget): perplexity <= +2%, KL <= 1e-2;
+- int4-a8 group 32 (int4 weights, int8 activations): int4's targets, and at most 1.2x int4 g32's KL.
 Measured when written (float32, reference perplexity 6.98): int8 +0.009% / KL 9.4e-6 (head quantized), -0.006% /
 1.2e-6 (head in float32); int4 g32 +0.15% / KL 1.3e-3 (head quantized), +0.08% / 2.5e-4 (head in float32); int4
-g64 +0.30% / KL 1.7e-3. Greedy continuations identical: 100% for int8 and int4 g32 with the head in float32, 6%
+g64 +0.30% / KL 1.7e-3; int4-a8 g32 (x rounded to int8 per group too; 2026-12-03) +0.19% / KL 1.34e-3 against
+int4 g32's +0.18% / 1.32e-3 in the same run. Greedy continuations identical: 100% for int8 and int4 g32 with the head in float32, 6%
 (g32) and 31% (g64) with the head in int4: the corpus has many near-ties (any of ten nouns) that a perturbed head
 flips. The test prints the figures (pytest -s).
 
@@ -42,6 +44,7 @@ TARGETS = {  # (scheme, group, lm_head) -> (max perplexity change, max mean KL, 
     ("int4", 32, True): (1e-2, 5e-3, None),
     ("int4", 32, False): (1e-2, 5e-3, None),
     ("int4", 64, True): (2e-2, 1e-2, None),
+    ("int4-a8", 32, True): (1e-2, 5e-3, None),  # int4 g32's targets (the rounding of x adds little: below)
 }
 
 
@@ -97,6 +100,9 @@ def test_quantized_models_stay_within_the_targets(trained):
             assert result.greedy_identical >= min_greedy, (key, result)
     # int4 is measurably worse than int8 (the comparison sees the quantization at all)
     assert figures[("int4", 32, True)].kl > 10 * figures[("int8", None, True)].kl
+    # int8 activations on top of int4 weights: a different model (x is rounded), within 1.2x int4's KL
+    a8, int4 = figures[("int4-a8", 32, True)], figures[("int4", 32, True)]
+    assert a8.kl != int4.kl and a8.kl <= 1.2 * int4.kl, (a8, int4)
 
 
 @pytest.mark.slow  # ~50 s with the training (shared with the test above when both run)

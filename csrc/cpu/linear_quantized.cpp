@@ -14,6 +14,9 @@
 // vdpbf16ps instead (2 k per instruction, half the FMAs; exact: q (int8) or q - 8 and x are bf16 values, their
 // products exact in fp32, sums in fp32): x is then passed as bf16 k pairs as well; int8 from 4 rows with K % 32 == 0
 // on AMX runs tdpbf16ps tiles over the same exact bf16 weights (amx_linear.h; x pairs padded to 16 rows).
+// x_bits 8 (bits 4): x is first rounded to int8 per group of G k, each with its own scale (round_activations below,
+// to the bits of reference.round_activations), and every tier computes on the rounded x as above; on AVX512_VNNI
+// + VBMI the AVX-512 tier multiplies the int8 x and the 4-bit q as bytes instead (int4_tile_vnni.h), exact in int32.
 // This file: the binding (checks, the N check against the padding marker, the fp32 copy of x and its group sums),
 // the portable scalar path and the dispatch over tiers: AMX (int8; amx_linear.h via linear_quantized_avx512.cpp),
 // AVX-512 (linear_quantized_avx512.cpp), AVX2 + FMA (linear_quantized_avx2.cpp), else scalar.
@@ -25,11 +28,14 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
+#include <limits>
 #include <vector>
 
 #include "checks.h"
 #include "cpu/amx_linear.h"  // amx::kMinRows, amx::kK, amx::padded_rows
+#include "cpu/int4_tile_vnni.h"  // kMaxVnniGroup
 #include "cpu/linear_quantized.h"
 #include "cpu/pack_quantized_weight.h"
 #include "cpu/vec.h"
@@ -94,6 +100,30 @@ void quantized_blocks_scalar(const QuantArgs<T>& a, int64_t block_begin, int64_t
   }
 }
 
+// x_bits 8: each group of G values of x (groups rows x G, fp32) rounded to int8 with its own scale s = max |x| / 127,
+// as reference.round_activations and round_activations_aten (pack_quantized_weight.cpp) do it, to the same bits:
+// q = round half to even (x / s) in [-127, 127], x replaced by q * s; an all-zero group stays 0 (s = 0, q = 0), a
+// group with a NaN or an infinity becomes NaN (s = NaN, q = 0). Also the int8 values, the scales and the sums of q.
+void round_activations(float* x, int8_t* xq, float* xscale, int32_t* xqsum, int64_t groups, int64_t G) {
+  for (int64_t i = 0; i < groups; ++i) {
+    float* v = x + i * G;
+    float amax = 0.f;
+    bool finite = true;
+    for (int64_t k = 0; k < G; ++k) finite = finite && std::isfinite(v[k]), amax = std::max(amax, std::fabs(v[k]));
+    const float s = finite ? amax / 127.f : std::numeric_limits<float>::quiet_NaN();
+    const float divisor = s > 0.f ? s : 1.f, keep = s > 0.f ? 1.f : 0.f;
+    constexpr float kRound = 12582912.f;  // 1.5 * 2^23: (r + kRound) - kRound rounds |r| < 2^22 half to even
+    int32_t sum = 0;
+    for (int64_t k = 0; k < G; ++k) {  // vectorizes (no libm call): v / s, the rounding, the clamp
+      const float q = keep * std::min(127.f, std::max(-127.f, (v[k] / divisor + kRound) - kRound));
+      xq[i * G + k] = static_cast<int8_t>(q);
+      sum += static_cast<int32_t>(q);
+      v[k] = q * s;
+    }
+    xscale[i] = s, xqsum[i] = sum;
+  }
+}
+
 // out_features N against the padding marker of the last block (quantized_layout.h): the columns past N must be the
 // -0.0 marker and column N - 1 must not be, else N differs from the packed one. At most 16 reads.
 void check_packed_columns(const at::Tensor& packed, int64_t N, int64_t K, int64_t bits, int64_t G, const char* op) {
@@ -115,9 +145,9 @@ void check_packed_columns(const at::Tensor& packed, int64_t N, int64_t K, int64_
 
 at::Tensor linear_quantized_cpu(const at::Tensor& x, const at::Tensor& packed, int64_t out_features, int64_t bits,
                                 int64_t group_size, const std::optional<at::Tensor>& bias,
-                                const std::optional<at::Tensor>& residual, bool gelu) {
+                                const std::optional<at::Tensor>& residual, bool gelu, int64_t x_bits) {
   constexpr const char* op = "gpt_fast::linear_quantized";
-  const int64_t K = check_linear_quantized_args(x, packed, out_features, bits, group_size, op);
+  const int64_t K = check_linear_quantized_args(x, packed, out_features, bits, group_size, x_bits, op);
   const int64_t N = out_features, NB = packed.size(0), G = bits == 4 ? group_size : 0;
   check_packed_columns(packed, N, K, bits, G, op);
   const std::vector<int64_t> out_shape = check_linear_quantized_epilogue(x, N, bias, residual, op);
@@ -133,19 +163,29 @@ at::Tensor linear_quantized_cpu(const at::Tensor& x, const at::Tensor& packed, i
   }
   std::vector<float> xf(M * K), xsum;  // (M, K) fp32 copy of x; bits 4: (M, K / G) group sums (vector tiers)
   std::vector<uint32_t> x_pairs;       // dpbf16: (M, K / 2) bf16 pairs for vdpbf16ps
+  std::vector<int8_t> xq;              // x_bits 8: (M, K) x rounded to int8
+  std::vector<float> xscale;           //   and (M, K / G) the scales of its groups
+  std::vector<int32_t> xqsum;          //   and (M, K / G) the sums of xq over them
+  [[maybe_unused]] const bool avx512 = cpu::use_avx512(), avx2 = cpu::use_avx2();
+  const bool round_x = x_bits == 8;
+  // int4 x int8 on VNNI (int4_tile_vnni.h): whole 4-k steps, int32 group sums that cannot overflow
+  const bool vnni = round_x && avx512 && has_avx512_vnni_vbmi() && G % 4 == 0 && G <= kMaxVnniGroup;
   // int8 at one row keeps the fp32 FMAs (int8_tile, linear_quantized_avx512.cpp): faster there than vdpbf16ps
-  const bool dpbf16 = x.scalar_type() == at::kBFloat16 && K % 2 == 0 && cpu::use_avx512_bf16() &&
+  const bool dpbf16 = !round_x && x.scalar_type() == at::kBFloat16 && K % 2 == 0 && cpu::use_avx512_bf16() &&
                       (bits == 8 ? M > 1 : has_avx512_vbmi());
   // int8 from 4 rows on AMX: tdpbf16ps tiles over the weights made bf16 (linear_quantized_avx512.cpp)
   const bool amx = dpbf16 && bits == 8 && M >= amx::kMinRows && K % amx::kK == 0 && cpu::use_amx();
   const int64_t pair_rows = amx ? amx::padded_rows(M) : M;  // AMX: whole 16-row tiles
   checked_mul(pair_rows, K, op, "M (rounded up to 16 rows) * K");
-  [[maybe_unused]] const bool avx512 = cpu::use_avx512(), avx2 = cpu::use_avx2();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "linear_quantized_cpu", [&] {
     const scalar_t* xp = x2.const_data_ptr<scalar_t>();
     const int64_t s0 = x2.stride(0), s1 = x2.stride(1);
     for (int64_t m = 0; m < M; ++m)
       for (int64_t k = 0; k < K; ++k) xf[m * K + k] = static_cast<float>(xp[m * s0 + k * s1]);
+    if (round_x) {
+      xq.resize(M * K), xscale.resize(M * (K / G)), xqsum.resize(M * (K / G));
+      round_activations(xf.data(), xq.data(), xscale.data(), xqsum.data(), M * (K / G), G);
+    }
     if (bits == 4) {
       xsum.resize(M * (K / G));
       for (size_t i = 0; i < xsum.size(); ++i) {  // row m, group g: xf[m K + g G + k] = xf[i G + k]
@@ -162,7 +202,8 @@ at::Tensor linear_quantized_cpu(const at::Tensor& x, const at::Tensor& packed, i
         x_pairs[i] = lo >> 16 | (hi & 0xFFFF0000u);
       }
     }
-    QuantArgs<scalar_t> a{xf.data(), bits == 4 ? xsum.data() : nullptr, dpbf16 ? x_pairs.data() : nullptr, packed.const_data_ptr<uint8_t>(),
+    QuantArgs<scalar_t> a{xf.data(), bits == 4 ? xsum.data() : nullptr, dpbf16 ? x_pairs.data() : nullptr,
+                          vnni ? xq.data() : nullptr, xscale.data(), xqsum.data(), packed.const_data_ptr<uint8_t>(),
                           bias ? bias_c.const_data_ptr<scalar_t>() : nullptr,
                           residual ? res2.const_data_ptr<scalar_t>() : nullptr, out.mutable_data_ptr<scalar_t>(),
                           M, K, N, G, packed.size(1) * packed.size(2), residual ? res2.stride(0) : 0,

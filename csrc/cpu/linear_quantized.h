@@ -27,6 +27,9 @@ struct QuantArgs {
   const float* xsum;        // bits 4: (M, K / G) sums of x over each group (the zero-point term), else nullptr
   const uint32_t* x_pairs;  // bf16 x, even K, AVX512_BF16 (bits 4: and VBMI): (M, K / 2) bf16 pairs
                             // (x[m, 2s], x[m, 2s + 1]), else nullptr
+  const int8_t* xq;         // x_bits 8 on AVX512_VNNI + VBMI (int4_tile_vnni.h): (M, K) x rounded to int8, else nullptr
+  const float* xscale;      //   with it: (M, K / G) the scale of each group of xq (x = xq * xscale, as x holds)
+  const int32_t* xqsum;     //   with it: (M, K / G) the sum of xq over each group
   const uint8_t* w;         // (NB, block_bytes) packed (quantized_layout.h)
   const T* bias;            // (N,) or nullptr
   const T* residual;        // (M, N) rows ld_residual apart, or nullptr
@@ -55,6 +58,20 @@ inline bool has_avx512_vbmi() {
     return static_cast<bool>(__builtin_cpu_supports("avx512vbmi"));
   }();
   return vbmi;
+#else
+  return false;
+#endif
+}
+
+// Whether the CPU has AVX512_VNNI and AVX512_VBMI (int4_tile_vnni.h: bits 4 with x rounded to int8; detected once):
+// Ice Lake, Sapphire Rapids and later Intel, AMD Zen 4 and later.
+inline bool has_avx512_vnni_vbmi() {
+#if GPT_FAST_HAVE_X86
+  static const bool vnni = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vbmi");
+  }();
+  return vnni;
 #else
   return false;
 #endif

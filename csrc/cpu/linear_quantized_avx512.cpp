@@ -9,6 +9,7 @@
 //   bits 4: 16 bytes = one k pair -> vpmovzxbd; the low nibbles (k = 2p) and the high ones (k = 2p + 1) each ->
 //           q - 8 in fp32 by one vpermps from a 16-entry table (no mask, no convert) -> one FMA per row; every 32
 //           pairs total += scale * sum, per group total += (zero + 8 scale) * xsum[m, g] (linear_quantized.cpp).
+//   bits 4 with x rounded to int8 (x_bits 8) on AVX512_VNNI + VBMI: int4_tile_vnni.h (vpdpbusd, 4 k an instruction).
 //   With a bf16 x and AVX512_BF16 (int8_tile_dpbf16; int4_tile_dpbf16, which also needs VBMI): the weights of two
 //   k are made into 16 bf16 pairs (int8: two converts, a shift and a vpternlogd; int4: vpmultishiftqb + vpermw of
 //   q - 8, lanes in a permuted column order) and one vdpbf16ps per row multiplies 2 k: half the multiply-adds at
@@ -21,6 +22,7 @@
 #include <type_traits>
 
 #include "cpu/amx_linear.h"
+#include "cpu/int4_tile_vnni.h"
 #include "cpu/linear_quantized.h"
 #include "cpu/vec.h"  // GPT_FAST_HAVE_X86, GPT_FAST_AVX512, Vec16, gelu_tanh_fp32, first_lanes
 
@@ -335,6 +337,8 @@ void quantized_blocks_avx512(const QuantArgs<T>& a, int64_t block_begin, int64_t
             int8_tile_dpbf16<T, MR, NB>(a, blocks, m0);
           } else if (int8) {
             int8_tile<T, MR, NB>(a, blocks, m0);
+          } else if (a.xq) {
+            int4_tile_vnni<T, MR, NB>(a, blocks, m0);
           } else if (a.x_pairs) {
             int4_tile_dpbf16<T, MR, NB>(a, blocks, m0);
           } else {

@@ -4,11 +4,14 @@
 //   bits 8: qweight int8 (N, K), scales fp32 (N, 1), zeros None          -> uint8 (ceil(N/16), K + 4, 16)
 //   bits 4: qweight uint8 (N, K/2), scales, zeros bf16 (N, K/G)          -> uint8 (ceil(N/16), K/G, 8 G + 64)
 // group_size is ignored for bits 8. Plain ATen copies: it runs once per layer, so clarity beats speed here.
-// Also linear_quantized's data-free argument checks (check_linear_quantized_args), shared with its CUDA binding.
+// Also linear_quantized's data-free argument checks (check_linear_quantized_args), shared with its CUDA binding, and
+// the ATen rounding of x for its x_bits=8 (round_activations_aten, the CUDA binding's).
 #include "cpu/pack_quantized_weight.h"
 
 #include <ATen/ATen.h>
 #include <torch/library.h>
+
+#include <limits>
 
 #include "checks.h"
 #include "cpu/quantized_layout.h"
@@ -89,7 +92,7 @@ at::Tensor pack_quantized_weight_aten(const at::Tensor& qweight, const at::Tenso
 }
 
 int64_t check_linear_quantized_args(const at::Tensor& x, const at::Tensor& packed, int64_t out_features,
-                                    int64_t bits, int64_t group_size, const char* op) {
+                                    int64_t bits, int64_t group_size, int64_t x_bits, const char* op) {
   TORCH_CHECK_VALUE(x.dim() >= 1, op, ": x must have at least one dimension (..., K), got a scalar");
   check_float_dtype(x, op, "x");
   const int64_t K = x.size(-1);
@@ -97,6 +100,10 @@ int64_t check_linear_quantized_args(const at::Tensor& x, const at::Tensor& packe
   check_bits(bits, op);
   if (bits == 4) check_group(group_size, K, op);
   TORCH_CHECK_VALUE(out_features > 0, op, ": out_features must be positive, got ", out_features);
+  TORCH_CHECK_VALUE(x_bits == 0 || x_bits == 8, op, ": x_bits must be 0 (x as it is) or 8 (x rounded to int8 per ",
+                    "group), got ", x_bits);
+  TORCH_CHECK_VALUE(x_bits == 0 || bits == 4, op, ": x_bits=8 needs bits=4 (x is rounded per weight group), got bits=",
+                    bits);
   check_same_device(packed, x, op, "packed");
   TORCH_CHECK_VALUE(packed.scalar_type() == at::kByte && packed.dim() == 3 && packed.is_contiguous(), op,
                     ": packed must be the contiguous uint8 3-D tensor pack_quantized_weight returns, got ",
@@ -109,6 +116,15 @@ int64_t check_linear_quantized_args(const at::Tensor& x, const at::Tensor& packe
                     ", bits=", bits, bits == 4 ? ", group_size=" : "", bits == 4 ? std::to_string(group_size) : "",
                     " need (", NB, ", ", rows, ", ", cols, "); pack it with pack_quantized_weight for these");
   return K;
+}
+
+at::Tensor round_activations_aten(const at::Tensor& x, int64_t G) {
+  const at::Tensor groups = x.to(at::kFloat).reshape({-1, G});  // (M K / G, G)
+  at::Tensor scale = groups.abs().amax({1}, /*keepdim=*/true).div(127.0);
+  scale = at::where(at::isfinite(scale), scale, std::numeric_limits<float>::quiet_NaN());
+  const at::Tensor usable = scale.gt(0);  // false for 0 and NaN: q = 0
+  const at::Tensor q = at::where(usable, at::round(groups / at::where(usable, scale, 1.0)).clamp(-127, 127), 0.0);
+  return (q * scale).reshape(x.sizes());
 }
 
 std::vector<int64_t> check_linear_quantized_epilogue(const at::Tensor& x, int64_t N,

@@ -13,10 +13,16 @@ at::Tensor pack_quantized_weight_aten(const at::Tensor& qweight, const at::Tenso
                                       const std::optional<at::Tensor>& zeros, int64_t bits, int64_t group_size);
 
 // linear_quantized's checks that need no data: x (..., K) float with K > 0, bits 4 or 8, group_size (bits 4),
-// out_features > 0, and packed uint8 contiguous on x's device with the shape pack_quantized_weight gives for
-// (N, K, bits, group_size). Returns K.
+// out_features > 0, x_bits 0 or 8 (8 with bits 4 only), and packed uint8 contiguous on x's device with the shape
+// pack_quantized_weight gives for (N, K, bits, group_size). Returns K.
 int64_t check_linear_quantized_args(const at::Tensor& x, const at::Tensor& packed, int64_t out_features,
-                                    int64_t bits, int64_t group_size, const char* op);
+                                    int64_t bits, int64_t group_size, int64_t x_bits, const char* op);
+
+// x (..., K) as float32 with each group of G consecutive k rounded to int8 by its own scale s = max |x| / 127:
+// q = round half to even (x / s) in [-127, 127], x replaced by q * s; an all-zero group stays 0, a group holding a
+// NaN or an infinity becomes NaN. reference.round_activations in ATen ops (any device); the CPU kernel rounds in its
+// own loop, to the same bits.
+at::Tensor round_activations_aten(const at::Tensor& x, int64_t G);
 
 // The checks of linear_quantized's epilogue arguments: bias (N,) and residual with the output's shape (..., N),
 // both on x's device in x's dtype. Returns the output shape.

@@ -209,17 +209,26 @@ at::Tensor pack_quantized_weight_cuda(const at::Tensor& qweight, const at::Tenso
 }
 
 // The CPU binding's checks except the exact N against the padding marker, which would need a device read (a sync):
-// here N is checked up to its block of 16 columns by the packed shape.
+// here N is checked up to its block of 16 columns by the packed shape. x_bits 8: x rounded per group by ATen ops
+// (round_activations_aten), then the kernel in float32 (bias and residual too) and the result back in x's dtype.
 at::Tensor linear_quantized_cuda(const at::Tensor& x, const at::Tensor& packed, int64_t out_features, int64_t bits,
                                  int64_t group_size, const std::optional<at::Tensor>& bias,
-                                 const std::optional<at::Tensor>& residual, bool gelu) {
+                                 const std::optional<at::Tensor>& residual, bool gelu, int64_t x_bits) {
   constexpr const char* op = "gpt_fast::linear_quantized";
   check_cuda(x, op, "x");
-  const int64_t K = check_linear_quantized_args(x, packed, out_features, bits, group_size, op);
+  const int64_t K = check_linear_quantized_args(x, packed, out_features, bits, group_size, x_bits, op);
   const int64_t N = out_features;
   TORCH_CHECK_VALUE(K <= INT32_MAX && quant::blocks(N) <= INT32_MAX, op, ": K and ceil(N / 16) must fit in int32");
   const std::vector<int64_t> out_shape = check_linear_quantized_epilogue(x, N, bias, residual, op);
   const c10::cuda::CUDAGuard guard(x.device());
+  if (x_bits == 8) {
+    auto as_float = [](const std::optional<at::Tensor>& t) {
+      return t ? std::optional<at::Tensor>(t->to(at::kFloat)) : std::nullopt;
+    };
+    return linear_quantized_cuda(round_activations_aten(x, group_size), packed, N, bits, group_size, as_float(bias),
+                                 as_float(residual), gelu, 0)
+        .to(x.scalar_type());
+  }
   const int64_t M = x.numel() / K;
   auto out = at::empty(out_shape, x.options());
   if (M == 0) return out;

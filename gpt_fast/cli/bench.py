@@ -24,8 +24,8 @@ def add_parser(sub) -> None:
     bench.add_argument("--transformers-full", action="store_true",
                        help="time transformers' whole generate (minutes) instead of sampling its per-step cost")
     bench.add_argument("--quantization", metavar="LIST",
-                       help="comma-separated from none,int8,int4: also run the default backend's model quantized "
-                            "that way, alternating with the unquantized runs (e.g. none,int8,int4)")
+                       help="comma-separated from none,int8,int4,int4-a8: also run the default backend's model "
+                            "quantized that way, alternating with the unquantized runs (e.g. none,int8,int4)")
     bench.add_argument("--group-size", type=positive_int, default=32, help="int4's group size (default 32)")
     bench.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     bench.add_argument("--png", metavar="PATH", help="also plot decode tokens/s (needs matplotlib)")
@@ -57,7 +57,7 @@ def run(args) -> int:
             raise UsageError(f"gpt-fast bench: --quantization takes {','.join(QUANTIZATIONS)}, got "
                              f"{args.quantization!r}")
         overrides["quantizations"] = tuple(dict.fromkeys(q for q in schemes if q != "none"))
-        if "int4" in schemes and 768 % args.group_size:
+        if any(q.startswith("int4") for q in schemes) and 768 % args.group_size:
             raise UsageError(f"gpt-fast bench: --group-size must divide 768 (and 3072), got {args.group_size}")
     overrides["group_size"] = args.group_size
     overrides["device"] = args.device

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from gpt_fast.quantization.config import SCHEMES
+
 
 class UsageError(Exception):
     pass
@@ -28,14 +30,15 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-QUANTIZATIONS = ("none", "int8", "int4")
+QUANTIZATIONS = ("none", *SCHEMES)  # none, int8, int4, int4-a8
 
 
 def add_quantization_arguments(parser, help_suffix: str = "") -> None:
-    """--quantization {none,int8,int4} and --group-size (int4's group; see README "Quantization")."""
+    """--quantization {none,int8,int4,int4-a8} and --group-size (int4's group; see README "Quantization")."""
     parser.add_argument("--quantization", choices=QUANTIZATIONS, default="none",
-                        help="weight-only quantization applied at load (default none; a checkpoint saved quantized "
-                             "loads quantized anyway)" + help_suffix)
+                        help="quantization applied at load (default none; int4-a8: int4 weights with activations "
+                             "rounded to int8 per group; a checkpoint saved quantized loads quantized anyway)"
+                             + help_suffix)
     parser.add_argument("--group-size", type=positive_int, default=32,
                         help="int4: input features per scale/zero group, dividing 768 (default 32)")
 

@@ -73,7 +73,7 @@ def quantize_with_gptq(cls, source: Path, dtype, args):
     model = cls.from_pretrained(source, dtype=dtype)
     ids = load_tokenizer(str(source))(text)["input_ids"]
     windows = spread_windows(ids, model.config.n_positions, args.calibration_windows)
-    group = f" (group {args.group_size})" if args.quantization == "int4" else ""
+    group = f" (group {args.group_size})" if args.quantization.startswith("int4") else ""
     log(f"GPTQ {args.quantization}{group} from {windows.shape[0]} calibration windows of {windows.shape[1]} tokens "
         f"({args.calibration}) ...")
     return model.quantize(args.quantization, args.group_size, method="gptq", calibration=windows)

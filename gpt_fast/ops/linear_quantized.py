@@ -16,7 +16,9 @@ weights then 16 fp32 scales; int4 (ceil(N/16), K/G, 8G + 64) = per group G/2 row
 column, low nibble first) then 16 bf16 scales and 16 bf16 zeros. Its shape pins down bits and group_size for a K,
 and a -0.0 marker in the padding columns pins down N: a mismatch of out_features, K, bits or group_size with the
 packed weight is a ValueError naming the op. The kernels dequantize in registers and do all math in fp32 (no
-quantization of x): exact up to fp32 rounding and summation order against dequantize-then-matmul.
+quantization of x): exact up to fp32 rounding and summation order against dequantize-then-matmul. With x_bits=8
+(int4 only) x is first rounded to int8 per group of group_size k (reference.round_activations), and the result is
+exact in the same sense against the rounded x; the AVX-512 tier then multiplies bytes with VNNI.
 CPU tiers: AVX-512, AVX2 + FMA, scalar (GPT_FAST_CPU_ISA caps the choice); CUDA: one kernel for both bit widths.
 Autograd: gradients flow to x, bias and residual through the dequantized weight (an eager backward, correct not
 fast); the packed weight gets none.
@@ -41,10 +43,14 @@ def packed_quantized_shape(out_features: int, in_features: int, bits: int, group
     return (blocks, in_features // group_size, 8 * group_size + 64)
 
 
-def _reference_from_packed(x, packed, out_features, bits, group_size, bias, residual, gelu):
-    """The op's eager reference on its own arguments (the backward differentiates this)."""
+def _reference_from_packed(x, packed, out_features, bits, group_size, bias, residual, gelu, x_bits=0):
+    """The op's eager reference on its own arguments (the backward differentiates this; x_bits=8's rounding of x
+    passes the gradient straight through)."""
     w = reference.dequantize_packed_weight(packed, out_features, bits, group_size)  # (N, K) float32
-    out = x.to(torch.float32) @ w.t()
+    xf = x.to(torch.float32)
+    if x_bits == 8:
+        xf = xf + (reference.round_activations(x, group_size) - xf).detach()
+    out = xf @ w.t()
     if bias is not None:
         out = out + bias.to(torch.float32)
     if gelu:
@@ -67,10 +73,12 @@ if extension_loaded():
         return qweight.new_empty(packed_quantized_shape(N, K, bits, group_size), dtype=torch.uint8)
 
     @torch.library.register_fake("gpt_fast::linear_quantized")
-    def _(x, packed, out_features, bits, group_size, bias, residual, gelu):
+    def _(x, packed, out_features, bits, group_size, bias, residual, gelu, x_bits=0):
         # The data-free checks of the kernels; the exact N (from the padding marker) needs the data.
         K = x.shape[-1]
         torch._check(bits in (4, 8), lambda: f"linear_quantized: bits must be 4 or 8, got {bits}")
+        torch._check(x_bits in (0, 8) and (x_bits == 0 or bits == 4),
+                     lambda: f"linear_quantized: x_bits must be 0, or 8 with bits=4, got x_bits={x_bits}")
         torch._check(out_features > 0, lambda: f"linear_quantized: out_features must be positive, got {out_features}")
         if bits == 4:
             torch._check(group_size > 0 and group_size % 2 == 0 and K % group_size == 0,
@@ -98,9 +106,11 @@ def pack_quantized_weight(qweight, scales, zeros, bits: int, group_size: int | N
 
 
 def linear_quantized(x, packed, out_features: int, bits: int, group_size: int | None = None, bias=None,
-                     residual=None, gelu: bool = False):
-    """[gelu_tanh](x @ W.T + bias) [+ residual] with W given by pack_quantized_weight; x (..., K) -> (..., N)."""
+                     residual=None, gelu: bool = False, x_bits: int = 0):
+    """[gelu_tanh](x @ W.T + bias) [+ residual] with W given by pack_quantized_weight; x (..., K) -> (..., N).
+    x_bits=8 (bits=4): x rounded to int8 per group of group_size first (reference.round_activations)."""
     if isinstance(packed, tuple):
         qweight, scales, zeros = packed
-        return reference.linear_quantized(x, qweight, scales, zeros, bits, group_size, bias, residual, gelu)
-    return torch.ops.gpt_fast.linear_quantized(x, packed, out_features, bits, group_size or 0, bias, residual, gelu)
+        return reference.linear_quantized(x, qweight, scales, zeros, bits, group_size, bias, residual, gelu, x_bits)
+    return torch.ops.gpt_fast.linear_quantized(x, packed, out_features, bits, group_size or 0, bias, residual, gelu,
+                                               x_bits)

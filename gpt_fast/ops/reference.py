@@ -195,12 +195,27 @@ def dequantize_linear_weight(qweight, scales, zeros, bits: int, group_size: int 
     return q * expand(scales) + expand(zeros)
 
 
+def round_activations(x, group_size: int):
+    """x (..., K) as float32 with each group of group_size consecutive k rounded to int8 by its own scale
+    s = max |x| / 127 (float32): q = round half to even (x / s) in [-127, 127], x replaced by q * s. An all-zero
+    group stays 0; a group holding a NaN or an infinity becomes NaN. linear_quantized's x_bits=8 (int4 weights with
+    int8 activations: the kernels then multiply bytes, csrc/cpu/int4_tile_vnni.h)."""
+    xf = x.to(torch.float32)
+    groups = xf.reshape(-1, group_size)  # (M K / G, G)
+    scale = groups.abs().amax(dim=1, keepdim=True) / 127.0  # (M K / G, 1)
+    scale = torch.where(torch.isfinite(scale), scale, torch.nan)
+    # q * scale below is 0 for an all-zero group and NaN for a NaN scale whatever q is there (q is finite: clamped)
+    q = torch.round(groups / torch.where(scale > 0, scale, 1.0)).clamp_(-127, 127)
+    return q.mul_(scale).reshape(xf.shape)
+
+
 def linear_quantized(x, qweight, scales, zeros, bits: int, group_size: int | None = None, bias=None, residual=None,
-                     gelu: bool = False):
+                     gelu: bool = False, x_bits: int = 0):
     """[gelu_tanh](x @ dequantize(W).T + bias) [+ residual]: the quantized linear layer's result in x's dtype,
-    computed in float32 from the dequantized weight. x: (..., K); bias: (N,) or None; residual: (..., N) or None."""
+    computed in float32 from the dequantized weight. x: (..., K); bias: (N,) or None; residual: (..., N) or None.
+    x_bits=8 (bits=4 only): x rounded by round_activations first."""
     w = dequantize_linear_weight(qweight, scales, zeros, bits, group_size)  # (N, K)
-    out = x.to(torch.float32) @ w.t()
+    out = (round_activations(x, group_size) if x_bits == 8 else x.to(torch.float32)) @ w.t()
     if bias is not None:
         out = out + bias.to(torch.float32)
     if gelu:

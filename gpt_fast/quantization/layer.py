@@ -8,7 +8,8 @@ computation a call takes (the engine), from the KernelPlan and the call's row co
   over the weight repacked once for it (ops.pack_quantized_weight, cached on the layer with weight_cache.cached_on),
   bias and tanh-GELU in the kernel;
 - "dequantize" (more rows, no plan, gradients on, under torch.compile): the weight dequantized to the input's dtype
-  for this call only (quantization/dequantize.py), then models.linear.gemm, the same GEMM + bias/GELU epilogue as
+  for this call only (quantization/dequantize.py) and, for int4-a8, x rounded as the kernel rounds it (in float32,
+  then back to x's dtype), then models.linear.gemm, the same GEMM + bias/GELU epilogue as
   Conv1D's "gemm" engine. Nothing dequantized is kept, so the model stays at its quantized size. Chosen by
   measurement (benchmarks/bench_quantized_prefill.py, 512 rows, bf16, one thread, CPU time, AMD EPYC Zen 5):
   1.0-1.6x faster than the compiled linear_quantized kernel per GPT-1 layer (e.g. int8 c_proj 1.86 against 2.90 ms,
@@ -28,6 +29,7 @@ from torch import nn
 from gpt_fast.models.linear import bound_call, gemm
 from gpt_fast.ops.kernel_plan import SMALL_M_MAX_ROWS, KernelPlan
 from gpt_fast.ops.linear_quantized import linear_quantized, pack_quantized_weight, quantize_linear_weight
+from gpt_fast.ops.reference import round_activations
 from gpt_fast.ops.weight_cache import cached_on
 from gpt_fast.quantization.config import QuantizationConfig
 from gpt_fast.quantization.dequantize import dequantize
@@ -64,6 +66,7 @@ class QuantizedLinear(nn.Module):
         super().__init__()
         self.out_features, self.in_features = out_features, in_features
         self.bits, self.group_size = config.bits, config.group_size
+        self.activation_bits = config.activation_bits  # 8: x rounded to int8 per group (int4-a8), else None
         self.dtype = dtype  # the model's dtype: what `weight` dequantizes to; follows .to(dtype)
         for name, spec in quantized_shapes(out_features, in_features, config).items():
             self.register_buffer(name, None if spec is None else torch.empty(spec[0], dtype=spec[1], device=device))
@@ -107,7 +110,9 @@ class QuantizedLinear(nn.Module):
         rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
         if self.engine(plan, rows) == "kernel":
             return linear_quantized(x, self.packed(), self.out_features, self.bits, self.group_size, bias, None,
-                                    gelu)
+                                    gelu, self.activation_bits or 0)
+        if self.activation_bits:  # the same rounding of x, then the GEMM in x's dtype
+            x = round_activations(x, self.group_size).to(x.dtype)
         return gemm(x, self.dequantized(x.dtype).t(), bias, plan, gelu)  # weight (K, N) as Conv1D holds it
 
     def decode_call(self, plan: KernelPlan, rows: int) -> Callable | None:
@@ -118,8 +123,8 @@ class QuantizedLinear(nn.Module):
         packed = self.packed()
         if isinstance(packed, tuple):  # no compiled kernel for the device: the reference, through _linear
             return None
-        N, bits, group_size = self.out_features, self.bits, self.group_size
-        return lambda x, bias, gelu: linear_quantized(x, packed, N, bits, group_size, bias, None, gelu)
+        N, bits, group_size, x_bits = self.out_features, self.bits, self.group_size, self.activation_bits or 0
+        return lambda x, bias, gelu: linear_quantized(x, packed, N, bits, group_size, bias, None, gelu, x_bits)
 
     # -- dtype and device moves ----------------------------------------------------------------------------
     def _apply(self, fn, recurse: bool = True):
@@ -139,7 +144,9 @@ class QuantizedLinear(nn.Module):
 
     def extra_repr(self) -> str:
         group = "" if self.group_size is None else f", group_size={self.group_size}"
-        return f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}{group}"
+        activations = f", activation_bits={self.activation_bits}" if self.activation_bits else ""
+        return (f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}{group}"
+                f"{activations}")
 
 
 class QuantizedConv1D(QuantizedLinear):

@@ -13,9 +13,9 @@ Thresholds (the issue's targets where it sets them):
 Measured when written (float32, reference perplexity 6.98): int8 +0.009% / KL 9.4e-6 (head quantized), -0.006% /
 1.2e-6 (head in float32); int4 g32 +0.15% / KL 1.3e-3 (head quantized), +0.08% / 2.5e-4 (head in float32); int4
 g64 +0.30% / KL 1.7e-3; int4-a8 g32 (x rounded to int8 per group too; 2026-12-03) +0.19% / KL 1.34e-3 against
-int4 g32's +0.18% / 1.32e-3 in the same run. Greedy continuations identical: 100% for int8 and int4 g32 with the head in float32, 6%
-(g32) and 31% (g64) with the head in int4: the corpus has many near-ties (any of ten nouns) that a perturbed head
-flips. The test prints the figures (pytest -s).
+int4 g32's +0.18% / 1.32e-3 in the same run. Greedy continuations identical: 100% for int8 and int4 g32 with the
+head in float32, 6% (g32) and 31% (g64) with the head in int4: the corpus has many near-ties (any of ten nouns)
+that a perturbed head flips. The test prints the figures (pytest -s).
 
 GPTQ (method="gptq", calibration: 32 windows of the training corpus, never the validation text) must beat round to
 nearest in KL by a wide margin (at most 0.3x its KL) for int4 g32 with the head quantized or not and for int8, and

@@ -125,10 +125,10 @@ class OpenAIGPTPreTrainedModel(nn.Module):
         """Weight-only quantization in place, for inference (gpt_fast/quantization): "int8" (per output channel)
         or "int4" (asymmetric, groups of group_size input features; group_size must divide every layer's input
         width), or "int4-a8" (int4, and each call's activations rounded to int8 per group with their own scale,
-        for the CPU's VNNI byte products: faster decode, see README "Quantization"). Quantizes every block's linear layers and, with lm_head, a copy of the tied LM head (the token
-        embedding stays in the model's dtype). int4's method: "rtn" (round to nearest) or "gptq" (error
-        compensation from `calibration`, token ids (count, T) or 1-D; same stored format). Returns the model, in
-        eval mode."""
+        for the CPU's VNNI byte products: faster decode, see README "Quantization"). Quantizes every block's
+        linear layers and, with lm_head, a copy of the tied LM head (the token embedding stays in the model's
+        dtype). int4's method: "rtn" (round to nearest) or "gptq" (error compensation from `calibration`, token ids
+        (count, T) or 1-D; same stored format). Returns the model, in eval mode."""
         return quantize_model(self, scheme, group_size, lm_head, method, calibration)
 
     @property
@@ -181,8 +181,9 @@ class OpenAIGPTPreTrainedModel(nn.Module):
         differs from the model's (built from config.json and the overrides) is left newly initialised instead of
         being an error. output_loading_info: also return a dict of missing_keys, unexpected_keys,
         mismatched_keys ((key, checkpoint shape, model shape) tuples), error_msgs (and ignored_keys).
-        quantization: "int8", "int4" or "int4-a8" quantizes the model once loaded in dtype (as model.quantize(quantization,
-        quantization_group_size, quantization_lm_head)); a checkpoint saved quantized loads quantized without it."""
+        quantization: "int8", "int4" or "int4-a8" quantizes the model once loaded in dtype (as
+        model.quantize(quantization, quantization_group_size, quantization_lm_head)); a checkpoint saved quantized
+        loads quantized without it."""
         if dtype is not None and torch_dtype is not None and dtype != torch_dtype:
             raise ValueError(f"pass dtype or torch_dtype, not both with different values ({dtype} vs {torch_dtype})")
         return checkpoint.load_pretrained(cls, name_or_path, dtype=dtype if dtype is not None else torch_dtype,

@@ -1,5 +1,5 @@
 """Decode linear layers on the CPU: linear_small_m (bf16, fp32 weights) against linear_quantized (int8, int4 with
-groups of 32 and 64), at GPT-1's decode shapes (768->2304, 768->768, 768->3072 + GELU, 3072->768, the LM head
+groups of 32 and 64, and int4 g32 with x rounded to int8: the int4-a8 scheme), at GPT-1's decode shapes (768->2304, 768->768, 768->3072 + GELU, 3072->768, the LM head
 768->40478) and M = 1, 8, 16 rows.
 
     python benchmarks/bench_linear.py                 # the best tier this CPU has
@@ -11,7 +11,7 @@ weight it reads (scales and zeros included), those bytes per second, that as a f
 measured in the same run (torch.sum over --working-set-mib, as bench_linear_small_m.read_bandwidth_gbs: the
 roofline), and the speed relative to bf16 (t_bf16 / t). Every candidate cycles through copies of its packed weight
 totalling --working-set-mib, so that the weights come from memory as in a decode step, not from cache. x is bf16
-for the bf16 and quantized candidates, fp32 for fp32.
+for the bf16 and quantized candidates, fp32 for fp32. Calls run under torch.inference_mode, as generate() makes them.
 
 Measured on the 2-core AMD EPYC (Zen 5) VM shared with other jobs, `--threads 1 --cpu-time --working-set-mib 128
 --repeats 3` (one core; its read roofline 31-32 GB/s), speed vs bf16 linear_small_m / % of the roofline:
@@ -46,7 +46,7 @@ from timing import format_table, machine_description
 from gpt_fast import ops
 from gpt_fast.ops import cpu_isa, reference
 
-CANDIDATES = ["bf16", "fp32", "int8", "int4 g32", "int4 g64"]
+CANDIDATES = ["bf16", "fp32", "int8", "int4 g32", "int4 g64", "int4 g32 a8"]  # a8: x rounded to int8 (int4-a8)
 
 
 def cycled(make, working_set_mib: int):
@@ -70,11 +70,12 @@ def candidate(name, weight, K, N, rows, gelu, working_set_mib):
         copies, nbytes = cycled(lambda: ops.pack_linear_weight(weight.to(dtype), False), working_set_mib)
         x, bias = torch.randn(rows, K, dtype=dtype), torch.randn(N, dtype=dtype)
         return (lambda: ops.linear_small_m(x, nxt(copies), N, bias, None, gelu)), nbytes
-    bits, group = (8, None) if name == "int8" else (4, int(name.split("g")[1]))
+    bits, group = (8, None) if name == "int8" else (4, int(name.split()[1][1:]))
+    x_bits = 8 if name.endswith(" a8") else 0
     q, s, z = reference.quantize_linear_weight(weight, bits, group)
     copies, nbytes = cycled(lambda: ops.pack_quantized_weight(q, s, z, bits, group), working_set_mib)
     x, bias = torch.randn(rows, K, dtype=torch.bfloat16), torch.randn(N, dtype=torch.bfloat16)
-    return (lambda: ops.linear_quantized(x, nxt(copies), N, bits, group, bias, None, gelu)), nbytes
+    return (lambda: ops.linear_quantized(x, nxt(copies), N, bits, group, bias, None, gelu, x_bits)), nbytes
 
 
 def run(rows_list, repeats, working_set_mib):
@@ -85,7 +86,8 @@ def run(rows_list, repeats, working_set_mib):
     for (layer, K, N, _, gelu), rows in ((layer, rows) for layer in LAYERS for rows in rows_list):
         weight = torch.randn(N, K) / K**0.5
         calls = [candidate(name, weight, K, N, rows, gelu, working_set_mib) for name in CANDIDATES]
-        times = best_of_interleaved([fn for fn, _ in calls], repeats=repeats)
+        with torch.inference_mode():  # as generate() calls them (no autograd dispatch: ~5 us less per call)
+            times = best_of_interleaved([fn for fn, _ in calls], repeats=repeats)
         for name, (_, nbytes), t in zip(CANDIDATES, calls, times):
             table.append([f"{layer} {K}->{N}", rows, name, t * 1e6, nbytes / 1e6, nbytes / t / 1e9, 0.0,
                           times[0] / t])

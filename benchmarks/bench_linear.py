@@ -1,6 +1,6 @@
 """Decode linear layers on the CPU: linear_small_m (bf16, fp32 weights) against linear_quantized (int8, int4 with
-groups of 32 and 64, and int4 g32 with x rounded to int8: the int4-a8 scheme), at GPT-1's decode shapes (768->2304, 768->768, 768->3072 + GELU, 3072->768, the LM head
-768->40478) and M = 1, 8, 16 rows.
+groups of 32 and 64, and int4 g32 with x rounded to int8: the int4-a8 scheme), at GPT-1's decode shapes (768->2304,
+768->768, 768->3072 + GELU, 3072->768, the LM head 768->40478) and M = 1, 8, 16 rows.
 
     python benchmarks/bench_linear.py                 # the best tier this CPU has
     python benchmarks/bench_linear.py --isa avx2      # the AVX2 tier (same as GPT_FAST_CPU_ISA=avx2)

@@ -37,11 +37,11 @@ from gpt_fast.quantization.calibration import DEFAULT_WINDOWS
 
 
 def parse_schemes(text: str) -> list[tuple[str, int | None]]:
-    """"int8,int4:32" -> [("int8", None), ("int4", 32)]."""
+    """"int8,int4:32,int4-a8" -> [("int8", None), ("int4", 32), ("int4-a8", 32)]."""
     schemes = []
     for item in text.split(","):
         name, _, group = item.strip().partition(":")
-        schemes.append((name, int(group) if group else (32 if name == "int4" else None)))
+        schemes.append((name, int(group) if group else (32 if name.startswith("int4") else None)))
     return schemes
 
 

@@ -100,11 +100,12 @@ def test_empty_rows_give_an_empty_result():
     assert out.shape == (0, 3, 40)
 
 
-def test_torch_compile_fullgraph():
+@pytest.mark.parametrize("x_bits", [0, 8])
+def test_torch_compile_fullgraph(x_bits):
     q, s, z, packed = layer(48, 32, 4, 32)
     b = torch.randn(48)
     def step(x):
-        return ops.linear_quantized(x, packed, 48, 4, 32, b, x[..., :1].expand(-1, 48), True)
+        return ops.linear_quantized(x, packed, 48, 4, 32, b, x[..., :1].expand(-1, 48), True, x_bits)
     compiled = torch.compile(step, backend="aot_eager", fullgraph=True)
     x = torch.randn(2, 32)
     torch.testing.assert_close(compiled(x), step(x))

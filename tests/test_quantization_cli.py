@@ -50,6 +50,18 @@ def test_convert_then_generate(checkpoint, tmp_path):
     assert sampled.returncode == 0 and sampled.stdout.count("=== sequence") == 2, sampled.stderr
 
 
+def test_convert_int4_a8_then_generate(checkpoint, tmp_path):
+    destination = tmp_path / "int4-a8"
+    result = run_cli("convert", str(checkpoint), str(destination), "--quantization", "int4-a8", "--group-size", "32")
+    assert result.returncode == 0, result.stderr
+    entry = json.loads((destination / "config.json").read_text())["quantization_config"]
+    assert entry["bits"] == 4 and entry["group_size"] == 32 and entry["activation_bits"] == 8
+    generated = run_cli("generate", "the future is", "--max-new-tokens", "6", "--no-stream", "--model",
+                        str(destination))
+    assert generated.returncode == 0 and "int4-a8" in generated.stderr, generated.stderr
+    assert generated.stdout.startswith("the future is")
+
+
 @pytest.mark.slow  # CLI subprocesses: tens of seconds on 2 shared cores
 def test_convert_with_gptq_calibration(checkpoint, tmp_path):
     calibration = tmp_path / "calibration.txt"

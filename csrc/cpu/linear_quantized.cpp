@@ -105,16 +105,21 @@ void quantized_blocks_scalar(const QuantArgs<T>& a, int64_t block_begin, int64_t
 // q = round half to even (x / s) in [-127, 127], x replaced by q * s; an all-zero group stays 0 (s = 0, q = 0), a
 // group with a NaN or an infinity becomes NaN (s = NaN, q = 0). Also the int8 values, the scales and the sums of q.
 void round_activations(float* x, int8_t* xq, float* xscale, int32_t* xqsum, int64_t groups, int64_t G) {
+  constexpr int kLanes = 8;  // independent partial maxima, so that the compiler vectorizes the first loop
   for (int64_t i = 0; i < groups; ++i) {
     float* v = x + i * G;
-    float amax = 0.f;
-    bool finite = true;
-    for (int64_t k = 0; k < G; ++k) finite = finite && std::isfinite(v[k]), amax = std::max(amax, std::fabs(v[k]));
-    const float s = finite ? amax / 127.f : std::numeric_limits<float>::quiet_NaN();
+    float amax[kLanes] = {}, probe[kLanes] = {};  // probe: v - v, NaN once a NaN or an infinity was seen
+    int64_t k = 0;
+    for (; k + kLanes <= G; k += kLanes)
+      for (int l = 0; l < kLanes; ++l) amax[l] = std::max(amax[l], std::fabs(v[k + l])), probe[l] += v[k + l] - v[k + l];
+    for (int l = 0; k < G; ++k, ++l) amax[l] = std::max(amax[l], std::fabs(v[k])), probe[l] += v[k] - v[k];
+    float group_max = 0.f, finite = 0.f;
+    for (int l = 0; l < kLanes; ++l) group_max = std::max(group_max, amax[l]), finite += probe[l];
+    const float s = finite == 0.f ? group_max / 127.f : std::numeric_limits<float>::quiet_NaN();
     const float divisor = s > 0.f ? s : 1.f, keep = s > 0.f ? 1.f : 0.f;
     constexpr float kRound = 12582912.f;  // 1.5 * 2^23: (r + kRound) - kRound rounds |r| < 2^22 half to even
     int32_t sum = 0;
-    for (int64_t k = 0; k < G; ++k) {  // vectorizes (no libm call): v / s, the rounding, the clamp
+    for (k = 0; k < G; ++k) {  // vectorizes (no libm call): v / s, the rounding, the clamp
       const float q = keep * std::min(127.f, std::max(-127.f, (v[k] / divisor + kRound) - kRound));
       xq[i * G + k] = static_cast<int8_t>(q);
       sum += static_cast<int32_t>(q);
@@ -194,9 +199,12 @@ at::Tensor linear_quantized_cpu(const at::Tensor& x, const at::Tensor& packed, i
     if (bits == 4) {
       xsum.resize(M * (K / G));
       for (size_t i = 0; i < xsum.size(); ++i) {  // row m, group g: xf[m K + g G + k] = xf[i G + k]
-        double sum = 0;
-        for (int64_t k = 0; k < G; ++k) sum += xf[i * G + k];
-        xsum[i] = static_cast<float>(sum);
+        double part[4] = {};  // independent partial sums: not one chain of dependent adds
+        int64_t k = 0;
+        for (; k + 4 <= G; k += 4)
+          for (int l = 0; l < 4; ++l) part[l] += xf[i * G + k + l];
+        for (; k < G; ++k) part[0] += xf[i * G + k];
+        xsum[i] = static_cast<float>((part[0] + part[1]) + (part[2] + part[3]));
       }
     }
     if (dpbf16) {  // xf holds bf16 values exactly: its high halves are x's own bits

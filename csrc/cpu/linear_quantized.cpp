@@ -110,21 +110,27 @@ void round_activations(float* x, int8_t* xq, float* xscale, int32_t* xqsum, int6
     float* v = x + i * G;
     float amax[kLanes] = {}, probe[kLanes] = {};  // probe: v - v, NaN once a NaN or an infinity was seen
     int64_t k = 0;
-    for (; k + kLanes <= G; k += kLanes)
-      for (int l = 0; l < kLanes; ++l) amax[l] = std::max(amax[l], std::fabs(v[k + l])), probe[l] += v[k + l] - v[k + l];
-    for (int l = 0; k < G; ++k, ++l) amax[l] = std::max(amax[l], std::fabs(v[k])), probe[l] += v[k] - v[k];
+    for (; k + kLanes <= G; k += kLanes) {
+      for (int l = 0; l < kLanes; ++l) amax[l] = std::max(amax[l], std::fabs(v[k + l]));
+      for (int l = 0; l < kLanes; ++l) probe[l] += v[k + l] - v[k + l];
+    }
+    for (int l = 0; k < G; ++k, ++l) {  // l < kLanes: fewer than kLanes left
+      amax[l] = std::max(amax[l], std::fabs(v[k]));
+      probe[l] += v[k] - v[k];
+    }
     float group_max = 0.f, finite = 0.f;
     for (int l = 0; l < kLanes; ++l) group_max = std::max(group_max, amax[l]), finite += probe[l];
     const float s = finite == 0.f ? group_max / 127.f : std::numeric_limits<float>::quiet_NaN();
     const float divisor = s > 0.f ? s : 1.f, keep = s > 0.f ? 1.f : 0.f;
     constexpr float kRound = 12582912.f;  // 1.5 * 2^23: (r + kRound) - kRound rounds |r| < 2^22 half to even
-    int32_t sum = 0;
     for (k = 0; k < G; ++k) {  // vectorizes (no libm call): v / s, the rounding, the clamp
       const float q = keep * std::min(127.f, std::max(-127.f, (v[k] / divisor + kRound) - kRound));
       xq[i * G + k] = static_cast<int8_t>(q);
-      sum += static_cast<int32_t>(q);
       v[k] = q * s;
     }
+    int32_t sum = 0;  // read only by the byte tiles, which take G <= kMaxVnniGroup: |sum| <= 127 G fits
+    if (G <= kMaxVnniGroup)
+      for (k = 0; k < G; ++k) sum += xq[i * G + k];
     xscale[i] = s, xqsum[i] = sum;
   }
 }

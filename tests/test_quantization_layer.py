@@ -38,7 +38,7 @@ def dequantized_copy(quantized, original):
     return model
 
 
-@pytest.mark.parametrize("scheme,group", SCHEMES)
+@pytest.mark.parametrize("scheme,group", [*SCHEMES, ("int4-a8", 32)])
 @pytest.mark.parametrize("rows", [1, 5, 40])  # the kernel engine (<= plan.small_m_rows), and dequantize + GEMM
 @pytest.mark.parametrize("gelu,with_bias", [(False, True), (True, True), (False, False)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -60,7 +60,8 @@ def test_layer_matches_reference(scheme, group, rows, gelu, with_bias, dtype):
         out = layer(x.view(1, rows, 128), plan, with_bias=with_bias, gelu=gelu).view(rows, 96)
         assert layer.engine(plan, rows) == ("kernel" if rows <= 32 else "dequantize")
     expected = reference.linear_quantized(x.float(), q, s, z, config.bits, group,
-                                          conv.bias.float() if with_bias or gelu else None, None, gelu)
+                                          conv.bias.float() if with_bias or gelu else None, None, gelu,
+                                          config.activation_bits or 0)
     tolerance = dict(atol=1e-5, rtol=1e-5) if dtype == torch.float32 else dict(atol=0.08, rtol=0.02)
     torch.testing.assert_close(out.float(), expected, **tolerance)
 
@@ -113,6 +114,21 @@ def test_generation_on_quantized_model(scheme, group):
     first = quantized.generate(ids, **sampled)
     torch.testing.assert_close(first, quantized.generate(ids, **sampled))
     torch.testing.assert_close(first, expected_model.generate(ids, **sampled))
+
+
+def test_int4_a8_generation_agrees_with_a_full_forward():
+    """int4-a8 rounds each row's activations on its own: greedy tokens of the decode steps (one row a call, the
+    kernel) are the argmax of one forward over the whole batch (45 rows: the dequantize + GEMM engine), and differ
+    from weight-only int4's logits (the rounding happens)."""
+    model = tiny()
+    a8 = copy.deepcopy(model).quantize("int4-a8", 32)
+    ids = torch.randint(1, CONFIG["vocab_size"], (3, 7))
+    out = a8.generate(ids, max_new_tokens=8, do_sample=False)  # (3, 15)
+    with torch.no_grad():
+        logits = a8(out).logits  # (3, 15, V)
+        weight_only = copy.deepcopy(model).quantize("int4", 32)(out).logits
+    torch.testing.assert_close(logits.argmax(-1)[:, 6:-1], out[:, 7:], rtol=0, atol=0)
+    assert (logits - weight_only).abs().max() > 1e-4
 
 
 def test_state_dict_buffers_and_dtype_moves():

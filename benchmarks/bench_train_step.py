@@ -104,6 +104,12 @@ def memory_in_child(config: dict, args) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def ratio(growth: int, baseline_growth: int) -> float | None:
+    """growth / baseline_growth; None when the baseline's step grew the RSS by nothing (a tiny model can run in
+    memory the warm-up step freed), so no ratio exists."""
+    return growth / baseline_growth if baseline_growth > 0 else None
+
+
 def run(args) -> dict:
     shape = QUICK if args.quick else FULL
     configs = configurations()
@@ -122,7 +128,7 @@ def run(args) -> dict:
                          tokens_per_s=tokens / median, speed_vs_transformers=base_median / median,
                          best_speed_vs_transformers=min(seconds[baseline]) / min(seconds[name(c)]),
                          step_growth_bytes=memory[name(c)]["growth"], peak_rss_bytes=memory[name(c)]["peak"],
-                         memory_vs_transformers=memory[name(c)]["growth"] / memory[baseline]["growth"]))
+                         memory_vs_transformers=ratio(memory[name(c)]["growth"], memory[baseline]["growth"])))
     return {"machine": machine_description(), "threads": args.threads, "quick": args.quick,
             "shape": shape, "tokens_per_step": tokens, "rounds": args.rounds,
             "loadavg_before": load_before, "loadavg_after": load_after,
@@ -139,8 +145,12 @@ def table(report: dict) -> str:
     for r in report["results"]:
         lines.append(f"| {r['name']} | {r['tokens_per_s']:.0f} | {r['speed_vs_transformers']:.2f}x, "
                      f"{r['best_speed_vs_transformers']:.2f}x | {r['step_growth_bytes'] / 2**20:.0f} | "
-                     f"{r['memory_vs_transformers']:.2f}x |")
+                     f"{format_ratio(r['memory_vs_transformers'])} |")
     return "\n".join(lines)
+
+
+def format_ratio(value: float | None) -> str:
+    return "n/a (baseline grew 0)" if value is None else f"{value:.2f}x"
 
 
 def main() -> None:

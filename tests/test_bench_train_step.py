@@ -25,7 +25,8 @@ def test_quick_run_writes_every_configuration(tmp_path):
         # The quick model is so small that a step can run entirely in memory freed by the step before: growth 0.
         assert r["tokens_per_s"] > 0 and r["step_growth_bytes"] >= 0 and r["peak_rss_bytes"] > r["step_growth_bytes"]
         if r["impl"] == "transformers":
-            assert r["speed_vs_transformers"] == r["memory_vs_transformers"] == 1.0
+            assert r["speed_vs_transformers"] == 1.0
+            assert r["memory_vs_transformers"] == (1.0 if r["step_growth_bytes"] > 0 else None)
     assert len(report["loadavg_before"]) == 3 and report["quick"] is True
     assert "| gpt_fast fused loss, bf16, checkpointing |" in done.stdout
 
@@ -35,3 +36,15 @@ def test_bad_arguments_are_refused(tmp_path):
                               str(tmp_path / "x.json")], timeout=120, cwd=ROOT)
     assert done.returncode == 2 and "--threads and --rounds must be positive" in done.stderr
     assert not (tmp_path / "x.json").exists()
+
+
+def test_memory_ratio_without_baseline_growth():
+    """A baseline step that grew the RSS by nothing gives no ratio (this once crashed the run: division by zero)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import bench_train_step
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    assert bench_train_step.ratio(0, 0) is None and bench_train_step.ratio(5, 0) is None
+    assert bench_train_step.ratio(3, 2) == 1.5
+    assert bench_train_step.format_ratio(None).startswith("n/a")

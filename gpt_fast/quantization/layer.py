@@ -4,9 +4,11 @@ mlp.c_proj), QuantizedLMHead replaces the LM head.
 The weight is kept only in ops/reference.py's logical format, as buffers (so state_dict and safetensors carry
 them): qweight, scales and zeros (zeros None for int8). The bias stays a Parameter in the model's dtype. Which
 computation a call takes (the engine), from the KernelPlan and the call's row count:
-- "kernel" (rows <= 32, kernel_rows below: decode steps, short prompts, the last-token logits): ops.linear_quantized
-  over the weight repacked once for it (ops.pack_quantized_weight, cached on the layer with weight_cache.cached_on),
-  bias and tanh-GELU in the kernel;
+- "kernel" (rows <= 32, kernel_rows below: decode steps, short prompts, the last-token logits; int8 weight-only
+  layers of a bf16 model on the AMX tier up to 320 rows, where the tile kernel beats the engine below: 8-row x
+  32-token prefill 69 against 83 ms, see ops/kernel_plan.py's AMX_INT8_MAX_ROWS): ops.linear_quantized over the weight
+  repacked once for it (ops.pack_quantized_weight, cached on the layer with weight_cache.cached_on), bias and
+  tanh-GELU in the kernel;
 - "dequantize" (more rows, no plan, gradients on, under torch.compile): the weight dequantized to the input's dtype
   for this call only (quantization/dequantize.py) and, for int4-a8, x rounded as the kernel rounds it (in float32,
   then back to x's dtype), then models.linear.gemm, the same GEMM + bias/GELU epilogue as
@@ -34,6 +36,7 @@ from gpt_fast.ops.weight_cache import cached_on
 from gpt_fast.quantization.config import QuantizationConfig
 from gpt_fast.quantization.dequantize import dequantize
 
+AMX_K = 32  # the AMX tile kernel's k step: linear_quantized takes it for int8 when in_features is a multiple
 TRAINING_ERROR = ("{name} holds a weight-only quantized weight and is inference only: gradients through it are not "
                   "supported (training a quantized model is out of scope). Call model.eval() or run under "
                   "torch.no_grad(), or train the unquantized model and quantize it afterwards.")
@@ -49,12 +52,16 @@ def quantized_shapes(out_features: int, in_features: int, config: QuantizationCo
             "zeros": ((N, groups), torch.bfloat16)}
 
 
-def kernel_rows(plan: KernelPlan) -> int:
-    """Rows up to which linear_quantized serves a call: the linear_small_m bound (the same memory-bound regime) when
-    the plan runs the fused inference path, whether or not linear_small_m itself exists for the device (CUDA has
-    no linear_small_m, and its decode steps must still reach the CUDA linear_quantized kernel); 0 with gradients
-    on, with dropout, or on the "eager" reference backend."""
-    return SMALL_M_MAX_ROWS if plan.fused and not torch.is_grad_enabled() else 0
+def kernel_rows(plan: KernelPlan, layer: QuantizedLinear) -> int:
+    """Rows up to which linear_quantized serves a call of `layer`: the linear_small_m bound (the same memory-bound
+    regime) when the plan runs the fused inference path, whether or not linear_small_m itself exists for the device
+    (CUDA has no linear_small_m, and its decode steps must still reach the CUDA linear_quantized kernel), and more
+    (plan.amx_int8_rows) for an int8 weight-only layer with in_features % 32 == 0 where the plan has the AMX tile
+    kernel; 0 with gradients on, with dropout, or on the "eager" reference backend."""
+    if not plan.fused or torch.is_grad_enabled():
+        return 0
+    amx_int8 = layer.bits == 8 and not layer.activation_bits and layer.in_features % AMX_K == 0
+    return max(SMALL_M_MAX_ROWS, plan.amx_int8_rows) if amx_int8 else SMALL_M_MAX_ROWS
 
 
 class QuantizedLinear(nn.Module):
@@ -79,7 +86,7 @@ class QuantizedLinear(nn.Module):
     # -- engines -------------------------------------------------------------------------------------------
     def engine(self, plan: KernelPlan | None, rows: int) -> str:
         """"kernel" or "dequantize" for a call of `rows` rows (see the module docstring)."""
-        if plan is None or torch.compiler.is_compiling() or rows > kernel_rows(plan):
+        if plan is None or torch.compiler.is_compiling() or rows > kernel_rows(plan, self):
             return "dequantize"
         return "kernel"
 

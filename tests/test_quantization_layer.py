@@ -13,7 +13,7 @@ import torch
 import gpt_fast
 from gpt_fast.models.linear import Conv1D
 from gpt_fast.ops import cpu_isa, has_kernel, reference
-from gpt_fast.ops.kernel_plan import AMX_INT8_MAX_ROWS, plan_kernels
+from gpt_fast.ops.kernel_plan import AMX_QUANTIZED_ROWS, plan_kernels
 from gpt_fast.quantization import QuantizedConv1D, QuantizedLMHead
 from gpt_fast.quantization.config import make_config
 from gpt_fast.quantization.dequantize import dequantize
@@ -40,8 +40,8 @@ def dequantized_copy(quantized, original):
 
 
 @pytest.mark.parametrize("scheme,group", [*SCHEMES, ("int4-a8", 32)])
-# the kernel engine (<= plan.small_m_rows), dequantize + GEMM (on AMX in bf16, int8 takes the kernel up to
-# plan.amx_int8_rows: 40, 300) and past that (400)
+# the kernel engine (<= plan.small_m_rows), dequantize + GEMM (on AMX in bf16 the schemes of plan.quantized_rows
+# take the kernel further: 40, 300) and past that (400)
 @pytest.mark.parametrize("rows", [1, 5, 40, 300, 400])
 @pytest.mark.parametrize("gelu,with_bias", [(False, True), (True, True), (False, False)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -61,8 +61,8 @@ def test_layer_matches_reference(scheme, group, rows, gelu, with_bias, dtype):
     plan = plan_kernels(None, torch.device("cpu"), dtype)
     with torch.no_grad():
         out = layer(x.view(1, rows, 128), plan, with_bias=with_bias, gelu=gelu).view(rows, 96)
-        amx_int8 = config.bits == 8 and not config.activation_bits and rows <= plan.amx_int8_rows
-        assert layer.engine(plan, rows) == ("kernel" if rows <= 32 or amx_int8 else "dequantize")
+        raised = [r for s, g, r in plan.quantized_rows if (s, g) == (scheme, group or 0)]
+        assert layer.engine(plan, rows) == ("kernel" if rows <= max([32, *raised]) else "dequantize")
     expected = reference.linear_quantized(x.float(), q, s, z, config.bits, group,
                                           conv.bias.float() if with_bias or gelu else None, None, gelu,
                                           config.activation_bits or 0)
@@ -178,35 +178,37 @@ def test_engine_choice():
         assert layer.engine(fused, 1) == "dequantize"
 
 
-def test_engine_choice_with_amx_int8_rows():
-    """A plan with AMX's int8 tile kernel (plan.amx_int8_rows) sends int8 weight-only layers whose in_features is a
-    multiple of 32 to the kernel up to that many rows; int4, int4-a8 and other widths keep the 32-row bound."""
+def test_engine_choice_with_quantized_rows():
+    """A plan with AMX's bounds (plan.quantized_rows) sends int8 layers whose in_features is a multiple of 32 to the
+    kernel up to 320 rows, int4 g32 up to 64, int4-a8 g32 up to 128; other widths and group sizes keep 32 rows."""
     bf16 = plan_kernels(None, torch.device("cpu"), torch.bfloat16)
-    amx = dataclasses.replace(bf16, amx_int8_rows=AMX_INT8_MAX_ROWS)
-    int8 = QuantizedConv1D.from_conv1d(Conv1D(96, 64), make_config("int8"))
-    int8_odd = QuantizedConv1D.from_conv1d(Conv1D(96, 48), make_config("int8"))  # 48 % 32 != 0: no AMX tiles
-    int4 = QuantizedConv1D.from_conv1d(Conv1D(96, 64), make_config("int4", 32))
-    a8 = QuantizedConv1D.from_conv1d(Conv1D(96, 64), make_config("int4-a8", 32))
+    amx = dataclasses.replace(bf16, quantized_rows=AMX_QUANTIZED_ROWS)
+    assert {(s, g): r for s, g, r in AMX_QUANTIZED_ROWS} == {("int8", 0): 320, ("int4", 32): 64, ("int4-a8", 32): 128}
+
+    def layer(in_features, scheme, group=32):
+        return QuantizedConv1D.from_conv1d(Conv1D(96, in_features), make_config(scheme, group))
+
     with torch.no_grad():
-        assert [int8.engine(amx, rows) for rows in (1, 33, AMX_INT8_MAX_ROWS, AMX_INT8_MAX_ROWS + 1)] == [
-            "kernel", "kernel", "kernel", "dequantize"]
-        for layer in (int8_odd, int4, a8):
-            assert [layer.engine(amx, rows) for rows in (32, 33)] == ["kernel", "dequantize"]
-        assert int8.engine(dataclasses.replace(amx, amx_int8_rows=0), 33) == "dequantize"
+        for quantized, bound in ((layer(64, "int8"), 320), (layer(64, "int4"), 64), (layer(64, "int4-a8"), 128),
+                                 (layer(48, "int8"), 32),  # 48 % 32 != 0: no AMX tiles
+                                 (layer(64, "int4", 64), 32), (layer(64, "int4-a8", 64), 32)):
+            assert [quantized.engine(amx, rows) for rows in (1, 32, bound, bound + 1)] == [
+                "kernel", "kernel", "kernel", "dequantize"], (quantized.bits, quantized.group_size, bound)
+            assert quantized.engine(dataclasses.replace(bf16, quantized_rows=()), 33) == "dequantize"
     with torch.enable_grad():
-        assert int8.engine(amx, 33) == "dequantize"
+        assert layer(64, "int8").engine(amx, 33) == "dequantize"
 
 
 @pytest.mark.parametrize("isa,dtype", [("amx", torch.bfloat16), ("avx512_bf16", torch.bfloat16),
                                        ("amx", torch.float32)])
-def test_plan_has_amx_int8_rows_only_on_amx_in_bf16(monkeypatch, isa, dtype):
+def test_plan_has_quantized_rows_only_on_amx_in_bf16(monkeypatch, isa, dtype):
     if isa == "amx" and cpu_isa.detected_level() != "amx":
         pytest.skip(f"this CPU has no AMX (tier {cpu_isa.detected_level()})")
     monkeypatch.setenv(cpu_isa.ENV, isa)
     plan = plan_kernels(None, torch.device("cpu"), dtype)
     on_amx = isa == "amx" and dtype == torch.bfloat16 and has_kernel("linear_quantized", "cpu")
-    assert plan.amx_int8_rows == (AMX_INT8_MAX_ROWS if on_amx else 0)
-    assert plan_kernels("eager", torch.device("cpu"), dtype).amx_int8_rows == 0
+    assert plan.quantized_rows == (AMX_QUANTIZED_ROWS if on_amx else ())
+    assert plan_kernels("eager", torch.device("cpu"), dtype).quantized_rows == ()
 
 
 def test_every_head_has_quantize():

@@ -51,12 +51,14 @@ KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 # shape in bf16: at 32 rows the kernel still beats PyTorch's GEMM (decode step 26.8 vs 30.9 ms), at 64 it loses
 # (41.7 vs 39.8 ms); an 8-token prefill takes 14.7 ms instead of 21.1 ms through the GEMMs.
 SMALL_M_MAX_ROWS = 32
-# Rows up to which linear_quantized serves int8 weight-only layers (K % 32 == 0) of a bf16 model on the AMX tier,
-# whose tile kernel (csrc/cpu/amx_linear.h) keeps up with PyTorch's GEMM where the other tiers fall back to
-# dequantizing the weight + the GEMM above SMALL_M_MAX_ROWS. Measured, GPT-1 int8 forward, bf16, Sapphire Rapids, 2
-# threads, kernel against dequantize + GEMM: 128 rows 39 / 71 ms, 256 (8 x 32) 69 / 83 ms, 320 89 / 98 ms, 384 105 /
-# 106 ms, 512 137 / 121 ms.
-AMX_INT8_MAX_ROWS = 320
+# (scheme, int4 group size or 0, rows): on the AMX tier a bf16 model's layers quantized so take linear_quantized up
+# to that many rows, where its kernels beat dequantizing the weight + PyTorch's GEMM, the engine above
+# SMALL_M_MAX_ROWS elsewhere (quantization/layer.py). Measured, GPT-1 forward in bf16, Sapphire Rapids, 2 threads,
+# kernel / dequantize + GEMM in ms: int8 (AMX tiles, in_features % 32 == 0) 128 rows 39 / 71, 256 69 / 83, 320
+# 89 / 98, 384 105 / 106, 512 137 / 121; int4 g32 (VNNI) 48 57 / 78, 64 74 / 80, 128 142 / 86; int4-a8 g32 64
+# 41 / 90, 128 75 / 104, 192 108 / 113, 256 144 / 127. Other tiers and group sizes keep SMALL_M_MAX_ROWS (not
+# measured on hardware of their own: this machine's GEMM is AMX's at every GPT_FAST_CPU_ISA cap).
+AMX_QUANTIZED_ROWS = (("int8", 0, 320), ("int4", 32, 64), ("int4-a8", 32, 128))
 
 
 @dataclass(frozen=True)
@@ -69,7 +71,7 @@ class KernelPlan:
     decode_attention: Callable  # the kernel or the reference (same arguments)
     small_m_rows: int  # linear_small_m serves matmuls of at most this many rows; 0: never
     onednn_bf16: bool  # oneDNN's GEMM on a prepacked bf16 weight serves widening layers with more rows
-    amx_int8_rows: int = 0  # int8 weight-only layers with K % 32 == 0 take linear_quantized up to this many rows
+    quantized_rows: tuple = ()  # AMX_QUANTIZED_ROWS where the plan has them (quantization/layer.py: kernel_rows)
     # {linear layer: call(x, bias, gelu)}: each layer's engine and packed weight resolved once for a decode loop's
     # row count (models/linear.py: bind_layers, made by generation/decoder.py). None on every memoised plan.
     bound_layers: dict | None = field(default=None, compare=False)
@@ -136,9 +138,9 @@ def _plan(attn_implementation, device_type: str, dtype: torch.dtype, dropout: bo
         small_m_rows=SMALL_M_MAX_ROWS if small_m else 0,
         onednn_bf16=(fused and not grad and not autocast and dtype == torch.bfloat16
                      and onednn_bf16_usable(device_type)),
-        amx_int8_rows=(AMX_INT8_MAX_ROWS if fused and not grad and not autocast and device_type == "cpu"
-                       and dtype == torch.bfloat16 and isa == "amx"
-                       and _library.has_kernel("linear_quantized", device_type) else 0),
+        quantized_rows=(AMX_QUANTIZED_ROWS if fused and not grad and not autocast and device_type == "cpu"
+                        and dtype == torch.bfloat16 and isa == "amx"
+                        and _library.has_kernel("linear_quantized", device_type) else ()),
     )
 
 

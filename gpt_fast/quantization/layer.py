@@ -4,11 +4,11 @@ mlp.c_proj), QuantizedLMHead replaces the LM head.
 The weight is kept only in ops/reference.py's logical format, as buffers (so state_dict and safetensors carry
 them): qweight, scales and zeros (zeros None for int8). The bias stays a Parameter in the model's dtype. Which
 computation a call takes (the engine), from the KernelPlan and the call's row count:
-- "kernel" (rows <= 32, kernel_rows below: decode steps, short prompts, the last-token logits; int8 weight-only
-  layers of a bf16 model on the AMX tier up to 320 rows, where the tile kernel beats the engine below: 8-row x
-  32-token prefill 69 against 83 ms, see ops/kernel_plan.py's AMX_INT8_MAX_ROWS): ops.linear_quantized over the weight
-  repacked once for it (ops.pack_quantized_weight, cached on the layer with weight_cache.cached_on), bias and
-  tanh-GELU in the kernel;
+- "kernel" (rows <= 32, kernel_rows below: decode steps, short prompts, the last-token logits; on the AMX tier
+  in bf16 int8 up to 320 rows, int4 g32 up to 64, int4-a8 g32 up to 128, where the kernels beat the engine below:
+  an 8-row x 32-token int8 prefill 69 against 83 ms, see ops/kernel_plan.py's AMX_QUANTIZED_ROWS):
+  ops.linear_quantized over the weight repacked once for it (ops.pack_quantized_weight, cached on the layer with
+  weight_cache.cached_on), bias and tanh-GELU in the kernel;
 - "dequantize" (more rows, no plan, gradients on, under torch.compile): the weight dequantized to the input's dtype
   for this call only (quantization/dequantize.py) and, for int4-a8, x rounded as the kernel rounds it (in float32,
   then back to x's dtype), then models.linear.gemm, the same GEMM + bias/GELU epilogue as
@@ -55,13 +55,18 @@ def quantized_shapes(out_features: int, in_features: int, config: QuantizationCo
 def kernel_rows(plan: KernelPlan, layer: QuantizedLinear) -> int:
     """Rows up to which linear_quantized serves a call of `layer`: the linear_small_m bound (the same memory-bound
     regime) when the plan runs the fused inference path, whether or not linear_small_m itself exists for the device
-    (CUDA has no linear_small_m, and its decode steps must still reach the CUDA linear_quantized kernel), and more
-    (plan.amx_int8_rows) for an int8 weight-only layer with in_features % 32 == 0 where the plan has the AMX tile
-    kernel; 0 with gradients on, with dropout, or on the "eager" reference backend."""
+    (CUDA has no linear_small_m, and its decode steps must still reach the CUDA linear_quantized kernel), or the
+    plan's larger bound for the layer's scheme and group size (plan.quantized_rows: the AMX tier; int8 only with
+    in_features % 32 == 0, the tile kernel's k step); 0 with gradients on, with dropout, or on the "eager" reference
+    backend."""
     if not plan.fused or torch.is_grad_enabled():
         return 0
-    amx_int8 = layer.bits == 8 and not layer.activation_bits and layer.in_features % AMX_K == 0
-    return max(SMALL_M_MAX_ROWS, plan.amx_int8_rows) if amx_int8 else SMALL_M_MAX_ROWS
+    if layer.bits == 8 and layer.in_features % AMX_K:
+        return SMALL_M_MAX_ROWS
+    scheme = "int8" if layer.bits == 8 else "int4-a8" if layer.activation_bits else "int4"
+    group = layer.group_size if layer.bits == 4 else 0
+    raised = [rows for s, g, rows in plan.quantized_rows if (s, g) == (scheme, group)]
+    return max([SMALL_M_MAX_ROWS, *raised])
 
 
 class QuantizedLinear(nn.Module):

@@ -41,8 +41,8 @@ def dequantized_copy(quantized, original):
 
 @pytest.mark.parametrize("scheme,group", [*SCHEMES, ("int4-a8", 32)])
 # the kernel engine (<= plan.small_m_rows), dequantize + GEMM (on AMX in bf16 the schemes of plan.quantized_rows
-# take the kernel further: 40, 300) and past that (400)
-@pytest.mark.parametrize("rows", [1, 5, 40, 300, 400])
+# take the kernel further: 40, 300) and past that (600)
+@pytest.mark.parametrize("rows", [1, 5, 40, 300, 600])
 @pytest.mark.parametrize("gelu,with_bias", [(False, True), (True, True), (False, False)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_layer_matches_reference(scheme, group, rows, gelu, with_bias, dtype):
@@ -180,16 +180,16 @@ def test_engine_choice():
 
 def test_engine_choice_with_quantized_rows():
     """A plan with AMX's bounds (plan.quantized_rows) sends int8 layers whose in_features is a multiple of 32 to the
-    kernel up to 320 rows, int4 g32 up to 64, int4-a8 g32 up to 128; other widths and group sizes keep 32 rows."""
+    kernel up to 512 rows, int4 g32 up to 64, int4-a8 g32 up to 128; other widths and group sizes keep 32 rows."""
     bf16 = plan_kernels(None, torch.device("cpu"), torch.bfloat16)
     amx = dataclasses.replace(bf16, quantized_rows=AMX_QUANTIZED_ROWS)
-    assert {(s, g): r for s, g, r in AMX_QUANTIZED_ROWS} == {("int8", 0): 320, ("int4", 32): 64, ("int4-a8", 32): 128}
+    assert {(s, g): r for s, g, r in AMX_QUANTIZED_ROWS} == {("int8", 0): 512, ("int4", 32): 64, ("int4-a8", 32): 128}
 
     def layer(in_features, scheme, group=32):
         return QuantizedConv1D.from_conv1d(Conv1D(96, in_features), make_config(scheme, group))
 
     with torch.no_grad():
-        for quantized, bound in ((layer(64, "int8"), 320), (layer(64, "int4"), 64), (layer(64, "int4-a8"), 128),
+        for quantized, bound in ((layer(64, "int8"), 512), (layer(64, "int4"), 64), (layer(64, "int4-a8"), 128),
                                  (layer(48, "int8"), 32),  # 48 % 32 != 0: no AMX tiles
                                  (layer(64, "int4", 64), 32), (layer(64, "int4-a8", 64), 32)):
             assert [quantized.engine(amx, rows) for rows in (1, 32, bound, bound + 1)] == [

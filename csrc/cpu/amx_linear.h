@@ -20,6 +20,8 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
+#include <memory>
 
 #include "cpu/vec.h"  // GPT_FAST_AMX, immintrin
 
@@ -30,6 +32,7 @@ constexpr int kStreams = 4;
 constexpr int64_t kMinRows = 4;  // from this many rows on (below, vdpbf16ps keeps up with memory)
 constexpr int kTileWords = kK / 2 * 32;  // uint16 per B tile: (16 k pairs, 16 columns x 2)
 constexpr int64_t kBN = 16;
+constexpr int64_t kMaxKeptK = 8192;  // over_blocks keeps the converted B tiles of K up to this (1 MiB)
 
 // x's rows as the A tiles read them: M rounded up to whole 16-row tiles (the extra rows zero).
 constexpr int64_t padded_rows(int64_t M) { return (M + kRows - 1) / kRows * kRows; }
@@ -68,6 +71,20 @@ GPT_FAST_AMX void streams_step(const Kernel& kernel, const int64_t* blocks, int6
   if constexpr (J + 1 < NB) streams_step<J + 1, NB>(kernel, blocks, k0, b_tiles);
 }
 
+// Streams J..: each B tile of the 32 k at k0 made into b_tiles (no multiply).
+template <int J, int NB, typename Kernel>
+GPT_FAST_AMX void fill_streams(const Kernel& kernel, const int64_t* blocks, int64_t k0, uint16_t* b_tiles) {
+  kernel.fill_b(blocks[J], k0, b_tiles + J * kTileWords);
+  if constexpr (J + 1 < NB) fill_streams<J + 1, NB>(kernel, blocks, k0, b_tiles);
+}
+
+// Streams J..: each B tile loaded from b_tiles (made earlier) and multiplied into its C.
+template <int J, int NB>
+GPT_FAST_AMX void multiply_streams(const uint16_t* b_tiles) {
+  load_b_and_multiply<J>(b_tiles + J * kTileWords);
+  if constexpr (J + 1 < NB) multiply_streams<J + 1, NB>(b_tiles);
+}
+
 // C_J.. zeroed (finish = false) or stored and finished for rows [m0, m0 + rows) (finish = true).
 template <int J, int NB, bool finish, typename Kernel>
 GPT_FAST_AMX void streams_c(const Kernel& kernel, const int64_t* blocks, float* c_tile, int64_t m0, int rows) {
@@ -82,15 +99,24 @@ GPT_FAST_AMX void streams_c(const Kernel& kernel, const int64_t* blocks, float* 
   if constexpr (J + 1 < NB) streams_c<J + 1, NB, finish>(kernel, blocks, c_tile, m0, rows);
 }
 
+// The blocks' sums for every row tile. With more than one row tile and `kept` (room for K / 32 steps x NB B tiles),
+// each B tile is made once, kept (L2-sized) and loaded by every row tile: the blocks are converted once per call, as
+// a dequantize-then-GEMM would, instead of once per 16 rows. Otherwise each row tile makes them again as it goes.
 template <int NB, typename Kernel>
 GPT_FAST_AMX void block_group(const Kernel& kernel, const int64_t* blocks, const c10::BFloat16* x, int64_t M,
-                              int64_t K, uint16_t* b_tiles, float* c_tile) {
+                              int64_t K, uint16_t* b_tiles, uint16_t* kept, float* c_tile) {
+  const bool keep = kept != nullptr && M > kRows;
+  if (keep)
+    for (int64_t k0 = 0; k0 < K; k0 += kK) fill_streams<0, NB>(kernel, blocks, k0, kept + k0 / kK * NB * kTileWords);
   for (int64_t m0 = 0; m0 < M; m0 += kRows) {
     const int rows = static_cast<int>(std::min<int64_t>(kRows, M - m0));
     streams_c<0, NB, false>(kernel, blocks, c_tile, m0, rows);
     for (int64_t k0 = 0; k0 < K; k0 += kK) {
       _tile_loadd(0, x + m0 * K + k0, K * 2);
-      streams_step<0, NB>(kernel, blocks, k0, b_tiles);
+      if (keep)
+        multiply_streams<0, NB>(kept + k0 / kK * NB * kTileWords);
+      else
+        streams_step<0, NB>(kernel, blocks, k0, b_tiles);
     }
     streams_c<0, NB, true>(kernel, blocks, c_tile, m0, rows);
   }
@@ -109,14 +135,19 @@ GPT_FAST_AMX void over_blocks(const Kernel& kernel, const c10::BFloat16* x, int6
   _tile_loadconfig(&config);
   alignas(64) uint16_t b_tiles[kStreams * kTileWords];
   alignas(64) float c_tile[kRows * kBN];  // (16 rows, 16 columns)
+  // block_group's kept B tiles: K / 32 steps x kStreams tiles of 1 KiB (K <= kMaxKeptK: at most 1 MiB, in L2); if
+  // the allocation fails, block_group makes them per row tile instead
+  std::unique_ptr<uint16_t[], void (*)(void*)> kept(nullptr, std::free);
+  if (M > kRows && K <= kMaxKeptK)
+    kept.reset(static_cast<uint16_t*>(std::aligned_alloc(64, K / kK * kStreams * kTileWords * sizeof(uint16_t))));
   const int64_t part = (block_end - block_begin) / kStreams;  // the walk of small_m::over_block_groups
   for (int64_t i = 0; i < part; ++i) {
     int64_t blocks[kStreams];
     for (int j = 0; j < kStreams; ++j) blocks[j] = block_begin + j * part + i;
-    block_group<kStreams>(kernel, blocks, x, M, K, b_tiles, c_tile);
+    block_group<kStreams>(kernel, blocks, x, M, K, b_tiles, kept.get(), c_tile);
   }
   for (int64_t b = block_begin + kStreams * part; b < block_end; ++b)
-    block_group<1>(kernel, &b, x, M, K, b_tiles, c_tile);
+    block_group<1>(kernel, &b, x, M, K, b_tiles, kept.get(), c_tile);
   _tile_release();
 }
 

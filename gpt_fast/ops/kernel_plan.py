@@ -54,11 +54,12 @@ SMALL_M_MAX_ROWS = 32
 # (scheme, int4 group size or 0, rows): on the AMX tier a bf16 model's layers quantized so take linear_quantized up
 # to that many rows, where its kernels beat dequantizing the weight + PyTorch's GEMM, the engine above
 # SMALL_M_MAX_ROWS elsewhere (quantization/layer.py). Measured, GPT-1 forward in bf16, Sapphire Rapids, 2 threads,
-# kernel / dequantize + GEMM in ms: int8 (AMX tiles, in_features % 32 == 0) 128 rows 39 / 71, 256 69 / 83, 320
-# 89 / 98, 384 105 / 106, 512 137 / 121; int4 g32 (VNNI) 48 57 / 78, 64 74 / 80, 128 142 / 86; int4-a8 g32 64
-# 41 / 90, 128 75 / 104, 192 108 / 113, 256 144 / 127. Other tiers and group sizes keep SMALL_M_MAX_ROWS (not
-# measured on hardware of their own: this machine's GEMM is AMX's at every GPT_FAST_CPU_ISA cap).
-AMX_QUANTIZED_ROWS = (("int8", 0, 320), ("int4", 32, 64), ("int4-a8", 32, 128))
+# kernel / dequantize + GEMM in ms: int8 (AMX tiles converted once per call, in_features % 32 == 0) 256 rows 56 / 70
+# (bf16: 56), 384 82 / 101-105, 512 109 / 118-120, 1024 217 / 216-228, 2048 466-501 / 308-333; int4 g32 (VNNI) 48
+# 57 / 78, 64 74 / 80, 128 142 / 86; int4-a8 g32 64 41 / 90, 128 75 / 104, 192 108 / 113, 256 144 / 127. Other
+# tiers and group sizes keep SMALL_M_MAX_ROWS (not measured on hardware of their own: this machine's GEMM is AMX's
+# at every GPT_FAST_CPU_ISA cap).
+AMX_QUANTIZED_ROWS = (("int8", 0, 512), ("int4", 32, 64), ("int4-a8", 32, 128))
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,8 @@ The weight is kept only in ops/reference.py's logical format, as buffers (so sta
 them): qweight, scales and zeros (zeros None for int8). The bias stays a Parameter in the model's dtype. Which
 computation a call takes (the engine), from the KernelPlan and the call's row count:
 - "kernel" (rows <= 32, kernel_rows below: decode steps, short prompts, the last-token logits; on the AMX tier
-  in bf16 int8 up to 320 rows, int4 g32 up to 64, int4-a8 g32 up to 128, where the kernels beat the engine below:
-  an 8-row x 32-token int8 prefill 69 against 83 ms, see ops/kernel_plan.py's AMX_QUANTIZED_ROWS):
+  in bf16 int8 up to 512 rows, int4 g32 up to 64, int4-a8 g32 up to 128, where the kernels beat the engine below:
+  an 8-row x 32-token int8 prefill 56 against 70 ms, see ops/kernel_plan.py's AMX_QUANTIZED_ROWS):
   ops.linear_quantized over the weight repacked once for it (ops.pack_quantized_weight, cached on the layer with
   weight_cache.cached_on), bias and tanh-GELU in the kernel;
 - "dequantize" (more rows, no plan, gradients on, under torch.compile): the weight dequantized to the input's dtype

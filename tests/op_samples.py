@@ -183,7 +183,9 @@ def _linear_small_m(dtype, device):
               (4, 64, 40), (20, 96, 33), (2, 33, 1000), (3, 65, 200),
               # continuous-batching decode: row counts around the kernel's row tiles of <= 8 (equal tiles: 13 = 7 + 6,
               # 17 = 6 + 6 + 5, 31 = 8 + 8 + 8 + 7), odd block counts (a block read alone) and odd K (bf16's last k)
-              (5, 40, 35), (8, 130, 70), (13, 96, 50), (17, 129, 70), (31, 64, 100), (32, 256, 96)]
+              (5, 40, 35), (8, 130, 70), (13, 96, 50), (17, 129, 70), (31, 64, 100), (32, 256, 96),
+              # more than 2 row tiles of 16 with K % 32 == 0: AMX keeps its converted weight tiles (amx_linear.h)
+              (48, 96, 40)]
     for i, (rows, K, N) in enumerate(shapes):
         g, randn = _gen(i)
         with_bias, gelu, with_residual = epilogues[i % len(epilogues)]

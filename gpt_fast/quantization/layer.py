@@ -63,9 +63,7 @@ def kernel_rows(plan: KernelPlan, layer: QuantizedLinear) -> int:
         return 0
     if layer.bits == 8 and layer.in_features % AMX_K:
         return SMALL_M_MAX_ROWS
-    scheme = "int8" if layer.bits == 8 else "int4-a8" if layer.activation_bits else "int4"
-    group = layer.group_size if layer.bits == 4 else 0
-    raised = [rows for s, g, rows in plan.quantized_rows if (s, g) == (scheme, group)]
+    raised = [rows for s, g, rows in plan.quantized_rows if (s, g) == (layer.scheme, layer.group_size or 0)]
     return max([SMALL_M_MAX_ROWS, *raised])
 
 
@@ -79,6 +77,7 @@ class QuantizedLinear(nn.Module):
         self.out_features, self.in_features = out_features, in_features
         self.bits, self.group_size = config.bits, config.group_size
         self.activation_bits = config.activation_bits  # 8: x rounded to int8 per group (int4-a8), else None
+        self.scheme = config.scheme  # "int8", "int4" or "int4-a8"
         self.dtype = dtype  # the model's dtype: what `weight` dequantizes to; follows .to(dtype)
         for name, spec in quantized_shapes(out_features, in_features, config).items():
             self.register_buffer(name, None if spec is None else torch.empty(spec[0], dtype=spec[1], device=device))

@@ -100,13 +100,14 @@ GPT_FAST_AMX void streams_c(const Kernel& kernel, const int64_t* blocks, float* 
   if constexpr (J + 1 < NB) streams_c<J + 1, NB, finish>(kernel, blocks, c_tile, m0, rows);
 }
 
-// The blocks' sums for every row tile. With more than one row tile and `kept` (room for K / 32 steps x NB B tiles),
-// each B tile is made once, kept (L2-sized) and loaded by every row tile: the blocks are converted once per call, as
-// a dequantize-then-GEMM would, instead of once per 16 rows. Otherwise each row tile makes them again as it goes.
+// The blocks' sums for every row tile. With `kept` (room for K / 32 steps x NB B tiles; over_blocks passes it for
+// more than kMinKeptRows rows), each B tile is made once, kept (L2-sized) and loaded by every row tile: the blocks
+// are converted once per call, as a dequantize-then-GEMM would, instead of once per 16 rows. Otherwise (nullptr)
+// each row tile makes them again as it goes.
 template <int NB, typename Kernel>
 GPT_FAST_AMX void block_group(const Kernel& kernel, const int64_t* blocks, const c10::BFloat16* x, int64_t M,
                               int64_t K, uint16_t* b_tiles, uint16_t* kept, float* c_tile) {
-  const bool keep = kept != nullptr && M > kRows;
+  const bool keep = kept != nullptr;
   if (keep)
     for (int64_t k0 = 0; k0 < K; k0 += kK) fill_streams<0, NB>(kernel, blocks, k0, kept + k0 / kK * NB * kTileWords);
   for (int64_t m0 = 0; m0 < M; m0 += kRows) {

@@ -8,24 +8,49 @@ import ctypes
 import platform
 
 
-def _cpuinfo(field: str) -> str:
+def _cpuinfo(field: str, text: str | None = None) -> str | None:
+    """The first value of `field` in /proc/cpuinfo (or in `text`, its contents), None where it is absent."""
     try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith(field):
-                return line.split(":", 1)[1].strip()
+        lines = text.splitlines() if text is not None else open("/proc/cpuinfo").read().splitlines()
     except OSError:
-        pass
-    return platform.processor() or "unknown"
+        return None
+    for line in lines:
+        key, _, value = line.partition(":")
+        if key.strip() == field:
+            return value.strip()
+    return None
 
 
-def cpu_name() -> str:
-    """The CPU model, e.g. "AMD EPYC" or "Intel(R) Xeon(R) Platinum 8480+"."""
-    return _cpuinfo("model name")
+# AMD's x86 (family, model ranges) -> core, from AMD's processor programming references: a VM's cpuinfo often says
+# only "AMD EPYC", while Zen 4 (AVX-512 on 256-bit units) and Zen 5 (512-bit units) run the same kernels at
+# different speeds, so the figures need the core named.
+_AMD_CORES = (
+    (23, range(0x00, 0x30), "Zen / Zen+"), (23, range(0x30, 0x100), "Zen 2"),
+    (25, range(0x10, 0x20), "Zen 4"), (25, range(0x60, 0x80), "Zen 4"), (25, range(0xA0, 0xB0), "Zen 4"),
+    (25, range(0x00, 0x100), "Zen 3"), (26, range(0x00, 0x100), "Zen 5"),
+)
+
+
+def amd_core(family: int, model: int) -> str | None:
+    """"Zen 4" for family 25 (19h) model 17 (Genoa), ...; None for a family/model not listed."""
+    return next((core for f, models, core in _AMD_CORES if f == family and model in models), None)
+
+
+def cpu_name(cpuinfo: str | None = None) -> str:
+    """The CPU model as /proc/cpuinfo names it, with the x86 family and model (and AMD's core) appended, e.g.
+    "AMD EPYC (family 25, model 17: Zen 4)" or "Intel(R) Xeon(R) Platinum 8480+ (family 6, model 143)";
+    platform.processor() where there is no /proc/cpuinfo. `cpuinfo`: that file's text (tests)."""
+    name = _cpuinfo("model name", cpuinfo) or platform.processor() or "unknown"
+    family, model = _cpuinfo("cpu family", cpuinfo), _cpuinfo("model", cpuinfo)
+    if not (family and model and family.isdigit() and model.isdigit()):
+        return name
+    core = amd_core(int(family), int(model)) if _cpuinfo("vendor_id", cpuinfo) == "AuthenticAMD" else None
+    return f"{name} (family {family}, model {model}{': ' + core if core else ''})"
 
 
 def cpu_vendor() -> str:
     """"AuthenticAMD", "GenuineIntel", ..."""
-    return _cpuinfo("vendor_id")
+    return _cpuinfo("vendor_id") or platform.processor() or "unknown"
 
 
 def status_bytes(field: str) -> int:

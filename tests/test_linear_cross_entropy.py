@@ -1,5 +1,7 @@
 """The fused LM head + cross-entropy (gpt_fast/ops/linear_cross_entropy.py) against F.linear + F.cross_entropy:
-loss and gradients of the hidden states and the weight, with the accuracy rule of tests/accuracy.py."""
+loss and gradients of the hidden states and the weight, with the accuracy rule of tests/accuracy.py. bf16 / fp16
+inputs run the low-precision arithmetic on every CPU here (as where PyTorch's half GEMM is fast); its float32
+path for CPUs where that GEMM is slow: test_low_precision_on_a_cpu_without_fast_half_gemm."""
 
 import pytest
 import torch
@@ -7,10 +9,31 @@ import torch.nn.functional as F
 from accuracy import assert_within_pytorch_error, upcast
 from conftest import gpt_fast_class, hf_model, random_ids
 
+from gpt_fast.ops import cpu_isa
 from gpt_fast.ops import linear_cross_entropy as lce
 from gpt_fast.ops.linear_cross_entropy import linear_cross_entropy
 
 N, C, V = 45, 24, 67
+
+
+@pytest.fixture(autouse=True)
+def fast_half_gemm(monkeypatch):
+    """The low-precision path whatever this CPU's half GEMM (the float32 one is tested below)."""
+    monkeypatch.setattr(cpu_isa, "half_gemm_fast", lambda dtype: True)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_on_a_cpu_without_fast_half_gemm(dtype, monkeypatch):
+    """Where PyTorch's half GEMM is its slow loop, bf16 / fp16 inputs take the float32 path: loss and gradients
+    within PyTorch's error, the gradients in the inputs' dtype."""
+    monkeypatch.setattr(cpu_isa, "half_gemm_fast", lambda dtype: False)
+    hidden, weight, targets = inputs(dtype)
+    mine = loss_and_grads(fused, hidden, weight, targets)
+    same_dtype = loss_and_grads(pytorch_loss, hidden, weight, targets)
+    reference = loss_and_grads(pytorch_loss, *upcast(hidden, weight, dtype=dtype), targets)
+    assert mine[1].dtype == mine[2].dtype == dtype
+    for actual, ref, theirs in zip(mine, reference, same_dtype):
+        assert_within_pytorch_error(actual.to(theirs.dtype), ref, theirs)
 
 
 def inputs(dtype, seed=0, ignored=True):

@@ -40,16 +40,17 @@ def packed_copies(layer):
 
 
 def plan_for(engine, dtype):
-    """A plan that sends every call of the layer to `engine`."""
+    """A plan that sends every call of the layer to `engine` ("gemm_upcast": "gemm" multiplying in float32)."""
     plan = plan_kernels(None, torch.device("cpu"), dtype)
-    rows = {"small_m": 1 << 30, "onednn": 0, "gemm": 0}[engine]
-    return dataclasses.replace(plan, small_m_rows=rows, onednn_bf16=engine == "onednn")
+    rows = {"small_m": 1 << 30, "onednn": 0, "gemm": 0, "gemm_upcast": 0}[engine]
+    return dataclasses.replace(plan, small_m_rows=rows, onednn_bf16=engine == "onednn",
+                               gemm_upcast=engine == "gemm_upcast")
 
 
 ENGINES = [pytest.param("small_m", marks=SMALL_M), pytest.param("onednn", marks=ONEDNN), "gemm"]
 
 
-@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("engine", [*ENGINES, "gemm_upcast"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("with_bias, gelu", [(True, False), (False, False), (True, True)])
 @pytest.mark.parametrize("shape", [(1, 48), (7, 48), (2, 97, 48)])
@@ -59,7 +60,7 @@ def test_engine_matches_eager_math(engine, dtype, with_bias, gelu, shape):
     layer = make_layer(dtype)
     x = torch.randn(*shape).to(dtype)
     plan = plan_for(engine, dtype)
-    assert layer.engine(plan, x.numel() // 48) == engine
+    assert layer.engine(plan, x.numel() // 48) == engine.removesuffix("_upcast")
     with torch.inference_mode():
         out = layer(x, plan, with_bias=with_bias, gelu=gelu)
     reference, pytorch = expected(layer, x, with_bias, gelu)

@@ -9,7 +9,7 @@ from torch import nn
 from gpt_fast.generation.config import GenerationConfigMixin
 from gpt_fast.generation.generate import generate
 from gpt_fast.models.configuration import OpenAIGPTConfig
-from gpt_fast.models.linear import project_to_vocab
+from gpt_fast.models.linear import call_head, project_to_vocab
 from gpt_fast.models.lm_loss import fused_shifted_lm_loss, shifted_rows
 from gpt_fast.models.modeling import OpenAIGPTModel
 from gpt_fast.models.outputs import CausalLMOutput, OpenAIGPTDoubleHeadsModelOutput, SequenceClassifierOutput
@@ -99,7 +99,7 @@ class OpenAIGPTLMHeadModel(GenerationConfigMixin, OpenAIGPTPreTrainedModel):
             loss = fused_shifted_lm_loss(hidden, self.lm_head.weight, labels, num_items_in_batch, ignore_index,
                                          shift_labels)
             return _finish(CausalLMOutput(loss, None, out.hidden_states, out.attentions), return_dict)
-        logits = self.lm_head(hidden)  # (B, T, V)
+        logits = call_head(self.lm_head, hidden, self.transformer.plan(hidden.device, hidden.dtype))  # (B, T, V)
         loss = None
         if labels is not None:
             loss = shifted_lm_loss(logits, labels, True, num_items_in_batch, ignore_index, shift_labels)
@@ -136,7 +136,8 @@ class OpenAIGPTDoubleHeadsModel(OpenAIGPTPreTrainedModel):
                                output_attentions, output_hidden_states, True, head_mask=head_mask, **kwargs)
         hidden = out.last_hidden_state  # (B, C, T, E)
         fused_loss = labels is not None and not return_logits
-        lm_logits = None if fused_loss else self.lm_head(hidden)
+        lm_logits = None if fused_loss else call_head(self.lm_head, hidden,
+                                                      self.transformer.plan(hidden.device, hidden.dtype))
         mc_logits = self.multiple_choice_head(hidden, mc_token_ids).squeeze(-1)  # (B, C)
         mc_loss = lm_loss = None
         if mc_labels is not None:

@@ -5,7 +5,9 @@ Engines, chosen from the KernelPlan (ops/kernel_plan.py) and the number of rows 
   plan.small_m_rows rows), with the bias and tanh-GELU in the kernel;
 - "onednn": oneDNN's bf16 GEMM over the weight packed once for it, for widening layers (c_attn, c_fc) with more
   rows, GELU in its epilogue;
-- "gemm": PyTorch's addmm / mm on the parameter itself, GELU through plan.bias_gelu.
+- "gemm": PyTorch's addmm / mm on the parameter itself, GELU through plan.bias_gelu; in float32 with the result
+  rounded to the model's dtype where the plan says PyTorch's bf16 / fp16 GEMM is its slow reference loop on this
+  CPU (plan.gemm_upcast: fp16 on CPUs without AVX512-FP16, bf16 on AVX2 CPUs; ~100x faster there).
 A layer keeps at most one packed copy of its weight (ops/weight_cache.py, rebuilt when the weight changes). The
 linear_small_m copy has priority (decode speed): once a layer holds it, its calls with more rows take PyTorch's
 GEMM instead of oneDNN, so a model that generates never holds two copies nor repacks between prefill and steps,
@@ -127,7 +129,14 @@ def gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, plan:
     """The "gemm" engine: (..., in) @ weight (in, out) [+ bias] -> (..., out) through PyTorch's GEMM; with gelu,
     gelu_tanh(x W + bias) through plan.bias_gelu (the fused kernel where the plan has it)."""
     flat = x.reshape(-1, x.shape[-1])  # (rows, in)
-    if gelu:
+    if plan is not None and plan.gemm_upcast:  # fp32 GEMM, rounded once to x's dtype, as a half GEMM rounds
+        if gelu or bias is None:
+            out = (flat.float() @ weight.float()).to(x.dtype)
+        else:
+            out = torch.addmm(bias.float(), flat.float(), weight.float()).to(x.dtype)
+        if gelu:
+            out = plan.bias_gelu(out, bias)
+    elif gelu:
         out = (plan.bias_gelu if plan is not None else reference.bias_gelu)(flat @ weight, bias)
     else:
         out = flat @ weight if bias is None else torch.addmm(bias, flat, weight)
@@ -145,8 +154,21 @@ def project_to_vocab(lm_head: nn.Linear, x: torch.Tensor, plan: KernelPlan | Non
         return bound(x, None, False)
     rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
     if plan is None or rows > plan.small_m_rows or torch.compiler.is_compiling():
+        if plan is not None and plan.gemm_upcast:  # (see gemm)
+            return F.linear(x.float(), lm_head.weight.float()).to(x.dtype)
         return F.linear(x, lm_head.weight)
     return linear_small_m(x, _packed_head(lm_head), lm_head.weight.shape[0], None, None, False)
+
+
+def call_head(head: nn.Module, x: torch.Tensor, plan: KernelPlan | None) -> torch.Tensor:
+    """head(x) for a forward's full logits (the LM head, called as a module: hooks, accelerate's and PEFT's wrappers
+    apply), except that a plain nn.Linear without hooks multiplies in float32 where plan.gemm_upcast says PyTorch's
+    half GEMM is its slow loop (see gemm)."""
+    if (plan is not None and plan.gemm_upcast and type(head) is nn.Linear and not head._forward_hooks
+            and not head._forward_pre_hooks and x.dtype == head.weight.dtype):
+        bias = None if head.bias is None else head.bias.float()
+        return F.linear(x.float(), head.weight.float(), bias).to(x.dtype)
+    return head(x)
 
 
 def _packed_head(lm_head: nn.Linear) -> torch.Tensor:

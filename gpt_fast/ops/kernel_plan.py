@@ -26,6 +26,15 @@ The rules:
   on a prepacked weight for widening layers with many rows where oneDNN's bf16 path runs on this CPU (and the layer
   holds no linear_small_m copy: one packed copy per weight), otherwise PyTorch's GEMM. Neither packed engine has
   autograd, so neither runs when gradients are wanted.
+- half-precision GEMMs (gemm_upcast): where PyTorch's own bf16 / fp16 GEMM on this CPU has no fast kernel (it takes
+  oneDNN's when torch.ops.mkldnn says the CPU supports that dtype: bf16 needs AVX-512 BW/VL/DQ or AVX-NE-CONVERT, fp16
+  AVX512-FP16 or AMX-FP16; otherwise a reference loop), the "gemm" engine and the LM head's many-row projection
+  multiply in float32 and round the result to the model's dtype (models/linear.py). Measured on AMD EPYC Zen 4, 2
+  threads, (512, 768) @ (768, 3072): fp16 2178 ms through PyTorch against 17 ms through float32 (no AVX512-FP16
+  there); bf16 with oneDNN capped to AVX2 2404 ms against 26 ms (an AVX2 CPU), 6 ms on oneDNN's AVX-512 bf16. Only
+  on the gpt_fast backends (not "eager", transformers' own math) and not under autocast (whose casts choose the
+  GEMM's dtype); GPT_FAST_CPU_ISA below avx512 counts as no fast bf16 / fp16 GEMM, as on an AVX2 CPU
+  (cpu_isa.half_gemm_fast). The fused LM-head loss makes the same choice itself (ops/linear_cross_entropy.py).
 - autocast (a torch.autocast region is active for the device): the GEMMs run in the autocast dtype while the
   residual stream keeps the model's, so add_layernorm and bias_gelu cast their other inputs to their first
   input's dtype (add_layernorm: x, the residual stream, in the model's dtype, as autocast's layer_norm computes in
@@ -72,6 +81,7 @@ class KernelPlan:
     decode_attention: Callable  # the kernel or the reference (same arguments)
     small_m_rows: int  # linear_small_m serves matmuls of at most this many rows; 0: never
     onednn_bf16: bool  # oneDNN's GEMM on a prepacked bf16 weight serves widening layers with more rows
+    gemm_upcast: bool = False  # bf16 / fp16 GEMMs run in float32 (PyTorch's are the reference loop on this CPU)
     quantized_rows: tuple = ()  # AMX_QUANTIZED_ROWS where the plan has them (quantization/layer.py: kernel_rows)
     # {linear layer: call(x, bias, gelu)}: each layer's engine and packed weight resolved once for a decode loop's
     # row count (models/linear.py: bind_layers, made by generation/decoder.py). None on every memoised plan.
@@ -139,6 +149,8 @@ def _plan(attn_implementation, device_type: str, dtype: torch.dtype, dropout: bo
         small_m_rows=SMALL_M_MAX_ROWS if small_m else 0,
         onednn_bf16=(fused and not grad and not autocast and dtype == torch.bfloat16
                      and onednn_bf16_usable(device_type)),
+        gemm_upcast=(fused and not autocast and device_type == "cpu" and dtype in (torch.bfloat16, torch.float16)
+                     and not cpu_isa.half_gemm_fast(dtype)),
         quantized_rows=(AMX_QUANTIZED_ROWS if fused and not grad and not autocast and device_type == "cpu"
                         and dtype == torch.bfloat16 and isa == "amx"
                         and _library.has_kernel("linear_quantized", device_type) else ()),

@@ -24,12 +24,18 @@ step) nor the cast's pass.
 The arithmetic follows what PyTorch does for `F.cross_entropy(logits.float(), targets)` with logits in the
 input dtype: the logits are the matmul's output rounded to the input dtype, softmax and loss in float32,
 the gradient of the logits rounded to the input dtype before it meets the hidden states and the weight.
+On a CPU where PyTorch's bf16 / fp16 GEMM is its slow reference loop (cpu_isa.half_gemm_fast: fp16 without
+AVX512-FP16, bf16 on AVX2 CPUs) low-precision inputs take the float32 path instead, their gradients cast back by
+autograd: ~100x faster there, and the logits are not rounded to the input dtype (not under autocast, whose casts
+pick the GEMMs' dtype, as KernelPlan.gemm_upcast).
 Written here rather than taken from Liger-Kernel: that library is Triton (GPU only).
 """
 
 from __future__ import annotations
 
 import torch
+
+from gpt_fast.ops import cpu_isa
 
 CHUNK_ELEMENTS = 1 << 22  # float32 logits per chunk: 16 MiB (103 rows at GPT-1's 40,478-token vocabulary)
 GROUP_ELEMENTS = 1 << 26  # low-precision logit gradients per weight-gradient GEMM: 128 MiB in bf16 (1,648 rows)
@@ -231,11 +237,15 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
         raise ValueError(f"chunk_rows must be a positive int, got {chunk_rows!r}")
     device_type = hidden.device.type
     weight_dtype = weight.dtype
-    if torch.is_autocast_enabled(device_type):
+    autocast = torch.is_autocast_enabled(device_type)
+    if autocast:
         weight_dtype = torch.get_autocast_dtype(device_type)
         hidden = hidden.to(weight_dtype)  # the weight is cast inside LinearCrossEntropy (its gradient: its dtype)
     if hidden.dtype != weight_dtype:
         raise TypeError(f"hidden and weight must have one dtype, got {hidden.dtype} and {weight.dtype}")
+    if (device_type == "cpu" and not autocast and hidden.dtype in LOW_PRECISION
+            and not cpu_isa.half_gemm_fast(hidden.dtype)):
+        hidden, weight = hidden.float(), weight.float()  # PyTorch's half GEMM is a slow loop here (gradients: cast)
     targets = targets.to(hidden.device)
     V = weight.shape[0]
     if targets.numel() and not torch.compiler.is_compiling():

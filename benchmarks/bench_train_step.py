@@ -1,6 +1,7 @@
 """One training step (forward + backward + AdamW) of GPT-1, gpt_fast against transformers' OpenAIGPTLMHeadModel,
 in one run: tokens/s and peak memory, fp32 and bf16 autocast, gpt_fast's fused LM-head loss on and off, gradient
-checkpointing on and off (transformers' OpenAIGPT does not support it: supports_gradient_checkpointing is False).
+checkpointing on and off (transformers' OpenAIGPT does not support it: supports_gradient_checkpointing is False),
+and with checkpointing the optimizer step inside backward (gpt_fast/training/optimizer_in_backward.py).
 
     python benchmarks/bench_train_step.py [--threads 2] [--rounds 3] [--out benchmarks/results/bench_train_step.json]
     python benchmarks/bench_train_step.py --quick    # a small model: the smoke test tests/test_bench_train_step.py
@@ -29,6 +30,7 @@ from timing import machine_description, time_alternating
 
 import gpt_fast
 from gpt_fast.cli.machine import reset_peak_rss, status_bytes
+from gpt_fast.training.optimizer_in_backward import OptimizerInBackward
 
 HERE = Path(__file__).resolve().parent
 FULL = dict(model={}, batch=4, seq_len=256)  # GPT-1: 12 x 768, 12 heads, 512 positions, 40478 tokens
@@ -37,21 +39,25 @@ TRANSFORMERS = "transformers"
 
 
 def configurations() -> list[dict]:
-    """impl: "gpt_fast" or "transformers"; fused: gpt_fast's fused loss; dtype: fp32 or bf16 (autocast)."""
+    """impl: "gpt_fast" or "transformers"; fused: gpt_fast's fused loss; dtype: fp32 or bf16 (autocast);
+    in_backward: the optimizer step inside backward (with checkpointing and the fused loss only)."""
     found = []
     for dtype in ("fp32", "bf16"):
         for checkpointing in (False, True):
             for impl, fused in (("gpt_fast", True), ("gpt_fast", False), (TRANSFORMERS, False)):
                 if impl == TRANSFORMERS and checkpointing:
                     continue  # not supported by transformers' OpenAIGPT
-                found.append(dict(impl=impl, fused=fused, dtype=dtype, checkpointing=checkpointing))
+                found.append(dict(impl=impl, fused=fused, dtype=dtype, checkpointing=checkpointing,
+                                  in_backward=False))
+        found.append(dict(impl="gpt_fast", fused=True, dtype=dtype, checkpointing=True, in_backward=True))
     return found
 
 
 def name(config: dict) -> str:
     impl = config["impl"] + (" fused loss" if config["fused"] else " logits loss" if config["impl"] != TRANSFORMERS
                              else "")
-    return f"{impl}, {config['dtype']}" + (", checkpointing" if config["checkpointing"] else "")
+    return (f"{impl}, {config['dtype']}" + (", checkpointing" if config["checkpointing"] else "")
+            + (", optimizer in backward" if config["in_backward"] else ""))
 
 
 def build(impl: str, shape: dict):
@@ -78,11 +84,14 @@ def make_step(model, optimizer, config: dict, shape: dict):
             model.gradient_checkpointing_disable()
         autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if config["dtype"] == "bf16"
                     else contextlib.nullcontext())
-        with autocast:
-            loss = model(ids, labels=ids, **extra).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        # The hooks are on for this configuration's steps only: the model is shared with the others.
+        in_backward = (OptimizerInBackward(model, optimizer) if config["in_backward"] else contextlib.nullcontext())
+        with in_backward:
+            with autocast:
+                loss = model(ids, labels=ids, **extra).loss
+            loss.backward()
+            optimizer.step()  # with the optimizer in backward: no gradient left, nothing to do
+            optimizer.zero_grad(set_to_none=True)
     return step
 
 
@@ -122,7 +131,7 @@ def run(args) -> dict:
     tokens = shape["batch"] * shape["seq_len"]
     rows = []
     for c in configs:
-        baseline = name(dict(c, impl=TRANSFORMERS, fused=False, checkpointing=False))
+        baseline = name(dict(c, impl=TRANSFORMERS, fused=False, checkpointing=False, in_backward=False))
         median, base_median = statistics.median(seconds[name(c)]), statistics.median(seconds[baseline])
         rows.append(dict(c, name=name(c), seconds=seconds[name(c)], median_s=median, best_s=min(seconds[name(c)]),
                          tokens_per_s=tokens / median, speed_vs_transformers=base_median / median,

@@ -19,7 +19,8 @@ def test_quick_run_writes_every_configuration(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(out.read_text())
     names = [r["name"] for r in report["results"]]
-    assert len(names) == len(set(names)) == 10  # 3 per precision, + 2 with checkpointing (gpt_fast only)
+    # 3 per precision, + 3 with checkpointing (gpt_fast only; one with the optimizer in backward)
+    assert len(names) == len(set(names)) == 12
     assert {r["impl"] for r in report["results"]} == {"gpt_fast", "transformers"}
     for r in report["results"]:
         # The quick model is so small that a step can run entirely in memory freed by the step before: growth 0.
@@ -29,6 +30,7 @@ def test_quick_run_writes_every_configuration(tmp_path):
             assert r["memory_vs_transformers"] == (1.0 if r["step_growth_bytes"] > 0 else None)
     assert len(report["loadavg_before"]) == 3 and report["quick"] is True
     assert "| gpt_fast fused loss, bf16, checkpointing |" in done.stdout
+    assert "| gpt_fast fused loss, bf16, checkpointing, optimizer in backward |" in done.stdout
 
 
 def test_bad_arguments_are_refused(tmp_path):

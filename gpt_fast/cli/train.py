@@ -75,6 +75,9 @@ def add_parser(sub) -> None:
     precision.add_argument("--fp16", action="store_true", help="float16 autocast with dynamic loss scaling (CUDA)")
     p.add_argument("--attn-implementation", choices=["eager", "sdpa", "fused", "auto"])
     p.add_argument("--gradient-checkpointing", action="store_true")
+    p.add_argument("--optimizer-in-backward", action="store_true",
+                   help="update each parameter in backward and free its gradient (less memory; needs "
+                        "--max-grad-norm 0, no --grad-accum, no --fp16, one process)")
     p.add_argument("--no-fused-loss", action="store_true", help="logits + F.cross_entropy instead")
     p.add_argument("--device", default="cpu")
     p.add_argument("--parallel", choices=["ddp", "fsdp"], default="ddp",
@@ -101,7 +104,8 @@ def config_from_args(args) -> TrainingConfig:
         warmup_steps=args.warmup_steps, weight_decay=args.weight_decay, max_grad_norm=args.max_grad_norm,
         eval_every=args.eval_every, eval_batches=args.eval_batches, save_every=args.save_every, resume=args.resume,
         seed=args.seed, bf16=args.bf16, fp16=args.fp16, attn_implementation=args.attn_implementation,
-        gradient_checkpointing=args.gradient_checkpointing, fused_loss=not args.no_fused_loss, device=args.device,
+        gradient_checkpointing=args.gradient_checkpointing, optimizer_in_backward=args.optimizer_in_backward,
+        fused_loss=not args.no_fused_loss, device=args.device,
         parallel=args.parallel,
         progress=not args.no_progress, plot=args.plot)
 

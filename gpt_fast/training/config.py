@@ -37,6 +37,8 @@ class TrainingConfig:
     fp16: bool = False  # float16 autocast with dynamic loss scaling (torch.amp.GradScaler); mainly for CUDA
     attn_implementation: str | None = None
     gradient_checkpointing: bool = False
+    optimizer_in_backward: bool = False  # each parameter updated in backward, its gradient freed (needs no
+    # clipping, no accumulation, no fp16, one process: gpt_fast/training/optimizer_in_backward.py)
     fused_loss: bool = True  # the fused LM head + cross-entropy (no logits); False: logits + F.cross_entropy
     device: str = "cpu"
     parallel: str = "ddp"  # under torchrun with several processes: "ddp" or "fsdp" (FSDP2, fully_shard per Block)
@@ -77,6 +79,14 @@ class TrainingConfig:
         if self.fp16 and self.parallel == "fsdp":
             raise ValueError("fp16 with parallel='fsdp' is not supported (its loss scaling would need the overflow "
                              "check agreed across the shards); use bf16 with FSDP2, or fp16 with DDP")
+        if self.optimizer_in_backward:
+            needs_all_gradients = [what for what, given in (
+                ("clipping by the global gradient norm (set max_grad_norm=0)", self.max_grad_norm > 0),
+                ("gradient accumulation (set grad_accum=1)", self.grad_accum > 1),
+                ("fp16 loss scaling (use bf16 or float32)", self.fp16)) if given]
+            if needs_all_gradients:
+                raise ValueError("optimizer_in_backward updates each parameter as soon as its gradient is made, so it "
+                                 "cannot go with " + "; ".join(needs_all_gradients))
         self.betas = tuple(self.betas)
 
     def to_dict(self) -> dict:

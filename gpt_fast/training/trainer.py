@@ -31,6 +31,7 @@ from gpt_fast.training import distributed
 from gpt_fast.training.config import TrainingConfig
 from gpt_fast.training.data import TokenRows, data_files, load_tokens
 from gpt_fast.training.metrics import METRICS, MetricsLog, plot_loss_curve
+from gpt_fast.training.optimizer_in_backward import OptimizerInBackward
 from gpt_fast.training.schedule import warmup_cosine_scheduler
 from gpt_fast.training.sharding import describe, full_model_state, is_sharded, load_optimizer_state
 from gpt_fast.training.state import latest_checkpoint, load_rng_state, load_trainer_state, save_checkpoint
@@ -185,8 +186,12 @@ def _train(config: TrainingConfig, device: torch.device, processes: distributed.
     model = build_model(config, resume_folder).train()
     tokenizer = _tokenizer(config, config.model)
     train_rows, eval_rows = _datasets(config, tokenizer, model.config.vocab_size)
+    if config.optimizer_in_backward and processes.distributed:
+        raise ValueError("optimizer_in_backward runs in one process only: DDP and FSDP2 reduce the gradients after "
+                         "its per-parameter steps would have used them")
     trained = distributed.wrap(model, processes, device, config.parallel)  # FSDP2: before the optimizer sees them
     optimizer = build_optimizer(model, config)
+    in_backward = OptimizerInBackward(model, optimizer) if config.optimizer_in_backward else None
     scheduler = warmup_cosine_scheduler(optimizer, config.warmup_steps, config.max_steps, config.min_lr_ratio)
     # fp16: the loss is scaled up before backward and the gradients unscaled before clipping; a step whose gradients
     # overflow is skipped and the scale lowered. Disabled, the scaler passes everything through.
@@ -224,19 +229,21 @@ def _train(config: TrainingConfig, device: torch.device, processes: distributed.
                     loss = _loss(trained, inputs, targets, config) / config.grad_accum
                 scaler.scale(loss).backward()
             step_loss += loss.detach()
-        scaler.unscale_(optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm or math.inf)
-        grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm  # FSDP2: a DTensor
         learning_rate = scheduler.get_last_lr()[0]
-        scaler.step(optimizer)
-        scaler.update()
+        grad_norm = None  # with the optimizer in backward no moment holds every gradient
+        if in_backward is None:
+            scaler.unscale_(optimizer)
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm or math.inf)
+            grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)  # FSDP2
+            scaler.step(optimizer)
+            scaler.update()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
         loss_value = distributed.mean_over_processes(step_loss, processes).item()
         seconds = time.perf_counter() - step_started
         result.losses[step] = loss_value
-        log.write({"step": step, "loss": loss_value, "lr": learning_rate, "grad_norm": float(grad_norm),
+        log.write({"step": step, "loss": loss_value, "lr": learning_rate, "grad_norm": grad_norm,
                    "tokens": step * tokens_per_step, "tokens_per_s": tokens_per_step / seconds,
                    "elapsed_s": time.perf_counter() - started})
         bar.update(1)
@@ -251,6 +258,8 @@ def _train(config: TrainingConfig, device: torch.device, processes: distributed.
             result.last_checkpoint = save_checkpoint(output_dir, step, model, optimizer, scheduler, position,
                                                      config.to_dict(), processes, scaler.state_dict())
     bar.close()
+    if in_backward is not None:
+        in_backward.remove()
     final_state = full_model_state(model)  # FSDP2: gathered by every process
     if processes.main:
         model.save_pretrained(output_dir, state_dict=final_state)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from inductor_cache import isolate_inductor_cache
 
 from gpt_fast.ops import has_kernel
 
@@ -27,13 +28,15 @@ def _seed_torch():
 
 
 def pytest_configure(config):
-    """Kernel tests skip only when no extension was built. A library that was built but does not load, or a run
-    that requires the extension (GPT_FAST_REQUIRE_EXTENSION=1, as CI does) without one, stops the run."""
+    """Each ATen CPU capability compiles into its own inductor cache. Kernel tests skip only when no extension was
+    built. A library that was built but does not load, or a run that requires the extension
+    (GPT_FAST_REQUIRE_EXTENSION=1, as CI does) without one, stops the run."""
     import os
 
     import gpt_fast
     from gpt_fast import ops
 
+    isolate_inductor_cache()  # before anything is compiled: tests/inductor_cache.py says why
     if ops.extension_loaded():
         return
     built = sorted(Path(gpt_fast.__file__).parent.glob("_C*.so"))

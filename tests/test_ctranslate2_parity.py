@@ -19,6 +19,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 import bench_peers  # noqa: E402
 import ctranslate2  # noqa: E402
 import ctranslate2_gpt  # noqa: E402
+import ctranslate2_worker  # noqa: E402
 
 # Tiny GPT-1: 2 post-norm blocks; a wide init so that logits, hence greedy choices, differ clearly between tokens.
 CONFIG = dict(n_layer=2, n_embd=64, n_head=4, vocab_size=101, n_positions=48, initializer_range=0.3)
@@ -76,10 +77,18 @@ def test_greedy_tokens_are_gpt_fast_s(base, tmp_path):
 
 
 def test_int8_is_close_not_exact(base, tmp_path):
-    """int8 weights (the benchmark's other peer) compute the same model, with quantisation error."""
-    g = generator(base.state_dict(), base.config, tmp_path, "int8")
-    x = ids()
+    """int8 weights (the benchmark's other peer) compute the same model, with quantisation error. On the MKL
+    backend, in a child process (CTranslate2 reads CT2_USE_MKL once per process): its oneDNN int8 on a CPU without
+    VNNI (AVX2, also emulated: CT2_FORCE_CPU_ISA=AVX2) saturates its 16-bit pair sums, 4.8 here at this test's wide
+    initialisation (README, Kernels: "An AVX2 CPU, emulated"), which is CTranslate2's error, not a conversion's."""
+    path = ctranslate2_gpt.convert(base.state_dict(), base.config, str(tmp_path))
+    worker = ctranslate2_worker.Worker(path, ["int8"], threads=1, backend="mkl")
+    try:
+        x = ids()
+        theirs = torch.from_numpy(worker.log_probs("int8", x.tolist()))
+    finally:
+        worker.close()
     with torch.no_grad():
         reference = torch.log_softmax(base(x).logits, -1)
-    error = (ctranslate2_gpt.log_probs(g, x) - reference).abs().max().item()
+    error = (theirs - reference).abs().max().item()
     assert 0 < error < 0.1 * reference.abs().max().item()

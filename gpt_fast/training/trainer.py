@@ -175,6 +175,9 @@ def train(config: TrainingConfig) -> TrainResult:
 
 
 def _train(config: TrainingConfig, device: torch.device, processes: distributed.Processes) -> TrainResult:
+    if config.optimizer_in_backward and processes.distributed:
+        raise ValueError("optimizer_in_backward runs in one process only: DDP and FSDP2 reduce the gradients after "
+                         "its per-parameter steps would have used them")
     output_dir = Path(config.output_dir)
     if processes.main:
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -186,9 +189,6 @@ def _train(config: TrainingConfig, device: torch.device, processes: distributed.
     model = build_model(config, resume_folder).train()
     tokenizer = _tokenizer(config, config.model)
     train_rows, eval_rows = _datasets(config, tokenizer, model.config.vocab_size)
-    if config.optimizer_in_backward and processes.distributed:
-        raise ValueError("optimizer_in_backward runs in one process only: DDP and FSDP2 reduce the gradients after "
-                         "its per-parameter steps would have used them")
     trained = distributed.wrap(model, processes, device, config.parallel)  # FSDP2: before the optimizer sees them
     optimizer = build_optimizer(model, config)
     in_backward = OptimizerInBackward(model, optimizer) if config.optimizer_in_backward else None

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import os
 import statistics
@@ -30,6 +31,7 @@ from timing import machine_description, time_alternating
 
 import gpt_fast
 from gpt_fast.cli.machine import reset_peak_rss, status_bytes
+from gpt_fast.training.allocator import keep_freed_memory, release_freed_memory
 from gpt_fast.training.optimizer_in_backward import OptimizerInBackward
 
 HERE = Path(__file__).resolve().parent
@@ -100,6 +102,8 @@ def measure_memory(config: dict, shape: dict) -> dict:
     model, optimizer = build(config["impl"], shape)
     step = make_step(model, optimizer, config, shape)
     step()  # AdamW's moments made; gradients freed
+    gc.collect()
+    release_freed_memory()  # what the warm-up freed but glibc kept (its heap top) is not in use: out of VmRSS
     reset_peak_rss()  # VmHWM := VmRSS
     before = status_bytes("VmRSS")
     step()
@@ -121,6 +125,7 @@ def ratio(growth: int, baseline_growth: int) -> float | None:
 
 def run(args) -> dict:
     shape = QUICK if args.quick else FULL
+    kept = keep_freed_memory() if args.keep_freed_memory else False  # before any model: both time alike
     configs = configurations()
     models = {impl: build(impl, shape) for impl in ("gpt_fast", TRANSFORMERS)}
     steps = {name(c): make_step(*models[c["impl"]], c, shape) for c in configs}
@@ -141,14 +146,17 @@ def run(args) -> dict:
     return {"machine": machine_description(), "threads": args.threads, "quick": args.quick,
             "shape": shape, "tokens_per_step": tokens, "rounds": args.rounds,
             "loadavg_before": load_before, "loadavg_after": load_after,
-            "memory": "peak RSS growth over one step in a fresh process per configuration (after a warm-up step)",
+            "freed_memory": "kept" if kept else "glibc's default",
+            "memory": "peak RSS growth over one step in a fresh process per configuration (after a warm-up step), "
+                      "with glibc's default allocator settings",
             "time": "wall clock, configurations alternating, one step per round after one warm-up step",
             "results": rows}
 
 
 def table(report: dict) -> str:
     lines = [f"{report['machine']}; B={report['shape']['batch']} T={report['shape']['seq_len']}; "
-             f"load {report['loadavg_before'][0]:.1f} -> {report['loadavg_after'][0]:.1f}",
+             f"load {report['loadavg_before'][0]:.1f} -> {report['loadavg_after'][0]:.1f}; timed with freed memory "
+             f"{'kept' if report['freed_memory'] == 'kept' else 'returned (glibc default)'}",
              "| configuration | tokens/s (median) | speed vs transformers (median, best) | step memory MiB | "
              "memory vs transformers |", "| --- | --- | --- | --- | --- |"]
     for r in report["results"]:
@@ -170,6 +178,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="JSON report (default: benchmarks/results/bench_train_step"
                                                  "[_quick].json)")
     parser.add_argument("--child-timeout", type=float, default=900, help="seconds per memory measurement")
+    parser.add_argument("--keep-freed-memory", action="store_true",
+                        help="time both models with glibc keeping freed memory mapped (gpt_fast/training/"
+                             "allocator.py; as gpt-fast train does); memory is measured with the defaults")
     parser.add_argument("--memory-of", help=argparse.SUPPRESS)  # the child's job: one configuration, as JSON
     args = parser.parse_args()
     if args.threads < 1 or args.rounds < 1:

@@ -27,6 +27,16 @@ def _seed_torch():
     torch.manual_seed(0)
 
 
+@pytest.fixture(autouse=True)
+def _glibc_defaults(monkeypatch):
+    """The trainer keeps freed memory mapped by default (gpt_fast/training/allocator.py), a process-wide setting
+    that would stay for the rest of the session: here glibc keeps its defaults (tests/test_allocator.py measures the
+    real setting in a child process)."""
+    from gpt_fast.training import allocator
+
+    monkeypatch.setattr(allocator, "keep_freed_memory", lambda: False)
+
+
 def pytest_configure(config):
     """Each ATen CPU capability compiles into its own inductor cache. Kernel tests skip only when no extension was
     built. A library that was built but does not load, or a run that requires the extension

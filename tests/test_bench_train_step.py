@@ -7,6 +7,8 @@ import sys
 import pytest
 from training_helpers import ROOT, run_process_group
 
+from gpt_fast.training import allocator
+
 BENCH = ROOT / "benchmarks" / "bench_train_step.py"
 
 
@@ -15,7 +17,7 @@ def test_quick_run_writes_every_configuration(tmp_path):
     pytest.importorskip("transformers")
     out = tmp_path / "report.json"
     done = run_process_group([sys.executable, str(BENCH), "--quick", "--rounds", "1", "--threads", "1", "--out",
-                              str(out)], timeout=600, cwd=ROOT)
+                              str(out), "--keep-freed-memory"], timeout=600, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(out.read_text())
     names = [r["name"] for r in report["results"]]
@@ -29,6 +31,8 @@ def test_quick_run_writes_every_configuration(tmp_path):
             assert r["speed_vs_transformers"] == 1.0
             assert r["memory_vs_transformers"] == (1.0 if r["step_growth_bytes"] > 0 else None)
     assert len(report["loadavg_before"]) == 3 and report["quick"] is True
+    assert report["freed_memory"] == ("kept" if allocator._glibc() is not None else "glibc's default")
+    assert "timed with freed memory kept" in done.stdout or allocator._glibc() is None
     assert "| gpt_fast fused loss, bf16, checkpointing |" in done.stdout
     assert "| gpt_fast fused loss, bf16, checkpointing, optimizer in backward |" in done.stdout
 

@@ -146,6 +146,7 @@ def test_plot_without_matplotlib_is_refused_before_training(data, tmp_path, monk
     (dict(parallel="zero"), ValueError, "parallel must be"),
     (dict(bf16=True, fp16=True), ValueError, "exclude each other"),
     (dict(fp16=True, parallel="fsdp"), ValueError, "fp16 with parallel='fsdp'"),
+    (dict(keep_freed_memory="yes"), ValueError, "keep_freed_memory must be"),
 ])
 def test_bad_config(data, tmp_path, overrides, error, message):
     with pytest.raises(error, match=message):

@@ -80,6 +80,12 @@ def add_parser(sub) -> None:
                         "--max-grad-norm 0, no --grad-accum, no --fp16, one process)")
     p.add_argument("--no-fused-loss", action="store_true", help="logits + F.cross_entropy instead")
     p.add_argument("--device", default="cpu")
+    memory = p.add_mutually_exclusive_group()
+    memory.add_argument("--keep-freed-memory", dest="keep_freed_memory", action="store_const", const=True,
+                        help="keep freed memory mapped (glibc): faster CPU steps, higher peak RSS; the default on "
+                             "the CPU without --gradient-checkpointing / --optimizer-in-backward")
+    memory.add_argument("--release-freed-memory", dest="keep_freed_memory", action="store_const", const=False,
+                        help="let glibc return freed memory to the system (its default)")
     p.add_argument("--parallel", choices=["ddp", "fsdp"], default="ddp",
                    help="under torchrun: DistributedDataParallel, or FSDP2 (fully_shard per Block, then the root)")
     p.add_argument("--no-progress", action="store_true")
@@ -105,7 +111,7 @@ def config_from_args(args) -> TrainingConfig:
         eval_every=args.eval_every, eval_batches=args.eval_batches, save_every=args.save_every, resume=args.resume,
         seed=args.seed, bf16=args.bf16, fp16=args.fp16, attn_implementation=args.attn_implementation,
         gradient_checkpointing=args.gradient_checkpointing, optimizer_in_backward=args.optimizer_in_backward,
-        fused_loss=not args.no_fused_loss, device=args.device,
+        fused_loss=not args.no_fused_loss, device=args.device, keep_freed_memory=args.keep_freed_memory,
         parallel=args.parallel,
         progress=not args.no_progress, plot=args.plot)
 

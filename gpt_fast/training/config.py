@@ -41,6 +41,8 @@ class TrainingConfig:
     # clipping, no accumulation, no fp16, one process: gpt_fast/training/optimizer_in_backward.py)
     fused_loss: bool = True  # the fused LM head + cross-entropy (no logits); False: logits + F.cross_entropy
     device: str = "cpu"
+    keep_freed_memory: bool | None = None  # glibc keeps freed blocks mapped (faster CPU steps, higher peak RSS:
+    # gpt_fast/training/allocator.py); None: on the CPU unless gradient_checkpointing or optimizer_in_backward
     parallel: str = "ddp"  # under torchrun with several processes: "ddp" or "fsdp" (FSDP2, fully_shard per Block)
     progress: bool = True  # a tqdm bar on stderr (process 0)
     plot: bool = False  # loss.png from the metrics (needs matplotlib: pip install gpt_fast[plot])
@@ -72,6 +74,9 @@ class TrainingConfig:
             raise ValueError("weight_decay and max_grad_norm must be non-negative")
         if self.plot and importlib.util.find_spec("matplotlib") is None:  # found out now, not after the run
             raise ImportError("plot=True (--plot) needs matplotlib: pip install gpt_fast[plot]")
+        if self.keep_freed_memory not in (None, True, False):
+            raise ValueError(f"keep_freed_memory must be True, False or None (automatic), got "
+                             f"{self.keep_freed_memory!r}")
         if self.parallel not in ("ddp", "fsdp"):
             raise ValueError(f"parallel must be 'ddp' or 'fsdp', got {self.parallel!r}")
         if self.bf16 and self.fp16:

@@ -27,7 +27,7 @@ from gpt_fast.models.configuration import OpenAIGPTConfig
 from gpt_fast.models.heads import OpenAIGPTLMHeadModel
 from gpt_fast.names import parse_device
 from gpt_fast.tokenization.tokenizer import OpenAIGPTTokenizerFast
-from gpt_fast.training import distributed
+from gpt_fast.training import allocator, distributed
 from gpt_fast.training.config import TrainingConfig
 from gpt_fast.training.data import TokenRows, data_files, load_tokens
 from gpt_fast.training.metrics import METRICS, MetricsLog, plot_loss_curve
@@ -46,6 +46,7 @@ class TrainResult:
     eval_losses: dict[int, float] = field(default_factory=dict)  # step -> evaluation loss
     last_checkpoint: Path | None = None
     main_process: bool = True  # False in the other processes of a torchrun job
+    kept_freed_memory: bool = False  # whether this process keeps freed memory (gpt_fast/training/allocator.py)
 
 
 def _needs_tokenizer(paths: list[str]) -> bool:
@@ -208,6 +209,9 @@ def _train(config: TrainingConfig, device: torch.device, processes: distributed.
 
     log = MetricsLog(output_dir, enabled=processes.main)
     result = TrainResult(output_dir, main_process=processes.main)
+    saves_memory = config.gradient_checkpointing or config.optimizer_in_backward
+    if allocator.wants_kept_memory(config.keep_freed_memory, device.type, saves_memory):
+        result.kept_freed_memory = allocator.keep_freed_memory()
     rows_per_micro = config.batch_size * processes.world_size
     tokens_per_step = rows_per_micro * config.grad_accum * config.seq_len
     bar = tqdm(total=config.max_steps, initial=step, disable=not (config.progress and processes.main),

@@ -4,10 +4,9 @@ ask for it. The real setting is process-wide, so it is measured in a child proce
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-from training_helpers import tiny_config, write_bin
+from training_helpers import ROOT, tiny_config, write_bin
 
 from gpt_fast.cli import main as cli
 from gpt_fast.training import allocator, train
@@ -50,12 +49,16 @@ print(kept, int(release_freed_memory()), rss_kb())
 """
 
 
+def run_probe(source: str) -> list[int]:
+    """The integers a probe prints, run in a fresh Python (the setting it tests is process-wide)."""
+    out = subprocess.run([sys.executable, "-c", source], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return [int(value) for value in out.stdout.split()]
+
+
 @pytest.mark.skipif(allocator._glibc() is None, reason="the C library is not glibc")
 def test_freed_blocks_are_not_faulted_in_again():
-    repo = Path(__file__).resolve().parents[1]
-    out = subprocess.run([sys.executable, "-c", PROBE], cwd=repo, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    default, kept, faults = map(int, out.stdout.split())
+    default, kept, faults = run_probe(PROBE)
     if default < 100:
         pytest.skip(f"this kernel maps a fresh 256 MiB block with {default} faults (huge pages): nothing to keep")
     assert kept == 1
@@ -64,11 +67,7 @@ def test_freed_blocks_are_not_faulted_in_again():
 
 @pytest.mark.skipif(allocator._glibc() is None, reason="the C library is not glibc")
 def test_release_hands_kept_memory_back():
-    repo = Path(__file__).resolve().parents[1]
-    out = subprocess.run([sys.executable, "-c", RELEASE_PROBE], cwd=repo, capture_output=True, text=True,
-                         timeout=120)
-    assert out.returncode == 0, out.stderr
-    kept, released, after = map(int, out.stdout.split())
+    kept, released, after = run_probe(RELEASE_PROBE)
     assert released == 1 and kept - after > 200 * 1024, (kept, after)  # most of the 256 MiB block
 
 

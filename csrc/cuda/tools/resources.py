@@ -73,11 +73,14 @@ def family(name: str) -> str:
 
 def build_gate(build: Path) -> dict:
     """Configures and builds the gate in `build`; returns its return code, log and parsed ptxas report."""
-    cfg = subprocess.run(["cmake", "-S", str(ROOT), "-B", str(build), f"-DCMAKE_CUDA_COMPILER={NVCC}"],
-                         capture_output=True, text=True)
+    cfg = subprocess.run(["cmake", "-S", str(ROOT), "-B", str(build), "-G", "Unix Makefiles",
+                          f"-DCMAKE_CUDA_COMPILER={NVCC}"], capture_output=True, text=True)
     if cfg.returncode != 0:
         raise RuntimeError(cfg.stdout + cfg.stderr)
-    res = subprocess.run(["cmake", "--build", str(build), "-j", "2"], capture_output=True, text=True)
+    # GNU make's --output-sync prints each compilation's output whole: two parallel ptxas -v reports interleaved
+    # line by line would give one kernel the next one's stack / spill line (seen once in a full test run).
+    res = subprocess.run(["cmake", "--build", str(build), "-j", "2", "--", "--output-sync=target"],
+                         capture_output=True, text=True)
     log = res.stdout + res.stderr
     return {"returncode": res.returncode, "log": log, "kernels": parse_ptxas(log), "build": build}
 

@@ -37,8 +37,8 @@ import torch
 
 from gpt_fast import OpenAIGPTConfig, OpenAIGPTLMHeadModel
 from gpt_fast.cli import benchmark as bench
-from gpt_fast.cli.machine import cpu_vendor
 from gpt_fast.ops import cpu_isa
+from gpt_fast.ops.cpu_isa import cpu_vendor
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CLOCK = time.perf_counter  # --cpu-time: time.process_time (this process's CPU time; CTranslate2's in its child)

@@ -7,19 +7,7 @@ from __future__ import annotations
 import ctypes
 import platform
 
-
-def _cpuinfo(field: str, text: str | None = None) -> str | None:
-    """The first value of `field` in /proc/cpuinfo (or in `text`, its contents), None where it is absent."""
-    try:
-        lines = text.splitlines() if text is not None else open("/proc/cpuinfo").read().splitlines()
-    except OSError:
-        return None
-    for line in lines:
-        key, _, value = line.partition(":")
-        if key.strip() == field:
-            return value.strip()
-    return None
-
+from gpt_fast.ops.cpu_isa import cpuinfo_field
 
 # AMD's x86 (family, model ranges) -> core, from AMD's processor programming references: a VM's cpuinfo often says
 # only "AMD EPYC", while Zen 4 (AVX-512 on 256-bit units) and Zen 5 (512-bit units) run the same kernels at
@@ -40,17 +28,12 @@ def cpu_name(cpuinfo: str | None = None) -> str:
     """The CPU model as /proc/cpuinfo names it, with the x86 family and model (and AMD's core) appended, e.g.
     "AMD EPYC (family 25, model 17: Zen 4)" or "Intel(R) Xeon(R) Platinum 8480+ (family 6, model 143)";
     platform.processor() where there is no /proc/cpuinfo. `cpuinfo`: that file's text (tests)."""
-    name = _cpuinfo("model name", cpuinfo) or platform.processor() or "unknown"
-    family, model = _cpuinfo("cpu family", cpuinfo), _cpuinfo("model", cpuinfo)
+    name = cpuinfo_field("model name", cpuinfo) or platform.processor() or "unknown"
+    family, model = cpuinfo_field("cpu family", cpuinfo), cpuinfo_field("model", cpuinfo)
     if not (family and model and family.isdigit() and model.isdigit()):
         return name
-    core = amd_core(int(family), int(model)) if _cpuinfo("vendor_id", cpuinfo) == "AuthenticAMD" else None
+    core = amd_core(int(family), int(model)) if cpuinfo_field("vendor_id", cpuinfo) == "AuthenticAMD" else None
     return f"{name} (family {family}, model {model}{': ' + core if core else ''})"
-
-
-def cpu_vendor() -> str:
-    """"AuthenticAMD", "GenuineIntel", ..."""
-    return _cpuinfo("vendor_id") or platform.processor() or "unknown"
 
 
 def status_bytes(field: str) -> int:

@@ -7,7 +7,8 @@ Engines, chosen from the KernelPlan (ops/kernel_plan.py) and the number of rows 
   rows, GELU in its epilogue;
 - "gemm": PyTorch's addmm / mm on the parameter itself, GELU through plan.bias_gelu; in float32 with the result
   rounded to the model's dtype where the plan says PyTorch's bf16 / fp16 GEMM is its slow reference loop on this
-  CPU (plan.gemm_upcast: fp16 on CPUs without AVX512-FP16, bf16 on AVX2 CPUs; ~100x faster there).
+  CPU (plan.gemm_upcast: fp16 on CPUs without AVX512-FP16, bf16 on AVX2 CPUs; ~100x faster there); a float32
+  GEMM through oneDNN (with autograd) where plan.onednn_fp32 says so (AMD CPUs: ops/onednn_linear.py).
 A layer keeps at most one packed copy of its weight (ops/weight_cache.py, rebuilt when the weight changes). The
 linear_small_m copy has priority (decode speed): once a layer holds it, its calls with more rows take PyTorch's
 GEMM instead of oneDNN, so a model that generates never holds two copies nor repacks between prefill and steps,
@@ -25,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gpt_fast.ops import linear_small_m, pack_linear_weight, reference
+from gpt_fast.ops import linear_small_m, onednn_linear, pack_linear_weight, reference
 from gpt_fast.ops.kernel_plan import KernelPlan
 from gpt_fast.ops.weight_cache import PREFIX, cached_on
 
@@ -129,7 +130,12 @@ def gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, plan:
     """The "gemm" engine: (..., in) @ weight (in, out) [+ bias] -> (..., out) through PyTorch's GEMM; with gelu,
     gelu_tanh(x W + bias) through plan.bias_gelu (the fused kernel where the plan has it)."""
     flat = x.reshape(-1, x.shape[-1])  # (rows, in)
-    if plan is not None and plan.gemm_upcast:  # fp32 GEMM, rounded once to x's dtype, as a half GEMM rounds
+    if (plan is not None and plan.onednn_fp32 and onednn_linear.serves(flat, weight.t())
+            and not torch.compiler.is_compiling()):
+        out = onednn_linear.onednn_linear(flat, weight.t(), None if gelu else bias)
+        if gelu:
+            out = plan.bias_gelu(out, bias)
+    elif plan is not None and plan.gemm_upcast:  # fp32 GEMM, rounded once to x's dtype, as a half GEMM rounds
         if gelu or bias is None:
             out = (flat.float() @ weight.float()).to(x.dtype)
         else:
@@ -163,11 +169,14 @@ def project_to_vocab(lm_head: nn.Linear, x: torch.Tensor, plan: KernelPlan | Non
 def call_head(head: nn.Module, x: torch.Tensor, plan: KernelPlan | None) -> torch.Tensor:
     """head(x) for a forward's full logits (the LM head, called as a module: hooks, accelerate's and PEFT's wrappers
     apply), except that a plain nn.Linear without hooks multiplies in float32 where plan.gemm_upcast says PyTorch's
-    half GEMM is its slow loop (see gemm)."""
-    if (plan is not None and plan.gemm_upcast and type(head) is nn.Linear and not head._forward_hooks
-            and not head._forward_pre_hooks and x.dtype == head.weight.dtype):
+    half GEMM is its slow loop, and through oneDNN where plan.onednn_fp32 says so (see gemm)."""
+    plain = (plan is not None and type(head) is nn.Linear and not head._forward_hooks and not head._forward_pre_hooks
+             and x.dtype == head.weight.dtype)
+    if plain and plan.gemm_upcast:
         bias = None if head.bias is None else head.bias.float()
         return F.linear(x.float(), head.weight.float(), bias).to(x.dtype)
+    if plain and plan.onednn_fp32 and onednn_linear.serves(x, head.weight) and not torch.compiler.is_compiling():
+        return onednn_linear.onednn_linear(x, head.weight, head.bias)
     return head(x)
 
 

@@ -33,6 +33,24 @@ def _detect() -> str:
     return "amx" if cpu._is_amx_tile_supported() else "avx512_bf16"
 
 
+def cpuinfo_field(field: str, text: str | None = None) -> str | None:
+    """The first value of `field` in /proc/cpuinfo (or in `text`, its contents), None where it is absent."""
+    try:
+        lines = text.splitlines() if text is not None else open("/proc/cpuinfo").read().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        key, _, value = line.partition(":")
+        if key.strip() == field:
+            return value.strip()
+    return None
+
+
+def cpu_vendor() -> str:
+    """"AuthenticAMD", "GenuineIntel", ..."""
+    return cpuinfo_field("vendor_id") or platform.processor() or "unknown"
+
+
 DETECTED = _detect()  # fixed at import, so torch.compile reads it as a constant
 
 

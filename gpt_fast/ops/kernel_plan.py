@@ -35,6 +35,9 @@ The rules:
   on the gpt_fast backends (not "eager", transformers' own math) and not under autocast (whose casts choose the
   GEMM's dtype); GPT_FAST_CPU_ISA below avx512 counts as no fast bf16 / fp16 GEMM, as on an AVX2 CPU
   (cpu_isa.half_gemm_fast). The fused LM-head loss makes the same choice itself (ops/linear_cross_entropy.py).
+- float32 GEMMs on AMD CPUs (onednn_fp32): the "gemm" engine multiplies through oneDNN's float32 GEMM instead of
+  PyTorch's (MKL's sgemm, slower on AMD processors; ops/onednn_linear.py has the measurements), with and without
+  gradients; not under autocast (its casts choose the GEMM's dtype) nor torch.compile.
 - autocast (a torch.autocast region is active for the device): the GEMMs run in the autocast dtype while the
   residual stream keeps the model's, so add_layernorm and bias_gelu cast their other inputs to their first
   input's dtype (add_layernorm: x, the residual stream, in the model's dtype, as autocast's layer_norm computes in
@@ -50,7 +53,7 @@ from typing import Callable
 import torch
 
 from gpt_fast.names import check_attn_implementation
-from gpt_fast.ops import _library, cpu_isa, reference
+from gpt_fast.ops import _library, cpu_isa, onednn_linear, reference
 from gpt_fast.ops.add_layernorm import add_layernorm
 from gpt_fast.ops.bias_gelu import bias_gelu
 from gpt_fast.ops.decode_attention import decode_attention
@@ -82,6 +85,7 @@ class KernelPlan:
     small_m_rows: int  # linear_small_m serves matmuls of at most this many rows; 0: never
     onednn_bf16: bool  # oneDNN's GEMM on a prepacked bf16 weight serves widening layers with more rows
     gemm_upcast: bool = False  # bf16 / fp16 GEMMs run in float32 (PyTorch's are the reference loop on this CPU)
+    onednn_fp32: bool = False  # float32 GEMMs of the "gemm" engine through oneDNN (ops/onednn_linear.py: AMD CPUs)
     quantized_rows: tuple = ()  # AMX_QUANTIZED_ROWS where the plan has them (quantization/layer.py: kernel_rows)
     # {linear layer: call(x, bias, gelu)}: each layer's engine and packed weight resolved once for a decode loop's
     # row count (models/linear.py: bind_layers, made by generation/decoder.py). None on every memoised plan.
@@ -151,6 +155,7 @@ def _plan(attn_implementation, device_type: str, dtype: torch.dtype, dropout: bo
                      and onednn_bf16_usable(device_type)),
         gemm_upcast=(fused and not autocast and device_type == "cpu" and dtype in (torch.bfloat16, torch.float16)
                      and not cpu_isa.half_gemm_fast(dtype)),
+        onednn_fp32=fused and not autocast and dtype == torch.float32 and onednn_linear.usable(device_type),
         quantized_rows=(AMX_QUANTIZED_ROWS if fused and not grad and not autocast and device_type == "cpu"
                         and dtype == torch.bfloat16 and isa == "amx"
                         and _library.has_kernel("linear_quantized", device_type) else ()),

@@ -19,10 +19,18 @@ own and stays (not measured here against oneDNN).
 from __future__ import annotations
 
 import functools
+import math
 
 import torch
+from torch.utils.flop_counter import flop_registry, register_flop_formula
 
 from gpt_fast.ops import cpu_isa
+
+_POINTWISE = torch.ops.mkldnn._linear_pointwise
+if _POINTWISE.default not in flop_registry:  # PyTorch counts no FLOPs for it: MFU figures would miss these GEMMs
+    @register_flop_formula(_POINTWISE)
+    def _(x_shape, weight_shape, *args, out_shape=None, **kwargs) -> int:
+        return 2 * math.prod(x_shape) * weight_shape[0]  # x (..., K) @ weight (N, K).T
 
 
 @functools.cache

@@ -107,6 +107,17 @@ def test_bad_attn_implementation(bad, tmp_path):
     model.save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="attn_implementation"):
         gpt_fast.OpenAIGPTModel.from_pretrained(tmp_path, attn_implementation=bad)
+    with pytest.raises(ValueError, match="attn_implementation"):
+        gpt_fast.OpenAIGPTModel(config(attn_implementation=bad))
+
+
+@pytest.mark.parametrize("backend", ["eager", "sdpa", "fused"])
+def test_config_keyword_chooses_the_backend(backend):
+    """OpenAIGPTConfig(attn_implementation=...) picks the backend, as transformers' config does; the model's own
+    argument wins over it."""
+    assert gpt_fast.OpenAIGPTLMHeadModel(config(attn_implementation=backend)).attn_implementation == backend
+    model = gpt_fast.OpenAIGPTLMHeadModel(config(attn_implementation="eager"), attn_implementation=backend)
+    assert model.attn_implementation == backend and model.transformer.attn_implementation == backend
 
 
 def fused_forward():

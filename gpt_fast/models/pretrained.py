@@ -31,6 +31,8 @@ class OpenAIGPTPreTrainedModel(nn.Module):
         super().__init__()
         if not isinstance(config, OpenAIGPTConfig):
             raise TypeError(f"config must be an OpenAIGPTConfig, got {type(config).__name__}")
+        if attn_implementation is None:  # as transformers, the config's own attn_implementation= keyword
+            attn_implementation = getattr(config, "attn_implementation", None)
         check_attn_implementation(attn_implementation)
         config.validate()
         self.config = config

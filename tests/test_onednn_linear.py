@@ -153,7 +153,7 @@ def test_training_step_through_onednn_matches_pytorch(vendor, monkeypatch, retur
     off) to float32 rounding, and oneDNN did run: every block linear, and the LM head (logits or fused loss)."""
     ids = torch.randint(0, 101, (2, 40), generator=torch.Generator().manual_seed(1))
     calls = []
-    real = torch.ops.mkldnn._linear_pointwise
+    real = onednn_linear._POINTWISE
 
     def counted(*args):
         calls.append(tuple(args[1].shape))
@@ -167,7 +167,7 @@ def test_training_step_through_onednn_matches_pytorch(vendor, monkeypatch, retur
         return loss.detach(), {n: p.grad for n, p in model.named_parameters()}
 
     loss_mkl, grads_mkl = step("GenuineIntel")
-    monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", counted)
+    monkeypatch.setattr(onednn_linear, "_POINTWISE", counted)
     loss_dnn, grads_dnn = step("AuthenticAMD")
     assert (144, 48) in calls and (48, 192) in calls  # c_attn's forward, c_fc's input gradient (weight.T (48, 192))
     assert (101, 48) in calls  # the LM head's logits (the whole head, or the fused loss's chunk)

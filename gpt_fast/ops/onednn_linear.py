@@ -49,7 +49,7 @@ def serves(x: torch.Tensor, weight: torch.Tensor) -> bool:
 
 def matmul_t(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """a (M, K) @ b (N, K).T through oneDNN, without autograd (see serves)."""
-    return torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], "")
+    return _POINTWISE(a, b, None, "none", [], "")
 
 
 class _OneDNNLinear(torch.autograd.Function):
@@ -57,7 +57,7 @@ class _OneDNNLinear(torch.autograd.Function):
     def forward(ctx, x, weight, bias):  # x (M, K), weight (N, K), bias (N,) or None -> (M, N)
         ctx.save_for_backward(x, weight)
         ctx.has_bias = bias is not None
-        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+        return _POINTWISE(x, weight, bias, "none", [], "")
 
     @staticmethod
     def backward(ctx, grad):  # grad (M, N)

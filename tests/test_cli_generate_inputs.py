@@ -106,6 +106,7 @@ def test_a_missing_path_is_not_sent_to_the_hub(model, capsys, monkeypatch, tmp_p
     (["--num-return-sequences", "2", "--no-stream"], "do_sample"),
     (["--max-new-tokens", "80"], "n_positions"),
     (["--eos-token-id", "999"], "eos_token_id"),
+    (["--prompt-lookup-num-tokens", "3", "--do-sample", "--num-return-sequences", "2"], "batch size 1"),
 ])
 def test_argument_errors_come_before_any_output(checkpoint, flags, match, capsys, monkeypatch):
     """The prompt used to be echoed to stdout before generate() rejected its arguments."""
@@ -124,6 +125,21 @@ def test_stdin_prompt_is_still_echoed_then_continued(checkpoint, capsys, monkeyp
                                 "--no-stream")
     assert code == 0, err
     assert out.startswith("the the") and out == plain
+
+
+def test_prompt_lookup_prints_the_plain_text(checkpoint, capsys, monkeypatch):
+    from gpt_fast.generation.decoder import IncrementalDecoder
+
+    passes = []
+    extend = IncrementalDecoder.extend
+    monkeypatch.setattr(IncrementalDecoder, "extend", lambda self, tokens: passes.append(1) or extend(self, tokens))
+    args = ("generate", "the the the", "--model", str(checkpoint), "--max-new-tokens", "30", "--no-stream")
+    code, plain, err = run_main(capsys, *args)
+    assert code == 0, err
+    assert not passes
+    code, out, err = run_main(capsys, *args, "--prompt-lookup-num-tokens", "4")
+    assert code == 0, err
+    assert passes and out == plain
 
 
 @pytest.mark.parametrize("data, match", [

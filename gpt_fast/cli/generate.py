@@ -31,6 +31,8 @@ def add_parser(sub) -> None:
     gen.add_argument("--num-return-sequences", type=positive_int, default=1)
     gen.add_argument("--eos-token-id", type=int)
     gen.add_argument("--seed", type=int, help="makes sampling reproducible")
+    gen.add_argument("--prompt-lookup-num-tokens", type=positive_int, metavar="N",
+                     help="prompt lookup decoding: verify up to N tokens copied from the text so far per pass")
     gen.add_argument("--dtype", default="float32", help="float32, bfloat16, float16, float64 or auto (default float32)")
     gen.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ... (default cpu)")
     gen.add_argument("--attn-implementation", choices=("auto",) + ATTN_IMPLEMENTATIONS, default="auto")
@@ -71,7 +73,7 @@ def read_prompt(args) -> str:
 
 def generation_kwargs(args) -> dict:
     names = ("max_new_tokens", "max_length", "min_new_tokens", "temperature", "top_k", "top_p", "repetition_penalty",
-             "eos_token_id", "seed")
+             "eos_token_id", "seed", "prompt_lookup_num_tokens")
     kwargs = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
     if args.max_new_tokens is None and args.max_length is None:
         kwargs["max_new_tokens"] = 50

@@ -18,7 +18,7 @@ GENERATE_KWARGS = (
     "output_scores", "output_logits", "return_dict_in_generate", "use_cache", "cuda_graph", "eos_check_interval",
     "num_beams", "length_penalty", "early_stopping", "no_repeat_ngram_size", "bad_words_ids",
     "remove_invalid_values", "logits_processor", "stopping_criteria", "output_attentions", "output_hidden_states",
-    "token_type_ids", "stop_strings", "tokenizer",
+    "token_type_ids", "stop_strings", "tokenizer", "prompt_lookup_num_tokens", "max_matching_ngram_size",
 )
 
 
@@ -47,6 +47,8 @@ class GenerationRequest:
     output_attentions: bool = False
     output_hidden_states: bool = False
     use_cache: bool = True  # False gives the same tokens (the cache is how gpt_fast decodes) but returns no cache
+    prompt_lookup_num_tokens: int | None = None  # draft tokens per verification (prompt_lookup.py), None = off
+    max_matching_ngram_size: int = 2  # longest n-gram the prompt lookup matches (transformers' default)
 
 
 # -- argument checks ----------------------------------------------------------------------------------------------
@@ -234,6 +236,14 @@ def parse_generation_kwargs(model, prompt_length: int, kwargs: dict) -> Generati
     cuda_graph = get("cuda_graph")
     if cuda_graph is not None:
         _bool("cuda_graph", cuda_graph)
+    lookup = _int("prompt_lookup_num_tokens", get("prompt_lookup_num_tokens"), 1)
+    ngram_size = _int("max_matching_ngram_size", get("max_matching_ngram_size"), 1)
+    if lookup is not None and num_beams > 1:
+        raise ValueError("prompt_lookup_num_tokens cannot be used with beam search (num_beams > 1), as in "
+                         "transformers")
+    if lookup is not None and cuda_graph:
+        raise ValueError("prompt_lookup_num_tokens runs without a CUDA graph (its steps change length); drop "
+                         "cuda_graph=True")
 
     # transformers: beam sampling keeps at least one token more than there are EOS ids (2 without EOS) in top-k/p
     keep = (len(eos) + 1 if eos is not None else 2) if num_beams > 1 else 1
@@ -254,7 +264,8 @@ def parse_generation_kwargs(model, prompt_length: int, kwargs: dict) -> Generati
         stopping_criteria=_stopping_criteria(get),
         output_attentions=_bool("output_attentions", get("output_attentions", False)),
         output_hidden_states=_bool("output_hidden_states", get("output_hidden_states", False)),
-        use_cache=_bool("use_cache", get("use_cache", True)))
+        use_cache=_bool("use_cache", get("use_cache", True)), prompt_lookup_num_tokens=lookup,
+        max_matching_ngram_size=2 if ngram_size is None else ngram_size)
 
 
 def infer_attention_mask(input_ids, request: GenerationRequest):

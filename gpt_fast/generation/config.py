@@ -20,7 +20,8 @@ DEFAULTS = {  # transformers' global defaults of the supported fields (what an u
     "length_penalty": 1.0, "no_repeat_ngram_size": 0, "bad_words_ids": None, "remove_invalid_values": False,
     "num_return_sequences": 1, "output_attentions": False, "output_hidden_states": False, "output_scores": False,
     "output_logits": False, "return_dict_in_generate": False, "use_cache": True, "pad_token_id": None,
-    "bos_token_id": None, "eos_token_id": None, "stop_strings": None,
+    "bos_token_id": None, "eos_token_id": None, "stop_strings": None, "prompt_lookup_num_tokens": None,
+    "max_matching_ngram_size": None,
 }
 IGNORED = ("transformers_version", "_from_model_config")  # bookkeeping keys of transformers' files
 NOT_GENERATE_ARGS = ("bos_token_id",)  # kept and saved, not used by generate()

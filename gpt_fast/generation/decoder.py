@@ -6,6 +6,8 @@ for every path) under one KernelPlan, and differ from the model's forward only i
 - prefill(packed_ids, lengths): positions 0..T-1; each layer's keys and values are written into the cache and the
   prompt attends with the plan's backend (eager / sdpa / fused) under a key-padding mask. Returns the logits at
   each row's last real token.
+- extend(tokens) / rewind(count): several new tokens per row in one pass, and dropping the last positions again
+  (speculative decoding, prompt_lookup.py).
 - step(tokens): one new token per row at position = the row's cache length; the attention is the plan's
   decode_attention, which appends the token's key/value at that position and attends over [0, length]. So rows
   of different prompt lengths each see the positions they would see alone.
@@ -77,6 +79,28 @@ class IncrementalDecoder:
         x = self.transformer.run_layers(x, plan, attend)
         lengths.add_(1)
         return self.model.logits(x[:, 0], plan).float()  # (B, V)
+
+    def extend(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens (B, S) long, S new tokens per row at positions length .. length + S - 1 -> float32 logits
+        (B, S, V), token s's logits from the cache and the tokens before it (decode_attention with S new tokens,
+        the plan's engines for B * S rows). The verification pass of speculative decoding (prompt_lookup.py)."""
+        B, S = tokens.shape
+        lengths, layers, n_head, plan = self.cache.lengths, self.cache.layers, self.n_head, self.plan
+        positions = lengths[:, None] + torch.arange(S, device=tokens.device)  # (B, S)
+        types = None if self.step_types is None else self.step_types[:, None].expand(B, S)
+        x = self.transformer.embed(tokens, positions, types)  # (B, S, C)
+
+        def attend(i, qkv):  # (B, S, 3C) -> (B, S, C), appending the S keys and values to the cache
+            k_cache, v_cache = layers[i]
+            return plan.decode_attention(qkv, k_cache, v_cache, lengths, n_head), None
+
+        x = self.transformer.run_layers(x, plan, attend)
+        lengths.add_(S)
+        return self.model.logits(x, plan).float()  # (B, S, V)
+
+    def rewind(self, count: int) -> None:
+        """Forgets the last `count` positions of every row (rejected draft tokens): the next step writes over them."""
+        self.cache.lengths.sub_(count)
 
 
     def reorder(self, rows: torch.Tensor, filled: int) -> None:

@@ -38,6 +38,7 @@ from gpt_fast.generation.inspection import step_outputs
 from gpt_fast.generation.kv_cache import CacheOutputMixin, StaticKVCache
 from gpt_fast.generation.prepared import first_done, prepare
 from gpt_fast.generation.processors import stop_flags
+from gpt_fast.generation.prompt_lookup import speculative_decode
 from gpt_fast.models.outputs import ModelOutput
 
 __all__ = ["GENERATE_KWARGS", "GenerateOutput", "GenerationRequest", "generate", "parse_generation_kwargs"]
@@ -108,6 +109,9 @@ def _generate(model, input_ids, attention_mask, kwargs: dict):
     p = prepare(model, input_ids, attention_mask, request, rows)
     input_ids, selector, eos_ids = p.input_ids, p.selector, p.eos_ids
     B, T = input_ids.shape
+    if request.prompt_lookup_num_tokens is not None and B != 1:
+        raise ValueError(f"prompt_lookup_num_tokens needs one sequence (batch size 1, one returned sequence), got {B} "
+                         "rows; transformers' assisted generation has the same rule")
     max_new = request.max_new_tokens
     generated = torch.full((B, max_new), request.pad_token_id or 0, dtype=torch.long, device=input_ids.device)
     unfinished = torch.ones(B, dtype=torch.bool, device=input_ids.device)
@@ -118,12 +122,14 @@ def _generate(model, input_ids, attention_mask, kwargs: dict):
     if streamer is not None:
         streamer.put(input_ids.cpu())
     logits = p.first_logits(types, attention_mask is None)  # (B, V) float32
-    step_fn = None  # made after the first token is out, so a CUDA graph capture does not delay it
-    scores_out, logits_out, steps = [], [], 0
-    for step in range(max_new):
+    scores_out, logits_out = [], []
+
+    def emit(logits: torch.Tensor, step: int) -> torch.Tensor:  # logits (B, V) -> the step's tokens (B,), recorded
+        nonlocal unfinished
         if request.output_logits:
             logits_out.append(logits.clone())
-        scores = selector.process(logits, step, p.extra, lambda s=step: torch.cat([input_ids, generated[:, :s]], dim=1))
+        scores = selector.process(logits, step, p.extra,
+                                  lambda s=step: torch.cat([input_ids, generated[:, :s]], dim=1))
         if request.output_scores:
             scores_out.append(scores.clone())
         tokens = selector.select(scores)  # (B,)
@@ -139,17 +145,18 @@ def _generate(model, input_ids, attention_mask, kwargs: dict):
         selector.add_tokens(tokens)
         if p.history is not None:
             p.history.append(tokens)
-        steps = step + 1
         if streamer is not None:
             streamer.put(tokens.cpu())
-        if (tracking and steps % p.check_every == 0) or streamer is not None:  # where the loop syncs anyway
-            selector.check_valid()
-            if tracking and not bool(alive[step]):
-                break
-        if steps < max_new:
-            if step_fn is None:
-                step_fn = CUDAGraphStep(p.decoder, B) if p.graph else p.decoder.step
-            logits = step_fn(tokens)
+        return tokens
+
+    if request.prompt_lookup_num_tokens is not None and max_new > 0:
+        tokens = emit(logits, 0)
+        sequence = p.packed[0, :int(p.lengths[0])].tolist() + [int(tokens[0])]
+        steps = speculative_decode(p.decoder, tokens, sequence, 1, max_new, request.prompt_lookup_num_tokens,
+                                   request.max_matching_ngram_size, emit,
+                                   lambda step: tracking and not bool(alive[step]))
+    else:
+        steps = decode_one_by_one(p, emit, logits, max_new, tracking, alive, streamer is not None)
     selector.check_valid()
     if tracking and steps > 0:  # deferred checks: keep up to the step where every row had finished
         steps = first_done(alive, steps)
@@ -166,3 +173,23 @@ def _generate(model, input_ids, attention_mask, kwargs: dict):
                           logits=tuple(logits_out[:steps]) if request.output_logits else None,
                           attentions=attentions, hidden_states=hidden,
                           cache=p.decoder.cache if request.use_cache else None)
+
+
+def decode_one_by_one(p, emit, logits: torch.Tensor, max_new: int, tracking: bool, alive: torch.Tensor,
+                      streaming: bool) -> int:
+    """The plain loop: one token per step (a replayed CUDA graph where p.graph), EOS read on the host every
+    p.check_every steps (every step with a streamer). Returns the number of steps run."""
+    step_fn = None  # made after the first token is out, so a CUDA graph capture does not delay it
+    steps = 0
+    for step in range(max_new):
+        tokens = emit(logits, step)
+        steps = step + 1
+        if (tracking and steps % p.check_every == 0) or streaming:  # where the loop syncs anyway
+            p.selector.check_valid()
+            if tracking and not bool(alive[step]):
+                break
+        if steps < max_new:
+            if step_fn is None:
+                step_fn = CUDAGraphStep(p.decoder, tokens.shape[0]) if p.graph else p.decoder.step
+            logits = step_fn(tokens)
+    return steps

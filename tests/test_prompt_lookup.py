@@ -64,6 +64,26 @@ def test_find_draft_finds_nothing():
     assert find_draft([2, 2], 3, 2) == [2]  # the earlier 2 is followed by the tail's 2
 
 
+def brute_force_draft(sequence, num_tokens, max_ngram_size):
+    """The rule written out: every window, earliest first, longest n first."""
+    length = len(sequence)
+    for n in range(min(max_ngram_size, length - 1), 0, -1):
+        for start in range(length - n):
+            if sequence[start:start + n] == sequence[length - n:]:
+                return sequence[start + n:start + n + num_tokens]
+    return []
+
+
+def test_find_draft_against_the_rule_written_out():
+    generator = torch.Generator().manual_seed(0)
+    for trial in range(300):
+        length = int(torch.randint(0, 40, (1,), generator=generator))
+        vocab = int(torch.randint(1, 6, (1,), generator=generator))
+        sequence = torch.randint(0, vocab, (length,), generator=generator).tolist()
+        num_tokens, ngram = trial % 5 + 1, trial % 4 + 1
+        assert find_draft(sequence, num_tokens, ngram) == brute_force_draft(sequence, num_tokens, ngram), sequence
+
+
 # -- the several-token pass -------------------------------------------------------------------------------------
 def test_extend_gives_the_logits_of_one_token_at_a_time_and_rewind_forgets(model):
     ids = prompt(7)

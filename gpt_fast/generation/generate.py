@@ -15,6 +15,8 @@ Differences, all on purpose:
   the loop never waits for the device otherwise.
 - generation runs in inference mode without dropout, whatever model.training says.
 - `seed=` (an int) or `generator=` (a torch.Generator on the model's device) make sampling reproducible.
+- `prompt_lookup_num_tokens=N` (one sequence): drafts copied from the text, verified N + 1 tokens a pass
+  (prompt_lookup.py); the tokens are those of the one-token loop.
 """
 
 from __future__ import annotations

@@ -159,6 +159,31 @@ def test_padded_prompt_and_the_last_position(model):
                                model.generate(long_prompt, max_new_tokens=7), rtol=0, atol=0)
 
 
+def test_draft_length_shrinks_while_drafts_fail_and_grows_back(model, monkeypatch):
+    from gpt_fast.generation import prompt_lookup
+
+    asked, wrong_calls = [], [10 ** 6]
+    real = prompt_lookup.find_draft
+
+    def draft(sequence, num_tokens, max_ngram_size):  # the first wrong_calls drafts wrong (not the repeated token)
+        asked.append(num_tokens)
+        if len(asked) <= wrong_calls[0]:
+            return [(sequence[-1] + 1) % VOCAB] * num_tokens
+        return real(sequence, num_tokens, max_ngram_size)
+
+    monkeypatch.setattr(prompt_lookup, "find_draft", draft)
+    ids = prompt(seed=0)  # its greedy text repeats one token from the first step (see the greedy test)
+    expected = model.generate(ids, max_new_tokens=30)
+    torch.testing.assert_close(model.generate(ids, max_new_tokens=30, prompt_lookup_num_tokens=5), expected,
+                               rtol=0, atol=0)
+    assert asked[:7] == [5, 4, 3, 2, 1, 1, 1]  # each pass keeps no draft token
+    asked.clear()
+    wrong_calls[0] = 3
+    torch.testing.assert_close(model.generate(ids, max_new_tokens=30, prompt_lookup_num_tokens=5), expected,
+                               rtol=0, atol=0)
+    assert asked[:6] == [5, 4, 3, 2, 4, 5]  # then the repeating text's drafts, all kept: + 2 a pass, up to 5
+
+
 def test_generation_config_field(model, passes):
     config = GenerationConfig(prompt_lookup_num_tokens=3, max_new_tokens=20)
     assert model.generate(prompt(), generation_config=config).shape == (1, 32)

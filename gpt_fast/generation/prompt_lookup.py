@@ -3,8 +3,8 @@ copied from the sequence itself, so no draft model runs.
 
 Each round looks for the sequence's last n tokens (n = max_matching_ngram_size down to 1) earlier in the sequence;
 the tokens that followed the earliest match are the draft. One pass of the model over the last emitted token and the
-k draft tokens (IncrementalDecoder.extend: k + 1 rows through the same kernels, which on a CPU cost about what one
-row costs, the weights being read once) gives the logits at k + 1 positions. Tokens are then chosen position by
+k draft tokens (IncrementalDecoder.extend: k + 1 rows through the same kernels, which read the weights once, so the
+pass costs far less than k + 1 steps) gives the logits at k + 1 positions. Tokens are then chosen position by
 position exactly as generate() chooses them one step at a time (the same processors, the same greedy argmax or
 draw from the same generator); while the chosen token equals the draft token the next position's logits are
 already there, and at the first difference the rest of the draft is dropped from the cache (rewind). So the
@@ -41,9 +41,14 @@ def speculative_decode(decoder, token: torch.Tensor, sequence: list[int], emitte
     """Continues a batch-of-one generation whose last emitted token is `token` (1,), `emitted` tokens so far, the
     real tokens so far in `sequence` (appended to). emit(logits (1, V), step) -> (1,) chooses and records the token
     of a step, as generate()'s loop does; finished(step) says whether generation stops after it. Returns the number
-    of emitted tokens."""
+    of emitted tokens.
+
+    The draft length adapts as transformers' "heuristic" schedule for draft models: it starts at num_tokens, grows
+    by 2 (up to num_tokens) after a pass whose drafts were all kept and shrinks by 1 (down to 1) after one that
+    dropped some, so that text whose drafts keep failing pays for a 2-row pass per token, not an N + 1-row one."""
+    length = num_tokens
     while emitted < max_new and not finished(emitted - 1):
-        draft = find_draft(sequence, min(num_tokens, max_new - emitted - 1), max_ngram_size)
+        draft = find_draft(sequence, min(length, max_new - emitted - 1), max_ngram_size)
         if not draft:  # nothing to verify: a plain step
             token = emit(decoder.step(token), emitted)
             emitted += 1
@@ -58,5 +63,6 @@ def speculative_decode(decoder, token: torch.Tensor, sequence: list[int], emitte
             sequence.append(chosen)
             if i == len(draft) or chosen != draft[i] or finished(emitted - 1):
                 decoder.rewind(len(draft) - i)  # the cache keeps the fed token and the accepted drafts
+                length = min(num_tokens, length + 2) if i == len(draft) else max(1, length - 1)
                 break
     return emitted

@@ -15,7 +15,8 @@ DEFAULT_NEW_TOKENS = 20  # transformers' GenerationConfig.max_length default, co
 GENERATE_KWARGS = (
     "max_new_tokens", "max_length", "min_new_tokens", "min_length", "do_sample", "temperature", "top_k", "top_p",
     "repetition_penalty", "num_return_sequences", "eos_token_id", "pad_token_id", "generator", "seed", "streamer",
-    "output_scores", "output_logits", "return_dict_in_generate", "use_cache", "cuda_graph", "eos_check_interval",
+    "output_scores", "output_logits", "return_dict_in_generate", "use_cache", "cuda_graph", "step_replay",
+    "eos_check_interval",
     "num_beams", "length_penalty", "early_stopping", "no_repeat_ngram_size", "bad_words_ids",
     "remove_invalid_values", "logits_processor", "stopping_criteria", "output_attentions", "output_hidden_states",
     "token_type_ids", "stop_strings", "tokenizer", "prompt_lookup_num_tokens", "max_matching_ngram_size",
@@ -49,6 +50,7 @@ class GenerationRequest:
     use_cache: bool = True  # False gives the same tokens (the cache is how gpt_fast decodes) but returns no cache
     prompt_lookup_num_tokens: int | None = None  # draft tokens per verification (prompt_lookup.py), None = off
     max_matching_ngram_size: int = 2  # longest n-gram the prompt lookup matches (transformers' default)
+    step_replay: bool | None = None  # decode steps re-run from their recorded operators (replayed_step.py); None: auto
 
 
 # -- argument checks ----------------------------------------------------------------------------------------------
@@ -241,6 +243,11 @@ def parse_generation_kwargs(model, prompt_length: int, kwargs: dict) -> Generati
     if lookup is not None and num_beams > 1:
         raise ValueError("prompt_lookup_num_tokens cannot be used with beam search (num_beams > 1), as in "
                          "transformers")
+    step_replay = get("step_replay")
+    if step_replay is not None:
+        _bool("step_replay", step_replay)
+    if step_replay and cuda_graph:
+        raise ValueError("step_replay=True and cuda_graph=True both choose how decode steps run; pass one")
     if lookup is not None and cuda_graph:
         raise ValueError("prompt_lookup_num_tokens runs without a CUDA graph (its steps change length); drop "
                          "cuda_graph=True")
@@ -265,7 +272,7 @@ def parse_generation_kwargs(model, prompt_length: int, kwargs: dict) -> Generati
         output_attentions=_bool("output_attentions", get("output_attentions", False)),
         output_hidden_states=_bool("output_hidden_states", get("output_hidden_states", False)),
         use_cache=_bool("use_cache", get("use_cache", True)), prompt_lookup_num_tokens=lookup,
-        max_matching_ngram_size=2 if ngram_size is None else ngram_size)
+        max_matching_ngram_size=2 if ngram_size is None else ngram_size, step_replay=step_replay)
 
 
 def infer_attention_mask(input_ids, request: GenerationRequest):

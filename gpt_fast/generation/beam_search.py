@@ -25,7 +25,6 @@ from dataclasses import dataclass
 
 import torch
 
-from gpt_fast.generation.decoder import CUDAGraphStep
 from gpt_fast.generation.inspection import step_outputs
 from gpt_fast.generation.kv_cache import CacheOutputMixin, StaticKVCache
 from gpt_fast.generation.prepared import first_done, prepare
@@ -173,7 +172,7 @@ def beam_search(model, input_ids, attention_mask, types, request):
             break
         if steps < N:
             if step_fn is None:
-                step_fn = CUDAGraphStep(p.decoder, R) if p.graph else p.decoder.step
+                step_fn = p.step_function(R)
             logits = step_fn(tokens)
     steps = first_done(alive, steps)
 

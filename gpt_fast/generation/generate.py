@@ -35,7 +35,6 @@ from gpt_fast.generation.arguments import (
 )
 from gpt_fast.generation.beam_search import beam_search
 from gpt_fast.generation.config import GenerationConfig
-from gpt_fast.generation.decoder import CUDAGraphStep
 from gpt_fast.generation.inspection import step_outputs
 from gpt_fast.generation.kv_cache import CacheOutputMixin, StaticKVCache
 from gpt_fast.generation.prepared import first_done, prepare
@@ -192,6 +191,6 @@ def decode_one_by_one(p, emit, logits: torch.Tensor, max_new: int, tracking: boo
                 break
         if steps < max_new:
             if step_fn is None:
-                step_fn = CUDAGraphStep(p.decoder, tokens.shape[0]) if p.graph else p.decoder.step
+                step_fn = p.step_function(tokens.shape[0])
             logits = step_fn(tokens)
     return steps

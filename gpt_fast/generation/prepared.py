@@ -9,9 +9,10 @@ from dataclasses import dataclass
 import torch
 
 from gpt_fast.generation.arguments import GenerationRequest
-from gpt_fast.generation.decoder import IncrementalDecoder, use_cuda_graph
+from gpt_fast.generation.decoder import CUDAGraphStep, IncrementalDecoder, use_cuda_graph
 from gpt_fast.generation.kv_cache import StaticKVCache
 from gpt_fast.generation.processors import ExtraProcessors, TokenHistory
+from gpt_fast.generation.replayed_step import ReplayedStep, refusal_before_recording
 from gpt_fast.generation.sampling import TokenSelector
 from gpt_fast.ops.kernel_plan import plan_kernels
 
@@ -32,6 +33,16 @@ class Prepared:
     graph: bool
     check_every: int
     order: torch.Tensor | None  # (R, T) the gather that packed the prompt, None when nothing is padded
+    step_replay: bool | None  # the request's: None = replay the decode step where it can be, False = never
+
+    def step_function(self, batch: int):
+        """What runs each decode step after the first token: a CUDA graph (p.graph), the step replayed from its
+        recorded operators (replayed_step.py), or decoder.step itself (step_replay=False)."""
+        if self.graph:
+            return CUDAGraphStep(self.decoder, batch)
+        if self.step_replay is False:
+            return self.decoder.step
+        return ReplayedStep(self.decoder, required=bool(self.step_replay))
 
     def first_logits(self, types, all_full) -> torch.Tensor:
         packed_types = None if types is None else types.gather(1, self.order) if self.order is not None else types
@@ -52,7 +63,10 @@ def prepare(model, input_ids, attention_mask, request: GenerationRequest, rows_p
     else:  # each row's real tokens first, in order: the cache then holds no padding
         order = torch.argsort((attention_mask == 0).to(torch.int8), dim=1, stable=True)  # (B, T)
         packed, lengths = input_ids.gather(1, order), attention_mask.sum(dim=1)
-    graph = use_cuda_graph(device, request.cuda_graph)  # raises if cuda_graph=True cannot be honoured
+    # cuda_graph=True that cannot be honoured raises here; step_replay=True takes the place of a CUDA graph
+    graph = use_cuda_graph(device, False if request.step_replay else request.cuda_graph)
+    if request.step_replay and (reason := refusal_before_recording(model)) is not None:  # before any work
+        raise ValueError(f"step_replay=True: the decode step cannot be replayed: {reason}")
     plan = plan_kernels(model.attn_implementation, device, model.dtype)  # no dropout, no gradients
     cache = StaticKVCache(config.n_layer, B, config.n_head, T + request.max_new_tokens,
                           config.n_embd // config.n_head, model.dtype, device)
@@ -63,7 +77,8 @@ def prepare(model, input_ids, attention_mask, request: GenerationRequest, rows_p
     interval = request.eos_check_interval
     check_every = interval if interval is not None else (16 if device.type == "cuda" else 1)
     return Prepared(input_ids, attention_mask, packed, lengths, IncrementalDecoder(model, cache, plan), selector,
-                    ExtraProcessors(request, history, device), history, eos_ids, graph, check_every, order)
+                    ExtraProcessors(request, history, device), history, eos_ids, graph, check_every, order,
+                    request.step_replay)
 
 
 def first_done(alive: torch.Tensor, steps: int) -> int:

@@ -34,6 +34,7 @@ from concurrent.futures import Future
 import torch
 
 from gpt_fast.generation.decoder import IncrementalDecoder
+from gpt_fast.generation.replayed_step import ReplayedStep
 from gpt_fast.ops.kernel_plan import plan_kernels
 from gpt_fast.serving.errors import BadRequest, ContextTooLong, EngineStopped, QueueFull
 from gpt_fast.serving.observer import EngineObserver
@@ -68,7 +69,8 @@ class Engine:
         self.max_queue = max_queue
         self.prefill_chunk = prefill_chunk
         self.observer = observer or EngineObserver()
-        self.decoders: dict[int, IncrementalDecoder] = {}  # hi -> a decoder over the slot rows [0, hi)
+        # hi -> the decode step over the slot rows [0, hi), replayed from its recorded operators (replayed_step.py)
+        self.decoders: dict[int, ReplayedStep] = {}
         self.waiting: deque[Sequence] = deque()  # guarded by self.wake
         self.calls: deque[tuple] = deque()  # (fn, Future) to run on the engine's thread; guarded by self.wake
         self.active: list[Sequence] = []  # sequences holding a slot, in admission order (engine thread only)
@@ -285,10 +287,10 @@ class Engine:
         rows = torch.tensor([s.slot for s in sequences], device=self.device)
         tokens[rows] = torch.tensor([s.last_token for s in sequences], device=self.device)
         if hi not in self.decoders:
-            self.decoders[hi] = IncrementalDecoder(self.model, self.slots.rows(hi), self.plan)
+            self.decoders[hi] = ReplayedStep(IncrementalDecoder(self.model, self.slots.rows(hi), self.plan))
         lengths = self.slots.lengths[:hi]
         saved = lengths.clone()
-        logits = self.decoders[hi].step(tokens)  # (hi, V)
+        logits = self.decoders[hi](tokens)  # (hi, V)
         decoding = torch.zeros(hi, dtype=torch.bool, device=self.device)
         decoding[rows] = True
         lengths.copy_(torch.where(decoding, lengths, saved))  # prefilling / free rows keep their length

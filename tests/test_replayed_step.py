@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import seeded_prompt, tiny_lm_fixtures
 
-from gpt_fast.generation import replayed_step
+from gpt_fast.generation import prompt_lookup, replayed_step
 from gpt_fast.generation.decoder import IncrementalDecoder
 from gpt_fast.generation.kv_cache import StaticKVCache
 from gpt_fast.generation.replayed_step import ReplayedStep
@@ -92,6 +92,17 @@ def test_beam_search_equals_plain_steps(model, block_calls, backend):
     assert block_calls[0] - walked < walked  # replayed after two steps
     torch.testing.assert_close(replayed.sequences, plain.sequences, rtol=0, atol=0)
     torch.testing.assert_close(replayed.sequences_scores, plain.sequences_scores, rtol=0, atol=0)
+
+
+def test_prompt_lookup_rounds_without_a_draft_are_replayed(model, block_calls, monkeypatch):
+    m = variant(model, "fused")
+    ids = seeded_prompt(VOCAB, 8, 1, seed=6)
+    expected = m.generate(ids, max_new_tokens=12, step_replay=False)
+    walked = block_calls[0]
+    monkeypatch.setattr(prompt_lookup, "find_draft", lambda sequence, num_tokens, ngram: [])  # never a draft
+    got = m.generate(ids, max_new_tokens=12, prompt_lookup_num_tokens=3)
+    assert block_calls[0] - walked == 3 * m.config.n_layer  # the prefill, the binding step, the recorded one
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
 
 
 def test_returned_cache_equals_plain_steps(model):

@@ -153,9 +153,9 @@ def _generate(model, input_ids, attention_mask, kwargs: dict):
     if request.prompt_lookup_num_tokens is not None and max_new > 0:
         tokens = emit(logits, 0)
         sequence = p.packed[0, :int(p.lengths[0])].tolist() + [int(tokens[0])]
-        steps = speculative_decode(p.decoder, tokens, sequence, 1, max_new, request.prompt_lookup_num_tokens,
-                                   request.max_matching_ngram_size, emit,
-                                   lambda step: tracking and not bool(alive[step]))
+        step = p.decoder.step if p.graph else p.step_function(1)  # no CUDA graph beside passes of several tokens
+        steps = speculative_decode(p.decoder, step, tokens, sequence, 1, max_new, request.prompt_lookup_num_tokens,
+                                   request.max_matching_ngram_size, emit, lambda s: tracking and not bool(alive[s]))
     else:
         steps = decode_one_by_one(p, emit, logits, max_new, tracking, alive, streamer is not None)
     selector.check_valid()

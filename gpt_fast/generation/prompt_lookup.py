@@ -36,10 +36,11 @@ def find_draft(sequence: list[int], num_tokens: int, max_ngram_size: int) -> lis
     return []
 
 
-def speculative_decode(decoder, token: torch.Tensor, sequence: list[int], emitted: int, max_new: int,
+def speculative_decode(decoder, step: Callable, token: torch.Tensor, sequence: list[int], emitted: int, max_new: int,
                        num_tokens: int, max_ngram_size: int, emit: Callable, finished: Callable) -> int:
     """Continues a batch-of-one generation whose last emitted token is `token` (1,), `emitted` tokens so far, the
-    real tokens so far in `sequence` (appended to). emit(logits (1, V), step) -> (1,) chooses and records the token
+    real tokens so far in `sequence` (appended to). step(tokens) is decoder.step or what stands for it (a replayed
+    step: replayed_step.py), for rounds without a draft. emit(logits (1, V), step) -> (1,) chooses and records the token
     of a step, as generate()'s loop does; finished(step) says whether generation stops after it. Returns the number
     of emitted tokens.
 
@@ -50,7 +51,7 @@ def speculative_decode(decoder, token: torch.Tensor, sequence: list[int], emitte
     while emitted < max_new and not finished(emitted - 1):
         draft = find_draft(sequence, min(length, max_new - emitted - 1), max_ngram_size)
         if not draft:  # nothing to verify: a plain step
-            token = emit(decoder.step(token), emitted)
+            token = emit(step(token), emitted)
             emitted += 1
             sequence.append(int(token[0]))
             continue

@@ -1,0 +1,81 @@
+"""Replayed decode steps (generate's default on the CPU, gpt_fast/generation/replayed_step.py) against the plain
+step (step_replay=False), which walks the model's Python for every token: decode tokens/s of GPT-1's shape (random
+weights), alternating in one run, per weight format and batch size.
+
+    python benchmarks/bench_step_replay.py [--dtype bfloat16] [--quantization none int8 int4-a8] [--batch 1 8]
+                                           [--new-tokens 128] [--repeats 4] [--threads 2]
+
+Decode time is read from a streamer's token times (the first token and the prefill excluded); each round runs the
+two alternately and every replayed run's tokens are checked against the plain run's. The machine line names the CPU
+and the kernel tier.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+
+import torch
+from timing import format_table, machine_description
+
+from gpt_fast import OpenAIGPTConfig, OpenAIGPTLMHeadModel
+from gpt_fast.cli.benchmark import TimingStreamer
+from gpt_fast.ops import cpu_isa
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+MODES = {"plain": False, "replayed": None}
+
+
+def seconds_per_step(model, ids, new_tokens: int, step_replay: bool | None) -> tuple[float, torch.Tensor]:
+    streamer = TimingStreamer()  # put(prompt) first, then one put per step
+    out = model.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, streamer=streamer,
+                         step_replay=step_replay)
+    return (streamer.times[-1] - streamer.times[1]) / (new_tokens - 1), out
+
+
+def run(dtype: torch.dtype, schemes: list[str], batches: list[int], new_tokens: int, repeats: int) -> str:
+    torch.manual_seed(0)
+    base = OpenAIGPTLMHeadModel(OpenAIGPTConfig()).to(dtype).eval()
+    rows = []
+    for scheme in schemes:
+        model = base if scheme == "none" else copy.deepcopy(base).quantize(scheme)
+        for batch in batches:
+            ids = torch.randint(0, model.config.vocab_size, (batch, 32), generator=torch.Generator().manual_seed(0))
+            samples = {mode: [] for mode in MODES}
+            outputs = {}
+            for _ in range(repeats + 1):  # the first round warms up
+                for mode, flag in MODES.items():
+                    seconds, outputs[mode] = seconds_per_step(model, ids, new_tokens, flag)
+                    samples[mode].append(seconds)
+                if not torch.equal(outputs["replayed"], outputs["plain"]):
+                    raise AssertionError(f"{scheme}, batch {batch}: replayed tokens differ from the plain step's")
+            best = {mode: min(s[1:]) for mode, s in samples.items()}
+            median = {mode: statistics.median(s[1:]) for mode, s in samples.items()}
+            rows.append([scheme, batch, batch / best["plain"], batch / best["replayed"],
+                         best["plain"] / best["replayed"], median["plain"] / median["replayed"]])
+        del model
+    header = ["weights", "batch", "plain tok/s", "replayed tok/s", "x best", "x median"]
+    return (f"GPT-1 shape, random weights, {str(dtype).removeprefix('torch.')}, 32-token prompt + {new_tokens} greedy "
+            f"tokens, decode tok/s, best of {repeats} alternating rounds; {machine_description()}, kernel tier "
+            f"{cpu_isa.level()}, {torch.get_num_threads()} threads\n\n" + format_table(header, rows))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dtype", choices=DTYPES, default="bfloat16")
+    parser.add_argument("--quantization", nargs="+", default=["none", "int8", "int4-a8"],
+                        choices=("none", "int8", "int4", "int4-a8"))
+    parser.add_argument("--batch", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=4)
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    with torch.inference_mode():
+        print(run(DTYPES[args.dtype], args.quantization, args.batch, args.new_tokens, args.repeats))
+
+
+if __name__ == "__main__":
+    main()

@@ -58,7 +58,7 @@ def run(dtype: torch.dtype, schemes: list[str], batches: list[int], new_tokens: 
     header = ["weights", "batch", "plain tok/s", "replayed tok/s", "x best", "x median"]
     return (f"GPT-1 shape, random weights, {str(dtype).removeprefix('torch.')}, 32-token prompt + {new_tokens} greedy "
             f"tokens, decode tok/s, best of {repeats} alternating rounds; {machine_description()}, kernel tier "
-            f"{cpu_isa.level()}, {torch.get_num_threads()} threads\n\n" + format_table(header, rows))
+            f"{cpu_isa.level()}\n\n" + format_table(header, rows))
 
 
 def main() -> None:

@@ -3,7 +3,7 @@ step (step_replay=False), which walks the model's Python for every token: decode
 weights), alternating in one run, per weight format and batch size.
 
     python benchmarks/bench_step_replay.py [--dtype bfloat16] [--quantization none int8 int4-a8] [--batch 1 8]
-                                           [--new-tokens 128] [--repeats 4] [--threads 2]
+                                           [--new-tokens 128] [--repeats 4] [--threads 2] [--tiny]
 
 Decode time is read from a streamer's token times (the first token and the prefill excluded); each round runs the
 two alternately and every replayed run's tokens are checked against the plain run's. The machine line names the CPU
@@ -24,19 +24,34 @@ from gpt_fast.cli.benchmark import TimingStreamer
 from gpt_fast.ops import cpu_isa
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-MODES = {"plain": False, "replayed": None}
+MODES = {"plain": False, "replayed": True}  # True: an error where the step cannot be replayed
 
 
 def seconds_per_step(model, ids, new_tokens: int, step_replay: bool | None) -> tuple[float, torch.Tensor]:
     streamer = TimingStreamer()  # put(prompt) first, then one put per step
-    out = model.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, streamer=streamer,
-                         step_replay=step_replay)
+    transformer, walks = model.transformer, []
+    transformer.run_layers = lambda *args, **kwargs: walks.append(1) or type(transformer).run_layers(
+        transformer, *args, **kwargs)  # counts the walks of the model's layer loop (not a hook: hooks stop replays)
+    try:
+        out = model.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, streamer=streamer,
+                             step_replay=step_replay)
+    finally:
+        del transformer.run_layers
+    # the prefill, then every step; replayed: the first step and the recorded one only
+    expected = 3 if step_replay else new_tokens
+    if len(walks) != expected:
+        raise AssertionError(f"step_replay={step_replay}: the layer loop ran {len(walks)} times, expected {expected}")
     return (streamer.times[-1] - streamer.times[1]) / (new_tokens - 1), out
 
 
-def run(dtype: torch.dtype, schemes: list[str], batches: list[int], new_tokens: int, repeats: int) -> str:
+# --tiny: a smoke test; weights drawn wider than GPT-1's 0.02 so that greedy text does not repeat one token
+TINY = {"n_layer": 2, "n_embd": 64, "n_head": 4, "vocab_size": 500, "n_positions": 256, "initializer_range": 0.5}
+
+
+def run(dtype: torch.dtype, schemes: list[str], batches: list[int], new_tokens: int, repeats: int,
+        tiny: bool = False) -> str:
     torch.manual_seed(0)
-    base = OpenAIGPTLMHeadModel(OpenAIGPTConfig()).to(dtype).eval()
+    base = OpenAIGPTLMHeadModel(OpenAIGPTConfig(**(TINY if tiny else {}))).to(dtype).eval()
     rows = []
     for scheme in schemes:
         model = base if scheme == "none" else copy.deepcopy(base).quantize(scheme)
@@ -56,7 +71,8 @@ def run(dtype: torch.dtype, schemes: list[str], batches: list[int], new_tokens: 
                          best["plain"] / best["replayed"], median["plain"] / median["replayed"]])
         del model
     header = ["weights", "batch", "plain tok/s", "replayed tok/s", "x best", "x median"]
-    return (f"GPT-1 shape, random weights, {str(dtype).removeprefix('torch.')}, 32-token prompt + {new_tokens} greedy "
+    shape = "a tiny model" if tiny else "GPT-1 shape"
+    return (f"{shape}, random weights, {str(dtype).removeprefix('torch.')}, 32-token prompt + {new_tokens} greedy "
             f"tokens, decode tok/s, best of {repeats} alternating rounds; {machine_description()}, kernel tier "
             f"{cpu_isa.level()}\n\n" + format_table(header, rows))
 
@@ -70,11 +86,12 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=4)
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--tiny", action="store_true", help="a 2-layer, 64-wide model (a smoke test, no figures)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     with torch.inference_mode():
-        print(run(DTYPES[args.dtype], args.quantization, args.batch, args.new_tokens, args.repeats))
+        print(run(DTYPES[args.dtype], args.quantization, args.batch, args.new_tokens, args.repeats, args.tiny))
 
 
 if __name__ == "__main__":

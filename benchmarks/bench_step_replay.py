@@ -30,14 +30,18 @@ MODES = {"plain": False, "replayed": True}  # True: an error where the step cann
 def seconds_per_step(model, ids, new_tokens: int, step_replay: bool | None) -> tuple[float, torch.Tensor]:
     streamer = TimingStreamer()  # put(prompt) first, then one put per step
     transformer, walks = model.transformer, []
-    transformer.run_layers = lambda *args, **kwargs: walks.append(1) or type(transformer).run_layers(
-        transformer, *args, **kwargs)  # counts the walks of the model's layer loop (not a hook: hooks stop replays)
+
+    def counted_run_layers(*args, **kwargs):  # an instance attribute, not a hook: hooks stop replays
+        walks.append(1)
+        return type(transformer).run_layers(transformer, *args, **kwargs)
+
+    transformer.run_layers = counted_run_layers
     try:
         out = model.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, streamer=streamer,
                              step_replay=step_replay)
     finally:
         del transformer.run_layers
-    # the prefill, then every step; replayed: the first step and the recorded one only
+    # the prefill, then every step; replayed: the first step and the recorded one only (run() asks for 3+ tokens)
     expected = 3 if step_replay else new_tokens
     if len(walks) != expected:
         raise AssertionError(f"step_replay={step_replay}: the layer loop ran {len(walks)} times, expected {expected}")
@@ -50,6 +54,8 @@ TINY = {"n_layer": 2, "n_embd": 64, "n_head": 4, "vocab_size": 500, "n_positions
 
 def run(dtype: torch.dtype, schemes: list[str], batches: list[int], new_tokens: int, repeats: int,
         tiny: bool = False) -> str:
+    if new_tokens < 3:  # timed from the second token to the last, over at least one replayed step
+        raise ValueError(f"new_tokens must be at least 3, got {new_tokens}")
     torch.manual_seed(0)
     base = OpenAIGPTLMHeadModel(OpenAIGPTConfig(**(TINY if tiny else {}))).to(dtype).eval()
     rows = []
@@ -91,7 +97,10 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     with torch.inference_mode():
-        print(run(DTYPES[args.dtype], args.quantization, args.batch, args.new_tokens, args.repeats, args.tiny))
+        try:
+            print(run(DTYPES[args.dtype], args.quantization, args.batch, args.new_tokens, args.repeats, args.tiny))
+        except ValueError as error:  # a bad argument, or a step that cannot be replayed
+            parser.error(str(error))
 
 
 if __name__ == "__main__":

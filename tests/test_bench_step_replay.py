@@ -5,6 +5,7 @@ the benchmark; a row per weight format and batch. No figure is judged."""
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -21,3 +22,8 @@ def test_tiny_run_has_a_row_per_format_and_batch():
     assert [(r[0].strip(), r[1].strip()) for r in rows] == [(s, b) for s in ("none", "int8", "int4-a8")
                                                             for b in ("1", "3")]
     assert all(float(r[2]) > 0 and float(r[3]) > 0 for r in rows)
+
+
+def test_too_few_new_tokens_is_an_error():
+    with pytest.raises(ValueError, match="new_tokens must be at least 3, got 2"):
+        bench_step_replay.run(torch.float32, ["none"], [1], new_tokens=2, repeats=1, tiny=True)

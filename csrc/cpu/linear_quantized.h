@@ -11,6 +11,10 @@
 #include "cpu/linear_small_m.h"  // over_block_groups, kPrefetch, kChunkK
 #include "cpu/quantized_layout.h"
 
+#if GPT_FAST_HAVE_X86
+#include <xmmintrin.h>  // _mm_prefetch
+#endif
+
 namespace gpt_fast::quantized {
 
 using small_m::kChunkK;
@@ -19,6 +23,15 @@ using small_m::kPrefetchFar;
 using small_m::over_block_groups;
 using small_m::with_rows;
 constexpr int64_t kBN = quant::kBlockN;
+
+#if GPT_FAST_HAVE_X86
+// Software prefetch into a weight stream, for the vector tiers: 1 KiB ahead with 1-2 rows per tile, 8 KiB with 3+
+// (which consume a stream more slowly; linear_small_m.h measured the distances). prefetcht0 is baseline x86-64.
+template <int MR>
+inline void prefetch_stream(const uint8_t* at) {
+  _mm_prefetch(reinterpret_cast<const char*>(at) + (MR >= 3 ? kPrefetchFar : kPrefetch), _MM_HINT_T0);
+}
+#endif
 
 // Everything a task needs. x and xsum are fp32 copies made once per call; the rest point into the op's tensors.
 template <typename T>

@@ -24,13 +24,6 @@ namespace {
 
 constexpr int kPairsPerSum = 32;  // int4: k pairs summed before folding into the total
 
-// Software prefetch into a weight stream: 1 KiB ahead with 1-2 rows, 8 KiB with 3+ (which consume a stream more
-// slowly), as the AVX-512 tier.
-template <int MR>
-GPT_FAST_AVX2 inline void prefetch(const uint8_t* at) {
-  _mm_prefetch(reinterpret_cast<const char*>(at) + (MR >= 3 ? kPrefetchFar : kPrefetch), _MM_HINT_T0);
-}
-
 GPT_FAST_AVX2 inline __m128i load8(const uint8_t* p) { return _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)); }
 
 GPT_FAST_AVX2 inline __m256 load_bf16x8(const uint8_t* p) { return cpu::bf16_bits_to_fp32_avx2(_mm_loadu_si128(
@@ -92,7 +85,7 @@ GPT_FAST_AVX2 void int8_tile(const QuantArgs<T>& a, const int64_t* blocks, int64
       for (int m = 0; m < MR; ++m) acc[j][m][0] = acc[j][m][1] = _mm256_setzero_ps();
     int64_t k = k0;
     for (; k + 4 <= k1; k += 4) {  // 4 k = one 64-byte line per stream
-      for (int j = 0; j < NB; ++j) prefetch<MR>(wbs[j] + k * kBN);
+      for (int j = 0; j < NB; ++j) prefetch_stream<MR>(wbs[j] + k * kBN);
       for (int i = 0; i < 4; ++i) k_step(k + i);
     }
     for (; k < k1; ++k) k_step(k);
@@ -127,7 +120,7 @@ GPT_FAST_AVX2 void int4_tile(const QuantArgs<T>& a, const int64_t* blocks, int64
       for (int64_t p = p0; p < p1; ++p) {
         for (int j = 0; j < NB; ++j) {
           const uint8_t* row = wbs[j] + g * group_bytes + p * kBN;
-          if (p % 4 == 0) prefetch<MR>(row);
+          if (p % 4 == 0) prefetch_stream<MR>(row);
           for (int h = 0; h < 2; ++h) {  // columns 8 h .. 8 h + 7
             const __m256i q = _mm256_cvtepu8_epi32(load8(row + 8 * h));
             const __m256 lo = _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_and_si256(q, low4), eight));
@@ -196,13 +189,14 @@ GPT_FAST_AVX2 void int4_tile_bytes(const QuantArgs<T>& a, const int64_t* blocks,
       for (int j = 0; j < NB; ++j) acc[j][m][0] = acc[j][m][1] = start;
     }
     const int8_t* xg = xq + g * G;
-    for (int j = 0; j < NB; ++j) prefetch<MR>(wbs[j] + g * group_bytes + 8 * G);  // the tail (the rows' skip it)
+    for (int j = 0; j < NB; ++j)  // the tail (the rows' prefetches skip it)
+      prefetch_stream<MR>(wbs[j] + g * group_bytes + 8 * G);
     for (int64_t p = 0; p < G / 2; p += 2) {
       int32_t x4[MR];
       for (int m = 0; m < MR; ++m) std::memcpy(&x4[m], xg + m * K + 2 * p, 4);
       for (int j = 0; j < NB; ++j) {
         const uint8_t* rows = wbs[j] + g * group_bytes + p * kBN;
-        if (p % 4 == 0) prefetch<MR>(rows);
+        if (p % 4 == 0) prefetch_stream<MR>(rows);
         const __m128i r0 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(rows));
         const __m128i r1 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(rows + kBN));
         const __m256i w = _mm256_set_m128i(_mm_unpackhi_epi8(r0, r1), _mm_unpacklo_epi8(r0, r1));

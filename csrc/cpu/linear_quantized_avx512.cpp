@@ -35,13 +35,6 @@ namespace {
 
 constexpr int kPairsPerSum = 32;  // int4: k pairs summed before folding into the group sum
 
-// Software prefetch into a weight stream: 1 KiB ahead with 1-2 rows, 8 KiB with 3+ (which consume a stream more
-// slowly; linear_small_m.h measured the distances).
-template <int MR>
-GPT_FAST_AVX512 inline void prefetch(const uint8_t* at) {
-  _mm_prefetch(reinterpret_cast<const char*>(at) + (MR >= 3 ? kPrefetchFar : kPrefetch), _MM_HINT_T0);
-}
-
 template <typename T, int MR, int NB>
 GPT_FAST_AVX512 void int8_tile(const QuantArgs<T>& a, const int64_t* blocks, int64_t m0) {
   constexpr int CH = MR * NB <= 4 ? 2 : 1;  // chains per row and block: alternate k apart when few rows
@@ -65,7 +58,7 @@ GPT_FAST_AVX512 void int8_tile(const QuantArgs<T>& a, const int64_t* blocks, int
     };
     int64_t k = k0;
     for (; k + 4 <= k1; k += 4) {  // 4 k = one 64-byte line per stream
-      for (int j = 0; j < NB; ++j) prefetch<MR>(wbs[j] + k * kBN);
+      for (int j = 0; j < NB; ++j) prefetch_stream<MR>(wbs[j] + k * kBN);
       for (int i = 0; i < 4; ++i)
         for (int j = 0; j < NB; ++j) k_step(j, i % CH, k + i);
     }
@@ -124,7 +117,7 @@ GPT_FAST_AVX512_BF16 void int8_tile_dpbf16(const QuantArgs<T>& a, const int64_t*
     int64_t s = s0;
     for (; s + 2 <= s1; s += 2)  // 2 pairs = one 64-byte line per stream
       for (int j = 0; j < NB; ++j) {
-        prefetch<MR>(wbs[j] + 2 * s * kBN);
+        prefetch_stream<MR>(wbs[j] + 2 * s * kBN);
         for (int c = 0; c < 2; ++c) pair_step(acc[j][c % CH], wbs[j] + 2 * (s + c) * kBN, s + c);
       }
     for (; s < s1; ++s)
@@ -170,7 +163,7 @@ GPT_FAST_AVX512 void int4_tile(const QuantArgs<T>& a, const int64_t* blocks, int
       for (int64_t p = p0; p < p1; ++p) {
         for (int j = 0; j < NB; ++j) {
           const uint8_t* row = wbs[j] + g * group_bytes + p * kBN;
-          if (p % 4 == 0) prefetch<MR>(row);
+          if (p % 4 == 0) prefetch_stream<MR>(row);
           const __m512i q = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row)));
           const __m512 lo = _mm512_permutexvar_ps(q, centred);                         // k = 2p
           const __m512 hi = _mm512_permutexvar_ps(_mm512_srli_epi32(q, 4), centred);  // k = 2p + 1
@@ -261,7 +254,7 @@ GPT_FAST_AVX512_BF16_VBMI void int4_tile_dpbf16(const QuantArgs<T>& a, const int
         for (int c = 0; c < CH; ++c)
           for (int j = 0; j < NB; ++j) {
             const uint8_t* row = wbs[j] + g * group_bytes + (p + c) * kBN;
-            if ((p + c) % 4 == 0) prefetch<MR>(row);
+            if ((p + c) % 4 == 0) prefetch_stream<MR>(row);
             pair_step(acc[j][c], row, xg, p + c);
           }
       for (; p < p1; ++p)

@@ -45,9 +45,10 @@ def test_every_row_tile_against_the_float64_reference(bits, G, K, dtype, cpu_tie
         assert_within_pytorch_error(actual, quantized_expected(args, dtype), reference.linear_quantized(*args))
 
 
-# x_bits=8: every row tile, the same columns; G 32 and 64 (the VNNI tile where the CPU has it), 6 (G % 4 != 0: the
+# x_bits=8: every row tile, the same columns; G 32, 64, 12 and 96 (the byte tiles where the CPU has them; the AVX2
+# one sums in int16 over at most 32 k: 96 is three such sums, 12 a partial one), 6 (G % 4 != 0: the
 # fp32 tile on the rounded x)
-@pytest.mark.parametrize("G, K", [(32, 96), (64, 192), (6, 42)])
+@pytest.mark.parametrize("G, K", [(32, 96), (64, 192), (12, 48), (96, 192), (6, 42)])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
 def test_int8_activations_every_row_tile_against_the_float64_reference(G, K, dtype, cpu_tier):
     N = 149
@@ -57,6 +58,21 @@ def test_int8_activations_every_row_tile_against_the_float64_reference(G, K, dty
         args = (x, q, s, z, 4, G, bias, None, M % 2 == 0, 8)
         actual = ops.linear_quantized(x, packed, N, 4, G, bias, None, M % 2 == 0, x_bits=8)
         assert_within_pytorch_error(actual, quantized_expected(args, dtype), reference.linear_quantized(*args))
+
+
+@pytest.mark.parametrize("G", [32, 64, 96])
+def test_int8_activations_largest_sums_are_exact(G, cpu_tier):
+    """The largest products every step: q = 15 or 0 and x = +-127 (scale 1), so the byte tiles' partial sums reach
+    their bounds (the AVX2 tile's int16 sums: 8 steps of 2 * 15 * 127 = 30480 < 2^15). Integers all the way: exact."""
+    N, K = 40, 2 * G
+    qweight = torch.zeros(N, K // 2, dtype=torch.uint8)
+    qweight[: N // 2] = 0xFF  # q = 15 in both nibbles of the first half of the columns
+    scales, zeros = torch.ones(N, K // G, dtype=torch.bfloat16), torch.full((N, K // G), -8.0, dtype=torch.bfloat16)
+    packed = ops.pack_quantized_weight(qweight, scales, zeros, 4, G)
+    x = torch.stack([torch.full((K,), 127.0), torch.full((K,), -127.0), torch.tensor([127.0, -127.0]).repeat(G)])
+    w = reference.dequantize_linear_weight(qweight, scales, zeros, 4, G).double()  # 7 or -8
+    out = ops.linear_quantized(x, packed, N, 4, G, x_bits=8)
+    assert torch.equal(out.double(), x.double() @ w.t())
 
 
 def test_int8_activations_round_ties_to_even_and_keep_nan(cpu_tier):

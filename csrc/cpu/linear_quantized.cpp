@@ -180,8 +180,8 @@ at::Tensor linear_quantized_cpu(const at::Tensor& x, const at::Tensor& packed, i
   [[maybe_unused]] const bool avx512 = cpu::use_avx512(), avx2 = cpu::use_avx2();
   const bool round_x = x_bits == 8;
   // int4 x int8 bytes (whole 4-k steps, int32 group sums that cannot overflow): VNNI on the AVX-512 tier
-  // (int4_tile_vnni.h), vpmaddubsw on the AVX2 one (int4_tile_bytes, which reads each 4 k of x as k, k + 2, k + 1,
-  // k + 3); an AVX-512 CPU without VNNI + VBMI takes the fp32 tile on the rounded x
+  // (int4_tile_vnni.h), vpmaddubsw on the AVX2 one (int4_tile_bytes); an AVX-512 CPU without VNNI + VBMI takes the
+  // fp32 tile on the rounded x
   const bool byte_groups = round_x && G % 4 == 0 && G <= kMaxVnniGroup;
   const bool vnni = byte_groups && avx512 && has_avx512_vnni_vbmi(), bytes_avx2 = byte_groups && !avx512 && avx2;
   // int8 at one row keeps the fp32 FMAs (int8_tile, linear_quantized_avx512.cpp): faster there than vdpbf16ps
@@ -199,8 +199,6 @@ at::Tensor linear_quantized_cpu(const at::Tensor& x, const at::Tensor& packed, i
     if (round_x) {
       xq.resize(M * K), xscale.resize(M * (K / G)), xqsum.resize(M * (K / G));
       round_activations(xf.data(), xq.data(), xscale.data(), xqsum.data(), M * (K / G), G);
-      if (bytes_avx2)
-        for (int64_t i = 0; i < M * K; i += 4) std::swap(xq[i + 1], xq[i + 2]);  // k, k + 2, k + 1, k + 3
     }
     if (bits == 4) {
       xsum.resize(M * (K / G));

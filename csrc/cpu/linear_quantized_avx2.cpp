@@ -9,7 +9,7 @@
 //   bits 4: two 8-byte loads of one k pair -> vpmovzxbd; low nibbles (k = 2p) and high ones (k = 2p + 1) ->
 //           q - 8 -> vcvtdq2ps -> FMAs into the same two column-half chains; every 32 pairs total += scale * sum,
 //           per group total += (zero + 8 scale) * xsum[m, g] (linear_quantized.cpp explains the centring).
-//   bits 4 with x rounded to int8 (x_bits 8): int4_tile_bytes, 4 k per byte product (vpmaddubsw), exact int32.
+//   bits 4 with x rounded to int8 (x_bits 8): int4_tile_bytes, 2 k per byte product (vpmaddubsw), exact integers.
 // Accumulators: 2 MR NB ymm, at most 12 of the 16.
 #include <algorithm>
 #include <cstring>
@@ -159,79 +159,84 @@ GPT_FAST_AVX2 void int4_tile(const QuantArgs<T>& a, const int64_t* blocks, int64
 }
 
 // bits 4 with x rounded to int8 (x_bits 8), G % 4 == 0: bytes multiplied, as int4_tile_vnni.h does with VNNI, here
-// with vpmaddubsw (q in [0, 15] unsigned times x's int8, pairs summed in int16: at most 2 * 15 * 127, no saturation)
-// + vpmaddwd by 1 (pairs of those into int32). Rows p and p + 1 of a group (k = 2p .. 2p + 3 of 16 columns):
-// vpunpck{l,h}bw pairs column c's bytes of the two rows into a word (cols 0-7 | 8-15 in the two 128-bit lanes), the
-// low nibbles (vpand) and the high ones (vpsrlw 4, vpand) of those words are k = 2p, 2p + 2 and 2p + 1, 2p + 3, and
-// vpunpck{l,h}wd makes each column's dword (q[2p], q[2p + 2], q[2p + 1], q[2p + 3]): linear_quantized.cpp stores x's
-// 4 bytes in that order too. Lanes hold columns 0-3, 8-11 (half 0) and 4-7, 12-15 (half 1); the scales and zeros
-// are loaded in that order and the totals put back in column order at the end. Sums start at -8 sum_g xq (centred,
-// as the other tiles); per group total += scale * xscale * sum + (zero + 8 scale) * xsum.
+// with vpmaddubsw (q in [0, 15] unsigned times x's int8, pairs summed in int16). One step is rows p, p + 1 of a group
+// (k = 2p .. 2p + 3 of 16 columns) in one 32-byte load, row p in lane 0 and row p + 1 in lane 1. The low nibbles
+// (vpand) are k = 2p | 2p + 2, the high ones (vpsrlw 4, vpand) k = 2p + 1 | 2p + 3; vpunpck{l,h}bw of the two puts
+// each column's two k side by side, columns 0-7 (half 0) and 8-15 (half 1). x's 4 bytes are broadcast and vpshufb'd
+// to (x[2p], x[2p + 1]) words in lane 0 and (x[2p + 2], x[2p + 3]) in lane 1, so vpmaddubsw gives one column's 2-k
+// sum per word, |.| <= 2 * 15 * 127 = 3810. Those add in int16 over at most kStepsPerSum steps (|.| <= 30480 <
+// 2^15), then the two lanes are widened and added in int32 (a column per dword, column order). Sums start at
+// -8 sum_g xq (centred, as the other tiles); total += scale * xscale * sum per sum, + (zero + 8 scale) * xsum per group.
+// 5 integer ops per 64 weights, + 5 per row (the int16 adds save vpmaddwd's widening per step).
+constexpr int64_t kStepsPerSum = 8;
+
 template <typename T, int MR, int NB>
 GPT_FAST_AVX2 void int4_tile_bytes(const QuantArgs<T>& a, const int64_t* blocks, int64_t m0) {
   const int64_t K = a.K, G = a.G, groups = K / G, group_bytes = quant::group_bytes4(G);
   const uint8_t* wbs[NB];  // (K / G, 8 G + 64) bytes each
   for (int j = 0; j < NB; ++j) wbs[j] = a.w + blocks[j] * a.block_bytes;
-  const int8_t* xq = a.xq + m0 * K;             // (MR, K), 4 k at a time in the order k, k + 2, k + 1, k + 3
+  const int8_t* xq = a.xq + m0 * K;              // (MR, K)
   const float* xscale = a.xscale + m0 * groups;  // (MR, K / G)
   const int32_t* xqsum = a.xqsum + m0 * groups;  // (MR, K / G)
   const float* xsum = a.xsum + m0 * groups;      // (MR, K / G)
-  const __m256i nibbles = _mm256_set1_epi16(0x0F0F), ones = _mm256_set1_epi16(1);
-  alignas(32) float total[NB][MR][kBN] = {};  // lanes as the sums': columns 0-3, 8-11 | 4-7, 12-15
-  auto halves = [](const uint8_t* bf16x16, __m256* out) GPT_FAST_AVX2 {  // 16 bf16 -> the two halves' lane order
-    const __m256 low = load_bf16x8(bf16x16), high = load_bf16x8(bf16x16 + 16);
-    out[0] = _mm256_permute2f128_ps(low, high, 0x20), out[1] = _mm256_permute2f128_ps(low, high, 0x31);
-  };
+  const __m256i nibbles = _mm256_set1_epi8(0x0F);
+  const __m256i x_pairs = _mm256_setr_epi8(0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1,  // lane 0: x[2p], x[2p + 1]
+                                           2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3);
+  alignas(32) float total[NB][MR][kBN] = {};
   for (int64_t g = 0; g < groups; ++g) {
-    __m256i acc[NB][MR][2];  // int32 sums of (q - 8) xq over the group
-    for (int m = 0; m < MR; ++m) {
-      const __m256i start = _mm256_set1_epi32(-8 * xqsum[m * groups + g]);
-      for (int j = 0; j < NB; ++j) acc[j][m][0] = acc[j][m][1] = start;
-    }
     const int8_t* xg = xq + g * G;
-    for (int j = 0; j < NB; ++j)  // the tail (the rows' prefetches skip it)
-      prefetch_stream<MR>(wbs[j] + g * group_bytes + 8 * G);
-    for (int64_t p = 0; p < G / 2; p += 2) {
-      int32_t x4[MR];
-      for (int m = 0; m < MR; ++m) std::memcpy(&x4[m], xg + m * K + 2 * p, 4);
-      for (int j = 0; j < NB; ++j) {
-        const uint8_t* rows = wbs[j] + g * group_bytes + p * kBN;
-        if (p % 4 == 0) prefetch_stream<MR>(rows);
-        const __m128i r0 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(rows));
-        const __m128i r1 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(rows + kBN));
-        const __m256i w = _mm256_set_m128i(_mm_unpackhi_epi8(r0, r1), _mm_unpacklo_epi8(r0, r1));
-        const __m256i lo = _mm256_and_si256(w, nibbles), hi = _mm256_and_si256(_mm256_srli_epi16(w, 4), nibbles);
-        const __m256i q[2] = {_mm256_unpacklo_epi16(lo, hi), _mm256_unpackhi_epi16(lo, hi)};
+    const uint8_t* tails[NB];  // 16 bf16 scales, 16 bf16 zeros
+    for (int j = 0; j < NB; ++j) {
+      tails[j] = wbs[j] + g * group_bytes + 8 * G;
+      prefetch_stream<MR>(tails[j]);  // the rows' prefetches skip the tails
+    }
+    for (int64_t p0 = 0; p0 < G / 2; p0 += 2 * kStepsPerSum) {
+      const int64_t p1 = std::min(G / 2, p0 + 2 * kStepsPerSum);
+      __m256i acc[NB][MR][2];  // int16 sums of q xq, a column's k pair per word
+      for (int j = 0; j < NB; ++j)
+        for (int m = 0; m < MR; ++m) acc[j][m][0] = acc[j][m][1] = _mm256_setzero_si256();
+      for (int64_t p = p0; p < p1; p += 2) {
+        __m256i xv[MR];
         for (int m = 0; m < MR; ++m) {
-          const __m256i xv = _mm256_set1_epi32(x4[m]);
-          for (int h = 0; h < 2; ++h)
-            acc[j][m][h] = _mm256_add_epi32(acc[j][m][h], _mm256_madd_epi16(_mm256_maddubs_epi16(q[h], xv), ones));
+          int32_t x4;
+          std::memcpy(&x4, xg + m * K + 2 * p, 4);
+          xv[m] = _mm256_shuffle_epi8(_mm256_set1_epi32(x4), x_pairs);
+        }
+        for (int j = 0; j < NB; ++j) {
+          const uint8_t* rows = wbs[j] + g * group_bytes + p * kBN;
+          if (p % 4 == 0) prefetch_stream<MR>(rows);
+          const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rows));
+          const __m256i lo = _mm256_and_si256(w, nibbles), hi = _mm256_and_si256(_mm256_srli_epi16(w, 4), nibbles);
+          const __m256i q[2] = {_mm256_unpacklo_epi8(lo, hi), _mm256_unpackhi_epi8(lo, hi)};
+          for (int m = 0; m < MR; ++m)
+            for (int h = 0; h < 2; ++h)
+              acc[j][m][h] = _mm256_add_epi16(acc[j][m][h], _mm256_maddubs_epi16(q[h], xv[m]));
         }
       }
+      for (int j = 0; j < NB; ++j)
+        for (int h = 0; h < 2; ++h) {
+          const __m256 scale = load_bf16x8(tails[j] + 16 * h);
+          for (int m = 0; m < MR; ++m) {
+            __m256i sum = _mm256_add_epi32(_mm256_cvtepi16_epi32(_mm256_castsi256_si128(acc[j][m][h])),
+                                           _mm256_cvtepi16_epi32(_mm256_extracti128_si256(acc[j][m][h], 1)));
+            if (p0 == 0) sum = _mm256_add_epi32(sum, _mm256_set1_epi32(-8 * xqsum[m * groups + g]));
+            float* t = total[j][m] + 8 * h;
+            _mm256_store_ps(t, _mm256_fmadd_ps(_mm256_mul_ps(scale, _mm256_set1_ps(xscale[m * groups + g])),
+                                               _mm256_cvtepi32_ps(sum), _mm256_load_ps(t)));
+          }
+        }
     }
-    for (int j = 0; j < NB; ++j) {
-      const uint8_t* tail = wbs[j] + g * group_bytes + 8 * G;  // 16 bf16 scales, 16 bf16 zeros
-      __m256 scale[2], zero[2];
-      halves(tail, scale), halves(tail + 2 * kBN, zero);
-      for (int h = 0; h < 2; ++h) {
-        const __m256 centred_zero = _mm256_fmadd_ps(_mm256_set1_ps(8.f), scale[h], zero[h]);  // zero + 8 scale
+    for (int j = 0; j < NB; ++j)
+      for (int h = 0; h < 2; ++h) {  // + (zero + 8 scale) * xsum: the centring moved into the zero point
+        const __m256 centred_zero = _mm256_fmadd_ps(_mm256_set1_ps(8.f), load_bf16x8(tails[j] + 16 * h),
+                                                    load_bf16x8(tails[j] + 2 * kBN + 16 * h));
         for (int m = 0; m < MR; ++m) {
           float* t = total[j][m] + 8 * h;
-          __m256 v = _mm256_fmadd_ps(_mm256_mul_ps(scale[h], _mm256_set1_ps(xscale[m * groups + g])),
-                                     _mm256_cvtepi32_ps(acc[j][m][h]), _mm256_load_ps(t));
-          _mm256_store_ps(t, _mm256_fmadd_ps(centred_zero, _mm256_set1_ps(xsum[m * groups + g]), v));
+          _mm256_store_ps(t, _mm256_fmadd_ps(centred_zero, _mm256_set1_ps(xsum[m * groups + g]), _mm256_load_ps(t)));
         }
       }
-    }
   }
-  for (int j = 0; j < NB; ++j) {
-    for (int m = 0; m < MR; ++m) {  // back to column order
-      const __m256 half0 = _mm256_load_ps(total[j][m]), half1 = _mm256_load_ps(total[j][m] + 8);
-      _mm256_store_ps(total[j][m], _mm256_permute2f128_ps(half0, half1, 0x20));
-      _mm256_store_ps(total[j][m] + 8, _mm256_permute2f128_ps(half0, half1, 0x31));
-    }
-    finish_tile<T>(a, total[j], MR, m0, blocks[j] * kBN);
-  }
+  for (int j = 0; j < NB; ++j) finish_tile<T>(a, total[j], MR, m0, blocks[j] * kBN);
 }
 
 }  // namespace

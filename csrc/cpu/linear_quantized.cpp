@@ -179,7 +179,7 @@ at::Tensor linear_quantized_cpu(const at::Tensor& x, const at::Tensor& packed, i
   std::vector<int32_t> xqsum;          //   and (M, K / G) the sums of xq over them
   [[maybe_unused]] const bool avx512 = cpu::use_avx512(), avx2 = cpu::use_avx2();
   const bool round_x = x_bits == 8;
-  // int4 x int8 bytes (whole 4-k steps, int32 group sums that cannot overflow): VNNI on the AVX-512 tier
+  // int4 x int8 bytes (whole 4-k steps, integer sums that cannot overflow): VNNI on the AVX-512 tier
   // (int4_tile_vnni.h), vpmaddubsw on the AVX2 one (int4_tile_bytes); an AVX-512 CPU without VNNI + VBMI takes the
   // fp32 tile on the rounded x
   const bool byte_groups = round_x && G % 4 == 0 && G <= kMaxVnniGroup;

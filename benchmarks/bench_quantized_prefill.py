@@ -1,6 +1,7 @@
 """Prefill engine of the quantized layers: per call, dequantize the whole weight to the model dtype + the GEMM
-(QuantizedConv1D's "dequantize" engine) against ops.linear_quantized over the packed weight (the "kernel" engine),
-at the GPT-1 layer shapes, measured alternately; also the unquantized GEMM for scale.
+(QuantizedConv1D's "dequantize" engine: gpt_fast::dequantize_linear_weight's kernel, and for comparison the same
+weight from PyTorch ops) against ops.linear_quantized over the packed weight (the "kernel" engine), at the GPT-1
+layer shapes, measured alternately; also the unquantized GEMM for scale.
 
     python benchmarks/bench_quantized_prefill.py [--rows 512] [--dtype bf16] [--repeats 5]
 
@@ -18,8 +19,8 @@ from timing import best_and_median, format_table, machine_description, time_alte
 
 from gpt_fast.models.linear import gemm
 from gpt_fast.ops import has_kernel
+from gpt_fast.ops.dequantize_linear_weight import dequantize_linear_weight, pytorch_dequantize
 from gpt_fast.ops.linear_quantized import linear_quantized, pack_quantized_weight, quantize_linear_weight
-from gpt_fast.quantization.dequantize import dequantize
 
 SHAPES = {"c_attn": (768, 2304), "attn.c_proj": (768, 768), "c_fc": (768, 3072), "mlp.c_proj": (3072, 768)}
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
@@ -33,7 +34,8 @@ def candidates(x, weight, bits: int, group: int | None) -> dict:
     packed = pack_quantized_weight(q, s, z, bits, group)
     w_model = weight.to(dtype)
     return {
-        "dequantize+gemm": lambda: gemm(x, dequantize(q, s, z, bits, group, dtype).t(), bias, None),
+        "dequantize+gemm": lambda: gemm(x, dequantize_linear_weight(q, s, z, bits, group, dtype).t(), bias, None),
+        "pytorch dequantize+gemm": lambda: gemm(x, pytorch_dequantize(q, s, z, bits, group, dtype).t(), bias, None),
         "linear_quantized": lambda: linear_quantized(x, packed, N, bits, group, bias),
         "unquantized gemm": lambda: gemm(x, w_model, bias, None),
     }
@@ -55,15 +57,16 @@ def main(argv=None) -> None:
     torch.manual_seed(0)
     print(f"{machine_description()}; linear_quantized kernel: {has_kernel('linear_quantized', 'cpu')}; "
           f"{args.rows} rows, {args.dtype}, {args.clock} clock; ms per call, best / median of {args.repeats}")
-    rows = []
+    rows, names = [], []
     for bits, group in ((8, None), (4, 32)):
         for name, (K, N) in SHAPES.items():
             weight = torch.randn(K, N) * 0.02  # (in, out), as Conv1D holds it
             calls = candidates(torch.randn(args.rows, K, dtype=dtype), weight, bits, group)
             stats = best_and_median(time_alternating(calls, repeats=args.repeats, min_time=0.05, clock=clock))
+            names = list(calls)
             rows.append([f"int{bits}" + ("" if group is None else f" g{group}"), name]
                         + [f"{stats[c]['best'] * 1e3:.2f} / {stats[c]['median'] * 1e3:.2f}" for c in calls])
-    print(format_table(["scheme", "layer", "dequantize+gemm", "linear_quantized", "unquantized gemm"], rows))
+    print(format_table(["scheme", "layer", *names], rows))
 
 
 if __name__ == "__main__":

@@ -55,6 +55,10 @@ TORCH_LIBRARY(gpt_fast, m) {
   // qweight uint8 (N, K / 2) (low nibble first), scales and zeros bf16 (N, K / group_size). Returns a contiguous uint8
   // tensor: (ceil(N / 16), K + 4, 16) for bits 8, (ceil(N / 16), K / G, 8 G + 64) for bits 4 (csrc/cpu/quantized_layout.h).
   m.def("pack_quantized_weight(Tensor qweight, Tensor scales, Tensor? zeros, int bits, int group_size) -> Tensor");
+  // The (N, K) weight in dtype (float32, bfloat16, float16 or float64) that a weight in that logical format stands for:
+  // q * scale (bits 8) or q * scale + zero (bits 4), rounded in float32, then to dtype; for the quantized layers'
+  // prefill GEMMs. CPU only (elsewhere gpt_fast/ops/dequantize_linear_weight.py runs it as PyTorch ops).
+  m.def("dequantize_linear_weight(Tensor qweight, Tensor scales, Tensor? zeros, int bits, int group_size, ScalarType dtype) -> Tensor");
   // Few-row (decode) weight-only quantized linear: [gelu_tanh](x (..., K) @ W.T + bias) [+ residual (..., N)], W given
   // by pack_quantized_weight for (out_features, K, bits, group_size), dequantized in registers, fp32 math; returns
   // (..., N) in x's dtype (fp32, bf16 or fp16; bias and residual in that dtype too). x_bits 8 (bits 4 only): x is

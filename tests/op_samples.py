@@ -264,6 +264,23 @@ def _pack_quantized_weight(dtype, device):
                      (*_quantized_weight(i, K, N, bits, group_size, device), bits, group_size))
 
 
+def _dequantize_linear_weight(dtype, device):
+    """(K, N, bits, group_size): GPT-1's layers, k tails of the 8-k steps (K % 8, groups of 2, 6, 12 k), one
+    element; then special scales and zeros: infinities, NaN, values past float16's range and under its normal one."""
+    cases = [(768, 3072, 8, 0), (768, 2304, 4, 32), (3072, 40, 4, 64), (67, 33, 8, 0), (513, 7, 8, 0), (1, 1, 8, 0),
+             (6, 33, 4, 2), (42, 20, 4, 6), (96, 17, 4, 12), (40, 5, 4, 40)]
+    for i, (K, N, bits, group_size) in enumerate(cases):
+        yield Sample(f"K{K}-N{N}-int{bits}{f'-g{group_size}' if bits == 4 else ''}",
+                     (*_quantized_weight(i, K, N, bits, group_size, device), bits, group_size, dtype))
+    special = [float("inf"), float("-inf"), float("nan"), 1e30, 1e-30, 7e4, -0.0]
+    for bits, group_size in ((8, 0), (4, 8)):
+        qweight, scales, zeros = _quantized_weight(20 + bits, 16, len(special), bits, group_size, device)
+        scales[:, 0] = torch.tensor(special, dtype=scales.dtype)
+        if zeros is not None:
+            zeros[:, 1] = torch.tensor(special[::-1], dtype=zeros.dtype)
+        yield Sample(f"special-scales-int{bits}", (qweight, scales, zeros, bits, group_size, dtype))
+
+
 def quantized_expected(args, dtype):
     """linear_quantized's reference in reference_dtype(dtype) (float64 for float32 x): the weight dequantized
     exactly in that dtype, then the matmul and epilogue in it too. x_bits=8: x rounded (in float32, as the op
@@ -287,7 +304,8 @@ SAMPLES = {"add_layernorm": _add_layernorm, "bias_gelu": _bias_gelu, "flash_atte
            "pack_linear_weight": _pack_linear_weight,
            "bias_gelu_backward": _bias_gelu_backward, "add_layernorm_backward": _add_layernorm_backward,
            "linear_quantized": _linear_quantized, "pack_quantized_weight": _pack_quantized_weight,
-           "flash_attention_train": _flash_attention_train, "flash_attention_backward": _flash_attention_backward}
+           "flash_attention_train": _flash_attention_train, "flash_attention_backward": _flash_attention_backward,
+           "dequantize_linear_weight": _dequantize_linear_weight}
 
 
 def sample_inputs(op: str, dtype: torch.dtype, device: str = "cpu") -> list[Sample]:
@@ -324,6 +342,9 @@ def check_sample(op: str, sample: Sample) -> None:
     dtype = args[0].dtype
     if op in ("pack_linear_weight", "pack_quantized_weight"):  # a pure layout change: exact
         torch.testing.assert_close(kernel(*args), fn(*args), rtol=0, atol=0)
+        return
+    if op == "dequantize_linear_weight":  # the reference's float32 arithmetic and rounding: exact
+        torch.testing.assert_close(kernel(*args), fn(*args), rtol=0, atol=0, equal_nan=True)
         return
     same_dtype_args = _cloned(args)
     same_dtype = pytorch_one_thread(fn, *same_dtype_args)  # decode_attention: also PyTorch's cache update

@@ -65,9 +65,12 @@ SCHEMAS = {  # one schema per op, as csrc/registration.cpp defines it and gpt_fa
     "pack_quantized_weight": "(Tensor qweight, Tensor scales, Tensor? zeros, int bits, int group_size) -> Tensor",
     "linear_quantized": "(Tensor x, Tensor packed, int out_features, int bits, int group_size, Tensor? bias, "
                         "Tensor? residual, bool gelu, int x_bits=0) -> Tensor",
+    "dequantize_linear_weight": "(Tensor qweight, Tensor scales, Tensor? zeros, int bits, int group_size, "
+                                "ScalarType dtype) -> Tensor",
 }
 CUDA_OPS = ("add_layernorm", "bias_gelu", "decode_attention", "flash_attention", "bias_gelu_backward",
-            "add_layernorm_backward", "linear_quantized", "pack_quantized_weight")  # linear_small_m: CPU only
+            "add_layernorm_backward", "linear_quantized", "pack_quantized_weight")
+# CPU only: linear_small_m, dequantize_linear_weight (elsewhere its PyTorch form)
 
 
 def test_every_op_is_listed():

@@ -39,32 +39,23 @@ at::Tensor pad_rows(const at::Tensor& t, int64_t rows, double pad) {
 
 }  // namespace
 
-at::Tensor pack_quantized_weight_aten(const at::Tensor& qweight, const at::Tensor& scales,
-                                      const std::optional<at::Tensor>& zeros, int64_t bits, int64_t group_size) {
-  constexpr const char* op = "gpt_fast::pack_quantized_weight";
+int64_t check_quantized_weight(const at::Tensor& qweight, const at::Tensor& scales,
+                               const std::optional<at::Tensor>& zeros, int64_t bits, int64_t group_size,
+                               const char* op) {
   check_bits(bits, op);
   check_dim(qweight, 2, op, "qweight");
   check_dim(scales, 2, op, "scales");
   check_same_device(scales, qweight, op, "scales");
   const int64_t N = qweight.size(0);
   TORCH_CHECK_VALUE(N > 0 && qweight.size(1) > 0, op, ": qweight must be non-empty, got shape ", qweight.sizes());
-  const int64_t NB = quant::blocks(N);
-  const int64_t rows = checked_mul(NB, quant::kBlockN, op, "16 * ceil(N / 16)");
   if (bits == 8) {
-    const int64_t K = qweight.size(1);
     TORCH_CHECK_VALUE(qweight.scalar_type() == at::kChar, op, ": bits=8 needs an int8 qweight, got ",
                       qweight.scalar_type());
     TORCH_CHECK_VALUE(scales.scalar_type() == at::kFloat && scales.size(0) == N && scales.size(1) == 1, op,
                       ": bits=8 needs float32 scales of shape (N, 1) = (", N, ", 1), got ", scales.scalar_type(), " ",
                       scales.sizes());
     TORCH_CHECK_VALUE(!zeros.has_value(), op, ": bits=8 is symmetric: zeros must be None");
-    checked_mul(rows, quant::rows8(K), op, "the packed size 16 * ceil(N / 16) * (K + 4)");
-    // (NB, K, 16): column j of block b at [b, k, j]; padding columns are q = 0
-    auto q = pad_rows(qweight, rows, 0).view({NB, quant::kBlockN, K}).permute({0, 2, 1}).view(at::kByte);
-    // (NB, 4, 16) bytes: 16 fp32 scales per block, -0.0 past N (the marker), the weight's own -0.0 made +0.0
-    auto s = pad_rows(scales.add(0.0), rows, -0.0).contiguous().view({NB, quant::kBlockN});
-    s = s.view(at::kByte).view({NB, quant::kScaleRows8, quant::kBlockN});
-    return at::cat({q.contiguous(), s}, 1);
+    return qweight.size(1);
   }
   const int64_t K = checked_mul(qweight.size(1), 2, op, "in_features 2 * qweight.size(1)");
   TORCH_CHECK_VALUE(qweight.scalar_type() == at::kByte, op, ": bits=4 needs a uint8 qweight (two k per byte), got ",
@@ -78,6 +69,26 @@ at::Tensor pack_quantized_weight_aten(const at::Tensor& qweight, const at::Tenso
                       ": bits=4 needs bfloat16 ", name, " of shape (N, K / group_size) = (", N, ", ", groups,
                       "), got ", t.scalar_type(), " ", t.sizes());
   }
+  return K;
+}
+
+at::Tensor pack_quantized_weight_aten(const at::Tensor& qweight, const at::Tensor& scales,
+                                      const std::optional<at::Tensor>& zeros, int64_t bits, int64_t group_size) {
+  constexpr const char* op = "gpt_fast::pack_quantized_weight";
+  const int64_t K = check_quantized_weight(qweight, scales, zeros, bits, group_size, op);
+  const int64_t N = qweight.size(0);
+  const int64_t NB = quant::blocks(N);
+  const int64_t rows = checked_mul(NB, quant::kBlockN, op, "16 * ceil(N / 16)");
+  if (bits == 8) {
+    checked_mul(rows, quant::rows8(K), op, "the packed size 16 * ceil(N / 16) * (K + 4)");
+    // (NB, K, 16): column j of block b at [b, k, j]; padding columns are q = 0
+    auto q = pad_rows(qweight, rows, 0).view({NB, quant::kBlockN, K}).permute({0, 2, 1}).view(at::kByte);
+    // (NB, 4, 16) bytes: 16 fp32 scales per block, -0.0 past N (the marker), the weight's own -0.0 made +0.0
+    auto s = pad_rows(scales.add(0.0), rows, -0.0).contiguous().view({NB, quant::kBlockN});
+    s = s.view(at::kByte).view({NB, quant::kScaleRows8, quant::kBlockN});
+    return at::cat({q.contiguous(), s}, 1);
+  }
+  const int64_t groups = K / group_size;
   checked_mul(checked_mul(rows, groups, op, "the packed size"), quant::group_bytes4(group_size), op,
               "the packed size 16 * ceil(N / 16) * (K / G) * (8 G + 64)");
   // (NB, groups, 8 G): byte j of pair row p of group g = qweight[16 b + j, g G / 2 + p]

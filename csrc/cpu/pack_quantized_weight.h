@@ -1,6 +1,7 @@
 // gpt_fast::pack_quantized_weight as a device-agnostic ATen function (plain tensor copies, so it runs on qweight's
 // device): the CPU binding is pack_quantized_weight.cpp, the CUDA one csrc/cuda/bindings.cpp. The layout is
-// csrc/cpu/quantized_layout.h's. Also the argument checks linear_quantized's bindings share.
+// csrc/cpu/quantized_layout.h's. Also the argument checks linear_quantized's and dequantize_linear_weight's bindings
+// share.
 #pragma once
 #include <ATen/core/Tensor.h>
 
@@ -8,6 +9,13 @@
 #include <vector>
 
 namespace gpt_fast {
+
+// The checks of a weight in the logical format (gpt_fast/ops/reference.py): bits 4 or 8; bits 8: qweight int8 (N, K),
+// scales float32 (N, 1), zeros None; bits 4: qweight uint8 (N, K / 2), group_size even, positive and dividing K,
+// scales and zeros bfloat16 (N, K / group_size); N, K > 0; all on qweight's device. Returns K.
+int64_t check_quantized_weight(const at::Tensor& qweight, const at::Tensor& scales,
+                               const std::optional<at::Tensor>& zeros, int64_t bits, int64_t group_size,
+                               const char* op);
 
 at::Tensor pack_quantized_weight_aten(const at::Tensor& qweight, const at::Tensor& scales,
                                       const std::optional<at::Tensor>& zeros, int64_t bits, int64_t group_size);

@@ -185,14 +185,16 @@ def quantize_linear_weight(weight, bits: int, group_size: int | None = None, in_
     return packed.contiguous(), scales.contiguous(), zeros.contiguous()
 
 
-def dequantize_linear_weight(qweight, scales, zeros, bits: int, group_size: int | None = None):
-    """The float32 (N, K) weight that (qweight, scales, zeros) stands for (quantize_linear_weight's format)."""
+def dequantize_linear_weight(qweight, scales, zeros, bits: int, group_size: int | None = None,
+                             dtype: torch.dtype = torch.float32):
+    """The (N, K) weight that (qweight, scales, zeros) stands for (quantize_linear_weight's format): q * scale
+    [+ zero] in float32, then rounded to dtype. Also gpt_fast::dequantize_linear_weight's reference."""
     if bits == 8:
-        return qweight.to(torch.float32) * scales.to(torch.float32)
+        return (qweight.to(torch.float32) * scales.to(torch.float32)).to(dtype)
     N, half = qweight.shape
     q = torch.stack([qweight & 0xF, qweight >> 4], dim=-1).view(N, 2 * half).to(torch.float32)  # (N, K)
     expand = lambda t: t.to(torch.float32).repeat_interleave(group_size, dim=1)  # noqa: E731  (N, G) -> (N, K)
-    return q * expand(scales) + expand(zeros)
+    return (q * expand(scales) + expand(zeros)).to(dtype)
 
 
 def round_activations(x, group_size: int):

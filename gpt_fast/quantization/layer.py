@@ -5,17 +5,17 @@ The weight is kept only in ops/reference.py's logical format, as buffers (so sta
 them): qweight, scales and zeros (zeros None for int8). The bias stays a Parameter in the model's dtype. Which
 computation a call takes (the engine), from the KernelPlan and the call's row count:
 - "kernel" (rows <= 32, kernel_rows below: decode steps, short prompts, the last-token logits; on the AMX tier
-  in bf16 int8 up to 512 rows, int4 g32 up to 64, int4-a8 g32 up to 128, where the kernels beat the engine below:
-  an 8-row x 32-token int8 prefill 56 against 70 ms, see ops/kernel_plan.py's AMX_QUANTIZED_ROWS):
+  in bf16 int8 up to 384 rows and int4-a8 g32 up to 64, where the kernels beat the engine below: a 256-token int8
+  forward 60.5 against 69.4 ms, see ops/kernel_plan.py's AMX_QUANTIZED_ROWS):
   ops.linear_quantized over the weight repacked once for it (ops.pack_quantized_weight, cached on the layer with
   weight_cache.cached_on), bias and tanh-GELU in the kernel;
 - "dequantize" (more rows, no plan, gradients on, under torch.compile): the weight dequantized to the input's dtype
-  for this call only (quantization/dequantize.py) and, for int4-a8, x rounded as the kernel rounds it (in float32,
+  for this call only (ops.dequantize_linear_weight) and, for int4-a8, x rounded as the kernel rounds it (in float32,
   then back to x's dtype), then models.linear.gemm, the same GEMM + bias/GELU epilogue as
   Conv1D's "gemm" engine. Nothing dequantized is kept, so the model stays at its quantized size. Chosen by
-  measurement (benchmarks/bench_quantized_prefill.py, 512 rows, bf16, one thread, CPU time, AMD EPYC Zen 5):
-  1.0-1.6x faster than the compiled linear_quantized kernel per GPT-1 layer (e.g. int8 c_proj 1.86 against 2.90 ms,
-  int4 c_fc 7.67 against 8.42 ms) and 1.14-1.37x the unquantized GEMM.
+  measurement (benchmarks/bench_quantized_prefill.py, 512 rows, bf16, 2 threads, Sapphire Rapids, 2026-12-05):
+  1.2-9x faster than the compiled linear_quantized kernel per GPT-1 layer (e.g. int8 c_proj 1.84 against 2.65 ms,
+  int4 c_fc 1.78 against 15.7 ms) and 1.27-1.39x the unquantized GEMM.
 
 Inference only: a layer asked to run with gradients in training mode, or whose float buffers were made to require
 grad, raises; there is no backward through the quantized weight (training a quantized model is out of scope).
@@ -29,12 +29,12 @@ import torch
 from torch import nn
 
 from gpt_fast.models.linear import bound_call, gemm
+from gpt_fast.ops.dequantize_linear_weight import dequantize_linear_weight
 from gpt_fast.ops.kernel_plan import SMALL_M_MAX_ROWS, KernelPlan
 from gpt_fast.ops.linear_quantized import linear_quantized, pack_quantized_weight, quantize_linear_weight
 from gpt_fast.ops.reference import round_activations
 from gpt_fast.ops.weight_cache import cached_on
 from gpt_fast.quantization.config import QuantizationConfig
-from gpt_fast.quantization.dequantize import dequantize
 
 AMX_K = 32  # the AMX tile kernel's k step: linear_quantized takes it for int8 when in_features is a multiple
 TRAINING_ERROR = ("{name} holds a weight-only quantized weight and is inference only: gradients through it are not "
@@ -105,7 +105,8 @@ class QuantizedLinear(nn.Module):
     def dequantized(self, dtype: torch.dtype) -> torch.Tensor:
         """W (out_features, in_features) in dtype, made for this call."""
         buffers = self._buffers
-        return dequantize(buffers["qweight"], buffers["scales"], buffers["zeros"], self.bits, self.group_size, dtype)
+        return dequantize_linear_weight(buffers["qweight"], buffers["scales"], buffers["zeros"], self.bits,
+                                        self.group_size, dtype)
 
     def _check_inference(self) -> None:
         if torch.is_grad_enabled() and (self.training or self._buffers["scales"].requires_grad):
@@ -194,6 +195,8 @@ class QuantizedConv1D(QuantizedLinear):
 class QuantizedLMHead(QuantizedLinear):
     """The LM head (vocab_size, n_embd), no bias, quantized. The token embedding it was tied to keeps its own table
     in the model's dtype (the lookup reads one row per token); this is a quantized copy of the same matrix."""
+
+    takes_plan = True  # forward(x, plan): models/linear.py's call_head passes the model's plan
 
     @classmethod
     def from_weight(cls, weight: torch.Tensor, config: QuantizationConfig) -> "QuantizedLMHead":

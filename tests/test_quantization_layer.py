@@ -16,7 +16,6 @@ from gpt_fast.ops import cpu_isa, has_kernel, reference
 from gpt_fast.ops.kernel_plan import AMX_QUANTIZED_ROWS, plan_kernels
 from gpt_fast.quantization import QuantizedConv1D, QuantizedLMHead
 from gpt_fast.quantization.config import make_config
-from gpt_fast.quantization.dequantize import dequantize
 
 SCHEMES = [("int8", None), ("int4", 32), ("int4", 64)]
 CONFIG = dict(vocab_size=90, n_positions=32, n_embd=64, n_layer=2, n_head=4, initializer_range=0.2)
@@ -68,18 +67,6 @@ def test_layer_matches_reference(scheme, group, rows, gelu, with_bias, dtype):
                                           config.activation_bits or 0)
     tolerance = dict(atol=1e-5, rtol=1e-5) if dtype == torch.float32 else dict(atol=0.08, rtol=0.02)
     torch.testing.assert_close(out.float(), expected, **tolerance)
-
-
-@pytest.mark.parametrize("scheme,group", SCHEMES)
-def test_dequantize_is_bit_identical_to_the_reference(scheme, group):
-    torch.manual_seed(2)
-    weight = torch.randn(48, 128) * 0.1
-    weight[3] = 0.25  # a constant row: int4 groups with scale 0
-    bits = 8 if scheme == "int8" else 4
-    q, s, z = reference.quantize_linear_weight(weight, bits, group)
-    expected = reference.dequantize_linear_weight(q, s, z, bits, group)
-    assert torch.equal(dequantize(q, s, z, bits, group, torch.float32), expected)
-    assert torch.equal(dequantize(q, s, z, bits, group, torch.bfloat16), expected.to(torch.bfloat16))
 
 
 @pytest.mark.parametrize("scheme,group", SCHEMES)
@@ -180,16 +167,16 @@ def test_engine_choice():
 
 def test_engine_choice_with_quantized_rows():
     """A plan with AMX's bounds (plan.quantized_rows) sends int8 layers whose in_features is a multiple of 32 to the
-    kernel up to 512 rows, int4 g32 up to 64, int4-a8 g32 up to 128; other widths and group sizes keep 32 rows."""
+    kernel up to 384 rows, int4-a8 g32 up to 64; int4, other widths and group sizes keep 32 rows."""
     bf16 = plan_kernels(None, torch.device("cpu"), torch.bfloat16)
     amx = dataclasses.replace(bf16, quantized_rows=AMX_QUANTIZED_ROWS)
-    assert {(s, g): r for s, g, r in AMX_QUANTIZED_ROWS} == {("int8", 0): 512, ("int4", 32): 64, ("int4-a8", 32): 128}
+    assert {(s, g): r for s, g, r in AMX_QUANTIZED_ROWS} == {("int8", 0): 384, ("int4-a8", 32): 64}
 
     def layer(in_features, scheme, group=32):
         return QuantizedConv1D.from_conv1d(Conv1D(96, in_features), make_config(scheme, group))
 
     with torch.no_grad():
-        for quantized, bound in ((layer(64, "int8"), 512), (layer(64, "int4"), 64), (layer(64, "int4-a8"), 128),
+        for quantized, bound in ((layer(64, "int8"), 384), (layer(64, "int4"), 32), (layer(64, "int4-a8"), 64),
                                  (layer(48, "int8"), 32),  # 48 % 32 != 0: no AMX tiles
                                  (layer(64, "int4", 64), 32), (layer(64, "int4-a8", 64), 32)):
             assert [quantized.engine(amx, rows) for rows in (1, 32, bound, bound + 1)] == [
@@ -300,3 +287,14 @@ def test_the_packed_weight_is_made_once_per_weight_version(monkeypatch):
         model.transformer.h[0].attn.c_attn.scales.mul_(1.0)  # an in-place update: that layer packs again
     model.generate(ids, max_new_tokens=2)
     assert len(calls) == 10
+
+
+def test_a_forward_passes_its_plan_to_the_quantized_head(monkeypatch):
+    """model(ids, logits_to_keep=1): the head's one row takes the decode kernel, as generate's last-token logits do,
+    instead of dequantizing the whole (vocab, n_embd) head (calls with more rows than the kernel serves still do)."""
+    model = tiny().quantize("int8")
+    ids = torch.randint(0, 90, (1, 30))
+    with torch.no_grad():
+        expected = model(ids).logits[:, -1:]
+        monkeypatch.setattr(type(model.lm_head), "dequantized", lambda *a: pytest.fail("the head was dequantized"))
+        torch.testing.assert_close(model(ids, logits_to_keep=1).logits, expected, atol=1e-5, rtol=1e-5)

@@ -169,7 +169,11 @@ def project_to_vocab(lm_head: nn.Linear, x: torch.Tensor, plan: KernelPlan | Non
 def call_head(head: nn.Module, x: torch.Tensor, plan: KernelPlan | None) -> torch.Tensor:
     """head(x) for a forward's full logits (the LM head, called as a module: hooks, accelerate's and PEFT's wrappers
     apply), except that a plain nn.Linear without hooks multiplies in float32 where plan.gemm_upcast says PyTorch's
-    half GEMM is its slow loop, and through oneDNN where plan.onednn_fp32 says so (see gemm)."""
+    half GEMM is its slow loop, and through oneDNN where plan.onednn_fp32 says so (see gemm). A head that takes the
+    plan (gpt_fast's quantized LM head: `takes_plan`) gets it, so that its engine follows the row count (a forward's
+    last-token logits through the decode kernel rather than the whole head dequantized)."""
+    if getattr(head, "takes_plan", False):
+        return head(x, plan)
     plain = (plan is not None and type(head) is nn.Linear and not head._forward_hooks and not head._forward_pre_hooks
              and x.dtype == head.weight.dtype)
     if plain and plan.gemm_upcast:

@@ -64,14 +64,14 @@ KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 # (41.7 vs 39.8 ms); an 8-token prefill takes 14.7 ms instead of 21.1 ms through the GEMMs.
 SMALL_M_MAX_ROWS = 32
 # (scheme, int4 group size or 0, rows): on the AMX tier a bf16 model's layers quantized so take linear_quantized up
-# to that many rows, where its kernels beat dequantizing the weight + PyTorch's GEMM, the engine above
-# SMALL_M_MAX_ROWS elsewhere (quantization/layer.py). Measured, GPT-1 forward in bf16, Sapphire Rapids, 2 threads,
-# kernel / dequantize + GEMM in ms: int8 (AMX tiles converted once per call, in_features % 32 == 0) 256 rows 56 / 70
-# (bf16: 56), 384 82 / 101-105, 512 109 / 118-120, 1024 217 / 216-228, 2048 466-501 / 308-333; int4 g32 (VNNI) 48
-# 57 / 78, 64 74 / 80, 128 142 / 86; int4-a8 g32 64 41 / 90, 128 75 / 104, 192 108 / 113, 256 144 / 127. Other
-# tiers and group sizes keep SMALL_M_MAX_ROWS (not measured on hardware of their own: this machine's GEMM is AMX's
-# at every GPT_FAST_CPU_ISA cap).
-AMX_QUANTIZED_ROWS = (("int8", 0, 512), ("int4", 32, 64), ("int4-a8", 32, 128))
+# to that many rows, where its kernels beat dequantizing the weight (ops.dequantize_linear_weight) + PyTorch's GEMM,
+# the engine above SMALL_M_MAX_ROWS elsewhere (quantization/layer.py). Measured 2026-12-05, GPT-1 forward of one
+# sequence (last-token logits) in bf16, Sapphire Rapids, 2 threads, kernel / dequantize + GEMM in ms: int8 (AMX
+# tiles converted once per call, in_features % 32 == 0) 33 rows 19.4 / 38.9, 128 36.9 / 54.4, 256 60.5 / 69.4,
+# 384 89.8 / 89.5, 512 126.8 / 114.6; int4-a8 g32 33 26.8 / 44.6, 64 45.2 / 51.3, 96 66.9 / 59.8; int4 g32 (VNNI)
+# loses from 33 rows (43.7 / 36.3), so it keeps SMALL_M_MAX_ROWS. Other tiers and group sizes keep SMALL_M_MAX_ROWS
+# (not measured on hardware of their own: this machine's GEMM is AMX's at every GPT_FAST_CPU_ISA cap).
+AMX_QUANTIZED_ROWS = (("int8", 0, 384), ("int4-a8", 32, 64))
 
 
 @dataclass(frozen=True)

@@ -281,6 +281,23 @@ def _dequantize_linear_weight(dtype, device):
         yield Sample(f"special-scales-int{bits}", (qweight, scales, zeros, bits, group_size, dtype))
 
 
+def _round_activations(dtype, device):
+    """(rows, K, group_size): int4-a8's groups of 32 / 64 at awkward row counts, groups of 6 and 1 and a whole row;
+    then special groups: all zero, with a NaN, with an infinity, huge and tiny values, exact halves (ties)."""
+    cases = [(1, 768, 32), (7, 3072, 64), (97, 96, 6), (513, 64, 32), (3, 40, 40), (2, 5, 1)]
+    for i, (rows, K, group_size) in enumerate(cases):
+        _, randn = _gen(200 + i)
+        yield Sample(f"M{rows}-K{K}-g{group_size}", (randn(rows, K, dtype=dtype, device=device, scale=3.0), group_size))
+    x = torch.randn(8, 16, generator=torch.Generator().manual_seed(7))
+    x[0] = 0.0
+    x[1, 3], x[2, 5], x[3, 7] = float("nan"), float("inf"), -float("inf")
+    x[4] *= 1e4
+    x[5] *= 1e-3
+    x[6] = torch.arange(16) - 7.5  # max 8.5: s = 8.5 / 127; (k - 7.5) / s hits no tie, but the next row does
+    x[7] = torch.tensor([127.0, 0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 3.5] * 2)  # s = 1: q = x rounded half to even
+    yield Sample("special", (x.to(dtype).to(device), 8))
+
+
 def quantized_expected(args, dtype):
     """linear_quantized's reference in reference_dtype(dtype) (float64 for float32 x): the weight dequantized
     exactly in that dtype, then the matmul and epilogue in it too. x_bits=8: x rounded (in float32, as the op
@@ -305,7 +322,7 @@ SAMPLES = {"add_layernorm": _add_layernorm, "bias_gelu": _bias_gelu, "flash_atte
            "bias_gelu_backward": _bias_gelu_backward, "add_layernorm_backward": _add_layernorm_backward,
            "linear_quantized": _linear_quantized, "pack_quantized_weight": _pack_quantized_weight,
            "flash_attention_train": _flash_attention_train, "flash_attention_backward": _flash_attention_backward,
-           "dequantize_linear_weight": _dequantize_linear_weight}
+           "dequantize_linear_weight": _dequantize_linear_weight, "round_activations": _round_activations}
 
 
 def sample_inputs(op: str, dtype: torch.dtype, device: str = "cpu") -> list[Sample]:
@@ -343,7 +360,7 @@ def check_sample(op: str, sample: Sample) -> None:
     if op in ("pack_linear_weight", "pack_quantized_weight"):  # a pure layout change: exact
         torch.testing.assert_close(kernel(*args), fn(*args), rtol=0, atol=0)
         return
-    if op == "dequantize_linear_weight":  # the reference's float32 arithmetic and rounding: exact
+    if op in ("dequantize_linear_weight", "round_activations"):  # the reference's float32 arithmetic: exact
         torch.testing.assert_close(kernel(*args), fn(*args), rtol=0, atol=0, equal_nan=True)
         return
     same_dtype_args = _cloned(args)

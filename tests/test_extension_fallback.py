@@ -67,10 +67,11 @@ SCHEMAS = {  # one schema per op, as csrc/registration.cpp defines it and gpt_fa
                         "Tensor? residual, bool gelu, int x_bits=0) -> Tensor",
     "dequantize_linear_weight": "(Tensor qweight, Tensor scales, Tensor? zeros, int bits, int group_size, "
                                 "ScalarType dtype) -> Tensor",
+    "round_activations": "(Tensor x, int group_size) -> Tensor",
 }
 CUDA_OPS = ("add_layernorm", "bias_gelu", "decode_attention", "flash_attention", "bias_gelu_backward",
             "add_layernorm_backward", "linear_quantized", "pack_quantized_weight")
-# CPU only: linear_small_m, dequantize_linear_weight (elsewhere its PyTorch form)
+# CPU only: linear_small_m, dequantize_linear_weight, round_activations (elsewhere their PyTorch forms)
 
 
 def test_every_op_is_listed():

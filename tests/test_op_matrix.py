@@ -15,7 +15,8 @@ pytestmark = pytest.mark.skipif(not ops.extension_loaded(), reason="no extension
 # opcheck's autograd checks need a registered backward; the ops without one are checked without autograd inputs
 # backward ops: no autograd of their own (double backward: the reference)
 NO_AUTOGRAD = {"decode_attention", "linear_small_m", "pack_linear_weight", "pack_quantized_weight",
-               "dequantize_linear_weight", "bias_gelu_backward", "add_layernorm_backward", "flash_attention_backward"}
+               "dequantize_linear_weight", "round_activations", "bias_gelu_backward", "add_layernorm_backward",
+               "flash_attention_backward"}
 
 
 @pytest.mark.parametrize("op", sorted(SAMPLES))

@@ -14,9 +14,9 @@
 // vdpbf16ps instead (2 k per instruction, half the FMAs; exact: q (int8) or q - 8 and x are bf16 values, their
 // products exact in fp32, sums in fp32): x is then passed as bf16 k pairs as well; int8 from 4 rows with K % 32 == 0
 // on AMX runs tdpbf16ps tiles over the same exact bf16 weights (amx_linear.h; x pairs padded to 16 rows).
-// x_bits 8 (bits 4): x is first rounded to int8 per group of G k, each with its own scale (round_activations below,
-// to the bits of reference.round_activations), and every tier computes on the rounded x as above; on AVX512_VNNI
-// + VBMI the AVX-512 tier multiplies the int8 x and the 4-bit q as bytes instead (int4_tile_vnni.h), exact in int32.
+// x_bits 8 (bits 4): x is first rounded to int8 per group of G k, each with its own scale (round_activations.cpp, to
+// the bits of reference.round_activations), and every tier computes on the rounded x as above; on AVX512_VNNI + VBMI
+// the AVX-512 tier multiplies the int8 x and the 4-bit q as bytes instead (int4_tile_vnni.h), exact in int32.
 // This file: the binding (checks, the N check against the padding marker, the fp32 copy of x and its group sums),
 // the portable scalar path and the dispatch over tiers: AMX (int8; amx_linear.h via linear_quantized_avx512.cpp),
 // AVX-512 (linear_quantized_avx512.cpp), AVX2 + FMA (linear_quantized_avx2.cpp), else scalar.
@@ -38,6 +38,7 @@
 #include "cpu/int4_tile_vnni.h"  // kMaxVnniGroup
 #include "cpu/linear_quantized.h"
 #include "cpu/pack_quantized_weight.h"
+#include "cpu/round_activations.h"
 #include "cpu/vec.h"
 
 namespace gpt_fast {
@@ -97,41 +98,6 @@ void quantized_blocks_scalar(const QuantArgs<T>& a, int64_t block_begin, int64_t
       }
       finish_row_scalar(a, total, m, b * kBN);
     }
-  }
-}
-
-// x_bits 8: each group of G values of x (groups rows x G, fp32) rounded to int8 with its own scale s = max |x| / 127,
-// as reference.round_activations and round_activations_aten (pack_quantized_weight.cpp) do it, to the same bits:
-// q = round half to even (x / s) in [-127, 127], x replaced by q * s; an all-zero group stays 0 (s = 0, q = 0), a
-// group with a NaN or an infinity becomes NaN (s = NaN, q = 0). Also the int8 values, the scales and the sums of q.
-void round_activations(float* x, int8_t* xq, float* xscale, int32_t* xqsum, int64_t groups, int64_t G) {
-  constexpr int kLanes = 8;  // independent partial maxima, so that the compiler vectorizes the first loop
-  for (int64_t i = 0; i < groups; ++i) {
-    float* v = x + i * G;
-    float amax[kLanes] = {}, probe[kLanes] = {};  // probe: v - v, NaN once a NaN or an infinity was seen
-    int64_t k = 0;
-    for (; k + kLanes <= G; k += kLanes) {
-      for (int l = 0; l < kLanes; ++l) amax[l] = std::max(amax[l], std::fabs(v[k + l]));
-      for (int l = 0; l < kLanes; ++l) probe[l] += v[k + l] - v[k + l];
-    }
-    for (int l = 0; k < G; ++k, ++l) {  // l < kLanes: fewer than kLanes left
-      amax[l] = std::max(amax[l], std::fabs(v[k]));
-      probe[l] += v[k] - v[k];
-    }
-    float group_max = 0.f, finite = 0.f;
-    for (int l = 0; l < kLanes; ++l) group_max = std::max(group_max, amax[l]), finite += probe[l];
-    const float s = finite == 0.f ? group_max / 127.f : std::numeric_limits<float>::quiet_NaN();
-    const float divisor = s > 0.f ? s : 1.f, keep = s > 0.f ? 1.f : 0.f;
-    constexpr float kRound = 12582912.f;  // 1.5 * 2^23: (r + kRound) - kRound rounds |r| < 2^22 half to even
-    for (k = 0; k < G; ++k) {  // vectorizes (no libm call): v / s, the rounding, the clamp
-      const float q = keep * std::min(127.f, std::max(-127.f, (v[k] / divisor + kRound) - kRound));
-      xq[i * G + k] = static_cast<int8_t>(q);
-      v[k] = q * s;
-    }
-    int32_t sum = 0;  // read only by the byte tiles, which take G <= kMaxVnniGroup: |sum| <= 127 G fits
-    if (G <= kMaxVnniGroup)
-      for (k = 0; k < G; ++k) sum += xq[i * G + k];
-    xscale[i] = s, xqsum[i] = sum;
   }
 }
 
@@ -198,7 +164,7 @@ at::Tensor linear_quantized_cpu(const at::Tensor& x, const at::Tensor& packed, i
       for (int64_t k = 0; k < K; ++k) xf[m * K + k] = static_cast<float>(xp[m * s0 + k * s1]);
     if (round_x) {
       xq.resize(M * K), xscale.resize(M * (K / G)), xqsum.resize(M * (K / G));
-      round_activations(xf.data(), xq.data(), xscale.data(), xqsum.data(), M * (K / G), G);
+      round_activation_groups(xf.data(), xq.data(), xscale.data(), xqsum.data(), 0, M * (K / G), G);
     }
     if (bits == 4) {
       xsum.resize(M * (K / G));

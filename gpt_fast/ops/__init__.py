@@ -15,12 +15,13 @@ from gpt_fast.ops.flash_attention_train import flash_attention_backward, flash_a
 from gpt_fast.ops.linear_quantized import linear_quantized, pack_quantized_weight
 from gpt_fast.ops.linear_small_m import linear_small_m
 from gpt_fast.ops.pack_linear_weight import pack_linear_weight
+from gpt_fast.ops.round_activations import round_activations
 
 OPS = ("add_layernorm", "bias_gelu", "decode_attention", "flash_attention", "linear_small_m", "pack_linear_weight",
        "bias_gelu_backward", "add_layernorm_backward", "linear_quantized", "pack_quantized_weight",
-       "flash_attention_train", "flash_attention_backward", "dequantize_linear_weight")
+       "flash_attention_train", "flash_attention_backward", "dequantize_linear_weight", "round_activations")
 
 __all__ = ["OPS", "add_layernorm", "add_layernorm_backward", "bias_gelu", "bias_gelu_backward", "decode_attention",
            "dequantize_linear_weight", "extension_loaded", "flash_attention", "flash_attention_backward",
            "flash_attention_train", "has_kernel", "linear_quantized", "linear_small_m", "load_error",
-           "pack_linear_weight", "pack_quantized_weight"]
+           "pack_linear_weight", "pack_quantized_weight", "round_activations"]

@@ -32,7 +32,7 @@ from gpt_fast.models.linear import bound_call, gemm
 from gpt_fast.ops.dequantize_linear_weight import dequantize_linear_weight
 from gpt_fast.ops.kernel_plan import SMALL_M_MAX_ROWS, KernelPlan
 from gpt_fast.ops.linear_quantized import linear_quantized, pack_quantized_weight, quantize_linear_weight
-from gpt_fast.ops.reference import round_activations
+from gpt_fast.ops.round_activations import round_activations
 from gpt_fast.ops.weight_cache import cached_on
 from gpt_fast.quantization.config import QuantizationConfig
 

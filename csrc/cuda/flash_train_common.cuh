@@ -46,7 +46,7 @@ __device__ inline float row_dot(const float* a, const float* b, int Dr) {
 // subtraction that follows it), so that the forward's max and the backward's recomputation see the same value.
 __device__ inline float score_of(float dot, float scale_log2) {
 #ifdef GF_SIMT
-  return dot * scale_log2;  // g++ in ISO C++ mode does not contract
+  return dot * scale_log2;  // the harness builds for x86-64 without FMA: g++ has nothing to fuse it into
 #else
   return __fmul_rn(dot, scale_log2);
 #endif

@@ -267,6 +267,38 @@ def test_pack_quantized_weight_integer_arguments(bits, group_size):
     assert (out is not None) == valid, (bits, group_size)
 
 
+@FUZZ
+@given(bits=st.sampled_from([4, 8]) | ints, group_size=st.sampled_from([2, 8, 16]) | ints)
+def test_dequantize_linear_weight_integer_arguments(bits, group_size):
+    """Exactly the bits and group size the weight was quantized with give the reference's weight; every other call
+    is a clear error, and the fake kernel agrees."""
+    K = 16
+    q8, s8, _ = reference.quantize_linear_weight(torch.randn(5, K), 8)
+    q4, s4, z4 = reference.quantize_linear_weight(torch.randn(5, K), 4, 8)
+    args = (q8, s8, None) if bits == 8 else (q4, s4, z4)
+    fn = lambda *a: ops.dequantize_linear_weight(*a, bits, group_size, torch.float32)  # noqa: E731
+    out = call("gpt_fast::dequantize_linear_weight", lambda: fn(*args))
+    valid = bits == 8 or (bits == 4 and group_size == 8)  # the scales are per group of 8
+    assert (out is not None) == valid, (bits, group_size)
+    if valid:
+        assert torch.equal(out, reference.dequantize_linear_weight(*args, bits, 8))
+    tensors = [t for t in args if t is not None]
+    fake_fn = (lambda q, s: fn(q, s, None)) if bits == 8 else fn
+    assert fake_accepts("dequantize_linear_weight", fake_fn, *tensors) == valid
+
+
+@FUZZ
+@given(group_size=ints, K=st.sampled_from([1, 6, 16]))
+def test_round_activations_group_size(group_size, K):
+    x = torch.randn(3, K)
+    out = call("gpt_fast::round_activations", lambda: ops.round_activations(x, group_size))
+    valid = 0 < group_size and K % group_size == 0
+    assert (out is not None) == valid, (group_size, K)
+    if valid:
+        assert torch.equal(out, reference.round_activations(x, group_size))
+    assert fake_accepts("round_activations", lambda t: ops.round_activations(t, group_size), x) == valid
+
+
 # --- add_layernorm: eps; bias_gelu (no scalar argument): extreme values -----------------------------------------
 
 @pytest.mark.parametrize("eps", EPS, ids=str)

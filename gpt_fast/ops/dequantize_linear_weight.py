@@ -25,9 +25,15 @@ if extension_loaded():
         torch._check(qweight.dim() == 2, lambda: "dequantize_linear_weight: qweight must be 2-D")
         torch._check(dtype in DTYPES, lambda: f"dequantize_linear_weight: dtype must be one of {DTYPES}, got {dtype}")
         N, K = qweight.shape[0], qweight.shape[1] * (2 if bits == 4 else 1)
-        if bits == 4:
+        if bits == 8:
+            torch._check(tuple(scales.shape) == (N, 1) and zeros is None,
+                         lambda: "dequantize_linear_weight: bits=8 needs scales (N, 1) and no zeros")
+        else:
             torch._check(group_size > 0 and group_size % 2 == 0 and K % group_size == 0,
                          lambda: f"dequantize_linear_weight: bits=4 needs an even group_size dividing K={K}")
+            groups = (N, K // group_size)
+            torch._check(zeros is not None and tuple(scales.shape) == groups and tuple(zeros.shape) == groups,
+                         lambda: f"dequantize_linear_weight: bits=4 needs scales and zeros of shape {groups}")
         return qweight.new_empty((N, K), dtype=dtype)
 
 

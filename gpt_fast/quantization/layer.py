@@ -14,8 +14,8 @@ computation a call takes (the engine), from the KernelPlan and the call's row co
   then back to x's dtype), then models.linear.gemm, the same GEMM + bias/GELU epilogue as
   Conv1D's "gemm" engine. Nothing dequantized is kept, so the model stays at its quantized size. Chosen by
   measurement (benchmarks/bench_quantized_prefill.py, 512 rows, bf16, 2 threads, Sapphire Rapids, 2026-12-05):
-  1.2-9x faster than the compiled linear_quantized kernel per GPT-1 layer (e.g. int8 c_proj 1.84 against 2.65 ms,
-  int4 c_fc 1.78 against 15.7 ms) and 1.27-1.39x the unquantized GEMM.
+  1.15-1.45x (int8) and 8-9x (int4) faster than the compiled linear_quantized kernel per GPT-1 layer (e.g. int8
+  mlp.c_proj 1.84 against 2.65 ms, int4 c_fc 1.78 against 15.7 ms) at 1.30-1.42x the unquantized GEMM's time.
 
 Inference only: a layer asked to run with gradients in training mode, or whose float buffers were made to require
 grad, raises; there is no backward through the quantized weight (training a quantized model is out of scope).

@@ -60,6 +60,11 @@ void dequantize_rows_scalar(const DequantArgs<T>& a, int64_t n0, int64_t n1) {
 }
 
 #if GPT_FAST_HAVE_X86
+// The 8 int8 weights at p as fp32 lanes.
+GPT_FAST_AVX2 inline __m256 int8x8(const uint8_t* p) {
+  return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+}
+
 // The 8 nibbles of 4 bytes (k, k + 1, ..., k + 7: byte i holds k + 2i low, k + 2i + 1 high) as fp32 lanes.
 GPT_FAST_AVX2 inline __m256 nibbles8(const uint8_t* p) {
   int32_t bytes;
@@ -79,15 +84,11 @@ GPT_FAST_AVX2 void dequantize_rows_avx2(const DequantArgs<T>& a, int64_t n0, int
       const uint8_t* q = a.q + n * K;
       const __m256 s = _mm256_set1_ps(a.scale8[n]);
       int64_t k = 0;
-      for (; k + 8 <= K; k += 8) {
-        const __m128i bytes = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(q + k));
-        cpu::Vec8<T>::store(dst + k, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes)), s));
-      }
+      for (; k + 8 <= K; k += 8) cpu::Vec8<T>::store(dst + k, _mm256_mul_ps(int8x8(q + k), s));
       if (k < K) {
-        alignas(16) int8_t tail[16] = {};
+        uint8_t tail[8] = {};
         std::memcpy(tail, q + k, static_cast<size_t>(K - k));
-        const __m128i bytes = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(tail));
-        cpu::store_part(dst + k, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes)), s), K - k);
+        cpu::store_part(dst + k, _mm256_mul_ps(int8x8(tail), s), K - k);
       }
       continue;
     }

@@ -1,7 +1,8 @@
 """Prefill engine of the quantized layers: per call, dequantize the whole weight to the model dtype + the GEMM
-(QuantizedConv1D's "dequantize" engine: gpt_fast::dequantize_linear_weight's kernel, and for comparison the same
-weight from PyTorch ops) against ops.linear_quantized over the packed weight (the "kernel" engine), at the GPT-1
-layer shapes, measured alternately; also the unquantized GEMM for scale.
+(QuantizedConv1D's "dequantize" engine: gpt_fast::dequantize_linear_weight's kernel, for int4-a8 after
+gpt_fast::round_activations, and for comparison the same from PyTorch ops) against ops.linear_quantized over the
+packed weight (the "kernel" engine), at the GPT-1 layer shapes, measured alternately; also the unquantized GEMM for
+scale.
 
     python benchmarks/bench_quantized_prefill.py [--rows 512] [--dtype bf16] [--repeats 5]
 
@@ -18,7 +19,7 @@ import torch
 from timing import best_and_median, format_table, machine_description, time_alternating
 
 from gpt_fast.models.linear import gemm
-from gpt_fast.ops import has_kernel
+from gpt_fast.ops import has_kernel, reference, round_activations
 from gpt_fast.ops.dequantize_linear_weight import dequantize_linear_weight, pytorch_dequantize
 from gpt_fast.ops.linear_quantized import linear_quantized, pack_quantized_weight, quantize_linear_weight
 
@@ -26,17 +27,25 @@ SHAPES = {"c_attn": (768, 2304), "attn.c_proj": (768, 768), "c_fc": (768, 3072),
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
 
-def candidates(x, weight, bits: int, group: int | None) -> dict:
-    """The three ways to compute x (rows, K) @ weight (K, N) + bias at the weight's quantization."""
+def candidates(x, weight, bits: int, group: int | None, x_bits: int = 0) -> dict:
+    """The ways to compute x (rows, K) @ weight (K, N) + bias at the weight's quantization; x_bits=8 (int4-a8): x
+    rounded per group first (gpt_fast::round_activations, or the reference's PyTorch ops for the "pytorch" row)."""
     N, dtype = weight.shape[1], x.dtype
     bias = torch.zeros(N, dtype=dtype)
     q, s, z = quantize_linear_weight(weight, bits, group, in_out_layout=True)
     packed = pack_quantized_weight(q, s, z, bits, group)
     w_model = weight.to(dtype)
+
+    def engine(dequantize, rounding):
+        def call():
+            a = rounding(x, group).to(dtype) if x_bits else x
+            return gemm(a, dequantize(q, s, z, bits, group, dtype).t(), bias, None)
+        return call
+
     return {
-        "dequantize+gemm": lambda: gemm(x, dequantize_linear_weight(q, s, z, bits, group, dtype).t(), bias, None),
-        "pytorch dequantize+gemm": lambda: gemm(x, pytorch_dequantize(q, s, z, bits, group, dtype).t(), bias, None),
-        "linear_quantized": lambda: linear_quantized(x, packed, N, bits, group, bias),
+        "dequantize+gemm": engine(dequantize_linear_weight, round_activations),
+        "pytorch dequantize+gemm": engine(pytorch_dequantize, reference.round_activations),
+        "linear_quantized": lambda: linear_quantized(x, packed, N, bits, group, bias, x_bits=x_bits),
         "unquantized gemm": lambda: gemm(x, w_model, bias, None),
     }
 
@@ -58,13 +67,13 @@ def main(argv=None) -> None:
     print(f"{machine_description()}; linear_quantized kernel: {has_kernel('linear_quantized', 'cpu')}; "
           f"{args.rows} rows, {args.dtype}, {args.clock} clock; ms per call, best / median of {args.repeats}")
     rows, names = [], []
-    for bits, group in ((8, None), (4, 32)):
+    for scheme, bits, group, x_bits in (("int8", 8, None, 0), ("int4 g32", 4, 32, 0), ("int4-a8 g32", 4, 32, 8)):
         for name, (K, N) in SHAPES.items():
             weight = torch.randn(K, N) * 0.02  # (in, out), as Conv1D holds it
-            calls = candidates(torch.randn(args.rows, K, dtype=dtype), weight, bits, group)
+            calls = candidates(torch.randn(args.rows, K, dtype=dtype), weight, bits, group, x_bits)
             stats = best_and_median(time_alternating(calls, repeats=args.repeats, min_time=0.05, clock=clock))
             names = list(calls)
-            rows.append([f"int{bits}" + ("" if group is None else f" g{group}"), name]
+            rows.append([scheme, name]
                         + [f"{stats[c]['best'] * 1e3:.2f} / {stats[c]['median'] * 1e3:.2f}" for c in calls])
     print(format_table(["scheme", "layer", *names], rows))
 

@@ -9,7 +9,7 @@ from torch import nn
 from gpt_fast.generation.config import GenerationConfigMixin
 from gpt_fast.generation.generate import generate
 from gpt_fast.models.configuration import OpenAIGPTConfig
-from gpt_fast.models.linear import call_head, project_to_vocab
+from gpt_fast.models.linear import call_head, plain_linear, project_to_vocab
 from gpt_fast.models.lm_loss import fused_shifted_lm_loss, shifted_rows
 from gpt_fast.models.modeling import OpenAIGPTModel
 from gpt_fast.models.outputs import CausalLMOutput, OpenAIGPTDoubleHeadsModelOutput, SequenceClassifierOutput
@@ -37,6 +37,13 @@ def shifted_lm_loss(logits, labels, upcast: bool, num_items_in_batch=None, ignor
 
 def _finish(output, return_dict: bool):
     return output if return_dict else output.to_tuple()
+
+
+def fused_loss_serves(head: nn.Module) -> bool:
+    """Whether the fused LM-head loss (it reads only head.weight) computes what head(x) would: a plain nn.Linear
+    without bias or hooks. Any other head (a LoRA wrapper, a hooked or biased head, the quantized head) is called
+    and the loss taken from its logits, at the memory of those logits."""
+    return plain_linear(head) and head.bias is None
 
 
 class SequenceSummary(nn.Module):
@@ -95,7 +102,8 @@ class OpenAIGPTLMHeadModel(GenerationConfigMixin, OpenAIGPTPreTrainedModel):
         out = self.transformer(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
                                output_attentions, output_hidden_states, True, head_mask=head_mask, **kwargs)
         hidden = out.last_hidden_state if not logits_to_keep else out.last_hidden_state[..., -logits_to_keep:, :]
-        if labels is not None and not return_logits:
+        without_logits = labels is not None and not return_logits
+        if without_logits and fused_loss_serves(self.lm_head):
             loss = fused_shifted_lm_loss(hidden, self.lm_head.weight, labels, num_items_in_batch, ignore_index,
                                          shift_labels)
             return _finish(CausalLMOutput(loss, None, out.hidden_states, out.attentions), return_dict)
@@ -103,6 +111,7 @@ class OpenAIGPTLMHeadModel(GenerationConfigMixin, OpenAIGPTPreTrainedModel):
         loss = None
         if labels is not None:
             loss = shifted_lm_loss(logits, labels, True, num_items_in_batch, ignore_index, shift_labels)
+        logits = None if without_logits else logits
         return _finish(CausalLMOutput(loss, logits, out.hidden_states, out.attentions), return_dict)
 
     def generate(self, input_ids=None, generation_config=None, **kwargs):
@@ -135,7 +144,8 @@ class OpenAIGPTDoubleHeadsModel(OpenAIGPTPreTrainedModel):
         out = self.transformer(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
                                output_attentions, output_hidden_states, True, head_mask=head_mask, **kwargs)
         hidden = out.last_hidden_state  # (B, C, T, E)
-        fused_loss = labels is not None and not return_logits
+        without_logits = labels is not None and not return_logits
+        fused_loss = without_logits and fused_loss_serves(self.lm_head)
         lm_logits = None if fused_loss else call_head(self.lm_head, hidden,
                                                       self.transformer.plan(hidden.device, hidden.dtype))
         mc_logits = self.multiple_choice_head(hidden, mc_token_ids).squeeze(-1)  # (B, C)
@@ -148,6 +158,7 @@ class OpenAIGPTDoubleHeadsModel(OpenAIGPTPreTrainedModel):
             lm_loss = fused_shifted_lm_loss(hidden, self.lm_head.weight, labels)
         elif labels is not None:
             lm_loss = shifted_lm_loss(lm_logits, labels, upcast=False)
+            lm_logits = None if without_logits else lm_logits
         output = OpenAIGPTDoubleHeadsModelOutput(lm_loss, mc_loss, lm_logits, mc_logits, out.hidden_states,
                                                  out.attentions)
         return _finish(output, return_dict)

@@ -119,9 +119,9 @@ def bind_layers(model: nn.Module, plan: KernelPlan, rows: int) -> KernelPlan:
         if call is not None:
             bound[module] = call
     head = getattr(model, "lm_head", None)
-    if isinstance(head, nn.Linear) and rows <= plan.small_m_rows:  # (project_to_vocab's engine; no bias)
+    if head is not None and plain_linear(head) and rows <= plan.small_m_rows:  # (project_to_vocab's engine)
         packed, N = _packed_head(head), head.weight.shape[0]
-        bound[head] = lambda x, bias, gelu: linear_small_m(x, packed, N, None, None, False)
+        bound[head] = lambda x, bias, gelu: linear_small_m(x, packed, N, bias, None, False)
     return dataclasses.replace(plan, bound_layers=bound)
 
 
@@ -149,21 +149,31 @@ def gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, plan:
     return out.view(*x.shape[:-1], weight.shape[1])
 
 
-def project_to_vocab(lm_head: nn.Linear, x: torch.Tensor, plan: KernelPlan | None) -> torch.Tensor:
-    """x (..., C) @ lm_head.weight (V, C).T -> (..., V). Few rows go through linear_small_m on a copy packed once
-    (1.9x F.linear's read of the 62 MB bf16 head for one row, so decode steps and the first token are faster).
-    A quantized head (gpt_fast/quantization) is not an nn.Linear and picks its own engine."""
-    if not isinstance(lm_head, nn.Linear):
+def plain_linear(module: nn.Module) -> bool:
+    """Whether module is exactly nn.Linear without hooks, so that gpt_fast may multiply by its weight directly. A
+    subclass (its forward may differ), a wrapper (PEFT's LoRA) or a hooked layer is called as a module instead."""
+    return type(module) is nn.Linear and not module._forward_hooks and not module._forward_pre_hooks
+
+
+def project_to_vocab(lm_head: nn.Module, x: torch.Tensor, plan: KernelPlan | None) -> torch.Tensor:
+    """x (..., C) @ lm_head.weight (V, C).T [+ lm_head.bias] -> (..., V). Few rows go through linear_small_m on a
+    copy packed once (1.9x F.linear's read of the 62 MB bf16 head for one row: faster decode steps and first token).
+    A head that takes the plan (gpt_fast's quantized LM head) picks its own engine; any other head that is not a
+    plain nn.Linear (plain_linear) is called as a module."""
+    if getattr(lm_head, "takes_plan", False):
         return lm_head(x, plan)
+    if not plain_linear(lm_head):
+        return lm_head(x)
+    weight, bias = lm_head.weight, lm_head.bias  # (V, C), (V,) or None
     bound = bound_call(plan, lm_head)
     if bound is not None:
-        return bound(x, None, False)
+        return bound(x, bias, False)
     rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
     if plan is None or rows > plan.small_m_rows or torch.compiler.is_compiling():
         if plan is not None and plan.gemm_upcast:  # (see gemm)
-            return F.linear(x.float(), lm_head.weight.float()).to(x.dtype)
-        return F.linear(x, lm_head.weight)
-    return linear_small_m(x, _packed_head(lm_head), lm_head.weight.shape[0], None, None, False)
+            return F.linear(x.float(), weight.float(), None if bias is None else bias.float()).to(x.dtype)
+        return F.linear(x, weight, bias)
+    return linear_small_m(x, _packed_head(lm_head), weight.shape[0], bias, None, False)
 
 
 def call_head(head: nn.Module, x: torch.Tensor, plan: KernelPlan | None) -> torch.Tensor:
@@ -174,8 +184,7 @@ def call_head(head: nn.Module, x: torch.Tensor, plan: KernelPlan | None) -> torc
     last-token logits through the decode kernel rather than the whole head dequantized)."""
     if getattr(head, "takes_plan", False):
         return head(x, plan)
-    plain = (plan is not None and type(head) is nn.Linear and not head._forward_hooks and not head._forward_pre_hooks
-             and x.dtype == head.weight.dtype)
+    plain = plan is not None and plain_linear(head) and x.dtype == head.weight.dtype
     if plain and plan.gemm_upcast:
         bias = None if head.bias is None else head.bias.float()
         return F.linear(x.float(), head.weight.float(), bias).to(x.dtype)

@@ -3,7 +3,8 @@
 Layers: ops (kernel wrappers, their references, the kernel plan) -> models (with checkpoints, which load and save
 them, and quantization, whose layers replace the models' linear layers) and tokenization -> generation and
 training -> patching (transformers' models on gpt_fast's kernels) and cli; no module imports a layer above it, and
-no import happens inside a function (but transformers', optional, in patching). The public API is re-exported here.
+no import happens inside a function (but transformers', optional, in patching, and FSDP2's, 0.55 s, on first use in
+training/sharding.py). The public API is re-exported here.
 """
 
 from gpt_fast.auto import (

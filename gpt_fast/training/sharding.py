@@ -6,18 +6,31 @@ Sharded, each parameter is a DTensor holding this process's slice of dim 0 (torc
 AdamW moments. A checkpoint holds full tensors: every process takes part in each gather (the same tensors in the
 same order), process 0 writes. Resuming slices the full optimizer state back onto the current processes, so a
 checkpoint moves between world sizes and between DDP and FSDP.
+
+FSDP2 and DTensor are imported when a model is first sharded, not with this module: importing them takes ~0.55 s
+(torch.distributed.tensor), which every `import gpt_fast` and every `gpt-fast` command would otherwise pay. No tensor
+can be a DTensor before torch.distributed.tensor is loaded, so the checks below look for the class in sys.modules.
 """
 
 from __future__ import annotations
 
+import importlib
+import sys
+
 import torch
-from torch.distributed.fsdp import fully_shard
-from torch.distributed.tensor import DTensor, distribute_tensor
+
+_DTENSOR_MODULE = "torch.distributed.tensor"
+
+
+def _is_dtensor(value) -> bool:
+    module = sys.modules.get(_DTENSOR_MODULE)  # not loaded: nothing is a DTensor yet
+    return module is not None and isinstance(value, module.DTensor)
 
 
 def shard(model: torch.nn.Module) -> torch.nn.Module:
     """fully_shard per Block, then the root; the model is changed in place (its parameters become DTensors) and
     returned. Forward and backward gather each Block's weights just before it runs and free them after."""
+    fully_shard = importlib.import_module("torch.distributed.fsdp").fully_shard  # (see the module's note)
     for block in model.base_model.h:
         fully_shard(block)
     fully_shard(model)
@@ -25,20 +38,20 @@ def shard(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def is_sharded(model: torch.nn.Module) -> bool:
-    return any(isinstance(p, DTensor) for p in model.parameters())
+    return any(_is_dtensor(p) for p in model.parameters())
 
 
 def describe(model: torch.nn.Module) -> str:
     """How much of the model this process holds, e.g. "FSDP2: this process holds 2,520 of 5,024 parameter
     elements"."""
     params = list(model.parameters())
-    local = sum(p.to_local().numel() if isinstance(p, DTensor) else p.numel() for p in params)
+    local = sum(p.to_local().numel() if _is_dtensor(p) else p.numel() for p in params)
     return f"FSDP2: this process holds {local:,} of {sum(p.numel() for p in params):,} parameter elements"
 
 
 def _full(value, gathered: dict):
     """A DTensor's full tensor on the CPU, gathered once per tensor (the tied LM head is the token embedding)."""
-    if not isinstance(value, DTensor):
+    if not _is_dtensor(value):
         return value
     if id(value) not in gathered:
         gathered[id(value)] = value.full_tensor().cpu()
@@ -70,9 +83,10 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
     optimizer.load_state_dict(state)
     for group in optimizer.param_groups:
         for param in group["params"]:
-            if not isinstance(param, DTensor):
+            if not _is_dtensor(param):
                 continue
+            distribute_tensor = sys.modules[_DTENSOR_MODULE].distribute_tensor
             per_param = optimizer.state.get(param, {})
             for name, value in per_param.items():
-                if isinstance(value, torch.Tensor) and not isinstance(value, DTensor) and value.shape == param.shape:
+                if isinstance(value, torch.Tensor) and not _is_dtensor(value) and value.shape == param.shape:
                     per_param[name] = distribute_tensor(value.to(param.device), param.device_mesh, param.placements)

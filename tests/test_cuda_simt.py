@@ -36,7 +36,7 @@ ENV = {**os.environ,
 
 def build(out: Path, *defines: str, source: str = "run_kernels.cpp") -> Path:
     """Builds a harness of tests/simt/ under the sanitizers (tests/test_cuda_simt_train.py builds its own)."""
-    cmd = ["g++", "-std=c++20", "-O1", "-g", *SANITIZERS, f"-I{CUDA_INCLUDE}", f"-I{ROOT / 'csrc'}", *defines,
+    cmd = ["g++", "-std=c++20", "-O1", "-g1", *SANITIZERS, f"-I{CUDA_INCLUDE}", f"-I{ROOT / 'csrc'}", *defines,
            str(ROOT / "tests" / "simt" / source), "-o", str(out), "-pthread"]
     res = subprocess.run(cmd, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-4000:]

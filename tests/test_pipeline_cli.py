@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -17,6 +18,7 @@ transformers = pytest.importorskip("transformers")
 
 import gpt_fast  # noqa: E402
 from gpt_fast import OpenAIGPTLMHeadModel  # noqa: E402
+from gpt_fast.cli import main  # noqa: E402
 from gpt_fast.generation.pipeline import TextGenerationPipeline  # noqa: E402
 from gpt_fast.generation.streaming import TextIteratorStreamer, TextStreamer  # noqa: E402
 
@@ -187,6 +189,19 @@ def run_cli(*args, stdin=None, timeout=240):
                           cwd=ROOT, env=env, timeout=timeout)
 
 
+def run_cli_here(*args):
+    """run_cli's result from gpt_fast.cli.main in this process: the same exit code, stdout and stderr without the
+    ~2 s of a new interpreter importing torch. For --help and for command lines refused before any work (usage
+    errors, missing folders); test_the_module_entry_point runs the real `python -m gpt_fast.cli`."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(list(args))
+        except SystemExit as exit_:  # argparse's --help
+            code = exit_.code or 0
+    return subprocess.CompletedProcess(["gpt-fast", *args], code, out.getvalue(), err.getvalue())
+
+
 def assert_one_line_error(result, code, match):
     assert result.returncode == code, result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
@@ -207,9 +222,15 @@ def checkpoint(tmp_path_factory):
     return folder
 
 
-@pytest.mark.parametrize("command", [[], ["generate"], ["bench"], ["convert"]])
+def test_the_module_entry_point():
+    result = run_cli("--help")
+    assert result.returncode == 0 and result.stdout.startswith("usage: gpt-fast")
+    assert_one_line_error(run_cli("frobnicate"), 2, "invalid choice")
+
+
+@pytest.mark.parametrize("command", [[], ["generate"], ["bench"], ["convert"], ["train"], ["serve"]])
 def test_help(command):
-    result = run_cli(*command, "--help")
+    result = run_cli_here(*command, "--help")
     assert result.returncode == 0 and result.stdout.startswith("usage: gpt-fast")
 
 
@@ -222,7 +243,7 @@ def test_help(command):
     (["convert", "/no/such/folder", "/tmp/out"], 1, "no such model folder"),
 ])
 def test_cli_errors_are_one_line(args, code, match):
-    assert_one_line_error(run_cli(*args), code, match)
+    assert_one_line_error(run_cli_here(*args), code, match)
 
 
 def test_generate_from_stdin_streams_the_same_text_as_no_stream(checkpoint):

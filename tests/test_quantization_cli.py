@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 from serve_helpers import collect, save_checkpoint, tiny_model_and_tokenizer
-from test_pipeline_cli import TINY_MERGES, TINY_VOCAB, assert_one_line_error, run_cli
+from test_pipeline_cli import TINY_MERGES, TINY_VOCAB, assert_one_line_error, run_cli, run_cli_here
 
 import gpt_fast
 from gpt_fast.cli import benchmark, main
@@ -96,18 +96,17 @@ def test_convert_with_gptq_calibration(checkpoint, tmp_path):
                           "positive integer")
 
 
-@pytest.mark.slow  # CLI subprocesses / a benchmark run / inductor: tens of seconds on 2 shared cores
 def test_cli_bad_quantization_arguments(checkpoint, tmp_path):
-    assert_one_line_error(run_cli("generate", "the", "--model", str(checkpoint), "--quantization", "int3"), 2,
+    assert_one_line_error(run_cli_here("generate", "the", "--model", str(checkpoint), "--quantization", "int3"), 2,
                           "invalid choice")
-    assert_one_line_error(run_cli("generate", "the", "--model", str(checkpoint), "--quantization", "int4",
-                                  "--group-size", "48"), 1, "does not divide")
-    assert_one_line_error(run_cli("convert", str(checkpoint), str(tmp_path / "x"), "--quantization", "int4",
-                                  "--group-size", "0"), 2, "positive integer")
-    assert_one_line_error(run_cli("bench", "--quantization", "int8,int3"), 2, "--quantization takes")
-    assert_one_line_error(run_cli("bench", "--quantization", "int4", "--group-size", "40"), 2, "divide 768")
+    assert_one_line_error(run_cli_here("generate", "the", "--model", str(checkpoint), "--quantization", "int4",
+                                       "--group-size", "48"), 1, "does not divide")
+    assert_one_line_error(run_cli_here("convert", str(checkpoint), str(tmp_path / "x"), "--quantization", "int4",
+                                       "--group-size", "0"), 2, "positive integer")
+    assert_one_line_error(run_cli_here("bench", "--quantization", "int8,int3"), 2, "--quantization takes")
+    assert_one_line_error(run_cli_here("bench", "--quantization", "int4", "--group-size", "40"), 2, "divide 768")
     for command in ("generate", "serve", "convert"):
-        assert "--quantization" in run_cli(command, "--help").stdout
+        assert "--quantization" in run_cli_here(command, "--help").stdout
 
 
 def expected_weight_bytes(model) -> int:

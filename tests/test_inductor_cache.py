@@ -49,10 +49,12 @@ def run_probe(mode: str, base: Path, capability: str | None) -> float:
 @pytest.mark.skipif(torch.backends.cpu.get_cpu_capability() != "AVX512",
                     reason="needs an AVX-512 CPU (two vector widths to compile for)")
 def test_avx2_code_never_reused_on_avx512(tmp_path):
-    """One compile on AVX-512, then the same under ATEN_CPU_CAPABILITY=avx2: with a shared folder the second finds
-    the first's 16-float code and computes garbage (why conftest isolates), with isolated folders both are exact."""
-    assert run_probe("isolated", tmp_path / "isolated", None) == 0.0
-    assert run_probe("isolated", tmp_path / "isolated", "avx2") == 0.0
-    assert run_probe("shared", tmp_path / "shared", None) == 0.0
-    shared = run_probe("shared", tmp_path / "shared", "avx2")  # PyTorch's bug: if fixed, this line says so
+    """One compile on AVX-512, then the same under ATEN_CPU_CAPABILITY=avx2: with isolated folders both are exact;
+    pointed at the folder the first compile filled, the second finds its 16-float code and computes garbage (why
+    conftest isolates)."""
+    assert run_probe("isolated", tmp_path, None) == 0.0
+    assert run_probe("isolated", tmp_path, "avx2") == 0.0  # beside the AVX-512 folder, in its own
+    filled = cache_dir_for(torch.backends.cpu.get_cpu_capability(), tmp_path)
+    assert any(filled.iterdir())
+    shared = run_probe("shared", filled, "avx2")  # PyTorch's bug: if fixed, this line says so
     assert not shared == 0.0, "inductor's cache now tells the capabilities apart: tests/inductor_cache.py can go"

@@ -16,6 +16,7 @@ from conftest import seeded_prompt, tiny_lm_fixtures
 from gpt_fast import OpenAIGPTConfig, OpenAIGPTDoubleHeadsModel, OpenAIGPTLMHeadModel
 from gpt_fast.models.linear import bind_layers, project_to_vocab
 from gpt_fast.ops.kernel_plan import SMALL_M_MAX_ROWS, plan_kernels
+from gpt_fast.quantization import QuantizedLinear
 
 VOCAB, N_POSITIONS = 61, 40
 hf, model = tiny_lm_fixtures(11, VOCAB, N_POSITIONS)
@@ -139,3 +140,18 @@ def test_the_loss_without_logits_counts_the_head(head_class, modify):
     assert without.logits is None
     torch.testing.assert_close(without.loss, with_logits.loss.float(), rtol=1e-5, atol=1e-5)
     assert without.loss < 1e-3  # the boosted token is the label everywhere: the head's modification counted
+
+
+@pytest.mark.parametrize("modify", [wrapped, hooked, subclassed, biased])
+def test_quantize_keeps_a_head_it_cannot_represent(model, modify):
+    """The quantized LM head has no bias, hooks or subclass forward: such a head stays as it is (recorded so in the
+    config), the rest of the model is quantized, and generation still follows the head."""
+    m = copy.deepcopy(model)
+    modify(m)
+    head = m.lm_head
+    m.quantize("int8")
+    assert m.lm_head is head and m.quantization.lm_head is False
+    assert isinstance(m.transformer.h[0].mlp.c_fc, QuantizedLinear)
+    prompt = seeded_prompt(VOCAB, 5, batch=2)
+    out = m.generate(prompt, max_new_tokens=4, min_new_tokens=4, do_sample=False)
+    assert (out[:, 5:] == FAVOURED).all()

@@ -18,7 +18,7 @@ from dataclasses import replace
 
 from torch import nn
 
-from gpt_fast.models.linear import Conv1D
+from gpt_fast.models.linear import Conv1D, plain_linear
 from gpt_fast.ops import weight_cache
 from gpt_fast.quantization.calibration import calibration_windows, gptq_quantize_model
 from gpt_fast.quantization.config import (
@@ -46,7 +46,9 @@ def _targets(model: nn.Module, config: QuantizationConfig) -> dict[str, int]:
     """{layer name: in_features} of the layers to quantize."""
     targets = {name: module.weight.shape[0] for name, module in model.named_modules() if isinstance(module, Conv1D)}
     head = getattr(model, "lm_head", None)
-    if config.lm_head and isinstance(head, nn.Linear):
+    # Only a plain bias-free nn.Linear head: the quantized head has no bias and would drop a subclass's forward or
+    # the hooks; any other head (a LoRA wrapper included) stays as it is, in the model dtype.
+    if config.lm_head and head is not None and plain_linear(head) and head.bias is None:
         targets["lm_head"] = head.in_features
     return targets
 

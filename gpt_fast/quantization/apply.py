@@ -45,6 +45,12 @@ def quantization_of(model: nn.Module) -> QuantizationConfig | None:
 def _targets(model: nn.Module, config: QuantizationConfig) -> dict[str, int]:
     """{layer name: in_features} of the layers to quantize."""
     targets = {name: module.weight.shape[0] for name, module in model.named_modules() if isinstance(module, Conv1D)}
+    for name in targets:  # replaced by a QuantizedConv1D, a layer would lose its hooks or its subclass's forward
+        layer = model.get_submodule(name)
+        if type(layer) is not Conv1D or layer._forward_hooks or layer._forward_pre_hooks:
+            what = "has forward hooks" if type(layer) is Conv1D else f"is a {type(layer).__name__}, not a Conv1D"
+            raise ValueError(f"cannot quantize {name}: it {what}, which its quantized replacement would drop; "
+                             "quantize the plain model first")
     head = getattr(model, "lm_head", None)
     # Only a plain bias-free nn.Linear head: the quantized head has no bias and would drop a subclass's forward or
     # the hooks; any other head (a LoRA wrapper included) stays as it is, in the model dtype.

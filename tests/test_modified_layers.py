@@ -1,10 +1,12 @@
-"""An LM head that is not a plain nn.Linear: a wrapper (as PEFT's LoRA puts there), a hooked nn.Linear, an
-nn.Linear subclass with its own forward, and a plain nn.Linear with a bias. generate() (prefill and decode steps,
-with and without bound layers) must call such a head as a module, as the forward does, and a plain head's bias must
-count in every engine (gpt_fast/models/linear.py: plain_linear, project_to_vocab, call_head, bind_layers).
+"""Layers a user changed: an LM head that is not a plain nn.Linear (a wrapper, as PEFT's LoRA puts there; a hooked
+nn.Linear; an nn.Linear subclass with its own forward; a plain nn.Linear with a bias), and hooked or subclassed Conv1D
+layers. generate() (prefill and decode steps, with and without bound layers) and the loss without logits must call
+such a head as a module, as the forward does; a plain head's bias must count in every engine
+(gpt_fast/models/linear.py: plain_linear, project_to_vocab, call_head, bind_layers; models/heads.py:
+fused_loss_serves); quantize() keeps such a head and refuses such a Conv1D (quantization/apply.py).
 
-Each modification makes one token win by a wide margin, so a path that skipped it would generate other tokens; the
-oracle is a greedy loop over the model's own full forward (call_head: the head called as a module)."""
+Each head modification makes one token win by a wide margin, so a path that skipped it would generate other tokens;
+the oracle is a greedy loop over the model's own full forward (call_head: the head called as a module)."""
 
 import copy
 
@@ -14,7 +16,7 @@ import torch.nn as nn
 from conftest import seeded_prompt, tiny_lm_fixtures
 
 from gpt_fast import OpenAIGPTConfig, OpenAIGPTDoubleHeadsModel, OpenAIGPTLMHeadModel
-from gpt_fast.models.linear import bind_layers, project_to_vocab
+from gpt_fast.models.linear import Conv1D, bind_layers, project_to_vocab
 from gpt_fast.ops.kernel_plan import SMALL_M_MAX_ROWS, plan_kernels
 from gpt_fast.quantization import QuantizedLinear
 
@@ -155,3 +157,23 @@ def test_quantize_keeps_a_head_it_cannot_represent(model, modify):
     prompt = seeded_prompt(VOCAB, 5, batch=2)
     out = m.generate(prompt, max_new_tokens=4, min_new_tokens=4, do_sample=False)
     assert (out[:, 5:] == FAVOURED).all()
+
+
+class ScaledConv1D(Conv1D):
+    def forward(self, x, *args, **kwargs):
+        return 2 * super().forward(x, *args, **kwargs)
+
+
+def test_quantize_refuses_a_block_layer_it_would_change(model):
+    hooked_model = copy.deepcopy(model)
+    hooked_model.transformer.h[1].attn.c_proj.register_forward_hook(lambda module, args, out: out)
+    with pytest.raises(ValueError, match=r"cannot quantize transformer\.h\.1\.attn\.c_proj: it has forward hooks"):
+        hooked_model.quantize("int8")
+    subclassed_model = copy.deepcopy(model)
+    old = subclassed_model.transformer.h[0].mlp.c_fc
+    layer = ScaledConv1D(old.weight.shape[1], old.weight.shape[0])
+    layer.load_state_dict(old.state_dict())
+    subclassed_model.transformer.h[0].mlp.c_fc = layer
+    with pytest.raises(ValueError, match=r"cannot quantize transformer\.h\.0\.mlp\.c_fc: it is a ScaledConv1D"):
+        subclassed_model.quantize("int4", 32)
+    assert subclassed_model.quantization is None  # nothing was replaced

@@ -3,7 +3,7 @@ nn.Linear; an nn.Linear subclass with its own forward; a plain nn.Linear with a 
 layers. generate() (prefill and decode steps, with and without bound layers) and the loss without logits must call
 such a head as a module, as the forward does; a plain head's bias must count in every engine
 (gpt_fast/models/linear.py: plain_linear, project_to_vocab, call_head, bind_layers; models/heads.py:
-fused_loss_serves); quantize() keeps such a head and refuses such a Conv1D (quantization/apply.py).
+weight_only_head); quantize() keeps such a head and refuses such a Conv1D (quantization/apply.py).
 
 Each head modification makes one token win by a wide margin, so a path that skipped it would generate other tokens;
 the oracle is a greedy loop over the model's own full forward (call_head: the head called as a module)."""

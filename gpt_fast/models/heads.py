@@ -9,7 +9,7 @@ from torch import nn
 from gpt_fast.generation.config import GenerationConfigMixin
 from gpt_fast.generation.generate import generate
 from gpt_fast.models.configuration import OpenAIGPTConfig
-from gpt_fast.models.linear import call_head, plain_linear, project_to_vocab
+from gpt_fast.models.linear import call_head, project_to_vocab, weight_only_head
 from gpt_fast.models.lm_loss import fused_shifted_lm_loss, shifted_rows
 from gpt_fast.models.modeling import OpenAIGPTModel
 from gpt_fast.models.outputs import CausalLMOutput, OpenAIGPTDoubleHeadsModelOutput, SequenceClassifierOutput
@@ -37,13 +37,6 @@ def shifted_lm_loss(logits, labels, upcast: bool, num_items_in_batch=None, ignor
 
 def _finish(output, return_dict: bool):
     return output if return_dict else output.to_tuple()
-
-
-def fused_loss_serves(head: nn.Module) -> bool:
-    """Whether the fused LM-head loss (it reads only head.weight) computes what head(x) would: a plain nn.Linear
-    without bias or hooks. Any other head (a LoRA wrapper, a hooked or biased head, the quantized head) is called
-    and the loss taken from its logits, at the memory of those logits."""
-    return plain_linear(head) and head.bias is None
 
 
 class SequenceSummary(nn.Module):
@@ -103,7 +96,7 @@ class OpenAIGPTLMHeadModel(GenerationConfigMixin, OpenAIGPTPreTrainedModel):
                                output_attentions, output_hidden_states, True, head_mask=head_mask, **kwargs)
         hidden = out.last_hidden_state if not logits_to_keep else out.last_hidden_state[..., -logits_to_keep:, :]
         without_logits = labels is not None and not return_logits
-        if without_logits and fused_loss_serves(self.lm_head):
+        if without_logits and weight_only_head(self.lm_head):  # else the head is called: its logits' memory
             loss = fused_shifted_lm_loss(hidden, self.lm_head.weight, labels, num_items_in_batch, ignore_index,
                                          shift_labels)
             return _finish(CausalLMOutput(loss, None, out.hidden_states, out.attentions), return_dict)
@@ -145,7 +138,7 @@ class OpenAIGPTDoubleHeadsModel(OpenAIGPTPreTrainedModel):
                                output_attentions, output_hidden_states, True, head_mask=head_mask, **kwargs)
         hidden = out.last_hidden_state  # (B, C, T, E)
         without_logits = labels is not None and not return_logits
-        fused_loss = without_logits and fused_loss_serves(self.lm_head)
+        fused_loss = without_logits and weight_only_head(self.lm_head)
         lm_logits = None if fused_loss else call_head(self.lm_head, hidden,
                                                       self.transformer.plan(hidden.device, hidden.dtype))
         mc_logits = self.multiple_choice_head(hidden, mc_token_ids).squeeze(-1)  # (B, C)

@@ -119,7 +119,7 @@ def bind_layers(model: nn.Module, plan: KernelPlan, rows: int) -> KernelPlan:
         if call is not None:
             bound[module] = call
     head = getattr(model, "lm_head", None)
-    if head is not None and plain_linear(head) and rows <= plan.small_m_rows:  # (project_to_vocab's engine)
+    if plain_linear(head) and rows <= plan.small_m_rows:  # (project_to_vocab's engine)
         packed, N = _packed_head(head), head.weight.shape[0]
         bound[head] = lambda x, bias, gelu: linear_small_m(x, packed, N, bias, None, False)
     return dataclasses.replace(plan, bound_layers=bound)
@@ -149,10 +149,17 @@ def gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, plan:
     return out.view(*x.shape[:-1], weight.shape[1])
 
 
-def plain_linear(module: nn.Module) -> bool:
-    """Whether module is exactly nn.Linear without hooks, so that gpt_fast may multiply by its weight directly. A
-    subclass (its forward may differ), a wrapper (PEFT's LoRA) or a hooked layer is called as a module instead."""
-    return type(module) is nn.Linear and not module._forward_hooks and not module._forward_pre_hooks
+def plain_linear(module: nn.Module | None, cls: type = nn.Linear) -> bool:
+    """Whether module is exactly `cls` (nn.Linear, or Conv1D) without hooks, so that gpt_fast may multiply by its
+    weight directly or replace it. A subclass (its forward may differ), a wrapper (PEFT's LoRA) or a hooked layer is
+    called as a module instead."""
+    return type(module) is cls and not module._forward_hooks and not module._forward_pre_hooks
+
+
+def weight_only_head(head: nn.Module | None) -> bool:
+    """Whether head(x) is x @ head.weight.T: a plain nn.Linear without bias, the head that the fused loss (it reads
+    only the weight) and the quantized head stand for."""
+    return plain_linear(head) and head.bias is None
 
 
 def project_to_vocab(lm_head: nn.Module, x: torch.Tensor, plan: KernelPlan | None) -> torch.Tensor:

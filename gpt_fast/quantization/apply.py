@@ -18,7 +18,7 @@ from dataclasses import replace
 
 from torch import nn
 
-from gpt_fast.models.linear import Conv1D, plain_linear
+from gpt_fast.models.linear import Conv1D, plain_linear, weight_only_head
 from gpt_fast.ops import weight_cache
 from gpt_fast.quantization.calibration import calibration_windows, gptq_quantize_model
 from gpt_fast.quantization.config import (
@@ -44,17 +44,19 @@ def quantization_of(model: nn.Module) -> QuantizationConfig | None:
 
 def _targets(model: nn.Module, config: QuantizationConfig) -> dict[str, int]:
     """{layer name: in_features} of the layers to quantize."""
-    targets = {name: module.weight.shape[0] for name, module in model.named_modules() if isinstance(module, Conv1D)}
-    for name in targets:  # replaced by a QuantizedConv1D, a layer would lose its hooks or its subclass's forward
-        layer = model.get_submodule(name)
-        if type(layer) is not Conv1D or layer._forward_hooks or layer._forward_pre_hooks:
+    targets = {}
+    for name, layer in model.named_modules():
+        if not isinstance(layer, Conv1D):
+            continue
+        if not plain_linear(layer, Conv1D):  # its QuantizedConv1D would drop the hooks or the subclass's forward
             what = "has forward hooks" if type(layer) is Conv1D else f"is a {type(layer).__name__}, not a Conv1D"
             raise ValueError(f"cannot quantize {name}: it {what}, which its quantized replacement would drop; "
                              "quantize the plain model first")
+        targets[name] = layer.weight.shape[0]
     head = getattr(model, "lm_head", None)
-    # Only a plain bias-free nn.Linear head: the quantized head has no bias and would drop a subclass's forward or
-    # the hooks; any other head (a LoRA wrapper included) stays as it is, in the model dtype.
-    if config.lm_head and head is not None and plain_linear(head) and head.bias is None:
+    # The quantized head has no bias, hooks or subclass forward: any other head (a LoRA wrapper included) stays as it
+    # is, in the model dtype.
+    if config.lm_head and weight_only_head(head):
         targets["lm_head"] = head.in_features
     return targets
 

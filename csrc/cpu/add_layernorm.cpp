@@ -9,7 +9,7 @@
 // it, else a portable scalar loop; all three take the same corrected statistics (see kParts) and the same bits.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 #include <torch/library.h>
 
 #include <cmath>
@@ -251,7 +251,7 @@ at::Tensor add_layernorm_cpu(const at::Tensor& x, const at::Tensor& residual, co
   auto wc = weight.contiguous();
   auto bc = ln_bias.contiguous();
   at::Tensor biasc = bias ? bias->contiguous() : at::Tensor();
-  auto out = at::empty_like(xc);
+  auto out = xc.new_empty(xc.sizes());
   const int64_t rows = xc.numel() / C;
   if (rows == 0) return out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "add_layernorm_cpu", [&] {

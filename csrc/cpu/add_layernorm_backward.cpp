@@ -13,7 +13,7 @@
 // (and the column sums), one to write grad_v. Column sums go to per-task fp32 partial rows (P, 2, C), summed in a
 // fixed order at the end. grad_out, x, residual: (..., C); bias (optional), weight: (C,); fp32, bf16, fp16 (float64
 // on the scalar path, in double, for gradcheck). AVX-512 or AVX2 + FMA when the CPU has it, else scalar loops.
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -291,16 +291,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> add_layernorm_backwar
 
   auto gc = grad_out.contiguous(), xc = x.contiguous(), rc = residual.contiguous(), wc = weight.contiguous();
   at::Tensor biasc = bias ? bias->contiguous() : at::Tensor();
-  auto dv = at::empty_like(xc, at::MemoryFormat::Contiguous);  // (..., C)
+  auto dv = xc.new_empty(xc.sizes());  // (..., C)
   // (..., C) with dropout, else (0,): grad_v is residual's gradient then
-  auto dr = dropout_p > 0 ? at::empty_like(xc, at::MemoryFormat::Contiguous) : at::empty({0}, xc.options());
+  auto dr = dropout_p > 0 ? xc.new_empty(xc.sizes()) : xc.new_empty({0});
   const int64_t rows = xc.numel() / C;
   // P tasks, each with its partial (dw | db) row; summed in task order below (deterministic for a thread count)
   const int64_t P = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), rows));
   checked_mul(checked_mul(P, 2, op, "2 * tasks"), C, op, "tasks * 2 * C");
   checked_mul(P, rows, op, "tasks * rows");  // p * rows below
   const auto acc_dtype = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  auto partial = at::zeros({P, 2, C}, xc.options().dtype(acc_dtype));  // (P, 2, C)
+  auto partial = xc.new_zeros({P, 2, C}, acc_dtype);  // (P, 2, C)
   const cpu::Isa isa = cpu::cpu_isa();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "add_layernorm_backward_cpu", [&] {
     using A = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;

@@ -3,7 +3,7 @@
 // x: (..., N) in fp32, bf16 or fp16, any strides (a non-contiguous x is copied first); bias: (N,) same dtype.
 // AVX-512 (16 lanes) or AVX2 + FMA (8 lanes) path, exp-based tanh (~1 ulp in fp32), when the CPU has it, else a
 // portable scalar loop.
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -79,7 +79,7 @@ at::Tensor bias_gelu_cpu(const at::Tensor& x, const at::Tensor& bias) {
 
   auto xc = x.contiguous();
   auto bc = bias.contiguous();
-  auto out = at::empty_like(xc, at::MemoryFormat::Contiguous);
+  auto out = xc.new_empty(xc.sizes());
   if (xc.numel() == 0) return out;
   const int64_t rows = xc.numel() / N;
   const int64_t grain = std::max<int64_t>(1, 32768 / N);  // ~32K elements per task

@@ -9,7 +9,7 @@
 // (no cancellation in 1 - s). v is clamped to [-9, 9] first, where gelu' is 0 or 1 to below 1e-26, so that v^3 and
 // exp cannot overflow; a non-finite v gives NaN, as PyTorch's formula does (0 * inf) for +-inf.
 // AVX-512 (16 lanes) or AVX2 + FMA (8 lanes) with vec.h's exp, else a portable scalar loop.
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -145,7 +145,7 @@ at::Tensor bias_gelu_backward_cpu(const at::Tensor& grad_out, const at::Tensor& 
   auto gc = grad_out.contiguous();
   auto xc = x.contiguous();
   auto bc = bias.contiguous();
-  auto out = at::empty_like(xc, at::MemoryFormat::Contiguous);  // (..., N)
+  auto out = xc.new_empty(xc.sizes());  // (..., N)
   if (xc.numel() == 0) return out;
   const int64_t rows = xc.numel() / N;
   const int64_t grain = std::max<int64_t>(1, 32768 / N);  // ~32K elements per task

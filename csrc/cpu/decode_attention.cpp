@@ -15,7 +15,7 @@
 // Non-finite values as PyTorch's math: a NaN or inf in a query or an attended key makes that (token, head) NaN
 // (unless its scores are -inf for some keys only: those keys get weight 0), a NaN or inf in a value reaches the
 // output through P V.
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -91,7 +91,7 @@ at::Tensor decode_attention_cpu(const at::Tensor& qkv, at::Tensor& k_cache, at::
   check_cache_range(len, B, S, Tmax, op);  // before any write; afterwards len[b] + S <= Tmax cannot overflow
   int64_t max_total = 0;
   for (int64_t b = 0; b < B; ++b) max_total = std::max(max_total, len[b] + S);
-  auto out = at::empty({B, S, C}, qkv.options());
+  auto out = qkv.new_empty({B, S, C});
   if (out.numel() == 0) return out;
 
   // The new keys and values go in first (positions [len, len + S)), then every token attends over the cache.
@@ -118,7 +118,7 @@ at::Tensor decode_attention_cpu(const at::Tensor& qkv, at::Tensor& k_cache, at::
   const int64_t chunk = (max_total + splits - 1) / splits;
   splits = (max_total + chunk - 1) / chunk;
   at::Tensor partial;
-  if (splits > 1) partial = at::empty({B, n_head, splits, S, D + 2}, qkv.options().dtype(at::kFloat));
+  if (splits > 1) partial = qkv.new_empty({B, n_head, splits, S, D + 2}, at::kFloat);
   Params p{B, S, n_head, D, C, qkv.const_data_ptr(), qkv.stride(0), qkv.stride(1), k_cache.const_data_ptr(),
            v_cache.const_data_ptr(), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), len, splits, chunk,
            splits > 1 ? partial.mutable_data_ptr<float>() : nullptr, out.mutable_data_ptr(),

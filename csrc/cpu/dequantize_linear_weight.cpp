@@ -9,7 +9,7 @@
 // scale is exact in fp32, so the compiler may fuse them: the sum is the same.)
 // One pass over the weight, where the PyTorch form takes five to seven; parallel over rows (at::parallel_for).
 // Tiers: AVX2 + F16C (8 k per step, fp32 / bf16 / fp16 out), else the portable loop (and float64 out).
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -121,7 +121,7 @@ at::Tensor dequantize_linear_weight_cpu(const at::Tensor& qweight, const at::Ten
                     ": dtype must be float32, bfloat16, float16 or float64, got ", dtype);
   const int64_t N = qweight.size(0);
   checked_mul(N, K, op, "the weight's size N * K");
-  auto out = at::empty({N, K}, qweight.options().dtype(dtype));
+  auto out = qweight.new_empty({N, K}, dtype);
   const at::Tensor q = qweight.contiguous(), s = scales.contiguous();
   const at::Tensor z = zeros ? zeros->contiguous() : at::Tensor();
   [[maybe_unused]] const bool avx2 = cpu::use_avx2();

@@ -19,7 +19,7 @@
 //
 // Limits: fp32, bf16, fp16; head size D <= 128 (any D); any T. key_padding_mask (B, T) bool, true = attend; a
 // query row with no key to attend gives zeros. qkv must have stride 1 in its last dim, other strides are free.
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -64,7 +64,7 @@ at::Tensor flash_attention_cpu(const at::Tensor& qkv, const std::optional<at::Te
   const int64_t B = qkv.size(0), T = qkv.size(1), C = checked_mul(n_head, D, op, "n_head * head_dim");
   TORCH_CHECK(D >= 1 && D <= kMaxHead, op, ": head size C / n_head = ", D, " must be in [1, ", kMaxHead, "]");
   const at::Tensor mask = check_key_padding_mask(key_padding_mask, qkv, B, T, op);  // (B, T) or undefined
-  auto out = at::empty({B, T, C}, qkv.options());
+  auto out = qkv.new_empty({B, T, C});
   if (out.numel() == 0) return out;
 
   const int64_t tasks = (T + kBlockQ - 1) / kBlockQ * B * n_head;
@@ -75,7 +75,7 @@ at::Tensor flash_attention_cpu(const at::Tensor& qkv, const std::optional<at::Te
   if (qkv.scalar_type() == at::kBFloat16 && D % 32 == 0 && isa >= cpu::Isa::kAmx) {
     const auto* base = static_cast<const c10::BFloat16*>(qkv.const_data_ptr());  // q and k read in place
     const int64_t vt_len = (T + kBlockK - 1) / kBlockK * kBlockK;
-    auto vt = at::empty({B * n_head, D, vt_len}, qkv.options());  // V^T per (batch, head), zero-padded
+    auto vt = qkv.new_empty({B * n_head, D, vt_len});  // V^T per (batch, head), zero-padded
     build_vt(base + 2 * C, qkv.stride(0), qkv.stride(1), B, T, n_head, D, vt.mutable_data_ptr<c10::BFloat16>(),
              vt_len);
     Params p{B, T, n_head, D, base, qkv.stride(0), qkv.stride(1), base + C, base + 2 * C, qkv.stride(0),

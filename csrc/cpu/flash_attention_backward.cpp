@@ -15,7 +15,7 @@
 // in flash_attention_backward_avx2.cpp. float64 runs a scalar path in double (flash_f64.h), for gradcheck.
 // Memory: the partial dQ rows, B H (n_kb T - 64 n_kb (n_kb - 1) / 2) Dp floats (n_kb = ceil(T / 64), Dp = D rounded
 // up to 64): about B H T^2 D / 128 floats (24 MiB at B = 4, H = 12, T = 512, D = 64).
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -75,7 +75,7 @@ at::Tensor flash_attention_backward_cpu(const at::Tensor& grad_out_in, const at:
   const bool dbl = qkv_in.scalar_type() == at::kDouble;
   const at::Tensor qkv = dbl || qkv_in.stride(-1) != 1 ? qkv_in.contiguous() : qkv_in;
   const at::Tensor grad_out = grad_out_in.contiguous(), out = out_in.contiguous(), lse = lse_in.contiguous();
-  auto grad_qkv = at::empty({B, T, 3 * C}, qkv.options().memory_format(at::MemoryFormat::Contiguous));
+  auto grad_qkv = qkv.new_empty({B, T, 3 * C});
   if (grad_qkv.numel() == 0) return grad_qkv;
   const at::Tensor mask = check_key_padding_mask(key_padding_mask, qkv, B, T, op);  // (B, T) or undefined
   const bool* mask_ptr = mask.defined() ? mask.const_data_ptr<bool>() : nullptr;
@@ -96,7 +96,7 @@ at::Tensor flash_attention_backward_cpu(const at::Tensor& grad_out_in, const at:
   // partial dQ rows per (batch, head): sum over key blocks kb of (T - 64 kb)
   const int64_t rows = checked_mul(n_kb, T, op, "n_kb * T") - kBlock * n_kb * (n_kb - 1) / 2;
   const int64_t part_numel = checked_mul(checked_mul(BH, rows, op, "partial dQ rows"), Dp, op, "partial dQ size");
-  auto dq_part = at::empty({part_numel}, qkv.options().dtype(at::kFloat));
+  auto dq_part = qkv.new_empty({part_numel}, at::kFloat);
 
   flash_bwd::Params p{B, T, H, D, qkv.const_data_ptr(), qkv.stride(0), qkv.stride(1), grad_out.const_data_ptr(),
                       out.const_data_ptr(), lse.const_data_ptr<float>(), mask_ptr, grad_qkv.mutable_data_ptr(),

@@ -12,7 +12,7 @@
 // The fp32 engine of flash_attention (flash_kernel.h: the same code, with Params::lse and the dropout fields set)
 // for fp32, bf16 and fp16 on the scalar, avx2 and avx512 tiers (not AMX); float64 on a scalar path in double
 // (flash_f64.h), for gradcheck.
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -45,8 +45,8 @@ std::tuple<at::Tensor, at::Tensor> flash_attention_train_cpu(const at::Tensor& q
   const at::Tensor qkv = qkv_in.scalar_type() == at::kDouble ? qkv_in.contiguous() : qkv_in;
   check_last_dim_contiguous(qkv, op, "qkv");
   const int64_t B = s.B, T = s.T, H = n_head, D = s.D, C = s.C;
-  auto out = at::empty({B, T, C}, qkv.options());
-  auto lse = at::empty({B, H, T}, qkv.options().dtype(at::kFloat));
+  auto out = qkv.new_empty({B, T, C});
+  auto lse = qkv.new_empty({B, H, T}, at::kFloat);
   if (out.numel() == 0) return {out, lse};
   const at::Tensor mask = check_key_padding_mask(key_padding_mask, qkv, B, T, op);  // (B, T) or undefined
   const bool* mask_ptr = mask.defined() ? mask.const_data_ptr<bool>() : nullptr;

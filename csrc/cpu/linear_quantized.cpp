@@ -22,7 +22,7 @@
 // AVX-512 (linear_quantized_avx512.cpp), AVX2 + FMA (linear_quantized_avx2.cpp), else scalar.
 // Parallel over 16-column blocks with at::parallel_for; x is read through its strides once, so any strides are
 // accepted. Larger M works, re-reading each block once per row tile.
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -127,7 +127,7 @@ at::Tensor linear_quantized_cpu(const at::Tensor& x, const at::Tensor& packed, i
   check_packed_columns(packed, N, K, bits, G, op);
   const std::vector<int64_t> out_shape = check_linear_quantized_epilogue(x, N, bias, residual, op);
   const int64_t M = x.numel() / K;
-  auto out = at::empty(out_shape, x.options());
+  auto out = x.new_empty(out_shape);
   if (M == 0) return out;
   checked_mul(M, K, op, "M * K");
   const at::Tensor x2 = x.reshape({M, K});

@@ -19,7 +19,7 @@
 // (linear_small_m_avx2.cpp); elsewhere a portable scalar loop reads the same layout.
 // Limits: larger M works but re-reads each block (from cache) once per 8-row tile (AMX: 16); use a GEMM for
 // prefill. The residual is copied when its last dim is not contiguous.
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -289,7 +289,7 @@ at::Tensor linear_small_m_cpu(const at::Tensor& x, const at::Tensor& packed_weig
   }
 
   const int64_t M = x.numel() / K;
-  auto out = at::empty(out_shape, x.options());
+  auto out = x.new_empty(out_shape);
   if (M == 0) return out;
   at::Tensor x2 = x.reshape({M, K});
   at::Tensor res2, bias_c = bias ? bias->contiguous() : at::Tensor();

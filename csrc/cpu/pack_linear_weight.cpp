@@ -4,7 +4,7 @@
 // (nn.Linear, the tied LM head = token embedding). Returns a new contiguous (ceil(N / 16), K, 16) tensor, same dtype,
 // padded with -0.0 past N (and every -0.0 of the weight made +0.0).
 // Plain ATen copies: it runs once per layer, so clarity beats speed here.
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 #include <torch/library.h>
 
 #include "checks.h"
@@ -26,7 +26,7 @@ at::Tensor pack_linear_weight_cpu(const at::Tensor& weight, bool in_out_layout) 
               "the packed size in bytes");
   // (K, 16 * blocks): the columns past N are -0.0 and no weight is (-0.0 + 0.0 = +0.0), the marks linear_small_m
   // checks its out_features against (csrc/cpu/linear_layout.h).
-  auto padded = at::full({K, width}, -0.0, weight.options());
+  auto padded = weight.new_full({K, width}, -0.0);
   padded.narrow(1, 0, N).copy_(kn).add_(0.0);
   return padded.view({K, blocks, cpu::kLinearBlockN}).permute({1, 0, 2}).contiguous();  // (blocks, K, 16)
 }

@@ -8,7 +8,8 @@
 // the ATen rounding of x for its x_bits=8 (round_activations_aten, the CUDA binding's).
 #include "cpu/pack_quantized_weight.h"
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/cat.h>
 #include <torch/library.h>
 
 #include <limits>
@@ -32,7 +33,7 @@ void check_group(int64_t group_size, int64_t K, const char* op) {
 // (N, C) -> (NB * 16, C) with rows past N filled with `pad`.
 at::Tensor pad_rows(const at::Tensor& t, int64_t rows, double pad) {
   if (t.size(0) == rows) return t;
-  auto out = at::full({rows, t.size(1)}, pad, t.options());
+  auto out = t.new_full({rows, t.size(1)}, pad);
   out.narrow(0, 0, t.size(0)).copy_(t);
   return out;
 }
@@ -132,10 +133,10 @@ int64_t check_linear_quantized_args(const at::Tensor& x, const at::Tensor& packe
 at::Tensor round_activations_aten(const at::Tensor& x, int64_t G) {
   const at::Tensor groups = x.to(at::kFloat).reshape({-1, G});  // (M K / G, G)
   at::Tensor scale = groups.abs().amax({1}, /*keepdim=*/true).div(127.0);
-  scale = at::where(at::isfinite(scale), scale, std::numeric_limits<float>::quiet_NaN());
+  scale = scale.where(scale.isfinite(), std::numeric_limits<float>::quiet_NaN());
   const at::Tensor usable = scale.gt(0);  // false for 0 and NaN: q = 0
-  const at::Tensor q = at::where(usable, at::round(groups / at::where(usable, scale, 1.0)).clamp(-127, 127), 0.0);
-  return (q * scale).reshape(x.sizes());
+  const at::Tensor q = groups.div(scale.where(usable, 1.0)).round().clamp(-127, 127).where(usable, 0.0);
+  return q.mul(scale).reshape(x.sizes());
 }
 
 std::vector<int64_t> check_linear_quantized_epilogue(const at::Tensor& x, int64_t N,

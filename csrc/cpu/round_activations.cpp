@@ -8,7 +8,7 @@
 // baseline (the scalar tier) and for AVX2 (the avx2 tier and up); parallel over groups.
 #include "cpu/round_activations.h"
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -99,7 +99,7 @@ at::Tensor round_activations_cpu(const at::Tensor& x, int64_t group_size) {
   TORCH_CHECK_VALUE(group_size > 0 && K % group_size == 0, op, ": group_size must be positive and divide x's last ",
                     "dimension K=", K, ", got ", group_size);
   const at::Tensor xc = x.contiguous();
-  at::Tensor out = at::empty(x.sizes(), x.options().dtype(at::kFloat));
+  at::Tensor out = x.new_empty(x.sizes(), at::kFloat);
   const int64_t groups = out.numel() / group_size;
   float* data = out.mutable_data_ptr<float>();
   // per task: whole chunks of groups, each group converted to float32 into out and rounded there while in L1

@@ -1,7 +1,7 @@
 // Helpers shared by the CUDA bindings (bindings.cpp, bindings_flash_train.cpp): the launchers' element type, the
 // device check and the launch-error check, each message naming the op. Torch headers; g++ only.
 #pragma once
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
 #include "cuda/launchers.h"

@@ -4,7 +4,7 @@
 // the backward ops bias_gelu_backward, add_layernorm_backward, pack_quantized_weight (the device-agnostic ATen packer
 // of csrc/cpu/pack_quantized_weight.cpp) and linear_quantized; the training attention ops are bound in
 // bindings_flash_train.cpp.
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
@@ -37,7 +37,7 @@ at::Tensor add_layernorm_cuda(const at::Tensor& x, const at::Tensor& residual, c
   const c10::cuda::CUDAGuard guard(x.device());
   auto xc = x.contiguous(), rc = residual.contiguous(), wc = weight.contiguous(), bc = ln_bias.contiguous();
   at::Tensor biasc = bias ? bias->contiguous() : at::Tensor();
-  auto out = at::empty_like(xc);
+  auto out = xc.new_empty(xc.sizes());
   check_launch(cuda::launch_add_layernorm(to_dtype(x), xc.const_data_ptr(), rc.const_data_ptr(),
                                           bias ? biasc.const_data_ptr() : nullptr, wc.const_data_ptr(),
                                           bc.const_data_ptr(), out.mutable_data_ptr(), xc.numel() / C,
@@ -58,7 +58,7 @@ at::Tensor bias_gelu_cuda(const at::Tensor& x, const at::Tensor& bias) {
 
   const c10::cuda::CUDAGuard guard(x.device());
   auto xc = x.contiguous(), bc = bias.contiguous();
-  auto out = at::empty_like(xc);
+  auto out = xc.new_empty(xc.sizes());
   check_launch(cuda::launch_bias_gelu(to_dtype(x), xc.const_data_ptr(), bc.const_data_ptr(), out.mutable_data_ptr(),
                                       xc.numel(), N, at::cuda::getCurrentCUDAStream()),
                op);
@@ -78,7 +78,7 @@ at::Tensor bias_gelu_backward_cuda(const at::Tensor& grad_out, const at::Tensor&
 
   const c10::cuda::CUDAGuard guard(x.device());
   auto gc = grad_out.contiguous(), xc = x.contiguous(), bc = bias.contiguous();
-  auto grad_x = at::empty_like(xc);
+  auto grad_x = xc.new_empty(xc.sizes());
   check_launch(cuda::launch_bias_gelu_backward(to_dtype(x), gc.const_data_ptr(), xc.const_data_ptr(),
                                                bc.const_data_ptr(), grad_x.mutable_data_ptr(), xc.numel(), N,
                                                at::cuda::getCurrentCUDAStream()),
@@ -100,12 +100,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> add_layernorm_backwar
   auto gc = grad_out.contiguous(), xc = x.contiguous(), rc = residual.contiguous(), wc = weight.contiguous();
   at::Tensor biasc = bias ? bias->contiguous() : at::Tensor();
   const int64_t rows = xc.numel() / C;
-  auto grad_v = at::empty_like(xc);
-  auto grad_weight = at::empty({C}, xc.options()), grad_ln_bias = at::empty({C}, xc.options());
+  auto grad_v = xc.new_empty(xc.sizes());
+  auto grad_weight = xc.new_empty({C}), grad_ln_bias = xc.new_empty({C});
   // (..., C) with dropout, else (0,): grad_v is residual's gradient then
-  auto grad_residual = dropout_p > 0 ? at::empty_like(xc) : at::empty({0}, xc.options());
+  auto grad_residual = dropout_p > 0 ? xc.new_empty(xc.sizes()) : xc.new_empty({0});
   const size_t bytes = cuda::add_layernorm_backward_workspace_bytes(rows, static_cast<int>(C));
-  auto workspace = at::empty({static_cast<int64_t>(bytes / sizeof(float))}, xc.options().dtype(at::kFloat));
+  auto workspace = xc.new_empty({static_cast<int64_t>(bytes / sizeof(float))}, at::kFloat);
   check_launch(cuda::launch_add_layernorm_backward(
                    to_dtype(x), gc.const_data_ptr(), xc.const_data_ptr(), rc.const_data_ptr(),
                    bias ? biasc.const_data_ptr() : nullptr, wc.const_data_ptr(), grad_v.mutable_data_ptr(),
@@ -148,7 +148,7 @@ at::Tensor flash_attention_cuda(const at::Tensor& qkv, const std::optional<at::T
   const at::Tensor mask = check_key_padding_mask(key_padding_mask, qkv, B, T, op);  // (B, T) or undefined
   const c10::cuda::CUDAGuard guard(qkv.device());
   auto qc = aligned_contiguous(qkv);
-  auto out = at::empty({B, T, checked_mul(n_head, D, op, "n_head * head_dim")}, qc.options());  // (B, T, C)
+  auto out = qc.new_empty({B, T, checked_mul(n_head, D, op, "n_head * head_dim")});  // (B, T, C)
   check_launch(cuda::launch_flash_attention(to_dtype(qkv), qc.const_data_ptr(),
                                             mask.defined() ? static_cast<const uint8_t*>(mask.const_data_ptr()) : nullptr,
                                             out.mutable_data_ptr(), static_cast<int>(B), static_cast<int>(T),
@@ -184,13 +184,13 @@ at::Tensor decode_attention_cuda(const at::Tensor& qkv, at::Tensor& k_cache, at:
   auto lengths = cache_lengths.contiguous();
   auto qc = aligned_contiguous(qkv);
   TORCH_CHECK(aligned16(k_cache) && aligned16(v_cache), op, ": k_cache and v_cache must be 16-byte aligned");
-  auto out = at::empty({B, S, checked_mul(n_head, D, op, "n_head * head_dim")}, qc.options());  // (B, S, C)
+  auto out = qc.new_empty({B, S, checked_mul(n_head, D, op, "n_head * head_dim")});  // (B, S, C)
   const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
   const auto plan = cuda::plan_decode_attention(static_cast<int>(B), static_cast<int>(S), static_cast<int>(n_head),
                                                 static_cast<int>(D), static_cast<int>(Tmax), sms);
   at::Tensor workspace;
   if (plan.workspace_bytes > 0)
-    workspace = at::empty({static_cast<int64_t>(plan.workspace_bytes / sizeof(float))}, qc.options().dtype(at::kFloat));
+    workspace = qc.new_empty({static_cast<int64_t>(plan.workspace_bytes / sizeof(float))}, at::kFloat);
   check_launch(cuda::launch_decode_attention(to_dtype(qkv), plan, qc.const_data_ptr(), k_cache.mutable_data_ptr(),
                                              v_cache.mutable_data_ptr(), lengths.const_data_ptr<int64_t>(),
                                              out.mutable_data_ptr(), workspace.defined() ? workspace.mutable_data_ptr() : nullptr,
@@ -230,7 +230,7 @@ at::Tensor linear_quantized_cuda(const at::Tensor& x, const at::Tensor& packed, 
         .to(x.scalar_type());
   }
   const int64_t M = x.numel() / K;
-  auto out = at::empty(out_shape, x.options());
+  auto out = x.new_empty(out_shape);
   if (M == 0) return out;
   const auto xc = x.reshape({M, K}).contiguous();
   at::Tensor res2, bias_c = bias ? bias->contiguous() : at::Tensor();

@@ -2,7 +2,7 @@
 // the CPU bindings' argument checks (flash_train_checks.h, each message naming the op and argument), the CUDA limits,
 // the device guard and the current stream, then the torch-free launchers. Registers
 // TORCH_LIBRARY_IMPL(gpt_fast, CUDA, m) for flash_attention_train and flash_attention_backward.
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
@@ -43,8 +43,8 @@ std::tuple<at::Tensor, at::Tensor> flash_attention_train_cuda(const at::Tensor& 
   const TrainShape s = check_cuda_train_args(qkv, key_padding_mask, n_head, dropout_p, op);
   const c10::cuda::CUDAGuard guard(qkv.device());
   const at::Tensor qc = qkv.contiguous();
-  auto out = at::empty({s.B, s.T, s.C}, qc.options());                             // (B, T, C)
-  auto lse = at::empty({s.B, n_head, s.T}, qc.options().dtype(at::kFloat));      // (B, H, T)
+  auto out = qc.new_empty({s.B, s.T, s.C});                   // (B, T, C)
+  auto lse = qc.new_empty({s.B, n_head, s.T}, at::kFloat);  // (B, H, T)
   if (out.numel() == 0) return {out, lse};
   const at::Tensor mask = check_key_padding_mask(key_padding_mask, qc, s.B, s.T, op);  // (B, T) or undefined
   check_launch(cuda::launch_flash_attention_train(
@@ -64,12 +64,12 @@ at::Tensor flash_attention_backward_cuda(const at::Tensor& grad_out, const at::T
   check_backward_args(grad_out, qkv, out, lse, s, n_head, op);
   const c10::cuda::CUDAGuard guard(qkv.device());
   const at::Tensor qc = qkv.contiguous(), gc = grad_out.contiguous(), oc = out.contiguous(), lc = lse.contiguous();
-  auto grad_qkv = at::empty({s.B, s.T, 3 * s.C}, qc.options());  // (B, T, 3C), every element written
+  auto grad_qkv = qc.new_empty({s.B, s.T, 3 * s.C});  // (B, T, 3C), every element written
   if (grad_qkv.numel() == 0) return grad_qkv;
   const at::Tensor mask = check_key_padding_mask(key_padding_mask, qc, s.B, s.T, op);  // (B, T) or undefined
   const int B = static_cast<int>(s.B), T = static_cast<int>(s.T), H = static_cast<int>(n_head);
   const size_t bytes = cuda::flash_attention_backward_workspace_bytes(B, T, H);
-  auto workspace = at::empty({static_cast<int64_t>(bytes / sizeof(float))}, qc.options().dtype(at::kFloat));
+  auto workspace = qc.new_empty({static_cast<int64_t>(bytes / sizeof(float))}, at::kFloat);
   check_launch(cuda::launch_flash_attention_backward(
                    to_dtype(qc), gc.const_data_ptr(), qc.const_data_ptr(), oc.const_data_ptr(),
                    lc.const_data_ptr<float>(), mask_bytes(mask), grad_qkv.mutable_data_ptr(),

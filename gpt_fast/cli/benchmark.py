@@ -16,9 +16,9 @@ In one run, implementations alternating and the best of `repeats` kept for each 
   batch 1 and batch B, alternating with the others in every repeat;
 - the memory-bandwidth roofline: bytes read per decoded token (every weight once, the tied LM head/embedding
   once, plus the KV cache at the mean context; for a quantized model its qweight/scales/zeros, and the token
-  embedding only as the one row looked up when the head is a quantized copy) over the read bandwidth measured in
-  the same run (the best of a 256 MiB tensor sum and a 256 MiB matrix-vector product, taken once per repeat
-  between the other runs), and each decode figure as a fraction of it.
+  embedding only as the one row looked up when the head does not multiply by it: untied or quantized) over the
+  read bandwidth measured in the same run (the best of a 256 MiB tensor sum and a 256 MiB matrix-vector
+  product, taken once per repeat between the other runs), and each decode figure as a fraction of it.
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ import time
 from dataclasses import asdict, dataclass, field
 
 import torch
-from torch import nn
 
 from gpt_fast import OpenAIGPTConfig, OpenAIGPTLMHeadModel, ops
 from gpt_fast.cli.machine import cpu_name
@@ -112,7 +111,8 @@ def _unread_rows(table: torch.Tensor) -> int:
 
 def bytes_per_token(model, context: float, batch: int = 1) -> float:
     """Weight bytes read per decode step (shared tensors once, one position row; a quantized layer's qweight,
-    scales and zeros; the token embedding as one row when the LM head is a quantized copy of it) + the KV cache."""
+    scales and zeros; the token embedding whole when the LM head multiplies by it (tied, or wrapped around the
+    tied Linear), else as the one row looked up: an untied or quantized head) + the KV cache."""
     config = model.config
     unique = {p.data_ptr(): p for p in model.parameters()}.values()
     weights = sum(p.numel() * p.element_size() for p in unique)
@@ -120,8 +120,10 @@ def bytes_per_token(model, context: float, batch: int = 1) -> float:
                    for b in m.buffers(recurse=False))
     positions = model.transformer.positions_embed.weight
     weights -= _unread_rows(positions)
-    if not isinstance(getattr(model, "lm_head", None), nn.Linear):  # no head reads the whole table
-        weights -= _unread_rows(model.transformer.tokens_embed.weight)
+    table = model.transformer.tokens_embed.weight
+    head = getattr(model, "lm_head", None)
+    if head is None or all(p.data_ptr() != table.data_ptr() for p in head.parameters()):
+        weights -= _unread_rows(table)
     kv = 2 * config.n_layer * context * config.n_embd * positions.element_size() * batch
     return weights + kv
 

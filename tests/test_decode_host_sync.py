@@ -184,7 +184,7 @@ def test_cuda_decode_binding_reads_nothing_on_the_host(binding_source, tmp_path)
 # Host reads put back into the binding for the check's own test, each with the symbol it must be seen by:
 # (statement inserted after the lengths are made contiguous, symbol).
 HOST_READS_IN_CPP = [
-    ("TORCH_CHECK_INDEX(((lengths >= 0) & (lengths <= Tmax - S)).all().item<bool>(), op, \": range\");",
+    ("TORCH_CHECK_INDEX(lengths.ge(0).logical_and(lengths.le(Tmax - S)).all().item<bool>(), op, \": range\");",
      "bool at::Tensor::item<bool>() const"),
     ("TORCH_CHECK(lengths.cpu().const_data_ptr<int64_t>()[0] >= 0, op, \": negative\");", "_ops::to_dtype_layout"),
     ("check_lengths_on_host(lengths, Tmax - S, op);", "long at::Tensor::item<long>() const"),  # in a helper

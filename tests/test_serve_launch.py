@@ -116,6 +116,41 @@ def test_serve_forever_runs_the_engine_on_the_main_thread_and_ends_on_sigterm(mo
     assert not engine.running and signal.getsignal(signal.SIGTERM) is previous
 
 
+def test_serve_forever_ends_on_a_sigterm_another_thread_receives(model_and_tokenizer):
+    """The kernel may hand a process's SIGTERM to any thread (and one may land just before a wait begins); CPython
+    then only flags it, and the main thread runs the handler when it next runs bytecode. The idle engine on the main
+    thread must get there: it used to wait without end (a CI run hung in the test above). Here the signal goes to a
+    helper thread; a watchdog signalling the main thread itself ends the test if the engine does not stop."""
+    pytest.importorskip("fastapi")
+    from gpt_fast.serving.http import build_app
+    from gpt_fast.serving.launch import serve_forever
+
+    model, tokenizer = model_and_tokenizer
+    app, engine = build_app(model, tokenizer, "tiny", start_engine=False)
+    main = threading.get_ident()
+    watchdog_fired = threading.Event()
+
+    def watchdog():  # a signal for the main thread itself interrupts any wait
+        watchdog_fired.set()
+        signal.pthread_kill(main, signal.SIGTERM)
+
+    def helper():
+        while not engine.running:
+            threading.Event().wait(0.01)
+        threading.Event().wait(0.5)  # the engine settles into its idle wait
+        signal.pthread_kill(threading.get_ident(), signal.SIGTERM)
+
+    timer = threading.Timer(30, watchdog)
+    timer.start()
+    threading.Thread(target=helper).start()
+    try:
+        serve_forever(app, engine, "127.0.0.1", free_port(), log_level="warning")
+    finally:
+        timer.cancel()
+    assert not watchdog_fired.is_set(), "serve_forever kept waiting after a SIGTERM delivered to another thread"
+    assert not engine.running
+
+
 def test_serve_forever_on_a_taken_port_is_a_clear_error(model_and_tokenizer):
     pytest.importorskip("fastapi")
     from gpt_fast.serving.http import build_app

@@ -45,6 +45,7 @@ from gpt_fast.serving.sequence import Output, Sequence, State
 from gpt_fast.serving.slots import SlotCache
 
 log = logging.getLogger("gpt_fast.serving")
+SIGNAL_CHECK_S = 0.2  # the longest an idle loop on the main thread leaves a signal unhandled
 
 
 class RequestHandle:
@@ -183,12 +184,17 @@ class Engine:
 
     # -- the engine thread ----------------------------------------------------------------------------------------
     def loop(self) -> None:
+        # On the main thread an idle wait wakes now and then. A signal (SIGTERM, Ctrl-C) only flags itself to CPython,
+        # whose handler runs when the main thread next runs bytecode; a lock wait is cut short only when the signal
+        # reaches this thread while it sleeps, not when the kernel hands it to another thread or it lands just
+        # before the wait begins. An endless wait let `gpt-fast serve` ignore SIGTERM until the next request.
+        idle_wait = SIGNAL_CHECK_S if threading.current_thread() is threading.main_thread() else None
         try:
             with torch.inference_mode():
                 while True:
                     with self.wake:
                         while self.running and not self.waiting and not self.active and not self.calls:
-                            self.wake.wait()
+                            self.wake.wait(idle_wait)
                         if not self.running:
                             break
                         self.admit()

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from gpt_fast.checkpoints import checkpoint
+from gpt_fast.models.checkpointing import keep_attention_outputs
 from gpt_fast.models.configuration import OpenAIGPTConfig
 from gpt_fast.models.embeddings import resize_token_embeddings
 from gpt_fast.models.initialization import initialize_parameter
@@ -140,13 +141,18 @@ class OpenAIGPTPreTrainedModel(nn.Module):
 
     # -- gradient checkpointing ----------------------------------------------------------------------------
     def activation_checkpointing_enable(self, activation_checkpointing_kwargs: dict | None = None,
-                                        every_n_layers: int = 1, offload: bool = False) -> None:
+                                        every_n_layers: int = 1, offload: bool = False,
+                                        keep_attention: bool = True) -> None:
         """Recomputes Blocks in the backward pass (torch.utils.checkpoint with activation_checkpointing_kwargs,
         use_reentrant=False by default) while the model is training: less memory, the same gradients.
-        every_n_layers: checkpoint blocks 0, n, 2n, ...; offload: keep the saved block inputs in CPU memory."""
+        every_n_layers: checkpoint blocks 0, n, 2n, ...; offload: keep the saved block inputs in CPU memory;
+        keep_attention: keep the attention kernels' outputs rather than recompute them (models/checkpointing.py;
+        non-reentrant only, and not when the kwargs bring their own context_fn)."""
         if not isinstance(every_n_layers, int) or isinstance(every_n_layers, bool) or every_n_layers < 1:
             raise ValueError(f"every_n_layers must be an int >= 1, got {every_n_layers!r}")
         kwargs = {"use_reentrant": False, **(activation_checkpointing_kwargs or {})}
+        if keep_attention and not kwargs["use_reentrant"] and "context_fn" not in kwargs:
+            kwargs["context_fn"] = keep_attention_outputs
         self.base_model.gradient_checkpointing = {"kwargs": kwargs, "every_n_layers": every_n_layers,
                                                   "offload": bool(offload)}
 

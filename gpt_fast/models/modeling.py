@@ -122,11 +122,14 @@ class OpenAIGPTModel(OpenAIGPTPreTrainedModel):
         self.h = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
         self.register_buffer("position_ids", torch.arange(config.n_positions), persistent=False)
         self.gradient_checkpointing: dict | None = None  # activation checkpointing's settings while enabled
+        # A bool, not the config's floats: under torch.compile a float that differs between two compiled models
+        # becomes symbolic, and the plan's memo key must be concrete.
+        self.configured_dropout = bool(max(config.resid_pdrop, config.attn_pdrop) > 0)
         self.init_weights()
 
     def plan(self, device: torch.device, dtype: torch.dtype, needs_probs: bool = False) -> KernelPlan:
         """The kernels for a call of this model on `device` in `dtype` (see gpt_fast/ops/kernel_plan.py)."""
-        dropout = self.training and max(self.config.resid_pdrop, self.config.attn_pdrop) > 0
+        dropout = self.training and self.configured_dropout
         return plan_kernels(self.attn_implementation, device, dtype, dropout=dropout, needs_probs=needs_probs,
                             grad=torch.is_grad_enabled(), autocast=torch.is_autocast_enabled(device.type))
 

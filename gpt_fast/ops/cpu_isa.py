@@ -46,12 +46,19 @@ def cpuinfo_field(field: str, text: str | None = None) -> str | None:
     return None
 
 
+# What the machine and PyTorch's build are, read once at import: a kernel plan made inside a compiled forward
+# (gpt_fast/ops/kernel_plan.py) reads them as constants, where dynamo could not trace reading /proc/cpuinfo, or
+# torch.backends' and torch.ops.mkldnn's queries (a graph break; a fullgraph compile fails).
+DETECTED = _detect()
+VENDOR = cpuinfo_field("vendor_id") or platform.processor() or "unknown"
+ONEDNN = torch.backends.mkldnn.is_available()
+ONEDNN_HALF = {torch.bfloat16: ONEDNN and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()),
+               torch.float16: ONEDNN and bool(torch.ops.mkldnn._is_mkldnn_fp16_supported())}
+
+
 def cpu_vendor() -> str:
     """"AuthenticAMD", "GenuineIntel", ..."""
-    return cpuinfo_field("vendor_id") or platform.processor() or "unknown"
-
-
-DETECTED = _detect()  # fixed at import, so torch.compile reads it as a constant
+    return VENDOR
 
 
 def detected_level() -> str:
@@ -87,9 +94,6 @@ def half_gemm_fast(dtype: torch.dtype) -> bool:
     with oneDNN capped to AVX2 2404 ms against 26 ms). True for any other dtype."""
     if dtype not in (torch.bfloat16, torch.float16):
         return True
-    if not torch.backends.mkldnn.is_available():
-        return False
     if DETECTED != "scalar" and not at_least("avx512"):  # an x86 CPU capped (or built) below AVX-512
         return False
-    mkldnn = torch.ops.mkldnn
-    return bool(mkldnn._is_mkldnn_bf16_supported() if dtype == torch.bfloat16 else mkldnn._is_mkldnn_fp16_supported())
+    return ONEDNN_HALF[dtype]

@@ -114,7 +114,7 @@ def _kernel(name: str, device_type: str, dtype: torch.dtype, function: Callable)
 def onednn_bf16_usable(device_type: str) -> bool:
     """oneDNN's bf16 linear needs AVX-512 (BW/VL/DQ) on x86; on an AVX2 CPU its prepack raises. GPT_FAST_CPU_ISA
     caps it like the kernels. torch.compile does its own packing."""
-    return device_type == "cpu" and torch.backends.mkldnn.is_available() and cpu_isa.at_least("avx512")
+    return device_type == "cpu" and cpu_isa.ONEDNN and cpu_isa.at_least("avx512")
 
 
 _PLANS: dict[tuple, KernelPlan] = {}  # memo of _plan, per argument tuple

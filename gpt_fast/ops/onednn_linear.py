@@ -18,7 +18,6 @@ own and stays (not measured here against oneDNN).
 
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
@@ -33,11 +32,10 @@ if _POINTWISE.default not in flop_registry:  # PyTorch counts no FLOPs for it: M
         return 2 * math.prod(x_shape) * weight_shape[0]  # x (..., K) @ weight (N, K).T
 
 
-@functools.cache
 def usable(device_type: str) -> bool:
     """Whether the float32 GEMMs of a model on `device_type` go through oneDNN: on the CPU of an AMD x86 machine
     with PyTorch's oneDNN."""
-    return (device_type == "cpu" and torch.backends.mkldnn.is_available() and cpu_isa.detected_level() != "scalar"
+    return (device_type == "cpu" and cpu_isa.ONEDNN and cpu_isa.detected_level() != "scalar"
             and cpu_isa.cpu_vendor() == "AuthenticAMD")
 
 

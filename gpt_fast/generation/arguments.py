@@ -20,6 +20,9 @@ GENERATE_KWARGS = (
     "num_beams", "length_penalty", "early_stopping", "no_repeat_ngram_size", "bad_words_ids",
     "remove_invalid_values", "logits_processor", "stopping_criteria", "output_attentions", "output_hidden_states",
     "token_type_ids", "stop_strings", "tokenizer", "prompt_lookup_num_tokens", "max_matching_ngram_size",
+    "sequence_bias", "forced_bos_token_id", "forced_eos_token_id", "exponential_decay_length_penalty",
+    "suppress_tokens", "begin_suppress_tokens", "min_p", "typical_p", "epsilon_cutoff", "eta_cutoff",
+    "renormalize_logits",
 )
 
 
@@ -51,6 +54,12 @@ class GenerationRequest:
     prompt_lookup_num_tokens: int | None = None  # draft tokens per verification (prompt_lookup.py), None = off
     max_matching_ngram_size: int = 2  # longest n-gram the prompt lookup matches (transformers' default)
     step_replay: bool | None = None  # decode steps re-run from their recorded operators (replayed_step.py); None: auto
+    sequence_bias: tuple = ()  # ((token ids, ...), bias) pairs
+    forced_bos_token_id: int | None = None
+    forced_eos_token_ids: tuple[int, ...] | None = None
+    exponential_decay: tuple[int, float] | None = None  # (start, factor): EOS boosted after `start` new tokens
+    suppress_tokens: tuple[int, ...] | None = None
+    begin_suppress_tokens: tuple[int, ...] | None = None
 
 
 # -- argument checks ----------------------------------------------------------------------------------------------
@@ -101,6 +110,30 @@ def _bad_words(value, vocab_size, eos):
         raise TypeError(f"bad_words_ids must be a non-empty list of lists of token ids, got {value!r}")
     words = tuple(_token_ids("bad_words_ids", list(w), vocab_size) for w in value)
     return tuple(w for w in words if not (len(w) == 1 and eos is not None and w[0] in eos)) or None  # as transformers
+
+
+def _sequence_bias(value, vocab_size) -> tuple:
+    """transformers' forms: {(ids, ...): bias} or [[[ids, ...], bias], ...] -> ((ids, ...), bias) pairs."""
+    if value is None:
+        return ()
+    pairs = list(value.items()) if isinstance(value, dict) else value
+    if not isinstance(pairs, (list, tuple)) or not pairs or not all(
+            isinstance(pair, (list, tuple)) and len(pair) == 2 and isinstance(pair[0], (list, tuple))
+            and isinstance(pair[1], (int, float)) and not isinstance(pair[1], bool) for pair in pairs):
+        raise TypeError("sequence_bias must be a non-empty dict {(token ids): bias} or list [[[token ids], bias]], "
+                        f"got {value!r}")
+    return tuple((_token_ids("sequence_bias", list(ids), vocab_size), float(bias)) for ids, bias in pairs)
+
+
+def _exponential_decay(value, eos):
+    if value is None:
+        return None
+    if not isinstance(value, (list, tuple)) or len(value) != 2:
+        raise TypeError(f"exponential_decay_length_penalty must be (start_index, decay_factor), got {value!r}")
+    if eos is None:
+        raise ValueError("exponential_decay_length_penalty raises the EOS scores: it needs an eos_token_id")
+    return _int("exponential_decay_length_penalty's start_index", value[0], 0), _float(
+        "exponential_decay_length_penalty's decay_factor", value[1], float("-inf"), float("inf"))
 
 
 def _callables(name, value, signature):
@@ -254,9 +287,18 @@ def parse_generation_kwargs(model, prompt_length: int, kwargs: dict) -> Generati
 
     # transformers: beam sampling keeps at least one token more than there are EOS ids (2 without EOS) in top-k/p
     keep = (len(eos) + 1 if eos is not None else 2) if num_beams > 1 else 1
+    min_p = get("min_p")
     sampling = SamplingConfig(do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p,
                               repetition_penalty=penalty, eos_blocked_steps=eos_blocked_steps,
-                              min_tokens_to_keep=keep)
+                              min_tokens_to_keep=keep,
+                              min_p=0.0 if min_p is None else _float("min_p", min_p, 0.0, 1.0, low_open=False),
+                              typical_p=_float("typical_p", get("typical_p", 1.0), 0.0, 1.0),
+                              epsilon_cutoff=_cutoff("epsilon_cutoff", get("epsilon_cutoff", 0.0)),
+                              eta_cutoff=_cutoff("eta_cutoff", get("eta_cutoff", 0.0)),
+                              renormalize=_bool("renormalize_logits", get("renormalize_logits", False)))
+    forced_bos = _token_ids("forced_bos_token_id", get("forced_bos_token_id"), config.vocab_size)
+    if forced_bos is not None and len(forced_bos) != 1:
+        raise TypeError(f"forced_bos_token_id must be a single token id, got {forced_bos}")
     return GenerationRequest(
         max_new_tokens=max_new, sampling=sampling, num_return_sequences=num_return, eos_token_ids=eos,
         pad_token_id=pad, generator=generator, streamer=streamer,
@@ -272,7 +314,26 @@ def parse_generation_kwargs(model, prompt_length: int, kwargs: dict) -> Generati
         output_attentions=_bool("output_attentions", get("output_attentions", False)),
         output_hidden_states=_bool("output_hidden_states", get("output_hidden_states", False)),
         use_cache=_bool("use_cache", get("use_cache", True)), prompt_lookup_num_tokens=lookup,
-        max_matching_ngram_size=2 if ngram_size is None else ngram_size, step_replay=step_replay)
+        max_matching_ngram_size=2 if ngram_size is None else ngram_size, step_replay=step_replay,
+        sequence_bias=_sequence_bias(get("sequence_bias"), config.vocab_size),
+        forced_bos_token_id=None if forced_bos is None else forced_bos[0],
+        forced_eos_token_ids=_token_ids("forced_eos_token_id", get("forced_eos_token_id"), config.vocab_size),
+        exponential_decay=_exponential_decay(get("exponential_decay_length_penalty"), eos),
+        suppress_tokens=_token_list("suppress_tokens", get("suppress_tokens"), config.vocab_size),
+        begin_suppress_tokens=_token_list("begin_suppress_tokens", get("begin_suppress_tokens"), config.vocab_size))
+
+
+def _token_list(name, value, vocab_size):
+    """Token ids, where an empty list means none (transformers' processor then suppresses nothing)."""
+    return None if isinstance(value, (list, tuple)) and not value else _token_ids(name, value, vocab_size)
+
+
+def _cutoff(name, value) -> float:
+    """epsilon_cutoff / eta_cutoff: 0 is off, as in transformers; otherwise inside (0, 1)."""
+    value = _float(name, value, 0.0, 1.0, low_open=False)
+    if value == 1.0:
+        raise ValueError(f"{name} must lie in [0, 1) (0: off), got {value}")
+    return value
 
 
 def infer_attention_mask(input_ids, request: GenerationRequest):

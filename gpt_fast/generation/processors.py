@@ -69,6 +69,45 @@ class BadWords:
             scores[:, last] = torch.where(hit, NEG_INF, scores[:, last])
 
 
+class SequenceBias:
+    """sequence_bias: a single token's bias is always added; a longer sequence's is added to its last token right
+    after the row's history ends with the rest of it (several biases on one token add up, as in transformers)."""
+
+    def __init__(self, biases: tuple, vocab_size: int, device: torch.device):
+        self.single = torch.zeros(vocab_size, dtype=torch.float32, device=device)  # (V,)
+        for ids, bias in biases:
+            if len(ids) == 1:
+                self.single[ids[0]] = bias
+        self.multi = [(torch.tensor(ids[:-1], dtype=torch.long, device=device),
+                       torch.tensor([ids[-1]], dtype=torch.long, device=device), bias)
+                      for ids, bias in biases if len(ids) > 1]
+
+    def __call__(self, scores: torch.Tensor, history: TokenHistory | None) -> torch.Tensor:
+        bias = self.single.expand_as(scores).clone()  # (R, V)
+        for prefix, last, value in self.multi:
+            tail, long_enough = history.last(prefix.shape[0])
+            hit = (tail == prefix[None, :]).all(dim=-1) & long_enough  # (R,)
+            bias.index_add_(1, last, torch.where(hit, value, 0.0)[:, None])
+        return scores + bias
+
+
+def force_tokens(scores: torch.Tensor, token_ids: tuple[int, ...]) -> torch.Tensor:
+    """Every score -inf but the given tokens' 0 (forced_bos_token_id / forced_eos_token_id)."""
+    forced = torch.full_like(scores, NEG_INF)
+    forced[:, list(token_ids)] = 0
+    return forced
+
+
+def decay_length_penalty(scores: torch.Tensor, eos: tuple[int, ...], factor: float, steps_past: int) -> torch.Tensor:
+    """exponential_decay_length_penalty: the EOS scores grow by |score| * (factor ** steps_past - 1)."""
+    columns = list(eos)
+    eos_scores = scores[:, columns]  # (R, E)
+    penalty = (eos_scores.abs() * (pow(factor, steps_past) - 1)).masked_fill(~torch.isfinite(eos_scores), 0.0)
+    penalties = torch.zeros_like(scores)
+    penalties[:, columns] = penalty
+    return scores + penalties
+
+
 def remove_invalid_values(scores: torch.Tensor) -> torch.Tensor:
     """NaN -> 0, +inf / -inf -> the dtype's largest / lowest finite value (transformers' InfNanRemove)."""
     info = torch.finfo(scores.dtype)
@@ -76,20 +115,37 @@ def remove_invalid_values(scores: torch.Tensor) -> torch.Tensor:
 
 
 class ExtraProcessors:
-    """The processors of one request, in transformers' order around sampling.py's: `before_min_length` (n-grams, bad
-    words) runs after the repetition penalty, `after_min_length` (invalid values, then the caller's processors)
-    after the EOS mask of min_length, before temperature / top-k / top-p."""
+    """The processors of one request, in transformers' order around sampling.py's: `first` (sequence_bias) before
+    the repetition penalty, `before_min_length` (n-grams, bad words) after it, `after_min_length` (forced BOS / EOS,
+    invalid values, the length penalty's EOS boost, suppressed tokens, then the caller's processors) after the EOS
+    mask of min_length, before temperature / top-k / top-p. prompt_length: T, the prompt as passed (padding
+    included): transformers counts the steps of the forced and begin-suppressed tokens from it."""
 
-    def __init__(self, request, history: TokenHistory | None, device: torch.device):
+    def __init__(self, request, history: TokenHistory | None, device: torch.device, prompt_length: int,
+                 vocab_size: int):
         self.ngram = request.no_repeat_ngram_size
         self.bad_words = BadWords(request.bad_words_ids, device) if request.bad_words_ids else None
+        self.sequence_bias = (SequenceBias(request.sequence_bias, vocab_size, device) if request.sequence_bias
+                              else None)
         self.remove_invalid = request.remove_invalid_values
         self.custom = request.logits_processor
         self.history = history
+        self.request = request
+        self.prompt_length = prompt_length
+        self.suppress = (None if request.suppress_tokens is None
+                         else torch.tensor(request.suppress_tokens, dtype=torch.long, device=device))
+        self.begin_suppress = (None if request.begin_suppress_tokens is None
+                               else torch.tensor(request.begin_suppress_tokens, dtype=torch.long, device=device))
+        # transformers: the first new token, or the second after a forced BOS on a one-token prompt
+        self.begin_step = 1 if prompt_length == 1 and request.forced_bos_token_id is not None else 0
 
     @staticmethod
     def needs_history(request) -> bool:
-        return bool(request.no_repeat_ngram_size or request.bad_words_ids)
+        return bool(request.no_repeat_ngram_size or request.bad_words_ids
+                    or any(len(ids) > 1 for ids, _ in request.sequence_bias))
+
+    def first(self, scores: torch.Tensor) -> torch.Tensor:
+        return scores if self.sequence_bias is None else self.sequence_bias(scores, self.history)
 
     def before_min_length(self, scores: torch.Tensor) -> torch.Tensor:
         if self.ngram:
@@ -98,10 +154,23 @@ class ExtraProcessors:
             self.bad_words(scores, self.history)
         return scores
 
-    def after_min_length(self, scores: torch.Tensor, input_ids) -> torch.Tensor:
-        """input_ids: a callable giving transformers' view of the sequences so far (made only when needed)."""
+    def after_min_length(self, scores: torch.Tensor, input_ids, step: int) -> torch.Tensor:
+        """input_ids: a callable giving transformers' view of the sequences so far (made only when needed); step:
+        the new token's index."""
+        request = self.request
+        if request.forced_bos_token_id is not None and self.prompt_length + step == 1:
+            scores = force_tokens(scores, (request.forced_bos_token_id,))
+        if request.forced_eos_token_ids is not None and step == request.max_new_tokens - 1:
+            scores = force_tokens(scores, request.forced_eos_token_ids)
         if self.remove_invalid:
             scores = remove_invalid_values(scores)
+        if request.exponential_decay is not None and step > request.exponential_decay[0]:
+            start, factor = request.exponential_decay
+            scores = decay_length_penalty(scores, request.eos_token_ids, factor, step - start)
+        if self.suppress is not None:
+            scores = scores.index_fill(1, self.suppress, NEG_INF)
+        if self.begin_suppress is not None and step == self.begin_step:
+            scores = scores.index_fill(1, self.begin_suppress, NEG_INF)
         if self.custom:
             ids = input_ids()
             for processor in self.custom:

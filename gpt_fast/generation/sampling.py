@@ -25,7 +25,12 @@ class SamplingConfig:
     top_p: float  # 1.0 = off
     repetition_penalty: float  # 1.0 = off
     eos_blocked_steps: int  # EOS is masked while step < this (min_length / min_new_tokens)
-    min_tokens_to_keep: int = 1  # top-k / top-p keep at least this many tokens (beam sampling: #EOS + 1)
+    min_tokens_to_keep: int = 1  # the filters keep at least this many tokens (beam sampling: #EOS + 1)
+    min_p: float = 0.0  # 0 = off
+    typical_p: float = 1.0  # 1.0 = off
+    epsilon_cutoff: float = 0.0  # 0 = off
+    eta_cutoff: float = 0.0  # 0 = off
+    renormalize: bool = False  # log_softmax after every other processor (greedy too)
 
 
 class TokenSelector:
@@ -77,7 +82,7 @@ class TokenSelector:
         ExtraProcessors (processors.py), run at their places in transformers' order; input_ids: a callable giving
         the sequences so far for the caller's processors."""
         cfg = self.config
-        scores = logits
+        scores = logits if extra is None else extra.first(logits)
         if self.seen is not None:
             penalised = torch.where(scores < 0, scores * cfg.repetition_penalty, scores / cfg.repetition_penalty)
             scores = torch.where(self.seen, penalised, scores)
@@ -86,9 +91,9 @@ class TokenSelector:
         if self.eos_ids is not None and step < cfg.eos_blocked_steps:
             scores.index_fill_(1, self.eos_ids, float("-inf"))
         if extra is not None:
-            scores = extra.after_min_length(scores, input_ids)
+            scores = extra.after_min_length(scores, input_ids, step)
         if not cfg.do_sample:
-            return scores
+            return scores.log_softmax(dim=-1) if cfg.renormalize else scores
         if cfg.temperature != 1.0:
             scores.div_(cfg.temperature)
         if cfg.top_k:
@@ -101,7 +106,16 @@ class TokenSelector:
             drop_sorted = cumulative <= (1 - cfg.top_p)
             drop_sorted[:, -cfg.min_tokens_to_keep:] = False  # always keep the most likely token(s)
             scores.masked_fill_(drop_sorted.scatter(1, order, drop_sorted), float("-inf"))
-        return scores
+        keep = cfg.min_tokens_to_keep
+        if cfg.min_p:
+            scores = filter_min_p(scores, cfg.min_p, keep)
+        if cfg.typical_p < 1.0:
+            scores = filter_typical(scores, cfg.typical_p, keep)
+        if cfg.epsilon_cutoff:
+            scores = filter_below(scores, scores.softmax(dim=-1) < cfg.epsilon_cutoff, keep)
+        if cfg.eta_cutoff:
+            scores = filter_below(scores, scores.softmax(dim=-1) < eta_threshold(scores, cfg.eta_cutoff), keep)
+        return scores.log_softmax(dim=-1) if cfg.renormalize else scores
 
     def select(self, scores: torch.Tensor) -> torch.Tensor:
         """scores: (B, V) processed -> (B,) long."""
@@ -113,3 +127,37 @@ class TokenSelector:
         self.invalid |= ~torch.isfinite(probs).all()
         self.noise.exponential_(generator=self.generator)
         return (probs / self.noise).max(dim=-1).indices
+
+
+# -- the further sampling filters, transformers' warpers (same math); scores (B, V) -> filtered scores -----------------
+def filter_min_p(scores: torch.Tensor, min_p: float, keep: int) -> torch.Tensor:
+    """Drops tokens less likely than min_p times the most likely one, keeping the `keep` most likely."""
+    probs = scores.softmax(dim=-1)
+    drop = probs < min_p * probs.amax(dim=-1, keepdim=True)
+    drop.scatter_(-1, torch.topk(probs, min(keep, probs.shape[-1]), dim=-1).indices, False)
+    return scores.masked_fill(drop, float("-inf"))
+
+
+def filter_typical(scores: torch.Tensor, mass: float, keep: int) -> torch.Tensor:
+    """Locally typical sampling: keeps the tokens whose surprise is closest to the entropy, up to `mass`."""
+    log_probs = scores.log_softmax(dim=-1)
+    entropy = -(log_probs * log_probs.exp()).nansum(-1, keepdim=True)  # (B, 1)
+    distance, order = torch.sort((-log_probs - entropy).abs(), descending=False)
+    cumulative = scores.gather(-1, order).softmax(dim=-1).cumsum(dim=-1)
+    last = (cumulative < mass).sum(dim=1).clamp_(max=distance.shape[-1] - 1)  # (B,)
+    drop_sorted = distance > distance.gather(1, last.view(-1, 1))
+    drop_sorted[..., :keep] = False
+    return scores.masked_fill(drop_sorted.scatter(1, order, drop_sorted), float("-inf"))
+
+
+def eta_threshold(scores: torch.Tensor, eta: float) -> torch.Tensor:
+    """min(eta, sqrt(eta) * exp(-entropy)) per row (B, 1): eta sampling's probability floor."""
+    eta_t = torch.tensor(eta, device=scores.device)
+    entropy = torch.distributions.Categorical(logits=scores, validate_args=False).entropy()  # no host check
+    return torch.min(eta_t, torch.sqrt(eta_t) * torch.exp(-entropy))[..., None]
+
+
+def filter_below(scores: torch.Tensor, below: torch.Tensor, keep: int) -> torch.Tensor:
+    """Drops the tokens marked `below` (epsilon / eta sampling) unless they are among the `keep` most likely."""
+    kth = torch.topk(scores, min(keep, scores.shape[-1]))[0][..., -1, None]
+    return scores.masked_fill(below & (scores < kth), float("-inf"))

@@ -283,8 +283,11 @@ def test_encode_takes_one_string(tok):
 
 def test_options_are_keyword_only(tok):
     assert tok("low", "lower")["input_ids"] == [LOW, LOWER]  # the second positional argument is text_pair
-    with pytest.raises(TypeError, match="positional"):
+    assert tok("low", None, "lower")["labels"] == [LOWER]  # the third text_target, the fourth its pair
+    with pytest.raises(TypeError, match="got bool"):
         tok("low", "lower", True)
+    with pytest.raises(TypeError, match="positional"):
+        tok("low", "lower", "low", None, True)
 
 
 def test_ragged_tensor_asks_for_padding(tok):

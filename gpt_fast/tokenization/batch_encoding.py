@@ -7,7 +7,17 @@ and `enc.to("cuda")` all work. Values are lists of ints, or tensors when the cal
 from __future__ import annotations
 
 from collections import UserDict
-from typing import Any
+from typing import Any, NamedTuple
+
+
+class CharSpan(NamedTuple):  # transformers' names: characters [start, end) of the original text
+    start: int
+    end: int
+
+
+class TokenSpan(NamedTuple):  # tokens [start, end)
+    start: int
+    end: int
 
 
 class BatchEncoding(UserDict):
@@ -42,6 +52,47 @@ class BatchEncoding(UserDict):
     def sequence_ids(self, batch_index: int = 0) -> list[int | None]:
         """0 for tokens of the text, 1 for tokens of its pair, None for padding."""
         return self._encoding(batch_index, "sequence_ids").sequence_ids
+
+    # Mappings between characters, words and tokens, with transformers' signatures: the first argument is the
+    # row when a second is given, else the index in row 0. None where nothing maps (padding, a space).
+    def _row_and_index(self, batch_or_index: int, index: int | None, what: str):
+        row, index = (0, batch_or_index) if index is None else (batch_or_index, index)
+        return self._encoding(row, what), index
+
+    def char_to_token(self, batch_or_char_index: int, char_index: int | None = None,
+                      sequence_index: int = 0) -> int | None:
+        encoding, index = self._row_and_index(batch_or_char_index, char_index, "char_to_token")
+        return encoding.char_to_token(index, sequence_index)
+
+    def char_to_word(self, batch_or_char_index: int, char_index: int | None = None,
+                     sequence_index: int = 0) -> int | None:
+        encoding, index = self._row_and_index(batch_or_char_index, char_index, "char_to_word")
+        return encoding.char_to_word(index, sequence_index)
+
+    def token_to_chars(self, batch_or_token_index: int, token_index: int | None = None) -> CharSpan | None:
+        encoding, index = self._row_and_index(batch_or_token_index, token_index, "token_to_chars")
+        span = encoding.token_to_chars(index)
+        return None if span is None else CharSpan(*span)
+
+    def token_to_word(self, batch_or_token_index: int, token_index: int | None = None) -> int | None:
+        encoding, index = self._row_and_index(batch_or_token_index, token_index, "token_to_word")
+        return encoding.token_to_word(index)
+
+    def token_to_sequence(self, batch_or_token_index: int, token_index: int | None = None) -> int | None:
+        encoding, index = self._row_and_index(batch_or_token_index, token_index, "token_to_sequence")
+        return encoding.token_to_sequence(index)
+
+    def word_to_tokens(self, batch_or_word_index: int, word_index: int | None = None,
+                       sequence_index: int = 0) -> TokenSpan | None:
+        encoding, index = self._row_and_index(batch_or_word_index, word_index, "word_to_tokens")
+        span = encoding.word_to_tokens(index, sequence_index)
+        return None if span is None else TokenSpan(*span)
+
+    def word_to_chars(self, batch_or_word_index: int, word_index: int | None = None,
+                      sequence_index: int = 0) -> CharSpan | None:
+        encoding, index = self._row_and_index(batch_or_word_index, word_index, "word_to_chars")
+        span = encoding.word_to_chars(index, sequence_index)
+        return None if span is None else CharSpan(*span)
 
     def __getattr__(self, name: str) -> Any:
         # Only called when normal lookup fails; `data` itself is set by UserDict.__init__, so guard against

@@ -52,22 +52,44 @@ def resolve_lengths(padding: Any, truncation: Any, max_length: Any, pad_to_multi
 
 
 def encode(backend: Tokenizer, inputs: list, is_pretokenized: bool, add_special_tokens: bool,
-           strategy: str | None, max_length: int | None, side: str) -> list:
+           strategy: str | None, max_length: int | None, side: str, stride: int = 0) -> list:
     """backend.encode_batch(inputs) (texts or (text, pair) tuples), truncated to max_length by `strategy` on
     `side` when a strategy is given (the backend's own truncation, which splits a pair's budget as transformers'
-    does); the backend is left without truncation afterwards."""
+    does, and keeps what it cuts off, `stride` tokens overlapping, in each Encoding's .overflowing); the backend is
+    left without truncation afterwards."""
     if strategy is None:
         return backend.encode_batch(inputs, is_pretokenized=is_pretokenized, add_special_tokens=add_special_tokens)
     try:
-        backend.enable_truncation(max_length, stride=0, strategy=strategy, direction=side)
+        backend.enable_truncation(max_length, stride=stride, strategy=strategy, direction=side)
     except Exception as error:  # the backend refuses some combinations with its own exception type
         raise ValueError(f"cannot truncate to max_length={max_length} with {strategy!r}: {error}") from None
     try:
         return backend.encode_batch(inputs, is_pretokenized=is_pretokenized, add_special_tokens=add_special_tokens)
-    except Exception as error:
-        raise ValueError(f"truncation {strategy!r} to max_length={max_length} failed: {error}") from None
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as error:  # also the Rust panic (a BaseException) when a pair leaves a part <= stride
+        raise ValueError(f"truncation {strategy!r} to max_length={max_length} (stride {stride}) failed: "
+                         f"{str(error).splitlines()[0] if str(error) else type(error).__name__}") from None
     finally:
         backend.no_truncation()
+
+
+def check_stride(stride: Any, max_length: int | None) -> int:
+    """stride: an int >= 0, below max_length when truncating (the backend would panic on it)."""
+    _check_int("stride", stride, 0)
+    if stride and max_length is not None and stride >= max_length:
+        raise ValueError(f"stride ({stride}) must be less than max_length ({max_length}): each overflowing row "
+                         "repeats `stride` tokens of the row before it")
+    return stride
+
+
+def with_overflow(encodings: list, overflowing: bool) -> tuple[list, list[int]]:
+    """(rows, the input each row comes from): with `overflowing`, each Encoding followed by its overflowing
+    parts, as transformers' return_overflowing_tokens lays them out."""
+    if not overflowing:
+        return encodings, list(range(len(encodings)))
+    rows = [(i, row) for i, e in enumerate(encodings) for row in (e, *e.overflowing)]
+    return [row for _, row in rows], [i for i, _ in rows]
 
 
 def padded_length(lengths: list[int], mode: str | None, max_length: int | None, pad_to_multiple_of: int | None):
@@ -81,7 +103,8 @@ def padded_length(lengths: list[int], mode: str | None, max_length: int | None, 
 
 
 def features(encodings: list, return_token_type_ids: bool, return_attention_mask: bool,
-             return_special_tokens_mask: bool, return_length: bool) -> dict[str, list]:
+             return_special_tokens_mask: bool, return_length: bool,
+             return_offsets_mapping: bool = False) -> dict[str, list]:
     """The per-row features transformers returns, in its key order."""
     data = {"input_ids": [e.ids for e in encodings]}
     if return_token_type_ids:
@@ -90,6 +113,8 @@ def features(encodings: list, return_token_type_ids: bool, return_attention_mask
         data["attention_mask"] = [e.attention_mask for e in encodings]
     if return_special_tokens_mask:
         data["special_tokens_mask"] = [e.special_tokens_mask for e in encodings]
+    if return_offsets_mapping:
+        data["offset_mapping"] = [e.offsets for e in encodings]
     if return_length:
         data["length"] = [len(e.ids) for e in encodings]
     return data
@@ -161,6 +186,20 @@ def as_text_batch(text: Any, allow_batch: bool = True) -> tuple[list[str], bool]
     raise TypeError(f"text must be {expected}, got {type(text).__name__}")
 
 
+def as_input_batch(text: Any, is_split_into_words: bool) -> tuple[list, bool]:
+    """([texts], is_batch) as as_text_batch, or with is_split_into_words ([lists of words], is_batch): a list of
+    str is one text's words, a list of such lists a batch."""
+    if not is_split_into_words:
+        return as_text_batch(text)
+    if isinstance(text, (list, tuple)) and text and all(isinstance(word, str) for word in text):
+        return [list(text)], False
+    if (isinstance(text, (list, tuple)) and text and all(
+            isinstance(words, (list, tuple)) and all(isinstance(word, str) for word in words) for words in text)):
+        return [list(words) for words in text], True
+    raise TypeError("with is_split_into_words=True, text must be a non-empty list of words (str) or a list of such "
+                    f"lists, got {text!r:.80}")
+
+
 def as_id_list(token_ids: Any) -> list[int]:
     """A flat list of non-negative ints from an int, a list, a tensor or an array."""
     if hasattr(token_ids, "tolist"):
@@ -184,6 +223,8 @@ def as_tensor(values: list, kind: str, key: str = "input_ids"):
         raise ValueError(f"cannot make a tensor of {key!r} rows with different lengths: pass padding=True "
                          "(with a pad token set) or truncation=True with max_length")
     shape = (len(values), len(values[0]) if values else 0) if is_rows or not values else (len(values),)
+    if key == "offset_mapping":
+        shape += (2,)  # (B, T, 2): each token's (start, end)
     if kind == "np":
         import numpy
 

@@ -245,17 +245,22 @@ class OpenAIGPTTokenizerFast:
 
     # ---------------------------------------------------------------- encoding
 
-    def _encodings(self, texts: list[str], add_special_tokens: bool = True, pairs: list[str] | None = None,
-                   strategy: str | None = None, max_length: int | None = None) -> list:
-        """tokenizers Encodings of texts (or of (text, pair) pairs), truncated when a strategy is given."""
+    def _encodings(self, texts: list, add_special_tokens: bool = True, pairs: list | None = None,
+                   strategy: str | None = None, max_length: int | None = None, stride: int = 0,
+                   is_split_into_words: bool = False) -> list:
+        """tokenizers Encodings of texts (or of (text, pair) pairs; each a list of words when is_split_into_words),
+        truncated when a strategy is given (the cut-off parts, `stride` tokens overlapping, in .overflowing)."""
         backend, inputs = self._backend, texts if pairs is None else list(zip(texts, pairs))
         if self._original is not None:
+            if is_split_into_words:
+                raise ValueError("is_split_into_words needs the default (BERT) pre-tokenization; this tokenizer "
+                                 "splits text itself (use_original_pretokenization=True)")
             backend = self._words_backend
             split = self._original.split
             inputs = ([split(t) for t in texts] if pairs is None
                       else [(split(a), split(b)) for a, b in zip(texts, pairs)])
-        return encoding.encode(backend, inputs, self._original is not None, add_special_tokens, strategy, max_length,
-                               self.truncation_side)
+        return encoding.encode(backend, inputs, self._original is not None or is_split_into_words,
+                               add_special_tokens, strategy, max_length, self.truncation_side, stride)
 
     def tokenize(self, text: str, pair: str | None = None, add_special_tokens: bool = False) -> list[str]:
         """The BPE pieces of `text` (and of `pair` after it) ("hello</w>", ...)."""
@@ -263,25 +268,45 @@ class OpenAIGPTTokenizerFast:
         pairs = None if pair is None else encoding.as_text_batch(pair, allow_batch=False)[0]
         return self._encodings(texts, add_special_tokens, pairs)[0].tokens
 
-    def __call__(self, text: str | Sequence[str], text_pair: str | Sequence[str] | None = None, *,
-                 padding: bool | str = False, truncation: bool | str | None = None, max_length: int | None = None,
-                 return_tensors: str | None = None, return_attention_mask: bool | None = None,
-                 return_token_type_ids: bool | None = None, return_special_tokens_mask: bool = False,
-                 return_length: bool = False, add_special_tokens: bool = True, pad_to_multiple_of: int | None = None,
-                 padding_side: str | None = None, verbose: bool = True) -> BatchEncoding:
+    def __call__(self, text: str | Sequence[str] | None = None, text_pair: str | Sequence[str] | None = None,
+                 text_target: str | Sequence[str] | None = None, text_pair_target: str | Sequence[str] | None = None,
+                 **options: Any) -> BatchEncoding:
+        """Encodes `text` (see _encode_text for the options); with `text_target` (and its pair) also encodes that
+        and returns its input_ids as "labels", or, without `text`, returns the target's encoding, as transformers."""
+        if text is None and text_target is None:
+            raise TypeError("text must be a str or a list of str, got NoneType (or give text_target)")
+        if text is None:
+            return self._encode_text(text_target, text_pair_target, **options)
+        encoded = self._encode_text(text, text_pair, **options)
+        if text_target is not None:
+            encoded["labels"] = self._encode_text(text_target, text_pair_target, **options)["input_ids"]
+        return encoded
+
+    def _encode_text(self, text: str | Sequence[str], text_pair: str | Sequence[str] | None = None, *,
+                     padding: bool | str = False, truncation: bool | str | None = None, max_length: int | None = None,
+                     stride: int = 0, is_split_into_words: bool = False, return_tensors: str | None = None,
+                     return_attention_mask: bool | None = None, return_token_type_ids: bool | None = None,
+                     return_overflowing_tokens: bool = False, return_special_tokens_mask: bool = False,
+                     return_offsets_mapping: bool = False, return_length: bool = False,
+                     add_special_tokens: bool = True, pad_to_multiple_of: int | None = None,
+                     padding_side: str | None = None, verbose: bool = True) -> BatchEncoding:
         """Encodes a text (flat lists, or (1, T) tensors) or a list of texts (one row each, padded if asked), each
         optionally followed by its text_pair (token_type_ids 0 for the text, 1 for the pair).
 
         padding: False, True / "longest" (to the longest row), "max_length" (to max_length, else model_max_length).
         truncation: True / "longest_first" cuts rows to max_length (else model_max_length) on `truncation_side`,
         taking from the longer of a pair first; "only_first" / "only_second" cut one of them. max_length alone
-        also truncates, as in transformers. return_tensors: None (lists), "pt" (torch) or "np" (numpy).
+        also truncates, as in transformers. return_overflowing_tokens: the cut-off tokens as further rows, each
+        starting with the last `stride` tokens of the row before, and "overflow_to_sample_mapping" (the text each
+        row comes from; the batch dimension is kept for one text). is_split_into_words: each text is a list of
+        words (a batch: a list of such lists). return_offsets_mapping: each token's (start, end) characters in its
+        text (in its word with is_split_into_words). return_tensors: None (lists), "pt" (torch) or "np" (numpy).
         token_type_ids are returned when asked (GPT-1's model_input_names do not include them); `verbose` is
         accepted for transformers' signature (nothing here warns)."""
-        texts, is_batch = encoding.as_text_batch(text)
+        texts, is_batch = encoding.as_input_batch(text, is_split_into_words)
         pairs = None
         if text_pair is not None:
-            pairs, pair_is_batch = encoding.as_text_batch(text_pair)
+            pairs, pair_is_batch = encoding.as_input_batch(text_pair, is_split_into_words)
             if pair_is_batch != is_batch or len(pairs) != len(texts):
                 raise TypeError("text_pair must be a str for one text, or a list as long as the list of texts "
                                 f"({len(texts)}), got {type(text_pair).__name__} of {len(pairs)}")
@@ -290,7 +315,12 @@ class OpenAIGPTTokenizerFast:
         side = self.padding_side if padding_side is None else check_side("padding_side", padding_side)
         if return_tensors not in (None, "pt", "np"):
             raise ValueError(f"return_tensors must be None, 'pt' or 'np', got {return_tensors!r}")
-        encodings = self._encodings(texts, add_special_tokens, pairs, strategy, max_length)
+        if return_offsets_mapping and self._original is not None:
+            raise ValueError("return_offsets_mapping needs the default (BERT) pre-tokenization; this tokenizer splits "
+                             "text itself (use_original_pretokenization=True)")
+        stride = encoding.check_stride(stride, max_length if strategy else None)
+        encodings = self._encodings(texts, add_special_tokens, pairs, strategy, max_length, stride, is_split_into_words)
+        encodings, sample_of_row = encoding.with_overflow(encodings, return_overflowing_tokens)
         target = encoding.padded_length([len(e.ids) for e in encodings], mode, max_length, pad_to_multiple_of)
         if target is not None:
             for e in encodings:  # in place; pads the mask (0), types (0), special-token mask (1) and word ids too
@@ -298,10 +328,12 @@ class OpenAIGPTTokenizerFast:
         if return_token_type_ids is None:
             return_token_type_ids = "token_type_ids" in self.model_input_names
         data = encoding.features(encodings, return_token_type_ids, return_attention_mask is not False,
-                                 return_special_tokens_mask, return_length)
+                                 return_special_tokens_mask, return_length, return_offsets_mapping)
+        if return_overflowing_tokens:
+            data["overflow_to_sample_mapping"] = sample_of_row
         if return_tensors is not None:
-            data = {key: encoding.as_tensor(value, return_tensors) for key, value in data.items()}
-        elif not is_batch:
+            data = {key: encoding.as_tensor(value, return_tensors, key) for key, value in data.items()}
+        elif not is_batch and not return_overflowing_tokens:
             data = {key: value if key == "length" else value[0] for key, value in data.items()}
         return BatchEncoding(data, encodings=encodings)
 

@@ -65,9 +65,9 @@ def encode(backend: Tokenizer, inputs: list, is_pretokenized: bool, add_special_
         raise ValueError(f"cannot truncate to max_length={max_length} with {strategy!r}: {error}") from None
     try:
         return backend.encode_batch(inputs, is_pretokenized=is_pretokenized, add_special_tokens=add_special_tokens)
-    except (KeyboardInterrupt, SystemExit):
-        raise
     except BaseException as error:  # also the Rust panic (a BaseException) when a pair leaves a part <= stride
+        if not isinstance(error, Exception) and type(error).__name__ != "PanicException":
+            raise  # KeyboardInterrupt, SystemExit
         raise ValueError(f"truncation {strategy!r} to max_length={max_length} (stride {stride}) failed: "
                          f"{str(error).splitlines()[0] if str(error) else type(error).__name__}") from None
     finally:

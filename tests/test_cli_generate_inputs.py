@@ -103,6 +103,8 @@ def test_a_missing_path_is_not_sent_to_the_hub(model, capsys, monkeypatch, tmp_p
 @pytest.mark.parametrize("flags, match", [
     (["--do-sample", "--temperature", "-1"], "temperature"),
     (["--do-sample", "--top-p", "2"], "top_p"),
+    (["--do-sample", "--min-p", "1.5"], "min_p"),
+    (["--do-sample", "--typical-p", "0"], "typical_p"),
     (["--num-return-sequences", "2", "--no-stream"], "do_sample"),
     (["--max-new-tokens", "80"], "n_positions"),
     (["--eos-token-id", "999"], "eos_token_id"),

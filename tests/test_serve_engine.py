@@ -107,6 +107,10 @@ def test_n_choices_differ_and_top_k_1_is_greedy(model_and_tokenizer, make_engine
     assert two[0]["tokens"] != two[1]["tokens"]
     top1 = collect(engine, prompt, SamplingParams(max_tokens=10, temperature=1.5, top_k=1), n=2)
     assert top1[0]["tokens"] == top1[1]["tokens"] == reference_greedy(model, prompt, 10)
+    min_p_1 = collect(engine, prompt, SamplingParams(max_tokens=10, temperature=1.5, min_p=1.0, seed=5), n=2)
+    assert min_p_1[0]["tokens"] == min_p_1[1]["tokens"] == top1[0]["tokens"]  # min_p 1 keeps the likeliest only
+    wide = collect(engine, prompt, SamplingParams(max_tokens=10, temperature=1.5, min_p=0.001, seed=5), n=2)
+    assert wide[0]["tokens"] != wide[1]["tokens"]  # a small min_p still samples
 
 
 def test_penalties_match_a_reference_processor(model_and_tokenizer, make_engine):
@@ -210,7 +214,7 @@ def test_a_burst_as_large_as_the_slots_plus_the_queue_is_accepted(model_and_toke
     (dict(top_p=1.5), "top_p"), (dict(top_k=-2), "top_k"), (dict(max_tokens=0), "max_tokens"),
     (dict(max_tokens=1.5), "max_tokens"), (dict(presence_penalty=3.0), "presence_penalty"),
     (dict(frequency_penalty=float("nan")), "frequency_penalty"), (dict(logprobs=21), "logprobs"),
-    (dict(stop=("",)), "stop"), (dict(seed=True), "seed"),
+    (dict(stop=("",)), "stop"), (dict(seed=True), "seed"), (dict(min_p=1.5), "min_p"), (dict(min_p=-0.1), "min_p"),
 ])
 def test_bad_sampling_params_are_bad_requests(kwargs, param):
     with pytest.raises(BadRequest) as error:

@@ -85,6 +85,9 @@ def test_prompt_lists_token_ids_n_and_seed(client, model, tokenizer):
     ids = tokenizer("hello there")["input_ids"]
     by_ids = client.completions.create(model=NAME, prompt=ids, max_tokens=5, temperature=0)
     assert by_ids.choices[0].text == greedy_text(model, tokenizer, "hello there", 5)
+    only_likeliest = client.completions.create(model=NAME, prompt=ids, max_tokens=5, temperature=1.0, seed=2,
+                                               extra_body={"min_p": 1.0})  # vLLM's extension, passed through
+    assert only_likeliest.choices[0].text == by_ids.choices[0].text
 
 
 def test_logit_bias_bans_and_forces_tokens(client, model, tokenizer):

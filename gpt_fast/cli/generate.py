@@ -27,6 +27,8 @@ def add_parser(sub) -> None:
     gen.add_argument("--temperature", type=float)
     gen.add_argument("--top-k", type=int)
     gen.add_argument("--top-p", type=float)
+    gen.add_argument("--min-p", type=float, help="with --do-sample: drop tokens below min_p x the likeliest's")
+    gen.add_argument("--typical-p", type=float, help="with --do-sample: locally typical sampling's mass")
     gen.add_argument("--repetition-penalty", type=float)
     gen.add_argument("--num-return-sequences", type=positive_int, default=1)
     gen.add_argument("--eos-token-id", type=int)
@@ -72,8 +74,8 @@ def read_prompt(args) -> str:
 
 
 def generation_kwargs(args) -> dict:
-    names = ("max_new_tokens", "max_length", "min_new_tokens", "temperature", "top_k", "top_p", "repetition_penalty",
-             "eos_token_id", "seed", "prompt_lookup_num_tokens")
+    names = ("max_new_tokens", "max_length", "min_new_tokens", "temperature", "top_k", "top_p", "min_p", "typical_p",
+             "repetition_penalty", "eos_token_id", "seed", "prompt_lookup_num_tokens")
     kwargs = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
     if args.max_new_tokens is None and args.max_length is None:
         kwargs["max_new_tokens"] = 50

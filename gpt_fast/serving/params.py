@@ -1,6 +1,7 @@
 """SamplingParams: what one sequence of a serving request asks for, checked at once (BadRequest on bad values).
 
-OpenAI's meanings: temperature 0 is greedy; top_p 1 and top_k 0 (or -1, vLLM's "off") switch those filters off;
+OpenAI's meanings: temperature 0 is greedy; top_p 1 and top_k 0 (or -1, vLLM's "off") switch those filters off,
+as min_p 0 does (vLLM's min_p, after top-k and top-p);
 presence / frequency penalties in [-2, 2] are subtracted from the logits of tokens already generated (not the
 prompt's, as vLLM does): logit -= presence * (count > 0) + frequency * count. `stop` strings end the text before
 the stop string; `stop_token_ids` end it after that token (not included in the text). `logprobs` (0..20) asks for the
@@ -26,6 +27,7 @@ class SamplingParams:
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0  # 0 = off
+    min_p: float = 0.0  # vLLM's extension: drop tokens below min_p x the likeliest's probability; 0 = off
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     seed: int | None = None
@@ -42,6 +44,7 @@ class SamplingParams:
         if self.top_p == 0.0:
             raise BadRequest("top_p must be in (0, 1], got 0", "top_p")
         check_number("top_k", self.top_k, -1, None, integer=True)
+        check_number("min_p", self.min_p, 0.0, 1.0)
         check_number("presence_penalty", self.presence_penalty, -2.0, 2.0)
         check_number("frequency_penalty", self.frequency_penalty, -2.0, 2.0)
         if self.seed is not None:

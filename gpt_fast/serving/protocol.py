@@ -28,6 +28,7 @@ class SamplingFields(BaseModel):
     temperature: float | None = None  # None: 1
     top_p: float | None = None
     top_k: int | None = None  # an extension (vLLM's): 0 or -1 = off
+    min_p: float | None = None  # an extension (vLLM's): 0 = off
     n: int = 1
     stop: str | list[str] | None = None
     stop_token_ids: list[int] | None = None  # an extension (vLLM's)
@@ -50,7 +51,7 @@ class SamplingFields(BaseModel):
         stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
         return SamplingParams(
             max_tokens=max_tokens, temperature=1.0 if self.temperature is None else self.temperature,
-            top_p=1.0 if self.top_p is None else self.top_p, top_k=self.top_k or 0,
+            top_p=1.0 if self.top_p is None else self.top_p, top_k=self.top_k or 0, min_p=self.min_p or 0.0,
             presence_penalty=self.presence_penalty or 0.0, frequency_penalty=self.frequency_penalty or 0.0,
             seed=self.seed, stop=stop, stop_token_ids=tuple(self.stop_token_ids or ()), logprobs=logprobs,
             prompt_logprobs=prompt_logprobs, logit_bias=self.bias_pairs())

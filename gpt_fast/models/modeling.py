@@ -34,8 +34,13 @@ from gpt_fast.models.validation import check_model_inputs
 from gpt_fast.ops import philox
 from gpt_fast.ops.kernel_plan import KernelPlan, plan_kernels
 
+
+def gelu_tanh(x: torch.Tensor) -> torch.Tensor:  # GPT's GELU; a named function, so that a model pickles
+    return F.gelu(x, approximate="tanh")
+
+
 ACTIVATIONS = {
-    "gelu": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu": gelu_tanh,
     "relu": F.relu,
     "silu": F.silu,
     "swish": F.silu,

@@ -65,3 +65,48 @@ def test_trainer_with_gradient_checkpointing(tmp_path):
     checkpointed, _ = train(copy, tokenizer, tmp_path / "checkpointed", gradient_checkpointing=True)
     assert copy.is_gradient_checkpointing
     assert checkpointed == pytest.approx(plain, abs=1e-5)
+
+
+def accuracy(prediction):
+    logits, labels = prediction.predictions, prediction.label_ids  # (N, T, V), (N, T)
+    hits = (logits[:, :-1].argmax(-1) == labels[:, 1:]) & (labels[:, 1:] != -100)
+    return {"next_token_accuracy": float(hits.sum() / (labels[:, 1:] != -100).sum())}
+
+
+def trainer_for(model, tokenizer, out, **overrides):
+    settings = dict(output_dir=str(out), per_device_train_batch_size=2, per_device_eval_batch_size=4, max_steps=4,
+                    learning_rate=1e-2, report_to=[], use_cpu=True, save_strategy="steps", save_steps=2, seed=0,
+                    dataloader_num_workers=0, disable_tqdm=True)
+    args = transformers.TrainingArguments(**{**settings, **overrides})
+    collator = transformers.DataCollatorForLanguageModeling(tokenizer, mlm=False)
+    return transformers.Trainer(model=model, args=args, train_dataset=Texts(tokenizer), eval_dataset=Texts(tokenizer),
+                                data_collator=collator, compute_metrics=accuracy)
+
+
+def test_checkpoints_resume_evaluate_and_predict_as_with_transformers(tmp_path):
+    """The Trainer's default saving (a checkpoint every save_steps; it writes a model that is not a transformers
+    PreTrainedModel with safetensors.save_file, which refuses a tied head held twice), resuming from it,
+    evaluate() with compute_metrics and predict() without labels: the same numbers as transformers' model."""
+    tokenizer = gpt_fast.OpenAIGPTTokenizerFast.from_pretrained("openai-gpt")
+    tokenizer.pad_token = tokenizer.unk_token
+    torch.manual_seed(0)
+    theirs = transformers.OpenAIGPTLMHeadModel(transformers.OpenAIGPTConfig(**CONFIG))
+    ours = gpt_fast.OpenAIGPTLMHeadModel.from_transformers(theirs, attn_implementation="sdpa")
+    results = {}
+    for name, model in (("theirs", theirs), ("ours", ours)):
+        trainer = trainer_for(model, tokenizer, tmp_path / name)
+        trainer.train()
+        evaluated = trainer.evaluate()
+        unlabelled = [{"input_ids": row["input_ids"]} for row in Texts(tokenizer)]
+        predicted = trainer.predict(unlabelled[:4])
+        results[name] = (evaluated["eval_loss"], evaluated["eval_next_token_accuracy"], predicted.predictions)
+    assert results["ours"][0] == pytest.approx(results["theirs"][0], abs=1e-4)
+    assert results["ours"][1] == pytest.approx(results["theirs"][1])
+    torch.testing.assert_close(torch.as_tensor(results["ours"][2]), torch.as_tensor(results["theirs"][2]),
+                               atol=1e-4, rtol=1e-4)
+    assert (tmp_path / "ours" / "checkpoint-2" / "model.safetensors").exists()
+    resumed = gpt_fast.OpenAIGPTLMHeadModel(gpt_fast.OpenAIGPTConfig(**CONFIG), attn_implementation="sdpa")
+    trainer = trainer_for(resumed, tokenizer, tmp_path / "resumed")
+    trainer.train(resume_from_checkpoint=str(tmp_path / "ours" / "checkpoint-2"))
+    assert trainer.state.global_step == 4 and resumed.lm_head.weight is resumed.transformer.tokens_embed.weight
+    torch.testing.assert_close(resumed.transformer.tokens_embed.weight, ours.transformer.tokens_embed.weight)

@@ -21,6 +21,7 @@ from gpt_fast.checkpoints.hub import resolve_model_folder
 from gpt_fast.checkpoints.tensor_files import iter_safetensors, iter_torch_bin
 from gpt_fast.models.configuration import CONFIG_NAME, OpenAIGPTConfig
 from gpt_fast.models.initialization import initialize_parameter
+from gpt_fast.models.tied_state_dict import full_state_dict
 from gpt_fast.names import MODEL_DTYPES, parse_device, parse_dtype
 from gpt_fast.quantization.apply import (
     apply_quantization,
@@ -178,7 +179,7 @@ def load_pretrained(cls, name_or_path, *, dtype, device, attn_implementation, co
         model = cls(config, attn_implementation=attn_implementation)
         if saved is not None:  # empty quantized layers, filled from the file in the stored dtypes
             apply_quantization(model, saved, structure_only=True)
-    expected = model.state_dict()
+    expected = full_state_dict(model)  # the tied head's key too: files may name it
     keep_dtype = quantized_buffer_names(model)  # qweight / scales / zeros keep the format's dtypes
     prefix = _base_prefix(model)
     info, loaded = LoadingInfo(), {}
@@ -276,7 +277,7 @@ def from_transformers(cls, hf_model, attn_implementation):
     parameter = next(hf_model.parameters())
     with torch.device("meta"):
         model = cls(config, attn_implementation=attn_implementation)
-    expected = model.state_dict()
+    expected = full_state_dict(model)  # the tied head's key too: files may name it
     state = {}
     for key, tensor in hf_model.state_dict().items():
         name = target_key(key, _base_prefix(model), expected)

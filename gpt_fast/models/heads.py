@@ -87,10 +87,13 @@ class OpenAIGPTLMHeadModel(GenerationConfigMixin, OpenAIGPTPreTrainedModel):
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, inputs_embeds=None,
                 labels=None, output_attentions=None, output_hidden_states=None, return_dict=None,
                 logits_to_keep: int = 0, *, head_mask=None, num_items_in_batch=None, ignore_index: int = -100,
-                shift_labels=None, return_logits: bool = True, **kwargs):
+                return_logits: bool = True, **kwargs):
         """transformers' arguments in transformers' order; the loss takes its loss kwargs (num_items_in_batch,
         ignore_index, shift_labels) as transformers' causal-LM loss does. return_logits=False (gpt_fast's own)
-        with labels: the loss through the fused LM head + cross-entropy (models/lm_loss.py), logits None."""
+        with labels: the loss through the fused LM head + cross-entropy (models/lm_loss.py), logits None.
+        shift_labels comes through **kwargs, as in transformers' signature: transformers' Trainer takes every
+        parameter whose name holds "label" for a label it must find in each batch."""
+        shift_labels = kwargs.pop("shift_labels", None)
         return_dict = self.config.return_dict if return_dict is None else return_dict
         out = self.transformer(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
                                output_attentions, output_hidden_states, True, head_mask=head_mask, **kwargs)

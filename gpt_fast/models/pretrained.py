@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from gpt_fast.checkpoints import checkpoint
+from gpt_fast.models import tied_state_dict
 from gpt_fast.models.checkpointing import keep_attention_outputs
 from gpt_fast.models.configuration import OpenAIGPTConfig
 from gpt_fast.models.embeddings import resize_token_embeddings
@@ -38,6 +39,7 @@ class OpenAIGPTPreTrainedModel(nn.Module):
         config.validate()
         self.config = config
         self._attn_implementation = attn_implementation
+        tied_state_dict.register(self)  # the tied LM head held once in state dicts (models/tied_state_dict.py)
 
     # -- attention backend ---------------------------------------------------------------------------------
     @property

@@ -21,7 +21,7 @@ from gpt_fast.checkpoints.hub import resolve_model_folder
 from gpt_fast.checkpoints.tensor_files import iter_safetensors, iter_torch_bin
 from gpt_fast.models.configuration import CONFIG_NAME, OpenAIGPTConfig
 from gpt_fast.models.initialization import initialize_parameter
-from gpt_fast.models.tied_state_dict import full_state_dict
+from gpt_fast.models.tied_state_dict import EMBEDDING, HEAD, full_state_dict
 from gpt_fast.names import MODEL_DTYPES, parse_device, parse_dtype
 from gpt_fast.quantization.apply import (
     apply_quantization,
@@ -38,7 +38,7 @@ SAFE_INDEX = "model.safetensors.index.json"
 BIN_WEIGHTS = "pytorch_model.bin"
 BIN_INDEX = "pytorch_model.bin.index.json"
 IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")  # causal-mask buffers of old checkpoints
-TIED = ("lm_head.weight", "transformer.tokens_embed.weight")
+TIED = (HEAD, EMBEDDING)
 
 class LoadingInfo(dict):
     """What `output_loading_info=True` returns: transformers' dict (missing_keys, unexpected_keys, mismatched_keys

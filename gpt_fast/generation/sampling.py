@@ -130,8 +130,9 @@ class TokenSelector:
 
 
 # -- the further sampling filters, transformers' warpers (same math); scores (B, V) -> filtered scores -----------------
-def filter_min_p(scores: torch.Tensor, min_p: float, keep: int) -> torch.Tensor:
-    """Drops tokens less likely than min_p times the most likely one, keeping the `keep` most likely."""
+def filter_min_p(scores: torch.Tensor, min_p: float | torch.Tensor, keep: int) -> torch.Tensor:
+    """Drops tokens less likely than min_p (a float, or (B, 1) per row) times the most likely one, keeping the
+    `keep` most likely."""
     probs = scores.softmax(dim=-1)
     drop = probs < min_p * probs.amax(dim=-1, keepdim=True)
     drop.scatter_(-1, torch.topk(probs, min(keep, probs.shape[-1]), dim=-1).indices, False)

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
+from gpt_fast.generation.sampling import filter_min_p
+
 NEG_INF = float("-inf")
 
 
@@ -86,10 +88,9 @@ class RowSampler:
             drop = ascending.softmax(dim=-1).cumsum(dim=-1) <= (1 - top_p)  # (S, V)
             drop[:, -1] = False  # always keep the most likely token
             scores = scores.masked_fill(drop.scatter(1, order, drop), NEG_INF)
-        min_p = torch.tensor([[r.params.min_p] for r in rows], device=self.device)  # (S, 1)
-        if bool((min_p > 0).any()):  # the likeliest token always stays (min_p <= 1)
-            probs = torch.softmax(scores, dim=-1)
-            scores = scores.masked_fill(probs < min_p * probs.amax(dim=-1, keepdim=True), NEG_INF)
+        if any(r.params.min_p for r in rows):
+            min_p = torch.tensor([[r.params.min_p] for r in rows], device=self.device)  # (S, 1)
+            scores = filter_min_p(scores, min_p, 1)
         probs = torch.softmax(scores, dim=-1)  # (S, V)
         noise = torch.empty_like(probs)
         for i, row in enumerate(rows):

@@ -256,6 +256,33 @@ def test_decode_steps_equal_full_forward(model, backend, T):
     assert cache.lengths.tolist() == [T + 4, 10]
 
 
+@pytest.mark.parametrize("backend", ["eager", "sdpa"] + (["fused"] if "fused" in BACKENDS else []))
+def test_prefill_runs_the_last_block_on_the_last_token_only(model, backend):
+    """The prefill's last block computes keys and values for every position (the cache) but its projections and
+    MLP for each row's last token only; the earlier blocks for every position. (The logits are checked against
+    the full forward by test_decode_steps_equal_full_forward.)"""
+    T, config = 12, model.config
+    rows_seen = {}  # (block index, layer name) -> rows of the layer's first call
+
+    def note(key):
+        return lambda module, args: rows_seen.setdefault(key, args[0].numel() // args[0].shape[-1]) and None
+
+    hooks = [layer.register_forward_pre_hook(note(key)) for i, block in enumerate(model.transformer.h)
+        for key, layer in (((i, "c_attn"), block.attn.c_attn), ((i, "c_fc"), block.mlp.c_fc))]
+    cache = StaticKVCache(config.n_layer, 2, config.n_head, T, config.n_embd // config.n_head, torch.float32,
+                          torch.device("cpu"))
+    decoder = IncrementalDecoder(model, cache, plan_kernels(backend, torch.device("cpu"), torch.float32))
+    try:
+        with torch.inference_mode():
+            decoder.prefill(prompt(T, batch=2, seed=3), torch.tensor([T, 5]), all_full=False)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    last = config.n_layer - 1
+    assert all(rows_seen[i, "c_attn"] == 2 * T for i in range(config.n_layer))
+    assert [rows_seen[i, "c_fc"] for i in range(config.n_layer)] == [2 * T] * last + [2]
+
+
 @pytest.mark.parametrize("T", [5, 40])  # prompt rows through linear_small_m, then through the GEMMs
 def test_bfloat16_generates_close_to_float32(hf, T):
     """bf16 generation's first logits lie as close to the fp32 model's as transformers' own bf16 forward does."""

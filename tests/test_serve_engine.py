@@ -256,7 +256,7 @@ def test_a_requests_choices_share_one_prefill(model_and_tokenizer, make_engine, 
     prompt = prompt_of(tokenizer)
     starts = []
     real = engine_module.prefill_chunk
-    monkeypatch.setattr(engine_module, "prefill_chunk", lambda *args: starts.append(args[-1]) or real(*args))
+    monkeypatch.setattr(engine_module, "prefill_chunk", lambda *args, **kw: starts.append(args[5]) or real(*args, **kw))
     engine = make_engine(max_batch=max_batch, prefill_chunk=4)
 
     def params(seed):

@@ -43,3 +43,32 @@ def test_padded_prefill_gives_generates_greedy_tokens(monkeypatch, chunk):
     reference = [None] + [logits[i, prompt[i + 1]].item() for i in range(len(prompt) - 1)]
     assert out["prompt_logprobs"][0] is None
     torch.testing.assert_close(torch.tensor(out["prompt_logprobs"][1:]), torch.tensor(reference[1:]), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("prompt_logprobs", [False, True])
+@pytest.mark.parametrize("chunk", [256, 40])  # 45 tokens: one chunk (padded to 48); chunks of 40 (-> 48) and 5
+def test_last_layer_runs_on_the_chunks_last_token_unless_prompt_logprobs(chunk, prompt_logprobs):
+    """Without prompt_logprobs only a chunk's last token leaves the last layer (its projections and MLP run on one
+    row; keys and values still for every position); the tokens stay model.generate's either way."""
+    model, tokenizer = tiny_model_and_tokenizer()
+    prompt = [int(t) for t in torch.randint(0, len(tokenizer), (45,), generator=torch.Generator().manual_seed(5))]
+    rows = {"first": [], "last": []}  # rows reaching the first and the last block's c_fc, per call
+    hooks = [block.mlp.c_fc.register_forward_pre_hook(
+        lambda module, args, key=key: rows[key].append(args[0].numel() // args[0].shape[-1]) and None)
+        for key, block in (("first", model.transformer.h[0]), ("last", model.transformer.h[-1]))]
+    engine = Engine(model, tokenizer, max_batch=2, prefill_chunk=chunk).start()
+    try:
+        out = collect(engine, prompt, SamplingParams(max_tokens=6, temperature=0, logprobs=1,
+                                                     prompt_logprobs=prompt_logprobs))[0]
+    finally:
+        engine.stop()
+        for hook in hooks:
+            hook.remove()
+    with torch.inference_mode():
+        expected = model.generate(torch.tensor([prompt]), max_new_tokens=6)[0, len(prompt):].tolist()
+        first = model(torch.tensor([prompt])).logits[0, -1].float().log_softmax(-1)[expected[0]].item()
+    assert out["tokens"] == expected
+    assert out["logprobs"][0].logprob == pytest.approx(first, abs=1e-4)  # the first token's, from the last layer's row
+    chunks = [48] if chunk == 256 else [48, 5]  # the rows each chunk runs with (padded)
+    assert rows["first"][:len(chunks)] == chunks
+    assert rows["last"][:len(chunks)] == (chunks if prompt_logprobs else [1] * len(chunks))

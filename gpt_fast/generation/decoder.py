@@ -5,7 +5,8 @@ for every path) under one KernelPlan, and differ from the model's forward only i
 
 - prefill(packed_ids, lengths): positions 0..T-1; each layer's keys and values are written into the cache and the
   prompt attends with the plan's backend (eager / sdpa / fused) under a key-padding mask. Returns the logits at
-  each row's last real token.
+  each row's last real token, so the last layer computes its keys and values for every position (the cache) but
+  its attention, projections and MLP for that token only: ~6% of a 512-token prefill's work saved.
 - extend(tokens) / rewind(count): several new tokens per row in one pass, and dropping the last positions again
   (speculative decoding, prompt_lookup.py).
 - step(tokens): one new token per row at position = the row's cache length; the attention is the plan's
@@ -52,15 +53,22 @@ class IncrementalDecoder:
         self.step_types = step_types
         x = self.transformer.embed(packed_ids, self.transformer.position_ids[:T], packed_types)  # (B, T, C)
         key_mask = None if all_full else (torch.arange(T, device=x.device)[None, :] < lengths[:, None]).long()
+        rows, last = torch.arange(B, device=x.device), lengths - 1  # (B,) each row's last real position
+        final = len(self.transformer.h) - 1
 
         def attend(i, qkv):  # (B, T, 3C) -> (B, T, C), the prompt's keys and values going into the cache
             self.cache.write_prompt(i, qkv[..., C:2 * C], qkv[..., 2 * C:], self.n_head)
-            return backend_attention(self.plan, qkv, key_mask, self.n_head), None
+            if i < final:
+                return backend_attention(self.plan, qkv, key_mask, self.n_head), None
+            # Only the last token's output is wanted from the last block: its query alone over the cache, which
+            # decode_attention sees as [0, last) plus this token (whose key and value it writes again, unchanged).
+            k_cache, v_cache = self.cache.layers[i]
+            return self.plan.decode_attention(qkv[rows, last][:, None], k_cache, v_cache, last, self.n_head), None
 
-        x = self.transformer.run_layers(x, self.plan, attend)
+        # The last block runs its projections and MLP on each row's last token only (B rows, not B * T).
+        x = self.transformer.run_layers(x, self.plan, attend, last_rows=last[:, None])  # (B, 1, C)
         self.cache.lengths.copy_(lengths)
-        last = x[torch.arange(B, device=x.device), lengths - 1]  # (B, C)
-        return self.model.logits(last, self.plan).float()
+        return self.model.logits(x[:, 0], self.plan).float()
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens (B,) long -> float32 logits (B, V) of the token after each row's new one."""

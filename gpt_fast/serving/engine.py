@@ -251,7 +251,9 @@ class Engine:
         start = sequence.prefilled
         end = min(len(sequence.prompt), start + self.prefill_chunk)
         ids = torch.tensor(sequence.prompt[start:end], dtype=torch.long, device=self.device)
-        hidden = prefill_chunk(self.model, self.plan, self.slots, sequence.slot, ids, start)  # (c, C)
+        # Every position's hidden state when the request wants the prompt's log-probabilities, else the last's.
+        hidden = prefill_chunk(self.model, self.plan, self.slots, sequence.slot, ids, start,
+                               all_rows=sequence.prompt_logprobs is not None)  # (c or 1, C)
         sequence.prefilled = end
         if sequence.prompt_logprobs is not None:
             self.add_prompt_logprobs(sequence, hidden, start, end)

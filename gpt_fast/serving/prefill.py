@@ -36,9 +36,12 @@ def padded_rows(rows: int, small_rows: int, room: int) -> int:
     return max(rows, min(-(-rows // ROW_BUCKET) * ROW_BUCKET, room))
 
 
-def prefill_chunk(model, plan: KernelPlan, cache: SlotCache, slot: int, ids: torch.Tensor, start: int) -> torch.Tensor:
+def prefill_chunk(model, plan: KernelPlan, cache: SlotCache, slot: int, ids: torch.Tensor, start: int,
+                  all_rows: bool = True) -> torch.Tensor:
     """ids: (c,) long, the prompt's tokens at positions [start, start + c). Fills the slot's cache there, sets its
-    length to start + c, and returns the last layer's hidden states (c, C)."""
+    length to start + c, and returns the last layer's hidden states (c, C); with all_rows=False only the chunk's
+    last token's, (1, C): the last layer then runs its attention, projections and MLP on that token alone (its keys
+    and values still for every position), as IncrementalDecoder.prefill does."""
     transformer = model.transformer
     n_head = model.config.n_head
     C = model.config.n_embd
@@ -52,16 +55,22 @@ def prefill_chunk(model, plan: KernelPlan, cache: SlotCache, slot: int, ids: tor
         queries = torch.arange(start, end, device=ids.device)[:, None]  # (c, 1) absolute positions
         visible = torch.arange(end, device=ids.device)[None, :] <= queries  # (c, end)
 
-    def attend(i, qkv):  # (1, c, 3C) -> (1, c, C)
+    final = None if all_rows else len(transformer.h) - 1
+    last = torch.tensor([[c - 1]], device=ids.device)  # (1, 1) the chunk's last real token
+
+    def attend(i, qkv):  # (1, c, 3C) -> (1, c, C), or (1, 1, C) for the last token alone in the final layer
         k_cache, v_cache = cache.layers[i]  # (B, H, Tmax, D)
         k_cache[slot, :, start:end].copy_(split_heads(qkv[..., C:2 * C], n_head)[0])  # (H, c, D)
         v_cache[slot, :, start:end].copy_(split_heads(qkv[..., 2 * C:], n_head)[0])
+        if i == final:  # its query over [0, start + c - 1) plus itself (whose key and value it writes again)
+            return plan.decode_attention(qkv[:, c - 1:c], k_cache[slot:slot + 1], v_cache[slot:slot + 1],
+                                         last[0] + start, n_head), None
         if not start:
             return backend_attention(plan, qkv, None, n_head), None
         q = split_qkv(qkv, n_head)[0]  # (1, H, c, D)
         keys, values = k_cache[slot:slot + 1, :, :end], v_cache[slot:slot + 1, :, :end]  # (1, H, end, D)
         return merge_heads(F.scaled_dot_product_attention(q, keys, values, attn_mask=visible)), None
 
-    hidden = transformer.run_layers(x, plan, attend)  # (1, rows, C)
+    hidden = transformer.run_layers(x, plan, attend, last_rows=None if all_rows else last)  # (1, rows or 1, C)
     cache.lengths[slot] = start + c
     return hidden[0, :c]

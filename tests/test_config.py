@@ -88,6 +88,15 @@ def test_labels_match_transformers(tmp_path):
     assert ours.problem_type == "regression" and ours.pad_token_id == 3
 
 
+def test_to_dict_keeps_int_label_ids_as_transformers_does(tmp_path):
+    ours = OpenAIGPTConfig(id2label={0: "neg", 1: "pos"})
+    theirs = transformers.OpenAIGPTConfig(id2label={0: "neg", 1: "pos"})
+    assert ours.to_dict()["id2label"] == theirs.to_dict()["id2label"] == {0: "neg", 1: "pos"}
+    assert ours.to_dict()["label2id"] == {"neg": 0, "pos": 1}
+    assert json.loads(ours.to_json_string())["id2label"] == {"0": "neg", "1": "pos"}  # JSON's keys are strings
+    assert OpenAIGPTConfig.from_dict(ours.to_dict()).id2label == {0: "neg", 1: "pos"}
+
+
 def test_transformers_loads_a_config_gpt_fast_wrote(tmp_path):
     OpenAIGPTConfig(vocab_size=321, n_positions=48, n_embd=40, n_layer=2, n_head=5, afn="silu",
                     id2label={0: "x", 1: "y", 2: "z"}, pad_token_id=2, attn_pdrop=0.05).save_pretrained(tmp_path)

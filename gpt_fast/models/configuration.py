@@ -171,7 +171,7 @@ class OpenAIGPTConfig:
         out: dict[str, Any] = {"model_type": self.model_type}
         for name in list(DEFAULTS) + self._extra_keys:
             out[name] = copy.deepcopy(getattr(self, name))
-        out["id2label"] = {str(i): label for i, label in self.id2label.items()}
+        out["id2label"] = dict(self.id2label)  # int keys, as transformers' to_dict (JSON writes them as strings)
         out["label2id"] = self.label2id
         return dict(sorted(out.items()))
 

@@ -16,6 +16,14 @@ constexpr int64_t kBN = cpu::kLinearBlockN;
 // Software prefetch distance into each weight stream, in bytes. The hardware prefetcher stops at 4 KiB pages; 1 KiB
 // ahead measured best of {0, 512, 1024, 2048, 4096} here (up to ~1.3x at M = 4, a little at M = 1).
 constexpr int64_t kPrefetch = 1024;
+// The distance for fp32 weights with 1-2 rows (decode): 2 KiB measured best of {1, 2, 3, 4} KiB on GPT-1's decode
+// linears (2026-12-06, Sapphire Rapids, 2 threads, the AVX-512 and AVX2 tiers alternating, 3 rounds: M = 1 ~7-10%
+// faster than 1 KiB, whole fp32 decode steps 16.2-17.7 -> 14.6-15.8 ms; M = 2 on AVX2 25-27 -> 29-30 GB/s; 3 KiB
+// alike, 4 KiB in between; bf16 within noise, so the 16-bit types keep kPrefetch). Zen 5 capped to AVX2 had measured
+// 1 KiB best for fp32 on one core (CPU time); not re-measured there since.
+constexpr int64_t kPrefetchFp32 = 2048;
+template <typename T>
+constexpr int64_t kPrefetchNear = sizeof(T) == 4 ? kPrefetchFp32 : kPrefetch;  // 1-2 rows of T
 // The distance for 3+ rows, which consume a stream more slowly: 8 KiB measured best of {1, 2, 4, 8, 16} KiB on
 // the AVX-512 tiles (lm_head bf16, one core: M = 8 ~1.4x faster than 1 KiB ahead, M = 16 ~1.25x; 4 KiB within
 // noise of 8), and 1.05-1.35x faster on the AVX2 tier at M = 4-16.

@@ -15,8 +15,8 @@
 // <= 2 rows x 2 blocks (M = 8: 4 tiles), measured 13-18% faster there at M = 4 and 8 than 4-row tiles (one core,
 // Zen 5 capped to AVX2), while fp32 measured the same or better with the larger tiles. From ~4 rows the tier is
 // bound by FMA issue, not memory: at M = 8 one core does ~17.5 GB/s fp32, ~10 GB/s bf16 (4.4 / 5.5 G weights/s).
-// With 3+ rows the weight streams are prefetched 8 KiB ahead (kPrefetchFar; 1-2 rows: 1 KiB, but bf16 / fp16 with one
-// row 2 KiB: kPrefetchHalf), measured 1.15-1.4x faster at M = 4, 1.05-1.3x at M = 8 and 1.0-1.2x at M = 16 (GPT-1's
+// With 3+ rows the weight streams are prefetched 8 KiB ahead (kPrefetchFar; 1-2 rows: fp32 2 KiB, kPrefetchFp32;
+// bf16 / fp16 1 KiB, but with one row 2 KiB: kPrefetchHalf), measured 1.15-1.4x faster at M = 4, 1.05-1.3x at M = 8 and 1.0-1.2x at M = 16 (GPT-1's
 // layers, one core, fp32 and bf16). Bias, GELU and the residual on fp32 vectors, then one converting store (once per
 // output, not per weight).
 #include "cpu/linear_small_m.h"
@@ -33,9 +33,9 @@ namespace {
 constexpr int kMaxRows = 6;  // rows per fp32 tile: 2 x 6 accumulators
 // Prefetch distance of the 16-bit weights (bf16, fp16) with one row. 2 KiB measured best of {1, 1.5, 2, 2.5, 3, 4}
 // KiB (and of 6 streams side by side instead of 4) on GPT-1's decode linears (12 layers + LM head, one core, CPU
-// time, Zen 5 capped to AVX2): 7.0-7.2 ms a token against 7.5-8.2 ms at 1 KiB; fp32 stays best at 1 KiB (kPrefetch).
-// At the same bytes per second a bf16 stream is consumed through twice the instructions of an fp32 one. fp16 (F16C
-// conversions) takes the same distance, not measured on its own.
+// time, Zen 5 capped to AVX2): 7.0-7.2 ms a token against 7.5-8.2 ms at 1 KiB; fp32 stayed best at 1 KiB there (but
+// not on Sapphire Rapids: kPrefetchFp32). At the same bytes per second a bf16 stream is consumed through twice the
+// instructions of an fp32 one. fp16 (F16C conversions) takes the same distance, not measured on its own.
 constexpr int64_t kPrefetchHalf = 2048;
 
 // One k row of a block (16 weights) as two 8-lane fp32 vectors: columns 0-7 and 8-15, except bf16: the even
@@ -181,7 +181,7 @@ void linear_blocks_avx2(const LinearArgs<T>& a, int64_t block_begin, int64_t blo
   // 3+ rows prefetch further ahead (kPrefetchFar), as on AVX-512.
   auto with_distance = [&](auto streams) {
     if (a.M >= 3) return by_groups(streams, std::integral_constant<int64_t, kPrefetchFar>{});
-    by_groups(streams, std::integral_constant<int64_t, kPrefetch>{});
+    by_groups(streams, std::integral_constant<int64_t, kPrefetchNear<T>>{});
   };
   if (tile_rows <= 1) {
     if constexpr (sizeof(T) == 2)  // bf16 / fp16, one row: 2 KiB ahead (kPrefetchHalf)

@@ -16,9 +16,9 @@
 // Zen 5 capped to AVX2), while fp32 measured the same or better with the larger tiles. From ~4 rows the tier is
 // bound by FMA issue, not memory: at M = 8 one core does ~17.5 GB/s fp32, ~10 GB/s bf16 (4.4 / 5.5 G weights/s).
 // With 3+ rows the weight streams are prefetched 8 KiB ahead (kPrefetchFar; 1-2 rows: fp32 2 KiB, kPrefetchFp32;
-// bf16 / fp16 1 KiB, but with one row 2 KiB: kPrefetchHalf), measured 1.15-1.4x faster at M = 4, 1.05-1.3x at M = 8 and 1.0-1.2x at M = 16 (GPT-1's
-// layers, one core, fp32 and bf16). Bias, GELU and the residual on fp32 vectors, then one converting store (once per
-// output, not per weight).
+// bf16 / fp16 1 KiB, but with one row 2 KiB: kPrefetchHalf), measured 1.15-1.4x faster at M = 4, 1.05-1.3x at M = 8
+// and 1.0-1.2x at M = 16 (GPT-1's layers, one core, fp32 and bf16). Bias, GELU and the residual on fp32 vectors, then
+// one converting store (once per output, not per weight).
 #include "cpu/linear_small_m.h"
 
 #include <algorithm>

@@ -104,7 +104,7 @@ class Block(nn.Module):
         if rows is not None:
             x = x[torch.arange(x.shape[0], device=x.device)[:, None], rows]  # (B, T', C)
         n = self.residual_norm(x, attn_parts["c_proj"], a, attn_parts["resid_dropout"], modules["ln_1"], plan)
-        h = mlp.hidden(n, plan)  # (B, T, 4C)
+        h = mlp.hidden(n, plan)  # (B, T or T', 4C)
         return self.residual_norm(n, mlp_parts["c_proj"], h, mlp_parts["dropout"], modules["ln_2"], plan), probs
 
     @staticmethod

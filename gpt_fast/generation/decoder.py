@@ -66,7 +66,7 @@ class IncrementalDecoder:
             return self.plan.decode_attention(qkv[rows, last][:, None], k_cache, v_cache, last, self.n_head), None
 
         # The last block runs its projections and MLP on each row's last token only (B rows, not B * T).
-        x = self.transformer.run_layers(x, self.plan, attend, last_rows=last[:, None])  # (B, 1, C)
+        x = self.transformer.run_layers(x, self.plan, attend, last_positions=last[:, None])  # (B, 1, C)
         self.cache.lengths.copy_(lengths)
         return self.model.logits(x[:, 0], self.plan).float()
 

@@ -91,18 +91,18 @@ class Block(nn.Module):
         self.mlp = MLP(config)
         self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
 
-    def forward(self, x, plan: KernelPlan, attend: Callable, rows: torch.Tensor | None = None):
+    def forward(self, x, plan: KernelPlan, attend: Callable, positions: torch.Tensor | None = None):
         """x: (B, T, C); attend(qkv (B, T, 3C)) -> (attention output (B, T, C), probabilities or None).
-        Returns (the block output (B, T, C), the probabilities). rows (B, T'): only the output at these positions
-        of each row is wanted; attend then returns the attention output at those positions only, (B, T', C), and
+        Returns (the block output (B, T, C), the probabilities). positions (B, T'): only each row's output at
+        these positions is wanted; attend then returns the attention output at those positions only, (B, T', C), and
         the block returns (B, T', C) (the projections and the MLP run on T' rows, not T)."""
         # Submodules read from _modules once: nn.Module's __getattr__ costs a measurable share of a decode step.
         modules = self._modules
         attn, mlp = modules["attn"], modules["mlp"]
         attn_parts, mlp_parts = attn._modules, mlp._modules
         a, probs = attend(attn_parts["c_attn"](x, plan))
-        if rows is not None:
-            x = x[torch.arange(x.shape[0], device=x.device)[:, None], rows]  # (B, T', C)
+        if positions is not None:
+            x = x[torch.arange(x.shape[0], device=x.device)[:, None], positions]  # (B, T', C)
         n = self.residual_norm(x, attn_parts["c_proj"], a, attn_parts["resid_dropout"], modules["ln_1"], plan)
         h = mlp.hidden(n, plan)  # (B, T or T', 4C)
         return self.residual_norm(n, mlp_parts["c_proj"], h, mlp_parts["dropout"], modules["ln_2"], plan), probs
@@ -151,10 +151,10 @@ class OpenAIGPTModel(OpenAIGPTPreTrainedModel):
         return hidden
 
     def run_layers(self, hidden, plan: KernelPlan, attend: Attend, all_hidden: list | None = None,
-                   all_probs: list | None = None, last_rows: torch.Tensor | None = None):
+                   all_probs: list | None = None, last_positions: torch.Tensor | None = None):
         """The layer loop of every path. hidden: (B, T, C); attend as Attend. Appends each block's input to
         all_hidden and its probabilities to all_probs when given. Returns the last block's output (B, T, C), or
-        with last_rows (B, T') its output at those positions only, (B, T', C) (Block's rows: the last attend
+        with last_positions (B, T') its output at those positions only, (B, T', C) (Block's positions: the last attend
         returns those queries only). With gradient checkpointing on and the model training, each block is
         recomputed in the backward pass."""
         checkpointing = self.gradient_checkpointing is not None and self.training and torch.is_grad_enabled()
@@ -163,24 +163,24 @@ class OpenAIGPTModel(OpenAIGPTPreTrainedModel):
             if all_hidden is not None:
                 all_hidden.append(hidden)
             block_attend = functools.partial(attend, i)
-            rows = last_rows if i == last else None
+            positions = last_positions if i == last else None
             if checkpointing and i % self.gradient_checkpointing["every_n_layers"] == 0:
-                hidden, probs = self._checkpointed(block, hidden, plan, block_attend, rows)
+                hidden, probs = self._checkpointed(block, hidden, plan, block_attend, positions)
             else:
-                hidden, probs = block(hidden, plan, block_attend, rows)
+                hidden, probs = block(hidden, plan, block_attend, positions)
             if all_probs is not None:
                 all_probs.append(probs)
         return hidden
 
-    def _checkpointed(self, block: Block, hidden, plan: KernelPlan, attend, rows=None):
-        """block(hidden, plan, attend, rows), its activations recomputed in the backward pass (and its saved input kept
-        in CPU memory with offload)."""
+    def _checkpointed(self, block: Block, hidden, plan: KernelPlan, attend, positions=None):
+        """block(hidden, plan, attend, positions), its activations recomputed in the backward pass (and its saved input
+        kept in CPU memory with offload)."""
         settings = self.gradient_checkpointing
         offload = settings["offload"] and hidden.device.type != "cpu"
         context = (torch.autograd.graph.save_on_cpu(pin_memory=hidden.device.type == "cuda") if offload
                    else contextlib.nullcontext())
         with context:
-            return torch.utils.checkpoint.checkpoint(block, hidden, plan, attend, rows, **settings["kwargs"])
+            return torch.utils.checkpoint.checkpoint(block, hidden, plan, attend, positions, **settings["kwargs"])
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, inputs_embeds=None,
                 output_attentions=None, output_hidden_states=None, return_dict=None, *, head_mask=None,

@@ -96,7 +96,7 @@ def _block_inputs(base: nn.Module, windows: torch.Tensor) -> tuple[list, object,
     state: dict = {}
 
     def grab(module, args):
-        hidden, plan, block_attend = args[:3]  # (the rows argument of the last block: None here)
+        hidden, plan, block_attend = args[:3]  # (and the last block's positions, which h[0] never gets)
         captured.append(hidden)
         state["plan"], state["attend"] = plan, block_attend.func  # block_attend = partial(attend, 0)
         raise _Stop

@@ -56,7 +56,9 @@ def prefill_chunk(model, plan: KernelPlan, cache: SlotCache, slot: int, ids: tor
         visible = torch.arange(end, device=ids.device)[None, :] <= queries  # (c, end)
 
     final = None if all_rows else len(transformer.h) - 1
-    last = torch.tensor([[c - 1]], device=ids.device)  # (1, 1) the chunk's last real token
+    if not all_rows:  # the chunk's last real token: its index in the chunk (1, 1) and its cache position (1,)
+        last = torch.tensor([[c - 1]], device=ids.device)
+        last_position = torch.tensor([start + c - 1], device=ids.device)
 
     def attend(i, qkv):  # (1, c, 3C) -> (1, c, C), or (1, 1, C) for the last token alone in the final layer
         k_cache, v_cache = cache.layers[i]  # (B, H, Tmax, D)
@@ -64,13 +66,13 @@ def prefill_chunk(model, plan: KernelPlan, cache: SlotCache, slot: int, ids: tor
         v_cache[slot, :, start:end].copy_(split_heads(qkv[..., 2 * C:], n_head)[0])
         if i == final:  # its query over [0, start + c - 1) plus itself (whose key and value it writes again)
             return plan.decode_attention(qkv[:, c - 1:c], k_cache[slot:slot + 1], v_cache[slot:slot + 1],
-                                         last[0] + start, n_head), None
+                                         last_position, n_head), None
         if not start:
             return backend_attention(plan, qkv, None, n_head), None
         q = split_qkv(qkv, n_head)[0]  # (1, H, c, D)
         keys, values = k_cache[slot:slot + 1, :, :end], v_cache[slot:slot + 1, :, :end]  # (1, H, end, D)
         return merge_heads(F.scaled_dot_product_attention(q, keys, values, attn_mask=visible)), None
 
-    hidden = transformer.run_layers(x, plan, attend, last_rows=None if all_rows else last)  # (1, rows or 1, C)
+    hidden = transformer.run_layers(x, plan, attend, last_positions=None if all_rows else last)  # (1, rows or 1, C)
     cache.lengths[slot] = start + c
     return hidden[0, :c]

@@ -32,6 +32,7 @@ from gpt_fast.models.outputs import BaseModelOutput
 from gpt_fast.models.pretrained import OpenAIGPTPreTrainedModel
 from gpt_fast.models.validation import check_model_inputs
 from gpt_fast.ops import philox
+from gpt_fast.ops.func_transforms import transforms_active
 from gpt_fast.ops.kernel_plan import KernelPlan, plan_kernels
 
 
@@ -140,7 +141,8 @@ class OpenAIGPTModel(OpenAIGPTPreTrainedModel):
         """The kernels for a call of this model on `device` in `dtype` (see gpt_fast/ops/kernel_plan.py)."""
         dropout = self.training and self.configured_dropout
         return plan_kernels(self.attn_implementation, device, dtype, dropout=dropout, needs_probs=needs_probs,
-                            grad=torch.is_grad_enabled(), autocast=torch.is_autocast_enabled(device.type))
+                            grad=torch.is_grad_enabled(), autocast=torch.is_autocast_enabled(device.type),
+                            transformed=transforms_active())
 
     def embed(self, input_ids=None, positions=None, token_type_ids=None, inputs_embeds=None):
         """Token + position (+ token type) embeddings, (..., T) -> (..., T, C), before the embedding dropout."""

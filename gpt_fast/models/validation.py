@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from gpt_fast.ops.func_transforms import plain_tensor
+
 
 def check_integer_tensor(name: str, tensor: torch.Tensor | None) -> None:
     if tensor is None:
@@ -19,6 +21,7 @@ def check_ids_in_range(name: str, ids: torch.Tensor | None, upper: int) -> None:
     torch.compile, which cannot trace a check on tensor values."""
     if ids is None or ids.numel() == 0 or torch.compiler.is_compiling():
         return
+    ids = plain_tensor(ids)  # under vmap: every example's ids
     low, high = int(ids.min()), int(ids.max())
     if low < 0 or high >= upper:
         bad = low if low < 0 else high
@@ -33,6 +36,7 @@ def check_binary_mask(name: str, mask: torch.Tensor) -> None:
         raise TypeError(f"{name} must hold 0/1 (bool, integer or float), got dtype {mask.dtype}")
     if mask.dtype == torch.bool or mask.numel() == 0 or torch.compiler.is_compiling():
         return
+    mask = plain_tensor(mask)
     other = (mask != 0) & (mask != 1)
     if bool(other.any()):
         value = mask[other][0].item()

@@ -34,9 +34,12 @@ def _reference_grads(reference_fn: Callable, inputs, grad_output, differentiable
     differentiable_outputs (reference_fn returns a tuple) the tuple of those outputs' gradients."""
     create_graph = torch.is_grad_enabled()  # backward(create_graph=True): the gradients get a graph of their own
     with torch.enable_grad():
-        # with create_graph the inputs that require grad are kept, so that the gradients connect to their graph
+        # with create_graph the inputs that require grad enter as views of themselves, so that the gradients
+        # connect to their graph; a view, not the input itself, because autograd.grad with respect to the input
+        # would also sum the paths from one input to another (the model's residual is a function of x), counting
+        # them twice once autograd adds the input gradients up
         args = [
-            (a if create_graph and a.requires_grad else a.detach().requires_grad_(True))
+            (a.view_as(a) if create_graph and a.requires_grad else a.detach().requires_grad_(True))
             if isinstance(a, torch.Tensor) and a.is_floating_point() else a
             for a in inputs
         ]

@@ -16,6 +16,7 @@ import torch
 from gpt_fast.ops import reference
 from gpt_fast.ops._autograd import kernel_serves, register_backward
 from gpt_fast.ops._library import extension_loaded
+from gpt_fast.ops.func_transforms import transforms_active
 
 
 def _check_dropout_p(op: str, dropout_p: float) -> None:
@@ -63,7 +64,10 @@ if extension_loaded():
 
 def add_layernorm(x, residual, bias, weight, ln_bias, eps: float, dropout_p: float = 0.0, seed: int = 0):
     """Fused kernel call. x, residual: (..., C); bias (or None), weight, ln_bias: (C,); dropout_p in [0, 1) drops
-    elements of residual + bias under Philox's mask for seed."""
+    elements of residual + bias under Philox's mask for seed. Under torch.func transforms and forward-mode AD
+    (which custom ops do not support: func_transforms.py), the eager reference."""
+    if transforms_active():
+        return reference.add_layernorm(x, residual, bias, weight, ln_bias, eps, dropout_p, seed)
     return torch.ops.gpt_fast.add_layernorm(x, residual, bias, weight, ln_bias, eps, dropout_p, seed)
 
 

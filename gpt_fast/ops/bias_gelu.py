@@ -8,6 +8,7 @@ import torch
 from gpt_fast.ops import reference
 from gpt_fast.ops._autograd import kernel_serves, register_backward
 from gpt_fast.ops._library import extension_loaded
+from gpt_fast.ops.func_transforms import transforms_active
 
 
 def _backward(grad_output, inputs, needs_input_grad):
@@ -40,7 +41,10 @@ if extension_loaded():
 
 
 def bias_gelu(x, bias):
-    """Fused kernel call. x: (..., N) fp32/bf16/fp16, bias: (N,) same dtype. Returns a contiguous (..., N)."""
+    """Fused kernel call. x: (..., N) fp32/bf16/fp16, bias: (N,) same dtype. Returns a contiguous (..., N). Under
+    torch.func transforms and forward-mode AD (func_transforms.py), the eager reference."""
+    if transforms_active():
+        return reference.bias_gelu(x, bias)
     return torch.ops.gpt_fast.bias_gelu(x, bias)
 
 

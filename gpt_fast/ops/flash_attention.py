@@ -7,6 +7,7 @@ import torch
 from gpt_fast.ops import reference
 from gpt_fast.ops._autograd import register_reference_backward
 from gpt_fast.ops._library import extension_loaded
+from gpt_fast.ops.func_transforms import transforms_active
 
 if extension_loaded():
 
@@ -30,7 +31,10 @@ def flash_attention(qkv, key_padding_mask, n_head: int):
     """Causal attention. qkv: (B, T, 3C) = q | k | v; key_padding_mask: (B, T) bool (True = attend) or None.
     Returns (B, T, C); query rows with no key to attend give zeros. A NaN or infinity in a query, or in a key
     the row attends, makes that row (of that head) NaN, as PyTorch's attention math does (see
-    propagate_nonfinite); a NaN or infinity in a value reaches the output through the kernel itself."""
+    propagate_nonfinite); a NaN or infinity in a value reaches the output through the kernel itself. Under
+    torch.func transforms and forward-mode AD (func_transforms.py), the eager reference."""
+    if transforms_active():
+        return reference.flash_attention(qkv, key_padding_mask, n_head)
     out = torch.ops.gpt_fast.flash_attention(qkv, key_padding_mask, n_head)
     return propagate_nonfinite(out, qkv, key_padding_mask, n_head)
 

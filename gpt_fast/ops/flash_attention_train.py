@@ -18,6 +18,7 @@ from torch.utils.flop_counter import register_flop_formula
 from gpt_fast.ops import philox, reference
 from gpt_fast.ops._autograd import kernel_serves, register_backward
 from gpt_fast.ops._library import extension_loaded
+from gpt_fast.ops.func_transforms import transforms_active
 
 
 def _backward(grad_outputs, inputs, needs_input_grad, outputs):
@@ -81,6 +82,8 @@ def flash_attention_train(qkv, key_padding_mask, n_head: int, dropout_p: float =
     torch's generator when None (gpt_fast.ops.philox.draw_seed: reproducible under torch.manual_seed)."""
     if seed is None:
         seed = philox.draw_seed()
+    if transforms_active():  # torch.func transforms, forward-mode AD: the eager reference (func_transforms.py)
+        return reference.flash_attention_train(qkv, key_padding_mask, n_head, float(dropout_p), seed)
     return torch.ops.gpt_fast.flash_attention_train(qkv, key_padding_mask, n_head, float(dropout_p), seed)
 
 

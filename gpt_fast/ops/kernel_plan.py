@@ -1,6 +1,6 @@
 """Which implementation each step of a GPT-1 block uses, decided once per call site's circumstances.
 
-`plan_kernels(attn_implementation, device, dtype, dropout=, needs_probs=, grad=, autocast=)` returns one
+`plan_kernels(attn_implementation, device, dtype, dropout=, needs_probs=, grad=, autocast=, transformed=)` returns one
 KernelPlan that the model's forward, the generation prefill and decode steps, and the benchmarks all use; the
 layers read it and never decide again. Plans are memoised per argument tuple (and per GPT_FAST_CPU_ISA value,
 which caps the CPU paths), so choosing costs a dictionary lookup per forward.
@@ -14,6 +14,8 @@ The rules:
   back). A dtype the kernels lack (float64) also runs "fused" as "sdpa". `attention_train` records whether "fused"
   has that training kernel: the attention layer runs it whenever dropout is active or gradients reach qkv (else the
   inference kernel, whose backward is the eager reference's).
+- transformed (a torch.func transform or forward-mode AD is active, ops/func_transforms.py): every step as the
+  "eager" backend, plain PyTorch, which the transforms support; gpt_fast's custom ops would give zero tangents.
 - the other kernels (add_layernorm, bias_gelu, decode_attention and the linear engines) run whenever they exist
   for the device and dtype and the backend is not "eager" (which is transformers' math, kept as the
   plain-PyTorch reference path). Dropout keeps them: add_layernorm takes the residual dropout (the caller passes
@@ -163,13 +165,17 @@ def _plan(attn_implementation, device_type: str, dtype: torch.dtype, dropout: bo
 
 
 def plan_kernels(attn_implementation: str | None, device: torch.device, dtype: torch.dtype, *, dropout: bool = False,
-                 needs_probs: bool = False, grad: bool = False, autocast: bool = False) -> KernelPlan:
+                 needs_probs: bool = False, grad: bool = False, autocast: bool = False,
+                 transformed: bool = False) -> KernelPlan:
     """The plan for one forward (or one generation request) on `device` in `dtype` (the model's dtype).
 
     dropout: a dropout layer is active (train mode with p > 0); needs_probs: the attention probabilities are
     returned or scaled (output_attentions, head_mask); grad: gradients flow to the weights; autocast: a
-    torch.autocast region is active for the device.
+    torch.autocast region is active for the device; transformed: a torch.func transform or forward-mode AD is
+    active (func_transforms.transforms_active()).
     """
+    if transformed:
+        attn_implementation = "eager"
     key = (attn_implementation, torch.device(device).type, dtype, bool(dropout), bool(needs_probs), bool(grad),
            bool(autocast), cpu_isa.level())
     plan = _PLANS.get(key)

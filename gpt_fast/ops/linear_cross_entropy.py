@@ -36,6 +36,7 @@ from __future__ import annotations
 import torch
 
 from gpt_fast.ops import cpu_isa, onednn_linear
+from gpt_fast.ops.func_transforms import transforms_active
 
 # float32 logits per chunk: 64 MiB (414 rows at GPT-1's 40,478-token vocabulary). Each chunk re-reads the (V, C)
 # weight twice and the float32 weight gradient once: at GPT-1's shape, B*T = 1024, float32, 2 threads (AMD Zen 4)
@@ -240,6 +241,14 @@ class LinearCrossEntropy(torch.autograd.Function):
         return grad_hidden, grad_weight, None, None, None, None, None
 
 
+def _reference_loss(hidden, weight, targets, ignore_index: int, num_items_in_batch):
+    """What LinearCrossEntropy computes, through the logits: F.cross_entropy of the logits in float32."""
+    logits = torch.nn.functional.linear(hidden, weight).to(_stat_dtype(hidden.dtype))  # (N, V)
+    total = torch.nn.functional.cross_entropy(logits, targets, ignore_index=ignore_index, reduction="sum")
+    divisor = (targets != ignore_index).sum() if num_items_in_batch is None else num_items_in_batch
+    return total / divisor
+
+
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100,
                          num_items_in_batch=None, chunk_rows: int | None = None) -> torch.Tensor:
     """cross_entropy(hidden @ weight.T, targets, ignore_index) with the (N, V) logits never made whole.
@@ -269,6 +278,8 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
             and not cpu_isa.half_gemm_fast(hidden.dtype)):
         hidden, weight = hidden.float(), weight.float()  # PyTorch's half GEMM is a slow loop here (gradients: cast)
     targets = targets.to(hidden.device)
+    if transforms_active():  # torch.func / forward-mode AD: the reference, which they support (func_transforms.py)
+        return _reference_loss(hidden, weight, targets, ignore_index, num_items_in_batch)
     V = weight.shape[0]
     if targets.numel() and not torch.compiler.is_compiling():
         counted = targets[targets != ignore_index]

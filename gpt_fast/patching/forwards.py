@@ -23,13 +23,14 @@ from torch.nn.modules import module as torch_module
 
 from gpt_fast.models.attention import backend_attention
 from gpt_fast.models.linear import gemm
+from gpt_fast.ops.func_transforms import transforms_active
 from gpt_fast.ops.kernel_plan import KernelPlan, plan_kernels
 from gpt_fast.patching.originals import modeling_openai, original, patch
 
 
 def _plan(x: torch.Tensor, dropout: bool = False, needs_probs: bool = False) -> KernelPlan:
     return plan_kernels(None, x.device, x.dtype, dropout=dropout, needs_probs=needs_probs,
-                        grad=torch.is_grad_enabled())
+                        grad=torch.is_grad_enabled(), transformed=transforms_active())
 
 
 def hooked(module: nn.Module) -> bool:

@@ -8,6 +8,7 @@ from torch import nn
 
 from gpt_fast.generation.config import GenerationConfigMixin
 from gpt_fast.generation.generate import generate
+from gpt_fast.generation.transition_scores import compute_transition_scores
 from gpt_fast.models.configuration import OpenAIGPTConfig
 from gpt_fast.models.linear import call_head, project_to_vocab, weight_only_head
 from gpt_fast.models.lm_loss import fused_shifted_lm_loss, shifted_rows
@@ -114,6 +115,11 @@ class OpenAIGPTLMHeadModel(GenerationConfigMixin, OpenAIGPTPreTrainedModel):
         """transformers-compatible generation over a static KV cache (gpt_fast/generation/generate.py). Positional
         order as transformers': the prompt (`input_ids`, or `inputs=`), then generation_config; the rest by name."""
         return generate(self, input_ids, kwargs.pop("attention_mask", None), generation_config, **kwargs)
+
+    def compute_transition_scores(self, sequences, scores, beam_indices=None, normalize_logits: bool = False):
+        """Each generated token's score at the step that chose it, (R, N), as transformers' method: from generate()'s
+        sequences, scores (or logits) and beam_indices (gpt_fast/generation/transition_scores.py)."""
+        return compute_transition_scores(sequences, scores, beam_indices, normalize_logits)
 
     def logits(self, hidden, plan):
         """LM-head logits for hidden (..., C) -> (..., V), through the plan's engine (gpt_fast/models/linear.py)."""

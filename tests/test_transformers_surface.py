@@ -118,6 +118,27 @@ def test_accessors_match_transformers(head):
             assert ours.get_output_embeddings() is ours.lm_head and ours.lm_head.weight is embedding.weight
 
 
+def test_a_hand_written_generation_loop_runs_as_on_transformers():
+    """prepare_inputs_for_generation, then the forward, step by step: the tokens of transformers' same loop."""
+    hf, ours = load_pair(LM, "fused")
+    ids = random_ids((2, 5))
+    mask = torch.ones_like(ids)
+    mask[1, :2] = 0
+    sequences = []
+    for model in (hf, ours):
+        tokens, attention = ids, mask
+        for _ in range(4):
+            inputs = model.prepare_inputs_for_generation(tokens, attention_mask=attention, use_cache=False)
+            with torch.no_grad():
+                logits = model(**inputs).logits[:, -1]  # (B, V)
+            tokens = torch.cat([tokens, logits.argmax(-1, keepdim=True)], dim=1)
+            attention = torch.cat([attention, torch.ones_like(attention[:, :1])], dim=1)
+        sequences.append(tokens)
+    assert set(ours.prepare_inputs_for_generation(ids, attention_mask=mask)) == {"input_ids", "attention_mask"}
+    torch.testing.assert_close(sequences[1], sequences[0], rtol=0, atol=0)
+    torch.testing.assert_close(sequences[1], ours.generate(ids, attention_mask=mask, max_new_tokens=4), rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("head", [LM, DOUBLE, SEQ_CLS])
 def test_resize_token_embeddings_matches_transformers(head):
     hf, ours = load_pair(head, "eager")

@@ -116,6 +116,12 @@ class OpenAIGPTLMHeadModel(GenerationConfigMixin, OpenAIGPTPreTrainedModel):
         order as transformers': the prompt (`input_ids`, or `inputs=`), then generation_config; the rest by name."""
         return generate(self, input_ids, kwargs.pop("attention_mask", None), generation_config, **kwargs)
 
+    def prepare_inputs_for_generation(self, input_ids, **kwargs) -> dict:
+        """The forward's inputs for a generation step, as transformers' OpenAIGPT: the ids and the other arguments
+        as given (a hand-written loop's `model(**model.prepare_inputs_for_generation(ids, attention_mask=mask))`).
+        gpt_fast's own generate() does not use it: it decodes over its static cache."""
+        return {"input_ids": input_ids, **{key: value for key, value in kwargs.items() if key != "input_ids"}}
+
     def compute_transition_scores(self, sequences, scores, beam_indices=None, normalize_logits: bool = False):
         """Each generated token's score at the step that chose it, (R, N), as transformers' method: from generate()'s
         sequences, scores (or logits) and beam_indices (gpt_fast/generation/transition_scores.py)."""

@@ -53,3 +53,24 @@ def test_a_wrapping_modules_prefix_is_followed():
     fresh = torch.nn.ModuleDict({"inner": model(initializer_range=0.5)})
     fresh.load_state_dict(state, strict=True)
     torch.testing.assert_close(fresh["inner"].lm_head.weight, wrapper["inner"].lm_head.weight, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("cls", ["OpenAIGPTLMHeadModel", "OpenAIGPTDoubleHeadsModel"])
+def test_a_model_built_on_the_meta_device_loads_and_is_tied_again(cls):
+    """PyTorch's deferred initialisation: build on "meta", to_empty() (which makes each module's tensors anew, so
+    the head is no longer the table), load_state_dict. The model comes back tied, with the source's outputs."""
+    source = model(cls).eval()
+    with torch.device("meta"):
+        target = model(cls)
+    target = target.to_empty(device="cpu")
+    assert target.lm_head.weight is not target.transformer.tokens_embed.weight
+    target.load_state_dict(source.state_dict(), strict=True)
+    assert target.lm_head.weight is target.transformer.tokens_embed.weight
+    ids = torch.randint(0, CONFIG["vocab_size"], (1, 3, 5) if "Double" in cls else (2, 5))
+    with torch.no_grad():
+        torch.testing.assert_close(target.eval()(ids).logits, source(ids).logits, rtol=0, atol=0)
+    if cls == "OpenAIGPTLMHeadModel":  # the generation prefill's positions too
+        torch.testing.assert_close(target.generate(ids, max_new_tokens=4), source.generate(ids, max_new_tokens=4))
+    untied = model(cls, tie_word_embeddings=False)  # configured untied: its head keeps its own key and tensor
+    with pytest.raises(RuntimeError, match="Missing key.*lm_head.weight"):
+        untied.load_state_dict(source.state_dict(), strict=True)

@@ -51,7 +51,7 @@ class IncrementalDecoder:
         B, T = packed_ids.shape
         C = self.transformer.config.n_embd
         self.step_types = step_types
-        x = self.transformer.embed(packed_ids, self.transformer.position_ids[:T], packed_types)  # (B, T, C)
+        x = self.transformer.embed(packed_ids, torch.arange(T, device=packed_ids.device), packed_types)  # (B, T, C)
         key_mask = None if all_full else (torch.arange(T, device=x.device)[None, :] < lengths[:, None]).long()
         rows, last = torch.arange(B, device=x.device), lengths - 1  # (B,) each row's last real position
         final = len(self.transformer.h) - 1

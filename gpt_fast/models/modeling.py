@@ -130,6 +130,8 @@ class OpenAIGPTModel(OpenAIGPTPreTrainedModel):
         self.positions_embed = nn.Embedding(config.n_positions, config.n_embd)
         self.drop = nn.Dropout(config.embd_pdrop)
         self.h = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
+        # transformers' attribute. The forward makes its positions with arange instead of reading it: after
+        # to_empty() (deferred initialisation on the meta device) a non-persistent buffer holds uninitialised memory.
         self.register_buffer("position_ids", torch.arange(config.n_positions), persistent=False)
         self.gradient_checkpointing: dict | None = None  # activation checkpointing's settings while enabled
         # A bool, not the config's floats: under torch.compile a float that differs between two compiled models
@@ -201,7 +203,7 @@ class OpenAIGPTModel(OpenAIGPTPreTrainedModel):
         T = shape[-1]
 
         if position_ids is None:
-            position_ids = self.position_ids[None, :T]  # (1, T)
+            position_ids = torch.arange(T, device=self.positions_embed.weight.device)[None]  # (1, T)
         hidden = self.drop(self.embed(
             None if input_ids is None else input_ids.reshape(-1, T), position_ids.reshape(-1, T),
             None if token_type_ids is None else token_type_ids.reshape(-1, T),

@@ -28,8 +28,16 @@ def drop_tied_head(model: nn.Module, state_dict: dict, prefix: str, local_metada
 
 def fill_tied_head(model: nn.Module, state_dict: dict, prefix: str, local_metadata, strict, missing_keys,
                    unexpected_keys, error_msgs) -> None:
-    """load_state_dict pre-hook: a tied model's head key, when absent, taken from the embedding's."""
-    if is_tied(model) and prefix + HEAD not in state_dict and prefix + EMBEDDING in state_dict:
+    """load_state_dict pre-hook: a tied model's head key, when absent, taken from the embedding's. A model configured
+    tied whose tie was broken by moving it (`to_empty()` after building on the meta device makes each module's
+    tensors anew) is tied again first, as the dict describes it."""
+    if prefix + HEAD in state_dict or prefix + EMBEDDING not in state_dict:
+        return
+    config = getattr(model, "config", None)
+    if not is_tied(model) and isinstance(getattr(model, "lm_head", None), nn.Linear) and getattr(
+            config, "tie_word_embeddings", False):
+        model.tie_weights()
+    if is_tied(model):
         state_dict[prefix + HEAD] = state_dict[prefix + EMBEDDING]
 
 

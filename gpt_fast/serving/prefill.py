@@ -50,7 +50,7 @@ def prefill_chunk(model, plan: KernelPlan, cache: SlotCache, slot: int, ids: tor
     if rows > c:
         ids = F.pad(ids, (0, rows - c))  # (rows,)
     end = start + rows
-    x = transformer.embed(ids[None], transformer.position_ids[start:end])  # (1, c, C)
+    x = transformer.embed(ids[None], torch.arange(start, end, device=ids.device))  # (1, c, C)
     if start:
         queries = torch.arange(start, end, device=ids.device)[:, None]  # (c, 1) absolute positions
         visible = torch.arange(end, device=ids.device)[None, :] <= queries  # (c, end)

@@ -1,8 +1,8 @@
 """Train mode with residual dropout keeps the fused kernels: a small GPT-1 (resid_pdrop 0.1, embd_pdrop 0.1) in train
 mode runs add_layernorm (the dropout inside, Philox's mask under a seed drawn per call) and bias_gelu, forward and
 backward, and its loss and gradients equal the module math (transformers' ln(x + dropout(proj(h))), "eager"
-attention) fed the same masks: Block.residual_norm patched to apply gpt_fast.ops.philox.dropout with a seed drawn at
-the same point of torch's random stream. Also: the masks matter (nn.Dropout's masks give another loss),
+attention) fed the same masks: the blocks' residual dropout modules replaced by gpt_fast.ops.philox.dropout with a
+seed drawn at the same point of torch's random stream. Also: the masks matter (nn.Dropout's masks give another loss),
 torch.manual_seed reproduces a step, and the plan keeps fused = True with dropout (under autocast too)."""
 
 import pytest
@@ -10,7 +10,6 @@ import torch
 from dispatch_recorder import OpRecorder
 
 import gpt_fast
-from gpt_fast.models.modeling import Block
 from gpt_fast.ops import has_kernel, philox
 from gpt_fast.ops.kernel_plan import plan_kernels
 
@@ -22,17 +21,24 @@ FORWARD_KERNELS = {"gpt_fast.add_layernorm.default", "gpt_fast.bias_gelu.default
 BACKWARD_KERNELS = {"gpt_fast.add_layernorm_backward.default", "gpt_fast.bias_gelu_backward.default"}
 
 
-def philox_residual_norm(x, proj, h, dropout, ln, plan):
-    """The module math ln(x + dropout(proj(h))) with the kernels' Philox mask, the seed drawn as the fused path."""
-    p = dropout.p if dropout.training else 0.0
-    seed = philox.draw_seed() if p > 0 else 0
-    return ln(x + philox.dropout(proj(h, plan), seed, p))
+class PhiloxDropout(torch.nn.Dropout):
+    """nn.Dropout with the kernels' Philox mask, its seed drawn where the fused path draws it (in the same order)."""
+
+    def forward(self, x):
+        p = self.p if self.training else 0.0
+        return philox.dropout(x, philox.draw_seed() if p > 0 else 0, p)
 
 
-def step(backend: str, state: dict, ids: torch.Tensor, seed: int = 0, record: OpRecorder | None = None):
-    """One forward + backward in train mode: (loss, {name: gradient})."""
+def step(backend: str, state: dict, ids: torch.Tensor, seed: int = 0, record: OpRecorder | None = None,
+         philox_masks: bool = False):
+    """One forward + backward in train mode: (loss, {name: gradient}). philox_masks: the blocks' residual dropouts
+    draw the kernels' masks (PhiloxDropout)."""
     model = gpt_fast.OpenAIGPTLMHeadModel(gpt_fast.OpenAIGPTConfig(**CONFIG), attn_implementation=backend)
     model.load_state_dict(state)
+    if philox_masks:
+        for block in model.transformer.h:
+            block.attn.resid_dropout = PhiloxDropout(block.attn.resid_dropout.p)
+            block.mlp.dropout = PhiloxDropout(block.mlp.dropout.p)
     model.train()
     torch.manual_seed(seed)
     if record is None:
@@ -53,13 +59,12 @@ def setup():
     return state, ids
 
 
-def test_train_step_runs_the_kernels_and_equals_the_module_math_with_the_same_masks(setup, monkeypatch):
+def test_train_step_runs_the_kernels_and_equals_the_module_math_with_the_same_masks(setup):
     state, ids = setup
     record = OpRecorder()
     fused_loss, fused_grads = step("fused", state, ids, record=record)
     assert FORWARD_KERNELS | BACKWARD_KERNELS <= set(record.called), sorted(set(record.called))
-    monkeypatch.setattr(Block, "residual_norm", staticmethod(philox_residual_norm))
-    eager_loss, eager_grads = step("eager", state, ids)
+    eager_loss, eager_grads = step("eager", state, ids, philox_masks=True)
     torch.testing.assert_close(fused_loss, eager_loss, rtol=1e-5, atol=0)
     for name, grad in fused_grads.items():
         torch.testing.assert_close(grad, eager_grads[name], rtol=1e-4, atol=1e-6, msg=name)

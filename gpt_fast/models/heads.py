@@ -104,7 +104,8 @@ class OpenAIGPTLMHeadModel(GenerationConfigMixin, OpenAIGPTPreTrainedModel):
             loss = fused_shifted_lm_loss(hidden, self.lm_head.weight, labels, num_items_in_batch, ignore_index,
                                          shift_labels)
             return _finish(CausalLMOutput(loss, None, out.hidden_states, out.attentions), return_dict)
-        logits = call_head(self.lm_head, hidden, self.transformer.plan(hidden.device, hidden.dtype))  # (B, T, V)
+        plan = self.transformer.plan(hidden.device, hidden.dtype, blocks=False)
+        logits = call_head(self.lm_head, hidden, plan)  # (B, T, V)
         loss = None
         if labels is not None:
             loss = shifted_lm_loss(logits, labels, True, num_items_in_batch, ignore_index, shift_labels)
@@ -155,7 +156,7 @@ class OpenAIGPTDoubleHeadsModel(OpenAIGPTPreTrainedModel):
         without_logits = labels is not None and not return_logits
         fused_loss = without_logits and weight_only_head(self.lm_head)
         lm_logits = None if fused_loss else call_head(self.lm_head, hidden,
-                                                      self.transformer.plan(hidden.device, hidden.dtype))
+                                                      self.transformer.plan(hidden.device, hidden.dtype, blocks=False))
         mc_logits = self.multiple_choice_head(hidden, mc_token_ids).squeeze(-1)  # (B, C)
         mc_loss = lm_loss = None
         if mc_labels is not None:

@@ -74,7 +74,9 @@ class Conv1D(nn.Module):
                 gelu: bool = False) -> torch.Tensor:
         """(..., in) -> (..., out): x W [+ b], or gelu_tanh(x W + b) when gelu (which always takes the bias)."""
         # Parameters read from _parameters: nn.Module's __getattr__ costs a measurable share of a decode step.
-        weight, layer_bias = self._parameters["weight"], self._parameters["bias"]
+        weight, layer_bias = self._parameters.get("weight"), self._parameters.get("bias")
+        if weight is None or layer_bias is None:  # computed: parametrized or pruned (computed_weights)
+            return gemm(x, self.weight, self.bias if with_bias or gelu else None, plan, gelu)
         bias = layer_bias if with_bias or gelu else None
         bound = bound_call(plan, self)
         if bound is not None:
@@ -93,10 +95,18 @@ class Conv1D(nn.Module):
         """call(x, bias, gelu) = forward's result for x of `rows` rows under `plan`, with the engine and the packed
         weight resolved now (bind_layers); None where the engine packs nothing (PyTorch's GEMM)."""
         engine = self.engine(plan, rows)
-        if engine != "small_m":
+        if engine != "small_m" or computed_weights(self):
             return None
         packed, N = self.packed(engine), self._parameters["bias"].shape[0]
         return lambda x, bias, gelu: linear_small_m(x, packed, N, bias, None, gelu)
+
+
+def computed_weights(layer: nn.Module) -> bool:
+    """Whether layer's weight or bias is computed at each call rather than held as a parameter: a parametrization
+    (torch.nn.utils.parametrize: weight_norm, spectral_norm, LoRA-style reparametrisations) or pruning
+    (torch.nn.utils.prune, whose pre-hook sets the masked weight). Such a layer multiplies by `layer.weight` through
+    PyTorch's GEMM; no packed copy is made of it."""
+    return "weight" not in layer._parameters or "bias" not in layer._parameters
 
 
 def bound_call(plan: KernelPlan | None, layer: nn.Module) -> Callable | None:

@@ -21,12 +21,12 @@ import functools
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import nn
 
 from gpt_fast.models.attention import backend_attention, eager_attention
 from gpt_fast.models.configuration import OpenAIGPTConfig
+from gpt_fast.models.hooks import any_hooked
 from gpt_fast.models.linear import Conv1D
 from gpt_fast.models.outputs import BaseModelOutput
 from gpt_fast.models.pretrained import OpenAIGPTPreTrainedModel
@@ -35,16 +35,13 @@ from gpt_fast.ops import philox
 from gpt_fast.ops.func_transforms import transforms_active
 from gpt_fast.ops.kernel_plan import KernelPlan, plan_kernels
 
-
-def gelu_tanh(x: torch.Tensor) -> torch.Tensor:  # GPT's GELU; a named function, so that a model pickles
-    return F.gelu(x, approximate="tanh")
-
-
+# config.afn -> the MLP's activation module ("gelu": GPT's tanh approximation); modules, as transformers' are, so that
+# hooks on mlp.act run
 ACTIVATIONS = {
-    "gelu": gelu_tanh,
-    "relu": F.relu,
-    "silu": F.silu,
-    "swish": F.silu,
+    "gelu": functools.partial(nn.GELU, approximate="tanh"),
+    "relu": nn.ReLU,
+    "silu": nn.SiLU,
+    "swish": nn.SiLU,
 }
 
 # attend(layer index, qkv (B, T, 3C)) -> (attention output before c_proj (B, T, C), probabilities or None)
@@ -68,20 +65,42 @@ class Attention(nn.Module):
             return out, (probs if output_attentions else None)
         return backend_attention(plan, qkv, attention_mask, self.n_head, dropout_p), None
 
+    def forward(self, x, plan: KernelPlan, attend: Callable):
+        """Module by module, as transformers' Attention: resid_dropout(c_proj(attention(c_attn(x)))), x (B, T, C) ->
+        ((B, T or T', C), probabilities or None); attend as Block.forward's."""
+        a, probs = attend(self.c_attn(x, plan))
+        return self.resid_dropout(self.c_proj(a, plan)), probs
+
 
 class MLP(nn.Module):
     def __init__(self, config: OpenAIGPTConfig):
         super().__init__()
         self.c_fc = Conv1D(4 * config.n_embd, config.n_embd)
         self.c_proj = Conv1D(config.n_embd, 4 * config.n_embd)
-        self.act = ACTIVATIONS[config.afn]
+        self.act = ACTIVATIONS[config.afn]()
         self.dropout = nn.Dropout(config.resid_pdrop)
         self.gelu = config.afn == "gelu"
 
     def hidden(self, x, plan: KernelPlan):  # (B, T, C) -> (B, T, 4C): act(c_fc(x)), tanh-GELU fused when it can be
-        if self.gelu and plan.fused:
+        if self.gelu and plan.fuse_modules:
             return self.c_fc(x, plan, gelu=True)
         return self.act(self.c_fc(x, plan))
+
+    def forward(self, x, plan: KernelPlan):
+        """Module by module, as transformers' MLP: dropout(c_proj(act(c_fc(x)))), (B, T, C) -> (B, T, C)."""
+        return self.dropout(self.c_proj(self.act(self.c_fc(x, plan)), plan))
+
+
+def _at(x: torch.Tensor, positions: torch.Tensor | None) -> torch.Tensor:
+    """x (B, T, C) at positions (B, T') -> (B, T', C); x itself without positions."""
+    return x if positions is None else x[torch.arange(x.shape[0], device=x.device)[:, None], positions]
+
+
+def _tensor(module: nn.Module, name: str) -> torch.Tensor:
+    """module.<name>: from _parameters (nn.Module's __getattr__ costs a measurable share of a decode step) unless a
+    parametrization or pruning computes it (models/linear.py: computed_weights)."""
+    tensor = module._parameters.get(name)
+    return getattr(module, name) if tensor is None else tensor
 
 
 class Block(nn.Module):
@@ -100,26 +119,27 @@ class Block(nn.Module):
         # Submodules read from _modules once: nn.Module's __getattr__ costs a measurable share of a decode step.
         modules = self._modules
         attn, mlp = modules["attn"], modules["mlp"]
+        if not plan.fuse_modules:  # module by module, as transformers' Block: each hook sees what it sees there
+            a, probs = attn(x, plan, attend)
+            n = modules["ln_1"](_at(x, positions) + a)
+            return modules["ln_2"](n + mlp(n, plan)), probs
         attn_parts, mlp_parts = attn._modules, mlp._modules
         a, probs = attend(attn_parts["c_attn"](x, plan))
-        if positions is not None:
-            x = x[torch.arange(x.shape[0], device=x.device)[:, None], positions]  # (B, T', C)
+        x = _at(x, positions)
         n = self.residual_norm(x, attn_parts["c_proj"], a, attn_parts["resid_dropout"], modules["ln_1"], plan)
         h = mlp.hidden(n, plan)  # (B, T or T', 4C)
         return self.residual_norm(n, mlp_parts["c_proj"], h, mlp_parts["dropout"], modules["ln_2"], plan), probs
 
     @staticmethod
     def residual_norm(x, proj: Conv1D, h, dropout: nn.Dropout, ln: nn.LayerNorm, plan: KernelPlan):
-        """ln(x + dropout(proj(h))); residual add, proj's bias, the dropout and the LayerNorm in one kernel when
-        fused (the mask: Philox's under a seed drawn here, from torch's generator). Under torch.compile a dropout
-        runs as module math (the seed would be a host value read from a tensor: a graph break), which inductor
-        fuses itself."""
+        """ln(x + dropout(proj(h))); residual add, proj's bias, the dropout and the LayerNorm in one kernel (the
+        mask: Philox's under a seed drawn here, from torch's generator). Under torch.compile a dropout runs as module
+        math (the seed would be a host value read from a tensor: a graph break), which inductor fuses itself."""
         p = dropout.p if dropout.training else 0.0
-        if plan.fused and not (p > 0 and torch.compiler.is_compiling()):
-            ln_params = ln._parameters
+        if not (p > 0 and torch.compiler.is_compiling()):
             seed = philox.draw_seed() if p > 0 else 0
-            return plan.add_layernorm(x, proj(h, plan, with_bias=False), proj._parameters["bias"],
-                                      ln_params["weight"], ln_params["bias"], ln.eps, p, seed)
+            return plan.add_layernorm(x, proj(h, plan, with_bias=False), _tensor(proj, "bias"), _tensor(ln, "weight"),
+                                      _tensor(ln, "bias"), ln.eps, p, seed)
         return ln(x + dropout(proj(h, plan)))
 
 
@@ -139,12 +159,14 @@ class OpenAIGPTModel(OpenAIGPTPreTrainedModel):
         self.configured_dropout = bool(max(config.resid_pdrop, config.attn_pdrop) > 0)
         self.init_weights()
 
-    def plan(self, device: torch.device, dtype: torch.dtype, needs_probs: bool = False) -> KernelPlan:
-        """The kernels for a call of this model on `device` in `dtype` (see gpt_fast/ops/kernel_plan.py)."""
+    def plan(self, device: torch.device, dtype: torch.dtype, needs_probs: bool = False,
+             blocks: bool = True) -> KernelPlan:
+        """The kernels for a call of this model on `device` in `dtype` (see gpt_fast/ops/kernel_plan.py). blocks:
+        the plan runs the blocks, so hooks on their modules count (False: only the LM head's engines are read)."""
         dropout = self.training and self.configured_dropout
         return plan_kernels(self.attn_implementation, device, dtype, dropout=dropout, needs_probs=needs_probs,
                             grad=torch.is_grad_enabled(), autocast=torch.is_autocast_enabled(device.type),
-                            transformed=transforms_active())
+                            transformed=transforms_active(), hooked=blocks and any_hooked(self.h))
 
     def embed(self, input_ids=None, positions=None, token_type_ids=None, inputs_embeds=None):
         """Token + position (+ token type) embeddings, (..., T) -> (..., T, C), before the embedding dropout."""

@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn.modules import module as torch_module
 
 from gpt_fast.models.attention import backend_attention
+from gpt_fast.models.hooks import hooked
 from gpt_fast.models.linear import gemm
 from gpt_fast.ops.func_transforms import transforms_active
 from gpt_fast.ops.kernel_plan import KernelPlan, plan_kernels
@@ -31,14 +31,6 @@ from gpt_fast.patching.originals import modeling_openai, original, patch
 def _plan(x: torch.Tensor, dropout: bool = False, needs_probs: bool = False) -> KernelPlan:
     return plan_kernels(None, x.device, x.dtype, dropout=dropout, needs_probs=needs_probs,
                         grad=torch.is_grad_enabled(), transformed=transforms_active())
-
-
-def hooked(module: nn.Module) -> bool:
-    """Whether calling the module runs hooks (its own or global ones), which a fused path would skip."""
-    return bool(module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
-                or module._backward_pre_hooks or torch_module._global_forward_hooks
-                or torch_module._global_forward_pre_hooks or torch_module._global_backward_hooks
-                or torch_module._global_backward_pre_hooks)
 
 
 def _plain(module, cls: type) -> bool:

@@ -22,7 +22,7 @@ from gpt_fast.generation.config import IGNORED, NOT_GENERATE_ARGS, GenerationCon
 from gpt_fast.generation.generate import generate
 from gpt_fast.models.configuration import OpenAIGPTConfig
 from gpt_fast.models.heads import OpenAIGPTLMHeadModel
-from gpt_fast.patching.forwards import hooked
+from gpt_fast.models.hooks import hooked
 from gpt_fast.patching.originals import modeling_openai, original, patch
 
 SHARED_MODEL = "_gpt_fast_shared_model"  # the key of the shared gpt_fast model in a transformers model's __dict__

@@ -213,6 +213,29 @@ def test_gradient_checkpointing_gives_the_same_gradients(head):
     assert len(block_calls) == 4
 
 
+def test_reentrant_checkpointing_with_frozen_embeddings_needs_input_require_grads():
+    """Adapter-style training: the embeddings frozen, reentrant checkpointing. Without enable_input_require_grads the
+    loss has no graph (PyTorch's error); with it the blocks' gradients equal those without checkpointing."""
+    _, ours = load_pair(LM, "fused", resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    ids = random_ids((2, 7))
+    for table in (ours.transformer.tokens_embed, ours.transformer.positions_embed):
+        table.weight.requires_grad_(False)
+
+    def block_gradient():
+        ours.zero_grad()
+        ours(ids, labels=ids).loss.backward()
+        return ours.transformer.h[0].mlp.c_fc.weight.grad.clone()
+
+    plain = block_gradient()
+    ours.train().gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
+    with pytest.raises(RuntimeError, match="does not require grad"):
+        block_gradient()
+    ours.enable_input_require_grads()
+    torch.testing.assert_close(block_gradient(), plain, atol=1e-6, rtol=1e-5)
+    ours.disable_input_require_grads()
+    assert not ours.transformer.tokens_embed._forward_hooks
+
+
 def test_from_pretrained_options_match_transformers(tmp_path):
     hf = hf_model(LM)
     hf.save_pretrained(tmp_path / "sub")

@@ -25,12 +25,13 @@ def hooked(module: nn.Module) -> bool:
     return _own_hooks(module) or global_hooks()
 
 
-def any_hooked(module: nn.Module) -> bool:
-    """Whether calling module or any module inside it runs hooks. A walk over _modules: ~25 us over GPT-1's 12
-    blocks on a 2-core Sapphire Rapids, against ~80 us through module.modules()."""
+def inside_hooked(blocks: nn.Module) -> bool:
+    """Whether any module inside the blocks runs hooks when called (global hooks included). A hook on a block itself
+    does not count: a block is called as a module either way. A walk over _modules: ~25 us over GPT-1's 12 blocks
+    on a 2-core Sapphire Rapids, against ~80 us through module.modules()."""
     if global_hooks():
         return True
-    stack = [module]
+    stack = [child for block in blocks._modules.values() for child in block._modules.values()]
     while stack:
         current = stack.pop()
         if _own_hooks(current):

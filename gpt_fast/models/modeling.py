@@ -26,7 +26,7 @@ from torch import nn
 
 from gpt_fast.models.attention import backend_attention, eager_attention
 from gpt_fast.models.configuration import OpenAIGPTConfig
-from gpt_fast.models.hooks import any_hooked
+from gpt_fast.models.hooks import inside_hooked
 from gpt_fast.models.linear import Conv1D
 from gpt_fast.models.outputs import BaseModelOutput
 from gpt_fast.models.pretrained import OpenAIGPTPreTrainedModel
@@ -166,7 +166,7 @@ class OpenAIGPTModel(OpenAIGPTPreTrainedModel):
         dropout = self.training and self.configured_dropout
         return plan_kernels(self.attn_implementation, device, dtype, dropout=dropout, needs_probs=needs_probs,
                             grad=torch.is_grad_enabled(), autocast=torch.is_autocast_enabled(device.type),
-                            transformed=transforms_active(), hooked=blocks and any_hooked(self.h))
+                            transformed=transforms_active(), hooked=blocks and inside_hooked(self.h))
 
     def embed(self, input_ids=None, positions=None, token_type_ids=None, inputs_embeds=None):
         """Token + position (+ token type) embeddings, (..., T) -> (..., T, C), before the embedding dropout."""

@@ -176,6 +176,20 @@ class OpenAIGPTPreTrainedModel(nn.Module):
     def is_gradient_checkpointing(self) -> bool:
         return self.is_activation_checkpointing
 
+    def enable_input_require_grads(self) -> None:
+        """The input embeddings' output requires gradients (transformers' method): with frozen embeddings (adapter
+        training), reentrant activation checkpointing (use_reentrant=True) then has a graph to recompute through."""
+        def require_grads(module, args, output):
+            output.requires_grad_(True)
+
+        self.disable_input_require_grads()
+        self.__dict__["_input_require_grads"] = self.get_input_embeddings().register_forward_hook(require_grads)
+
+    def disable_input_require_grads(self) -> None:
+        handle = self.__dict__.pop("_input_require_grads", None)
+        if handle is not None:
+            handle.remove()
+
     # -- checkpoints ---------------------------------------------------------------------------------------
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike, *, dtype: torch.dtype | str | None = None,

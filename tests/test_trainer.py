@@ -110,3 +110,20 @@ def test_checkpoints_resume_evaluate_and_predict_as_with_transformers(tmp_path):
     trainer.train(resume_from_checkpoint=str(tmp_path / "ours" / "checkpoint-2"))
     assert trainer.state.global_step == 4 and resumed.lm_head.weight is resumed.transformer.tokens_embed.weight
     torch.testing.assert_close(resumed.transformer.tokens_embed.weight, ours.transformer.tokens_embed.weight)
+
+
+def test_predict_with_ignore_keys_as_with_transformers(tmp_path):
+    """With hidden states in the outputs, predict() returns (logits, hidden states), and ignore_keys drops them: the
+    Trainer reads ignore_keys only from an output that is a dict (transformers' ModelOutput; gpt_fast's too)."""
+    tokenizer = gpt_fast.OpenAIGPTTokenizerFast.from_pretrained("openai-gpt")
+    tokenizer.pad_token = tokenizer.unk_token
+    torch.manual_seed(0)
+    theirs = transformers.OpenAIGPTLMHeadModel(transformers.OpenAIGPTConfig(**CONFIG, output_hidden_states=True))
+    ours = gpt_fast.OpenAIGPTLMHeadModel.from_transformers(theirs)
+    rows = [{"input_ids": row["input_ids"]} for row in Texts(tokenizer)][:3]
+    for name, model in (("theirs", theirs), ("ours", ours)):
+        trainer = trainer_for(model, tokenizer, tmp_path / name, per_device_eval_batch_size=2)
+        trainer.compute_metrics = None  # the predictions are a tuple here
+        everything, logits_only = trainer.predict(rows), trainer.predict(rows, ignore_keys=["hidden_states"])
+        assert isinstance(everything.predictions, tuple) and len(everything.predictions) == 2, name
+        assert everything.predictions[0].shape == logits_only.predictions.shape == (3, 11, CONFIG["vocab_size"]), name

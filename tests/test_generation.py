@@ -317,6 +317,10 @@ def test_cuda_graph_greedy_equals_eager_loop(hf):
     eos = int(expected[1, 6 + 3])
     torch.testing.assert_close(ours.generate(ids, max_new_tokens=20, eos_token_id=eos).cpu(),
                                hf.generate(ids.cpu(), max_new_tokens=20, do_sample=False, eos_token_id=eos))
+    calls = []  # with a forward hook no graph is taken: the hook runs at every step, not once at a capture
+    ours.transformer.h[0].register_forward_hook(lambda module, args, out: calls.append(1))
+    torch.testing.assert_close(ours.generate(ids, max_new_tokens=20, cuda_graph=None), graph, rtol=0, atol=0)
+    assert len(calls) == 20  # the prefill and 19 decode steps
 
 
 # -- argument checks ---------------------------------------------------------------------------------------------
@@ -377,6 +381,20 @@ BAD_PROMPTS = [
 def test_bad_prompts_raise(model, kwargs, error, match):
     with pytest.raises(error, match=match):
         model.generate(max_new_tokens=3, **kwargs)
+
+
+def test_no_cuda_graph_while_the_model_has_forward_hooks(monkeypatch):
+    """A CUDA graph runs a hook's Python once, at its capture: with hooks the automatic choice takes no graph and
+    cuda_graph=True is refused (the choice itself, with the CUDA decode kernel counted as present)."""
+    from gpt_fast.generation.decoder import use_cuda_graph
+    from gpt_fast.ops import _library
+
+    monkeypatch.setattr(_library, "_KERNELS", _library._KERNELS | {("decode_attention", "cuda")})
+    cuda = torch.device("cuda")
+    assert use_cuda_graph(cuda, None, hooks=False) and not use_cuda_graph(cuda, None, hooks=True)
+    assert not use_cuda_graph(cuda, False, hooks=True)
+    with pytest.raises(ValueError, match="forward hooks"):
+        use_cuda_graph(cuda, True, hooks=True)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU refusal")

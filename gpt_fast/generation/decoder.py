@@ -152,9 +152,13 @@ class CUDAGraphStep:
         return self.logits
 
 
-def use_cuda_graph(device: torch.device, requested: bool | None) -> bool:
-    """CUDA graphs need a CUDA device and the decode_attention kernel (the reference syncs with the host)."""
+def use_cuda_graph(device: torch.device, requested: bool | None, hooks: bool = False) -> bool:
+    """CUDA graphs need a CUDA device and the decode_attention kernel (the reference syncs with the host), and a model
+    without forward hooks (replayed_step.has_hooks: a graph would run their Python once, at its capture)."""
     possible = device.type == "cuda" and has_kernel("decode_attention", "cuda")
     if requested and not possible:
         raise ValueError("cuda_graph=True needs a CUDA model and gpt_fast's CUDA decode_attention kernel")
-    return possible if requested is None else bool(requested)
+    if requested and hooks:
+        raise ValueError("cuda_graph=True: the model has forward hooks, which a CUDA graph would run only once (at "
+                         "its capture); remove them or pass cuda_graph=False")
+    return possible and not hooks if requested is None else bool(requested)

@@ -1,9 +1,8 @@
 """Which implementation each step of a GPT-1 block uses, decided once per call site's circumstances.
 
 `plan_kernels(attn_implementation, device, dtype, dropout=, needs_probs=, grad=, autocast=, transformed=, hooked=)`
-returns one
-KernelPlan that the model's forward, the generation prefill and decode steps, and the benchmarks all use; the
-layers read it and never decide again. Plans are memoised per argument tuple (and per GPT_FAST_CPU_ISA value,
+returns one KernelPlan that the model's forward, the generation prefill and decode steps, and the benchmarks all
+use; the layers read it and never decide again. Plans are memoised per argument tuple (and per GPT_FAST_CPU_ISA value,
 which caps the CPU paths), so choosing costs a dictionary lookup per forward.
 
 The rules:

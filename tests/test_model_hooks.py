@@ -25,12 +25,22 @@ def _first(out):
     return out[0] if isinstance(out, (tuple, list)) else out
 
 
-def _capture(model, layer: int) -> dict:
+@pytest.fixture
+def handles():
+    """Hook handles removed after the test: transformers' mlp.act is one module for all its models (ACT_FNS), so a
+    hook left on it would reach every later test's transformers model."""
+    registered = []
+    yield registered
+    for handle in registered:
+        handle.remove()
+
+
+def _capture(model, layer: int, handles: list) -> dict:
     """{module name: [its outputs]} for every CALLED module of block `layer`, by forward hooks."""
     seen = {}
     for name in CALLED:
-        model.transformer.h[layer].get_submodule(name).register_forward_hook(
-            lambda module, args, out, name=name: seen.setdefault(name, []).append(_first(out)))
+        handles.append(model.transformer.h[layer].get_submodule(name).register_forward_hook(
+            lambda module, args, out, name=name: seen.setdefault(name, []).append(_first(out))))
     return seen
 
 
@@ -40,10 +50,11 @@ def _logits(model, ids):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_forward_hooks_see_each_modules_own_output(backend):
+def test_forward_hooks_see_each_modules_own_output(backend, handles):
     hf, ours = load_pair(HEAD, backend)
     ids = random_ids((2, 7))
-    theirs, mine = _capture(hf, 1), _capture(ours, 1)  # the last block: the shared act's last call is its
+    # the last block: transformers' shared act module runs for it last
+    theirs, mine = _capture(hf, 1, handles), _capture(ours, 1, handles)
     torch.testing.assert_close(_logits(ours, ids), _logits(hf, ids), atol=1e-4, rtol=1e-4)
     assert set(mine) == set(CALLED) and all(len(calls) == 1 for calls in mine.values())
     for name in CALLED:

@@ -63,6 +63,23 @@ def test_greedy_matches_generate_with_chunked_prefill(model_and_tokenizer, make_
     assert out["text"] == tokenizer.decode(out["tokens"])
 
 
+def test_a_steering_hook_on_a_block_module_steers_the_served_tokens():
+    """A forward hook on a module inside a block (here one that adds a vector to c_fc's output) runs in the engine's
+    prefill chunks and decode steps as in generate(); without it the tokens differ."""
+    model, tokenizer = tiny_model_and_tokenizer(seed=1)
+    prompt = prompt_of(tokenizer)
+    plain = reference_greedy(model, prompt, 10)
+    steer = 4.0 * torch.randn(4 * model.config.n_embd, generator=torch.Generator().manual_seed(2))
+    model.transformer.h[0].mlp.c_fc.register_forward_hook(lambda module, args, out: out + steer)
+    expected = reference_greedy(model, prompt, 10)
+    assert expected != plain
+    engine = Engine(model, tokenizer, max_batch=2, prefill_chunk=4).start()
+    try:
+        assert collect(engine, prompt, SamplingParams(max_tokens=10, temperature=0))[0]["tokens"] == expected
+    finally:
+        engine.stop()
+
+
 def test_requests_joining_a_running_batch_each_get_their_own_greedy_tokens(model_and_tokenizer, make_engine):
     model, tokenizer = model_and_tokenizer
     recorder = Recorder()

@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from conftest import DOUBLE, HEADS, SEQ_CLS, forward, gpt_fast_class, hf_model, load_pair, random_ids, shape_for
+from conftest import DOUBLE, HEADS, SEQ_CLS, TINY, forward, gpt_fast_class, hf_model, load_pair, random_ids, shape_for
 
 import gpt_fast
 
@@ -107,6 +107,10 @@ def test_accessors_match_transformers(head):
     assert ours.main_input_name == hf.main_input_name == "input_ids"
     assert ours.can_generate() == hf.can_generate() == (head == LM)
     assert (ours.base_model is ours) == (hf.base_model is hf)
+    assert ours.get_decoder() is ours.base_model and type(hf.get_decoder()).__name__ == "OpenAIGPTModel"
+    assert ours.get_memory_footprint(return_buffers=False) == hf.get_memory_footprint(return_buffers=False)
+    # buffers: gpt_fast holds position_ids only (transformers also a causal-mask buffer)
+    assert ours.get_memory_footprint() == ours.get_memory_footprint(return_buffers=False) + 8 * TINY["n_positions"]
     assert ours.get_input_embeddings() is ours.base_model.tokens_embed
     assert (ours.get_output_embeddings() is None) == (hf.get_output_embeddings() is None)
     if head != "OpenAIGPTModel":

@@ -93,6 +93,17 @@ class OpenAIGPTPreTrainedModel(nn.Module):
         """The OpenAIGPTModel inside a head (the model itself for OpenAIGPTModel)."""
         return getattr(self, self.base_model_prefix, self)
 
+    def get_decoder(self) -> nn.Module:
+        """The decoder stack, as transformers' method: the base model."""
+        return self.base_model
+
+    def get_memory_footprint(self, return_buffers: bool = True) -> int:
+        """Bytes held by the parameters (a tied table once) and, with return_buffers, the buffers (transformers'
+        method). A quantized model's weights and scales are buffers; the copies packed for the kernels (cached on the
+        layers, ops/weight_cache.py) are not counted."""
+        tensors = list(self.parameters()) + (list(self.buffers()) if return_buffers else [])
+        return sum(tensor.nelement() * tensor.element_size() for tensor in tensors)
+
     def get_input_embeddings(self) -> nn.Embedding:
         return self.base_model.tokens_embed
 

@@ -51,8 +51,9 @@ class IncrementalDecoder:
         B, T = packed_ids.shape
         C = self.transformer.config.n_embd
         self.step_types = step_types
-        x = self.transformer.embed(packed_ids, torch.arange(T, device=packed_ids.device), packed_types)  # (B, T, C)
-        key_mask = None if all_full else (torch.arange(T, device=x.device)[None, :] < lengths[:, None]).long()
+        positions = torch.arange(T, device=packed_ids.device)  # (T,)
+        x = self.transformer.embed(packed_ids, positions, packed_types)  # (B, T, C)
+        key_mask = None if all_full else (positions[None, :] < lengths[:, None]).long()
         rows, last = torch.arange(B, device=x.device), lengths - 1  # (B,) each row's last real position
         final = len(self.transformer.h) - 1
 
@@ -154,7 +155,7 @@ class CUDAGraphStep:
 
 def use_cuda_graph(device: torch.device, requested: bool | None, hooks: bool = False) -> bool:
     """CUDA graphs need a CUDA device and the decode_attention kernel (the reference syncs with the host), and a model
-    without forward hooks (replayed_step.has_hooks: a graph would run their Python once, at its capture)."""
+    without forward hooks (models/hooks.py: forward_hooked; a graph would run their Python once, at its capture)."""
     possible = device.type == "cuda" and has_kernel("decode_attention", "cuda")
     if requested and not possible:
         raise ValueError("cuda_graph=True needs a CUDA model and gpt_fast's CUDA decode_attention kernel")

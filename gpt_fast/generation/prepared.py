@@ -12,9 +12,9 @@ from gpt_fast.generation.arguments import GenerationRequest
 from gpt_fast.generation.decoder import CUDAGraphStep, IncrementalDecoder, use_cuda_graph
 from gpt_fast.generation.kv_cache import StaticKVCache
 from gpt_fast.generation.processors import ExtraProcessors, TokenHistory
-from gpt_fast.generation.replayed_step import ReplayedStep, has_hooks, refusal_before_recording
+from gpt_fast.generation.replayed_step import ReplayedStep, refusal_before_recording
 from gpt_fast.generation.sampling import TokenSelector
-from gpt_fast.models.hooks import inside_hooked
+from gpt_fast.models.hooks import forward_hooked, inside_hooked
 from gpt_fast.ops.kernel_plan import plan_kernels
 
 
@@ -65,7 +65,7 @@ def prepare(model, input_ids, attention_mask, request: GenerationRequest, rows_p
         order = torch.argsort((attention_mask == 0).to(torch.int8), dim=1, stable=True)  # (B, T)
         packed, lengths = input_ids.gather(1, order), attention_mask.sum(dim=1)
     # cuda_graph=True that cannot be honoured raises here; step_replay=True takes the place of a CUDA graph
-    graph = use_cuda_graph(device, False if request.step_replay else request.cuda_graph, has_hooks(model))
+    graph = use_cuda_graph(device, False if request.step_replay else request.cuda_graph, forward_hooked(model))
     if request.step_replay and (reason := refusal_before_recording(model)) is not None:  # before any work
         raise ValueError(f"step_replay=True: the decode step cannot be replayed: {reason}")
     plan = plan_kernels(model.attn_implementation, device, model.dtype,  # no dropout, no gradients

@@ -25,9 +25,10 @@ server's engine, wherever no CUDA graph is.
 from __future__ import annotations
 
 import torch
-from torch.nn.modules import module as nn_module
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
+
+from gpt_fast.models.hooks import forward_hooked
 
 # Operators whose results Python reads (host syncs): a step using them may take other paths on other values.
 _HOST_READS = {"aten::_local_scalar_dense", "aten::item", "aten::is_nonzero", "aten::equal", "aten::nonzero",
@@ -64,13 +65,6 @@ def _refusal(func, args, kwargs) -> str | None:
         if not (name.endswith("dropout") and train is False):
             return f"it draws random numbers ({name})"
     return None
-
-
-def has_hooks(model: torch.nn.Module) -> bool:
-    """Whether any module of model, or nn.Module globally, has forward (pre-)hooks: Python to run every step."""
-    if nn_module._global_forward_hooks or nn_module._global_forward_pre_hooks:
-        return True
-    return any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
 
 
 class _Recorder(TorchDispatchMode):
@@ -125,7 +119,7 @@ class _Recorder(TorchDispatchMode):
 
 def refusal_before_recording(model) -> str | None:
     """Why a decode step of model cannot be replayed, as far as can be told before running one; None if it may."""
-    if has_hooks(model):
+    if forward_hooked(model):
         return "the model has forward hooks (Python that must run every step)"
     if torch.is_grad_enabled():
         return "gradients are enabled"

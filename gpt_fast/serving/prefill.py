@@ -50,10 +50,10 @@ def prefill_chunk(model, plan: KernelPlan, cache: SlotCache, slot: int, ids: tor
     if rows > c:
         ids = F.pad(ids, (0, rows - c))  # (rows,)
     end = start + rows
-    x = transformer.embed(ids[None], torch.arange(start, end, device=ids.device))  # (1, c, C)
+    positions = torch.arange(start, end, device=ids.device)  # (rows,) absolute positions
+    x = transformer.embed(ids[None], positions)  # (1, c, C)
     if start:
-        queries = torch.arange(start, end, device=ids.device)[:, None]  # (c, 1) absolute positions
-        visible = torch.arange(end, device=ids.device)[None, :] <= queries  # (c, end)
+        visible = torch.arange(end, device=ids.device)[None, :] <= positions[:, None]  # (c, end)
 
     final = None if all_rows else len(transformer.h) - 1
     if not all_rows:  # the chunk's last real token: its index in the chunk (1, 1) and its cache position (1,)

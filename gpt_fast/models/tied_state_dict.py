@@ -33,10 +33,8 @@ def fill_tied_head(model: nn.Module, state_dict: dict, prefix: str, local_metada
     tensors anew) is tied again first, as the dict describes it."""
     if prefix + HEAD in state_dict or prefix + EMBEDDING not in state_dict:
         return
-    config = getattr(model, "config", None)
-    if not is_tied(model) and isinstance(getattr(model, "lm_head", None), nn.Linear) and getattr(
-            config, "tie_word_embeddings", False):
-        model.tie_weights()
+    if not is_tied(model) and hasattr(model, "tie_weights"):
+        model.tie_weights()  # (which ties only a plain nn.Linear head of a model configured tied)
     if is_tied(model):
         state_dict[prefix + HEAD] = state_dict[prefix + EMBEDDING]
 

@@ -192,3 +192,55 @@ def test_onednn_follows_the_cpu_tier(monkeypatch):
     monkeypatch.setenv(cpu_isa.ENV, "avx2")
     assert not onednn_bf16_usable("cpu")
     assert not plan_kernels(None, torch.device("cpu"), torch.bfloat16).onednn_bf16
+
+
+def _same_as_a_fresh_layer(layer, x, plan, before):
+    """The layer's output equals that of a layer loaded with its current weights (nothing cached), and moved."""
+    fresh = make_layer(layer.weight.dtype)
+    fresh.load_state_dict(layer.state_dict())
+    with torch.inference_mode():
+        now = layer(x, plan)
+        assert not torch.equal(now, before)
+        torch.testing.assert_close(now, fresh(x, plan), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("engine", [e for e in ENGINES if e != "gemm"])
+@pytest.mark.parametrize("update", ["whole", "last_row", "first_row"])
+def test_repacks_after_an_update_through_data(engine, update):
+    """`param.data` has its own version counter: an in-place update through it bumps nothing, and the probe of
+    weight_cache must see it (an EMA swap, a weight interpolation, new token rows filled in after a resize)."""
+    layer = make_layer(torch.bfloat16)
+    x = torch.randn(5, 48).to(torch.bfloat16)
+    plan = plan_for(engine, torch.bfloat16)
+    with torch.inference_mode():
+        before = layer(x, plan)
+    version = layer.weight._version
+    rows = {"whole": slice(None), "last_row": slice(-1, None), "first_row": slice(0, 1)}[update]
+    layer.weight.data[rows] = 0.5  # Conv1D's weight is (in, out): one input row
+    assert layer.weight._version == version, "an update through .data bumps the version now: this test is moot"
+    _same_as_a_fresh_layer(layer, x, plan, before)
+
+
+@SMALL_M
+def test_repacks_inference_tensors_updated_in_inference_mode():
+    """Inference tensors have no version counter at all; updated in place inside inference mode, the probe sees it."""
+    with torch.inference_mode():
+        layer = make_layer(torch.bfloat16)
+        x = torch.randn(3, 48).to(torch.bfloat16)
+        plan = plan_for("small_m", torch.bfloat16)
+        before = layer(x, plan)
+        layer.weight.mul_(-1.0)
+        assert layer.weight.is_inference()
+    _same_as_a_fresh_layer(layer, x, plan, before)
+
+
+@SMALL_M
+def test_cache_does_not_keep_a_replaced_weight_alive():
+    """The probe reads the weight through a raw view: replacing the weight frees the old one's storage."""
+    layer = make_layer(torch.bfloat16)
+    x = torch.randn(3, 48).to(torch.bfloat16)
+    with torch.inference_mode():
+        layer(x, plan_for("small_m", torch.bfloat16))
+    storage = layer.weight.untyped_storage()  # one more holder of the old storage: this handle
+    layer.weight = torch.nn.Parameter(torch.zeros_like(layer.weight))
+    assert torch._C._storage_Use_Count(storage._cdata) == 1  # only this handle

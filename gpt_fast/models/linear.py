@@ -41,6 +41,8 @@ _PACK = {"small_m": lambda weight: pack_linear_weight(weight.detach(), True), "o
 class Conv1D(nn.Module):
     """A linear layer whose weight is stored (in_features, out_features), as in GPT checkpoints."""
 
+    fusable = True  # forward(x, plan, with_bias=, gelu=): the fused block body may split off the bias, fuse a GELU
+
     def __init__(self, out_features: int, in_features: int):
         super().__init__()
         self.weight = nn.Parameter(torch.empty(in_features, out_features))

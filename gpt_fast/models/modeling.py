@@ -25,8 +25,8 @@ import torch.utils.checkpoint
 from torch import nn
 
 from gpt_fast.models.attention import backend_attention, eager_attention
+from gpt_fast.models.block_modules import call_linear, fusable_gelu, module_by_module, native
 from gpt_fast.models.configuration import OpenAIGPTConfig
-from gpt_fast.models.hooks import inside_hooked
 from gpt_fast.models.linear import Conv1D
 from gpt_fast.models.outputs import BaseModelOutput
 from gpt_fast.models.pretrained import OpenAIGPTPreTrainedModel
@@ -49,6 +49,8 @@ Attend = Callable[[int, torch.Tensor], "tuple[torch.Tensor, torch.Tensor | None]
 
 
 class Attention(nn.Module):
+    fusable = True  # the fused block body may call c_attn and c_proj itself (models/block_modules.py)
+
     def __init__(self, config: OpenAIGPTConfig):
         super().__init__()
         self.n_head = config.n_head
@@ -68,27 +70,31 @@ class Attention(nn.Module):
     def forward(self, x, plan: KernelPlan, attend: Callable):
         """Module by module, as transformers' Attention: resid_dropout(c_proj(attention(c_attn(x)))), x (B, T, C) ->
         ((B, T or T', C), probabilities or None); attend as Block.forward's."""
-        a, probs = attend(self.c_attn(x, plan))
-        return self.resid_dropout(self.c_proj(a, plan)), probs
+        a, probs = attend(call_linear(self.c_attn, x, plan))
+        return self.resid_dropout(call_linear(self.c_proj, a, plan)), probs
 
 
 class MLP(nn.Module):
+    fusable = True  # the fused block body may call its layers itself (models/block_modules.py)
+
     def __init__(self, config: OpenAIGPTConfig):
         super().__init__()
         self.c_fc = Conv1D(4 * config.n_embd, config.n_embd)
         self.c_proj = Conv1D(config.n_embd, 4 * config.n_embd)
         self.act = ACTIVATIONS[config.afn]()
         self.dropout = nn.Dropout(config.resid_pdrop)
-        self.gelu = config.afn == "gelu"
 
-    def hidden(self, x, plan: KernelPlan):  # (B, T, C) -> (B, T, 4C): act(c_fc(x)), tanh-GELU fused when it can be
-        if self.gelu and plan.fuse_modules:
+    def hidden(self, x, plan: KernelPlan):
+        """(B, T, C) -> (B, T, 4C): act(c_fc(x)), the tanh GELU fused into c_fc's call when act is that GELU."""
+        if plan.fuse_modules and fusable_gelu(self.act):
             return self.c_fc(x, plan, gelu=True)
         return self.act(self.c_fc(x, plan))
 
-    def forward(self, x, plan: KernelPlan):
-        """Module by module, as transformers' MLP: dropout(c_proj(act(c_fc(x)))), (B, T, C) -> (B, T, C)."""
-        return self.dropout(self.c_proj(self.act(self.c_fc(x, plan)), plan))
+    def forward(self, x, plan: KernelPlan | None = None):
+        """Module by module, as transformers' MLP: dropout(c_proj(act(c_fc(x)))), (B, T, C) -> (B, T, C). Without a
+        plan (called as transformers calls it, by a module wrapped around this one) the layers multiply with
+        PyTorch's GEMM."""
+        return self.dropout(call_linear(self.c_proj, self.act(call_linear(self.c_fc, x, plan)), plan))
 
 
 def _at(x: torch.Tensor, positions: torch.Tensor | None) -> torch.Tensor:
@@ -122,7 +128,7 @@ class Block(nn.Module):
         if not plan.fuse_modules:  # module by module, as transformers' Block: each hook sees what it sees there
             a, probs = attn(x, plan, attend)
             n = modules["ln_1"](_at(x, positions) + a)
-            return modules["ln_2"](n + mlp(n, plan)), probs
+            return modules["ln_2"](n + (mlp(n, plan) if native(mlp) else mlp(n))), probs
         attn_parts, mlp_parts = attn._modules, mlp._modules
         a, probs = attend(attn_parts["c_attn"](x, plan))
         x = _at(x, positions)
@@ -166,7 +172,7 @@ class OpenAIGPTModel(OpenAIGPTPreTrainedModel):
         dropout = self.training and self.configured_dropout
         return plan_kernels(self.attn_implementation, device, dtype, dropout=dropout, needs_probs=needs_probs,
                             grad=torch.is_grad_enabled(), autocast=torch.is_autocast_enabled(device.type),
-                            transformed=transforms_active(), hooked=blocks and inside_hooked(self.h))
+                            transformed=transforms_active(), by_module=blocks and module_by_module(self.h))
 
     def embed(self, input_ids=None, positions=None, token_type_ids=None, inputs_embeds=None):
         """Token + position (+ token type) embeddings, (..., T) -> (..., T, C), before the embedding dropout."""

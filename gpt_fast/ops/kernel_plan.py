@@ -1,6 +1,6 @@
 """Which implementation each step of a GPT-1 block uses, decided once per call site's circumstances.
 
-`plan_kernels(attn_implementation, device, dtype, dropout=, needs_probs=, grad=, autocast=, transformed=, hooked=)`
+`plan_kernels(attn_implementation, device, dtype, dropout=, needs_probs=, grad=, autocast=, transformed=, by_module=)`
 returns one KernelPlan that the model's forward, the generation prefill and decode steps, and the benchmarks all
 use; the layers read it and never decide again. Plans are memoised per argument tuple (and per GPT_FAST_CPU_ISA value,
 which caps the CPU paths), so choosing costs a dictionary lookup per forward.
@@ -14,9 +14,10 @@ The rules:
   back). A dtype the kernels lack (float64) also runs "fused" as "sdpa". `attention_train` records whether "fused"
   has that training kernel: the attention layer runs it whenever dropout is active or gradients reach qkv (else the
   inference kernel, whose backward is the eager reference's).
-- hooked (hooks on the blocks' submodules, models/hooks.py): the blocks call their modules one by one, as
-  transformers' do (fuse_modules False), so that each hook sees what it sees there; the attention backend and the
-  linear engines (inside the modules' calls) stay.
+- by_module (hooks on the blocks' submodules, models/hooks.py, or submodules a user replaced: a LoRA wrapper, a
+  Conv1D subclass, another norm; models/block_modules.py): the blocks call their modules one by one, as
+  transformers' do (fuse_modules False), so that each hook sees what it sees there and each replaced module runs
+  its own forward; the attention backend and the linear engines (inside gpt_fast's own layers' calls) stay.
 - transformed (a torch.func transform or forward-mode AD is active, ops/func_transforms.py): every step as the
   "eager" backend, plain PyTorch, which the transforms support; gpt_fast's custom ops would give zero tangents.
 - the other kernels (add_layernorm, bias_gelu, decode_attention and the linear engines) run whenever they exist
@@ -84,7 +85,7 @@ class KernelPlan:
     attention: str  # the prompt's attention backend: "eager", "sdpa" or "fused"
     attention_train: bool  # "fused" runs flash_attention_train (+ its backward kernel) under dropout or autograd
     fused: bool  # a gpt_fast backend (not "eager"): add_layernorm / bias_gelu kernels and the linear engines
-    fuse_modules: bool  # add_layernorm / bias_gelu replace the module math (fused, and no hooks on the blocks)
+    fuse_modules: bool  # add_layernorm / bias_gelu replace the module math (fused; block modules unhooked, own)
     add_layernorm: Callable  # (x, y, bias, weight, ln_bias, eps, dropout_p=0, seed=0) -> ln(x + dropout(y + bias))
     bias_gelu: Callable  # (x, bias) -> gelu_tanh(x + bias)
     decode_attention: Callable  # the kernel or the reference (same arguments)
@@ -127,7 +128,7 @@ _PLANS: dict[tuple, KernelPlan] = {}  # memo of _plan, per argument tuple
 
 
 def _plan(attn_implementation, device_type: str, dtype: torch.dtype, dropout: bool, needs_probs: bool,
-          grad: bool, autocast: bool, hooked: bool, isa: str) -> KernelPlan:
+          grad: bool, autocast: bool, by_module: bool, isa: str) -> KernelPlan:
     flash = _has("flash_attention", device_type, dtype)
     if attn_implementation == "fused" and not _library.has_kernel("flash_attention", device_type):
         reason = _library.load_error() or f"it was built without {device_type} kernels"
@@ -152,7 +153,7 @@ def _plan(attn_implementation, device_type: str, dtype: torch.dtype, dropout: bo
         attention=attention,
         attention_train=attention_train,
         fused=fused,
-        fuse_modules=fused and not hooked,
+        fuse_modules=fused and not by_module,
         add_layernorm=layernorm or reference.add_layernorm,
         bias_gelu=gelu or reference.bias_gelu,
         decode_attention=(_kernel("decode_attention", device_type, dtype, decode_attention)
@@ -171,18 +172,19 @@ def _plan(attn_implementation, device_type: str, dtype: torch.dtype, dropout: bo
 
 def plan_kernels(attn_implementation: str | None, device: torch.device, dtype: torch.dtype, *, dropout: bool = False,
                  needs_probs: bool = False, grad: bool = False, autocast: bool = False,
-                 transformed: bool = False, hooked: bool = False) -> KernelPlan:
+                 transformed: bool = False, by_module: bool = False) -> KernelPlan:
     """The plan for one forward (or one generation request) on `device` in `dtype` (the model's dtype).
 
     dropout: a dropout layer is active (train mode with p > 0); needs_probs: the attention probabilities are
     returned or scaled (output_attentions, head_mask); grad: gradients flow to the weights; autocast: a
     torch.autocast region is active for the device; transformed: a torch.func transform or forward-mode AD is
-    active (func_transforms.transforms_active()); hooked: the blocks' submodules have hooks (models/hooks.py).
+    active (func_transforms.transforms_active()); by_module: the blocks must call their modules one by one (hooks
+    inside them or modules a user replaced: models/block_modules.py).
     """
     if transformed:
         attn_implementation = "eager"
     key = (attn_implementation, torch.device(device).type, dtype, bool(dropout), bool(needs_probs), bool(grad),
-           bool(autocast), bool(hooked), cpu_isa.level())
+           bool(autocast), bool(by_module), cpu_isa.level())
     plan = _PLANS.get(key)
     if plan is None:
         check_attn_implementation(attn_implementation)

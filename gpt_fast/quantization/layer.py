@@ -164,6 +164,8 @@ class QuantizedLinear(nn.Module):
 class QuantizedConv1D(QuantizedLinear):
     """A quantized Conv1D: the same call (x, plan, with_bias, gelu) and the bias Parameter, the weight quantized."""
 
+    fusable = True  # as Conv1D's (models/block_modules.py)
+
     def __init__(self, out_features: int, in_features: int, config: QuantizationConfig,
                  dtype: torch.dtype = torch.float32, device=None):
         super().__init__(out_features, in_features, config, dtype, device)

@@ -201,3 +201,36 @@ def test_save_keeps_sides_as_transformers(tmp_path, given):
     for folder in (tmp_path / "ours", tmp_path / "theirs"):
         assert (OpenAIGPTTokenizerFast.from_pretrained(folder).padding_side
                 == transformers.OpenAIGPTTokenizerFast.from_pretrained(str(tmp_path / "theirs")).padding_side)
+
+
+ATTRIBUTES = ["is_fast", "pad_token_type_id", "clean_up_tokenization_spaces", "split_special_tokens",
+              "add_prefix_space", "add_bos_token", "add_eos_token", "chat_template", "max_len_single_sentence",
+              "max_len_sentences_pair", "added_tokens_encoder", "vocab"]
+
+
+def test_attributes_tools_read_match_transformers():
+    ours = OpenAIGPTTokenizerFast.from_pretrained(PACKAGED_FOLDER, model_max_length=512)
+    theirs = transformers.OpenAIGPTTokenizerFast.from_pretrained(str(PACKAGED_FOLDER), model_max_length=512)
+    for tokenizer in (ours, theirs):
+        tokenizer.add_tokens(["newword"])
+        tokenizer.add_special_tokens({"cls_token": "[CLS]"})
+    for name in ATTRIBUTES:
+        assert getattr(ours, name) == getattr(theirs, name), name
+    assert [ours.num_special_tokens_to_add(pair) for pair in (False, True)] == \
+        [theirs.num_special_tokens_to_add(pair) for pair in (False, True)] == [0, 0]
+    assert {i: str(t) for i, t in ours.added_tokens_decoder.items()} == \
+        {i: str(t) for i, t in theirs.added_tokens_decoder.items()}
+    assert list(ours.added_tokens_decoder) == [0, 40478, 40479]
+
+
+def test_apply_chat_template_refuses_as_transformers_does():
+    ours = OpenAIGPTTokenizerFast.from_pretrained(PACKAGED_FOLDER)
+    theirs = transformers.OpenAIGPTTokenizerFast.from_pretrained(str(PACKAGED_FOLDER))
+    conversation = [{"role": "user", "content": "hi"}]
+    with pytest.raises(ValueError) as expected:
+        theirs.apply_chat_template(conversation)
+    with pytest.raises(ValueError) as got:
+        ours.apply_chat_template(conversation)
+    assert str(got.value) == str(expected.value)
+    with pytest.raises(NotImplementedError, match="does not render chat templates"):
+        ours.apply_chat_template(conversation, chat_template="{{ messages }}")

@@ -27,6 +27,7 @@ from gpt_fast.tokenization import tokenizer_files as files
 from gpt_fast.tokenization.batch_encoding import BatchEncoding
 from gpt_fast.tokenization.special_tokens import SpecialToken, SpecialTokenId, check_side
 from gpt_fast.tokenization.tokenizer_files import SPECIAL_TOKEN_NAMES
+from gpt_fast.tokenization.transformers_attributes import TransformersAttributes
 
 VERY_LARGE_INTEGER = int(1e30)  # transformers' model_max_length when nothing sets one: "no limit"
 END_OF_WORD = "</w>"
@@ -47,7 +48,7 @@ def build_gpt1_backend(vocab: dict[str, int], merges: list[tuple[str, str]], unk
     return backend
 
 
-class OpenAIGPTTokenizerFast:
+class OpenAIGPTTokenizerFast(TransformersAttributes):
     """GPT-1's BPE tokenizer with transformers' interface (`__call__`, `encode`, `decode`, `save_pretrained`, ...).
 
     Build it with `from_pretrained(folder_or_name)`, or from files: `OpenAIGPTTokenizerFast(vocab_file, merges_file)`

@@ -157,3 +157,28 @@ def test_label_overrides_replace_the_saved_labels(override, tmp_path):
     ours = OpenAIGPTConfig.from_pretrained(tmp_path, **override)
     assert ours.num_labels == theirs.num_labels == 3
     assert ours.id2label == theirs.id2label
+
+
+def test_accessors_tools_call_match_transformers(tmp_path):
+    """get_text_config, is_encoder_decoder, use_return_dict, name_or_path and update(), as transformers' config."""
+    transformers = pytest.importorskip("transformers")
+    theirs = transformers.OpenAIGPTConfig(n_layer=2, return_dict=False)
+    ours = OpenAIGPTConfig(n_layer=2, return_dict=False)
+    assert ours.get_text_config() is ours and ours.get_text_config(decoder=True) is ours
+    for name in ("is_encoder_decoder", "use_return_dict", "name_or_path"):
+        assert getattr(ours, name) == getattr(theirs, name), name
+    changes = {"pad_token_id": 3, "n_embd": 96, "hidden_size": 96, "num_labels": 3, "my_key": [1]}
+    for config in (ours, theirs):
+        config.update(changes)
+    assert (ours.pad_token_id, ours.n_embd, ours.num_labels, ours.my_key) == (3, 96, 3, [1])
+    saved = ours.to_dict()
+    assert saved["my_key"] == [1] and "num_labels" not in saved and "hidden_size" not in saved
+    assert {k: saved[k] for k in ("pad_token_id", "n_embd", "id2label")} == \
+        {k: theirs.to_dict()[k] for k in ("pad_token_id", "n_embd", "id2label")}
+    with pytest.raises(ValueError, match="n_head"):
+        ours.update({"n_embd": 100})  # validated: 100 is not a multiple of 12 heads
+    ours.n_embd = 96
+    ours.save_pretrained(tmp_path)
+    transformers.OpenAIGPTConfig(n_layer=2).save_pretrained(tmp_path / "theirs")
+    assert OpenAIGPTConfig.from_pretrained(tmp_path).name_or_path == ""  # only the model's from_pretrained sets it
+    assert transformers.OpenAIGPTConfig.from_pretrained(tmp_path).name_or_path == ""

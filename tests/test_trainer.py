@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import gpt_fast
+from gpt_fast.tokenization.tokenizer_files import PACKAGED_FOLDER
 
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("accelerate")  # the Trainer needs it
@@ -127,3 +128,25 @@ def test_predict_with_ignore_keys_as_with_transformers(tmp_path):
         everything, logits_only = trainer.predict(rows), trainer.predict(rows, ignore_keys=["hidden_states"])
         assert isinstance(everything.predictions, tuple) and len(everything.predictions) == 2, name
         assert everything.predictions[0].shape == logits_only.predictions.shape == (3, 11, CONFIG["vocab_size"]), name
+
+
+def test_trainer_with_a_transformers_tokenizer_as_processing_class(tmp_path):
+    """With transformers' own tokenizer as processing_class the Trainer aligns the model's special tokens with it
+    (config.get_text_config(), then the config's and the generation config's pad id) before training."""
+    tokenizer = transformers.OpenAIGPTTokenizerFast.from_pretrained(str(PACKAGED_FOLDER))
+    tokenizer.pad_token = tokenizer.unk_token
+    torch.manual_seed(0)
+    theirs = transformers.OpenAIGPTLMHeadModel(transformers.OpenAIGPTConfig(**CONFIG))
+    ours = gpt_fast.OpenAIGPTLMHeadModel.from_transformers(theirs)
+    losses = {}
+    for name, model in (("theirs", theirs), ("ours", ours)):
+        args = transformers.TrainingArguments(
+            output_dir=str(tmp_path / name), per_device_train_batch_size=2, max_steps=3, learning_rate=1e-2,
+            logging_steps=1, report_to=[], use_cpu=True, save_strategy="no", seed=0, disable_tqdm=True)
+        collator = transformers.DataCollatorForLanguageModeling(tokenizer, mlm=False)
+        trainer = transformers.Trainer(model=model, args=args, train_dataset=Texts(tokenizer),
+                                       processing_class=tokenizer, data_collator=collator)
+        trainer.train()
+        losses[name] = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+        assert model.config.pad_token_id == model.generation_config.pad_token_id == tokenizer.pad_token_id == 0, name
+    assert len(losses["ours"]) == 3 and losses["ours"] == pytest.approx(losses["theirs"], abs=1e-3)

@@ -309,3 +309,12 @@ def test_checkpointing_every_n_layers_and_bad_values():
     assert (len(calls[0]), len(calls[1])) == (3, 2)
     with pytest.raises(ValueError, match="every_n_layers"):
         ours.activation_checkpointing_enable(every_n_layers=0)
+
+
+def test_name_or_path_is_what_from_pretrained_loaded(tmp_path):
+    hf, _ = load_pair(LM, "sdpa")
+    hf.save_pretrained(tmp_path)
+    theirs = transformers.OpenAIGPTLMHeadModel.from_pretrained(tmp_path)
+    ours = gpt_fast_class(LM).from_pretrained(tmp_path)
+    assert ours.name_or_path == ours.config.name_or_path == theirs.name_or_path == str(tmp_path)
+    assert gpt_fast_class(LM)(ours.config.__class__()).name_or_path == ""

@@ -166,6 +166,7 @@ def load_pretrained(cls, name_or_path, *, dtype, device, attn_implementation, co
         config_where = str(folder / CONFIG_NAME)
     elif config_overrides:
         raise ValueError("pass either config= or config keyword overrides, not both")
+    config.name_or_path = name_or_path  # as transformers: model.name_or_path, the Trainer's model card
     dtype, device = resolve_dtype(dtype, config, folder, config_where), parse_device(device)
     saved = saved_quantization(config, config_where)
     quantization = None if quantization in (None, "none") else quantization

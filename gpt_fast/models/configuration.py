@@ -73,6 +73,7 @@ class OpenAIGPTConfig:
     """GPT-1 configuration. Any keyword not listed in DEFAULTS is kept as an attribute and written back."""
 
     model_type = MODEL_TYPE
+    is_encoder_decoder = False  # read by data collators, pipelines and trainers to choose decoder-only handling
 
     def __init__(self, **kwargs: Any):
         for alias, name in ALIASES.items():
@@ -82,6 +83,7 @@ class OpenAIGPTConfig:
                     raise ValueError(f"config gives both {name}={kwargs[name]!r} and its alias {alias}={value!r}")
                 kwargs[name] = value
         kwargs.pop("model_type", None)
+        self._name_or_path = str(kwargs.pop("_name_or_path", kwargs.pop("name_or_path", "")))  # not written back
         id2label = kwargs.pop("id2label", None)
         num_labels = kwargs.pop("num_labels", None)
         kwargs.pop("label2id", None)  # derived from id2label
@@ -166,6 +168,34 @@ class OpenAIGPTConfig:
     def head_dim(self) -> int:
         return self.n_embd // self.n_head
 
+    # -- transformers' accessors that tools call --------------------------------------------------------------
+    @property
+    def name_or_path(self) -> str:
+        """What the model's from_pretrained loaded it from ("" otherwise, as in transformers)."""
+        return self._name_or_path
+
+    @name_or_path.setter
+    def name_or_path(self, value) -> None:
+        self._name_or_path = str(value)
+
+    @property
+    def use_return_dict(self) -> bool:
+        return self.return_dict
+
+    def get_text_config(self, decoder: bool | None = None, encoder: bool | None = None) -> "OpenAIGPTConfig":
+        """The config of the text part of the model: all of it (transformers' Trainer and pipelines ask)."""
+        return self
+
+    def update(self, values: dict[str, Any]) -> None:
+        """Sets each key of values as an attribute (a key not known before is kept and written back), then
+        validates, as a config built with them would be."""
+        for name, value in values.items():
+            known = ALIASES.get(name, name) in DEFAULTS or name == "id2label" or hasattr(type(self), name)
+            if not known and name not in self._extra_keys:
+                self._extra_keys = sorted([*self._extra_keys, name])
+            setattr(self, name, value)
+        self.validate()
+
     # -- serialisation ---------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"model_type": self.model_type}
@@ -221,7 +251,7 @@ class OpenAIGPTConfig:
         path = folder / subfolder / CONFIG_NAME
         if not path.is_file():
             raise FileNotFoundError(f"no {CONFIG_NAME} in {str(folder)!r}")
-        return cls.from_json_file(path, **overrides)
+        return cls.from_json_file(path, **overrides)  # name_or_path stays "", as transformers' (the model's is set)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, OpenAIGPTConfig) and self.to_dict() == other.to_dict()

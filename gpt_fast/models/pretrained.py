@@ -97,6 +97,11 @@ class OpenAIGPTPreTrainedModel(nn.Module):
         """The decoder stack, as transformers' method: the base model."""
         return self.base_model
 
+    @property
+    def name_or_path(self) -> str:
+        """What from_pretrained loaded the model from (config.name_or_path; "" for a model made in code)."""
+        return self.config.name_or_path
+
     def get_memory_footprint(self, return_buffers: bool = True) -> int:
         """Bytes held by the parameters (a tied table once) and, with return_buffers, the buffers (transformers'
         method). A quantized model's weights and scales are buffers; the copies packed for the kernels (cached on the

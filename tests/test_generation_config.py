@@ -99,6 +99,26 @@ def test_generate_with_a_generation_config_matches_transformers(hf, model, field
     torch.testing.assert_close(ours, expected, rtol=0, atol=0)
 
 
-def test_generation_config_must_be_ours(model):
+@pytest.mark.parametrize("fields", [dict(num_beams=3, length_penalty=0.7, max_new_tokens=9),
+                                    dict(repetition_penalty=1.5, no_repeat_ngram_size=2, max_new_tokens=9)])
+def test_transformers_generation_config_is_taken_as_it_is(hf, model, fields):
+    """transformers' GenerationConfig, passed to generate() or set as model.generation_config, is read as the same
+    fields in gpt_fast's: the same tokens as transformers with it, and as gpt_fast's own config."""
+    ids = prompt(5, batch=2)
+    expected = hf.generate(ids, generation_config=transformers.GenerationConfig(**fields), do_sample=False)
+    got = model.generate(ids, generation_config=transformers.GenerationConfig(**fields))
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    model.generation_config = transformers.GenerationConfig(**fields)
+    assert model.generation_config == GenerationConfig(**fields)
+    torch.testing.assert_close(model.generate(ids), expected, rtol=0, atol=0)
+    assert not torch.equal(model.generate(ids, num_beams=1, repetition_penalty=1.0, no_repeat_ngram_size=0), got)
+
+
+def test_generation_config_must_be_one(model):
     with pytest.raises(TypeError, match="GenerationConfig"):
         model.generate(prompt(3), generation_config=dict(num_beams=2))
+    with pytest.raises(TypeError, match="GenerationConfig"):
+        model.generation_config = dict(num_beams=2)
+    unsupported = transformers.GenerationConfig(num_beams=4, num_beam_groups=2, diversity_penalty=0.5)
+    with pytest.raises(ValueError, match=r"does not support \['diversity_penalty', 'num_beam_groups'\]"):
+        model.generate(prompt(3), generation_config=unsupported)

@@ -154,3 +154,27 @@ def test_they_read_nothing_on_the_host(model):
             history.append(tokens)
 
     assert host_reads(steps) == []
+
+
+@pytest.mark.parametrize("settings", [dict(), dict(num_beams=3), dict(do_sample=True, top_k=5)])
+def test_max_time_stops_as_transformers(hf, model, settings):
+    """max_time=0: the time is up at the first check, after the first new token; a long max_time changes nothing."""
+    ids = prompt(5, batch=2)
+    outputs = []
+    for generate in (lambda **kw: hf.generate(ids, pad_token_id=0, **kw), lambda **kw: model.generate(ids, **kw)):
+        torch.manual_seed(0)
+        stopped = generate(max_new_tokens=6, min_new_tokens=6, max_time=0.0, **settings)
+        torch.manual_seed(0)
+        outputs.append((stopped, generate(max_new_tokens=6, max_time=600.0, **settings)))
+    (theirs_stopped, theirs_full), (stopped, full) = outputs
+    assert stopped.shape == theirs_stopped.shape == (2, 6)
+    assert full.shape == theirs_full.shape == (2, 11)
+    if not settings.get("do_sample"):  # sampling draws differ between the two libraries
+        torch.testing.assert_close(stopped, theirs_stopped, rtol=0, atol=0)
+        torch.testing.assert_close(full, theirs_full, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("value, error", [(-1.0, ValueError), ("1", TypeError), (True, TypeError)])
+def test_bad_max_time_raises(model, value, error):
+    with pytest.raises(error, match="max_time"):
+        model.generate(prompt(3), max_new_tokens=2, max_time=value)

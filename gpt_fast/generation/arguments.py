@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
+from gpt_fast.generation.processors import MaxTimeCriteria
 from gpt_fast.generation.sampling import SamplingConfig
 from gpt_fast.generation.stop_strings import StopStringCriteria
 from gpt_fast.models.validation import check_ids_in_range, check_integer_tensor
@@ -22,7 +23,7 @@ GENERATE_KWARGS = (
     "token_type_ids", "stop_strings", "tokenizer", "prompt_lookup_num_tokens", "max_matching_ngram_size",
     "sequence_bias", "forced_bos_token_id", "forced_eos_token_id", "exponential_decay_length_penalty",
     "suppress_tokens", "begin_suppress_tokens", "min_p", "typical_p", "epsilon_cutoff", "eta_cutoff",
-    "renormalize_logits",
+    "renormalize_logits", "max_time",
 )
 
 
@@ -146,8 +147,11 @@ def _callables(name, value, signature):
 
 
 def _stopping_criteria(get) -> tuple:
-    """The caller's stopping_criteria, then the stop_strings' (transformers': stop_strings need tokenizer=)."""
+    """The caller's stopping_criteria, then max_time's and the stop_strings' (transformers': stop_strings need
+    tokenizer=)."""
     criteria = _callables("stopping_criteria", get("stopping_criteria"), "criteria(input_ids, scores)")
+    if get("max_time") is not None:
+        criteria += (MaxTimeCriteria(_float("max_time", get("max_time"), 0.0, float("inf"), low_open=False)),)
     if get("stop_strings") is not None:
         criteria += (StopStringCriteria(get("tokenizer"), get("stop_strings")),)
     return criteria

@@ -23,7 +23,7 @@ DEFAULTS = {  # transformers' global defaults of the supported fields (what an u
     "bos_token_id": None, "eos_token_id": None, "stop_strings": None, "prompt_lookup_num_tokens": None,
     "max_matching_ngram_size": None, "sequence_bias": None, "forced_bos_token_id": None, "forced_eos_token_id": None,
     "exponential_decay_length_penalty": None, "suppress_tokens": None, "begin_suppress_tokens": None, "min_p": None,
-    "typical_p": 1.0, "epsilon_cutoff": 0.0, "eta_cutoff": 0.0, "renormalize_logits": False,
+    "typical_p": 1.0, "epsilon_cutoff": 0.0, "eta_cutoff": 0.0, "renormalize_logits": False, "max_time": None,
 }
 IGNORED = ("transformers_version", "_from_model_config")  # bookkeeping keys of transformers' files
 NOT_GENERATE_ARGS = ("bos_token_id",)  # kept and saved, not used by generate()
@@ -105,6 +105,19 @@ class GenerationConfig:
         return cls.from_dict(values)
 
 
+def as_generation_config(value, what: str) -> GenerationConfig:
+    """value itself if it is gpt_fast's GenerationConfig; transformers' (anything with to_diff_dict()) converted
+    from its set fields, so a field gpt_fast does not support is refused by name as above."""
+    if isinstance(value, GenerationConfig):
+        return value
+    diff = getattr(value, "to_diff_dict", None)
+    if callable(diff):
+        values = diff()
+        if isinstance(values, dict):
+            return GenerationConfig.from_dict(values)
+    raise TypeError(f"{what} must be a GenerationConfig (gpt_fast's or transformers'), got {type(value).__name__}")
+
+
 def model_generation_config(model) -> GenerationConfig:
     """model.generation_config: built from model.config at first use unless set (from_pretrained sets it)."""
     config = model.__dict__.get("_generation_config")
@@ -140,6 +153,5 @@ class GenerationConfigMixin:
 
     @generation_config.setter
     def generation_config(self, value) -> None:
-        if not isinstance(value, GenerationConfig):
-            raise TypeError(f"generation_config must be a gpt_fast.GenerationConfig, got {type(value).__name__}")
+        value = as_generation_config(value, "generation_config")
         self.__dict__["_generation_config"] = value

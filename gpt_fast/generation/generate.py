@@ -34,7 +34,7 @@ from gpt_fast.generation.arguments import (
     parse_generation_kwargs,
 )
 from gpt_fast.generation.beam_search import beam_search
-from gpt_fast.generation.config import GenerationConfig
+from gpt_fast.generation.config import as_generation_config
 from gpt_fast.generation.inspection import step_outputs
 from gpt_fast.generation.kv_cache import CacheOutputMixin, StaticKVCache
 from gpt_fast.generation.prepared import first_done, prepare
@@ -85,9 +85,8 @@ def generate(model, input_ids=None, attention_mask=None, generation_config=None,
 
 def merge_generation_config(model, generation_config, kwargs: dict) -> dict:
     """As transformers 5.x: kwargs > generation_config's set fields > model.generation_config's > global defaults."""
-    if generation_config is not None and not isinstance(generation_config, GenerationConfig):
-        raise TypeError("generation_config must be a gpt_fast.GenerationConfig, got "
-                        f"{type(generation_config).__name__}")
+    if generation_config is not None:
+        generation_config = as_generation_config(generation_config, "generation_config")
     model_config = getattr(model, "generation_config", None)
     merged = {} if model_config is None else model_config.generate_kwargs()
     if generation_config is not None:

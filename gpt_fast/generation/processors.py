@@ -1,5 +1,6 @@
 """The logits processors beyond sampling.py's: no_repeat_ngram_size, bad_words_ids, remove_invalid_values, and the
-caller's own `logits_processor` / `stopping_criteria` callables (transformers' call signatures).
+caller's own `logits_processor` / `stopping_criteria` callables (transformers' call signatures); max_time's
+stopping criterion.
 
 The n-gram and bad-word rules read each row's token history as that row alone would have it (TokenHistory: the real
 prompt tokens packed first, then the new tokens), so a row of a padded batch is processed as its prompt alone; the
@@ -8,6 +9,8 @@ Everything runs on the device without reading a value on the host.
 """
 
 from __future__ import annotations
+
+import time
 
 import torch
 
@@ -190,3 +193,14 @@ def stop_flags(criteria: tuple, input_ids: torch.Tensor, scores) -> torch.Tensor
         result = criterion(input_ids, scores)
         done = done | torch.as_tensor(result, device=input_ids.device).to(torch.bool)
     return done
+
+
+class MaxTimeCriteria:
+    """generate(max_time=seconds), as transformers': every row stops once that long has passed since generate()
+    began, checked after each new token (so at least one is made). A wall-clock read, no device sync."""
+
+    def __init__(self, max_time: float):
+        self.deadline = time.perf_counter() + max_time
+
+    def __call__(self, input_ids: torch.Tensor, scores) -> bool:
+        return time.perf_counter() > self.deadline

@@ -16,6 +16,7 @@ from gpt_fast.auto import (
                            AutoTokenizer,
 )
 from gpt_fast.generation.config import GenerationConfig
+from gpt_fast.generation.feature_extraction import FeatureExtractionPipeline
 from gpt_fast.generation.pipeline import TextGenerationPipeline, pipeline
 from gpt_fast.generation.streaming import TextIteratorStreamer, TextStreamer
 from gpt_fast.models.configuration import OpenAIGPTConfig
@@ -33,7 +34,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AutoConfig", "AutoModel", "AutoModelForCausalLM", "AutoModelForMultipleChoice",
-    "AutoModelForSequenceClassification", "AutoTokenizer", "BatchEncoding", "GenerationConfig", "OpenAIGPTConfig",
+    "AutoModelForSequenceClassification", "AutoTokenizer", "BatchEncoding", "FeatureExtractionPipeline",
+    "GenerationConfig", "OpenAIGPTConfig",
     "OpenAIGPTDoubleHeadsModel", "OpenAIGPTForSequenceClassification", "OpenAIGPTLMHeadModel", "OpenAIGPTModel",
     "OpenAIGPTPreTrainedModel", "OpenAIGPTTokenizer", "OpenAIGPTTokenizerFast", "QuantizationConfig",
     "TextGenerationPipeline",

@@ -75,6 +75,9 @@ def test_pairs_and_features_match(padded_pair, kwargs):
     assert_same(ours(TEXTS, PAIRS, **kwargs), theirs(TEXTS, PAIRS, **kwargs))
     assert_same(ours(TEXTS[0], PAIRS[0], **kwargs), theirs(TEXTS[0], PAIRS[0], **kwargs))
     assert_same(ours(TEXTS, **kwargs), theirs(TEXTS, **kwargs))
+    as_items = [[text, pair] for text, pair in zip(TEXTS, PAIRS)]  # a batch of pairs as `text` alone (zero-shot's)
+    assert_same(ours(as_items, **kwargs), theirs(as_items, **kwargs))
+    assert_same(ours(as_items, **kwargs), ours(TEXTS, PAIRS, **kwargs))
 
 
 def test_encode_and_tokenize_pairs_match(pair):

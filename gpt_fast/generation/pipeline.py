@@ -1,4 +1,5 @@
-"""pipeline("text-generation", ...): transformers' text-generation pipeline, on gpt_fast's model and generate().
+"""pipeline("text-generation", ...): transformers' text-generation pipeline, on gpt_fast's model and generate();
+pipeline("feature-extraction", ...) builds feature_extraction.py's.
 
     generator = gpt_fast.pipeline("text-generation", model="path/to/openai-gpt")
     generator("The future of AI is", max_length=50, do_sample=True)  # -> [{"generated_text": "..."}]
@@ -18,8 +19,12 @@ import os
 
 import torch
 
+from gpt_fast.generation.feature_extraction import TASK as FEATURES
+from gpt_fast.generation.feature_extraction import FeatureExtractionPipeline
 from gpt_fast.generation.generate import generate
 from gpt_fast.models.heads import OpenAIGPTLMHeadModel
+from gpt_fast.models.modeling import OpenAIGPTModel
+from gpt_fast.models.pretrained import OpenAIGPTPreTrainedModel
 from gpt_fast.names import parse_device, parse_dtype
 from gpt_fast.tokenization.tokenizer import OpenAIGPTTokenizerFast
 
@@ -34,38 +39,56 @@ def load_tokenizer(name_or_path):
 
 
 def pipeline(task: str, model=None, tokenizer=None, *, dtype=None, torch_dtype=None, device=None,
-             attn_implementation: str | None = None, **generate_defaults) -> "TextGenerationPipeline":
-    """Builds a TextGenerationPipeline. model: a folder / hub name or an OpenAIGPTLMHeadModel; tokenizer: a
-    folder, a tokenizer object, or None to load it from the model's folder. device: an index (-1 = CPU), a
-    string or a torch.device; dtype (or torch_dtype): a torch dtype or its name, or "auto"."""
-    if task != TASK:
-        raise ValueError(f"gpt_fast.pipeline supports only the {TASK!r} task, got {task!r}")
+             attn_implementation: str | None = None, **task_defaults):
+    """Builds a TextGenerationPipeline ("text-generation": task_defaults are generation arguments) or a
+    FeatureExtractionPipeline ("feature-extraction": task_defaults may hold tokenize_kwargs). model: a folder / hub
+    name or a model object (an OpenAIGPTLMHeadModel for text generation; any gpt_fast model for features, whose
+    folder loads as OpenAIGPTModel, transformers' AutoModel for the task); tokenizer: a folder, a tokenizer
+    object, or None to load it from the model's folder. device: an index (-1 = CPU), a string or a torch.device;
+    dtype (or torch_dtype): a torch dtype or its name, or "auto"."""
+    if task not in (TASK, FEATURES):
+        raise ValueError(f"gpt_fast.pipeline supports the {TASK!r} and {FEATURES!r} tasks, got {task!r}")
+    generating = task == TASK
+    model, tokenizer = _model_and_tokenizer(model, tokenizer, OpenAIGPTLMHeadModel if generating else OpenAIGPTModel,
+                                            OpenAIGPTLMHeadModel if generating else OpenAIGPTPreTrainedModel,
+                                            dtype, torch_dtype, device, attn_implementation)
+    if generating:
+        return TextGenerationPipeline(model.eval(), tokenizer, task_defaults)
+    tokenize_kwargs = task_defaults.pop("tokenize_kwargs", None)
+    if task_defaults:
+        raise TypeError(f"pipeline({FEATURES!r}) got unexpected arguments {sorted(task_defaults)}; it takes "
+                        "tokenize_kwargs")
+    return FeatureExtractionPipeline(model.eval(), tokenizer, tokenize_kwargs)
+
+
+def _model_and_tokenizer(model, tokenizer, folder_class, accepted, dtype, torch_dtype, device, attn_implementation):
+    """(the model, in dtype on device, the tokenizer object) from pipeline()'s arguments."""
     if model is None:
-        raise ValueError("pass model= (a checkpoint folder or an OpenAIGPTLMHeadModel); there is no default model")
+        raise ValueError("pass model= (a checkpoint folder or a model object); there is no default model")
     if dtype is not None and torch_dtype is not None and dtype != torch_dtype:
         raise ValueError(f"pass dtype or torch_dtype, not both ({dtype} vs {torch_dtype})")
     dtype = parse_dtype(dtype if dtype is not None else torch_dtype)
     target = None if device is None else parse_device(device)
     if isinstance(model, (str, os.PathLike)):
         folder = model
-        model = OpenAIGPTLMHeadModel.from_pretrained(folder, dtype=dtype, device=target,
-                                                     attn_implementation=attn_implementation)
+        model = folder_class.from_pretrained(folder, dtype=dtype, device=target,
+                                             attn_implementation=attn_implementation)
         if tokenizer is None:
             tokenizer = folder
-    elif isinstance(model, OpenAIGPTLMHeadModel):
+    elif isinstance(model, accepted):
         if isinstance(dtype, torch.dtype) or target is not None:
             model = model.to(device=target, dtype=dtype if isinstance(dtype, torch.dtype) else None)
         if attn_implementation is not None:
             model.set_attn_implementation(attn_implementation)
     else:
-        raise TypeError(f"model must be a folder path or an OpenAIGPTLMHeadModel, got {type(model).__name__}")
+        raise TypeError(f"model must be a folder path or an {accepted.__name__}, got {type(model).__name__}")
     if tokenizer is None:
         raise ValueError("pass tokenizer= (a folder or a tokenizer object) when model is a model object")
     if isinstance(tokenizer, (str, os.PathLike)):
         tokenizer = load_tokenizer(tokenizer)
     if not (callable(tokenizer) and callable(getattr(tokenizer, "decode", None))):
         raise TypeError(f"tokenizer must be callable and have decode(), got {type(tokenizer).__name__}")
-    return TextGenerationPipeline(model.eval(), tokenizer, generate_defaults)
+    return model, tokenizer
 
 
 class TextGenerationPipeline:

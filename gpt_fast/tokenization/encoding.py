@@ -186,6 +186,33 @@ def as_text_batch(text: Any, allow_batch: bool = True) -> tuple[list[str], bool]
     raise TypeError(f"text must be {expected}, got {type(text).__name__}")
 
 
+def texts_and_pairs(text: Any, text_pair: Any, is_split_into_words: bool) -> tuple[list, list | None, bool]:
+    """(texts, pairs or None, is_batch) from the tokenizer's text and text_pair (as_input_batch's forms each), or
+    from text alone holding a batch of (text, pair) items."""
+    both = None if text_pair is not None or is_split_into_words else batch_of_pairs(text)
+    if both is not None:
+        return both[0], both[1], True
+    texts, is_batch = as_input_batch(text, is_split_into_words)
+    if text_pair is None:
+        return texts, None, is_batch
+    pairs, pair_is_batch = as_input_batch(text_pair, is_split_into_words)
+    if pair_is_batch != is_batch or len(pairs) != len(texts):
+        raise TypeError("text_pair must be a str for one text, or a list as long as the list of texts "
+                        f"({len(texts)}), got {type(text_pair).__name__} of {len(pairs)}")
+    return texts, pairs, is_batch
+
+
+def batch_of_pairs(text: Any) -> tuple[list[str], list[str]] | None:
+    """(texts, pairs) when text is a non-empty list of (text, pair) items, each a list or tuple of two str: the
+    batch of pairs transformers' tokenizers take as `text` alone (zero-shot classification passes one); else None."""
+    if not isinstance(text, (list, tuple)) or not text:
+        return None
+    if not all(isinstance(item, (list, tuple)) and len(item) == 2 and all(isinstance(s, str) for s in item)
+               for item in text):
+        return None
+    return [item[0] for item in text], [item[1] for item in text]
+
+
 def as_input_batch(text: Any, is_split_into_words: bool) -> tuple[list, bool]:
     """([texts], is_batch) as as_text_batch, or with is_split_into_words ([lists of words], is_batch): a list of
     str is one text's words, a list of such lists a batch."""

@@ -292,7 +292,8 @@ class OpenAIGPTTokenizerFast(TransformersAttributes):
                      add_special_tokens: bool = True, pad_to_multiple_of: int | None = None,
                      padding_side: str | None = None, verbose: bool = True) -> BatchEncoding:
         """Encodes a text (flat lists, or (1, T) tensors) or a list of texts (one row each, padded if asked), each
-        optionally followed by its text_pair (token_type_ids 0 for the text, 1 for the pair).
+        optionally followed by its text_pair (token_type_ids 0 for the text, 1 for the pair); or a list of (text,
+        pair) items as text alone.
 
         padding: False, True / "longest" (to the longest row), "max_length" (to max_length, else model_max_length).
         truncation: True / "longest_first" cuts rows to max_length (else model_max_length) on `truncation_side`,
@@ -304,13 +305,7 @@ class OpenAIGPTTokenizerFast(TransformersAttributes):
         text (in its word with is_split_into_words). return_tensors: None (lists), "pt" (torch) or "np" (numpy).
         token_type_ids are returned when asked (GPT-1's model_input_names do not include them); `verbose` is
         accepted for transformers' signature (nothing here warns)."""
-        texts, is_batch = encoding.as_input_batch(text, is_split_into_words)
-        pairs = None
-        if text_pair is not None:
-            pairs, pair_is_batch = encoding.as_input_batch(text_pair, is_split_into_words)
-            if pair_is_batch != is_batch or len(pairs) != len(texts):
-                raise TypeError("text_pair must be a str for one text, or a list as long as the list of texts "
-                                f"({len(texts)}), got {type(text_pair).__name__} of {len(pairs)}")
+        texts, pairs, is_batch = encoding.texts_and_pairs(text, text_pair, is_split_into_words)
         mode, strategy, max_length = encoding.resolve_lengths(padding, truncation, max_length, pad_to_multiple_of,
                                                               self.model_max_length, self.pad_token is not None)
         side = self.padding_side if padding_side is None else check_side("padding_side", padding_side)

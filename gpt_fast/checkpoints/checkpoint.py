@@ -15,9 +15,9 @@ import logging
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
 from gpt_fast.checkpoints.hub import resolve_model_folder
+from gpt_fast.checkpoints.shards import SAFE_INDEX, SAFE_WEIGHTS, write_weights
 from gpt_fast.checkpoints.tensor_files import iter_safetensors, iter_torch_bin
 from gpt_fast.models.configuration import CONFIG_NAME, OpenAIGPTConfig
 from gpt_fast.models.initialization import initialize_parameter
@@ -33,8 +33,6 @@ from gpt_fast.quantization.config import CONFIG_KEY, QuantizationConfig, make_co
 
 logger = logging.getLogger("gpt_fast")
 
-SAFE_WEIGHTS = "model.safetensors"
-SAFE_INDEX = "model.safetensors.index.json"
 BIN_WEIGHTS = "pytorch_model.bin"
 BIN_INDEX = "pytorch_model.bin.index.json"
 IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")  # causal-mask buffers of old checkpoints
@@ -251,7 +249,7 @@ def _materialize_missing(model, device, dtype: torch.dtype) -> None:
             module.position_ids = torch.arange(model.config.n_positions, device=device)
 
 
-def save_pretrained(model, save_directory, state_dict: dict | None = None) -> Path:
+def save_pretrained(model, save_directory, state_dict: dict | None = None, max_shard_size: int | str = "50GB") -> Path:
     folder = Path(save_directory)
     if folder.exists() and not folder.is_dir():
         raise NotADirectoryError(f"{str(folder)!r} exists and is not a folder")
@@ -269,7 +267,7 @@ def save_pretrained(model, save_directory, state_dict: dict | None = None) -> Pa
             continue  # the tied LM head is saved once, as the token embedding
         seen.add(tensor.data_ptr())
         state[key] = tensor.detach().to("cpu").contiguous()
-    save_file(state, str(folder / SAFE_WEIGHTS), metadata={"format": "pt"})
+    write_weights(folder, state, max_shard_size)
     return folder
 
 

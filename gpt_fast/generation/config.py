@@ -142,9 +142,10 @@ class GenerationConfigMixin:
             model.generation_config = GenerationConfig.from_pretrained(path)
         return loaded
 
-    def save_pretrained(self, save_directory, *args, **kwargs):
-        path = super().save_pretrained(save_directory, *args, **kwargs)
-        self.generation_config.save_pretrained(save_directory)
+    def save_pretrained(self, save_directory, is_main_process: bool = True, *args, **kwargs):
+        path = super().save_pretrained(save_directory, is_main_process, *args, **kwargs)
+        if is_main_process:
+            self.generation_config.save_pretrained(save_directory)
         return path
 
     @property

@@ -233,11 +233,22 @@ class OpenAIGPTPreTrainedModel(nn.Module):
                                           quantization=quantization, quantization_group_size=quantization_group_size,
                                           quantization_lm_head=quantization_lm_head)
 
-    def save_pretrained(self, save_directory: str | os.PathLike, state_dict: dict | None = None) -> Path:
+    def save_pretrained(self, save_directory: str | os.PathLike, is_main_process: bool = True,
+                        state_dict: dict | None = None, push_to_hub: bool = False, max_shard_size: int | str = "50GB",
+                        variant: str | None = None, safe_serialization: bool = True) -> Path:
         """Writes config.json and model.safetensors, loadable by gpt_fast and (unless quantized) by transformers.
-        A quantized model writes its qweight/scales/zeros and config.json's quantization_config. state_dict (as in
-        transformers): the tensors to write instead of the model's own (a sharded model's gathered weights)."""
-        return checkpoint.save_pretrained(self, save_directory, state_dict)
+        A quantized model writes its qweight/scales/zeros and config.json's quantization_config. As transformers':
+        state_dict, the tensors to write instead of the model's own (a sharded model's gathered weights);
+        max_shard_size (bytes, or "5GB", "500MiB"), past which the weights go into model-0000i-of-0000N.safetensors
+        shards and model.safetensors.index.json; is_main_process=False writes nothing (the other ranks of a
+        distributed job). safe_serialization is accepted and safetensors always written (transformers 5 does the
+        same). push_to_hub and variant are not supported: upload the folder with huggingface_hub's upload_folder."""
+        if push_to_hub or variant is not None:
+            raise NotImplementedError("save_pretrained(push_to_hub=, variant=) is not supported by gpt_fast: save to a "
+                                      "folder and upload it with huggingface_hub.upload_folder")
+        if not is_main_process:
+            return Path(save_directory)
+        return checkpoint.save_pretrained(self, save_directory, state_dict, max_shard_size)
 
     @classmethod
     def from_transformers(cls, hf_model: nn.Module, attn_implementation: str | None = None):

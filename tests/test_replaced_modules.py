@@ -7,9 +7,14 @@ import pytest
 import torch
 from conftest import BACKENDS, load_pair, random_ids
 from torch import nn
+from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
+    apply_activation_checkpointing,
+    checkpoint_wrapper,
+)
 
 from gpt_fast.models.block_modules import module_by_module
 from gpt_fast.models.linear import Conv1D
+from gpt_fast.models.modeling import Block
 
 LM = "OpenAIGPTLMHeadModel"
 NO_DROPOUT = dict(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
@@ -162,3 +167,24 @@ def test_a_replaced_attention_is_refused():
     ours.transformer.h[0].attn = Doubled(ours.transformer.h[0].attn)
     with pytest.raises(TypeError, match="attn is a Doubled.*Replace attn.c_attn or attn.c_proj"):
         ours(random_ids((1, 4)))
+
+
+def test_blocks_wrapped_by_torchs_checkpoint_wrapper_still_fuse():
+    """apply_activation_checkpointing wraps each Block in a CheckpointWrapper (FSDP1 in its own wrapper): the layout
+    is looked for through such one-module wrappers, so the blocks keep their fused body, and the numbers hold."""
+    hf, ours = load_pair(LM, "fused", **NO_DROPOUT)
+    apply_activation_checkpointing(ours, checkpoint_wrapper_fn=checkpoint_wrapper,
+                                   check_fn=lambda module: isinstance(module, Block))
+    assert type(ours.transformer.h[0]).__name__ == "CheckpointWrapper"
+    assert not module_by_module(ours.transformer.h)
+    ids = random_ids((2, 9))
+    losses = []
+    for model in (hf.train(), ours.train()):
+        loss = model(ids, labels=ids).loss
+        loss.backward()
+        losses.append(loss)
+    torch.testing.assert_close(losses[1], losses[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ours.lm_head.weight.grad, hf.lm_head.weight.grad, atol=1e-4, rtol=1e-4)
+    inner = ours.transformer.h[1]._checkpoint_wrapped_module
+    inner.mlp.c_fc = LoRA(inner.mlp.c_fc)
+    assert module_by_module(ours.transformer.h)  # a replaced module inside a wrapped block still counts

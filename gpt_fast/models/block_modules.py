@@ -51,6 +51,17 @@ def _native_layernorm(module: nn.Module) -> bool:
             and len(module.normalized_shape) == 1)
 
 
+def _block_layout(block: nn.Module) -> dict | None:
+    """The block's submodules by name (attn, ln_1, mlp, ln_2), looking through wrappers around it that hold one
+    module (torch's checkpoint_wrapper, FSDP1's FullyShardedDataParallel); None if there is no such layout."""
+    while "attn" not in block._modules or "mlp" not in block._modules:
+        children = [child for child in block._modules.values() if child is not None]
+        if len(children) != 1:
+            return None
+        block = children[0]
+    return block._modules
+
+
 def module_by_module(blocks: nn.Module) -> bool:
     """Whether the blocks must call their modules one by one: a hook on a module inside a block, global module hooks
     (models/hooks.py), or a module the fused path cannot stand in for (a replaced one; see the module docstring).
@@ -60,7 +71,9 @@ def module_by_module(blocks: nn.Module) -> bool:
     if global_hooks():
         return True
     for block in blocks._modules.values():
-        parts = block._modules
+        parts = _block_layout(block)
+        if parts is None:  # not a Block: called as a module, whatever it is
+            return True
         attn, mlp = parts["attn"], parts["mlp"]
         if not native(attn):
             raise TypeError(f"a block's attn is a {type(attn).__name__}: gpt_fast calls its Attention through its "

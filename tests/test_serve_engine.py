@@ -80,6 +80,34 @@ def test_a_steering_hook_on_a_block_module_steers_the_served_tokens():
         engine.stop()
 
 
+class LowRankUpdate(torch.nn.Module):  # a LoRA-style wrapper around a block's layer, as PEFT puts there
+    def __init__(self, base, rank=2):
+        super().__init__()
+        generator = torch.Generator().manual_seed(3)
+        self.base = base
+        self.A = torch.nn.Parameter(torch.randn(base.weight.shape[0], rank, generator=generator))
+        self.B = torch.nn.Parameter(torch.randn(rank, base.weight.shape[1], generator=generator))
+
+    def forward(self, x):
+        return self.base(x) + x @ self.A @ self.B
+
+
+def test_a_replaced_block_layer_runs_in_the_served_tokens():
+    """A module put in place of a block's layer runs in the engine's prefill chunks and decode steps as in
+    generate() (models/block_modules.py); without it the tokens differ."""
+    model, tokenizer = tiny_model_and_tokenizer(seed=1)
+    prompt = prompt_of(tokenizer)
+    plain = reference_greedy(model, prompt, 10)
+    model.transformer.h[0].mlp.c_fc = LowRankUpdate(model.transformer.h[0].mlp.c_fc)
+    expected = reference_greedy(model, prompt, 10)
+    assert expected != plain
+    engine = Engine(model, tokenizer, max_batch=2, prefill_chunk=4).start()
+    try:
+        assert collect(engine, prompt, SamplingParams(max_tokens=10, temperature=0))[0]["tokens"] == expected
+    finally:
+        engine.stop()
+
+
 def test_requests_joining_a_running_batch_each_get_their_own_greedy_tokens(model_and_tokenizer, make_engine):
     model, tokenizer = model_and_tokenizer
     recorder = Recorder()

@@ -86,9 +86,10 @@ class MLP(nn.Module):
 
     def hidden(self, x, plan: KernelPlan):
         """(B, T, C) -> (B, T, 4C): act(c_fc(x)), the tanh GELU fused into c_fc's call when act is that GELU."""
-        if plan.fuse_modules and fusable_gelu(self.act):
-            return self.c_fc(x, plan, gelu=True)
-        return self.act(self.c_fc(x, plan))
+        parts = self._modules  # not nn.Module's __getattr__: this runs in every block of every decode step
+        if plan.fuse_modules and fusable_gelu(parts["act"]):
+            return parts["c_fc"](x, plan, gelu=True)
+        return parts["act"](parts["c_fc"](x, plan))
 
     def forward(self, x, plan: KernelPlan | None = None):
         """Module by module, as transformers' MLP: dropout(c_proj(act(c_fc(x)))), (B, T, C) -> (B, T, C). Without a

@@ -63,23 +63,6 @@ def test_greedy_matches_generate_with_chunked_prefill(model_and_tokenizer, make_
     assert out["text"] == tokenizer.decode(out["tokens"])
 
 
-def test_a_steering_hook_on_a_block_module_steers_the_served_tokens():
-    """A forward hook on a module inside a block (here one that adds a vector to c_fc's output) runs in the engine's
-    prefill chunks and decode steps as in generate(); without it the tokens differ."""
-    model, tokenizer = tiny_model_and_tokenizer(seed=1)
-    prompt = prompt_of(tokenizer)
-    plain = reference_greedy(model, prompt, 10)
-    steer = 4.0 * torch.randn(4 * model.config.n_embd, generator=torch.Generator().manual_seed(2))
-    model.transformer.h[0].mlp.c_fc.register_forward_hook(lambda module, args, out: out + steer)
-    expected = reference_greedy(model, prompt, 10)
-    assert expected != plain
-    engine = Engine(model, tokenizer, max_batch=2, prefill_chunk=4).start()
-    try:
-        assert collect(engine, prompt, SamplingParams(max_tokens=10, temperature=0))[0]["tokens"] == expected
-    finally:
-        engine.stop()
-
-
 class LowRankUpdate(torch.nn.Module):  # a LoRA-style wrapper around a block's layer, as PEFT puts there
     def __init__(self, base, rank=2):
         super().__init__()
@@ -92,13 +75,24 @@ class LowRankUpdate(torch.nn.Module):  # a LoRA-style wrapper around a block's l
         return self.base(x) + x @ self.A @ self.B
 
 
-def test_a_replaced_block_layer_runs_in_the_served_tokens():
-    """A module put in place of a block's layer runs in the engine's prefill chunks and decode steps as in
-    generate() (models/block_modules.py); without it the tokens differ."""
+def steer_c_fc(model):  # a forward hook adding a vector to c_fc's output
+    steer = 4.0 * torch.randn(4 * model.config.n_embd, generator=torch.Generator().manual_seed(2))
+    model.transformer.h[0].mlp.c_fc.register_forward_hook(lambda module, args, out: out + steer)
+
+
+def replace_c_fc(model):
+    model.transformer.h[0].mlp.c_fc = LowRankUpdate(model.transformer.h[0].mlp.c_fc)
+
+
+@pytest.mark.parametrize("change", [steer_c_fc, replace_c_fc])
+def test_a_hooked_or_replaced_block_module_runs_in_the_served_tokens(change):
+    """A forward hook on a module inside a block, or a module put in place of a block's layer
+    (models/block_modules.py), runs in the engine's prefill chunks and decode steps as in generate(); without it the
+    tokens differ."""
     model, tokenizer = tiny_model_and_tokenizer(seed=1)
     prompt = prompt_of(tokenizer)
     plain = reference_greedy(model, prompt, 10)
-    model.transformer.h[0].mlp.c_fc = LowRankUpdate(model.transformer.h[0].mlp.c_fc)
+    change(model)
     expected = reference_greedy(model, prompt, 10)
     assert expected != plain
     engine = Engine(model, tokenizer, max_batch=2, prefill_chunk=4).start()

@@ -10,6 +10,7 @@ import torch
 from gpt_fast.generation.processors import MaxTimeCriteria
 from gpt_fast.generation.sampling import SamplingConfig
 from gpt_fast.generation.stop_strings import StopStringCriteria
+from gpt_fast.generation.watermark import watermark_settings
 from gpt_fast.models.validation import check_ids_in_range, check_integer_tensor
 
 DEFAULT_NEW_TOKENS = 20  # transformers' GenerationConfig.max_length default, counted as new tokens (5.x)
@@ -23,7 +24,7 @@ GENERATE_KWARGS = (
     "token_type_ids", "stop_strings", "tokenizer", "prompt_lookup_num_tokens", "max_matching_ngram_size",
     "sequence_bias", "forced_bos_token_id", "forced_eos_token_id", "exponential_decay_length_penalty",
     "suppress_tokens", "begin_suppress_tokens", "min_p", "typical_p", "epsilon_cutoff", "eta_cutoff",
-    "renormalize_logits", "max_time",
+    "renormalize_logits", "max_time", "watermarking_config",
 )
 
 
@@ -61,6 +62,7 @@ class GenerationRequest:
     exponential_decay: tuple[int, float] | None = None  # (start, factor): EOS boosted after `start` new tokens
     suppress_tokens: tuple[int, ...] | None = None
     begin_suppress_tokens: tuple[int, ...] | None = None
+    watermark: dict | None = None  # watermarking_config's checked fields (watermark.py)
 
 
 # -- argument checks ----------------------------------------------------------------------------------------------
@@ -314,7 +316,7 @@ def parse_generation_kwargs(model, prompt_length: int, kwargs: dict) -> Generati
         no_repeat_ngram_size=ngram, bad_words_ids=_bad_words(get("bad_words_ids"), config.vocab_size, eos),
         remove_invalid_values=_bool("remove_invalid_values", get("remove_invalid_values", False)),
         logits_processor=_callables("logits_processor", get("logits_processor"), "processor(input_ids, scores)"),
-        stopping_criteria=_stopping_criteria(get),
+        stopping_criteria=_stopping_criteria(get), watermark=watermark_settings(get("watermarking_config")),
         output_attentions=_bool("output_attentions", get("output_attentions", False)),
         output_hidden_states=_bool("output_hidden_states", get("output_hidden_states", False)),
         use_cache=_bool("use_cache", get("use_cache", True)), prompt_lookup_num_tokens=lookup,

@@ -14,6 +14,8 @@ import time
 
 import torch
 
+from gpt_fast.generation.watermark import Watermark
+
 NEG_INF = float("-inf")
 
 
@@ -141,6 +143,7 @@ class ExtraProcessors:
                                else torch.tensor(request.begin_suppress_tokens, dtype=torch.long, device=device))
         # transformers: the first new token, or the second after a forced BOS on a one-token prompt
         self.begin_step = 1 if prompt_length == 1 and request.forced_bos_token_id is not None else 0
+        self.watermark = None if request.watermark is None else Watermark(request.watermark, vocab_size, device)
 
     @staticmethod
     def needs_history(request) -> bool:
@@ -156,6 +159,10 @@ class ExtraProcessors:
         if self.bad_words is not None:
             self.bad_words(scores, self.history)
         return scores
+
+    def last(self, scores: torch.Tensor, input_ids) -> torch.Tensor:
+        """After the sampling filters, before renormalize_logits: the watermark (watermark.py)."""
+        return scores if self.watermark is None else self.watermark(input_ids(), scores)
 
     def after_min_length(self, scores: torch.Tensor, input_ids, step: int) -> torch.Tensor:
         """input_ids: a callable giving transformers' view of the sequences so far (made only when needed); step:

@@ -93,7 +93,7 @@ class TokenSelector:
         if extra is not None:
             scores = extra.after_min_length(scores, input_ids, step)
         if not cfg.do_sample:
-            return scores.log_softmax(dim=-1) if cfg.renormalize else scores
+            return self._last(scores, extra, input_ids)
         if cfg.temperature != 1.0:
             scores.div_(cfg.temperature)
         if cfg.top_k:
@@ -115,7 +115,13 @@ class TokenSelector:
             scores = filter_below(scores, scores.softmax(dim=-1) < cfg.epsilon_cutoff, keep)
         if cfg.eta_cutoff:
             scores = filter_below(scores, scores.softmax(dim=-1) < eta_threshold(scores, cfg.eta_cutoff), keep)
-        return scores.log_softmax(dim=-1) if cfg.renormalize else scores
+        return self._last(scores, extra, input_ids)
+
+    def _last(self, scores: torch.Tensor, extra, input_ids) -> torch.Tensor:
+        """The watermark (extra.last), then renormalize_logits: the end of transformers' processor list."""
+        if extra is not None:
+            scores = extra.last(scores, input_ids)
+        return scores.log_softmax(dim=-1) if self.config.renormalize else scores
 
     def select(self, scores: torch.Tensor) -> torch.Tensor:
         """scores: (B, V) processed -> (B,) long."""

@@ -1,7 +1,7 @@
 """The attributes of transformers' tokenizers that data, training and serving tools read without tokenizing
 anything (trl, vLLM-style loaders, datasets' map functions, `run_clm`-style block sizes): constants of GPT-1's
 tokenizer, and views of the vocabulary. A mixin of OpenAIGPTTokenizerFast (tokenizer.py), which provides
-`_backend` (the tokenizers.Tokenizer), `get_vocab()` and `model_max_length`."""
+`_backend` (the tokenizers.Tokenizer), `get_vocab()`, `get_added_vocab()` and `model_max_length`."""
 
 from __future__ import annotations
 
@@ -45,8 +45,8 @@ class TransformersAttributes:
 
     @property
     def added_tokens_encoder(self) -> dict[str, int]:
-        """{text: id} of the same tokens."""
-        return {token.content: index for index, token in self.added_tokens_decoder.items()}
+        """{text: id} of the same tokens: get_added_vocab()."""
+        return self.get_added_vocab()
 
     @property
     def vocab(self) -> dict[str, int]:

@@ -257,3 +257,20 @@ def gpt1_folder(tmp_path_factory):
     (folder / "config.json").write_text(json.dumps(config))
     yield folder
     shutil.rmtree(folder, ignore_errors=True)  # pytest keeps its last temporary folders; this one is large
+
+
+# -- a module users put in place of a block's layer ---------------------------------------------------------------
+class LoRA(torch.nn.Module):
+    """base(x) + x A B: a low-rank update around a linear layer (Conv1D's weight is (in, out)), as PEFT's LoRA
+    layers wrap the layer they replace."""
+
+    def __init__(self, base: torch.nn.Module, rank: int = 2):
+        super().__init__()
+        self.base = base
+        n_in, n_out = base.weight.shape
+        generator = torch.Generator().manual_seed(n_in * 7 + n_out)
+        self.A = torch.nn.Parameter(0.3 * torch.randn(n_in, rank, generator=generator).to(base.weight.dtype))
+        self.B = torch.nn.Parameter(0.3 * torch.randn(rank, n_out, generator=generator).to(base.weight.dtype))
+
+    def forward(self, x):
+        return self.base(x) + x @ self.A @ self.B

@@ -5,7 +5,7 @@ attention module is refused with the reason (gpt_fast/models/block_modules.py)."
 
 import pytest
 import torch
-from conftest import BACKENDS, load_pair, random_ids
+from conftest import BACKENDS, LoRA, load_pair, random_ids
 from torch import nn
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
     apply_activation_checkpointing,
@@ -18,21 +18,6 @@ from gpt_fast.models.modeling import Block
 
 LM = "OpenAIGPTLMHeadModel"
 NO_DROPOUT = dict(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
-
-
-class LoRA(nn.Module):
-    """base(x) + x A B: a low-rank update around a linear layer (Conv1D's weight is (in, out))."""
-
-    def __init__(self, base: nn.Module, rank: int = 2):
-        super().__init__()
-        self.base = base
-        n_in, n_out = base.weight.shape
-        generator = torch.Generator().manual_seed(n_in * 7 + n_out)
-        self.A = nn.Parameter(0.3 * torch.randn(n_in, rank, generator=generator).to(base.weight.dtype))
-        self.B = nn.Parameter(0.3 * torch.randn(rank, n_out, generator=generator).to(base.weight.dtype))
-
-    def forward(self, x):
-        return self.base(x) + x @ self.A @ self.B
 
 
 class Doubled(nn.Module):

@@ -9,6 +9,7 @@ import threading
 
 import pytest
 import torch
+from conftest import LoRA
 from serve_helpers import collect, tiny_model_and_tokenizer, wait
 
 from gpt_fast.serving import BadRequest, ContextTooLong, Engine, QueueFull, SamplingParams
@@ -63,25 +64,13 @@ def test_greedy_matches_generate_with_chunked_prefill(model_and_tokenizer, make_
     assert out["text"] == tokenizer.decode(out["tokens"])
 
 
-class LowRankUpdate(torch.nn.Module):  # a LoRA-style wrapper around a block's layer, as PEFT puts there
-    def __init__(self, base, rank=2):
-        super().__init__()
-        generator = torch.Generator().manual_seed(3)
-        self.base = base
-        self.A = torch.nn.Parameter(torch.randn(base.weight.shape[0], rank, generator=generator))
-        self.B = torch.nn.Parameter(torch.randn(rank, base.weight.shape[1], generator=generator))
-
-    def forward(self, x):
-        return self.base(x) + x @ self.A @ self.B
-
-
 def steer_c_fc(model):  # a forward hook adding a vector to c_fc's output
     steer = 4.0 * torch.randn(4 * model.config.n_embd, generator=torch.Generator().manual_seed(2))
     model.transformer.h[0].mlp.c_fc.register_forward_hook(lambda module, args, out: out + steer)
 
 
 def replace_c_fc(model):
-    model.transformer.h[0].mlp.c_fc = LowRankUpdate(model.transformer.h[0].mlp.c_fc)
+    model.transformer.h[0].mlp.c_fc = LoRA(model.transformer.h[0].mlp.c_fc)
 
 
 @pytest.mark.parametrize("change", [steer_c_fc, replace_c_fc])

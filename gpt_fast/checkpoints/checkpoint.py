@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from gpt_fast.checkpoints.hub import resolve_model_folder
-from gpt_fast.checkpoints.shards import SAFE_INDEX, SAFE_WEIGHTS, write_weights
+from gpt_fast.checkpoints.shards import SAFE_INDEX, SAFE_WEIGHTS, variant_name, write_weights
 from gpt_fast.checkpoints.tensor_files import iter_safetensors, iter_torch_bin
 from gpt_fast.models.configuration import CONFIG_NAME, OpenAIGPTConfig
 from gpt_fast.models.initialization import initialize_parameter
@@ -53,9 +53,18 @@ class LoadingInfo(dict):
             raise AttributeError(name) from None
 
 
-def weight_files(folder: Path) -> list[tuple[Path, str]]:
-    """[(file, kind)] for the checkpoint in folder, kind "safetensors" or "bin"."""
-    for name, index, kind in ((SAFE_WEIGHTS, SAFE_INDEX, "safetensors"), (BIN_WEIGHTS, BIN_INDEX, "bin")):
+def weight_files(folder: Path, variant: str | None = None,
+                 use_safetensors: bool | None = None) -> list[tuple[Path, str]]:
+    """[(file, kind)] for the checkpoint in folder, kind "safetensors" or "bin". variant ("fp16"): transformers'
+    variant files (model.fp16.safetensors, ...) and only those. use_safetensors: True only safetensors, False
+    only .bin, None either (safetensors first), as transformers."""
+    kinds = [(SAFE_WEIGHTS, SAFE_INDEX, "safetensors"), (BIN_WEIGHTS, BIN_INDEX, "bin")]
+    if use_safetensors is not None:
+        kinds = kinds[:1] if use_safetensors else kinds[1:]
+    looked_for = []
+    for name, index, kind in kinds:
+        name, index = variant_name(name, variant), variant_name(index, variant)
+        looked_for += [name, index]
         if (folder / name).is_file():
             return [(folder / name, kind)]
         if (folder / index).is_file():
@@ -64,8 +73,7 @@ def weight_files(folder: Path) -> list[tuple[Path, str]]:
             if missing:
                 raise FileNotFoundError(f"{folder / index} names shards that do not exist: {missing}")
             return [(shard, kind) for shard in shards]
-    raise FileNotFoundError(f"no weights in {str(folder)!r}: looked for {SAFE_WEIGHTS}, {SAFE_INDEX}, "
-                            f"{BIN_WEIGHTS} and {BIN_INDEX}")
+    raise FileNotFoundError(f"no weights in {str(folder)!r}: looked for {', '.join(looked_for)}")
 
 
 def index_weight_map(path: Path) -> dict[str, str]:
@@ -89,8 +97,9 @@ def index_weight_map(path: Path) -> dict[str, str]:
     return weight_map
 
 
-def checkpoint_entries(folder: Path):
-    for path, kind in weight_files(folder):
+def checkpoint_entries(files: list[tuple[Path, str]]):
+    """(key, shape, stored dtype, load) of every tensor in weight_files' files."""
+    for path, kind in files:
         yield from (iter_safetensors(path) if kind == "safetensors" else iter_torch_bin(path))
 
 
@@ -120,22 +129,21 @@ def config_dtype(config: OpenAIGPTConfig, where) -> torch.dtype | None:
     return None
 
 
-def stored_dtype(folder: Path) -> torch.dtype | None:
+def stored_dtype(files: list[tuple[Path, str]]) -> torch.dtype | None:
     """The dtype of the first floating-point tensor (by name) of the checkpoint's first file, or None."""
-    path, kind = weight_files(folder)[0]
-    entries = iter_safetensors(path) if kind == "safetensors" else iter_torch_bin(path)
+    entries = checkpoint_entries(files[:1])
     floating = sorted((key, dtype) for key, _, dtype, _ in entries if dtype.is_floating_point)
     return floating[0][1] if floating else None
 
 
-def resolve_dtype(dtype, config: OpenAIGPTConfig, folder: Path, where) -> torch.dtype:
+def resolve_dtype(dtype, config: OpenAIGPTConfig, folder: Path, files: list[tuple[Path, str]], where) -> torch.dtype:
     """The one dtype every tensor of the model is loaded in, as transformers decides it: an explicit dtype as given;
     None or "auto" (transformers 5 treats None as "auto"): the config's dtype, else the stored dtype of the
     checkpoint's first floating-point tensor, else torch's default dtype."""
     dtype = parse_dtype(dtype)
     if isinstance(dtype, torch.dtype):
         return dtype
-    found = config_dtype(config, where) or stored_dtype(folder)
+    found = config_dtype(config, where) or stored_dtype(files)
     if found is not None and found not in MODEL_DTYPES:
         raise ValueError(f"the checkpoint in {str(folder)!r} is stored in {found}, which gpt_fast cannot run; pass "
                          f"dtype= one of {', '.join(str(d) for d in MODEL_DTYPES)}")
@@ -150,8 +158,9 @@ def saved_quantization(config: OpenAIGPTConfig, where) -> QuantizationConfig | N
 
 def load_pretrained(cls, name_or_path, *, dtype, device, attn_implementation, config, output_loading_info,
                     config_overrides, ignore_mismatched_sizes=False, subfolder="", quantization=None,
-                    quantization_group_size=None, quantization_lm_head=True):
-    folder = resolve_model_folder(name_or_path)
+                    quantization_group_size=None, quantization_lm_head=True, variant=None, use_safetensors=None,
+                    hub_options=None):
+    folder = resolve_model_folder(name_or_path, hub_options=hub_options)
     if subfolder:
         folder = folder / subfolder
         if not folder.is_dir():
@@ -160,12 +169,14 @@ def load_pretrained(cls, name_or_path, *, dtype, device, attn_implementation, co
     if config is None:
         if not (folder / CONFIG_NAME).is_file():
             raise FileNotFoundError(f"no {CONFIG_NAME} in {str(folder)!r}")
+        _check_overrides(OpenAIGPTConfig.from_json_file(folder / CONFIG_NAME), config_overrides, cls)
         config = OpenAIGPTConfig.from_json_file(folder / CONFIG_NAME, **config_overrides)
         config_where = str(folder / CONFIG_NAME)
     elif config_overrides:
         raise ValueError("pass either config= or config keyword overrides, not both")
     config.name_or_path = name_or_path  # as transformers: model.name_or_path, the Trainer's model card
-    dtype, device = resolve_dtype(dtype, config, folder, config_where), parse_device(device)
+    files = weight_files(folder, variant, use_safetensors)
+    dtype, device = resolve_dtype(dtype, config, folder, files, config_where), parse_device(device)
     saved = saved_quantization(config, config_where)
     quantization = None if quantization in (None, "none") else quantization
     requested = None  # checked before anything is read
@@ -182,7 +193,7 @@ def load_pretrained(cls, name_or_path, *, dtype, device, attn_implementation, co
     keep_dtype = quantized_buffer_names(model)  # qweight / scales / zeros keep the format's dtypes
     prefix = _base_prefix(model)
     info, loaded = LoadingInfo(), {}
-    for key, shape, stored, load in checkpoint_entries(folder):
+    for key, shape, stored, load in checkpoint_entries(files):
         if key.endswith(IGNORED_SUFFIXES):
             info.ignored_keys.append(key)
             continue
@@ -227,6 +238,21 @@ def load_pretrained(cls, name_or_path, *, dtype, device, attn_implementation, co
     return (model, info) if output_loading_info else model
 
 
+def _check_overrides(saved: OpenAIGPTConfig, overrides: dict, cls) -> None:
+    """from_pretrained's other keyword arguments override the config's attributes; as transformers, a name that is
+    not one is a TypeError (it was silently stored in the config, and saved with it). Removes a None
+    quantization_config (the common `quantization_config=bnb if ... else None`) from overrides."""
+    if CONFIG_KEY in overrides and overrides[CONFIG_KEY] is None and not hasattr(saved, CONFIG_KEY):
+        del overrides[CONFIG_KEY]
+    if CONFIG_KEY in overrides:
+        raise ValueError(f"{cls.__name__}.from_pretrained: transformers' quantization_config (bitsandbytes, quanto, "
+                         "...) is not supported; gpt_fast quantizes with quantization='int8', 'int4' or 'int4-a8'")
+    unknown = [name for name in overrides if not hasattr(saved, name)]
+    if unknown:
+        raise TypeError(f"{cls.__name__}.from_pretrained() got unexpected keyword arguments {unknown}: they are "
+                        "neither loading options nor attributes of the config to override")
+
+
 def _tie_loaded(loaded: dict, expected: dict) -> None:
     """The LM head and the token embedding are one tensor: fill whichever key is absent from the other."""
     lm, embed = TIED
@@ -249,7 +275,9 @@ def _materialize_missing(model, device, dtype: torch.dtype) -> None:
             module.position_ids = torch.arange(model.config.n_positions, device=device)
 
 
-def save_pretrained(model, save_directory, state_dict: dict | None = None, max_shard_size: int | str = "50GB") -> Path:
+def save_pretrained(model, save_directory, state_dict: dict | None = None, max_shard_size: int | str = "50GB",
+                    variant: str | None = None) -> Path:
+    variant_name(SAFE_WEIGHTS, variant)  # a bad variant fails before anything is written
     folder = Path(save_directory)
     if folder.exists() and not folder.is_dir():
         raise NotADirectoryError(f"{str(folder)!r} exists and is not a folder")
@@ -267,7 +295,7 @@ def save_pretrained(model, save_directory, state_dict: dict | None = None, max_s
             continue  # the tied LM head is saved once, as the token embedding
         seen.add(tensor.data_ptr())
         state[key] = tensor.detach().to("cpu").contiguous()
-    write_weights(folder, state, max_shard_size)
+    write_weights(folder, state, max_shard_size, variant)
     return folder
 
 

@@ -23,12 +23,14 @@ def looks_like_hub_id(name) -> bool:
             and len(name.rpartition("/")[2]) <= 96)
 
 
-def resolve_model_folder(name_or_path: str | os.PathLike, allow_patterns: list[str] | None = None) -> Path:
+def resolve_model_folder(name_or_path: str | os.PathLike, allow_patterns: list[str] | None = None,
+                         hub_options: dict | None = None) -> Path:
     """Returns a local folder holding the files of `name_or_path`.
 
     A local directory is returned as it is. A hub id ("org/name" or "name", see looks_like_hub_id) that is not a
     local path is looked up with huggingface_hub.snapshot_download
-    (which uses its cache and honours HF_HUB_OFFLINE); without huggingface_hub a clear error says what to do.
+    (which uses its cache and honours HF_HUB_OFFLINE), with hub_options (loading_options.HUB_OPTIONS: revision,
+    cache_dir, token, ...) as its keyword arguments; without huggingface_hub a clear error says what to do.
     """
     if not isinstance(name_or_path, (str, os.PathLike)):
         raise TypeError(f"expected a folder path or a model name, got {type(name_or_path).__name__}")
@@ -49,6 +51,6 @@ def resolve_model_folder(name_or_path: str | os.PathLike, allow_patterns: list[s
             "`pip install gpt_fast[hub]` (or `pip install huggingface_hub`) to download by name."
         ) from None
     try:
-        return Path(snapshot_download(str(name_or_path), allow_patterns=allow_patterns))
+        return Path(snapshot_download(str(name_or_path), allow_patterns=allow_patterns, **(hub_options or {})))
     except Exception as error:  # the hub raises many kinds; name the model and keep the cause
         raise FileNotFoundError(f"could not find or download {str(name_or_path)!r}: {error}") from error

@@ -1,11 +1,13 @@
 """Writing a checkpoint's tensors as safetensors: one `model.safetensors`, or, past save_pretrained's
 `max_shard_size`, transformers' sharded layout (`model-00001-of-0000N.safetensors` files and
 `model.safetensors.index.json` with `metadata.total_size` and `weight_map`), which gpt_fast and transformers load.
+A variant ("fp16") names the files as transformers does (variant_name): `model.fp16.safetensors`,
+`model.fp16-00001-of-0000N.safetensors`, `model.safetensors.index.fp16.json`.
 
 Tensors fill shards in order, a new shard starting when the next tensor would pass the limit (a tensor larger than
 the limit gets a shard of its own), as transformers splits. Before writing, the weight files of an earlier save in
-the folder (`model.safetensors`, the index, `model-*-of-*.safetensors`) are removed, so that a loader cannot read a
-stale single file beside new shards or the other way round.
+the folder under the same variant (`model.safetensors`, the index, `model-*-of-*.safetensors`) are removed, so that a
+loader cannot read a stale single file beside new shards or the other way round; other variants' files stay.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from safetensors.torch import save_file
 
 SAFE_WEIGHTS = "model.safetensors"
 SAFE_INDEX = "model.safetensors.index.json"
-_SHARD = re.compile(r"model-\d{5}-of-\d{5}\.safetensors")
+_VARIANT = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*")
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGT])(i?)([Bb])")
 _POWERS = {"K": 1, "M": 2, "G": 3, "T": 4}
 
@@ -54,22 +56,38 @@ def split(state: dict[str, torch.Tensor], max_bytes: int) -> list[dict[str, torc
     return shards
 
 
-def write_weights(folder: Path, state: dict[str, torch.Tensor], max_shard_size: int | str) -> list[Path]:
+def variant_name(name: str, variant: str | None) -> str:
+    """transformers' name of a weight file for a variant: "model.safetensors" -> "model.fp16.safetensors",
+    "model.safetensors.index.json" -> "model.safetensors.index.fp16.json"; name itself for None. A variant is
+    letters, digits, "-" and "_" (dots between), so that it cannot name a path outside the folder."""
+    if variant is None:
+        return name
+    if not isinstance(variant, str) or not _VARIANT.fullmatch(variant):
+        raise ValueError(f"variant must be a name such as 'fp16' (letters, digits, '-', '_', '.'), got {variant!r}")
+    stem, extension = name.rsplit(".", 1)
+    return f"{stem}.{variant}.{extension}"
+
+
+def write_weights(folder: Path, state: dict[str, torch.Tensor], max_shard_size: int | str,
+                  variant: str | None = None) -> list[Path]:
     """Writes state (CPU tensors, no two sharing memory) into folder; returns the files written."""
     shards = split(state, parse_size(max_shard_size))
+    single, index_name = variant_name(SAFE_WEIGHTS, variant), variant_name(SAFE_INDEX, variant)
+    stem = single.removesuffix(".safetensors")
+    shard_name = re.compile(re.escape(stem) + r"-\d{5}-of-\d{5}\.safetensors")
     for old in folder.iterdir():
-        if old.name in (SAFE_WEIGHTS, SAFE_INDEX) or _SHARD.fullmatch(old.name):
+        if old.name in (single, index_name) or shard_name.fullmatch(old.name):
             old.unlink()
     if len(shards) == 1:
-        save_file(shards[0], str(folder / SAFE_WEIGHTS), metadata={"format": "pt"})
-        return [folder / SAFE_WEIGHTS]
+        save_file(shards[0], str(folder / single), metadata={"format": "pt"})
+        return [folder / single]
     written, weight_map = [], {}
     for number, shard in enumerate(shards, start=1):
-        name = f"model-{number:05d}-of-{len(shards):05d}.safetensors"
+        name = f"{stem}-{number:05d}-of-{len(shards):05d}.safetensors"
         save_file(shard, str(folder / name), metadata={"format": "pt"})
         weight_map.update(dict.fromkeys(shard, name))
         written.append(folder / name)
     total = sum(t.numel() * t.element_size() for t in state.values())
     index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-    (folder / SAFE_INDEX).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
-    return [*written, folder / SAFE_INDEX]
+    (folder / index_name).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    return [*written, folder / index_name]

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from gpt_fast.checkpoints.hub import resolve_model_folder
+from gpt_fast.checkpoints.loading_options import NO_EFFECT, pop_loading_options
 from gpt_fast.names import MODEL_TYPE, check_model_type
 
 ACTIVATIONS = ("gelu", "relu", "silu", "swish")  # "gelu" is the tanh approximation, as in the reference
@@ -247,7 +248,11 @@ class OpenAIGPTConfig:
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike, subfolder: str = "",
                         **overrides: Any) -> "OpenAIGPTConfig":
-        folder = resolve_model_folder(name_or_path, allow_patterns=[f"{subfolder}/{CONFIG_NAME}".lstrip("/")])
+        """config.json of a folder or hub name; overrides set attributes, except transformers' loading options
+        (checkpoints/loading_options.py: the hub's revision, cache_dir, ...; trust_remote_code and the other
+        options with no effect are dropped)."""
+        hub_options = pop_loading_options(overrides, tuple(NO_EFFECT))
+        folder = resolve_model_folder(name_or_path, [f"{subfolder}/{CONFIG_NAME}".lstrip("/")], hub_options)
         path = folder / subfolder / CONFIG_NAME
         if not path.is_file():
             raise FileNotFoundError(f"no {CONFIG_NAME} in {str(folder)!r}")

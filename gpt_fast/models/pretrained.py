@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from gpt_fast.checkpoints import checkpoint
+from gpt_fast.checkpoints.loading_options import device_from_map, pop_loading_options
 from gpt_fast.models import tied_state_dict
 from gpt_fast.models.checkpointing import keep_attention_outputs
 from gpt_fast.models.configuration import OpenAIGPTConfig
@@ -210,11 +211,12 @@ class OpenAIGPTPreTrainedModel(nn.Module):
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike, *, dtype: torch.dtype | str | None = None,
                         torch_dtype: torch.dtype | str | None = None, device: torch.device | str | int | None = None,
-                        attn_implementation: str | None = None, config: OpenAIGPTConfig | None = None,
-                        output_loading_info: bool = False, ignore_mismatched_sizes: bool = False,
-                        subfolder: str = "", quantization: str | None = None,
+                        device_map=None, attn_implementation: str | None = None,
+                        config: OpenAIGPTConfig | None = None, output_loading_info: bool = False,
+                        ignore_mismatched_sizes: bool = False, subfolder: str = "", variant: str | None = None,
+                        use_safetensors: bool | None = None, quantization: str | None = None,
                         quantization_group_size: int | None = DEFAULT_GROUP_SIZE,
-                        quantization_lm_head: bool = True, **config_overrides):
+                        quantization_lm_head: bool = True, **kwargs):
         """Loads a folder (or a hub name, with huggingface_hub installed) straight into dtype and device.
 
         subfolder: the checkpoint's folder inside name_or_path. ignore_mismatched_sizes: a weight whose shape
@@ -223,15 +225,23 @@ class OpenAIGPTPreTrainedModel(nn.Module):
         mismatched_keys ((key, checkpoint shape, model shape) tuples), error_msgs (and ignored_keys).
         quantization: "int8", "int4" or "int4-a8" quantizes the model once loaded in dtype (as
         model.quantize(quantization, quantization_group_size, quantization_lm_head)); a checkpoint saved quantized
-        loads quantized without it."""
+        loads quantized without it.
+        As transformers': device_map, one device for the whole model (checkpoints/loading_options.py:
+        device_from_map); variant ("fp16": model.fp16.safetensors and its shards); use_safetensors (True: only
+        safetensors files, False: only .bin); the hub's revision, cache_dir, token, force_download,
+        local_files_only, proxies (for a hub name); low_cpu_mem_usage and trust_remote_code, accepted with no
+        effect. Any other keyword overrides the config attribute of that name (a name that is none: TypeError)."""
         if dtype is not None and torch_dtype is not None and dtype != torch_dtype:
             raise ValueError(f"pass dtype or torch_dtype, not both with different values ({dtype} vs {torch_dtype})")
+        hub_options = pop_loading_options(kwargs, ("low_cpu_mem_usage", "trust_remote_code"))
         return checkpoint.load_pretrained(cls, name_or_path, dtype=dtype if dtype is not None else torch_dtype,
-                                          device=device, attn_implementation=attn_implementation, config=config,
-                                          output_loading_info=output_loading_info, config_overrides=config_overrides,
+                                          device=device_from_map(device_map, device),
+                                          attn_implementation=attn_implementation, config=config,
+                                          output_loading_info=output_loading_info, config_overrides=kwargs,
                                           ignore_mismatched_sizes=ignore_mismatched_sizes, subfolder=subfolder,
                                           quantization=quantization, quantization_group_size=quantization_group_size,
-                                          quantization_lm_head=quantization_lm_head)
+                                          quantization_lm_head=quantization_lm_head, variant=variant,
+                                          use_safetensors=use_safetensors, hub_options=hub_options)
 
     def save_pretrained(self, save_directory: str | os.PathLike, is_main_process: bool = True,
                         state_dict: dict | None = None, push_to_hub: bool = False, max_shard_size: int | str = "50GB",
@@ -240,15 +250,17 @@ class OpenAIGPTPreTrainedModel(nn.Module):
         A quantized model writes its qweight/scales/zeros and config.json's quantization_config. As transformers':
         state_dict, the tensors to write instead of the model's own (a sharded model's gathered weights);
         max_shard_size (bytes, or "5GB", "500MiB"), past which the weights go into model-0000i-of-0000N.safetensors
-        shards and model.safetensors.index.json; is_main_process=False writes nothing (the other ranks of a
-        distributed job). safe_serialization is accepted and safetensors always written (transformers 5 does the
-        same). push_to_hub and variant are not supported: upload the folder with huggingface_hub's upload_folder."""
-        if push_to_hub or variant is not None:
-            raise NotImplementedError("save_pretrained(push_to_hub=, variant=) is not supported by gpt_fast: save to a "
+        shards and model.safetensors.index.json; variant ("fp16": model.fp16.safetensors, shards
+        model.fp16-0000i-of-0000N.safetensors, index model.safetensors.index.fp16.json, read back by
+        from_pretrained(variant=)); is_main_process=False writes nothing (the other ranks of a distributed job).
+        safe_serialization is accepted and safetensors always written (transformers 5 does the same). push_to_hub
+        is not supported: upload the folder with huggingface_hub's upload_folder."""
+        if push_to_hub:
+            raise NotImplementedError("save_pretrained(push_to_hub=True) is not supported by gpt_fast: save to a "
                                       "folder and upload it with huggingface_hub.upload_folder")
         if not is_main_process:
             return Path(save_directory)
-        return checkpoint.save_pretrained(self, save_directory, state_dict, max_shard_size)
+        return checkpoint.save_pretrained(self, save_directory, state_dict, max_shard_size, variant)
 
     @classmethod
     def from_transformers(cls, hf_model: nn.Module, attn_implementation: str | None = None):

@@ -22,6 +22,7 @@ from tokenizers import AddedToken, Tokenizer, decoders, normalizers, pre_tokeniz
 from tokenizers.models import BPE
 
 from gpt_fast.checkpoints.hub import resolve_model_folder
+from gpt_fast.checkpoints.loading_options import pop_loading_options
 from gpt_fast.tokenization import encoding
 from gpt_fast.tokenization import tokenizer_files as files
 from gpt_fast.tokenization.batch_encoding import BatchEncoding
@@ -106,10 +107,11 @@ class OpenAIGPTTokenizerFast(TransformersAttributes):
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike, **kwargs: Any) -> OpenAIGPTTokenizerFast:
         """Loads a folder holding tokenizer.json, or vocab.json and merges.txt (plus tokenizer_config.json and
-        special_tokens_map.json when present); any other name goes through `gpt_fast.hub.resolve_model_folder`.
-        Keyword arguments (`pad_token=`, `padding_side=`, `model_max_length=`, ...) override the saved settings."""
-        folder = files.packaged_folder(name_or_path) or resolve_model_folder(name_or_path,
-                                                                             allow_patterns=files.ALL_FILES)
+        special_tokens_map.json when present), or a hub name (checkpoints/hub.py; transformers' loading options as
+        the model's, checkpoints/loading_options.py, use_fast too). Keyword arguments (`pad_token=`,
+        `padding_side=`, `model_max_length=`, ...) override the saved settings."""
+        hub_options = pop_loading_options(kwargs, ("use_fast", "trust_remote_code"))
+        folder = files.packaged_folder(name_or_path) or resolve_model_folder(name_or_path, files.ALL_FILES, hub_options)
         settings = {"name_or_path": str(name_or_path), **files.read_folder_settings(folder), **kwargs}
         return cls(**settings)
 

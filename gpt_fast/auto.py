@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import os
 
+from gpt_fast.checkpoints.checkpoint import config_dtype
 from gpt_fast.checkpoints.hub import resolve_model_folder
 from gpt_fast.checkpoints.loading_options import HUB_OPTIONS
 from gpt_fast.models.configuration import CONFIG_NAME, OpenAIGPTConfig
 from gpt_fast.models.heads import OpenAIGPTDoubleHeadsModel, OpenAIGPTForSequenceClassification, OpenAIGPTLMHeadModel
 from gpt_fast.models.modeling import OpenAIGPTModel
-from gpt_fast.names import check_model_type
+from gpt_fast.names import check_model_type, parse_dtype
 from gpt_fast.tokenization.tokenizer import OpenAIGPTTokenizerFast
 from gpt_fast.tokenization.tokenizer_files import packaged_folder
 
@@ -41,8 +42,17 @@ class _Auto:
         return cls.model_class.from_pretrained(name_or_path, **kwargs)
 
     @classmethod
-    def from_config(cls, config: OpenAIGPTConfig, **kwargs):
-        return cls.model_class(config, **kwargs)
+    def from_config(cls, config: OpenAIGPTConfig, *, dtype=None, torch_dtype=None, trust_remote_code: bool = False,
+                    **kwargs):
+        """A new model (randomly initialised) of config; as transformers', dtype (or torch_dtype; "auto": the
+        config's dtype) is its dtype, trust_remote_code changes nothing."""
+        if dtype is not None and torch_dtype is not None and dtype != torch_dtype:
+            raise ValueError(f"pass dtype or torch_dtype, not both with different values ({dtype} vs {torch_dtype})")
+        dtype = parse_dtype(dtype if dtype is not None else torch_dtype)
+        if dtype == "auto":
+            dtype = config_dtype(config, "the config")
+        model = cls.model_class(config, **kwargs)
+        return model if dtype is None else model.to(dtype)
 
 
 class AutoModel(_Auto):

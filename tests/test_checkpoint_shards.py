@@ -84,6 +84,25 @@ def test_other_options(pair, tmp_path):
     ours.save_pretrained(tmp_path / "bin", safe_serialization=False)  # safetensors anyway, as transformers 5
     assert {p.name for p in (tmp_path / "bin").iterdir()} == {"config.json", "generation_config.json",
                                                               "model.safetensors"}
-    with pytest.raises(NotImplementedError, match="upload_folder"):
-        ours.save_pretrained(tmp_path / "refused", push_to_hub=True)
+    for refused in (dict(push_to_hub=True), dict(distributed_checkpoint=True)):
+        with pytest.raises(NotImplementedError, match="upload_folder"):
+            ours.save_pretrained(tmp_path / "refused", **refused)
     assert not (tmp_path / "refused").exists()
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        ours.save_pretrained(tmp_path / "refused", save_functoin=torch.save)
+
+
+def test_accelerate_example_save(pair, tmp_path):
+    """The save step of accelerate's no-Trainer examples (save_function=accelerator.save, the gathered state_dict):
+    transformers loads what it writes."""
+    from accelerate import Accelerator
+
+    hf, ours = pair
+    accelerator = Accelerator(cpu=True)
+    model = accelerator.prepare(ours)
+    accelerator.unwrap_model(model).save_pretrained(
+        tmp_path, is_main_process=accelerator.is_main_process, save_function=accelerator.save,
+        state_dict=accelerator.get_state_dict(model), token=None, save_peft_format=True, save_original_format=True)
+    ids = random_ids((2, 5))
+    torch.testing.assert_close(logits(transformers.OpenAIGPTLMHeadModel.from_pretrained(tmp_path), ids),
+                               logits(hf, ids))

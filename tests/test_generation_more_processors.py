@@ -1,7 +1,9 @@
 """generate()'s further transformers processors and sampling filters against transformers: sequence_bias,
 forced_bos_token_id, forced_eos_token_id, exponential_decay_length_penalty, suppress_tokens, begin_suppress_tokens,
-renormalize_logits (greedy and beam search: tokens and scores), min_p, typical_p, epsilon_cutoff, eta_cutoff
-(transformers' warpers on the same scores), their bad values, and that none of them reads a value on the host."""
+renormalize_logits, encoder_repetition_penalty, prefix_allowed_tokens_fn (greedy and beam search: tokens and
+scores), min_p, typical_p, epsilon_cutoff, eta_cutoff, top_h (transformers' warpers on the same scores), their bad
+values, the options that change nothing (low_memory, cache_implementation, ...), and that none of them reads a
+value on the host."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from transformers.generation.logits_process import (  # noqa: E402
     EpsilonLogitsWarper,
     EtaLogitsWarper,
     MinPLogitsWarper,
+    TopHLogitsWarper,
     TypicalLogitsWarper,
 )
 
@@ -25,6 +28,11 @@ from gpt_fast.generation.sampling import SamplingConfig, TokenSelector  # noqa: 
 VOCAB = 53
 hf, model = tiny_lm_fixtures(6, VOCAB, 40)
 
+
+def allowed_after(batch_index, ids):
+    """A prefix_allowed_tokens_fn: a few tokens that depend on the prompt's index and the last token."""
+    return [int(ids[-1]) % 7 + 1, 10 + batch_index, 20, 31 + int(ids[-1]) % 3]
+
 SETTINGS = [
     dict(sequence_bias={(5,): 8.0, (11, 12): 9.0, (3, 4, 9): -2.5}),
     dict(sequence_bias=[[[7], 6.0], [[2, 30], 12.0]], repetition_penalty=1.3),
@@ -35,6 +43,9 @@ SETTINGS = [
     dict(begin_suppress_tokens=[5, 8, 21]),
     dict(renormalize_logits=True, bad_words_ids=[[6]]),
     dict(forced_bos_token_id=13, begin_suppress_tokens=[7], remove_invalid_values=True),
+    dict(encoder_repetition_penalty=1.8),
+    dict(encoder_repetition_penalty=0.6, repetition_penalty=1.2),
+    dict(prefix_allowed_tokens_fn=allowed_after, min_new_tokens=2, eos_token_id=20, pad_token_id=0),
 ]
 
 
@@ -87,6 +98,36 @@ def test_sampling_filters_match_transformers_warpers(field, value, warper, keep)
     assert int(torch.isfinite(ours[0]).sum()) == keep and (torch.isfinite(ours).sum(dim=-1) >= keep).all()
 
 
+@pytest.mark.parametrize("top_h", [0.3, 0.8, 1.0])
+def test_top_h_matches_transformers(top_h):
+    logits = torch.randn(5, 150, generator=torch.Generator().manual_seed(3)) * 2  # more than its 100 candidates
+    logits[1, 7] = 40.0  # one token holds nearly all the mass
+    logits[2, :20] = float("-inf")  # masked by an earlier processor
+    config = SamplingConfig(do_sample=True, temperature=1.0, top_k=0, top_p=1.0, repetition_penalty=1.0,
+                            eos_blocked_steps=0, top_h=top_h)
+    ours = TokenSelector(config, None, 5, 150, torch.device("cpu"), None).process(logits.clone(), 0)
+    torch.testing.assert_close(ours, TopHLogitsWarper(top_h)(None, logits.clone()), rtol=0, atol=0)
+    assert (torch.isfinite(ours).sum(dim=-1) <= 100).all()  # at most its 100 candidates stay
+
+
+def test_top_h_in_generate_matches_transformers(hf, model):
+    ids = prompt(5, batch=2, seed=6)
+    kwargs = dict(do_sample=True, top_h=0.4, top_k=0, max_new_tokens=8, return_dict_in_generate=True,
+                  output_scores=True)
+    expected, ours = (m.generate(ids, **kwargs) for m in (hf, model))
+    kept = torch.isfinite(ours.scores[0])  # the first step's filtered scores (the samples, and so the rest, differ)
+    torch.testing.assert_close(kept, torch.isfinite(expected.scores[0]))
+    assert 0 < int(kept.sum()) < kept.numel()
+
+
+def test_options_that_change_nothing(model):
+    ids = prompt(4, batch=2)
+    plain = model.generate(ids, max_new_tokens=5)
+    same = model.generate(ids, max_new_tokens=5, low_memory=True, cache_implementation="static", compile_config=None,
+                          disable_compile=True, synced_gpus=False)
+    torch.testing.assert_close(same, plain, rtol=0, atol=0)
+
+
 def test_sampling_with_filters_runs_and_renormalizes(model):
     ids = prompt(5, batch=2)
     out = model.generate(ids, do_sample=True, seed=3, max_new_tokens=6, min_p=0.1, typical_p=0.9,
@@ -124,6 +165,14 @@ def test_a_generation_config_carries_them(hf, model):
     (dict(forced_eos_token_id=VOCAB), ValueError, "forced_eos_token_id"),
     (dict(suppress_tokens=[1, -1]), ValueError, "suppress_tokens"),
     (dict(begin_suppress_tokens="3"), TypeError, "begin_suppress_tokens"),
+    (dict(top_h=0.0), ValueError, "top_h"),
+    (dict(top_h=1.5), ValueError, "top_h"),
+    (dict(encoder_repetition_penalty=0.0), ValueError, "encoder_repetition_penalty"),
+    (dict(prefix_allowed_tokens_fn=[1, 2]), TypeError, "prefix_allowed_tokens_fn"),
+    (dict(prefix_allowed_tokens_fn=lambda b, ids: []), ValueError, "returned no tokens"),
+    (dict(synced_gpus=True), NotImplementedError, "synced_gpus"),
+    (dict(cache_implementation="quantized"), ValueError, "quantized cache"),
+    (dict(low_memory="yes"), TypeError, "low_memory"),
 ])
 def test_bad_values_raise(model, kwargs, error, match):
     with pytest.raises(error, match=match):
@@ -142,9 +191,10 @@ def test_they_read_nothing_on_the_host(model):
     request = parse_generation_kwargs(model, 4, dict(
         max_new_tokens=6, eos_token_id=3, do_sample=True, sequence_bias={(5,): 1.0, (7, 9): 2.0},
         forced_eos_token_id=3, exponential_decay_length_penalty=(0, 1.5), suppress_tokens=[1], min_p=0.1,
-        begin_suppress_tokens=[2], typical_p=0.9, epsilon_cutoff=0.01, eta_cutoff=0.01, renormalize_logits=True))
+        begin_suppress_tokens=[2], typical_p=0.9, epsilon_cutoff=0.01, eta_cutoff=0.01, renormalize_logits=True,
+        encoder_repetition_penalty=1.3, top_h=0.9))
     history = TokenHistory(prompt(4, batch=2), torch.tensor([4, 2]), 6)
-    extra = ExtraProcessors(request, history, torch.device("cpu"), 4, VOCAB)
+    extra = ExtraProcessors(request, history, torch.device("cpu"), prompt(4, batch=2), VOCAB)
     selector = TokenSelector(request.sampling, torch.tensor([3]), 2, VOCAB, torch.device("cpu"), None)
     logits = torch.randn(2, VOCAB)
 

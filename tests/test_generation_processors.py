@@ -122,7 +122,7 @@ def test_ngram_and_bad_word_processors_read_nothing_on_the_host(model):
     request = parse_generation_kwargs(model, 4, dict(max_new_tokens=6, no_repeat_ngram_size=2, eos_token_id=3,
                                                      bad_words_ids=[[5], [7, 9]], remove_invalid_values=True))
     history = TokenHistory(prompt(4, batch=2), torch.tensor([4, 2]), 6)
-    extra = ExtraProcessors(request, history, torch.device("cpu"), 4, VOCAB)
+    extra = ExtraProcessors(request, history, torch.device("cpu"), prompt(4, batch=2), VOCAB)
     selector = TokenSelector(SamplingConfig(False, 1.0, 0, 1.0, 1.3, 2), torch.tensor([3]), 2, VOCAB,
                              torch.device("cpu"), None)
     logits = torch.randn(2, VOCAB)

@@ -178,3 +178,21 @@ def test_tokenizer_takes_transformers_loading_options(tmp_path):
         assert tokenizer(text)["input_ids"] == reference(text)["input_ids"]
     with pytest.raises(TypeError, match="unexpected arguments"):
         gpt_fast.AutoTokenizer.from_pretrained("openai-gpt", use_fats=True)
+
+
+@pytest.mark.parametrize("auto", ["AutoModel", "AutoModelForCausalLM", "AutoModelForSequenceClassification",
+                                  "AutoModelForMultipleChoice"])
+def test_from_config_takes_transformers_options(auto):
+    config = gpt_fast.OpenAIGPTConfig(n_layer=1, n_embd=32, n_head=4, vocab_size=50, n_positions=16)
+    make = getattr(gpt_fast, auto).from_config
+    assert make(config).dtype == torch.float32
+    for options, dtype in ((dict(dtype=torch.bfloat16), torch.bfloat16), (dict(torch_dtype="float16"), torch.float16),
+                           (dict(dtype="auto", trust_remote_code=True), torch.float32)):
+        model = make(config, **options)
+        assert {p.dtype for p in model.parameters()} == {dtype}, options
+    config.dtype = "bfloat16"  # "auto": the config's dtype
+    assert make(config, dtype="auto").dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="not both"):
+        make(config, dtype=torch.float16, torch_dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        make(config, dtype="int8")

@@ -166,8 +166,25 @@ def test_pipeline_from_a_folder_with_dtype_and_device(model, tokenizer, tmp_path
     assert generator("w1", max_new_tokens=3)[0]["generated_text"].startswith("w1")
 
 
+def test_pipeline_takes_transformers_loading_arguments(model, tokenizer, tmp_path):
+    """pipeline("text-generation", model=folder, device_map=..., model_kwargs=..., ...) as transformers' docs write
+    it: none of them may reach generate() (they did: TypeError at the first call)."""
+    model.save_pretrained(tmp_path)
+    generator = gpt_fast.pipeline("text-generation", model=str(tmp_path), tokenizer=tokenizer, device_map="auto",
+                                  torch_dtype="bfloat16", model_kwargs={"resid_pdrop": 0.0}, trust_remote_code=True,
+                                  revision="main", token=None, use_fast=True, framework="pt", max_new_tokens=2)
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert generator.model.device.type == expected and generator.model.dtype == torch.bfloat16
+    assert generator.model.config.resid_pdrop == 0.0 and not hasattr(generator.model.config, "revision")
+    assert generator("w1", do_sample=False)[0]["generated_text"].startswith("w1")
+    on_cpu = gpt_fast.pipeline("text-generation", model=model, tokenizer=tokenizer, device_map={"": "cpu"})
+    assert on_cpu.device == torch.device("cpu")
+
+
 @pytest.mark.parametrize("kwargs,error,match", [
     (dict(task="summarization", model="x"), ValueError, "text-generation"),
+    (dict(task="text-generation", model="x", framework="tf"), ValueError, "framework must be 'pt'"),
+    (dict(task="text-generation", model="x", device_map={"a": 0, "b": 1}), NotImplementedError, "one device"),
     (dict(task="text-generation"), ValueError, "model="),
     (dict(task="text-generation", model=3), TypeError, "model"),
     (dict(task="text-generation", dtype="int3", model="x"), ValueError, "dtype"),

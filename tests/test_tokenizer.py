@@ -200,7 +200,7 @@ def test_constructors_from_files_and_memory(folder):
 def test_model_names_go_through_the_hub_resolver(folder, monkeypatch):
     asked = []
 
-    def fake_resolve(name, allow_patterns=None):
+    def fake_resolve(name, allow_patterns=None, hub_options=None):
         asked.append((name, allow_patterns))
         return folder
 

@@ -29,11 +29,11 @@ class Texts(torch.utils.data.Dataset):
         return dict(self.rows[index])
 
 
-def train(model, tokenizer, tmp_path, gradient_checkpointing=False):
+def train(model, tokenizer, tmp_path, gradient_checkpointing=False, **options):
     args = transformers.TrainingArguments(
         output_dir=str(tmp_path), per_device_train_batch_size=2, gradient_accumulation_steps=2, max_steps=4,
         learning_rate=1e-2, logging_steps=1, report_to=[], use_cpu=True, save_strategy="no", seed=0,
-        dataloader_num_workers=0, disable_tqdm=True, gradient_checkpointing=gradient_checkpointing)
+        dataloader_num_workers=0, disable_tqdm=True, gradient_checkpointing=gradient_checkpointing, **options)
     collator = transformers.DataCollatorForLanguageModeling(tokenizer, mlm=False)
     trainer = transformers.Trainer(model=model, args=args, train_dataset=Texts(tokenizer), data_collator=collator)
     trainer.train()
@@ -53,6 +53,24 @@ def test_trainer_losses_match_transformers(tmp_path):
     assert losses == pytest.approx(expected, abs=1e-3)
     assert losses[-1] < losses[0]  # it learned
     assert flos == expected_flos
+
+
+@pytest.mark.parametrize("backend", ["sdpa", "fused"])
+@pytest.mark.parametrize("options", [dict(neftune_noise_alpha=50.0), dict(label_smoothing_factor=0.5)])
+def test_trainer_options_that_act_through_the_model_match_transformers(tmp_path, backend, options):
+    """NEFTune adds noise through a forward hook on get_input_embeddings() (so the fused path must call the
+    embedding module); label smoothing reads the logits the model returns without labels. Both change the losses."""
+    tokenizer = gpt_fast.OpenAIGPTTokenizerFast.from_pretrained("openai-gpt")
+    tokenizer.pad_token = tokenizer.unk_token
+    torch.manual_seed(0)
+    theirs = transformers.OpenAIGPTLMHeadModel(transformers.OpenAIGPTConfig(**CONFIG))
+    ours = gpt_fast.OpenAIGPTLMHeadModel.from_transformers(theirs, attn_implementation=backend)
+    plain, _ = train(gpt_fast.OpenAIGPTLMHeadModel.from_transformers(theirs, attn_implementation=backend), tokenizer,
+                     tmp_path / "plain")
+    losses, _ = train(ours, tokenizer, tmp_path / "ours", **options)
+    expected, _ = train(theirs, tokenizer, tmp_path / "theirs", **options)
+    assert losses == pytest.approx(expected, abs=1e-4)
+    assert abs(losses[0] - plain[0]) > 1e-3  # the option acted
 
 
 def test_trainer_with_gradient_checkpointing(tmp_path):
@@ -111,6 +129,34 @@ def test_checkpoints_resume_evaluate_and_predict_as_with_transformers(tmp_path):
     trainer.train(resume_from_checkpoint=str(tmp_path / "ours" / "checkpoint-2"))
     assert trainer.state.global_step == 4 and resumed.lm_head.weight is resumed.transformer.tokens_embed.weight
     torch.testing.assert_close(resumed.transformer.tokens_embed.weight, ours.transformer.tokens_embed.weight)
+
+
+def test_best_model_at_end_and_save_model(tmp_path):
+    """load_best_model_at_end reloads the best checkpoint (here the worst: greater_is_better) as for transformers'
+    model; trainer.save_model() writes the weights only (no config.json: the model is not a transformers
+    PreTrainedModel), which from_pretrained loads with config= and otherwise refuses with an error that says so."""
+    tokenizer = gpt_fast.OpenAIGPTTokenizerFast.from_pretrained("openai-gpt")
+    tokenizer.pad_token = tokenizer.unk_token
+    torch.manual_seed(0)
+    theirs = transformers.OpenAIGPTLMHeadModel(transformers.OpenAIGPTConfig(**CONFIG))
+    ours = gpt_fast.OpenAIGPTLMHeadModel.from_transformers(theirs)
+    best = {}
+    for name, model in (("theirs", theirs), ("ours", ours)):
+        trainer = trainer_for(model, tokenizer, tmp_path / name, max_steps=6, learning_rate=3e-2, eval_strategy="steps",
+                              eval_steps=2, load_best_model_at_end=True, metric_for_best_model="loss",
+                              greater_is_better=True)  # the highest loss: an early checkpoint, not the last
+
+        trainer.train()
+        best[name] = (trainer.state.best_model_checkpoint.rsplit("-", 1)[1], trainer.evaluate()["eval_loss"])
+        trainer.save_model(str(tmp_path / name / "final"))
+    assert best["ours"][0] == best["theirs"][0] != "6"
+    assert best["ours"][1] == pytest.approx(best["theirs"][1], abs=1e-4)
+    with pytest.raises(FileNotFoundError, match="Trainer.save_model"):
+        gpt_fast.OpenAIGPTLMHeadModel.from_pretrained(tmp_path / "ours" / "final")
+    loaded = gpt_fast.OpenAIGPTLMHeadModel.from_pretrained(tmp_path / "ours" / "final", config=ours.config)
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids).logits, ours.eval()(ids).logits)
 
 
 def test_predict_with_ignore_keys_as_with_transformers(tmp_path):

@@ -168,7 +168,10 @@ def load_pretrained(cls, name_or_path, *, dtype, device, attn_implementation, co
     config_where = "the config= argument"
     if config is None:
         if not (folder / CONFIG_NAME).is_file():
-            raise FileNotFoundError(f"no {CONFIG_NAME} in {str(folder)!r}")
+            raise FileNotFoundError(f"no {CONFIG_NAME} in {str(folder)!r}" + (
+                ": it holds weights only, as transformers' Trainer.save_model() writes them for a model that is not "
+                "a transformers PreTrainedModel; pass config= (the trained model's config), or save with "
+                "model.save_pretrained()" if (folder / SAFE_WEIGHTS).is_file() else ""))
         _check_overrides(OpenAIGPTConfig.from_json_file(folder / CONFIG_NAME), config_overrides, cls)
         config = OpenAIGPTConfig.from_json_file(folder / CONFIG_NAME, **config_overrides)
         config_where = str(folder / CONFIG_NAME)

@@ -13,6 +13,11 @@ from gpt_fast.generation.stop_strings import StopStringCriteria
 from gpt_fast.generation.watermark import watermark_settings
 from gpt_fast.models.validation import check_ids_in_range, check_integer_tensor
 
+# transformers' arguments that choose how it runs, not what it computes; gpt_fast has one static KV cache and
+# decides compilation itself (checked by _no_effect: values transformers would refuse, or would compute otherwise
+# with, are refused)
+NO_EFFECT_KWARGS = ("low_memory", "cache_implementation", "compile_config", "disable_compile", "synced_gpus")
+SAME_RESULT_CACHES = (None, "dynamic", "static", "offloaded", "offloaded_static", "sliding_window", "hybrid")
 DEFAULT_NEW_TOKENS = 20  # transformers' GenerationConfig.max_length default, counted as new tokens (5.x)
 GENERATE_KWARGS = (
     "max_new_tokens", "max_length", "min_new_tokens", "min_length", "do_sample", "temperature", "top_k", "top_p",
@@ -24,7 +29,8 @@ GENERATE_KWARGS = (
     "token_type_ids", "stop_strings", "tokenizer", "prompt_lookup_num_tokens", "max_matching_ngram_size",
     "sequence_bias", "forced_bos_token_id", "forced_eos_token_id", "exponential_decay_length_penalty",
     "suppress_tokens", "begin_suppress_tokens", "min_p", "typical_p", "epsilon_cutoff", "eta_cutoff",
-    "renormalize_logits", "max_time", "watermarking_config",
+    "renormalize_logits", "max_time", "watermarking_config", "top_h", "encoder_repetition_penalty",
+    "prefix_allowed_tokens_fn", *NO_EFFECT_KWARGS,
 )
 
 
@@ -63,6 +69,9 @@ class GenerationRequest:
     suppress_tokens: tuple[int, ...] | None = None
     begin_suppress_tokens: tuple[int, ...] | None = None
     watermark: dict | None = None  # watermarking_config's checked fields (watermark.py)
+    encoder_repetition_penalty: float = 1.0  # the prompt's tokens made more likely (processors.py); 1.0 = off
+    prefix_allowed_tokens_fn: object | None = None  # fn(batch index, sequence so far) -> allowed token ids
+    rows_per_prompt: int = 1  # max(num_beams, num_return_sequences): the rows of one prompt, for the prefix fn
 
 
 # -- argument checks ----------------------------------------------------------------------------------------------
@@ -227,6 +236,7 @@ def parse_generation_kwargs(model, prompt_length: int, kwargs: dict) -> Generati
         raise TypeError(f"generate() got unexpected arguments {unknown}; it takes {', '.join(GENERATE_KWARGS)}")
     config = model.config
     get = kwargs.get
+    _no_effect(get)
     max_new = _lengths(get, prompt_length, config.n_positions)
     min_new = _int("min_new_tokens", get("min_new_tokens"), 0)
     min_length = _int("min_length", get("min_length", 0), 0, allow_none=False)
@@ -301,7 +311,8 @@ def parse_generation_kwargs(model, prompt_length: int, kwargs: dict) -> Generati
                               typical_p=_float("typical_p", get("typical_p", 1.0), 0.0, 1.0),
                               epsilon_cutoff=_cutoff("epsilon_cutoff", get("epsilon_cutoff", 0.0)),
                               eta_cutoff=_cutoff("eta_cutoff", get("eta_cutoff", 0.0)),
-                              renormalize=_bool("renormalize_logits", get("renormalize_logits", False)))
+                              renormalize=_bool("renormalize_logits", get("renormalize_logits", False)),
+                              top_h=0.0 if get("top_h") is None else _float("top_h", get("top_h"), 0.0, 1.0))
     forced_bos = _token_ids("forced_bos_token_id", get("forced_bos_token_id"), config.vocab_size)
     if forced_bos is not None and len(forced_bos) != 1:
         raise TypeError(f"forced_bos_token_id must be a single token id, got {forced_bos}")
@@ -326,7 +337,31 @@ def parse_generation_kwargs(model, prompt_length: int, kwargs: dict) -> Generati
         forced_eos_token_ids=_token_ids("forced_eos_token_id", get("forced_eos_token_id"), config.vocab_size),
         exponential_decay=_exponential_decay(get("exponential_decay_length_penalty"), eos),
         suppress_tokens=_token_list("suppress_tokens", get("suppress_tokens"), config.vocab_size),
-        begin_suppress_tokens=_token_list("begin_suppress_tokens", get("begin_suppress_tokens"), config.vocab_size))
+        begin_suppress_tokens=_token_list("begin_suppress_tokens", get("begin_suppress_tokens"), config.vocab_size),
+        encoder_repetition_penalty=_float("encoder_repetition_penalty", get("encoder_repetition_penalty", 1.0), 0.0,
+                                          float("inf")),
+        prefix_allowed_tokens_fn=_callable("prefix_allowed_tokens_fn", get("prefix_allowed_tokens_fn")),
+        rows_per_prompt=max(num_beams, num_return))
+
+
+def _callable(name, value):
+    if value is not None and not callable(value):
+        raise TypeError(f"{name} must be a function (batch index, input_ids) -> allowed token ids, got {value!r}")
+    return value
+
+
+def _no_effect(get) -> None:
+    """NO_EFFECT_KWARGS: checked, then dropped."""
+    if get("synced_gpus"):
+        raise NotImplementedError("synced_gpus=True (generation with ZeRO-3 / FSDP-sharded weights over several "
+                                  "processes) is not supported by gpt_fast: generate on one process's whole model")
+    if get("cache_implementation") not in SAME_RESULT_CACHES:
+        raise ValueError(f"cache_implementation={get('cache_implementation')!r}: gpt_fast decodes with its own "
+                         f"static KV cache, which gives the results of {SAME_RESULT_CACHES[1:]}; a quantized cache "
+                         "(which would change them) is not supported")
+    for name in ("low_memory", "disable_compile", "synced_gpus"):
+        if get(name) is not None:
+            _bool(name, get(name))
 
 
 def _token_list(name, value, vocab_size):

@@ -19,6 +19,7 @@ import os
 
 import torch
 
+from gpt_fast.checkpoints.loading_options import device_from_map
 from gpt_fast.generation.feature_extraction import TASK as FEATURES
 from gpt_fast.generation.feature_extraction import FeatureExtractionPipeline
 from gpt_fast.generation.generate import generate
@@ -34,24 +35,32 @@ SAMPLING_PARAMS = ("temperature", "top_k", "top_p")  # pipeline defaults for the
 CALL_OPTIONS = ("return_full_text", "return_text", "return_tensors", "clean_up_tokenization_spaces")
 
 
-def load_tokenizer(name_or_path):
-    return OpenAIGPTTokenizerFast.from_pretrained(name_or_path)
+def load_tokenizer(name_or_path, **options):
+    return OpenAIGPTTokenizerFast.from_pretrained(name_or_path, **options)
 
 
-def pipeline(task: str, model=None, tokenizer=None, *, dtype=None, torch_dtype=None, device=None,
-             attn_implementation: str | None = None, **task_defaults):
+def pipeline(task: str, model=None, tokenizer=None, *, dtype=None, torch_dtype=None, device=None, device_map=None,
+             attn_implementation: str | None = None, model_kwargs: dict | None = None, revision: str | None = None,
+             token=None, trust_remote_code: bool = False, use_fast: bool = True, framework: str | None = None,
+             **task_defaults):
     """Builds a TextGenerationPipeline ("text-generation": task_defaults are generation arguments) or a
     FeatureExtractionPipeline ("feature-extraction": task_defaults may hold tokenize_kwargs). model: a folder / hub
     name or a model object (an OpenAIGPTLMHeadModel for text generation; any gpt_fast model for features, whose
     folder loads as OpenAIGPTModel, transformers' AutoModel for the task); tokenizer: a folder, a tokenizer
     object, or None to load it from the model's folder. device: an index (-1 = CPU), a string or a torch.device;
-    dtype (or torch_dtype): a torch dtype or its name, or "auto"."""
+    dtype (or torch_dtype): a torch dtype or its name, or "auto". As transformers' pipeline: device_map (one
+    device, checkpoints/loading_options.py), model_kwargs (more from_pretrained arguments), revision and token
+    (for a hub name, model and tokenizer), trust_remote_code and use_fast (no effect), framework ("pt" only)."""
     if task not in (TASK, FEATURES):
         raise ValueError(f"gpt_fast.pipeline supports the {TASK!r} and {FEATURES!r} tasks, got {task!r}")
+    if framework not in (None, "pt"):
+        raise ValueError(f"gpt_fast.pipeline runs PyTorch models only: framework must be 'pt', got {framework!r}")
+    hub = {name: value for name, value in (("revision", revision), ("token", token)) if value is not None}
+    loading = {"device_map": device_map, **hub, **(model_kwargs or {})}
     generating = task == TASK
     model, tokenizer = _model_and_tokenizer(model, tokenizer, OpenAIGPTLMHeadModel if generating else OpenAIGPTModel,
                                             OpenAIGPTLMHeadModel if generating else OpenAIGPTPreTrainedModel,
-                                            dtype, torch_dtype, device, attn_implementation)
+                                            dtype, torch_dtype, device, attn_implementation, loading, hub)
     if generating:
         return TextGenerationPipeline(model.eval(), tokenizer, task_defaults)
     tokenize_kwargs = task_defaults.pop("tokenize_kwargs", None)
@@ -61,18 +70,21 @@ def pipeline(task: str, model=None, tokenizer=None, *, dtype=None, torch_dtype=N
     return FeatureExtractionPipeline(model.eval(), tokenizer, tokenize_kwargs)
 
 
-def _model_and_tokenizer(model, tokenizer, folder_class, accepted, dtype, torch_dtype, device, attn_implementation):
-    """(the model, in dtype on device, the tokenizer object) from pipeline()'s arguments."""
+def _model_and_tokenizer(model, tokenizer, folder_class, accepted, dtype, torch_dtype, device, attn_implementation,
+                         loading: dict, tokenizer_loading: dict):
+    """(the model, in dtype on device, the tokenizer object) from pipeline()'s arguments; loading: the model's
+    other from_pretrained arguments (device_map among them), tokenizer_loading the tokenizer's."""
     if model is None:
         raise ValueError("pass model= (a checkpoint folder or a model object); there is no default model")
     if dtype is not None and torch_dtype is not None and dtype != torch_dtype:
         raise ValueError(f"pass dtype or torch_dtype, not both ({dtype} vs {torch_dtype})")
     dtype = parse_dtype(dtype if dtype is not None else torch_dtype)
+    device = device_from_map(loading.pop("device_map"), device)
     target = None if device is None else parse_device(device)
     if isinstance(model, (str, os.PathLike)):
         folder = model
         model = folder_class.from_pretrained(folder, dtype=dtype, device=target,
-                                             attn_implementation=attn_implementation)
+                                             attn_implementation=attn_implementation, **loading)
         if tokenizer is None:
             tokenizer = folder
     elif isinstance(model, accepted):
@@ -85,7 +97,7 @@ def _model_and_tokenizer(model, tokenizer, folder_class, accepted, dtype, torch_
     if tokenizer is None:
         raise ValueError("pass tokenizer= (a folder or a tokenizer object) when model is a model object")
     if isinstance(tokenizer, (str, os.PathLike)):
-        tokenizer = load_tokenizer(tokenizer)
+        tokenizer = load_tokenizer(tokenizer, **tokenizer_loading)
     if not (callable(tokenizer) and callable(getattr(tokenizer, "decode", None))):
         raise TypeError(f"tokenizer must be callable and have decode(), got {type(tokenizer).__name__}")
     return model, tokenizer

@@ -79,7 +79,7 @@ def prepare(model, input_ids, attention_mask, request: GenerationRequest, rows_p
     history = TokenHistory(packed, lengths, request.max_new_tokens) if ExtraProcessors.needs_history(request) else None
     interval = request.eos_check_interval
     check_every = interval if interval is not None else (16 if device.type == "cuda" else 1)
-    extra = ExtraProcessors(request, history, device, T, config.vocab_size)
+    extra = ExtraProcessors(request, history, device, input_ids, config.vocab_size)
     return Prepared(input_ids, attention_mask, packed, lengths, IncrementalDecoder(model, cache, plan), selector,
                     extra, history, eos_ids, graph, check_every, order, request.step_replay)
 

@@ -1,6 +1,6 @@
-"""The logits processors beyond sampling.py's: no_repeat_ngram_size, bad_words_ids, remove_invalid_values, and the
-caller's own `logits_processor` / `stopping_criteria` callables (transformers' call signatures); max_time's
-stopping criterion.
+"""The logits processors beyond sampling.py's: no_repeat_ngram_size, bad_words_ids, remove_invalid_values,
+encoder_repetition_penalty, prefix_allowed_tokens_fn, and the caller's own `logits_processor` / `stopping_criteria`
+callables (transformers' call signatures); max_time's stopping criterion.
 
 The n-gram and bad-word rules read each row's token history as that row alone would have it (TokenHistory: the real
 prompt tokens packed first, then the new tokens), so a row of a padded batch is processed as its prompt alone; the
@@ -126,8 +126,11 @@ class ExtraProcessors:
     mask of min_length, before temperature / top-k / top-p. prompt_length: T, the prompt as passed (padding
     included): transformers counts the steps of the forced and begin-suppressed tokens from it."""
 
-    def __init__(self, request, history: TokenHistory | None, device: torch.device, prompt_length: int,
+    def __init__(self, request, history: TokenHistory | None, device: torch.device, prompt_ids: torch.Tensor,
                  vocab_size: int):
+        """prompt_ids: (R, T) the prompt as passed (padding included), one row per returned sequence / beam."""
+        prompt_length = prompt_ids.shape[1]
+        self.prompt_ids = prompt_ids if request.encoder_repetition_penalty != 1.0 else None
         self.ngram = request.no_repeat_ngram_size
         self.bad_words = BadWords(request.bad_words_ids, device) if request.bad_words_ids else None
         self.sequence_bias = (SequenceBias(request.sequence_bias, vocab_size, device) if request.sequence_bias
@@ -151,7 +154,12 @@ class ExtraProcessors:
                     or any(len(ids) > 1 for ids, _ in request.sequence_bias))
 
     def first(self, scores: torch.Tensor) -> torch.Tensor:
-        return scores if self.sequence_bias is None else self.sequence_bias(scores, self.history)
+        """sequence_bias, then encoder_repetition_penalty (before the repetition penalty)."""
+        if self.sequence_bias is not None:
+            scores = self.sequence_bias(scores, self.history)
+        if self.prompt_ids is not None:
+            scores = penalise_prompt_tokens(scores, self.prompt_ids, self.request.encoder_repetition_penalty)
+        return scores
 
     def before_min_length(self, scores: torch.Tensor) -> torch.Tensor:
         if self.ngram:
@@ -168,6 +176,8 @@ class ExtraProcessors:
         """input_ids: a callable giving transformers' view of the sequences so far (made only when needed); step:
         the new token's index."""
         request = self.request
+        if request.prefix_allowed_tokens_fn is not None:
+            scores = allow_prefix_tokens(scores, input_ids(), request.prefix_allowed_tokens_fn, request.rows_per_prompt)
         if request.forced_bos_token_id is not None and self.prompt_length + step == 1:
             scores = force_tokens(scores, (request.forced_bos_token_id,))
         if request.forced_eos_token_ids is not None and step == request.max_new_tokens - 1:
@@ -189,6 +199,33 @@ class ExtraProcessors:
                     raise TypeError(f"logits processor {processor!r} must return the scores tensor, got "
                                     f"{type(scores).__name__}")
         return scores
+
+
+def penalise_prompt_tokens(scores: torch.Tensor, prompt_ids: torch.Tensor, penalty: float) -> torch.Tensor:
+    """encoder_repetition_penalty (transformers' EncoderRepetitionPenaltyLogitsProcessor; for a decoder-only model
+    the "encoder input" is the prompt as passed): the prompt's tokens made more likely, a score s becoming s / p
+    (s >= 0) or s * p (s < 0) with p = 1 / penalty, once however often the token occurs. prompt_ids: (R, T)."""
+    boost = 1 / penalty
+    prompt_scores = scores.gather(1, prompt_ids)
+    prompt_scores = torch.where(prompt_scores < 0, prompt_scores * boost, prompt_scores / boost)
+    return scores.scatter(1, prompt_ids, prompt_scores)
+
+
+def allow_prefix_tokens(scores: torch.Tensor, input_ids: torch.Tensor, allowed_fn, group: int) -> torch.Tensor:
+    """prefix_allowed_tokens_fn (transformers' PrefixConstrainedLogitsProcessor): row r, of prompt r // group, keeps
+    only the tokens allowed_fn(prompt index, its sequence so far) lists; where every row of a prompt has only -inf
+    left among its allowed tokens, those tokens get score 0, so the constraint still holds. One call per row and
+    step, on the host, as in transformers."""
+    mask = torch.full_like(scores, NEG_INF)
+    for row in range(scores.shape[0]):
+        allowed = allowed_fn(row // group, input_ids[row])
+        if len(allowed) == 0:
+            raise ValueError(f"prefix_allowed_tokens_fn returned no tokens for batch index {row // group}: the "
+                             "constraint cannot be met")
+        mask[row, allowed] = 0
+    processed = scores + mask
+    unsatisfiable = processed.amax(dim=-1).isneginf().view(-1, group).all(dim=-1, keepdim=True)
+    return torch.where(unsatisfiable.repeat_interleave(group, dim=0), mask, processed)
 
 
 def stop_flags(criteria: tuple, input_ids: torch.Tensor, scores) -> torch.Tensor | None:

@@ -1,7 +1,8 @@
 """Next-token selection: transformers' logits processors (same order, same math) and device-side sampling.
 
 Per step, on float32 scores (B, V), in transformers' order:
-  repetition penalty -> min length / min new tokens (EOS masked) -> [sampling only] temperature -> top-k -> top-p.
+  repetition penalty -> min length / min new tokens (EOS masked) -> [sampling only] temperature -> top-h -> top-k
+  -> top-p.
 Then greedy argmax, or a sample from softmax(scores). Sampling uses the exponential-race form
 (argmax(p / E) with E ~ Exp(1) i.i.d., which draws index i with probability p_i) so it needs no host sync and no
 multinomial kernel, and runs inside a CUDA stream without stalls. Everything works in place on buffers that are
@@ -31,6 +32,7 @@ class SamplingConfig:
     epsilon_cutoff: float = 0.0  # 0 = off
     eta_cutoff: float = 0.0  # 0 = off
     renormalize: bool = False  # log_softmax after every other processor (greedy too)
+    top_h: float = 0.0  # 0 = off
 
 
 class TokenSelector:
@@ -96,6 +98,8 @@ class TokenSelector:
             return self._last(scores, extra, input_ids)
         if cfg.temperature != 1.0:
             scores.div_(cfg.temperature)
+        if cfg.top_h:
+            scores = filter_top_h(scores, cfg.top_h)
         if cfg.top_k:
             k = min(max(cfg.top_k, cfg.min_tokens_to_keep), scores.shape[-1])
             kth = torch.topk(scores, k, dim=-1).values[:, -1:]  # (B, 1)
@@ -143,6 +147,18 @@ def filter_min_p(scores: torch.Tensor, min_p: float | torch.Tensor, keep: int) -
     drop = probs < min_p * probs.amax(dim=-1, keepdim=True)
     drop.scatter_(-1, torch.topk(probs, min(keep, probs.shape[-1]), dim=-1).indices, False)
     return scores.masked_fill(drop, float("-inf"))
+
+
+def filter_top_h(scores: torch.Tensor, top_h: float, top_n: int = 100) -> torch.Tensor:
+    """Top-H: among the top_n most likely tokens, keeps them in order while their cumulative entropy terms
+    (-p log p over the top_n's own distribution) stay within top_h times its entropy; the most likely always."""
+    top_scores, top_index = torch.topk(scores, min(top_n, scores.shape[-1]), dim=-1)  # (B, n) sorted
+    distribution = torch.distributions.Categorical(logits=top_scores, validate_args=False)
+    probs = distribution.probs
+    kept = torch.cumsum(-probs * torch.log(probs), dim=-1) <= (distribution.entropy() * top_h)[:, None]
+    kept[:, 0] = True
+    keep = torch.zeros_like(scores, dtype=torch.bool).scatter_(1, top_index, kept)
+    return scores.masked_fill(~keep, float("-inf"))
 
 
 def filter_typical(scores: torch.Tensor, mass: float, keep: int) -> torch.Tensor:

@@ -245,7 +245,9 @@ class OpenAIGPTPreTrainedModel(nn.Module):
 
     def save_pretrained(self, save_directory: str | os.PathLike, is_main_process: bool = True,
                         state_dict: dict | None = None, push_to_hub: bool = False, max_shard_size: int | str = "50GB",
-                        variant: str | None = None, safe_serialization: bool = True) -> Path:
+                        variant: str | None = None, safe_serialization: bool = True, save_function=None,
+                        token=None, save_peft_format: bool = True, save_original_format: bool = True,
+                        distributed_checkpoint: bool = False) -> Path:
         """Writes config.json and model.safetensors, loadable by gpt_fast and (unless quantized) by transformers.
         A quantized model writes its qweight/scales/zeros and config.json's quantization_config. As transformers':
         state_dict, the tensors to write instead of the model's own (a sharded model's gathered weights);
@@ -253,11 +255,15 @@ class OpenAIGPTPreTrainedModel(nn.Module):
         shards and model.safetensors.index.json; variant ("fp16": model.fp16.safetensors, shards
         model.fp16-0000i-of-0000N.safetensors, index model.safetensors.index.fp16.json, read back by
         from_pretrained(variant=)); is_main_process=False writes nothing (the other ranks of a distributed job).
-        safe_serialization is accepted and safetensors always written (transformers 5 does the same). push_to_hub
-        is not supported: upload the folder with huggingface_hub's upload_folder."""
-        if push_to_hub:
-            raise NotImplementedError("save_pretrained(push_to_hub=True) is not supported by gpt_fast: save to a "
-                                      "folder and upload it with huggingface_hub.upload_folder")
+        safe_serialization and save_function (accelerate's examples pass accelerator.save) are accepted and
+        safetensors always written (transformers 5 does the same); token (for push_to_hub), save_peft_format and
+        save_original_format (gpt_fast writes transformers' own layout) change nothing. push_to_hub and
+        distributed_checkpoint=True are not supported: upload the folder with huggingface_hub's upload_folder;
+        gather a sharded model's state_dict and pass it as state_dict=."""
+        if push_to_hub or distributed_checkpoint:
+            raise NotImplementedError("save_pretrained(push_to_hub=True / distributed_checkpoint=True) is not "
+                                      "supported by gpt_fast: save to a folder (a sharded model's gathered "
+                                      "state_dict= on one rank) and upload it with huggingface_hub.upload_folder")
         if not is_main_process:
             return Path(save_directory)
         return checkpoint.save_pretrained(self, save_directory, state_dict, max_shard_size, variant)

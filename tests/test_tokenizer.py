@@ -295,7 +295,8 @@ def test_ragged_tensor_asks_for_padding(tok):
         tok(["low", "low low"], return_tensors="pt")
 
 
-@pytest.mark.parametrize("ids, error", [([1, -2], ValueError), ([[1, 2]], ValueError), ("low", TypeError)])
+@pytest.mark.parametrize("ids, error", [([1, -2], ValueError), ([[1, 2], [3, -1]], ValueError), ("low", TypeError),
+                                        ([[1, 2], "low"], TypeError)])
 def test_bad_decode_input(tok, ids, error):
     with pytest.raises(error, match="token_ids must"):
         tok.decode(ids)

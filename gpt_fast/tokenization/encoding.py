@@ -227,6 +227,14 @@ def as_input_batch(text: Any, is_split_into_words: bool) -> tuple[list, bool]:
                     f"lists, got {text!r:.80}")
 
 
+def is_batch_of_ids(token_ids: Any) -> bool:
+    """Whether decode() was given several sequences: a 2-D tensor / array, or a list of sequences."""
+    if getattr(token_ids, "ndim", 1) == 2:
+        return True
+    first = token_ids[0] if isinstance(token_ids, (list, tuple)) and token_ids else None
+    return isinstance(first, (list, tuple)) or getattr(first, "ndim", 0) == 1
+
+
 def as_id_list(token_ids: Any) -> list[int]:
     """A flat list of non-negative ints from an int, a list, a tensor or an array."""
     if hasattr(token_ids, "tolist"):

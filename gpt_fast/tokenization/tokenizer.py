@@ -153,19 +153,6 @@ class OpenAIGPTTokenizerFast(TransformersAttributes):
         self._truncation_side = check_side("truncation_side", value)
 
     @property
-    def use_original_pretokenization(self) -> bool:
-        return self._original is not None
-
-    @property
-    def do_lower_case(self) -> bool:
-        return True
-
-    @property
-    def backend_tokenizer(self) -> Tokenizer:
-        """The `tokenizers.Tokenizer` doing the work (BERT-mode pipeline)."""
-        return self._backend
-
-    @property
     def vocab_size(self) -> int:
         """Size of the base BPE vocabulary, without added tokens (40,478 for GPT-1)."""
         return self._backend.get_vocab_size(with_added_tokens=False)
@@ -375,10 +362,13 @@ class OpenAIGPTTokenizerFast(TransformersAttributes):
     # ---------------------------------------------------------------- decoding
 
     def decode(self, token_ids: Any, skip_special_tokens: bool = False,
-               clean_up_tokenization_spaces: bool | None = None) -> str:
-        """Text of a sequence of ids (list, tensor or array, or one int). Words are joined by spaces, with none
-        around special tokens; ids beyond the vocabulary are ignored (all as in transformers, whose
-        clean_up_tokenization_spaces has no effect on BPE tokenizers, so it is accepted and ignored here)."""
+               clean_up_tokenization_spaces: bool | None = None) -> str | list[str]:
+        """Text of a sequence of ids (list, tensor or array, or one int); several sequences (a list of them, a 2-D
+        tensor) give a list of texts, as transformers 5. Words are joined by spaces, with none around special
+        tokens; ids beyond the vocabulary are ignored (all as in transformers, whose clean_up_tokenization_spaces
+        has no effect on BPE tokenizers, so it is accepted and ignored here)."""
+        if encoding.is_batch_of_ids(token_ids):
+            return self.batch_decode(token_ids, skip_special_tokens=skip_special_tokens)
         ids = encoding.as_id_list(token_ids)
         return self._backend.decode(ids, skip_special_tokens=skip_special_tokens)
 

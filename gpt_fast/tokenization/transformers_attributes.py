@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tokenizers import AddedToken
+from tokenizers import AddedToken, Tokenizer
 
 # transformers' message, word for word, so that code matching on it behaves the same
 NO_CHAT_TEMPLATE = ("Cannot use chat template functions because tokenizer.chat_template is not set and no template "
@@ -25,6 +25,32 @@ class TransformersAttributes:
     add_bos_token = False
     add_eos_token = False
     chat_template = None  # GPT-1 was not trained on conversations and has no template
+
+    @property
+    def backend_tokenizer(self) -> Tokenizer:
+        """The `tokenizers.Tokenizer` doing the work (BERT-mode pipeline); also `_tokenizer`, which code written
+        for transformers' fast tokenizers reaches for."""
+        return self._backend
+
+    _tokenizer = backend_tokenizer
+
+    @property
+    def use_original_pretokenization(self) -> bool:
+        return self._original is not None
+
+    @property
+    def do_lower_case(self) -> bool:
+        return True
+
+    def train_new_from_iterator(self, text_iterator, vocab_size: int, length: int | None = None,
+                                new_special_tokens: list | None = None, special_tokens_map: dict | None = None,
+                                **trainer_kwargs):
+        """A new tokenizer with this one's pipeline and special tokens, its BPE learnt from text_iterator (texts,
+        or batches of them), as transformers' (bpe_training.py)."""
+        from gpt_fast.tokenization.bpe_training import train_new_tokenizer
+
+        return train_new_tokenizer(self, text_iterator, vocab_size, length, new_special_tokens, special_tokens_map,
+                                   **trainer_kwargs)
 
     def num_special_tokens_to_add(self, pair: bool = False) -> int:
         """How many special tokens encoding adds around one text (or a pair): none for GPT-1."""

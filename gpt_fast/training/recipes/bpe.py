@@ -9,12 +9,11 @@ the tokenizer will see, and the saved vocab.json + merges.txt load in gpt_fast a
 from __future__ import annotations
 
 import os
-import tempfile
-from pathlib import Path
 
-from tokenizers.trainers import BpeTrainer
+from tokenizers import AddedToken
 
-from gpt_fast.tokenization.tokenizer import END_OF_WORD, OpenAIGPTTokenizerFast, build_gpt1_backend
+from gpt_fast.tokenization.bpe_training import tokenizer_from_backend, trained_backend
+from gpt_fast.tokenization.tokenizer import OpenAIGPTTokenizerFast
 
 UNK_TOKEN = "<unk>"
 
@@ -23,21 +22,15 @@ def train_gpt1_bpe(files: list[str | os.PathLike], vocab_size: int, output_dir: 
                    min_frequency: int = 2, model_max_length: int | None = None) -> OpenAIGPTTokenizerFast:
     """Learns a BPE vocabulary of vocab_size pieces ("<unk>" is id 0) from files; saves it to output_dir
     (vocab.json, merges.txt, tokenizer.json, tokenizer_config.json, special_tokens_map.json) and returns it."""
-    if not isinstance(vocab_size, int) or vocab_size < 2:
-        raise ValueError(f"vocab_size must be an int of at least 2, got {vocab_size!r}")
     paths = [os.fspath(path) for path in files]
     missing = [path for path in paths if not os.path.isfile(path)]
     if not paths or missing:
         raise FileNotFoundError(f"no text to train the tokenizer on: missing {missing}" if missing else
                                 "no text to train the tokenizer on: no files given")
-    backend = build_gpt1_backend({}, [], UNK_TOKEN)
-    trainer = BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=[UNK_TOKEN],
-                         end_of_word_suffix=END_OF_WORD, show_progress=False)
-    backend.train(paths, trainer)
-    with tempfile.TemporaryDirectory() as scratch:
-        backend.model.save(scratch)  # vocab.json + merges.txt in the original release's format
-        extra = {} if model_max_length is None else {"model_max_length": model_max_length}
-        tokenizer = OpenAIGPTTokenizerFast(Path(scratch) / "vocab.json", Path(scratch) / "merges.txt",
-                                           unk_token=UNK_TOKEN, **extra)
+    unk = AddedToken(UNK_TOKEN, special=True, normalized=False)
+    backend = trained_backend(lambda b, trainer: b.train(paths, trainer), vocab_size, UNK_TOKEN, [unk],
+                              min_frequency=min_frequency, show_progress=False)
+    extra = {} if model_max_length is None else {"model_max_length": model_max_length}
+    tokenizer = tokenizer_from_backend(backend, [unk], unk_token=UNK_TOKEN, **extra)
     tokenizer.save_pretrained(output_dir)
     return tokenizer

@@ -318,3 +318,63 @@ def test_name_or_path_is_what_from_pretrained_loaded(tmp_path):
     ours = gpt_fast_class(LM).from_pretrained(tmp_path)
     assert ours.name_or_path == ours.config.name_or_path == theirs.name_or_path == str(tmp_path)
     assert gpt_fast_class(LM)(ours.config.__class__()).name_or_path == ""
+
+
+def custom_head(base):
+    """transformers' custom-head pattern on `base`'s OpenAIGPTPreTrainedModel / OpenAIGPTModel."""
+
+    class Regressor(base.OpenAIGPTPreTrainedModel):
+        def __init__(self, config):
+            super().__init__(config)
+            self.transformer = base.OpenAIGPTModel(config)
+            self.norm = torch.nn.LayerNorm(config.n_embd)
+            self.tags = torch.nn.Embedding(5, config.n_embd, padding_idx=0)
+            self.score = torch.nn.Linear(config.n_embd, 1)
+            self.post_init()
+
+        def forward(self, input_ids):
+            hidden = self.transformer(input_ids).last_hidden_state[:, -1] + self.tags.weight[1]
+            return self.score(self.norm(hidden)).squeeze(-1)
+
+    return Regressor
+
+
+def test_custom_head_on_the_pretrained_class(tmp_path):
+    """A custom head built as on transformers (its __init__ takes the config alone and ends with post_init):
+    from_pretrained fills the base model and initialises the new modules as transformers' _init_weights does."""
+    hf, _ = load_pair(LM, "sdpa")
+    hf.save_pretrained(tmp_path)
+    ours = custom_head(gpt_fast).from_pretrained(tmp_path, attn_implementation="eager")
+    theirs = custom_head(transformers).from_pretrained(tmp_path)
+    assert ours.attn_implementation == "eager"
+    for model in (ours, theirs, custom_head(gpt_fast)(gpt_fast.OpenAIGPTConfig(**TINY))):
+        assert torch.equal(model.norm.weight, torch.ones(TINY["n_embd"])) and not model.norm.bias.any()
+        assert not model.score.bias.any() and not model.tags.weight[0].any()
+        assert 0.5 < float(model.score.weight.std() / model.config.initializer_range) < 1.5  # normal(0, range)
+    with torch.no_grad():
+        ours.score.weight.copy_(theirs.score.weight), ours.tags.weight.copy_(theirs.tags.weight)
+        ids = random_ids((2, 6))
+        torch.testing.assert_close(ours(ids), theirs(ids), atol=1e-5, rtol=1e-5)
+    ours.save_pretrained(tmp_path / "custom")
+    again = custom_head(gpt_fast).from_pretrained(tmp_path / "custom")  # the default backend: fp32 rounding apart
+    with torch.no_grad():
+        torch.testing.assert_close(again(ids), ours(ids), atol=1e-5, rtol=1e-5)
+
+
+def test_config_diff_and_attribute_map():
+    config = gpt_fast.OpenAIGPTConfig(n_layer=3, pad_token_id=0)
+    assert config.to_diff_dict() == {"model_type": "openai-gpt", "n_layer": 3, "pad_token_id": 0}
+    assert json.loads(config.to_json_string(use_diff=True)) == config.to_diff_dict()
+    assert json.loads(config.to_json_string()) == json.loads(json.dumps(config.to_dict()))
+    assert config.attribute_map == transformers.OpenAIGPTConfig.attribute_map
+    for alias, name in config.attribute_map.items():
+        assert getattr(config, alias) == getattr(config, name)
+
+
+def test_accelerate_fsdp_auto_wrap_wraps_each_block():
+    from accelerate.utils import FullyShardedDataParallelPlugin
+
+    _, ours = load_pair(LM, "sdpa")
+    plugin = FullyShardedDataParallelPlugin(auto_wrap_policy="transformer_based_wrap")
+    plugin.set_auto_wrap_policy(ours)
+    assert plugin.auto_wrap_policy.keywords["transformer_layer_cls"] == {type(ours.transformer.h[0])}

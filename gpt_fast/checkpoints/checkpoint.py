@@ -10,6 +10,7 @@ model's are refused by transformers with an error: see quantization/config.py).
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 from pathlib import Path
@@ -189,7 +190,7 @@ def load_pretrained(cls, name_or_path, *, dtype, device, attn_implementation, co
         raise ValueError(f"{str(folder)!r} holds a model saved quantized ({saved.scheme}); it loads quantized "
                          f"without quantization={quantization!r}, and cannot be quantized again")
     with torch.device("meta"):
-        model = cls(config, attn_implementation=attn_implementation)
+        model = build_model(cls, config, attn_implementation)
         if saved is not None:  # empty quantized layers, filled from the file in the stored dtypes
             apply_quantization(model, saved, structure_only=True)
     expected = full_state_dict(model)  # the tied head's key too: files may name it
@@ -241,6 +242,18 @@ def load_pretrained(cls, name_or_path, *, dtype, device, attn_implementation, co
     return (model, info) if output_loading_info else model
 
 
+def build_model(cls, config: OpenAIGPTConfig, attn_implementation):
+    """cls(config, attn_implementation=...); a subclass whose __init__ takes the config alone (transformers'
+    custom-head pattern: super().__init__(config), modules, self.post_init()) gets the backend through
+    config.attn_implementation, which gpt_fast's models read when not given one."""
+    parameters = inspect.signature(cls.__init__).parameters.values()
+    if any(p.name == "attn_implementation" or p.kind is p.VAR_KEYWORD for p in parameters):
+        return cls(config, attn_implementation=attn_implementation)
+    if attn_implementation is not None:
+        config.attn_implementation = attn_implementation
+    return cls(config)
+
+
 def _check_overrides(saved: OpenAIGPTConfig, overrides: dict, cls) -> None:
     """from_pretrained's other keyword arguments override the config's attributes; as transformers, a name that is
     not one is a TypeError (it was silently stored in the config, and saved with it). Removes a None
@@ -272,7 +285,7 @@ def _materialize_missing(model, device, dtype: torch.dtype) -> None:
         for name, param in list(module.named_parameters(recurse=False)):
             if param.is_meta:
                 fresh = torch.nn.Parameter(torch.empty(param.shape, dtype=dtype, device=device))
-                initialize_parameter(f"{module_name}.{name}", fresh, model.config.initializer_range)
+                initialize_parameter(f"{module_name}.{name}", fresh, model.config.initializer_range, module)
                 setattr(module, name, fresh)
         if getattr(module, "position_ids", None) is not None and module.position_ids.is_meta:
             module.position_ids = torch.arange(model.config.n_positions, device=device)
@@ -306,7 +319,7 @@ def from_transformers(cls, hf_model, attn_implementation):
     config = OpenAIGPTConfig.from_dict(hf_model.config.to_dict())
     parameter = next(hf_model.parameters())
     with torch.device("meta"):
-        model = cls(config, attn_implementation=attn_implementation)
+        model = build_model(cls, config, attn_implementation)
     expected = full_state_dict(model)  # the tied head's key too: files may name it
     state = {}
     for key, tensor in hf_model.state_dict().items():

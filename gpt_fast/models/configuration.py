@@ -75,6 +75,7 @@ class OpenAIGPTConfig:
 
     model_type = MODEL_TYPE
     is_encoder_decoder = False  # read by data collators, pipelines and trainers to choose decoder-only handling
+    attribute_map = ALIASES  # transformers' name for the aliases (PEFT and accelerate read it)
 
     def __init__(self, **kwargs: Any):
         for alias, name in ALIASES.items():
@@ -206,16 +207,23 @@ class OpenAIGPTConfig:
         out["label2id"] = self.label2id
         return dict(sorted(out.items()))
 
-    def to_json_string(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+    def to_diff_dict(self) -> dict[str, Any]:
+        """to_dict's fields that differ from a default config's (model_type always), as transformers'."""
+        default = type(self)().to_dict()
+        return {name: value for name, value in self.to_dict().items()
+                if name == "model_type" or name not in default or default[name] != value}
 
-    def to_json_file(self, json_file_path: str | os.PathLike) -> Path:
-        """Writes the config as JSON to that file (what save_pretrained writes as config.json)."""
+    def to_json_string(self, use_diff: bool = False) -> str:
+        """JSON of to_dict(), or of to_diff_dict() with use_diff=True (transformers' default is True there)."""
+        return json.dumps(self.to_diff_dict() if use_diff else self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    def to_json_file(self, json_file_path: str | os.PathLike, use_diff: bool = False) -> Path:
+        """Writes the config as JSON to that file (what save_pretrained writes as config.json: every field)."""
         path = Path(json_file_path)
         if path.is_dir():
             raise IsADirectoryError(f"{str(path)!r} is a folder; to_json_file takes a file path "
                                     "(save_pretrained takes the folder)")
-        path.write_text(self.to_json_string())
+        path.write_text(self.to_json_string(use_diff))
         return path
 
     def save_pretrained(self, save_directory: str | os.PathLike) -> Path:

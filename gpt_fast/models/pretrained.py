@@ -15,7 +15,7 @@ from gpt_fast.models import tied_state_dict
 from gpt_fast.models.checkpointing import keep_attention_outputs
 from gpt_fast.models.configuration import OpenAIGPTConfig
 from gpt_fast.models.embeddings import resize_token_embeddings
-from gpt_fast.models.initialization import initialize_parameter
+from gpt_fast.models.initialization import INITIALISED_TYPES, initialize_parameter
 from gpt_fast.names import check_attn_implementation
 from gpt_fast.quantization.apply import quantization_of, quantize_model
 from gpt_fast.quantization.config import DEFAULT_GROUP_SIZE, QuantizationConfig
@@ -26,6 +26,7 @@ class OpenAIGPTPreTrainedModel(nn.Module):
     base_model_prefix = "transformer"  # where the base model's keys sit in a head model's state dict
     main_input_name = "input_ids"
     supports_gradient_checkpointing = True
+    _no_split_modules = ["Block"]  # accelerate's FSDP auto-wrap (transformer_based_wrap) wraps each Block
     # transformers' Trainer passes `num_items_in_batch` only to models that say they take it. The heads whose loss
     # is a per-token mean (the LM head) do; the others average per row and say no (see the README's differences).
     accepts_loss_kwargs = False
@@ -63,6 +64,20 @@ class OpenAIGPTPreTrainedModel(nn.Module):
         for name, param in self.named_parameters():
             if id(param) not in done:
                 initialize_parameter(name, param, std)
+        self.tie_weights()
+
+    def post_init(self) -> None:
+        """The last step of transformers' model __init__, which custom heads built on this class call: initialises
+        the modules gpt_fast's own models did not build (nn.Linear, nn.Embedding, nn.LayerNorm, as transformers'
+        _init_weights; other modules keep their own initialisation) and ties the LM head. gpt_fast's models inside
+        (self.transformer, ...) initialised themselves when built and are left as they are."""
+        own = {id(p) for module in self.modules() if isinstance(module, OpenAIGPTPreTrainedModel) and module is not self
+               for p in module.parameters()}
+        for module_name, module in self.named_modules():
+            if isinstance(module, INITIALISED_TYPES):
+                for name, param in module.named_parameters(recurse=False):
+                    if id(param) not in own:
+                        initialize_parameter(f"{module_name}.{name}", param, self.config.initializer_range, module)
         self.tie_weights()
 
     def tie_weights(self) -> None:

@@ -228,3 +228,19 @@ def test_max_time_stops_as_transformers(hf, model, settings):
 def test_bad_max_time_raises(model, value, error):
     with pytest.raises(error, match="max_time"):
         model.generate(prompt(3), max_new_tokens=2, max_time=value)
+
+
+@pytest.mark.parametrize("options", [dict(do_sample=True, num_return_sequences=2), dict(num_beams=3),
+                                     dict(num_beams=3, num_return_sequences=2)])
+def test_prefix_fn_gets_each_rows_prompt_index_as_transformers(hf, model, options):
+    calls = {}
+    for name, m in (("theirs", hf), ("ours", model)):
+        seen = calls[name] = []
+
+        def allowed(batch_index, ids, seen=seen):
+            seen.append((batch_index, len(ids)))
+            return [5, 6, 7]
+
+        out = m.generate(prompt(4, batch=2), max_new_tokens=3, prefix_allowed_tokens_fn=allowed, **options)
+        assert set(out[:, 4:].flatten().tolist()) <= {5, 6, 7}, name
+    assert calls["ours"] == calls["theirs"]

@@ -237,3 +237,20 @@ def test_apply_chat_template_refuses_as_transformers_does():
     assert str(got.value) == str(expected.value)
     with pytest.raises(NotImplementedError, match="does not render chat templates"):
         ours.apply_chat_template(conversation, chat_template="{{ messages }}")
+
+
+def test_batch_encoding_surface_matches_transformers(padded_pair, caplog):
+    """BatchEncoding's row encodings by index, is_fast, n_sequences, convert_to_tensors, and .to() with a dtype
+    (APEX calls it), which changes nothing and warns, as transformers'."""
+    for call in (lambda t: t(TEXTS, padding=True), lambda t: t(TEXTS, PAIRS, padding=True)):
+        ours, theirs = (call(t) for t in padded_pair)
+        assert ours[1].ids == theirs[1].ids and ours[0].tokens == theirs[0].tokens
+        assert (ours.is_fast, ours.n_sequences) == (theirs.is_fast, theirs.n_sequences)
+        for kind in ("pt", "np"):
+            assert_same(call(padded_pair[0]).convert_to_tensors(kind), call(padded_pair[1]).convert_to_tensors(kind))
+    ours = padded_pair[0](TEXTS, padding=True, return_tensors="pt")
+    assert ours.to(torch.float16) is ours and ours["input_ids"].dtype == torch.long
+    assert "not supported" in caplog.text
+    assert ours.to("cpu")["input_ids"].dtype == torch.long
+    padded = padded_pair[0].pad({"input_ids": [[1, 2], [3]]})
+    assert not padded.is_fast and padded.n_sequences is None

@@ -6,8 +6,11 @@ and `enc.to("cuda")` all work. Values are lists of ints, or tensors when the cal
 
 from __future__ import annotations
 
+import logging
 from collections import UserDict
 from typing import Any, NamedTuple
+
+logger = logging.getLogger("gpt_fast")
 
 
 class CharSpan(NamedTuple):  # transformers' names: characters [start, end) of the original text
@@ -107,13 +110,44 @@ class BatchEncoding(UserDict):
     def to(self, device: Any, *, non_blocking: bool = False) -> BatchEncoding:
         """Moves every tensor value to `device` (in place, like transformers) and returns self.
 
-        Values that are not tensors (plain lists, when no `return_tensors` was asked for) stay as they are.
-        """
+        Values that are not tensors (plain lists, when no `return_tensors` was asked for) stay as they are. Anything
+        but a device (a dtype: `batch.to(torch.float16)`, as APEX calls it) changes nothing and logs a warning, as
+        in transformers: token ids must stay integers."""
+        import torch
+
+        if not isinstance(device, (str, int, torch.device)) or isinstance(device, bool):
+            logger.warning("Attempting to cast a BatchEncoding to type %s. This is not supported.", device)
+            return self
         self.data = {
             key: value.to(device=device, non_blocking=non_blocking) if hasattr(value, "to") else value
             for key, value in self.data.items()
         }
         return self
+
+    def convert_to_tensors(self, tensor_type: str | None = None) -> BatchEncoding:
+        """Makes every value a tensor ("pt") or array ("np"), in place (rows must be of one length); returns self."""
+        from gpt_fast.tokenization.encoding import as_tensor
+
+        if tensor_type is not None:
+            self.data = {key: as_tensor(value, tensor_type, key) if isinstance(value, list) else value
+                         for key, value in self.data.items()}
+        return self
+
+    def __getitem__(self, key: Any) -> Any:
+        """A key's values, or (an int) the `tokenizers.Encoding` of that row, as transformers'."""
+        if isinstance(key, int) and self._encodings is not None:
+            return self._encodings[key]
+        return super().__getitem__(key)
+
+    @property
+    def is_fast(self) -> bool:
+        """Whether the rows' encodings are here (word_ids, char_to_token, ...): made by encoding text."""
+        return self._encodings is not None
+
+    @property
+    def n_sequences(self) -> int | None:
+        """1 for single texts, 2 for pairs; None when the encodings are not here."""
+        return None if not self._encodings else max(encoding.n_sequences for encoding in self._encodings)
 
     def __repr__(self) -> str:
         return f"BatchEncoding({self.data!r})"

@@ -201,13 +201,23 @@ def test_multiple_choice_summary_types_by_hand(summary_type):
     torch.testing.assert_close(forward(ours, ids).mc_logits, expected, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("keep", [1, 3])
+@pytest.mark.parametrize("keep", [1, 3, torch.tensor([2]), torch.tensor([0, 4, 6]),
+                                  torch.tensor([True] * 3 + [False] * 4)])
 def test_logits_to_keep(keep):
+    """An int keeps the last positions; a tensor (positions, or a mask of T) those it indexes, as transformers."""
     hf, ours = load_pair("OpenAIGPTLMHeadModel", "sdpa")
     ids = random_ids((2, 7))
     mine = forward(ours, ids, logits_to_keep=keep).logits
-    assert mine.shape == (2, keep, TINY["vocab_size"])
+    kept = keep if isinstance(keep, int) else int(keep.sum()) if keep.dtype == torch.bool else keep.numel()
+    assert mine.shape == (2, kept, TINY["vocab_size"])
     torch.testing.assert_close(mine, forward(hf, ids, logits_to_keep=keep).logits, atol=1e-4, rtol=1e-4)
+
+
+def test_bad_logits_to_keep():
+    _, ours = load_pair("OpenAIGPTLMHeadModel", "sdpa")
+    for bad in (-1, 1.5, True):
+        with pytest.raises(TypeError, match="logits_to_keep"):
+            ours(random_ids((1, 3)), logits_to_keep=bad)
 
 
 def with_head_mask_hooks(hf, head_mask):

@@ -76,6 +76,17 @@ class SequenceSummary(nn.Module):
         return self.last_dropout(self.activation(self.summary(self.first_dropout(output))))
 
 
+def kept_positions(hidden: torch.Tensor, logits_to_keep) -> torch.Tensor:
+    """(B, T, C) -> the positions whose logits are made, as transformers' logits_to_keep: an int k, the last k (0:
+    all); a tensor, the positions it indexes along T."""
+    if isinstance(logits_to_keep, torch.Tensor):
+        return hidden[..., logits_to_keep.to(hidden.device), :]
+    if isinstance(logits_to_keep, bool) or not isinstance(logits_to_keep, int) or logits_to_keep < 0:
+        raise TypeError(f"logits_to_keep must be an int >= 0 (the last positions; 0: all) or a tensor of positions, "
+                        f"got {logits_to_keep!r}")
+    return hidden[..., -logits_to_keep:, :] if logits_to_keep else hidden
+
+
 class OpenAIGPTLMHeadModel(GenerationConfigMixin, OpenAIGPTPreTrainedModel):
     accepts_loss_kwargs = True  # transformers' Trainer passes num_items_in_batch
 
@@ -87,9 +98,11 @@ class OpenAIGPTLMHeadModel(GenerationConfigMixin, OpenAIGPTPreTrainedModel):
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, inputs_embeds=None,
                 labels=None, output_attentions=None, output_hidden_states=None, return_dict=None,
-                logits_to_keep: int = 0, *, head_mask=None, num_items_in_batch=None, ignore_index: int = -100,
+                logits_to_keep: int | torch.Tensor = 0, *, head_mask=None, num_items_in_batch=None,
+                ignore_index: int = -100,
                 return_logits: bool = True, **kwargs):
-        """transformers' arguments in transformers' order; the loss takes its loss kwargs (num_items_in_batch,
+        """transformers' arguments in transformers' order (logits_to_keep: the last k positions' logits, 0 = all,
+        or a 1-D tensor of the positions to keep); the loss takes its loss kwargs (num_items_in_batch,
         ignore_index, shift_labels) as transformers' causal-LM loss does. return_logits=False (gpt_fast's own)
         with labels: the loss through the fused LM head + cross-entropy (models/lm_loss.py), logits None.
         shift_labels comes through **kwargs, as in transformers' signature: transformers' Trainer takes every
@@ -98,7 +111,7 @@ class OpenAIGPTLMHeadModel(GenerationConfigMixin, OpenAIGPTPreTrainedModel):
         return_dict = self.config.return_dict if return_dict is None else return_dict
         out = self.transformer(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
                                output_attentions, output_hidden_states, True, head_mask=head_mask, **kwargs)
-        hidden = out.last_hidden_state if not logits_to_keep else out.last_hidden_state[..., -logits_to_keep:, :]
+        hidden = kept_positions(out.last_hidden_state, logits_to_keep)
         without_logits = labels is not None and not return_logits
         if without_logits and weight_only_head(self.lm_head):  # else the head is called: its logits' memory
             loss = fused_shifted_lm_loss(hidden, self.lm_head.weight, labels, num_items_in_batch, ignore_index,

@@ -145,11 +145,17 @@ def test_generate_is_gpt_fasts_and_gives_the_same_tokens(settings):
 def test_generate_falls_back_to_transformers_for_what_gpt_fast_does_not_take():
     hf = tiny_lm(3, 41, 40)
     ids = seeded_prompt(41, 5)
-    expected = hf.generate(ids, max_new_tokens=6, prefix_allowed_tokens_fn=lambda batch, sent: [3, 4, 5])
+    expected = hf.generate(ids, max_new_tokens=6, guidance_scale=1.0)  # transformers' value that changes nothing
     apply_gpt_fast_kernels(hf)
-    ours = hf.generate(ids, max_new_tokens=6, prefix_allowed_tokens_fn=lambda batch, sent: [3, 4, 5])
+    ours = hf.generate(ids, max_new_tokens=6, guidance_scale=1.0)
     assert SHARED_MODEL not in hf.__dict__  # transformers' generate ran
     assert torch.equal(ours, expected)
+    for refused in (dict(synced_gpus=True), dict(cache_implementation="quantized")):  # gpt_fast's would refuse
+        with pytest.raises(Exception) as error:  # transformers' own error here: no process group / quanto
+            hf.generate(ids, max_new_tokens=6, **refused)
+        assert "gpt_fast" not in str(error.value) and SHARED_MODEL not in hf.__dict__
+    hf.generate(ids, max_new_tokens=2, synced_gpus=False, low_memory=True)  # taken by gpt_fast's generate
+    assert SHARED_MODEL in hf.__dict__
 
 
 class LoRA(nn.Module):

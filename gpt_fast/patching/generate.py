@@ -9,7 +9,8 @@ state_dict). transformers' arguments are taken as transformers takes them: `inpu
 transformers' own generate runs instead (over the patched layers, so still on gpt_fast's kernels) when gpt_fast's
 could not honour the call: the model holds anything but transformers' own layers, unhooked (a PEFT wrapper's
 LoRA layers, hooks: the shared model would skip them), or an argument or generation-config field gpt_fast's
-generate does not take (assistant_model, prefix_allowed_tokens_fn, typical_p, ...).
+generate does not take (assistant_model, guidance_scale, ...) or a value it refuses (synced_gpus=True, a quantized
+cache_implementation).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from gpt_fast.generation.arguments import GENERATE_KWARGS
+from gpt_fast.generation.arguments import GENERATE_KWARGS, SAME_RESULT_CACHES
 from gpt_fast.generation.config import IGNORED, NOT_GENERATE_ARGS, GenerationConfig
 from gpt_fast.generation.generate import generate
 from gpt_fast.models.configuration import OpenAIGPTConfig
@@ -85,7 +86,9 @@ def gpt_fast_arguments(hf_model, inputs, generation_config, kwargs: dict) -> dic
             raise ValueError("pass the prompt as inputs or input_ids, not both")
         arguments["input_ids"] = inputs
     taken = set(GENERATE_KWARGS) | {"input_ids", "attention_mask"}
-    return arguments if set(arguments) <= taken else None
+    # values gpt_fast's generate refuses and transformers' honours (ZeRO-3's synced steps, a quantized cache)
+    refused = arguments.get("synced_gpus") or arguments.get("cache_implementation") not in SAME_RESULT_CACHES
+    return arguments if set(arguments) <= taken and not refused else None
 
 
 @patch

@@ -22,11 +22,15 @@ from tokenizers.trainers import BpeTrainer
 from gpt_fast.tokenization.tokenizer import END_OF_WORD, OpenAIGPTTokenizerFast, build_gpt1_backend
 
 
+def check_vocab_size(vocab_size) -> None:
+    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 2:
+        raise ValueError(f"vocab_size must be an int of at least 2, got {vocab_size!r}")
+
+
 def trained_backend(train: Callable[[Tokenizer, BpeTrainer], None], vocab_size: int, unk_token: str,
                     special_tokens: list[AddedToken | str], **trainer_kwargs: Any) -> Tokenizer:
     """A GPT-1 pipeline whose BPE train(backend, trainer) learnt: vocab_size pieces, special_tokens first."""
-    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 2:
-        raise ValueError(f"vocab_size must be an int of at least 2, got {vocab_size!r}")
+    check_vocab_size(vocab_size)
     backend = build_gpt1_backend({}, [], unk_token)
     trainer_kwargs = {"end_of_word_suffix": END_OF_WORD, "continuing_subword_prefix": "", **trainer_kwargs}
     train(backend, BpeTrainer(vocab_size=vocab_size, special_tokens=special_tokens, **trainer_kwargs))

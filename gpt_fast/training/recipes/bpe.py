@@ -12,7 +12,7 @@ import os
 
 from tokenizers import AddedToken
 
-from gpt_fast.tokenization.bpe_training import tokenizer_from_backend, trained_backend
+from gpt_fast.tokenization.bpe_training import check_vocab_size, tokenizer_from_backend, trained_backend
 from gpt_fast.tokenization.tokenizer import OpenAIGPTTokenizerFast
 
 UNK_TOKEN = "<unk>"
@@ -22,6 +22,7 @@ def train_gpt1_bpe(files: list[str | os.PathLike], vocab_size: int, output_dir: 
                    min_frequency: int = 2, model_max_length: int | None = None) -> OpenAIGPTTokenizerFast:
     """Learns a BPE vocabulary of vocab_size pieces ("<unk>" is id 0) from files; saves it to output_dir
     (vocab.json, merges.txt, tokenizer.json, tokenizer_config.json, special_tokens_map.json) and returns it."""
+    check_vocab_size(vocab_size)
     paths = [os.fspath(path) for path in files]
     missing = [path for path in paths if not os.path.isfile(path)]
     if not paths or missing:

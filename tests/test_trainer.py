@@ -41,12 +41,23 @@ def train(model, tokenizer, tmp_path, gradient_checkpointing=False, **options):
     return [entry["loss"] for entry in logs], trainer.state.total_flos
 
 
-def test_trainer_losses_match_transformers(tmp_path):
-    tokenizer = gpt_fast.OpenAIGPTTokenizerFast.from_pretrained("openai-gpt")
-    tokenizer.pad_token = tokenizer.unk_token  # GPT-1 has no pad token
+def padded_tokenizer(tokenizer=None):
+    """The gpt_fast GPT-1 tokenizer (or the one given) with a pad token: GPT-1 has none."""
+    tokenizer = tokenizer or gpt_fast.OpenAIGPTTokenizerFast.from_pretrained("openai-gpt")
+    tokenizer.pad_token = tokenizer.unk_token
+    return tokenizer
+
+
+def model_pair(attn_implementation=None, **config):
+    """A seeded transformers LM (CONFIG and config) and gpt_fast's copy of it on that backend."""
     torch.manual_seed(0)
-    theirs = transformers.OpenAIGPTLMHeadModel(transformers.OpenAIGPTConfig(**CONFIG))
-    ours = gpt_fast.OpenAIGPTLMHeadModel.from_transformers(theirs, attn_implementation="sdpa")
+    theirs = transformers.OpenAIGPTLMHeadModel(transformers.OpenAIGPTConfig(**CONFIG, **config))
+    return theirs, gpt_fast.OpenAIGPTLMHeadModel.from_transformers(theirs, attn_implementation=attn_implementation)
+
+
+def test_trainer_losses_match_transformers(tmp_path):
+    tokenizer = padded_tokenizer()
+    theirs, ours = model_pair("sdpa")
     expected, expected_flos = train(theirs, tokenizer, tmp_path / "theirs")
     losses, flos = train(ours, tokenizer, tmp_path / "ours")
     assert len(losses) == len(expected) == 4
@@ -60,11 +71,8 @@ def test_trainer_losses_match_transformers(tmp_path):
 def test_trainer_options_that_act_through_the_model_match_transformers(tmp_path, backend, options):
     """NEFTune adds noise through a forward hook on get_input_embeddings() (so the fused path must call the
     embedding module); label smoothing reads the logits the model returns without labels. Both change the losses."""
-    tokenizer = gpt_fast.OpenAIGPTTokenizerFast.from_pretrained("openai-gpt")
-    tokenizer.pad_token = tokenizer.unk_token
-    torch.manual_seed(0)
-    theirs = transformers.OpenAIGPTLMHeadModel(transformers.OpenAIGPTConfig(**CONFIG))
-    ours = gpt_fast.OpenAIGPTLMHeadModel.from_transformers(theirs, attn_implementation=backend)
+    tokenizer = padded_tokenizer()
+    theirs, ours = model_pair(backend)
     plain, _ = train(gpt_fast.OpenAIGPTLMHeadModel.from_transformers(theirs, attn_implementation=backend), tokenizer,
                      tmp_path / "plain")
     losses, _ = train(ours, tokenizer, tmp_path / "ours", **options)
@@ -74,8 +82,7 @@ def test_trainer_options_that_act_through_the_model_match_transformers(tmp_path,
 
 
 def test_trainer_with_gradient_checkpointing(tmp_path):
-    tokenizer = gpt_fast.OpenAIGPTTokenizerFast.from_pretrained("openai-gpt")
-    tokenizer.pad_token = tokenizer.unk_token
+    tokenizer = padded_tokenizer()
     torch.manual_seed(0)
     base = gpt_fast.OpenAIGPTLMHeadModel(gpt_fast.OpenAIGPTConfig(**CONFIG), attn_implementation="sdpa")
     copy = gpt_fast.OpenAIGPTLMHeadModel(gpt_fast.OpenAIGPTConfig(**CONFIG), attn_implementation="sdpa")
@@ -106,11 +113,8 @@ def test_checkpoints_resume_evaluate_and_predict_as_with_transformers(tmp_path):
     """The Trainer's default saving (a checkpoint every save_steps; it writes a model that is not a transformers
     PreTrainedModel with safetensors.save_file, which refuses a tied head held twice), resuming from it,
     evaluate() with compute_metrics and predict() without labels: the same numbers as transformers' model."""
-    tokenizer = gpt_fast.OpenAIGPTTokenizerFast.from_pretrained("openai-gpt")
-    tokenizer.pad_token = tokenizer.unk_token
-    torch.manual_seed(0)
-    theirs = transformers.OpenAIGPTLMHeadModel(transformers.OpenAIGPTConfig(**CONFIG))
-    ours = gpt_fast.OpenAIGPTLMHeadModel.from_transformers(theirs, attn_implementation="sdpa")
+    tokenizer = padded_tokenizer()
+    theirs, ours = model_pair("sdpa")
     results = {}
     for name, model in (("theirs", theirs), ("ours", ours)):
         trainer = trainer_for(model, tokenizer, tmp_path / name)
@@ -135,11 +139,8 @@ def test_best_model_at_end_and_save_model(tmp_path):
     """load_best_model_at_end reloads the best checkpoint (here the worst: greater_is_better) as for transformers'
     model; trainer.save_model() writes the weights only (no config.json: the model is not a transformers
     PreTrainedModel), which from_pretrained loads with config= and otherwise refuses with an error that says so."""
-    tokenizer = gpt_fast.OpenAIGPTTokenizerFast.from_pretrained("openai-gpt")
-    tokenizer.pad_token = tokenizer.unk_token
-    torch.manual_seed(0)
-    theirs = transformers.OpenAIGPTLMHeadModel(transformers.OpenAIGPTConfig(**CONFIG))
-    ours = gpt_fast.OpenAIGPTLMHeadModel.from_transformers(theirs)
+    tokenizer = padded_tokenizer()
+    theirs, ours = model_pair()
     best = {}
     for name, model in (("theirs", theirs), ("ours", ours)):
         trainer = trainer_for(model, tokenizer, tmp_path / name, max_steps=6, learning_rate=3e-2, eval_strategy="steps",
@@ -162,11 +163,8 @@ def test_best_model_at_end_and_save_model(tmp_path):
 def test_predict_with_ignore_keys_as_with_transformers(tmp_path):
     """With hidden states in the outputs, predict() returns (logits, hidden states), and ignore_keys drops them: the
     Trainer reads ignore_keys only from an output that is a dict (transformers' ModelOutput; gpt_fast's too)."""
-    tokenizer = gpt_fast.OpenAIGPTTokenizerFast.from_pretrained("openai-gpt")
-    tokenizer.pad_token = tokenizer.unk_token
-    torch.manual_seed(0)
-    theirs = transformers.OpenAIGPTLMHeadModel(transformers.OpenAIGPTConfig(**CONFIG, output_hidden_states=True))
-    ours = gpt_fast.OpenAIGPTLMHeadModel.from_transformers(theirs)
+    tokenizer = padded_tokenizer()
+    theirs, ours = model_pair(output_hidden_states=True)
     rows = [{"input_ids": row["input_ids"]} for row in Texts(tokenizer)][:3]
     for name, model in (("theirs", theirs), ("ours", ours)):
         trainer = trainer_for(model, tokenizer, tmp_path / name, per_device_eval_batch_size=2)
@@ -179,11 +177,8 @@ def test_predict_with_ignore_keys_as_with_transformers(tmp_path):
 def test_trainer_with_a_transformers_tokenizer_as_processing_class(tmp_path):
     """With transformers' own tokenizer as processing_class the Trainer aligns the model's special tokens with it
     (config.get_text_config(), then the config's and the generation config's pad id) before training."""
-    tokenizer = transformers.OpenAIGPTTokenizerFast.from_pretrained(str(PACKAGED_FOLDER))
-    tokenizer.pad_token = tokenizer.unk_token
-    torch.manual_seed(0)
-    theirs = transformers.OpenAIGPTLMHeadModel(transformers.OpenAIGPTConfig(**CONFIG))
-    ours = gpt_fast.OpenAIGPTLMHeadModel.from_transformers(theirs)
+    tokenizer = padded_tokenizer(transformers.OpenAIGPTTokenizerFast.from_pretrained(str(PACKAGED_FOLDER)))
+    theirs, ours = model_pair()
     losses = {}
     for name, model in (("theirs", theirs), ("ours", ours)):
         args = transformers.TrainingArguments(

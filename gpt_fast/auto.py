@@ -7,27 +7,22 @@ import os
 
 from gpt_fast.checkpoints.checkpoint import config_dtype
 from gpt_fast.checkpoints.hub import resolve_model_folder
-from gpt_fast.checkpoints.loading_options import HUB_OPTIONS
+from gpt_fast.checkpoints.loading_options import hub_options
 from gpt_fast.models.configuration import CONFIG_NAME, OpenAIGPTConfig
 from gpt_fast.models.heads import OpenAIGPTDoubleHeadsModel, OpenAIGPTForSequenceClassification, OpenAIGPTLMHeadModel
 from gpt_fast.models.modeling import OpenAIGPTModel
-from gpt_fast.names import check_model_type, parse_dtype
+from gpt_fast.names import check_model_type, dtype_argument, parse_dtype
 from gpt_fast.tokenization.tokenizer import OpenAIGPTTokenizerFast
 from gpt_fast.tokenization.tokenizer_files import packaged_folder
 
 
-def _check_model_type(name_or_path, subfolder: str = "", hub_options: dict | None = None) -> None:
+def _check_model_type(name_or_path, subfolder: str = "", hub: dict | None = None) -> None:
     folder = resolve_model_folder(name_or_path, allow_patterns=[f"{subfolder}/{CONFIG_NAME}".lstrip("/")],
-                                  hub_options=hub_options)
+                                  hub_options=hub)
     path = folder / subfolder / CONFIG_NAME
     if not path.is_file():
         raise FileNotFoundError(f"no {CONFIG_NAME} in {str(folder)!r}")
     check_model_type(json.loads(path.read_text()).get("model_type", OpenAIGPTConfig.model_type), repr(str(folder)))
-
-
-def _hub_options(kwargs: dict) -> dict:
-    """The hub options among kwargs (left in place for the class's own from_pretrained)."""
-    return {name: kwargs[name] for name in HUB_OPTIONS if kwargs.get(name) is not None}
 
 
 class _Auto:
@@ -38,7 +33,7 @@ class _Auto:
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike, **kwargs):
-        _check_model_type(name_or_path, kwargs.get("subfolder", ""), _hub_options(kwargs))
+        _check_model_type(name_or_path, kwargs.get("subfolder", ""), hub_options(kwargs))
         return cls.model_class.from_pretrained(name_or_path, **kwargs)
 
     @classmethod
@@ -46,9 +41,7 @@ class _Auto:
                     **kwargs):
         """A new model (randomly initialised) of config; as transformers', dtype (or torch_dtype; "auto": the
         config's dtype) is its dtype, trust_remote_code changes nothing."""
-        if dtype is not None and torch_dtype is not None and dtype != torch_dtype:
-            raise ValueError(f"pass dtype or torch_dtype, not both with different values ({dtype} vs {torch_dtype})")
-        dtype = parse_dtype(dtype if dtype is not None else torch_dtype)
+        dtype = parse_dtype(dtype_argument(dtype, torch_dtype))
         if dtype == "auto":
             dtype = config_dtype(config, "the config")
         model = cls.model_class(config, **kwargs)
@@ -74,7 +67,7 @@ class AutoModelForMultipleChoice(_Auto):
 class AutoConfig:
     @staticmethod
     def from_pretrained(name_or_path: str | os.PathLike, **kwargs) -> OpenAIGPTConfig:
-        _check_model_type(name_or_path, kwargs.get("subfolder", ""), _hub_options(kwargs))
+        _check_model_type(name_or_path, kwargs.get("subfolder", ""), hub_options(kwargs))
         return OpenAIGPTConfig.from_pretrained(name_or_path, **kwargs)
 
 
@@ -89,7 +82,7 @@ class AutoTokenizer:
         packaged = packaged_folder(name_or_path)
         if packaged is not None:  # the published GPT-1 tokenizer, shipped with gpt_fast
             return OpenAIGPTTokenizerFast.from_pretrained(name_or_path, **kwargs)
-        folder = resolve_model_folder(name_or_path, hub_options=_hub_options(kwargs))
+        folder = resolve_model_folder(name_or_path, hub_options=hub_options(kwargs))
         if (folder / CONFIG_NAME).is_file():
             _check_model_type(folder)
         return OpenAIGPTTokenizerFast.from_pretrained(folder, **kwargs)

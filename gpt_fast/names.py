@@ -37,6 +37,14 @@ def parse_dtype(dtype, name: str = "dtype") -> torch.dtype | str | None:
                      f"of one: {', '.join(sorted(DTYPES))}) or 'auto', got {dtype!r}")
 
 
+def dtype_argument(dtype, torch_dtype):
+    """The one dtype argument of a call that takes transformers' two names for it (`dtype`, `torch_dtype`): either,
+    or both when equal; unparsed (parse_dtype reads it)."""
+    if dtype is not None and torch_dtype is not None and dtype != torch_dtype:
+        raise ValueError(f"pass dtype or torch_dtype, not both with different values ({dtype} vs {torch_dtype})")
+    return dtype if dtype is not None else torch_dtype
+
+
 def parse_device(device) -> torch.device:
     """None (the CPU), a torch.device, a string like "cuda:0", or a CUDA index (negative: the CPU)."""
     if device is None:

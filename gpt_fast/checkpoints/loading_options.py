@@ -30,13 +30,18 @@ NO_EFFECT = {
 AUTOMATIC_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
 
 
+def hub_options(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The hub options among kwargs that were given (None values dropped: snapshot_download's defaults)."""
+    return {name: kwargs[name] for name in HUB_OPTIONS if kwargs.get(name) is not None}
+
+
 def pop_loading_options(kwargs: dict[str, Any], no_effect: tuple[str, ...]) -> dict[str, Any]:
-    """Removes the hub options and the no-effect options named in `no_effect` from kwargs (in place); returns the
-    hub options that were given (None values dropped: snapshot_download's defaults)."""
-    for name in no_effect:
+    """Removes the hub options and the no-effect options named in `no_effect` from kwargs (in place); returns
+    hub_options(kwargs) as they were."""
+    hub = hub_options(kwargs)
+    for name in (*no_effect, *HUB_OPTIONS):
         kwargs.pop(name, None)
-    hub = {name: kwargs.pop(name) for name in HUB_OPTIONS if name in kwargs}
-    return {name: value for name, value in hub.items() if value is not None}
+    return hub
 
 
 def device_from_map(device_map, device) -> Any:

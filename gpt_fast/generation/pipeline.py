@@ -26,7 +26,7 @@ from gpt_fast.generation.generate import generate
 from gpt_fast.models.heads import OpenAIGPTLMHeadModel
 from gpt_fast.models.modeling import OpenAIGPTModel
 from gpt_fast.models.pretrained import OpenAIGPTPreTrainedModel
-from gpt_fast.names import parse_device, parse_dtype
+from gpt_fast.names import dtype_argument, parse_device, parse_dtype
 from gpt_fast.tokenization.tokenizer import OpenAIGPTTokenizerFast
 
 TASK = "text-generation"
@@ -76,9 +76,7 @@ def _model_and_tokenizer(model, tokenizer, folder_class, accepted, dtype, torch_
     other from_pretrained arguments (device_map among them), tokenizer_loading the tokenizer's."""
     if model is None:
         raise ValueError("pass model= (a checkpoint folder or a model object); there is no default model")
-    if dtype is not None and torch_dtype is not None and dtype != torch_dtype:
-        raise ValueError(f"pass dtype or torch_dtype, not both ({dtype} vs {torch_dtype})")
-    dtype = parse_dtype(dtype if dtype is not None else torch_dtype)
+    dtype = parse_dtype(dtype_argument(dtype, torch_dtype))
     device = device_from_map(loading.pop("device_map"), device)
     target = None if device is None else parse_device(device)
     if isinstance(model, (str, os.PathLike)):

@@ -16,7 +16,7 @@ from gpt_fast.models.checkpointing import keep_attention_outputs
 from gpt_fast.models.configuration import OpenAIGPTConfig
 from gpt_fast.models.embeddings import resize_token_embeddings
 from gpt_fast.models.initialization import INITIALISED_TYPES, initialize_parameter
-from gpt_fast.names import check_attn_implementation
+from gpt_fast.names import check_attn_implementation, dtype_argument
 from gpt_fast.quantization.apply import quantization_of, quantize_model
 from gpt_fast.quantization.config import DEFAULT_GROUP_SIZE, QuantizationConfig
 
@@ -246,10 +246,8 @@ class OpenAIGPTPreTrainedModel(nn.Module):
         safetensors files, False: only .bin); the hub's revision, cache_dir, token, force_download,
         local_files_only, proxies (for a hub name); low_cpu_mem_usage and trust_remote_code, accepted with no
         effect. Any other keyword overrides the config attribute of that name (a name that is none: TypeError)."""
-        if dtype is not None and torch_dtype is not None and dtype != torch_dtype:
-            raise ValueError(f"pass dtype or torch_dtype, not both with different values ({dtype} vs {torch_dtype})")
         hub_options = pop_loading_options(kwargs, ("low_cpu_mem_usage", "trust_remote_code"))
-        return checkpoint.load_pretrained(cls, name_or_path, dtype=dtype if dtype is not None else torch_dtype,
+        return checkpoint.load_pretrained(cls, name_or_path, dtype=dtype_argument(dtype, torch_dtype),
                                           device=device_from_map(device_map, device),
                                           attn_implementation=attn_implementation, config=config,
                                           output_loading_info=output_loading_info, config_overrides=kwargs,

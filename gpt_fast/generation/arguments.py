@@ -71,7 +71,6 @@ class GenerationRequest:
     watermark: dict | None = None  # watermarking_config's checked fields (watermark.py)
     encoder_repetition_penalty: float = 1.0  # the prompt's tokens made more likely (processors.py); 1.0 = off
     prefix_allowed_tokens_fn: object | None = None  # fn(batch index, sequence so far) -> allowed token ids
-    rows_per_prompt: int = 1  # max(num_beams, num_return_sequences): the rows of one prompt, for the prefix fn
 
 
 # -- argument checks ----------------------------------------------------------------------------------------------
@@ -340,8 +339,7 @@ def parse_generation_kwargs(model, prompt_length: int, kwargs: dict) -> Generati
         begin_suppress_tokens=_token_list("begin_suppress_tokens", get("begin_suppress_tokens"), config.vocab_size),
         encoder_repetition_penalty=_float("encoder_repetition_penalty", get("encoder_repetition_penalty", 1.0), 0.0,
                                           float("inf")),
-        prefix_allowed_tokens_fn=_callable("prefix_allowed_tokens_fn", get("prefix_allowed_tokens_fn")),
-        rows_per_prompt=max(num_beams, num_return))
+        prefix_allowed_tokens_fn=_callable("prefix_allowed_tokens_fn", get("prefix_allowed_tokens_fn")))
 
 
 def _callable(name, value):
@@ -350,15 +348,24 @@ def _callable(name, value):
     return value
 
 
+def refusal(get) -> Exception | None:
+    """The error for a NO_EFFECT_KWARGS value gpt_fast refuses where transformers honours it (ZeRO-3's synced
+    steps, a quantized cache; patching/generate.py hands such calls to transformers' generate), else None."""
+    if get("synced_gpus"):
+        return NotImplementedError("synced_gpus=True (generation with ZeRO-3 / FSDP-sharded weights over several "
+                                   "processes) is not supported by gpt_fast: generate on one process's whole model")
+    if get("cache_implementation") not in SAME_RESULT_CACHES:
+        return ValueError(f"cache_implementation={get('cache_implementation')!r}: gpt_fast decodes with its own "
+                          f"static KV cache, which gives the results of {SAME_RESULT_CACHES[1:]}; a quantized cache "
+                          "(which would change them) is not supported")
+    return None
+
+
 def _no_effect(get) -> None:
     """NO_EFFECT_KWARGS: checked, then dropped."""
-    if get("synced_gpus"):
-        raise NotImplementedError("synced_gpus=True (generation with ZeRO-3 / FSDP-sharded weights over several "
-                                  "processes) is not supported by gpt_fast: generate on one process's whole model")
-    if get("cache_implementation") not in SAME_RESULT_CACHES:
-        raise ValueError(f"cache_implementation={get('cache_implementation')!r}: gpt_fast decodes with its own "
-                         f"static KV cache, which gives the results of {SAME_RESULT_CACHES[1:]}; a quantized cache "
-                         "(which would change them) is not supported")
+    error = refusal(get)
+    if error is not None:
+        raise error
     for name in ("low_memory", "disable_compile", "synced_gpus"):
         if get(name) is not None:
             _bool(name, get(name))

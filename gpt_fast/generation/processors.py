@@ -176,8 +176,9 @@ class ExtraProcessors:
         """input_ids: a callable giving transformers' view of the sequences so far (made only when needed); step:
         the new token's index."""
         request = self.request
-        if request.prefix_allowed_tokens_fn is not None:
-            scores = allow_prefix_tokens(scores, input_ids(), request.prefix_allowed_tokens_fn, request.rows_per_prompt)
+        if request.prefix_allowed_tokens_fn is not None:  # a prompt's rows: its beams or its returned sequences
+            rows = max(request.num_beams, request.num_return_sequences)
+            scores = allow_prefix_tokens(scores, input_ids(), request.prefix_allowed_tokens_fn, rows)
         if request.forced_bos_token_id is not None and self.prompt_length + step == 1:
             scores = force_tokens(scores, (request.forced_bos_token_id,))
         if request.forced_eos_token_ids is not None and step == request.max_new_tokens - 1:

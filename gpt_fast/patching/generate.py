@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from gpt_fast.generation.arguments import GENERATE_KWARGS, SAME_RESULT_CACHES
+from gpt_fast.generation.arguments import GENERATE_KWARGS, refusal
 from gpt_fast.generation.config import IGNORED, NOT_GENERATE_ARGS, GenerationConfig
 from gpt_fast.generation.generate import generate
 from gpt_fast.models.configuration import OpenAIGPTConfig
@@ -86,9 +86,7 @@ def gpt_fast_arguments(hf_model, inputs, generation_config, kwargs: dict) -> dic
             raise ValueError("pass the prompt as inputs or input_ids, not both")
         arguments["input_ids"] = inputs
     taken = set(GENERATE_KWARGS) | {"input_ids", "attention_mask"}
-    # values gpt_fast's generate refuses and transformers' honours (ZeRO-3's synced steps, a quantized cache)
-    refused = arguments.get("synced_gpus") or arguments.get("cache_implementation") not in SAME_RESULT_CACHES
-    return arguments if set(arguments) <= taken and not refused else None
+    return arguments if set(arguments) <= taken and refusal(arguments.get) is None else None
 
 
 @patch

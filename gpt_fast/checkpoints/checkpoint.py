@@ -173,8 +173,10 @@ def load_pretrained(cls, name_or_path, *, dtype, device, attn_implementation, co
                 ": it holds weights only, as transformers' Trainer.save_model() writes them for a model that is not "
                 "a transformers PreTrainedModel; pass config= (the trained model's config), or save with "
                 "model.save_pretrained()" if (folder / SAFE_WEIGHTS).is_file() else ""))
-        _check_overrides(OpenAIGPTConfig.from_json_file(folder / CONFIG_NAME), config_overrides, cls)
-        config = OpenAIGPTConfig.from_json_file(folder / CONFIG_NAME, **config_overrides)
+        config = OpenAIGPTConfig.from_json_file(folder / CONFIG_NAME)
+        _check_overrides(config, config_overrides, cls)
+        if config_overrides:  # built again with them, so that they are validated with the file's fields
+            config = OpenAIGPTConfig.from_json_file(folder / CONFIG_NAME, **config_overrides)
         config_where = str(folder / CONFIG_NAME)
     elif config_overrides:
         raise ValueError("pass either config= or config keyword overrides, not both")

@@ -124,7 +124,8 @@ def test_options_that_change_nothing(model):
     ids = prompt(4, batch=2)
     plain = model.generate(ids, max_new_tokens=5)
     same = model.generate(ids, max_new_tokens=5, low_memory=True, cache_implementation="static", compile_config=None,
-                          disable_compile=True, synced_gpus=False)
+                          disable_compile=True, synced_gpus=False, past_key_values=None,
+                          position_ids=None)
     torch.testing.assert_close(same, plain, rtol=0, atol=0)
 
 
@@ -172,6 +173,8 @@ def test_a_generation_config_carries_them(hf, model):
     (dict(prefix_allowed_tokens_fn=lambda b, ids: []), ValueError, "returned no tokens"),
     (dict(synced_gpus=True), NotImplementedError, "synced_gpus"),
     (dict(cache_implementation="quantized"), ValueError, "quantized cache"),
+    (dict(past_key_values=((torch.zeros(1),) * 2,)), NotImplementedError, "past_key_values"),
+    (dict(position_ids=torch.arange(3)[None]), NotImplementedError, "position_ids"),
     (dict(low_memory="yes"), TypeError, "low_memory"),
 ])
 def test_bad_values_raise(model, kwargs, error, match):

@@ -16,7 +16,8 @@ from gpt_fast.models.validation import check_ids_in_range, check_integer_tensor
 # transformers' arguments that choose how it runs, not what it computes; gpt_fast has one static KV cache and
 # decides compilation itself (checked by _no_effect: values transformers would refuse, or would compute otherwise
 # with, are refused)
-NO_EFFECT_KWARGS = ("low_memory", "cache_implementation", "compile_config", "disable_compile", "synced_gpus")
+NO_EFFECT_KWARGS = ("low_memory", "cache_implementation", "compile_config", "disable_compile", "synced_gpus",
+                    "past_key_values", "position_ids")  # the last two: None only
 SAME_RESULT_CACHES = (None, "dynamic", "static", "offloaded", "offloaded_static", "sliding_window", "hybrid")
 DEFAULT_NEW_TOKENS = 20  # transformers' GenerationConfig.max_length default, counted as new tokens (5.x)
 GENERATE_KWARGS = (
@@ -358,6 +359,13 @@ def refusal(get) -> Exception | None:
         return ValueError(f"cache_implementation={get('cache_implementation')!r}: gpt_fast decodes with its own "
                           f"static KV cache, which gives the results of {SAME_RESULT_CACHES[1:]}; a quantized cache "
                           "(which would change them) is not supported")
+    if get("past_key_values") is not None:
+        return NotImplementedError("past_key_values: gpt_fast's generate does not continue from a cache passed in; "
+                                   "pass the whole sequence as input_ids (the prompt is prefilled into its own cache)")
+    if get("position_ids") is not None:
+        return NotImplementedError("position_ids: gpt_fast's generate numbers each row's tokens from 0, skipping "
+                                   "padding (as transformers does from the attention mask); other positions are "
+                                   "not supported")
     return None
 
 

@@ -1,10 +1,11 @@
 // A small SIMT execution layer that runs CUDA kernel source on the CPU, for tests (g++ -std=c++20).
-// Include it before any kernel header. Each CUDA thread of a block is a std::thread; blocks run one after the
-// other; __shared__ variables are static storage (one block alive at a time); __syncthreads is a std::barrier over
-// the block, warp shuffles go through a per-warp buffer between two barrier phases, and a thread that returns
-// drops out of both barriers. Kernel headers see GF_SIMT and compile their scalar fallbacks (mma.cuh) instead of
-// inline PTX. Limits: 1-D blocks, full-warp masks only, no dynamic shared memory, no atomics; run it under
-// ThreadSanitizer (races between barriers) and UBSan -fsanitize=bounds-strict (out-of-bounds shared arrays).
+// Include it before any kernel header. Each CUDA thread of a block is a std::thread (the same threads run every
+// block of a launch); blocks run one after the other; __shared__ variables are static storage (one block alive at a
+// time); __syncthreads is a barrier (mutex + condition variable, which ThreadSanitizer sees) over the block, warp
+// shuffles go through a per-warp buffer between two barrier phases, and a thread that returns drops out of both
+// barriers. Kernel headers see GF_SIMT and compile their scalar fallbacks (mma.cuh) instead of inline PTX.
+// Limits: 1-D blocks, full-warp masks only, no dynamic shared memory, no atomics; run it under ThreadSanitizer
+// (races between barriers) and UBSan -fsanitize=bounds-strict (out-of-bounds shared arrays).
 #pragma once
 #define GF_SIMT 1
 
@@ -14,12 +15,13 @@
 #include <vector_types.h>
 
 #include <algorithm>
-#include <barrier>
+#include <condition_variable>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <mutex>
 #include <thread>
 #include <vector>
 
@@ -32,9 +34,45 @@
 
 namespace gf_simt {
 
+// A barrier over `count` threads whose waiters sleep on a condition variable. std::barrier's waiters spin with
+// sched_yield, which under ThreadSanitizer (an instrumented atomic load per spin, 2 cores shared by up to 128
+// threads) made the layer several times slower. A thread that leaves the barrier for good calls arrive_and_drop.
+class Barrier {
+ public:
+  explicit Barrier(int count) : count_(count) {}
+  void arrive_and_wait() {
+    std::unique_lock<std::mutex> lock(mutex_);
+    const unsigned long long phase = phase_;
+    if (arrive(lock)) return;
+    done_.wait(lock, [&] { return phase_ != phase; });
+  }
+  void arrive_and_drop() {
+    std::unique_lock<std::mutex> lock(mutex_);
+    --count_;
+    if (arrived_ > 0 && arrived_ == count_) complete(lock);
+  }
+
+ private:
+  bool arrive(std::unique_lock<std::mutex>& lock) {  // true when this arrival completed the phase
+    if (++arrived_ < count_) return false;
+    complete(lock);
+    return true;
+  }
+  void complete(std::unique_lock<std::mutex>& lock) {
+    arrived_ = 0;
+    ++phase_;
+    lock.unlock();
+    done_.notify_all();
+  }
+  std::mutex mutex_;
+  std::condition_variable done_;
+  int count_, arrived_ = 0;
+  unsigned long long phase_ = 0;
+};
+
 struct Warp {
   explicit Warp(int lanes) : bar(lanes) {}
-  std::barrier<> bar;
+  Barrier bar;
   unsigned long long slot[32] = {};  // one shuffle payload (up to 8 bytes) per lane
   alignas(16) unsigned char wide[32][64] = {};  // one warp_gather payload (up to 64 bytes) per lane
 };
@@ -42,7 +80,7 @@ struct Warp {
 inline dim3 grid_dim, block_dim;  // written before a launch's threads start, read-only while they run
 inline thread_local uint3 thread_idx, block_idx;
 inline thread_local Warp* warp = nullptr;
-inline thread_local std::barrier<>* block_barrier = nullptr;
+inline thread_local Barrier* block_barrier = nullptr;
 
 [[noreturn]] inline void fail(const char* what) {
   std::fprintf(stderr, "simt: %s\n", what);
@@ -77,33 +115,48 @@ inline void check_mask(unsigned mask) {
   if (mask != 0xffffffffu) fail("only full-warp masks are emulated");
 }
 
-// Runs kernel(args...) for every block of the grid, one block at a time, one std::thread per CUDA thread.
+// Runs kernel(args...) for every block of the grid, one block at a time, one std::thread per CUDA thread. The
+// threads are made once per launch and go through the blocks together (thread creation under ThreadSanitizer
+// costs more than a small block's work): each block has its own barriers, since a thread that returns drops out of
+// them for good, and `between` holds every thread until the whole block is done before the next one starts (the
+// static __shared__ storage is reused).
 template <typename Kernel, typename... Args>
 void launch(dim3 grid, dim3 block, Kernel kernel, Args... args) {
   if (block.y != 1 || block.z != 1) fail("only 1-D blocks are emulated");
   const int n = static_cast<int>(block.x);
+  const size_t blocks = size_t{grid.x} * grid.y * grid.z;
   grid_dim = grid;
   block_dim = block;
-  for (unsigned bz = 0; bz < grid.z; ++bz)
-    for (unsigned by = 0; by < grid.y; ++by)
-      for (unsigned bx = 0; bx < grid.x; ++bx) {
-        std::barrier<> bar(n);
-        std::vector<std::unique_ptr<Warp>> warps;
-        for (int w = 0; w * 32 < n; ++w) warps.push_back(std::make_unique<Warp>(std::min(32, n - w * 32)));
-        std::vector<std::thread> threads;
-        threads.reserve(n);
-        for (int t = 0; t < n; ++t)
-          threads.emplace_back([&, t] {
+  struct BlockBarriers {
+    explicit BlockBarriers(int n) : bar(n) {
+      for (int w = 0; w * 32 < n; ++w) warps.push_back(std::make_unique<Warp>(std::min(32, n - w * 32)));
+    }
+    Barrier bar;
+    std::vector<std::unique_ptr<Warp>> warps;
+  };
+  std::vector<std::unique_ptr<BlockBarriers>> per_block;
+  per_block.reserve(blocks);
+  for (size_t b = 0; b < blocks; ++b) per_block.push_back(std::make_unique<BlockBarriers>(n));
+  Barrier between(n);
+  std::vector<std::thread> threads;
+  threads.reserve(n);
+  for (int t = 0; t < n; ++t)
+    threads.emplace_back([&, t] {
+      size_t b = 0;
+      for (unsigned bz = 0; bz < grid.z; ++bz)
+        for (unsigned by = 0; by < grid.y; ++by)
+          for (unsigned bx = 0; bx < grid.x; ++bx, ++b) {
             thread_idx = make_uint3(t, 0, 0);
             block_idx = make_uint3(bx, by, bz);
-            warp = warps[t / 32].get();
-            block_barrier = &bar;
+            warp = per_block[b]->warps[t / 32].get();
+            block_barrier = &per_block[b]->bar;
             kernel(args...);
-            bar.arrive_and_drop();
+            block_barrier->arrive_and_drop();
             warp->bar.arrive_and_drop();
-          });
-        for (auto& th : threads) th.join();
-      }
+            between.arrive_and_wait();  // the block is done in every thread
+          }
+    });
+  for (auto& th : threads) th.join();
 }
 
 }  // namespace gf_simt

@@ -185,6 +185,32 @@ def test_bad_parameters_are_400_in_openais_shape(client, kwargs, param):
         assert body["code"] == "context_length_exceeded"
 
 
+@pytest.mark.parametrize("kwargs, param", [(dict(suffix="!"), "suffix"), (dict(best_of=2), "best_of"),
+                                           (dict(stream_options={"include_usage": True}), "stream_options")])
+def test_unsupported_completion_fields_are_400(client, kwargs, param):
+    with pytest.raises(openai.BadRequestError) as error:
+        client.completions.create(model=NAME, prompt="hello", max_tokens=2, **kwargs)
+    assert error.value.body["param"] == param
+
+
+TOOL = {"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}
+
+
+@pytest.mark.parametrize("kwargs, param", [
+    (dict(tools=[TOOL]), "tools"), (dict(functions=[TOOL["function"]]), "functions"),
+    (dict(tool_choice="required"), "tool_choice"), (dict(response_format={"type": "json_object"}), "response_format"),
+    (dict(modalities=["text", "audio"]), "modalities"), (dict(top_logprobs=2), "top_logprobs"),
+])
+def test_unsupported_chat_fields_are_400(client, kwargs, param):
+    """Fields that would change the answer are refused, not dropped; their neutral values are accepted."""
+    messages = [{"role": "user", "content": "hi"}]
+    with pytest.raises(openai.BadRequestError) as error:
+        client.chat.completions.create(model=NAME, messages=messages, max_tokens=2, **kwargs)
+    assert error.value.body["param"] == param
+    client.chat.completions.create(model=NAME, messages=messages, max_tokens=2, tool_choice="none",
+                                   response_format={"type": "text"}, modalities=["text"])
+
+
 def test_malformed_bodies_unknown_models_and_paths(client, server):
     raw = httpx.post(server.url + "/v1/completions", content=b"{not json", timeout=TIMEOUT,
                      headers={"content-type": "application/json"})

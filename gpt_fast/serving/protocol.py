@@ -1,6 +1,7 @@
 """The request bodies of the OpenAI-compatible endpoints (pydantic, as FastAPI validates them) and their mapping
 to SamplingParams. Unknown fields are ignored (as OpenAI-compatible servers do); fields that would change the
-result and are not supported (suffix, best_of > n, tools) are a 400, not silently dropped.
+result and are not supported (suffix, best_of other than n; tools, functions, a tool_choice that would call one, a
+JSON response_format, output modalities other than text) are a 400, not silently dropped.
 """
 
 from __future__ import annotations
@@ -110,10 +111,24 @@ class ChatCompletionRequest(SamplingFields):
     logprobs: bool = False
     top_logprobs: int | None = None
     tools: list | None = None
+    functions: list | None = None  # the deprecated form of tools
+    tool_choice: str | dict | None = None
+    response_format: dict | None = None
+    modalities: list[str] | None = None
 
     def check_unsupported(self) -> None:
         super().check_unsupported()
         if self.tools:
             raise BadRequest("tools are not supported by this server", "tools")
+        if self.functions:
+            raise BadRequest("functions are not supported by this server", "functions")
+        if self.tool_choice not in (None, "none", "auto"):  # with no tools, nothing can be called
+            raise BadRequest(f"tool_choice {self.tool_choice!r} needs tools, which this server does not support",
+                             "tool_choice")
+        if self.response_format not in (None, {"type": "text"}):
+            raise BadRequest("response_format other than {'type': 'text'} (JSON output) is not supported by this "
+                             "server", "response_format")
+        if self.modalities not in (None, ["text"]):
+            raise BadRequest("this server answers with text only (modalities ['text'])", "modalities")
         if self.top_logprobs is not None and not self.logprobs:
             raise BadRequest("top_logprobs needs logprobs to be true", "top_logprobs")

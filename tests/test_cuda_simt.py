@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -43,9 +44,28 @@ def build(out: Path, *defines: str, source: str = "run_kernels.cpp") -> Path:
     return out
 
 
+_BUILDS = ThreadPoolExecutor(max_workers=os.cpu_count() or 2)  # g++ compiles on one core
+
+
+def start_build(out: Path, *defines: str, source: str = "run_kernels.cpp") -> Future:
+    """build() on a pool thread: a file's harness and its copies with a barrier removed compile side by side, and
+    the copies while the first tests run (each takes ~10 s under the sanitizers)."""
+    return _BUILDS.submit(build, out, *defines, source=source)
+
+
 @pytest.fixture(scope="module")
-def harness(tmp_path_factory):
-    return build(tmp_path_factory.mktemp("simt") / "run_kernels")
+def builds(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("simt")
+    started = {"harness": start_build(folder / "run_kernels"),
+               "nosync": start_build(folder / "run_kernels_nosync", "-DGF_DROP_SYNC=1")}
+    yield started
+    for future in started.values():
+        future.cancel()  # one no test asked for (a -k selection) and not yet begun
+
+
+@pytest.fixture(scope="module")
+def harness(builds):
+    return builds["harness"].result()
 
 
 def save(folder: Path, **tensors):
@@ -312,10 +332,10 @@ def test_linear_quantized(harness, tmp_path, dtype, M, K, N, bits, G, has_bias, 
                                 reference.linear_quantized(*args))
 
 
-def test_layer_catches_a_missing_syncthreads(tmp_path):
+def test_layer_catches_a_missing_syncthreads(builds, tmp_path):
     """flash_attention built with the barrier at the top of its key-tile loop removed (GF_DROP_SYNC=1: tile
     landed / previous buffer free): the layer must report the race (ThreadSanitizer) or give a wrong answer."""
-    broken = build(tmp_path / "run_kernels_nosync", "-DGF_DROP_SYNC=1")
+    broken = builds["nosync"].result()
     B, T, H, D = 1, 70, 1, 64
     qkv = gen(B, T, 3 * H * D, dtype=torch.bfloat16, seed=12)
     save(tmp_path, qkv=qkv)

@@ -10,16 +10,32 @@ from __future__ import annotations
 import pytest
 import torch
 from accuracy import assert_within_pytorch_error, upcast
-from test_cuda_simt import build, gen, load, pytestmark, run, save  # noqa: F401  (pytestmark: marks and skips)
+from test_cuda_simt import gen, load, pytestmark, run, save, start_build  # noqa: F401  (pytestmark: marks and skips)
 
 from gpt_fast.ops import philox, reference
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 
 
+DROPPED_BARRIERS = (11, 13, 15)  # GF_DROP_SYNC values of test_layer_catches_a_missing_syncthreads
+
+
 @pytest.fixture(scope="module")
-def harness(tmp_path_factory):
-    return build(tmp_path_factory.mktemp("simt_train") / "run_train_kernels", source="run_train_kernels.cpp")
+def builds(tmp_path_factory):
+    """The harness and its copies with one barrier removed, compiling side by side (test_cuda_simt.start_build)."""
+    folder = tmp_path_factory.mktemp("simt_train")
+    started = {"harness": start_build(folder / "run_train_kernels", source="run_train_kernels.cpp")}
+    for barrier in DROPPED_BARRIERS:
+        started[barrier] = start_build(folder / f"run_train_kernels_nosync{barrier}", f"-DGF_DROP_SYNC={barrier}",
+                                       source="run_train_kernels.cpp")
+    yield started
+    for future in started.values():
+        future.cancel()
+
+
+@pytest.fixture(scope="module")
+def harness(builds):
+    return builds["harness"].result()
 
 
 def padding(kind, B, T):
@@ -114,12 +130,11 @@ def test_one_key_rows_give_exactly_zero_score_gradient(harness, tmp_path):
 
 @pytest.mark.parametrize("barrier, op", [(11, "flash_attention_train"), (13, "flash_attention_backward"),
                                          (15, "flash_attention_backward")])
-def test_layer_catches_a_missing_syncthreads(tmp_path, barrier, op):
+def test_layer_catches_a_missing_syncthreads(builds, tmp_path, barrier, op):
     """The training kernels built with one barrier removed (GF_DROP_SYNC: 11 the forward's tile landed, 13 the
     dK/dV pass's query tile landed, 15 the dQ pass's key tile landed): ThreadSanitizer reports the race, or the
     result is wrong."""
-    broken = build(tmp_path / f"run_train_kernels_nosync{barrier}", f"-DGF_DROP_SYNC={barrier}",
-                   source="run_train_kernels.cpp")
+    broken = builds[barrier].result()
     B, T, H, D, dtype = 1, 40, 1, 64, torch.bfloat16
     qkv, grad = gen(B, T, 3 * H * D, dtype=dtype, seed=12), gen(B, T, H * D, dtype=dtype, seed=13)
     out_ref, lse_ref = reference.flash_attention_train(qkv.double(), None, H, 0.0, 0)

@@ -4,6 +4,7 @@ inductor cache does not tell them apart: shown here by running the same compile 
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -52,8 +53,10 @@ def test_avx2_code_never_reused_on_avx512(tmp_path):
     """One compile on AVX-512, then the same under ATEN_CPU_CAPABILITY=avx2: with isolated folders both are exact;
     pointed at the folder the first compile filled, the second finds its 16-float code and computes garbage (why
     conftest isolates)."""
-    assert run_probe("isolated", tmp_path, None) == 0.0
-    assert run_probe("isolated", tmp_path, "avx2") == 0.0  # beside the AVX-512 folder, in its own
+    with ThreadPoolExecutor(max_workers=2) as pool:  # two independent compiles (each ~14 s on a core) at once
+        native = pool.submit(run_probe, "isolated", tmp_path, None)
+        avx2 = pool.submit(run_probe, "isolated", tmp_path, "avx2")  # beside the AVX-512 folder, in its own
+        assert native.result() == 0.0 and avx2.result() == 0.0
     filled = cache_dir_for(torch.backends.cpu.get_cpu_capability(), tmp_path)
     assert any(filled.iterdir())
     shared = run_probe("shared", filled, "avx2")  # PyTorch's bug: if fixed, this line says so

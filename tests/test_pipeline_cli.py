@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -204,6 +205,12 @@ def run_cli(*args, stdin=None, timeout=240):
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     return subprocess.run([sys.executable, "-m", "gpt_fast.cli", *args], input=stdin, capture_output=True, text=True,
                           cwd=ROOT, env=env, timeout=timeout)
+
+
+def run_clis(*commands: tuple[str, ...]) -> list[subprocess.CompletedProcess]:
+    """run_cli for independent command lines, two at a time (each is mostly a new interpreter importing torch)."""
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        return list(pool.map(lambda args: run_cli(*args), commands))
 
 
 def run_cli_here(*args):

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 from serve_helpers import collect, save_checkpoint, tiny_model_and_tokenizer
-from test_pipeline_cli import TINY_MERGES, TINY_VOCAB, assert_one_line_error, run_cli, run_cli_here
+from test_pipeline_cli import TINY_MERGES, TINY_VOCAB, assert_one_line_error, run_cli, run_cli_here, run_clis
 
 import gpt_fast
 from gpt_fast.cli import benchmark, main
@@ -38,15 +38,15 @@ def test_convert_then_generate(checkpoint, tmp_path):
     entry = json.loads((destination / "config.json").read_text())["quantization_config"]
     assert entry["bits"] == 4 and entry["group_size"] == 64
     assert gpt_fast.OpenAIGPTLMHeadModel.from_pretrained(destination).quantization.group_size == 64
-    args = ["generate", "the future is", "--max-new-tokens", "6", "--no-stream"]
-    from_flag = run_cli(*args, "--model", str(checkpoint), "--quantization", "int4", "--group-size", "64")
-    from_saved = run_cli(*args, "--model", str(destination))
+    args = ("generate", "the future is", "--max-new-tokens", "6", "--no-stream")
+    from_flag, from_saved, plain, sampled = run_clis(
+        (*args, "--model", str(checkpoint), "--quantization", "int4", "--group-size", "64"),
+        (*args, "--model", str(destination)), (*args, "--model", str(checkpoint)),
+        (*args, "--model", str(destination), "--do-sample", "--seed", "1", "--num-return-sequences", "2"))
     assert from_flag.returncode == 0 and from_saved.returncode == 0, from_flag.stderr + from_saved.stderr
     assert "int4" in from_flag.stderr and "int4" in from_saved.stderr
     assert from_flag.stdout == from_saved.stdout and from_flag.stdout.startswith("the future is")
-    plain = run_cli(*args, "--model", str(checkpoint))
     assert plain.returncode == 0 and "int4" not in plain.stderr
-    sampled = run_cli(*args, "--model", str(destination), "--do-sample", "--seed", "1", "--num-return-sequences", "2")
     assert sampled.returncode == 0 and sampled.stdout.count("=== sequence") == 2, sampled.stderr
 
 
@@ -67,33 +67,34 @@ def test_convert_with_gptq_calibration(checkpoint, tmp_path):
     calibration = tmp_path / "calibration.txt"
     calibration.write_text("the future is here . " * 40, encoding="utf-8")
     destination, plain = tmp_path / "gptq", tmp_path / "rtn"
-    result = run_cli("convert", str(checkpoint), str(destination), "--quantization", "int4", "--group-size", "64",
-                     "--calibration", str(calibration), "--calibration-windows", "3")
+    folder = tmp_path / "texts"  # a folder: its *.txt files, in name order
+    folder.mkdir()
+    (folder / "a.txt").write_text("the future is here . " * 20, encoding="utf-8")
+    result, rtn_result, from_folder, int8 = run_clis(
+        ("convert", str(checkpoint), str(destination), "--quantization", "int4", "--group-size", "64",
+         "--calibration", str(calibration), "--calibration-windows", "3"),
+        ("convert", str(checkpoint), str(plain), "--quantization", "int4", "--group-size", "64"),
+        ("convert", str(checkpoint), str(tmp_path / "gptq2"), "--quantization", "int4", "--calibration", str(folder)),
+        ("convert", str(checkpoint), str(tmp_path / "int8"), "--quantization", "int8", "--calibration",
+         str(calibration), "--calibration-windows", "2"))
     assert result.returncode == 0, result.stderr
     assert "GPTQ int4 (group 64) from 3 calibration windows of 24 tokens" in result.stderr
-    assert run_cli("convert", str(checkpoint), str(plain), "--quantization", "int4",
-                   "--group-size", "64").returncode == 0
+    assert rtn_result.returncode == 0, rtn_result.stderr
     gptq = gpt_fast.OpenAIGPTLMHeadModel.from_pretrained(destination)
     rtn = gpt_fast.OpenAIGPTLMHeadModel.from_pretrained(plain)
     assert gptq.quantization == rtn.quantization  # the same format and config entry: only the codes differ
     assert not torch.equal(gptq.transformer.h[0].mlp.c_fc.qweight, rtn.transformer.h[0].mlp.c_fc.qweight)
-    folder = tmp_path / "texts"  # a folder: its *.txt files, in name order
-    folder.mkdir()
-    (folder / "a.txt").write_text("the future is here . " * 20, encoding="utf-8")
-    result = run_cli("convert", str(checkpoint), str(tmp_path / "gptq2"), "--quantization", "int4",
-                     "--calibration", str(folder))
-    assert result.returncode == 0 and "calibration windows" in result.stderr, result.stderr
-    result = run_cli("convert", str(checkpoint), str(tmp_path / "int8"), "--quantization", "int8", "--calibration",
-                     str(calibration), "--calibration-windows", "2")
-    assert result.returncode == 0 and "GPTQ int8 from 2 calibration windows" in result.stderr, result.stderr
+    assert from_folder.returncode == 0 and "calibration windows" in from_folder.stderr, from_folder.stderr
+    assert int8.returncode == 0 and "GPTQ int8 from 2 calibration windows" in int8.stderr, int8.stderr
     assert gpt_fast.OpenAIGPTLMHeadModel.from_pretrained(tmp_path / "int8").quantization.bits == 8
-    assert_one_line_error(run_cli("convert", str(checkpoint), str(tmp_path / "x"), "--calibration",
-                                  str(calibration)), 2, "pass --quantization int4 or int8")
-    assert_one_line_error(run_cli("convert", str(checkpoint), str(tmp_path / "x"), "--quantization", "int4",
-                                  "--calibration", str(tmp_path / "missing.txt")), 1, "no such calibration file")
-    assert_one_line_error(run_cli("convert", str(checkpoint), str(tmp_path / "x"), "--quantization", "int4",
-                                  "--calibration", str(calibration), "--calibration-windows", "0"), 2,
+    assert_one_line_error(run_cli_here("convert", str(checkpoint), str(tmp_path / "x"), "--calibration",
+                                       str(calibration)), 2, "pass --quantization int4 or int8")
+    assert_one_line_error(run_cli_here("convert", str(checkpoint), str(tmp_path / "x"), "--quantization", "int4",
+                                       "--calibration", str(tmp_path / "missing.txt")), 1, "no such calibration file")
+    assert_one_line_error(run_cli_here("convert", str(checkpoint), str(tmp_path / "x"), "--quantization", "int4",
+                                       "--calibration", str(calibration), "--calibration-windows", "0"), 2,
                           "positive integer")
+    assert not (tmp_path / "x").exists()  # each refused before any work
 
 
 def test_cli_bad_quantization_arguments(checkpoint, tmp_path):

@@ -271,10 +271,12 @@ def test_cli_errors_are_one_line(args, code, match):
 
 
 def test_generate_from_stdin_streams_the_same_text_as_no_stream(checkpoint):
-    streamed = run_cli("generate", "--model", str(checkpoint), "--max-new-tokens", "8", stdin="the future is\n")
-    assert streamed.returncode == 0, streamed.stderr
-    plain = run_cli("generate", "the future is", "--model", str(checkpoint), "--max-new-tokens", "8", "--no-stream")
-    assert plain.returncode == 0, plain.stderr
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        streamed = pool.submit(run_cli, "generate", "--model", str(checkpoint), "--max-new-tokens", "8",
+                               stdin="the future is\n")
+        plain = run_cli("generate", "the future is", "--model", str(checkpoint), "--max-new-tokens", "8", "--no-stream")
+        streamed = streamed.result()
+    assert streamed.returncode == 0 and plain.returncode == 0, streamed.stderr + plain.stderr
     assert streamed.stdout.startswith("the future is") and streamed.stdout == plain.stdout
     assert "tokens/s" in streamed.stderr and "loading" in streamed.stderr
 
@@ -282,7 +284,7 @@ def test_generate_from_stdin_streams_the_same_text_as_no_stream(checkpoint):
 def test_generate_sampling_flags_and_seed(checkpoint):
     args = ["generate", "the", "--model", str(checkpoint), "--max-new-tokens", "6", "--do-sample", "--top-k", "5",
             "--temperature", "0.8", "--seed", "3", "--num-return-sequences", "2"]
-    first, again = run_cli(*args), run_cli(*args)
+    first, again = run_clis(args, args)
     assert first.returncode == 0, first.stderr
     assert first.stdout == again.stdout and first.stdout.count("=== sequence") == 2
 

@@ -130,6 +130,13 @@ class OpenAIGPTLMHeadModel(GenerationConfigMixin, OpenAIGPTPreTrainedModel):
         order as transformers': the prompt (`input_ids`, or `inputs=`), then generation_config; the rest by name."""
         return generate(self, input_ids, kwargs.pop("attention_mask", None), generation_config, **kwargs)
 
+    def generate_batch(self, inputs, generation_config=None, **kwargs):
+        """transformers' continuous-batching call: prompts as lists of token ids -> {request id: output}, decoded by
+        gpt_fast's serving engine (gpt_fast/serving/batch.py)."""
+        from gpt_fast.serving.batch import generate_batch  # the serving layer, above the model
+
+        return generate_batch(self, inputs, generation_config, **kwargs)
+
     def prepare_inputs_for_generation(self, input_ids, **kwargs) -> dict:
         """The forward's inputs for a generation step, as transformers' OpenAIGPT: the ids and the other arguments
         as given (a hand-written loop's `model(**model.prepare_inputs_for_generation(ids, attention_mask=mask))`).

@@ -19,8 +19,9 @@ last chunk also picks its first token, and the request's other choices already h
 prompt and pick theirs from the same logits instead of prefilling it again); then one decode step for every
 decoding row (IncrementalDecoder.step over the slot rows [0, hi), rows that are not decoding restored to their own
 length). So requests join between decode steps, running rows wait at most one chunk, and a finished row's slot is
-free for the next step. `sink(Output)` is called from the engine's thread: it must not block. No web framework
-is imported here.
+free for the next step. With prefill_first (generate_batch), the prompts that have not begun and fit a chunk are
+prefilled together in one batched pass first, and decode steps wait while prompts are left to prefill.
+`sink(Output)` is called from the engine's thread: it must not block. No web framework is imported here.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from gpt_fast.ops.kernel_plan import plan_kernels
 from gpt_fast.serving.errors import BadRequest, ContextTooLong, EngineStopped, QueueFull
 from gpt_fast.serving.observer import EngineObserver
 from gpt_fast.serving.params import SamplingParams
-from gpt_fast.serving.prefill import prefill_chunk
+from gpt_fast.serving.prefill import prefill_chunk, prefill_together, whole_prompts
 from gpt_fast.serving.sampler import Choice, RowSampler
 from gpt_fast.serving.sequence import Output, Sequence, State
 from gpt_fast.serving.slots import SlotCache
@@ -58,7 +59,7 @@ class RequestHandle:
 
 class Engine:
     def __init__(self, model, tokenizer, max_batch: int = 16, max_queue: int = 64, prefill_chunk: int = 256,
-                 observer: EngineObserver | None = None):
+                 observer: EngineObserver | None = None, prefill_first: bool = False):
         if max_batch < 1 or max_queue < 1 or prefill_chunk < 1:
             raise ValueError("max_batch, max_queue and prefill_chunk must be positive")
         self.model = model.eval()
@@ -72,6 +73,10 @@ class Engine:
         self.sampler = RowSampler(self.config.vocab_size, max_batch, self.device)
         self.max_queue = max_queue
         self.prefill_chunk = prefill_chunk
+        # True: the waiting prompts that fit a chunk are prefilled together, in one pass, and no decode step runs while
+        # a sequence holding a slot is still prefilling: throughput over the running rows' latency, for
+        # generate_batch, where every request is known at once
+        self.prefill_first = prefill_first
         self.observer = observer or EngineObserver()
         # hi -> the decode step over the slot rows [0, hi), replayed from its recorded operators (replayed_step.py)
         self.decoders: dict[int, ReplayedStep] = {}
@@ -204,8 +209,8 @@ class Engine:
                         calls, self.calls = list(self.calls), deque()
                     self.run_calls(calls)
                     self.reap_cancelled()
-                    self.guarded(self.prefill_step, [s for s in self.active if s.state is State.PREFILL][:1])
-                    self.guarded(self.decode_step, [s for s in self.active if s.state is State.DECODING])
+                    if not self.run_prefill():
+                        self.guarded(self.decode_step, [s for s in self.active if s.state is State.DECODING])
         finally:  # stop(), or an exception such as KeyboardInterrupt on the main thread: every caller hears of it
             with self.wake:
                 self.running = False
@@ -249,6 +254,17 @@ class Engine:
             for sequence in sequences:
                 self.finish(sequence, "error", f"generation failed: {type(error).__name__}: {error}")
 
+    def run_prefill(self) -> bool:
+        """This iteration's prefill: one chunk of the oldest prefilling sequence; in prefill_first mode first every
+        whole prompt that fits a chunk, in one pass. True when the decode step waits (prefill_first, prompts left)."""
+        prefilling = [s for s in self.active if s.state is State.PREFILL]
+        together = whole_prompts(prefilling, self.prefill_chunk) if self.prefill_first else []
+        if len(together) > 1:
+            self.guarded(self.prefill_together_step, together)
+            prefilling = [s for s in prefilling if s.state is State.PREFILL]
+        self.guarded(self.prefill_step, prefilling[:1])
+        return self.prefill_first and len(prefilling) > 1
+
     def prefill_step(self, sequences: list[Sequence]) -> None:
         sequence = sequences[0]
         start = sequence.prefilled
@@ -263,13 +279,25 @@ class Engine:
         if end < len(sequence.prompt):
             self.observer.step(1, self.queue_depth(), 0)
             return
+        self.start_decoding(sequence, self.model.logits(hidden[-1:], self.plan).float())
+
+    def start_decoding(self, sequence: Sequence, logits: torch.Tensor) -> None:
+        """The sequence's prompt is cached and logits (1, V) float32 follow it: it and the sibling choices that
+        share its prompt pick their first tokens and decode from the next step."""
         group = [sequence] + self.share_prompt(sequence)
-        logits = self.model.logits(hidden[-1:], self.plan).float().expand(len(group), -1).clone()  # (n, V)
+        logits = logits.expand(len(group), -1).clone()  # (n, V)
         for member in group:
             member.state = State.DECODING
         for member, choice in zip(group, self.sampler.select(logits, group)):
             self.emit(member, choice)
         self.observer.step(1, self.queue_depth(), len(group))
+
+    def prefill_together_step(self, sequences: list[Sequence]) -> None:
+        logits = prefill_together(self.model, self.plan, self.slots, [s.slot for s in sequences],
+                                  [s.prompt for s in sequences])  # (b, V)
+        for row, sequence in enumerate(sequences):
+            sequence.prefilled = len(sequence.prompt)
+            self.start_decoding(sequence, logits[row:row + 1])
 
     def share_prompt(self, sequence: Sequence) -> list[Sequence]:
         """The sibling choices holding a slot whose prefill has not begun take this sequence's cached prompt (the

@@ -20,6 +20,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from gpt_fast.generation.decoder import IncrementalDecoder
+from gpt_fast.generation.kv_cache import StaticKVCache
 from gpt_fast.models.attention import backend_attention
 from gpt_fast.ops.kernel_plan import KernelPlan
 from gpt_fast.ops.layout import merge_heads, split_heads, split_qkv
@@ -76,3 +78,39 @@ def prefill_chunk(model, plan: KernelPlan, cache: SlotCache, slot: int, ids: tor
     hidden = transformer.run_layers(x, plan, attend, last_positions=None if all_rows else last)  # (1, rows or 1, C)
     cache.lengths[slot] = start + c
     return hidden[0, :c]
+
+
+def prefill_together(model, plan: KernelPlan, cache: SlotCache, slots: list[int],
+                     prompts: list[list[int]]) -> torch.Tensor:
+    """Whole prompts of several slots in one batched pass: IncrementalDecoder.prefill over a StaticKVCache of their
+    own (the prompts right-padded to the longest, masked), whose keys and values are then copied into the slots'
+    rows (the padded positions' land past each slot's length, where decode steps overwrite them). Sets the slots'
+    lengths; returns the first new token's float32 logits (b, V), one row per prompt. For the engine's
+    prefill_first mode (generate_batch), where every request arrives at once: one pass instead of one per prompt."""
+    device, config = cache.lengths.device, model.config
+    T = max(map(len, prompts))
+    ids = torch.zeros(len(prompts), T, dtype=torch.long, device=device)  # (b, T)
+    for row, prompt in enumerate(prompts):
+        ids[row, :len(prompt)] = torch.tensor(prompt, device=device)
+    lengths = torch.tensor([len(p) for p in prompts], device=device)  # (b,)
+    own = StaticKVCache(config.n_layer, len(prompts), config.n_head, T, config.n_embd // config.n_head,
+                        cache.layers[0][0].dtype, device)
+    logits = IncrementalDecoder(model, own, plan).prefill(ids, lengths, all_full=bool((lengths == T).all()))
+    rows = torch.tensor(slots, device=device)
+    for (keys, values), (own_keys, own_values) in zip(cache.layers, own.layers):  # (B, H, Tmax, D) <- (b, H, T, D)
+        keys[rows, :, :T] = own_keys
+        values[rows, :, :T] = own_values
+    cache.lengths[rows] = lengths
+    return logits
+
+
+def whole_prompts(prefilling: list, chunk: int) -> list:
+    """Of the prefilling sequences, those whose whole prompt fits one chunk and has not begun, one per request (its
+    other choices then share that prompt) and none asking for the prompt's log-probabilities: prefill_together's."""
+    chosen, requests = [], set()
+    for sequence in prefilling:
+        if (sequence.prefilled == 0 and len(sequence.prompt) <= chunk and sequence.prompt_logprobs is None
+                and id(sequence.siblings) not in requests):
+            requests.add(id(sequence.siblings))
+            chosen.append(sequence)
+    return chosen

@@ -19,8 +19,11 @@ class IncrementalText:
         self.sent = 0  # characters handed out so far
 
     def add(self, token: int) -> tuple[str, bool]:
-        """Appends a token; returns (the text that is now safe to hand out, whether a stop string was met)."""
+        """Appends a token; returns (the text that is now safe to hand out, whether a stop string was met). Without a
+        tokenizer (generate_batch: token ids only) there is no text."""
         self.ids.append(token)
+        if self.tokenizer is None:
+            return "", False
         before = len(self.text)
         self.text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
         stopped = False

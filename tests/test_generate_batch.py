@@ -108,6 +108,8 @@ def test_the_model_keeps_its_mode_and_no_inputs_give_nothing(pair):
     ([[1]], dict(do_sample=True, temperature=3.0), ValueError, "temperature"),
     ([[1]], dict(num_return_sequences=2), ValueError, "do_sample"),
     ([[1]], dict(top_p=1.5), ValueError, "top_p"),
+    ([[1]], dict(max_new_token=3), TypeError, "unexpected arguments"),
+    ([[1]], dict(suppress_tokens=torch.tensor([1])), NotImplementedError, "suppress_tokens"),
 ])
 def test_bad_requests_are_refused_before_any_work(pair, args, kwargs, error, match):
     _, ours = pair

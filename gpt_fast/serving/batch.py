@@ -22,7 +22,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from gpt_fast.generation.arguments import parse_generation_kwargs
+from gpt_fast.generation.arguments import GENERATE_KWARGS, parse_generation_kwargs
 from gpt_fast.generation.config import DEFAULTS
 from gpt_fast.generation.generate import merge_generation_config
 from gpt_fast.serving.engine import Engine
@@ -69,12 +69,12 @@ def generate_batch(model, inputs, generation_config=None, continuous_batching_co
     logprobs = 0 if getattr(continuous_batching_config, "return_logprobs", False) else None
     requests = [(prompt, _sampling_params(model, prompt, kwargs, logprobs)) for prompt in prompts]
     n = requests[0][1][1]
-    outputs = {}  # sequence index within a prompt's request -> id, in transformers' order
+    outputs = {}  # id -> BatchOutput, in transformers' order: a prompt's extra sequences, then its own
     for i, (prompt, _) in enumerate(requests):
         for j in range(1, n):
             outputs[f"req_{i}__child#{j - 1}"] = BatchOutput(f"req_{i}__child#{j - 1}", list(prompt))
         outputs[f"req_{i}"] = BatchOutput(f"req_{i}", list(prompt))
-    ids = [[f"req_{i}"] + [f"req_{i}__child#{j}" for j in range(n - 1)] for i in range(len(requests))]
+    ids = [[f"req_{i}"] + [f"req_{i}__child#{j}" for j in range(n - 1)] for i in range(len(requests))]  # by index
     _run(model, requests, ids, outputs, max_batch, record_timestamps, progress_bar)
     failed = {key: out.error for key, out in outputs.items() if out.status == "failed"}
     if failed:
@@ -93,9 +93,14 @@ def _prompts(inputs) -> list[list[int]]:
 
 
 def _refuse_unsupported(kwargs: dict) -> None:
+    """A generate() setting the engine does not apply, set to anything but its neutral value, is refused (unknown
+    names are left to parse_generation_kwargs's TypeError)."""
     for name, value in kwargs.items():
-        neutral = value is None or value == DEFAULTS.get(name) or (isinstance(value, (list, tuple)) and not value)
-        if name not in ENGINE_ARGS and not neutral:
+        if name in ENGINE_ARGS or name not in GENERATE_KWARGS:
+            continue
+        neutral = (value is None or (isinstance(value, (list, tuple)) and not value)
+                   or (isinstance(value, (bool, int, float, str)) and value == DEFAULTS.get(name)))
+        if not neutral:
             raise NotImplementedError(f"generate_batch: {name}={value!r} is not supported (the continuous-batching "
                                       "engine samples with temperature, top_k, top_p and min_p only); use "
                                       "generate() for it")

@@ -22,7 +22,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from gpt_fast.generation.arguments import GENERATE_KWARGS, parse_generation_kwargs
+from gpt_fast.generation.arguments import GENERATE_KWARGS, NO_EFFECT_KWARGS, parse_generation_kwargs
 from gpt_fast.generation.config import DEFAULTS
 from gpt_fast.generation.generate import merge_generation_config
 from gpt_fast.serving.engine import Engine
@@ -31,8 +31,7 @@ from gpt_fast.serving.params import SamplingParams
 
 # generate() arguments the engine honours; the others must be unset or at their default
 ENGINE_ARGS = ("max_new_tokens", "max_length", "do_sample", "temperature", "top_k", "top_p", "min_p", "eos_token_id",
-               "pad_token_id", "num_return_sequences", "seed", "use_cache", "low_memory", "cache_implementation",
-               "compile_config", "disable_compile", "synced_gpus", "past_key_values", "position_ids")
+               "pad_token_id", "num_return_sequences", "seed", "use_cache", *NO_EFFECT_KWARGS)
 NO_EFFECT = ("persistent_manager", "warmup")  # transformers' options for its own manager and CUDA graphs
 
 
@@ -69,12 +68,9 @@ def generate_batch(model, inputs, generation_config=None, continuous_batching_co
     logprobs = 0 if getattr(continuous_batching_config, "return_logprobs", False) else None
     requests = [(prompt, _sampling_params(model, prompt, kwargs, logprobs)) for prompt in prompts]
     n = requests[0][1][1]
-    outputs = {}  # id -> BatchOutput, in transformers' order: a prompt's extra sequences, then its own
-    for i, (prompt, _) in enumerate(requests):
-        for j in range(1, n):
-            outputs[f"req_{i}__child#{j - 1}"] = BatchOutput(f"req_{i}__child#{j - 1}", list(prompt))
-        outputs[f"req_{i}"] = BatchOutput(f"req_{i}", list(prompt))
     ids = [[f"req_{i}"] + [f"req_{i}__child#{j}" for j in range(n - 1)] for i in range(len(requests))]  # by index
+    # id -> BatchOutput, in transformers' order: a prompt's extra sequences, then its own
+    outputs = {key: BatchOutput(key, list(prompt)) for prompt, keys in zip(prompts, ids) for key in keys[1:] + keys[:1]}
     _run(model, requests, ids, outputs, max_batch, record_timestamps, progress_bar)
     failed = {key: out.error for key, out in outputs.items() if out.status == "failed"}
     if failed:
@@ -169,7 +165,8 @@ class _Collector:
         out.generated_tokens.extend(output.tokens)
         out.logprobs.extend(choice.logprob for choice in output.logprobs)
         if self.record_timestamps:
-            out.timestamps = (out.timestamps or []) + [now] * len(output.tokens)
+            out.timestamps = out.timestamps if out.timestamps is not None else []
+            out.timestamps.extend([now] * len(output.tokens))
         if output.finish_reason is None:
             return
         out.status = "failed" if output.finish_reason == "error" else "finished"

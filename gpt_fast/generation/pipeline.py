@@ -19,7 +19,7 @@ import os
 
 import torch
 
-from gpt_fast.checkpoints.loading_options import device_from_map
+from gpt_fast.checkpoints.loading_options import device_from_map, hub_options
 from gpt_fast.generation.feature_extraction import TASK as FEATURES
 from gpt_fast.generation.feature_extraction import FeatureExtractionPipeline
 from gpt_fast.generation.generate import generate
@@ -55,7 +55,7 @@ def pipeline(task: str, model=None, tokenizer=None, *, dtype=None, torch_dtype=N
         raise ValueError(f"gpt_fast.pipeline supports the {TASK!r} and {FEATURES!r} tasks, got {task!r}")
     if framework not in (None, "pt"):
         raise ValueError(f"gpt_fast.pipeline runs PyTorch models only: framework must be 'pt', got {framework!r}")
-    hub = {name: value for name, value in (("revision", revision), ("token", token)) if value is not None}
+    hub = hub_options({"revision": revision, "token": token})
     loading = {"device_map": device_map, **hub, **(model_kwargs or {})}
     generating = task == TASK
     model, tokenizer = _model_and_tokenizer(model, tokenizer, OpenAIGPTLMHeadModel if generating else OpenAIGPTModel,

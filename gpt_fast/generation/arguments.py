@@ -7,11 +7,11 @@ from dataclasses import dataclass
 
 import torch
 
+from gpt_fast.generation.assistant import AssistantSettings, assistant_settings
 from gpt_fast.generation.processors import MaxTimeCriteria
 from gpt_fast.generation.sampling import SamplingConfig
 from gpt_fast.generation.stop_strings import StopStringCriteria
 from gpt_fast.generation.watermark import watermark_settings
-from gpt_fast.models.validation import check_ids_in_range, check_integer_tensor
 
 # transformers' arguments that choose how it runs, not what it computes; gpt_fast has one static KV cache and
 # decides compilation itself (checked by _no_effect: values transformers would refuse, or would compute otherwise
@@ -31,7 +31,8 @@ GENERATE_KWARGS = (
     "sequence_bias", "forced_bos_token_id", "forced_eos_token_id", "exponential_decay_length_penalty",
     "suppress_tokens", "begin_suppress_tokens", "min_p", "typical_p", "epsilon_cutoff", "eta_cutoff",
     "renormalize_logits", "max_time", "watermarking_config", "top_h", "encoder_repetition_penalty",
-    "prefix_allowed_tokens_fn", *NO_EFFECT_KWARGS,
+    "prefix_allowed_tokens_fn", "assistant_model", "num_assistant_tokens", "num_assistant_tokens_schedule",
+    "assistant_confidence_threshold", *NO_EFFECT_KWARGS,
 )
 
 
@@ -62,6 +63,7 @@ class GenerationRequest:
     use_cache: bool = True  # False gives the same tokens (the cache is how gpt_fast decodes) but returns no cache
     prompt_lookup_num_tokens: int | None = None  # draft tokens per verification (prompt_lookup.py), None = off
     max_matching_ngram_size: int = 2  # longest n-gram the prompt lookup matches (transformers' default)
+    assistant: AssistantSettings | None = None  # assisted decoding's draft model and settings (assistant.py)
     step_replay: bool | None = None  # decode steps re-run from their recorded operators (replayed_step.py); None: auto
     sequence_bias: tuple = ()  # ((token ids, ...), bias) pairs
     forced_bos_token_id: int | None = None
@@ -168,46 +170,6 @@ def _stopping_criteria(get) -> tuple:
     return criteria
 
 
-def check_prompt(model, input_ids, attention_mask):
-    """Validates the prompt and returns (input_ids, attention_mask or None) on the model's device."""
-    if input_ids is None:
-        raise ValueError("generate needs input_ids of shape (batch, prompt_length)")
-    check_integer_tensor("input_ids", input_ids)
-    if input_ids.dim() != 2 or input_ids.shape[0] == 0 or input_ids.shape[1] == 0:
-        raise ValueError("input_ids must have shape (batch, prompt_length) with both > 0, "
-                         f"got {tuple(input_ids.shape)}")
-    check_ids_in_range("input_ids", input_ids, model.config.vocab_size)
-    device = model.device
-    input_ids = input_ids.to(device)
-    if attention_mask is None:
-        return input_ids, None
-    if not isinstance(attention_mask, torch.Tensor):
-        raise TypeError(f"attention_mask must be a torch.Tensor, got {type(attention_mask).__name__}")
-    if tuple(attention_mask.shape) != tuple(input_ids.shape):
-        raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)} but input_ids has shape "
-                         f"{tuple(input_ids.shape)}")
-    attention_mask = attention_mask.to(device)
-    if attention_mask.is_floating_point() or attention_mask.is_complex():
-        raise TypeError(f"attention_mask must hold 0/1 integers or booleans, got dtype {attention_mask.dtype}")
-    if not bool(((attention_mask == 0) | (attention_mask == 1)).all()):
-        raise ValueError("attention_mask must hold only 0 (padding) and 1 (real token)")
-    if not bool((attention_mask != 0).any(dim=1).all()):
-        raise ValueError("every row of attention_mask needs at least one real token (a 1)")
-    return input_ids, attention_mask.long()
-
-
-def check_token_type_ids(model, token_type_ids, input_ids):
-    """token_type_ids (B, T) like input_ids: embedded with the token embedding, as the model's forward does."""
-    if token_type_ids is None:
-        return None
-    check_integer_tensor("token_type_ids", token_type_ids)
-    if tuple(token_type_ids.shape) != tuple(input_ids.shape):
-        raise ValueError(f"token_type_ids has shape {tuple(token_type_ids.shape)} but input_ids has shape "
-                         f"{tuple(input_ids.shape)}")
-    check_ids_in_range("token_type_ids", token_type_ids, model.config.vocab_size)
-    return token_type_ids.to(input_ids.device)
-
-
 def _lengths(get, prompt_length, n_positions):
     max_new, max_length = _int("max_new_tokens", get("max_new_tokens"), 1), _int("max_length", get("max_length"), 1)
     if prompt_length > n_positions:
@@ -289,17 +251,19 @@ def parse_generation_kwargs(model, prompt_length: int, kwargs: dict) -> Generati
         _bool("cuda_graph", cuda_graph)
     lookup = _int("prompt_lookup_num_tokens", get("prompt_lookup_num_tokens"), 1)
     ngram_size = _int("max_matching_ngram_size", get("max_matching_ngram_size"), 1)
-    if lookup is not None and num_beams > 1:
-        raise ValueError("prompt_lookup_num_tokens cannot be used with beam search (num_beams > 1), as in "
-                         "transformers")
+    assistant = assistant_settings(model, get, prompt_length + max_new - 1)
+    if lookup is not None and assistant is not None:
+        raise ValueError("pass prompt_lookup_num_tokens or assistant_model (two sources of draft tokens), not both")
+    speculating = "prompt_lookup_num_tokens" if lookup is not None else "assistant_model" if assistant else None
+    if speculating and num_beams > 1:
+        raise ValueError(f"{speculating} cannot be used with beam search (num_beams > 1), as in transformers")
     step_replay = get("step_replay")
     if step_replay is not None:
         _bool("step_replay", step_replay)
     if step_replay and cuda_graph:
         raise ValueError("step_replay=True and cuda_graph=True both choose how decode steps run; pass one")
-    if lookup is not None and cuda_graph:
-        raise ValueError("prompt_lookup_num_tokens runs without a CUDA graph (its steps change length); drop "
-                         "cuda_graph=True")
+    if speculating and cuda_graph:
+        raise ValueError(f"{speculating} runs without a CUDA graph (its steps change length); drop cuda_graph=True")
 
     # transformers: beam sampling keeps at least one token more than there are EOS ids (2 without EOS) in top-k/p
     keep = (len(eos) + 1 if eos is not None else 2) if num_beams > 1 else 1
@@ -331,7 +295,7 @@ def parse_generation_kwargs(model, prompt_length: int, kwargs: dict) -> Generati
         output_attentions=_bool("output_attentions", get("output_attentions", False)),
         output_hidden_states=_bool("output_hidden_states", get("output_hidden_states", False)),
         use_cache=_bool("use_cache", get("use_cache", True)), prompt_lookup_num_tokens=lookup,
-        max_matching_ngram_size=2 if ngram_size is None else ngram_size, step_replay=step_replay,
+        max_matching_ngram_size=2 if ngram_size is None else ngram_size, assistant=assistant, step_replay=step_replay,
         sequence_bias=_sequence_bias(get("sequence_bias"), config.vocab_size),
         forced_bos_token_id=None if forced_bos is None else forced_bos[0],
         forced_eos_token_ids=_token_ids("forced_eos_token_id", get("forced_eos_token_id"), config.vocab_size),
@@ -390,14 +354,3 @@ def _cutoff(name, value) -> float:
     if value == 1.0:
         raise ValueError(f"{name} must lie in [0, 1) (0: off), got {value}")
     return value
-
-
-def infer_attention_mask(input_ids, request: GenerationRequest):
-    """transformers' rule: padding = pad_token_id when it occurs in the prompt and differs from EOS."""
-    pad, eos = request.pad_token_id, request.eos_token_ids
-    if pad is None or (eos is not None and pad in eos) or not bool((input_ids == pad).any()):
-        return None
-    mask = (input_ids != pad).long()
-    if not bool(mask.any(dim=1).all()):
-        raise ValueError("a prompt row holds only pad_token_id; pass an attention_mask")
-    return mask

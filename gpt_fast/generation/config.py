@@ -25,7 +25,8 @@ DEFAULTS = {  # transformers' global defaults of the supported fields (what an u
     "exponential_decay_length_penalty": None, "suppress_tokens": None, "begin_suppress_tokens": None, "min_p": None,
     "typical_p": 1.0, "epsilon_cutoff": 0.0, "eta_cutoff": 0.0, "renormalize_logits": False, "max_time": None,
     "watermarking_config": None, "top_h": None, "encoder_repetition_penalty": 1.0, "low_memory": None,
-    "cache_implementation": None, "disable_compile": False,
+    "cache_implementation": None, "disable_compile": False, "num_assistant_tokens": 20,
+    "num_assistant_tokens_schedule": "constant", "assistant_confidence_threshold": 0.4,
 }
 IGNORED = ("transformers_version", "_from_model_config")  # bookkeeping keys of transformers' files
 NOT_GENERATE_ARGS = ("bos_token_id",)  # kept and saved, not used by generate()

@@ -15,8 +15,9 @@ Differences, all on purpose:
   the loop never waits for the device otherwise.
 - generation runs in inference mode without dropout, whatever model.training says.
 - `seed=` (an int) or `generator=` (a torch.Generator on the model's device) make sampling reproducible.
-- `prompt_lookup_num_tokens=N` (one sequence): drafts copied from the text, verified N + 1 tokens a pass
-  (prompt_lookup.py); the tokens are those of the one-token loop.
+- `prompt_lookup_num_tokens=N` or `assistant_model=small_model` (one sequence): speculative decoding, drafts copied
+  from the text (prompt_lookup.py) or decoded by the smaller model (assistant.py), verified several tokens a pass
+  (speculative.py); the tokens are those of the one-token loop.
 """
 
 from __future__ import annotations
@@ -25,21 +26,17 @@ from dataclasses import dataclass
 
 import torch
 
-from gpt_fast.generation.arguments import (
-    GENERATE_KWARGS,
-    GenerationRequest,
-    check_prompt,
-    check_token_type_ids,
-    infer_attention_mask,
-    parse_generation_kwargs,
-)
+from gpt_fast.generation.arguments import GENERATE_KWARGS, GenerationRequest, parse_generation_kwargs
+from gpt_fast.generation.assistant import AssistantDrafter
 from gpt_fast.generation.beam_search import beam_search
 from gpt_fast.generation.config import as_generation_config
 from gpt_fast.generation.inspection import step_outputs
 from gpt_fast.generation.kv_cache import CacheOutputMixin, StaticKVCache
 from gpt_fast.generation.prepared import first_done, prepare
 from gpt_fast.generation.processors import stop_flags
-from gpt_fast.generation.prompt_lookup import speculative_decode
+from gpt_fast.generation.prompt_checks import check_prompt, check_token_type_ids, infer_attention_mask
+from gpt_fast.generation.prompt_lookup import PromptLookupDrafter
+from gpt_fast.generation.speculative import speculative_decode
 from gpt_fast.models.outputs import ModelOutput
 
 __all__ = ["GENERATE_KWARGS", "GenerateOutput", "GenerationRequest", "generate", "parse_generation_kwargs"]
@@ -73,8 +70,10 @@ def generate(model, input_ids=None, attention_mask=None, generation_config=None,
             raise ValueError("pass the prompt as input_ids or inputs, not both")
         input_ids = kwargs.pop("inputs")
     kwargs = merge_generation_config(model, generation_config, kwargs)
-    modes = [(module, module.training) for module in model.modules()]  # each module's own mode, restored after
-    model.eval()
+    models = [m for m in (model, kwargs.get("assistant_model")) if isinstance(m, torch.nn.Module)]
+    modes = [(module, module.training) for m in models for module in m.modules()]  # each module's, restored after
+    for m in models:
+        m.eval()
     try:
         with torch.autocast(model.device.type, enabled=False):
             return _generate(model, input_ids, attention_mask, kwargs)
@@ -109,9 +108,11 @@ def _generate(model, input_ids, attention_mask, kwargs: dict):
     p = prepare(model, input_ids, attention_mask, request, rows)
     input_ids, selector, eos_ids = p.input_ids, p.selector, p.eos_ids
     B, T = input_ids.shape
-    if request.prompt_lookup_num_tokens is not None and B != 1:
-        raise ValueError(f"prompt_lookup_num_tokens needs one sequence (batch size 1, one returned sequence), got {B} "
-                         "rows; transformers' assisted generation has the same rule")
+    speculative = request.prompt_lookup_num_tokens is not None or request.assistant is not None
+    if speculative and B != 1:
+        name = "assistant_model" if request.assistant is not None else "prompt_lookup_num_tokens"
+        raise ValueError(f"{name} needs one sequence (batch size 1, one returned sequence), got {B} rows; "
+                         "transformers' assisted generation has the same rule")
     max_new = request.max_new_tokens
     generated = torch.full((B, max_new), request.pad_token_id or 0, dtype=torch.long, device=input_ids.device)
     unfinished = torch.ones(B, dtype=torch.bool, device=input_ids.device)
@@ -149,12 +150,15 @@ def _generate(model, input_ids, attention_mask, kwargs: dict):
             streamer.put(tokens.cpu())
         return tokens
 
-    if request.prompt_lookup_num_tokens is not None and max_new > 0:
+    if speculative and max_new > 0:
+        prompt = p.packed[:, :int(p.lengths[0])]  # (1, L) the real tokens
         tokens = emit(logits, 0)
-        sequence = p.packed[0, :int(p.lengths[0])].tolist() + [int(tokens[0])]
+        drafter = make_drafter(request, prompt, T + max_new)
         step = p.decoder.step if p.graph else p.step_function(1)  # no CUDA graph beside passes of several tokens
-        steps = speculative_decode(p.decoder, step, tokens, sequence, 1, max_new, request.prompt_lookup_num_tokens,
-                                   request.max_matching_ngram_size, emit, lambda s: tracking and not bool(alive[s]))
+        steps = speculative_decode(p.decoder, step, tokens, prompt[0].tolist() + [int(tokens[0])], 1, max_new,
+                                   drafter, emit, lambda s: tracking and not bool(alive[s]))
+        if request.assistant is not None:
+            drafter.finish()
     else:
         steps = decode_one_by_one(p, emit, logits, max_new, tracking, alive, streamer is not None)
     selector.check_valid()
@@ -173,6 +177,14 @@ def _generate(model, input_ids, attention_mask, kwargs: dict):
                           logits=tuple(logits_out[:steps]) if request.output_logits else None,
                           attentions=attentions, hidden_states=hidden,
                           cache=p.decoder.cache if request.use_cache else None)
+
+
+def make_drafter(request, prompt: torch.Tensor, capacity: int):
+    """The draft source of a speculative request (speculative.py): prompt lookup or the assistant model."""
+    if request.assistant is None:
+        return PromptLookupDrafter(request.prompt_lookup_num_tokens, request.max_matching_ngram_size)
+    replay = request.step_replay is not False
+    return AssistantDrafter(request.assistant, prompt, capacity, request.eos_token_ids, replay)
 
 
 def decode_one_by_one(p, emit, logits: torch.Tensor, max_new: int, tracking: bool, alive: torch.Tensor,

@@ -9,8 +9,8 @@ state_dict). transformers' arguments are taken as transformers takes them: `inpu
 transformers' own generate runs instead (over the patched layers, so still on gpt_fast's kernels) when gpt_fast's
 could not honour the call: the model holds anything but transformers' own layers, unhooked (a PEFT wrapper's
 LoRA layers, hooks: the shared model would skip them), or an argument or generation-config field gpt_fast's
-generate does not take (assistant_model, guidance_scale, ...) or a value it refuses (synced_gpus=True, a quantized
-cache_implementation).
+generate does not take (guidance_scale, assistant_tokenizer, ...) or a value it refuses (synced_gpus=True, a
+quantized cache_implementation). A transformers `assistant_model` runs as its own shared gpt_fast model.
 """
 
 from __future__ import annotations
@@ -95,6 +95,10 @@ def lm_generate(self, inputs=None, generation_config=None, **kwargs):
     module docstring for when transformers' own runs instead)."""
     arguments = gpt_fast_arguments(self, inputs, generation_config, kwargs)
     shared = shared_model(self) if arguments is not None else None
+    assistant = arguments.get("assistant_model") if shared is not None else None
+    if isinstance(assistant, modeling_openai().OpenAIGPTLMHeadModel):  # a transformers assistant: its shared model
+        arguments["assistant_model"] = shared_model(assistant)
+        shared = shared if arguments["assistant_model"] is not None else None
     if shared is None:
         return original(self, "generate")(inputs, generation_config, **kwargs)
     return generate(shared, **arguments)

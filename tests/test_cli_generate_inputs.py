@@ -144,6 +144,42 @@ def test_prompt_lookup_prints_the_plain_text(checkpoint, capsys, monkeypatch):
     assert passes and out == plain
 
 
+@pytest.fixture(scope="module")
+def assistant_checkpoint(tmp_path_factory):
+    """A smaller random model with the checkpoint's vocabulary (weights only: the tokenizer is the model's)."""
+    folder = tmp_path_factory.mktemp("tiny-assistant")
+    torch.manual_seed(4)
+    config = gpt_fast.OpenAIGPTConfig(vocab_size=len(VOCAB), n_positions=64, n_embd=16, n_layer=1, n_head=2)
+    gpt_fast.OpenAIGPTLMHeadModel(config).save_pretrained(folder)
+    return folder
+
+
+def test_assistant_model_prints_the_plain_text(checkpoint, assistant_checkpoint, capsys, monkeypatch):
+    from gpt_fast.generation.assistant import AssistantDrafter
+
+    drafted = []
+    draft = AssistantDrafter.draft
+    monkeypatch.setattr(AssistantDrafter, "draft", lambda self, *a: drafted.append(self.length) or draft(self, *a))
+    args = ("generate", "the the the", "--model", str(checkpoint), "--max-new-tokens", "30", "--no-stream")
+    code, plain, err = run_main(capsys, *args)
+    assert code == 0, err
+    code, out, err = run_main(capsys, *args, "--assistant-model", str(assistant_checkpoint),
+                              "--num-assistant-tokens", "3")
+    assert code == 0, err
+    assert drafted and set(drafted) == {3} and out == plain
+
+
+@pytest.mark.parametrize("flags, match", [
+    (["--num-assistant-tokens", "3"], "needs --assistant-model"),
+    (["--assistant-model", "ASSISTANT", "--do-sample", "--num-return-sequences", "2"], "batch size 1"),
+])
+def test_assistant_model_errors(checkpoint, assistant_checkpoint, flags, match, capsys):
+    flags = [str(assistant_checkpoint) if flag == "ASSISTANT" else flag for flag in flags]
+    code, out, err = run_main(capsys, "generate", "the", "--model", str(checkpoint), *flags)
+    assert code in (1, 2) and out == ""
+    assert match in one_error_line(err)
+
+
 @pytest.mark.parametrize("data, match", [
     (b"\xff\xfe\x00binary\x89PNG", "stdin is not UTF-8 text (byte 0xff at offset 0)"),
     (b"the \x00\x01\x02", "stdin holds binary data (a NUL byte at offset 4)"),

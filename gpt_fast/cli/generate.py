@@ -35,6 +35,12 @@ def add_parser(sub) -> None:
     gen.add_argument("--seed", type=int, help="makes sampling reproducible")
     gen.add_argument("--prompt-lookup-num-tokens", type=positive_int, metavar="N",
                      help="prompt lookup decoding: verify up to N tokens copied from the text so far per pass")
+    gen.add_argument("--assistant-model", metavar="MODEL",
+                     help="assisted decoding: a smaller checkpoint with the same tokenizer drafts tokens that the "
+                          "model verifies several at a time (loaded with the same --dtype and --device)")
+    gen.add_argument("--num-assistant-tokens", type=positive_int, metavar="N",
+                     help="with --assistant-model: draft tokens a pass (default 20, or the assistant's "
+                          "generation_config.json)")
     gen.add_argument("--dtype", default="float32", help="float32, bfloat16, float16, float64 or auto (default float32)")
     gen.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ... (default cpu)")
     gen.add_argument("--attn-implementation", choices=("auto",) + ATTN_IMPLEMENTATIONS, default="auto")
@@ -75,7 +81,7 @@ def read_prompt(args) -> str:
 
 def generation_kwargs(args) -> dict:
     names = ("max_new_tokens", "max_length", "min_new_tokens", "temperature", "top_k", "top_p", "min_p", "typical_p",
-             "repetition_penalty", "eos_token_id", "seed", "prompt_lookup_num_tokens")
+             "repetition_penalty", "eos_token_id", "seed", "prompt_lookup_num_tokens", "num_assistant_tokens")
     kwargs = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
     if args.max_new_tokens is None and args.max_length is None:
         kwargs["max_new_tokens"] = 50
@@ -107,6 +113,13 @@ def run(args) -> int:
     attn = None if args.attn_implementation == "auto" else args.attn_implementation
     model = OpenAIGPTLMHeadModel.from_pretrained(args.model, dtype=args.dtype, device=args.device,
                                                  attn_implementation=attn, **quantization_kwargs(args))
+    assistant = None
+    if args.assistant_model is not None:
+        log(f"loading the assistant {args.assistant_model} ...")
+        assistant = OpenAIGPTLMHeadModel.from_pretrained(args.assistant_model, dtype=args.dtype, device=args.device,
+                                                         attn_implementation=attn)
+    elif args.num_assistant_tokens is not None:
+        raise UsageError("gpt-fast generate: --num-assistant-tokens needs --assistant-model")
     tokenizer = load_tokenizer(args.tokenizer or args.model)
     quantized = "" if model.quantization is None else f", {model.quantization.scheme}"
     log(f"loaded in {time.perf_counter() - start:.1f} s ({model.dtype}{quantized}, {model.device})")
@@ -114,6 +127,8 @@ def run(args) -> int:
     if input_ids.shape[-1] == 0:
         raise ValueError("the prompt is empty after tokenization")
     kwargs = generation_kwargs(args)
+    if assistant is not None:
+        kwargs["assistant_model"] = assistant
     stream = not args.no_stream and args.num_return_sequences == 1
     if stream:
         kwargs["streamer"] = PromptEchoStreamer(prompt, tokenizer)

@@ -51,8 +51,8 @@ def twin(model):
 
 @pytest.fixture
 def passes(monkeypatch):
-    """The several-token passes and single plain steps (not replayed ones) of each model, by id(model), during
-    generate."""
+    """The several-token passes and single steps of each model, by id(model), during generate (all of them with
+    step_replay=False; a replayed pass does not call the decoder)."""
     counts = {}
     extend, step = IncrementalDecoder.extend, IncrementalDecoder.step
 
@@ -94,7 +94,8 @@ def test_greedy_tokens_are_plain_decodings_and_passes_are_saved(model, assistant
         ids = prompt(seed=seed)
         expected = model.generate(ids, max_new_tokens=40, step_replay=False)
         for helper in (assistant, twin):
-            got = model.generate(ids, max_new_tokens=40, assistant_model=helper, num_assistant_tokens=4)
+            got = model.generate(ids, max_new_tokens=40, assistant_model=helper, num_assistant_tokens=4,
+                                 step_replay=False)
             torch.testing.assert_close(got, expected, rtol=0, atol=0)
     passes[(id(model), "step")] -= 3 * 39  # less the plain loops' steps
     model_passes = passes[(id(model), "extend")] + passes[(id(model), "step")]
@@ -108,7 +109,7 @@ def test_a_copy_of_the_model_has_every_draft_kept(model, passes):
     expected = model.generate(ids, max_new_tokens=31)
     passes.clear()
     got = model.generate(ids, max_new_tokens=31, assistant_model=twin, num_assistant_tokens=5,
-                         assistant_confidence_threshold=0)
+                         assistant_confidence_threshold=0, step_replay=False)
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
     assert passes[(id(model), "extend")] == 5  # 1 token from the prefill, then 5 passes of 5 drafts + 1 each: 31
     assert (id(model), "step") not in passes

@@ -26,7 +26,8 @@ def model(request):
 
 @pytest.fixture
 def passes(monkeypatch):
-    """Counts the decoder's several-token passes and single steps during generate."""
+    """Counts the decoder's several-token passes and single steps during generate (all of them with
+    step_replay=False; a replayed pass does not call the decoder)."""
     counts = {"extend": 0, "step": 0}
     extend, step = IncrementalDecoder.extend, IncrementalDecoder.step
 
@@ -112,7 +113,7 @@ def test_greedy_tokens_are_plain_decodings(model, passes, num_tokens, ngram, sav
         ids = prompt(seed=seed)
         expected = model.generate(ids, max_new_tokens=40, step_replay=False)  # 39 counted steps
         got = model.generate(ids, max_new_tokens=40, prompt_lookup_num_tokens=num_tokens,
-                             max_matching_ngram_size=ngram)
+                             max_matching_ngram_size=ngram, step_replay=False)  # every pass counted
         torch.testing.assert_close(got, expected, rtol=0, atol=0)
     speculative = passes["extend"] + passes["step"] - 3 * 39  # less the three plain loops' steps
     assert passes["extend"] > 0 and (speculative < 3 * 39) == saves

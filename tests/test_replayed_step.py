@@ -145,6 +145,29 @@ def test_each_call_is_a_plain_step_and_keeps_its_logits(model, backend):
     torch.testing.assert_close(replayed.cache.keys, plain.cache.keys, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@torch.inference_mode()
+def test_extend_is_replayed_per_token_count(model, block_calls, backend):
+    """Speculative decoding's passes of several tokens, with rewinds between them, as the plain extend gives."""
+    m = variant(model, backend)
+    plain, replayed = decoder_after_prompt(m), decoder_after_prompt(m)
+    extend = replayed_step.ReplayedExtend(replayed)
+    walked = block_calls[0]
+    for t, count in enumerate([3, 2, 3, 3, 2, 3, 2, 3]):
+        tokens = (torch.arange(2 * count).reshape(2, count) * (t + 5)) % VOCAB
+        torch.testing.assert_close(extend(tokens), plain.extend(tokens), rtol=0, atol=0)
+        for decoder in (plain, replayed):
+            decoder.rewind(t % 2)
+    assert sorted(extend.by_count) == [2, 3] and all(r.program is not None for r in extend.by_count.values())
+    assert block_calls[0] - walked == 8 * m.config.n_layer + 2 * 2 * m.config.n_layer  # plain 8, replayed 2 each
+    torch.testing.assert_close(replayed.cache.lengths, plain.cache.lengths, rtol=0, atol=0)
+    torch.testing.assert_close(replayed.cache.keys, plain.cache.keys, rtol=0, atol=0)
+    torch.testing.assert_close(replayed.cache.values, plain.cache.values, rtol=0, atol=0)
+    off = replayed_step.ReplayedExtend(decoder_after_prompt(m), enabled=False)
+    off(tokens), off(tokens), off(tokens)
+    assert not off.by_count
+
+
 class _StepReading:
     """A decoder whose step does `reads(x)` on its hidden state before returning logits."""
 

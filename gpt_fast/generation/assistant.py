@@ -27,7 +27,7 @@ import torch
 
 from gpt_fast.generation.decoder import IncrementalDecoder
 from gpt_fast.generation.kv_cache import StaticKVCache
-from gpt_fast.generation.replayed_step import ReplayedStep
+from gpt_fast.generation.replayed_step import ReplayedExtend, ReplayedStep
 from gpt_fast.generation.speculative import next_draft_length
 from gpt_fast.models.block_modules import module_by_module
 from gpt_fast.ops.kernel_plan import plan_kernels
@@ -105,6 +105,7 @@ class AssistantDrafter:
         self.decoder = IncrementalDecoder(model, cache, plan)
         self.decoder.prefill(prompt, torch.tensor([prompt.shape[1]], device=device), True)
         self.step = ReplayedStep(self.decoder) if replay else self.decoder.step
+        self.extend = ReplayedExtend(self.decoder, enabled=replay)
         self.cached = prompt.shape[1]  # the sequence's tokens in the cache
         self.base = 0  # the sequence's length when the last draft began
         self.eos = set() if eos_ids is None else set(eos_ids)
@@ -120,7 +121,7 @@ class AssistantDrafter:
         if len(new) == 1:
             logits = self.step(torch.tensor(new, device=device))  # (1, V)
         else:
-            logits = self.decoder.extend(torch.tensor([new], device=device))[:, -1]  # (1, V)
+            logits = self.extend(torch.tensor([new], device=device))[:, -1]  # (1, V)
         drafts, threshold = [], self.settings.confidence_threshold
         while True:
             top, token = logits[0].max(-1)

@@ -36,6 +36,7 @@ from gpt_fast.generation.prepared import first_done, prepare
 from gpt_fast.generation.processors import stop_flags
 from gpt_fast.generation.prompt_checks import check_prompt, check_token_type_ids, infer_attention_mask
 from gpt_fast.generation.prompt_lookup import PromptLookupDrafter
+from gpt_fast.generation.replayed_step import ReplayedExtend
 from gpt_fast.generation.speculative import speculative_decode
 from gpt_fast.models.outputs import ModelOutput
 
@@ -155,8 +156,9 @@ def _generate(model, input_ids, attention_mask, kwargs: dict):
         tokens = emit(logits, 0)
         drafter = make_drafter(request, prompt, T + max_new)
         step = p.decoder.step if p.graph else p.step_function(1)  # no CUDA graph beside passes of several tokens
-        steps = speculative_decode(p.decoder, step, tokens, prompt[0].tolist() + [int(tokens[0])], 1, max_new,
-                                   drafter, emit, lambda s: tracking and not bool(alive[s]))
+        extend = ReplayedExtend(p.decoder, enabled=not p.graph and p.step_replay is not False)
+        steps = speculative_decode(p.decoder, step, extend, tokens, prompt[0].tolist() + [int(tokens[0])], 1,
+                                   max_new, drafter, emit, lambda s: tracking and not bool(alive[s]))
         if request.assistant is not None:
             drafter.finish()
     else:

@@ -133,8 +133,9 @@ class ReplayedStep:
     replayed from then on; calling it copies the tokens into the recorded input buffer. With required=True a step
     that cannot be replayed raises ValueError; otherwise it stays the plain step (self.refused says why)."""
 
-    def __init__(self, decoder, required: bool = False):
+    def __init__(self, decoder, required: bool = False, method: str = "step"):
         self.decoder = decoder
+        self.run = getattr(decoder, method)  # step, or extend (ReplayedExtend)
         self.required = required
         self.tokens = None  # (B,) static input, a copy of the second call's tokens
         self.calls = 0
@@ -154,7 +155,7 @@ class ReplayedStep:
             return self.replay()
         self.calls += 1
         if self.calls == 1 or self.refused is not None:
-            return self.decoder.step(tokens)
+            return self.run(tokens)
         self.tokens = tokens.clone()
         return self.record()
 
@@ -163,7 +164,7 @@ class ReplayedStep:
         (ValueError if required) and later calls take the plain step."""
         recorder, watch = _Recorder(), _HostReadWatch()
         with watch, recorder:
-            logits = self.decoder.step(self.tokens)
+            logits = self.run(self.tokens)
         slot = recorder.slots.get(id(logits))
         self.refused = (watch.refused or recorder.refused
                         or (None if slot is not None else "its result is not made by its operators"))
@@ -198,3 +199,22 @@ class ReplayedStep:
             else:
                 values[first:first + n_out] = out
         return values[self.result]
+
+
+class ReplayedExtend:
+    """decoder.extend (speculative decoding's verification pass, and an assistant's catching up) replayed as
+    ReplayedStep replays step: one recording per number of new tokens, each made at that count's second call.
+    enabled=False: the plain extend."""
+
+    def __init__(self, decoder, enabled: bool = True):
+        self.decoder = decoder
+        self.enabled = enabled
+        self.by_count = {}  # new tokens per row -> its ReplayedStep over extend
+
+    def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
+        if not self.enabled:
+            return self.decoder.extend(tokens)
+        replayed = self.by_count.get(tokens.shape[1])
+        if replayed is None:
+            replayed = self.by_count[tokens.shape[1]] = ReplayedStep(self.decoder, method="extend")
+        return replayed(tokens)

@@ -29,13 +29,13 @@ from typing import Callable
 import torch
 
 
-def speculative_decode(decoder, step: Callable, token: torch.Tensor, sequence: list[int], emitted: int, max_new: int,
-                       drafter, emit: Callable, finished: Callable) -> int:
+def speculative_decode(decoder, step: Callable, extend: Callable, token: torch.Tensor, sequence: list[int],
+                       emitted: int, max_new: int, drafter, emit: Callable, finished: Callable) -> int:
     """Continues a batch-of-one generation whose last emitted token is `token` (1,), `emitted` tokens so far, the
-    real tokens so far in `sequence` (appended to). step(tokens) is decoder.step or what stands for it (a replayed
-    step: replayed_step.py), for rounds without a draft. emit(logits (1, V), step) -> (1,) chooses and records the token
-    of a step, as generate()'s loop does; finished(step) says whether generation stops after it. Returns the number
-    of emitted tokens."""
+    real tokens so far in `sequence` (appended to). step(tokens) / extend(tokens) are decoder.step / decoder.extend
+    or what stands for them (replayed: replayed_step.py); step is for rounds without a draft. emit(logits (1, V),
+    step) -> (1,) chooses and records the token of a step, as generate()'s loop does; finished(step) says whether
+    generation stops after it. Returns the number of emitted tokens; decoder.rewind drops rejected drafts."""
     while emitted < max_new and not finished(emitted - 1):
         draft = drafter.draft(sequence, max_new - emitted - 1)  # the last new token is never fed: no draft for it
         if not draft:  # nothing to verify: a plain step
@@ -44,7 +44,7 @@ def speculative_decode(decoder, step: Callable, token: torch.Tensor, sequence: l
             sequence.append(int(token[0]))
             continue
         fed = torch.tensor([[int(token[0])] + draft], device=token.device)  # (1, k + 1)
-        logits = decoder.extend(fed)  # (1, k + 1, V)
+        logits = extend(fed)  # (1, k + 1, V)
         for i in range(len(draft) + 1):
             token = emit(logits[:, i], emitted)
             emitted += 1

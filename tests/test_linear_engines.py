@@ -1,5 +1,5 @@
 """Conv1D's matmul engines (gpt_fast/models/linear.py) against the eager math, the engine each call gets from the
-kernel plan and its row count, and the one packed copy per weight behind them (gpt_fast/ops/weight_cache.py)."""
+kernel plan and its row count (whatever ran before), and the packed copies behind them (gpt_fast/ops/weight_cache.py)."""
 
 import dataclasses
 
@@ -89,9 +89,9 @@ def test_packs_once_and_repacks_after_an_update(engine):
     plan = plan_for(engine, torch.bfloat16)
     with torch.inference_mode():
         first = layer(x, plan)
-        packed = layer.__dict__[PREFIX + "packed"][1]
+        packed = layer.__dict__[PREFIX + "packed_" + engine][1]
         layer(x, plan)
-        assert layer.__dict__[PREFIX + "packed"][1] is packed  # reused, not rebuilt
+        assert layer.__dict__[PREFIX + "packed_" + engine][1] is packed  # reused, not rebuilt
     with torch.no_grad():
         layer.weight.mul_(-1.0)  # in place: the cached copy is stale now
     fresh = make_layer(torch.bfloat16)
@@ -130,30 +130,27 @@ def test_repacks_after_a_fused_optimizer_step(engine):
 
 @SMALL_M
 @ONEDNN
-def test_one_packed_copy_per_layer():
-    """A layer never holds two packed copies of its weight, whichever engines its calls take."""
-    layer = make_layer(torch.bfloat16)
-    x = torch.randn(5, 48).to(torch.bfloat16)
-    with torch.inference_mode():
-        for engine, held in (("onednn", "onednn"), ("small_m", "small_m"), ("onednn", "small_m")):
-            layer(x, plan_for(engine, torch.bfloat16))
-            assert packed_copies(layer) == [PREFIX + "packed"]
-            assert layer.packed_engine() == held
-
-    # With the default plan: oneDNN's copy while no linear_small_m copy exists, then the GEMM, never a repack back
+def test_the_engine_and_its_numbers_do_not_depend_on_earlier_calls():
+    """A layer's call gives the same result whatever calls came before it: the first generate() and the next, a
+    forward before and after generating (the engine once depended on which packed copy the layer held). One copy
+    per packed engine, each made once."""
     layer = make_layer(torch.bfloat16)
     plan = plan_kernels(None, torch.device("cpu"), torch.bfloat16)
     many, few = torch.randn(40, 48).to(torch.bfloat16), torch.randn(2, 48).to(torch.bfloat16)
     with torch.inference_mode():
-        assert layer.engine(plan, 40) == "onednn"
-        layer(many, plan)
-        assert layer.packed_engine() == "onednn"
-        layer(few, plan)  # a decode step: the small-M copy replaces oneDNN's
-        assert layer.packed_engine() == "small_m" and layer.engine(plan, 40) == "gemm"
-        out = layer(many, plan)
-        assert layer.packed_engine() == "small_m" and packed_copies(layer) == [PREFIX + "packed"]
-    reference, pytorch = expected(layer, many, True, False)
-    assert_within_pytorch_error(out, reference, pytorch)
+        assert layer.engine(plan, 40) == "onednn" and layer.engine(plan, 2) == "small_m"
+        first_many = layer(many, plan, gelu=True)  # oneDNN's GELU epilogue rounds once
+        assert layer.packed_engines() == ["onednn"]
+        first_few = layer(few, plan)  # a decode step
+        assert layer.packed_engines() == ["small_m", "onednn"]
+        torch.testing.assert_close(layer(many, plan, gelu=True), first_many, rtol=0, atol=0)
+        torch.testing.assert_close(layer(few, plan), first_few, rtol=0, atol=0)
+        assert sorted(packed_copies(layer)) == [PREFIX + "packed_onednn", PREFIX + "packed_small_m"]
+        other = make_layer(torch.bfloat16)  # the same weights, steps first
+        torch.testing.assert_close(other(few, plan), first_few, rtol=0, atol=0)
+        torch.testing.assert_close(other(many, plan, gelu=True), first_many, rtol=0, atol=0)
+    reference, pytorch = expected(layer, many, True, True)
+    assert_within_pytorch_error(first_many, reference, pytorch)
 
 
 @SMALL_M
@@ -244,3 +241,23 @@ def test_cache_does_not_keep_a_replaced_weight_alive():
     storage = layer.weight.untyped_storage()  # one more holder of the old storage: this handle
     layer.weight = torch.nn.Parameter(torch.zeros_like(layer.weight))
     assert torch._C._storage_Use_Count(storage._cdata) == 1  # only this handle
+
+
+@SMALL_M
+@ONEDNN
+def test_a_model_gives_the_same_numbers_before_and_after_generating():
+    """The first generate() of a bf16 model used to prefill through oneDNN and every later one through PyTorch's
+    GEMM (the decode steps' packed copy then took priority), so its tokens could differ from the next call's."""
+    from gpt_fast import OpenAIGPTConfig, OpenAIGPTLMHeadModel
+
+    torch.manual_seed(0)
+    config = OpenAIGPTConfig(vocab_size=97, n_positions=64, n_embd=64, n_layer=2, n_head=2)
+    model = OpenAIGPTLMHeadModel(config).to(torch.bfloat16).eval()
+    ids = torch.randint(0, 97, (1, 40))  # more rows than linear_small_m takes
+    kwargs = dict(max_new_tokens=4, return_dict_in_generate=True, output_logits=True)
+    with torch.inference_mode():
+        before = model(ids).logits
+        first, second = model.generate(ids, **kwargs), model.generate(ids, **kwargs)
+        after = model(ids).logits
+    torch.testing.assert_close(after, before, rtol=0, atol=0)
+    torch.testing.assert_close(second.logits, first.logits, rtol=0, atol=0)

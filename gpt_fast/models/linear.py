@@ -9,12 +9,13 @@ Engines, chosen from the KernelPlan (ops/kernel_plan.py) and the number of rows 
   rounded to the model's dtype where the plan says PyTorch's bf16 / fp16 GEMM is its slow reference loop on this
   CPU (plan.gemm_upcast: fp16 on CPUs without AVX512-FP16, bf16 on AVX2 CPUs; ~100x faster there); a float32
   GEMM through oneDNN (with autograd) where plan.onednn_fp32 says so (AMD CPUs: ops/onednn_linear.py).
-A layer keeps at most one packed copy of its weight (ops/weight_cache.py, rebuilt when the weight changes). The
-linear_small_m copy has priority (decode speed): once a layer holds it, its calls with more rows take PyTorch's
-GEMM instead of oneDNN, so a model that generates never holds two copies nor repacks between prefill and steps,
-and a model only used for long forwards (scoring, classification) keeps oneDNN's prepacked GEMM. Measured on the
-2-core AMD EPYC (Zen 5, AVX512-BF16), bf16 GPT-1 forward of 512 tokens: oneDNN's prepacked GEMM for the widening
-layers ~12-16% faster than PyTorch's GEMM; linear_small_m for all 512 rows about as fast as the GEMM.
+The engine depends on the plan and the row count only, never on what the layer has computed before, so a call
+gives the same numbers whatever came before it (the first generate() and the next, a forward before and after
+generating). A layer keeps one packed copy of its weight per packed engine that has served it (ops/weight_cache.py,
+rebuilt when the weight changes): a bf16 model on a CPU with oneDNN's bf16 GEMM that both prefills long prompts
+and decodes holds two copies of its widening layers' weights (GPT-1: +99 MB). Measured on the 2-core AMD EPYC
+(Zen 5, AVX512-BF16), bf16 GPT-1 forward of 512 tokens: oneDNN's prepacked GEMM for the widening layers ~12-16%
+faster than PyTorch's GEMM; linear_small_m for all 512 rows about as fast as the GEMM.
 """
 
 from __future__ import annotations
@@ -58,19 +59,16 @@ class Conv1D(nn.Module):
             return "gemm"
         if rows <= plan.small_m_rows:
             return "small_m"
-        if not plan.onednn_bf16:
-            return "gemm"
-        return "onednn" if plan.onednn_bf16 and self.widening and self.packed_engine() != "small_m" else "gemm"
+        return "onednn" if plan.onednn_bf16 and self.widening else "gemm"
 
-    def packed_engine(self) -> str | None:
-        """The engine whose packed copy of the weight this layer holds, if any."""
-        entry = self.__dict__.get(PREFIX + "packed")
-        return None if entry is None else entry[0][0]
+    def packed_engines(self) -> list[str]:
+        """The engines whose packed copy of the weight this layer holds."""
+        return [engine for engine in _PACK if PREFIX + "packed_" + engine in self.__dict__]
 
     def packed(self, engine: str) -> torch.Tensor:
-        """The weight in `engine`'s layout, packed once per weight version; one packed copy per layer at most."""
+        """The weight in `engine`'s layout, packed once per weight version."""
         weight = self._parameters["weight"]
-        return cached_on(self, "packed", (weight,), lambda: _PACK[engine](weight), tag=engine)
+        return cached_on(self, "packed_" + engine, (weight,), lambda: _PACK[engine](weight))
 
     def forward(self, x: torch.Tensor, plan: KernelPlan | None = None, with_bias: bool = True,
                 gelu: bool = False) -> torch.Tensor:

@@ -29,8 +29,8 @@ The rules:
   gpt_fast::flash_attention_backward).
 - linear engines (models/linear.py): linear_small_m for matmuls of at most `small_m_rows` rows (decode steps and
   short prompts; bound by reading the weight, which it does at about the memory bandwidth), oneDNN's bf16 GEMM
-  on a prepacked weight for widening layers with many rows where oneDNN's bf16 path runs on this CPU (and the layer
-  holds no linear_small_m copy: one packed copy per weight), otherwise PyTorch's GEMM. Neither packed engine has
+  on a prepacked weight for widening layers with many rows where oneDNN's bf16 path runs on this CPU, otherwise
+  PyTorch's GEMM. Neither packed engine has
   autograd, so neither runs when gradients are wanted.
 - half-precision GEMMs (gemm_upcast): where PyTorch's own bf16 / fp16 GEMM on this CPU has no fast kernel (it takes
   oneDNN's when torch.ops.mkldnn says the CPU supports that dtype: bf16 needs AVX-512 BW/VL/DQ or AVX-NE-CONVERT, fp16

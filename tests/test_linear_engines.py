@@ -1,5 +1,5 @@
 """Conv1D's matmul engines (gpt_fast/models/linear.py) against the eager math, the engine each call gets from the
-kernel plan and its row count (whatever ran before), and the packed copies behind them (gpt_fast/ops/weight_cache.py)."""
+kernel plan and its row count (whatever ran before), and the packed copies behind them (ops/weight_cache.py)."""
 
 import dataclasses
 

@@ -192,6 +192,19 @@ FUSED = pytest.param("fused", marks=pytest.mark.skipif(not has_kernel("flash_att
 BACKENDS = ["eager", "sdpa", FUSED]
 
 
+def assert_speculative_sampling_is_plain(model, prompt, tolerance: float, **speculative) -> None:
+    """Seeded sampling with speculative decoding (prompt lookup, an assistant) against plain sampling: the same
+    draws, and per step the same scores and logits up to `tolerance` (a several-token pass rounds otherwise)."""
+    kwargs = dict(max_new_tokens=30, do_sample=True, top_k=4, temperature=0.7, return_dict_in_generate=True,
+                  output_scores=True, output_logits=True)
+    expected = model.generate(prompt, seed=5, **kwargs)
+    got = model.generate(prompt, seed=5, **speculative, **kwargs)
+    torch.testing.assert_close(got.sequences, expected.sequences, rtol=0, atol=0)
+    assert len(got.scores) == len(got.logits) == 30
+    torch.testing.assert_close(got.scores, expected.scores, rtol=tolerance, atol=tolerance)
+    torch.testing.assert_close(got.logits, expected.logits, rtol=tolerance, atol=tolerance)
+
+
 def load_pair(head, backend, loader="from_transformers", tmp_path=None, **overrides):
     """(transformers model, gpt_fast model with the same weights), both in eval mode."""
     hf = hf_model(head, **overrides)

@@ -28,13 +28,18 @@ VOCAB = ["<unk>", *LETTERS, *(c + "</w>" for c in LETTERS), "th", "the</w>"]
 MERGES = [("t", "h"), ("th", "e</w>")]
 
 
+def random_checkpoint(folder: Path, seed: int, n_embd: int, n_layer: int) -> Path:
+    """A random model of the tiny vocabulary saved in folder."""
+    torch.manual_seed(seed)
+    config = gpt_fast.OpenAIGPTConfig(vocab_size=len(VOCAB), n_positions=64, n_embd=n_embd, n_layer=n_layer, n_head=2)
+    gpt_fast.OpenAIGPTLMHeadModel(config).save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     """A tiny random checkpoint with a tiny BPE tokenizer in one folder."""
-    folder = tmp_path_factory.mktemp("tiny-gpt")
-    torch.manual_seed(3)
-    config = gpt_fast.OpenAIGPTConfig(vocab_size=len(VOCAB), n_positions=64, n_embd=32, n_layer=2, n_head=2)
-    gpt_fast.OpenAIGPTLMHeadModel(config).save_pretrained(folder)
+    folder = random_checkpoint(tmp_path_factory.mktemp("tiny-gpt"), 3, 32, 2)
     (folder / "vocab.json").write_text(json.dumps({token: i for i, token in enumerate(VOCAB)}))
     (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in MERGES) + "\n")
     return folder
@@ -147,11 +152,7 @@ def test_prompt_lookup_prints_the_plain_text(checkpoint, capsys, monkeypatch):
 @pytest.fixture(scope="module")
 def assistant_checkpoint(tmp_path_factory):
     """A smaller random model with the checkpoint's vocabulary (weights only: the tokenizer is the model's)."""
-    folder = tmp_path_factory.mktemp("tiny-assistant")
-    torch.manual_seed(4)
-    config = gpt_fast.OpenAIGPTConfig(vocab_size=len(VOCAB), n_positions=64, n_embd=16, n_layer=1, n_head=2)
-    gpt_fast.OpenAIGPTLMHeadModel(config).save_pretrained(folder)
-    return folder
+    return random_checkpoint(tmp_path_factory.mktemp("tiny-assistant"), 4, 16, 1)
 
 
 def test_assistant_model_prints_the_plain_text(checkpoint, assistant_checkpoint, capsys, monkeypatch):

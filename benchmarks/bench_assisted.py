@@ -28,8 +28,9 @@ from gpt_fast import OpenAIGPTConfig, OpenAIGPTLMHeadModel, OpenAIGPTTokenizer
 from gpt_fast.generation.assistant import AssistantDrafter
 from gpt_fast.generation.prompt_lookup import PromptLookupDrafter
 from gpt_fast.ops import cpu_isa
+from gpt_fast.training.recipes.shakespeare_corpus import default_cache_dir
 
-RECIPE = Path("~/.cache/gpt_fast/shakespeare").expanduser()
+RECIPE = default_cache_dir()  # the Shakespeare recipe's folder ($XDG_CACHE_HOME respected)
 
 
 def validation_prompts(folder: Path, count: int, words: int) -> list[str]:

@@ -1,7 +1,8 @@
 """Assisted decoding (generate(assistant_model=...)) and prompt lookup against plain greedy decoding, batch 1, on a
 trained model and a smaller trained assistant with the same tokenizer, alternating in one run.
 
-    python benchmarks/bench_assisted.py [--model DIR] [--assistant DIR] [--prompts FILE] [--new-tokens 128]
+    python benchmarks/bench_assisted.py [--model DIR] [--assistant DIR] [--prompts FILE | --passages-from FILE]
+                                        [--new-tokens 128]
                                         [--num-assistant-tokens 2 4 8] [--lookup 4] [--dtype float32]
                                         [--repeats 3] [--threads 2]
 
@@ -33,9 +34,9 @@ from gpt_fast.training.recipes.shakespeare_corpus import default_cache_dir
 RECIPE = default_cache_dir()  # the Shakespeare recipe's folder ($XDG_CACHE_HOME respected)
 
 
-def validation_prompts(folder: Path, count: int, words: int) -> list[str]:
-    """The first `words` words of `count` passages spread through folder/validation.txt."""
-    text = (folder / "validation.txt").read_text().split()
+def passages(path: Path, count: int, words: int) -> list[str]:
+    """`count` passages of `words` words spread through the text file at path."""
+    text = path.read_text().split()
     stride = max(1, (len(text) - words) // count)
     return [" ".join(text[i * stride:i * stride + words]) for i in range(count)]
 
@@ -139,7 +140,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=RECIPE / "model")
     parser.add_argument("--assistant", type=Path, default=RECIPE / "assistant")
-    parser.add_argument("--prompts", type=Path, help="a text file, one prompt a line (default: the validation text's)")
+    parser.add_argument("--prompts", type=Path, help="a text file, one prompt a line")
+    parser.add_argument("--passages-from", type=Path, default=RECIPE / "model" / "validation.txt",
+                        help="without --prompts: 40-word passages of this text (default: the recipe's validation text)")
     parser.add_argument("--num-prompts", type=int, default=4)
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--num-assistant-tokens", type=int, nargs="+", default=[2, 4, 8])
@@ -159,7 +162,7 @@ def main(argv: list[str] | None = None) -> None:
     assistant = OpenAIGPTLMHeadModel.from_pretrained(args.assistant, dtype=args.dtype).eval()
     tokenizer = OpenAIGPTTokenizer.from_pretrained(args.model)
     texts = (args.prompts.read_text().splitlines()[:args.num_prompts] if args.prompts
-             else validation_prompts(args.model, args.num_prompts, 40))
+             else passages(args.passages_from, args.num_prompts, 40))
     prompts = [tokenizer(text, return_tensors="pt")["input_ids"] for text in texts]
     rows, outcomes = run(model, assistant, prompts, args.new_tokens, args.num_assistant_tokens, args.lookup,
                          args.repeats)

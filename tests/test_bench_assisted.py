@@ -21,7 +21,6 @@ def checkpoint(folder: Path, model) -> Path:
     model.save_pretrained(folder)
     (folder / "vocab.json").write_text(json.dumps({token: i for i, token in enumerate(VOCAB)}))
     (folder / "merges.txt").write_text("#version: 0.2\n")
-    (folder / "validation.txt").write_text("to be or not to be that is the question " * 20)
     return folder
 
 
@@ -30,8 +29,11 @@ def test_tiny_run_checks_and_has_a_row_per_drafter(tmp_path, capsys):
     config = gpt_fast.OpenAIGPTConfig(vocab_size=len(VOCAB), n_positions=128, n_embd=32, n_layer=2, n_head=2)
     model = gpt_fast.OpenAIGPTLMHeadModel(config)
     twin = copy.deepcopy(model)  # every draft is kept: the row shows 100%
+    text = tmp_path / "text.txt"
+    text.write_text("to be or not to be that is the question " * 20)
     bench_assisted.main(["--model", str(checkpoint(tmp_path / "model", model)),
                          "--assistant", str(checkpoint(tmp_path / "assistant", twin)), "--num-prompts", "2",
+                         "--passages-from", str(text),
                          "--new-tokens", "9", "--num-assistant-tokens", "2", "4", "--repeats", "1"])
     out = capsys.readouterr().out
     rows = [[cell.strip() for cell in line.split("|")[1:-1]] for line in out.splitlines()

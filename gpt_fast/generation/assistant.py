@@ -25,12 +25,10 @@ from dataclasses import dataclass
 
 import torch
 
-from gpt_fast.generation.decoder import IncrementalDecoder
+from gpt_fast.generation.decoder import IncrementalDecoder, decode_plan
 from gpt_fast.generation.kv_cache import StaticKVCache
 from gpt_fast.generation.replayed_step import ReplayedExtend, ReplayedStep
 from gpt_fast.generation.speculative import next_draft_length
-from gpt_fast.models.block_modules import module_by_module
-from gpt_fast.ops.kernel_plan import plan_kernels
 
 SCHEDULES = ("constant", "heuristic", "heuristic_transient")
 DEFAULT_NUM_TOKENS = 20  # transformers' global defaults
@@ -97,12 +95,9 @@ class AssistantDrafter:
     def __init__(self, settings: AssistantSettings, prompt: torch.Tensor, capacity: int, eos_ids, replay: bool):
         model = self.model = settings.model
         self.settings = settings
-        config, device = model.config, prompt.device
-        plan = plan_kernels(model.attn_implementation, device, model.dtype,
-                            by_module=module_by_module(model.transformer.h))
-        cache = StaticKVCache(config.n_layer, 1, config.n_head, capacity, config.n_embd // config.n_head,
-                              model.dtype, device)
-        self.decoder = IncrementalDecoder(model, cache, plan)
+        device = prompt.device
+        cache = StaticKVCache.for_model(model.config, 1, capacity, model.dtype, device)
+        self.decoder = IncrementalDecoder(model, cache, decode_plan(model, device))
         self.decoder.prefill(prompt, torch.tensor([prompt.shape[1]], device=device), True)
         self.step = ReplayedStep(self.decoder) if replay else self.decoder.step
         self.extend = ReplayedExtend(self.decoder, enabled=replay)

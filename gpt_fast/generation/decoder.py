@@ -28,9 +28,17 @@ import torch
 
 from gpt_fast.generation.kv_cache import StaticKVCache
 from gpt_fast.models.attention import backend_attention
+from gpt_fast.models.block_modules import module_by_module
 from gpt_fast.models.linear import bind_layers
 from gpt_fast.ops import has_kernel
-from gpt_fast.ops.kernel_plan import KernelPlan
+from gpt_fast.ops.kernel_plan import KernelPlan, plan_kernels
+
+
+def decode_plan(model, device: torch.device) -> KernelPlan:
+    """The KernelPlan that decodes `model` on `device`: its attention backend and dtype, no dropout, no gradients,
+    and hooks on the blocks' modules at this moment taken into account (models/block_modules.py)."""
+    return plan_kernels(model.attn_implementation, device, model.dtype,
+                        by_module=module_by_module(model.transformer.h))
 
 
 class IncrementalDecoder:

@@ -30,6 +30,11 @@ class StaticKVCache:
         # per-layer views, made once so the decode loop does no indexing
         self.layers = [(self.keys[i], self.values[i]) for i in range(n_layer)]  # (B, H, Tmax, D) each
 
+    @classmethod
+    def for_model(cls, config, rows: int, max_length: int, dtype: torch.dtype, device: torch.device) -> "StaticKVCache":
+        """A cache of `rows` rows of `max_length` positions for a model of `config` (its layers, heads, head width)."""
+        return cls(config.n_layer, rows, config.n_head, max_length, config.n_embd // config.n_head, dtype, device)
+
     @property
     def max_length(self) -> int:
         return self.keys.shape[3]

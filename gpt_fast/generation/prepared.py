@@ -9,14 +9,12 @@ from dataclasses import dataclass
 import torch
 
 from gpt_fast.generation.arguments import GenerationRequest
-from gpt_fast.generation.decoder import CUDAGraphStep, IncrementalDecoder, use_cuda_graph
+from gpt_fast.generation.decoder import CUDAGraphStep, IncrementalDecoder, decode_plan, use_cuda_graph
 from gpt_fast.generation.kv_cache import StaticKVCache
 from gpt_fast.generation.processors import ExtraProcessors, TokenHistory
 from gpt_fast.generation.replayed_step import ReplayedStep, refusal_before_recording
 from gpt_fast.generation.sampling import TokenSelector
-from gpt_fast.models.block_modules import module_by_module
 from gpt_fast.models.hooks import forward_hooked
-from gpt_fast.ops.kernel_plan import plan_kernels
 
 
 @dataclass
@@ -69,10 +67,8 @@ def prepare(model, input_ids, attention_mask, request: GenerationRequest, rows_p
     graph = use_cuda_graph(device, False if request.step_replay else request.cuda_graph, forward_hooked(model))
     if request.step_replay and (reason := refusal_before_recording(model)) is not None:  # before any work
         raise ValueError(f"step_replay=True: the decode step cannot be replayed: {reason}")
-    plan = plan_kernels(model.attn_implementation, device, model.dtype,  # no dropout, no gradients
-                        by_module=module_by_module(model.transformer.h))
-    cache = StaticKVCache(config.n_layer, B, config.n_head, T + request.max_new_tokens,
-                          config.n_embd // config.n_head, model.dtype, device)
+    plan = decode_plan(model, device)
+    cache = StaticKVCache.for_model(config, B, T + request.max_new_tokens, model.dtype, device)
     eos_ids = None if request.eos_token_ids is None else torch.tensor(request.eos_token_ids, device=device)
     selector = TokenSelector(request.sampling, eos_ids, B, config.vocab_size, device, request.generator)
     selector.add_prompt(packed, lengths)

@@ -34,10 +34,8 @@ from concurrent.futures import Future
 
 import torch
 
-from gpt_fast.generation.decoder import IncrementalDecoder
+from gpt_fast.generation.decoder import IncrementalDecoder, decode_plan
 from gpt_fast.generation.replayed_step import ReplayedStep
-from gpt_fast.models.block_modules import module_by_module
-from gpt_fast.ops.kernel_plan import plan_kernels
 from gpt_fast.serving.errors import BadRequest, ContextTooLong, EngineStopped, QueueFull
 from gpt_fast.serving.observer import EngineObserver
 from gpt_fast.serving.params import SamplingParams
@@ -67,8 +65,7 @@ class Engine:
         self.config = model.config
         self.device = next(model.parameters()).device
         # hooks on the blocks' modules at the engine's start (a steering hook) run, as in generate()
-        self.plan = plan_kernels(model.attn_implementation, self.device, model.dtype,
-                                 by_module=module_by_module(model.transformer.h))
+        self.plan = decode_plan(model, self.device)
         self.slots = SlotCache(self.config, max_batch, model.dtype, self.device)
         self.sampler = RowSampler(self.config.vocab_size, max_batch, self.device)
         self.max_queue = max_queue

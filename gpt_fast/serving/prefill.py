@@ -87,14 +87,13 @@ def prefill_together(model, plan: KernelPlan, cache: SlotCache, slots: list[int]
     rows (the padded positions' land past each slot's length, where decode steps overwrite them). Sets the slots'
     lengths; returns the first new token's float32 logits (b, V), one row per prompt. For the engine's
     prefill_first mode (generate_batch), where every request arrives at once: one pass instead of one per prompt."""
-    device, config = cache.lengths.device, model.config
+    device = cache.lengths.device
     T = max(map(len, prompts))
     ids = torch.zeros(len(prompts), T, dtype=torch.long, device=device)  # (b, T)
     for row, prompt in enumerate(prompts):
         ids[row, :len(prompt)] = torch.tensor(prompt, device=device)
     lengths = torch.tensor([len(p) for p in prompts], device=device)  # (b,)
-    own = StaticKVCache(config.n_layer, len(prompts), config.n_head, T, config.n_embd // config.n_head,
-                        cache.layers[0][0].dtype, device)
+    own = StaticKVCache.for_model(model.config, len(prompts), T, cache.layers[0][0].dtype, device)
     logits = IncrementalDecoder(model, own, plan).prefill(ids, lengths, all_full=bool((lengths == T).all()))
     rows = torch.tensor(slots, device=device)
     for (keys, values), (own_keys, own_values) in zip(cache.layers, own.layers):  # (B, H, Tmax, D) <- (b, H, T, D)

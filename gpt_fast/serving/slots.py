@@ -28,8 +28,7 @@ class CacheRows:
 
 class SlotCache:
     def __init__(self, config, max_batch: int, dtype: torch.dtype, device: torch.device):
-        self.cache = StaticKVCache(config.n_layer, max_batch, config.n_head, config.n_positions,
-                                   config.n_embd // config.n_head, dtype, device)
+        self.cache = StaticKVCache.for_model(config, max_batch, config.n_positions, dtype, device)
         self.max_batch = max_batch
         self.free = list(range(max_batch))  # a heap: lowest slot first
         self.views: dict[int, CacheRows] = {}

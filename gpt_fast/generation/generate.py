@@ -22,6 +22,7 @@ Differences, all on purpose:
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -71,13 +72,20 @@ def generate(model, input_ids=None, attention_mask=None, generation_config=None,
             raise ValueError("pass the prompt as input_ids or inputs, not both")
         input_ids = kwargs.pop("inputs")
     kwargs = merge_generation_config(model, generation_config, kwargs)
-    models = [m for m in (model, kwargs.get("assistant_model")) if isinstance(m, torch.nn.Module)]
-    modes = [(module, module.training) for m in models for module in m.modules()]  # each module's, restored after
+    with eval_modes(model, kwargs.get("assistant_model")), torch.autocast(model.device.type, enabled=False):
+        return _generate(model, input_ids, attention_mask, kwargs)
+
+
+@contextlib.contextmanager
+def eval_modes(*models):
+    """The models (those that are nn.Modules; others are left to the argument checks) in eval mode inside, each of
+    their modules back in its own mode afterwards."""
+    models = [m for m in models if isinstance(m, torch.nn.Module)]
+    modes = [(module, module.training) for m in models for module in m.modules()]
     for m in models:
         m.eval()
     try:
-        with torch.autocast(model.device.type, enabled=False):
-            return _generate(model, input_ids, attention_mask, kwargs)
+        yield
     finally:
         for module, training in modes:
             module.training = training

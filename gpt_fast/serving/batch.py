@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 from gpt_fast.generation.arguments import GENERATE_KWARGS, NO_EFFECT_KWARGS, parse_generation_kwargs
 from gpt_fast.generation.config import DEFAULTS
-from gpt_fast.generation.generate import merge_generation_config
+from gpt_fast.generation.generate import eval_modes, merge_generation_config
 from gpt_fast.serving.engine import Engine
 from gpt_fast.serving.errors import ServingError
 from gpt_fast.serving.params import SamplingParams
@@ -120,20 +120,19 @@ def _run(model, requests, ids, outputs, max_batch, record_timestamps, progress_b
     """Submits every request, then runs the engine on this thread until every sequence has ended."""
     total = sum(n for _, (_, n) in requests)
     collector = _Collector(outputs, total, record_timestamps, _progress(total) if progress_bar else None)
-    was_training = model.training  # the engine puts the model in eval mode
 
     def submit_all():
         for (prompt, (params, n)), request_ids in zip(requests, ids):
             collector.engine.submit(prompt, params, collector.sink_for(request_ids), n=n)
 
     try:
-        collector.engine = Engine(model, None, max_batch=min(max_batch, total), max_queue=total,
-                                  prefill_first=True)
-        collector.engine.run(on_start=submit_all)
+        with eval_modes(model):  # the engine puts the model in eval mode; each module's own mode comes back
+            collector.engine = Engine(model, None, max_batch=min(max_batch, total), max_queue=total,
+                                      prefill_first=True)
+            collector.engine.run(on_start=submit_all)
     except ServingError as error:
         raise ValueError(f"generate_batch: {error.message}") from None
     finally:
-        model.train(was_training)
         if collector.bar is not None:
             collector.bar.close()
     if collector.broken:

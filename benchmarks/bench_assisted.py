@@ -27,7 +27,10 @@ from timing import best_and_median, format_table, machine_description, time_alte
 
 from gpt_fast import OpenAIGPTConfig, OpenAIGPTLMHeadModel, OpenAIGPTTokenizer
 from gpt_fast.generation.assistant import AssistantDrafter
+from gpt_fast.generation.decoder import IncrementalDecoder, decode_plan
+from gpt_fast.generation.kv_cache import StaticKVCache
 from gpt_fast.generation.prompt_lookup import PromptLookupDrafter
+from gpt_fast.generation.replayed_step import ReplayedExtend, ReplayedStep
 from gpt_fast.ops import cpu_isa
 from gpt_fast.training.recipes.shakespeare_corpus import default_cache_dir
 
@@ -95,23 +98,25 @@ def run(model, assistant, prompts: list[torch.Tensor], new_tokens: int, numbers:
     return rows, outcomes
 
 
+@torch.inference_mode()  # as generate() runs (grad mode would refuse the replay and take autograd's paths)
 def pass_times(model, rows: int, repeats: int) -> dict[int, float]:
     """Seconds of one pass of `model` over 1..rows new tokens at position ~64 (1: the decode step; more: the
     verification pass, IncrementalDecoder.extend; both replayed, as generate runs them), each rewound after it."""
-    from gpt_fast.generation.assistant import AssistantSettings
-
     prompt = torch.randint(0, model.config.vocab_size, (1, 64), generator=torch.Generator().manual_seed(0))
-    runner = AssistantDrafter(AssistantSettings(model, 1, "constant", 0.0), prompt, 64 + rows, None, True)
-    token = prompt[:, -1]
+    cache = StaticKVCache.for_model(model.config, 1, 64 + rows, model.dtype, prompt.device)
+    decoder = IncrementalDecoder(model, cache, decode_plan(model, prompt.device))
+    decoder.prefill(prompt, torch.tensor([64]), True)
+    step, extend, token = ReplayedStep(decoder, required=True), ReplayedExtend(decoder), prompt[:, -1]
 
     def one_pass(n):
         def call():
-            runner.step(token) if n == 1 else runner.extend(prompt[:, -n:])
-            runner.decoder.rewind(n)
+            step(token) if n == 1 else extend(prompt[:, -n:])
+            decoder.rewind(n)
         return call
 
     samples = time_alternating({n: one_pass(n) for n in range(1, rows + 1)}, repeats=repeats, warmup=2,
                                min_time=0.2)
+    assert step.program is not None and all(r.program is not None for r in extend.by_count.values())  # replayed
     return {n: t["best"] for n, t in best_and_median(samples).items()}
 
 

@@ -129,9 +129,10 @@ def refusal_before_recording(model) -> str | None:
 
 
 class ReplayedStep:
-    """decoder.step recorded at its second call (the first binds the layers and packs weights: one-time work) and
-    replayed from then on; calling it copies the tokens into the recorded input buffer. With required=True a step
-    that cannot be replayed raises ValueError; otherwise it stays the plain step (self.refused says why)."""
+    """decoder.step (or the decoder method named by `method`: extend, for ReplayedExtend) recorded at its second
+    call (the first binds the layers and packs weights: one-time work) and replayed from then on; calling it copies
+    the tokens into the recorded input buffer. With required=True a step that cannot be replayed raises ValueError;
+    otherwise it stays the plain step (self.refused says why)."""
 
     def __init__(self, decoder, required: bool = False, method: str = "step"):
         self.decoder = decoder

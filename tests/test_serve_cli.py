@@ -31,7 +31,8 @@ def test_serve_command_answers_completions(tmp_path):
     checkpoint = save_checkpoint(tmp_path / "ckpt")
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "gpt_fast.cli", "serve", "--model", str(checkpoint), "--port",
-                               str(port), "--served-model-name", "tiny", "--api-key", "k", "--log-level", "warning"],
+                               str(port), "--served-model-name", "tiny", "--api-key", "k", "--log-level", "warning",
+                               "--prompt-lookup-num-tokens", "4"],
                               cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         url = f"http://127.0.0.1:{port}"
@@ -48,6 +49,13 @@ def test_serve_command_answers_completions(tmp_path):
         reply = httpx.post(url + "/v1/completions", json=body, headers={"Authorization": "Bearer k"}, timeout=30)
         assert reply.status_code == 200 and reply.json()["usage"]["completion_tokens"] == 3
         assert httpx.post(url + "/v1/completions", json=body, timeout=30).status_code == 401
+        repeating = {"model": "tiny", "prompt": "the cat sat on the mat. the cat sat on the mat. the cat sat on",
+                     "max_tokens": 30, "temperature": 0}
+        assert httpx.post(url + "/v1/completions", json=repeating, headers={"Authorization": "Bearer k"},
+                          timeout=30).status_code == 200
+        metrics = httpx.get(url + "/metrics", timeout=30).text.splitlines()
+        drafted = next(line for line in metrics if line.startswith("gpt_fast_spec_decode_draft_tokens_total"))
+        assert float(drafted.split()[-1]) > 0  # --prompt-lookup-num-tokens reached the engine
     finally:
         server.terminate()
         try:
@@ -64,6 +72,7 @@ def test_serve_without_the_extra_is_a_one_line_error(monkeypatch, capsys):
 
 @pytest.mark.parametrize("args, match", [(["--model", "/no/such/folder"], "no such model folder"),
                                          (["--model", ".", "--max-batch", "0"], "must be a positive integer"),
+                                         (["--model", ".", "--prompt-lookup-num-tokens", "0"], "positive integer"),
                                          (["--model", ".", "--port", "70000"], "--port")])
 def test_bad_serve_arguments_are_one_line_errors(args, match, capsys):
     assert main(["serve", *args]) in (1, 2)

@@ -33,6 +33,9 @@ def add_parser(sub) -> None:
     serve.add_argument("--api-key", default=os.environ.get("GPT_FAST_API_KEY"),
                        help="require 'Authorization: Bearer KEY' on /v1 (default: $GPT_FAST_API_KEY, else none)")
     serve.add_argument("--chat-template", metavar="FILE", help="a Jinja2 chat template (default: 'role: content')")
+    serve.add_argument("--prompt-lookup-num-tokens", type=positive_int, metavar="N",
+                       help="prompt lookup decoding while one sequence decodes: verify up to N tokens copied from "
+                            "its text so far per pass (same tokens, fewer passes where the text repeats itself)")
     serve.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's choice)")
     add_quantization_arguments(serve)
     serve.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
@@ -63,6 +66,7 @@ def run(args) -> int:
     quantized = "" if model.quantization is None else f", {model.quantization.scheme}"
     log(f"loaded in {time.perf_counter() - start:.1f} s ({model.dtype}{quantized}, {model.device})")
     app, engine = build_app(model, tokenizer, args.served_model_name or args.model, args.max_batch, args.max_queue,
-                            args.prefill_chunk, args.api_key, template, start_engine=False)
+                            args.prefill_chunk, args.api_key, template, start_engine=False,
+                            prompt_lookup_num_tokens=args.prompt_lookup_num_tokens)
     serve_forever(app, engine, args.host, args.port, args.log_level)
     return 0

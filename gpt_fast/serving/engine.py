@@ -18,8 +18,9 @@ free slots (FIFO); at most one prefill chunk runs (the oldest sequence still pre
 last chunk also picks its first token, and the request's other choices already holding a slot copy its cached
 prompt and pick theirs from the same logits instead of prefilling it again); then one decode step for every
 decoding row (IncrementalDecoder.step over the slot rows [0, hi), rows that are not decoding restored to their own
-length). So requests join between decode steps, running rows wait at most one chunk, and a finished row's slot is
-free for the next step. With prefill_first (generate_batch), the prompts that have not begun and fit a chunk are
+length; with prompt_lookup_num_tokens, a lone decoding row takes a speculative round instead: speculation.py). So
+requests join between decode steps, running rows wait at most one chunk, and a finished row's slot is free for the
+next step. With prefill_first (generate_batch), the prompts that have not begun and fit a chunk are
 prefilled together in one batched pass first, and decode steps wait while prompts are left to prefill.
 `sink(Output)` is called from the engine's thread: it must not block. No web framework is imported here.
 """
@@ -43,6 +44,7 @@ from gpt_fast.serving.prefill import prefill_chunk, prefill_together, whole_prom
 from gpt_fast.serving.sampler import Choice, RowSampler
 from gpt_fast.serving.sequence import Output, Sequence, State
 from gpt_fast.serving.slots import SlotCache
+from gpt_fast.serving.speculation import PromptLookupSpeculation
 
 log = logging.getLogger("gpt_fast.serving")
 SIGNAL_CHECK_S = 0.2  # the longest an idle loop on the main thread leaves a signal unhandled
@@ -57,7 +59,8 @@ class RequestHandle:
 
 class Engine:
     def __init__(self, model, tokenizer, max_batch: int = 16, max_queue: int = 64, prefill_chunk: int = 256,
-                 observer: EngineObserver | None = None, prefill_first: bool = False):
+                 observer: EngineObserver | None = None, prefill_first: bool = False,
+                 prompt_lookup_num_tokens: int | None = None, max_matching_ngram_size: int = 2):
         if max_batch < 1 or max_queue < 1 or prefill_chunk < 1:
             raise ValueError("max_batch, max_queue and prefill_chunk must be positive")
         self.model = model.eval()
@@ -75,6 +78,9 @@ class Engine:
         # generate_batch, where every request is known at once
         self.prefill_first = prefill_first
         self.observer = observer or EngineObserver()
+        # prompt lookup decoding for a lone decoding sequence (speculation.py), or None
+        self.speculation = None if prompt_lookup_num_tokens is None else PromptLookupSpeculation(
+            model, self.plan, self.slots, prompt_lookup_num_tokens, max_matching_ngram_size)
         # hi -> the decode step over the slot rows [0, hi), replayed from its recorded operators (replayed_step.py)
         self.decoders: dict[int, ReplayedStep] = {}
         self.waiting: deque[Sequence] = deque()  # guarded by self.wake
@@ -318,6 +324,8 @@ class Engine:
         sequence.prompt_logprobs.extend(picked.tolist())
 
     def decode_step(self, sequences: list[Sequence]) -> None:
+        if self.speculation is not None and len(sequences) == 1 and self.speculate(sequences[0]):
+            return
         hi = max(s.slot for s in sequences) + 1
         tokens = torch.zeros(hi, dtype=torch.long, device=self.device)  # (hi,) rows not decoding take token 0
         rows = torch.tensor([s.slot for s in sequences], device=self.device)
@@ -335,6 +343,17 @@ class Engine:
         for sequence, choice in zip(sequences, self.sampler.select(selected, sequences)):
             self.emit(sequence, choice)
         self.observer.step(len(sequences), self.queue_depth(), len(sequences))
+
+    def speculate(self, sequence: Sequence) -> bool:
+        """A speculative round for the lone decoding sequence; False when it has no draft (a plain step follows)."""
+        before = len(sequence.output)
+        outcome = self.speculation.round(sequence, lambda logits: self.sampler.select(logits, [sequence])[0],
+                                         self.emit)
+        if outcome is None:
+            return False
+        self.observer.speculated(*outcome)
+        self.observer.step(1, self.queue_depth(), len(sequence.output) - before)
+        return True
 
     def emit(self, sequence: Sequence, choice: Choice) -> None:
         """Hands a new token to the sequence's sink, finishing the sequence when it should stop."""

@@ -1,6 +1,7 @@
 """Prometheus metrics of one server (prometheus_client, on a registry of its own, no global state): HTTP requests
 by endpoint and status, prompt / generated tokens, queue depth and batch size (read from the engine when
-scraped), time to first token and time per output token histograms. It is the engine's observer.
+scraped), time to first token and time per output token histograms, draft tokens verified and kept (prompt
+lookup decoding). It is the engine's observer.
 """
 
 from __future__ import annotations
@@ -36,6 +37,10 @@ class Metrics(EngineObserver):
                               buckets=TTFT_BUCKETS)
         self.tpot = Histogram("gpt_fast_time_per_output_token_seconds", "Per token after the first, per sequence",
                               registry=r, buckets=TPOT_BUCKETS)
+        self.draft_tokens = Counter("gpt_fast_spec_decode_draft_tokens", "Draft tokens verified (prompt lookup)",
+                                    registry=r)
+        self.accepted_tokens = Counter("gpt_fast_spec_decode_accepted_tokens",
+                                       "Draft tokens the model kept (prompt lookup)", registry=r)
         self.queue_time = Histogram("gpt_fast_queue_time_seconds", "Arrival to getting a slot", registry=r,
                                     buckets=TTFT_BUCKETS)
 
@@ -59,6 +64,10 @@ class Metrics(EngineObserver):
     def step(self, batch_size: int, queue_depth: int, new_tokens: int) -> None:
         self.step_batch.observe(batch_size)
         self.generation_tokens.inc(new_tokens)
+
+    def speculated(self, drafted: int, kept: int) -> None:
+        self.draft_tokens.inc(drafted)
+        self.accepted_tokens.inc(kept)
 
     def sequence_finished(self, reason, prompt_tokens, output_tokens, tpot_seconds) -> None:
         self.finished.labels(reason).inc()

@@ -18,6 +18,9 @@ class EngineObserver:
     def step(self, batch_size: int, queue_depth: int, new_tokens: int) -> None:  # after each prefill / decode step
         pass
 
+    def speculated(self, drafted: int, kept: int) -> None:  # a speculative round: draft tokens made and kept
+        pass
+
     def sequence_finished(self, reason: str, prompt_tokens: int, output_tokens: int,
                           tpot_seconds: float | None) -> None:
         pass

@@ -60,6 +60,7 @@ class Sequence:
         self.cancelled = False
         self.arrived = time.perf_counter()
         self.first_token_at: float | None = None
+        self.drafter = None  # its PromptLookupDrafter, once the engine speculates for it (speculation.py)
 
     @property
     def last_token(self) -> int:

@@ -1,0 +1,146 @@
+"""Prompt lookup decoding in the serving engine (`gpt-fast serve --prompt-lookup-num-tokens N`) against the plain
+engine: one request at a time (the latency case), GPT-1's shape with random weights, alternating in one run.
+
+    python benchmarks/bench_serve_speculation.py [--dtype bfloat16] [--new-tokens 128] [--lookup 2 4 8]
+                                                 [--repeats 3] [--threads 2]
+
+Each engine runs its loop on the main thread, as `gpt-fast serve` does (gpt_fast/serving/engine.py says why), and a
+second thread submits one greedy request (a 32-token prompt) and waits for it. Per case: decode tokens/s from the
+first token to the last (best and median over rounds), the share of drafts kept, and the ratio to the plain
+engine's best. As in bench_prompt_lookup.py two bounds are timed: "repeating", the random model's greedy text,
+which soon repeats itself (nearly every draft kept), and "always rejected", every draft replaced by tokens the
+model does not choose (each pass verifies N tokens and keeps none). generate() with and without prompt lookup is
+timed in the same rounds, for the engine's cost against it. Every case's tokens are checked against the plain
+engine's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import queue
+import statistics
+import threading
+import time
+
+import torch
+from bench_prompt_lookup import rejected_drafts
+from timing import format_table, machine_description
+
+from gpt_fast import OpenAIGPTConfig, OpenAIGPTLMHeadModel
+from gpt_fast.ops import cpu_isa
+from gpt_fast.serving import Engine, SamplingParams
+from gpt_fast.serving.observer import EngineObserver
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+class DraftCounts(EngineObserver):
+    def __init__(self):
+        self.drafted = self.kept = 0
+
+    def speculated(self, drafted: int, kept: int) -> None:
+        self.drafted += drafted
+        self.kept += kept
+
+
+def serve_one(engine: Engine, prompt: list[int], new_tokens: int) -> tuple[list[int], float]:
+    """One greedy request through the engine, its loop on this thread -> (tokens, decode seconds per token)."""
+    result = {}
+
+    def client() -> None:
+        outputs, times, tokens = queue.Queue(), [], []
+        try:
+            engine.submit(prompt, SamplingParams(max_tokens=new_tokens, temperature=0), outputs.put)
+            while True:
+                output = outputs.get(timeout=600)
+                times += [time.perf_counter()] * len(output.tokens)
+                tokens += output.tokens
+                if output.finish_reason is not None:
+                    break
+            result["tokens"], result["per_token"] = tokens, (times[-1] - times[0]) / (len(times) - 1)
+        finally:
+            engine.stop()
+
+    engine.run(on_start=lambda: threading.Thread(target=client, daemon=True).start())
+    if "tokens" not in result:
+        raise RuntimeError("the request did not finish")
+    return result["tokens"], result["per_token"]
+
+
+def generate_one(model, prompt: list[int], new_tokens: int, lookup: int | None) -> tuple[list[int], float]:
+    """generate() timed per token after the first (a streamer's clock, as the engine's)."""
+    times = []
+
+    class Clock:
+        def put(self, value):
+            times.append(time.perf_counter())
+
+        def end(self):
+            pass
+
+    with torch.inference_mode():
+        out = model.generate(torch.tensor([prompt]), max_new_tokens=new_tokens, streamer=Clock(),
+                             prompt_lookup_num_tokens=lookup)
+    times = times[1:]  # the streamer hears the prompt first
+    return out[0, len(prompt):].tolist(), (times[-1] - times[0]) / (len(times) - 1)
+
+
+def run(dtype: torch.dtype, new_tokens: int, lookups: list[int], repeats: int, tiny: bool = False) -> str:
+    torch.manual_seed(0)
+    shape = {"n_layer": 2, "n_embd": 64, "n_head": 2} if tiny else {}  # tests: a small model, same vocabulary
+    model = OpenAIGPTLMHeadModel(OpenAIGPTConfig(**shape)).to(dtype).eval()
+    prompt = torch.randint(0, model.config.vocab_size, (32,), generator=torch.Generator().manual_seed(0)).tolist()
+    cases = {("engine", "plain", None): (Engine(model, None, max_batch=4), None)}
+    for n in lookups:
+        for drafts in ("repeating", "always rejected"):
+            counts = DraftCounts()
+            cases[("engine", drafts, n)] = Engine(model, None, max_batch=4, prompt_lookup_num_tokens=n,
+                                                  observer=counts), counts
+    cases[("generate()", "plain", None)] = None, None
+    cases[("generate()", "repeating", lookups[0])] = None, None
+
+    def one(case):
+        (_, drafts, n), (engine, _) = case, cases[case]
+        scope = rejected_drafts(model.config.vocab_size) if drafts == "always rejected" else contextlib.nullcontext()
+        with scope:
+            return serve_one(engine, prompt, new_tokens) if engine else generate_one(model, prompt, new_tokens, n)
+
+    expected = one(("engine", "plain", None))[0]
+    per_token = {case: [] for case in cases}
+    for _ in range(repeats + 1):  # a first round to warm up (packs, replay recordings), not counted
+        for case in cases:
+            tokens, seconds = one(case)
+            if tokens != expected:
+                raise AssertionError(f"{case}: tokens differ from the plain engine's")
+            per_token[case].append(seconds)
+    base = min(per_token[("engine", "plain", None)][1:])
+    rows = []
+    for case, (_, counts) in cases.items():
+        samples = per_token[case][1:]
+        kept = "-" if not counts or not counts.drafted else f"{counts.kept / counts.drafted:.0%}"
+        rows.append([case[0], case[1], "-" if case[2] is None else case[2], 1 / min(samples),
+                     1 / statistics.median(samples), kept, base / min(samples)])
+    header = ["path", "drafts", "N", "decode tok/s best", "tok/s median", "drafts kept", "x plain engine"]
+    shape = "tiny" if tiny else "GPT-1"
+    return (f"{shape} shape, random weights, {str(dtype).removeprefix('torch.')}, one request at a time, 32-token "
+            f"prompt + {new_tokens} greedy tokens, best of {repeats} alternating rounds; {machine_description()}, "
+            f"kernel tier {cpu_isa.level()}\n\n" + format_table(header, rows))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dtype", choices=DTYPES, default="bfloat16")
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--lookup", type=int, nargs="+", default=[2, 4, 8])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--tiny", action="store_true", help="2 layers x 64 wide (tests)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(run(DTYPES[args.dtype], args.new_tokens, args.lookup, args.repeats, args.tiny))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,204 @@
+"""Prompt lookup decoding in the serving engine (gpt_fast/serving/speculation.py): a lone decoding sequence gets the
+tokens, log-probabilities and finish it gets without speculation (model.generate for greedy text; the plain engine,
+itself tested against generate, for seeded sampling), its drafts are both kept and rejected on the way (so the
+cache rewind is exercised), and two decoding sequences take the plain batched step."""
+
+from __future__ import annotations
+
+import logging
+import queue
+
+import httpx
+import openai
+import pytest
+import torch
+from serve_helpers import collect, tiny_model_and_tokenizer, wait
+
+from gpt_fast.serving import Engine, SamplingParams, speculation
+from gpt_fast.serving.observer import EngineObserver
+
+REPEATING = "the cat sat on the mat. the cat sat on the mat. the cat sat on"
+COUNTING = "one two three one two three one two three one two"  # whose greedy rounds keep 2 drafts at times
+
+
+class Events(EngineObserver):
+    """The engine's steps and speculative rounds, in order: ("round", drafted, kept) before its ("step", tokens)."""
+
+    def __init__(self):
+        self.events = []
+
+    def step(self, batch_size, queue_depth, new_tokens):
+        self.events.append(("step", new_tokens))
+
+    def speculated(self, drafted, kept):
+        self.events.append(("round", drafted, kept))
+
+    def rounds(self) -> list[tuple[int, int, int]]:
+        """(index of the round's first token in the output, drafted, kept) of each speculative round."""
+        out, emitted, pending = [], 0, None
+        for event in self.events:
+            if event[0] == "round":
+                pending = event[1:]
+            else:
+                if pending is not None:
+                    out.append((emitted, *pending))
+                    pending = None
+                emitted += event[1]
+        return out
+
+
+@pytest.fixture(autouse=True)
+def no_failed_steps(caplog):
+    """A step that raises is logged and ends its sequences with an error (engine.guarded): none may here."""
+    yield
+    failed = [r for r in caplog.get_records("call") if r.name == "gpt_fast.serving" and r.levelno >= logging.ERROR]
+    assert not failed, failed[0].getMessage()
+
+
+@pytest.fixture(scope="module")
+def model_and_tokenizer():
+    return tiny_model_and_tokenizer()
+
+
+@pytest.fixture
+def make_engine(model_and_tokenizer):
+    engines = []
+
+    def make(**kwargs):
+        model, tokenizer = model_and_tokenizer
+        engine = Engine(model, tokenizer, **kwargs).start()
+        engines.append(engine)
+        return engine
+
+    yield make
+    for engine in engines:
+        engine.stop()
+
+
+def reference_greedy(model, prompt, n):
+    with torch.inference_mode():
+        return model.generate(torch.tensor([prompt]), max_new_tokens=n, step_replay=False)[0, len(prompt):].tolist()
+
+
+def test_greedy_tokens_are_generates_with_drafts_kept_and_rejected(model_and_tokenizer, make_engine):
+    model, tokenizer = model_and_tokenizer
+    prompt = tokenizer(REPEATING)["input_ids"]
+    events = Events()
+    engine = make_engine(max_batch=2, prompt_lookup_num_tokens=4, observer=events)
+    out = collect(engine, prompt, SamplingParams(max_tokens=40, temperature=0))[0]
+    assert out["tokens"] == reference_greedy(model, prompt, 40)
+    assert out["finish"] == "length" and out["text"] == tokenizer.decode(out["tokens"])
+    rounds = events.rounds()
+    assert any(kept > 0 for _, _, kept in rounds) and any(kept < drafted for _, drafted, kept in rounds)
+    assert sum(1 + kept for _, _, kept in rounds) > len(rounds)  # fewer passes than tokens
+    assert engine.slots.in_use() == 0
+    _, extend = engine.speculation.passes[0]
+    assert any(pass_.program is not None for pass_ in extend.by_count.values())  # verification passes replayed
+
+
+def test_seeded_sampling_with_every_setting_equals_the_plain_engine(model_and_tokenizer, make_engine):
+    _, tokenizer = model_and_tokenizer
+    prompt = tokenizer(REPEATING)["input_ids"]
+    params = SamplingParams(max_tokens=40, temperature=0.1, top_k=40, top_p=0.95, min_p=0.01, presence_penalty=0.05,
+                            frequency_penalty=0.02, logit_bias=((prompt[1], 0.5),), logprobs=2, seed=7)
+    plain = collect(make_engine(max_batch=1), prompt, params)[0]
+    events = Events()
+    speculative = collect(make_engine(max_batch=1, prompt_lookup_num_tokens=3, observer=events), prompt, params)[0]
+    assert any(kept > 0 for _, _, kept in events.rounds())
+    assert speculative["tokens"] == plain["tokens"]
+    assert speculative["text"] == plain["text"] and speculative["finish"] == plain["finish"]
+    for ours, theirs in zip(speculative["logprobs"], plain["logprobs"], strict=True):
+        assert ours.logprob == pytest.approx(theirs.logprob, abs=1e-5)
+        assert [t for t, _ in ours.top] == [t for t, _ in theirs.top]
+
+
+def collect_to_the_end(engine, prompt, params):
+    """collect(), then checks that nothing reaches the sink after the finish (once the engine's iteration is over)."""
+    outputs = queue.Queue()
+    engine.submit(prompt, params, outputs.put)
+    result = wait(outputs, 1)[0]
+    engine.call(lambda: None)
+    assert outputs.empty(), "output after the finish"
+    return result
+
+
+def test_a_sequence_ending_inside_a_kept_draft(model_and_tokenizer, make_engine, monkeypatch):
+    """Drafts that are the model's own greedy continuation (every one kept): a stop token or max_tokens reached
+    inside a draft ends the sequence there, as the plain engine ends it, with nothing sent after the finish; the
+    slot's next request is right."""
+    model, tokenizer = model_and_tokenizer
+    prompt = tokenizer(REPEATING)["input_ids"]
+    free = reference_greedy(model, prompt, 40)
+
+    class Oracle:  # drafts the next `limit` (<= 4) tokens of `free`
+        def __init__(self, num_tokens, max_ngram_size):
+            pass
+
+        def draft(self, sequence, limit):
+            done = len(sequence) - len(prompt)
+            return free[done:done + min(limit, 4)]
+
+        def update(self, sequence, kept, drafted):
+            pass
+
+    monkeypatch.setattr(speculation, "PromptLookupDrafter", Oracle)
+    events = Events()
+    engine = make_engine(max_batch=1, prompt_lookup_num_tokens=4, observer=events)
+    assert collect_to_the_end(engine, prompt, SamplingParams(max_tokens=40, temperature=0))["tokens"] == free
+    # positions of kept drafts with more drafts after them (rounds of 4 drafts and the model's own token)
+    inside = [first + j for first, drafted, kept in events.rounds() for j in range(kept) if j + 1 < drafted]
+    at = next(i for i in inside if free.index(free[i]) == i)  # whose token is new there
+    stopped = collect_to_the_end(engine, prompt, SamplingParams(max_tokens=40, temperature=0,
+                                                                stop_token_ids=(free[at],)))
+    assert stopped["finish"] == "stop" and stopped["tokens"] == free[:at + 1]
+    for n in (at, at + 1, at + 2):
+        cut = collect_to_the_end(engine, prompt, SamplingParams(max_tokens=n, temperature=0))
+        assert cut["tokens"] == free[:n] and cut["finish"] == "length"
+    assert engine.slots.in_use() == 0
+    monkeypatch.undo()  # real drafts again
+    other = tokenizer("a different prompt, a different prompt")["input_ids"]
+    assert collect(engine, other, SamplingParams(max_tokens=20, temperature=0))[0]["tokens"] == \
+        reference_greedy(model, other, 20)
+
+
+def test_two_decoding_sequences_take_the_plain_step_and_a_lone_one_in_slot_1_speculates(model_and_tokenizer,
+                                                                                      make_engine):
+    model, tokenizer = model_and_tokenizer
+    prompt = tokenizer(REPEATING)["input_ids"]
+    expected = reference_greedy(model, prompt, 30)
+    events = Events()
+    engine = make_engine(max_batch=2, prompt_lookup_num_tokens=4, observer=events)
+    both = collect(engine, prompt, SamplingParams(max_tokens=30, temperature=0), n=2)  # one prompt, two rows
+    assert both[0]["tokens"] == both[1]["tokens"] == expected
+    assert events.rounds() == []  # the two rows decoded together to the end
+    short, long = queue.Queue(), queue.Queue()
+    other = tokenizer("once upon a time")["input_ids"]
+    engine.call(lambda: (engine.submit(other, SamplingParams(max_tokens=3, temperature=0), short.put),  # slot 0
+                         engine.submit(prompt, SamplingParams(max_tokens=30, temperature=0), long.put)))  # slot 1
+    assert wait(short, 1)[0]["tokens"] == reference_greedy(model, other, 3)
+    assert wait(long, 1)[0]["tokens"] == expected
+    assert events.rounds() and 1 in engine.speculation.passes  # alone in slot 1 it speculated over that row
+
+
+@pytest.mark.parametrize("kwargs", [{"prompt_lookup_num_tokens": 0}, {"prompt_lookup_num_tokens": True},
+                                    {"prompt_lookup_num_tokens": 2, "max_matching_ngram_size": 0}])
+def test_bad_settings_are_errors(model_and_tokenizer, kwargs):
+    model, tokenizer = model_and_tokenizer
+    with pytest.raises(ValueError, match="must be an int >= 1"):
+        Engine(model, tokenizer, **kwargs)
+
+
+def test_the_server_counts_draft_tokens(model_and_tokenizer):
+    from gpt_fast.serving.http import build_app
+    from gpt_fast.serving.launch import BackgroundServer
+
+    model, tokenizer = model_and_tokenizer
+    app, _ = build_app(model, tokenizer, "tiny", max_batch=1, max_queue=2, prompt_lookup_num_tokens=4)
+    with BackgroundServer(app) as running:
+        client = openai.OpenAI(base_url=running.url + "/v1", api_key="x", max_retries=0, timeout=30)
+        text = client.completions.create(model="tiny", prompt=REPEATING, max_tokens=30, temperature=0).choices[0].text
+        assert text == tokenizer.decode(reference_greedy(model, tokenizer(REPEATING)["input_ids"], 30))
+        metrics = httpx.get(running.url + "/metrics", timeout=30).text
+    counts = {line.split()[0].removeprefix("gpt_fast_spec_decode_"): float(line.split()[1])
+              for line in metrics.splitlines() if line.startswith("gpt_fast_spec_decode_")}
+    assert counts["draft_tokens_total"] > counts["accepted_tokens_total"] > 0

@@ -1,6 +1,6 @@
 """save_pretrained's transformers options (gpt_fast/checkpoints/shards.py, models/pretrained.py): max_shard_size
 shards that gpt_fast and transformers load back, the stale weight files of an earlier save removed, the size
-strings, is_main_process, and push_to_hub refused (variant: tests/test_loading_options.py)."""
+strings, is_main_process, distributed_checkpoint refused (variant: tests/test_loading_options.py)."""
 
 import json
 
@@ -84,12 +84,13 @@ def test_other_options(pair, tmp_path):
     ours.save_pretrained(tmp_path / "bin", safe_serialization=False)  # safetensors anyway, as transformers 5
     assert {p.name for p in (tmp_path / "bin").iterdir()} == {"config.json", "generation_config.json",
                                                               "model.safetensors"}
-    for refused in (dict(push_to_hub=True), dict(distributed_checkpoint=True)):
-        with pytest.raises(NotImplementedError, match="upload_folder"):
-            ours.save_pretrained(tmp_path / "refused", **refused)
-    assert not (tmp_path / "refused").exists()
-    with pytest.raises(TypeError, match="unexpected keyword"):
+    with pytest.raises(NotImplementedError, match="gathered state_dict"):
+        ours.save_pretrained(tmp_path / "refused", distributed_checkpoint=True)
+    with pytest.raises(TypeError, match=r"unexpected arguments \['save_functoin'\]"):
         ours.save_pretrained(tmp_path / "refused", save_functoin=torch.save)
+    with pytest.raises(TypeError, match="for push_to_hub=True"):
+        ours.save_pretrained(tmp_path / "refused", repo_id="me/model")  # a hub argument without push_to_hub
+    assert not (tmp_path / "refused").exists()
 
 
 def test_accelerate_example_save(pair, tmp_path):

@@ -145,10 +145,9 @@ class GenerationConfigMixin:
             model.generation_config = GenerationConfig.from_pretrained(path)
         return loaded
 
-    def save_pretrained(self, save_directory, is_main_process: bool = True, *args, **kwargs):
-        path = super().save_pretrained(save_directory, is_main_process, *args, **kwargs)
-        if is_main_process:
-            self.generation_config.save_pretrained(save_directory)
+    def write_checkpoint(self, save_directory, *args):
+        path = super().write_checkpoint(save_directory, *args)  # save_pretrained's files
+        self.generation_config.save_pretrained(save_directory)
         return path
 
     @property

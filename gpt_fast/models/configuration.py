@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from gpt_fast.checkpoints import hub_upload
 from gpt_fast.checkpoints.hub import resolve_model_folder
 from gpt_fast.checkpoints.loading_options import NO_EFFECT, pop_loading_options
 from gpt_fast.names import MODEL_TYPE, check_model_type
@@ -70,12 +71,13 @@ def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-class OpenAIGPTConfig:
+class OpenAIGPTConfig(hub_upload.PushToHubMixin):
     """GPT-1 configuration. Any keyword not listed in DEFAULTS is kept as an attribute and written back."""
 
     model_type = MODEL_TYPE
     is_encoder_decoder = False  # read by data collators, pipelines and trainers to choose decoder-only handling
     attribute_map = ALIASES  # transformers' name for the aliases (PEFT and accelerate read it)
+    hub_kind = "config"  # push_to_hub's default commit message: "Upload config"
 
     def __init__(self, **kwargs: Any):
         for alias, name in ALIASES.items():
@@ -226,10 +228,15 @@ class OpenAIGPTConfig:
         path.write_text(self.to_json_string(use_diff))
         return path
 
-    def save_pretrained(self, save_directory: str | os.PathLike) -> Path:
+    def save_pretrained(self, save_directory: str | os.PathLike, push_to_hub: bool = False, **hub_kwargs) -> Path:
+        """Writes config.json; push_to_hub=True then commits it (checkpoints/hub_upload.py: repo_id, ...)."""
         folder = Path(save_directory)
-        folder.mkdir(parents=True, exist_ok=True)
-        return self.to_json_file(folder / CONFIG_NAME)
+
+        def save() -> Path:
+            folder.mkdir(parents=True, exist_ok=True)
+            return self.to_json_file(folder / CONFIG_NAME)
+
+        return hub_upload.save_then_push(save, folder, push_to_hub, "config", hub_kwargs)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], **overrides: Any) -> "OpenAIGPTConfig":

@@ -11,29 +11,48 @@ from gpt_fast.generation.generate import generate
 from gpt_fast.generation.transition_scores import compute_transition_scores
 from gpt_fast.models.configuration import OpenAIGPTConfig
 from gpt_fast.models.linear import call_head, project_to_vocab, weight_only_head
-from gpt_fast.models.lm_loss import fused_shifted_lm_loss, shifted_rows
+from gpt_fast.models.lm_loss import fused_shifted_lm_loss, shifted_lm_loss
 from gpt_fast.models.modeling import OpenAIGPTModel
 from gpt_fast.models.outputs import CausalLMOutput, OpenAIGPTDoubleHeadsModelOutput, SequenceClassifierOutput
 from gpt_fast.models.pretrained import OpenAIGPTPreTrainedModel
 from gpt_fast.models.validation import check_integer_tensor, check_same_shape
 
 
-def shifted_lm_loss(logits, labels, upcast: bool, num_items_in_batch=None, ignore_index: int = -100,
-                    shift_labels=None):
-    """Cross-entropy of token t+1 given tokens <= t, skipping targets equal to ignore_index. logits: (..., T, V).
-
-    The mean over the counted targets; with num_items_in_batch (what transformers' Trainer passes: the targets
-    of the whole accumulated batch) their sum divided by it instead. shift_labels: targets already aligned with
-    the logits (..., T), used instead of shifting labels."""
-    flat_logits, targets = shifted_rows(logits, labels, shift_labels)  # (N, V), (N,)
-    if upcast:
-        flat_logits = flat_logits.float()
-    targets = targets.to(logits.device)
-    if num_items_in_batch is None:
-        return F.cross_entropy(flat_logits, targets, ignore_index=ignore_index)
-    if torch.is_tensor(num_items_in_batch):
-        num_items_in_batch = num_items_in_batch.to(logits.device)
-    return F.cross_entropy(flat_logits, targets, ignore_index=ignore_index, reduction="sum") / num_items_in_batch
+def sequence_classification_loss(labels, pooled_logits: torch.Tensor, config, num_items_in_batch=None,
+                                 ignore_index: int = -100, **kwargs) -> torch.Tensor:
+    """The sequence classifier's loss on pooled logits (B, num_labels), by config.problem_type, which is set from the
+    labels when None (as transformers' ForSequenceClassificationLoss does): "regression" (MSE), a class id per row
+    "single_label_classification" (cross-entropy; ignore_index, and num_items_in_batch as the LM loss), otherwise
+    "multi_label_classification" (BCE with logits)."""
+    if not isinstance(labels, torch.Tensor):
+        raise TypeError(f"labels must be a torch.Tensor, got {type(labels).__name__}")
+    pooled = pooled_logits
+    num_labels = config.num_labels
+    labels = labels.to(pooled.device)
+    problem = config.problem_type
+    if problem is None:
+        if num_labels == 1:
+            problem = "regression"
+        elif labels.dtype in (torch.long, torch.int):
+            problem = "single_label_classification"
+        else:
+            problem = "multi_label_classification"
+        config.problem_type = problem
+    if problem == "regression":
+        if num_labels == 1:
+            return F.mse_loss(pooled.squeeze(), labels.squeeze().to(pooled.dtype))
+        check_same_shape("labels", labels, pooled.shape, "the pooled logits")
+        return F.mse_loss(pooled, labels.to(pooled.dtype))
+    if problem == "single_label_classification":
+        check_integer_tensor("labels", labels)
+        if labels.numel() != pooled.shape[0]:
+            raise ValueError(f"labels must hold one class per row ({pooled.shape[0]}), got {tuple(labels.shape)}")
+        flat = pooled.view(-1, num_labels), labels.view(-1)
+        if num_items_in_batch is None:
+            return F.cross_entropy(*flat, ignore_index=ignore_index)
+        return F.cross_entropy(*flat, ignore_index=ignore_index, reduction="sum") / num_items_in_batch
+    check_same_shape("labels", labels, pooled.shape, "the pooled logits")
+    return F.binary_cross_entropy_with_logits(pooled, labels.to(pooled.dtype))
 
 
 def _finish(output, return_dict: bool):
@@ -219,31 +238,11 @@ class OpenAIGPTForSequenceClassification(OpenAIGPTPreTrainedModel):
             positions = torch.arange(input_ids.shape[-1], device=logits.device, dtype=torch.int32)
             last = (positions * (input_ids != pad).to(logits.device, torch.int32)).argmax(-1)
         pooled = logits[torch.arange(batch, device=logits.device), last]  # (B, num_labels)
-        loss = None if labels is None else self._loss(pooled, labels)
+        loss = None if labels is None else sequence_classification_loss(labels, pooled, self.config)
         return _finish(SequenceClassifierOutput(loss, pooled, out.hidden_states, out.attentions), return_dict)
 
-    def _loss(self, pooled, labels):
-        if not isinstance(labels, torch.Tensor):
-            raise TypeError(f"labels must be a torch.Tensor, got {type(labels).__name__}")
-        labels = labels.to(pooled.device)
-        problem = self.config.problem_type
-        if problem is None:
-            if self.num_labels == 1:
-                problem = "regression"
-            elif labels.dtype in (torch.long, torch.int):
-                problem = "single_label_classification"
-            else:
-                problem = "multi_label_classification"
-            self.config.problem_type = problem
-        if problem == "regression":
-            if self.num_labels == 1:
-                return F.mse_loss(pooled.squeeze(), labels.squeeze().to(pooled.dtype))
-            check_same_shape("labels", labels, pooled.shape, "the pooled logits")
-            return F.mse_loss(pooled, labels.to(pooled.dtype))
-        if problem == "single_label_classification":
-            check_integer_tensor("labels", labels)
-            if labels.numel() != pooled.shape[0]:
-                raise ValueError(f"labels must hold one class per row ({pooled.shape[0]}), got {tuple(labels.shape)}")
-            return F.cross_entropy(pooled.view(-1, self.num_labels), labels.view(-1))
-        check_same_shape("labels", labels, pooled.shape, "the pooled logits")
-        return F.binary_cross_entropy_with_logits(pooled, labels.to(pooled.dtype))
+    @property
+    def loss_function(self):
+        """transformers' `model.loss_function(labels, pooled_logits, config, **kwargs)` for this head: the loss its
+        forward computes from (B, num_labels) pooled logits."""
+        return sequence_classification_loss

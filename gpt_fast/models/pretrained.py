@@ -9,19 +9,22 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from gpt_fast.checkpoints import checkpoint
+from gpt_fast.checkpoints import checkpoint, hub_upload
 from gpt_fast.checkpoints.loading_options import device_from_map, pop_loading_options
 from gpt_fast.models import tied_state_dict
 from gpt_fast.models.checkpointing import keep_attention_outputs
 from gpt_fast.models.configuration import OpenAIGPTConfig
 from gpt_fast.models.embeddings import resize_token_embeddings
 from gpt_fast.models.initialization import INITIALISED_TYPES, initialize_parameter
+from gpt_fast.models.lm_loss import causal_lm_loss
 from gpt_fast.names import check_attn_implementation, dtype_argument
-from gpt_fast.quantization.apply import quantization_of, quantize_model
+from gpt_fast.quantization.apply import dequantize_model, quantization_of, quantize_model
 from gpt_fast.quantization.config import DEFAULT_GROUP_SIZE, QuantizationConfig
 
+DUMMY_INPUT_IDS = [[7, 6, 0, 0, 1], [1, 2, 3, 0, 0], [0, 0, 0, 4, 5]]  # transformers' DUMMY_INPUTS
 
-class OpenAIGPTPreTrainedModel(nn.Module):
+
+class OpenAIGPTPreTrainedModel(hub_upload.PushToHubMixin, nn.Module):
     config_class = OpenAIGPTConfig
     base_model_prefix = "transformer"  # where the base model's keys sit in a head model's state dict
     main_input_name = "input_ids"
@@ -42,6 +45,7 @@ class OpenAIGPTPreTrainedModel(nn.Module):
         self.config = config
         self._attn_implementation = attn_implementation
         tied_state_dict.register(self)  # the tied LM head held once in state dicts (models/tied_state_dict.py)
+        self.model_tags: list[str] | None = None  # add_model_tags(); push_to_hub writes them into the model card
 
     # -- attention backend ---------------------------------------------------------------------------------
     @property
@@ -125,6 +129,32 @@ class OpenAIGPTPreTrainedModel(nn.Module):
         tensors = list(self.parameters()) + (list(self.buffers()) if return_buffers else [])
         return sum(tensor.nelement() * tensor.element_size() for tensor in tensors)
 
+    def get_parameter_or_buffer(self, target: str) -> torch.Tensor:
+        """The parameter or buffer named `target` ("transformer.h.0.attn.c_attn.weight"), as transformers' method;
+        an AttributeError names a missing one."""
+        module_name, _, name = target.rpartition(".")
+        module = self.get_submodule(module_name)
+        tensor = module._parameters.get(name, module._buffers.get(name))
+        if tensor is None:
+            raise AttributeError(f"{type(self).__name__} has no parameter or buffer {target!r}")
+        return tensor
+
+    @property
+    def dummy_inputs(self) -> dict[str, torch.Tensor]:
+        """transformers' dummy inputs (tracing, export examples): a (3, 5) batch of token ids."""
+        return {"input_ids": torch.tensor(DUMMY_INPUT_IDS, device=self.device)}
+
+    def add_model_tags(self, tags: list[str] | str) -> None:
+        """Adds tags (trainers add theirs) that push_to_hub writes into the model card, as transformers does."""
+        self.model_tags = list(dict.fromkeys([*(self.model_tags or []), *([tags] if isinstance(tags, str) else tags)]))
+
+    @property
+    def loss_function(self):
+        """transformers' `model.loss_function(logits, labels, vocab_size, num_items_in_batch=None,
+        ignore_index=-100, shift_labels=None)`: the shifted causal-LM cross-entropy (float32), what every OpenAIGPT
+        class of transformers returns here (models/lm_loss.py)."""
+        return causal_lm_loss
+
     def get_input_embeddings(self) -> nn.Embedding:
         return self.base_model.tokens_embed
 
@@ -167,6 +197,11 @@ class OpenAIGPTPreTrainedModel(nn.Module):
         dtype). int4's method: "rtn" (round to nearest) or "gptq" (error compensation from `calibration`, token ids
         (count, T) or 1-D; same stored format). Returns the model, in eval mode."""
         return quantize_model(self, scheme, group_size, lm_head, method, calibration)
+
+    def dequantize(self):
+        """Undoes quantize() in place (transformers' method; quantization/apply.py: the blocks' layers keep their
+        rounding error, a tied LM head takes the embedding's table again). Returns the model."""
+        return dequantize_model(self)
 
     @property
     def quantization(self) -> QuantizationConfig | None:
@@ -260,25 +295,33 @@ class OpenAIGPTPreTrainedModel(nn.Module):
                         state_dict: dict | None = None, push_to_hub: bool = False, max_shard_size: int | str = "50GB",
                         variant: str | None = None, safe_serialization: bool = True, save_function=None,
                         token=None, save_peft_format: bool = True, save_original_format: bool = True,
-                        distributed_checkpoint: bool = False) -> Path:
+                        distributed_checkpoint: bool = False, **hub_kwargs) -> Path:
         """Writes config.json and model.safetensors, loadable by gpt_fast and (unless quantized) by transformers.
         A quantized model writes its qweight/scales/zeros and config.json's quantization_config. As transformers':
         state_dict, the tensors to write instead of the model's own (a sharded model's gathered weights);
         max_shard_size (bytes, or "5GB", "500MiB"), past which the weights go into model-0000i-of-0000N.safetensors
         shards and model.safetensors.index.json; variant ("fp16": model.fp16.safetensors, shards
         model.fp16-0000i-of-0000N.safetensors, index model.safetensors.index.fp16.json, read back by
-        from_pretrained(variant=)); is_main_process=False writes nothing (the other ranks of a distributed job).
-        safe_serialization and save_function (accelerate's examples pass accelerator.save) are accepted and
-        safetensors always written (transformers 5 does the same); token (for push_to_hub), save_peft_format and
-        save_original_format (gpt_fast writes transformers' own layout) change nothing. push_to_hub and
-        distributed_checkpoint=True are not supported: upload the folder with huggingface_hub's upload_folder;
-        gather a sharded model's state_dict and pass it as state_dict=."""
-        if push_to_hub or distributed_checkpoint:
-            raise NotImplementedError("save_pretrained(push_to_hub=True / distributed_checkpoint=True) is not "
-                                      "supported by gpt_fast: save to a folder (a sharded model's gathered "
-                                      "state_dict= on one rank) and upload it with huggingface_hub.upload_folder")
+        from_pretrained(variant=)); is_main_process=False writes nothing (the other ranks of a distributed job);
+        push_to_hub=True then commits the files written to the Hub (checkpoints/hub_upload.py: repo_id, default the
+        folder's name, commit_message, private, token, revision, create_pr). safe_serialization and save_function
+        (accelerate's examples pass accelerator.save) are accepted and safetensors always written (transformers 5
+        does the same); save_peft_format and save_original_format (gpt_fast writes transformers' own layout) change
+        nothing. distributed_checkpoint=True is not supported: gather a sharded model's state_dict and pass it as
+        state_dict=."""
+        if distributed_checkpoint:
+            raise NotImplementedError("save_pretrained(distributed_checkpoint=True) is not supported by gpt_fast: "
+                                      "pass a sharded model's gathered state_dict= on one rank")
         if not is_main_process:
             return Path(save_directory)
+        if push_to_hub and token is not None:
+            hub_kwargs["token"] = token
+        return hub_upload.save_then_push(
+            lambda: self.write_checkpoint(save_directory, state_dict, max_shard_size, variant), save_directory,
+            push_to_hub, "model", hub_kwargs)
+
+    def write_checkpoint(self, save_directory, state_dict: dict | None, max_shard_size, variant) -> Path:
+        """The files of save_pretrained (a head with a generation config adds generation_config.json)."""
         return checkpoint.save_pretrained(self, save_directory, state_dict, max_shard_size, variant)
 
     @classmethod

@@ -134,6 +134,32 @@ def apply_quantization(model: nn.Module, config: QuantizationConfig, structure_o
     record_in_config(model.config, config)
 
 
+def dequantize_model(model: nn.Module) -> nn.Module:
+    """Undoes quantize_model in place (transformers' model.dequantize()): each quantized block layer becomes a Conv1D
+    holding its dequantized weight (codes times scales, in the layer's dtype: the rounding error stays) and its
+    bias; a quantized LM head is tied to the token embedding again when the config ties them (the embedding was
+    never quantized, so the head's float weights come back exactly), else becomes a bias-free nn.Linear of its
+    dequantized weight. The config loses its quantization entry. A model that is not quantized is a ValueError."""
+    if quantization_of(model) is None:
+        raise ValueError(f"dequantize: {type(model).__name__} is not quantized")
+    for name, layer in list(model.named_modules()):
+        if not isinstance(layer, QuantizedLinear):
+            continue
+        if isinstance(layer, QuantizedConv1D):
+            new = Conv1D(layer.out_features, layer.in_features).to(layer.bias.device)
+            new.weight = nn.Parameter(layer.weight.detach().clone())  # (in, out), as Conv1D stores it
+            new.bias = layer.bias
+        else:
+            new = nn.Linear(layer.in_features, layer.out_features, bias=False, device="meta")
+            new.weight = nn.Parameter(layer.dequantized(layer.dtype).detach().clone())
+        new.train(layer.training)
+        weight_cache.clear(layer)
+        _replace(model, name, new)
+    model.tie_weights()  # a tied head shares the embedding's table again
+    record_in_config(model.config, None)
+    return model
+
+
 def record_in_config(model_config, config: QuantizationConfig | None) -> None:
     """Sets (or, with None, removes) the config's quantization_config entry, written to config.json."""
     extra = [k for k in model_config._extra_keys if k != CONFIG_KEY]

@@ -21,6 +21,7 @@ from typing import Any, Sequence
 from tokenizers import AddedToken, Tokenizer, decoders, normalizers, pre_tokenizers, processors
 from tokenizers.models import BPE
 
+from gpt_fast.checkpoints import hub_upload
 from gpt_fast.checkpoints.hub import resolve_model_folder
 from gpt_fast.checkpoints.loading_options import pop_loading_options
 from gpt_fast.tokenization import encoding
@@ -49,12 +50,14 @@ def build_gpt1_backend(vocab: dict[str, int], merges: list[tuple[str, str]], unk
     return backend
 
 
-class OpenAIGPTTokenizerFast(TransformersAttributes):
+class OpenAIGPTTokenizerFast(hub_upload.PushToHubMixin, TransformersAttributes):
     """GPT-1's BPE tokenizer with transformers' interface (`__call__`, `encode`, `decode`, `save_pretrained`, ...).
 
     Build it with `from_pretrained(folder_or_name)`, or from files: `OpenAIGPTTokenizerFast(vocab_file, merges_file)`
     or `OpenAIGPTTokenizerFast(tokenizer_file=...)`, or from memory: `vocab={...}, merges=[("a", "b"), ...]`.
     """
+
+    hub_kind = "tokenizer"  # push_to_hub's default commit message: "Upload tokenizer"
 
     model_input_names = ["input_ids", "attention_mask"]
     vocab_files_names = {"vocab_file": files.VOCAB_FILE, "merges_file": files.MERGES_FILE,
@@ -115,17 +118,22 @@ class OpenAIGPTTokenizerFast(TransformersAttributes):
         settings = {"name_or_path": str(name_or_path), **files.read_folder_settings(folder), **kwargs}
         return cls(**settings)
 
-    def save_pretrained(self, save_directory: str | os.PathLike, **_ignored: Any) -> tuple[str, ...]:
+    def save_pretrained(self, save_directory: str | os.PathLike, push_to_hub: bool = False,
+                        **kwargs: Any) -> tuple[str, ...]:
         """Writes tokenizer.json, vocab.json, merges.txt, tokenizer_config.json and special_tokens_map.json:
         gpt_fast and transformers (`AutoTokenizer` / `OpenAIGPTTokenizer.from_pretrained`) both load them back
-        to the same ids. Returns the paths written."""
+        to the same ids. Returns the paths written. push_to_hub=True then commits them (checkpoints/hub_upload.py:
+        repo_id, commit_message, private, token, revision, create_pr); transformers' other options
+        (legacy_format, filename_prefix) change nothing."""
+        hub_kwargs = {name: kwargs.pop(name) for name in hub_upload.HUB_ARGUMENTS if name in kwargs}
         named = self.special_tokens_map
         config = {"tokenizer_class": "OpenAIGPTTokenizer", "model_max_length": self.model_max_length,
                   **{name: getattr(self, name) for name in self._given_sides},
                   "clean_up_tokenization_spaces": False, "do_lower_case": True, **named}
         if self._original is not None:
             config["use_original_pretokenization"] = True  # transformers ignores it and uses BERT's rules
-        return files.write_folder(save_directory, self._backend, config, named)
+        return hub_upload.save_then_push(lambda: files.write_folder(save_directory, self._backend, config, named),
+                                         save_directory, push_to_hub, "tokenizer", hub_kwargs)
 
     # ---------------------------------------------------------------- vocabulary and special tokens
 

@@ -11,14 +11,17 @@ import bench_serve_speculation  # noqa: E402
 
 def test_tiny_run_has_a_row_per_case(capsys):
     bench_serve_speculation.main(["--tiny", "--dtype", "float32", "--new-tokens", "12", "--lookup", "2", "3",
-                                  "--repeats", "1"])
+                                  "--concurrency", "2", "--repeats", "1"])
     out = capsys.readouterr().out
     assert "kernel tier" in out
     rows = [[cell.strip() for cell in line.split("|")[1:-1]] for line in out.splitlines()
             if line.startswith("| ") and "---" not in line][1:]
-    cases = {(path, drafts, n): kept for path, drafts, n, _, _, kept, _ in rows}
-    assert list(cases) == [("engine", "plain", "-"), ("engine", "repeating", "2"), ("engine", "always rejected", "2"),
-                           ("engine", "repeating", "3"), ("engine", "always rejected", "3"),
-                           ("generate()", "plain", "-"), ("generate()", "repeating", "2")]
-    assert cases[("engine", "always rejected", "2")] == cases[("engine", "always rejected", "3")] == "0%"
-    assert cases[("engine", "repeating", "2")] not in ("-", "0%")
+    cases = {(path, at_once, drafts, n): kept for path, at_once, drafts, n, _, _, kept, _ in rows}
+    engine = [(at_once, drafts, n) for at_once in "12" for drafts, n in
+              (("plain", "-"), ("repeating", "2"), ("always rejected", "2"), ("repeating", "3"),
+               ("always rejected", "3"))]
+    assert list(cases) == [("engine", *case) for case in engine] + [("generate()", "1", "plain", "-"),
+                                                                    ("generate()", "1", "repeating", "2")]
+    for at_once in "12":
+        assert cases[("engine", at_once, "always rejected", "2")] == "0%"
+        assert cases[("engine", at_once, "repeating", "2")] not in ("-", "0%")

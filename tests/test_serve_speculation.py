@@ -1,7 +1,8 @@
 """Prompt lookup decoding in the serving engine (gpt_fast/serving/speculation.py): a lone decoding sequence gets the
 tokens, log-probabilities and finish it gets without speculation (model.generate for greedy text; the plain engine,
 itself tested against generate, for seeded sampling), its drafts are both kept and rejected on the way (so the
-cache rewind is exercised), and two decoding sequences take the plain batched step."""
+cache rewind is exercised); requests decoding side by side are verified together, each getting the plain engine's
+output, within the cache's positions and the small-M kernel's rows."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import httpx
 import openai
 import pytest
 import torch
-from serve_helpers import collect, tiny_model_and_tokenizer, wait
+from serve_helpers import N_POSITIONS, collect, tiny_model_and_tokenizer, wait
 
 from gpt_fast.serving import Engine, SamplingParams, speculation
 from gpt_fast.serving.observer import EngineObserver
@@ -92,7 +93,7 @@ def test_greedy_tokens_are_generates_with_drafts_kept_and_rejected(model_and_tok
     assert any(kept > 0 for _, _, kept in rounds) and any(kept < drafted for _, drafted, kept in rounds)
     assert sum(1 + kept for _, _, kept in rounds) > len(rounds)  # fewer passes than tokens
     assert engine.slots.in_use() == 0
-    _, extend = engine.speculation.passes[0]
+    extend = engine.speculation.passes[1]  # over the slot rows [0, 1)
     assert any(pass_.program is not None for pass_ in extend.by_count.values())  # verification passes replayed
 
 
@@ -161,23 +162,80 @@ def test_a_sequence_ending_inside_a_kept_draft(model_and_tokenizer, make_engine,
         reference_greedy(model, other, 20)
 
 
-def test_two_decoding_sequences_take_the_plain_step_and_a_lone_one_in_slot_1_speculates(model_and_tokenizer,
-                                                                                      make_engine):
-    model, tokenizer = model_and_tokenizer
-    prompt = tokenizer(REPEATING)["input_ids"]
-    expected = reference_greedy(model, prompt, 30)
+def test_concurrent_requests_speculate_together_and_each_gets_the_plain_engines_output(model_and_tokenizer,
+                                                                                    make_engine, monkeypatch):
+    """Requests of other lengths, settings and finishes decoding side by side: every round verifies all the rows'
+    drafts in one pass (no more than the small-M kernel's rows), rows leave it at their own positions, and each
+    request's output is the plain engine's."""
+    _, tokenizer = model_and_tokenizer
+    requests = [(tokenizer(REPEATING)["input_ids"], SamplingParams(max_tokens=30, temperature=0)),
+                (tokenizer(COUNTING)["input_ids"], SamplingParams(max_tokens=17, temperature=0.1, seed=3,
+                                                                  presence_penalty=0.05, logprobs=1)),
+                (tokenizer("once upon a time")["input_ids"], SamplingParams(max_tokens=9, temperature=0)),
+                (tokenizer(COUNTING)["input_ids"], SamplingParams(max_tokens=25, temperature=0, stop=("three",)))]
+
+    def run(engine):
+        sinks = [queue.Queue() for _ in requests]
+        engine.call(lambda: [engine.submit(p, params, sink.put) for (p, params), sink in zip(requests, sinks)])
+        return [wait(sink, 1)[0] for sink in sinks]
+
+    plain = run(make_engine(max_batch=4))
+    shapes = []
+    real_call = speculation.ReplayedExtend.__call__
+    monkeypatch.setattr(speculation.ReplayedExtend, "__call__",
+                        lambda self, tokens: shapes.append(tuple(tokens.shape)) or real_call(self, tokens))
     events = Events()
-    engine = make_engine(max_batch=2, prompt_lookup_num_tokens=4, observer=events)
-    both = collect(engine, prompt, SamplingParams(max_tokens=30, temperature=0), n=2)  # one prompt, two rows
-    assert both[0]["tokens"] == both[1]["tokens"] == expected
-    assert events.rounds() == []  # the two rows decoded together to the end
-    short, long = queue.Queue(), queue.Queue()
-    other = tokenizer("once upon a time")["input_ids"]
-    engine.call(lambda: (engine.submit(other, SamplingParams(max_tokens=3, temperature=0), short.put),  # slot 0
-                         engine.submit(prompt, SamplingParams(max_tokens=30, temperature=0), long.put)))  # slot 1
-    assert wait(short, 1)[0]["tokens"] == reference_greedy(model, other, 3)
-    assert wait(long, 1)[0]["tokens"] == expected
-    assert events.rounds() and 1 in engine.speculation.passes  # alone in slot 1 it speculated over that row
+    engine = make_engine(max_batch=4, prompt_lookup_num_tokens=8, observer=events)
+    speculative = run(engine)
+    for ours, theirs in zip(speculative, plain, strict=True):
+        assert ours["tokens"] == theirs["tokens"] and ours["finish"] == theirs["finish"]
+        assert [c.logprob for c in ours["logprobs"]] == pytest.approx([c.logprob for c in theirs["logprobs"]],
+                                                                       abs=1e-5)
+    assert any(rows > 1 for rows, _ in shapes)  # rows verified together
+    assert all(rows * width <= engine.speculation.max_rows for rows, width in shapes)
+    assert any(kept > 0 for _, _, kept in events.rounds())
+    assert engine.slots.in_use() == 0
+    assert engine.slots.lengths.tolist() == [0] * 4  # finished rows, and free ones below running rows, kept at 0
+
+
+def test_the_pass_stays_within_the_cache_and_the_small_m_rows(model_and_tokenizer, make_engine, monkeypatch):
+    """Every row drafting 8 tokens (never kept), four rows, one of them with few positions left (its prompt +
+    max_tokens is the whole context): no pass takes more tokens than the fullest row's cache holds, nor more rows
+    than the small-M kernel's, and the outputs are the plain engine's."""
+    _, tokenizer = model_and_tokenizer
+    vocab = len(tokenizer)
+    long = (tokenizer(REPEATING)["input_ids"] * 4)[:N_POSITIONS - 12]
+    requests = [(long, SamplingParams(max_tokens=12, temperature=0))] + [
+        (tokenizer(text)["input_ids"], SamplingParams(max_tokens=30, temperature=0))
+        for text in (COUNTING, "once upon a time", "a b c d e f g")]
+
+    def run(engine):
+        sinks = [queue.Queue() for _ in requests]
+        engine.call(lambda: [engine.submit(p, params, sink.put) for (p, params), sink in zip(requests, sinks)])
+        return [wait(sink, 1)[0]["tokens"] for sink in sinks]
+
+    plain = run(make_engine(max_batch=4))
+
+    class EightWrong:  # 8 drafts of a token the model does not choose next (its last, + 1)
+        def __init__(self, num_tokens, max_ngram_size):
+            pass
+
+        def draft(self, sequence, limit):
+            return [(sequence[-1] + 1) % vocab] * min(limit, 8)
+
+        def update(self, sequence, kept, drafted):
+            pass
+
+    monkeypatch.setattr(speculation, "PromptLookupDrafter", EightWrong)
+    shapes = []
+    real_call = speculation.ReplayedExtend.__call__
+    monkeypatch.setattr(speculation.ReplayedExtend, "__call__",
+                        lambda self, tokens: shapes.append(tuple(tokens.shape)) or real_call(self, tokens))
+    engine = make_engine(max_batch=4, prompt_lookup_num_tokens=8)
+    assert run(engine) == plain
+    assert max(width for _, width in shapes) == 9  # 8 drafts and the last token, where they fit
+    assert all(rows * width <= engine.speculation.max_rows for rows, width in shapes)
+    assert any(rows == 4 for rows, _ in shapes)
 
 
 @pytest.mark.parametrize("kwargs", [{"prompt_lookup_num_tokens": 0}, {"prompt_lookup_num_tokens": True},

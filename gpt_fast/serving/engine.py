@@ -18,7 +18,7 @@ free slots (FIFO); at most one prefill chunk runs (the oldest sequence still pre
 last chunk also picks its first token, and the request's other choices already holding a slot copy its cached
 prompt and pick theirs from the same logits instead of prefilling it again); then one decode step for every
 decoding row (IncrementalDecoder.step over the slot rows [0, hi), rows that are not decoding restored to their own
-length; with prompt_lookup_num_tokens, a lone decoding row takes a speculative round instead: speculation.py). So
+length; with prompt_lookup_num_tokens, a verification pass of the rows' drafts when they have any: speculation.py). So
 requests join between decode steps, running rows wait at most one chunk, and a finished row's slot is free for the
 next step. With prefill_first (generate_batch), the prompts that have not begun and fit a chunk are
 prefilled together in one batched pass first, and decode steps wait while prompts are left to prefill.
@@ -324,7 +324,7 @@ class Engine:
         sequence.prompt_logprobs.extend(picked.tolist())
 
     def decode_step(self, sequences: list[Sequence]) -> None:
-        if self.speculation is not None and len(sequences) == 1 and self.speculate(sequences[0]):
+        if self.speculation is not None and self.speculate(sequences):
             return
         hi = max(s.slot for s in sequences) + 1
         tokens = torch.zeros(hi, dtype=torch.long, device=self.device)  # (hi,) rows not decoding take token 0
@@ -344,15 +344,14 @@ class Engine:
             self.emit(sequence, choice)
         self.observer.step(len(sequences), self.queue_depth(), len(sequences))
 
-    def speculate(self, sequence: Sequence) -> bool:
-        """A speculative round for the lone decoding sequence; False when it has no draft (a plain step follows)."""
-        before = len(sequence.output)
-        outcome = self.speculation.round(sequence, lambda logits: self.sampler.select(logits, [sequence])[0],
-                                         self.emit)
+    def speculate(self, sequences: list[Sequence]) -> bool:
+        """This step as a speculative round (speculation.py); False when no row has a draft (a plain step follows)."""
+        before = sum(len(s.output) for s in sequences)
+        outcome = self.speculation.round(sequences, self.sampler.select, self.emit)
         if outcome is None:
             return False
         self.observer.speculated(*outcome)
-        self.observer.step(1, self.queue_depth(), len(sequence.output) - before)
+        self.observer.step(len(sequences), self.queue_depth(), sum(len(s.output) for s in sequences) - before)
         return True
 
     def emit(self, sequence: Sequence, choice: Choice) -> None:

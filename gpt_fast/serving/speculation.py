@@ -1,18 +1,21 @@
 """Prompt lookup decoding in the serving engine (`gpt-fast serve --prompt-lookup-num-tokens N`).
 
-When a decode step has a single decoding sequence (one client at a time: the latency case, where a step reads
-every weight for one token), the engine drafts up to N tokens by prompt lookup (generation/prompt_lookup.py: the
-tokens that followed an earlier occurrence of the sequence's last n-gram, in its prompt or its own output) and the
-model verifies them in one pass over that sequence's cache row. Tokens are then chosen position by position by
-the engine's own sampler, exactly as the plain steps choose them (logit_bias, penalties, temperature, top-k/p,
-min-p, the request's seeded generator, logprobs; one draw per emitted token, so a seeded request gets the tokens
-it gets without speculation, up to the rounding of a several-row pass against a one-row one); each emitted token
-goes to the client at once; at the first token that differs from the draft, the rest of the draft is dropped from
-the cache. With two or more sequences decoding, the plain batched step runs: every row's step reads the weights
-once already, and a verification pass over several rows' drafts would cost more than it saves on a CPU.
+Each decode step, every decoding sequence drafts up to N tokens by prompt lookup (generation/prompt_lookup.py: the
+tokens that followed an earlier occurrence of its last n-gram, in its prompt or its own output). When at least one
+has a draft, the step is a verification pass instead: IncrementalDecoder.extend over the slot rows [0, hi) with S
+tokens per row (each row's last token, its draft, and padding where its draft is shorter), which reads the weights
+once for all hi * S rows. Tokens are then chosen position by position, for the rows still on their drafts, by the
+engine's own sampler, exactly as plain steps choose them (logit_bias, penalties, temperature, top-k/p, min-p, each
+request's seeded generator with one draw per emitted token, logprobs): so a request gets the tokens it gets without
+speculation, up to the rounding of a several-row pass against a one-row one. Each emitted token goes to its client
+at once. A row leaves the round at its first token that differs from its draft (the model's own choice is emitted),
+after its last draft (the model's next token comes free), or when it finishes; its cache keeps the fed last token
+and the drafts it kept, every other row's length is restored.
 
-Each slot gets an IncrementalDecoder over its own cache row (a view into the engine's one cache) the first time it
-speculates, and its verification passes are replayed per number of tokens (replayed_step.ReplayedExtend).
+S is bounded so that no row's positions run past the cache (prompts still prefilling included) and hi * S stays
+within the small-M kernel's rows (plan.small_m_rows; 32 with the fused kernels): past that the pass would take the
+GEMM path and cost more than it saves. Each sequence's draft length adapts to its own outcomes (transformers'
+heuristic schedule, 1 to N). The passes are replayed per (hi, S) (replayed_step.ReplayedExtend).
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from gpt_fast.generation.prompt_lookup import PromptLookupDrafter
 from gpt_fast.generation.replayed_step import ReplayedExtend
 from gpt_fast.serving.slots import SlotCache
 
+DEFAULT_MAX_ROWS = 32  # hi * S when the plan has no small-M kernel (PyTorch's paths)
+
 
 class PromptLookupSpeculation:
     def __init__(self, model, plan, slots: SlotCache, num_tokens: int, max_ngram_size: int = 2):
@@ -33,7 +38,8 @@ class PromptLookupSpeculation:
         self.model, self.plan, self.slots = model, plan, slots
         self.num_tokens = num_tokens
         self.max_ngram_size = max_ngram_size
-        self.passes: dict[int, tuple[IncrementalDecoder, ReplayedExtend]] = {}  # slot -> its row's decoder
+        self.max_rows = plan.small_m_rows or DEFAULT_MAX_ROWS
+        self.passes: dict[int, ReplayedExtend] = {}  # hi -> the verification pass over the slot rows [0, hi)
 
     def draft(self, sequence) -> list[int]:
         """Up to num_tokens draft tokens to follow the sequence's last emitted token ([] when there is no match or
@@ -43,33 +49,55 @@ class PromptLookupSpeculation:
         left = sequence.params.max_tokens - len(sequence.output) - 1
         return sequence.drafter.draft(sequence.prompt + sequence.output, left) if left > 0 else []
 
-    def verify(self, sequence, draft: list[int]) -> torch.Tensor:
-        """One pass of the model over the sequence's last token and the draft, appended to its cache row ->
-        float32 logits (k + 1, V): row i chooses the token after draft[i - 1] (row 0: after the last token)."""
-        slot = sequence.slot
-        if slot not in self.passes:
-            decoder = IncrementalDecoder(self.model, self.slots.row(slot), self.plan)
-            self.passes[slot] = decoder, ReplayedExtend(decoder)
-        tokens = torch.tensor([[sequence.last_token] + draft], device=self.slots.lengths.device)  # (1, k + 1)
-        return self.passes[slot][1](tokens)[0]
-
-    def round(self, sequence, choose, emit) -> tuple[int, int] | None:
-        """One speculative round for a decoding sequence: draft, verify, then per position choose(logits (1, V)) ->
-        Choice and emit(sequence, choice) (the engine's sampler and emit) until a token differs from the draft or
-        the sequence finishes. Returns (drafted, kept), or None when there is no draft (the plain step runs)."""
-        draft = self.draft(sequence)
-        if not draft:
+    def round(self, sequences: list, select, emit) -> tuple[int, int] | None:
+        """One decode step as a speculative round for the decoding `sequences`: select(logits (R, V), rows) ->
+        Choices and emit(sequence, choice) are the engine's sampler and emit. Returns (drafted, kept) over the
+        rows, or None when no row has a draft or the pass would not fit (the plain step runs)."""
+        slots = [s.slot for s in sequences]
+        hi = max(slots) + 1
+        lengths = self.slots.lengths[:hi]  # (hi,)
+        room = int((self.slots.max_length - lengths).min())  # new positions every row's cache can take
+        drafts = [self.draft(s) for s in sequences]
+        S = min(1 + max(map(len, drafts)), room, self.max_rows // hi)
+        if S < 2:
             return None
-        slot = sequence.slot
-        logits = self.verify(sequence, draft)  # (k + 1, V)
-        for i in range(len(draft) + 1):
-            choice = choose(logits[i:i + 1])
-            emit(sequence, choice)
-            matched = i < len(draft) and choice.token == draft[i]
-            if not matched or sequence.slot != slot or sequence.cancelled:  # a miss, the bonus token, or the end
+        drafts = [d[:S - 1] for d in drafts]
+        fed = torch.zeros(hi, S, dtype=torch.long)  # (hi, S) rows not decoding, and short drafts, padded with 0
+        for slot, sequence, draft in zip(slots, sequences, drafts):
+            fed[slot, :1 + len(draft)] = torch.tensor([sequence.last_token] + draft)
+        saved = lengths.clone()
+        logits = self.pass_for(hi)(fed.to(lengths.device))  # (hi, S, V)
+        kept = self.choose(sequences, slots, drafts, logits, select, emit)
+        final = saved.clone()  # rows not decoding keep their length
+        for slot, sequence, count in zip(slots, sequences, kept):
+            final[slot] = saved[slot] + 1 + count if sequence.slot == slot else 0  # 0: finished, slot given back
+        lengths.copy_(final)
+        for sequence, draft, count in zip(sequences, drafts, kept):
+            if draft:
+                sequence.drafter.update(sequence.prompt + sequence.output, count, len(draft))
+        return sum(map(len, drafts)), sum(kept)
+
+    @staticmethod
+    def choose(sequences, slots, drafts, logits, select, emit) -> list[int]:
+        """Emits tokens position by position for the rows still on their drafts; returns each row's kept drafts."""
+        kept = [0] * len(sequences)
+        on = list(range(len(sequences)))  # rows still on their drafts
+        for i in range(logits.shape[1]):
+            rows = torch.tensor([slots[j] for j in on], device=logits.device)
+            still = []
+            for j, choice in zip(on, select(logits[rows, i], [sequences[j] for j in on])):
+                sequence = sequences[j]
+                emit(sequence, choice)
+                matched = i < len(drafts[j]) and choice.token == drafts[j][i]
+                kept[j] = i + matched  # the drafts emitted as drafted
+                if matched and sequence.slot == slots[j] and not sequence.cancelled:
+                    still.append(j)
+            on = still
+            if not on:
                 break
-        kept = i + matched  # the drafts emitted as drafted
-        if sequence.slot == slot:  # still decoding: the cache keeps the fed token and the kept drafts
-            self.slots.lengths[slot] -= len(draft) - kept
-        sequence.drafter.update(sequence.prompt + sequence.output, kept, len(draft))
-        return len(draft), kept
+        return kept
+
+    def pass_for(self, hi: int) -> ReplayedExtend:
+        if hi not in self.passes:
+            self.passes[hi] = ReplayedExtend(IncrementalDecoder(self.model, self.slots.rows(hi), self.plan))
+        return self.passes[hi]

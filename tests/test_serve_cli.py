@@ -32,7 +32,7 @@ def test_serve_command_answers_completions(tmp_path):
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "gpt_fast.cli", "serve", "--model", str(checkpoint), "--port",
                                str(port), "--served-model-name", "tiny", "--api-key", "k", "--log-level", "warning",
-                               "--prompt-lookup-num-tokens", "4"],
+                               "--prompt-lookup-num-tokens", "4", "--prefix-cache-size", "2"],
                               cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         url = f"http://127.0.0.1:{port}"
@@ -51,11 +51,16 @@ def test_serve_command_answers_completions(tmp_path):
         assert httpx.post(url + "/v1/completions", json=body, timeout=30).status_code == 401
         repeating = {"model": "tiny", "prompt": "the cat sat on the mat. the cat sat on the mat. the cat sat on",
                      "max_tokens": 30, "temperature": 0}
-        assert httpx.post(url + "/v1/completions", json=repeating, headers={"Authorization": "Bearer k"},
-                          timeout=30).status_code == 200
+        for _ in range(2):
+            assert httpx.post(url + "/v1/completions", json=repeating, headers={"Authorization": "Bearer k"},
+                              timeout=30).status_code == 200
         metrics = httpx.get(url + "/metrics", timeout=30).text.splitlines()
-        drafted = next(line for line in metrics if line.startswith("gpt_fast_spec_decode_draft_tokens_total"))
-        assert float(drafted.split()[-1]) > 0  # --prompt-lookup-num-tokens reached the engine
+
+        def metric(name):
+            return float(next(line for line in metrics if line.startswith(name)).split()[-1])
+
+        assert metric("gpt_fast_spec_decode_draft_tokens_total") > 0  # --prompt-lookup-num-tokens reached the engine
+        assert metric("gpt_fast_prefix_cache_hits_total") > 0  # and --prefix-cache-size: the second prompt's prefix
     finally:
         server.terminate()
         try:
@@ -73,6 +78,7 @@ def test_serve_without_the_extra_is_a_one_line_error(monkeypatch, capsys):
 @pytest.mark.parametrize("args, match", [(["--model", "/no/such/folder"], "no such model folder"),
                                          (["--model", ".", "--max-batch", "0"], "must be a positive integer"),
                                          (["--model", ".", "--prompt-lookup-num-tokens", "0"], "positive integer"),
+                                         (["--model", ".", "--prefix-cache-size", "-1"], "non-negative integer"),
                                          (["--model", ".", "--port", "70000"], "--port")])
 def test_bad_serve_arguments_are_one_line_errors(args, match, capsys):
     assert main(["serve", *args]) in (1, 2)

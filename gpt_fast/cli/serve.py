@@ -9,7 +9,14 @@ from pathlib import Path
 import torch
 
 from gpt_fast.checkpoints.hub import looks_like_hub_id
-from gpt_fast.cli.common import UsageError, add_quantization_arguments, log, positive_int, quantization_kwargs
+from gpt_fast.cli.common import (
+    UsageError,
+    add_quantization_arguments,
+    log,
+    non_negative_int,
+    positive_int,
+    quantization_kwargs,
+)
 from gpt_fast.generation.pipeline import load_tokenizer
 from gpt_fast.models.heads import OpenAIGPTLMHeadModel
 
@@ -36,6 +43,9 @@ def add_parser(sub) -> None:
     serve.add_argument("--prompt-lookup-num-tokens", type=positive_int, metavar="N",
                        help="prompt lookup decoding while one sequence decodes: verify up to N tokens copied from "
                             "its text so far per pass (same tokens, fewer passes where the text repeats itself)")
+    serve.add_argument("--prefix-cache-size", type=non_negative_int, default=0, metavar="N",
+                       help="keep the keys and values of the last N prompts, so that later prompts starting alike "
+                            "skip that prefill (each up to 2 x layers x 512 x width values; default 0: off)")
     serve.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's choice)")
     add_quantization_arguments(serve)
     serve.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
@@ -67,6 +77,7 @@ def run(args) -> int:
     log(f"loaded in {time.perf_counter() - start:.1f} s ({model.dtype}{quantized}, {model.device})")
     app, engine = build_app(model, tokenizer, args.served_model_name or args.model, args.max_batch, args.max_queue,
                             args.prefill_chunk, args.api_key, template, start_engine=False,
-                            prompt_lookup_num_tokens=args.prompt_lookup_num_tokens)
+                            prompt_lookup_num_tokens=args.prompt_lookup_num_tokens,
+                            prefix_cache_size=args.prefix_cache_size)
     serve_forever(app, engine, args.host, args.port, args.log_level)
     return 0

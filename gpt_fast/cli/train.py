@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 
-from gpt_fast.cli.common import UsageError, log, positive_int
+from gpt_fast.cli.common import UsageError, log, non_negative_int, positive_int
 from gpt_fast.training import TrainingConfig, train
 from gpt_fast.training.recipes.shakespeare import default_output_dir, run_recipe
 
@@ -20,10 +20,6 @@ RECIPES = ("shakespeare",)
 # The options a recipe run takes; it sets every other training option itself.
 RECIPE_OPTIONS = {"data", "recipe", "tiny", "cache_dir", "out", "device", "seed", "no_progress", "command",
                   "train_parser"}
-
-
-def non_negative_int(text: str) -> int:
-    return 0 if text == "0" else positive_int(text)
 
 
 def key_value(text: str) -> tuple[str, object]:

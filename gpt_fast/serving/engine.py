@@ -14,14 +14,15 @@ HTTP server on a thread of its own (it runs no parallel regions); `start()` is f
 work happens on no other thread.
 
 Each loop iteration: calls queued by call() run; cancelled sequences give back their slots; waiting sequences take
-free slots (FIFO); at most one prefill chunk runs (the oldest sequence still prefilling, `prefill_chunk` tokens; its
-last chunk also picks its first token, and the request's other choices already holding a slot copy its cached
-prompt and pick theirs from the same logits instead of prefilling it again); then one decode step for every
-decoding row (IncrementalDecoder.step over the slot rows [0, hi), rows that are not decoding restored to their own
-length; with prompt_lookup_num_tokens, a verification pass of the rows' drafts when they have any: speculation.py). So
-requests join between decode steps, running rows wait at most one chunk, and a finished row's slot is free for the
-next step. With prefill_first (generate_batch), the prompts that have not begun and fit a chunk are
-prefilled together in one batched pass first, and decode steps wait while prompts are left to prefill.
+free slots (FIFO); at most one prefill chunk runs (the oldest sequence still prefilling, `prefill_chunk` tokens,
+after any prefix an earlier prompt left in the prefix cache: prefix_cache.py; its last chunk also picks its first
+token, and the request's other choices already holding a slot copy its cached prompt and pick theirs from the same
+logits instead of prefilling it again); then one decode step for every decoding row (IncrementalDecoder.step over
+the slot rows [0, hi), rows that are not decoding restored to their own length; with prompt_lookup_num_tokens a
+verification pass of the rows' drafts when they have any: speculation.py). So requests join between decode steps,
+running rows wait at most one chunk, and a finished row's slot is free for the next step. With prefill_first
+(generate_batch), the prompts that have not begun and fit a chunk are prefilled together in one batched pass first,
+and decode steps wait while prompts are left to prefill.
 `sink(Output)` is called from the engine's thread: it must not block. No web framework is imported here.
 """
 
@@ -41,6 +42,7 @@ from gpt_fast.serving.errors import BadRequest, ContextTooLong, EngineStopped, Q
 from gpt_fast.serving.observer import EngineObserver
 from gpt_fast.serving.params import SamplingParams
 from gpt_fast.serving.prefill import prefill_chunk, prefill_together, whole_prompts
+from gpt_fast.serving.prefix_cache import PrefixCache
 from gpt_fast.serving.sampler import Choice, RowSampler
 from gpt_fast.serving.sequence import Output, Sequence, State
 from gpt_fast.serving.slots import SlotCache
@@ -60,7 +62,8 @@ class RequestHandle:
 class Engine:
     def __init__(self, model, tokenizer, max_batch: int = 16, max_queue: int = 64, prefill_chunk: int = 256,
                  observer: EngineObserver | None = None, prefill_first: bool = False,
-                 prompt_lookup_num_tokens: int | None = None, max_matching_ngram_size: int = 2):
+                 prompt_lookup_num_tokens: int | None = None, max_matching_ngram_size: int = 2,
+                 prefix_cache_size: int = 0):
         if max_batch < 1 or max_queue < 1 or prefill_chunk < 1:
             raise ValueError("max_batch, max_queue and prefill_chunk must be positive")
         self.model = model.eval()
@@ -81,6 +84,8 @@ class Engine:
         # prompt lookup decoding for a lone decoding sequence (speculation.py), or None
         self.speculation = None if prompt_lookup_num_tokens is None else PromptLookupSpeculation(
             model, self.plan, self.slots, prompt_lookup_num_tokens, max_matching_ngram_size)
+        # prompts' keys and values kept for later prompts that start alike (prefix_cache.py), or None
+        self.prefix_cache = PrefixCache(self.slots, prefix_cache_size) if prefix_cache_size else None
         # hi -> the decode step over the slot rows [0, hi), replayed from its recorded operators (replayed_step.py)
         self.decoders: dict[int, ReplayedStep] = {}
         self.waiting: deque[Sequence] = deque()  # guarded by self.wake
@@ -270,6 +275,9 @@ class Engine:
 
     def prefill_step(self, sequences: list[Sequence]) -> None:
         sequence = sequences[0]
+        if not sequence.prefilled and self.prefix_cache is not None and sequence.prompt_logprobs is None:
+            sequence.prefilled = self.prefix_cache.restore(sequence.slot, sequence.prompt)  # 0: no shared prefix
+            self.observer.prefix_cache(len(sequence.prompt), sequence.prefilled)
         start = sequence.prefilled
         end = min(len(sequence.prompt), start + self.prefill_chunk)
         ids = torch.tensor(sequence.prompt[start:end], dtype=torch.long, device=self.device)
@@ -287,6 +295,8 @@ class Engine:
     def start_decoding(self, sequence: Sequence, logits: torch.Tensor) -> None:
         """The sequence's prompt is cached and logits (1, V) float32 follow it: it and the sibling choices that
         share its prompt pick their first tokens and decode from the next step."""
+        if self.prefix_cache is not None:
+            self.prefix_cache.store(sequence.slot, sequence.prompt)
         group = [sequence] + self.share_prompt(sequence)
         logits = logits.expand(len(group), -1).clone()  # (n, V)
         for member in group:

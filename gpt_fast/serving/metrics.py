@@ -1,7 +1,7 @@
 """Prometheus metrics of one server (prometheus_client, on a registry of its own, no global state): HTTP requests
 by endpoint and status, prompt / generated tokens, queue depth and batch size (read from the engine when
 scraped), time to first token and time per output token histograms, draft tokens verified and kept (prompt
-lookup decoding). It is the engine's observer.
+lookup decoding), prompt tokens looked up in and found in the prefix cache. It is the engine's observer.
 """
 
 from __future__ import annotations
@@ -41,6 +41,10 @@ class Metrics(EngineObserver):
                                     registry=r)
         self.accepted_tokens = Counter("gpt_fast_spec_decode_accepted_tokens",
                                        "Draft tokens the model kept (prompt lookup)", registry=r)
+        self.prefix_queries = Counter("gpt_fast_prefix_cache_queries", "Prompt tokens looked up in the prefix cache",
+                                      registry=r)
+        self.prefix_hits = Counter("gpt_fast_prefix_cache_hits", "Prompt tokens found in the prefix cache",
+                                   registry=r)
         self.queue_time = Histogram("gpt_fast_queue_time_seconds", "Arrival to getting a slot", registry=r,
                                     buckets=TTFT_BUCKETS)
 
@@ -64,6 +68,10 @@ class Metrics(EngineObserver):
     def step(self, batch_size: int, queue_depth: int, new_tokens: int) -> None:
         self.step_batch.observe(batch_size)
         self.generation_tokens.inc(new_tokens)
+
+    def prefix_cache(self, queried: int, hit: int) -> None:
+        self.prefix_queries.inc(queried)
+        self.prefix_hits.inc(hit)
 
     def speculated(self, drafted: int, kept: int) -> None:
         self.draft_tokens.inc(drafted)

@@ -18,6 +18,9 @@ class EngineObserver:
     def step(self, batch_size: int, queue_depth: int, new_tokens: int) -> None:  # after each prefill / decode step
         pass
 
+    def prefix_cache(self, queried: int, hit: int) -> None:  # a prompt of `queried` tokens, `hit` of them cached
+        pass
+
     def speculated(self, drafted: int, kept: int) -> None:  # a speculative round: draft tokens made and kept
         pass
 

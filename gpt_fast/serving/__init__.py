@@ -1,8 +1,8 @@
 """Serving: an OpenAI-compatible server with continuous batching (`gpt-fast serve`).
 
 engine.py (the loop that owns the model; slots.py, prefill.py, prefix_cache.py, sampler.py, speculation.py, text.py,
-sequence.py, params.py, observer.py, errors.py) imports no web framework. http.py (FastAPI), protocol.py (request schemas),
-responses.py (OpenAI response JSON), chat.py (the chat template) and metrics.py (Prometheus) need
+sequence.py, params.py, observer.py, errors.py) imports no web framework. http.py (FastAPI), protocol.py (request
+schemas), responses.py (OpenAI response JSON), chat.py (the chat template) and metrics.py (Prometheus) need
 `pip install gpt_fast[serve]` and are imported only by the serve command and by whoever builds the app.
 """
 

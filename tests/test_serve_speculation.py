@@ -34,10 +34,15 @@ class Events(EngineObserver):
     def speculated(self, drafted, kept):
         self.events.append(("round", drafted, kept))
 
+    def prefix_cache(self, queried, hit):
+        self.events.append(("prefix", queried, hit))
+
     def rounds(self) -> list[tuple[int, int, int]]:
         """(index of the round's first token in the output, drafted, kept) of each speculative round."""
         out, emitted, pending = [], 0, None
         for event in self.events:
+            if event[0] == "prefix":
+                continue
             if event[0] == "round":
                 pending = event[1:]
             else:
@@ -260,3 +265,38 @@ def test_the_server_counts_draft_tokens(model_and_tokenizer):
     counts = {line.split()[0].removeprefix("gpt_fast_spec_decode_"): float(line.split()[1])
               for line in metrics.splitlines() if line.startswith("gpt_fast_spec_decode_")}
     assert counts["draft_tokens_total"] > counts["accepted_tokens_total"] > 0
+
+
+def test_mixed_traffic_with_prefix_cache_and_speculation_is_the_plain_engines(model_and_tokenizer, make_engine):
+    """Eight requests through three slots at once (queueing, joining mid-flight, n = 2 choices, prompts sharing
+    prefixes, greedy and seeded sampling, stop tokens and strings, max_tokens): with the prefix cache and prompt
+    lookup together every request's choices are the plain engine's."""
+    _, tokenizer = model_and_tokenizer
+    shared = tokenizer("you are a helpful assistant. answer in one short sentence, and be polite. question:")
+    shared = shared["input_ids"]
+    rng = torch.Generator().manual_seed(4)
+    requests = []
+    for i in range(8):
+        own = tokenizer([REPEATING, COUNTING, "once upon a time", "a b c a b c a b"][i % 4])["input_ids"]
+        prompt = (shared + own if i % 2 else own)[:40]
+        n = 2 if i in (3, 6) else 1
+        params = SamplingParams(max_tokens=int(torch.randint(3, 20, (1,), generator=rng)),
+                                temperature=0 if i % 3 else 0.3, seed=i, stop_token_ids=(prompt[5],) if i == 5 else (),
+                                stop=("three",) if i == 2 else ())
+        requests.append((prompt, params, n))
+
+    def run(engine):
+        sinks = [queue.Queue() for _ in requests]
+        engine.call(lambda: [engine.submit(p, params, sink.put, n) for (p, params, n), sink in zip(requests, sinks)])
+        return [wait(sink, n) for (_, _, n), sink in zip(requests, sinks)]
+
+    plain = run(make_engine(max_batch=3, max_queue=16))
+    events = Events()
+    engine = make_engine(max_batch=3, max_queue=16, prefix_cache_size=4, prompt_lookup_num_tokens=4, observer=events)
+    both = run(engine)
+    for ours, theirs in zip(both, plain, strict=True):
+        for i in theirs:
+            assert (ours[i]["tokens"], ours[i]["finish"], ours[i]["text"]) == \
+                (theirs[i]["tokens"], theirs[i]["finish"], theirs[i]["text"])
+    assert events.rounds() and any(hit for kind, _, hit in (e for e in events.events if e[0] == "prefix"))
+    assert engine.slots.in_use() == 0 and engine.slots.lengths.tolist() == [0, 0, 0]

@@ -18,47 +18,36 @@ from __future__ import annotations
 import argparse
 import queue
 import statistics
-import threading
 import time
 
 import torch
+from engine_client import DTYPES, add_common_arguments, apply_threads, random_model, with_client
 from timing import format_table, machine_description
 
-from gpt_fast import OpenAIGPTConfig, OpenAIGPTLMHeadModel
 from gpt_fast.ops import cpu_isa
 from gpt_fast.serving import Engine, SamplingParams
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-
 
 def first_tokens(engine: Engine, prompts: list[list[int]]) -> tuple[list[int], list[float]]:
-    """One request at a time through the engine, its loop on this thread -> (each first token, each TTFT in s)."""
-    result = {}
+    """One request at a time through the engine -> (each first token, each TTFT in s)."""
 
-    def client() -> None:
+    def client(engine: Engine, result: dict) -> None:
         tokens, times = [], []
-        try:
-            for prompt in prompts:
-                outputs = queue.Queue()
-                start = time.perf_counter()
-                engine.submit(prompt, SamplingParams(max_tokens=1, temperature=0), outputs.put)
-                output = outputs.get(timeout=600)
-                times.append(time.perf_counter() - start)
-                tokens += output.tokens
-            result["tokens"], result["times"] = tokens, times
-        finally:
-            engine.stop()
+        for prompt in prompts:
+            outputs = queue.Queue()
+            start = time.perf_counter()
+            engine.submit(prompt, SamplingParams(max_tokens=1, temperature=0), outputs.put)
+            output = outputs.get(timeout=600)
+            times.append(time.perf_counter() - start)
+            tokens += output.tokens
+        result["tokens"], result["times"] = tokens, times
 
-    engine.run(on_start=lambda: threading.Thread(target=client, daemon=True).start())
-    if "tokens" not in result:
-        raise RuntimeError("the requests did not finish")
+    result = with_client(engine, client)
     return result["tokens"], result["times"]
 
 
 def run(dtype: torch.dtype, prefix: int, suffix: int, requests: int, repeats: int, tiny: bool = False) -> str:
-    torch.manual_seed(0)
-    shape = {"n_layer": 2, "n_embd": 64, "n_head": 2} if tiny else {}  # tests: a small model, same vocabulary
-    model = OpenAIGPTLMHeadModel(OpenAIGPTConfig(**shape)).to(dtype).eval()
+    model = random_model(dtype, tiny)
     generator = torch.Generator().manual_seed(0)
     vocab = model.config.vocab_size
     shared = torch.randint(0, vocab, (prefix,), generator=generator).tolist()
@@ -92,16 +81,12 @@ def run(dtype: torch.dtype, prefix: int, suffix: int, requests: int, repeats: in
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dtype", choices=DTYPES, default="bfloat16")
+    add_common_arguments(parser)
     parser.add_argument("--prefix", type=int, default=448)
     parser.add_argument("--suffix", type=int, default=16)
     parser.add_argument("--requests", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--tiny", action="store_true", help="2 layers x 64 wide (tests)")
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_threads(args)
     print(run(DTYPES[args.dtype], args.prefix, args.suffix, args.requests, args.repeats, args.tiny))
 
 

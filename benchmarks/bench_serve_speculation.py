@@ -21,19 +21,16 @@ import argparse
 import contextlib
 import queue
 import statistics
-import threading
 import time
 
 import torch
 from bench_prompt_lookup import rejected_drafts
+from engine_client import DTYPES, add_common_arguments, apply_threads, random_model, with_client
 from timing import format_table, machine_description
 
-from gpt_fast import OpenAIGPTConfig, OpenAIGPTLMHeadModel
 from gpt_fast.ops import cpu_isa
 from gpt_fast.serving import Engine, SamplingParams
 from gpt_fast.serving.observer import EngineObserver
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 class DraftCounts(EngineObserver):
@@ -46,30 +43,24 @@ class DraftCounts(EngineObserver):
 
 
 def serve(engine: Engine, prompts: list[list[int]], new_tokens: int) -> tuple[list[list[int]], float]:
-    """Greedy requests submitted together through the engine, its loop on this thread -> (each one's tokens,
-    seconds per decoded token over all of them: from the first request's first token to the last token)."""
-    result = {}
+    """Greedy requests submitted together through the engine -> (each one's tokens, seconds per decoded token over
+    all of them: from the first request's first token to the last token)."""
 
-    def client() -> None:
+    def client(engine: Engine, result: dict) -> None:
         outputs, times, tokens = queue.Queue(), [], [[] for _ in prompts]
-        try:
-            for i, prompt in enumerate(prompts):
-                engine.submit(prompt, SamplingParams(max_tokens=new_tokens, temperature=0),
-                              lambda output, i=i: outputs.put((i, output)))
-            finished = 0
-            while finished < len(prompts):
-                i, output = outputs.get(timeout=600)
-                times += [time.perf_counter()] * len(output.tokens)
-                tokens[i] += output.tokens
-                finished += output.finish_reason is not None
-            later = len(times) - 1  # tokens after the first one
-            result["tokens"], result["per_token"] = tokens, (times[-1] - times[0]) / later
-        finally:
-            engine.stop()
+        for i, prompt in enumerate(prompts):
+            engine.submit(prompt, SamplingParams(max_tokens=new_tokens, temperature=0),
+                          lambda output, i=i: outputs.put((i, output)))
+        finished = 0
+        while finished < len(prompts):
+            i, output = outputs.get(timeout=600)
+            times += [time.perf_counter()] * len(output.tokens)
+            tokens[i] += output.tokens
+            finished += output.finish_reason is not None
+        later = len(times) - 1  # tokens after the first one
+        result["tokens"], result["per_token"] = tokens, (times[-1] - times[0]) / later
 
-    engine.run(on_start=lambda: threading.Thread(target=client, daemon=True).start())
-    if "tokens" not in result:
-        raise RuntimeError("the requests did not finish")
+    result = with_client(engine, client)
     return result["tokens"], result["per_token"]
 
 
@@ -93,9 +84,7 @@ def generate_one(model, prompt: list[int], new_tokens: int, lookup: int | None) 
 
 def run(dtype: torch.dtype, new_tokens: int, lookups: list[int], repeats: int, concurrency: int,
         tiny: bool = False) -> str:
-    torch.manual_seed(0)
-    shape = {"n_layer": 2, "n_embd": 64, "n_head": 2} if tiny else {}  # tests: a small model, same vocabulary
-    model = OpenAIGPTLMHeadModel(OpenAIGPTConfig(**shape)).to(dtype).eval()
+    model = random_model(dtype, tiny)
     prompts = torch.randint(0, model.config.vocab_size, (concurrency, 32),
                             generator=torch.Generator().manual_seed(0)).tolist()
     cases = {}  # (path, requests at once, drafts, N) -> (engine or None, its DraftCounts or None)
@@ -143,16 +132,12 @@ def run(dtype: torch.dtype, new_tokens: int, lookups: list[int], repeats: int, c
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dtype", choices=DTYPES, default="bfloat16")
+    add_common_arguments(parser)
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--lookup", type=int, nargs="+", default=[2, 4, 8])
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--concurrency", type=int, default=4, help="requests at once in the batched cases")
-    parser.add_argument("--tiny", action="store_true", help="2 layers x 64 wide (tests)")
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_threads(args)
     print(run(DTYPES[args.dtype], args.new_tokens, args.lookup, args.repeats, args.concurrency, args.tiny))
 
 

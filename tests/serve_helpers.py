@@ -6,9 +6,11 @@ from __future__ import annotations
 import queue
 import time
 
+import pytest
 import torch
 
 from gpt_fast import OpenAIGPTConfig, OpenAIGPTLMHeadModel, OpenAIGPTTokenizerFast
+from gpt_fast.serving import Engine
 
 N_POSITIONS = 64
 
@@ -19,6 +21,38 @@ def tiny_model_and_tokenizer(seed: int = 0):
     config = OpenAIGPTConfig(vocab_size=len(tokenizer), n_positions=N_POSITIONS, n_embd=32, n_layer=2, n_head=2,
                              initializer_range=0.2)  # large enough weights that a wrong attention shows
     return OpenAIGPTLMHeadModel(config).eval(), tokenizer
+
+
+def engine_fixtures():
+    """An engine test module's two fixtures: `model_and_tokenizer` (module-scoped, tiny_model_and_tokenizer()) and
+    `make_engine(**engine_options)`, which starts an Engine over them on its own thread and stops every engine it
+    made at the test's end. Use: `model_and_tokenizer, make_engine = engine_fixtures()`."""
+
+    @pytest.fixture(scope="module")
+    def model_and_tokenizer():
+        return tiny_model_and_tokenizer()
+
+    @pytest.fixture
+    def make_engine(model_and_tokenizer):
+        engines = []
+
+        def make(**kwargs):
+            model, tokenizer = model_and_tokenizer
+            engine = Engine(model, tokenizer, **kwargs).start()
+            engines.append(engine)
+            return engine
+
+        yield make
+        for engine in engines:
+            engine.stop()
+
+    return model_and_tokenizer, make_engine
+
+
+def reference_greedy(model, prompt, n):
+    """model.generate's greedy tokens after the prompt (a list of ids): the reference of the engine tests."""
+    with torch.inference_mode():
+        return model.generate(torch.tensor([prompt]), max_new_tokens=n, step_replay=False)[0, len(prompt):].tolist()
 
 
 def save_checkpoint(folder):

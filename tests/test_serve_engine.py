@@ -10,7 +10,7 @@ import threading
 import pytest
 import torch
 from conftest import LoRA
-from serve_helpers import collect, tiny_model_and_tokenizer, wait
+from serve_helpers import collect, engine_fixtures, reference_greedy, tiny_model_and_tokenizer, wait
 
 from gpt_fast.serving import BadRequest, ContextTooLong, Engine, QueueFull, SamplingParams
 from gpt_fast.serving.observer import EngineObserver
@@ -24,33 +24,11 @@ class Recorder(EngineObserver):
         self.batch_sizes.append(batch_size)
 
 
-@pytest.fixture(scope="module")
-def model_and_tokenizer():
-    return tiny_model_and_tokenizer()
-
-
-@pytest.fixture
-def make_engine(model_and_tokenizer):
-    engines = []
-
-    def make(**kwargs):
-        model, tokenizer = model_and_tokenizer
-        engine = Engine(model, tokenizer, **kwargs).start()
-        engines.append(engine)
-        return engine
-
-    yield make
-    for engine in engines:
-        engine.stop()
+model_and_tokenizer, make_engine = engine_fixtures()
 
 
 def prompt_of(tokenizer, text="hello, my dog is cute. the weather today"):
     return tokenizer(text)["input_ids"]
-
-
-def reference_greedy(model, prompt, n):
-    with torch.inference_mode():
-        return model.generate(torch.tensor([prompt]), max_new_tokens=n, step_replay=False)[0, len(prompt):].tolist()
 
 
 @pytest.mark.parametrize("chunk", [4, 256])  # a prompt of 11 tokens in three chunks, and in one

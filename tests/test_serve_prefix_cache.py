@@ -5,8 +5,7 @@ without the cache's; entries are kept, extended and evicted as the module says; 
 from __future__ import annotations
 
 import pytest
-import torch
-from serve_helpers import collect, tiny_model_and_tokenizer
+from serve_helpers import collect, engine_fixtures, reference_greedy
 
 from gpt_fast.serving import Engine, SamplingParams
 from gpt_fast.serving.observer import EngineObserver
@@ -24,29 +23,7 @@ class Lookups(EngineObserver):
         self.lookups.append((queried, hit))
 
 
-@pytest.fixture(scope="module")
-def model_and_tokenizer():
-    return tiny_model_and_tokenizer()
-
-
-@pytest.fixture
-def make_engine(model_and_tokenizer):
-    engines = []
-
-    def make(**kwargs):
-        model, tokenizer = model_and_tokenizer
-        engine = Engine(model, tokenizer, **kwargs).start()
-        engines.append(engine)
-        return engine
-
-    yield make
-    for engine in engines:
-        engine.stop()
-
-
-def reference_greedy(model, prompt, n):
-    with torch.inference_mode():
-        return model.generate(torch.tensor([prompt]), max_new_tokens=n, step_replay=False)[0, len(prompt):].tolist()
+model_and_tokenizer, make_engine = engine_fixtures()
 
 
 @pytest.mark.parametrize("chunk", [4, 256])  # the rest of the prompt in several chunks after the prefix, or one

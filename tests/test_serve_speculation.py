@@ -13,7 +13,7 @@ import httpx
 import openai
 import pytest
 import torch
-from serve_helpers import N_POSITIONS, collect, tiny_model_and_tokenizer, wait
+from serve_helpers import N_POSITIONS, collect, engine_fixtures, reference_greedy, wait
 
 from gpt_fast.serving import Engine, SamplingParams, speculation
 from gpt_fast.serving.observer import EngineObserver
@@ -61,29 +61,7 @@ def no_failed_steps(caplog):
     assert not failed, failed[0].getMessage()
 
 
-@pytest.fixture(scope="module")
-def model_and_tokenizer():
-    return tiny_model_and_tokenizer()
-
-
-@pytest.fixture
-def make_engine(model_and_tokenizer):
-    engines = []
-
-    def make(**kwargs):
-        model, tokenizer = model_and_tokenizer
-        engine = Engine(model, tokenizer, **kwargs).start()
-        engines.append(engine)
-        return engine
-
-    yield make
-    for engine in engines:
-        engine.stop()
-
-
-def reference_greedy(model, prompt, n):
-    with torch.inference_mode():
-        return model.generate(torch.tensor([prompt]), max_new_tokens=n, step_replay=False)[0, len(prompt):].tolist()
+model_and_tokenizer, make_engine = engine_fixtures()
 
 
 def test_greedy_tokens_are_generates_with_drafts_kept_and_rejected(model_and_tokenizer, make_engine):

@@ -105,3 +105,18 @@ def test_bad_sizes_are_errors(model_and_tokenizer, size):
     model, tokenizer = model_and_tokenizer
     with pytest.raises(ValueError, match="prefix_cache_size must be an int >= 1"):
         Engine(model, tokenizer, prefix_cache_size=size)
+
+
+def test_a_next_turn_finds_the_previous_answer_cached(model_and_tokenizer, make_engine):
+    """A finished sequence leaves its prompt and generated tokens in the cache: the next turn of a conversation,
+    which repeats them, is prefilled from after them, and gets generate()'s tokens."""
+    model, tokenizer = model_and_tokenizer
+    lookups = Lookups()
+    engine = make_engine(max_batch=1, prefix_cache_size=2, observer=lookups)
+    first = tokenizer(SHARED + " what is the capital of france?")["input_ids"]
+    answer = collect(engine, first, SamplingParams(max_tokens=8, temperature=0))[0]["tokens"]
+    second = first + answer + tokenizer(" and of spain?")["input_ids"]
+    reply = collect(engine, second, SamplingParams(max_tokens=8, temperature=0))[0]["tokens"]
+    assert reply == reference_greedy(model, second, 8)
+    assert lookups.lookups[-1] == (len(second), len(first) + len(answer) - 1)  # all but the answer's last token
+    assert list(engine.prefix_cache.entries) == [tuple(second + reply[:-1])]  # one entry: the conversation so far

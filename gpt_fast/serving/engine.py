@@ -384,6 +384,8 @@ class Engine:
         if sequence.prompt_logprobs is not None and len(sequence.output) == 1:
             output.prompt_logprobs = sequence.prompt_logprobs
         if reason is not None:
+            if self.prefix_cache is not None:  # its whole text so far, for a next turn that repeats it
+                self.prefix_cache.store(sequence.slot, sequence.prompt + sequence.output[:-1])
             self.release(sequence)  # before the sink hears of the end, so the slot is free by then
         self.send(sequence, output)
         if reason is not None:

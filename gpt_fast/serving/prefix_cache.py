@@ -3,8 +3,10 @@ start alike (a system prompt, few-shot examples, a document asked several questi
 earlier prompt already computed.
 
 When a sequence's prompt has been prefilled, its keys and values (every layer, positions [0, L)) are copied out of
-its cache slot into an entry keyed by the prompt's tokens, unless a cached prompt already starts with it (entries
-that this prompt extends are dropped: it holds them). When a new sequence begins prefilling, the entry sharing the
+its cache slot into an entry keyed by the prompt's tokens, and again when it finishes, then for the prompt and the
+tokens it generated (all but the last, which was never fed): a chat's next turn repeats them. Nothing is copied
+when a cached entry already starts with those tokens, and entries that they extend are dropped (the new one holds
+them). When a new sequence begins prefilling, the entry sharing the
 longest prefix with its prompt (at least MIN_TOKENS tokens, and never the last prompt token, whose logits are
 needed) is copied into its slot, and its chunked prefill starts after that prefix, attending over it
 (prefill.prefill_chunk). The keys and values of a position depend only on the tokens up to it, so the result is

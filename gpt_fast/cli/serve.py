@@ -41,8 +41,8 @@ def add_parser(sub) -> None:
                        help="require 'Authorization: Bearer KEY' on /v1 (default: $GPT_FAST_API_KEY, else none)")
     serve.add_argument("--chat-template", metavar="FILE", help="a Jinja2 chat template (default: 'role: content')")
     serve.add_argument("--prompt-lookup-num-tokens", type=positive_int, metavar="N",
-                       help="prompt lookup decoding while one sequence decodes: verify up to N tokens copied from "
-                            "its text so far per pass (same tokens, fewer passes where the text repeats itself)")
+                       help="prompt lookup decoding: each step verifies up to N tokens per sequence copied from "
+                            "its text so far (same tokens, fewer passes where the text repeats itself)")
     serve.add_argument("--prefix-cache-size", type=non_negative_int, default=0, metavar="N",
                        help="keep the keys and values of the last N prompts, so that later prompts starting alike "
                             "skip that prefill (each up to 2 x layers x 512 x width values; default 0: off)")

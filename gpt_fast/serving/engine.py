@@ -81,7 +81,7 @@ class Engine:
         # generate_batch, where every request is known at once
         self.prefill_first = prefill_first
         self.observer = observer or EngineObserver()
-        # prompt lookup decoding for a lone decoding sequence (speculation.py), or None
+        # prompt lookup decoding: decode steps that verify the rows' drafts (speculation.py), or None
         self.speculation = None if prompt_lookup_num_tokens is None else PromptLookupSpeculation(
             model, self.plan, self.slots, prompt_lookup_num_tokens, max_matching_ngram_size)
         # prompts' keys and values kept for later prompts that start alike (prefix_cache.py), or None

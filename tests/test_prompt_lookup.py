@@ -179,6 +179,23 @@ def test_draft_length_shrinks_while_drafts_fail_and_grows_back(model, monkeypatc
     assert asked[:6] == [5, 4, 3, 2, 4, 5]  # then the repeating text's drafts, all kept: + 2 a pass, up to 5
 
 
+def test_drafting_pauses_while_one_token_drafts_fail(model, passes, monkeypatch):
+    """Every draft wrong: once the draft has shrunk to one token and MISSES_BEFORE_PAUSE (4) of those were rejected,
+    each rejected draft pauses drafting for twice as many steps as the last pause (1, 2, 4, ..., up to MAX_PAUSE);
+    the tokens stay plain decoding's."""
+    from gpt_fast.generation import prompt_lookup
+
+    monkeypatch.setattr(prompt_lookup, "find_draft",
+                        lambda sequence, num_tokens, ngram: [(sequence[-1] + 1) % VOCAB] * num_tokens)
+    ids = prompt(length=8, seed=0)
+    expected = model.generate(ids, max_new_tokens=80, step_replay=False)
+    passes.update(extend=0, step=0)
+    got = model.generate(ids, max_new_tokens=80, prompt_lookup_num_tokens=3, step_replay=False)
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    # drafts of 3, 2, 1, 1, 1, 1, then 1 after pauses of 1, 2, 4, 8, 16, 16, 16: 79 steps hold 13 passes
+    assert passes["extend"] == 6 + 7 and passes["extend"] + passes["step"] == 79
+
+
 def test_generation_config_field(model, passes):
     config = GenerationConfig(prompt_lookup_num_tokens=3, max_new_tokens=20)
     assert model.generate(prompt(), generation_config=config).shape == (1, 32)

@@ -17,3 +17,4 @@ def test_tiny_run_has_a_row_per_case(capsys):
             if line.startswith("| ") and "---" not in line][1:]
     assert [row[:2] for row in rows] == [["shared prefix", "plain"], ["shared prefix", "prefix cache"],
                                          ["nothing shared", "plain"], ["nothing shared", "prefix cache"]]
+

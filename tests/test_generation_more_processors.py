@@ -173,7 +173,7 @@ def test_a_generation_config_carries_them(hf, model):
     (dict(prefix_allowed_tokens_fn=lambda b, ids: []), ValueError, "returned no tokens"),
     (dict(synced_gpus=True), NotImplementedError, "synced_gpus"),
     (dict(cache_implementation="quantized"), ValueError, "quantized cache"),
-    (dict(past_key_values=((torch.zeros(1),) * 2,)), NotImplementedError, "past_key_values"),
+    (dict(past_key_values=((torch.zeros(1),) * 2,)), TypeError, "past_key_values must be the cache"),
     (dict(position_ids=torch.arange(3)[None]), NotImplementedError, "position_ids"),
     (dict(low_memory="yes"), TypeError, "low_memory"),
 ])

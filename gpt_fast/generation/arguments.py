@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from gpt_fast.generation.assistant import AssistantSettings, assistant_settings
+from gpt_fast.generation.kv_cache import StaticKVCache
 from gpt_fast.generation.processors import MaxTimeCriteria
 from gpt_fast.generation.sampling import SamplingConfig
 from gpt_fast.generation.stop_strings import StopStringCriteria
@@ -17,7 +18,8 @@ from gpt_fast.generation.watermark import watermark_settings
 # decides compilation itself (checked by _no_effect: values transformers would refuse, or would compute otherwise
 # with, are refused)
 NO_EFFECT_KWARGS = ("low_memory", "cache_implementation", "compile_config", "disable_compile", "synced_gpus",
-                    "past_key_values", "position_ids")  # the last two: None only
+                    "position_ids")  # the last: None only
+# past_key_values (a StaticKVCache to continue from: cache_reuse.py) is checked by refusal() too
 SAME_RESULT_CACHES = (None, "dynamic", "static", "offloaded", "offloaded_static", "sliding_window", "hybrid")
 DEFAULT_NEW_TOKENS = 20  # transformers' GenerationConfig.max_length default, counted as new tokens (5.x)
 GENERATE_KWARGS = (
@@ -32,7 +34,7 @@ GENERATE_KWARGS = (
     "suppress_tokens", "begin_suppress_tokens", "min_p", "typical_p", "epsilon_cutoff", "eta_cutoff",
     "renormalize_logits", "max_time", "watermarking_config", "top_h", "encoder_repetition_penalty",
     "prefix_allowed_tokens_fn", "assistant_model", "num_assistant_tokens", "num_assistant_tokens_schedule",
-    "assistant_confidence_threshold", *NO_EFFECT_KWARGS,
+    "assistant_confidence_threshold", "past_key_values", *NO_EFFECT_KWARGS,
 )
 
 
@@ -74,6 +76,7 @@ class GenerationRequest:
     watermark: dict | None = None  # watermarking_config's checked fields (watermark.py)
     encoder_repetition_penalty: float = 1.0  # the prompt's tokens made more likely (processors.py); 1.0 = off
     prefix_allowed_tokens_fn: object | None = None  # fn(batch index, sequence so far) -> allowed token ids
+    reused_cache: object | None = None  # past_key_values: a StaticKVCache to continue from (cache_reuse.py)
 
 
 # -- argument checks ----------------------------------------------------------------------------------------------
@@ -304,7 +307,8 @@ def parse_generation_kwargs(model, prompt_length: int, kwargs: dict) -> Generati
         begin_suppress_tokens=_token_list("begin_suppress_tokens", get("begin_suppress_tokens"), config.vocab_size),
         encoder_repetition_penalty=_float("encoder_repetition_penalty", get("encoder_repetition_penalty", 1.0), 0.0,
                                           float("inf")),
-        prefix_allowed_tokens_fn=_callable("prefix_allowed_tokens_fn", get("prefix_allowed_tokens_fn")))
+        prefix_allowed_tokens_fn=_callable("prefix_allowed_tokens_fn", get("prefix_allowed_tokens_fn")),
+        reused_cache=get("past_key_values"))
 
 
 def _callable(name, value):
@@ -315,7 +319,8 @@ def _callable(name, value):
 
 def refusal(get) -> Exception | None:
     """The error for a NO_EFFECT_KWARGS value gpt_fast refuses where transformers honours it (ZeRO-3's synced
-    steps, a quantized cache; patching/generate.py hands such calls to transformers' generate), else None."""
+    steps, a quantized cache), or a past_key_values that is not a gpt_fast cache (patching/generate.py hands such
+    calls to transformers' generate), else None."""
     if get("synced_gpus"):
         return NotImplementedError("synced_gpus=True (generation with ZeRO-3 / FSDP-sharded weights over several "
                                    "processes) is not supported by gpt_fast: generate on one process's whole model")
@@ -323,9 +328,9 @@ def refusal(get) -> Exception | None:
         return ValueError(f"cache_implementation={get('cache_implementation')!r}: gpt_fast decodes with its own "
                           f"static KV cache, which gives the results of {SAME_RESULT_CACHES[1:]}; a quantized cache "
                           "(which would change them) is not supported")
-    if get("past_key_values") is not None:
-        return NotImplementedError("past_key_values: gpt_fast's generate does not continue from a cache passed in; "
-                                   "pass the whole sequence as input_ids (the prompt is prefilled into its own cache)")
+    if get("past_key_values") is not None and not isinstance(get("past_key_values"), StaticKVCache):
+        return TypeError(f"past_key_values must be the cache a gpt_fast generate() returned (output.cache), got "
+                         f"{type(get('past_key_values')).__name__}; or pass the whole sequence as input_ids")
     if get("position_ids") is not None:
         return NotImplementedError("position_ids: gpt_fast's generate numbers each row's tokens from 0, skipping "
                                    "padding (as transformers does from the attention mask); other positions are "

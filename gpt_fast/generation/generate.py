@@ -106,6 +106,8 @@ def _generate(model, input_ids, attention_mask, kwargs: dict):
     input_ids, attention_mask = check_prompt(model, input_ids, attention_mask)
     types = check_token_type_ids(model, kwargs.pop("token_type_ids", None), input_ids)
     request = parse_generation_kwargs(model, input_ids.shape[1], kwargs)
+    if types is not None and request.reused_cache is not None:
+        raise NotImplementedError("past_key_values with token_type_ids is not supported: pass the whole sequence")
     if attention_mask is None:
         attention_mask = infer_attention_mask(input_ids, request)
     if request.num_beams > 1:

@@ -8,7 +8,8 @@ token and exactly decode_attention's `cache_lengths`.
 generate(..., return_dict_in_generate=True) returns it as `cache` (alias `past_key_values`), where transformers
 returns its own Cache: `len(cache)` layers, `cache[i]` = that layer's (keys, values), each (B, H, L, D) with L the
 longest row's length, `get_seq_length()` = L, `to_legacy_cache()` = the tuple of them. Row b holds its real tokens
-at positions [0, lengths[b]) (padding dropped); positions past a row's length hold nothing meaningful.
+at positions [0, lengths[b]) (padding dropped); positions past a row's length hold nothing meaningful. A later
+generate(ids, past_key_values=cache) continues from it (cache_reuse.py).
 """
 
 from __future__ import annotations

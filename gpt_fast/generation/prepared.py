@@ -36,7 +36,7 @@ class Prepared:
     order: torch.Tensor | None  # (R, T) the gather that packed the prompt, None when nothing is padded
     step_replay: bool | None  # the request's: None = replay the decode step where it can be, False = never
     reused: int  # the prompt tokens past_key_values holds (cache_reuse.py); 0: none
-    request_cache: StaticKVCache | None  # that cache
+    reused_cache: StaticKVCache | None  # past_key_values, the cache those tokens come from
 
     def step_function(self, batch: int):
         """What runs each decode step after the first token: a CUDA graph (p.graph), the step replayed from its
@@ -49,7 +49,7 @@ class Prepared:
 
     def first_logits(self, types, all_full) -> torch.Tensor:
         if self.reused:
-            return continue_from(self.decoder, self.request_cache, self.reused, self.packed)
+            return continue_from(self.decoder, self.reused_cache, self.reused, self.packed)
         packed_types = None if types is None else types.gather(1, self.order) if self.order is not None else types
         step_types = None if types is None else types[:, -1].clone()
         return self.decoder.prefill(self.packed, self.lengths, all_full, packed_types, step_types)

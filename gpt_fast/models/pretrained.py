@@ -132,12 +132,12 @@ class OpenAIGPTPreTrainedModel(hub_upload.PushToHubMixin, nn.Module):
     def get_parameter_or_buffer(self, target: str) -> torch.Tensor:
         """The parameter or buffer named `target` ("transformer.h.0.attn.c_attn.weight"), as transformers' method;
         an AttributeError names a missing one."""
-        module_name, _, name = target.rpartition(".")
-        module = self.get_submodule(module_name)
-        tensor = module._parameters.get(name, module._buffers.get(name))
-        if tensor is None:
-            raise AttributeError(f"{type(self).__name__} has no parameter or buffer {target!r}")
-        return tensor
+        for get in (self.get_parameter, self.get_buffer):  # torch's lookups, each an AttributeError when missing
+            try:
+                return get(target)
+            except AttributeError:
+                pass
+        raise AttributeError(f"{type(self).__name__} has no parameter or buffer {target!r}")
 
     @property
     def dummy_inputs(self) -> dict[str, torch.Tensor]:

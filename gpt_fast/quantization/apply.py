@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import torch
 from torch import nn
 
 from gpt_fast.models.linear import Conv1D, plain_linear, weight_only_head
@@ -145,13 +146,14 @@ def dequantize_model(model: nn.Module) -> nn.Module:
     for name, layer in list(model.named_modules()):
         if not isinstance(layer, QuantizedLinear):
             continue
-        if isinstance(layer, QuantizedConv1D):
-            new = Conv1D(layer.out_features, layer.in_features).to(layer.bias.device)
-            new.weight = nn.Parameter(layer.weight.detach().clone())  # (in, out), as Conv1D stores it
-            new.bias = layer.bias
-        else:
-            new = nn.Linear(layer.in_features, layer.out_features, bias=False, device="meta")
-            new.weight = nn.Parameter(layer.dequantized(layer.dtype).detach().clone())
+        with torch.device("meta"):  # no storage: the weights are set below (as QuantizedConv1D.from_conv1d does)
+            if isinstance(layer, QuantizedConv1D):
+                new = Conv1D(layer.out_features, layer.in_features)
+                new.bias = layer.bias
+            else:
+                new = nn.Linear(layer.in_features, layer.out_features, bias=False)
+        weight = layer.dequantized(layer.dtype).detach()  # (out, in)
+        new.weight = nn.Parameter(weight.t().contiguous() if isinstance(new, Conv1D) else weight.clone())
         new.train(layer.training)
         weight_cache.clear(layer)
         _replace(model, name, new)

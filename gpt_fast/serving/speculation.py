@@ -56,22 +56,24 @@ class PromptLookupSpeculation:
         slots = [s.slot for s in sequences]
         hi = max(slots) + 1
         lengths = self.slots.lengths[:hi]  # (hi,)
-        room = int((self.slots.max_length - lengths).min())  # new positions every row's cache can take
+        saved = lengths.tolist()
+        widest = min(self.slots.max_length - max(saved), self.max_rows // hi)  # tokens a row the pass can take
+        if widest < 2:  # no room for a draft token: no drafting either
+            return None
         drafts = [self.draft(s) for s in sequences]
-        S = min(1 + max(map(len, drafts)), room, self.max_rows // hi)
+        S = min(1 + max(map(len, drafts)), widest)
         if S < 2:
             return None
         drafts = [d[:S - 1] for d in drafts]
         fed = torch.zeros(hi, S, dtype=torch.long)  # (hi, S) rows not decoding, and short drafts, padded with 0
         for slot, sequence, draft in zip(slots, sequences, drafts):
             fed[slot, :1 + len(draft)] = torch.tensor([sequence.last_token] + draft)
-        saved = lengths.clone()
         logits = self.pass_for(hi)(fed.to(lengths.device))  # (hi, S, V)
         kept = self.choose(sequences, slots, drafts, logits, select, emit)
-        final = saved.clone()  # rows not decoding keep their length
+        final = list(saved)  # rows not decoding keep their length
         for slot, sequence, count in zip(slots, sequences, kept):
             final[slot] = saved[slot] + 1 + count if sequence.slot == slot else 0  # 0: finished, slot given back
-        lengths.copy_(final)
+        lengths.copy_(torch.tensor(final))
         for sequence, draft, count in zip(sequences, drafts, kept):
             if draft:
                 sequence.drafter.update(sequence.prompt + sequence.output, count, len(draft))

@@ -21,8 +21,9 @@ import torch
 from gpt_fast.generation.kv_cache import StaticKVCache
 
 
-def reused_length(cache: StaticKVCache, model, input_ids: torch.Tensor, attention_mask) -> int:
-    """The cached length L every row of input_ids (B, T) starts with, after checking the cache against the call."""
+def check_reused_cache(cache: StaticKVCache, model, input_ids: torch.Tensor, attention_mask) -> None:
+    """Checks the cache against the call: this model's layout, 1 or B rows, one length L in every row, at least one
+    token of input_ids (B, T) after it, no padding."""
     B, T = input_ids.shape
     config = model.config
     expected = (config.n_layer, config.n_head, config.n_embd // config.n_head, model.dtype, input_ids.device)
@@ -43,12 +44,12 @@ def reused_length(cache: StaticKVCache, model, input_ids: torch.Tensor, attentio
                          "tokens followed by at least one more")
     if attention_mask is not None and not bool(attention_mask.bool().all()):
         raise ValueError("past_key_values needs an unpadded prompt (an attention mask of ones)")
-    return L
 
 
-def continue_from(decoder, cache: StaticKVCache, length: int, packed: torch.Tensor) -> torch.Tensor:
-    """Copies the cache's first `length` positions into the decoder's cache (its rows repeated to the decoder's)
-    and runs the tokens after them, packed[:, length:] (R, T - length): float32 logits (R, V) after the last."""
+def continue_from(decoder, cache: StaticKVCache, packed: torch.Tensor) -> torch.Tensor:
+    """Copies the (checked) cache's L positions into the decoder's cache (its rows repeated to the decoder's) and
+    runs the tokens after them, packed[:, L:] (R, T - L): float32 logits (R, V) after the last."""
+    length = int(cache.lengths[0])
     rows = decoder.cache.lengths.shape[0]
     pick = torch.arange(rows, device=packed.device) * cache.keys.shape[1] // rows  # (R,) the source row of each
     for (k, v), (k_from, v_from) in zip(decoder.cache.layers, cache.layers):  # (B, H, Tmax, D)

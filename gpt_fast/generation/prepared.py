@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from gpt_fast.generation.arguments import GenerationRequest
-from gpt_fast.generation.cache_reuse import continue_from, reused_length
+from gpt_fast.generation.cache_reuse import check_reused_cache, continue_from
 from gpt_fast.generation.decoder import CUDAGraphStep, IncrementalDecoder, decode_plan, use_cuda_graph
 from gpt_fast.generation.kv_cache import StaticKVCache
 from gpt_fast.generation.processors import ExtraProcessors, TokenHistory
@@ -35,8 +35,7 @@ class Prepared:
     check_every: int
     order: torch.Tensor | None  # (R, T) the gather that packed the prompt, None when nothing is padded
     step_replay: bool | None  # the request's: None = replay the decode step where it can be, False = never
-    reused: int  # the prompt tokens past_key_values holds (cache_reuse.py); 0: none
-    reused_cache: StaticKVCache | None  # past_key_values, the cache those tokens come from
+    reused_cache: StaticKVCache | None  # past_key_values: the cache the prompt's first tokens come from (checked)
 
     def step_function(self, batch: int):
         """What runs each decode step after the first token: a CUDA graph (p.graph), the step replayed from its
@@ -48,8 +47,8 @@ class Prepared:
         return ReplayedStep(self.decoder, required=bool(self.step_replay))
 
     def first_logits(self, types, all_full) -> torch.Tensor:
-        if self.reused:
-            return continue_from(self.decoder, self.reused_cache, self.reused, self.packed)
+        if self.reused_cache is not None:
+            return continue_from(self.decoder, self.reused_cache, self.packed)
         packed_types = None if types is None else types.gather(1, self.order) if self.order is not None else types
         step_types = None if types is None else types[:, -1].clone()
         return self.decoder.prefill(self.packed, self.lengths, all_full, packed_types, step_types)
@@ -57,8 +56,8 @@ class Prepared:
 
 def prepare(model, input_ids, attention_mask, request: GenerationRequest, rows_per_prompt: int):
     device, config = input_ids.device, model.config
-    reused = request.reused_cache
-    reused_tokens = 0 if reused is None else reused_length(reused, model, input_ids, attention_mask)
+    if request.reused_cache is not None:
+        check_reused_cache(request.reused_cache, model, input_ids, attention_mask)
     if rows_per_prompt > 1:
         input_ids = input_ids.repeat_interleave(rows_per_prompt, dim=0)
         if attention_mask is not None:
@@ -84,7 +83,7 @@ def prepare(model, input_ids, attention_mask, request: GenerationRequest, rows_p
     check_every = interval if interval is not None else (16 if device.type == "cuda" else 1)
     extra = ExtraProcessors(request, history, device, input_ids, config.vocab_size)
     return Prepared(input_ids, attention_mask, packed, lengths, IncrementalDecoder(model, cache, plan), selector,
-                    extra, history, eos_ids, graph, check_every, order, request.step_replay, reused_tokens, reused)
+                    extra, history, eos_ids, graph, check_every, order, request.step_replay, request.reused_cache)
 
 
 def first_done(alive: torch.Tensor, steps: int) -> int:

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from serve_helpers import save_checkpoint
+import torch
+from serve_helpers import save_checkpoint, tiny_model_and_tokenizer
 
 from gpt_fast.cli import main
 
@@ -69,6 +70,23 @@ def test_serve_command_answers_completions(tmp_path):
             server.kill()
 
 
+def test_serve_loads_the_assistant_into_the_engine(tmp_path, monkeypatch):
+    """--assistant-model and its settings reach the engine (serve_forever stubbed: no server is started)."""
+    from gpt_fast.serving import launch
+
+    model_folder, assistant_folder = save_checkpoint(tmp_path / "model"), tmp_path / "assistant"
+    tiny_model_and_tokenizer(seed=1)[0].save_pretrained(assistant_folder)
+    served = {}
+    monkeypatch.setattr(launch, "serve_forever", lambda app, engine, *args, **kwargs: served.update(engine=engine))
+    assert main(["serve", "--model", str(model_folder), "--assistant-model", str(assistant_folder),
+                 "--num-assistant-tokens", "3", "--assistant-confidence-threshold", "0.25", "--dtype", "bfloat16",
+                 "--log-level", "warning"]) == 0
+    drafting = served["engine"].speculation.drafting
+    assert (drafting.settings.num_tokens, drafting.settings.confidence_threshold) == (3, 0.25)
+    assert drafting.assistant.dtype == served["engine"].model.dtype == torch.bfloat16
+    assert drafting.assistant.transformer.h[0].attn.c_attn.weight.float().ne(0).any()  # its own weights, loaded
+
+
 def test_serve_without_the_extra_is_a_one_line_error(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "uvicorn", None)  # import uvicorn now raises ImportError
     assert main(["serve", "--model", "anything"]) == 2
@@ -79,6 +97,13 @@ def test_serve_without_the_extra_is_a_one_line_error(monkeypatch, capsys):
                                          (["--model", ".", "--max-batch", "0"], "must be a positive integer"),
                                          (["--model", ".", "--prompt-lookup-num-tokens", "0"], "positive integer"),
                                          (["--model", ".", "--prefix-cache-size", "-1"], "non-negative integer"),
+                                         (["--model", ".", "--num-assistant-tokens", "2"], "need --assistant-model"),
+                                         (["--model", ".", "--assistant-confidence-threshold", "0.2"],
+                                          "need --assistant-model"),
+                                         (["--model", ".", "--assistant-model", ".",
+                                           "--assistant-confidence-threshold", "2"], "a number in [0, 1]"),
+                                         (["--model", ".", "--assistant-model", ".", "--prompt-lookup-num-tokens",
+                                           "2"], "not both"),
                                          (["--model", ".", "--port", "70000"], "--port")])
 def test_bad_serve_arguments_are_one_line_errors(args, match, capsys):
     assert main(["serve", *args]) in (1, 2)

@@ -15,6 +15,7 @@ from gpt_fast.cli.common import (
     log,
     non_negative_int,
     positive_int,
+    probability,
     quantization_kwargs,
 )
 from gpt_fast.generation.pipeline import load_tokenizer
@@ -43,6 +44,15 @@ def add_parser(sub) -> None:
     serve.add_argument("--prompt-lookup-num-tokens", type=positive_int, metavar="N",
                        help="prompt lookup decoding: each step verifies up to N tokens per sequence copied from "
                             "its text so far (same tokens, fewer passes where the text repeats itself)")
+    serve.add_argument("--assistant-model", metavar="MODEL",
+                       help="assisted decoding: a smaller checkpoint with the same vocabulary drafts tokens for every "
+                            "decoding sequence, verified by the model in one pass (same tokens, fewer passes)")
+    serve.add_argument("--num-assistant-tokens", type=positive_int, metavar="N",
+                       help="with --assistant-model: the most drafts a sequence takes a step (default: the "
+                            "assistant's generation_config, else 20; a step verifies at most 32 tokens in all)")
+    serve.add_argument("--assistant-confidence-threshold", type=probability, metavar="P",
+                       help="with --assistant-model: a draft ends after a token the assistant gives less "
+                            "probability (default: the assistant's generation_config, else 0.4; 0: never)")
     serve.add_argument("--prefix-cache-size", type=non_negative_int, default=0, metavar="N",
                        help="keep the keys and values of the last N prompts, so that later prompts starting alike "
                             "skip that prefill (each up to 2 x layers x 512 x width values; default 0: off)")
@@ -65,6 +75,7 @@ def run(args) -> int:
         raise UsageError(f"gpt-fast serve: --port must be in [0, 65535], got {args.port}")
     if not Path(args.model).expanduser().exists() and not looks_like_hub_id(args.model):
         raise FileNotFoundError(f"no such model folder: {args.model} (nor is it a hub model id like 'org/name')")
+    check_assistant_arguments(args)
     template = ChatTemplate.from_file(args.chat_template) if args.chat_template else ChatTemplate()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -75,9 +86,29 @@ def run(args) -> int:
     tokenizer = load_tokenizer(args.tokenizer or args.model)
     quantized = "" if model.quantization is None else f", {model.quantization.scheme}"
     log(f"loaded in {time.perf_counter() - start:.1f} s ({model.dtype}{quantized}, {model.device})")
+    assistant = load_assistant(args)
     app, engine = build_app(model, tokenizer, args.served_model_name or args.model, args.max_batch, args.max_queue,
                             args.prefill_chunk, args.api_key, template, start_engine=False,
                             prompt_lookup_num_tokens=args.prompt_lookup_num_tokens,
-                            prefix_cache_size=args.prefix_cache_size)
+                            prefix_cache_size=args.prefix_cache_size, assistant_model=assistant,
+                            num_assistant_tokens=args.num_assistant_tokens,
+                            assistant_confidence_threshold=args.assistant_confidence_threshold)
     serve_forever(app, engine, args.host, args.port, args.log_level)
     return 0
+
+
+def check_assistant_arguments(args) -> None:
+    if args.assistant_model is None:
+        if args.num_assistant_tokens is not None or args.assistant_confidence_threshold is not None:
+            raise UsageError("gpt-fast serve: --num-assistant-tokens and --assistant-confidence-threshold need "
+                             "--assistant-model")
+    elif args.prompt_lookup_num_tokens is not None:
+        raise UsageError("gpt-fast serve: pass --prompt-lookup-num-tokens or --assistant-model, not both")
+
+
+def load_assistant(args) -> OpenAIGPTLMHeadModel | None:
+    """--assistant-model, loaded in the model's dtype onto its device (unquantized), or None."""
+    if args.assistant_model is None:
+        return None
+    log(f"loading the assistant {args.assistant_model} ...")
+    return OpenAIGPTLMHeadModel.from_pretrained(args.assistant_model, dtype=args.dtype, device=args.device)

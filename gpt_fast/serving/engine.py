@@ -18,11 +18,11 @@ free slots (FIFO); at most one prefill chunk runs (the oldest sequence still pre
 after any prefix an earlier prompt left in the prefix cache: prefix_cache.py; its last chunk also picks its first
 token, and the request's other choices already holding a slot copy its cached prompt and pick theirs from the same
 logits instead of prefilling it again); then one decode step for every decoding row (IncrementalDecoder.step over
-the slot rows [0, hi), rows that are not decoding restored to their own length; with prompt_lookup_num_tokens a
-verification pass of the rows' drafts when they have any: speculation.py). So requests join between decode steps,
-running rows wait at most one chunk, and a finished row's slot is free for the next step. With prefill_first
-(generate_batch), the prompts that have not begun and fit a chunk are prefilled together in one batched pass first,
-and decode steps wait while prompts are left to prefill.
+the slot rows [0, hi), rows that are not decoding restored to their own length; with prompt_lookup_num_tokens or an
+assistant_model a verification pass of the rows' drafts when they have any: speculation.py). So requests join
+between decode steps, running rows wait at most one chunk, and a finished row's slot is free for the next step. With
+prefill_first (generate_batch), the prompts that have not begun and fit a chunk are prefilled together in one
+batched pass first, and decode steps wait while prompts are left to prefill.
 `sink(Output)` is called from the engine's thread: it must not block. No web framework is imported here.
 """
 
@@ -46,7 +46,7 @@ from gpt_fast.serving.prefix_cache import PrefixCache
 from gpt_fast.serving.sampler import Choice, RowSampler
 from gpt_fast.serving.sequence import Output, Sequence, State
 from gpt_fast.serving.slots import SlotCache
-from gpt_fast.serving.speculation import PromptLookupSpeculation
+from gpt_fast.serving.speculation import speculation_for
 
 log = logging.getLogger("gpt_fast.serving")
 SIGNAL_CHECK_S = 0.2  # the longest an idle loop on the main thread leaves a signal unhandled
@@ -63,7 +63,8 @@ class Engine:
     def __init__(self, model, tokenizer, max_batch: int = 16, max_queue: int = 64, prefill_chunk: int = 256,
                  observer: EngineObserver | None = None, prefill_first: bool = False,
                  prompt_lookup_num_tokens: int | None = None, max_matching_ngram_size: int = 2,
-                 prefix_cache_size: int = 0):
+                 prefix_cache_size: int = 0, assistant_model=None, num_assistant_tokens: int | None = None,
+                 assistant_confidence_threshold: float | None = None):
         if max_batch < 1 or max_queue < 1 or prefill_chunk < 1:
             raise ValueError("max_batch, max_queue and prefill_chunk must be positive")
         self.model = model.eval()
@@ -81,9 +82,10 @@ class Engine:
         # generate_batch, where every request is known at once
         self.prefill_first = prefill_first
         self.observer = observer or EngineObserver()
-        # prompt lookup decoding: decode steps that verify the rows' drafts (speculation.py), or None
-        self.speculation = None if prompt_lookup_num_tokens is None else PromptLookupSpeculation(
-            model, self.plan, self.slots, prompt_lookup_num_tokens, max_matching_ngram_size)
+        # prompt lookup or assisted decoding: decode steps that verify the rows' drafts (speculation.py), or None
+        self.speculation = speculation_for(model, self.plan, self.slots, prompt_lookup_num_tokens,
+                                           max_matching_ngram_size, assistant_model, num_assistant_tokens,
+                                           assistant_confidence_threshold)
         # prompts' keys and values kept for later prompts that start alike (prefix_cache.py), or None
         self.prefix_cache = PrefixCache(self.slots, prefix_cache_size) if prefix_cache_size else None
         # hi -> the decode step over the slot rows [0, hi), replayed from its recorded operators (replayed_step.py)

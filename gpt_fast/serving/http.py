@@ -133,12 +133,13 @@ def create_app(engine: Engine, tokenizer, model_name: str, metrics: Metrics, api
 def build_app(model, tokenizer, model_name: str, max_batch: int = 16, max_queue: int = 64, prefill_chunk: int = 256,
               api_key: str | None = None, chat_template: ChatTemplate | None = None,
               start_engine: bool = True, prompt_lookup_num_tokens: int | None = None,
-              prefix_cache_size: int = 0) -> tuple[FastAPI, Engine]:
+              prefix_cache_size: int = 0, **speculation) -> tuple[FastAPI, Engine]:
     """An Engine over the model (not started: the app starts it unless start_engine is False) and the app in front
-    of it, with its Metrics. prompt_lookup_num_tokens: the engine's speculation (serving/speculation.py);
-    prefix_cache_size: prompts kept for later prompts that start alike (serving/prefix_cache.py)."""
+    of it, with its Metrics. prompt_lookup_num_tokens, or assistant_model (num_assistant_tokens,
+    assistant_confidence_threshold): the engine's speculation (serving/speculation.py); prefix_cache_size: prompts
+    kept for later prompts that start alike (serving/prefix_cache.py)."""
     metrics = Metrics()
     engine = Engine(model, tokenizer, max_batch=max_batch, max_queue=max_queue, prefill_chunk=prefill_chunk,
                     observer=metrics, prompt_lookup_num_tokens=prompt_lookup_num_tokens,
-                    prefix_cache_size=prefix_cache_size)
+                    prefix_cache_size=prefix_cache_size, **speculation)
     return create_app(engine, tokenizer, model_name, metrics, api_key, chat_template, start_engine), engine

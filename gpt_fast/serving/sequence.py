@@ -60,8 +60,13 @@ class Sequence:
         self.cancelled = False
         self.arrived = time.perf_counter()
         self.first_token_at: float | None = None
-        self.drafter = None  # its PromptLookupDrafter, once the engine speculates for it (speculation.py)
+        self.drafter = None  # its drafting state, once the engine speculates for it (speculation.py)
 
     @property
     def last_token(self) -> int:
         return self.output[-1]
+
+    def tokens_left(self) -> int:
+        """The draft tokens it may still take: max_tokens less those emitted and the next one (the last new token
+        is never fed to the model)."""
+        return self.params.max_tokens - len(self.output) - 1

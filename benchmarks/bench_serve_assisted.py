@@ -1,0 +1,123 @@
+"""Assisted decoding in the serving engine (`gpt-fast serve --assistant-model DIR`) against the plain engine and
+prompt lookup, one request at a time (the latency case) and --concurrency requests at once, on a trained model and
+a smaller trained assistant with the same tokenizer, alternating in one run.
+
+    python benchmarks/bench_serve_assisted.py [--model DIR] [--assistant DIR] [--passages-from FILE]
+                                              [--num-prompts 4] [--new-tokens 128] [--num-assistant-tokens 2 4 8]
+                                              [--threshold 0.4] [--lookup 4] [--concurrency 4] [--dtype float32]
+                                              [--repeats 3] [--threads 2]
+
+Defaults: the Shakespeare recipe's model and assistant, prompted with passages of its validation text (as
+bench_assisted.py, which times generate()'s assisted decoding; random weights would say nothing: how many drafts the
+model keeps is the whole question). Each engine runs its loop on the main thread, as `gpt-fast serve` does, and a
+second thread submits the greedy requests. Per case: decode tokens/s over its requests from the first token to the
+last (one request at a time: summed over the prompts; best and median over rounds), the share of drafts kept, the
+ratio to the plain engine's best with as many requests, and whether every request's tokens are the plain engine's
+(a pass over several rows rounds otherwise than a one-row step, which can flip a near-tie).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from pathlib import Path
+
+import torch
+from bench_assisted import RECIPE, passages
+from bench_serve_speculation import DraftCounts, serve
+from engine_client import DTYPES, apply_threads, random_model
+from timing import format_table, machine_description
+
+from gpt_fast import OpenAIGPTLMHeadModel, OpenAIGPTTokenizer
+from gpt_fast.ops import cpu_isa
+from gpt_fast.serving import Engine
+
+
+def served(engine: Engine, prompts: list[list[int]], new_tokens: int, at_once: int) -> tuple[list, float]:
+    """The prompts' greedy tokens and the seconds per decoded token: all at once, or one request at a time."""
+    if at_once > 1:
+        return serve(engine, prompts, new_tokens)
+    results = [serve(engine, [prompt], new_tokens) for prompt in prompts]
+    return [tokens[0] for tokens, _ in results], statistics.fmean(seconds for _, seconds in results)
+
+
+def run(model, assistant, prompts: list[list[int]], new_tokens: int, numbers: list[int], threshold: float,
+        lookups: list[int], repeats: int, concurrency: int) -> list[list[object]]:
+    cases = {}  # (requests at once, drafts, N) -> (engine, its DraftCounts or None)
+    for at_once in dict.fromkeys((1, concurrency)):
+        cases[(at_once, "plain", None)] = Engine(model, None, max_batch=concurrency), None
+        for n in numbers:
+            counts = DraftCounts()
+            cases[(at_once, "assistant", n)] = Engine(model, None, max_batch=concurrency, observer=counts,
+                                                      assistant_model=assistant, num_assistant_tokens=n,
+                                                      assistant_confidence_threshold=threshold), counts
+        for n in lookups:
+            counts = DraftCounts()
+            cases[(at_once, "prompt lookup", n)] = Engine(model, None, max_batch=concurrency, observer=counts,
+                                                          prompt_lookup_num_tokens=n), counts
+    per_token = {case: [] for case in cases}
+    outputs = {}
+    for round_ in range(repeats + 1):  # a first round to warm up (packs, replay recordings), not counted
+        for case, (engine, _) in cases.items():
+            tokens, seconds = served(engine, prompts[:case[0]] if case[0] > 1 else prompts, new_tokens, case[0])
+            outputs[case] = tokens
+            if round_:
+                per_token[case].append(seconds)
+    rows = []
+    for case, (_, counts) in cases.items():
+        at_once, drafts, n = case
+        best = min(per_token[case])
+        base = min(per_token[(at_once, "plain", None)])
+        kept = "-" if not counts or not counts.drafted else f"{counts.kept / counts.drafted:.0%}"
+        same = sum(a == b for a, b in zip(outputs[case], outputs[(at_once, "plain", None)], strict=True))
+        rows.append([at_once, drafts, "-" if n is None else n, 1 / best, 1 / statistics.median(per_token[case]),
+                     kept, base / best, f"{same}/{len(outputs[case])}"])
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, default=RECIPE / "model")
+    parser.add_argument("--assistant", type=Path, default=RECIPE / "assistant")
+    parser.add_argument("--passages-from", type=Path, default=RECIPE / "model" / "validation.txt")
+    parser.add_argument("--num-prompts", type=int, default=4)
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--num-assistant-tokens", type=int, nargs="+", default=[2, 4, 8])
+    parser.add_argument("--threshold", type=float, default=0.4, help="assistant_confidence_threshold")
+    parser.add_argument("--lookup", type=int, nargs="*", default=[4])
+    parser.add_argument("--concurrency", type=int, default=4, help="requests at once in the batched cases")
+    parser.add_argument("--dtype", choices=DTYPES, default="float32")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--tiny", action="store_true",
+                        help="random tiny model and assistant with random prompts (tests: no figure means anything)")
+    args = parser.parse_args(argv)
+    apply_threads(args)
+    if args.tiny:
+        model = random_model(DTYPES[args.dtype], tiny=True)
+        assistant = OpenAIGPTLMHeadModel(model.config.__class__(n_layer=1, n_embd=32, n_head=2)).to(model.dtype)
+        prompts = torch.randint(0, model.config.vocab_size, (args.num_prompts, 24),
+                                generator=torch.Generator().manual_seed(0)).tolist()
+        what = "tiny random model and assistant, random prompts"
+    else:
+        for folder, flag in ((args.model, "--model"), (args.assistant, "--assistant")):
+            if not (folder / "config.json").is_file():
+                parser.error(f"{flag} {folder}: no checkpoint there (see bench_assisted.py for how to make one)")
+        model = OpenAIGPTLMHeadModel.from_pretrained(args.model, dtype=args.dtype)
+        assistant = OpenAIGPTLMHeadModel.from_pretrained(args.assistant, dtype=args.dtype)
+        tokenizer = OpenAIGPTTokenizer.from_pretrained(args.model)
+        prompts = [tokenizer(text)["input_ids"] for text in passages(args.passages_from, args.num_prompts, 40)]
+        what = "validation passages"
+    rows = run(model.eval(), assistant.eval(), prompts, args.new_tokens, args.num_assistant_tokens, args.threshold,
+               args.lookup, args.repeats, min(args.concurrency, len(prompts)))
+    sizes = ", ".join(f"{name} {m.config.n_layer} x {m.config.n_embd}" for name, m in (("model", model),
+                                                                                      ("assistant", assistant)))
+    print(f"{sizes}, {args.dtype}; {len(prompts)} prompts ({what}, {', '.join(str(len(p)) for p in prompts)} "
+          f"tokens) + {args.new_tokens} greedy tokens each; threshold {args.threshold}; best of {args.repeats} "
+          f"alternating rounds; {machine_description()}, kernel tier {cpu_isa.level()}\n")
+    print(format_table(["requests at once", "drafts", "N", "decode tok/s best", "tok/s median", "drafts kept",
+                        "x plain engine", "same tokens"], rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -7,7 +7,7 @@ trained model and a smaller trained assistant with the same tokenizer, alternati
                                         [--repeats 3] [--threads 2]
 
 Defaults: the Shakespeare recipe's model (`gpt-fast train --recipe shakespeare`) and an assistant trained on the
-same corpus and tokenizer (the README's Assisted decoding entry has the command), prompted with passages of the
+same corpus and tokenizer (docs/generation.md's Assisted decoding entry has the command), prompted with passages of the
 recipe's validation text (plays the models never saw). Random weights would say nothing here: how many drafts the
 model keeps is the whole question. The table gives tokens/s, the share of draft tokens kept, the model's passes
 (prefill excluded) per new token, and for how many prompts the tokens are plain decoding's (a pass over several

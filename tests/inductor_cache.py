@@ -1,7 +1,7 @@
 """One torch.compile (inductor) cache folder per ATen CPU capability for the test run.
 
 PyTorch 2.14's inductor cache does not key its entries on the vector width it generated code for: a kernel made
-while ATEN_CPU_CAPABILITY=avx2 (8 floats a vector; the README's emulated AVX2 CPU) and found again without it (16
+while ATEN_CPU_CAPABILITY=avx2 (8 floats a vector; docs/kernels.md's emulated AVX2 CPU) and found again without it (16
 floats on an AVX-512 CPU) writes 16 floats where it stepped by 8, past its buffers (heap corruption), and the other
 way round leaves half of every tile unwritten (NaN or stale numbers). The tests run under several capabilities on one
 machine, so each gets its own folder below inductor's default one, unless TORCHINDUCTOR_CACHE_DIR is set already.

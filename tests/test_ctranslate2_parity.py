@@ -80,7 +80,7 @@ def test_int8_is_close_not_exact(base, tmp_path):
     """int8 weights (the benchmark's other peer) compute the same model, with quantisation error. On the MKL
     backend, in a child process (CTranslate2 reads CT2_USE_MKL once per process): its oneDNN int8 on a CPU without
     VNNI (AVX2, also emulated: CT2_FORCE_CPU_ISA=AVX2) saturates its 16-bit pair sums, 4.8 here at this test's wide
-    initialisation (README, Kernels: "An AVX2 CPU, emulated"), which is CTranslate2's error, not a conversion's."""
+    initialisation (docs/kernels.md: "An AVX2 CPU, emulated"), which is CTranslate2's error, not a conversion's."""
     path = ctranslate2_gpt.convert(base.state_dict(), base.config, str(tmp_path))
     worker = ctranslate2_worker.Worker(path, ["int8"], threads=1, backend="mkl")
     try:

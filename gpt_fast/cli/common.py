@@ -48,7 +48,7 @@ QUANTIZATIONS = ("none", *SCHEMES)  # none, int8, int4, int4-a8
 
 
 def add_quantization_arguments(parser, help_suffix: str = "") -> None:
-    """--quantization {none,int8,int4,int4-a8} and --group-size (int4's group; see README "Quantization")."""
+    """--quantization {none,int8,int4,int4-a8} and --group-size (int4's group; see docs/quantization.md)."""
     parser.add_argument("--quantization", choices=QUANTIZATIONS, default="none",
                         help="quantization applied at load (default none; int4-a8: int4 weights with activations "
                              "rounded to int8 per group; a checkpoint saved quantized loads quantized anyway)"

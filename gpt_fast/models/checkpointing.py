@@ -7,7 +7,7 @@ results, through PyTorch's selective activation checkpointing, and recomputes ev
 layernorms, GELU, dropout), as PyTorch's own training recipes keep their flash-attention outputs.
 
 For GPT-1 at B=4, T=256 that is 19 MB across the 12 blocks; on a 2-core Sapphire Rapids the checkpointed bf16
-step went from 1.28x to 1.23x the plain step's time (README, Training; benchmarks/bench_train_step.py). The
+step went from 1.28x to 1.23x the plain step's time (docs/training.md; benchmarks/bench_train_step.py). The
 dropout inside the attention kernel stays the same: its seed is drawn outside the kernel, again in the recompute
 from the same restored generator, and the backward regenerates the mask from it.
 """

@@ -31,7 +31,7 @@ class OpenAIGPTPreTrainedModel(hub_upload.PushToHubMixin, nn.Module):
     supports_gradient_checkpointing = True
     _no_split_modules = ["Block"]  # accelerate's FSDP auto-wrap (transformer_based_wrap) wraps each Block
     # transformers' Trainer passes `num_items_in_batch` only to models that say they take it. The heads whose loss
-    # is a per-token mean (the LM head) do; the others average per row and say no (see the README's differences).
+    # is a per-token mean (the LM head) do; the others average per row and say no (see docs/usage.md's differences).
     accepts_loss_kwargs = False
 
     def __init__(self, config: OpenAIGPTConfig, attn_implementation: str | None = None):
@@ -192,7 +192,7 @@ class OpenAIGPTPreTrainedModel(hub_upload.PushToHubMixin, nn.Module):
         """Weight-only quantization in place, for inference (gpt_fast/quantization): "int8" (per output channel)
         or "int4" (asymmetric, groups of group_size input features; group_size must divide every layer's input
         width), or "int4-a8" (int4, and each call's activations rounded to int8 per group with their own scale,
-        for the CPU's VNNI byte products: faster decode, see README "Quantization"). Quantizes every block's
+        for the CPU's VNNI byte products: faster decode, see docs/quantization.md). Quantizes every block's
         linear layers and, with lm_head, a copy of the tied LM head (the token embedding stays in the model's
         dtype). int4's method: "rtn" (round to nearest) or "gptq" (error compensation from `calibration`, token ids
         (count, T) or 1-D; same stored format). Returns the model, in eval mode."""

@@ -49,7 +49,7 @@ def propagate_nonfinite(out, qkv, key_padding_mask, n_head: int):
     a finite, wrong output where the eager math gives NaN. This pass reads q and k once
     more and writes the output once more, with no host synchronisation (so it also runs under torch.compile and
     CUDA graphs). Measured on one core at GPT-1's width: 5% (fp32) / 8% (bf16) of the kernel's time at B=1, T=512,
-    about 20-27% at T=128 or B=8, T=64; against the README's whole-model prefill figures, about 2% of a bf16
+    about 20-27% at T=128 or B=8, T=64; against docs/figures.md's whole-model prefill figures, about 2% of a bf16
     layer and under 1% of an fp32 one.
     """
     B, T, C3 = qkv.shape

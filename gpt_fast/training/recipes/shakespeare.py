@@ -89,7 +89,7 @@ def training_config(size: RecipeSize, corpus, tokenizer_dir: Path, output_dir: P
         warmup_steps=size.warmup_steps, min_lr_ratio=0.1, weight_decay=0.1, betas=(0.9, 0.95),
         eval_every=size.eval_every, eval_batches=size.eval_batches, seed=seed,
         bf16=native_bf16(parse_device(device)),
-        fused_loss=False,  # logits + F.cross_entropy: the faster loss on CPU at this vocabulary (README, Training)
+        fused_loss=False,  # logits + F.cross_entropy: the faster loss on CPU at this vocabulary (docs/training.md)
         device=device, progress=progress)
 
 

@@ -185,12 +185,38 @@ def test_bad_parameters_are_400_in_openais_shape(client, kwargs, param):
         assert body["code"] == "context_length_exceeded"
 
 
-@pytest.mark.parametrize("kwargs, param", [(dict(suffix="!"), "suffix"), (dict(best_of=2), "best_of"),
+@pytest.mark.parametrize("kwargs, param", [(dict(suffix="!"), "suffix"), (dict(best_of=1, n=2), "best_of"),
+                                           (dict(best_of=3, stream=True), "best_of"),
+                                           (dict(best_of=10, n=2), "n"),  # 10 candidates > the queue's 8
                                            (dict(stream_options={"include_usage": True}), "stream_options")])
 def test_unsupported_completion_fields_are_400(client, kwargs, param):
     with pytest.raises(openai.BadRequestError) as error:
         client.completions.create(model=NAME, prompt="hello", max_tokens=2, **kwargs)
     assert error.value.body["param"] == param
+
+
+def test_best_of_returns_the_candidates_with_the_highest_logprob_per_token(client):
+    """best_of=4, n=2 with a seed: the candidates are the choices of an n=4 request with that seed (choice i draws
+    from seed + i), and the two returned are those with the highest mean log-probability per token, best first;
+    every candidate's tokens count in the usage."""
+    request = dict(model=NAME, prompt=["once upon a time", "the cat"], max_tokens=6, temperature=1.5, seed=3)
+    every = client.completions.create(**request, n=4, logprobs=0)
+    best = client.completions.create(**request, n=2, best_of=4)
+
+    def mean(choice):
+        return sum(choice.logprobs.token_logprobs) / len(choice.logprobs.token_logprobs)
+
+    for p in range(2):
+        candidates = every.choices[4 * p:4 * p + 4]
+        ranked = sorted(candidates, key=mean, reverse=True)
+        assert len({c.text for c in candidates}) > 2  # the ranking has something to choose from
+        assert [c.text for c in best.choices[2 * p:2 * p + 2]] == [c.text for c in ranked[:2]]
+    assert [c.index for c in best.choices] == [0, 1, 2, 3]
+    assert all(c.logprobs is None for c in best.choices)  # not asked for
+    assert best.usage.completion_tokens == every.usage.completion_tokens
+    with_logprobs = client.completions.create(**request, n=1, best_of=4, logprobs=1)
+    assert with_logprobs.choices[0].text == best.choices[0].text
+    assert len(with_logprobs.choices[0].logprobs.top_logprobs[0]) == 1
 
 
 TOOL = {"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}

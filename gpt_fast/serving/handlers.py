@@ -116,15 +116,20 @@ async def completion_response(server: Server, body: CompletionRequest, request: 
     server.check_model(body.model)
     ids, texts = server.tokenize(body.prompt)
     max_tokens = 16 if body.max_tokens is None else body.max_tokens
-    params = body.sampling_params(max_tokens, body.logprobs, prompt_logprobs=body.echo and body.logprobs is not None)
-    server.check_count(len(ids) * body.n)
-    stream = RequestStream(server.engine, ids, params, body.n)
+    ranking = body.candidates > body.n  # best_of: every candidate's chosen-token logprobs are needed
+    logprobs = 0 if ranking and body.logprobs is None else body.logprobs
+    params = body.sampling_params(max_tokens, logprobs, prompt_logprobs=body.echo and body.logprobs is not None)
+    server.check_count(len(ids) * body.candidates)
+    stream = RequestStream(server.engine, ids, params, body.candidates)
     envelope = Envelope("cmpl", "text_completion", server.model_name)
     if body.stream:
         return sse(stream, completion_chunks(server, body, stream, envelope, ids, texts))
-    states = await collect(request, stream, len(ids) * body.n)
+    states = await collect(request, stream, len(ids) * body.candidates)
     if states is None:
         return Response(status_code=499)  # the client is gone: nobody reads this
+    generated = sum(len(s.tokens) for s in states)  # every candidate's tokens count, as OpenAI bills them
+    if ranking:
+        states = best_choices(states, body.candidates, body.n)
     choices = []
     for index, state in enumerate(states):
         p = index // body.n
@@ -135,7 +140,20 @@ async def completion_response(server: Server, body: CompletionRequest, request: 
                                        ids[p] if body.echo else None, state.prompt_logprobs)
         choices.append({"index": index, "text": echo + state.text, "logprobs": logprobs,
                         "finish_reason": state.finish_reason})
-    return envelope.wrap(choices, usage(sum(map(len, ids)), sum(len(s.tokens) for s in states)))
+    return envelope.wrap(choices, usage(sum(map(len, ids)), generated))
+
+
+def best_choices(states: list[ChoiceState], candidates: int, n: int) -> list[ChoiceState]:
+    """Of each prompt's `candidates` states (consecutive), the n with the highest mean log-probability per
+    generated token (OpenAI's best_of rule; ties keep the earlier), best first."""
+    def score(state: ChoiceState) -> float:
+        return sum(c.logprob for c in state.logprobs) / max(len(state.logprobs), 1)
+
+    best = []
+    for start in range(0, len(states), candidates):
+        group = states[start:start + candidates]
+        best += sorted(group, key=score, reverse=True)[:n]
+    return best
 
 
 async def completion_chunks(server: Server, body: CompletionRequest, stream: RequestStream, envelope: Envelope,

@@ -1,6 +1,6 @@
 """The request bodies of the OpenAI-compatible endpoints (pydantic, as FastAPI validates them) and their mapping
 to SamplingParams. Unknown fields are ignored (as OpenAI-compatible servers do); fields that would change the
-result and are not supported (suffix, best_of other than n; tools, functions, a tool_choice that would call one, a
+result and are not supported (suffix; tools, functions, a tool_choice that would call one, a
 JSON response_format, output modalities other than text) are a 400, not silently dropped.
 """
 
@@ -83,8 +83,17 @@ class CompletionRequest(SamplingFields):
         super().check_unsupported()
         if self.suffix:
             raise BadRequest("suffix is not supported by this server", "suffix")
-        if self.best_of is not None and self.best_of != self.n:
-            raise BadRequest("best_of other than n is not supported by this server", "best_of")
+        if self.best_of is not None and self.best_of < self.n:
+            raise BadRequest(f"best_of must be at least n ({self.n}), got {self.best_of}", "best_of")
+        if self.stream and self.candidates > self.n:
+            raise BadRequest("best_of greater than n cannot be streamed (the best are known only at the end)",
+                             "best_of")
+
+    @property
+    def candidates(self) -> int:
+        """Sequences generated per prompt: best_of (the n with the highest log-probability per token are
+        returned), else n."""
+        return self.n if self.best_of is None else self.best_of
 
 
 class TextPart(BaseModel):

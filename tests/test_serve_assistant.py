@@ -183,6 +183,8 @@ def bigger(model, **changes):
     (lambda m, a: {"assistant_model": a, "prompt_lookup_num_tokens": 2}, ValueError, "not both"),
     (lambda m, a: {"num_assistant_tokens": 2}, ValueError, "need an assistant_model"),
     (lambda m, a: {"assistant_confidence_threshold": 0.5}, ValueError, "need an assistant_model"),
+    (lambda m, a: {"num_assistant_tokens_schedule": "heuristic"}, ValueError, "need an assistant_model"),
+    (lambda m, a: {"assistant_model": a, "num_assistant_tokens_schedule": "fast"}, ValueError, "must be one of"),
     (lambda m, a: {"assistant_model": a, "num_assistant_tokens": 0}, ValueError, "int >= 1"),
     (lambda m, a: {"assistant_model": a, "assistant_confidence_threshold": 1.5}, ValueError, r"in \[0, 1\]"),
     (lambda m, a: {"assistant_model": m}, ValueError, "the model itself"),

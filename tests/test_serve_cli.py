@@ -79,10 +79,12 @@ def test_serve_loads_the_assistant_into_the_engine(tmp_path, monkeypatch):
     served = {}
     monkeypatch.setattr(launch, "serve_forever", lambda app, engine, *args, **kwargs: served.update(engine=engine))
     assert main(["serve", "--model", str(model_folder), "--assistant-model", str(assistant_folder),
-                 "--num-assistant-tokens", "3", "--assistant-confidence-threshold", "0.25", "--dtype", "bfloat16",
+                 "--num-assistant-tokens", "3", "--assistant-confidence-threshold", "0.25",
+                 "--num-assistant-tokens-schedule", "heuristic", "--dtype", "bfloat16",
                  "--log-level", "warning"]) == 0
     drafting = served["engine"].speculation.drafting
     assert (drafting.settings.num_tokens, drafting.settings.confidence_threshold) == (3, 0.25)
+    assert drafting.settings.schedule == "heuristic"
     assert drafting.assistant.dtype == served["engine"].model.dtype == torch.bfloat16
     assert drafting.assistant.transformer.h[0].attn.c_attn.weight.float().ne(0).any()  # its own weights, loaded
 
@@ -98,6 +100,8 @@ def test_serve_without_the_extra_is_a_one_line_error(monkeypatch, capsys):
                                          (["--model", ".", "--prompt-lookup-num-tokens", "0"], "positive integer"),
                                          (["--model", ".", "--prefix-cache-size", "-1"], "non-negative integer"),
                                          (["--model", ".", "--num-assistant-tokens", "2"], "need --assistant-model"),
+                                         (["--model", ".", "--num-assistant-tokens-schedule", "heuristic"],
+                                          "need --assistant-model"),
                                          (["--model", ".", "--assistant-confidence-threshold", "0.2"],
                                           "need --assistant-model"),
                                          (["--model", ".", "--assistant-model", ".",

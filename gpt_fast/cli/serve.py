@@ -53,6 +53,10 @@ def add_parser(sub) -> None:
     serve.add_argument("--assistant-confidence-threshold", type=probability, metavar="P",
                        help="with --assistant-model: a draft ends after a token the assistant gives less "
                             "probability (default: the assistant's generation_config, else 0.4; 0: never)")
+    serve.add_argument("--num-assistant-tokens-schedule", choices=("constant", "heuristic", "heuristic_transient"),
+                       help="with --assistant-model: constant draft lengths, or per sequence +2 after a round that "
+                            "kept every draft and -1 otherwise (default: the assistant's generation_config, else "
+                            "constant)")
     serve.add_argument("--prefix-cache-size", type=non_negative_int, default=0, metavar="N",
                        help="keep the keys and values of the last N prompts, so that later prompts starting alike "
                             "skip that prefill (each up to 2 x layers x 512 x width values; default 0: off)")
@@ -92,16 +96,18 @@ def run(args) -> int:
                             prompt_lookup_num_tokens=args.prompt_lookup_num_tokens,
                             prefix_cache_size=args.prefix_cache_size, assistant_model=assistant,
                             num_assistant_tokens=args.num_assistant_tokens,
-                            assistant_confidence_threshold=args.assistant_confidence_threshold)
+                            assistant_confidence_threshold=args.assistant_confidence_threshold,
+                            num_assistant_tokens_schedule=args.num_assistant_tokens_schedule)
     serve_forever(app, engine, args.host, args.port, args.log_level)
     return 0
 
 
 def check_assistant_arguments(args) -> None:
     if args.assistant_model is None:
-        if args.num_assistant_tokens is not None or args.assistant_confidence_threshold is not None:
-            raise UsageError("gpt-fast serve: --num-assistant-tokens and --assistant-confidence-threshold need "
-                             "--assistant-model")
+        given = (args.num_assistant_tokens, args.assistant_confidence_threshold, args.num_assistant_tokens_schedule)
+        if given != (None, None, None):
+            raise UsageError("gpt-fast serve: --num-assistant-tokens, --assistant-confidence-threshold and "
+                             "--num-assistant-tokens-schedule need --assistant-model")
     elif args.prompt_lookup_num_tokens is not None:
         raise UsageError("gpt-fast serve: pass --prompt-lookup-num-tokens or --assistant-model, not both")
 

@@ -64,7 +64,7 @@ class Engine:
                  observer: EngineObserver | None = None, prefill_first: bool = False,
                  prompt_lookup_num_tokens: int | None = None, max_matching_ngram_size: int = 2,
                  prefix_cache_size: int = 0, assistant_model=None, num_assistant_tokens: int | None = None,
-                 assistant_confidence_threshold: float | None = None):
+                 assistant_confidence_threshold: float | None = None, num_assistant_tokens_schedule: str | None = None):
         if max_batch < 1 or max_queue < 1 or prefill_chunk < 1:
             raise ValueError("max_batch, max_queue and prefill_chunk must be positive")
         self.model = model.eval()
@@ -85,7 +85,7 @@ class Engine:
         # prompt lookup or assisted decoding: decode steps that verify the rows' drafts (speculation.py), or None
         self.speculation = speculation_for(model, self.plan, self.slots, prompt_lookup_num_tokens,
                                            max_matching_ngram_size, assistant_model, num_assistant_tokens,
-                                           assistant_confidence_threshold)
+                                           assistant_confidence_threshold, num_assistant_tokens_schedule)
         # prompts' keys and values kept for later prompts that start alike (prefix_cache.py), or None
         self.prefix_cache = PrefixCache(self.slots, prefix_cache_size) if prefix_cache_size else None
         # hi -> the decode step over the slot rows [0, hi), replayed from its recorded operators (replayed_step.py)

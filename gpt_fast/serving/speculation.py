@@ -62,15 +62,16 @@ class PromptLookupDrafting:
 
 
 def speculation_for(model, plan, slots: SlotCache, lookup: int | None, ngram: int, assistant,
-                    assistant_tokens: int | None, confidence: float | None) -> Speculation | None:
+                    assistant_tokens: int | None, confidence: float | None, schedule: str | None) -> Speculation | None:
     """The engine's speculation: prompt lookup (lookup drafts a round), an assistant model, or None."""
     if assistant is None:
-        if assistant_tokens is not None or confidence is not None:
-            raise ValueError("num_assistant_tokens and assistant_confidence_threshold need an assistant_model")
+        if (assistant_tokens, confidence, schedule) != (None, None, None):
+            raise ValueError("num_assistant_tokens, assistant_confidence_threshold and num_assistant_tokens_schedule "
+                             "need an assistant_model")
         return None if lookup is None else Speculation(model, plan, slots, PromptLookupDrafting(lookup, ngram))
     if lookup is not None:
         raise ValueError("pass prompt_lookup_num_tokens or assistant_model, not both: a round has one drafter")
-    drafting = AssistantDrafting(model, assistant, slots.max_batch, assistant_tokens, confidence)
+    drafting = AssistantDrafting(model, assistant, slots.max_batch, assistant_tokens, confidence, schedule)
     return Speculation(model, plan, slots, drafting)
 
 

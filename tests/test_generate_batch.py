@@ -125,6 +125,41 @@ def test_neutral_values_of_unsupported_settings_are_accepted(pair):
     assert tokens(same) == tokens(plain)
 
 
+@pytest.mark.parametrize("speculation", ["prompt lookup", "assistant"])
+def test_speculative_decoding_gives_the_plain_tokens_in_fewer_passes(pair, monkeypatch, speculation):
+    """prompt_lookup_num_tokens, or assistant_model (the model's twin: every draft kept): the engine's rounds run
+    over the decoding rows, and each sequence's tokens are the plain run's (greedy, and sampled with a seed)."""
+    import copy
+
+    from gpt_fast.serving import speculation as speculation_module
+
+    _, ours = pair
+    outcomes = []
+    real = speculation_module.Speculation.round
+    monkeypatch.setattr(speculation_module.Speculation, "round",
+                        lambda self, *args: outcomes.append(real(self, *args)) or outcomes[-1])
+    kwargs = (dict(prompt_lookup_num_tokens=3) if speculation == "prompt lookup" else
+              dict(assistant_model=copy.deepcopy(ours), num_assistant_tokens=3, assistant_confidence_threshold=0.0))
+    for settings in (dict(max_new_tokens=12), dict(max_new_tokens=8, do_sample=True, seed=3, num_return_sequences=2)):
+        outcomes.clear()
+        fast = ours.generate_batch(PROMPTS, max_batch=3, **settings, **kwargs)
+        assert tokens(fast) == tokens(ours.generate_batch(PROMPTS, max_batch=3, **settings))
+        kept = [outcome[1] for outcome in outcomes if outcome is not None]
+        assert kept and sum(kept) > 0
+
+
+def test_an_assistants_settings_without_one(pair):
+    _, ours = pair
+    plain = ours.generate_batch(PROMPTS[:2], max_new_tokens=4)
+    defaults = dict(num_assistant_tokens=20, assistant_confidence_threshold=0.4,
+                    num_assistant_tokens_schedule="constant")
+    assert tokens(ours.generate_batch(PROMPTS[:2], max_new_tokens=4, **defaults)) == tokens(plain)
+    with pytest.raises(ValueError, match="need an assistant_model"):
+        ours.generate_batch(PROMPTS[:2], max_new_tokens=4, num_assistant_tokens=5)
+    with pytest.raises(ValueError, match="int >= 1"):
+        ours.generate_batch(PROMPTS[:2], max_new_tokens=4, prompt_lookup_num_tokens=0)
+
+
 def run_with_deadline(fn, seconds=60):
     """fn()'s exception (or None); fails instead of hanging when fn does not return in time."""
     caught = []

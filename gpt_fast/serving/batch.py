@@ -11,10 +11,11 @@ The generation settings are generate()'s (keyword arguments over generation_conf
 checked by the same rules); the engine selects with max_new_tokens / max_length, do_sample, temperature (up to 2,
 the server's range), top_k, top_p, min_p, eos_token_id, num_return_sequences and seed (sequence j of a prompt draws
 from seed + j). A setting that would change the tokens otherwise (beam search, repetition_penalty, processors,
-min_length, ...) is a NotImplementedError naming it. `continuous_batching_config.return_logprobs=True` gives each
-token's log-probability under the model's raw distribution (transformers' is the processed one; the same for greedy
-decoding without processors). A sequence that fails raises a RuntimeError after the run (transformers logs it and
-returns the failed output).
+min_length, ...) is a NotImplementedError naming it. Speculative decoding (prompt_lookup_num_tokens, or
+assistant_model with its settings) runs as the server runs it, for every decoding row (serving/speculation.py).
+`continuous_batching_config.return_logprobs=True` gives each token's log-probability under the model's raw
+distribution (transformers' is the processed one; the same for greedy decoding without processors). A sequence that
+fails raises a RuntimeError after the run (transformers logs it and returns the failed output).
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ from gpt_fast.serving.params import SamplingParams
 ENGINE_ARGS = ("max_new_tokens", "max_length", "do_sample", "temperature", "top_k", "top_p", "min_p", "eos_token_id",
                "pad_token_id", "num_return_sequences", "seed", "use_cache", *NO_EFFECT_KWARGS)
 NO_EFFECT = ("persistent_manager", "warmup")  # transformers' options for its own manager and CUDA graphs
+# speculative decoding, for the engine's rounds over every decoding row (serving/speculation.py)
+SPECULATION_ARGS = ("prompt_lookup_num_tokens", "max_matching_ngram_size", "assistant_model", "num_assistant_tokens",
+                    "assistant_confidence_threshold", "num_assistant_tokens_schedule")
 
 
 @dataclass
@@ -64,6 +68,7 @@ def generate_batch(model, inputs, generation_config=None, continuous_batching_co
     if not prompts:
         return {}
     kwargs = merge_generation_config(model, generation_config, kwargs)
+    speculation = _speculation(kwargs)
     _refuse_unsupported(kwargs)
     logprobs = 0 if getattr(continuous_batching_config, "return_logprobs", False) else None
     requests = [(prompt, _sampling_params(model, prompt, kwargs, logprobs)) for prompt in prompts]
@@ -71,7 +76,7 @@ def generate_batch(model, inputs, generation_config=None, continuous_batching_co
     ids = [[f"req_{i}"] + [f"req_{i}__child#{j}" for j in range(n - 1)] for i in range(len(requests))]  # by index
     # id -> BatchOutput, in transformers' order: a prompt's extra sequences, then its own
     outputs = {key: BatchOutput(key, list(prompt)) for prompt, keys in zip(prompts, ids) for key in keys[1:] + keys[:1]}
-    _run(model, requests, ids, outputs, max_batch, record_timestamps, progress_bar)
+    _run(model, requests, ids, outputs, max_batch, record_timestamps, progress_bar, speculation)
     failed = {key: out.error for key, out in outputs.items() if out.status == "failed"}
     if failed:
         raise RuntimeError(f"generate_batch: {len(failed)} of {len(outputs)} sequences failed: {failed}")
@@ -86,6 +91,16 @@ def _prompts(inputs) -> list[list[int]]:
         if not prompt or any(not isinstance(t, int) or isinstance(t, bool) for t in prompt):
             raise ValueError(f"prompt {i} must be a non-empty list of token ids (ints), got {list(prompt)[:8]}")
     return [list(p) for p in inputs]
+
+
+def _speculation(kwargs: dict) -> dict:
+    """The speculative-decoding settings taken out of kwargs, as Engine arguments; an assistant model's settings
+    left at their defaults are dropped when no assistant_model is given (a generation_config may carry them)."""
+    taken = {name: kwargs.pop(name) for name in SPECULATION_ARGS if kwargs.get(name) is not None}
+    if "assistant_model" not in taken:
+        taken = {name: value for name, value in taken.items()
+                 if not (name.startswith(("num_assistant", "assistant_")) and value == DEFAULTS.get(name))}
+    return taken
 
 
 def _refuse_unsupported(kwargs: dict) -> None:
@@ -116,7 +131,7 @@ def _sampling_params(model, prompt: list[int], kwargs: dict, logprobs: int | Non
     return params, request.num_return_sequences
 
 
-def _run(model, requests, ids, outputs, max_batch, record_timestamps, progress_bar) -> None:
+def _run(model, requests, ids, outputs, max_batch, record_timestamps, progress_bar, speculation: dict) -> None:
     """Submits every request, then runs the engine on this thread until every sequence has ended."""
     total = sum(n for _, (_, n) in requests)
     collector = _Collector(outputs, total, record_timestamps, _progress(total) if progress_bar else None)
@@ -128,7 +143,7 @@ def _run(model, requests, ids, outputs, max_batch, record_timestamps, progress_b
     try:
         with eval_modes(model):  # the engine puts the model in eval mode; each module's own mode comes back
             collector.engine = Engine(model, None, max_batch=min(max_batch, total), max_queue=total,
-                                      prefill_first=True)
+                                      prefill_first=True, **speculation)
             collector.engine.run(on_start=submit_all)
     except ServingError as error:
         raise ValueError(f"generate_batch: {error.message}") from None

@@ -130,6 +130,33 @@ def test_drafts_are_the_assistants_own_greedy_continuations(model, twin, drafts)
     assert any(k == n for k, n in zip(kept, lengths)) and any(k < n for k, n in zip(kept, lengths))
 
 
+def test_drafting_pauses_while_one_token_drafts_fail(model, monkeypatch, passes):
+    """Every draft made wrong (each token + 1): after four rejected one-token drafts drafting pauses for 1, 2, 4, 8,
+    16, 16 ... steps (speculative.DraftPauses); the assistant catches up when it resumes (its drafts stay its own
+    greedy continuations) and the tokens stay plain decoding's."""
+    copy_ = copy.deepcopy(model)
+    real, made = AssistantDrafter.draft, []
+
+    def wrong(self, sequence, limit):
+        tokens = real(self, sequence, limit)
+        if tokens:
+            made.append((list(sequence), tokens))
+        return [(token + 1) % VOCAB for token in tokens]
+
+    monkeypatch.setattr(AssistantDrafter, "draft", wrong)
+    ids = prompt(seed=2)
+    expected = model.generate(ids, max_new_tokens=80, step_replay=False)
+    passes.clear()
+    got = model.generate(ids, max_new_tokens=80, assistant_model=copy_, num_assistant_tokens=1,
+                         assistant_confidence_threshold=0, step_replay=False)
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    # 79 steps after the prefill's token: rounds at steps 1-4, 6, 9, 14, 23, 40, 57 and 74
+    assert passes[(id(model), "extend")] == 11
+    assert passes[(id(model), "extend")] + passes[(id(model), "step")] == 79
+    for sequence, tokens in made:
+        assert tokens == copy_.generate(torch.tensor([sequence]), max_new_tokens=1)[0, len(sequence):].tolist()
+
+
 def test_sampling_draws_what_plain_sampling_draws(model, twin, passes):
     # tolerance: these large weights give logits up to ~7
     assert_speculative_sampling_is_plain(model, prompt(), 1e-4, assistant_model=twin)
@@ -254,6 +281,9 @@ def test_bad_assistants(model):
         model.generate(prompt(), max_new_tokens=5, assistant_model=make_model(1, 24, 2, 1).to("meta"))
 
 
-def test_generate_batch_refuses_an_assistant(model, assistant):
-    with pytest.raises(NotImplementedError, match="assistant_model"):
-        model.generate_batch([[1, 2, 3]], max_new_tokens=3, assistant_model=assistant)
+def test_generate_batch_takes_an_assistant(model, assistant):
+    """generate_batch runs the engine's assisted rounds (tests/test_generate_batch.py checks them in depth)."""
+    prompts = [[1, 2, 3], [4, 5]]
+    plain = model.generate_batch(prompts, max_new_tokens=6)
+    assisted = model.generate_batch(prompts, max_new_tokens=6, assistant_model=assistant, num_assistant_tokens=3)
+    assert {k: v.generated_tokens for k, v in assisted.items()} == {k: v.generated_tokens for k, v in plain.items()}

@@ -90,11 +90,11 @@ def test_greedy_tokens_are_generates_and_drafts_are_the_assistants_greedy_text(m
 def test_seeded_sampling_equals_the_plain_engine(model_and_tokenizer, make_engine, assistants):
     _, tokenizer = model_and_tokenizer
     prompt = tokenizer(COUNTING)["input_ids"]
-    params = SamplingParams(max_tokens=30, temperature=0.7, top_k=20, presence_penalty=0.1, logprobs=2, seed=11)
+    params = SamplingParams(max_tokens=30, temperature=0.3, top_k=20, presence_penalty=0.1, logprobs=2, seed=11)
     plain = collect(make_engine(max_batch=1), prompt, params)[0]
     counts = DraftCounts()
     assisted = collect(make_engine(max_batch=1, assistant_model=assistants["twin"], num_assistant_tokens=3,
-                                   observer=counts), prompt, params)[0]
+                                   assistant_confidence_threshold=0.0, observer=counts), prompt, params)[0]
     assert counts.rounds and sum(kept for _, kept in counts.rounds) > 0
     assert (assisted["tokens"], assisted["text"], assisted["finish"]) == (plain["tokens"], plain["text"],
                                                                          plain["finish"])
@@ -172,6 +172,36 @@ def test_a_heuristic_schedule_adapts_each_sequences_draft_length(model_and_token
         engine.stop()
     lengths = [len(draft) for _, draft in recorded_drafts]
     assert lengths[:3] == [2, 4, 6]  # +2 after each round that kept every draft
+
+
+def test_drafting_pauses_while_one_token_drafts_fail(model_and_tokenizer, make_engine, assistants, monkeypatch):
+    """One request's drafts made wrong (each token + 1) beside one whose drafts are kept: after four rejected
+    one-token drafts the first pauses drafting for 1, 2, 4, 8, 16 ... steps (speculative.DraftPauses) while the other
+    keeps the rounds going (so the paused row is fed in them, and must keep its assistant row), catches up when it
+    resumes, and both get generate()'s tokens."""
+    model, tokenizer = model_and_tokenizer
+    vocab = model.config.vocab_size
+    paused, other = tokenizer("once upon a time")["input_ids"], tokenizer(REPEATING)["input_ids"]
+    real, made = AssistantDrafting.drafts, []
+
+    def wrong(self, sequences, limit):
+        drafts = real(self, sequences, limit)
+        made.extend((s.prompt + s.output, draft) for s, draft in zip(sequences, drafts) if draft and s.prompt == paused)
+        return [[(token + 1) % vocab for token in draft] if s.prompt == paused else draft
+                for s, draft in zip(sequences, drafts)]
+
+    monkeypatch.setattr(AssistantDrafting, "drafts", wrong)
+    engine = make_engine(max_batch=2, assistant_model=assistants["twin"], num_assistant_tokens=1,
+                         assistant_confidence_threshold=0.0)
+    sinks = [queue.Queue(), queue.Queue()]
+    engine.call(lambda: [engine.submit(p, SamplingParams(max_tokens=n, temperature=0), sink.put)
+                         for p, n, sink in ((paused, 56, sinks[0]), (other, 40, sinks[1]))])
+    assert wait(sinks[0], 1)[0]["tokens"] == reference_greedy(model, paused, 56)
+    assert wait(sinks[1], 1)[0]["tokens"] == reference_greedy(model, other, 40)
+    # 55 steps after the prefill's token: drafts at steps 1-4, 6, 9, 14, 23 and 40 (pauses of 1, 2, 4, 8, 16)
+    assert len(made) == 9
+    for tokens, draft in made:  # after each pause the assistant's row caught up with the tokens emitted meanwhile
+        assert draft == reference_greedy(assistants["twin"], tokens, len(draft))
 
 
 def bigger(model, **changes):

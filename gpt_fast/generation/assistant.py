@@ -2,12 +2,12 @@
 (speculative.py) whose draft tokens come from a smaller model with the same vocabulary.
 
 The assistant decodes greedily on a static KV cache of its own (IncrementalDecoder, as the model does): it is
-prefilled with the prompt once, then each round it is fed the tokens the model emitted since its last round
-(usually one; extend() when there are more), and steps on its own argmax up to `num_assistant_tokens` times,
-stopping early after a token whose probability is below `assistant_confidence_threshold` or after an EOS token.
-After the model's verification the assistant's cache is rewound to the drafts the model kept, so nothing is
-recomputed. The model's output is plain decoding's whatever the assistant drafts; the assistant only decides how
-many passes of the model it takes.
+prefilled with the prompt once, then each round it is fed the tokens the model emitted since its last round (usually
+one; extend() when there are more), and steps on its own argmax up to `num_assistant_tokens` times, stopping early
+after a token whose probability is below `assistant_confidence_threshold` or after an EOS token. After the model's
+verification the assistant's cache is rewound to the drafts the model kept, so nothing is recomputed; while its
+one-token drafts keep failing it pauses (speculative.DraftPauses). The model's output is plain decoding's whatever the
+assistant drafts; the assistant only decides how many passes of the model it takes.
 
 Settings, as transformers names them: `num_assistant_tokens` (drafts a round; default the assistant's
 generation_config's, else 20), `num_assistant_tokens_schedule` ("constant", the default; "heuristic": +2 after a
@@ -28,7 +28,7 @@ import torch
 from gpt_fast.generation.decoder import IncrementalDecoder, decode_plan
 from gpt_fast.generation.kv_cache import StaticKVCache
 from gpt_fast.generation.replayed_step import ReplayedExtend, ReplayedStep
-from gpt_fast.generation.speculative import next_draft_length
+from gpt_fast.generation.speculative import DraftPauses, next_draft_length
 
 SCHEDULES = ("constant", "heuristic", "heuristic_transient")
 DEFAULT_NUM_TOKENS = 20  # transformers' global defaults
@@ -105,10 +105,11 @@ class AssistantDrafter:
         self.base = 0  # the sequence's length when the last draft began
         self.eos = set() if eos_ids is None else set(eos_ids)
         self.length = settings.num_tokens
+        self.pauses = DraftPauses()
 
     def draft(self, sequence: list[int], limit: int) -> list[int]:
         limit = min(limit, self.length)
-        if limit < 1:
+        if limit < 1 or self.pauses.skip():  # paused: the tokens emitted meanwhile are fed at the next draft
             return []
         new = sequence[self.cached:]  # (>= 1) the tokens emitted since the last round
         self.base = len(sequence)
@@ -133,6 +134,7 @@ class AssistantDrafter:
         valid = self.base + min(kept, drafted - 1)  # the fed drafts that the model kept
         self.decoder.rewind(self.cached - valid)
         self.cached = valid
+        self.pauses.update(kept, drafted)
         if self.settings.schedule != "constant":
             self.length = next_draft_length(self.length, kept, drafted, None)
 

@@ -9,7 +9,7 @@ before (summaries, edits, code, extraction).
 
 from __future__ import annotations
 
-from gpt_fast.generation.speculative import next_draft_length
+from gpt_fast.generation.speculative import DraftPauses, next_draft_length
 
 
 def find_draft(sequence: list[int], num_tokens: int, max_ngram_size: int) -> list[int]:
@@ -29,39 +29,24 @@ def find_draft(sequence: list[int], num_tokens: int, max_ngram_size: int) -> lis
     return []
 
 
-MAX_PAUSE = 16  # the most steps drafting pauses for after one-token drafts keep failing
-MISSES_BEFORE_PAUSE = 4  # one-token drafts rejected in a row before drafting pauses
-
-
 class PromptLookupDrafter:
     """Drafts with find_draft. The draft length adapts as transformers' "heuristic" schedule for draft models
-    (speculative.next_draft_length), between 1 and num_tokens. After MISSES_BEFORE_PAUSE one-token drafts rejected
-    in a row, each further rejected one pauses drafting for 1, then 2, 4, ... up to MAX_PAUSE steps (plain steps: a
-    two-token pass that keeps nothing costs more than a step), and a kept draft ends the pauses: text whose matches
-    keep failing then pays for one such pass every MAX_PAUSE steps, not every step, while text whose one-token drafts
-    are kept now and then is not paused (on the Shakespeare model's text the passes per token were 0.69 / 0.50 /
-    0.42 at N = 2 / 4 / 8 without pauses, 0.71 / 0.51 / 0.42 with; pausing after every miss gave 0.63 / 0.59 /
-    0.43). The tokens are plain decoding's either way."""
+    (speculative.next_draft_length), between 1 and num_tokens, and drafting pauses while one-token drafts keep
+    failing (speculative.DraftPauses; on the Shakespeare model's text the passes per token were 0.69 / 0.50 / 0.42
+    at N = 2 / 4 / 8 without pauses, 0.71 / 0.51 / 0.42 with; pausing after every miss gave 0.63 / 0.59 / 0.43).
+    The tokens are plain decoding's either way."""
 
     def __init__(self, num_tokens: int, max_ngram_size: int):
         self.num_tokens = num_tokens
         self.max_ngram_size = max_ngram_size
         self.length = num_tokens
-        self.paused = 0  # steps left without drafting
-        self.pause = 0  # the length of the last pause (0: none since a draft was kept)
-        self.misses = 0  # one-token drafts rejected in a row
+        self.pauses = DraftPauses()
 
     def draft(self, sequence: list[int], limit: int) -> list[int]:
-        if self.paused:
-            self.paused -= 1
+        if self.pauses.skip():
             return []
         return find_draft(sequence, min(self.length, limit), self.max_ngram_size)
 
     def update(self, sequence: list[int], kept: int, drafted: int) -> None:
-        if kept:
-            self.pause = self.misses = 0
-        elif drafted == 1:  # the draft cannot shrink further
-            self.misses += 1
-            if self.misses >= MISSES_BEFORE_PAUSE:
-                self.pause = self.paused = min(2 * self.pause or 1, MAX_PAUSE)
+        self.pauses.update(kept, drafted)
         self.length = next_draft_length(self.length, kept, drafted, self.num_tokens)

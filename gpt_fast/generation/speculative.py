@@ -64,3 +64,35 @@ def next_draft_length(length: int, kept: int, drafted: int, most: int | None) ->
     if kept == drafted:
         return length + 2 if most is None else min(most, length + 2)
     return max(1, length - 1)
+
+
+MAX_PAUSE = 16  # the most rounds drafting pauses for after one-token drafts keep failing
+MISSES_BEFORE_PAUSE = 4  # one-token drafts rejected in a row before drafting pauses
+
+
+class DraftPauses:
+    """When a drafter's drafts keep failing: after MISSES_BEFORE_PAUSE one-token drafts rejected in a row, each
+    further rejected one pauses drafting for 1, then 2, 4, ... up to MAX_PAUSE rounds (plain steps: a two-token pass
+    that keeps nothing costs more than a step, and an assistant's draft costs its step too); a kept draft ends the
+    pauses. So text whose drafts keep failing pays for one such round every MAX_PAUSE steps, not every step, while
+    drafts kept now and then are not paused. The tokens are plain decoding's either way."""
+
+    def __init__(self):
+        self.paused = 0  # rounds left without drafting
+        self.pause = 0  # the length of the last pause (0: none since a draft was kept)
+        self.misses = 0  # one-token drafts rejected in a row
+
+    def skip(self) -> bool:
+        """True when this round drafts nothing (one round of a pause spent)."""
+        if self.paused:
+            self.paused -= 1
+            return True
+        return False
+
+    def update(self, kept: int, drafted: int) -> None:
+        if kept:
+            self.pause = self.misses = 0
+        elif drafted == 1:  # a draft that cannot shrink further
+            self.misses += 1
+            if self.misses >= MISSES_BEFORE_PAUSE:
+                self.pause = self.paused = min(2 * self.pause or 1, MAX_PAUSE)

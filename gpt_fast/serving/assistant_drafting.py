@@ -14,24 +14,25 @@ A round, over the slot rows [0, hi):
    its request has left), a stop token of its request, or a draft whose probability under the assistant is below
    assistant_confidence_threshold (0 drafts the full length).
 After the model's verification each row's assistant length is set to the tokens it has seen that the model kept, so
-the drafts past the first rejected one are forgotten and nothing is recomputed. Rows of [0, hi) that do not draft
-(prefilling, free, or with one token left: it never drafts again) have their assistant length set to 0, so that the
-round's writes for them stay inside the cache; a sequence that drafts later catches up from its prompt (its
-AssistantRow is made at its first draft). Every position a round writes is
+the drafts past the first rejected one are forgotten and nothing is recomputed. While a sequence's one-token drafts
+keep failing it pauses drafting (speculative.DraftPauses, as generate's drafters do), and catches up when it
+resumes. A decoding row that does not draft this round keeps its assistant length; rows of no decoding sequence
+(prefilling or free) are set to 0, so that the round's writes for them stay inside the cache, and a sequence
+catches up from its prompt at its first draft. Every position a round writes is
 below the model's own bound for the verification pass (speculation.py), and the assistant holds at least as many
 positions as the model. Steps and extends are replayed per hi (replayed_step.py), as the engine's own steps are.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from gpt_fast.generation.assistant import assistant_settings
 from gpt_fast.generation.decoder import IncrementalDecoder, decode_plan
 from gpt_fast.generation.replayed_step import ReplayedExtend, ReplayedStep
-from gpt_fast.generation.speculative import next_draft_length
+from gpt_fast.generation.speculative import DraftPauses, next_draft_length
 from gpt_fast.serving.prefill import prefill_chunk
 from gpt_fast.serving.slots import SlotCache
 
@@ -45,6 +46,7 @@ class AssistantRow:
     length: int
     base: int = 0
     fed: int = 0
+    pauses: DraftPauses = field(default_factory=DraftPauses)
 
 
 class AssistantDrafting:
@@ -74,8 +76,9 @@ class AssistantDrafting:
             if sequence.drafter is None:
                 sequence.drafter = AssistantRow(cached=0, length=self.settings.num_tokens)
             row = sequence.drafter
-            limits[slot] = min(limit, sequence.tokens_left(), row.length)
-            if limits[slot] < 1:  # one token left: the sequence ends at its next token, its row is not needed
+            starts[slot] = row.cached  # a row that does not draft this round keeps what its assistant row holds
+            limits[slot] = 0 if row.pauses.skip() else min(limit, sequence.tokens_left(), row.length)
+            if limits[slot] < 1:  # paused, or one token left (the sequence ends at its next token)
                 continue
             tokens = sequence.prompt + sequence.output
             new = tokens[row.cached:]
@@ -85,8 +88,7 @@ class AssistantDrafting:
                 row.cached, new = len(tokens) - 1, new[-1:]
             starts[slot], unseen[slot] = row.cached, new
             row.base = len(tokens)
-        if not any(limits):
-            self.slots.lengths[:hi] = 0
+        if not any(limits):  # no pass: every row's assistant length stays
             return [[] for _ in sequences]
         logits = self.first_pass(hi, starts, unseen)  # (hi, V)
         drafts = self.greedy(hi, logits, limits, [(slot, s.params.stop_token_ids) for slot, s in zip(slots, sequences)])
@@ -136,14 +138,18 @@ class AssistantDrafting:
         return self.steps[hi](tokens)
 
     def update(self, sequences: list, slots: list[int], drafts: list[list[int]], kept: list[int]) -> None:
-        """Each drafting row keeps, in the assistant, the tokens it has seen that the model kept; the others 0."""
+        """Each drafting row keeps, in the assistant, the tokens it has seen that the model kept; a row that did not
+        draft keeps what it held; rows of no decoding sequence (and finished ones) 0."""
         hi = max(slots) + 1
         lengths = [0] * hi
         for slot, sequence, draft, count in zip(slots, sequences, drafts, kept):
             row = sequence.drafter
-            if not draft or sequence.slot != slot:  # not drafting (ends next step), or finished: its row stays 0
+            if sequence.slot != slot:  # finished: its slot given back
                 continue
-            row.cached = lengths[slot] = row.base + min(count, row.fed)
-            if self.settings.schedule != "constant":
-                row.length = next_draft_length(row.length, count, len(draft), None)
+            if draft:
+                row.cached = row.base + min(count, row.fed)
+                row.pauses.update(count, len(draft))
+                if self.settings.schedule != "constant":
+                    row.length = next_draft_length(row.length, count, len(draft), None)
+            lengths[slot] = row.cached
         self.slots.lengths[:hi].copy_(torch.tensor(lengths))

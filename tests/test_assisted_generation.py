@@ -130,10 +130,15 @@ def test_drafts_are_the_assistants_own_greedy_continuations(model, twin, drafts)
     assert any(k == n for k, n in zip(kept, lengths)) and any(k < n for k, n in zip(kept, lengths))
 
 
-def test_drafting_pauses_while_one_token_drafts_fail(model, monkeypatch, passes):
-    """Every draft made wrong (each token + 1): after four rejected one-token drafts drafting pauses for 1, 2, 4, 8,
-    16, 16 ... steps (speculative.DraftPauses); the assistant catches up when it resumes (its drafts stay its own
-    greedy continuations) and the tokens stay plain decoding's."""
+@pytest.mark.parametrize("length, schedule, rounds", [
+    (1, "constant", 11),  # 79 steps after the prefill's token: rounds at steps 1-4, 6, 9, 14, 23, 40, 57 and 74
+    (3, "constant", 11),  # a constant length never shrinks: its misses count whatever their length
+    (3, "heuristic_transient", 13),  # drafts of 3, 2, 1, 1, 1, 1, then 1 after pauses of 1, 2, 4, 8, 16, 16, 16
+])
+def test_drafting_pauses_while_drafts_fail(model, monkeypatch, passes, length, schedule, rounds):
+    """Every draft made wrong (each token + 1): after four rejected drafts of the shortest length drafting pauses
+    for 1, 2, 4, 8, 16, 16 ... steps (speculative.DraftPauses); the assistant catches up when it resumes (its drafts
+    stay its own greedy continuations) and the tokens stay plain decoding's."""
     copy_ = copy.deepcopy(model)
     real, made = AssistantDrafter.draft, []
 
@@ -147,14 +152,14 @@ def test_drafting_pauses_while_one_token_drafts_fail(model, monkeypatch, passes)
     ids = prompt(seed=2)
     expected = model.generate(ids, max_new_tokens=80, step_replay=False)
     passes.clear()
-    got = model.generate(ids, max_new_tokens=80, assistant_model=copy_, num_assistant_tokens=1,
-                         assistant_confidence_threshold=0, step_replay=False)
+    got = model.generate(ids, max_new_tokens=80, assistant_model=copy_, num_assistant_tokens=length,
+                         num_assistant_tokens_schedule=schedule, assistant_confidence_threshold=0, step_replay=False)
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
-    # 79 steps after the prefill's token: rounds at steps 1-4, 6, 9, 14, 23, 40, 57 and 74
-    assert passes[(id(model), "extend")] == 11
+    assert passes[(id(model), "extend")] == rounds
     assert passes[(id(model), "extend")] + passes[(id(model), "step")] == 79
     for sequence, tokens in made:
-        assert tokens == copy_.generate(torch.tensor([sequence]), max_new_tokens=1)[0, len(sequence):].tolist()
+        alone = copy_.generate(torch.tensor([sequence]), max_new_tokens=len(tokens))[0, len(sequence):]
+        assert tokens == alone.tolist()
 
 
 def test_sampling_draws_what_plain_sampling_draws(model, twin, passes):

@@ -134,7 +134,7 @@ class AssistantDrafter:
         valid = self.base + min(kept, drafted - 1)  # the fed drafts that the model kept
         self.decoder.rewind(self.cached - valid)
         self.cached = valid
-        self.pauses.update(kept, drafted)
+        self.pauses.update(kept, drafted, shrinks=self.settings.schedule != "constant")
         if self.settings.schedule != "constant":
             self.length = next_draft_length(self.length, kept, drafted, None)
 

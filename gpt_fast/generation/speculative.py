@@ -71,11 +71,12 @@ MISSES_BEFORE_PAUSE = 4  # one-token drafts rejected in a row before drafting pa
 
 
 class DraftPauses:
-    """When a drafter's drafts keep failing: after MISSES_BEFORE_PAUSE one-token drafts rejected in a row, each
-    further rejected one pauses drafting for 1, then 2, 4, ... up to MAX_PAUSE rounds (plain steps: a two-token pass
-    that keeps nothing costs more than a step, and an assistant's draft costs its step too); a kept draft ends the
-    pauses. So text whose drafts keep failing pays for one such round every MAX_PAUSE steps, not every step, while
-    drafts kept now and then are not paused. The tokens are plain decoding's either way."""
+    """When a drafter's drafts keep failing: after MISSES_BEFORE_PAUSE drafts of its shortest length rejected in a
+    row (one token, or any length for a drafter whose length does not adapt: shrinks=False), each further one
+    pauses drafting for 1, then 2, 4, ... up to MAX_PAUSE rounds (plain steps: a pass that keeps nothing costs more
+    than a step, and an assistant's drafts cost its steps too); a kept draft ends the pauses. So text whose drafts
+    keep failing pays for one such round every MAX_PAUSE steps, not every step, while drafts kept now and then are
+    not paused. The tokens are plain decoding's either way."""
 
     def __init__(self):
         self.paused = 0  # rounds left without drafting
@@ -89,10 +90,10 @@ class DraftPauses:
             return True
         return False
 
-    def update(self, kept: int, drafted: int) -> None:
+    def update(self, kept: int, drafted: int, shrinks: bool = True) -> None:
         if kept:
             self.pause = self.misses = 0
-        elif drafted == 1:  # a draft that cannot shrink further
+        elif drafted == 1 or not shrinks:  # a draft that cannot shrink further
             self.misses += 1
             if self.misses >= MISSES_BEFORE_PAUSE:
                 self.pause = self.paused = min(2 * self.pause or 1, MAX_PAUSE)

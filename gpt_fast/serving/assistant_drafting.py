@@ -148,7 +148,7 @@ class AssistantDrafting:
                 continue
             if draft:
                 row.cached = row.base + min(count, row.fed)
-                row.pauses.update(count, len(draft))
+                row.pauses.update(count, len(draft), shrinks=self.settings.schedule != "constant")
                 if self.settings.schedule != "constant":
                     row.length = next_draft_length(row.length, count, len(draft), None)
             lengths[slot] = row.cached

@@ -14,13 +14,13 @@ A round, over the slot rows [0, hi):
    its request has left), a stop token of its request, or a draft whose probability under the assistant is below
    assistant_confidence_threshold (0 drafts the full length).
 After the model's verification each row's assistant length is set to the tokens it has seen that the model kept, so
-the drafts past the first rejected one are forgotten and nothing is recomputed. While a sequence's one-token drafts
-keep failing it pauses drafting (speculative.DraftPauses, as generate's drafters do), and catches up when it
-resumes. A decoding row that does not draft this round keeps its assistant length; rows of no decoding sequence
-(prefilling or free) are set to 0, so that the round's writes for them stay inside the cache, and a sequence
-catches up from its prompt at its first draft. Every position a round writes is
-below the model's own bound for the verification pass (speculation.py), and the assistant holds at least as many
-positions as the model. Steps and extends are replayed per hi (replayed_step.py), as the engine's own steps are.
+the drafts past the first rejected one are forgotten and nothing is recomputed. While a sequence's drafts keep
+failing it pauses drafting (speculative.DraftPauses, as generate's drafters do), and catches up when it resumes. A
+decoding row that does not draft this round keeps its assistant length; rows of no decoding sequence (prefilling or
+free) are set to 0, so that the round's writes for them stay inside the cache, and a sequence catches up from its
+prompt at its first draft. Every position a round writes is below the model's own bound for the verification pass
+(speculation.py), and the assistant holds at least as many positions as the model. Steps and extends are replayed
+per hi (replayed_step.py), as the engine's own steps are.
 """
 
 from __future__ import annotations
@@ -97,8 +97,8 @@ class AssistantDrafting:
         return [drafts[slot] for slot in slots]
 
     def first_pass(self, hi: int, starts: list[int], unseen: list[list[int]]) -> torch.Tensor:
-        """Feeds each row its unseen tokens (rows not drafting: token 0 at position 0) -> logits (hi, V) after each
-        row's last one; leaves each row's length just past its fed tokens."""
+        """Feeds each row its unseen tokens at its start (rows not drafting: token 0, over nothing they keep) ->
+        logits (hi, V) after each row's last one; leaves each row's length just past its fed tokens."""
         device = self.slots.lengths.device
         lengths = self.slots.lengths[:hi]
         lengths.copy_(torch.tensor(starts))

@@ -3,6 +3,7 @@ checkpoint folder, and a helper that runs one request through an Engine and coll
 
 from __future__ import annotations
 
+import logging
 import queue
 import time
 
@@ -47,6 +48,15 @@ def engine_fixtures():
             engine.stop()
 
     return model_and_tokenizer, make_engine
+
+
+@pytest.fixture(autouse=True)
+def no_failed_steps(caplog):
+    """A step that raises is logged and ends its sequences with an error (engine.guarded): none may in a test that
+    imports this fixture."""
+    yield
+    failed = [r for r in caplog.get_records("call") if r.name == "gpt_fast.serving" and r.levelno >= logging.ERROR]
+    assert not failed, failed[0].getMessage()
 
 
 def reference_greedy(model, prompt, n):

@@ -168,10 +168,24 @@ def test_assistant_model_prints_the_plain_text(checkpoint, assistant_checkpoint,
                               "--num-assistant-tokens", "3")
     assert code == 0, err
     assert drafted and set(drafted) == {3} and out == plain
+    drafted.clear()
+    settings = []
+    update = AssistantDrafter.update
+    monkeypatch.setattr(AssistantDrafter, "update", lambda self, *a: settings.append(self.settings) or update(self, *a))
+    code, out, err = run_main(capsys, *args, "--assistant-model", str(assistant_checkpoint),
+                              "--num-assistant-tokens", "2", "--assistant-confidence-threshold", "0",
+                              "--num-assistant-tokens-schedule", "heuristic_transient")
+    assert code == 0, err
+    assert out == plain and {(s.num_tokens, s.confidence_threshold, s.schedule) for s in settings} == {
+        (2, 0.0, "heuristic_transient")}
 
 
 @pytest.mark.parametrize("flags, match", [
     (["--num-assistant-tokens", "3"], "needs --assistant-model"),
+    (["--assistant-confidence-threshold", "0.3"], "needs --assistant-model"),
+    (["--num-assistant-tokens-schedule", "heuristic"], "needs --assistant-model"),
+    (["--assistant-model", "ASSISTANT", "--prompt-lookup-num-tokens", "2"], "not both"),
+    (["--assistant-model", "ASSISTANT", "--assistant-confidence-threshold", "1.5"], "a number in [0, 1]"),
     (["--assistant-model", "ASSISTANT", "--do-sample", "--num-return-sequences", "2"], "batch size 1"),
 ])
 def test_assistant_model_errors(checkpoint, assistant_checkpoint, flags, match, capsys):

@@ -7,12 +7,19 @@ are right); the passes stay within the cache; bad settings are clear errors."""
 from __future__ import annotations
 
 import copy
-import logging
 import queue
 
 import pytest
 import torch
-from serve_helpers import N_POSITIONS, collect, engine_fixtures, reference_greedy, tiny_model_and_tokenizer, wait
+from serve_helpers import (
+    N_POSITIONS,
+    collect,
+    engine_fixtures,
+    no_failed_steps,  # noqa: F401 - an autouse fixture
+    reference_greedy,
+    tiny_model_and_tokenizer,
+    wait,
+)
 
 from gpt_fast import OpenAIGPTConfig, OpenAIGPTLMHeadModel
 from gpt_fast.serving import Engine, SamplingParams
@@ -29,14 +36,6 @@ class DraftCounts(EngineObserver):
 
     def speculated(self, drafted, kept):
         self.rounds.append((drafted, kept))
-
-
-@pytest.fixture(autouse=True)
-def no_failed_steps(caplog):
-    """A step that raises is logged and ends its sequences with an error (engine.guarded): none may here."""
-    yield
-    failed = [r for r in caplog.get_records("call") if r.name == "gpt_fast.serving" and r.levelno >= logging.ERROR]
-    assert not failed, failed[0].getMessage()
 
 
 model_and_tokenizer, make_engine = engine_fixtures()

@@ -40,6 +40,41 @@ def probability(text: str) -> float:
     return value
 
 
+ASSISTANT_SETTINGS = ("num_assistant_tokens", "assistant_confidence_threshold", "num_assistant_tokens_schedule")
+
+
+def add_assistant_arguments(parser) -> None:
+    """--assistant-model and its settings (gpt-fast generate and serve; transformers' names and defaults)."""
+    parser.add_argument("--assistant-model", metavar="MODEL",
+                        help="assisted decoding: a smaller checkpoint with the same vocabulary drafts tokens that the "
+                             "model verifies several at a time (same tokens, fewer passes; loaded with --dtype and "
+                             "--device, unquantized)")
+    parser.add_argument("--num-assistant-tokens", type=positive_int, metavar="N",
+                        help="with --assistant-model: the most draft tokens a round (default: the assistant's "
+                             "generation_config, else 20)")
+    parser.add_argument("--assistant-confidence-threshold", type=probability, metavar="P",
+                        help="with --assistant-model: a draft ends after a token the assistant gives less "
+                             "probability (default: the assistant's generation_config, else 0.4; 0: never)")
+    parser.add_argument("--num-assistant-tokens-schedule", choices=("constant", "heuristic", "heuristic_transient"),
+                        help="with --assistant-model: a constant draft length, or +2 after a round that kept every "
+                             "draft and -1 otherwise (default: the assistant's generation_config, else constant)")
+
+
+def check_assistant_arguments(args, command: str) -> None:
+    """Before any loading: an assistant's settings need --assistant-model, and it excludes prompt lookup."""
+    if args.assistant_model is None:
+        given = ["--" + name.replace("_", "-") for name in ASSISTANT_SETTINGS if getattr(args, name) is not None]
+        if given:
+            raise UsageError(f"gpt-fast {command}: {', '.join(given)} needs --assistant-model")
+    elif args.prompt_lookup_num_tokens is not None:
+        raise UsageError(f"gpt-fast {command}: pass --prompt-lookup-num-tokens or --assistant-model, not both")
+
+
+def assistant_kwargs(args) -> dict:
+    """The assistant's settings given on the command line, as generate() / Engine keyword arguments."""
+    return {name: getattr(args, name) for name in ASSISTANT_SETTINGS if getattr(args, name) is not None}
+
+
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 

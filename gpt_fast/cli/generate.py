@@ -7,7 +7,16 @@ import time
 from pathlib import Path
 
 from gpt_fast.checkpoints.hub import looks_like_hub_id
-from gpt_fast.cli.common import UsageError, add_quantization_arguments, log, positive_int, quantization_kwargs
+from gpt_fast.cli.common import (
+    UsageError,
+    add_assistant_arguments,
+    add_quantization_arguments,
+    assistant_kwargs,
+    check_assistant_arguments,
+    log,
+    positive_int,
+    quantization_kwargs,
+)
 from gpt_fast.generation.pipeline import load_tokenizer
 from gpt_fast.generation.streaming import TextStreamer
 from gpt_fast.models.heads import OpenAIGPTLMHeadModel
@@ -35,12 +44,7 @@ def add_parser(sub) -> None:
     gen.add_argument("--seed", type=int, help="makes sampling reproducible")
     gen.add_argument("--prompt-lookup-num-tokens", type=positive_int, metavar="N",
                      help="prompt lookup decoding: verify up to N tokens copied from the text so far per pass")
-    gen.add_argument("--assistant-model", metavar="MODEL",
-                     help="assisted decoding: a smaller checkpoint with the same tokenizer drafts tokens that the "
-                          "model verifies several at a time (loaded with the same --dtype and --device)")
-    gen.add_argument("--num-assistant-tokens", type=positive_int, metavar="N",
-                     help="with --assistant-model: draft tokens a pass (default 20, or the assistant's "
-                          "generation_config.json)")
+    add_assistant_arguments(gen)
     gen.add_argument("--dtype", default="float32", help="float32, bfloat16, float16, float64 or auto (default float32)")
     gen.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ... (default cpu)")
     gen.add_argument("--attn-implementation", choices=("auto",) + ATTN_IMPLEMENTATIONS, default="auto")
@@ -81,8 +85,9 @@ def read_prompt(args) -> str:
 
 def generation_kwargs(args) -> dict:
     names = ("max_new_tokens", "max_length", "min_new_tokens", "temperature", "top_k", "top_p", "min_p", "typical_p",
-             "repetition_penalty", "eos_token_id", "seed", "prompt_lookup_num_tokens", "num_assistant_tokens")
+             "repetition_penalty", "eos_token_id", "seed", "prompt_lookup_num_tokens")
     kwargs = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+    kwargs.update(assistant_kwargs(args))
     if args.max_new_tokens is None and args.max_length is None:
         kwargs["max_new_tokens"] = 50
     kwargs["do_sample"] = args.do_sample
@@ -105,6 +110,7 @@ class PromptEchoStreamer(TextStreamer):
 
 
 def run(args) -> int:
+    check_assistant_arguments(args, "generate")
     prompt = read_prompt(args)
     if not Path(args.model).expanduser().exists() and not looks_like_hub_id(args.model):
         raise FileNotFoundError(f"no such model folder: {args.model} (nor is it a hub model id like 'org/name')")
@@ -118,8 +124,6 @@ def run(args) -> int:
         log(f"loading the assistant {args.assistant_model} ...")
         assistant = OpenAIGPTLMHeadModel.from_pretrained(args.assistant_model, dtype=args.dtype, device=args.device,
                                                          attn_implementation=attn)
-    elif args.num_assistant_tokens is not None:
-        raise UsageError("gpt-fast generate: --num-assistant-tokens needs --assistant-model")
     tokenizer = load_tokenizer(args.tokenizer or args.model)
     quantized = "" if model.quantization is None else f", {model.quantization.scheme}"
     log(f"loaded in {time.perf_counter() - start:.1f} s ({model.dtype}{quantized}, {model.device})")

@@ -11,11 +11,13 @@ import torch
 from gpt_fast.checkpoints.hub import looks_like_hub_id
 from gpt_fast.cli.common import (
     UsageError,
+    add_assistant_arguments,
     add_quantization_arguments,
+    assistant_kwargs,
+    check_assistant_arguments,
     log,
     non_negative_int,
     positive_int,
-    probability,
     quantization_kwargs,
 )
 from gpt_fast.generation.pipeline import load_tokenizer
@@ -44,19 +46,7 @@ def add_parser(sub) -> None:
     serve.add_argument("--prompt-lookup-num-tokens", type=positive_int, metavar="N",
                        help="prompt lookup decoding: each step verifies up to N tokens per sequence copied from "
                             "its text so far (same tokens, fewer passes where the text repeats itself)")
-    serve.add_argument("--assistant-model", metavar="MODEL",
-                       help="assisted decoding: a smaller checkpoint with the same vocabulary drafts tokens for every "
-                            "decoding sequence, verified by the model in one pass (same tokens, fewer passes)")
-    serve.add_argument("--num-assistant-tokens", type=positive_int, metavar="N",
-                       help="with --assistant-model: the most drafts a sequence takes a step (default: the "
-                            "assistant's generation_config, else 20; a step verifies at most 32 tokens in all)")
-    serve.add_argument("--assistant-confidence-threshold", type=probability, metavar="P",
-                       help="with --assistant-model: a draft ends after a token the assistant gives less "
-                            "probability (default: the assistant's generation_config, else 0.4; 0: never)")
-    serve.add_argument("--num-assistant-tokens-schedule", choices=("constant", "heuristic", "heuristic_transient"),
-                       help="with --assistant-model: constant draft lengths, or per sequence +2 after a round that "
-                            "kept every draft and -1 otherwise (default: the assistant's generation_config, else "
-                            "constant)")
+    add_assistant_arguments(serve)
     serve.add_argument("--prefix-cache-size", type=non_negative_int, default=0, metavar="N",
                        help="keep the keys and values of the last N prompts, so that later prompts starting alike "
                             "skip that prefill (each up to 2 x layers x 512 x width values; default 0: off)")
@@ -79,7 +69,7 @@ def run(args) -> int:
         raise UsageError(f"gpt-fast serve: --port must be in [0, 65535], got {args.port}")
     if not Path(args.model).expanduser().exists() and not looks_like_hub_id(args.model):
         raise FileNotFoundError(f"no such model folder: {args.model} (nor is it a hub model id like 'org/name')")
-    check_assistant_arguments(args)
+    check_assistant_arguments(args, "serve")
     template = ChatTemplate.from_file(args.chat_template) if args.chat_template else ChatTemplate()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -95,21 +85,9 @@ def run(args) -> int:
                             args.prefill_chunk, args.api_key, template, start_engine=False,
                             prompt_lookup_num_tokens=args.prompt_lookup_num_tokens,
                             prefix_cache_size=args.prefix_cache_size, assistant_model=assistant,
-                            num_assistant_tokens=args.num_assistant_tokens,
-                            assistant_confidence_threshold=args.assistant_confidence_threshold,
-                            num_assistant_tokens_schedule=args.num_assistant_tokens_schedule)
+                            **assistant_kwargs(args))
     serve_forever(app, engine, args.host, args.port, args.log_level)
     return 0
-
-
-def check_assistant_arguments(args) -> None:
-    if args.assistant_model is None:
-        given = (args.num_assistant_tokens, args.assistant_confidence_threshold, args.num_assistant_tokens_schedule)
-        if given != (None, None, None):
-            raise UsageError("gpt-fast serve: --num-assistant-tokens, --assistant-confidence-threshold and "
-                             "--num-assistant-tokens-schedule need --assistant-model")
-    elif args.prompt_lookup_num_tokens is not None:
-        raise UsageError("gpt-fast serve: pass --prompt-lookup-num-tokens or --assistant-model, not both")
 
 
 def load_assistant(args) -> OpenAIGPTLMHeadModel | None:

@@ -15,6 +15,7 @@ from gpt_fast.auto import (
                            AutoModelForSequenceClassification,
                            AutoTokenizer,
 )
+from gpt_fast.evaluation import PerplexityResult, perplexity
 from gpt_fast.generation.config import GenerationConfig
 from gpt_fast.generation.feature_extraction import FeatureExtractionPipeline
 from gpt_fast.generation.pipeline import TextGenerationPipeline, pipeline
@@ -37,8 +38,8 @@ __all__ = [
     "AutoModelForSequenceClassification", "AutoTokenizer", "BatchEncoding", "FeatureExtractionPipeline",
     "GenerationConfig", "OpenAIGPTConfig",
     "OpenAIGPTDoubleHeadsModel", "OpenAIGPTForSequenceClassification", "OpenAIGPTLMHeadModel", "OpenAIGPTModel",
-    "OpenAIGPTPreTrainedModel", "OpenAIGPTTokenizer", "OpenAIGPTTokenizerFast", "QuantizationConfig",
-    "TextGenerationPipeline",
+    "OpenAIGPTPreTrainedModel", "OpenAIGPTTokenizer", "OpenAIGPTTokenizerFast", "PerplexityResult",
+    "QuantizationConfig", "TextGenerationPipeline",
     "TextIteratorStreamer", "TextStreamer", "TrainResult", "TrainingConfig", "apply_gpt_fast_kernels",
-    "extension_loaded", "pipeline", "quantize_model", "revert_gpt_fast_kernels", "train",
+    "extension_loaded", "perplexity", "pipeline", "quantize_model", "revert_gpt_fast_kernels", "train",
 ]

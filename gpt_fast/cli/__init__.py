@@ -1,4 +1,4 @@
-"""The `gpt-fast` command: generate text, benchmark generation, convert checkpoints, train.
+"""The `gpt-fast` command: generate text, benchmark generation, convert checkpoints, train, evaluate, serve.
 
     echo "The future of AI is" | gpt-fast generate --model DIR --do-sample --seed 0
     gpt-fast generate "The future of AI is" --model DIR --max-new-tokens 40
@@ -6,10 +6,11 @@
     gpt-fast bench [--quick] [--json out.json] [--png out.png] [--quantization none,int8,int4]
     gpt-fast convert SRC DST [--dtype bf16] [--quantization int4 --group-size 32 [--calibration TEXT]]
     gpt-fast train DATA... --out DIR (--model DIR | --config config.json) [--max-steps N ...]
+    gpt-fast eval DATA... --model DIR [--seq-len N --stride N --batch-size 8 --json out.json]
     gpt-fast serve --model DIR [--host 127.0.0.1 --port 8000 --max-batch 16 --max-queue 64 --api-key KEY]
 
-One module per command (generate.py, bench.py, convert.py, train.py, serve.py), each with add_parser(subparsers)
-and run(args).
+One module per command (generate.py, bench.py, convert.py, train.py, evaluate.py, serve.py), each with
+add_parser(subparsers) and run(args).
 Progress goes to stderr, results to stdout. Every error prints one line `gpt-fast: error: ...` and exits with a
 non-zero status (2 for bad command lines, 1 otherwise); no traceback.
 """
@@ -18,15 +19,17 @@ from __future__ import annotations
 
 import sys
 
-from gpt_fast.cli import bench, convert, generate, serve, train
+from gpt_fast.cli import bench, convert, evaluate, generate, serve, train
 from gpt_fast.cli.common import Parser, UsageError
 
-COMMANDS = {"generate": generate, "bench": bench, "convert": convert, "train": train, "serve": serve}
+COMMANDS = {"generate": generate, "bench": bench, "convert": convert, "train": train, "eval": evaluate,
+            "serve": serve}
 
 
 def build_parser() -> Parser:
-    parser = Parser(prog="gpt-fast", description="Fast OpenAI GPT (GPT-1): generate, benchmark, convert, train, serve.")
-    sub = parser.add_subparsers(dest="command", metavar="{generate,bench,convert,train,serve}", parser_class=Parser)
+    parser = Parser(prog="gpt-fast",
+                    description="Fast OpenAI GPT (GPT-1): generate, benchmark, convert, train, evaluate, serve.")
+    sub = parser.add_subparsers(dest="command", metavar="{" + ",".join(COMMANDS) + "}", parser_class=Parser)
     sub.required = True
     for command in COMMANDS.values():
         command.add_parser(sub)

@@ -156,6 +156,23 @@ class OpenAIGPTLMHeadModel(GenerationConfigMixin, OpenAIGPTPreTrainedModel):
 
         return generate_batch(self, inputs, generation_config, **kwargs)
 
+    def init_continuous_batching(self, generation_config=None, continuous_batching_config=None, **kwargs):
+        """transformers' continuous-batching manager on gpt_fast's serving engine (gpt_fast/serving/manager.py)."""
+        from gpt_fast.serving import manager  # the serving layer, above the model
+
+        return manager.init_continuous_batching(self, generation_config, continuous_batching_config, **kwargs)
+
+    def continuous_batching_context_manager(self, generation_config=None, **kwargs):
+        """A started manager for a `with` block, stopped on leaving it (gpt_fast/serving/manager.py)."""
+        from gpt_fast.serving import manager
+
+        return manager.continuous_batching_context_manager(self, generation_config, **kwargs)
+
+    def destroy_cached_continuous_batching_manager(self) -> None:
+        from gpt_fast.serving import manager
+
+        manager.destroy_cached_continuous_batching_manager(self)
+
     def prepare_inputs_for_generation(self, input_ids, **kwargs) -> dict:
         """The forward's inputs for a generation step, as transformers' OpenAIGPT: the ids and the other arguments
         as given (a hand-written loop's `model(**model.prepare_inputs_for_generation(ids, attention_mask=mask))`).

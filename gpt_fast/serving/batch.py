@@ -56,6 +56,22 @@ class BatchOutput:
     def is_finished(self) -> bool:
         return self.status in ("finished", "failed")
 
+    def add(self, output, record_timestamps: bool) -> bool:
+        """Takes an engine Output of this sequence; True when it ended the sequence."""
+        now = time.perf_counter()
+        if not self.generated_tokens and output.tokens:
+            self.lifespan = (now, -1.0)
+        self.generated_tokens.extend(output.tokens)
+        self.logprobs.extend(choice.logprob for choice in output.logprobs)
+        if record_timestamps:
+            self.timestamps = self.timestamps if self.timestamps is not None else []
+            self.timestamps.extend([now] * len(output.tokens))
+        if output.finish_reason is None:
+            return False
+        self.status = "failed" if output.finish_reason == "error" else "finished"
+        self.error, self.lifespan = output.error, (self.lifespan[0], now)
+        return True
+
 
 def generate_batch(model, inputs, generation_config=None, continuous_batching_config=None,
                    record_timestamps: bool = False, progress_bar: bool = False, max_batch: int = 16,
@@ -173,18 +189,8 @@ class _Collector:
         return sink
 
     def record(self, out: BatchOutput, output) -> None:
-        now = time.perf_counter()
-        if not out.generated_tokens and output.tokens:
-            out.lifespan = (now, -1.0)
-        out.generated_tokens.extend(output.tokens)
-        out.logprobs.extend(choice.logprob for choice in output.logprobs)
-        if self.record_timestamps:
-            out.timestamps = out.timestamps if out.timestamps is not None else []
-            out.timestamps.extend([now] * len(output.tokens))
-        if output.finish_reason is None:
+        if not out.add(output, self.record_timestamps):
             return
-        out.status = "failed" if output.finish_reason == "error" else "finished"
-        out.error, out.lifespan = output.error, (out.lifespan[0], now)
         self.remaining -= 1
         if self.bar is not None:
             self.bar.update(1)

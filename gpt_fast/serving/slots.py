@@ -67,8 +67,3 @@ class SlotCache:
         if hi not in self.views:
             self.views[hi] = CacheRows(self.cache.lengths[:hi], [(k[:hi], v[:hi]) for k, v in self.cache.layers])
         return self.views[hi]
-
-    def row(self, slot: int) -> CacheRows:
-        """Slot `slot`'s row alone (a speculative verification pass over one sequence: speculation.py)."""
-        end = slot + 1
-        return CacheRows(self.cache.lengths[slot:end], [(k[slot:end], v[slot:end]) for k, v in self.cache.layers])

@@ -52,6 +52,11 @@ def test_tokens_equal_transformers_manager_and_generate_batch(pair):
         assert got[key].prompt_ids == expected[key].prompt_ids and got[key].is_finished()
     batch = ours.generate_batch(PROMPTS, max_new_tokens=8)
     assert {k: v.generated_tokens for k, v in got.items()} == {k: v.generated_tokens for k, v in batch.items()}
+    with ours.continuous_batching_context_manager(generation_config=greedy(), timeout=TIMEOUT,
+                                                  prefill_first=False) as manager:  # prompts interleaved, as served
+        assert not manager.engine.prefill_first
+        interleaved = collect(manager, [manager.add_request(p) for p in PROMPTS])
+    assert {k: v.generated_tokens for k, v in interleaved.items()} == {k: v.generated_tokens for k, v in got.items()}
 
 
 def test_streaming_gives_every_token_as_it_comes(pair):

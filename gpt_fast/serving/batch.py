@@ -84,10 +84,10 @@ def generate_batch(model, inputs, generation_config=None, continuous_batching_co
     if not prompts:
         return {}
     kwargs = merge_generation_config(model, generation_config, kwargs)
-    speculation = _speculation(kwargs)
-    _refuse_unsupported(kwargs)
+    speculation = speculation_settings(kwargs)
+    refuse_unsupported(kwargs)
     logprobs = 0 if getattr(continuous_batching_config, "return_logprobs", False) else None
-    requests = [(prompt, _sampling_params(model, prompt, kwargs, logprobs)) for prompt in prompts]
+    requests = [(prompt, sampling_params(model, prompt, kwargs, logprobs)) for prompt in prompts]
     n = requests[0][1][1]
     ids = [[f"req_{i}"] + [f"req_{i}__child#{j}" for j in range(n - 1)] for i in range(len(requests))]  # by index
     # id -> BatchOutput, in transformers' order: a prompt's extra sequences, then its own
@@ -109,7 +109,7 @@ def _prompts(inputs) -> list[list[int]]:
     return [list(p) for p in inputs]
 
 
-def _speculation(kwargs: dict) -> dict:
+def speculation_settings(kwargs: dict) -> dict:
     """The speculative-decoding settings taken out of kwargs, as Engine arguments; an assistant model's settings
     left at their defaults are dropped when no assistant_model is given (a generation_config may carry them)."""
     taken = {name: kwargs.pop(name) for name in SPECULATION_ARGS if kwargs.get(name) is not None}
@@ -119,7 +119,7 @@ def _speculation(kwargs: dict) -> dict:
     return taken
 
 
-def _refuse_unsupported(kwargs: dict) -> None:
+def refuse_unsupported(kwargs: dict) -> None:
     """A generate() setting the engine does not apply, set to anything but its neutral value, is refused (unknown
     names are left to parse_generation_kwargs's TypeError)."""
     for name, value in kwargs.items():
@@ -133,7 +133,7 @@ def _refuse_unsupported(kwargs: dict) -> None:
                                       "generate() for it")
 
 
-def _sampling_params(model, prompt: list[int], kwargs: dict, logprobs: int | None) -> tuple[SamplingParams, int]:
+def sampling_params(model, prompt: list[int], kwargs: dict, logprobs: int | None) -> tuple[SamplingParams, int]:
     """(the prompt's SamplingParams, its number of sequences), with generate()'s checks and defaults."""
     request = parse_generation_kwargs(model, len(prompt), kwargs)
     sampling = request.sampling

@@ -39,7 +39,7 @@ import threading
 import time
 
 from gpt_fast.generation.generate import merge_generation_config
-from gpt_fast.serving.batch import BatchOutput, _refuse_unsupported, _sampling_params, _speculation
+from gpt_fast.serving.batch import BatchOutput, refuse_unsupported, sampling_params, speculation_settings
 from gpt_fast.serving.engine import Engine
 from gpt_fast.serving.errors import ServingError
 
@@ -56,8 +56,8 @@ class ContinuousBatchingManager:
         self.kwargs = merge_generation_config(model, generation_config, kwargs)
         if _no_eos(self.kwargs.get("eos_token_id")):  # transformers' manager sets -1 for "no EOS"
             self.kwargs["eos_token_id"] = None
-        speculation = _speculation(self.kwargs)
-        _refuse_unsupported(self.kwargs)
+        speculation = speculation_settings(self.kwargs)
+        refuse_unsupported(self.kwargs)
         self.logprobs = 0 if getattr(continuous_batching_config, "return_logprobs", False) else None
         self.engine = Engine(model, None, max_batch=max_batch, max_queue=MAX_QUEUE, prefill_first=prefill_first,
                              **speculation)
@@ -138,7 +138,7 @@ class ContinuousBatchingManager:
             kwargs["max_new_tokens"] = max_new_tokens
         if eos_token_id is not None:
             kwargs["eos_token_id"] = None if _no_eos(eos_token_id) else eos_token_id
-        params, n = _sampling_params(self.model, prompt, kwargs, self.logprobs)
+        params, n = sampling_params(self.model, prompt, kwargs, self.logprobs)
         with self.lock:
             if self.stopping:
                 raise RuntimeError("the continuous-batching manager was stopped: it takes no more requests")

@@ -152,6 +152,12 @@ def test_bad_streams_are_errors(model, tokens, match):
         perplexity(model, tokens)
 
 
+@pytest.mark.parametrize("tokens", [torch.tensor([1.5, 2.0, 3.0]), np.array([1.0, 2.0]), torch.tensor([True, False])])
+def test_ids_that_are_not_integers_are_a_type_error(model, tokens):
+    with pytest.raises(TypeError, match="integer token ids"):
+        perplexity(model, tokens)
+
+
 # -- gpt-fast eval -------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):

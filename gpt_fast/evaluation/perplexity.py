@@ -60,7 +60,10 @@ def perplexity(model, tokens, seq_len: int | None = None, stride: int | None = N
     most, the model's n_positions); stride: tokens between window starts (default seq_len); batch_size: windows a
     pass (default CUDA_BATCH on a GPU, else 1: on 2 CPU cores 8 windows a pass were no faster, 8% slower in
     float32, benchmarks/bench_perplexity.py)."""
-    tokens = torch.as_tensor(tokens, dtype=torch.long).flatten()
+    tokens = torch.as_tensor(tokens)
+    if tokens.numel() and (tokens.is_floating_point() or tokens.is_complex() or tokens.dtype == torch.bool):
+        raise TypeError(f"tokens must be integer token ids, got a tensor of {tokens.dtype}")
+    tokens = tokens.long().flatten()
     n_positions = model.config.n_positions
     device = next(model.parameters()).device
     seq_len = n_positions if seq_len is None else seq_len

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
+from gpt_fast.checkpoints.hub import looks_like_hub_id
 from gpt_fast.quantization.config import SCHEMES
 
 
@@ -68,6 +70,23 @@ def check_assistant_arguments(args, command: str) -> None:
             raise UsageError(f"gpt-fast {command}: {', '.join(given)} needs --assistant-model")
     elif args.prompt_lookup_num_tokens is not None:
         raise UsageError(f"gpt-fast {command}: pass --prompt-lookup-num-tokens or --assistant-model, not both")
+
+
+def check_model_name(name: str) -> None:
+    """--model before any loading: an existing folder, or a name the hub could resolve."""
+    if not Path(name).expanduser().exists() and not looks_like_hub_id(name):
+        raise FileNotFoundError(f"no such model folder: {name} (nor is it a hub model id like 'org/name')")
+
+
+def load_assistant(args, **options):
+    """--assistant-model loaded in --dtype onto --device, unquantized (options: more from_pretrained arguments), or
+    None without one."""
+    if args.assistant_model is None:
+        return None
+    from gpt_fast.models.heads import OpenAIGPTLMHeadModel  # as the commands load their models, when one runs
+
+    log(f"loading the assistant {args.assistant_model} ...")
+    return OpenAIGPTLMHeadModel.from_pretrained(args.assistant_model, dtype=args.dtype, device=args.device, **options)
 
 
 def assistant_kwargs(args) -> dict:

@@ -8,8 +8,14 @@ from pathlib import Path
 
 import torch
 
-from gpt_fast.checkpoints.hub import looks_like_hub_id
-from gpt_fast.cli.common import UsageError, add_quantization_arguments, log, positive_int, quantization_kwargs
+from gpt_fast.cli.common import (
+    UsageError,
+    add_quantization_arguments,
+    check_model_name,
+    log,
+    positive_int,
+    quantization_kwargs,
+)
 from gpt_fast.evaluation.perplexity import perplexity
 from gpt_fast.generation.pipeline import load_tokenizer
 from gpt_fast.models.heads import OpenAIGPTLMHeadModel
@@ -39,8 +45,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    if not Path(args.model).expanduser().exists() and not looks_like_hub_id(args.model):
-        raise FileNotFoundError(f"no such model folder: {args.model} (nor is it a hub model id like 'org/name')")
+    check_model_name(args.model)
     files = data_files(args.data)  # a missing file is an error before the model loads
     if args.threads:
         torch.set_num_threads(args.threads)

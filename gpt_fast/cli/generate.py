@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import sys
 import time
-from pathlib import Path
 
-from gpt_fast.checkpoints.hub import looks_like_hub_id
 from gpt_fast.cli.common import (
     UsageError,
     add_assistant_arguments,
     add_quantization_arguments,
     assistant_kwargs,
     check_assistant_arguments,
+    check_model_name,
+    load_assistant,
     log,
     positive_int,
     quantization_kwargs,
@@ -112,18 +112,13 @@ class PromptEchoStreamer(TextStreamer):
 def run(args) -> int:
     check_assistant_arguments(args, "generate")
     prompt = read_prompt(args)
-    if not Path(args.model).expanduser().exists() and not looks_like_hub_id(args.model):
-        raise FileNotFoundError(f"no such model folder: {args.model} (nor is it a hub model id like 'org/name')")
+    check_model_name(args.model)
     start = time.perf_counter()
     log(f"loading {args.model} ...")
     attn = None if args.attn_implementation == "auto" else args.attn_implementation
     model = OpenAIGPTLMHeadModel.from_pretrained(args.model, dtype=args.dtype, device=args.device,
                                                  attn_implementation=attn, **quantization_kwargs(args))
-    assistant = None
-    if args.assistant_model is not None:
-        log(f"loading the assistant {args.assistant_model} ...")
-        assistant = OpenAIGPTLMHeadModel.from_pretrained(args.assistant_model, dtype=args.dtype, device=args.device,
-                                                         attn_implementation=attn)
+    assistant = load_assistant(args, attn_implementation=attn)
     tokenizer = load_tokenizer(args.tokenizer or args.model)
     quantized = "" if model.quantization is None else f", {model.quantization.scheme}"
     log(f"loaded in {time.perf_counter() - start:.1f} s ({model.dtype}{quantized}, {model.device})")

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
 
 import torch
 
-from gpt_fast.checkpoints.hub import looks_like_hub_id
 from gpt_fast.cli.common import (
     UsageError,
     add_assistant_arguments,
     add_quantization_arguments,
     assistant_kwargs,
     check_assistant_arguments,
+    check_model_name,
+    load_assistant,
     log,
     non_negative_int,
     positive_int,
@@ -67,8 +67,7 @@ def run(args) -> int:
 
     if not 0 <= args.port < 65536:
         raise UsageError(f"gpt-fast serve: --port must be in [0, 65535], got {args.port}")
-    if not Path(args.model).expanduser().exists() and not looks_like_hub_id(args.model):
-        raise FileNotFoundError(f"no such model folder: {args.model} (nor is it a hub model id like 'org/name')")
+    check_model_name(args.model)
     check_assistant_arguments(args, "serve")
     template = ChatTemplate.from_file(args.chat_template) if args.chat_template else ChatTemplate()
     if args.threads:
@@ -89,10 +88,3 @@ def run(args) -> int:
     serve_forever(app, engine, args.host, args.port, args.log_level)
     return 0
 
-
-def load_assistant(args) -> OpenAIGPTLMHeadModel | None:
-    """--assistant-model, loaded in the model's dtype onto its device (unquantized), or None."""
-    if args.assistant_model is None:
-        return None
-    log(f"loading the assistant {args.assistant_model} ...")
-    return OpenAIGPTLMHeadModel.from_pretrained(args.assistant_model, dtype=args.dtype, device=args.device)

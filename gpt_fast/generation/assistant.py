@@ -6,7 +6,7 @@ prefilled with the prompt once, then each round it is fed the tokens the model e
 one; extend() when there are more), and steps on its own argmax up to `num_assistant_tokens` times, stopping early
 after a token whose probability is below `assistant_confidence_threshold` or after an EOS token. After the model's
 verification the assistant's cache is rewound to the drafts the model kept, so nothing is recomputed; while its
-one-token drafts keep failing it pauses (speculative.DraftPauses). The model's output is plain decoding's whatever the
+drafts keep failing it pauses (speculative.DraftPauses). The model's output is plain decoding's whatever the
 assistant drafts; the assistant only decides how many passes of the model it takes.
 
 Settings, as transformers names them: `num_assistant_tokens` (drafts a round; default the assistant's
@@ -42,6 +42,14 @@ class AssistantSettings:
     num_tokens: int
     schedule: str
     confidence_threshold: float
+
+    def after_round(self, length: int, pauses: DraftPauses, kept: int, drafted: int) -> int:
+        """A round's outcome for one sequence's drafting (generate's AssistantDrafter, the server's rows): its pauses
+        hear it (every rejected draft counts when the length does not adapt) and the next draft length returned,
+        which only the "heuristic" schedules change."""
+        adapts = self.schedule != "constant"
+        pauses.update(kept, drafted, shrinks=adapts)
+        return next_draft_length(length, kept, drafted, None) if adapts else length
 
 
 def assistant_settings(model, get, needed_positions: int) -> AssistantSettings | None:
@@ -134,9 +142,7 @@ class AssistantDrafter:
         valid = self.base + min(kept, drafted - 1)  # the fed drafts that the model kept
         self.decoder.rewind(self.cached - valid)
         self.cached = valid
-        self.pauses.update(kept, drafted, shrinks=self.settings.schedule != "constant")
-        if self.settings.schedule != "constant":
-            self.length = next_draft_length(self.length, kept, drafted, None)
+        self.length = self.settings.after_round(self.length, self.pauses, kept, drafted)
 
     def finish(self) -> None:
         """After the generation: a "heuristic" schedule's draft length is kept by the assistant for its next call."""

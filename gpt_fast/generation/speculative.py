@@ -66,8 +66,8 @@ def next_draft_length(length: int, kept: int, drafted: int, most: int | None) ->
     return max(1, length - 1)
 
 
-MAX_PAUSE = 16  # the most rounds drafting pauses for after one-token drafts keep failing
-MISSES_BEFORE_PAUSE = 4  # one-token drafts rejected in a row before drafting pauses
+MAX_PAUSE = 16  # the most rounds drafting pauses for after drafts keep failing
+MISSES_BEFORE_PAUSE = 4  # drafts of the shortest length rejected in a row before drafting pauses
 
 
 class DraftPauses:
@@ -81,7 +81,7 @@ class DraftPauses:
     def __init__(self):
         self.paused = 0  # rounds left without drafting
         self.pause = 0  # the length of the last pause (0: none since a draft was kept)
-        self.misses = 0  # one-token drafts rejected in a row
+        self.misses = 0  # drafts of the shortest length rejected in a row
 
     def skip(self) -> bool:
         """True when this round drafts nothing (one round of a pause spent)."""

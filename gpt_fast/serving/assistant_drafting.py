@@ -32,7 +32,7 @@ import torch
 from gpt_fast.generation.assistant import assistant_settings
 from gpt_fast.generation.decoder import IncrementalDecoder, decode_plan
 from gpt_fast.generation.replayed_step import ReplayedExtend, ReplayedStep
-from gpt_fast.generation.speculative import DraftPauses, next_draft_length
+from gpt_fast.generation.speculative import DraftPauses
 from gpt_fast.serving.prefill import prefill_chunk
 from gpt_fast.serving.slots import SlotCache
 
@@ -148,8 +148,6 @@ class AssistantDrafting:
                 continue
             if draft:
                 row.cached = row.base + min(count, row.fed)
-                row.pauses.update(count, len(draft), shrinks=self.settings.schedule != "constant")
-                if self.settings.schedule != "constant":
-                    row.length = next_draft_length(row.length, count, len(draft), None)
+                row.length = self.settings.after_round(row.length, row.pauses, count, len(draft))
             lengths[slot] = row.cached
         self.slots.lengths[:hi].copy_(torch.tensor(lengths))

@@ -8,6 +8,8 @@ from __future__ import annotations
 import copy
 import json
 import math
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +18,9 @@ import torch
 from gpt_fast import OpenAIGPTConfig, OpenAIGPTLMHeadModel, OpenAIGPTTokenizerFast, perplexity
 from gpt_fast.cli import main
 from gpt_fast.evaluation import windows
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import bench_perplexity  # noqa: E402  (transformers' guide loop, which the benchmark times)
 
 VOCAB, POSITIONS = 61, 16
 
@@ -75,30 +80,16 @@ def test_windows_score_every_token_once_when_they_overlap():
 
 
 def test_equals_transformers_guide_loop_on_the_same_weights(model):
-    """transformers' "Perplexity of fixed-length models" loop (disjoint windows, where its token count is exact),
-    on transformers' own OpenAIGPTLMHeadModel with these weights."""
+    """transformers' "Perplexity of fixed-length models" loop (the benchmark's copy of it; disjoint windows, where its
+    token count is exact), on transformers' own OpenAIGPTLMHeadModel with these weights."""
     transformers = pytest.importorskip("transformers")
     theirs = transformers.OpenAIGPTLMHeadModel(transformers.OpenAIGPTConfig(**model.config.to_dict())).eval()
     theirs.load_state_dict(model.state_dict(), strict=False)
-    tokens = stream(200, seed=3)[None]  # (1, N)
-    nll_sum, n_tokens, prev_end = 0.0, 0, 0
-    for begin in range(0, tokens.size(1), POSITIONS):
-        end = min(begin + POSITIONS, tokens.size(1))
-        target_len = end - prev_end
-        input_ids = tokens[:, begin:end]
-        target_ids = input_ids.clone()
-        target_ids[:, :-target_len] = -100
-        with torch.no_grad():
-            loss = theirs(input_ids, labels=target_ids).loss
-        loss_tokens = int((target_ids != -100).sum()) - target_ids.size(0)
-        nll_sum += float(loss) * loss_tokens
-        n_tokens += loss_tokens
-        prev_end = end
-        if end == tokens.size(1):
-            break
-    ours = perplexity(model, tokens[0])
-    assert ours.tokens == n_tokens
-    assert ours.perplexity == pytest.approx(math.exp(nll_sum / n_tokens), rel=1e-5)
+    tokens = stream(200, seed=3)
+    expected, counted = bench_perplexity.transformers_loop(theirs, tokens, POSITIONS, POSITIONS)
+    ours = perplexity(model, tokens)
+    assert ours.tokens == counted
+    assert ours.perplexity == pytest.approx(expected, rel=1e-5)
 
 
 def test_bfloat16_within_a_multiple_of_pytorchs_own_error(model):

@@ -3,7 +3,7 @@ in one run: tokens/s and peak memory, fp32 and bf16 autocast, gpt_fast's fused L
 checkpointing on and off (transformers' OpenAIGPT does not support it: supports_gradient_checkpointing is False),
 and with checkpointing the optimizer step inside backward (gpt_fast/training/optimizer_in_backward.py).
 
-    python benchmarks/bench_train_step.py [--threads 2] [--rounds 3] [--out benchmarks/results/bench_train_step.json]
+    python benchmarks/bench_train_step.py [--threads 2] [--rounds 3] [--own-process 3] [--out results/....json]
     python benchmarks/bench_train_step.py --quick    # a small model: the smoke test tests/test_bench_train_step.py
 
 Both models are GPT-1's config (dropout 0.1 as configured) in train mode, float32 weights, fused AdamW (lr 1e-4);
@@ -12,6 +12,12 @@ one step each per round (wall clock, after a warm-up step); the median and best 
 configuration in a fresh child process, one warm-up step (so AdamW's moments exist), gradients freed, the peak-RSS
 counter reset (/proc/self/clear_refs), one step: the peak RSS growth over the RSS before it (activations,
 gradients, temporaries; the weights and AdamW moments, equal for both, are not in it), and the absolute peak RSS.
+
+In one process the models share glibc's heap: what one configuration frees another reuses, so each pays a different
+share of the page faults of its large temporaries than it would alone (on a Zen 4 VM, 2026-12-07, transformers' bf16
+step took 4.5-5.2 s beside gpt_fast's model and 3.1-3.3 s alone, gpt_fast's 2.5-2.7 s either way). `--own-process N`
+also times N steps of each configuration in its child, after its memory step, the children one at a time: the step
+a user training one model per process gets (the "own process" columns).
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import os
 import statistics
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -98,8 +105,9 @@ def make_step(model, optimizer, config: dict, shape: dict):
     return step
 
 
-def measure_memory(config: dict, shape: dict) -> dict:
-    """In this (fresh) process: the step's peak RSS growth and the absolute peak, in bytes."""
+def measure_in_process(config: dict, shape: dict, timed_steps: int) -> dict:
+    """In this (fresh) process: the step's peak RSS growth and the absolute peak, in bytes; then the wall time of
+    timed_steps further steps (seconds), the configuration alone in its process."""
     model, optimizer = build(config["impl"], shape)
     step = make_step(model, optimizer, config, shape)
     step()  # AdamW's moments made; gradients freed
@@ -108,11 +116,17 @@ def measure_memory(config: dict, shape: dict) -> dict:
     reset_peak_rss()  # VmHWM := VmRSS
     before = status_bytes("VmRSS")
     step()
-    return {"growth": status_bytes("VmHWM") - before, "peak": status_bytes("VmHWM")}
+    found = {"growth": status_bytes("VmHWM") - before, "peak": status_bytes("VmHWM"), "seconds": []}
+    for _ in range(timed_steps):
+        start = time.perf_counter()
+        step()
+        found["seconds"].append(time.perf_counter() - start)
+    return found
 
 
-def memory_in_child(config: dict, args) -> dict:
-    command = [sys.executable, __file__, "--memory-of", json.dumps(config), "--threads", str(args.threads)]
+def measure_in_child(config: dict, args) -> dict:
+    command = [sys.executable, __file__, "--measure", json.dumps(config), "--threads", str(args.threads),
+               "--own-process", str(args.own_process)]
     done = subprocess.run(command + (["--quick"] if args.quick else []), check=True, capture_output=True, text=True,
                           cwd=HERE, timeout=args.child_timeout)
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -133,19 +147,25 @@ def run(args) -> dict:
     load_before = os.getloadavg()
     seconds = time_alternating(steps, repeats=args.rounds, warmup=1)
     load_after = os.getloadavg()
-    # The children only measure memory (each its own peak RSS), so two run at a time: no timing is affected.
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        memory = dict(zip(map(name, configs), pool.map(lambda c: memory_in_child(c, args), configs)))
+    # Children that only measure memory (each its own peak RSS) run two at a time: no timing is affected. Timed
+    # ones run alone.
+    with ThreadPoolExecutor(max_workers=1 if args.own_process else 2) as pool:
+        children = dict(zip(map(name, configs), pool.map(lambda c: measure_in_child(c, args), configs)))
     tokens = shape["batch"] * shape["seq_len"]
     rows = []
     for c in configs:
         baseline = name(dict(c, impl=TRANSFORMERS, fused=False, checkpointing=False, in_backward=False))
         median, base_median = statistics.median(seconds[name(c)]), statistics.median(seconds[baseline])
+        own, base_own = children[name(c)], children[baseline]
         rows.append(dict(c, name=name(c), seconds=seconds[name(c)], median_s=median, best_s=min(seconds[name(c)]),
                          tokens_per_s=tokens / median, speed_vs_transformers=base_median / median,
                          best_speed_vs_transformers=min(seconds[baseline]) / min(seconds[name(c)]),
-                         step_growth_bytes=memory[name(c)]["growth"], peak_rss_bytes=memory[name(c)]["peak"],
-                         memory_vs_transformers=ratio(memory[name(c)]["growth"], memory[baseline]["growth"])))
+                         step_growth_bytes=own["growth"], peak_rss_bytes=own["peak"],
+                         memory_vs_transformers=ratio(own["growth"], base_own["growth"])))
+        if args.own_process:
+            own_median = statistics.median(own["seconds"])
+            rows[-1].update(own_process_seconds=own["seconds"], own_process_tokens_per_s=tokens / own_median,
+                            own_process_speed_vs_transformers=statistics.median(base_own["seconds"]) / own_median)
     return {"machine": machine_description(), "threads": args.threads, "quick": args.quick,
             "shape": shape, "tokens_per_step": tokens, "rounds": args.rounds,
             "loadavg_before": load_before, "loadavg_after": load_after,
@@ -153,19 +173,25 @@ def run(args) -> dict:
             "memory": "peak RSS growth over one step in a fresh process per configuration (after a warm-up step), "
                       "with glibc's default allocator settings",
             "time": "wall clock, configurations alternating, one step per round after one warm-up step",
+            "own_process_steps": args.own_process,
             "results": rows}
 
 
 def table(report: dict) -> str:
+    own = report.get("own_process_steps", 0)
     lines = [f"{report['machine']}; B={report['shape']['batch']} T={report['shape']['seq_len']}; "
              f"load {report['loadavg_before'][0]:.1f} -> {report['loadavg_after'][0]:.1f}; timed with freed memory "
-             f"{'kept' if report['freed_memory'] == 'kept' else 'returned (glibc default)'}",
+             f"{'kept' if report['freed_memory'] == 'kept' else 'returned (glibc default)'}"
+             + (f"; own process: {own} steps each, median" if own else ""),
              "| configuration | tokens/s (median) | speed vs transformers (median, best) | step memory MiB | "
-             "memory vs transformers |", "| --- | --- | --- | --- | --- |"]
+             "memory vs transformers |" + (" own process: tokens/s | own process: vs transformers |" if own else ""),
+             "| --- | --- | --- | --- | --- |" + (" --- | --- |" if own else "")]
     for r in report["results"]:
         lines.append(f"| {r['name']} | {r['tokens_per_s']:.0f} | {r['speed_vs_transformers']:.2f}x, "
                      f"{r['best_speed_vs_transformers']:.2f}x | {r['step_growth_bytes'] / 2**20:.0f} | "
-                     f"{format_ratio(r['memory_vs_transformers'])} |")
+                     f"{format_ratio(r['memory_vs_transformers'])} |"
+                     + (f" {r['own_process_tokens_per_s']:.0f} | {r['own_process_speed_vs_transformers']:.2f}x |"
+                        if own else ""))
     return "\n".join(lines)
 
 
@@ -184,13 +210,19 @@ def main() -> None:
     parser.add_argument("--keep-freed-memory", action="store_true",
                         help="time both models with glibc keeping freed memory mapped (gpt_fast/training/"
                              "allocator.py; as gpt-fast train does); memory is measured with the defaults")
-    parser.add_argument("--memory-of", help=argparse.SUPPRESS)  # the child's job: one configuration, as JSON
+    parser.add_argument("--own-process", type=int, default=0, metavar="N",
+                        help="also time N steps of each configuration alone in its own process (after its memory "
+                             "step; one child at a time)")
+    parser.add_argument("--measure", help=argparse.SUPPRESS)  # the child's job: one configuration, as JSON
     args = parser.parse_args()
     if args.threads < 1 or args.rounds < 1:
         parser.error("--threads and --rounds must be positive")
+    if args.own_process < 0:
+        parser.error("--own-process must be 0 or more")
     torch.set_num_threads(args.threads)
-    if args.memory_of:
-        print(json.dumps(measure_memory(json.loads(args.memory_of), QUICK if args.quick else FULL)))
+    if args.measure:
+        print(json.dumps(measure_in_process(json.loads(args.measure), QUICK if args.quick else FULL,
+                                            args.own_process)))
         return
     report = run(args)
     out = args.out or HERE / "results" / f"bench_train_step{'_quick' if args.quick else ''}.json"

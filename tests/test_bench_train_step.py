@@ -1,5 +1,6 @@
 """benchmarks/bench_train_step.py --quick end to end (a small model, one round): every configuration timed and
-measured in its own child process, ratios against transformers' model in the JSON. No figure is judged."""
+measured in its own child process (and timed there too, --own-process), ratios against transformers' model in the
+JSON. No figure is judged."""
 
 import json
 import sys
@@ -17,7 +18,7 @@ def test_quick_run_writes_every_configuration(tmp_path):
     pytest.importorskip("transformers")
     out = tmp_path / "report.json"
     done = run_process_group([sys.executable, str(BENCH), "--quick", "--rounds", "1", "--threads", "1", "--out",
-                              str(out), "--keep-freed-memory"], timeout=600, cwd=ROOT)
+                              str(out), "--keep-freed-memory", "--own-process", "2"], timeout=600, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(out.read_text())
     names = [r["name"] for r in report["results"]]
@@ -27,10 +28,12 @@ def test_quick_run_writes_every_configuration(tmp_path):
     for r in report["results"]:
         # The quick model is so small that a step can run entirely in memory freed by the step before: growth 0.
         assert r["tokens_per_s"] > 0 and r["step_growth_bytes"] >= 0 and r["peak_rss_bytes"] > r["step_growth_bytes"]
+        assert len(r["own_process_seconds"]) == 2 and r["own_process_tokens_per_s"] > 0
         if r["impl"] == "transformers":
-            assert r["speed_vs_transformers"] == 1.0
+            assert r["speed_vs_transformers"] == 1.0 and r["own_process_speed_vs_transformers"] == 1.0
             assert r["memory_vs_transformers"] == (1.0 if r["step_growth_bytes"] > 0 else None)
-    assert len(report["loadavg_before"]) == 3 and report["quick"] is True
+    assert len(report["loadavg_before"]) == 3 and report["quick"] is True and report["own_process_steps"] == 2
+    assert "own process: vs transformers |" in done.stdout
     assert report["freed_memory"] == ("kept" if allocator._glibc() is not None else "glibc's default")
     assert "timed with freed memory kept" in done.stdout or allocator._glibc() is None
     assert "| gpt_fast fused loss, bf16, checkpointing |" in done.stdout
@@ -41,6 +44,9 @@ def test_bad_arguments_are_refused(tmp_path):
     done = run_process_group([sys.executable, str(BENCH), "--quick", "--rounds", "0", "--out",
                               str(tmp_path / "x.json")], timeout=120, cwd=ROOT)
     assert done.returncode == 2 and "--threads and --rounds must be positive" in done.stderr
+    done = run_process_group([sys.executable, str(BENCH), "--quick", "--own-process", "-1", "--out",
+                              str(tmp_path / "x.json")], timeout=120, cwd=ROOT)
+    assert done.returncode == 2 and "--own-process must be 0 or more" in done.stderr
     assert not (tmp_path / "x.json").exists()
 
 

@@ -18,3 +18,11 @@ def test_tiny_run_has_a_row_per_case(capsys):
     assert [row[:2] for row in rows] == [["shared prefix", "plain"], ["shared prefix", "prefix cache"],
                                          ["nothing shared", "plain"], ["nothing shared", "prefix cache"]]
 
+
+
+def test_tiny_run_with_an_assistant(capsys):
+    bench_serve_prefix_cache.main(["--tiny", "--dtype", "float32", "--prefix", "40", "--suffix", "8", "--requests",
+                                   "3", "--repeats", "1", "--assistant", "2x32"])
+    out = capsys.readouterr().out
+    assert "a 2 x 32 assistant" in out and "time to the last token ms (best round)" in out
+    assert out.count("| prefix cache ") == 2 and out.count("| model's prefix cache only ") == 2

@@ -22,7 +22,7 @@ from serve_helpers import (
 )
 
 from gpt_fast import OpenAIGPTConfig, OpenAIGPTLMHeadModel
-from gpt_fast.serving import Engine, SamplingParams
+from gpt_fast.serving import Engine, SamplingParams, assistant_drafting
 from gpt_fast.serving.assistant_drafting import AssistantDrafting
 from gpt_fast.serving.observer import EngineObserver
 
@@ -135,6 +135,47 @@ def test_mixed_traffic_through_few_slots_is_the_plain_engines(model_and_tokenize
     for tokens, draft in recorded_drafts:
         assert draft == reference_greedy(assistant, tokens, len(draft))
     assert engine.slots.in_use() == 0 and engine.slots.lengths.tolist() == [0, 0, 0]
+
+
+def test_the_assistant_keeps_a_prefix_cache_of_its_own(model_and_tokenizer, make_engine, assistants, recorded_drafts,
+                                                       monkeypatch):
+    """With prefix_cache_size, the assistant's first catch-up of a prompt that starts like an earlier prompt, or like
+    an earlier sequence's whole text (a chat's next turn; that sequence finished in a plain step, its last token
+    drafted by no one), prefills only what follows the shared part; the tokens stay generate()'s and every draft
+    the assistant's greedy continuation."""
+    model, tokenizer = model_and_tokenizer
+    assistant = assistants["twin"]
+    catch_ups = []  # (start, tokens) of the assistant's prefills
+    real = assistant_drafting.prefill_chunk
+
+    def spy(prefilling, plan, slots, slot, ids, start, **kwargs):
+        if prefilling is assistant:
+            catch_ups.append((start, ids.numel()))
+        return real(prefilling, plan, slots, slot, ids, start, **kwargs)
+
+    monkeypatch.setattr(assistant_drafting, "prefill_chunk", spy)
+    shared = tokenizer(REPEATING)["input_ids"]  # 18 tokens: prefix_cache.MIN_TOKENS and more
+    first, second = shared + tokenizer("once upon a time")["input_ids"], shared + tokenizer("a b c")["input_ids"]
+    engine = make_engine(max_batch=1, prefix_cache_size=4, assistant_model=assistant, num_assistant_tokens=4,
+                         assistant_confidence_threshold=0.0)
+    params = SamplingParams(max_tokens=10, temperature=0)
+
+    def first_catch_up(prompt):  # the prompt's tokens (generate()'s), and its first catch-up; the catch-up covers
+        catch_ups.clear()        # the prompt and the prefill's token but the last one fed
+        out = collect(engine, prompt, params)[0]
+        assert out["tokens"] == reference_greedy(model, prompt, 10)
+        start, count = catch_ups[0]
+        assert start + count == len(prompt)
+        return out["tokens"], start
+
+    tokens, start = first_catch_up(first)
+    assert start == 0
+    assert first_catch_up(second)[1] == len(shared)
+    turn = first + tokens + tokenizer("the end")["input_ids"]  # the next turn: the first sequence's text and more
+    assert len(first) < first_catch_up(turn)[1] < len(first) + 10
+    assert len(recorded_drafts) >= 6
+    for text, draft in recorded_drafts:
+        assert draft == reference_greedy(assistant, text, len(draft))
 
 
 def test_a_draft_ends_at_a_stop_token_and_below_the_confidence_threshold(model_and_tokenizer, make_engine,

@@ -14,7 +14,10 @@ A round, over the slot rows [0, hi):
    its request has left), a stop token of its request, or a draft whose probability under the assistant is below
    assistant_confidence_threshold (0 drafts the full length).
 After the model's verification each row's assistant length is set to the tokens it has seen that the model kept, so
-the drafts past the first rejected one are forgotten and nothing is recomputed. While a sequence's drafts keep
+the drafts past the first rejected one are forgotten and nothing is recomputed. With the engine's prefix cache on
+(prefix_cache_size), the assistant keeps one of its own (prefix_cache.py, the same size): a first catch-up starts
+after the longest prefix an earlier sequence left there, its prefilled text is stored, and so is a finished
+sequence's text (a chat's next turn repeats it). While a sequence's drafts keep
 failing it pauses drafting (speculative.DraftPauses, as generate's drafters do), and catches up when it resumes. A
 decoding row that does not draft this round keeps its assistant length; rows of no decoding sequence (prefilling or
 free) are set to 0, so that the round's writes for them stay inside the cache, and a sequence catches up from its
@@ -34,6 +37,7 @@ from gpt_fast.generation.decoder import IncrementalDecoder, decode_plan
 from gpt_fast.generation.replayed_step import ReplayedExtend, ReplayedStep
 from gpt_fast.generation.speculative import DraftPauses
 from gpt_fast.serving.prefill import prefill_chunk
+from gpt_fast.serving.prefix_cache import PrefixCache
 from gpt_fast.serving.slots import SlotCache
 
 
@@ -51,7 +55,7 @@ class AssistantRow:
 
 class AssistantDrafting:
     def __init__(self, model, assistant, max_batch: int, num_tokens: int | None = None,
-                 confidence_threshold: float | None = None, schedule: str | None = None):
+                 confidence_threshold: float | None = None, schedule: str | None = None, prefix_cache_size: int = 0):
         given = {"assistant_model": assistant, "num_assistant_tokens": num_tokens,
                  "num_assistant_tokens_schedule": schedule, "assistant_confidence_threshold": confidence_threshold}
         self.settings = assistant_settings(model, given.get, 0)  # generate()'s checks and defaults
@@ -62,6 +66,7 @@ class AssistantDrafting:
         device = next(assistant.parameters()).device
         self.plan = decode_plan(assistant, device)
         self.slots = SlotCache(assistant.config, max_batch, assistant.dtype, device)
+        self.prefix_cache = PrefixCache(self.slots, prefix_cache_size) if prefix_cache_size else None
         self.steps: dict[int, ReplayedStep] = {}  # hi -> the assistant's step over its rows [0, hi)
         self.extends: dict[int, ReplayedExtend] = {}
 
@@ -81,11 +86,15 @@ class AssistantDrafting:
             if limits[slot] < 1:  # paused, or one token left (the sequence ends at its next token)
                 continue
             tokens = sequence.prompt + sequence.output
+            if row.cached == 0 and self.prefix_cache is not None:  # its first catch-up: any prefix kept earlier
+                row.cached = self.prefix_cache.restore(slot, tokens)  # at most len(tokens) - 1; 0: none
             new = tokens[row.cached:]
             if len(new) > 2:
                 prefill_chunk(self.assistant, self.plan, self.slots, slot,
                               torch.tensor(new[:-1], device=self.slots.lengths.device), row.cached, all_rows=False)
                 row.cached, new = len(tokens) - 1, new[-1:]
+                if self.prefix_cache is not None:
+                    self.prefix_cache.store(slot, tokens[:row.cached])
             starts[slot], unseen[slot] = row.cached, new
             row.base = len(tokens)
         if not any(limits):  # no pass: every row's assistant length stays
@@ -151,3 +160,10 @@ class AssistantDrafting:
                 row.length = self.settings.after_round(row.length, row.pauses, count, len(draft))
             lengths[slot] = row.cached
         self.slots.lengths[:hi].copy_(torch.tensor(lengths))
+
+    def finished(self, sequence) -> None:
+        """A sequence ends (its slot not yet released): with a prefix cache, the text its assistant row holds is kept
+        for a later sequence that starts with it."""
+        row = sequence.drafter
+        if self.prefix_cache is not None and isinstance(row, AssistantRow):
+            self.prefix_cache.store(sequence.slot, (sequence.prompt + sequence.output)[:row.cached])

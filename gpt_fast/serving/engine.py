@@ -85,7 +85,8 @@ class Engine:
         # prompt lookup or assisted decoding: decode steps that verify the rows' drafts (speculation.py), or None
         self.speculation = speculation_for(model, self.plan, self.slots, prompt_lookup_num_tokens,
                                            max_matching_ngram_size, assistant_model, num_assistant_tokens,
-                                           assistant_confidence_threshold, num_assistant_tokens_schedule)
+                                           assistant_confidence_threshold, num_assistant_tokens_schedule,
+                                           prefix_cache_size)
         # prompts' keys and values kept for later prompts that start alike (prefix_cache.py), or None
         self.prefix_cache = PrefixCache(self.slots, prefix_cache_size) if prefix_cache_size else None
         # hi -> the decode step over the slot rows [0, hi), replayed from its recorded operators (replayed_step.py)
@@ -388,6 +389,8 @@ class Engine:
         if reason is not None:
             if self.prefix_cache is not None:  # its whole text so far, for a next turn that repeats it
                 self.prefix_cache.store(sequence.slot, sequence.prompt + sequence.output[:-1])
+            if self.speculation is not None:
+                self.speculation.finished(sequence)
             self.release(sequence)  # before the sink hears of the end, so the slot is free by then
         self.send(sequence, output)
         if reason is not None:

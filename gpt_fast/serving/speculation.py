@@ -60,10 +60,15 @@ class PromptLookupDrafting:
             if draft:
                 sequence.drafter.update(sequence.prompt + sequence.output, count, len(draft))
 
+    def finished(self, sequence) -> None:
+        """Nothing to keep: prompt lookup holds no cache."""
+
 
 def speculation_for(model, plan, slots: SlotCache, lookup: int | None, ngram: int, assistant,
-                    assistant_tokens: int | None, confidence: float | None, schedule: str | None) -> Speculation | None:
-    """The engine's speculation: prompt lookup (lookup drafts a round), an assistant model, or None."""
+                    assistant_tokens: int | None, confidence: float | None, schedule: str | None,
+                    prefix_cache_size: int = 0) -> Speculation | None:
+    """The engine's speculation: prompt lookup (lookup drafts a round), an assistant model (with a prefix cache of
+    prefix_cache_size entries, as the engine's), or None."""
     if assistant is None:
         if (assistant_tokens, confidence, schedule) != (None, None, None):
             raise ValueError("num_assistant_tokens, assistant_confidence_threshold and num_assistant_tokens_schedule "
@@ -71,15 +76,17 @@ def speculation_for(model, plan, slots: SlotCache, lookup: int | None, ngram: in
         return None if lookup is None else Speculation(model, plan, slots, PromptLookupDrafting(lookup, ngram))
     if lookup is not None:
         raise ValueError("pass prompt_lookup_num_tokens or assistant_model, not both: a round has one drafter")
-    drafting = AssistantDrafting(model, assistant, slots.max_batch, assistant_tokens, confidence, schedule)
+    drafting = AssistantDrafting(model, assistant, slots.max_batch, assistant_tokens, confidence, schedule,
+                                 prefix_cache_size)
     return Speculation(model, plan, slots, drafting)
 
 
 class Speculation:
     """The verification rounds; `drafting` (PromptLookupDrafting or AssistantDrafting) proposes the drafts:
-    drafts(sequences, limit) -> a list of at most `limit` tokens per sequence, and update(sequences, slots, drafts,
+    drafts(sequences, limit) -> a list of at most `limit` tokens per sequence, update(sequences, slots, drafts,
     kept) hears each row's outcome once its tokens are emitted (a row whose sequence.slot is no longer its slot
-    has finished)."""
+    has finished), and finished(sequence) hears of a sequence's end, in a round or not, before its slot is
+    released."""
 
     def __init__(self, model, plan, slots: SlotCache, drafting):
         self.model, self.plan, self.slots = model, plan, slots
@@ -113,6 +120,10 @@ class Speculation:
         lengths.copy_(torch.tensor(final))
         self.drafting.update(sequences, slots, drafts, kept)
         return sum(map(len, drafts)), sum(kept)
+
+    def finished(self, sequence) -> None:
+        """A sequence ends, before its slot is released (the engine's emit)."""
+        self.drafting.finished(sequence)
 
     @staticmethod
     def choose(sequences, slots, drafts, logits, select, emit) -> list[int]:

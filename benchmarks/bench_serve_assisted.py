@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from bench_assisted import RECIPE, passages
 from bench_serve_speculation import DraftCounts, serve
-from engine_client import DTYPES, apply_threads, random_model
+from engine_client import DTYPES, apply_threads, random_assistant, random_model
 from timing import format_table, machine_description
 
 from gpt_fast import OpenAIGPTLMHeadModel, OpenAIGPTTokenizer
@@ -140,8 +140,7 @@ def main(argv: list[str] | None = None) -> None:
     apply_threads(args)
     if args.tiny or args.gpt1_bounds:
         model = random_model(DTYPES[args.dtype], tiny=args.tiny)
-        config = model.config.__class__(n_layer=1 if args.tiny else 2, n_embd=32 if args.tiny else 128, n_head=2)
-        assistant = OpenAIGPTLMHeadModel(config).to(model.dtype)
+        assistant = random_assistant(model.dtype, 1 if args.tiny else 2, 32 if args.tiny else 128, 2)
         prompts = torch.randint(0, model.config.vocab_size, (args.num_prompts, 32),
                                 generator=torch.Generator().manual_seed(0)).tolist()
         what = "random weights, random prompts"

@@ -26,15 +26,14 @@ import statistics
 import time
 
 import torch
-from engine_client import DTYPES, add_common_arguments, apply_threads, random_model, with_client
+from engine_client import DTYPES, add_common_arguments, apply_threads, random_assistant, random_model, with_client
 from timing import format_table, machine_description
 
-from gpt_fast import OpenAIGPTConfig, OpenAIGPTLMHeadModel
 from gpt_fast.ops import cpu_isa
 from gpt_fast.serving import Engine, SamplingParams
 
 
-def first_tokens(engine: Engine, prompts: list[list[int]], max_tokens: int = 1) -> tuple[list[int], list[float]]:
+def timed_requests(engine: Engine, prompts: list[list[int]], max_tokens: int = 1) -> tuple[list[int], list[float]]:
     """One request at a time through the engine -> (every request's tokens, each one's time to its last token in s:
     its TTFT with max_tokens 1)."""
 
@@ -59,10 +58,8 @@ def run(dtype: torch.dtype, prefix: int, suffix: int, requests: int, repeats: in
     model = random_model(dtype, tiny)
     drafting, max_tokens = {}, 1
     if assistant:
-        torch.manual_seed(1)
         layers, width = assistant
-        small = OpenAIGPTLMHeadModel(OpenAIGPTConfig(n_layer=layers, n_embd=width, n_head=max(1, width // 64)))
-        small = small.to(dtype).eval()
+        small = random_assistant(dtype, layers, width, max(1, width // 64), seed=1)
         drafting = dict(assistant_model=small, num_assistant_tokens=2, assistant_confidence_threshold=0.0)
         max_tokens = 4
     generator = torch.Generator().manual_seed(0)
@@ -76,7 +73,7 @@ def run(dtype: torch.dtype, prefix: int, suffix: int, requests: int, repeats: in
     if assistant:  # the engine's prefix cache alone, the assistant prefilling every prompt whole (as before it had one)
         engines["model's prefix cache only"] = Engine(model, None, max_batch=1, prefix_cache_size=requests, **drafting)
         engines["model's prefix cache only"].speculation.drafting.prefix_cache = None
-    expected = {text: first_tokens(engines["plain"], prompts, max_tokens)[0]  # warm-up too
+    expected = {text: timed_requests(engines["plain"], prompts, max_tokens)[0]  # warm-up too
                 for text, prompts in texts.items()}
     medians = {(text, name): [] for text in texts for name in engines}
     for _ in range(repeats):
@@ -85,9 +82,9 @@ def run(dtype: torch.dtype, prefix: int, suffix: int, requests: int, repeats: in
                 for cache in (engine.prefix_cache, engine.speculation and engine.speculation.drafting.prefix_cache):
                     if cache:
                         cache.entries.clear()  # each round starts cold: its first request fills it
-                tokens, times = first_tokens(engine, prompts, max_tokens)
+                tokens, times = timed_requests(engine, prompts, max_tokens)
                 if tokens != expected[text]:
-                    raise AssertionError(f"{name}, {text}: first tokens differ from the plain engine's")
+                    raise AssertionError(f"{name}, {text}: tokens differ from the plain engine's")
                 medians[(text, name)].append(statistics.median(times[1:]))
     rows = []
     for (text, name), samples in medians.items():

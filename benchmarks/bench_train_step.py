@@ -156,16 +156,16 @@ def run(args) -> dict:
     for c in configs:
         baseline = name(dict(c, impl=TRANSFORMERS, fused=False, checkpointing=False, in_backward=False))
         median, base_median = statistics.median(seconds[name(c)]), statistics.median(seconds[baseline])
-        own, base_own = children[name(c)], children[baseline]
+        child, base_child = children[name(c)], children[baseline]  # each one's own process
         rows.append(dict(c, name=name(c), seconds=seconds[name(c)], median_s=median, best_s=min(seconds[name(c)]),
                          tokens_per_s=tokens / median, speed_vs_transformers=base_median / median,
                          best_speed_vs_transformers=min(seconds[baseline]) / min(seconds[name(c)]),
-                         step_growth_bytes=own["growth"], peak_rss_bytes=own["peak"],
-                         memory_vs_transformers=ratio(own["growth"], base_own["growth"])))
+                         step_growth_bytes=child["growth"], peak_rss_bytes=child["peak"],
+                         memory_vs_transformers=ratio(child["growth"], base_child["growth"])))
         if args.own_process:
-            own_median = statistics.median(own["seconds"])
-            rows[-1].update(own_process_seconds=own["seconds"], own_process_tokens_per_s=tokens / own_median,
-                            own_process_speed_vs_transformers=statistics.median(base_own["seconds"]) / own_median)
+            child_median = statistics.median(child["seconds"])
+            rows[-1].update(own_process_seconds=child["seconds"], own_process_tokens_per_s=tokens / child_median,
+                            own_process_speed_vs_transformers=statistics.median(base_child["seconds"]) / child_median)
     return {"machine": machine_description(), "threads": args.threads, "quick": args.quick,
             "shape": shape, "tokens_per_step": tokens, "rounds": args.rounds,
             "loadavg_before": load_before, "loadavg_after": load_after,

@@ -1,6 +1,6 @@
-"""What the serving-engine benchmarks (bench_serve_speculation.py, bench_serve_prefix_cache.py) share: the random
-model they serve and running an engine's loop on the main thread, as `gpt-fast serve` does (gpt_fast/serving/engine.py
-says why), while a client on another thread sends the requests."""
+"""What the serving-engine benchmarks (bench_serve_speculation.py, bench_serve_prefix_cache.py, bench_serve_assisted.py
+and more) share: the random models they serve and running an engine's loop on the main thread, as `gpt-fast serve` does
+(gpt_fast/serving/engine.py says why), while a client on another thread sends the requests."""
 
 from __future__ import annotations
 
@@ -20,6 +20,14 @@ def random_model(dtype: torch.dtype, tiny: bool) -> OpenAIGPTLMHeadModel:
     torch.manual_seed(0)
     shape = {"n_layer": 2, "n_embd": 64, "n_head": 2} if tiny else {}
     return OpenAIGPTLMHeadModel(OpenAIGPTConfig(**shape)).to(dtype).eval()
+
+
+def random_assistant(dtype: torch.dtype, n_layer: int, n_embd: int, n_head: int, seed: int | None = None):
+    """A small model with GPT-1's vocabulary and positions, random weights (seeded when seed is given), to serve as
+    an assistant model beside random_model's."""
+    if seed is not None:
+        torch.manual_seed(seed)
+    return OpenAIGPTLMHeadModel(OpenAIGPTConfig(n_layer=n_layer, n_embd=n_embd, n_head=n_head)).to(dtype).eval()
 
 
 def with_client(engine: Engine, client) -> dict:

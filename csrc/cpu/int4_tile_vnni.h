@@ -14,6 +14,7 @@
 // Exact in int32 per group (|sum| <= 15 * 127 * G + 8 * 127 * G: the walk takes this tile for G <= kMaxVnniGroup);
 // the sum starts at -8 sum_g xq so that it is sum (q - 8) xq, the centring of the weight-only tiles, and the group
 // adds scale * xscale * sum + (zero + 8 scale) * xsum in fp32 (xsum: sum of the rounded x, as the other tiers).
+// Each stream is prefetched 8 KiB ahead, except at 1-4 rows on AMD CPUs (vnni_hardware_prefetch_only).
 #pragma once
 #include <cstring>
 
@@ -46,7 +47,7 @@ alignas(64) inline constexpr uint8_t kNibbleOffsets[64] = {
 template <typename T, int MR, int NB>
 GPT_FAST_AVX512_VNNI_VBMI void int4_tile_vnni(const QuantArgs<T>& a, const int64_t* blocks, int64_t m0) {
   const int64_t K = a.K, G = a.G, groups = K / G, group_bytes = quant::group_bytes4(G);
-  const int64_t ahead = kPrefetchFar;
+  const int64_t ahead = MR <= 4 && vnni_hardware_prefetch_only() ? 0 : kPrefetchFar;  // 0: no software prefetch
   const uint8_t* wbs[NB];  // (K / G, 8 G + 64) bytes each
   for (int j = 0; j < NB; ++j) wbs[j] = a.w + blocks[j] * a.block_bytes;
   const int8_t* xq = a.xq + m0 * K;             // (MR, K)
@@ -65,14 +66,14 @@ GPT_FAST_AVX512_VNNI_VBMI void int4_tile_vnni(const QuantArgs<T>& a, const int64
       for (int j = 0; j < NB; ++j) acc[j][m] = start;
     }
     const int8_t* xg = xq + g * G;
-    for (int j = 0; j < NB; ++j)  // the group's tail (scales, zeros): the line the row prefetches below skip
+    for (int j = 0; j < NB && ahead; ++j)  // the group's tail (scales, zeros): the line the row prefetches skip
       _mm_prefetch(reinterpret_cast<const char*>(wbs[j] + g * group_bytes + 8 * G) + ahead, _MM_HINT_T0);
     for (int64_t p = 0; p < G / 2; p += 2) {  // rows p and p + 1: k = 2p .. 2p + 3
       int32_t x4[MR];
       for (int m = 0; m < MR; ++m) std::memcpy(&x4[m], xg + m * K + 2 * p, 4);
       for (int j = 0; j < NB; ++j) {
         const uint8_t* rows = wbs[j] + g * group_bytes + p * kBN;
-        if (p % 4 == 0) _mm_prefetch(reinterpret_cast<const char*>(rows) + ahead, _MM_HINT_T0);
+        if (ahead && p % 4 == 0) _mm_prefetch(reinterpret_cast<const char*>(rows) + ahead, _MM_HINT_T0);
         const __m512i bytes = _mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(rows)));
         const __m512i q = _mm512_and_si512(
             _mm512_multishift_epi64_epi8(offsets, _mm512_permutexvar_epi8(pair_rows, bytes)), low_nibble);

@@ -1,6 +1,7 @@
 """Decode linear layers on the CPU: linear_small_m (bf16, fp32 weights) against linear_quantized (int8, int4 with
-groups of 32 and 64, and int4 g32 with x rounded to int8: the int4-a8 scheme), at GPT-1's decode shapes (768->2304,
-768->768, 768->3072 + GELU, 3072->768, the LM head 768->40478) and M = 1, 8, 16 rows.
+groups of 32 and 64, and int8 and int4 g32 with x rounded to int8 per group of 32: the int8-a8 and int4-a8
+schemes), at GPT-1's decode shapes (768->2304, 768->768, 768->3072 + GELU, 3072->768, the LM head 768->40478) and
+M = 1, 8, 16 rows.
 
     python benchmarks/bench_linear.py                 # the best tier this CPU has
     python benchmarks/bench_linear.py --isa avx2      # the AVX2 tier (same as GPT_FAST_CPU_ISA=avx2)
@@ -46,7 +47,8 @@ from timing import format_table, machine_description
 from gpt_fast import ops
 from gpt_fast.ops import cpu_isa, reference
 
-CANDIDATES = ["bf16", "fp32", "int8", "int4 g32", "int4 g64", "int4 g32 a8"]  # a8: x rounded to int8 (int4-a8)
+# a8: x rounded to int8 per group of 32 (int4-a8, int8-a8)
+CANDIDATES = ["bf16", "fp32", "int8", "int8 a8", "int4 g32", "int4 g64", "int4 g32 a8"]
 
 
 def cycled(make, working_set_mib: int):
@@ -70,8 +72,8 @@ def candidate(name, weight, K, N, rows, gelu, working_set_mib):
         copies, nbytes = cycled(lambda: ops.pack_linear_weight(weight.to(dtype), False), working_set_mib)
         x, bias = torch.randn(rows, K, dtype=dtype), torch.randn(N, dtype=dtype)
         return (lambda: ops.linear_small_m(x, nxt(copies), N, bias, None, gelu)), nbytes
-    bits, group = (8, None) if name == "int8" else (4, int(name.split()[1][1:]))
     x_bits = 8 if name.endswith(" a8") else 0
+    bits, group = (8, 32 if x_bits else None) if name.startswith("int8") else (4, int(name.split()[1][1:]))
     q, s, z = reference.quantize_linear_weight(weight, bits, group)
     copies, nbytes = cycled(lambda: ops.pack_quantized_weight(q, s, z, bits, group), working_set_mib)
     x, bias = torch.randn(rows, K, dtype=torch.bfloat16), torch.randn(N, dtype=torch.bfloat16)

@@ -61,11 +61,13 @@ TORCH_LIBRARY(gpt_fast, m) {
   m.def("dequantize_linear_weight(Tensor qweight, Tensor scales, Tensor? zeros, int bits, int group_size, ScalarType dtype) -> Tensor");
   // x (..., K) as float32 with each group of group_size consecutive values rounded to int8 by its own scale
   // s = max |x| / 127: q = round half to even (x / s) in [-127, 127], x = q * s (an all-zero group stays 0, one with a
-  // NaN or an infinity becomes NaN): int4-a8's activations for the quantized layers' prefill GEMMs. CPU only.
+  // NaN or an infinity becomes NaN): int4-a8's and int8-a8's activations for the quantized layers' prefill GEMMs.
+  // CPU only.
   m.def("round_activations(Tensor x, int group_size) -> Tensor");
   // Few-row (decode) weight-only quantized linear: [gelu_tanh](x (..., K) @ W.T + bias) [+ residual (..., N)], W given
   // by pack_quantized_weight for (out_features, K, bits, group_size), dequantized in registers, fp32 math; returns
-  // (..., N) in x's dtype (fp32, bf16 or fp16; bias and residual in that dtype too). x_bits 8 (bits 4 only): x is
-  // first rounded to int8 per group of group_size k, each with its own scale (reference.round_activations).
+  // (..., N) in x's dtype (fp32, bf16 or fp16; bias and residual in that dtype too). x_bits 8: x is first rounded to
+  // int8 per group of group_size k, each with its own scale (reference.round_activations); with bits 8 group_size is
+  // then x's group alone (int8-a8).
   m.def("linear_quantized(Tensor x, Tensor packed, int out_features, int bits, int group_size, Tensor? bias, Tensor? residual, bool gelu, int x_bits=0) -> Tensor");
 }

@@ -213,10 +213,12 @@ _QUANTIZED = [(1, 768, 2304, 8, 0, "rows"), (1, 768, 2304, 4, 32, "rows"), (7, 6
               (2, 64, 40478, 4, 32, "rows"), (5, 768, 1, 8, 0, "t"), (511, 32, 17, 4, 32, "rows"),
               (4, 768, 48, 4, 256, "3d"), (3, 6, 33, 4, 2, "rows"), (16, 3072, 17, 8, 0, "rows"),
               (8, 96, 65, 4, 32, "t"), (2, 40, 200, 8, 0, "3d"), (3, 67, 33, 8, 0, "t")]  # K % 4: a k tail
-# x_bits=8 (int4 weights, x rounded to int8 per group): the VNNI tile at 1, 3-4 and 5-8 rows, more rows (tiles of
-# up to 8), group sizes 32, 64, 256 and 6 (G % 4 != 0: the fp32 tile on the rounded x); (rows, K, N, group_size)
-_QUANTIZED_A8 = [(1, 768, 2304, 32), (4, 96, 33, 32), (7, 3072, 40, 64), (11, 64, 17, 32), (2, 768, 48, 256),
-                 (3, 42, 20, 6)]
+# x_bits=8 (int4 or int8 weights, x rounded to int8 per group): the VNNI tiles at 1, 3-4 and 5-8 rows, more rows
+# (tiles of up to 8), group sizes 32, 64, 256 and 6 (G % 4 != 0: the fp32 tile on the rounded x);
+# (rows, K, N, bits, group_size)
+_QUANTIZED_A8 = [(1, 768, 2304, 4, 32), (4, 96, 33, 4, 32), (7, 3072, 40, 4, 64), (11, 64, 17, 4, 32),
+                 (2, 768, 48, 4, 256), (3, 42, 20, 4, 6), (1, 768, 2304, 8, 32), (6, 96, 33, 8, 32),
+                 (3, 3072, 40, 8, 64), (9, 64, 17, 8, 16), (2, 42, 20, 8, 6)]
 
 
 def _quantized_weight(i, K, N, bits, group_size, device):
@@ -245,15 +247,15 @@ def _linear_quantized(dtype, device):
         yield Sample(f"M{rows}-K{K}-N{N}-int{bits}{f'-g{group_size}' if bits == 4 else ''}-{layout}-"
                      f"bias{int(with_bias)}-gelu{int(gelu)}-res{int(with_residual)}",
                      (x, qweight, scales, zeros, bits, group_size, bias, residual, gelu, 0))
-    for i, (rows, K, N, group_size) in enumerate(_QUANTIZED_A8, start=len(_QUANTIZED)):
+    for i, (rows, K, N, bits, group_size) in enumerate(_QUANTIZED_A8, start=len(_QUANTIZED)):
         g, randn = _gen(i)
         with_bias, gelu, with_residual = epilogues[i % len(epilogues)]
         x = randn(rows, K, dtype=dtype, device=device)
         bias = randn(N, dtype=dtype, device=device) if with_bias else None
         residual = randn(rows, N, dtype=dtype, device=device) if with_residual else None
-        qweight, scales, zeros = _quantized_weight(i, K, N, 4, group_size, device)
-        yield Sample(f"M{rows}-K{K}-N{N}-int4-g{group_size}-a8-bias{int(with_bias)}-gelu{int(gelu)}-"
-                     f"res{int(with_residual)}", (x, qweight, scales, zeros, 4, group_size, bias, residual, gelu, 8))
+        qweight, scales, zeros = _quantized_weight(i, K, N, bits, group_size if bits == 4 else 0, device)
+        yield Sample(f"M{rows}-K{K}-N{N}-int{bits}-g{group_size}-a8-bias{int(with_bias)}-gelu{int(gelu)}-"
+                     f"res{int(with_residual)}", (x, qweight, scales, zeros, bits, group_size, bias, residual, gelu, 8))
 
 
 def _pack_quantized_weight(dtype, device):

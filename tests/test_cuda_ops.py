@@ -174,7 +174,7 @@ def quantized_layer(bits, G, N=40, K=64, seed=30):
     return q, s, z
 
 
-@pytest.mark.parametrize("bits, G, x_bits", [(8, 0, 0), (4, 32, 0), (4, 32, 8)])
+@pytest.mark.parametrize("bits, G, x_bits", [(8, 0, 0), (4, 32, 0), (4, 32, 8), (8, 32, 8)])
 def test_quantized_pack_is_the_cpu_bytes_and_runs_in_a_cuda_graph(bits, G, x_bits):
     """The CUDA pack gives the CPU pack's bytes (one layout); linear_quantized captured in a CUDA graph (no host
     sync in its binding, x_bits=8's ATen rounding included) replays to the eager result, which matches the CPU

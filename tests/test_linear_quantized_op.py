@@ -45,18 +45,20 @@ def test_every_row_tile_against_the_float64_reference(bits, G, K, dtype, cpu_tie
         assert_within_pytorch_error(actual, quantized_expected(args, dtype), reference.linear_quantized(*args))
 
 
-# x_bits=8: every row tile, the same columns; G 32, 64, 12 and 96 (the byte tiles where the CPU has them; the AVX2
-# one sums in int16 over at most 32 k: 96 is three such sums, 12 a partial one), 6 (G % 4 != 0: the
-# fp32 tile on the rounded x)
-@pytest.mark.parametrize("G, K", [(32, 96), (64, 192), (12, 48), (96, 192), (6, 42)])
+# x_bits=8: every row tile (int8: 5-8 rows take 2 blocks a tile), the same columns; int4 G 32, 64, 12 and 96 (the
+# byte tiles where the CPU has them; the AVX2 one sums in int16 over at most 32 k: 96 is three such sums, 12 a
+# partial one), 6 (G % 4 != 0: the fp32 tile on the rounded x); int8 (x's groups alone) G 32, 4, 192 (one group a
+# row) and 6
+@pytest.mark.parametrize("bits, G, K", [(4, 32, 96), (4, 64, 192), (4, 12, 48), (4, 96, 192), (4, 6, 42),
+                                        (8, 32, 96), (8, 4, 40), (8, 192, 192), (8, 6, 42)])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
-def test_int8_activations_every_row_tile_against_the_float64_reference(G, K, dtype, cpu_tier):
+def test_int8_activations_every_row_tile_against_the_float64_reference(bits, G, K, dtype, cpu_tier):
     N = 149
-    q, s, z, packed = layer(N, K, 4, G, seed=4)
+    q, s, z, packed = layer(N, K, bits, G if bits == 4 else 0, seed=4)
     for M in [*range(1, 10), 17]:
         x, bias = torch.randn(M, K, dtype=dtype), torch.randn(N, dtype=dtype)
-        args = (x, q, s, z, 4, G, bias, None, M % 2 == 0, 8)
-        actual = ops.linear_quantized(x, packed, N, 4, G, bias, None, M % 2 == 0, x_bits=8)
+        args = (x, q, s, z, bits, G, bias, None, M % 2 == 0, 8)
+        actual = ops.linear_quantized(x, packed, N, bits, G, bias, None, M % 2 == 0, x_bits=8)
         assert_within_pytorch_error(actual, quantized_expected(args, dtype), reference.linear_quantized(*args))
 
 
@@ -75,29 +77,45 @@ def test_int8_activations_largest_sums_are_exact(G, cpu_tier):
     assert torch.equal(out.double(), x.double() @ w.t())
 
 
-def test_int8_activations_round_ties_to_even_and_keep_nan(cpu_tier):
+@pytest.mark.parametrize("G", [32, 96])
+def test_int8_activations_largest_int8_sums_are_exact(G, cpu_tier):
+    """int8 weights: q = +-127 and x = +-127 (scale 1) at every k, the largest sums the VNNI tile's int32 group sums
+    hold (with its +128 offset on q); integers all the way (K 127^2 < 2^24): exact."""
+    N, K = 40, 2 * G
+    qweight = torch.full((N, K), 127, dtype=torch.int8)
+    qweight[N // 2:] = -127
+    scales = torch.ones(N, 1)
+    packed = ops.pack_quantized_weight(qweight, scales, None, 8, 0)
+    x = torch.stack([torch.full((K,), 127.0), torch.full((K,), -127.0), torch.tensor([127.0, -127.0]).repeat(G)])
+    out = ops.linear_quantized(x, packed, N, 8, G, x_bits=8)
+    assert torch.equal(out.double(), x.double() @ qweight.double().t())
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_int8_activations_round_ties_to_even_and_keep_nan(bits, cpu_tier):
     """Rows built so that x / scale falls exactly on .5 (the scale of each group is 1: max |x| = 127), an all-zero
     group, and groups holding NaN or an infinity (NaN out, only in that row)."""
     N, K, G = 16, 32, 8
-    q, s, z, packed = layer(N, K, 4, G, seed=5)
+    q, s, z, packed = layer(N, K, bits, G if bits == 4 else 0, seed=5)
     ties = torch.tensor([127.0, 0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 3.5] * 4)
     rounded = torch.tensor([127.0, 0.0, 2.0, 2.0, -0.0, -2.0, -2.0, 4.0] * 4)
     x = torch.stack([ties, torch.zeros(K), ties.clone().index_fill_(0, torch.tensor([9]), float("nan")),
                      ties.clone().index_fill_(0, torch.tensor([30]), float("-inf"))])
     assert torch.equal(reference.round_activations(x[:2], G), torch.stack([rounded, torch.zeros(K)]))
-    w = reference.dequantize_linear_weight(q, s, z, 4, G).double()
-    out = ops.linear_quantized(x, packed, N, 4, G, x_bits=8)
+    w = reference.dequantize_linear_weight(q, s, z, bits, G).double()
+    out = ops.linear_quantized(x, packed, N, bits, G, x_bits=8)
     torch.testing.assert_close(out[0].double(), rounded.double() @ w.t(), rtol=1e-5, atol=1e-5)
     assert torch.equal(out[1], torch.zeros(N))
     assert out[2:].isnan().all()
 
 
-def test_int8_activations_change_the_result():
+@pytest.mark.parametrize("bits", [4, 8])
+def test_int8_activations_change_the_result(bits):
     """x_bits=8 rounds x: its result differs from the weight-only one by about the rounding's size, not by fp32
     noise (the kernel does not ignore the argument)."""
-    q, s, z, packed = layer(64, 256, 4, 32, seed=6)
+    q, s, z, packed = layer(64, 256, bits, 32 if bits == 4 else 0, seed=6)
     x = torch.randn(3, 256)
-    exact, rounded = (ops.linear_quantized(x, packed, 64, 4, 32, x_bits=b) for b in (0, 8))
+    exact, rounded = (ops.linear_quantized(x, packed, 64, bits, 32, x_bits=b) for b in (0, 8))
     scale = x.abs().amax() / 127
     assert (exact - rounded).abs().max() > 1e-3 * scale * 256**0.5
 
@@ -164,7 +182,6 @@ def call(**changes):
     (dict(bits=3), "bits must be 4 or 8"),
     (dict(x_bits=4), "x_bits must be 0"),
     (dict(x_bits=-1), "x_bits must be 0"),
-    (dict(bits=8, x_bits=8), "x_bits=8 needs bits=4"),
     (dict(group_size=0), "even positive group_size dividing"),
     (dict(group_size=31), "even positive group_size dividing"),
     (dict(group_size=48), "even positive group_size dividing"),
@@ -192,6 +209,17 @@ def call(**changes):
 def test_linear_quantized_bad_input(changes, message):
     with pytest.raises((ValueError, RuntimeError), match=message):  # ValueError, or checks.h's RuntimeError
         call(**changes)
+
+
+@pytest.mark.parametrize("group_size", [0, 31, 48, -2])
+def test_int8_with_int8_activations_needs_a_group_dividing_k(group_size):
+    """bits=8 ignores group_size with x as it is, but x_bits=8 rounds x per group of it: it must be even, positive
+    and divide K, as int4's."""
+    *_, packed = layer(40, 64, 8, 0)
+    x = torch.randn(2, 64)
+    assert ops.linear_quantized(x, packed, 40, 8, group_size).shape == (2, 40)  # x_bits=0: ignored
+    with pytest.raises((ValueError, RuntimeError), match="even positive group_size dividing"):
+        torch.ops.gpt_fast.linear_quantized(x, packed, 40, 8, group_size, None, None, False, 8)
 
 
 def pack(**changes):

@@ -18,19 +18,19 @@ from gpt_fast.quantization import QuantizedConv1D, QuantizedLMHead
 
 
 @pytest.mark.parametrize("scheme,group,lm_head", [("int8", None, True), ("int4", 32, True), ("int4", 64, False),
-                                                   ("int4-a8", 32, True)])
+                                                   ("int4-a8", 32, True), ("int8-a8", 64, True)])
 def test_round_trip(tmp_path, scheme, group, lm_head):
     model = tiny().quantize(scheme, group or 32, lm_head=lm_head)
     model.save_pretrained(tmp_path)
     entry = json.loads((tmp_path / "config.json").read_text())["quantization_config"]
-    assert entry == {"method": "gpt_fast_weight_only", "bits": 8 if scheme == "int8" else 4, "group_size": group,
-                     "lm_head": lm_head, **({"activation_bits": 8} if scheme == "int4-a8" else {})}
+    int8 = scheme.startswith("int8")
+    assert entry == {"method": "gpt_fast_weight_only", "bits": 8 if int8 else 4, "group_size": group,
+                     "lm_head": lm_head, **({"activation_bits": 8} if scheme.endswith("-a8") else {})}
     with safe_open(str(tmp_path / "model.safetensors"), "pt") as f:
         keys = set(f.keys())
-        assert f.get_tensor("transformer.h.1.attn.c_attn.qweight").dtype == (torch.int8 if group is None
-                                                                              else torch.uint8)
+        assert f.get_tensor("transformer.h.1.attn.c_attn.qweight").dtype == (torch.int8 if int8 else torch.uint8)
     assert "transformer.h.0.mlp.c_proj.weight" not in keys and "transformer.h.0.mlp.c_proj.scales" in keys
-    assert ("transformer.h.0.mlp.c_proj.zeros" in keys) == (group is not None)
+    assert ("transformer.h.0.mlp.c_proj.zeros" in keys) == (not int8)
     assert ("lm_head.qweight" in keys) == lm_head and "lm_head.weight" not in keys
     assert "transformer.tokens_embed.weight" in keys
     loaded = assert_reloads_exactly(model, tmp_path)
@@ -82,9 +82,13 @@ def test_load_errors(tmp_path):
     with pytest.raises(ValueError, match="stored as torch.float32.*needs torch.int8"):
         gpt_fast.OpenAIGPTLMHeadModel.from_pretrained(quantized)
     config = json.loads((quantized / "config.json").read_text())
-    config["quantization_config"]["activation_bits"] = 8  # int8 weights: no int8-activation scheme
+    config["quantization_config"]["activation_bits"] = 4  # no 4-bit activations
     (quantized / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ValueError, match="'activation_bits' must be absent .or null., or 8 with bits 4, got 8"):
+    with pytest.raises(ValueError, match="'activation_bits' must be absent .or null., or 8, got 4 with bits 8"):
+        gpt_fast.OpenAIGPTLMHeadModel.from_pretrained(quantized)
+    config["quantization_config"]["activation_bits"] = 8  # int8-a8 without its activations' group
+    (quantized / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="int8-a8 needs group_size, a positive even int"):
         gpt_fast.OpenAIGPTLMHeadModel.from_pretrained(quantized)
     config["quantization_config"]["bits"] = 5
     (quantized / "config.json").write_text(json.dumps(config))

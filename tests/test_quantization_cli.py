@@ -50,15 +50,16 @@ def test_convert_then_generate(checkpoint, tmp_path):
     assert sampled.returncode == 0 and sampled.stdout.count("=== sequence") == 2, sampled.stderr
 
 
-def test_convert_int4_a8_then_generate(checkpoint, tmp_path):
-    destination = tmp_path / "int4-a8"
-    result = run_cli("convert", str(checkpoint), str(destination), "--quantization", "int4-a8", "--group-size", "32")
+@pytest.mark.parametrize("scheme", ["int4-a8", "int8-a8"])
+def test_convert_a8_then_generate(checkpoint, tmp_path, scheme):
+    destination = tmp_path / scheme
+    result = run_cli("convert", str(checkpoint), str(destination), "--quantization", scheme, "--group-size", "32")
     assert result.returncode == 0, result.stderr
     entry = json.loads((destination / "config.json").read_text())["quantization_config"]
-    assert entry["bits"] == 4 and entry["group_size"] == 32 and entry["activation_bits"] == 8
+    assert entry["bits"] == int(scheme[3]) and entry["group_size"] == 32 and entry["activation_bits"] == 8
     generated = run_cli("generate", "the future is", "--max-new-tokens", "6", "--no-stream", "--model",
                         str(destination))
-    assert generated.returncode == 0 and "int4-a8" in generated.stderr, generated.stderr
+    assert generated.returncode == 0 and scheme in generated.stderr, generated.stderr
     assert generated.stdout.startswith("the future is")
 
 

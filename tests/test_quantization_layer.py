@@ -38,7 +38,7 @@ def dequantized_copy(quantized, original):
     return model
 
 
-@pytest.mark.parametrize("scheme,group", [*SCHEMES, ("int4-a8", 32)])
+@pytest.mark.parametrize("scheme,group", [*SCHEMES, ("int4-a8", 32), ("int8-a8", 32)])
 # the kernel engine (<= plan.small_m_rows), dequantize + GEMM (on AMX in bf16 the schemes of plan.quantized_rows
 # take the kernel further: 40, 300) and past that (600)
 @pytest.mark.parametrize("rows", [1, 5, 40, 300, 600])
@@ -107,17 +107,18 @@ def test_generation_on_quantized_model(scheme, group):
     torch.testing.assert_close(first, expected_model.generate(ids, **sampled))
 
 
-def test_int4_a8_generation_agrees_with_a_full_forward():
-    """int4-a8 rounds each row's activations on its own: greedy tokens of the decode steps (one row a call, the
-    kernel) are the argmax of one forward over the whole batch (45 rows: the dequantize + GEMM engine), and differ
-    from weight-only int4's logits (the rounding happens)."""
+@pytest.mark.parametrize("weights", ["int4", "int8"])
+def test_int8_activations_generation_agrees_with_a_full_forward(weights):
+    """int4-a8 / int8-a8 round each row's activations on their own: greedy tokens of the decode steps (one row a
+    call, the kernel) are the argmax of one forward over the whole batch (45 rows: the dequantize + GEMM engine),
+    and differ from the weight-only scheme's logits (the rounding happens)."""
     model = tiny()
-    a8 = copy.deepcopy(model).quantize("int4-a8", 32)
+    a8 = copy.deepcopy(model).quantize(f"{weights}-a8", 32)
     ids = torch.randint(1, CONFIG["vocab_size"], (3, 7))
     out = a8.generate(ids, max_new_tokens=8, do_sample=False)  # (3, 15)
     with torch.no_grad():
         logits = a8(out).logits  # (3, 15, V)
-        weight_only = copy.deepcopy(model).quantize("int4", 32)(out).logits
+        weight_only = copy.deepcopy(model).quantize(weights, 32)(out).logits
     torch.testing.assert_close(logits.argmax(-1)[:, 6:-1], out[:, 7:], rtol=0, atol=0)
     assert (logits - weight_only).abs().max() > 1e-4
 

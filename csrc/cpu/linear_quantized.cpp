@@ -14,9 +14,10 @@
 // vdpbf16ps instead (2 k per instruction, half the FMAs; exact: q (int8) or q - 8 and x are bf16 values, their
 // products exact in fp32, sums in fp32): x is then passed as bf16 k pairs as well; int8 from 4 rows with K % 32 == 0
 // on AMX runs tdpbf16ps tiles over the same exact bf16 weights (amx_linear.h; x pairs padded to 16 rows).
-// x_bits 8 (bits 4): x is first rounded to int8 per group of G k, each with its own scale (round_activations.cpp, to
-// the bits of reference.round_activations), and every tier computes on the rounded x as above; on AVX512_VNNI + VBMI
-// the AVX-512 tier multiplies the int8 x and the 4-bit q as bytes instead (int4_tile_vnni.h), exact in int32.
+// x_bits 8: x is first rounded to int8 per group of G k (bits 4: the weights' groups; bits 8: group_size, x's
+// alone), each with its own scale (round_activations.cpp, to the bits of reference.round_activations), and every
+// tier computes on the rounded x as above; on AVX512_VNNI + VBMI the AVX-512 tier multiplies the int8 x and the
+// 4-bit or 8-bit q as bytes instead (int4_tile_vnni.h, int8_tile_vnni.h), exact in int32 per group.
 // This file: the binding (checks, the N check against the padding marker, the fp32 copy of x and its group sums),
 // the portable scalar path and the dispatch over tiers: AMX (int8; amx_linear.h via linear_quantized_avx512.cpp),
 // AVX-512 (linear_quantized_avx512.cpp), AVX2 + FMA (linear_quantized_avx2.cpp), else scalar.
@@ -123,7 +124,8 @@ at::Tensor linear_quantized_cpu(const at::Tensor& x, const at::Tensor& packed, i
                                 const std::optional<at::Tensor>& residual, bool gelu, int64_t x_bits) {
   constexpr const char* op = "gpt_fast::linear_quantized";
   const int64_t K = check_linear_quantized_args(x, packed, out_features, bits, group_size, x_bits, op);
-  const int64_t N = out_features, NB = packed.size(0), G = bits == 4 ? group_size : 0;
+  // G: the weights' group (bits 4, also x's with x_bits 8), or x's group alone (bits 8 with x_bits 8)
+  const int64_t N = out_features, NB = packed.size(0), G = bits == 4 || x_bits == 8 ? group_size : 0;
   check_packed_columns(packed, N, K, bits, G, op);
   const std::vector<int64_t> out_shape = check_linear_quantized_epilogue(x, N, bias, residual, op);
   const int64_t M = x.numel() / K;
@@ -143,11 +145,12 @@ at::Tensor linear_quantized_cpu(const at::Tensor& x, const at::Tensor& packed, i
   std::vector<int32_t> xqsum;          //   and (M, K / G) the sums of xq over them
   [[maybe_unused]] const bool avx512 = cpu::use_avx512(), avx2 = cpu::use_avx2();
   const bool round_x = x_bits == 8;
-  // int4 x int8 bytes (whole 4-k steps, integer sums that cannot overflow): VNNI on the AVX-512 tier
-  // (int4_tile_vnni.h), vpmaddubsw on the AVX2 one (int4_tile_bytes); an AVX-512 CPU without VNNI + VBMI takes the
-  // fp32 tile on the rounded x
+  // int4 or int8 x int8 bytes (whole 4-k steps, integer sums that cannot overflow): VNNI on the AVX-512 tier
+  // (int4_tile_vnni.h, int8_tile_vnni.h), for int4 vpmaddubsw on the AVX2 one (int4_tile_bytes); an AVX-512 CPU
+  // without VNNI + VBMI, and int8 on AVX2, take the fp32 tile on the rounded x
   const bool byte_groups = round_x && G % 4 == 0 && G <= kMaxVnniGroup;
-  const bool vnni = byte_groups && avx512 && has_avx512_vnni_vbmi(), bytes_avx2 = byte_groups && !avx512 && avx2;
+  const bool vnni = byte_groups && avx512 && has_avx512_vnni_vbmi();
+  const bool bytes_avx2 = byte_groups && bits == 4 && !avx512 && avx2;
   // int8 at one row keeps the fp32 FMAs (int8_tile, linear_quantized_avx512.cpp): faster there than vdpbf16ps
   const bool dpbf16 = !round_x && x.scalar_type() == at::kBFloat16 && K % 2 == 0 && cpu::use_avx512_bf16() &&
                       (bits == 8 ? M > 1 : has_avx512_vbmi());

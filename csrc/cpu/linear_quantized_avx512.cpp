@@ -9,7 +9,8 @@
 //   bits 4: 16 bytes = one k pair -> vpmovzxbd; the low nibbles (k = 2p) and the high ones (k = 2p + 1) each ->
 //           q - 8 in fp32 by one vpermps from a 16-entry table (no mask, no convert) -> one FMA per row; every 32
 //           pairs total += scale * sum, per group total += (zero + 8 scale) * xsum[m, g] (linear_quantized.cpp).
-//   bits 4 with x rounded to int8 (x_bits 8) on AVX512_VNNI + VBMI: int4_tile_vnni.h (vpdpbusd, 4 k an instruction).
+//   bits 4 / bits 8 with x rounded to int8 (x_bits 8) on AVX512_VNNI + VBMI: int4_tile_vnni.h / int8_tile_vnni.h
+//   (vpdpbusd, 4 k an instruction); int8_tile_vnni at 5-8 rows takes 2 blocks, as int8_tile_dpbf16.
 //   With a bf16 x and AVX512_BF16 (int8_tile_dpbf16; int4_tile_dpbf16, which also needs VBMI): the weights of two
 //   k are made into 16 bf16 pairs (int8: two converts, a shift and a vpternlogd; int4: vpmultishiftqb + vpermw of
 //   q - 8, lanes in a permuted column order) and one vdpbf16ps per row multiplies 2 k: half the multiply-adds at
@@ -23,6 +24,7 @@
 
 #include "cpu/amx_linear.h"
 #include "cpu/int4_tile_vnni.h"
+#include "cpu/int8_tile_vnni.h"
 #include "cpu/linear_quantized.h"
 #include "cpu/vec.h"  // GPT_FAST_HAVE_X86, GPT_FAST_AVX512, Vec16, gelu_tanh_fp32, first_lanes
 
@@ -322,12 +324,20 @@ void quantized_blocks_avx512(const QuantArgs<T>& a, int64_t block_begin, int64_t
       for (int64_t m0 = 0; m0 < a.M; m0 += tile_rows) {
         with_rows<8>(std::min(tile_rows, a.M - m0), [&](auto mr) {
           constexpr int MR = decltype(mr)::value;
-          if constexpr (MR * NB > 8) {  // only int8_tile_dpbf16 at 5-8 rows: see the choice of NB below
-            TORCH_INTERNAL_ASSERT(MR * NB <= 16 && int8 && a.x_pairs, "linear_quantized (avx512): ", MR, " rows x ",
-                                  NB, " blocks per tile");
-            if constexpr (MR * NB <= 16) int8_tile_dpbf16<T, MR, NB>(a, blocks, m0);
+          if constexpr (MR * NB > 8) {  // only int8 with bf16 pairs or int8 x at 5-8 rows: see the choice of NB below
+            TORCH_INTERNAL_ASSERT(MR * NB <= 16 && int8 && (a.x_pairs || a.xq), "linear_quantized (avx512): ", MR,
+                                  " rows x ", NB, " blocks per tile");
+            if constexpr (MR * NB <= 16) {
+              if (a.xq) {
+                int8_tile_vnni<T, MR, NB>(a, blocks, m0);
+              } else {
+                int8_tile_dpbf16<T, MR, NB>(a, blocks, m0);
+              }
+            }
           } else if (int8 && a.x_pairs) {
             int8_tile_dpbf16<T, MR, NB>(a, blocks, m0);
+          } else if (int8 && a.xq) {
+            int8_tile_vnni<T, MR, NB>(a, blocks, m0);
           } else if (int8) {
             int8_tile<T, MR, NB>(a, blocks, m0);
           } else if (a.xq) {
@@ -342,7 +352,7 @@ void quantized_blocks_avx512(const QuantArgs<T>& a, int64_t block_begin, int64_t
     });
   };
   if (tile_rows <= 2) return by_groups(std::integral_constant<int, 4>{});
-  if (tile_rows <= 4 || (int8 && a.x_pairs)) return by_groups(std::integral_constant<int, 2>{});
+  if (tile_rows <= 4 || (int8 && (a.x_pairs || a.xq))) return by_groups(std::integral_constant<int, 2>{});
   by_groups(std::integral_constant<int, 1>{});
 }
 

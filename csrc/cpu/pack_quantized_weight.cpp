@@ -110,12 +110,10 @@ int64_t check_linear_quantized_args(const at::Tensor& x, const at::Tensor& packe
   const int64_t K = x.size(-1);
   TORCH_CHECK_VALUE(K > 0, op, ": x must have a non-empty last dimension (K), got shape ", x.sizes());
   check_bits(bits, op);
-  if (bits == 4) check_group(group_size, K, op);
-  TORCH_CHECK_VALUE(out_features > 0, op, ": out_features must be positive, got ", out_features);
   TORCH_CHECK_VALUE(x_bits == 0 || x_bits == 8, op, ": x_bits must be 0 (x as it is) or 8 (x rounded to int8 per ",
                     "group), got ", x_bits);
-  TORCH_CHECK_VALUE(x_bits == 0 || bits == 4, op, ": x_bits=8 needs bits=4 (x is rounded per weight group), got bits=",
-                    bits);
+  if (bits == 4 || x_bits == 8) check_group(group_size, K, op);  // the weights' groups, or x's (bits 8)
+  TORCH_CHECK_VALUE(out_features > 0, op, ": out_features must be positive, got ", out_features);
   check_same_device(packed, x, op, "packed");
   TORCH_CHECK_VALUE(packed.scalar_type() == at::kByte && packed.dim() == 3 && packed.is_contiguous(), op,
                     ": packed must be the contiguous uint8 3-D tensor pack_quantized_weight returns, got ",

@@ -264,7 +264,8 @@ def _check_overrides(saved: OpenAIGPTConfig, overrides: dict, cls) -> None:
         del overrides[CONFIG_KEY]
     if CONFIG_KEY in overrides:
         raise ValueError(f"{cls.__name__}.from_pretrained: transformers' quantization_config (bitsandbytes, quanto, "
-                         "...) is not supported; gpt_fast quantizes with quantization='int8', 'int4' or 'int4-a8'")
+                         "...) is not supported; gpt_fast quantizes with quantization='int8', 'int4', 'int4-a8' or "
+                         "'int8-a8'")
     unknown = [name for name in overrides if not hasattr(saved, name)]
     if unknown:
         raise TypeError(f"{cls.__name__}.from_pretrained() got unexpected keyword arguments {unknown}: they are "

@@ -24,9 +24,10 @@ def add_parser(sub) -> None:
     bench.add_argument("--transformers-full", action="store_true",
                        help="time transformers' whole generate (minutes) instead of sampling its per-step cost")
     bench.add_argument("--quantization", metavar="LIST",
-                       help="comma-separated from none,int8,int4,int4-a8: also run the default backend's model "
+                       help="comma-separated from none,int8,int4,int4-a8,int8-a8: also run the default backend's model "
                             "quantized that way, alternating with the unquantized runs (e.g. none,int8,int4)")
-    bench.add_argument("--group-size", type=positive_int, default=32, help="int4's group size (default 32)")
+    bench.add_argument("--group-size", type=positive_int, default=32,
+                       help="int4's group size, and the -a8 schemes' activation group (default 32)")
     bench.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     bench.add_argument("--png", metavar="PATH", help="also plot decode tokens/s (needs matplotlib)")
     bench.add_argument("--serve", action="store_true",

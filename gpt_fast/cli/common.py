@@ -98,17 +98,20 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-QUANTIZATIONS = ("none", *SCHEMES)  # none, int8, int4, int4-a8
+QUANTIZATIONS = ("none", *SCHEMES)  # none, int8, int4, int4-a8, int8-a8
 
 
 def add_quantization_arguments(parser, help_suffix: str = "") -> None:
-    """--quantization {none,int8,int4,int4-a8} and --group-size (int4's group; see docs/quantization.md)."""
+    """--quantization {none,int8,int4,int4-a8,int8-a8} and --group-size (int4's group, and the activations' group
+    of the -a8 schemes; see docs/quantization.md)."""
     parser.add_argument("--quantization", choices=QUANTIZATIONS, default="none",
-                        help="quantization applied at load (default none; int4-a8: int4 weights with activations "
-                             "rounded to int8 per group; a checkpoint saved quantized loads quantized anyway)"
+                        help="quantization applied at load (default none; int4-a8, int8-a8: int4 / int8 weights with "
+                             "activations rounded to int8 per group; a checkpoint saved quantized loads quantized "
+                             "anyway)"
                              + help_suffix)
     parser.add_argument("--group-size", type=positive_int, default=32,
-                        help="int4: input features per scale/zero group, dividing 768 (default 32)")
+                        help="int4: input features per scale/zero group, and the -a8 schemes' activation group, "
+                             "dividing 768 (default 32)")
 
 
 def quantization_kwargs(args) -> dict:

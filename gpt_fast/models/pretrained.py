@@ -191,8 +191,9 @@ class OpenAIGPTPreTrainedModel(hub_upload.PushToHubMixin, nn.Module):
                  method: str = "rtn", calibration=None):
         """Weight-only quantization in place, for inference (gpt_fast/quantization): "int8" (per output channel)
         or "int4" (asymmetric, groups of group_size input features; group_size must divide every layer's input
-        width), or "int4-a8" (int4, and each call's activations rounded to int8 per group with their own scale,
-        for the CPU's VNNI byte products: faster decode, see docs/quantization.md). Quantizes every block's
+        width), or "int4-a8" / "int8-a8" (int4 / int8, and each call's activations rounded to int8 per group of
+        group_size with their own scale, for the CPU's VNNI byte products: faster decode, see
+        docs/quantization.md). Quantizes every block's
         linear layers and, with lm_head, a copy of the tied LM head (the token embedding stays in the model's
         dtype). int4's method: "rtn" (round to nearest) or "gptq" (error compensation from `calibration`, token ids
         (count, T) or 1-D; same stored format). Returns the model, in eval mode."""
@@ -273,7 +274,7 @@ class OpenAIGPTPreTrainedModel(hub_upload.PushToHubMixin, nn.Module):
         differs from the model's (built from config.json and the overrides) is left newly initialised instead of
         being an error. output_loading_info: also return a dict of missing_keys, unexpected_keys,
         mismatched_keys ((key, checkpoint shape, model shape) tuples), error_msgs (and ignored_keys).
-        quantization: "int8", "int4" or "int4-a8" quantizes the model once loaded in dtype (as
+        quantization: "int8", "int4", "int4-a8" or "int8-a8" quantizes the model once loaded in dtype (as
         model.quantize(quantization, quantization_group_size, quantization_lm_head)); a checkpoint saved quantized
         loads quantized without it.
         As transformers': device_map, one device for the whole model (checkpoints/loading_options.py:

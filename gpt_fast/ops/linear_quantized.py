@@ -17,8 +17,8 @@ column, low nibble first) then 16 bf16 scales and 16 bf16 zeros. Its shape pins 
 and a -0.0 marker in the padding columns pins down N: a mismatch of out_features, K, bits or group_size with the
 packed weight is a ValueError naming the op. The kernels dequantize in registers and do all math in fp32 (no
 quantization of x): exact up to fp32 rounding and summation order against dequantize-then-matmul. With x_bits=8
-(int4 only) x is first rounded to int8 per group of group_size k (reference.round_activations), and the result is
-exact in the same sense against the rounded x; the AVX-512 tier then multiplies bytes with VNNI.
+(int4-a8, int8-a8) x is first rounded to int8 per group of group_size k (reference.round_activations), and the
+result is exact in the same sense against the rounded x; the AVX-512 tier then multiplies bytes with VNNI.
 CPU tiers: AVX-512, AVX2 + FMA, scalar (GPT_FAST_CPU_ISA caps the choice); CUDA: one kernel for both bit widths.
 Autograd: gradients flow to x, bias and residual through the dequantized weight (an eager backward, correct not
 fast); the packed weight gets none.
@@ -77,12 +77,11 @@ if extension_loaded():
         # The data-free checks of the kernels; the exact N (from the padding marker) needs the data.
         K = x.shape[-1]
         torch._check(bits in (4, 8), lambda: f"linear_quantized: bits must be 4 or 8, got {bits}")
-        torch._check(x_bits in (0, 8) and (x_bits == 0 or bits == 4),
-                     lambda: f"linear_quantized: x_bits must be 0, or 8 with bits=4, got x_bits={x_bits}")
+        torch._check(x_bits in (0, 8), lambda: f"linear_quantized: x_bits must be 0 or 8, got x_bits={x_bits}")
         torch._check(out_features > 0, lambda: f"linear_quantized: out_features must be positive, got {out_features}")
-        if bits == 4:
+        if bits == 4 or x_bits == 8:
             torch._check(group_size > 0 and group_size % 2 == 0 and K % group_size == 0,
-                         lambda: f"linear_quantized: bits=4 needs an even group_size dividing K={K}")
+                         lambda: f"linear_quantized: bits=4 and x_bits=8 need an even group_size dividing K={K}")
         expected = packed_quantized_shape(out_features, K, bits, group_size)
         torch._check(packed.dtype == torch.uint8 and tuple(packed.shape) == expected,
                      lambda: f"linear_quantized: packed has shape {tuple(packed.shape)} but needs {expected}")
@@ -108,7 +107,8 @@ def pack_quantized_weight(qweight, scales, zeros, bits: int, group_size: int | N
 def linear_quantized(x, packed, out_features: int, bits: int, group_size: int | None = None, bias=None,
                      residual=None, gelu: bool = False, x_bits: int = 0):
     """[gelu_tanh](x @ W.T + bias) [+ residual] with W given by pack_quantized_weight; x (..., K) -> (..., N).
-    x_bits=8 (bits=4): x rounded to int8 per group of group_size first (reference.round_activations)."""
+    x_bits=8: x rounded to int8 per group of group_size first (reference.round_activations; with bits=8
+    group_size is then x's group alone)."""
     if isinstance(packed, tuple):
         qweight, scales, zeros = packed
         return reference.linear_quantized(x, qweight, scales, zeros, bits, group_size, bias, residual, gelu, x_bits)

@@ -200,8 +200,8 @@ def dequantize_linear_weight(qweight, scales, zeros, bits: int, group_size: int 
 def round_activations(x, group_size: int):
     """x (..., K) as float32 with each group of group_size consecutive k rounded to int8 by its own scale
     s = max |x| / 127 (float32): q = round half to even (x / s) in [-127, 127], x replaced by q * s. An all-zero
-    group stays 0; a group holding a NaN or an infinity becomes NaN. linear_quantized's x_bits=8 (int4 weights with
-    int8 activations: the kernels then multiply bytes, csrc/cpu/int4_tile_vnni.h)."""
+    group stays 0; a group holding a NaN or an infinity becomes NaN. linear_quantized's x_bits=8 (int4 or int8
+    weights with int8 activations: the kernels then multiply bytes, csrc/cpu/int4_tile_vnni.h, int8_tile_vnni.h)."""
     xf = x.to(torch.float32)
     groups = xf.reshape(-1, group_size)  # (M K / G, G)
     scale = groups.abs().amax(dim=1, keepdim=True) / 127.0  # (M K / G, 1)
@@ -215,7 +215,7 @@ def linear_quantized(x, qweight, scales, zeros, bits: int, group_size: int | Non
                      gelu: bool = False, x_bits: int = 0):
     """[gelu_tanh](x @ dequantize(W).T + bias) [+ residual]: the quantized linear layer's result in x's dtype,
     computed in float32 from the dequantized weight. x: (..., K); bias: (N,) or None; residual: (..., N) or None.
-    x_bits=8 (bits=4 only): x rounded by round_activations first."""
+    x_bits=8: x rounded by round_activations per group of group_size first (bits=8: x's group alone)."""
     w = dequantize_linear_weight(qweight, scales, zeros, bits, group_size)  # (N, K)
     out = (round_activations(x, group_size) if x_bits == 8 else x.to(torch.float32)) @ w.t()
     if bias is not None:

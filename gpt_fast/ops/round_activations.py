@@ -1,10 +1,10 @@
 """gpt_fast::round_activations: x (..., K) as float32 with each group of group_size consecutive values rounded to
 int8 by its own scale s = max |x| / 127 (q = round half to even (x / s) in [-127, 127], x = q * s; an all-zero group
-stays 0, a group holding a NaN or an infinity becomes NaN): the activations of int4-a8, which the quantized layers'
-"dequantize" engine (gpt_fast/quantization/layer.py) rounds before its GEMM as the decode kernel rounds them before
-its byte products. Bit for bit reference.round_activations. A CPU kernel (csrc/cpu/round_activations.cpp: the
-loop linear_quantized rounds x with, compiled for the baseline and for AVX2); other devices, and builds without the
-extension, run the reference's PyTorch ops.
+stays 0, a group holding a NaN or an infinity becomes NaN): the activations of int4-a8 and int8-a8, which the
+quantized layers' "dequantize" engine (gpt_fast/quantization/layer.py) rounds before its GEMM as the decode kernel
+rounds them before its byte products. Bit for bit reference.round_activations. A CPU kernel
+(csrc/cpu/round_activations.cpp: the loop linear_quantized rounds x with, plain C++ for the baseline and AVX2
+intrinsics); other devices, and builds without the extension, run the reference's PyTorch ops.
 """
 
 from __future__ import annotations

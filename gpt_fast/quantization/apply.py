@@ -70,8 +70,9 @@ def _replace(model: nn.Module, name: str, layer: nn.Module) -> None:
 def quantize_model(model: nn.Module, scheme: str, group_size: int | None = DEFAULT_GROUP_SIZE,
                    lm_head: bool = True, method: str = "rtn", calibration=None) -> nn.Module:
     """Quantizes `model` (an OpenAIGPT* model) in place and returns it, in eval mode (a quantized model is
-    inference only). scheme: "int8" (per output channel), "int4" (groups of group_size input features) or "int4-a8"
-    (int4 weights, each call's activations rounded to int8 per group: the CPU kernel multiplies bytes).
+    inference only). scheme: "int8" (per output channel), "int4" (groups of group_size input features), "int4-a8" or
+    "int8-a8" (int4 / int8 weights, each call's activations rounded to int8 per group of group_size: the CPU kernel
+    multiplies bytes).
     method: how the int4 codes are chosen, "rtn" (round to nearest, the default) or "gptq" (GPTQ error compensation
     from calibration, a LongTensor of token ids (count, T) or 1-D; see calibration.py); the stored format is the
     same."""

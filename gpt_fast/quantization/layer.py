@@ -10,8 +10,8 @@ computation a call takes (the engine), from the KernelPlan and the call's row co
   ops.linear_quantized over the weight repacked once for it (ops.pack_quantized_weight, cached on the layer with
   weight_cache.cached_on), bias and tanh-GELU in the kernel;
 - "dequantize" (more rows, no plan, gradients on, under torch.compile): the weight dequantized to the input's dtype
-  for this call only (ops.dequantize_linear_weight) and, for int4-a8, x rounded as the kernel rounds it (in float32,
-  then back to x's dtype), then models.linear.gemm, the same GEMM + bias/GELU epilogue as
+  for this call only (ops.dequantize_linear_weight) and, for the -a8 schemes, x rounded as the kernel rounds it (in
+  float32, then back to x's dtype), then models.linear.gemm, the same GEMM + bias/GELU epilogue as
   Conv1D's "gemm" engine. Nothing dequantized is kept, so the model stays at its quantized size. Chosen by
   measurement (benchmarks/bench_quantized_prefill.py, 512 rows, bf16, 2 threads, Sapphire Rapids, 2026-12-05):
   1.15-1.45x (int8) and 8-9x (int4) faster than the compiled linear_quantized kernel per GPT-1 layer (e.g. int8
@@ -76,8 +76,8 @@ class QuantizedLinear(nn.Module):
         super().__init__()
         self.out_features, self.in_features = out_features, in_features
         self.bits, self.group_size = config.bits, config.group_size
-        self.activation_bits = config.activation_bits  # 8: x rounded to int8 per group (int4-a8), else None
-        self.scheme = config.scheme  # "int8", "int4" or "int4-a8"
+        self.activation_bits = config.activation_bits  # 8: x rounded to int8 per group (int4-a8, int8-a8), else None
+        self.scheme = config.scheme  # "int8", "int4", "int4-a8" or "int8-a8"
         self.dtype = dtype  # the model's dtype: what `weight` dequantizes to; follows .to(dtype)
         for name, spec in quantized_shapes(out_features, in_features, config).items():
             self.register_buffer(name, None if spec is None else torch.empty(spec[0], dtype=spec[1], device=device))

@@ -53,13 +53,17 @@ GPT_FAST_AVX512_VNNI_VBMI void int8_tile_vnni(const QuantArgs<T>& a, const int64
       for (int j = 0; j < NB; ++j) acc[j][m] = start;
     }
     for (int64_t k = g * G; k < (g + 1) * G; k += 4) {  // one 64-byte line per stream
-      int32_t x4[MR];
-      for (int m = 0; m < MR; ++m) std::memcpy(&x4[m], xq + m * K + k, 4);
+      __m512i w[NB];
       for (int j = 0; j < NB; ++j) {
         const uint8_t* rows = wbs[j] + k * kBN;
         if (ahead) _mm_prefetch(reinterpret_cast<const char*>(rows) + ahead, _MM_HINT_T0);
-        const __m512i w = _mm512_xor_si512(_mm512_permutexvar_epi8(columns, _mm512_loadu_si512(rows)), offset);
-        for (int m = 0; m < MR; ++m) acc[j][m] = _mm512_dpbusd_epi32(acc[j][m], w, _mm512_set1_epi32(x4[m]));
+        w[j] = _mm512_xor_si512(_mm512_permutexvar_epi8(columns, _mm512_loadu_si512(rows)), offset);
+      }
+      for (int m = 0; m < MR; ++m) {  // x's 4 bytes broadcast once per row for all blocks (few live registers)
+        int32_t x4;
+        std::memcpy(&x4, xq + m * K + k, 4);
+        const __m512i xb = _mm512_set1_epi32(x4);
+        for (int j = 0; j < NB; ++j) acc[j][m] = _mm512_dpbusd_epi32(acc[j][m], w[j], xb);
       }
     }
     for (int m = 0; m < MR; ++m) {

@@ -37,11 +37,12 @@ from gpt_fast.quantization.calibration import DEFAULT_WINDOWS
 
 
 def parse_schemes(text: str) -> list[tuple[str, int | None]]:
-    """"int8,int4:32,int4-a8" -> [("int8", None), ("int4", 32), ("int4-a8", 32)]."""
+    """"int8,int4:32,int4-a8,int8-a8" -> [("int8", None), ("int4", 32), ("int4-a8", 32), ("int8-a8", 32)]."""
     schemes = []
     for item in text.split(","):
         name, _, group = item.strip().partition(":")
-        schemes.append((name, int(group) if group else (32 if name.startswith("int4") else None)))
+        grouped = name.startswith("int4") or name.endswith("-a8")
+        schemes.append((name, int(group) if group else (32 if grouped else None)))
     return schemes
 
 

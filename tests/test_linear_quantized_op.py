@@ -79,11 +79,13 @@ def test_int8_activations_largest_sums_are_exact(G, cpu_tier):
 
 @pytest.mark.parametrize("G", [32, 96])
 def test_int8_activations_largest_int8_sums_are_exact(G, cpu_tier):
-    """int8 weights: q = +-127 and x = +-127 (scale 1) at every k, the largest sums the VNNI tile's int32 group sums
-    hold (with its +128 offset on q); integers all the way (K 127^2 < 2^24): exact."""
+    """int8 weights: q = +-127 (and -128, which the format holds though quantize never writes it) and x = +-127
+    (scale 1) at every k, the largest sums the VNNI tile's int32 group sums hold (with its +128 offset on q) and the
+    AVX2 tile's int16 pair sums (|q| 128 times 127, twice); integers all the way (K 128 127 < 2^24): exact."""
     N, K = 40, 2 * G
     qweight = torch.full((N, K), 127, dtype=torch.int8)
     qweight[N // 2:] = -127
+    qweight[-4:] = -128
     scales = torch.ones(N, 1)
     packed = ops.pack_quantized_weight(qweight, scales, None, 8, 0)
     x = torch.stack([torch.full((K,), 127.0), torch.full((K,), -127.0), torch.tensor([127.0, -127.0]).repeat(G)])

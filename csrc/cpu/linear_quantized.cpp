@@ -146,11 +146,10 @@ at::Tensor linear_quantized_cpu(const at::Tensor& x, const at::Tensor& packed, i
   [[maybe_unused]] const bool avx512 = cpu::use_avx512(), avx2 = cpu::use_avx2();
   const bool round_x = x_bits == 8;
   // int4 or int8 x int8 bytes (whole 4-k steps, integer sums that cannot overflow): VNNI on the AVX-512 tier
-  // (int4_tile_vnni.h, int8_tile_vnni.h), for int4 vpmaddubsw on the AVX2 one (int4_tile_bytes); an AVX-512 CPU
-  // without VNNI + VBMI, and int8 on AVX2, take the fp32 tile on the rounded x
+  // (int4_tile_vnni.h, int8_tile_vnni.h), vpmaddubsw on the AVX2 one (int4_tile_bytes, int8_tile_bytes); an
+  // AVX-512 CPU without VNNI + VBMI takes the fp32 tile on the rounded x
   const bool byte_groups = round_x && G % 4 == 0 && G <= kMaxVnniGroup;
-  const bool vnni = byte_groups && avx512 && has_avx512_vnni_vbmi();
-  const bool bytes_avx2 = byte_groups && bits == 4 && !avx512 && avx2;
+  const bool vnni = byte_groups && avx512 && has_avx512_vnni_vbmi(), bytes_avx2 = byte_groups && !avx512 && avx2;
   // int8 at one row keeps the fp32 FMAs (int8_tile, linear_quantized_avx512.cpp): faster there than vdpbf16ps
   const bool dpbf16 = !round_x && x.scalar_type() == at::kBFloat16 && K % 2 == 0 && cpu::use_avx512_bf16() &&
                       (bits == 8 ? M > 1 : has_avx512_vbmi());

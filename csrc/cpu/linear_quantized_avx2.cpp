@@ -10,6 +10,7 @@
 //           q - 8 -> vcvtdq2ps -> FMAs into the same two column-half chains; every 32 pairs total += scale * sum,
 //           per group total += (zero + 8 scale) * xsum[m, g] (linear_quantized.cpp explains the centring).
 //   bits 4 with x rounded to int8 (x_bits 8): int4_tile_bytes, 2 k per byte product (vpmaddubsw), exact integers.
+//   bits 8 with x rounded to int8 (x_bits 8): int8_tile_bytes, |q| times x with q's sign (vpmaddubsw + vpmaddwd).
 // Accumulators: 2 MR NB ymm, at most 12 of the 16.
 #include <algorithm>
 #include <cstring>
@@ -239,6 +240,74 @@ GPT_FAST_AVX2 void int4_tile_bytes(const QuantArgs<T>& a, const int64_t* blocks,
   for (int j = 0; j < NB; ++j) finish_tile<T>(a, total[j], MR, m0, blocks[j] * kBN);
 }
 
+// bits 8 with x rounded to int8 (x_bits 8), G % 4 == 0: bytes multiplied, 4 k a dword as int8_tile_vnni.h does
+// with VNNI. vpmaddubsw multiplies unsigned bytes by signed ones and saturates its int16 pair sums, so the unsigned
+// side is |q| (vpabsb: 128 for q = -128 too) and the signed one x with q's sign (vpsignb), |pair| <= 2 * 128 * 127 <
+// 2^15; vpmaddwd with ones adds a column's two pairs into int32. One step is k .. k + 3 of a block (64 bytes, rows
+// of 16 columns): vpermq + vpshufb put each row pair's bytes of a column side by side, vpunpck{l,h}wd the two row
+// pairs, giving dwords of columns (0-3 | 8-11) and (4-7 | 12-15). Per 64 weights: 2 loads, 2 vpermq, 2 vpshufb, 2
+// vpunpck, 2 vpabsb, then per row 2 x (vpsignb, vpmaddubsw, vpmaddwd, vpaddd); the FMA tile spends 16 conversions
+// and 8 FMAs per row. Exact int32 group sums, then total += xscale * sum per group, times the column scales last.
+template <typename T, int MR, int NB>
+GPT_FAST_AVX2 void int8_tile_bytes(const QuantArgs<T>& a, const int64_t* blocks, int64_t m0) {
+  const int64_t K = a.K, G = a.G, groups = K / G;
+  const uint8_t* wbs[NB];  // (K + 4, 16) bytes each
+  for (int j = 0; j < NB; ++j) wbs[j] = a.w + blocks[j] * a.block_bytes;
+  const int8_t* xq = a.xq + m0 * K;              // (MR, K)
+  const float* xscale = a.xscale + m0 * groups;  // (MR, K / G)
+  const __m256i pair_bytes = _mm256_setr_epi8(0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14, 7, 15,  // per lane:
+                                              0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14, 7, 15);  // rows side by side
+  const __m256i ones = _mm256_set1_epi16(1);
+  alignas(32) float total[NB][MR][kBN] = {};
+  for (int64_t g = 0; g < groups; ++g) {
+    __m256i acc[NB][MR][2];  // int32 sums of q xq: columns (0-3 | 8-11) and (4-7 | 12-15)
+    for (int j = 0; j < NB; ++j)
+      for (int m = 0; m < MR; ++m) acc[j][m][0] = acc[j][m][1] = _mm256_setzero_si256();
+    for (int64_t k = g * G; k < (g + 1) * G; k += 4) {
+      __m256i xb[MR];
+      for (int m = 0; m < MR; ++m) {
+        int32_t x4;
+        std::memcpy(&x4, xq + m * K + k, 4);
+        xb[m] = _mm256_set1_epi32(x4);
+      }
+      for (int j = 0; j < NB; ++j) {
+        const uint8_t* rows = wbs[j] + k * kBN;
+        prefetch_stream<MR>(rows);
+        // (row k | row k + 1) and (row k + 2 | row k + 3) -> per lane a column's two rows side by side
+        const __m256i r01 = _mm256_shuffle_epi8(
+            _mm256_permute4x64_epi64(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(rows)), 0xD8), pair_bytes);
+        const __m256i r23 = _mm256_shuffle_epi8(
+            _mm256_permute4x64_epi64(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(rows + 32)), 0xD8),
+            pair_bytes);
+        const __m256i q[2] = {_mm256_unpacklo_epi16(r01, r23), _mm256_unpackhi_epi16(r01, r23)};
+        const __m256i magnitude[2] = {_mm256_abs_epi8(q[0]), _mm256_abs_epi8(q[1])};
+        for (int m = 0; m < MR; ++m)
+          for (int h = 0; h < 2; ++h) {
+            const __m256i pairs = _mm256_maddubs_epi16(magnitude[h], _mm256_sign_epi8(xb[m], q[h]));
+            acc[j][m][h] = _mm256_add_epi32(acc[j][m][h], _mm256_madd_epi16(pairs, ones));
+          }
+      }
+    }
+    for (int j = 0; j < NB; ++j)
+      for (int m = 0; m < MR; ++m) {
+        const __m256 s = _mm256_set1_ps(xscale[m * groups + g]);
+        const __m256 f0 = _mm256_cvtepi32_ps(acc[j][m][0]), f1 = _mm256_cvtepi32_ps(acc[j][m][1]);
+        float* t = total[j][m];
+        _mm256_store_ps(t, _mm256_fmadd_ps(_mm256_permute2f128_ps(f0, f1, 0x20), s, _mm256_load_ps(t)));  // 0-7
+        _mm256_store_ps(t + 8, _mm256_fmadd_ps(_mm256_permute2f128_ps(f0, f1, 0x31), s, _mm256_load_ps(t + 8)));
+      }
+  }
+  for (int j = 0; j < NB; ++j) {
+    const float* scale = reinterpret_cast<const float*>(wbs[j] + K * kBN);  // 16 fp32 (unaligned loads)
+    for (int m = 0; m < MR; ++m)
+      for (int h = 0; h < 2; ++h) {
+        float* t = total[j][m] + 8 * h;
+        _mm256_store_ps(t, _mm256_mul_ps(_mm256_load_ps(t), _mm256_loadu_ps(scale + 8 * h)));
+      }
+    finish_tile<T>(a, total[j], MR, m0, blocks[j] * kBN);
+  }
+}
+
 }  // namespace
 
 template <typename T>
@@ -254,6 +323,8 @@ void quantized_blocks_avx2(const QuantArgs<T>& a, int64_t block_begin, int64_t b
           constexpr int MR = decltype(mr)::value;
           if constexpr (2 * MR * NB > 12) {  // never: see the choice of NB below
             TORCH_INTERNAL_ASSERT(false, "linear_quantized (avx2): ", MR, " rows x ", NB, " blocks per tile");
+          } else if (int8 && a.xq) {
+            int8_tile_bytes<T, MR, NB>(a, blocks, m0);
           } else if (int8) {
             int8_tile<T, MR, NB>(a, blocks, m0);
           } else if (a.xq) {

@@ -41,8 +41,7 @@ struct QuantArgs {
   const uint32_t* x_pairs;  // bf16 x, even K, AVX512_BF16 (bits 4: and VBMI): (M, K / 2) bf16 pairs
                             // (x[m, 2s], x[m, 2s + 1]), else nullptr
   const int8_t* xq;         // x_bits 8 with the byte tiles (int4_tile_vnni.h, int8_tile_vnni.h; the AVX2 tier's
-                            // int4_tile_bytes):
-                            // (M, K) x rounded to int8, else nullptr
+                            // int4_tile_bytes, int8_tile_bytes): (M, K) x rounded to int8, else nullptr
   const float* xscale;      //   with it: (M, K / G) the scale of each group of xq (x = xq * xscale, as x holds)
   const int32_t* xqsum;     //   with it: (M, K / G) the sum of xq over each group
   const uint8_t* w;         // (NB, block_bytes) packed (quantized_layout.h)

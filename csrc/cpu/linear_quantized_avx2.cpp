@@ -255,8 +255,9 @@ GPT_FAST_AVX2 void int8_tile_bytes(const QuantArgs<T>& a, const int64_t* blocks,
   for (int j = 0; j < NB; ++j) wbs[j] = a.w + blocks[j] * a.block_bytes;
   const int8_t* xq = a.xq + m0 * K;              // (MR, K)
   const float* xscale = a.xscale + m0 * groups;  // (MR, K / G)
-  const __m256i pair_bytes = _mm256_setr_epi8(0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14, 7, 15,  // per lane:
-                                              0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14, 7, 15);  // rows side by side
+  // per lane: the two rows' bytes of a column side by side
+  const __m256i pair_bytes = _mm256_setr_epi8(0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14, 7, 15,
+                                              0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14, 7, 15);
   const __m256i ones = _mm256_set1_epi16(1);
   alignas(32) float total[NB][MR][kBN] = {};
   for (int64_t g = 0; g < groups; ++g) {

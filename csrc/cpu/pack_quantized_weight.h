@@ -20,8 +20,8 @@ int64_t check_quantized_weight(const at::Tensor& qweight, const at::Tensor& scal
 at::Tensor pack_quantized_weight_aten(const at::Tensor& qweight, const at::Tensor& scales,
                                       const std::optional<at::Tensor>& zeros, int64_t bits, int64_t group_size);
 
-// linear_quantized's checks that need no data: x (..., K) float with K > 0, bits 4 or 8, group_size (bits 4),
-// out_features > 0, x_bits 0 or 8 (with group_size: bits 8 then needs it too), and packed uint8 contiguous on x's device with the shape
+// linear_quantized's checks that need no data: x (..., K) float with K > 0, bits 4 or 8, x_bits 0 or 8, group_size
+// (bits 4 or x_bits 8), out_features > 0, and packed uint8 contiguous on x's device with the shape
 // pack_quantized_weight gives for (N, K, bits, group_size). Returns K.
 int64_t check_linear_quantized_args(const at::Tensor& x, const at::Tensor& packed, int64_t out_features,
                                     int64_t bits, int64_t group_size, int64_t x_bits, const char* op);

@@ -39,20 +39,32 @@ inline float rounded(float v, float divisor, float keep) {
   return keep * std::min(127.f, std::max(-127.f, (v / divisor + kRound) - kRound));
 }
 
+// The largest |v[k]| and the probe (sum of v[k] - v[k]) of a group's values [k0, G), folded into those given.
+inline void scan(const float* v, int64_t k0, int64_t G, float& group_max, float& probe) {
+  for (int64_t k = k0; k < G; ++k) group_max = std::max(group_max, std::fabs(v[k])), probe += v[k] - v[k];
+}
+
+// A group's values [k0, G) rounded in place (v = q * s), q stored to q_row[k] where q_row is not null; returns the
+// sum of those q (read only by the byte tiles, which take G <= kMaxVnniGroup: |sum| <= 127 G fits).
+inline int32_t round_values(float* v, int8_t* q_row, int64_t k0, int64_t G, float divisor, float keep, float s) {
+  int32_t sum = 0;
+  for (int64_t k = k0; k < G; ++k) {
+    const float q = rounded(v[k], divisor, keep);
+    if (q_row) q_row[k] = static_cast<int8_t>(q), sum += static_cast<int32_t>(q);
+    v[k] = q * s;
+  }
+  return sum;
+}
+
 // The portable loops (the scalar tier; compiled for the build's baseline ISA).
 void round_groups(float* x, int8_t* xq, float* xscale, int32_t* xqsum, int64_t begin, int64_t end, int64_t G) {
   for (int64_t i = begin; i < end; ++i) {
     float* v = x + i * G;
     float group_max = 0.f, probe = 0.f;
-    for (int64_t k = 0; k < G; ++k) group_max = std::max(group_max, std::fabs(v[k])), probe += v[k] - v[k];
+    scan(v, 0, G, group_max, probe);
     const float s = group_scale(group_max, probe);
     const float divisor = s > 0.f ? s : 1.f, keep = s > 0.f ? 1.f : 0.f;
-    int32_t sum = 0;  // read only by the byte tiles, which take G <= kMaxVnniGroup: |sum| <= 127 G fits
-    for (int64_t k = 0; k < G; ++k) {
-      const float q = rounded(v[k], divisor, keep);
-      if (xq) xq[i * G + k] = static_cast<int8_t>(q), sum += static_cast<int32_t>(q);
-      v[k] = q * s;
-    }
+    const int32_t sum = round_values(v, xq ? xq + i * G : nullptr, 0, G, divisor, keep, s);
     if (xscale) xscale[i] = s;
     if (xqsum) xqsum[i] = G <= kMaxVnniGroup ? sum : 0;
   }
@@ -79,7 +91,7 @@ GPT_FAST_AVX2 void round_groups_avx2(float* x, int8_t* xq, float* xscale, int32_
     _mm256_store_ps(lanes, amax), _mm256_store_ps(probe_lanes, probes);
     float group_max = 0.f, probe = 0.f;
     for (int l = 0; l < 8; ++l) group_max = std::max(group_max, lanes[l]), probe += probe_lanes[l];
-    for (; k < G; ++k) group_max = std::max(group_max, std::fabs(v[k])), probe += v[k] - v[k];
+    scan(v, k, G, group_max, probe);  // the last G % 8 values
     const float s = group_scale(group_max, probe);
     const float divisor = s > 0.f ? s : 1.f, keep = s > 0.f ? 1.f : 0.f;
     const __m256 divisors = _mm256_set1_ps(divisor), keeps = _mm256_set1_ps(keep), scales = _mm256_set1_ps(s);
@@ -98,13 +110,8 @@ GPT_FAST_AVX2 void round_groups_avx2(float* x, int8_t* xq, float* xscale, int32_
     }
     alignas(32) int32_t sum_lanes[8];
     _mm256_store_si256(reinterpret_cast<__m256i*>(sum_lanes), sums);
-    int32_t sum = 0;
+    int32_t sum = round_values(v, xq ? xq + i * G : nullptr, k, G, divisor, keep, s);  // the last G % 8 values
     for (int l = 0; l < 8; ++l) sum += sum_lanes[l];
-    for (; k < G; ++k) {
-      const float q = rounded(v[k], divisor, keep);
-      if (xq) xq[i * G + k] = static_cast<int8_t>(q), sum += static_cast<int32_t>(q);
-      v[k] = q * s;
-    }
     if (xscale) xscale[i] = s;
     if (xqsum) xqsum[i] = G <= kMaxVnniGroup ? sum : 0;
   }

@@ -193,10 +193,10 @@ class OpenAIGPTPreTrainedModel(hub_upload.PushToHubMixin, nn.Module):
         or "int4" (asymmetric, groups of group_size input features; group_size must divide every layer's input
         width), or "int4-a8" / "int8-a8" (int4 / int8, and each call's activations rounded to int8 per group of
         group_size with their own scale, for the CPU's VNNI byte products: faster decode, see
-        docs/quantization.md). Quantizes every block's
-        linear layers and, with lm_head, a copy of the tied LM head (the token embedding stays in the model's
-        dtype). int4's method: "rtn" (round to nearest) or "gptq" (error compensation from `calibration`, token ids
-        (count, T) or 1-D; same stored format). Returns the model, in eval mode."""
+        docs/quantization.md). Quantizes every block's linear layers and, with lm_head, a copy of the tied LM head
+        (the token embedding stays in the model's dtype). int4's method: "rtn" (round to nearest) or "gptq" (error
+        compensation from `calibration`, token ids (count, T) or 1-D; same stored format). Returns the model, in
+        eval mode."""
         return quantize_model(self, scheme, group_size, lm_head, method, calibration)
 
     def dequantize(self):

@@ -81,7 +81,7 @@ if extension_loaded():
         torch._check(out_features > 0, lambda: f"linear_quantized: out_features must be positive, got {out_features}")
         if bits == 4 or x_bits == 8:
             torch._check(group_size > 0 and group_size % 2 == 0 and K % group_size == 0,
-                         lambda: f"linear_quantized: bits=4 and x_bits=8 need an even group_size dividing K={K}")
+                         lambda: f"linear_quantized: bits=4 or x_bits=8 needs an even group_size dividing K={K}")
         expected = packed_quantized_shape(out_features, K, bits, group_size)
         torch._check(packed.dtype == torch.uint8 and tuple(packed.shape) == expected,
                      lambda: f"linear_quantized: packed has shape {tuple(packed.shape)} but needs {expected}")

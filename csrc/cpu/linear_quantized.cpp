@@ -30,6 +30,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <memory>
 #include <vector>
 
 #include "checks.h"
@@ -138,7 +139,8 @@ at::Tensor linear_quantized_cpu(const at::Tensor& x, const at::Tensor& packed, i
     res2 = residual->reshape({M, N});
     if (res2.stride(1) != 1) res2 = res2.contiguous();
   }
-  std::vector<float> xf(M * K), xsum;  // (M, K) fp32 copy of x; bits 4: (M, K / G) group sums (vector tiers)
+  std::unique_ptr<float[]> xf(new float[M * K]);  // (M, K) fp32 copy of x (not zeroed)
+  std::vector<float> xsum;             // bits 4: (M, K / G) group sums (vector tiers)
   std::vector<uint32_t> x_pairs;       // dpbf16: (M, K / 2) bf16 pairs for vdpbf16ps
   std::vector<int8_t> xq;              // x_bits 8: (M, K) x rounded to int8
   std::vector<float> xscale;           //   and (M, K / G) the scales of its groups
@@ -159,12 +161,10 @@ at::Tensor linear_quantized_cpu(const at::Tensor& x, const at::Tensor& packed, i
   checked_mul(pair_rows, K, op, "M (rounded up to 16 rows) * K");
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "linear_quantized_cpu", [&] {
     const scalar_t* xp = x2.const_data_ptr<scalar_t>();
-    const int64_t s0 = x2.stride(0), s1 = x2.stride(1);
-    for (int64_t m = 0; m < M; ++m)
-      for (int64_t k = 0; k < K; ++k) xf[m * K + k] = static_cast<float>(xp[m * s0 + k * s1]);
+    small_m::rows_to_float(xp, M, K, x2.stride(0), x2.stride(1), xf.get());
     if (round_x) {
       xq.resize(M * K), xscale.resize(M * (K / G)), xqsum.resize(M * (K / G));
-      round_activation_groups(xf.data(), xq.data(), xscale.data(), xqsum.data(), 0, M * (K / G), G);
+      round_activation_groups(xf.get(), xq.data(), xscale.data(), xqsum.data(), 0, M * (K / G), G);
     }
     if (bits == 4) {
       xsum.resize(M * (K / G));
@@ -185,7 +185,7 @@ at::Tensor linear_quantized_cpu(const at::Tensor& x, const at::Tensor& packed, i
         x_pairs[i] = lo >> 16 | (hi & 0xFFFF0000u);
       }
     }
-    QuantArgs<scalar_t> a{xf.data(), bits == 4 ? xsum.data() : nullptr, dpbf16 ? x_pairs.data() : nullptr,
+    QuantArgs<scalar_t> a{xf.get(), bits == 4 ? xsum.data() : nullptr, dpbf16 ? x_pairs.data() : nullptr,
                           vnni || bytes_avx2 ? xq.data() : nullptr, xscale.data(), xqsum.data(),
                           packed.const_data_ptr<uint8_t>(),
                           bias ? bias_c.const_data_ptr<scalar_t>() : nullptr,

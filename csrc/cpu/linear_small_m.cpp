@@ -25,6 +25,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <memory>
 #include <type_traits>
 #include <vector>
 
@@ -298,7 +299,7 @@ at::Tensor linear_small_m_cpu(const at::Tensor& x, const at::Tensor& packed_weig
     res2 = residual->reshape({M, N});
     if (res2.stride(1) != 1) res2 = res2.contiguous();
   }
-  std::vector<float> xf(M * K);  // (M, K) fp32 copy of x, whatever its strides
+  std::unique_ptr<float[]> xf(new float[M * K]);  // (M, K) fp32 copy of x, whatever its strides (not zeroed)
   std::vector<uint32_t> x_pairs;  // (M, K / 2) bf16 pairs, only for the vdpbf16ps path
   [[maybe_unused]] const bool vector = cpu::use_avx512(), avx2 = cpu::use_avx2();
   const bool dpbf16 = x.scalar_type() == at::kBFloat16 && K >= 2 && cpu::use_avx512_bf16();
@@ -306,10 +307,9 @@ at::Tensor linear_small_m_cpu(const at::Tensor& x, const at::Tensor& packed_weig
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "linear_small_m_cpu", [&] {
     const scalar_t* xp = x2.const_data_ptr<scalar_t>();
     const int64_t s0 = x2.stride(0), s1 = x2.stride(1);
-    for (int64_t m = 0; m < M; ++m)
-      for (int64_t k = 0; k < K; ++k) xf[m * K + k] = static_cast<float>(xp[m * s0 + k * s1]);
+    rows_to_float(xp, M, K, s0, s1, xf.get());
     if (dpbf16) bf16_pairs(xp, M, amx ? amx::padded_rows(M) : M, K, s0, s1, x_pairs);
-    LinearArgs<scalar_t> a{xf.data(), dpbf16 ? x_pairs.data() : nullptr, packed_weight.const_data_ptr<scalar_t>(),
+    LinearArgs<scalar_t> a{xf.get(), dpbf16 ? x_pairs.data() : nullptr, packed_weight.const_data_ptr<scalar_t>(),
                            bias ? bias_c.const_data_ptr<scalar_t>() : nullptr,
                            residual ? res2.const_data_ptr<scalar_t>() : nullptr, out.mutable_data_ptr<scalar_t>(),
                            M, K, N, residual ? res2.stride(0) : 0, gelu, amx};

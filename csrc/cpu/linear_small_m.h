@@ -69,6 +69,12 @@ inline void with_rows(int64_t rows, Tile&& tile) {
   }
 }
 
+// x (M, K) at strides (s0, s1) -> xf (M, K) row-major fp32, the copy both linear ops' tiles read: contiguous bf16 /
+// fp16 / fp32 rows 8 values at a time on AVX2 CPUs (linear_small_m_avx2.cpp), any other strides or dtype one value
+// at a time. Instantiated for float, double, c10::BFloat16 and c10::Half.
+template <typename T>
+void rows_to_float(const T* x, int64_t M, int64_t K, int64_t s0, int64_t s1, float* xf);
+
 // The AVX2 + FMA (+F16C) path over blocks [block_begin, block_end) (linear_small_m_avx2.cpp); call only when
 // cpu::use_avx2(), on x86 builds (GPT_FAST_HAVE_X86). Instantiated for float, c10::BFloat16 and c10::Half.
 template <typename T>

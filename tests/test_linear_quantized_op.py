@@ -122,6 +122,22 @@ def test_int8_activations_change_the_result(bits):
     assert (exact - rounded).abs().max() > 1e-3 * scale * 256**0.5
 
 
+@pytest.mark.parametrize("x_bits", [0, 8])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=["bf16", "fp16", "fp32"])
+def test_strided_x_gives_the_contiguous_result(x_bits, dtype, cpu_tier):
+    # x's fp32 copy: contiguous rows (any row stride) 8 values a step on the vector tiers, other strides one by one
+    _, _, _, packed = layer(N=40, K=70, bits=8, G=0)
+    wide = torch.randn(5, 80, generator=torch.Generator().manual_seed(1)).to(dtype)
+    x = wide[:, 3:73]  # (5, 70), rows 80 apart
+    column_major = x.t().contiguous().t()
+    assert x.stride() == (80, 1) and column_major.stride() == (1, 5)
+    group = 14 if x_bits else 0  # x's groups: 5 of 14 (not a multiple of 8: the rounding's tails too)
+    expected = torch.ops.gpt_fast.linear_quantized(x.contiguous(), packed, 40, 8, group, None, None, False, x_bits)
+    for strided in (x, column_major):
+        actual = torch.ops.gpt_fast.linear_quantized(strided, packed, 40, 8, group, None, None, False, x_bits)
+        torch.testing.assert_close(actual, expected, rtol=0, atol=0)
+
+
 def test_pack_unpacks_to_the_dequantized_weight():
     for bits, G in [(8, 0), (4, 2), (4, 32)]:
         q, s, z, packed = layer(33, 64, bits, G)
@@ -220,7 +236,8 @@ def test_int8_with_int8_activations_needs_a_group_dividing_k(group_size):
     *_, packed = layer(40, 64, 8, 0)
     x = torch.randn(2, 64)
     assert ops.linear_quantized(x, packed, 40, 8, group_size).shape == (2, 40)  # x_bits=0: ignored
-    with pytest.raises((ValueError, RuntimeError), match="even positive group_size dividing"):
+    message = r"x_bits=8 \(x's groups\) needs an even positive group_size dividing in_features K=64"
+    with pytest.raises((ValueError, RuntimeError), match=message):
         torch.ops.gpt_fast.linear_quantized(x, packed, 40, 8, group_size, None, None, False, 8)
 
 

@@ -62,6 +62,18 @@ def test_non_contiguous_inputs(dtype, cpu_tier):
     check(x, w, b, r, True, True)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_rows_further_apart_than_k(dtype, cpu_tier):
+    x, w, b, _ = make(5, 67, 40, dtype, True, 5)
+    wide = torch.zeros(5, 80, dtype=dtype)
+    wide[:, 3:70] = x
+    strided = wide[:, 3:70]  # (5, 67), rows 80 apart: x's fp32 copy reads each row from its own start
+    assert strided.stride() == (80, 1)
+    packed = ops.pack_linear_weight(w, True)
+    torch.testing.assert_close(ops.linear_small_m(strided, packed, 40, b), ops.linear_small_m(x, packed, 40, b),
+                               rtol=0, atol=0)
+
+
 def test_empty_rows():
     packed = ops.pack_linear_weight(torch.randn(8, 20), True)
     assert ops.linear_small_m(torch.empty(0, 8), packed, 20).shape == (0, 20)

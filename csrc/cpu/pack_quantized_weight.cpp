@@ -24,10 +24,10 @@ void check_bits(int64_t bits, const char* op) {
   TORCH_CHECK_VALUE(bits == 4 || bits == 8, op, ": bits must be 4 or 8, got ", bits);
 }
 
-// bits 4 only: group_size positive, even and dividing K.
-void check_group(int64_t group_size, int64_t K, const char* op) {
-  TORCH_CHECK_VALUE(group_size > 0 && group_size % 2 == 0 && K % group_size == 0, op,
-                    ": bits=4 needs an even positive group_size dividing in_features K=", K, ", got ", group_size);
+// group_size positive, even and dividing K: the weights' groups (bits 4), or x's (bits 8 with x_bits 8).
+void check_group(int64_t group_size, int64_t K, const char* op, const char* needs = "bits=4") {
+  TORCH_CHECK_VALUE(group_size > 0 && group_size % 2 == 0 && K % group_size == 0, op, ": ", needs,
+                    " needs an even positive group_size dividing in_features K=", K, ", got ", group_size);
 }
 
 // (N, C) -> (NB * 16, C) with rows past N filled with `pad`.
@@ -112,7 +112,7 @@ int64_t check_linear_quantized_args(const at::Tensor& x, const at::Tensor& packe
   check_bits(bits, op);
   TORCH_CHECK_VALUE(x_bits == 0 || x_bits == 8, op, ": x_bits must be 0 (x as it is) or 8 (x rounded to int8 per ",
                     "group), got ", x_bits);
-  if (bits == 4 || x_bits == 8) check_group(group_size, K, op);  // the weights' groups, or x's (bits 8)
+  if (bits == 4 || x_bits == 8) check_group(group_size, K, op, bits == 4 ? "bits=4" : "x_bits=8 (x's groups)");
   TORCH_CHECK_VALUE(out_features > 0, op, ": out_features must be positive, got ", out_features);
   check_same_device(packed, x, op, "packed");
   TORCH_CHECK_VALUE(packed.scalar_type() == at::kByte && packed.dim() == 3 && packed.is_contiguous(), op,

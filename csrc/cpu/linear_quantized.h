@@ -91,24 +91,14 @@ inline bool has_avx512_vnni_vbmi() {
 #endif
 }
 
-// Whether the VNNI tiles leave their weight streams at 1-4 rows to the hardware prefetchers (detected once): on AMD
-// CPUs, of which Zen 4 and later have AVX512_VNNI + VBMI. Measured on Zen 4 (int4-a8 GPT-1 decode, 2 threads, one
-// process alternating): without the software prefetch 1.08-1.28x the tokens/s of 8 KiB ahead at batch 1, 1.08x at 2,
-// 1.04x at 4, 0.95x at 8 (1 KiB and 512 B ahead in between); the VNNI tile reads a stream faster than the FMA tiles,
-// which lose 15% without theirs; int8-a8 at batch 1 likewise (2026-12-07 evening: 1.73x bf16 without, 1.62x at 512 B,
-// 1.41-1.48x at 1-8 KiB). Intel CPUs keep 8 KiB ahead (measured on Sapphire Rapids when the tile was written). The
-// walk (linear_quantized_avx512.cpp) then reads 2 weight streams at 1-2 rows instead of 4.
-inline bool vnni_hardware_prefetch_only() {
-#if GPT_FAST_HAVE_X86
-  static const bool amd = [] {
-    __builtin_cpu_init();
-    return static_cast<bool>(__builtin_cpu_is("amd"));
-  }();
-  return amd;
-#else
-  return false;
-#endif
-}
+// Whether the VNNI tiles leave their weight streams at 1-4 rows to the hardware prefetchers: on AMD Zen 4
+// (cpu::amd_zen4), where it was measured (int4-a8 GPT-1 decode, 2 threads, one process alternating): without the
+// software prefetch 1.08-1.28x the tokens/s of 8 KiB ahead at batch 1, 1.08x at 2, 1.04x at 4, 0.95x at 8 (1 KiB and
+// 512 B ahead in between); the VNNI tile reads a stream faster than the FMA tiles, which lose 15% without theirs;
+// int8-a8 at batch 1 likewise (2026-12-07 evening: 1.73x bf16 without, 1.62x at 512 B, 1.41-1.48x at 1-8 KiB). The
+// walk (linear_quantized_avx512.cpp) then reads 2 weight streams at 1-2 rows instead of 4. Other CPUs keep 8 KiB ahead
+// (measured on Sapphire Rapids when the tile was written; Zen 5 not measured).
+inline bool vnni_hardware_prefetch_only() { return cpu::amd_zen4(); }
 
 // Little-endian reads of the fp32 / bf16 scales and zeros stored in the byte stream (unaligned).
 inline float load_f32(const uint8_t* p) {

@@ -3,7 +3,8 @@
 // With 1-4 rows a linear layer is bound by reading W, from ~8 rows by the multiply-adds; each weight element is read
 // from memory once, from the blocked layout of csrc/cpu/linear_layout.h: a task owns whole 16-column blocks
 // (at::parallel_for over blocks) and reads several side by side, one from each equal part of its range: 4 with 1-2 rows
-// (one sequential stream per core reads ~26 GB/s on the 2-core machine here, four ~33 GB/s), 2 with 3+ rows. Rows go in
+// (one sequential stream per core reads ~26 GB/s on the 2-core machine here, four ~33 GB/s; on AMD Zen 4 2, left to
+// the hardware prefetchers: see linear_blocks_avx512), 2 with 3+ rows. Rows go in
 // equal tiles of at most 8 (M = 16: 8 + 8, M = 17: 6 + 6 + 5); a tile streams its blocks' K x 16 weights once (the
 // first tile from memory, the next from cache) and keeps the 16-column sums of every row x block in registers (8 rows x
 // 2 blocks = 16 fp32 chains: 2 FMA / vdpbf16ps per cycle at 4 / 6 cycles latency on Zen 5 need 8-12), folded every 64 k
@@ -75,7 +76,7 @@ alignas(64) constexpr uint16_t kInterleave[32] = {0, 16, 1, 17, 2,  18, 3,  19, 
 
 template <int64_t PD>
 inline void prefetch_weights(const void* at) {
-  _mm_prefetch(reinterpret_cast<const char*>(at) + PD, _MM_HINT_T0);
+  if constexpr (PD > 0) _mm_prefetch(reinterpret_cast<const char*>(at) + PD, _MM_HINT_T0);  // 0: none
 }
 
 // Independent accumulator chains per row: enough that MR * chains covers the FMA latency even for one row.
@@ -239,6 +240,11 @@ void linear_blocks_avx512(const LinearArgs<T>& a, int64_t block_begin, int64_t b
   };
   using Near = std::integral_constant<int64_t, kPrefetchNear<T>>;
   using Far = std::integral_constant<int64_t, kPrefetchFar>;
+  // AMD Zen 4 at 1-2 rows: 2 streams and no software prefetch, measured there against 4 streams 1 KiB (fp32 2 KiB)
+  // ahead (GPT-1 decode, 2 threads, one process alternating, 2026-12-07): fp32 1.09-1.14x the tok/s at batch 1 and
+  // 1.11x at 2, bf16 1.01-1.08x and 1.06-1.07x; 4 streams without prefetch in between, 2 with it 0.91x (bf16)
+  if (tile_rows <= 2 && cpu::amd_zen4())
+    return by_groups(std::integral_constant<int, 2>{}, std::integral_constant<int64_t, 0>{});
   if (tile_rows <= 2) return by_groups(std::integral_constant<int, 4>{}, Near{});
   by_groups(std::integral_constant<int, 2>{}, Far{});
 }

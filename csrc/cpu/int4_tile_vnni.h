@@ -14,7 +14,7 @@
 // Exact in int32 per group (|sum| <= 15 * 127 * G + 8 * 127 * G: the walk takes this tile for G <= kMaxVnniGroup);
 // the sum starts at -8 sum_g xq so that it is sum (q - 8) xq, the centring of the weight-only tiles, and the group
 // adds scale * xscale * sum + (zero + 8 scale) * xsum in fp32 (xsum: sum of the rounded x, as the other tiers).
-// Each stream is prefetched 8 KiB ahead, except at 1-4 rows on AMD CPUs (vnni_hardware_prefetch_only).
+// Each stream is prefetched 8 KiB ahead, except at 1-4 rows on AMD Zen 4 (vnni_hardware_prefetch_only).
 #pragma once
 #include <cstring>
 

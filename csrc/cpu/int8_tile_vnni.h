@@ -13,7 +13,8 @@
 // sum (q + 128) xq = sum q xq + 128 sum xq, so each group's sums start at -128 times the group's sum of xq (the
 // rounding makes those sums) and end as sum q xq, exact in int32 (|.| <= 255 * 127 * G + 128 * 127 * G, G <=
 // kMaxVnniGroup); the group adds xscale * sum in fp32, and the row's total is times the column scales at the end.
-// Software prefetch 8 KiB ahead, except at 1-4 rows on AMD CPUs (vnni_hardware_prefetch_only), as int4_tile_vnni.
+// Software prefetch 8 KiB ahead, except at 1-4 rows on AMD Zen 4 (vnni_hardware_prefetch_only; the walk then reads 2
+// streams at 1-2 rows), as int4_tile_vnni.
 #pragma once
 #include <cstring>
 

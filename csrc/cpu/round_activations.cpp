@@ -96,7 +96,8 @@ GPT_FAST_AVX2 inline float group_scale_avx2(const float* v, int64_t G8, int64_t 
   }
   float group_max = max_lanes(amax);
   // a lane's probe is 0 or NaN: any NaN lane makes the group's probe NaN, as the scalar sum would
-  float probe = _mm256_movemask_ps(_mm256_cmp_ps(probes, probes, _CMP_UNORD_Q)) ? std::numeric_limits<float>::quiet_NaN() : 0.f;
+  const bool any_nan = _mm256_movemask_ps(_mm256_cmp_ps(probes, probes, _CMP_UNORD_Q)) != 0;
+  float probe = any_nan ? std::numeric_limits<float>::quiet_NaN() : 0.f;
   scan(v, G8, G, group_max, probe);  // the last G % 8 values
   return group_scale(group_max, probe);
 }

@@ -88,15 +88,16 @@ inline bool use_avx512() { return cpu_isa() >= Isa::kAvx512; }
 inline bool use_avx512_bf16() { return cpu_isa() >= Isa::kAvx512Bf16; }
 inline bool use_amx() { return cpu_isa() >= Isa::kAmx; }
 
-// Whether this is an AMD Zen 4 CPU (family 0x19; Zen 3, the same family, has no AVX-512), where the AVX-512 decode
-// tiles leave their weight streams at few rows to the hardware prefetchers and read 2 streams side by side rather than
-// prefetching 4 in software (linear_small_m.cpp, linear_quantized.h; measured there). Detected once.
+// Whether this is an AMD Zen 4 CPU (family 0x19 with AVX-512; Zen 3, the same family, has none), where the AVX-512
+// decode tiles leave their weight streams at few rows to the hardware prefetchers and read 2 streams side by side
+// rather than prefetching 4 in software (linear_small_m.cpp, linear_quantized.h; measured there). Detected once.
 inline bool amd_zen4() {
 #if GPT_FAST_HAVE_X86
   static const bool zen4 = [] {
     __builtin_cpu_init();
     unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
-    if (!__builtin_cpu_is("amd") || !__get_cpuid(1, &eax, &ebx, &ecx, &edx)) return false;
+    if (!__builtin_cpu_is("amd") || !__builtin_cpu_supports("avx512f") || !__get_cpuid(1, &eax, &ebx, &ecx, &edx))
+      return false;
     return ((eax >> 8) & 0xF) + ((eax >> 20) & 0xFF) == 0x19;  // base family + extended family
   }();
   return zen4;

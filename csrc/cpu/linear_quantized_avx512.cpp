@@ -324,20 +324,16 @@ void quantized_blocks_avx512(const QuantArgs<T>& a, int64_t block_begin, int64_t
       for (int64_t m0 = 0; m0 < a.M; m0 += tile_rows) {
         with_rows<8>(std::min(tile_rows, a.M - m0), [&](auto mr) {
           constexpr int MR = decltype(mr)::value;
-          if constexpr (MR * NB > 8) {  // only int8 with bf16 pairs or int8 x at 5-8 rows: see the choice of NB below
-            TORCH_INTERNAL_ASSERT(MR * NB <= 16 && int8 && (a.x_pairs || a.xq), "linear_quantized (avx512): ", MR,
-                                  " rows x ", NB, " blocks per tile");
-            if constexpr (MR * NB <= 16) {
-              if (a.xq) {
-                int8_tile_vnni<T, MR, NB>(a, blocks, m0);
-              } else {
-                int8_tile_dpbf16<T, MR, NB>(a, blocks, m0);
-              }
-            }
-          } else if (int8 && a.x_pairs) {
-            int8_tile_dpbf16<T, MR, NB>(a, blocks, m0);
+          // more than 8 sums (up to 16): only int8 with bf16 pairs or int8 x, which take 2 blocks at 5-8 rows (the
+          // choice of NB below)
+          if constexpr (MR * NB > 16) {
+            TORCH_INTERNAL_ASSERT(false, "linear_quantized (avx512): ", MR, " rows x ", NB, " blocks per tile");
           } else if (int8 && a.xq) {
             int8_tile_vnni<T, MR, NB>(a, blocks, m0);
+          } else if (int8 && a.x_pairs) {
+            int8_tile_dpbf16<T, MR, NB>(a, blocks, m0);
+          } else if constexpr (MR * NB > 8) {
+            TORCH_INTERNAL_ASSERT(false, "linear_quantized (avx512): ", MR, " rows x ", NB, " blocks per tile");
           } else if (int8) {
             int8_tile<T, MR, NB>(a, blocks, m0);
           } else if (a.xq) {
@@ -352,8 +348,8 @@ void quantized_blocks_avx512(const QuantArgs<T>& a, int64_t block_begin, int64_t
     });
   };
   // 1-2 rows read 4 streams side by side, except the VNNI tiles where they leave the prefetching to the hardware
-  // (AMD, vnni_hardware_prefetch_only): 2 streams there measured 1.04-1.12x the batch-1 decode tok/s of 4 (int8-a8,
-  // int4-a8; batch 2 1.11x / 1.20x) on Zen 4, and 1 stream in between
+  // (AMD Zen 4, vnni_hardware_prefetch_only): 2 streams there measured 1.04-1.12x the batch-1 decode tok/s of 4
+  // (int8-a8, int4-a8; batch 2 1.11x / 1.20x), and 1 stream in between
   if (tile_rows <= 2 && !(a.xq && vnni_hardware_prefetch_only())) return by_groups(std::integral_constant<int, 4>{});
   if (tile_rows <= 4 || (int8 && (a.x_pairs || a.xq))) return by_groups(std::integral_constant<int, 2>{});
   by_groups(std::integral_constant<int, 1>{});

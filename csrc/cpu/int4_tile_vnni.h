@@ -32,6 +32,18 @@ constexpr int64_t kMaxVnniGroup = 1 << 16;  // G bound for int32 group sums (see
 namespace gpt_fast::quantized {
 
 namespace vnni {
+// acc + the 4 byte products of a (unsigned) and b (signed) per int32 lane: _mm512_dpbusd_epi32 written in place.
+// GCC 12 treats the intrinsic's accumulator as a separate input and, with 16 of them live, copies each one between
+// registers around every vpdpbusd; the asm ties it to its output register.
+GPT_FAST_AVX512_VNNI_VBMI inline __m512i dpbusd(__m512i acc, __m512i a, __m512i b) {
+#if defined(__GNUC__) && !defined(__clang__)
+  asm("vpdpbusd %[b], %[a], %[acc]" : [acc] "+v"(acc) : [a] "v"(a), [b] "v"(b));
+  return acc;
+#else
+  return _mm512_dpbusd_epi32(acc, a, b);
+#endif
+}
+
 // vpermb indices: qword Q takes bytes 2Q and 16 + 2Q (column 2Q of rows p, p + 1) then 2Q + 1 and 17 + 2Q.
 alignas(64) inline constexpr uint8_t kPairRows[64] = {
     0,  16, 1,  17, 0, 0, 0, 0, 2,  18, 3,  19, 0, 0, 0, 0, 4,  20, 5,  21, 0, 0, 0, 0,
@@ -77,7 +89,7 @@ GPT_FAST_AVX512_VNNI_VBMI void int4_tile_vnni(const QuantArgs<T>& a, const int64
         const __m512i bytes = _mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(rows)));
         const __m512i q = _mm512_and_si512(
             _mm512_multishift_epi64_epi8(offsets, _mm512_permutexvar_epi8(pair_rows, bytes)), low_nibble);
-        for (int m = 0; m < MR; ++m) acc[j][m] = _mm512_dpbusd_epi32(acc[j][m], q, _mm512_set1_epi32(x4[m]));
+        for (int m = 0; m < MR; ++m) acc[j][m] = vnni::dpbusd(acc[j][m], q, _mm512_set1_epi32(x4[m]));
       }
     }
     for (int j = 0; j < NB; ++j) {

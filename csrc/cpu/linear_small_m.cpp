@@ -74,9 +74,16 @@ void linear_blocks_scalar(const LinearArgs<T>& a, int64_t block_begin, int64_t b
 alignas(64) constexpr uint16_t kInterleave[32] = {0, 16, 1, 17, 2,  18, 3,  19, 4,  20, 5,  21, 6,  22, 7,  23,
                                                   8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
 
+// PD bytes ahead of at (PD = 0: none), into L1, or into L2 only with to_l2 (far_prefetch_to_l2).
 template <int64_t PD>
-inline void prefetch_weights(const void* at) {
-  if constexpr (PD > 0) _mm_prefetch(reinterpret_cast<const char*>(at) + PD, _MM_HINT_T0);  // 0: none
+inline void prefetch_weights(const void* at, bool to_l2 = false) {
+  if constexpr (PD > 0) {
+    if (to_l2) {
+      _mm_prefetch(reinterpret_cast<const char*>(at) + PD, _MM_HINT_T1);
+    } else {
+      _mm_prefetch(reinterpret_cast<const char*>(at) + PD, _MM_HINT_T0);
+    }
+  }
 }
 
 // Independent accumulator chains per row: enough that MR * chains covers the FMA latency even for one row.
@@ -89,6 +96,7 @@ GPT_FAST_AVX512 inline void linear_tile_avx512(const LinearArgs<T>& a, const int
   using V = cpu::Vec16<T>;
   constexpr int CH = std::max(1, std::min(std::max(2, chains_for(MR) / NB), 16 / (MR * NB)));  // <= 16 sums
   const int64_t K = a.K;
+  const bool to_l2 = PD == kPrefetchFar && far_prefetch_to_l2();
   const T* wbs[NB];  // (K, 16) each
   for (int j = 0; j < NB; ++j) wbs[j] = a.w + blocks[j] * K * kBN;
   __m512 total[NB][MR];
@@ -109,7 +117,7 @@ GPT_FAST_AVX512 inline void linear_tile_avx512(const LinearArgs<T>& a, const int
     for (; k + CH <= k1; k += CH) {
       for (int c = 0; c < CH; ++c) {
         for (int j = 0; j < NB; ++j) {
-          if ((c * sizeof(T) * kBN) % 64 == 0) prefetch_weights<PD>(wbs[j] + (k + c) * kBN);  // once per 64-byte line
+          if ((c * sizeof(T) * kBN) % 64 == 0) prefetch_weights<PD>(wbs[j] + (k + c) * kBN, to_l2);  // once a line
           k_step(j, c, k + c);
         }
       }
@@ -131,12 +139,13 @@ GPT_FAST_AVX512_BF16 inline void linear_tile_dpbf16(const LinearArgs<c10::BFloat
                                                     int64_t m0) {
   constexpr int CH = std::max(1, chains_for(MR) / NB);
   const int64_t K = a.K, pairs = K / 2;
+  const bool to_l2 = PD == kPrefetchFar && far_prefetch_to_l2();
   const c10::BFloat16* wbs[NB];  // (K, 16) each
   for (int j = 0; j < NB; ++j) wbs[j] = a.w + blocks[j] * K * kBN;
   const uint32_t* xp = a.x_pairs + m0 * pairs;
   const __m512i interleave = _mm512_load_si512(kInterleave);
   auto pair_step = [&](__m512* acc, const c10::BFloat16* wb, int64_t s) GPT_FAST_AVX512_BF16 {
-    prefetch_weights<PD>(wb + 2 * s * kBN);
+    prefetch_weights<PD>(wb + 2 * s * kBN, to_l2);
     const __m512bh w = (__m512bh)_mm512_permutexvar_epi16(interleave, _mm512_loadu_si512(wb + 2 * s * kBN));
     for (int m = 0; m < MR; ++m) {
       acc[m] = _mm512_dpbf16_ps(acc[m], w, (__m512bh)_mm512_set1_epi32(static_cast<int>(xp[m * pairs + s])));

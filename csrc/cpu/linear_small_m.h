@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "cpu/cpu_isa.h"  // amd_zen4
 #include "cpu/linear_layout.h"
 
 namespace gpt_fast::small_m {
@@ -28,6 +29,11 @@ constexpr int64_t kPrefetchNear = sizeof(T) == 4 ? kPrefetchFp32 : kPrefetch;  /
 // the AVX-512 tiles (lm_head bf16, one core: M = 8 ~1.4x faster than 1 KiB ahead, M = 16 ~1.25x; 4 KiB within
 // noise of 8), and 1.05-1.35x faster on the AVX2 tier at M = 4-16.
 constexpr int64_t kPrefetchFar = 8192;
+// Whether the AVX-512 tiles' kPrefetchFar prefetches go to L2 only (prefetcht1) rather than L1: on AMD Zen 4
+// (cpu::amd_zen4), where GPT-1's decode linears measured faster so (2 threads, weights from memory, one process
+// alternating, 2026-12-07): bf16 1.08x at M = 3, 1.06x at 4, 1.12x at 8; fp32 1.07x at 3, within noise at 8. Its
+// L1 miss buffers then serve the tile's own loads; elsewhere (Sapphire Rapids, Zen 5: not measured) L1 as designed.
+inline bool far_prefetch_to_l2() { return cpu::amd_zen4(); }
 constexpr int64_t kChunkK = 64;  // k per inner sum: keeps fp32 rounding error near a blocked GEMM's
 
 // Everything a task needs; pointers are to contiguous data except residual (row stride ld_residual).

@@ -14,8 +14,8 @@
 // rounding makes those sums) and end as sum q xq, exact in int32 (|.| <= 255 * 127 * G + 128 * 127 * G, G <=
 // kMaxVnniGroup); the group adds xscale * sum in fp32, and the row's total is times the column scales at the end.
 // Software prefetch 8 KiB ahead, except at 1-4 rows on AMD Zen 4 (vnni_hardware_prefetch_only; the walk then reads 2
-// streams at 1-2 rows), as int4_tile_vnni; into L2 only on Zen 4 (vnni_int8_prefetch_to_l2). The sums are added in
-// place (vnni::dpbusd): 1.16x the speed at 8 rows in L2 (GCC 12 copied them between registers around each vpdpbusd).
+// streams at 1-2 rows), as int4_tile_vnni; at 5+ rows into L2 only on Zen 4 (vnni_int8_prefetch_to_l2). The sums
+// are added in place (vnni::dpbusd): 1.16x the speed at 8 rows in L2 (GCC 12 copied them around each vpdpbusd).
 #pragma once
 #include <cstring>
 

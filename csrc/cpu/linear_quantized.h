@@ -101,7 +101,7 @@ inline bool has_avx512_vnni_vbmi() {
 inline bool vnni_hardware_prefetch_only() { return cpu::amd_zen4(); }
 // Whether int8_tile_vnni's prefetches (5+ rows) go to L2 only (prefetcht1) rather than L1: on AMD Zen 4, where
 // GPT-1's int8-a8 decode linears measured 1.17x / 1.21x / 1.14x / 1.12x faster so at M = 5 / 6 / 8 / 16 (2 threads,
-// weights from memory, one process alternating, 2026-12-07; batch-8 decode 1.40x -> 1.53x bf16's tok/s), while the
+// weights from memory, one process alternating, 2026-12-07; batch-8 decode 1.37-1.40x -> 1.47-1.53x bf16), while the
 // tiles that compute longer per byte lost 5-10% with it (int8 with bf16 pairs, int4, int4-a8).
 inline bool vnni_int8_prefetch_to_l2() { return cpu::amd_zen4(); }
 

@@ -9,10 +9,10 @@
 // first tile from memory, the next from cache) and keeps the 16-column sums of every row x block in registers (8 rows x
 // 2 blocks = 16 fp32 chains: 2 FMA / vdpbf16ps per cycle at 4 / 6 cycles latency on Zen 5 need 8-12), folded every 64 k
 // into a running total for accuracy. 3+ rows consume a stream more slowly and prefetch it 8 KiB ahead instead of 1 KiB
-// (fp32: 2 KiB, kPrefetchFp32; into L2 on Zen 4: far_prefetch_to_l2) (most of the gain below; 2 blocks alone gave 1.0-1.1x in a standalone loop). Against
-// one block per 8-row tile with 1 KiB prefetch (the previous design), GPT-1's layers at M = 8 / 16 / 32 run
-// 1.4-1.75x / 1.4-1.6x / 1.25-1.45x faster (Zen 5, one core, bf16 and fp32), M = 1-2 unchanged: a 16-row bf16 step
-// costs 1.65-1.9x a 1-row one (was 2.6-2.7x).
+// (fp32: 2 KiB, kPrefetchFp32; into L2 only on Zen 4, far_prefetch_to_l2) (most of the gain below; 2 blocks alone
+// gave 1.0-1.1x in a standalone loop). Against one block per 8-row tile with 1 KiB prefetch (the previous design),
+// GPT-1's layers at M = 8 / 16 / 32 run 1.4-1.75x / 1.4-1.6x / 1.25-1.45x faster (Zen 5, one core, bf16 and fp32),
+// M = 1-2 unchanged: a 16-row bf16 step costs 1.65-1.9x a 1-row one (was 2.6-2.7x).
 // Bias, GELU and the residual add happen on those registers before the only store. x is converted once to an fp32 (M,
 // K) buffer (and, for bf16, to bf16 k pairs), so any strides are accepted.
 // Paths, chosen at run time (csrc/cpu/vec.h, GPT_FAST_CPU_ISA): bf16 with >= 4 rows, K % 32 == 0 and AMX uses

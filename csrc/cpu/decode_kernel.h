@@ -27,6 +27,7 @@ struct Params {
   float* partial;         // (B, H, splits, S, D + 2): output, then max and sum, of each chunk; fp32
   void* out;              // (B, S, C) contiguous, written when splits == 1
   float scale;            // log2(e) / sqrt(D)
+  bool prefetch_to_l2;    // cache rows prefetched into L2 only (prefetch_row), else into L1
 };
 
 #if GPT_FAST_HAVE_X86
@@ -66,25 +67,30 @@ GPT_FAST_INLINE VF key_dot(const Query<NP>& q, const T* k, int64_t D, float& tai
 // Asks for the cache row `row` (D values of T) ahead of its use: the rows of one (b, h) are a short stream (a few
 // KiB to tens of KiB) that the hardware prefetcher has barely ramped up on before it ends. Keys 2 kLanes rows ahead
 // and each value row while its key is scored: 16 rows x 150 cached positions x 12 layers (bf16, Sapphire Rapids, 2
-// threads) 5.5-5.6 -> 3.4-4.3 ms, 16 -> 21-26 GB/s.
+// threads) 5.5-5.6 -> 3.4-4.3 ms, 16 -> 21-26 GB/s. to_l2: into L2 only (decode_attention.cpp says when).
 template <typename T>
-GPT_FAST_INLINE void prefetch_row(const T* row, int64_t D) {
+GPT_FAST_INLINE void prefetch_row(const T* row, int64_t D, bool to_l2) {
   const char* bytes = reinterpret_cast<const char*>(row);
-  for (int64_t at = 0; at < D * static_cast<int64_t>(sizeof(T)); at += 64) __builtin_prefetch(bytes + at);
+  const int64_t n = D * static_cast<int64_t>(sizeof(T));
+  if (to_l2) {
+    for (int64_t at = 0; at < n; at += 64) __builtin_prefetch(bytes + at, 0, 2);
+  } else {
+    for (int64_t at = 0; at < n; at += 64) __builtin_prefetch(bytes + at);
+  }
 }
 constexpr int64_t kPrefetchRows = 2 * kLanes;  // how far ahead, in keys / values
 
 // scores[j] = q . k_j for keys j in [0, n) (row stride ks); the value rows v_j are prefetched alongside, for P V.
 template <int NP, typename T>
 GPT_FAST_INLINE void chunk_scores(const Query<NP>& q, const T* k, const T* v, int64_t ks, int64_t n, int64_t D,
-                                  float* scores) {
+                                  bool to_l2, float* scores) {
   int64_t j = 0;
   for (; j + kLanes <= n; j += kLanes) {  // kLanes keys at a time, summed horizontally together
     VF part[kLanes];
     alignas(64) float tails[kLanes];
     for (int r = 0; r < kLanes; ++r) {
-      if (j + kPrefetchRows + r < n) prefetch_row(k + (j + kPrefetchRows + r) * ks, D);
-      prefetch_row(v + (j + r) * ks, D);
+      if (j + kPrefetchRows + r < n) prefetch_row(k + (j + kPrefetchRows + r) * ks, D, to_l2);
+      prefetch_row(v + (j + r) * ks, D, to_l2);
       part[r] = key_dot(q, k + (j + r) * ks, D, tails[r]);
     }
     store(scores + j, reduce_add_lanes(part) + load(tails));
@@ -156,7 +162,7 @@ GPT_FAST_INLINE void chunk_task(const Params& p, int64_t b, int64_t h, int64_t s
     float mx = kNegInf, sum = 0.f;
     std::fill(acc, acc + D, 0.f);
     if (n > 0) {
-      chunk_scores<NP>(q, kc, vc, p.c_st, n, D, scores.data());
+      chunk_scores<NP>(q, kc, vc, p.c_st, n, D, p.prefetch_to_l2, scores.data());
       for (int64_t j = n; j < n + kLanes; ++j) scores[j] = kNegInf;  // pad so the vector loops need no tail
       VF mxv = splat(kNegInf);
       for (int64_t j = 0; j < n; j += kLanes) mxv = vmax(mxv, load(&scores[j]));

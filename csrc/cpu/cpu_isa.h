@@ -106,4 +106,14 @@ inline bool amd_zen4() {
 #endif
 }
 
+// Asks for the cache line at p: into L1 (prefetcht0 on x86), or into L2 only with to_l2 (prefetcht1), the level
+// the Zen 4 rules pick (linear_small_m.h, linear_quantized.h, decode_attention.cpp).
+inline void prefetch_line(const void* p, bool to_l2) {
+  if (to_l2) {
+    __builtin_prefetch(p, 0, 2);
+  } else {
+    __builtin_prefetch(p, 0, 3);
+  }
+}
+
 }  // namespace gpt_fast::cpu

@@ -128,15 +128,14 @@ at::Tensor decode_attention_cpu(const at::Tensor& qkv, at::Tensor& k_cache, at::
   splits = (max_total + chunk - 1) / chunk;
   at::Tensor partial;
   if (splits > 1) partial = qkv.new_empty({B, n_head, splits, S, D + 2}, at::kFloat);
+  const cpu::Isa isa = cpu::cpu_isa();
   Params p{B, S, n_head, D, C, qkv.const_data_ptr(), qkv.stride(0), qkv.stride(1), k_cache.const_data_ptr(),
            v_cache.const_data_ptr(), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), len, splits, chunk,
            splits > 1 ? partial.mutable_data_ptr<float>() : nullptr, out.mutable_data_ptr(),
-           kLog2e / std::sqrt(static_cast<float>(D)), false};
+           kLog2e / std::sqrt(static_cast<float>(D)), prefetch_cache_to_l2(isa, k_cache, chunk)};
   const int64_t tasks = B * n_head * splits;
   // Small problems run on the calling thread: a task below ~16k multiply-adds is not worth a thread wake-up.
   const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, chunk * D * S));
-  const cpu::Isa isa = cpu::cpu_isa();
-  p.prefetch_to_l2 = prefetch_cache_to_l2(isa, k_cache, chunk);
   with_storage_type(qkv.scalar_type(), [&](auto type) {
     using T = decltype(type);
     at::parallel_for(0, tasks, grain, [&](int64_t begin, int64_t end) {

@@ -59,11 +59,7 @@ GPT_FAST_AVX512_VNNI_VBMI void int8_tile_vnni(const QuantArgs<T>& a, const int64
       __m512i w[NB];
       for (int j = 0; j < NB; ++j) {
         const uint8_t* rows = wbs[j] + k * kBN;
-        if (ahead && to_l2) {
-          _mm_prefetch(reinterpret_cast<const char*>(rows) + ahead, _MM_HINT_T1);
-        } else if (ahead) {
-          _mm_prefetch(reinterpret_cast<const char*>(rows) + ahead, _MM_HINT_T0);
-        }
+        if (ahead) cpu::prefetch_line(rows + ahead, to_l2);
         w[j] = _mm512_xor_si512(_mm512_permutexvar_epi8(columns, _mm512_loadu_si512(rows)), offset);
       }
       for (int m = 0; m < MR; ++m) {  // x's 4 bytes broadcast once per row for all blocks (few live registers)

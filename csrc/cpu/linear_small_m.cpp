@@ -77,13 +77,7 @@ alignas(64) constexpr uint16_t kInterleave[32] = {0, 16, 1, 17, 2,  18, 3,  19, 
 // PD bytes ahead of at (PD = 0: none), into L1, or into L2 only with to_l2 (far_prefetch_to_l2).
 template <int64_t PD>
 inline void prefetch_weights(const void* at, bool to_l2 = false) {
-  if constexpr (PD > 0) {
-    if (to_l2) {
-      _mm_prefetch(reinterpret_cast<const char*>(at) + PD, _MM_HINT_T1);
-    } else {
-      _mm_prefetch(reinterpret_cast<const char*>(at) + PD, _MM_HINT_T0);
-    }
-  }
+  if constexpr (PD > 0) cpu::prefetch_line(reinterpret_cast<const char*>(at) + PD, to_l2);
 }
 
 // Independent accumulator chains per row: enough that MR * chains covers the FMA latency even for one row.

@@ -9,7 +9,7 @@ from accuracy import assert_within_pytorch_error
 from op_samples import quantized_expected
 
 from gpt_fast import ops
-from gpt_fast.ops import reference
+from gpt_fast.ops import cpu_isa, reference
 
 pytestmark = pytest.mark.skipif(not ops.has_kernel("linear_quantized", "cpu"), reason="extension not built")
 
@@ -120,6 +120,58 @@ def test_int8_activations_change_the_result(bits):
     exact, rounded = (ops.linear_quantized(x, packed, 64, bits, 32, x_bits=b) for b in (0, 8))
     scale = x.abs().amax() / 127
     assert (exact - rounded).abs().max() > 1e-3 * scale * 256**0.5
+
+
+def has_x16_tile(tier: str) -> bool:
+    """Whether weight-only int8 with a bf16 x takes int8_tile_dpwssd from 5 rows (K % 32 == 0) at this tier."""
+    flags = (cpu_isa.cpuinfo_field("flags") or "").split()
+    return tier in ("avx512", "avx512_bf16") and "avx512_vnni" in flags and "avx512vbmi" in flags
+
+
+def x16_rounded(x: torch.Tensor) -> torch.Tensor:
+    """int8_tile_dpwssd.h's x16, in float64: each group of 32 of a row rounded (half to even) to a multiple of
+    2^(E - 14), E the exponent of its largest |x| (at least -113)."""
+    groups = x.double().reshape(x.shape[0], -1, 32)
+    exponent = torch.frexp(groups.abs().amax(-1, keepdim=True))[1] - 1  # largest in [2^E, 2^(E + 1))
+    step = torch.ldexp(torch.ones_like(groups[..., :1]), exponent.clamp(min=-113) - 14)
+    return (torch.round(groups / step) * step).reshape(x.shape)
+
+
+@pytest.mark.parametrize("M", [5, 8, 17])
+def test_int8_with_bf16_rows_holds_x_in_16_bits_from_5_rows(M, cpu_tier):
+    """From 5 bf16 rows on AVX512_VNNI the int8 tile holds x as 16-bit integers per group of 32: exact for x within
+    2^7 of its group's largest, smaller ones rounded to 2^-15 of it. Built so that the rounding shows: each group's
+    first x is 2^14 (the step becomes 1) with zero weights, the others in +-[1, 2) (rounded to +-1 or +-2)."""
+    N, K = 40, 96
+    weight = torch.randn(N, K, generator=torch.Generator().manual_seed(7))
+    weight[:, ::32] = 0.0
+    q, s, z = reference.quantize_linear_weight(weight, 8, None)
+    packed = ops.pack_quantized_weight(q, s, z, 8, 0)
+    g = torch.Generator().manual_seed(8)
+    x = ((1 + torch.rand(M, K, generator=g)) * torch.randn(M, K, generator=g).sign()).bfloat16()
+    x[:, ::32] = 2.0**14
+    actual = ops.linear_quantized(x, packed, N, 8, 0)
+    rounded = x16_rounded(x).bfloat16()  # +-1, +-2 and 2^14: exact in bf16
+    exact_args, rounded_args = ((v, q, s, z, 8, 0, None, None, False, 0) for v in (x, rounded))
+    exact, expected = quantized_expected(exact_args, x.dtype), quantized_expected(rounded_args, x.dtype)
+    assert (expected - exact).abs().max() > 0.1 * exact.abs().max()  # the rounding is visible at this output
+    if has_x16_tile(cpu_tier):
+        assert_within_pytorch_error(actual, expected, reference.linear_quantized(*rounded_args))
+    else:
+        assert_within_pytorch_error(actual, exact, reference.linear_quantized(*exact_args))
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("nan")])
+def test_int8_with_bf16_rows_keeps_infinities_and_nan(value, cpu_tier):
+    """A group holding an infinity or NaN is not rounded to 16 bits (the call takes the bf16 tile): the same
+    infinities and NaN as the reference."""
+    q, s, z, packed = layer(N=40, K=96, bits=8, G=0, seed=9)
+    x = torch.randn(8, 96, generator=torch.Generator().manual_seed(10)).bfloat16()
+    x[3, 40] = value
+    args = (x, q, s, z, 8, 0, None, None, False, 0)
+    actual = ops.linear_quantized(x, packed, 40, 8, 0)
+    assert_within_pytorch_error(actual, quantized_expected(args, x.dtype), reference.linear_quantized(*args))
+    assert not actual[3].isfinite().any() and actual[torch.arange(8) != 3].isfinite().all()
 
 
 @pytest.mark.parametrize("x_bits", [0, 8])

@@ -13,7 +13,12 @@
 // and VBMI, else its fp32 path; int8: 2+ rows, its fp32 path being faster at one), both widths multiply with
 // vdpbf16ps instead (2 k per instruction, half the FMAs; exact: q (int8) or q - 8 and x are bf16 values, their
 // products exact in fp32, sums in fp32): x is then passed as bf16 k pairs as well; int8 from 4 rows with K % 32 == 0
-// on AMX runs tdpbf16ps tiles over the same exact bf16 weights (amx_linear.h; x pairs padded to 16 rows).
+// on AMX runs tdpbf16ps tiles over the same exact bf16 weights (amx_linear.h; x pairs padded to 16 rows). The one
+// exception to "no quantization of x": int8 with a bf16 x from 5 rows on AVX512_VNNI without AMX holds x as 16-bit
+// integers per group of 32 k with a power-of-two scale (int8_tile_dpwssd.h: exact for every x within 2^7 of its
+// group's largest, the others rounded at 2^-15 of it) and multiplies with vpdpwssd, because converting the weights
+// to bf16 bounds int8_tile_dpbf16 there (Zen 5, GPT-1's decode linears at 8 rows, 2 threads: 1.13-1.23x faster;
+// batch-8 decode 1.46-1.54x -> 1.57-1.60x bf16's tok/s, alternating processes).
 // x_bits 8: x is first rounded to int8 per group of G k (bits 4: the weights' groups; bits 8: group_size, x's
 // alone), each with its own scale (round_activations.cpp, to the bits of reference.round_activations), and every
 // tier computes on the rounded x as above; on AVX512_VNNI + VBMI the AVX-512 tier multiplies the int8 x and the
@@ -36,6 +41,7 @@
 #include "checks.h"
 #include "cpu/amx_linear.h"  // amx::kMinRows, amx::kK, amx::padded_rows
 #include "cpu/int4_tile_vnni.h"  // kMaxVnniGroup
+#include "cpu/int8_tile_dpwssd.h"  // kX16Group, round_x16_groups
 #include "cpu/linear_quantized.h"
 #include "cpu/pack_quantized_weight.h"
 #include "cpu/round_activations.h"
@@ -145,6 +151,8 @@ at::Tensor linear_quantized_cpu(const at::Tensor& x, const at::Tensor& packed, i
   std::vector<int8_t> xq;              // x_bits 8: (M, K) x rounded to int8
   std::vector<float> xscale;           //   and (M, K / G) the scales of its groups
   std::vector<int32_t> xqsum;          //   and (M, K / G) the sums of xq over them
+  std::vector<int16_t> x16q;           // x16: (M, K) x as 16-bit integers
+  std::vector<float> x16scale;         //   and (M, K / kX16Group) their scales
   [[maybe_unused]] const bool avx512 = cpu::use_avx512(), avx2 = cpu::use_avx2();
   const bool round_x = x_bits == 8;
   // int4 or int8 x int8 bytes (whole 4-k steps, integer sums that cannot overflow): VNNI on the AVX-512 tier
@@ -155,8 +163,13 @@ at::Tensor linear_quantized_cpu(const at::Tensor& x, const at::Tensor& packed, i
   // int8 at one row keeps the fp32 FMAs (int8_tile, linear_quantized_avx512.cpp): faster there than vdpbf16ps
   const bool dpbf16 = !round_x && x.scalar_type() == at::kBFloat16 && K % 2 == 0 && cpu::use_avx512_bf16() &&
                       (bits == 8 ? M > 1 : has_avx512_vbmi());
+  // int8 from kX16MinRows rows with a bf16 x on AVX512_VNNI: x as 16-bit integers (int8_tile_dpwssd.h), unless
+  // AMX takes it or x holds an infinity or NaN
+  bool x16 = !round_x && bits == 8 && x.scalar_type() == at::kBFloat16 && K % kX16Group == 0 && M >= kX16MinRows &&
+             avx512 && has_avx512_vnni_vbmi();
   // int8 from 4 rows on AMX: tdpbf16ps tiles over the weights made bf16 (linear_quantized_avx512.cpp)
   const bool amx = dpbf16 && bits == 8 && M >= amx::kMinRows && K % amx::kK == 0 && cpu::use_amx();
+  x16 = x16 && !amx;
   const int64_t pair_rows = amx ? amx::padded_rows(M) : M;  // AMX: whole 16-row tiles
   checked_mul(pair_rows, K, op, "M (rounded up to 16 rows) * K");
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "linear_quantized_cpu", [&] {
@@ -177,7 +190,13 @@ at::Tensor linear_quantized_cpu(const at::Tensor& x, const at::Tensor& packed, i
         xsum[i] = static_cast<float>((part[0] + part[1]) + (part[2] + part[3]));
       }
     }
-    if (dpbf16) {  // xf holds bf16 values exactly: its high halves are x's own bits
+#if GPT_FAST_HAVE_X86
+    if (x16) {
+      x16q.resize(M * K), x16scale.resize(M * (K / kX16Group));
+      x16 = round_x16_groups(xf.get(), x16q.data(), x16scale.data(), M * (K / kX16Group));
+    }
+#endif
+    if (dpbf16 && !x16) {  // xf holds bf16 values exactly: its high halves are x's own bits
       x_pairs.assign(pair_rows * K / 2, 0u);  // the padding rows (AMX) stay 0
       for (size_t i = 0; i < static_cast<size_t>(M * K / 2); ++i) {
         uint32_t lo, hi;
@@ -185,9 +204,9 @@ at::Tensor linear_quantized_cpu(const at::Tensor& x, const at::Tensor& packed, i
         x_pairs[i] = lo >> 16 | (hi & 0xFFFF0000u);
       }
     }
-    QuantArgs<scalar_t> a{xf.get(), bits == 4 ? xsum.data() : nullptr, dpbf16 ? x_pairs.data() : nullptr,
+    QuantArgs<scalar_t> a{xf.get(), bits == 4 ? xsum.data() : nullptr, dpbf16 && !x16 ? x_pairs.data() : nullptr,
                           vnni || bytes_avx2 ? xq.data() : nullptr, xscale.data(), xqsum.data(),
-                          packed.const_data_ptr<uint8_t>(),
+                          x16 ? x16q.data() : nullptr, x16scale.data(), packed.const_data_ptr<uint8_t>(),
                           bias ? bias_c.const_data_ptr<scalar_t>() : nullptr,
                           residual ? res2.const_data_ptr<scalar_t>() : nullptr, out.mutable_data_ptr<scalar_t>(),
                           M, K, N, G, packed.size(1) * packed.size(2), residual ? res2.stride(0) : 0,

@@ -44,6 +44,9 @@ struct QuantArgs {
                             // int4_tile_bytes, int8_tile_bytes): (M, K) x rounded to int8, else nullptr
   const float* xscale;      //   with it: (M, K / G) the scale of each group of xq (x = xq * xscale, as x holds)
   const int32_t* xqsum;     //   with it: (M, K / G) the sum of xq over each group
+  const int16_t* x16;       // bits 8 with a bf16 x from kX16MinRows rows on AVX512_VNNI (int8_tile_dpwssd.h): (M, K) x
+                            // as 16-bit integers per group of kX16Group k, else nullptr
+  const float* x16scale;    //   with it: (M, K / kX16Group) the power-of-two scale of each group
   const uint8_t* w;         // (NB, block_bytes) packed (quantized_layout.h)
   const T* bias;            // (N,) or nullptr
   const T* residual;        // (M, N) rows ld_residual apart, or nullptr

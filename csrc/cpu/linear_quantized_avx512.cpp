@@ -16,7 +16,9 @@
 //   q - 8, lanes in a permuted column order) and one vdpbf16ps per row multiplies 2 k: half the multiply-adds at
 //   8-16 rows, where they bound the tier, and fewer instructions per weight byte at 1 row for int4. int8 at one
 //   row takes int8_tile instead (linear_quantized.cpp passes no x pairs): 6 vector instructions per 32 weights
-//   against 7, and on Zen 5 ~18% more weights per second in cache (1 thread).
+//   against 7, and on Zen 5 ~18% more weights per second in cache (1 thread). int8 with a bf16 x from 5 rows on
+//   AVX512_VNNI: int8_tile_dpwssd.h (x as 16-bit integers, weights widened to int16, vpdpwssd: 2 k an instruction
+//   without the bf16 conversion), 2 blocks at 5-8 rows as well.
 // Registers (32 zmm): up to 8 rows, MR x NB <= 8 sums (x 2 chains: the vdpbf16ps paths, and the fp32 ones with
 // MR x NB <= 4) + as many totals; int8_tile_dpbf16 at 5-8 rows: 2 blocks, MR x NB <= 16 sums in 1 chain each.
 #include <algorithm>
@@ -24,6 +26,7 @@
 
 #include "cpu/amx_linear.h"
 #include "cpu/int4_tile_vnni.h"
+#include "cpu/int8_tile_dpwssd.h"
 #include "cpu/int8_tile_vnni.h"
 #include "cpu/linear_quantized.h"
 #include "cpu/vec.h"  // GPT_FAST_HAVE_X86, GPT_FAST_AVX512, Vec16, gelu_tanh_fp32, first_lanes
@@ -328,6 +331,8 @@ void quantized_blocks_avx512(const QuantArgs<T>& a, int64_t block_begin, int64_t
           // choice of NB below)
           if constexpr (MR * NB > 16) {
             TORCH_INTERNAL_ASSERT(false, "linear_quantized (avx512): ", MR, " rows x ", NB, " blocks per tile");
+          } else if (int8 && a.x16) {
+            int8_tile_dpwssd<T, MR, NB>(a, blocks, m0);
           } else if (int8 && a.xq) {
             int8_tile_vnni<T, MR, NB>(a, blocks, m0);
           } else if (int8 && a.x_pairs) {
@@ -351,7 +356,7 @@ void quantized_blocks_avx512(const QuantArgs<T>& a, int64_t block_begin, int64_t
   // (AMD Zen 4, vnni_hardware_prefetch_only): 2 streams there measured 1.04-1.12x the batch-1 decode tok/s of 4
   // (int8-a8, int4-a8; batch 2 1.11x / 1.20x), and 1 stream in between
   if (tile_rows <= 2 && !(a.xq && vnni_hardware_prefetch_only())) return by_groups(std::integral_constant<int, 4>{});
-  if (tile_rows <= 4 || (int8 && (a.x_pairs || a.xq))) return by_groups(std::integral_constant<int, 2>{});
+  if (tile_rows <= 4 || (int8 && (a.x_pairs || a.xq || a.x16))) return by_groups(std::integral_constant<int, 2>{});
   by_groups(std::integral_constant<int, 1>{});
 }
 

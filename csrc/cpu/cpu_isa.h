@@ -88,23 +88,29 @@ inline bool use_avx512() { return cpu_isa() >= Isa::kAvx512; }
 inline bool use_avx512_bf16() { return cpu_isa() >= Isa::kAvx512Bf16; }
 inline bool use_amx() { return cpu_isa() >= Isa::kAmx; }
 
-// Whether this is an AMD Zen 4 CPU (family 0x19 with AVX-512; Zen 3, the same family, has none), where the AVX-512
-// decode tiles leave their weight streams at few rows to the hardware prefetchers and read 2 streams side by side
-// rather than prefetching 4 in software (linear_small_m.cpp, linear_quantized.h; measured there). Detected once.
-inline bool amd_zen4() {
+// The family of an AMD CPU with AVX-512 (base + extended family: 0x19 Zen 4, as Zen 3 but that has no AVX-512;
+// 0x1A Zen 5), else 0. Detected once.
+inline unsigned amd_avx512_family() {
 #if GPT_FAST_HAVE_X86
-  static const bool zen4 = [] {
+  static const unsigned family = [] {
     __builtin_cpu_init();
     unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
     if (!__builtin_cpu_is("amd") || !__builtin_cpu_supports("avx512f") || !__get_cpuid(1, &eax, &ebx, &ecx, &edx))
-      return false;
-    return ((eax >> 8) & 0xF) + ((eax >> 20) & 0xFF) == 0x19;  // base family + extended family
+      return 0u;
+    return ((eax >> 8) & 0xF) + ((eax >> 20) & 0xFF);
   }();
-  return zen4;
+  return family;
 #else
-  return false;
+  return 0;
 #endif
 }
+
+// Whether this is an AMD Zen 4 CPU, where the AVX-512 decode tiles leave their weight streams at few rows to the
+// hardware prefetchers and read 2 streams side by side rather than prefetching 4 in software (linear_small_m.cpp,
+// linear_quantized.h; measured there). Zen 5 measured no better with any of the Zen 4 rules (docs/figures.md).
+inline bool amd_zen4() { return amd_avx512_family() == 0x19; }
+// Whether this is an AMD Zen 5 CPU, where the quantized tiles prefetch further ahead at 1-2 rows (linear_quantized.h).
+inline bool amd_zen5() { return amd_avx512_family() == 0x1A; }
 
 // Asks for the cache line at p: into L1 (prefetcht0 on x86), or into L2 only with to_l2 (prefetcht1), the level
 // the Zen 4 rules pick (linear_small_m.h, linear_quantized.h). decode_kernel.h keeps its own two loops: through this

@@ -30,18 +30,16 @@ constexpr int64_t kBN = quant::kBlockN;
 // the machine read slowly (bf16 ~195 tok/s) and 1.21-1.38x while it read fast (bf16 ~250-270), 1.26x at batch 2,
 // int4 g32 1.18x at batch 1 (2 KiB 1.01-1.20x, 8 KiB 1.21x / 1.24x / 1.18x, 16 KiB 1.19x); its AVX2 tier 1.05x (int8)
 // and 1.01x (int4); bf16's linear_small_m there within noise of 1 KiB at 2-8 KiB. Elsewhere 1 KiB, as
-// linear_small_m measured for bf16 (the quantized tiles not re-measured).
-inline int64_t near_prefetch() {
-  static const int64_t distance = cpu::amd_zen5() ? 4096 : kPrefetch;
-  return distance;
-}
+// linear_small_m measured for bf16 (the quantized tiles not re-measured). A variable set when the library loads: read
+// through a function-local static (a guard check per prefetch) GCC 12 emitted 2 of int8_tile<1, 4>'s 8 prefetches.
+inline const int64_t near_prefetch = cpu::amd_zen5() ? 4096 : kPrefetch;
 
-// Software prefetch into a weight stream, for the vector tiers: near_prefetch() ahead with 1-2 rows per tile, 8 KiB
+// Software prefetch into a weight stream, for the vector tiers: near_prefetch ahead with 1-2 rows per tile, 8 KiB
 // with 3+ (which consume a stream more slowly; linear_small_m.h measured the distances). prefetcht0 is baseline
 // x86-64.
 template <int MR>
 inline void prefetch_stream(const uint8_t* at) {
-  _mm_prefetch(reinterpret_cast<const char*>(at) + (MR >= 3 ? kPrefetchFar : near_prefetch()), _MM_HINT_T0);
+  _mm_prefetch(reinterpret_cast<const char*>(at) + (MR >= 3 ? kPrefetchFar : near_prefetch), _MM_HINT_T0);
 }
 #endif
 

@@ -2,7 +2,7 @@
 // scalar path: linear_quantized.cpp; layout: quantized_layout.h). For CPUs with AVX2 but no AVX-512.
 //
 // Same walk as the AVX-512 tier (linear_quantized_avx512.cpp): MR rows x NB blocks side by side, each block's byte
-// stream read once per row tile with a prefetch near_prefetch() (3+ rows: 8 KiB) ahead, but one k of a block's 16
+// stream read once per row tile with a prefetch near_prefetch (3+ rows: 8 KiB) ahead, but one k of a block's 16
 // columns is two 8-lane vectors:
 //   bits 8: two 8-byte loads -> vpmovsxbd -> vcvtdq2ps -> FMAs; sums folded every 64 k into a running total on the
 //           stack, times the 16 fp32 scales at the end.

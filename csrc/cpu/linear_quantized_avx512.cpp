@@ -3,7 +3,7 @@
 //
 // A tile is MR rows x NB 16-column blocks whose byte streams are read side by side (one from each equal part of the
 // task's range, over_block_groups as linear_small_m), each block once per row tile, with a software prefetch
-// near_prefetch() (3+ rows: 8 KiB) ahead in each stream. One 16-lane vector holds one k of a block's 16 columns:
+// near_prefetch (3+ rows: 8 KiB) ahead in each stream. One 16-lane vector holds one k of a block's 16 columns:
 //   bits 8: 16 bytes -> vpmovsxbd -> vcvtdq2ps -> one FMA per row with the broadcast x[m, k]; sums folded every 64 k
 //           into a running total, times the 16 fp32 scales once at the end.
 //   bits 4: 16 bytes = one k pair -> vpmovzxbd; the low nibbles (k = 2p) and the high ones (k = 2p + 1) each ->

@@ -21,6 +21,7 @@
 #include <cstring>
 
 #include "cpu/int4_tile_vnni.h"  // GPT_FAST_AVX512_VNNI_VBMI
+#include "cpu/int8_tile_vnni.h"  // add_group_sums, finish_int8_blocks
 #include "cpu/linear_quantized.h"
 #include "cpu/vec.h"  // GPT_FAST_HAVE_X86, finish_columns16
 
@@ -106,16 +107,9 @@ GPT_FAST_AVX512_VNNI_VBMI void int8_tile_dpwssd(const QuantArgs<T>& a, const int
         for (int j = 0; j < NB; ++j) acc[j][m] = vnni::dpwssd(vnni::dpwssd(acc[j][m], w01[j], b01), w23[j], b23);
       }
     }
-    for (int m = 0; m < MR; ++m) {
-      const __m512 row_scale = _mm512_set1_ps(xscale[m * groups + g]);
-      for (int j = 0; j < NB; ++j) total[j][m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[j][m]), row_scale, total[j][m]);
-    }
+    add_group_sums<MR, NB>(total, acc, xscale + g, groups);
   }
-  for (int j = 0; j < NB; ++j) {
-    const __m512 scale = _mm512_loadu_ps(wbs[j] + K * kBN);
-    for (int m = 0; m < MR; ++m) total[j][m] = _mm512_mul_ps(total[j][m], scale);
-    cpu::finish_columns16<T>(a, total[j], MR, m0, blocks[j] * kBN);
-  }
+  finish_int8_blocks<T, MR, NB>(a, wbs, total, blocks, m0);
 }
 
 }  // namespace gpt_fast::quantized

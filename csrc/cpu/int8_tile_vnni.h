@@ -34,6 +34,28 @@ alignas(64) inline constexpr uint8_t kColumnsOf4Rows[64] = {
     12, 28, 44, 60, 13, 29, 45, 61, 14, 30, 46, 62, 15, 31, 47, 63};
 }  // namespace vnni
 
+// total[j][m] += float(acc[j][m]) * xscale[m * groups]: one group's int32 sums into the rows' fp32 totals (the
+// int8 tiles with integer x: int8_tile_vnni, int8_tile_dpwssd.h).
+template <int MR, int NB>
+GPT_FAST_AVX512_VNNI_VBMI inline void add_group_sums(__m512 (&total)[NB][MR], const __m512i (&acc)[NB][MR],
+                                                     const float* xscale, int64_t groups) {
+  for (int m = 0; m < MR; ++m) {
+    const __m512 row_scale = _mm512_set1_ps(xscale[m * groups]);
+    for (int j = 0; j < NB; ++j) total[j][m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[j][m]), row_scale, total[j][m]);
+  }
+}
+
+// The totals times each block's 16 fp32 column scales (after its K x 16 weight bytes), then the epilogue.
+template <typename T, int MR, int NB>
+GPT_FAST_AVX512_VNNI_VBMI inline void finish_int8_blocks(const QuantArgs<T>& a, const uint8_t* const (&wbs)[NB],
+                                                         __m512 (&total)[NB][MR], const int64_t* blocks, int64_t m0) {
+  for (int j = 0; j < NB; ++j) {
+    const __m512 scale = _mm512_loadu_ps(wbs[j] + a.K * kBN);
+    for (int m = 0; m < MR; ++m) total[j][m] = _mm512_mul_ps(total[j][m], scale);
+    cpu::finish_columns16<T>(a, total[j], MR, m0, blocks[j] * kBN);
+  }
+}
+
 // MR rows x NB blocks (MR x NB <= 8), G % 4 == 0, G <= kMaxVnniGroup; a.xq, a.xscale and a.xqsum set (groups of G).
 template <typename T, int MR, int NB>
 GPT_FAST_AVX512_VNNI_VBMI void int8_tile_vnni(const QuantArgs<T>& a, const int64_t* blocks, int64_t m0) {
@@ -69,16 +91,9 @@ GPT_FAST_AVX512_VNNI_VBMI void int8_tile_vnni(const QuantArgs<T>& a, const int64
         for (int j = 0; j < NB; ++j) acc[j][m] = vnni::dpbusd(acc[j][m], w[j], xb);
       }
     }
-    for (int m = 0; m < MR; ++m) {
-      const __m512 row_scale = _mm512_set1_ps(xscale[m * groups + g]);
-      for (int j = 0; j < NB; ++j) total[j][m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[j][m]), row_scale, total[j][m]);
-    }
+    add_group_sums<MR, NB>(total, acc, xscale + g, groups);
   }
-  for (int j = 0; j < NB; ++j) {
-    const __m512 scale = _mm512_loadu_ps(wbs[j] + K * kBN);
-    for (int m = 0; m < MR; ++m) total[j][m] = _mm512_mul_ps(total[j][m], scale);
-    cpu::finish_columns16<T>(a, total[j], MR, m0, blocks[j] * kBN);
-  }
+  finish_int8_blocks<T, MR, NB>(a, wbs, total, blocks, m0);
 }
 
 }  // namespace gpt_fast::quantized

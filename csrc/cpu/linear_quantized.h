@@ -27,7 +27,7 @@ constexpr int64_t kBN = quant::kBlockN;
 #if GPT_FAST_HAVE_X86
 // The prefetch distance of the weight-only tiles at 1-2 rows: 4 KiB on AMD Zen 5, where GPT-1 decode measured
 // faster so than at 1 KiB (2 threads, one process alternating, 2026-12-07): int8 1.03-1.08x the tok/s at batch 1 while
-// the machine read slowly (bf16 ~195 tok/s) and 1.21-1.38x while it read fast (bf16 ~250-270), 1.26x at batch 2,
+// the machine read slowly (bf16 ~195 tok/s) and 1.19-1.38x while it read fast (bf16 ~235-270), 1.26x at batch 2,
 // int4 g32 1.18x at batch 1 (2 KiB 1.01-1.20x, 8 KiB 1.21x / 1.24x / 1.18x, 16 KiB 1.19x); its AVX2 tier 1.05x (int8)
 // and 1.01x (int4); bf16's linear_small_m there within noise of 1 KiB at 2-8 KiB. Elsewhere 1 KiB, as
 // linear_small_m measured for bf16 (the quantized tiles not re-measured). A variable set when the library loads: read

@@ -127,7 +127,7 @@ def expected_weight_bytes(model) -> int:
 
 @pytest.mark.slow  # CLI subprocesses / a benchmark run / inductor: tens of seconds on 2 shared cores
 def test_bench_rows_for_quantized_models():
-    options = benchmark.BenchOptions(dtypes=("fp32",), new_tokens=4, repeats=1, batch=2, prompt_length=4,
+    options = benchmark.BenchOptions(dtypes=("fp32",), new_tokens=4, repeats=2, batch=2, prompt_length=4,
                                      prefill_length=8, transformers=False, quantizations=("int8", "int4"),
                                      group_size=32, config_overrides=dict(n_layer=1, vocab_size=300, n_positions=64))
     result = benchmark.run(options)
@@ -147,10 +147,18 @@ def test_bench_rows_for_quantized_models():
             assert row["weights_mb_per_token"] == pytest.approx(weights / 1e6)
             read = row["decode_tok_s"] / batch * (weights + kv * batch)
             assert row["roofline_fraction"] == pytest.approx(read / (result["read_bandwidth_gb_s"] * 1e9))
+            # per-repeat ratios against the unquantized model's time in the same repeat, their median
+            rounds, base_rounds = row["per_token_s_rounds"], rows[(default, batch)]["per_token_s_rounds"]
+            assert len(rounds) == options.repeats and row["decode_tok_s"] == pytest.approx(batch / min(rounds))
+            if scheme == "none":
+                assert row["speedup_vs_unquantized"] is None
+            else:
+                ratios = sorted(b / q for b, q in zip(base_rounds, rounds))
+                assert row["speedup_vs_unquantized"] == pytest.approx((ratios[0] + ratios[1]) / 2)
     assert rows[(f"{default} int4", 1)]["weights_mb_per_token"] < rows[(f"{default} int8", 1)][
         "weights_mb_per_token"] < rows[(default, 1)]["weights_mb_per_token"] / 3.5
     table = benchmark.format_table(result)
-    assert f"{default} int4" in table and "weights MB/tok" in table
+    assert f"{default} int4" in table and "weights MB/tok" in table and "x unquantized" in table
 
 
 def test_serving_engine_on_a_quantized_model():

@@ -13,7 +13,9 @@ In one run, implementations alternating and the best of `repeats` kept for each 
 - prefill latency of a 512-token prompt (gpt_fast: generate(max_new_tokens=1), which fills the KV cache and
   picks the first token; transformers: the forward with logits_to_keep=1);
 - with quantizations (int8, int4): the default backend's model quantized (gpt_fast/quantization) run alongside,
-  batch 1 and batch B, alternating with the others in every repeat;
+  batch 1 and batch B, alternating with the others in every repeat; "x unquantized" is the median over the repeats
+  of the unquantized model's time per token over the quantized one's in the same repeat (on a shared machine
+  whose read bandwidth drifts between repeats, steadier than the ratio of the best-ofs);
 - the memory-bandwidth roofline: bytes read per decoded token (every weight once, the tied LM head/embedding
   once, plus the KV cache at the mean context; for a quantized model its qweight/scales/zeros, and the token
   embedding only as the one row looked up when the head does not multiply by it: untied or quantized) over the
@@ -26,6 +28,7 @@ from __future__ import annotations
 import copy
 import json
 import platform
+import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -72,6 +75,10 @@ class Row:
     roofline_fraction: float | None = None
     quantization: str = "none"
     weights_mb_per_token: float | None = None  # weight bytes read per decode step (KV cache excluded)
+    # quantized rows: median over the rounds of the unquantized model's seconds per token over this one's, each round
+    # timing both back to back (on a shared machine whose bandwidth drifts, steadier than a ratio of best-ofs)
+    speedup_vs_unquantized: float | None = None
+    per_token_s_rounds: list[float] | None = None  # each round's seconds per decoded token (raw)
 
 
 def _sync(device: torch.device) -> None:
@@ -256,8 +263,14 @@ def run(options: BenchOptions, log=sys.stderr) -> dict:
         batched = [default] + [quantized_name(default.removeprefix("gpt_fast[").rstrip("]"), q)
                                for q in options.quantizations]
 
-        def keep(key, seconds, best=best):
+        per_round: dict[tuple[str, str], list[float]] = {}
+
+        def keep(key, seconds, best=best, per_round=per_round):
             best[key] = min(best.get(key, float("inf")), seconds)
+            per_round.setdefault(key, []).append(seconds)
+
+        def round_ratio(base_key, key, per_round=per_round):
+            return statistics.median(b / q for b, q in zip(per_round[base_key], per_round[key]))
 
         for entry in models.values():  # warm-up (first-call allocations, oneDNN kernel selection)
             model = use(entry)
@@ -295,15 +308,21 @@ def run(options: BenchOptions, log=sys.stderr) -> dict:
             scheme = "none" if measured.quantization is None else measured.quantization.scheme
             weights_mb = bytes_per_token(measured, 0) / 1e6
             rate = 1 / best[(name, "per_token")]
+            quantized = scheme != "none" and backend is not None
             rows.append(Row(dtype_name, name, 1, best[(name, "ttft")] * 1e3, rate, best[(name, "prefill")] * 1e3,
                             None if hf_rate is None else rate / hf_rate, rate * bytes_per_token(measured, context),
-                            scheme, weights_mb))
+                            scheme, weights_mb,
+                            round_ratio((default, "per_token"), (name, "per_token")) if quantized else None,
+                            per_round[(name, "per_token")]))
             if name in batched:
                 rate = options.batch / best[("batch " + name, "per_token")]
                 rows.append(Row(dtype_name, name, options.batch, best[("batch " + name, "ttft")] * 1e3, rate,
                                 roofline_fraction=rate / options.batch * bytes_per_token(measured, context,
                                                                                          options.batch),
-                                quantization=scheme, weights_mb_per_token=weights_mb))
+                                quantization=scheme, weights_mb_per_token=weights_mb,
+                                speedup_vs_unquantized=round_ratio(("batch " + default, "per_token"),
+                                                                   ("batch " + name, "per_token"))
+                                if quantized else None, per_token_s_rounds=per_round[("batch " + name, "per_token")]))
         del models
     for row in rows:  # bytes/s read -> fraction of the best bandwidth seen in the whole run
         row.roofline_fraction /= bandwidth.best
@@ -331,14 +350,15 @@ def format_table(result: dict) -> str:
             f"prompt {opts['prompt_length']} tokens, {opts['new_tokens']} new tokens, "
             f"best of {opts['repeats']}; read bandwidth {result['read_bandwidth_gb_s']:.1f} GB/s; "
             f"prefill column: a {opts['prefill_length']}-token prompt\n")
-    columns = ("dtype", "impl", "batch", "TTFT ms", "decode tok/s", "x transformers", "weights MB/tok", "% roofline",
-               "prefill ms")
+    columns = ("dtype", "impl", "batch", "TTFT ms", "decode tok/s", "x transformers", "x unquantized",
+               "weights MB/tok", "% roofline", "prefill ms")
     lines = [columns]
     for r in result["rows"]:
         def fmt(value, spec):
             return "-" if value is None else format(value, spec)
         lines.append((r["dtype"], r["impl"], str(r["batch"]), fmt(r["ttft_ms"], ".1f"), fmt(r["decode_tok_s"], ".1f"),
-                      fmt(r["speedup_vs_transformers"], ".2f"), fmt(r.get("weights_mb_per_token"), ".1f"),
+                      fmt(r["speedup_vs_transformers"], ".2f"), fmt(r.get("speedup_vs_unquantized"), ".2f"),
+                      fmt(r.get("weights_mb_per_token"), ".1f"),
                       fmt(None if r["roofline_fraction"] is None else 100 * r["roofline_fraction"], ".0f"),
                       fmt(r["prefill_ms"], ".1f")))
     widths = [max(len(line[i]) for line in lines) for i in range(len(columns))]

@@ -16,7 +16,9 @@ weights then 16 fp32 scales; int4 (ceil(N/16), K/G, 8G + 64) = per group G/2 row
 column, low nibble first) then 16 bf16 scales and 16 bf16 zeros. Its shape pins down bits and group_size for a K,
 and a -0.0 marker in the padding columns pins down N: a mismatch of out_features, K, bits or group_size with the
 packed weight is a ValueError naming the op. The kernels dequantize in registers and do all math in fp32 (no
-quantization of x): exact up to fp32 rounding and summation order against dequantize-then-matmul. With x_bits=8
+quantization of x): exact up to fp32 rounding and summation order against dequantize-then-matmul, except int8 with
+a bf16 x from 5 rows on AVX512_VNNI CPUs without AMX, which holds x as 16-bit integers per group of 32 k (exact for
+every x within 2^7 of its group's largest, others rounded at 2^-15 of it: csrc/cpu/int8_tile_dpwssd.h). With x_bits=8
 (int4-a8, int8-a8) x is first rounded to int8 per group of group_size k (reference.round_activations), and the
 result is exact in the same sense against the rounded x; the AVX-512 tier then multiplies bytes with VNNI.
 CPU tiers: AVX-512, AVX2 + FMA, scalar (GPT_FAST_CPU_ISA caps the choice); CUDA: one kernel for both bit widths.

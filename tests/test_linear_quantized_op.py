@@ -150,6 +150,8 @@ def test_int8_with_bf16_rows_holds_x_in_16_bits_from_5_rows(M, cpu_tier):
     g = torch.Generator().manual_seed(8)
     x = ((1 + torch.rand(M, K, generator=g)) * torch.randn(M, K, generator=g).sign()).bfloat16()
     x[:, ::32] = 2.0**14
+    x[0, 32:64] = 0.0  # an all-zero group, and one of subnormal floats (its step clamped to 2^-127): no NaN from them
+    x[1, 64:96] *= 2.0**-130
     actual = ops.linear_quantized(x, packed, N, 8, 0)
     rounded = x16_rounded(x).bfloat16()  # +-1, +-2 and 2^14: exact in bf16
     exact_args, rounded_args = ((v, q, s, z, 8, 0, None, None, False, 0) for v in (x, rounded))

@@ -17,7 +17,7 @@
 // is times the column scales at the end. A group holding an infinity or NaN is not rounded: the op keeps the
 // vdpbf16ps tile for that call.
 #pragma once
-#include <cmath>
+#include <algorithm>
 #include <cstring>
 
 #include "cpu/int4_tile_vnni.h"  // GPT_FAST_AVX512_VNNI_VBMI
@@ -62,11 +62,12 @@ GPT_FAST_AVX512_VNNI_VBMI inline bool round_x16_groups(const float* x, int16_t* 
     const __m512i bits = _mm512_max_epu32(_mm512_and_si512(_mm512_castps_si512(lo), magnitude),
                                           _mm512_and_si512(_mm512_castps_si512(hi), magnitude));
     const uint32_t largest = _mm512_reduce_max_epu32(bits);
-    const int e = std::max(static_cast<int>(largest >> 23), 14);  // biased exponent, >= 14: 1 / s a normal float
+    const uint32_t e = std::max(largest >> 23, 14u);  // biased exponent, >= 14 so that 1 / s is a normal float
     if (e == 255) return false;
-    const int unbiased = e - 127;
-    const __m512 inverse = _mm512_set1_ps(std::ldexp(1.f, 14 - unbiased));
-    scale[g] = std::ldexp(1.f, unbiased - 14);
+    // s = 2^(e - 141) (biased exponent e - 14; 2^-127 below normal floats when e = 14), 1 / s = 2^(141 - e)
+    const uint32_t scale_bits = e > 14 ? (e - 14) << 23 : 0x00400000u, inverse_bits = (268 - e) << 23;
+    const __m512 inverse = _mm512_castsi512_ps(_mm512_set1_epi32(static_cast<int>(inverse_bits)));
+    std::memcpy(&scale[g], &scale_bits, 4);
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(x16 + g * 32),
                         _mm512_cvtepi32_epi16(_mm512_cvtps_epi32(_mm512_mul_ps(lo, inverse))));
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(x16 + g * 32 + 16),

@@ -12,10 +12,10 @@
 // x16 (round_x16_groups): each group of kX16Group k of a row is x / s with s = 2^(e - 14), e the exponent of the
 // group's largest |x|, rounded to nearest even: every bf16 x within 2^7 of the group's largest (|x| >= max / 128)
 // is exact in it (its 8 significant bits sit at or above bit 0), smaller ones are rounded to a multiple of s, an
-// error of at most 2^-15 of the group's largest, far below the bf16 rounding of the output. |x16| <= 255 * 2^7, so a
-// group's int32 sum is at most 32 * 32640 * 127 < 2^28 (exact); the group adds s * sum in fp32 and the row's total
-// is times the column scales at the end. A group holding an infinity or NaN is not rounded: the op keeps the
-// vdpbf16ps tile for that call.
+// error of at most 2^-15 of the group's largest, far below the bf16 rounding of the output. |x16| <= 255 * 2^7 and
+// |q| <= 128, so a group's int32 sum is at most 32 * 32640 * 128 < 2^28 (exact); the group adds s * sum in fp32 and
+// the row's total is times the column scales at the end. A group holding an infinity or NaN is not rounded: the op
+// keeps the tile it takes otherwise (vdpbf16ps, or the fp32 FMAs without AVX512_BF16) for that call.
 #pragma once
 #include <algorithm>
 #include <cstring>
@@ -27,7 +27,7 @@
 
 namespace gpt_fast::quantized {
 constexpr int64_t kX16Group = 32;  // k per x16 scale (K % kX16Group == 0 for this tile)
-constexpr int64_t kX16MinRows = 5;  // below, memory bounds int8_tile_dpbf16 (measured: linear_quantized.cpp)
+constexpr int64_t kX16MinRows = 5;  // 1-4 rows are memory-bound: no faster so there (linear_quantized.cpp)
 }  // namespace gpt_fast::quantized
 
 #if GPT_FAST_HAVE_X86

@@ -18,7 +18,8 @@
 // integers per group of 32 k with a power-of-two scale (int8_tile_dpwssd.h: exact for every x within 2^7 of its
 // group's largest, the others rounded at 2^-15 of it) and multiplies with vpdpwssd, because converting the weights
 // to bf16 bounds int8_tile_dpbf16 there (Zen 5, GPT-1's decode linears at 8 rows, 2 threads: 1.13-1.23x faster;
-// batch-8 decode 1.46-1.54x -> 1.57-1.60x bf16's tok/s, alternating processes).
+// batch-8 decode 1.46-1.54x -> 1.57-1.60x bf16's tok/s, alternating processes; at 1-4 rows, memory-bound, it
+// measured no faster than the fp32 and vdpbf16ps tiles, which keep them).
 // x_bits 8: x is first rounded to int8 per group of G k (bits 4: the weights' groups; bits 8: group_size, x's
 // alone), each with its own scale (round_activations.cpp, to the bits of reference.round_activations), and every
 // tier computes on the rounded x as above; on AVX512_VNNI + VBMI the AVX-512 tier multiplies the int8 x and the

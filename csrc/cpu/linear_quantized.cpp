@@ -164,13 +164,12 @@ at::Tensor linear_quantized_cpu(const at::Tensor& x, const at::Tensor& packed, i
   // int8 at one row keeps the fp32 FMAs (int8_tile, linear_quantized_avx512.cpp): faster there than vdpbf16ps
   const bool dpbf16 = !round_x && x.scalar_type() == at::kBFloat16 && K % 2 == 0 && cpu::use_avx512_bf16() &&
                       (bits == 8 ? M > 1 : has_avx512_vbmi());
-  // int8 from kX16MinRows rows with a bf16 x on AVX512_VNNI: x as 16-bit integers (int8_tile_dpwssd.h), unless
-  // AMX takes it or x holds an infinity or NaN
-  bool x16 = !round_x && bits == 8 && x.scalar_type() == at::kBFloat16 && K % kX16Group == 0 && M >= kX16MinRows &&
-             avx512 && has_avx512_vnni_vbmi();
   // int8 from 4 rows on AMX: tdpbf16ps tiles over the weights made bf16 (linear_quantized_avx512.cpp)
   const bool amx = dpbf16 && bits == 8 && M >= amx::kMinRows && K % amx::kK == 0 && cpu::use_amx();
-  x16 = x16 && !amx;
+  // int8 from kX16MinRows rows with a bf16 x on AVX512_VNNI: x as 16-bit integers (int8_tile_dpwssd.h), unless
+  // AMX takes it or x holds an infinity or NaN (round_x16_groups then clears it)
+  bool x16 = !round_x && !amx && bits == 8 && x.scalar_type() == at::kBFloat16 && K % kX16Group == 0 &&
+             M >= kX16MinRows && avx512 && has_avx512_vnni_vbmi();
   const int64_t pair_rows = amx ? amx::padded_rows(M) : M;  // AMX: whole 16-row tiles
   checked_mul(pair_rows, K, op, "M (rounded up to 16 rows) * K");
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "linear_quantized_cpu", [&] {

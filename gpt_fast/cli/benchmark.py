@@ -308,7 +308,7 @@ def run(options: BenchOptions, log=sys.stderr) -> dict:
             scheme = "none" if measured.quantization is None else measured.quantization.scheme
             weights_mb = bytes_per_token(measured, 0) / 1e6
             rate = 1 / best[(name, "per_token")]
-            quantized = scheme != "none" and backend is not None
+            quantized = scheme != "none"
             rows.append(Row(dtype_name, name, 1, best[(name, "ttft")] * 1e3, rate, best[(name, "prefill")] * 1e3,
                             None if hf_rate is None else rate / hf_rate, rate * bytes_per_token(measured, context),
                             scheme, weights_mb,

@@ -16,9 +16,17 @@ GPT_FAST_TARGET_AVX2 void run_backward_tasks_avx2(const Params& p, int64_t begin
   run_backward_tasks<T>(p, begin, end);
 }
 
+template <typename T>
+GPT_FAST_TARGET_AVX2 void run_delta_tasks_avx2(const Params& p, int64_t begin, int64_t end) {
+  run_delta_tasks<T>(p, begin, end);
+}
+
 template void run_backward_tasks_avx2<float>(const Params&, int64_t, int64_t);
 template void run_backward_tasks_avx2<c10::BFloat16>(const Params&, int64_t, int64_t);
 template void run_backward_tasks_avx2<c10::Half>(const Params&, int64_t, int64_t);
+template void run_delta_tasks_avx2<float>(const Params&, int64_t, int64_t);
+template void run_delta_tasks_avx2<c10::BFloat16>(const Params&, int64_t, int64_t);
+template void run_delta_tasks_avx2<c10::Half>(const Params&, int64_t, int64_t);
 #endif
 
 }  // namespace gpt_fast::flash_bwd

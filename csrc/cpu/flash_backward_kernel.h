@@ -35,6 +35,7 @@ struct Params {
   const bool* mask;        // (B, T) contiguous, or null
   void* grad_qkv;          // (B, T, 3C) contiguous: this kernel writes the k and v parts
   float* dq_part;          // partial dQ of each task (dq_offset), rows of Dp floats, times sqrt(D)
+  float* delta;            // (B, H, T) Delta = rowsum(dO * O) of every query row (run_delta_tasks, before the tasks)
   int64_t Dp;              // D rounded up to kPadTo
   float scale2;            // log2(e) / sqrt(D)
   float inv_sqrt_d;        // 1 / sqrt(D): dQ = dS K / sqrt(D)
@@ -55,6 +56,8 @@ inline int64_t dq_offset(const Params& p, int64_t bh, int64_t kb) {
 #if GPT_FAST_HAVE_X86
 template <typename T>
 GPT_FAST_TARGET_AVX2 void run_backward_tasks_avx2(const Params& p, int64_t begin, int64_t end);
+template <typename T>
+GPT_FAST_TARGET_AVX2 void run_delta_tasks_avx2(const Params& p, int64_t begin, int64_t end);
 #endif
 
 struct Tiles {  // per-thread working set, lane-count independent (fp32 arrays only)
@@ -69,10 +72,14 @@ struct Tiles {  // per-thread working set, lane-count independent (fp32 arrays o
   alignas(64) float dkt[kMaxHead][kBlock];   // dK^T accumulator (times log2(e): Q is scaled by log2(e) / sqrt(D))
   alignas(64) float dvt[kMaxHead][kBlock];   // dV^T accumulator
   alignas(64) uint32_t kmask[kBlock];        // all ones where the key exists and is not padding
-  alignas(64) float gt[kMaxHead][kBlock];    // dO^T and O^T of the query block (for Delta)
-  alignas(64) float ot[kMaxHead][kBlock];
   float base[kBlock];                        // lse (base 2; +inf: the row attends nothing)
-  alignas(64) float delta[kBlock];           // rowsum(dO * O)
+  alignas(64) float delta[kBlock];           // rowsum(dO * O) (from Params::delta)
+};
+
+struct DeltaTiles {  // run_delta_tasks' working set: dO^T and O^T of a query block, Delta of its rows
+  alignas(64) float gt[kMaxHead][kBlock];
+  alignas(64) float ot[kMaxHead][kBlock];
+  alignas(64) float delta[kBlock];
 };
 
 inline namespace GPT_FAST_ATTENTION_NS {
@@ -146,32 +153,46 @@ GPT_FAST_INLINE void load_keys(const Params& p, Tiles& t, int64_t b, int64_t h, 
     t.kmask[j] = j < nk && (!p.mask || p.mask[b * p.T + j0 + j]) ? ~0u : 0u;
 }
 
-// Loads the query block [i0, i0 + nq): Q, dO, the rows' lse (base 2) and Delta = rowsum(dO * O).
+// Loads the query block [i0, i0 + nq): Q, dO, the rows' lse (base 2) and Delta (from p.delta).
 template <typename T>
 GPT_FAST_INLINE void load_queries(const Params& p, Tiles& t, int64_t b, int64_t h, int64_t i0, int64_t nq) {
   const int64_t C = p.H * p.D;
   const T* q = static_cast<const T*>(p.qkv) + b * p.qkv_sb + i0 * p.qkv_st + h * p.D;
   const T* dout = static_cast<const T*>(p.grad_out) + (b * p.T + i0) * C + h * p.D;
-  const T* out = static_cast<const T*>(p.out) + (b * p.T + i0) * C + h * p.D;
   const float* lse = p.lse + (b * p.H + h) * p.T + i0;
   for (int64_t i = 0; i < nq; ++i) {
     for (int64_t d = 0; d < p.D; ++d) {
       t.q[i][d] = static_cast<float>(q[i * p.qkv_st + d]) * p.scale2;  // as the forward scales it
-      const float g = static_cast<float>(dout[i * C + d]);
-      t.dout[i][d] = g;
-      t.gt[d][i] = g;
-      t.ot[d][i] = static_cast<float>(out[i * C + d]);
+      t.dout[i][d] = static_cast<float>(dout[i * C + d]);
     }
     t.base[i] = lse[i] == kNegInf ? -kNegInf : lse[i];  // +inf: exp2(s - inf) = 0 for every key
   }
-  // Delta with query rows along the lanes: the same lane-wise products and sums as the GEMM's dP = dO V^T (a
-  // vector multiply-add per head dim, in order), so that a row whose output is one value row (T = 1) gets
-  // dP - Delta = 0 exactly, as PyTorch's softmax backward does. Rows past nq hold stale values, never read.
-  for (int v = 0; v < kBlock / kLanes; ++v) {
+  std::memcpy(t.delta, p.delta + (b * p.H + h) * p.T + i0, nq * sizeof(float));  // rows past nq: stale, never read
+}
+
+// Delta = rowsum(dO * O) of the query block [i0, i0 + nq) of (b, h) into p.delta, once per row (the tasks of every
+// key block read it). Query rows along the lanes: the same lane-wise products and sums as the GEMM's dP = dO V^T
+// (a vector multiply-add per head dim, in order, in the same tier's code), so that a row whose output is one value
+// row (T = 1) gets dP - Delta = 0 exactly, as PyTorch's softmax backward does. Made in every task instead (dO^T and O^T
+// stored element by element for each (key block, query block) tile) it cost a quarter or more of forward + backward
+// (flash_attention_backward.cpp).
+template <typename T>
+GPT_FAST_INLINE void delta_rows(const Params& p, DeltaTiles& t, int64_t b, int64_t h, int64_t i0, int64_t nq) {
+  const int64_t C = p.H * p.D;
+  const T* dout = static_cast<const T*>(p.grad_out) + (b * p.T + i0) * C + h * p.D;
+  const T* out = static_cast<const T*>(p.out) + (b * p.T + i0) * C + h * p.D;
+  for (int64_t i = 0; i < nq; ++i) {
+    for (int64_t d = 0; d < p.D; ++d) {
+      t.gt[d][i] = static_cast<float>(dout[i * C + d]);
+      t.ot[d][i] = static_cast<float>(out[i * C + d]);
+    }
+  }
+  for (int v = 0; v < kBlock / kLanes; ++v) {  // lanes past nq sum stale values, not copied out
     VF acc{};
     for (int64_t d = 0; d < p.D; ++d) acc += load(&t.gt[d][v * kLanes]) * load(&t.ot[d][v * kLanes]);
     store(&t.delta[v * kLanes], acc);
   }
+  std::memcpy(p.delta + (b * p.H + h) * p.T + i0, t.delta, nq * sizeof(float));
 }
 
 // P (into t.s), the dropout factors (t.z) and P dropped (t.dp) of the tile: queries i0 + i (i < nq), keys j0 + j.
@@ -240,6 +261,17 @@ GPT_FAST_INLINE void key_task(const Params& p, Tiles& t, int64_t bh, int64_t kb)
     float_to_row(row, grad + j * 3 * C + C, p.D);
     for (int64_t d = 0; d < p.D; ++d) row[d] = t.dvt[d][j];
     float_to_row(row, grad + j * 3 * C + 2 * C, p.D);
+  }
+}
+
+// Task k -> (batch, head) * n_qb + query block: its rows' Delta.
+template <typename T>
+GPT_FAST_INLINE void run_delta_tasks(const Params& p, int64_t begin, int64_t end) {
+  auto tiles = std::make_unique<DeltaTiles>();
+  const int64_t n_qb = (p.T + kBlock - 1) / kBlock;
+  for (int64_t k = begin; k < end; ++k) {
+    const int64_t bh = k / n_qb, i0 = k % n_qb * kBlock;
+    delta_rows<T>(p, *tiles, bh / p.H, bh % p.H, i0, std::min<int64_t>(kBlock, p.T - i0));
   }
 }
 

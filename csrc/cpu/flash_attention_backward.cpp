@@ -2,8 +2,8 @@
 // qkv, FlashAttention-2 style (the probabilities are recomputed from the saved log-sum-exp, never stored):
 //
 //   first, per (batch, head, query block of 64): Delta = rowsum(dO * O) of its rows (once per row: made in every
-//   key block's task instead, it took ~20% of the backward's time; 2026-12-08, Zen 4, B=4, H=12, T=256 / 512 bf16,
-//   forward + backward 19.0-23.0 -> 14.6-16.8 ms and 69-70 -> 47-52 ms),
+//   key block's task instead, it cost a quarter or more of forward + backward; 2026-12-08, Zen 4, B=4, H=12, bf16,
+//   T = 256 / 512: 19.0-23.0 -> 14.6-16.8 ms and 69-70 -> 47-52 ms),
 //   then per (batch, head, key block of 64) task, over the query blocks at or after the key block (causal):
 //     S = Q K^T log2(e) / sqrt(D) (the forward's base-2 scores, the same fp32 products in the same order),
 //     P = exp2(S - lse)  (lse in base 2; 0 where masked: causal, key padding, or a row with nothing to attend)

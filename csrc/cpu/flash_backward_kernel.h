@@ -73,7 +73,6 @@ struct Tiles {  // per-thread working set, lane-count independent (fp32 arrays o
   alignas(64) float dvt[kMaxHead][kBlock];   // dV^T accumulator
   alignas(64) uint32_t kmask[kBlock];        // all ones where the key exists and is not padding
   float base[kBlock];                        // lse (base 2; +inf: the row attends nothing)
-  alignas(64) float delta[kBlock];           // rowsum(dO * O) (from Params::delta)
 };
 
 struct DeltaTiles {  // run_delta_tasks' working set: dO^T and O^T of a query block, Delta of its rows
@@ -153,7 +152,7 @@ GPT_FAST_INLINE void load_keys(const Params& p, Tiles& t, int64_t b, int64_t h, 
     t.kmask[j] = j < nk && (!p.mask || p.mask[b * p.T + j0 + j]) ? ~0u : 0u;
 }
 
-// Loads the query block [i0, i0 + nq): Q, dO, the rows' lse (base 2) and Delta (from p.delta).
+// Loads the query block [i0, i0 + nq): Q, dO and the rows' lse (base 2).
 template <typename T>
 GPT_FAST_INLINE void load_queries(const Params& p, Tiles& t, int64_t b, int64_t h, int64_t i0, int64_t nq) {
   const int64_t C = p.H * p.D;
@@ -167,7 +166,6 @@ GPT_FAST_INLINE void load_queries(const Params& p, Tiles& t, int64_t b, int64_t 
     }
     t.base[i] = lse[i] == kNegInf ? -kNegInf : lse[i];  // +inf: exp2(s - inf) = 0 for every key
   }
-  std::memcpy(t.delta, p.delta + (b * p.H + h) * p.T + i0, nq * sizeof(float));  // rows past nq: stale, never read
 }
 
 // Delta = rowsum(dO * O) of the query block [i0, i0 + nq) of (b, h) into p.delta, once per row (the tasks of every
@@ -241,8 +239,9 @@ GPT_FAST_INLINE void key_task(const Params& p, Tiles& t, int64_t bh, int64_t kb)
     const float* pd = p.threshold ? &t.dp[0][0] : &t.s[0][0];
     gemm<true>(p.D, kBlock, nq, &t.dout[0][0], 1, ld, pd, kBlock, &t.dvt[0][0], kBlock);  // dV^T += dO^T P_drop
     gemm<false>(nq, kBlock, p.D, &t.dout[0][0], ld, 1, &t.vt[0][0], kBlock, &t.dp[0][0], kBlock);  // dP = dO V^T
+    const float* row_delta = p.delta + bh * p.T + i0;  // (nq,) from run_delta_tasks
     for (int64_t i = 0; i < nq; ++i) {  // dS = P * (dP * z - Delta)
-      const VF delta = splat(t.delta[i]);
+      const VF delta = splat(row_delta[i]);
       for (int v = 0; v < kBlock / kLanes; ++v) {
         VF dp = load(&t.dp[i][v * kLanes]);
         if (p.threshold) dp *= load(&t.z[i][v * kLanes]);
